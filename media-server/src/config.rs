@@ -1,0 +1,244 @@
+//! The node's process configuration: one TOML file, one serde root made of sections.
+//!
+//! Every field has a default (shown by `media-server --print-config`), so an empty file, or no
+//! file, is a working single-site node. Command-line flags override the file. Unknown keys are an
+//! error, so a typo does not silently fall back to a default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use signaling::ids::NodeId;
+
+use crate::forward::ForwardConfig;
+use crate::sfu::SfuConfig;
+
+/// Root of the node's TOML configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identity and storage.
+    pub node: NodeSection,
+    /// The HTTP listener (WHIP/WHEP, API, metrics, wall UI).
+    pub http: HttpConfig,
+    /// The WebRTC media socket.
+    pub media: MediaConfig,
+    /// The QUIC listener for native clients.
+    pub quic: QuicConfig,
+    /// Which token issuers the node trusts.
+    pub auth: AuthConfig,
+    /// SFU tunables.
+    pub sfu: SfuSection,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node id (`[A-Za-z0-9._-]`, up to 64). Default: the id stored in the data dir, or a new
+    /// random `node-xxxxxxxx` on first start.
+    pub id: Option<NodeId>,
+    /// Where keys, certificates and (later) the store live. Default `./yiwang-data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: None,
+            data_dir: PathBuf::from("yiwang-data"),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Serve `/metrics` on this separate address instead of the main listener. Default: none
+    /// (metrics on the main listener).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest accepted request body (SDP offers), bytes. Default 65536; larger → 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            metrics_listen: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// UDP listen address of the one WebRTC socket. Default `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// Address put in ICE candidates. Default: the listen IP, or when that is unspecified
+    /// (`0.0.0.0`), the IP of the interface that routes outward, else `127.0.0.1`.
+    pub advertise: Option<IpAddr>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            listen: ([0, 0, 0, 0], 8443).into(),
+            advertise: None,
+        }
+    }
+}
+
+/// `[quic]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuicConfig {
+    /// UDP listen address of the QUIC endpoint (ALPN `yiwang/1`). Default `0.0.0.0:4433`.
+    pub listen: SocketAddr,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            listen: ([0, 0, 0, 0], 4433).into(),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Trust tokens signed by this node's own issuer key. Default true.
+    pub trust_own_key: bool,
+    /// Further trusted issuer public keys, as 64 hex characters (Ed25519, 32 bytes) — for example
+    /// a province's central issuer. Default none.
+    pub trusted_issuers: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            trust_own_key: true,
+            trusted_issuers: Vec::new(),
+        }
+    }
+}
+
+/// `[sfu]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfuSection {
+    /// Minimum interval between keyframe requests to one publisher, ms. Default 500.
+    pub keyframe_min_interval_ms: u64,
+    /// A viewer waiting for a keyframe asks again after this long, ms. Default 1000.
+    pub keyframe_retry_ms: u64,
+    /// Sessions not connected (ICE + DTLS) within this time are dropped, s. Default 20.
+    pub connect_timeout_secs: u64,
+    /// RTP packets kept per outgoing video stream for NACK answers. Default 1000.
+    pub send_buffer_video: usize,
+    /// RTP packets kept per outgoing audio stream for NACK answers. Default 100.
+    pub send_buffer_audio: usize,
+}
+
+impl Default for SfuSection {
+    fn default() -> Self {
+        let d = SfuConfig::default();
+        SfuSection {
+            keyframe_min_interval_ms: d.forward.keyframe_min_interval.as_millis() as u64,
+            keyframe_retry_ms: d.forward.keyframe_retry.as_millis() as u64,
+            connect_timeout_secs: d.connect_timeout.as_secs(),
+            send_buffer_video: d.send_buffer_video,
+            send_buffer_audio: d.send_buffer_audio,
+        }
+    }
+}
+
+impl SfuSection {
+    /// The engine configuration these settings describe.
+    pub fn to_sfu_config(&self) -> SfuConfig {
+        SfuConfig {
+            forward: ForwardConfig {
+                keyframe_min_interval: Duration::from_millis(self.keyframe_min_interval_ms),
+                keyframe_retry: Duration::from_millis(self.keyframe_retry_ms),
+            },
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            send_buffer_video: self.send_buffer_video.max(1),
+            send_buffer_audio: self.send_buffer_audio.max(1),
+        }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_and_round_trips() {
+        let c: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(c, NodeConfig::default());
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<NodeConfig>("[http]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c: NodeConfig = toml::from_str("[media]\nadvertise = \"10.0.0.5\"\n[node]\nid = \"county-7\"\n").unwrap();
+        assert_eq!(c.media.advertise, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(c.media.listen, MediaConfig::default().listen);
+        assert_eq!(c.node.id.as_ref().map(|i| i.as_str()), Some("county-7"));
+    }
+}

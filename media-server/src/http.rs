@@ -1,0 +1,365 @@
+//! The node's HTTP surface on axum: WHIP/WHEP (RFC 9725 and the WHEP draft), the API, health,
+//! metrics and the static wall pages. Formats are pinned in `docs/api.md`.
+//!
+//! Handlers only check, translate and forward: media work happens in the media task reached via
+//! [`MediaHandle`]; authorisation uses the `signaling` crate's token verifier and role matrix.
+//! Every error is a status plus a short JSON body `{"error": CODE, "message": TEXT}` that says
+//! what was wrong without leaking internals.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use signaling::auth::{Action, Claims, TokenVerifier};
+use signaling::error::NameError;
+use signaling::ids::{NodeId, StreamName};
+
+use crate::media::MediaHandle;
+use crate::metrics::Metrics;
+use crate::sfu::SfuError;
+use crate::streams::{LiveStreams, StreamInfo};
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// This node's id (the `NODE` of `NODE/STREAM`).
+    pub node_id: NodeId,
+    /// Token verification (trusted issuers, audience).
+    pub verifier: Arc<TokenVerifier>,
+    /// The media task.
+    pub media: MediaHandle,
+    /// The live-stream table.
+    pub live: LiveStreams,
+    /// Node counters.
+    pub metrics: Arc<Metrics>,
+    /// Serve `/metrics` on this router (false when it has its own listener).
+    pub metrics_here: bool,
+}
+
+/// An API error: a status and a message safe to show to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(ErrorBody {
+                error: self.code,
+                message: &self.message,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<SfuError> for ApiError {
+    fn from(e: SfuError) -> Self {
+        let (status, code) = match &e {
+            SfuError::BadSdp(_) => (StatusCode::BAD_REQUEST, "bad_sdp"),
+            SfuError::NoUsableMedia(_) => (StatusCode::NOT_ACCEPTABLE, "no_usable_media"),
+            SfuError::Conflict { .. } => (StatusCode::CONFLICT, "stream_taken"),
+            SfuError::NotLive => (StatusCode::NOT_FOUND, "no_such_stream"),
+            SfuError::NoSession => (StatusCode::NOT_FOUND, "no_such_session"),
+            SfuError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Verifies the `Authorization: Bearer` token of a request.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_token", "missing Authorization: Bearer token"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_token", "Authorization must be `Bearer TOKEN`"))?;
+    state
+        .verifier
+        .verify(token, now_unix())
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", e.to_string()))
+}
+
+fn require(claims: &Claims, action: Action) -> Result<(), ApiError> {
+    if claims.may(action) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not {}", claims.role, action),
+        ))
+    }
+}
+
+fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
+    StreamName::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))
+}
+
+/// Reads an SDP offer body: `Content-Type: application/sdp`, UTF-8, not empty.
+fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.trim().to_ascii_lowercase().starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "body must be an SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "malformed SDP offer: not UTF-8"))?;
+    if !text.trim_start().starts_with("v=0") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "malformed SDP offer: must start with v=0",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn created(session_id: &str, sdp: String) -> Response {
+    let location = format!("/session/{session_id}");
+    let mut resp = (StatusCode::CREATED, sdp).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn whip(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    let name = stream_name(&stream)?;
+    claims
+        .may_publish(&name)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
+    let offer = sdp_body(&headers, &body)?;
+    let answer = state.media.publish(name, claims.sub.clone(), offer).await?;
+    Ok(created(&answer.session_id, answer.sdp))
+}
+
+async fn whip_remote(Path((_node, _stream)): Path<(String, String)>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_stream_name",
+        NameError::Reserved.to_string(),
+    )
+}
+
+async fn whep(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    view(&state, &stream, &headers, &body).await
+}
+
+async fn whep_remote(
+    State(state): State<AppState>,
+    Path((node, stream)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if node != state.node_id.as_str() {
+        authenticate(&state, &headers)?;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_node",
+            format!("node {node} is not reachable from here"),
+        ));
+    }
+    view(&state, &stream, &headers, &body).await
+}
+
+async fn view(state: &AppState, stream: &str, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    let claims = authenticate(state, headers)?;
+    require(&claims, Action::ViewStream)?;
+    let name = stream_name(stream)?;
+    let offer = sdp_body(headers, body)?;
+    let answer = state.media.view(name, offer).await?;
+    Ok(created(&answer.session_id, answer.sdp))
+}
+
+/// `DELETE /session/{id}`: the session URL is the capability (128 random bits), as in RFC 9725.
+async fn delete_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_session", "no such session"));
+    }
+    state.media.close(id).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `PATCH /session/{id}`: trickle ICE and ICE restarts are not supported (the node is ICE-lite
+/// with its candidate in the answer); RFC 9725 says to answer 405.
+async fn patch_session() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE, OPTIONS")],
+        Json(ErrorBody {
+            error: "not_supported",
+            message: "trickle ICE is not supported; send all candidates in the offer",
+        }),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    node: &'a str,
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!(Health {
+        status: "ok",
+        node: state.node_id.as_str()
+    }))
+}
+
+/// `GET /metrics`, Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct StreamList {
+    node: String,
+    streams: Vec<StreamInfo>,
+}
+
+async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<StreamList>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ViewStream)?;
+    Ok(Json(StreamList {
+        node: state.node_id.to_string(),
+        streams: state.live.list(),
+    }))
+}
+
+/// The wall's static files, compiled into the binary.
+const STATIC_FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../web/index.html")),
+    ("/index.html", "text/html; charset=utf-8", include_str!("../../web/index.html")),
+    ("/play.html", "text/html; charset=utf-8", include_str!("../../web/play.html")),
+    ("/publish.html", "text/html; charset=utf-8", include_str!("../../web/publish.html")),
+    ("/yiwang.js", "text/javascript; charset=utf-8", include_str!("../../web/yiwang.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../web/style.css")),
+];
+
+async fn static_file(uri: axum::http::Uri, method: Method) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed").into_response();
+    }
+    match STATIC_FILES.iter().find(|(p, _, _)| *p == uri.path()) {
+        Some((_, ct, body)) => ([(header::CONTENT_TYPE, *ct)], *body).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found").into_response(),
+    }
+}
+
+/// CORS for every response (WHIP/WHEP pages may be served from elsewhere), and a 204 answer to
+/// every preflight.
+async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let is_whip = req.uri().path().starts_with("/whip/") || req.uri().path().starts_with("/whep/");
+    let mut resp = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+    );
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, Link, ETag"));
+    if preflight && is_whip {
+        h.insert(HeaderName::from_static("accept-post"), HeaderValue::from_static("application/sdp"));
+    }
+    resp
+}
+
+/// The node's router. `max_body` bounds request bodies (413 beyond).
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let mut r = Router::new()
+        .route("/whip/{stream}", post(whip))
+        .route("/whip/{node}/{stream}", post(whip_remote))
+        .route("/whep/{stream}", post(whep))
+        .route("/whep/{node}/{stream}", post(whep_remote))
+        .route("/session/{id}", axum::routing::delete(delete_session).patch(patch_session))
+        .route("/healthz", get(healthz))
+        .route("/api/streams", get(api_streams));
+    if state.metrics_here {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.fallback(static_file)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(cors))
+        .with_state(state)
+}
+
+/// A router with only `/metrics`, for a separate metrics listener.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(state)
+}

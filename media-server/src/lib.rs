@@ -1,0 +1,26 @@
+//! yiwang's site node: the str0m SFU, WHIP/WHEP and the HTTP API, composed into one process by
+//! the `media-server` binary.
+//!
+//! Layout, from the wire inward:
+//! - [`node`]: composition (identity, listeners, tasks) — what `main` and the tests start;
+//! - [`http`]: axum handlers (WHIP/WHEP, API, metrics, static wall pages);
+//! - [`media`]: the tokio shell of the media plane — one UDP socket, one task;
+//! - [`sfu`]: the sans-IO SFU engine owning every WebRTC session (str0m `Rtc`);
+//! - [`forward`]: the sans-IO forwarding core (routing, keyframe logic), no str0m inside;
+//! - [`streams`]: the live-stream table other planes read;
+//! - [`identity`], [`config`], [`metrics`], [`quic`].
+//!
+//! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
+//! every input, so they are tested in virtual time.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod forward;
+pub mod http;
+pub mod identity;
+pub mod media;
+pub mod metrics;
+pub mod node;
+pub mod quic;
+pub mod sfu;
+pub mod streams;

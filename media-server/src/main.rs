@@ -1,0 +1,200 @@
+//! `media-server`: the yiwang site node (SFU, WHIP/WHEP, HTTP API, QUIC endpoint) and its
+//! administrative commands. The CLI is pinned: operators' scripts and automated checks call
+//! exactly these flags. Logs go to stderr; stdout carries only the `ready …` line or a command's
+//! output.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use media_server::config::NodeConfig;
+use media_server::identity::NodeIdentity;
+use signaling::auth::{Role, TokenRequest, DEFAULT_TTL_SECS};
+use signaling::ids::{IncidentId, NodeId, Subject};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "media-server",
+    version,
+    about = "yiwang site node: WebRTC SFU with WHIP/WHEP, HTTP API and QUIC endpoint",
+    long_about = "yiwang site node: WebRTC SFU with WHIP/WHEP, HTTP API and QUIC endpoint.\n\n\
+        Without a subcommand, runs the node. Once every listener is bound it prints exactly one \
+        line on stdout: `ready http=IP:PORT media=IP:PORT quic=IP:PORT`. Flags override the TOML \
+        config file; port 0 picks a free port.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// TOML configuration file (see `--print-config` for every key and its default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: issuer key, node certificate, node id (created on first start).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// HTTP listen address (WHIP/WHEP, API, metrics, wall). Default 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// UDP address of the one WebRTC media socket. Default 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    media: Option<SocketAddr>,
+    /// UDP address of the QUIC endpoint for native clients. Default 0.0.0.0:4433.
+    #[arg(long, value_name = "ADDR")]
+    quic: Option<SocketAddr>,
+    /// IP address put in ICE candidates (needed when --media binds 0.0.0.0 behind NAT).
+    #[arg(long, value_name = "IP")]
+    advertise: Option<IpAddr>,
+    /// Node id (default: stored in the data dir, generated on first start).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<NodeId>,
+    /// Print the effective configuration (file + flags) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mint a token signed by this node's issuer key; prints only the token on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Data directory of the node (the issuer key is created there if missing).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Subject: who the token is for (also its default stream name).
+    #[arg(long, value_name = "NAME")]
+    sub: Subject,
+    /// Role: admin, commander, operator, officer, pilot, device or viewer.
+    #[arg(long, value_name = "ROLE")]
+    role: Role,
+    /// Lifetime in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TTL_SECS)]
+    ttl: u64,
+    /// Grant an incident (repeatable).
+    #[arg(long = "incident", value_name = "ID")]
+    incidents: Vec<IncidentId>,
+    /// Grant a drone (repeatable).
+    #[arg(long = "drone", value_name = "ID")]
+    drones: Vec<String>,
+    /// Audience: the node id the token is for, or `*` for every node trusting this issuer.
+    /// Default: this node.
+    #[arg(long, value_name = "NODE")]
+    aud: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Token(args)) => token(args),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("media-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let identity = NodeIdentity::load_or_create(&args.data, None).context("node identity")?;
+    let aud = args.aud.unwrap_or_else(|| identity.node_id.to_string());
+    if aud != "*" {
+        NodeId::parse(&aud).map_err(|e| anyhow::anyhow!("--aud: {e}"))?;
+    }
+    let mut req = TokenRequest::new(args.sub, args.role, aud, identity.fingerprint.clone());
+    req.ttl_secs = args.ttl;
+    req.incidents = args.incidents;
+    req.drones = args.drones;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let token = identity.issuer().issue(&req, now);
+    println!("{token}");
+    Ok(())
+}
+
+fn effective_config(args: &RunArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(d) = &args.data {
+        config.node.data_dir = d.clone();
+    }
+    if let Some(a) = args.http {
+        config.http.listen = a;
+    }
+    if let Some(a) = args.media {
+        config.media.listen = a;
+    }
+    if let Some(a) = args.quic {
+        config.quic.listen = a;
+    }
+    if let Some(ip) = args.advertise {
+        config.media.advertise = Some(ip);
+    }
+    if let Some(id) = &args.node_id {
+        config.node.id = Some(id.clone());
+    }
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = effective_config(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let node = media_server::node::start(config).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", node.ready_line())?;
+            out.flush()?;
+        }
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,148 @@
+//! Node counters exported at `GET /metrics` in the Prometheus text format.
+//!
+//! Plain atomics: the media loop increments them, the HTTP handler reads them; no locks on the
+//! hot path. Names and meanings are pinned in `docs/api.md`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a datagram or frame was dropped. Each reason is one label value of `yiwang_drops_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Bytes on the media port that are not STUN, DTLS, RTP or RTCP.
+    Malformed,
+    /// A well-formed datagram no session accepts (unknown 5-tuple and ICE credentials).
+    UnknownSource,
+    /// A video frame held back from a viewer still waiting for its first keyframe.
+    WaitingKeyframe,
+    /// A frame whose codec the viewer's session did not negotiate.
+    CodecMismatch,
+    /// A frame the viewer's WebRTC session refused to send.
+    WriteFailed,
+    /// Media from a peer that is not (or no longer) the stream's publisher.
+    NotPublisher,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 6] = [
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::WaitingKeyframe,
+        DropReason::CodecMismatch,
+        DropReason::WriteFailed,
+        DropReason::NotPublisher,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::WaitingKeyframe => "waiting_keyframe",
+            DropReason::CodecMismatch => "codec_mismatch",
+            DropReason::WriteFailed => "write_failed",
+            DropReason::NotPublisher => "not_publisher",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// All counters and gauges of a node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Live WebRTC sessions (gauge).
+    pub peers: AtomicU64,
+    /// Live publishers (gauge).
+    pub publishers: AtomicU64,
+    /// Live viewers (gauge).
+    pub viewers: AtomicU64,
+    /// UDP datagrams received on the media socket.
+    pub packets_in: AtomicU64,
+    /// UDP payload bytes received on the media socket.
+    pub bytes_in: AtomicU64,
+    /// UDP datagrams sent from the media socket.
+    pub packets_out: AtomicU64,
+    /// UDP payload bytes sent from the media socket.
+    pub bytes_out: AtomicU64,
+    /// Media frames forwarded to viewers.
+    pub frames_forwarded: AtomicU64,
+    /// NACKs received from viewers (their losses we repaired).
+    pub nacks_in: AtomicU64,
+    /// NACKs sent to publishers (our losses we asked them to repair).
+    pub nacks_out: AtomicU64,
+    /// PLIs and FIRs received from viewers.
+    pub keyframe_requests_in: AtomicU64,
+    /// PLIs sent to publishers after aggregation and throttling.
+    pub keyframe_requests_out: AtomicU64,
+    /// WebRTC sessions ended because of an error.
+    pub session_errors: AtomicU64,
+    drops: [AtomicU64; 6],
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one drop for `reason`.
+    pub fn count_drop(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops counted so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition (version 0.0.4) of every metric.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(2048);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        one("yiwang_peers", "gauge", "Live WebRTC sessions.", get(&self.peers));
+        one("yiwang_publishers", "gauge", "Live publishers.", get(&self.publishers));
+        one("yiwang_viewers", "gauge", "Live viewers.", get(&self.viewers));
+        one("yiwang_packets_in_total", "counter", "UDP datagrams received on the media socket.", get(&self.packets_in));
+        one("yiwang_bytes_in_total", "counter", "UDP payload bytes received on the media socket.", get(&self.bytes_in));
+        one("yiwang_packets_out_total", "counter", "UDP datagrams sent from the media socket.", get(&self.packets_out));
+        one("yiwang_bytes_out_total", "counter", "UDP payload bytes sent from the media socket.", get(&self.bytes_out));
+        one("yiwang_frames_forwarded_total", "counter", "Media frames written to viewers.", get(&self.frames_forwarded));
+        one("yiwang_nacks_in_total", "counter", "NACKs received from viewers.", get(&self.nacks_in));
+        one("yiwang_nacks_out_total", "counter", "NACKs sent to publishers.", get(&self.nacks_out));
+        one("yiwang_keyframe_requests_in_total", "counter", "PLI/FIR received from viewers.", get(&self.keyframe_requests_in));
+        one("yiwang_keyframe_requests_out_total", "counter", "PLI sent to publishers after aggregation.", get(&self.keyframe_requests_out));
+        one("yiwang_session_errors_total", "counter", "WebRTC sessions ended by an error.", get(&self.session_errors));
+        let _ = writeln!(s, "# HELP yiwang_drops_total Datagrams or frames dropped, by reason.");
+        let _ = writeln!(s, "# TYPE yiwang_drops_total counter");
+        for r in DropReason::ALL {
+            let _ = writeln!(s, "yiwang_drops_total{{reason=\"{}\"}} {}", r.label(), self.drops(r));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_drop_reason_and_counter() {
+        let m = Metrics::default();
+        Metrics::add(&m.packets_in, 3);
+        m.count_drop(DropReason::Malformed);
+        m.count_drop(DropReason::Malformed);
+        let text = m.render();
+        assert!(text.contains("yiwang_packets_in_total 3\n"));
+        assert!(text.contains("yiwang_drops_total{reason=\"malformed\"} 2\n"));
+        assert!(text.contains("yiwang_drops_total{reason=\"not_publisher\"} 0\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            v.parse::<u64>().expect("every sample is an integer");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Composition of a site node: identity, token verifier, media socket and task, HTTP listener(s),
+//! QUIC endpoint. `media-server`'s `main` and the integration tests both start a node through
+//! [`start`], so what the tests exercise is what operators run.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Once};
+
+use anyhow::Context as _;
+use ed25519_dalek::VerifyingKey;
+use signaling::auth::TokenVerifier;
+use signaling::ids::NodeId;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::config::NodeConfig;
+use crate::http::{self, AppState};
+use crate::identity::NodeIdentity;
+use crate::media::{self, MediaHandle};
+use crate::metrics::Metrics;
+use crate::quic;
+use crate::sfu::Sfu;
+use crate::streams::LiveStreams;
+
+/// Installs the process-wide crypto providers once: str0m's (aws-lc-rs, for DTLS/SRTP) and
+/// rustls's (ring, for QUIC). Each library uses its own; installing both up front keeps them
+/// from racing to pick a default at first use.
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A running node and the addresses it actually bound.
+pub struct RunningNode {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// HTTP listener address.
+    pub http_addr: SocketAddr,
+    /// Separate metrics listener, when configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The media (WebRTC) UDP socket's address.
+    pub media_addr: SocketAddr,
+    /// The address put in ICE candidates.
+    pub advertised_media_addr: SocketAddr,
+    /// The QUIC endpoint's address.
+    pub quic_addr: SocketAddr,
+    /// Keys and certificate.
+    pub identity: Arc<NodeIdentity>,
+    /// The live-stream table.
+    pub live: LiveStreams,
+    /// Node counters.
+    pub metrics: Arc<Metrics>,
+    /// The media task.
+    pub media: MediaHandle,
+    tasks: Vec<JoinHandle<()>>,
+    quic: quinn::Endpoint,
+}
+
+impl RunningNode {
+    /// The line printed once every listener is bound (pinned: scripts wait for it).
+    pub fn ready_line(&self) -> String {
+        format!(
+            "ready http={} media={} quic={}",
+            self.http_addr, self.media_addr, self.quic_addr
+        )
+    }
+
+    /// Stops every task of the node.
+    pub async fn shutdown(self) {
+        self.quic.close(0u32.into(), b"node shutting down");
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The IP to advertise in ICE candidates for a socket bound to `bound`.
+pub fn advertise_ip(bound: IpAddr, configured: Option<IpAddr>) -> IpAddr {
+    if let Some(ip) = configured {
+        return ip;
+    }
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    // The address of the interface that routes outward; connecting a UDP socket sends nothing.
+    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Builds the token verifier the configuration asks for.
+pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<TokenVerifier> {
+    let mut v = TokenVerifier::new(identity.node_id.clone());
+    if config.auth.trust_own_key {
+        v.trust(identity.verifying_key());
+    }
+    for hexkey in &config.auth.trusted_issuers {
+        let bytes: [u8; 32] = hex::decode(hexkey.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("auth.trusted_issuers: {hexkey:?} is not 64 hex characters"))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .with_context(|| format!("auth.trusted_issuers: {hexkey:?} is not an Ed25519 public key"))?;
+        v.trust(key);
+    }
+    if v.keys().is_empty() {
+        anyhow::bail!("no trusted token issuer: set auth.trust_own_key or auth.trusted_issuers");
+    }
+    Ok(v)
+}
+
+/// Starts a node: loads or creates its identity in the data dir, binds every listener, spawns
+/// the tasks. Returns once everything is bound.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    init_crypto();
+    let identity = Arc::new(
+        NodeIdentity::load_or_create(&config.node.data_dir, config.node.id.as_ref())
+            .context("node identity")?,
+    );
+    let verifier = Arc::new(verifier(&config, &identity)?);
+    let metrics = Arc::new(Metrics::default());
+    let live = LiveStreams::default();
+
+    let socket = UdpSocket::bind(config.media.listen)
+        .await
+        .with_context(|| format!("binding media socket {}", config.media.listen))?;
+    let media_addr = socket.local_addr()?;
+    let advertised = SocketAddr::new(advertise_ip(media_addr.ip(), config.media.advertise), media_addr.port());
+    let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised, metrics.clone(), live.clone());
+    let (media, media_task) = media::spawn(socket, sfu);
+
+    let quic = quic::bind(config.quic.listen, &identity)
+        .with_context(|| format!("binding QUIC endpoint {}", config.quic.listen))?;
+    let quic_addr = quic.local_addr()?;
+    let quic_task = tokio::spawn(quic::serve(quic.clone()));
+
+    let state = AppState {
+        node_id: identity.node_id.clone(),
+        verifier,
+        media: media.clone(),
+        live: live.clone(),
+        metrics: metrics.clone(),
+        metrics_here: config.http.metrics_listen.is_none(),
+    };
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", config.http.listen))?;
+    let http_addr = listener.local_addr()?;
+    let app = http::router(state.clone(), config.http.max_body_bytes);
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let mut tasks = vec![media_task, quic_task, http_task];
+
+    let mut metrics_addr = None;
+    if let Some(addr) = config.http.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics listener {addr}"))?;
+        metrics_addr = Some(l.local_addr()?);
+        let app = http::metrics_router(state);
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        }));
+    }
+
+    info!(node = %identity.node_id, http = %http_addr, media = %media_addr, quic = %quic_addr, "node started");
+    Ok(RunningNode {
+        node_id: identity.node_id.clone(),
+        http_addr,
+        metrics_addr,
+        media_addr,
+        advertised_media_addr: advertised,
+        quic_addr,
+        identity,
+        live,
+        metrics,
+        media,
+        tasks,
+        quic,
+    })
+}

@@ -1,0 +1,983 @@
+//! The SFU engine: every WebRTC session of the node (str0m `Rtc`s) on one UDP socket, wired to
+//! the forwarding core ([`crate::forward`]).
+//!
+//! Sans-IO like str0m itself: the engine owns no socket, task or clock. The shell
+//! ([`crate::media`]) feeds it datagrams with [`Sfu::handle_receive`] and time with
+//! [`Sfu::handle_timeout`], sends what [`Sfu::poll_transmit`] yields, and sleeps until
+//! [`Sfu::poll_timeout`]. Because of that, tests can drive a whole publish/view exchange in
+//! virtual time.
+//!
+//! ```no_run
+//! # use media_server::sfu::{Sfu, SfuConfig};
+//! # use std::time::Instant;
+//! # let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+//! let mut sfu = Sfu::new(SfuConfig::default(), socket.local_addr().unwrap(), Default::default(), Default::default());
+//! let mut buf = vec![0; 65536];
+//! loop {
+//!     while let Some(t) = sfu.poll_transmit() {
+//!         let _ = socket.send_to(&t.contents, t.destination);
+//!     }
+//!     let wait = sfu.poll_timeout().saturating_duration_since(Instant::now());
+//!     socket.set_read_timeout(Some(wait.max(std::time::Duration::from_millis(1)))).unwrap();
+//!     match socket.recv_from(&mut buf) {
+//!         Ok((n, from)) => sfu.handle_receive(Instant::now(), from, &buf[..n]),
+//!         Err(_) => sfu.handle_timeout(Instant::now()),
+//!     }
+//! }
+//! ```
+//!
+//! Sessions are ICE-lite with one host candidate (the advertised address) and accept peer-reflexive
+//! candidates, so clients behind NAT or with only mDNS candidates still connect. A 5-tuple is
+//! bound to its session on first acceptance, so steady-state demultiplexing is one hash lookup.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use signaling::ids::{StreamName, Subject};
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tracing::{debug, warn};
+
+use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, PeerId, PublishConflict, TrackKind, ViewError};
+use crate::metrics::{DropReason, Metrics};
+use crate::streams::{LiveStreams, StreamInfo};
+
+/// Tunables of the SFU engine. `Default` gives the documented values.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Forwarding-core tunables (keyframe throttling).
+    pub forward: ForwardConfig,
+    /// A session that has not completed ICE + DTLS within this time is dropped (default 20 s).
+    pub connect_timeout: Duration,
+    /// Packets kept per outgoing video stream for answering NACKs (default 1000, about 3 s of
+    /// 2.5 Mbit/s video).
+    pub send_buffer_video: usize,
+    /// Packets kept per outgoing audio stream for answering NACKs (default 100, 2 s of Opus).
+    pub send_buffer_audio: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            forward: ForwardConfig::default(),
+            connect_timeout: Duration::from_secs(20),
+            send_buffer_video: 1000,
+            send_buffer_audio: 100,
+        }
+    }
+}
+
+/// Why a publish or view request was refused. Each maps to one HTTP status (see `docs/api.md`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// The SDP offer could not be parsed or accepted.
+    #[error("malformed SDP offer: {0}")]
+    BadSdp(String),
+    /// The offer carries nothing the node can receive or send (no H.264/VP8 video, no Opus audio).
+    #[error("{0}")]
+    NoUsableMedia(String),
+    /// A publisher owned by another subject is live under this name.
+    #[error("stream is live and published by another subject ({holder})")]
+    Conflict {
+        /// The subject holding the name.
+        holder: Subject,
+    },
+    /// No publisher is live under this name.
+    #[error("no live stream with that name")]
+    NotLive,
+    /// No session has this id.
+    #[error("no such session")]
+    NoSession,
+    /// The media loop is gone (node shutting down).
+    #[error("media engine unavailable")]
+    Unavailable,
+}
+
+/// The SDP answer for a new session and the id under which it can be ended.
+#[derive(Debug, Clone)]
+pub struct SessionAnswer {
+    /// Opaque session id (128 random bits, hex): the last segment of the `Location` URL.
+    pub session_id: String,
+    /// The SDP answer.
+    pub sdp: String,
+}
+
+/// A datagram to send from the media socket.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// The payload.
+    pub contents: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum PeerRole {
+    Publisher { stream: StreamName },
+    Viewer { stream: StreamName },
+}
+
+struct Peer {
+    session_id: String,
+    rtc: Rtc,
+    role: PeerRole,
+    video_mid: Option<Mid>,
+    audio_mid: Option<Mid>,
+    next_timeout: Instant,
+    connected: bool,
+    created: Instant,
+    /// Last cumulative (nacks, plis+firs) seen per mid, to turn str0m's stats into counters.
+    egress_seen: HashMap<Mid, (u64, u64)>,
+    ingress_seen: HashMap<Mid, u64>,
+}
+
+/// The SFU engine. See the module docs for the run loop.
+pub struct Sfu {
+    config: SfuConfig,
+    /// The address put in ICE candidates and expected as the destination of received datagrams.
+    local: SocketAddr,
+    peers: HashMap<PeerId, Peer>,
+    sessions: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    fwd: Forwarder,
+    next_peer: u64,
+    transmits: VecDeque<Transmit>,
+    /// Frames received from publishers, waiting to be routed (reused buffer).
+    inbox: Vec<(PeerId, MediaData)>,
+    targets: Vec<PeerId>,
+    metrics: Arc<Metrics>,
+    live: LiveStreams,
+}
+
+impl Sfu {
+    /// An engine whose sessions advertise `local` as their one ICE candidate.
+    pub fn new(config: SfuConfig, local: SocketAddr, metrics: Arc<Metrics>, live: LiveStreams) -> Self {
+        Sfu {
+            fwd: Forwarder::new(config.forward.clone()),
+            config,
+            local,
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_peer: 1,
+            transmits: VecDeque::new(),
+            inbox: Vec::new(),
+            targets: Vec::new(),
+            metrics,
+            live,
+        }
+    }
+
+    /// The live-stream table this engine writes.
+    pub fn live(&self) -> &LiveStreams {
+        &self.live
+    }
+
+    /// Number of sessions (publishers and viewers, connected or not).
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Counters of the forwarding core.
+    pub fn forward_counters(&self) -> &crate::forward::ForwardCounters {
+        self.fwd.counters()
+    }
+
+    fn base_config(&self) -> RtcConfig {
+        RtcConfig::new()
+            .set_ice_lite(true)
+            .set_send_buffer_video(self.config.send_buffer_video)
+            .set_send_buffer_audio(self.config.send_buffer_audio)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+    }
+
+    fn new_session_id() -> String {
+        let mut b = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut b);
+        hex::encode(b)
+    }
+
+    /// Accepts a WHIP offer: `owner` publishes `stream`.
+    ///
+    /// The node receives H.264 (packetization-mode 1: constrained baseline, baseline, main), VP8
+    /// and Opus, with NACK/RTX. A live stream of the same owner is taken over (the old session is
+    /// closed); one of another owner is a [`SfuError::Conflict`].
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        stream: StreamName,
+        owner: Subject,
+        offer: &str,
+        started_unix_ms: u64,
+    ) -> Result<SessionAnswer, SfuError> {
+        self.fwd
+            .check_publish(&stream, &owner)
+            .map_err(|PublishConflict { holder }| SfuError::Conflict { holder })?;
+
+        // Our answer lists codecs in our configuration's order and the publisher sends the first,
+        // so configure them in the order the offer prefers them.
+        let h264_first = offer_prefers_h264(offer);
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let mut cfg = self.base_config().clear_codecs();
+        {
+            let codecs = cfg.codec_config();
+            if !h264_first {
+                codecs.enable_vp8(true);
+            }
+            // Packetization-mode 1 only: constrained baseline, baseline, main (what browsers and
+            // hardware encoders send). PT/RTX pairs as browsers number them.
+            codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+            codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
+            codecs.add_h264(123.into(), Some(119.into()), true, 0x4d001f);
+            if h264_first {
+                codecs.enable_vp8(true);
+            }
+            codecs.enable_opus(true, false);
+        }
+        let peer_id = self.alloc_peer_id();
+        let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Publisher { stream: stream.clone() })?;
+        self.drain_events_only(peer_id, &mut peer, now);
+
+        let video = peer.video_mid.and_then(|m| negotiated(&peer.rtc, m).into_iter().next());
+        let audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        if video.is_none() && !audio {
+            return Err(SfuError::NoUsableMedia(
+                "offer has no media the node can receive (H.264 packetization-mode=1, VP8, Opus)".into(),
+            ));
+        }
+        let video_codec = video.map(|p| p.spec().codec.to_string().to_uppercase());
+        let session_id = peer.session_id.clone();
+        self.fwd
+            .add_publisher(now, stream.clone(), owner.clone(), peer_id)
+            .map_err(|PublishConflict { holder }| SfuError::Conflict { holder })?;
+        self.sessions.insert(session_id.clone(), peer_id);
+        self.peers.insert(peer_id, peer);
+        Metrics::add(&self.metrics.publishers, 1);
+        self.live.upsert(StreamInfo {
+            viewers: self.fwd.viewer_count(&stream),
+            name: stream,
+            owner,
+            video_codec,
+            audio,
+            started_unix_ms,
+        });
+        self.after_input(now);
+        Ok(SessionAnswer { session_id, sdp })
+    }
+
+    /// Accepts a WHEP offer: a viewer of the live `stream`.
+    ///
+    /// The answer offers exactly the codecs the publisher negotiated, so a viewer whose offer
+    /// lists VP8 first still gets the publisher's H.264 (no transcoding happens here).
+    pub fn view(&mut self, now: Instant, stream: &StreamName, offer: &str) -> Result<SessionAnswer, SfuError> {
+        let publisher = self.fwd.publisher_of(stream).ok_or(SfuError::NotLive)?;
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+
+        let (video_params, audio_params) = {
+            let p = self.peers.get(&publisher).ok_or(SfuError::NotLive)?;
+            (
+                p.video_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
+                p.audio_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
+            )
+        };
+        let mut cfg = self.base_config().clear_codecs();
+        {
+            let codecs = cfg.codec_config();
+            for p in video_params.iter().chain(audio_params.iter()) {
+                let s = p.spec();
+                codecs.add_config(p.pt(), p.resend(), s.codec, s.clock_rate, s.channels, s.format);
+            }
+        }
+        let peer_id = self.alloc_peer_id();
+        let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
+        self.drain_events_only(peer_id, &mut peer, now);
+        let gets_video = peer.video_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        let gets_audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        if !gets_video && !gets_audio {
+            let have: Vec<String> = video_params
+                .iter()
+                .chain(audio_params.iter())
+                .map(|p| p.spec().codec.to_string())
+                .collect();
+            return Err(SfuError::NoUsableMedia(format!(
+                "offer has no recvonly media in a codec the publisher sends ({})",
+                have.join(", ")
+            )));
+        }
+        self.fwd.add_viewer(now, stream, peer_id).map_err(|e| match e {
+            ViewError::NotLive | ViewError::DuplicatePeer => SfuError::NotLive,
+        })?;
+        let session_id = peer.session_id.clone();
+        self.sessions.insert(session_id.clone(), peer_id);
+        self.peers.insert(peer_id, peer);
+        Metrics::add(&self.metrics.viewers, 1);
+        self.live.set_viewers(stream, self.fwd.viewer_count(stream));
+        self.after_input(now);
+        Ok(SessionAnswer { session_id, sdp })
+    }
+
+    /// Ends a session by the id returned in its [`SessionAnswer`].
+    pub fn close_session(&mut self, now: Instant, session_id: &str) -> Result<(), SfuError> {
+        let peer = *self.sessions.get(session_id).ok_or(SfuError::NoSession)?;
+        self.close_peer(peer, "ended by client");
+        self.after_input(now);
+        Ok(())
+    }
+
+    fn alloc_peer_id(&mut self) -> PeerId {
+        let id = PeerId(self.next_peer);
+        self.next_peer += 1;
+        id
+    }
+
+    fn new_peer(&mut self, now: Instant, cfg: RtcConfig, offer: SdpOffer, role: PeerRole) -> Result<(Peer, String), SfuError> {
+        let mut rtc = cfg.build(now);
+        let candidate = Candidate::host(self.local, "udp").map_err(|e| SfuError::BadSdp(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let sdp = answer.to_sdp_string();
+        let (video_mid, audio_mid) = first_mids(&sdp);
+        let peer = Peer {
+            session_id: Self::new_session_id(),
+            rtc,
+            role,
+            video_mid,
+            audio_mid,
+            next_timeout: now,
+            connected: false,
+            created: now,
+            egress_seen: HashMap::new(),
+            ingress_seen: HashMap::new(),
+        };
+        Ok((peer, sdp))
+    }
+
+    /// Drains a peer that is not yet in the table (right after accepting its offer): transmits
+    /// are queued, media events recorded; there can be no media yet.
+    fn drain_events_only(&mut self, id: PeerId, peer: &mut Peer, now: Instant) {
+        drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
+    }
+
+    /// A datagram arrived on the media socket from `source`.
+    pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        Metrics::add(&self.metrics.packets_in, 1);
+        Metrics::add(&self.metrics.bytes_in, data.len() as u64);
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
+            self.metrics.count_drop(DropReason::Malformed);
+            return;
+        };
+        let input = Input::Receive(now, receive);
+
+        let known = self
+            .by_addr
+            .get(&source)
+            .copied()
+            .filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)).map(|(id, _)| *id) else {
+                    self.metrics.count_drop(DropReason::UnknownSource);
+                    return;
+                };
+                self.by_addr.insert(source, id);
+                id
+            }
+        };
+        let peer = self.peers.get_mut(&id).expect("found above");
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(%id, error = %e, "input refused; ending session");
+            Metrics::add(&self.metrics.session_errors, 1);
+            self.close_peer(id, "protocol error");
+        } else {
+            self.drain(id, now);
+        }
+        self.after_input(now);
+    }
+
+    /// Time passed: every session whose deadline is due is driven, held keyframe requests are
+    /// released, dead or never-connected sessions are removed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_timeout <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(%id, error = %e, "timeout handling failed; ending session");
+                Metrics::add(&self.metrics.session_errors, 1);
+                self.close_peer(id, "protocol error");
+                continue;
+            }
+            self.drain(id, now);
+        }
+        let stale: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.rtc.is_alive()
+                    || (!p.connected && now.saturating_duration_since(p.created) > self.config.connect_timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.close_peer(id, "disconnected or never connected");
+        }
+        self.fwd.handle_timeout(now);
+        self.after_input(now);
+    }
+
+    /// The next datagram to send, if any.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        Metrics::add(&self.metrics.packets_out, 1);
+        Metrics::add(&self.metrics.bytes_out, t.contents.len() as u64);
+        Some(t)
+    }
+
+    /// When [`Sfu::handle_timeout`] must be called next (at the latest one second from the
+    /// earliest session deadline; an idle engine still wakes every second to expire sessions).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        let peers = self.peers.values().map(|p| p.next_timeout).min();
+        let fwd = self.fwd.poll_timeout();
+        let earliest = [peers, fwd].into_iter().flatten().min();
+        match earliest {
+            Some(t) => t,
+            // Relative to nothing: callers clamp with their own clock.
+            None => self
+                .peers
+                .values()
+                .map(|p| p.created)
+                .max()
+                .map_or_else(|| Instant::now() + Duration::from_secs(1), |c| c + Duration::from_secs(1)),
+        }
+    }
+
+    fn drain(&mut self, id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let alive = drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
+        if !alive {
+            self.close_peer(id, "ICE disconnected");
+        }
+    }
+
+    /// Routes frames collected from publishers and carries out the core's decisions, until
+    /// nothing is left (writing to a viewer can yield keyframe requests, which yield writes to a
+    /// publisher, and so on).
+    fn after_input(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            let inbox = std::mem::take(&mut self.inbox);
+            for (from, data) in inbox.iter() {
+                progressed = true;
+                self.route_frame(now, *from, data);
+            }
+            // Reuse the allocation.
+            let mut inbox = inbox;
+            inbox.clear();
+            if self.inbox.is_empty() {
+                self.inbox = inbox;
+            }
+            while let Some(out) = self.fwd.poll_output() {
+                progressed = true;
+                match out {
+                    ForwardOutput::RequestKeyframe { publisher } => {
+                        if let Some(p) = self.peers.get_mut(&publisher) {
+                            if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
+                                if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                                    Metrics::add(&self.metrics.keyframe_requests_out, 1);
+                                }
+                            }
+                            self.drain(publisher, now);
+                        }
+                    }
+                    ForwardOutput::Close { peer } => self.close_peer(peer, "taken over by a newer session"),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
+        let Some(p) = self.peers.get(&from) else { return };
+        let kind = if Some(data.mid) == p.video_mid {
+            TrackKind::Video
+        } else if Some(data.mid) == p.audio_mid {
+            TrackKind::Audio
+        } else {
+            return;
+        };
+        if kind == TrackKind::Video && !data.contiguous {
+            // Loss NACK/RTX could not repair: the viewers' decoders need a fresh keyframe.
+            self.fwd.viewer_keyframe_request(now, from);
+        }
+        let before = self.fwd.counters().clone();
+        let mut targets = std::mem::take(&mut self.targets);
+        self.fwd.route(now, from, kind, data.is_keyframe(), &mut targets);
+        let after = self.fwd.counters();
+        for _ in before.dropped_waiting_keyframe..after.dropped_waiting_keyframe {
+            self.metrics.count_drop(DropReason::WaitingKeyframe);
+        }
+        for _ in before.dropped_not_publisher..after.dropped_not_publisher {
+            self.metrics.count_drop(DropReason::NotPublisher);
+        }
+        for &viewer in &targets {
+            let Some(v) = self.peers.get_mut(&viewer) else { continue };
+            let mid = match kind {
+                TrackKind::Video => v.video_mid,
+                TrackKind::Audio => v.audio_mid,
+            };
+            let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else { continue };
+            let Some(pt) = writer.match_params(data.params) else {
+                self.metrics.count_drop(DropReason::CodecMismatch);
+                continue;
+            };
+            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+                Ok(()) => Metrics::add(&self.metrics.frames_forwarded, 1),
+                Err(e) => {
+                    debug!(%viewer, error = %e, "write refused");
+                    self.metrics.count_drop(DropReason::WriteFailed);
+                }
+            }
+            self.drain(viewer, now);
+        }
+        self.targets = targets;
+    }
+
+    fn close_peer(&mut self, id: PeerId, why: &str) {
+        let Some(mut peer) = self.peers.remove(&id) else { return };
+        debug!(%id, why, "session closed");
+        peer.rtc.disconnect();
+        self.sessions.remove(&peer.session_id);
+        self.by_addr.retain(|_, p| *p != id);
+        let was_live_publisher = matches!(&peer.role, PeerRole::Publisher { stream } if self.fwd.publisher_of(stream) == Some(id));
+        self.fwd.remove_peer(id);
+        match &peer.role {
+            PeerRole::Publisher { stream } => {
+                self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+                if was_live_publisher {
+                    self.live.remove(stream);
+                }
+            }
+            PeerRole::Viewer { stream } => {
+                self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+                self.live.set_viewers(stream, self.fwd.viewer_count(stream));
+            }
+        }
+        if peer.connected {
+            self.metrics.peers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the offer's first video m-line lists an H.264 payload type before any VP8 one.
+fn offer_prefers_h264(sdp: &str) -> bool {
+    let mut order: Vec<&str> = Vec::new();
+    let mut in_first_video = false;
+    let mut codec_of: HashMap<&str, String> = HashMap::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            if order.is_empty() && rest.starts_with("video ") {
+                in_first_video = true;
+                order = rest.split(' ').skip(3).collect();
+            } else {
+                in_first_video = false;
+            }
+        } else if let Some(rest) = line.strip_prefix("a=rtpmap:").filter(|_| in_first_video) {
+            if let Some((pt, enc)) = rest.split_once(' ') {
+                let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
+                codec_of.insert(pt, name);
+            }
+        }
+    }
+    order
+        .iter()
+        .filter_map(|pt| codec_of.get(pt))
+        .find(|c| *c == "H264" || *c == "VP8")
+        .is_some_and(|c| c == "H264")
+}
+
+/// The first accepted (port not 0, not inactive) video and audio mids of an SDP answer.
+fn first_mids(sdp: &str) -> (Option<Mid>, Option<Mid>) {
+    let (mut video, mut audio) = (None, None);
+    let mut current: Option<(&str, bool)> = None; // (kind, accepted)
+    let mut flush = |kind: Option<(&str, bool)>, mid: Option<&str>| {
+        if let (Some((kind, true)), Some(mid)) = (kind, mid) {
+            let slot = if kind == "video" { &mut video } else if kind == "audio" { &mut audio } else { return };
+            if slot.is_none() {
+                *slot = Some(Mid::from(mid));
+            }
+        }
+    };
+    let mut mid: Option<&str> = None;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(current, mid);
+            let mut parts = rest.split(' ');
+            let kind = parts.next().unwrap_or("");
+            let accepted = parts.next().is_some_and(|port| port != "0");
+            current = Some((kind, accepted));
+            mid = None;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m);
+        } else if line == "a=inactive" {
+            if let Some((_, accepted)) = current.as_mut() {
+                *accepted = false;
+            }
+        }
+    }
+    flush(current, mid);
+    (video, audio)
+}
+
+/// The payload parameters negotiated for `mid`, in the local configuration's order.
+fn negotiated(rtc: &Rtc, mid: Mid) -> Vec<PayloadParams> {
+    let Some(media) = rtc.media(mid) else { return Vec::new() };
+    let pts = media.remote_pts();
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| pts.contains(&p.pt()))
+        .filter(|p| matches!(p.spec().codec, Codec::H264 | Codec::Vp8 | Codec::Opus))
+        .copied()
+        .collect()
+}
+
+/// Polls one session until it returns a timeout. Returns false when the session died.
+fn drain_peer(
+    id: PeerId,
+    peer: &mut Peer,
+    now: Instant,
+    transmits: &mut VecDeque<Transmit>,
+    inbox: &mut Vec<(PeerId, MediaData)>,
+    fwd: &mut Forwarder,
+    metrics: &Metrics,
+) -> bool {
+    loop {
+        if !peer.rtc.is_alive() {
+            return false;
+        }
+        let out = match peer.rtc.poll_output() {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(%id, error = %e, "session failed");
+                Metrics::add(&metrics.session_errors, 1);
+                return false;
+            }
+        };
+        match out {
+            Output::Timeout(t) => {
+                peer.next_timeout = t.max(now);
+                return true;
+            }
+            Output::Transmit(t) => transmits.push_back(Transmit {
+                destination: t.destination,
+                contents: t.contents.into(),
+            }),
+            Output::Event(ev) => match ev {
+                Event::IceConnectionStateChange(state) => match state {
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        if !peer.connected {
+                            peer.connected = true;
+                            Metrics::add(&metrics.peers, 1);
+                        }
+                    }
+                    IceConnectionState::Disconnected => return false,
+                    _ => {}
+                },
+                Event::MediaAdded(m) => match m.kind {
+                    MediaKind::Video if peer.video_mid.is_none() => peer.video_mid = Some(m.mid),
+                    MediaKind::Audio if peer.audio_mid.is_none() => peer.audio_mid = Some(m.mid),
+                    _ => {}
+                },
+                Event::MediaData(data) => {
+                    if matches!(peer.role, PeerRole::Publisher { .. }) {
+                        inbox.push((id, data));
+                    }
+                }
+                Event::KeyframeRequest(_) => {
+                    Metrics::add(&metrics.keyframe_requests_in, 1);
+                    fwd.viewer_keyframe_request(now, id);
+                }
+                Event::MediaEgressStats(s) => {
+                    let seen = peer.egress_seen.entry(s.mid).or_default();
+                    metrics.nacks_in.fetch_add(s.nacks.saturating_sub(seen.0), Ordering::Relaxed);
+                    *seen = (s.nacks.max(seen.0), seen.1);
+                }
+                Event::MediaIngressStats(s) => {
+                    let seen = peer.ingress_seen.entry(s.mid).or_default();
+                    metrics.nacks_out.fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    *seen = s.nacks.max(*seen);
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine in virtual time against real str0m peers: no sockets, no sleeps; the clock
+    //! advances in 5 ms steps and every datagram is delivered by address.
+    use super::*;
+    use str0m::change::SdpAnswer;
+    use str0m::media::{Direction, Frequency, MediaTime};
+
+    const SFU: &str = "10.0.0.100:5000";
+    const STEP: Duration = Duration::from_millis(5);
+
+    struct Client {
+        addr: SocketAddr,
+        rtc: Rtc,
+        video_mid: Option<Mid>,
+        audio_mid: Option<Mid>,
+        connected: bool,
+        video: Vec<MediaData>,
+        audio: usize,
+        keyframe_requests: usize,
+    }
+
+    struct World {
+        now: Instant,
+        sfu: Sfu,
+        clients: Vec<Client>,
+    }
+
+    impl World {
+        fn new() -> World {
+            crate::node::init_crypto();
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+            let now = Instant::now();
+            World {
+                now,
+                sfu: Sfu::new(SfuConfig::default(), SFU.parse().unwrap(), Arc::default(), LiveStreams::default()),
+                clients: Vec::new(),
+            }
+        }
+
+        /// Adds a client whose offer has the given media, returns (index, offer SDP, pending).
+        fn client(&mut self, port: u16, media: &[(MediaKind, Direction)]) -> (usize, String, str0m::change::SdpPendingOffer) {
+            let addr: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
+            let mut rtc = RtcConfig::new().build(self.now);
+            rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+            let mut api = rtc.sdp_api();
+            for (kind, dir) in media {
+                api.add_media(*kind, *dir, None, None, None);
+            }
+            let (offer, pending) = api.apply().unwrap();
+            let offer = offer.to_sdp_string();
+            let (video_mid, audio_mid) = first_mids(&offer);
+            self.clients.push(Client {
+                addr,
+                rtc,
+                video_mid,
+                audio_mid,
+                connected: false,
+                video: Vec::new(),
+                audio: 0,
+                keyframe_requests: 0,
+            });
+            (self.clients.len() - 1, offer, pending)
+        }
+
+        fn accept(&mut self, i: usize, pending: str0m::change::SdpPendingOffer, answer: &str) {
+            let answer = SdpAnswer::from_sdp_string(answer).unwrap();
+            self.clients[i].rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        }
+
+        /// One step of virtual time: drive every client and the SFU, deliver every datagram.
+        fn step(&mut self) {
+            self.now += STEP;
+            let now = self.now;
+            let sfu_addr: SocketAddr = SFU.parse().unwrap();
+            for c in &mut self.clients {
+                c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                loop {
+                    match c.rtc.poll_output().unwrap() {
+                        Output::Timeout(_) => break,
+                        Output::Transmit(t) => self.sfu.handle_receive(now, c.addr, &t.contents),
+                        Output::Event(Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)) => c.connected = true,
+                        Output::Event(Event::MediaData(d)) if d.params.spec().codec == Codec::Opus => c.audio += 1,
+                        Output::Event(Event::MediaData(d)) => c.video.push(d),
+                        Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
+                        Output::Event(_) => {}
+                    }
+                }
+            }
+            self.sfu.handle_timeout(now);
+            while let Some(t) = self.sfu.poll_transmit() {
+                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) else { continue };
+                let r = Receive::new(Protocol::Udp, sfu_addr, c.addr, &t.contents).unwrap();
+                c.rtc.handle_input(Input::Receive(now, r)).unwrap();
+            }
+        }
+
+        fn run_until(&mut self, what: &str, mut done: impl FnMut(&World) -> bool) {
+            for _ in 0..2000 {
+                if done(self) {
+                    return;
+                }
+                self.step();
+            }
+            panic!("not reached within 10 s of virtual time: {what}");
+        }
+
+        /// Writes one VP8 frame (keyframe or not) from client `i`'s first video track.
+        fn write_vp8(&mut self, i: usize, n: u64, keyframe: bool) {
+            let now = self.now;
+            let c = &mut self.clients[i];
+            let mid = c.video_mid.expect("client has video");
+            let w = c.rtc.writer(mid).unwrap();
+            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+            // VP8 payload header: bit 0 of the first byte is 0 for a keyframe.
+            let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.extend(std::iter::repeat_n(n as u8, 1500));
+            w.write(pt, now, MediaTime::new(n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+        }
+
+        fn write_opus(&mut self, i: usize, n: u64) {
+            let now = self.now;
+            let c = &mut self.clients[i];
+            let mid = c.audio_mid.expect("client has audio");
+            let w = c.rtc.writer(mid).unwrap();
+            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
+            w.write(pt, now, MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ), vec![0xfc, 1, 2, 3]).unwrap();
+        }
+    }
+
+    #[test]
+    fn codec_preference_follows_the_offer() {
+        let h264 = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 108 96\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:108 H264/90000\r\n";
+        let vp8 = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 108\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:108 H264/90000\r\n";
+        assert!(offer_prefers_h264(h264));
+        assert!(!offer_prefers_h264(vp8));
+        assert!(!offer_prefers_h264("garbage"));
+    }
+
+    fn name(s: &str) -> StreamName {
+        s.parse().unwrap()
+    }
+    fn subj(s: &str) -> Subject {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn viewer_gets_publisher_media_starting_at_a_keyframe() {
+        let mut w = World::new();
+        let av = [(MediaKind::Video, Direction::SendOnly), (MediaKind::Audio, Direction::SendOnly)];
+        let (p, offer, pending) = w.client(1000, &av);
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p, pending, &answer.sdp);
+        w.run_until("publisher connected", |w| w.clients[p].connected);
+        assert_eq!(w.sfu.live().list().len(), 1);
+        assert_eq!(w.sfu.live().list()[0].video_codec.as_deref(), Some("VP8"));
+
+        // A live encoder: one frame per 30 ms, a keyframe only at the start and when asked.
+        let mut n = 0u64;
+        let mut answered = 0;
+        let mut pump = |w: &mut World, frames: u64| {
+            for _ in 0..frames {
+                let asked = w.clients[p].keyframe_requests > answered;
+                answered = w.clients[p].keyframe_requests;
+                w.write_vp8(p, n, n == 0 || asked);
+                w.write_opus(p, n);
+                n += 1;
+                for _ in 0..6 {
+                    w.step();
+                }
+            }
+        };
+        pump(&mut w, 20);
+
+        let rv = [(MediaKind::Video, Direction::RecvOnly), (MediaKind::Audio, Direction::RecvOnly)];
+        let (v, offer, pending) = w.client(2000, &rv);
+        let now = w.now;
+        let answer = w.sfu.view(now, &name("cam"), &offer).unwrap();
+        w.accept(v, pending, &answer.sdp);
+        for _ in 0..100 {
+            pump(&mut w, 1);
+            if w.clients[v].video.len() >= 60 {
+                break;
+            }
+        }
+        let video = &w.clients[v].video;
+        assert!(video.len() >= 60, "viewer got {} frames", video.len());
+        assert!(video[0].is_keyframe(), "the first frame a viewer sees is a keyframe");
+        assert!(video.iter().all(|d| d.contiguous), "no gap after the keyframe");
+        assert!(w.clients[p].keyframe_requests >= 1, "the SFU asked the publisher for a keyframe");
+        // Fast join: the keyframe came within a few frames of the viewer connecting.
+        assert!(n - 20 - video.len() as u64 <= 10, "{} frames passed before the viewer's first", n - 20 - video.len() as u64);
+        assert!(w.clients[v].audio >= 60, "audio is never held back: {}", w.clients[v].audio);
+        assert!(w.sfu.metrics.drops(DropReason::WaitingKeyframe) >= 1);
+        assert_eq!(w.sfu.live().list()[0].viewers, 1);
+    }
+
+    #[test]
+    fn conflicts_garbage_and_unknown_streams_are_refused_without_harm() {
+        let mut w = World::new();
+        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p, pending, &answer.sdp);
+        w.run_until("publisher connected", |w| w.clients[p].connected);
+
+        let (_, offer2, _) = w.client(1001, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        assert!(matches!(
+            w.sfu.publish(now, name("cam"), subj("off-2"), &offer2, 0),
+            Err(SfuError::Conflict { holder }) if holder.as_str() == "off-1"
+        ));
+        assert!(matches!(w.sfu.view(now, &name("nope"), &offer2), Err(SfuError::NotLive)));
+        assert!(matches!(w.sfu.publish(now, name("x"), subj("x"), "v=0\r\ngarbage", 0), Err(SfuError::BadSdp(_))));
+
+        let peers_before = w.sfu.peer_count();
+        let junk: [&[u8]; 4] = [&[], &[0xff; 3], &[0x00, 0x01, 0x00, 0x50], &[0x16, 0xfe, 0xfd, 0, 0]];
+        for j in junk {
+            w.sfu.handle_receive(now, "10.9.9.9:9".parse().unwrap(), j);
+        }
+        assert_eq!(w.sfu.peer_count(), peers_before, "no session harmed by junk");
+        assert!(w.sfu.metrics.drops(DropReason::Malformed) + w.sfu.metrics.drops(DropReason::UnknownSource) >= 4);
+        // The publisher keeps working.
+        w.write_vp8(p, 0, true);
+        w.step();
+        assert!(w.clients[p].connected);
+    }
+
+    #[test]
+    fn same_owner_reconnect_takes_over_the_name() {
+        let mut w = World::new();
+        let (p1, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        let a = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p1, pending, &a.sdp);
+        w.run_until("first publisher connected", |w| w.clients[p1].connected);
+        let (p2, offer, pending) = w.client(1001, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        let b = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p2, pending, &b.sdp);
+        w.run_until("second publisher connected", |w| w.clients[p2].connected);
+        assert_eq!(w.sfu.peer_count(), 1, "the displaced session is gone");
+        assert!(matches!(w.sfu.close_session(w.now, &a.session_id), Err(SfuError::NoSession)));
+        w.sfu.close_session(w.now, &b.session_id).unwrap();
+        assert!(w.sfu.live().list().is_empty());
+    }
+}

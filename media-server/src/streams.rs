@@ -1,0 +1,69 @@
+//! The node's live-stream table: what is published here right now.
+//!
+//! The media loop ([`crate::sfu`]) is the only writer; HTTP handlers and (later) the signaling
+//! server read it through [`LiveStreams`] without going through the media loop. Reads clone a
+//! snapshot, so a reader never holds the lock while doing I/O.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use signaling::ids::{StreamName, Subject};
+
+/// One live stream as the API shows it (`GET /api/streams`; fields pinned in `docs/api.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamInfo {
+    /// The stream's name on this node.
+    pub name: StreamName,
+    /// Subject of the token that publishes it.
+    pub owner: Subject,
+    /// Video codec MIME subtype (`H264`, `VP8`), if the stream has video.
+    pub video_codec: Option<String>,
+    /// Whether the stream carries audio (Opus).
+    pub audio: bool,
+    /// Viewers attached now.
+    pub viewers: usize,
+    /// When publishing started, Unix milliseconds.
+    pub started_unix_ms: u64,
+}
+
+/// Shared, cheaply clonable handle on the live-stream table.
+#[derive(Debug, Clone, Default)]
+pub struct LiveStreams {
+    inner: Arc<RwLock<BTreeMap<StreamName, StreamInfo>>>,
+}
+
+impl LiveStreams {
+    /// Every live stream, ordered by name.
+    pub fn list(&self) -> Vec<StreamInfo> {
+        self.read().values().cloned().collect()
+    }
+
+    /// One stream by name.
+    pub fn get(&self, name: &StreamName) -> Option<StreamInfo> {
+        self.read().get(name).cloned()
+    }
+
+    pub(crate) fn upsert(&self, info: StreamInfo) {
+        self.write().insert(info.name.clone(), info);
+    }
+
+    pub(crate) fn remove(&self, name: &StreamName) {
+        self.write().remove(name);
+    }
+
+    pub(crate) fn set_viewers(&self, name: &StreamName, viewers: usize) {
+        if let Some(s) = self.write().get_mut(name) {
+            s.viewers = viewers;
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<StreamName, StreamInfo>> {
+        // A poisoned lock only means a writer panicked mid-update of plain data; keep serving.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<StreamName, StreamInfo>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

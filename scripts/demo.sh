@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# THE demo command: builds the node and the GStreamer test-pattern publisher, starts a node on
+# this machine, publishes stream `demo-cam`, and prints a link that plays it in any browser.
+# Ctrl-C stops everything.
+#
+# Environment:
+#   YIWANG_DEMO_DIR    working directory (data dir, logs)      default /tmp/yiwang-demo
+#   YIWANG_ADVERTISE   IP put in ICE candidates / printed link  default: first of `hostname -I`, else 127.0.0.1
+#   YIWANG_DEMO_CODEC  codec of the demo publisher (h264|vp8)   default: the publisher's default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+demo_dir=${YIWANG_DEMO_DIR:-/tmp/yiwang-demo}
+advertise=${YIWANG_ADVERTISE:-$(hostname -I 2>/dev/null | awk '{print $1}' || true)}
+advertise=${advertise:-127.0.0.1}
+http_port=8080
+stream=demo-cam
+
+bash scripts/install-deps.sh
+cargo --version >/dev/null || { echo "demo.sh: cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+cargo build --release -p media-server -p yiwang-tests --bins
+
+bin="$root/target/release"
+mkdir -p "$demo_dir/data"
+node_out="$demo_dir/media-server.out"
+node_log="$demo_dir/media-server.log"
+pub_out="$demo_dir/demo-publisher.out"
+pub_log="$demo_dir/demo-publisher.log"
+: >"$node_out"; : >"$pub_out"
+
+pids=()
+# shellcheck disable=SC2317  # invoked from traps
+cleanup() {
+  trap - EXIT INT TERM
+  # Stop in reverse order of start: publisher, then node.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[$i]}" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap cleanup EXIT
+
+# wait_line FILE REGEX PID SECONDS WHAT: bounded wait for a line in FILE, while PID is alive.
+wait_line() {
+  local file=$1 re=$2 pid=$3 secs=$4 what=$5 n=$(($4 * 10))
+  for _ in $(seq "$n"); do
+    if grep -Eq "$re" "$file"; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "demo.sh: $what exited before it was ready; last log lines:" >&2
+      tail -n 20 "${file%.out}.log" >&2 || true
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "demo.sh: $what not ready after ${secs}s; last log lines:" >&2
+  tail -n 20 "${file%.out}.log" >&2 || true
+  return 1
+}
+
+echo "demo.sh: starting media-server (advertise $advertise), logs in $demo_dir" >&2
+"$bin/media-server" --data "$demo_dir/data" \
+  --http "0.0.0.0:$http_port" --media 0.0.0.0:8443 --quic 0.0.0.0:4433 \
+  --advertise "$advertise" >"$node_out" 2>"$node_log" &
+pids+=($!)
+wait_line "$node_out" '^ready ' "${pids[0]}" 30 media-server
+grep -E '^ready ' "$node_out" | head -n 1 >&2
+
+pub_token=$("$bin/media-server" token --data "$demo_dir/data" --sub "$stream" --role device)
+view_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-viewer --role viewer --ttl 86400)
+
+codec_args=()
+if [ -n "${YIWANG_DEMO_CODEC:-}" ]; then codec_args=(--codec "$YIWANG_DEMO_CODEC"); fi
+echo "demo.sh: starting demo-publisher on stream $stream" >&2
+"$bin/demo-publisher" --url "http://127.0.0.1:$http_port" --stream "$stream" --token "$pub_token" \
+  "${codec_args[@]}" >"$pub_out" 2>"$pub_log" &
+pids+=($!)
+wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
+
+cat <<EOF
+
+  移网 yiwang demo is running.  演示已启动。
+
+  Open http://$advertise:$http_port/play.html?stream=$stream&token=$view_token
+
+  (viewer token valid 24 h; logs: $demo_dir/*.log; Ctrl-C stops everything / 按 Ctrl-C 停止)
+
+EOF
+
+# Run until Ctrl-C, or until one of the children dies.
+set +e
+wait -n "${pids[@]}"
+rc=$?
+set -e
+echo "demo.sh: a process exited (status $rc); stopping. Logs: $demo_dir" >&2
+tail -n 5 "$node_log" "$pub_log" >&2 || true
+exit 1

@@ -1,0 +1,251 @@
+//! Validated identifier newtypes.
+//!
+//! Every id that arrives from a token, a URL or a peer is parsed into one of these types before it
+//! is used, so the rest of the system never sees an empty, overlong or path-like id.
+//!
+//! Common syntax: ASCII letters, digits, `.`, `_` and `-`, not starting with `.` or `-` (so an id can
+//! never be `..`, a dotfile or look like a command-line flag).
+//!
+//! | type | length |
+//! |---|---|
+//! | [`NodeId`], [`Subject`], [`IncidentId`], [`TokenId`] | 1..=64 |
+//! | [`StreamName`] | 1..=96 |
+//!
+//! A stream name containing `/` is a remote name `NODE/STREAM`, reserved for the cascade between
+//! nodes; [`StreamName::parse`] refuses it with [`NameError::Reserved`].
+//!
+//! On the wire (serde) every id is a plain JSON string, exactly as with `#[serde(transparent)]`,
+//! but deserialising validates it.
+
+use crate::error::NameError;
+use std::fmt;
+use std::str::FromStr;
+
+/// Checks the common id syntax; `what` names the kind of id in the error.
+fn check(s: &str, max: usize, what: &'static str) -> Result<(), NameError> {
+    let invalid = |reason| NameError::Invalid { what, reason };
+    if s.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if s.len() > max {
+        return Err(invalid(if max == 64 {
+            "must be at most 64 characters"
+        } else {
+            "must be at most 96 characters"
+        }));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"));
+    }
+    if s.starts_with(['.', '-']) {
+        return Err(invalid("must not start with '.' or '-'"));
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident, $what:literal, $max:literal, $check:path) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The longest accepted value, in characters.
+            pub const MAX_LEN: usize = $max;
+
+            fn validate(s: &str) -> Result<(), NameError> {
+                $check(s, $max, $what)
+            }
+
+            /// Parses and validates `s`.
+            pub fn parse(s: &str) -> Result<Self, NameError> {
+                Self::validate(s)?;
+                Ok(Self(s.to_owned()))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The id as an owned string.
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::validate(&s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = NameError;
+            fn try_from(s: &str) -> Result<Self, NameError> {
+                Self::parse(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The id of a site node (media server), e.g. `hq` or `node-3fa2c01b`. Also a token's `iss`
+    /// and, unless it is `*`, its `aud`.
+    NodeId, "node id", 64, check
+);
+id_type!(
+    /// The subject of a token: the person, device or drone pilot station it was issued to, e.g.
+    /// `off-12`. A publisher's default stream name.
+    Subject, "subject", 64, check
+);
+id_type!(
+    /// The id of an incident, e.g. `duty` (every node's standing incident) or `2024-flood-3`.
+    IncidentId, "incident id", 64, check
+);
+id_type!(
+    /// A token's unique id (`jti`); issued tokens use 32 lowercase hex characters.
+    TokenId, "token id", 64, check
+);
+id_type!(
+    /// A local stream name, e.g. `off-12` or `pilot-3-drone1`. Never contains `/`: the
+    /// `NODE/STREAM` form is reserved for the cascade.
+    StreamName, "stream name", 96, check_stream
+);
+
+/// Stream names: the common syntax, but `/` gets its own error because `NODE/STREAM` is a real
+/// (remote) name that only the cascade may create.
+fn check_stream(s: &str, max: usize, what: &'static str) -> Result<(), NameError> {
+    if s.contains('/') {
+        return Err(NameError::Reserved);
+    }
+    check(s, max, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_ids() {
+        for s in ["a", "off-12", "node_1.b", "A9", "x.y-z_", &"a".repeat(64)] {
+            assert_eq!(NodeId::parse(s).unwrap().as_str(), s);
+            assert_eq!(Subject::parse(s).unwrap().to_string(), s);
+            assert_eq!(s.parse::<IncidentId>().unwrap(), s);
+            assert!(TokenId::parse(s).is_ok());
+            assert!(StreamName::parse(s).is_ok());
+        }
+        assert!(StreamName::parse(&"s".repeat(96)).is_ok());
+    }
+
+    #[test]
+    fn refuses_invalid_ids() {
+        for s in [
+            "",
+            ".hidden",
+            "-flag",
+            "..",
+            "a b",
+            "a\0",
+            "é",
+            "a:b",
+            "a\\b",
+            "a/b",
+            &"a".repeat(65),
+        ] {
+            assert!(
+                matches!(
+                    NodeId::parse(s),
+                    Err(NameError::Invalid {
+                        what: "node id",
+                        ..
+                    })
+                ),
+                "{s:?}"
+            );
+            assert!(Subject::parse(s).is_err(), "{s:?}");
+            assert!(IncidentId::parse(s).is_err(), "{s:?}");
+            assert!(TokenId::parse(s).is_err(), "{s:?}");
+        }
+        assert!(matches!(
+            StreamName::parse(&"s".repeat(97)),
+            Err(NameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            StreamName::parse("-x"),
+            Err(NameError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn stream_name_slash_is_reserved() {
+        for s in ["hq/off-12", "/x", "x/", "a/b/c", "a b/c"] {
+            assert_eq!(StreamName::parse(s), Err(NameError::Reserved), "{s:?}");
+        }
+        assert_eq!(
+            NameError::Reserved.to_string(),
+            "NODE/STREAM names are reserved for the cascade"
+        );
+    }
+
+    #[test]
+    fn serde_is_a_plain_validated_string() {
+        let id = StreamName::parse("pilot-3-drone1").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"pilot-3-drone1\"");
+        let back: StreamName = serde_json::from_str("\"pilot-3-drone1\"").unwrap();
+        assert_eq!(back, id);
+        assert!(serde_json::from_str::<StreamName>("\"hq/x\"").is_err());
+        assert!(serde_json::from_str::<NodeId>("\"\"").is_err());
+        assert!(serde_json::from_str::<Subject>("\"../etc\"").is_err());
+    }
+
+    #[test]
+    fn error_messages_name_the_kind() {
+        let e = IncidentId::parse("").unwrap_err();
+        assert_eq!(e.to_string(), "invalid incident id: must not be empty");
+    }
+}

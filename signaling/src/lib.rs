@@ -1,0 +1,23 @@
+//! yiwang control plane: the vocabulary every node and client shares.
+//!
+//! What lives here today:
+//! - [`ids`]: validated newtypes for node ids, stream names, token subjects, incidents and token
+//!   ids. Anything that crosses a trust boundary is parsed into one of these first.
+//! - [`auth`]: roles and the action matrix of `ROLES.md`, token claims, the publish-name rule, and
+//!   the Ed25519 JWT issuer and verifier.
+//! - [`error`]: the error enums of this crate.
+//!
+//! The wire protocol (signaling messages and their framing) lands here later.
+//!
+//! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
+//! needs the time takes `now` (unix seconds) as an argument, so all of it is deterministic and
+//! testable with a table. The only ambient input is randomness for token ids.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod ids;
+
+pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
+pub use error::{AuthError, Denied, NameError, ParseRoleError};
+pub use ids::{IncidentId, NodeId, StreamName, Subject, TokenId};

@@ -1,0 +1,250 @@
+//! [`WhepViewer`]: receives and decodes whatever the node sends over WHEP, counting frames.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_webrtc as gst_webrtc;
+
+use super::core::Peer;
+use super::http;
+
+/// Video offered by a viewer: H.264 (constrained baseline, packetization-mode 1) and VP8, so it
+/// can be answered in whichever codec the publisher uses.
+pub const VIEWER_VIDEO_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,\
+packetization-mode=(string)1,profile-level-id=(string)42e01f,level-asymmetry-allowed=(string)1,\
+rtcp-fb-nack-pli=(boolean)true,rtcp-fb-nack=(boolean)true,rtcp-fb-ccm-fir=(boolean)true;\
+application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000,\
+rtcp-fb-nack-pli=(boolean)true,rtcp-fb-nack=(boolean)true,rtcp-fb-ccm-fir=(boolean)true";
+
+/// Audio offered by a viewer: Opus.
+pub const VIEWER_AUDIO_CAPS: &str =
+    "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,encoding-params=(string)2";
+
+/// What a [`WhepViewer`] asks for (each one recvonly m-section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewOptions {
+    pub video: bool,
+    pub audio: bool,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions { video: true, audio: true }
+    }
+}
+
+/// Counters of a [`WhepViewer`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewerStats {
+    /// Decoded video frames.
+    pub frames_decoded: u64,
+    /// Size of the last decoded frame (0 before the first one).
+    pub width: u32,
+    pub height: u32,
+    /// Decoded audio buffers.
+    pub audio_buffers: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    frames: AtomicU64,
+    width: AtomicU32,
+    height: AtomicU32,
+    audio: AtomicU64,
+    video_codec: Mutex<Option<String>>,
+}
+
+/// A WHEP client decoding what it receives. See [`super`] for the network details.
+pub struct WhepViewer {
+    peer: Peer,
+    counters: Arc<Counters>,
+}
+
+impl WhepViewer {
+    /// Offers recvonly media to `{base_url}/whep/{stream}` and applies the answer.
+    ///
+    /// An empty `token` sends no `Authorization`. A non-`201` answer is a
+    /// [`WhipError::Http`](super::WhipError) (see [`super::http_status`]).
+    pub async fn start(base_url: &str, stream: &str, token: &str, opts: ViewOptions) -> anyhow::Result<WhepViewer> {
+        let endpoint = http::endpoint_url(base_url, "whep", stream)?;
+        let mut v = Self::prepare(&endpoint, token, opts)?;
+        if let Err(e) = v.peer.negotiate(&endpoint).await {
+            let _ = v.peer.stop().await;
+            return Err(e.context(format!("viewing {endpoint}")));
+        }
+        tracing::info!(%endpoint, location = ?v.location(), "viewing");
+        Ok(v)
+    }
+
+    pub(crate) fn prepare(endpoint: &reqwest::Url, token: &str, opts: ViewOptions) -> anyhow::Result<WhepViewer> {
+        super::init()?;
+        if !opts.video && !opts.audio {
+            bail!("a viewer needs video or audio");
+        }
+        let pipeline = gst::Pipeline::with_name("whep-viewer");
+        let webrtc = gst::ElementFactory::make("webrtcbin").name("webrtc").build().context("webrtcbin")?;
+        pipeline.add(&webrtc)?;
+        let peer = Peer::new(pipeline, endpoint, token)?;
+
+        let recvonly = gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly;
+        for (wanted, caps) in [(opts.video, VIEWER_VIDEO_CAPS), (opts.audio, VIEWER_AUDIO_CAPS)] {
+            if wanted {
+                let caps: gst::Caps = caps.parse().map_err(|e| anyhow!("caps {caps}: {e}"))?;
+                peer.webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>("add-transceiver", &[&recvonly, &caps]);
+            }
+        }
+
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let pipeline_weak = peer.pipeline.downgrade();
+        peer.webrtc.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipeline_weak.upgrade() else { return };
+            if pad.direction() != gst::PadDirection::Src {
+                return;
+            }
+            if let Err(e) = on_incoming_stream(&pipeline, pad, &c) {
+                tracing::error!("cannot decode {}: {e:#}", pad.name());
+            }
+        });
+        peer.play()?;
+        Ok(WhepViewer { peer, counters })
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn offer(&self) -> anyhow::Result<String> {
+        self.peer.local_offer().await
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ViewerStats {
+        let c = &self.counters;
+        ViewerStats {
+            frames_decoded: c.frames.load(Ordering::Relaxed),
+            width: c.width.load(Ordering::Relaxed),
+            height: c.height.load(Ordering::Relaxed),
+            audio_buffers: c.audio.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Encoding name (`H264`, `VP8`) of the received video, once its pad appeared.
+    pub fn video_codec(&self) -> Option<String> {
+        self.counters.video_codec.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` video frames were decoded, polling every 20 ms; fails after
+    /// `timeout` or on a pipeline error, reporting the counters and states reached.
+    pub async fn wait_frames(&self, n: u64, timeout: Duration) -> anyhow::Result<ViewerStats> {
+        self.wait_until(timeout, |s| s.frames_decoded >= n).await.with_context(|| format!("waiting for {n} video frames"))
+    }
+
+    /// Like [`wait_frames`](Self::wait_frames) for decoded audio buffers.
+    pub async fn wait_audio(&self, n: u64, timeout: Duration) -> anyhow::Result<ViewerStats> {
+        self.wait_until(timeout, |s| s.audio_buffers >= n).await.with_context(|| format!("waiting for {n} audio buffers"))
+    }
+
+    async fn wait_until(&self, timeout: Duration, done: impl Fn(&ViewerStats) -> bool) -> anyhow::Result<ViewerStats> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if done(&s) {
+                return Ok(s);
+            }
+            if let Some(e) = self.error() {
+                bail!("pipeline error: {e} (stats {s:?})");
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timeout after {timeout:?}: {s:?}, ice={:?}, connection={:?}, codec={:?}",
+                    self.ice_connection_state(),
+                    self.connection_state(),
+                    self.video_codec()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `Location` the node returned (relative, e.g. `/session/{id}`).
+    pub fn location(&self) -> Option<&str> {
+        self.peer.location()
+    }
+
+    /// The first pipeline error posted on the bus, if any.
+    pub fn error(&self) -> Option<String> {
+        self.peer.error()
+    }
+
+    /// webrtcbin's ICE connection state.
+    pub fn ice_connection_state(&self) -> gst_webrtc::WebRTCICEConnectionState {
+        self.peer.webrtc.property("ice-connection-state")
+    }
+
+    /// webrtcbin's peer connection state (`Connected` once DTLS completed).
+    pub fn connection_state(&self) -> gst_webrtc::WebRTCPeerConnectionState {
+        self.peer.webrtc.property("connection-state")
+    }
+
+    /// `DELETE`s the session and stops the pipeline (also done, without `DELETE`, on drop).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.peer.stop().await
+    }
+}
+
+/// Links a new webrtcbin src pad to a depayloader + decoder + fakesink, with a counting probe
+/// on the decoder's output.
+fn on_incoming_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, c: &Arc<Counters>) -> anyhow::Result<()> {
+    let caps = pad.current_caps().ok_or_else(|| anyhow!("pad without caps"))?;
+    let s = caps.structure(0).ok_or_else(|| anyhow!("empty caps"))?;
+    let media = s.get::<&str>("media").unwrap_or("");
+    let enc = s.get::<&str>("encoding-name").unwrap_or("").to_ascii_uppercase();
+    tracing::info!(pad = %pad.name(), media, encoding = %enc, "incoming stream");
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Video,
+        Audio,
+        Unknown,
+    }
+    let (desc, kind) = match enc.as_str() {
+        "H264" => ("rtph264depay request-keyframe=true wait-for-keyframe=true ! h264parse ! avdec_h264 name=dec", Kind::Video),
+        "VP8" => ("rtpvp8depay request-keyframe=true wait-for-keyframe=true ! vp8dec name=dec", Kind::Video),
+        "OPUS" => ("rtpopusdepay ! opusdec name=dec", Kind::Audio),
+        _ => {
+            tracing::warn!(encoding = %enc, "no decoder for this encoding; discarding");
+            ("identity name=dec", Kind::Unknown)
+        }
+    };
+    if media == "video" {
+        *c.video_codec.lock().unwrap() = Some(enc.clone());
+    }
+    let desc = format!("{desc} ! fakesink sync=false async=false");
+    let bin = gst::parse::bin_from_description(&desc, true).with_context(|| desc.clone())?;
+    let dec = bin.by_name("dec").ok_or_else(|| anyhow!("no dec"))?;
+    let src = dec.static_pad("src").ok_or_else(|| anyhow!("decoder without src pad"))?;
+    let c = c.clone();
+    src.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
+        match kind {
+            Kind::Video => {
+                if let Some(s) = pad.current_caps().as_ref().and_then(|c| c.structure(0)) {
+                    let dim = |f: &str| u32::try_from(s.get::<i32>(f).unwrap_or(0)).unwrap_or(0);
+                    c.width.store(dim("width"), Ordering::Relaxed);
+                    c.height.store(dim("height"), Ordering::Relaxed);
+                }
+                c.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Audio => {
+                c.audio.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Unknown => {}
+        }
+        gst::PadProbeReturn::Ok
+    });
+    pipeline.add(&bin)?;
+    bin.sync_state_with_parent()?;
+    let sink = bin.static_pad("sink").ok_or_else(|| anyhow!("bin without sink pad"))?;
+    pad.link(&sink).map_err(|e| anyhow!("linking {}: {e:?}", pad.name()))?;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! End-to-end media tests: a real node on loopback, real WebRTC peers nobody here wrote
+//! (GStreamer `webrtcbin`, headless Chromium), real decoding. One binary for all of them so the
+//! whole stack links once; media-heavy tests hold [`common::MEDIA`] so they run one at a time.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use common::{start_node, wait_for, TestNode, MEDIA, WAIT};
+use rand::{Rng, SeedableRng};
+use signaling::auth::Role;
+use yiwang_tests::gst_peer::{self, PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher};
+
+fn av() -> ViewOptions {
+    ViewOptions { video: true, audio: true }
+}
+
+/// GStreamer `webrtcbin` fed by `videotestsrc ! x264enc` publishes over WHIP; three WHEP viewers
+/// each decode (avdec_h264) at least 95 % of 300 frames the publisher encodes while they watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_publisher_reaches_three_whep_viewers() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let publisher = WhipPublisher::start(
+        &n.base,
+        "cam1",
+        &n.token("cam1", Role::Officer),
+        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1500 },
+    )
+    .await
+    .expect("publish over WHIP");
+
+    let view_token = n.token("wall-1", Role::Viewer);
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        viewers.push(WhepViewer::start(&n.base, "cam1", &view_token, av()).await.expect("view over WHEP"));
+    }
+    for v in &viewers {
+        v.wait_frames(1, WAIT).await.expect("first decoded frame");
+    }
+    assert_eq!(n.node.live.list()[0].viewers, 3);
+
+    let sent0 = publisher.frames_sent();
+    let seen0: Vec<u64> = viewers.iter().map(|v| v.stats().frames_decoded).collect();
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    for (v, seen) in viewers.iter().zip(&seen0) {
+        // Frames still in flight get a few seconds to land; 285 = 95 % of 300.
+        let s = v
+            .wait_frames(seen + 285, Duration::from_secs(10))
+            .await
+            .expect("each viewer decodes at least 95 % of 300 frames");
+        assert_eq!((s.width, s.height), (640, 480));
+        assert_eq!(v.video_codec().as_deref(), Some("H264"));
+        v.wait_audio(1, WAIT).await.expect("audio decoded too");
+    }
+    assert!(n.metric("yiwang_keyframe_requests_out_total").await >= 1, "viewers joining asked for keyframes");
+
+    for v in viewers {
+        v.stop().await.expect("viewer DELETE");
+    }
+    publisher.stop().await.expect("publisher DELETE");
+    wait_for("stream to leave the table", WAIT, || async { n.node.live.list().is_empty().then_some(()) }).await;
+    n.node.shutdown().await;
+}
+
+/// Runs the Playwright driver (tests/browser/run.mjs) against the node and returns its JSON.
+async fn chromium(n: &TestNode, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/run.mjs");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script).args(["--base", &n.base]).args(args).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(150), cmd.output())
+        .await
+        .expect("browser run finishes within 150 s")
+        .expect("node runs (npm install in tests/browser done by scripts/install-deps.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| {
+        panic!("no JSON from run.mjs; stderr:\n{}", String::from_utf8_lossy(&out.stderr))
+    });
+    serde_json::from_str(line).expect("run.mjs prints JSON")
+}
+
+async fn chromium_both_ways(codec: &str) {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let stream = format!("officer-{codec}");
+    let result = chromium(
+        &n,
+        &[
+            "--stream",
+            &stream,
+            "--pub-token",
+            &n.token(&stream, Role::Officer),
+            "--view-token",
+            &n.token("wall-1", Role::Viewer),
+            "--codec",
+            codec,
+            "--timeout-ms",
+            "90000",
+        ],
+    )
+    .await;
+    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    let viewer = &result["viewer"];
+    assert!(viewer["framesDecoded"].as_u64().unwrap_or(0) > 100, "{result:#}");
+    assert!(viewer["audioPacketsReceived"].as_u64().unwrap_or(0) > 0, "{result:#}");
+    assert_eq!(result["negotiatedCodec"].as_str().map(str::to_lowercase).as_deref(), Some(codec), "{result:#}");
+    n.node.shutdown().await;
+}
+
+/// Headless Chromium publishes its fake camera and mic in VP8 through WHIP from a page; another
+/// page plays it through WHEP; getStats() shows frames decoded past 100 and audio received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_and_plays_vp8() {
+    chromium_both_ways("vp8").await;
+}
+
+/// The same with H.264 (Chromium offers constrained baseline and main).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_and_plays_h264() {
+    chromium_both_ways("h264").await;
+}
+
+/// A GStreamer stream is played by Chromium (WHEP only): the wall's player against a
+/// non-browser publisher, H.264 answered in the publisher's codec though Chromium lists VP8 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_gstreamer_stream() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let publisher = WhipPublisher::start(&n.base, "cam9", &n.token("cam9", Role::Device), PublishOptions::default())
+        .await
+        .expect("publish");
+    let result = chromium(
+        &n,
+        &["--mode", "play-only", "--stream", "cam9", "--view-token", &n.token("wall-1", Role::Viewer), "--timeout-ms", "90000"],
+    )
+    .await;
+    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    assert_eq!(result["negotiatedCodec"].as_str().map(str::to_lowercase).as_deref(), Some("h264"));
+    publisher.stop().await.unwrap();
+    n.node.shutdown().await;
+}
+
+/// Sends every kind of junk at the media port: random bytes, and truncated STUN, DTLS and RTP.
+fn udp_junk(target: std::net::SocketAddr) -> u64 {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut sent = 0;
+    let mut send = |b: &[u8]| {
+        sock.send_to(b, target).unwrap();
+        sent += 1;
+    };
+    // STUN binding request header (20 bytes) cut short, and one whole but with an unknown ufrag.
+    let stun: Vec<u8> = [0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42].iter().copied().chain([7u8; 12]).collect();
+    send(&stun[..10]);
+    let mut stun_user = stun.clone();
+    stun_user.extend([0x00, 0x06, 0x00, 0x04, b'a', b'b', b':', b'c']);
+    send(&stun_user);
+    // DTLS ClientHello record header cut short.
+    send(&[0x16, 0xfe, 0xfd, 0x00, 0x00]);
+    send(&[0x16, 0xfe, 0xfd]);
+    // RTP and RTCP headers cut short, and a full-looking RTP packet from an unknown source.
+    send(&[0x80, 0x60, 0x00]);
+    send(&[0x80, 0xc8]);
+    let mut rtp = vec![0x80, 0x60, 0x00, 0x01, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+    rtp.extend([0u8; 100]);
+    send(&rtp);
+    send(&[]);
+    for _ in 0..500 {
+        let len = rng.gen_range(1..1400);
+        let b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        send(&b);
+    }
+    sent
+}
+
+/// Bad input of every kind while a stream plays: the node answers each with the right error,
+/// stays up, and the viewer's decoded-frame counter keeps pace with the publisher throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_keeps_the_node_up_and_loses_nothing() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let publisher = WhipPublisher::start(&n.base, "cam1", &n.token("cam1", Role::Officer), PublishOptions::default())
+        .await
+        .expect("publish");
+    let viewer = WhepViewer::start(&n.base, "cam1", &n.token("wall-1", Role::Viewer), av()).await.expect("view");
+    viewer.wait_frames(30, WAIT).await.expect("playing");
+
+    let sent0 = publisher.frames_sent();
+    let seen0 = viewer.stats().frames_decoded;
+    let drops0 = n.metric("yiwang_drops_total{reason=\"malformed\"}").await
+        + n.metric("yiwang_drops_total{reason=\"unknown_source\"}").await;
+
+    // Media port.
+    let junk = udp_junk(n.node.media_addr);
+
+    // HTTP.
+    let http = reqwest::Client::new();
+    let offer = common::canned_offer();
+    let post = |path: &str, token: Option<String>, body: String| {
+        let mut r = http.post(n.url(path)).header("content-type", "application/sdp").body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let expect = |resp: reqwest::Response, status: u16| async move {
+        let got = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert_eq!(got, status, "body: {body}");
+        body
+    };
+    let cam2 = n.token("cam2", Role::Officer);
+    let body = expect(post("/whip/cam2", Some(cam2.clone()), "v=0\r\nthis is not an offer\r\n".into()).await.unwrap(), 400).await;
+    assert!(body.contains("malformed SDP"), "400 says why: {body}");
+    let body = expect(post("/whip/cam2", Some(cam2.clone()), "hello".into()).await.unwrap(), 400).await;
+    assert!(body.contains("malformed SDP"), "{body}");
+    let huge = format!("{offer}{}", "a=x-padding:0123456789abcdef\r\n".repeat(4000));
+    expect(post("/whip/cam2", Some(cam2.clone()), huge).await.unwrap(), 413).await;
+    let body = expect(post("/whip/cam2", None, offer.clone()).await.unwrap(), 401).await;
+    assert!(body.contains("no_token"), "{body}");
+    let body = expect(post("/whip/wall-1", Some(n.token("wall-1", Role::Viewer)), offer.clone()).await.unwrap(), 403).await;
+    assert!(body.contains("may not"), "{body}");
+    let body = expect(post("/whip/cam1", Some(cam2.clone()), offer.clone()).await.unwrap(), 403).await;
+    assert!(body.contains("own subject"), "not own name: {body}");
+    let body = expect(post("/whep/nobody", Some(n.token("wall-1", Role::Viewer)), offer.clone()).await.unwrap(), 404).await;
+    assert!(body.contains("no_such_stream"), "{body}");
+    let body = expect(post("/whip/cam1", Some(n.token("chief", Role::Admin)), offer.clone()).await.unwrap(), 409).await;
+    assert!(body.contains("stream_taken"), "{body}");
+    let body = expect(
+        http.post(n.url("/whip/cam2")).bearer_auth(&cam2).header("content-type", "text/plain").body(offer.clone()).send().await.unwrap(),
+        415,
+    )
+    .await;
+    assert!(body.contains("application/sdp"), "{body}");
+    expect(http.delete(n.url("/session/00000000000000000000000000000000")).send().await.unwrap(), 404).await;
+    expect(http.delete(n.url("/session/../../etc")).send().await.unwrap(), 404).await;
+    // Random bytes at the HTTP port: the connection is refused by the parser, the node stays up.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(n.node.http_addr).await.unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37]).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    }
+    // The media port's junk is all counted as dropped, none accepted by a session.
+    wait_for("junk to be counted", WAIT, || async {
+        let d = n.metric("yiwang_drops_total{reason=\"malformed\"}").await
+            + n.metric("yiwang_drops_total{reason=\"unknown_source\"}").await;
+        (d >= drops0 + junk).then_some(())
+    })
+    .await;
+
+    // Meanwhile the stream kept playing: let the publisher encode 150 more frames, then the
+    // viewer must have decoded all but a handful of what was encoded since before the abuse.
+    let sent1 = wait_for("encoding to continue", WAIT, || async {
+        let s = publisher.frames_sent();
+        (s >= sent0 + 150).then_some(s)
+    })
+    .await;
+    let encoded = sent1 - sent0;
+    viewer
+        .wait_frames(seen0 + encoded - 5, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("viewer fell behind during bad input ({encoded} encoded): {e:#}"));
+    assert_eq!(n.metric("yiwang_session_errors_total").await, 0);
+    let health = reqwest::get(n.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    viewer.stop().await.unwrap();
+    publisher.stop().await.unwrap();
+    n.node.shutdown().await;
+}
+
+/// Tokens from an untrusted key, expired ones and ones for another node are refused; `*` and
+/// this node's id are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked() {
+    let n = start_node().await;
+    let http = reqwest::Client::new();
+    let get = |token: String| http.get(n.url("/api/streams")).bearer_auth(token).send();
+    let status_and_body = |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+
+    let good = n.token("wall-1", Role::Viewer);
+    let (s, body) = status_and_body(get(good).await.unwrap()).await;
+    assert_eq!(s, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["node"], n.node.node_id.as_str());
+    assert!(v["streams"].as_array().unwrap().is_empty());
+
+    let any = n.token_with("wall-1", Role::Viewer, |r| r.aud = "*".into());
+    assert_eq!(get(any).await.unwrap().status(), 200);
+
+    let stranger = {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let issuer = signaling::auth::TokenIssuer::new(key, n.node.node_id.clone());
+        let id = &n.node.identity;
+        let req = signaling::auth::TokenRequest::new("wall-1".parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
+        issuer.issue(&req, common::now_unix())
+    };
+    let (s, body) = status_and_body(get(stranger).await.unwrap()).await;
+    assert_eq!((s, body.contains("untrusted")), (401, true), "{body}");
+
+    let expired = {
+        let id = &n.node.identity;
+        let mut req = signaling::auth::TokenRequest::new("wall-1".parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
+        req.ttl_secs = 60;
+        id.issuer().issue(&req, common::now_unix() - 3600)
+    };
+    let (s, body) = status_and_body(get(expired).await.unwrap()).await;
+    assert_eq!((s, body.contains("expired")), (401, true), "{body}");
+
+    let other = n.token_with("wall-1", Role::Viewer, |r| r.aud = "node-elsewhere".into());
+    let (s, body) = status_and_body(get(other).await.unwrap()).await;
+    assert_eq!((s, body.contains("another node")), (401, true), "{body}");
+
+    let (s, _) = status_and_body(get("not.a.token".into()).await.unwrap()).await;
+    assert_eq!(s, 401);
+    assert_eq!(http.get(n.url("/api/streams")).send().await.unwrap().status(), 401);
+    // A role without "view a stream" (device) may not list streams.
+    assert_eq!(get(n.token("tablet-1", Role::Device)).await.unwrap().status(), 403);
+    n.node.shutdown().await;
+}
+
+/// The WHIP/WHEP session resource and the open endpoints behave as docs/api.md pins them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_contract() {
+    let n = start_node().await;
+    let http = reqwest::Client::new();
+    let offer = common::canned_offer();
+    let resp = http
+        .post(n.url("/whip/cam5"))
+        .bearer_auth(n.token("cam5", Role::Officer))
+        .header("content-type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["content-type"], "application/sdp");
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/session/") && location.len() == "/session/".len() + 32, "{location}");
+    let answer = resp.text().await.unwrap();
+    assert!(answer.starts_with("v=0") && answer.contains("a=ice-lite") && answer.contains("a=candidate"), "{answer}");
+    assert!(answer.contains(&format!(" {} ", n.node.media_addr.port())), "answer carries the media port: {answer}");
+
+    let listed: serde_json::Value = http
+        .get(n.url("/api/streams"))
+        .bearer_auth(n.token("wall-1", Role::Viewer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s = &listed["streams"][0];
+    assert_eq!((s["name"].as_str(), s["owner"].as_str(), s["video_codec"].as_str()), (Some("cam5"), Some("cam5"), Some("VP8")));
+    assert_eq!(s["audio"], false);
+    assert_eq!(s["viewers"], 0);
+    assert!(s["started_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let pre = http.request(reqwest::Method::OPTIONS, n.url("/whip/cam5")).send().await.unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["accept-post"], "application/sdp");
+    assert!(pre.headers()["access-control-allow-headers"].to_str().unwrap().contains("Authorization"));
+
+    let patch = http.patch(n.url(&location)).body("a=end-of-candidates").send().await.unwrap();
+    assert_eq!(patch.status(), 405);
+    assert_eq!(http.delete(n.url(&location)).send().await.unwrap().status(), 200);
+    assert_eq!(http.delete(n.url(&location)).send().await.unwrap().status(), 404);
+    assert!(n.node.live.list().is_empty());
+
+    let resp = http.post(n.url("/whip/node-x/cam5")).bearer_auth(n.token("cam5", Role::Officer)).body("v=0").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("reserved"));
+
+    let health: serde_json::Value = http.get(n.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = http.get(n.url("/metrics")).send().await.unwrap();
+    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("yiwang_publishers 0\n"), "the deleted publisher is gone: {text}");
+    for page in ["/", "/play.html", "/publish.html", "/yiwang.js"] {
+        assert_eq!(http.get(n.url(page)).send().await.unwrap().status(), 200, "{page}");
+    }
+    n.node.shutdown().await;
+}
+
+#[test]
+fn gstreamer_elements_present() {
+    gst_peer::init().expect("GStreamer with webrtcbin, x264enc, avdec_h264 … installed");
+}
