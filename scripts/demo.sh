@@ -85,7 +85,7 @@ wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
 
 cat <<EOF
 
-  移网 yiwang demo is running.  演示已启动。
+  一网 yiwang demo is running.  演示已启动。
 
   Open http://$advertise:$http_port/play.html?stream=$stream&token=$view_token
 

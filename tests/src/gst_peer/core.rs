@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,22 @@ use gstreamer_webrtc as gst_webrtc;
 use reqwest::Url;
 
 use super::http::{self, WhipError};
+
+/// The process's ECDSA P-256 DTLS certificate: (certificate + key PEM, SHA-256 fingerprint as
+/// upper-case colon-separated hex). GStreamer's default RSA certificate is refused by the node's
+/// DTLS (str0m/dimpl speaks ECDSA only).
+fn ecdsa_certificate() -> anyhow::Result<(String, String)> {
+    use sha2::Digest as _;
+    static CERT: OnceLock<Result<(String, String), String>> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let ck = rcgen::generate_simple_self_signed(vec!["yiwang-gst-peer".to_owned()]).map_err(|e| e.to_string())?;
+        let digest = sha2::Sha256::digest(ck.cert.der());
+        let fp: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        Ok((format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem()), fp.join(":")))
+    })
+    .clone()
+    .map_err(|e| anyhow!("generating the DTLS certificate: {e}"))
+}
 
 /// Upper bound for webrtcbin's ICE gathering (host candidates only: normally a few ms).
 pub(crate) const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,6 +122,50 @@ impl Peer {
         self.session.as_ref().map(|(_, l)| l.as_str())
     }
 
+    /// Polls (every 20 ms) until webrtcbin's peer connection state is `Connected` (ICE and DTLS
+    /// done); fails on `Failed`/`Closed`, a pipeline error, or after `timeout`.
+    pub(crate) async fn wait_connected(&self, timeout: Duration) -> anyhow::Result<()> {
+        use gst_webrtc::WebRTCPeerConnectionState as S;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.webrtc.property::<S>("connection-state");
+            match s {
+                S::Connected => return Ok(()),
+                S::Failed | S::Closed => bail!("peer connection {s:?}"),
+                _ => {}
+            }
+            if let Some(e) = self.error() {
+                bail!("pipeline error: {e}");
+            }
+            if Instant::now() >= deadline {
+                let ice = self.webrtc.property::<gst_webrtc::WebRTCICEConnectionState>("ice-connection-state");
+                bail!("not connected after {timeout:?}: connection={s:?}, ice={ice:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Gives every transceiver's DTLS transport an ECDSA P-256 certificate (see the module docs:
+    /// GStreamer's default RSA certificate is refused by the node's DTLS server). Call before the offer
+    /// is created.
+    pub(crate) fn use_ecdsa_certificate(&self) -> anyhow::Result<()> {
+        let (pem, _) = ecdsa_certificate()?;
+        // webrtcbin creates its dtlssrtpdec elements (whose `pem` is the certificate) only while
+        // creating the offer, right before reading the fingerprint from them.
+        let bin = self.webrtc.clone().downcast::<gst::Bin>().map_err(|_| anyhow!("webrtcbin is not a bin"))?;
+        bin.connect_deep_element_added(move |_, _, el| {
+            if el.factory().is_some_and(|f| f.name() == "dtlssrtpdec") {
+                el.set_property("pem", &pem);
+                // The DTLS connection was created with the default (RSA) certificate when
+                // webrtcbin set the connection id; setting the id again recreates it with ours.
+                if let Some(id) = el.property::<Option<String>>("connection-id") {
+                    el.set_property("connection-id", &id);
+                }
+            }
+        });
+        Ok(())
+    }
+
     pub(crate) fn play(&self) -> anyhow::Result<()> {
         self.pipeline
             .set_state(gst::State::Playing)
@@ -154,6 +214,15 @@ impl Peer {
         if !sdp.contains("a=candidate:") {
             bail!("offer has no ICE candidate:\n{sdp}");
         }
+        // webrtcbin (1.22) computes the offered fingerprint over every base64 line of the PEM it
+        // was given, private key included, so it is wrong for a certificate set by `pem`: state
+        // the certificate's real SHA-256 fingerprint instead.
+        let (_, fingerprint) = ecdsa_certificate()?;
+        let sdp = sdp
+            .split("\r\n")
+            .map(|l| if l.starts_with("a=fingerprint:") { format!("a=fingerprint:sha-256 {fingerprint}") } else { l.to_owned() })
+            .collect::<Vec<_>>()
+            .join("\r\n");
         Ok(sdp)
     }
 

@@ -117,6 +117,7 @@ impl WhipPublisher {
         let peer = Peer::new(pipeline, endpoint, token)?;
         core::set_all_directions(&peer.webrtc, gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
 
+        peer.use_ecdsa_certificate()?;
         let frames = Arc::new(AtomicU64::new(0));
         let venc = peer.pipeline.by_name("venc").ok_or_else(|| anyhow!("no encoder"))?;
         let pad = venc.static_pad("src").ok_or_else(|| anyhow!("encoder without src pad"))?;
@@ -157,6 +158,11 @@ impl WhipPublisher {
     /// webrtcbin's peer connection state (`Connected` once DTLS completed).
     pub fn connection_state(&self) -> gst_webrtc::WebRTCPeerConnectionState {
         self.peer.webrtc.property("connection-state")
+    }
+
+    /// Waits until ICE and DTLS completed (webrtcbin's connection state is `Connected`).
+    pub async fn wait_connected(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        self.peer.wait_connected(timeout).await
     }
 
     /// `DELETE`s the session and stops the pipeline (also done, without `DELETE`, on drop).

@@ -98,6 +98,7 @@ impl WhepViewer {
             }
         }
 
+        peer.use_ecdsa_certificate()?;
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
         let pipeline_weak = peer.pipeline.downgrade();
@@ -186,6 +187,11 @@ impl WhepViewer {
     /// webrtcbin's peer connection state (`Connected` once DTLS completed).
     pub fn connection_state(&self) -> gst_webrtc::WebRTCPeerConnectionState {
         self.peer.webrtc.property("connection-state")
+    }
+
+    /// Waits until ICE and DTLS completed (webrtcbin's connection state is `Connected`).
+    pub async fn wait_connected(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        self.peer.wait_connected(timeout).await
     }
 
     /// `DELETE`s the session and stops the pipeline (also done, without `DELETE`, on drop).

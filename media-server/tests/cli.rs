@@ -1,0 +1,131 @@
+//! The pinned command line, run as operators run it: the real binary, real ports (0), stdout
+//! and stderr read as text.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_media-server");
+
+struct Node(Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads lines from `child`'s stdout on a thread until one matches, bounded by `within`.
+fn ready_line(child: &mut Child, within: Duration) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    let line = rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("a line on stdout in time");
+    // Nothing else is printed on stdout by a running node.
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "exactly one line on stdout");
+    line
+}
+
+fn addr_of<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key}= in {line:?}"))
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("binary runs")
+}
+
+#[test]
+fn node_prints_one_ready_line_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--data", data, "--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = ready_line(&mut child, Duration::from_secs(30));
+    let node = Node(child);
+    assert!(line.starts_with("ready http=127.0.0.1:"), "{line}");
+    for key in ["http", "media", "quic"] {
+        let a: std::net::SocketAddr = addr_of(&line, key).parse().unwrap();
+        assert_ne!(a.port(), 0, "{key} port was chosen");
+    }
+    let http = addr_of(&line, "http");
+
+    // Token minted by the CLI for the running node's data dir is accepted by it.
+    let out = run(&["token", "--data", data, "--sub", "wall-1", "--role", "viewer", "--ttl", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim_end_matches('\n');
+    assert_eq!(token.split('.').count(), 3, "only the token on stdout: {token:?}");
+    let claims = signaling::auth::decode_unverified(token).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.role.as_str()), ("wall-1", "viewer"));
+    assert_eq!(claims.exp - claims.iat, 600);
+    assert_eq!(claims.fpr.len(), 64);
+
+    let get = |path: &str, token: Option<&str>| -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        (status, resp)
+    };
+    assert_eq!(get("/healthz", None).0, 200);
+    assert_eq!(get("/api/streams", None).0, 401);
+    let (status, body) = get("/api/streams", Some(token));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get("/metrics", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("yiwang_peers 0"), "{body}");
+    drop(node);
+}
+
+#[test]
+fn print_config_reflects_file_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "[node]\nid = \"county-7\"\n[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap(), "--http", "127.0.0.1:9100", "--advertise", "10.1.2.3", "--print-config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("id = \"county-7\""), "{text}");
+    assert!(text.contains("listen = \"127.0.0.1:9100\""), "flag overrides file: {text}");
+    assert!(text.contains("advertise = \"10.1.2.3\""), "{text}");
+
+    std::fs::write(&cfg, "[http]\nlisten_adress = \"1.2.3.4:5\"\n").unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap(), "--print-config"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("listen_adress"), "unknown key named: {err}");
+}
+
+#[test]
+fn help_and_bad_arguments() {
+    for args in [&["--help"][..], &["token", "--help"]] {
+        let out = run(args);
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+    let out = run(&["token", "--data", "/tmp/x", "--sub", "a", "--role", "captain"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid roles"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["token", "--data", "/tmp/x", "--sub", "../etc", "--role", "viewer"]);
+    assert!(!out.status.success());
+}
