@@ -141,6 +141,8 @@ pub struct SfuSection {
     pub keyframe_retry_ms: u64,
     /// Sessions not connected (ICE + DTLS) within this time are dropped, s. Default 20.
     pub connect_timeout_secs: u64,
+    /// Connected sessions silent (no datagram) for this long are dropped, s. Default 15.
+    pub idle_timeout_secs: u64,
     /// RTP packets kept per outgoing video stream for NACK answers. Default 1000.
     pub send_buffer_video: usize,
     /// RTP packets kept per outgoing audio stream for NACK answers. Default 100.
@@ -154,6 +156,7 @@ impl Default for SfuSection {
             keyframe_min_interval_ms: d.forward.keyframe_min_interval.as_millis() as u64,
             keyframe_retry_ms: d.forward.keyframe_retry.as_millis() as u64,
             connect_timeout_secs: d.connect_timeout.as_secs(),
+            idle_timeout_secs: d.idle_timeout.as_secs(),
             send_buffer_video: d.send_buffer_video,
             send_buffer_audio: d.send_buffer_audio,
         }
@@ -169,6 +172,7 @@ impl SfuSection {
                 keyframe_retry: Duration::from_millis(self.keyframe_retry_ms),
             },
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             send_buffer_video: self.send_buffer_video.max(1),
             send_buffer_audio: self.send_buffer_audio.max(1),
         }

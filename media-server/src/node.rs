@@ -98,6 +98,28 @@ pub fn advertise_ip(bound: IpAddr, configured: Option<IpAddr>) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// Receive and send buffer asked for on the media socket: bursts from many peers (or junk) must
+/// not overflow the kernel's default ~200 KiB and cost real media packets.
+pub const MEDIA_SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds the one WebRTC UDP socket with large kernel buffers (the kernel may cap them at
+/// `net.core.rmem_max`; that is logged, not fatal).
+fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    for (what, r) in [
+        ("receive", socket.set_recv_buffer_size(MEDIA_SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(MEDIA_SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot enlarge media socket {what} buffer");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
 /// Builds the token verifier the configuration asks for.
 pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<TokenVerifier> {
     let mut v = TokenVerifier::new(identity.node_id.clone());
@@ -131,8 +153,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let metrics = Arc::new(Metrics::default());
     let live = LiveStreams::default();
 
-    let socket = UdpSocket::bind(config.media.listen)
-        .await
+    let socket = bind_media_socket(config.media.listen)
         .with_context(|| format!("binding media socket {}", config.media.listen))?;
     let media_addr = socket.local_addr()?;
     let advertised = SocketAddr::new(advertise_ip(media_addr.ip(), config.media.advertise), media_addr.port());

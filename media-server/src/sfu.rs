@@ -56,6 +56,10 @@ pub struct SfuConfig {
     pub forward: ForwardConfig,
     /// A session that has not completed ICE + DTLS within this time is dropped (default 20 s).
     pub connect_timeout: Duration,
+    /// A connected session from which nothing (media, RTCP, STUN) has arrived for this long is
+    /// dropped (default 15 s). ICE consent alone is not used: libnice-based peers (GStreamer)
+    /// refresh an ICE-lite server only every 25 s, past str0m's 15 s consent window.
+    pub idle_timeout: Duration,
     /// Packets kept per outgoing video stream for answering NACKs (default 1000, about 3 s of
     /// 2.5 Mbit/s video).
     pub send_buffer_video: usize,
@@ -68,6 +72,7 @@ impl Default for SfuConfig {
         SfuConfig {
             forward: ForwardConfig::default(),
             connect_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(15),
             send_buffer_video: 1000,
             send_buffer_audio: 100,
         }
@@ -134,6 +139,8 @@ struct Peer {
     next_timeout: Instant,
     connected: bool,
     created: Instant,
+    /// When a datagram of this session last arrived.
+    last_rx: Instant,
     /// Last cumulative (nacks, plis+firs) seen per mid, to turn str0m's stats into counters.
     egress_seen: HashMap<Mid, (u64, u64)>,
     ingress_seen: HashMap<Mid, u64>,
@@ -357,6 +364,7 @@ impl Sfu {
             next_timeout: now,
             connected: false,
             created: now,
+            last_rx: now,
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
         };
@@ -396,6 +404,7 @@ impl Sfu {
             }
         };
         let peer = self.peers.get_mut(&id).expect("found above");
+        peer.last_rx = now;
         if let Err(e) = peer.rtc.handle_input(input) {
             debug!(%id, error = %e, "input refused; ending session");
             Metrics::add(&self.metrics.session_errors, 1);
@@ -431,11 +440,12 @@ impl Sfu {
             .filter(|(_, p)| {
                 !p.rtc.is_alive()
                     || (!p.connected && now.saturating_duration_since(p.created) > self.config.connect_timeout)
+                    || (p.connected && now.saturating_duration_since(p.last_rx) > self.config.idle_timeout)
             })
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            self.close_peer(id, "disconnected or never connected");
+            self.close_peer(id, "closed, idle, or never connected");
         }
         self.fwd.handle_timeout(now);
         self.after_input(now);
@@ -473,7 +483,7 @@ impl Sfu {
         let Some(peer) = self.peers.get_mut(&id) else { return };
         let alive = drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
         if !alive {
-            self.close_peer(id, "ICE disconnected");
+            self.close_peer(id, "session closed");
         }
     }
 
@@ -700,7 +710,10 @@ fn drain_peer(
                             Metrics::add(&metrics.peers, 1);
                         }
                     }
-                    IceConnectionState::Disconnected => return false,
+                    // Not fatal: an ICE-lite server loses "consent" when a libnice client's
+                    // 25 s keepalive comes after str0m's 15 s window, yet media still flows.
+                    // Liveness is judged by traffic instead (`SfuConfig::idle_timeout`).
+                    IceConnectionState::Disconnected => debug!(%id, "ICE consent lapsed; waiting for traffic"),
                     _ => {}
                 },
                 Event::MediaAdded(m) => match m.kind {
