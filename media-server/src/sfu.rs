@@ -704,11 +704,9 @@ fn drain_peer(
             }),
             Output::Event(ev) => match ev {
                 Event::IceConnectionStateChange(state) => match state {
-                    IceConnectionState::Connected | IceConnectionState::Completed => {
-                        if !peer.connected {
-                            peer.connected = true;
-                            Metrics::add(&metrics.peers, 1);
-                        }
+                    IceConnectionState::Connected | IceConnectionState::Completed if !peer.connected => {
+                        peer.connected = true;
+                        Metrics::add(&metrics.peers, 1);
                     }
                     // Not fatal: an ICE-lite server loses "consent" when a libnice client's
                     // 25 s keepalive comes after str0m's 15 s window, yet media still flows.
@@ -772,6 +770,9 @@ mod tests {
         now: Instant,
         sfu: Sfu,
         clients: Vec<Client>,
+        /// Probability that a datagram (either direction) is lost; seeded.
+        loss: f64,
+        rng: rand::rngs::StdRng,
     }
 
     impl World {
@@ -783,6 +784,8 @@ mod tests {
                 now,
                 sfu: Sfu::new(SfuConfig::default(), SFU.parse().unwrap(), Arc::default(), LiveStreams::default()),
                 clients: Vec::new(),
+                loss: 0.0,
+                rng: rand::SeedableRng::seed_from_u64(42),
             }
         }
 
@@ -826,7 +829,11 @@ mod tests {
                 loop {
                     match c.rtc.poll_output().unwrap() {
                         Output::Timeout(_) => break,
-                        Output::Transmit(t) => self.sfu.handle_receive(now, c.addr, &t.contents),
+                        Output::Transmit(t) => {
+                            if !rand::Rng::gen_bool(&mut self.rng, self.loss) {
+                                self.sfu.handle_receive(now, c.addr, &t.contents)
+                            }
+                        }
                         Output::Event(Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)) => c.connected = true,
                         Output::Event(Event::MediaData(d)) if d.params.spec().codec == Codec::Opus => c.audio += 1,
                         Output::Event(Event::MediaData(d)) => c.video.push(d),
@@ -837,6 +844,9 @@ mod tests {
             }
             self.sfu.handle_timeout(now);
             while let Some(t) = self.sfu.poll_transmit() {
+                if rand::Rng::gen_bool(&mut self.rng, self.loss) {
+                    continue;
+                }
                 let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) else { continue };
                 let r = Receive::new(Protocol::Udp, sfu_addr, c.addr, &t.contents).unwrap();
                 c.rtc.handle_input(Input::Receive(now, r)).unwrap();
@@ -942,6 +952,42 @@ mod tests {
         assert!(w.clients[v].audio >= 60, "audio is never held back: {}", w.clients[v].audio);
         assert!(w.sfu.metrics.drops(DropReason::WaitingKeyframe) >= 1);
         assert_eq!(w.sfu.live().list()[0].viewers, 1);
+    }
+
+    #[test]
+    fn loss_is_repaired_by_nack_and_rtx_both_ways() {
+        let mut w = World::new();
+        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p, pending, &answer.sdp);
+        let (v, offer, pending) = {
+            w.run_until("publisher connected", |w| w.clients[p].connected);
+            w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)])
+        };
+        let now = w.now;
+        let answer = w.sfu.view(now, &name("cam"), &offer).unwrap();
+        w.accept(v, pending, &answer.sdp);
+        w.run_until("viewer connected", |w| w.clients[v].connected);
+
+        // 5 % loss on every datagram in both directions, RTCP included, for 150 frames (5 s).
+        w.loss = 0.05;
+        for n in 0..150u64 {
+            w.write_vp8(p, n, n == 0);
+            for _ in 0..6 {
+                w.step();
+            }
+        }
+        w.loss = 0.0;
+        w.run_until("every frame delivered", |w| w.clients[v].video.len() >= 150);
+        let video = &w.clients[v].video;
+        assert_eq!(video.len(), 150, "each frame exactly once");
+        assert!(video.iter().all(|d| d.contiguous), "every loss repaired before the decoder sees a gap");
+        let payload_ids: Vec<u8> = video.iter().map(|d| d.data[6]).collect();
+        assert_eq!(payload_ids, (0..150u64).map(|n| n as u8).collect::<Vec<_>>(), "in order");
+        let m = &w.sfu.metrics;
+        assert!(m.nacks_out.load(Ordering::Relaxed) > 0, "the SFU asked the publisher to repair");
+        assert!(m.nacks_in.load(Ordering::Relaxed) > 0, "the viewer asked the SFU to repair");
     }
 
     #[test]

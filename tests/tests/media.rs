@@ -393,6 +393,37 @@ async fn http_contract() {
     n.node.shutdown().await;
 }
 
+/// `--advertise` puts the given IP in the ICE candidate when the media socket binds 0.0.0.0, and
+/// `http.metrics_listen` moves `/metrics` off the main listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advertise_and_separate_metrics_listener() {
+    let n = common::start_node_with(|c| {
+        c.media.listen = "0.0.0.0:0".parse().unwrap();
+        c.media.advertise = Some("127.0.0.2".parse().unwrap());
+        c.http.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(n.url("/whip/cam5"))
+        .bearer_auth(n.token("cam5", Role::Officer))
+        .header("content-type", "application/sdp")
+        .body(common::canned_offer())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let port = n.node.media_addr.port();
+    assert!(answer.contains(&format!("127.0.0.2 {port} typ host")), "{answer}");
+    assert_eq!(http.get(n.url("/metrics")).send().await.unwrap().status(), 404);
+    let metrics_addr = n.node.metrics_addr.expect("metrics listener bound");
+    let text = http.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("yiwang_publishers 1"), "{text}");
+    n.node.shutdown().await;
+}
+
 #[test]
 fn gstreamer_elements_present() {
     gst_peer::init().expect("GStreamer with webrtcbin, x264enc, avdec_h264 … installed");
