@@ -66,6 +66,9 @@ impl MediaHandle {
     }
 }
 
+/// How long the media task sleeps when the engine has no deadline.
+const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -81,7 +84,10 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
     let mut buf = vec![0u8; 65536];
     loop {
         flush(&socket, &mut sfu).await;
-        let deadline = tokio::time::Instant::from_std(sfu.poll_timeout().max(Instant::now()));
+        // With no session there is nothing to time out: wake at least once a second anyway.
+        let now = Instant::now();
+        let next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
+        let deadline = tokio::time::Instant::from_std(next);
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => sfu.handle_receive(Instant::now(), from, &buf[..n]),

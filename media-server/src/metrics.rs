@@ -92,6 +92,13 @@ impl Metrics {
         self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts `n` drops for `reason`.
+    pub fn count_drops(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Drops counted so far for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()].load(Ordering::Relaxed)

@@ -17,7 +17,8 @@
 //!     while let Some(t) = sfu.poll_transmit() {
 //!         let _ = socket.send_to(&t.contents, t.destination);
 //!     }
-//!     let wait = sfu.poll_timeout().saturating_duration_since(Instant::now());
+//!     let next = sfu.poll_timeout().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
+//!     let wait = next.saturating_duration_since(Instant::now());
 //!     socket.set_read_timeout(Some(wait.max(std::time::Duration::from_millis(1)))).unwrap();
 //!     match socket.recv_from(&mut buf) {
 //!         Ok((n, from)) => sfu.handle_receive(Instant::now(), from, &buf[..n]),
@@ -141,8 +142,8 @@ struct Peer {
     created: Instant,
     /// When a datagram of this session last arrived.
     last_rx: Instant,
-    /// Last cumulative (nacks, plis+firs) seen per mid, to turn str0m's stats into counters.
-    egress_seen: HashMap<Mid, (u64, u64)>,
+    /// Last cumulative NACK count seen per mid, to turn str0m's stats into counters.
+    egress_seen: HashMap<Mid, u64>,
     ingress_seen: HashMap<Mid, u64>,
 }
 
@@ -157,8 +158,10 @@ pub struct Sfu {
     fwd: Forwarder,
     next_peer: u64,
     transmits: VecDeque<Transmit>,
-    /// Frames received from publishers, waiting to be routed (reused buffer).
+    /// Frames received from publishers, waiting to be routed.
     inbox: Vec<(PeerId, MediaData)>,
+    /// The other half of a double buffer with `inbox`, kept to reuse its allocation.
+    spare_inbox: Vec<(PeerId, MediaData)>,
     targets: Vec<PeerId>,
     metrics: Arc<Metrics>,
     live: LiveStreams,
@@ -177,6 +180,7 @@ impl Sfu {
             next_peer: 1,
             transmits: VecDeque::new(),
             inbox: Vec::new(),
+            spare_inbox: Vec::new(),
             targets: Vec::new(),
             metrics,
             live,
@@ -460,23 +464,12 @@ impl Sfu {
         Some(t)
     }
 
-    /// When [`Sfu::handle_timeout`] must be called next (at the latest one second from the
-    /// earliest session deadline; an idle engine still wakes every second to expire sessions).
+    /// When [`Sfu::handle_timeout`] must be called next; `None` when no session exists (the
+    /// caller then waits for a datagram or a new session).
     #[must_use]
-    pub fn poll_timeout(&self) -> Instant {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.next_timeout).min();
-        let fwd = self.fwd.poll_timeout();
-        let earliest = [peers, fwd].into_iter().flatten().min();
-        match earliest {
-            Some(t) => t,
-            // Relative to nothing: callers clamp with their own clock.
-            None => self
-                .peers
-                .values()
-                .map(|p| p.created)
-                .max()
-                .map_or_else(|| Instant::now() + Duration::from_secs(1), |c| c + Duration::from_secs(1)),
-        }
+        [peers, self.fwd.poll_timeout()].into_iter().flatten().min()
     }
 
     fn drain(&mut self, id: PeerId, now: Instant) {
@@ -492,18 +485,13 @@ impl Sfu {
     /// publisher, and so on).
     fn after_input(&mut self, now: Instant) {
         loop {
-            let mut progressed = false;
-            let inbox = std::mem::take(&mut self.inbox);
-            for (from, data) in inbox.iter() {
-                progressed = true;
-                self.route_frame(now, *from, data);
+            // Swap the inbox with the spare buffer: no allocation per call.
+            let mut inbox = std::mem::replace(&mut self.inbox, std::mem::take(&mut self.spare_inbox));
+            let mut progressed = !inbox.is_empty();
+            for (from, data) in inbox.drain(..) {
+                self.route_frame(now, from, &data);
             }
-            // Reuse the allocation.
-            let mut inbox = inbox;
-            inbox.clear();
-            if self.inbox.is_empty() {
-                self.inbox = inbox;
-            }
+            self.spare_inbox = inbox;
             while let Some(out) = self.fwd.poll_output() {
                 progressed = true;
                 match out {
@@ -539,16 +527,15 @@ impl Sfu {
             // Loss NACK/RTX could not repair: the viewers' decoders need a fresh keyframe.
             self.fwd.viewer_keyframe_request(now, from);
         }
-        let before = self.fwd.counters().clone();
+        let (waiting0, stray0) = {
+            let c = self.fwd.counters();
+            (c.dropped_waiting_keyframe, c.dropped_not_publisher)
+        };
         let mut targets = std::mem::take(&mut self.targets);
         self.fwd.route(now, from, kind, data.is_keyframe(), &mut targets);
-        let after = self.fwd.counters();
-        for _ in before.dropped_waiting_keyframe..after.dropped_waiting_keyframe {
-            self.metrics.count_drop(DropReason::WaitingKeyframe);
-        }
-        for _ in before.dropped_not_publisher..after.dropped_not_publisher {
-            self.metrics.count_drop(DropReason::NotPublisher);
-        }
+        let c = self.fwd.counters();
+        self.metrics.count_drops(DropReason::WaitingKeyframe, c.dropped_waiting_keyframe - waiting0);
+        self.metrics.count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
         for &viewer in &targets {
             let Some(v) = self.peers.get_mut(&viewer) else { continue };
             let mid = match kind {
@@ -730,8 +717,8 @@ fn drain_peer(
                 }
                 Event::MediaEgressStats(s) => {
                     let seen = peer.egress_seen.entry(s.mid).or_default();
-                    metrics.nacks_in.fetch_add(s.nacks.saturating_sub(seen.0), Ordering::Relaxed);
-                    *seen = (s.nacks.max(seen.0), seen.1);
+                    metrics.nacks_in.fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    *seen = s.nacks.max(*seen);
                 }
                 Event::MediaIngressStats(s) => {
                     let seen = peer.ingress_seen.entry(s.mid).or_default();

@@ -4,7 +4,7 @@
 //! assert status codes directly. The peers in [`super`] turn a non-`201` answer into a
 //! [`WhipError::Http`], which stays downcastable from [`anyhow::Error`]:
 //!
-//! ```ignore
+//! ```text
 //! let err = WhipPublisher::start(base, "cam1", "bad-token", Default::default()).await.unwrap_err();
 //! assert_eq!(http_status(&err), Some(401));
 //! ```
