@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages yiwang needs to build, run and test: GStreamer (capture, encode,
-# decode, webrtcbin for test peers), Chromium + Node.js (browser tests), NATS. Idempotent: packages already
+# decode, webrtcbin for test peers), Chromium + Node.js (browser tests). Idempotent: packages already
 # present are skipped, so a second run costs a few seconds.
 set -euo pipefail
 

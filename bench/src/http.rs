@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-/// A response: status, headers (names lowercased) and the body.
+/// A response: status and body.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
@@ -20,11 +19,6 @@ impl Response {
     /// The body as UTF-8 text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The first header called `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -93,7 +87,7 @@ fn parse(raw: &[u8]) -> Result<Response> {
     } else {
         rest.to_vec()
     };
-    Ok(Response { status, headers, body })
+    Ok(Response { status, body })
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {
@@ -118,7 +112,7 @@ mod tests {
     #[test]
     fn parses_length_and_chunked_bodies() {
         let r = parse(b"HTTP/1.1 201 Created\r\nLocation: /session/ab\r\ncontent-length: 3\r\n\r\nabcXX").unwrap();
-        assert_eq!((r.status, r.header("location"), r.body.as_slice()), (201, Some("/session/ab"), &b"abc"[..]));
+        assert_eq!((r.status, r.body.as_slice()), (201, &b"abc"[..]));
         let r = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, b"abcde");
     }

@@ -189,7 +189,7 @@ impl Source {
                 pt
             }
         };
-        let key = self.n % self.spec.gop.max(1) == 0 || std::mem::take(&mut self.force_keyframe);
+        let key = self.n.is_multiple_of(self.spec.gop.max(1)) || std::mem::take(&mut self.force_keyframe);
         let data = if key { self.keyframe.clone() } else { self.delta.clone() };
         let len = data.len() as u64;
         let rtp_time = MediaTime::new(self.n * 90_000 / u64::from(self.spec.fps.max(1)), Frequency::NINETY_KHZ);
