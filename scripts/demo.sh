@@ -78,7 +78,9 @@ view_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-viewer
 codec_args=()
 if [ -n "${YIWANG_DEMO_CODEC:-}" ]; then codec_args=(--codec "$YIWANG_DEMO_CODEC"); fi
 echo "demo.sh: starting demo-publisher on stream $stream" >&2
-"$bin/demo-publisher" --url "http://127.0.0.1:$http_port" --stream "$stream" --token "$pub_token" \
+# Publish through the advertised address, as a remote camera would: a publisher on loopback would
+# send its ICE checks from 127.0.0.1 to the advertised IP and get the answers from another address.
+"$bin/demo-publisher" --url "http://$advertise:$http_port" --stream "$stream" --token "$pub_token" \
   "${codec_args[@]}" >"$pub_out" 2>"$pub_log" &
 pids+=($!)
 wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
