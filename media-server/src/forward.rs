@@ -1,19 +1,25 @@
-//! The sans-IO forwarding core: which viewer gets which publisher's media, and when keyframes are
-//! asked for.
+//! The sans-IO forwarding core: which viewer gets which publisher's media, from which simulcast
+//! layer, and when keyframes are asked for.
 //!
 //! Nothing here touches a socket, a task or a clock: every input carries `now`, and the decisions
 //! come back as return values or as [`ForwardOutput`]s drained with [`Forwarder::poll_output`].
 //! The WebRTC sessions themselves (str0m `Rtc`s) live in [`crate::sfu`], which feeds this core and
-//! carries out its decisions.
+//! carries out its decisions (including rewriting timestamps when a viewer changes layer).
 //!
 //! Rules it enforces:
 //! - one live publisher per stream name; a second publisher with the same owner (a reconnect)
 //!   takes the name over and the old one is closed; anyone else gets [`PublishConflict`];
-//! - a new viewer receives no video until a keyframe has arrived (its decoder could do nothing
-//!   with the frames before it), and a keyframe is asked from the publisher when it joins;
-//! - keyframe requests from viewers are aggregated per publisher and sent upstream at most once
-//!   per [`ForwardConfig::keyframe_min_interval`]; a request that falls inside the interval is
-//!   held and sent when the interval ends, so none is lost and the publisher is not flooded;
+//! - a publisher sends one or more video layers (RID simulcast). Layers are ranked from low to
+//!   high by picture size (read from keyframes), or by bitrate while sizes are unknown, whatever
+//!   the publisher calls them; a layer that has sent nothing for [`LAYER_TIMEOUT`] is out of the
+//!   ranking;
+//! - each viewer receives one layer, chosen by its [`LayerPref`]; it changes layer only on a
+//!   keyframe of the new layer (asked for at once), keeping the old layer until then, so its
+//!   decoder never sees a gap;
+//! - a new viewer receives no video until a keyframe of its layer has arrived;
+//! - keyframe requests are aggregated per publisher layer and sent at most once per
+//!   [`ForwardConfig::keyframe_min_interval`]; a request inside the interval is held and sent
+//!   when it ends, so none is lost and the publisher is not flooded;
 //! - viewers outlive their publisher: when a publisher leaves, its viewers stay attached to the
 //!   name and resume (from the next keyframe) when a publisher for that name comes back.
 
@@ -32,6 +38,11 @@ impl std::fmt::Display for PeerId {
     }
 }
 
+/// One video layer of a publisher, numbered by the engine in order of first appearance (a
+/// publisher without simulcast has only `Layer(0)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Layer(pub u8);
+
 /// Kind of a forwarded track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrackKind {
@@ -41,10 +52,60 @@ pub enum TrackKind {
     Video,
 }
 
+/// Which layer a viewer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerPref {
+    /// The smallest picture.
+    Low,
+    /// The middle one (of three; the lower of two).
+    Mid,
+    /// The largest picture.
+    High,
+    /// The largest picture at most this many rows high (the smallest if none is).
+    MaxHeight(u32),
+    /// The largest layer whose bitrate fits the viewer's bandwidth estimate; the largest while
+    /// there is no estimate.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for LayerPref {
+    type Err = String;
+    /// `low`, `mid`, `high` or `auto`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" => Ok(LayerPref::Low),
+            "mid" => Ok(LayerPref::Mid),
+            "high" => Ok(LayerPref::High),
+            "auto" => Ok(LayerPref::Auto),
+            _ => Err(format!("unknown layer {s:?} (low, mid, high or auto)")),
+        }
+    }
+}
+
+/// What the engine knows of one received frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// The video layer it belongs to (`Layer(0)` for audio and single-layer video).
+    pub layer: Layer,
+    /// Whether a decoder can start from it.
+    pub keyframe: bool,
+    /// Picture size, when read from a keyframe.
+    pub dims: Option<(u32, u32)>,
+    /// Payload size in bytes (for the layer's bitrate).
+    pub bytes: usize,
+}
+
+/// A layer not heard from for this long is out of the ranking (the publisher stopped it, e.g. a
+/// browser dropping its top layer under CPU load).
+pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Tunables of the forwarding core. `Default` gives the documented values.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// Minimum time between two keyframe requests sent to one publisher (default 500 ms).
+    /// Minimum time between two keyframe requests for one publisher layer (default 500 ms).
     pub keyframe_min_interval: Duration,
     /// How long a viewer waits for a keyframe before it is asked for again (default 1 s).
     pub keyframe_retry: Duration,
@@ -62,10 +123,12 @@ impl Default for ForwardConfig {
 /// Something the shell must do on behalf of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForwardOutput {
-    /// Send a keyframe request (PLI) to this publisher's video track.
+    /// Send a keyframe request (PLI) to this publisher for this layer.
     RequestKeyframe {
         /// The publisher to ask.
         publisher: PeerId,
+        /// The layer wanted.
+        layer: Layer,
     },
     /// Close this peer: it was displaced by a newer publisher of the same owner.
     Close {
@@ -99,25 +162,119 @@ pub struct ForwardCounters {
     pub dropped_not_publisher: u64,
     /// Keyframe requests sent upstream.
     pub keyframe_requests_sent: u64,
-    /// Viewer keyframe requests folded into one already sent or pending.
+    /// Keyframe requests folded into one already sent or pending.
     pub keyframe_requests_aggregated: u64,
+    /// Times a viewer moved to another layer.
+    pub layer_switches: u64,
+}
+
+/// What the core knows of one layer of a publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The layer.
+    pub layer: Layer,
+    /// Picture size from its last keyframe, if readable.
+    pub dims: Option<(u32, u32)>,
+    /// Bitrate over the last full second, bits per second.
+    pub bitrate_bps: u64,
+}
+
+#[derive(Debug)]
+struct LayerState {
+    info: LayerInfo,
+    last_seen: Instant,
+    window_start: Instant,
+    window_bytes: u64,
+    last_request: Option<Instant>,
+    pending_request: bool,
 }
 
 #[derive(Debug)]
 struct Publisher {
     peer: PeerId,
     owner: Subject,
-    /// When the last keyframe request was sent upstream.
-    last_request: Option<Instant>,
-    /// A request is held until `last_request + keyframe_min_interval`.
-    pending_request: bool,
+    layers: Vec<LayerState>,
+    /// Active layers, lowest first.
+    ranked: Vec<Layer>,
+}
+
+impl Publisher {
+    fn layer_mut(&mut self, now: Instant, layer: Layer) -> &mut LayerState {
+        let i = match self.layers.iter().position(|l| l.info.layer == layer) {
+            Some(i) => i,
+            None => {
+                self.layers.push(LayerState {
+                    info: LayerInfo { layer, dims: None, bitrate_bps: 0 },
+                    last_seen: now,
+                    window_start: now,
+                    window_bytes: 0,
+                    last_request: None,
+                    pending_request: false,
+                });
+                self.layers.len() - 1
+            }
+        };
+        &mut self.layers[i]
+    }
+
+    fn rerank(&mut self, now: Instant) {
+        let active: Vec<&LayerState> = self
+            .layers
+            .iter()
+            .filter(|l| now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT)
+            .collect();
+        let all_sized = active.iter().all(|l| l.info.dims.is_some());
+        let mut keyed: Vec<(u64, Layer)> = active
+            .iter()
+            .map(|l| {
+                let key = match (all_sized, l.info.dims) {
+                    (true, Some((w, h))) => u64::from(w) * u64::from(h),
+                    _ => l.info.bitrate_bps,
+                };
+                (key, l.info.layer)
+            })
+            .collect();
+        keyed.sort();
+        self.ranked.clear();
+        self.ranked.extend(keyed.into_iter().map(|(_, l)| l));
+    }
+
+    fn info(&self, layer: Layer) -> Option<&LayerInfo> {
+        self.layers.iter().find(|l| l.info.layer == layer).map(|l| &l.info)
+    }
+
+    /// The layer `pref` selects among the active ones.
+    fn choose(&self, pref: LayerPref, bandwidth: Option<u64>) -> Option<Layer> {
+        let r = &self.ranked;
+        let (first, last) = (*r.first()?, *r.last()?);
+        let height = |l: &Layer| self.info(*l).and_then(|i| i.dims).map(|d| d.1);
+        Some(match pref {
+            LayerPref::Low => first,
+            LayerPref::Mid => r[(r.len() - 1) / 2],
+            LayerPref::High => last,
+            LayerPref::MaxHeight(max) => r.iter().rev().find(|l| height(l).is_some_and(|h| h <= max)).copied().unwrap_or(first),
+            LayerPref::Auto => match bandwidth {
+                None => last,
+                Some(bw) => r
+                    .iter()
+                    .rev()
+                    .find(|l| self.info(**l).is_some_and(|i| i.bitrate_bps.saturating_mul(10) <= bw.saturating_mul(9)))
+                    .copied()
+                    .unwrap_or(first),
+            },
+        })
+    }
 }
 
 #[derive(Debug)]
 struct Viewer {
     peer: PeerId,
-    /// No video until a keyframe has passed; `Some(since)` while waiting.
-    waiting_since: Option<Instant>,
+    pref: LayerPref,
+    bandwidth: Option<u64>,
+    /// The layer being forwarded; `None` until its first keyframe.
+    current: Option<Layer>,
+    /// When a keyframe of the wanted layer was last asked for, while it differs from `current`.
+    asked_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +297,7 @@ pub struct Forwarder {
     roles: HashMap<PeerId, PeerRole>,
     out: VecDeque<ForwardOutput>,
     counters: ForwardCounters,
+    wanted: Vec<Layer>,
 }
 
 impl Forwarder {
@@ -166,6 +324,20 @@ impl Forwarder {
         self.streams.get(name)?.publisher.as_ref().map(|p| p.peer)
     }
 
+    /// The active layers of `name`'s publisher, lowest first.
+    pub fn layers(&self, name: &StreamName) -> Vec<LayerInfo> {
+        let Some(p) = self.streams.get(name).and_then(|s| s.publisher.as_ref()) else {
+            return Vec::new();
+        };
+        p.ranked.iter().filter_map(|l| p.info(*l).cloned()).collect()
+    }
+
+    /// The layer a viewer is receiving now, if any.
+    pub fn viewer_layer(&self, viewer: PeerId) -> Option<Layer> {
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        self.streams.get(name)?.viewers.iter().find(|v| v.peer == viewer)?.current
+    }
+
     /// Number of viewers attached to `name` (live or waiting for the publisher to return).
     pub fn viewer_count(&self, name: &StreamName) -> usize {
         self.streams.get(name).map_or(0, |s| s.viewers.len())
@@ -185,10 +357,10 @@ impl Forwarder {
     ///
     /// If the same owner already publishes the name, the old publisher is displaced (a
     /// [`ForwardOutput::Close`] is queued for it) and every viewer waits for the new publisher's
-    /// first keyframe, which is asked for at once.
+    /// first keyframe, which is asked for as soon as its layers are known.
     pub fn add_publisher(
         &mut self,
-        now: Instant,
+        _now: Instant,
         name: StreamName,
         owner: Subject,
         peer: PeerId,
@@ -202,23 +374,20 @@ impl Forwarder {
         stream.publisher = Some(Publisher {
             peer,
             owner,
-            last_request: None,
-            pending_request: false,
+            layers: Vec::new(),
+            ranked: Vec::new(),
         });
-        let has_viewers = !stream.viewers.is_empty();
         for v in &mut stream.viewers {
-            v.waiting_since = Some(now);
+            v.current = None;
+            v.asked_at = None;
         }
-        self.roles.insert(peer, PeerRole::Publisher(name.clone()));
-        if has_viewers {
-            self.request_keyframe(now, &name);
-        }
+        self.roles.insert(peer, PeerRole::Publisher(name));
         Ok(())
     }
 
-    /// Attaches `peer` as a viewer of the live stream `name` and asks the publisher for a
-    /// keyframe so the viewer gets a picture soon.
-    pub fn add_viewer(&mut self, now: Instant, name: &StreamName, peer: PeerId) -> Result<(), ViewError> {
+    /// Attaches `peer` as a viewer of the live stream `name` with a layer preference, and asks
+    /// the publisher for a keyframe of that layer so the viewer gets a picture soon.
+    pub fn add_viewer(&mut self, now: Instant, name: &StreamName, peer: PeerId, pref: LayerPref) -> Result<(), ViewError> {
         if self.roles.contains_key(&peer) {
             return Err(ViewError::DuplicatePeer);
         }
@@ -227,113 +396,199 @@ impl Forwarder {
         };
         stream.viewers.push(Viewer {
             peer,
-            waiting_since: Some(now),
+            pref,
+            bandwidth: None,
+            current: None,
+            asked_at: None,
         });
         self.roles.insert(peer, PeerRole::Viewer(name.clone()));
-        self.request_keyframe(now, name);
+        self.reselect(now, name);
         Ok(())
+    }
+
+    /// Changes a viewer's layer preference (it switches at the new layer's next keyframe).
+    pub fn set_viewer_pref(&mut self, now: Instant, viewer: PeerId, pref: LayerPref) {
+        if let Some(name) = self.viewer_mut(viewer).map(|(name, v)| {
+            v.pref = pref;
+            name
+        }) {
+            self.reselect(now, &name);
+        }
+    }
+
+    /// A viewer's bandwidth estimate changed (bits per second); drives [`LayerPref::Auto`].
+    pub fn set_viewer_bandwidth(&mut self, now: Instant, viewer: PeerId, bps: u64) {
+        if let Some(name) = self.viewer_mut(viewer).map(|(name, v)| {
+            v.bandwidth = Some(bps);
+            name
+        }) {
+            self.reselect(now, &name);
+        }
+    }
+
+    fn viewer_mut(&mut self, viewer: PeerId) -> Option<(StreamName, &mut Viewer)> {
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let name = name.clone();
+        let v = self.streams.get_mut(&name)?.viewers.iter_mut().find(|v| v.peer == viewer)?;
+        Some((name, v))
     }
 
     /// Forgets `peer`, whatever its role. A publisher's viewers stay attached to the name.
     /// Returns the stream name the peer was attached to.
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<StreamName> {
         let role = self.roles.remove(&peer)?;
-        match role {
+        let name = match role {
             PeerRole::Publisher(name) => {
                 if let Some(stream) = self.streams.get_mut(&name) {
                     if stream.publisher.as_ref().is_some_and(|p| p.peer == peer) {
                         stream.publisher = None;
                     }
                 }
-                self.gc(&name);
-                Some(name)
+                name
             }
             PeerRole::Viewer(name) => {
                 if let Some(stream) = self.streams.get_mut(&name) {
                     stream.viewers.retain(|v| v.peer != peer);
                 }
-                self.gc(&name);
-                Some(name)
+                name
             }
+        };
+        if self.streams.get(&name).is_some_and(|s| s.publisher.is_none() && s.viewers.is_empty()) {
+            self.streams.remove(&name);
         }
-    }
-
-    fn gc(&mut self, name: &StreamName) {
-        if let Some(s) = self.streams.get(name) {
-            if s.publisher.is_none() && s.viewers.is_empty() {
-                self.streams.remove(name);
-            }
-        }
+        Some(name)
     }
 
     /// A frame arrived from `from`. Fills `targets` with the viewers it must be written to.
     ///
-    /// Audio goes to every viewer. Video goes to viewers that have seen a keyframe; a keyframe
-    /// releases every waiting viewer. A viewer that has waited longer than
-    /// [`ForwardConfig::keyframe_retry`] triggers a new (throttled) keyframe request.
-    pub fn route(
-        &mut self,
-        now: Instant,
-        from: PeerId,
-        kind: TrackKind,
-        keyframe: bool,
-        targets: &mut Vec<PeerId>,
-    ) {
+    /// Audio goes to every viewer. A video frame goes to the viewers whose current layer it
+    /// belongs to; a keyframe of a viewer's wanted layer moves it there. A viewer whose wanted
+    /// layer differs from what it gets has a keyframe of the wanted layer asked for (again after
+    /// [`ForwardConfig::keyframe_retry`]).
+    pub fn route(&mut self, now: Instant, from: PeerId, frame: &Frame, targets: &mut Vec<PeerId>) {
         targets.clear();
         let Some(PeerRole::Publisher(name)) = self.roles.get(&from) else {
             self.counters.dropped_not_publisher += 1;
             return;
         };
-        let Some(stream) = self.streams.get_mut(name) else {
+        let name = name.clone();
+        let Some(stream) = self.streams.get_mut(&name) else { return };
+        if frame.kind == TrackKind::Audio {
+            targets.extend(stream.viewers.iter().map(|v| v.peer));
             return;
-        };
-        let mut retry = false;
+        }
+        let Some(publisher) = stream.publisher.as_mut() else { return };
+        let known = publisher.layers.iter().any(|l| l.info.layer == frame.layer);
+        let l = publisher.layer_mut(now, frame.layer);
+        l.last_seen = now;
+        l.window_bytes += frame.bytes as u64;
+        let elapsed = now.saturating_duration_since(l.window_start);
+        if elapsed >= Duration::from_secs(1) {
+            l.info.bitrate_bps = l.window_bytes * 8 * 1000 / (elapsed.as_millis().max(1) as u64);
+            l.window_start = now;
+            l.window_bytes = 0;
+        }
+        if frame.keyframe && frame.dims.is_some() {
+            l.info.dims = frame.dims;
+        }
+        let before = publisher.ranked.clone();
+        publisher.rerank(now);
+        let reranked = !known || before != publisher.ranked;
+
+        self.wanted.clear();
         for v in &mut stream.viewers {
-            match (kind, v.waiting_since) {
-                (TrackKind::Audio, _) | (TrackKind::Video, None) => targets.push(v.peer),
-                (TrackKind::Video, Some(_)) if keyframe => {
-                    v.waiting_since = None;
-                    targets.push(v.peer);
+            let want = publisher.choose(v.pref, v.bandwidth);
+            if v.current == Some(frame.layer) {
+                targets.push(v.peer);
+            } else if want == Some(frame.layer) && frame.keyframe {
+                if v.current.is_some() {
+                    self.counters.layer_switches += 1;
                 }
-                (TrackKind::Video, Some(since)) => {
-                    self.counters.dropped_waiting_keyframe += 1;
-                    if now.saturating_duration_since(since) >= self.config.keyframe_retry {
-                        v.waiting_since = Some(now);
-                        retry = true;
-                    }
+                v.current = want;
+                v.asked_at = None;
+                targets.push(v.peer);
+                continue;
+            } else if v.current.is_none() {
+                self.counters.dropped_waiting_keyframe += 1;
+            }
+            // Keep forwarding the current layer until the wanted one's keyframe arrives.
+            if let Some(want) = want.filter(|w| Some(*w) != v.current) {
+                let due = v.asked_at.is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry);
+                if due || reranked {
+                    v.asked_at = Some(now);
+                    self.wanted.push(want);
                 }
             }
         }
-        if retry {
-            let name = name.clone();
-            self.request_keyframe(now, &name);
+        let wanted = std::mem::take(&mut self.wanted);
+        for layer in &wanted {
+            self.request_keyframe(now, &name, *layer);
         }
+        self.wanted = wanted;
     }
 
-    /// A viewer asked for a keyframe (PLI or FIR from its decoder).
+    /// Re-evaluates every viewer of `name` after a preference or estimate change, asking for
+    /// keyframes of newly wanted layers.
+    fn reselect(&mut self, now: Instant, name: &StreamName) {
+        let Some(stream) = self.streams.get_mut(name) else { return };
+        let Some(publisher) = stream.publisher.as_ref() else { return };
+        self.wanted.clear();
+        for v in &mut stream.viewers {
+            let want = publisher.choose(v.pref, v.bandwidth);
+            if let Some(want) = want.filter(|w| Some(*w) != v.current) {
+                if v.asked_at.is_none() {
+                    v.asked_at = Some(now);
+                    self.wanted.push(want);
+                }
+            }
+        }
+        let wanted = std::mem::take(&mut self.wanted);
+        for layer in &wanted {
+            self.request_keyframe(now, name, *layer);
+        }
+        self.wanted = wanted;
+    }
+
+    /// A viewer asked for a keyframe (PLI or FIR from its decoder): ask for its current layer.
     pub fn viewer_keyframe_request(&mut self, now: Instant, viewer: PeerId) {
-        if let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) {
-            let name = name.clone();
-            self.request_keyframe(now, &name);
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return };
+        let name = name.clone();
+        let layer = self.streams.get(&name).and_then(|s| {
+            let v = s.viewers.iter().find(|v| v.peer == viewer)?;
+            v.current.or_else(|| s.publisher.as_ref()?.choose(v.pref, v.bandwidth))
+        });
+        if let Some(layer) = layer {
+            self.request_keyframe(now, &name, layer);
         }
     }
 
-    /// Asks the publisher of `name` for a keyframe, honouring the minimum interval.
-    fn request_keyframe(&mut self, now: Instant, name: &StreamName) {
+    /// A publisher's own stream of `layer` broke (loss not repaired): its viewers need a fresh
+    /// keyframe of it.
+    pub fn publisher_discontinuity(&mut self, now: Instant, publisher: PeerId, layer: Layer) {
+        if let Some(PeerRole::Publisher(name)) = self.roles.get(&publisher) {
+            let name = name.clone();
+            self.request_keyframe(now, &name, layer);
+        }
+    }
+
+    /// Asks the publisher of `name` for a keyframe of `layer`, honouring the minimum interval.
+    fn request_keyframe(&mut self, now: Instant, name: &StreamName, layer: Layer) {
         let min = self.config.keyframe_min_interval;
         let Some(p) = self.streams.get_mut(name).and_then(|s| s.publisher.as_mut()) else {
             return;
         };
-        match p.last_request {
+        let peer = p.peer;
+        let l = p.layer_mut(now, layer);
+        match l.last_request {
             Some(last) if now.saturating_duration_since(last) < min => {
                 self.counters.keyframe_requests_aggregated += 1;
-                p.pending_request = true;
+                l.pending_request = true;
             }
             _ => {
-                p.last_request = Some(now);
-                p.pending_request = false;
+                l.last_request = Some(now);
+                l.pending_request = false;
                 self.counters.keyframe_requests_sent += 1;
-                self.out.push_back(ForwardOutput::RequestKeyframe { publisher: p.peer });
+                self.out.push_back(ForwardOutput::RequestKeyframe { publisher: peer, layer });
             }
         }
     }
@@ -343,11 +598,13 @@ impl Forwarder {
         let min = self.config.keyframe_min_interval;
         for s in self.streams.values_mut() {
             let Some(p) = s.publisher.as_mut() else { continue };
-            if p.pending_request && p.last_request.is_none_or(|l| now.saturating_duration_since(l) >= min) {
-                p.pending_request = false;
-                p.last_request = Some(now);
-                self.counters.keyframe_requests_sent += 1;
-                self.out.push_back(ForwardOutput::RequestKeyframe { publisher: p.peer });
+            for l in &mut p.layers {
+                if l.pending_request && l.last_request.is_none_or(|t| now.saturating_duration_since(t) >= min) {
+                    l.pending_request = false;
+                    l.last_request = Some(now);
+                    self.counters.keyframe_requests_sent += 1;
+                    self.out.push_back(ForwardOutput::RequestKeyframe { publisher: p.peer, layer: l.info.layer });
+                }
             }
         }
     }
@@ -358,8 +615,9 @@ impl Forwarder {
         self.streams
             .values()
             .filter_map(|s| s.publisher.as_ref())
-            .filter(|p| p.pending_request)
-            .filter_map(|p| p.last_request.map(|l| l + min))
+            .flat_map(|p| p.layers.iter())
+            .filter(|l| l.pending_request)
+            .filter_map(|l| l.last_request.map(|t| t + min))
             .min()
     }
 
@@ -383,25 +641,36 @@ mod tests {
     fn drain(f: &mut Forwarder) -> Vec<ForwardOutput> {
         std::iter::from_fn(|| f.poll_output()).collect()
     }
+    fn kf(publisher: u64, layer: u8) -> ForwardOutput {
+        ForwardOutput::RequestKeyframe { publisher: PeerId(publisher), layer: Layer(layer) }
+    }
+    fn video(layer: u8, keyframe: bool) -> Frame {
+        let dims = keyframe.then_some((320 << layer, 180 << layer));
+        Frame { kind: TrackKind::Video, layer: Layer(layer), keyframe, dims, bytes: 1000 << layer }
+    }
+    fn audio() -> Frame {
+        Frame { kind: TrackKind::Audio, layer: Layer(0), keyframe: false, dims: None, bytes: 100 }
+    }
+    fn route(f: &mut Forwarder, now: Instant, from: u64, frame: Frame) -> Vec<PeerId> {
+        let mut t = Vec::new();
+        f.route(now, PeerId(from), &frame, &mut t);
+        t
+    }
 
     #[test]
     fn viewer_waits_for_keyframe_and_asks_for_one() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
         f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        assert!(route(&mut f, t0, 1, video(0, false)).is_empty());
         assert!(drain(&mut f).is_empty(), "no viewer, no keyframe request");
-        f.add_viewer(t0, &name("cam"), PeerId(2)).unwrap();
-        assert_eq!(drain(&mut f), vec![ForwardOutput::RequestKeyframe { publisher: PeerId(1) }]);
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        assert_eq!(drain(&mut f), vec![kf(1, 0)]);
 
-        let mut targets = Vec::new();
-        f.route(t0, PeerId(1), TrackKind::Video, false, &mut targets);
-        assert!(targets.is_empty(), "delta frame withheld from a waiting viewer");
-        f.route(t0, PeerId(1), TrackKind::Audio, false, &mut targets);
-        assert_eq!(targets, vec![PeerId(2)], "audio is never withheld");
-        f.route(t0, PeerId(1), TrackKind::Video, true, &mut targets);
-        assert_eq!(targets, vec![PeerId(2)]);
-        f.route(t0, PeerId(1), TrackKind::Video, false, &mut targets);
-        assert_eq!(targets, vec![PeerId(2)], "after the keyframe, delta frames flow");
+        assert!(route(&mut f, t0, 1, video(0, false)).is_empty(), "delta frame withheld from a waiting viewer");
+        assert_eq!(route(&mut f, t0, 1, audio()), vec![PeerId(2)], "audio is never withheld");
+        assert_eq!(route(&mut f, t0, 1, video(0, true)), vec![PeerId(2)]);
+        assert_eq!(route(&mut f, t0, 1, video(0, false)), vec![PeerId(2)], "after the keyframe, delta frames flow");
         assert_eq!(f.counters().dropped_waiting_keyframe, 1);
     }
 
@@ -410,8 +679,10 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
         f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(2)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(3)).unwrap();
+        route(&mut f, t0, 1, video(0, true));
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto).unwrap();
+        route(&mut f, t0, 1, video(0, true));
         // Ten PLIs from viewers within 100 ms: one request went out at t0, the rest are held.
         for i in 0..10 {
             f.viewer_keyframe_request(t0 + Duration::from_millis(i * 10), PeerId(2 + i % 2));
@@ -421,7 +692,7 @@ mod tests {
         f.handle_timeout(t0 + Duration::from_millis(499));
         assert!(drain(&mut f).is_empty());
         f.handle_timeout(t0 + Duration::from_millis(500));
-        assert_eq!(drain(&mut f), vec![ForwardOutput::RequestKeyframe { publisher: PeerId(1) }]);
+        assert_eq!(drain(&mut f), vec![kf(1, 0)]);
         assert_eq!(f.poll_timeout(), None, "nothing held any more");
         assert_eq!(f.counters().keyframe_requests_sent, 2);
         assert_eq!(f.counters().keyframe_requests_aggregated, 11, "the second viewer's join and ten PLIs");
@@ -432,13 +703,13 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
         f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(2)).unwrap();
-        drain(&mut f);
-        let mut targets = Vec::new();
-        f.route(t0 + Duration::from_millis(900), PeerId(1), TrackKind::Video, false, &mut targets);
+        route(&mut f, t0, 1, video(0, true));
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        assert_eq!(drain(&mut f), vec![kf(1, 0)]);
+        route(&mut f, t0 + Duration::from_millis(900), 1, video(0, false));
         assert!(drain(&mut f).is_empty());
-        f.route(t0 + Duration::from_millis(1000), PeerId(1), TrackKind::Video, false, &mut targets);
-        assert_eq!(drain(&mut f), vec![ForwardOutput::RequestKeyframe { publisher: PeerId(1) }]);
+        route(&mut f, t0 + Duration::from_millis(1000), 1, video(0, false));
+        assert_eq!(drain(&mut f), vec![kf(1, 0)]);
     }
 
     #[test]
@@ -450,23 +721,16 @@ mod tests {
             f.add_publisher(t0, name("cam"), subj("off-2"), PeerId(2)),
             Err(PublishConflict { holder: subj("off-1") })
         );
-        f.add_viewer(t0, &name("cam"), PeerId(3)).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto).unwrap();
         drain(&mut f);
         // The same owner reconnects: takes over, old publisher closed, viewer waits for a keyframe.
         f.add_publisher(t0 + Duration::from_secs(2), name("cam"), subj("off-1"), PeerId(4)).unwrap();
-        assert_eq!(
-            drain(&mut f),
-            vec![
-                ForwardOutput::Close { peer: PeerId(1) },
-                ForwardOutput::RequestKeyframe { publisher: PeerId(4) }
-            ]
-        );
-        let mut targets = Vec::new();
-        f.route(t0, PeerId(1), TrackKind::Video, true, &mut targets);
-        assert!(targets.is_empty(), "the displaced publisher forwards nothing");
+        assert_eq!(drain(&mut f), vec![ForwardOutput::Close { peer: PeerId(1) }]);
+        assert!(route(&mut f, t0, 1, video(0, true)).is_empty(), "the displaced publisher forwards nothing");
         assert_eq!(f.counters().dropped_not_publisher, 1);
-        f.route(t0, PeerId(4), TrackKind::Video, true, &mut targets);
-        assert_eq!(targets, vec![PeerId(3)]);
+        assert!(route(&mut f, t0, 4, video(0, false)).is_empty());
+        assert_eq!(drain(&mut f), vec![kf(4, 0)], "the new publisher is asked for a keyframe");
+        assert_eq!(route(&mut f, t0, 4, video(0, true)), vec![PeerId(3)]);
     }
 
     #[test]
@@ -474,16 +738,14 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
         f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(2)).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
         assert_eq!(f.remove_peer(PeerId(1)), Some(name("cam")));
         assert_eq!(f.live_owner(&name("cam")), None);
-        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(3)), Err(ViewError::NotLive));
+        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto), Err(ViewError::NotLive));
         assert_eq!(f.viewer_count(&name("cam")), 1);
         // Anyone may publish the name now that it is not live.
         f.add_publisher(t0, name("cam"), subj("off-9"), PeerId(5)).unwrap();
-        let mut targets = Vec::new();
-        f.route(t0, PeerId(5), TrackKind::Video, true, &mut targets);
-        assert_eq!(targets, vec![PeerId(2)]);
+        assert_eq!(route(&mut f, t0, 5, video(0, true)), vec![PeerId(2)]);
         f.remove_peer(PeerId(2));
         f.remove_peer(PeerId(5));
         assert_eq!(f.viewer_count(&name("cam")), 0);
@@ -494,8 +756,124 @@ mod tests {
     fn unknown_stream_or_duplicate_viewer_is_refused() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        assert_eq!(f.add_viewer(t0, &name("nope"), PeerId(1)), Err(ViewError::NotLive));
+        assert_eq!(f.add_viewer(t0, &name("nope"), PeerId(1), LayerPref::Auto), Err(ViewError::NotLive));
         f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(1)), Err(ViewError::DuplicatePeer));
+        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(1), LayerPref::Auto), Err(ViewError::DuplicatePeer));
+    }
+
+    /// Three layers numbered in an order unrelated to their size (as RIDs may be).
+    fn simulcast(f: &mut Forwarder, now: Instant) {
+        for (layer, kf) in [(2u8, true), (0, true), (1, true)] {
+            route(f, now, 1, video(layer, kf));
+        }
+    }
+
+    #[test]
+    fn layers_ranked_by_picture_size_and_chosen_by_preference() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::default();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        simulcast(&mut f, t0);
+        let ranked: Vec<Layer> = f.layers(&name("cam")).iter().map(|l| l.layer).collect();
+        assert_eq!(ranked, vec![Layer(0), Layer(1), Layer(2)]);
+        let prefs = [
+            (10, LayerPref::Low, 0u8),
+            (11, LayerPref::Mid, 1),
+            (12, LayerPref::High, 2),
+            (13, LayerPref::MaxHeight(400), 1), // heights 180, 360, 720
+            (14, LayerPref::MaxHeight(100), 0),
+            (15, LayerPref::Auto, 2),
+        ];
+        for (peer, pref, _) in prefs {
+            f.add_viewer(t0, &name("cam"), PeerId(peer), pref).unwrap();
+        }
+        let t1 = t0 + Duration::from_millis(10);
+        simulcast(&mut f, t1);
+        for (peer, pref, layer) in prefs {
+            assert_eq!(f.viewer_layer(PeerId(peer)), Some(Layer(layer)), "{pref:?}");
+        }
+        // Each viewer gets only its own layer's frames.
+        assert_eq!(route(&mut f, t1, 1, video(1, false)), vec![PeerId(11), PeerId(13)]);
+        assert_eq!(route(&mut f, t1, 1, video(2, false)), vec![PeerId(12), PeerId(15)]);
+    }
+
+    #[test]
+    fn a_layer_switch_waits_for_a_keyframe_of_the_new_layer() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::default();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        simulcast(&mut f, t0);
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High).unwrap();
+        simulcast(&mut f, t0);
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)));
+        drain(&mut f);
+
+        let t1 = t0 + Duration::from_secs(1);
+        f.set_viewer_pref(t1, PeerId(2), LayerPref::Low);
+        assert_eq!(drain(&mut f), vec![kf(1, 0)], "keyframe of the new layer asked for at once");
+        // Until it comes, the old layer keeps flowing and the new one's deltas are not sent.
+        assert_eq!(route(&mut f, t1, 1, video(2, false)), vec![PeerId(2)]);
+        assert!(route(&mut f, t1, 1, video(0, false)).is_empty());
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)));
+        assert_eq!(route(&mut f, t1, 1, video(0, true)), vec![PeerId(2)]);
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)));
+        assert!(route(&mut f, t1, 1, video(2, false)).is_empty(), "old layer no longer sent");
+        assert_eq!(f.counters().layer_switches, 1);
+    }
+
+    #[test]
+    fn a_stopped_layer_drops_out_of_the_ranking() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::default();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        simulcast(&mut f, t0);
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High).unwrap();
+        simulcast(&mut f, t0);
+        drain(&mut f);
+        // The top layer stops (CPU adaptation) while the others go on; after LAYER_TIMEOUT the
+        // viewer moves to mid.
+        let t_mid = t0 + Duration::from_secs(1);
+        route(&mut f, t_mid, 1, video(0, false));
+        assert_eq!(route(&mut f, t_mid, 1, video(2, false)), vec![PeerId(2)]);
+        route(&mut f, t_mid, 1, video(1, false));
+        assert!(drain(&mut f).is_empty(), "all three layers still active");
+        let t_late = t_mid + Duration::from_secs(1);
+        route(&mut f, t_late, 1, video(0, false));
+        route(&mut f, t_late, 1, video(1, false));
+        assert!(drain(&mut f).is_empty());
+        let t1 = t_mid + LAYER_TIMEOUT + Duration::from_millis(100);
+        route(&mut f, t1, 1, video(0, false));
+        assert!(route(&mut f, t1, 1, video(1, false)).is_empty());
+        assert_eq!(drain(&mut f), vec![kf(1, 1)]);
+        assert_eq!(route(&mut f, t1, 1, video(1, true)), vec![PeerId(2)]);
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(1)));
+    }
+
+    #[test]
+    fn auto_follows_the_bandwidth_estimate() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::default();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        // Two seconds of 30 fps per layer so bitrates are measured: 1000/2000/4000 bytes a frame
+        // ≈ 250/500/1000 kbit/s.
+        let mut now = t0;
+        for i in 0..60 {
+            now = t0 + Duration::from_millis(i * 33);
+            for layer in 0..3 {
+                route(&mut f, now, 1, video(layer, i % 30 == 0));
+            }
+        }
+        let rates: Vec<u64> = f.layers(&name("cam")).iter().map(|l| l.bitrate_bps / 1000).collect();
+        assert!(rates[0] >= 200 && rates[0] <= 260 && rates[2] >= 900 && rates[2] <= 1050, "{rates:?}");
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)), "no estimate yet: the top layer");
+        drain(&mut f);
+        f.set_viewer_bandwidth(now, PeerId(2), 600_000);
+        assert_eq!(drain(&mut f), vec![kf(1, 1)], "500 kbit/s fits in 90 % of 600");
+        route(&mut f, now, 1, video(1, true));
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(1)));
+        f.set_viewer_bandwidth(now, PeerId(2), 100_000);
+        route(&mut f, now, 1, video(0, true));
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)), "nothing fits: the lowest");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use signaling::auth::{Action, Claims, TokenVerifier};
 use signaling::error::NameError;
 use signaling::ids::{NodeId, StreamName};
 
+use crate::forward::LayerPref;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 use crate::sfu::SfuError;
@@ -198,18 +199,45 @@ async fn whip_remote(Path((_node, _stream)): Path<(String, String)>) -> ApiError
     )
 }
 
+/// Query options of `POST /whep/…`: `layer=low|mid|high|auto` or `maxHeight=N`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ViewQuery {
+    layer: Option<String>,
+    #[serde(rename = "maxHeight")]
+    max_height: Option<String>,
+}
+
+impl ViewQuery {
+    fn pref(&self) -> Result<LayerPref, ApiError> {
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_layer", m);
+        match (&self.layer, &self.max_height) {
+            (Some(_), Some(_)) => Err(bad("give layer or maxHeight, not both".into())),
+            (Some(l), None) => l.parse().map_err(bad),
+            (None, Some(h)) => h
+                .parse::<u32>()
+                .ok()
+                .filter(|h| *h > 0)
+                .map(LayerPref::MaxHeight)
+                .ok_or_else(|| bad(format!("maxHeight must be a positive number of rows, not {h:?}"))),
+            (None, None) => Ok(LayerPref::Auto),
+        }
+    }
+}
+
 async fn whep(
     State(state): State<AppState>,
     Path(stream): Path<String>,
+    Query(query): Query<ViewQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    view(&state, &stream, &headers, &body).await
+    view(&state, &stream, &query, &headers, &body).await
 }
 
 async fn whep_remote(
     State(state): State<AppState>,
     Path((node, stream)): Path<(String, String)>,
+    Query(query): Query<ViewQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -221,15 +249,16 @@ async fn whep_remote(
             format!("node {node} is not reachable from here"),
         ));
     }
-    view(&state, &stream, &headers, &body).await
+    view(&state, &stream, &query, &headers, &body).await
 }
 
-async fn view(state: &AppState, stream: &str, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+async fn view(state: &AppState, stream: &str, query: &ViewQuery, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
     let claims = authenticate(state, headers)?;
     require(&claims, Action::ViewStream)?;
     let name = stream_name(stream)?;
+    let pref = query.pref()?;
     let offer = sdp_body(headers, body)?;
-    let answer = state.media.view(name, offer).await?;
+    let answer = state.media.view(name, offer, pref).await?;
     Ok(created(&answer.session_id, answer.sdp))
 }
 

@@ -14,6 +14,7 @@
 //! every input, so they are tested in virtual time.
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod config;
 pub mod forward;
 pub mod http;

@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::forward::LayerPref;
 use crate::sfu::{SessionAnswer, Sfu, SfuError};
 
 enum Command {
@@ -25,6 +26,7 @@ enum Command {
     View {
         stream: StreamName,
         offer: String,
+        pref: LayerPref,
         reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
     },
     Close {
@@ -47,10 +49,10 @@ impl MediaHandle {
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
-    /// Views `stream` with a WHEP offer; returns the answer.
-    pub async fn view(&self, stream: StreamName, offer: String) -> Result<SessionAnswer, SfuError> {
+    /// Views `stream` with a WHEP offer and a layer preference; returns the answer.
+    pub async fn view(&self, stream: StreamName, offer: String, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::View { stream, offer, reply }).await?;
+        self.send(Command::View { stream, offer, pref, reply }).await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
@@ -113,8 +115,8 @@ fn handle_command(sfu: &mut Sfu, cmd: Command) {
         Command::Publish { stream, owner, offer, reply } => {
             let _ = reply.send(sfu.publish(now, stream, owner, &offer, unix_ms()));
         }
-        Command::View { stream, offer, reply } => {
-            let _ = reply.send(sfu.view(now, &stream, &offer));
+        Command::View { stream, offer, pref, reply } => {
+            let _ = reply.send(sfu.view(now, &stream, &offer, pref));
         }
         Command::Close { session_id, reply } => {
             let _ = reply.send(sfu.close_session(now, &session_id));

@@ -41,12 +41,13 @@ use rand::RngCore;
 use signaling::ids::{StreamName, Subject};
 use str0m::change::SdpOffer;
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
-use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, PeerId, PublishConflict, TrackKind, ViewError};
+use crate::codec::{keyframe_dims, VideoCodec};
+use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind, ViewError};
 use crate::metrics::{DropReason, Metrics};
 use crate::streams::{LiveStreams, StreamInfo};
 
@@ -142,6 +143,10 @@ struct Peer {
     created: Instant,
     /// When a datagram of this session last arrived.
     last_rx: Instant,
+    /// Publisher: the RID of each video layer, indexed by [`Layer`] (`None` without simulcast).
+    rids: Vec<Option<Rid>>,
+    /// Viewer: how the video timestamps it is sent map from the publisher's layers.
+    video_ts: TimestampMap,
     /// Last cumulative NACK count seen per mid, to turn str0m's stats into counters.
     egress_seen: HashMap<Mid, u64>,
     ingress_seen: HashMap<Mid, u64>,
@@ -288,7 +293,7 @@ impl Sfu {
     ///
     /// The answer offers exactly the codecs the publisher negotiated, so a viewer whose offer
     /// lists VP8 first still gets the publisher's H.264 (no transcoding happens here).
-    pub fn view(&mut self, now: Instant, stream: &StreamName, offer: &str) -> Result<SessionAnswer, SfuError> {
+    pub fn view(&mut self, now: Instant, stream: &StreamName, offer: &str, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
         let publisher = self.fwd.publisher_of(stream).ok_or(SfuError::NotLive)?;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
 
@@ -323,7 +328,7 @@ impl Sfu {
                 have.join(", ")
             )));
         }
-        self.fwd.add_viewer(now, stream, peer_id).map_err(|e| match e {
+        self.fwd.add_viewer(now, stream, peer_id, pref).map_err(|e| match e {
             ViewError::NotLive | ViewError::DuplicatePeer => SfuError::NotLive,
         })?;
         let session_id = peer.session_id.clone();
@@ -369,6 +374,8 @@ impl Sfu {
             connected: false,
             created: now,
             last_rx: now,
+            rids: Vec::new(),
+            video_ts: TimestampMap::default(),
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
         };
@@ -495,10 +502,11 @@ impl Sfu {
             while let Some(out) = self.fwd.poll_output() {
                 progressed = true;
                 match out {
-                    ForwardOutput::RequestKeyframe { publisher } => {
+                    ForwardOutput::RequestKeyframe { publisher, layer } => {
                         if let Some(p) = self.peers.get_mut(&publisher) {
+                            let rid = p.rids.get(usize::from(layer.0)).copied().flatten();
                             if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
-                                if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                                if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
                                     Metrics::add(&self.metrics.keyframe_requests_out, 1);
                                 }
                             }
@@ -515,7 +523,7 @@ impl Sfu {
     }
 
     fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
-        let Some(p) = self.peers.get(&from) else { return };
+        let Some(p) = self.peers.get_mut(&from) else { return };
         let kind = if Some(data.mid) == p.video_mid {
             TrackKind::Video
         } else if Some(data.mid) == p.audio_mid {
@@ -523,31 +531,49 @@ impl Sfu {
         } else {
             return;
         };
+        let layer = match kind {
+            TrackKind::Audio => Layer(0),
+            TrackKind::Video => match p.rids.iter().position(|r| *r == data.rid) {
+                Some(i) => Layer(i as u8),
+                None if p.rids.len() < MAX_LAYERS => {
+                    p.rids.push(data.rid);
+                    Layer((p.rids.len() - 1) as u8)
+                }
+                None => return,
+            },
+        };
+        let keyframe = data.is_keyframe();
+        let dims = match (kind, keyframe, data.params.spec().codec) {
+            (TrackKind::Video, true, Codec::Vp8) => keyframe_dims(VideoCodec::Vp8, &data.data),
+            (TrackKind::Video, true, Codec::H264) => keyframe_dims(VideoCodec::H264, &data.data),
+            _ => None,
+        };
         if kind == TrackKind::Video && !data.contiguous {
             // Loss NACK/RTX could not repair: the viewers' decoders need a fresh keyframe.
-            self.fwd.viewer_keyframe_request(now, from);
+            self.fwd.publisher_discontinuity(now, from, layer);
         }
+        let frame = Frame { kind, layer, keyframe, dims, bytes: data.data.len() };
         let (waiting0, stray0) = {
             let c = self.fwd.counters();
             (c.dropped_waiting_keyframe, c.dropped_not_publisher)
         };
         let mut targets = std::mem::take(&mut self.targets);
-        self.fwd.route(now, from, kind, data.is_keyframe(), &mut targets);
+        self.fwd.route(now, from, &frame, &mut targets);
         let c = self.fwd.counters();
         self.metrics.count_drops(DropReason::WaitingKeyframe, c.dropped_waiting_keyframe - waiting0);
         self.metrics.count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
         for &viewer in &targets {
             let Some(v) = self.peers.get_mut(&viewer) else { continue };
-            let mid = match kind {
-                TrackKind::Video => v.video_mid,
-                TrackKind::Audio => v.audio_mid,
+            let (mid, time) = match kind {
+                TrackKind::Video => (v.video_mid, v.video_ts.map(layer, data.time, data.network_time)),
+                TrackKind::Audio => (v.audio_mid, data.time),
             };
             let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else { continue };
             let Some(pt) = writer.match_params(data.params) else {
                 self.metrics.count_drop(DropReason::CodecMismatch);
                 continue;
             };
-            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            match writer.write(pt, data.network_time, time, data.data.clone()) {
                 Ok(()) => Metrics::add(&self.metrics.frames_forwarded, 1),
                 Err(e) => {
                     debug!(%viewer, error = %e, "write refused");
@@ -610,6 +636,39 @@ fn offer_prefers_h264(sdp: &str) -> bool {
         .filter_map(|pt| codec_of.get(pt))
         .find(|c| *c == "H264" || *c == "VP8")
         .is_some_and(|c| c == "H264")
+}
+
+/// Most simulcast layers accepted from one publisher (browsers send at most three).
+const MAX_LAYERS: usize = 4;
+
+/// Rewrites a viewer's video timestamps so they run on across layer switches: each layer of a
+/// simulcast publisher has its own RTP timestamp base, and a decoder must not see a jump.
+/// Sequence numbers need no such care: str0m packetizes each viewer's stream itself.
+#[derive(Debug, Default, Clone, Copy)]
+struct TimestampMap {
+    /// (layer, offset added to its timestamps, last timestamp sent, when it was sent).
+    state: Option<(Layer, u64, u64, Instant)>,
+}
+
+impl TimestampMap {
+    /// The timestamp to send for a frame of `layer` stamped `time`, received at `wall`.
+    fn map(&mut self, layer: Layer, time: MediaTime, wall: Instant) -> MediaTime {
+        let input = time.numer();
+        let offset = match self.state {
+            Some((l, offset, _, _)) if l == layer => offset,
+            Some((_, _, last, last_wall)) => {
+                // A switch: continue from the last timestamp sent, advanced by the wall-clock
+                // time since (at least one tick, so timestamps never repeat).
+                let elapsed = wall.saturating_duration_since(last_wall);
+                let ticks = (elapsed.as_micros() as u64 * u64::from(time.denom()) / 1_000_000).max(1);
+                last.wrapping_add(ticks).wrapping_sub(input)
+            }
+            None => 0,
+        };
+        let out = input.wrapping_add(offset);
+        self.state = Some((layer, offset, out, wall));
+        MediaTime::new(out, time.frequency())
+    }
 }
 
 /// The first accepted (port not 0, not inactive) video and audio mids of an SDP answer.
@@ -778,12 +837,29 @@ mod tests {
 
         /// Adds a client whose offer has the given media, returns (index, offer SDP, pending).
         fn client(&mut self, port: u16, media: &[(MediaKind, Direction)]) -> (usize, String, str0m::change::SdpPendingOffer) {
+            self.client_with(port, media, &[])
+        }
+
+        /// Like `client`, with the video sent as RID simulcast when `rids` is not empty.
+        fn client_with(
+            &mut self,
+            port: u16,
+            media: &[(MediaKind, Direction)],
+            rids: &[&str],
+        ) -> (usize, String, str0m::change::SdpPendingOffer) {
             let addr: SocketAddr = format!("10.0.0.1:{port}").parse().unwrap();
             let mut rtc = RtcConfig::new().build(self.now);
             rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
             let mut api = rtc.sdp_api();
             for (kind, dir) in media {
-                api.add_media(*kind, *dir, None, None, None);
+                let simulcast = (*kind == MediaKind::Video && !rids.is_empty()).then(|| {
+                    let mut s = str0m::media::Simulcast::new();
+                    for rid in rids {
+                        s.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+                    }
+                    s
+                });
+                api.add_media(*kind, *dir, None, None, simulcast);
             }
             let (offer, pending) = api.apply().unwrap();
             let offer = offer.to_sdp_string();
@@ -863,6 +939,22 @@ mod tests {
             w.write(pt, now, MediaTime::new(n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
         }
 
+        /// Writes one VP8 frame of `width`×`height` on simulcast layer `rid`.
+        /// `layer` = (rid, width, height, timestamp base).
+        fn write_vp8_layer(&mut self, i: usize, layer: (&str, u16, u16, u64), n: u64, keyframe: bool) {
+            let (rid, width, height, ts_base) = layer;
+            let now = self.now;
+            let c = &mut self.clients[i];
+            let mid = c.video_mid.expect("client has video");
+            let w = c.rtc.writer(mid).unwrap().rid(rid.into());
+            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+            let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            frame.extend(width.to_le_bytes());
+            frame.extend(height.to_le_bytes());
+            frame.extend(std::iter::repeat_n(n as u8, usize::from(width) / 4));
+            w.write(pt, now, MediaTime::new(ts_base + n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+        }
+
         fn write_opus(&mut self, i: usize, n: u64) {
             let now = self.now;
             let c = &mut self.clients[i];
@@ -921,7 +1013,7 @@ mod tests {
         let rv = [(MediaKind::Video, Direction::RecvOnly), (MediaKind::Audio, Direction::RecvOnly)];
         let (v, offer, pending) = w.client(2000, &rv);
         let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer).unwrap();
+        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
         w.accept(v, pending, &answer.sdp);
         for _ in 0..100 {
             pump(&mut w, 1);
@@ -953,7 +1045,7 @@ mod tests {
             w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)])
         };
         let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer).unwrap();
+        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
         w.accept(v, pending, &answer.sdp);
         w.run_until("viewer connected", |w| w.clients[v].connected);
 
@@ -978,6 +1070,77 @@ mod tests {
     }
 
     #[test]
+    fn simulcast_viewers_get_their_layer_and_switch_on_keyframes_without_timestamp_jumps() {
+        let mut w = World::new();
+        let (p, offer, pending) = w.client_with(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
+        assert!(offer.contains("a=simulcast:send"), "{offer}");
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        assert!(answer.sdp.contains("a=simulcast:recv"), "{}", answer.sdp);
+        w.accept(p, pending, &answer.sdp);
+        w.run_until("publisher connected", |w| w.clients[p].connected);
+
+        // Layers with their own timestamp bases, as real encoders have.
+        let layers = [("q", 320u16, 180u16, 1_000_000u64), ("h", 640, 360, 5_000_000), ("f", 1280, 720, 9_000_000)];
+        let mut n = 0u64;
+        let mut answered = 0usize;
+        let mut pump = |w: &mut World, frames: u64| {
+            for _ in 0..frames {
+                let asked = w.clients[p].keyframe_requests > answered;
+                answered = w.clients[p].keyframe_requests;
+                for layer in layers {
+                    w.write_vp8_layer(p, layer, n, n == 0 || asked);
+                }
+                n += 1;
+                for _ in 0..6 {
+                    w.step();
+                }
+            }
+        };
+        pump(&mut w, 10);
+        let rv = [(MediaKind::Video, Direction::RecvOnly)];
+        let mut viewers = Vec::new();
+        for (port, pref) in [(2000, LayerPref::Low), (2001, LayerPref::High)] {
+            let (v, offer, pending) = w.client(port, &rv);
+            let now = w.now;
+            let answer = w.sfu.view(now, &name("cam"), &offer, pref).unwrap();
+            w.accept(v, pending, &answer.sdp);
+            viewers.push(v);
+        }
+        pump(&mut w, 40);
+        let widths = |w: &World, v: usize| -> Vec<u32> {
+            w.clients[v].video.iter().filter_map(|d| keyframe_dims(VideoCodec::Vp8, &d.data)).map(|d| d.0).collect()
+        };
+        let (low, high) = (viewers[0], viewers[1]);
+        assert!(w.clients[low].video.len() >= 30 && w.clients[high].video.len() >= 30);
+        assert_eq!(widths(&w, low).first(), Some(&320), "the low viewer starts on the smallest layer");
+        assert_eq!(widths(&w, high).first(), Some(&1280), "the high viewer on the largest");
+        assert!(w.clients[low].video.iter().all(|d| d.data.len() < 200), "only low-layer frames");
+
+        // The low viewer asks for high: it moves at the next high keyframe, and its timestamps
+        // run on without a jump (90 kHz, 30 fps: 3000 per frame; the switch may differ by the
+        // wall-clock time between the two layers' frames).
+        // Viewer peer ids are allocated in order: the low viewer's is the smaller.
+        let low_peer = w.sfu.peers.iter().filter(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. })).map(|(id, _)| *id).min().unwrap();
+        let now = w.now;
+        w.sfu.fwd.set_viewer_pref(now, low_peer, LayerPref::High);
+        w.sfu.after_input(now);
+        let before = w.clients[low].video.len();
+        pump(&mut w, 30);
+        let after = &w.clients[low].video[before..];
+        let first_big = after.iter().position(|d| d.data.len() > 200).expect("switched to high");
+        assert!(after[first_big].is_keyframe(), "the switch lands on a keyframe");
+        assert!(first_big <= 3, "switch within a few frames of asking ({first_big})");
+        assert!(after.iter().all(|d| d.contiguous));
+        let ts: Vec<u64> = w.clients[low].video.iter().map(|d| d.time.numer()).collect();
+        for pair in ts.windows(2) {
+            let step = pair[1].wrapping_sub(pair[0]);
+            assert!((1..=9000).contains(&step), "timestamps run on across the switch: {pair:?}");
+        }
+        assert_eq!(w.sfu.forward_counters().layer_switches, 1);
+    }
+
+    #[test]
     fn conflicts_garbage_and_unknown_streams_are_refused_without_harm() {
         let mut w = World::new();
         let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
@@ -992,7 +1155,7 @@ mod tests {
             w.sfu.publish(now, name("cam"), subj("off-2"), &offer2, 0),
             Err(SfuError::Conflict { holder }) if holder.as_str() == "off-1"
         ));
-        assert!(matches!(w.sfu.view(now, &name("nope"), &offer2), Err(SfuError::NotLive)));
+        assert!(matches!(w.sfu.view(now, &name("nope"), &offer2, LayerPref::Auto), Err(SfuError::NotLive)));
         assert!(matches!(w.sfu.publish(now, name("x"), subj("x"), "v=0\r\ngarbage", 0), Err(SfuError::BadSdp(_))));
 
         let peers_before = w.sfu.peer_count();

@@ -366,6 +366,23 @@ async fn http_contract() {
     assert_eq!(s["viewers"], 0);
     assert!(s["started_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
 
+    for (query, code) in [("?layer=huge", 400), ("?maxHeight=-5", 400), ("?layer=low&maxHeight=360", 400), ("?layer=mid", 201), ("?maxHeight=360", 201)] {
+        let resp = http
+            .post(n.url(&format!("/whep/cam5{query}")))
+            .bearer_auth(n.token("wall-1", Role::Viewer))
+            .header("content-type", "application/sdp")
+            .body(common::canned_offer().replace("a=sendonly", "a=recvonly"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, code, "{query}: {body}");
+        if code == 400 {
+            assert!(body.contains("bad_layer"), "{body}");
+        }
+    }
+
     let pre = http.request(reqwest::Method::OPTIONS, n.url("/whip/cam5")).send().await.unwrap();
     assert_eq!(pre.status(), 204);
     assert_eq!(pre.headers()["accept-post"], "application/sdp");
