@@ -100,10 +100,11 @@ export function preferCodec(transceiver, want) {
 }
 
 /**
- * Create an offer, wait for ICE gathering (bounded), POST it to `${base}/${kind}/${stream}`,
+ * Create an offer, wait for ICE gathering (bounded), POST it to `${base}/${kind}/${stream}`
+ * (plus `?query` when `query` is a non-empty object / URLSearchParams, e.g. WHEP `layer=low`),
  * apply the answer. Returns { location } (absolute session URL, or null).
  */
-export async function negotiate(pc, { kind, base, stream, token, gatherMs = 2000, httpMs = 10000, onState }) {
+export async function negotiate(pc, { kind, base, stream, token, query, gatherMs = 2000, httpMs = 10000, onState }) {
   const set = (s) => onState && onState(s);
   set('offering');
   const offer = await pc.createOffer();
@@ -111,7 +112,8 @@ export async function negotiate(pc, { kind, base, stream, token, gatherMs = 2000
   set('gathering');
   const complete = await waitIceGathering(pc, gatherMs);
   const sdp = pc.localDescription.sdp;
-  const url = `${base}/${kind}/${encodeURIComponent(stream)}`;
+  const qs = query ? new URLSearchParams(query).toString() : '';
+  const url = `${base}/${kind}/${encodeURIComponent(stream)}${qs ? '?' + qs : ''}`;
   set('posting');
   const headers = { 'Content-Type': 'application/sdp' };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -184,9 +186,17 @@ function selectedPair(m) {
   return null;
 }
 
-/** Publisher statistics from outbound-rtp (video layers summed). */
+/**
+ * Publisher statistics from outbound-rtp (video layers summed). `layers` lists the simulcast
+ * layers, one per RID (outbound-rtp entries that carry a `rid`; empty without simulcast), in the
+ * order of the sender's encodings (lowest first as publish.html configures them):
+ * { rid, frameWidth, frameHeight, framesEncoded, bytesSent, active, qualityLimitationReason }.
+ * `active` is the encoding's `active` flag as Chromium reports it; a layer the encoder dropped
+ * under CPU/bandwidth pressure stays active but stops growing framesEncoded.
+ */
 export async function publisherStats(pc) {
   const m = await statsMap(pc);
+  const layers = [];
   const out = {
     framesEncoded: 0,
     framesSent: 0,
@@ -210,10 +220,30 @@ export async function publisherStats(pc) {
       out.frameHeight = Math.max(out.frameHeight, s.frameHeight || 0);
       out.codec = out.codec || codecOf(m, s);
       out.encoderImplementation = out.encoderImplementation || s.encoderImplementation || null;
+      if (s.rid !== undefined && s.rid !== null && s.rid !== '') {
+        layers.push({
+          rid: s.rid,
+          frameWidth: s.frameWidth || 0,
+          frameHeight: s.frameHeight || 0,
+          framesEncoded: s.framesEncoded || 0,
+          bytesSent: s.bytesSent || 0,
+          active: s.active !== false,
+          qualityLimitationReason: s.qualityLimitationReason || null,
+        });
+      }
     } else if (s.kind === 'audio') {
       out.packetsSentAudio += s.packetsSent || 0;
     }
   }
+  // Order the layers like the sender's encodings (q, h, f), unknown RIDs last by height.
+  let order = [];
+  try {
+    const snd = pc.getSenders().find((x) => x.track && x.track.kind === 'video');
+    order = snd ? (snd.getParameters().encodings || []).map((e) => e.rid) : [];
+  } catch (_) { /* closed */ }
+  const pos = (l) => { const i = order.indexOf(l.rid); return i < 0 ? order.length : i; };
+  layers.sort((a, b) => pos(a) - pos(b) || a.frameHeight - b.frameHeight);
+  out.layers = layers;
   return out;
 }
 

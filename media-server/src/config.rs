@@ -147,6 +147,10 @@ pub struct SfuSection {
     pub send_buffer_video: usize,
     /// RTP packets kept per outgoing audio stream for NACK answers. Default 100.
     pub send_buffer_audio: usize,
+    /// A viewer's bandwidth estimate starts here, kbit/s. Default 1000.
+    pub bwe_initial_kbps: u64,
+    /// A viewer's estimator probes towards this rate, kbit/s. Default 4000.
+    pub bwe_desired_kbps: u64,
 }
 
 impl Default for SfuSection {
@@ -159,6 +163,8 @@ impl Default for SfuSection {
             idle_timeout_secs: d.idle_timeout.as_secs(),
             send_buffer_video: d.send_buffer_video,
             send_buffer_audio: d.send_buffer_audio,
+            bwe_initial_kbps: d.bwe_initial_kbps,
+            bwe_desired_kbps: d.bwe_desired_kbps,
         }
     }
 }
@@ -175,6 +181,8 @@ impl SfuSection {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             send_buffer_video: self.send_buffer_video.max(1),
             send_buffer_audio: self.send_buffer_audio.max(1),
+            bwe_initial_kbps: self.bwe_initial_kbps.max(30),
+            bwe_desired_kbps: self.bwe_desired_kbps.max(self.bwe_initial_kbps),
         }
     }
 }

@@ -275,7 +275,38 @@ struct Viewer {
     current: Option<Layer>,
     /// When a keyframe of the wanted layer was last asked for, while it differs from `current`.
     asked_at: Option<Instant>,
+    /// Since when [`LayerPref::Auto`] has pointed above `current` (up-switches must hold).
+    up_since: Option<Instant>,
 }
+
+impl Viewer {
+    /// The layer this viewer should be on now. Explicit preferences apply at once. `Auto` goes
+    /// down at once when the estimate falls but up only after the higher layer has fit for
+    /// [`AUTO_UP_HOLD`], so a noisy estimate does not flap between layers.
+    fn want(&mut self, now: Instant, publisher: &Publisher) -> Option<Layer> {
+        let want = publisher.choose(self.pref, self.bandwidth);
+        let rank = |l: Option<Layer>| l.and_then(|l| publisher.ranked.iter().position(|r| *r == l));
+        let (Some(want_rank), Some(cur_rank)) = (rank(want), rank(self.current)) else {
+            self.up_since = None;
+            return want;
+        };
+        if self.pref != LayerPref::Auto || self.bandwidth.is_none() || want_rank <= cur_rank {
+            self.up_since = None;
+            return want;
+        }
+        match self.up_since {
+            None => {
+                self.up_since = Some(now);
+                self.current
+            }
+            Some(t) if now.saturating_duration_since(t) < AUTO_UP_HOLD => self.current,
+            Some(_) => want,
+        }
+    }
+}
+
+/// How long a higher layer must fit a viewer's estimate before [`LayerPref::Auto`] moves up.
+pub const AUTO_UP_HOLD: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Stream {
@@ -336,6 +367,23 @@ impl Forwarder {
     pub fn viewer_layer(&self, viewer: PeerId) -> Option<Layer> {
         let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
         self.streams.get(name)?.viewers.iter().find(|v| v.peer == viewer)?.current
+    }
+
+    /// For a viewer on [`LayerPref::Auto`] below its publisher's top layer: the bitrate (bits per
+    /// second) it must sustain to move up one layer. The engine keeps that much traffic (padding
+    /// included) flowing so the bandwidth estimate can grow to it; without it a viewer sent only
+    /// the low layer would never learn that the link has recovered.
+    pub fn probe_target(&self, viewer: PeerId) -> Option<u64> {
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let s = self.streams.get(name)?;
+        let v = s.viewers.iter().find(|v| v.peer == viewer)?;
+        if v.pref != LayerPref::Auto {
+            return None;
+        }
+        let p = s.publisher.as_ref()?;
+        let pos = p.ranked.iter().position(|l| Some(*l) == v.current)?;
+        let next = p.ranked.get(pos + 1)?;
+        Some(p.info(*next)?.bitrate_bps * 11 / 10)
     }
 
     /// Number of viewers attached to `name` (live or waiting for the publisher to return).
@@ -400,6 +448,7 @@ impl Forwarder {
             bandwidth: None,
             current: None,
             asked_at: None,
+            up_since: None,
         });
         self.roles.insert(peer, PeerRole::Viewer(name.clone()));
         self.reselect(now, name);
@@ -497,7 +546,7 @@ impl Forwarder {
 
         self.wanted.clear();
         for v in &mut stream.viewers {
-            let want = publisher.choose(v.pref, v.bandwidth);
+            let want = v.want(now, publisher);
             if v.current == Some(frame.layer) {
                 targets.push(v.peer);
             } else if want == Some(frame.layer) && frame.keyframe {
@@ -534,7 +583,7 @@ impl Forwarder {
         let Some(publisher) = stream.publisher.as_ref() else { return };
         self.wanted.clear();
         for v in &mut stream.viewers {
-            let want = publisher.choose(v.pref, v.bandwidth);
+            let want = v.want(now, publisher);
             if let Some(want) = want.filter(|w| Some(*w) != v.current) {
                 if v.asked_at.is_none() {
                     v.asked_at = Some(now);
@@ -875,5 +924,24 @@ mod tests {
         f.set_viewer_bandwidth(now, PeerId(2), 100_000);
         route(&mut f, now, 1, video(0, true));
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)), "nothing fits: the lowest");
+
+        // The estimate recovers: up only after it has held for AUTO_UP_HOLD.
+        drain(&mut f);
+        f.set_viewer_bandwidth(now, PeerId(2), 2_000_000);
+        let up_frames = |f: &mut Forwarder, at: Instant| {
+            for layer in 0..3 {
+                route(f, at, 1, video(layer, true));
+            }
+        };
+        for ms in (100..=1900).step_by(100) {
+            up_frames(&mut f, now + Duration::from_millis(ms));
+            assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)), "no up-switch before the hold ({ms} ms)");
+        }
+        up_frames(&mut f, now + Duration::from_millis(2000));
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)), "after the hold, straight to what fits");
+        // A fall is followed at once.
+        f.set_viewer_bandwidth(now + Duration::from_millis(2300), PeerId(2), 10_000);
+        up_frames(&mut f, now + Duration::from_millis(2300));
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)));
     }
 }

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use signaling::ids::{StreamName, Subject};
 use str0m::change::SdpOffer;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
@@ -67,6 +68,11 @@ pub struct SfuConfig {
     pub send_buffer_video: usize,
     /// Packets kept per outgoing audio stream for answering NACKs (default 100, 2 s of Opus).
     pub send_buffer_audio: usize,
+    /// A viewer's bandwidth estimate starts here, kbit/s (default 1000).
+    pub bwe_initial_kbps: u64,
+    /// The rate a viewer's estimator probes towards, kbit/s (default 4000: above a browser's
+    /// top simulcast layer, so the estimate can grow enough for it).
+    pub bwe_desired_kbps: u64,
 }
 
 impl Default for SfuConfig {
@@ -77,6 +83,8 @@ impl Default for SfuConfig {
             idle_timeout: Duration::from_secs(15),
             send_buffer_video: 1000,
             send_buffer_audio: 100,
+            bwe_initial_kbps: 1000,
+            bwe_desired_kbps: 4000,
         }
     }
 }
@@ -147,6 +155,8 @@ struct Peer {
     rids: Vec<Option<Rid>>,
     /// Viewer: how the video timestamps it is sent map from the publisher's layers.
     video_ts: TimestampMap,
+    /// Viewer: the minimum send rate last given to its bandwidth estimator (bits per second).
+    probe_floor: u64,
     /// Last cumulative NACK count seen per mid, to turn str0m's stats into counters.
     egress_seen: HashMap<Mid, u64>,
     ingress_seen: HashMap<Mid, u64>,
@@ -304,7 +314,12 @@ impl Sfu {
                 p.audio_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
             )
         };
-        let mut cfg = self.base_config().clear_codecs();
+        // Send-side bandwidth estimation (TWCC) for what we send this viewer drives its
+        // `Auto` layer choice.
+        let mut cfg = self
+            .base_config()
+            .clear_codecs()
+            .enable_bwe(Some(Bitrate::kbps(self.config.bwe_initial_kbps)));
         {
             let codecs = cfg.codec_config();
             for p in video_params.iter().chain(audio_params.iter()) {
@@ -314,6 +329,7 @@ impl Sfu {
         }
         let peer_id = self.alloc_peer_id();
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
+        peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
         self.drain_events_only(peer_id, &mut peer, now);
         let gets_video = peer.video_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
         let gets_audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
@@ -376,6 +392,7 @@ impl Sfu {
             last_rx: now,
             rids: Vec::new(),
             video_ts: TimestampMap::default(),
+            probe_floor: 0,
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
         };
@@ -459,7 +476,24 @@ impl Sfu {
             self.close_peer(id, "closed, idle, or never connected");
         }
         self.fwd.handle_timeout(now);
+        self.update_probing();
         self.after_input(now);
+    }
+
+    /// Keeps each `Auto` viewer's estimator probing towards its next layer up (see
+    /// [`Forwarder::probe_target`]); the floor is changed only when it moves by more than 10 %.
+    fn update_probing(&mut self) {
+        let desired = Bitrate::kbps(self.config.bwe_desired_kbps);
+        for (id, peer) in self.peers.iter_mut() {
+            if !matches!(peer.role, PeerRole::Viewer { .. }) || !peer.connected {
+                continue;
+            }
+            let floor = self.fwd.probe_target(*id).unwrap_or(0);
+            if floor.abs_diff(peer.probe_floor) * 10 > peer.probe_floor.max(1) {
+                peer.probe_floor = floor;
+                peer.rtc.bwe().set_bitrate(Bitrate::bps(floor), desired);
+            }
+        }
     }
 
     /// The next datagram to send, if any.
@@ -774,6 +808,12 @@ fn drain_peer(
                     Metrics::add(&metrics.keyframe_requests_in, 1);
                     fwd.viewer_keyframe_request(now, id);
                 }
+                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                    if matches!(peer.role, PeerRole::Viewer { .. }) {
+                        debug!(%id, bps = estimate.as_u64(), "viewer bandwidth estimate");
+                        fwd.set_viewer_bandwidth(now, id, estimate.as_u64());
+                    }
+                }
                 Event::MediaEgressStats(s) => {
                     let seen = peer.egress_seen.entry(s.mid).or_default();
                     metrics.nacks_in.fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
@@ -801,12 +841,18 @@ mod tests {
     const SFU: &str = "10.0.0.100:5000";
     const STEP: Duration = Duration::from_millis(5);
 
+    /// (bits per second, when the link is free, datagrams with their arrival time, bytes queued).
+    type DownCap = (u64, Instant, VecDeque<(Instant, Vec<u8>)>, usize);
+
     struct Client {
         addr: SocketAddr,
         rtc: Rtc,
         video_mid: Option<Mid>,
         audio_mid: Option<Mid>,
         connected: bool,
+        /// A bottleneck on the SFU → client direction: (bits per second, when the link is free
+        /// again, datagrams in flight with their arrival time, bytes queued).
+        down_cap: Option<DownCap>,
         video: Vec<MediaData>,
         audio: usize,
         keyframe_requests: usize,
@@ -870,6 +916,7 @@ mod tests {
                 video_mid,
                 audio_mid,
                 connected: false,
+                down_cap: None,
                 video: Vec::new(),
                 audio: 0,
                 keyframe_requests: 0,
@@ -911,8 +958,32 @@ mod tests {
                     continue;
                 }
                 let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) else { continue };
+                if let Some((bps, free_at, queue, queued)) = c.down_cap.as_mut() {
+                    // Serialise at the capped rate behind a 16 KiB buffer (~0.4 s at 300 kbit/s,
+                    // a cellular-like bottleneck); tail-drop beyond.
+                    if *queued + t.contents.len() > 16 * 1024 {
+                        continue;
+                    }
+                    let start = (*free_at).max(now);
+                    *free_at = start + Duration::from_micros(t.contents.len() as u64 * 8 * 1_000_000 / *bps);
+                    *queued += t.contents.len();
+                    queue.push_back((*free_at, t.contents));
+                    continue;
+                }
                 let r = Receive::new(Protocol::Udp, sfu_addr, c.addr, &t.contents).unwrap();
                 c.rtc.handle_input(Input::Receive(now, r)).unwrap();
+            }
+            for c in &mut self.clients {
+                while let Some((_, _, queue, queued)) = c.down_cap.as_mut() {
+                    let Some((due, _)) = queue.front() else { break };
+                    if *due > now {
+                        break;
+                    }
+                    let (_, data) = queue.pop_front().unwrap();
+                    *queued -= data.len();
+                    let r = Receive::new(Protocol::Udp, sfu_addr, c.addr, &data).unwrap();
+                    c.rtc.handle_input(Input::Receive(now, r)).unwrap();
+                }
             }
         }
 
@@ -1138,6 +1209,86 @@ mod tests {
             assert!((1..=9000).contains(&step), "timestamps run on across the switch: {pair:?}");
         }
         assert_eq!(w.sfu.forward_counters().layer_switches, 1);
+    }
+
+    #[test]
+    fn auto_layer_follows_a_capped_link_down_on_keyframes() {
+        let mut w = World::new();
+        let (p, offer, pending) = w.client_with(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p, pending, &answer.sdp);
+        w.run_until("publisher connected", |w| w.clients[p].connected);
+        let (v, offer, pending) = w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
+        let now = w.now;
+        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
+        w.accept(v, pending, &answer.sdp);
+        w.run_until("viewer connected", |w| w.clients[v].connected);
+
+        // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
+        let sizes = [("q", 320u16, 625usize), ("h", 640, 2083), ("f", 1280, 5000)];
+        let layer_of = |len: usize| sizes.iter().position(|(_, _, s)| len.abs_diff(*s + 10) < 20);
+        let mut n = 0u64;
+        let mut answered = 0usize;
+        // Runs `secs` of virtual time; returns the layer index of each frame the viewer got, with
+        // the virtual time it arrived and whether it was a keyframe.
+        let mut run = |w: &mut World, secs: u64| -> Vec<(Instant, Option<usize>, bool)> {
+            let before = w.clients[v].video.len();
+            let mut arrived = Vec::new();
+            for _ in 0..secs * 30 {
+                let asked = w.clients[p].keyframe_requests > answered;
+                answered = w.clients[p].keyframe_requests;
+                for (i, (rid, width, size)) in sizes.iter().enumerate() {
+                    let now = w.now;
+                    let c = &mut w.clients[p];
+                    let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap().rid((*rid).into());
+                    let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+                    let kf = n == 0 || asked;
+                    let mut frame = vec![if kf { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                    frame.extend(width.to_le_bytes());
+                    frame.extend((width * 9 / 16).to_le_bytes());
+                    frame.resize(size + 10, i as u8);
+                    wr.write(pt, now, MediaTime::new(n * 3000 + i as u64 * 1_000_000, Frequency::NINETY_KHZ), frame).unwrap();
+                }
+                n += 1;
+                for _ in 0..6 {
+                    w.step();
+                    let c = &w.clients[v];
+                    for d in &c.video[before + arrived.len()..] {
+                        arrived.push((w.now, layer_of(d.data.len()), d.is_keyframe()));
+                    }
+                }
+            }
+            arrived
+        };
+        let open = run(&mut w, 8);
+        assert!(!open.is_empty());
+        let top = open.last().unwrap().1;
+        assert!(top >= Some(1), "on an open link the viewer climbs above the low layer: {top:?}");
+
+        // Cap the viewer's downlink at 300 kbit/s: within two seconds it is on the low layer.
+        let now = w.now;
+        w.clients[v].down_cap = Some((300_000, now, VecDeque::new(), 0));
+        let capped = run(&mut w, 6);
+        let t_cap = now;
+        let first_low = capped.iter().find(|(_, l, _)| *l == Some(0)).expect("moved to the low layer");
+        assert!(first_low.0 - t_cap <= Duration::from_millis(2500), "down within ~2 s, took {:?}", first_low.0 - t_cap);
+        assert_eq!(capped.last().unwrap().1, Some(0), "stays low while capped");
+
+        // Lift the cap. Climbing back is not asserted yet: in this harness str0m's estimate
+        // stays near its capped value once only the low layer (plus padding towards the next
+        // layer, see `update_probing`) is sent; the media-quality issue keeps that open.
+        w.clients[v].down_cap = None;
+        let lifted = run(&mut w, 4);
+        assert!(!lifted.is_empty(), "frames keep flowing after the cap is lifted");
+        // Every change of layer the viewer saw landed on a keyframe.
+        let all: Vec<_> = open.iter().chain(&capped).chain(&lifted).collect();
+        for pair in all.windows(2) {
+            if pair[0].1 != pair[1].1 {
+                assert!(pair[1].2, "switch {:?} -> {:?} not on a keyframe", pair[0].1, pair[1].1);
+            }
+        }
+        assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
     }
 
     #[test]

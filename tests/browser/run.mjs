@@ -2,7 +2,7 @@
 // Browser end-to-end driver for the yiwang node, called by the Rust test suite.
 //
 //   node run.mjs --base http://127.0.0.1:PORT --stream NAME --pub-token T --view-token T2 \
-//                --codec vp8|h264 [--timeout-ms 60000] [--mode pubplay|play-only|publish-only]
+//                --codec vp8|h264 [--timeout-ms 60000] [--mode pubplay|play-only|publish-only|simulcast]
 //
 // Launches Debian's /usr/bin/chromium (headless, fake camera + microphone) through playwright-core,
 // opens publish.html (WHIP) and then play.html (WHEP) as two pages, polls window.yiwang.stats()
@@ -22,12 +22,32 @@
 //
 // and exits 0 when ok, 1 otherwise (2 on bad usage). Progress and diagnostics go to stderr.
 // Every wait is bounded; a watchdog exits even if the browser hangs.
+//
+// --mode simulcast: opens publish.html?simulcast=1&width=W&height=H (default 1280x720; codec vp8
+// unless --codec), waits (at most --layers-timeout-ms, default 20000, within the deadline) until
+// the publisher's stats show >= 2 RID layers that are active and whose framesEncoded grows, then
+// opens TWO viewers, play.html?layer=low and play.html?layer=high, and polls until both decoded
+// more than --min-frames frames (audio is recorded but not required). The JSON then has
+//   "viewers": {"low": {...stats}, "high": {...stats}}, "viewer": null,
+//   "publisher": {..., "layers": [{rid, frameWidth, frameHeight, framesEncoded, bytesSent, active}]},
+//   "widths": {"low": 320, "high": 1280, "lowSamples": [...], "highSamples": [...]},
+//   "frameRatio": {"low": 1.0, "high": 1.0}
+// and ok requires low width < high width. frameRatio is each viewer's framesDecoded growth over
+// the last polls divided by the growth of the publisher's largest per-layer framesEncoded; ok
+// also requires it to be <= 1.5 for both viewers, since a viewer fed ALL layers interleaved in
+// one stream decodes ~3x the frames of one layer (what a node that accepts a=simulcast but
+// does not select a layer does) and could still show ordered widths by chance. Chromium adapts resolution under CPU load (2 cores:
+// the full layer often drops to 480-960 px wide and back), so a single sample can mislead:
+// widths.high is the MAX frameWidth of the high viewer over the last 6 polls (~3 s) and
+// widths.low the frameWidth of the low viewer at the last poll. When both decoded enough but
+// the widths are not ordered yet, polling goes on for up to 5 s more (within the deadline) before
+// failing with an error that names both widths. negotiatedCodec is the high viewer's codec.
 
 import { chromium } from 'playwright-core';
 
 const USAGE = `usage: node run.mjs --base URL --stream NAME [--pub-token T] [--view-token T2]
-       [--codec vp8|h264] [--timeout-ms 60000] [--mode pubplay|play-only|publish-only]
-       [--min-frames 100] [--no-audio] [--width 1280] [--height 720]
+       [--codec vp8|h264] [--timeout-ms 60000] [--mode pubplay|play-only|publish-only|simulcast]
+       [--min-frames 100] [--no-audio] [--width 1280] [--height 720] [--layers-timeout-ms 20000]
        [--web URL (where the pages are loaded from; default --base)] [--chromium /usr/bin/chromium]
        [--headed]`;
 
@@ -41,6 +61,7 @@ function parseArgs(argv) {
     timeoutMs: 60000,
     mode: 'pubplay',
     minFrames: 100,
+    layersTimeoutMs: 20000,
     audio: true,
     width: 1280,
     height: 720,
@@ -63,6 +84,7 @@ function parseArgs(argv) {
       case '--timeout-ms': o.timeoutMs = parseInt(need(i), 10); i++; break;
       case '--mode': o.mode = need(i); i++; break;
       case '--min-frames': o.minFrames = parseInt(need(i), 10); i++; break;
+      case '--layers-timeout-ms': o.layersTimeoutMs = parseInt(need(i), 10); i++; break;
       case '--no-audio': o.audio = false; break;
       case '--width': o.width = parseInt(need(i), 10); i++; break;
       case '--height': o.height = parseInt(need(i), 10); i++; break;
@@ -75,9 +97,12 @@ function parseArgs(argv) {
   }
   if (!o.base) throw new Error('--base is required');
   if (!o.stream) throw new Error('--stream is required');
-  if (!['pubplay', 'play-only', 'publish-only'].includes(o.mode)) throw new Error(`bad --mode ${o.mode}`);
+  if (!['pubplay', 'play-only', 'publish-only', 'simulcast'].includes(o.mode)) throw new Error(`bad --mode ${o.mode}`);
   if (o.codec && !['vp8', 'h264', 'vp9', 'av1'].includes(o.codec)) throw new Error(`bad --codec ${o.codec}`);
   if (!(o.timeoutMs > 0)) throw new Error('bad --timeout-ms');
+  if (!(o.layersTimeoutMs > 0)) throw new Error('bad --layers-timeout-ms');
+  // Simulcast publishes VP8 unless told otherwise (publish.html's own default, made explicit here).
+  if (o.mode === 'simulcast' && !o.codec) o.codec = 'vp8';
   o.base = o.base.replace(/\/+$/, '');
   o.web = (o.web || o.base).replace(/\/+$/, '');
   return o;
@@ -118,6 +143,11 @@ const result = {
   viewer: null,
   log,
 };
+if (opts.mode === 'simulcast') {
+  result.viewers = { low: null, high: null };
+  result.widths = { low: null, high: null, lowSamples: [], highSamples: [] };
+  result.frameRatio = { low: null, high: null };
+}
 
 let printed = false;
 function finish(code) {
@@ -184,16 +214,18 @@ async function snapshot(page) {
   );
 }
 
-function pageUrl(file, token) {
+function pageUrl(file, token, extra = {}) {
   const q = new URLSearchParams({ stream: opts.stream });
   if (token) q.set('token', token);
   if (file === 'publish.html') {
+    if (opts.mode === 'simulcast') q.set('simulcast', '1');
     if (opts.codec) q.set('codec', opts.codec);
     q.set('width', String(opts.width));
     q.set('height', String(opts.height));
     if (!opts.audio) q.set('audio', '0');
   }
   if (opts.web !== opts.base) q.set('server', opts.base);
+  for (const [k, v] of Object.entries(extra)) q.set(k, v);
   return `${opts.web}/${file}?${q}`;
 }
 
@@ -227,20 +259,26 @@ async function openPage(context, name, url) {
   return page;
 }
 
-const pages = { publisher: null, viewer: null };
+const pages = { publisher: null, viewer: null, low: null, high: null };
 let pub = null;
 
-/** DELETE both sessions through window.yiwang.close() (viewer first), recording the HTTP status. */
+/** Where a page's snapshot lives in the result: viewer / publisher, or viewers.low / viewers.high. */
+function slot(name) {
+  return name === 'low' || name === 'high' ? result.viewers && result.viewers[name] : result[name];
+}
+
+/** DELETE every session through window.yiwang.close() (viewers first), recording the HTTP status. */
 async function endSessions() {
-  for (const name of ['viewer', 'publisher']) {
+  for (const name of ['viewer', 'low', 'high', 'publisher']) {
     const page = pages[name];
-    if (!page || !result[name]) continue;
+    const rec = slot(name);
+    if (!page || !rec) continue;
     try {
       const st = await withTimeout(page.evaluate(() => (window.yiwang && window.yiwang.close ? window.yiwang.close() : null)), 5000, `${name} close`);
-      result[name].deleteStatus = st;
+      rec.deleteStatus = st;
       if (st !== null) note(`${name}: DELETE session -> ${st}`);
     } catch (e) {
-      result[name].deleteStatus = String(e.message || e);
+      rec.deleteStatus = String(e.message || e);
       note(`${name}: close failed: ${e.message}`);
     }
   }
@@ -253,6 +291,151 @@ function oneLine(msg, max = 400) {
 }
 
 const isFatal = (s) => s && (s.state === 'error' || s.state === 'failed');
+
+const layerText = (ls) => (ls || []).map((l) => `${l.rid}:${l.frameWidth}x${l.frameHeight}/${l.framesEncoded}f${l.active ? '' : '(inactive)'}`).join(' ') || 'none';
+
+/**
+ * Simulcast: wait until >= 2 of the publisher's RID layers are active and encoding (framesEncoded
+ * > 0 and grown since the previous poll). Bounded by --layers-timeout-ms and the deadline.
+ */
+async function waitLayers() {
+  const until = Math.min(deadline, Date.now() + opts.layersTimeoutMs);
+  let prev = new Map();
+  let lastProgress = 0;
+  for (;;) {
+    const s = await snapshot(pub);
+    result.publisher = s;
+    if (isFatal(s)) throw new Error(`publisher ${s.state}: ${s.error || s.connectionState}`);
+    const layers = s.layers || [];
+    const live = layers.filter((l) => l.active && l.framesEncoded > 0 && l.framesEncoded > (prev.get(l.rid) ?? 0));
+    prev = new Map(layers.map((l) => [l.rid, l.framesEncoded]));
+    if (live.length >= 2) {
+      note(`publisher simulcast: ${live.length} layers encoding: ${layerText(layers)}`);
+      return;
+    }
+    if (Date.now() - lastProgress > 2000) {
+      lastProgress = Date.now();
+      note(`publisher layers: ${layerText(layers)}`);
+    }
+    if (Date.now() > until) {
+      throw new Error(
+        `publisher encodes ${live.length} simulcast layer(s) after ${opts.layersTimeoutMs} ms, need >= 2: ` +
+          `${layers.length} RID outbound-rtp entries [${layerText(layers)}]` +
+          (layers.length <= 1 ? ' (did the node answer without a=simulcast? Chromium then sends only the first encoding)' : ''),
+      );
+    }
+    await sleep(500);
+  }
+}
+
+/**
+ * Simulcast: one viewer with ?layer=low and one with ?layer=high; poll until both decoded more
+ * than --min-frames, then require low width < high width (see the header comment for which
+ * samples are compared).
+ */
+async function simulcastViewers(context) {
+  const names = ['low', 'high'];
+  const urls = {};
+  for (const n of names) {
+    urls[n] = pageUrl('play.html', opts.viewToken, { layer: n });
+    pages[n] = await openPage(context, `viewer-${n}`, urls[n]);
+  }
+  const WINDOW = 6; // polls of 500 ms
+  const samples = { low: [], high: [] };
+  // framesDecoded per viewer and the publisher's largest per-layer framesEncoded, per poll: a
+  // viewer decoding clearly more frames than any ONE layer carries is being sent several layers
+  // mixed into one stream (seen with a node that ignores ?layer= but accepts a=simulcast).
+  const counts = { low: [], high: [], pub: [] };
+  const pushWin = (a, x) => { a.push(x); if (a.length > WINDOW) a.shift(); };
+  const delta = (a) => (a.length >= 2 ? a[a.length - 1] - a[0] : 0);
+  const ratios = () => {
+    const dp = delta(counts.pub);
+    const r = (n) => (dp >= 10 && counts[n].length === counts.pub.length ? +(delta(counts[n]) / dp).toFixed(2) : null);
+    return { low: r('low'), high: r('high') };
+  };
+  const widths = () => ({
+    low: samples.low.length ? samples.low[samples.low.length - 1] : null,
+    high: samples.high.length ? Math.max(...samples.high) : null,
+  });
+  let lastProgress = 0;
+  let enoughSince = 0;
+  for (;;) {
+    result.publisher = await snapshot(pub);
+    if (isFatal(result.publisher)) throw new Error(`publisher ${result.publisher.state}: ${result.publisher.error || result.publisher.connectionState}`);
+    for (const n of names) {
+      const v = await snapshot(pages[n]);
+      result.viewers[n] = v;
+      if (isFatal(v)) {
+        if (v.httpStatus === 404 && Date.now() + 1500 < deadline) {
+          note(`viewer-${n} got 404, retrying: ${v.error}`);
+          await sleep(1000);
+          await pages[n].goto(urls[n], { waitUntil: 'domcontentloaded', timeout: Math.max(1000, Math.min(15000, deadline - Date.now())) });
+          samples[n] = [];
+          counts[n] = [];
+          continue;
+        }
+        throw new Error(`viewer-${n} (layer=${n}) ${v.state}: ${v.error || v.connectionState}`);
+      }
+      if (v.framesDecoded > 0) pushWin(samples[n], v.frameWidth || 0);
+      pushWin(counts[n], v.framesDecoded || 0);
+    }
+    pushWin(counts.pub, Math.max(0, ...((result.publisher.layers || []).map((l) => l.framesEncoded))));
+    const lo = result.viewers.low;
+    const hi = result.viewers.high;
+    if (hi && hi.codec) result.negotiatedCodec = codecName(hi.codec);
+    const w = widths();
+    result.widths = { low: w.low, high: w.high, lowSamples: samples.low.slice(), highSamples: samples.high.slice() };
+    const fr = (result.frameRatio = ratios());
+    const enough = lo && hi && lo.framesDecoded > opts.minFrames && hi.framesDecoded > opts.minFrames;
+    const ordered = w.low !== null && w.high !== null && w.low > 0 && w.low < w.high;
+    const mixed = names.filter((n) => fr[n] !== null && fr[n] > 1.5);
+    if (enough && !enoughSince) enoughSince = Date.now();
+    if (enough && ordered && fr.low !== null && fr.high !== null && mixed.length === 0) break;
+    if (Date.now() - lastProgress > 2000) {
+      lastProgress = Date.now();
+      const p = result.publisher;
+      note(
+        names.map((n) => {
+          const v = result.viewers[n];
+          return `viewer-${n} ${v.state}/${v.connectionState} decoded=${v.framesDecoded} ${v.frameWidth}x${v.frameHeight} vpkts=${v.videoPacketsReceived}`;
+        }).join(' | ') + ` | publisher layers ${layerText(p && p.layers)}`,
+      );
+    }
+    // Both decoded enough but widths not ordered: give adaptation up to 5 s to settle.
+    const settleOver = enough && Date.now() - enoughSince > 5000;
+    if (settleOver || Date.now() > deadline) {
+      if (enough && mixed.length) {
+        throw new Error(
+          mixed.map((n) => `viewer-${n} decodes ${fr[n]}x the frames of any single publisher layer`).join(', ') +
+            ` over the last ${counts.pub.length} polls: the node forwards several simulcast layers mixed into one stream` +
+            ` (widths low=${w.low} high=${w.high})`,
+        );
+      }
+      if (enough && ordered) {
+        throw new Error(`could not measure the viewers' frame rate against the publisher's layers (frameRatio ${JSON.stringify(fr)})`);
+      }
+      if (enough) {
+        throw new Error(
+          `layer=low viewer is not smaller than layer=high viewer: low frameWidth=${w.low} (last poll), ` +
+            `high frameWidth=${w.high} (max of last ${samples.high.length} polls); ` +
+            `frameRatio ${JSON.stringify(fr)}; publisher layers [${layerText(result.publisher && result.publisher.layers)}] (does the node honour ?layer=?)`,
+        );
+      }
+      const why = names
+        .filter((n) => !(result.viewers[n].framesDecoded > opts.minFrames))
+        .map((n) => `viewer-${n} state=${result.viewers[n].state} connection=${result.viewers[n].connectionState} framesDecoded=${result.viewers[n].framesDecoded} (need > ${opts.minFrames}, videoPacketsReceived=${result.viewers[n].videoPacketsReceived})`);
+      throw new Error(`timeout after ${opts.timeoutMs} ms: ${why.join(', ')}`);
+    }
+    await sleep(500);
+  }
+  note(`simulcast widths: low=${result.widths.low} high=${result.widths.high}; frames decoded per layer frame: low=${result.frameRatio.low} high=${result.frameRatio.high}`);
+  if (opts.codec) {
+    for (const n of names) {
+      const c = codecName(result.viewers[n].codec);
+      if (c !== opts.codec) throw new Error(`viewer-${n} negotiated ${c}, wanted ${opts.codec}`);
+    }
+  }
+}
 
 async function main() {
   const args = [
@@ -300,6 +483,12 @@ async function main() {
         }
         if (Date.now() > deadline) throw new Error(`timeout waiting for publisher to connect (state=${s.state}, ice=${s.iceConnectionState})`);
         await sleep(500);
+      }
+      if (opts.mode === 'simulcast') {
+        await waitLayers();
+        await simulcastViewers(context);
+        result.ok = true;
+        return;
       }
       if (opts.mode === 'publish-only') {
         // Let it run a moment so that framesEncoded means something.

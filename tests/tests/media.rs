@@ -124,6 +124,34 @@ async fn chromium_publishes_and_plays_h264() {
     chromium_both_ways("h264").await;
 }
 
+/// Chromium publishes three simulcast layers (1280×720 asked for: fewer layers below ~960×540);
+/// a viewer asking `layer=low` decodes a smaller picture than one asking `layer=high`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let result = chromium(
+        &n,
+        &[
+            "--mode",
+            "simulcast",
+            "--stream",
+            "officer-sc",
+            "--pub-token",
+            &n.token("officer-sc", Role::Officer),
+            "--view-token",
+            &n.token("wall-1", Role::Viewer),
+            "--timeout-ms",
+            "90000",
+        ],
+    )
+    .await;
+    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    let (low, high) = (result["widths"]["low"].as_u64().unwrap(), result["widths"]["high"].as_u64().unwrap());
+    assert!(low < high, "low layer {low} px wide, high {high} px: {result:#}");
+    n.node.shutdown().await;
+}
+
 /// A GStreamer stream is played by Chromium (WHEP only): the wall's player against a
 /// non-browser publisher, H.264 answered in the publisher's codec though Chromium lists VP8 first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
