@@ -217,26 +217,22 @@ impl Publisher {
         &mut self.layers[i]
     }
 
+    /// Re-ranks the active layers (called per video frame: no allocation once `ranked` has
+    /// grown to the number of layers).
     fn rerank(&mut self, now: Instant) {
-        let active: Vec<&LayerState> = self
-            .layers
-            .iter()
-            .filter(|l| now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT)
-            .collect();
-        let all_sized = active.iter().all(|l| l.info.dims.is_some());
-        let mut keyed: Vec<(u64, Layer)> = active
-            .iter()
-            .map(|l| {
-                let key = match (all_sized, l.info.dims) {
-                    (true, Some((w, h))) => u64::from(w) * u64::from(h),
-                    _ => l.info.bitrate_bps,
-                };
-                (key, l.info.layer)
-            })
-            .collect();
-        keyed.sort();
-        self.ranked.clear();
-        self.ranked.extend(keyed.into_iter().map(|(_, l)| l));
+        let active = |l: &&LayerState| now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT;
+        let all_sized = self.layers.iter().filter(active).all(|l| l.info.dims.is_some());
+        let (layers, ranked) = (&self.layers, &mut self.ranked);
+        ranked.clear();
+        ranked.extend(layers.iter().filter(active).map(|l| l.info.layer));
+        ranked.sort_by_key(|layer| {
+            let info = layers.iter().find(|l| l.info.layer == *layer).map(|l| &l.info);
+            let key = match (all_sized, info.and_then(|i| i.dims)) {
+                (true, Some((w, h))) => u64::from(w) * u64::from(h),
+                _ => info.map_or(0, |i| i.bitrate_bps),
+            };
+            (key, *layer)
+        });
     }
 
     fn info(&self, layer: Layer) -> Option<&LayerInfo> {
@@ -540,9 +536,17 @@ impl Forwarder {
         if frame.keyframe && frame.dims.is_some() {
             l.info.dims = frame.dims;
         }
-        let before = publisher.ranked.clone();
+        // Compare rankings without allocating (a publisher has at most a handful of layers).
+        let snapshot = |r: &[Layer]| -> (usize, [Layer; 8]) {
+            let mut a = [Layer(u8::MAX); 8];
+            for (slot, l) in a.iter_mut().zip(r) {
+                *slot = *l;
+            }
+            (r.len(), a)
+        };
+        let before = snapshot(&publisher.ranked);
         publisher.rerank(now);
-        let reranked = !known || before != publisher.ranked;
+        let reranked = !known || before != snapshot(&publisher.ranked);
 
         self.wanted.clear();
         for v in &mut stream.viewers {
