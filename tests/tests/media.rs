@@ -13,7 +13,7 @@ use signaling::auth::Role;
 use yiwang_tests::gst_peer::{self, PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher};
 
 fn av() -> ViewOptions {
-    ViewOptions { video: true, audio: true }
+    ViewOptions::default()
 }
 
 /// GStreamer `webrtcbin` fed by `videotestsrc ! x264enc` publishes over WHIP; three WHEP viewers
@@ -26,7 +26,7 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
         &n.base,
         "cam1",
         &n.token("cam1", Role::Officer),
-        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1500 },
+        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1500, via: None },
     )
     .await
     .expect("publish over WHIP");
@@ -65,6 +65,65 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
     publisher.stop().await.expect("publisher DELETE");
     wait_for("stream to leave the table", WAIT, || async { n.node.live.list().is_empty().then_some(()) }).await;
     n.node.shutdown().await;
+}
+
+/// 5 % random loss plus ±50 ms jitter (both directions, seeded, through the project's relay)
+/// between one side and the SFU: NACK/RTX repairs it, and the viewer decodes at least 99 % of the
+/// frames the publisher encodes.
+async fn impaired_link_is_repaired(publisher_side: bool) {
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let up: ImpairConfig = "loss=5%,jitter=50ms,seed=11".parse().unwrap();
+    let down: ImpairConfig = "loss=5%,jitter=50ms,seed=12".parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), n.node.media_addr, up, down).await.unwrap();
+    let via = Some(relay.local_addr());
+    let (pub_via, view_via) = if publisher_side { (via, None) } else { (None, via) };
+    let publisher = WhipPublisher::start(
+        &n.base,
+        "cam1",
+        &n.token("cam1", Role::Officer),
+        PublishOptions { via: pub_via, ..Default::default() },
+    )
+    .await
+    .expect("publish");
+    // ±50 ms of jitter each way plus a NACK round trip: the viewer buffers 400 ms.
+    let opts = ViewOptions { via: view_via, latency_ms: Some(400), ..Default::default() };
+    let viewer = WhepViewer::start(&n.base, "cam1", &n.token("wall-1", Role::Viewer), opts)
+        .await
+        .expect("view");
+    viewer.wait_frames(30, WAIT).await.expect("playing through the impaired link");
+    let sent0 = publisher.frames_sent();
+    let seen0 = viewer.stats().frames_decoded;
+    let sent1 = wait_for("300 more frames", WAIT, || async {
+        let s = publisher.frames_sent();
+        (s >= sent0 + 300).then_some(s)
+    })
+    .await;
+    let need = (sent1 - sent0) * 99 / 100;
+    viewer
+        .wait_frames(seen0 + need, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("fewer than 99 % of {} frames decoded: {e:#}", sent1 - sent0));
+    let stats = relay.stats();
+    // Media flows up (publisher → SFU) or down (SFU → viewer); the other way carries only RTCP.
+    let media = if publisher_side { &stats.up } else { &stats.down };
+    assert!(media.dropped() * 100 >= media.pushed * 3, "the relay really lost media packets: {stats:?}");
+    assert!(n.metric(if publisher_side { "yiwang_nacks_out_total" } else { "yiwang_nacks_in_total" }).await > 0, "repaired by NACK");
+    viewer.stop().await.unwrap();
+    publisher.stop().await.unwrap();
+    relay.shutdown().await;
+    n.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_jitter_between_publisher_and_sfu_are_repaired() {
+    impaired_link_is_repaired(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_jitter_between_sfu_and_viewer_are_repaired() {
+    impaired_link_is_repaired(false).await;
 }
 
 /// Runs the Playwright driver (tests/browser/run.mjs) against the node and returns its JSON.

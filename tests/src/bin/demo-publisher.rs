@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         fps: args.fps,
         audio: !args.no_audio,
         bitrate_kbps: args.bitrate_kbps,
+        via: None,
     };
     let publisher = WhipPublisher::start(&args.url, &args.stream, &args.token, opts)
         .await

@@ -51,6 +51,8 @@ pub(crate) struct Peer {
     /// Set once the node accepted the offer.
     session: Option<(Url, String)>,
     token: String,
+    /// Send media to this address instead of the node's candidate (an impairment relay).
+    pub(crate) via: Option<std::net::SocketAddr>,
 }
 
 impl Peer {
@@ -111,6 +113,7 @@ impl Peer {
             bus_thread: Some(bus_thread),
             session: None,
             token: token.to_owned(),
+            via: None,
         })
     }
 
@@ -235,6 +238,10 @@ impl Peer {
         tracing::debug!(%session_url, "answer:\n{answer}");
         // From now on the node holds a session: remember it so stop() can delete it.
         self.session = Some((session_url, location));
+        let answer = match self.via {
+            Some(via) => route_via(&answer, via),
+            None => answer,
+        };
         self.apply_answer(&answer).await
     }
 
@@ -337,10 +344,33 @@ pub(crate) fn set_all_directions(webrtc: &gst::Element, dir: gst_webrtc::WebRTCR
     for i in 0.. {
         let t = webrtc.emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&i]);
         match t {
-            Some(t) => t.set_property("direction", dir),
+            Some(t) => {
+                t.set_property("direction", dir);
+                // NACK/RTX: a sender retransmits what a receiver reports lost, a receiver asks.
+                t.set_property("do-nack", true);
+            }
             None => break,
         }
     }
+}
+
+/// Rewrites the node's ICE candidates in an answer to `via` (an impairment relay in front of the
+/// node). The node is ICE-lite and accepts the relay's address as a peer-reflexive candidate.
+fn route_via(answer: &str, via: std::net::SocketAddr) -> String {
+    answer
+        .split("\r\n")
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("a=candidate:") else { return line.to_owned() };
+            // foundation component transport priority address port typ ...
+            let mut f: Vec<String> = rest.split(' ').map(str::to_owned).collect();
+            if f.len() > 5 && f[2].eq_ignore_ascii_case("udp") {
+                f[4] = via.ip().to_string();
+                f[5] = via.port().to_string();
+            }
+            format!("a=candidate:{}", f.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 fn host_is_loopback(url: &Url) -> bool {

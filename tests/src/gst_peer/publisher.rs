@@ -42,12 +42,14 @@ pub struct PublishOptions {
     /// Also send an Opus sine tone.
     pub audio: bool,
     pub bitrate_kbps: u32,
+    /// Send through this address (an impairment relay in front of the node's media port).
+    pub via: Option<std::net::SocketAddr>,
 }
 
 impl Default for PublishOptions {
     /// H.264 640×480 at 30 fps, with audio, 1000 kbit/s.
     fn default() -> Self {
-        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1000 }
+        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1000, via: None }
     }
 }
 
@@ -114,7 +116,8 @@ impl WhipPublisher {
             .with_context(|| format!("building pipeline {desc:?}"))?
             .downcast::<gst::Pipeline>()
             .map_err(|_| anyhow!("not a pipeline"))?;
-        let peer = Peer::new(pipeline, endpoint, token)?;
+        let mut peer = Peer::new(pipeline, endpoint, token)?;
+        peer.via = opts.via;
         core::set_all_directions(&peer.webrtc, gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
 
         peer.use_ecdsa_certificate()?;

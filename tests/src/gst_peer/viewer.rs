@@ -29,11 +29,17 @@ pub const VIEWER_AUDIO_CAPS: &str =
 pub struct ViewOptions {
     pub video: bool,
     pub audio: bool,
+    /// Receive through this address (an impairment relay in front of the node's media port).
+    pub via: Option<std::net::SocketAddr>,
+    /// Jitter-buffer latency in ms (webrtcbin's default is 200). A receiver on a jittery,
+    /// lossy link buffers more, as browsers' adaptive jitter buffers do, so that retransmissions
+    /// arrive in time.
+    pub latency_ms: Option<u32>,
 }
 
 impl Default for ViewOptions {
     fn default() -> Self {
-        ViewOptions { video: true, audio: true }
+        ViewOptions { video: true, audio: true, via: None, latency_ms: None }
     }
 }
 
@@ -87,14 +93,19 @@ impl WhepViewer {
         }
         let pipeline = gst::Pipeline::with_name("whep-viewer");
         let webrtc = gst::ElementFactory::make("webrtcbin").name("webrtc").build().context("webrtcbin")?;
+        if let Some(ms) = opts.latency_ms {
+            webrtc.set_property("latency", ms);
+        }
         pipeline.add(&webrtc)?;
-        let peer = Peer::new(pipeline, endpoint, token)?;
+        let mut peer = Peer::new(pipeline, endpoint, token)?;
+        peer.via = opts.via;
 
         let recvonly = gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly;
         for (wanted, caps) in [(opts.video, VIEWER_VIDEO_CAPS), (opts.audio, VIEWER_AUDIO_CAPS)] {
             if wanted {
                 let caps: gst::Caps = caps.parse().map_err(|e| anyhow!("caps {caps}: {e}"))?;
-                peer.webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>("add-transceiver", &[&recvonly, &caps]);
+                let t = peer.webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>("add-transceiver", &[&recvonly, &caps]);
+                t.set_property("do-nack", true);
             }
         }
 
