@@ -104,7 +104,30 @@ export function preferCodec(transceiver, want) {
  * (plus `?query` when `query` is a non-empty object / URLSearchParams, e.g. WHEP `layer=low`),
  * apply the answer. Returns { location } (absolute session URL, or null).
  */
-export async function negotiate(pc, { kind, base, stream, token, query, gatherMs = 2000, httpMs = 10000, onState }) {
+/**
+ * Rewrites the node's UDP candidates in an answer to `via` ("IP:PORT"), for tests that put an
+ * impairment relay in front of the node's media port (the ICE-lite node accepts the relay's
+ * address as a peer-reflexive candidate).
+ */
+export function routeVia(sdp, via) {
+  const i = via.lastIndexOf(':');
+  const ip = via.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = via.slice(i + 1);
+  return sdp
+    .split('\r\n')
+    .map((line) => {
+      if (!line.startsWith('a=candidate:')) return line;
+      const f = line.split(' ');
+      if (f.length > 5 && f[2].toLowerCase() === 'udp') {
+        f[4] = ip;
+        f[5] = port;
+      }
+      return f.join(' ');
+    })
+    .join('\r\n');
+}
+
+export async function negotiate(pc, { kind, base, stream, token, query, via, gatherMs = 2000, httpMs = 10000, onState }) {
   const set = (s) => onState && onState(s);
   set('offering');
   const offer = await pc.createOffer();
@@ -122,7 +145,7 @@ export async function negotiate(pc, { kind, base, stream, token, query, gatherMs
   if (resp.status !== 201 && resp.status !== 200) throw new HttpError(resp.status, body, url);
   const loc = resp.headers.get('Location');
   set('connecting');
-  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+  await pc.setRemoteDescription({ type: 'answer', sdp: via ? routeVia(body, via) : body });
   // Location is usually absolute-path ("/session/ID"): resolve against the POST URL.
   return { location: loc ? new URL(loc, url).href : null, iceGatheringComplete: complete, offer: sdp, answer: body };
 }

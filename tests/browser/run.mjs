@@ -49,7 +49,7 @@ const USAGE = `usage: node run.mjs --base URL --stream NAME [--pub-token T] [--v
        [--codec vp8|h264] [--timeout-ms 60000] [--mode pubplay|play-only|publish-only|simulcast]
        [--min-frames 100] [--no-audio] [--width 1280] [--height 720] [--layers-timeout-ms 20000]
        [--web URL (where the pages are loaded from; default --base)] [--chromium /usr/bin/chromium]
-       [--headed]`;
+       [--headed] [--cap-via IP:PORT (simulcast mode: the "low" viewer, on auto, receives via this relay)]`;
 
 function parseArgs(argv) {
   const o = {
@@ -61,6 +61,7 @@ function parseArgs(argv) {
     timeoutMs: 60000,
     mode: 'pubplay',
     minFrames: 100,
+    capVia: null,
     layersTimeoutMs: 20000,
     audio: true,
     width: 1280,
@@ -84,6 +85,7 @@ function parseArgs(argv) {
       case '--timeout-ms': o.timeoutMs = parseInt(need(i), 10); i++; break;
       case '--mode': o.mode = need(i); i++; break;
       case '--min-frames': o.minFrames = parseInt(need(i), 10); i++; break;
+      case '--cap-via': o.capVia = need(i); i++; break;
       case '--layers-timeout-ms': o.layersTimeoutMs = parseInt(need(i), 10); i++; break;
       case '--no-audio': o.audio = false; break;
       case '--width': o.width = parseInt(need(i), 10); i++; break;
@@ -336,8 +338,12 @@ async function waitLayers() {
 async function simulcastViewers(context) {
   const names = ['low', 'high'];
   const urls = {};
+  // Default: explicit layers. With --cap-via IP:PORT both viewers choose automatically (from the
+  // node's bandwidth estimate); "low" receives through that address (a rate-capped relay in front
+  // of the node) and must end up on a smaller layer than "high", which is not capped.
+  const query = opts.capVia ? { low: { layer: 'auto', via: opts.capVia }, high: { layer: 'auto' } } : { low: { layer: 'low' }, high: { layer: 'high' } };
   for (const n of names) {
-    urls[n] = pageUrl('play.html', opts.viewToken, { layer: n });
+    urls[n] = pageUrl('play.html', opts.viewToken, query[n]);
     pages[n] = await openPage(context, `viewer-${n}`, urls[n]);
   }
   const WINDOW = 6; // polls of 500 ms
@@ -390,7 +396,9 @@ async function simulcastViewers(context) {
     const ordered = w.low !== null && w.high !== null && w.low > 0 && w.low < w.high;
     const mixed = names.filter((n) => fr[n] !== null && fr[n] > 1.5);
     if (enough && !enoughSince) enoughSince = Date.now();
-    if (enough && ordered && fr.low !== null && fr.high !== null && mixed.length === 0) break;
+    // The capped viewer must keep decoding at its smaller size, not merely have a small picture.
+    const lowFlowing = !opts.capVia || delta(counts.low) >= 10;
+    if (enough && ordered && lowFlowing && fr.low !== null && fr.high !== null && mixed.length === 0) break;
     if (Date.now() - lastProgress > 2000) {
       lastProgress = Date.now();
       const p = result.publisher;

@@ -211,6 +211,48 @@ async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
     n.node.shutdown().await;
 }
 
+/// Chromium publishes three simulcast layers; two Chromium viewers choose their layer
+/// automatically from the node's bandwidth estimate. One receives through the project's relay
+/// capped at 300 kbit/s: it drops to a smaller layer and keeps decoding, while the uncapped one
+/// stays on the larger picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    // A wall on a LAN: start estimates at 2.5 Mbit/s so uncapped viewers begin on the top layer.
+    let n = common::start_node_with(|c| c.sfu.bwe_initial_kbps = 2500).await;
+    let down: ImpairConfig = "rate=300kbit,queue=16k,seed=3".parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), n.node.media_addr, ImpairConfig::default(), down)
+        .await
+        .unwrap();
+    let via = relay.local_addr().to_string();
+    let result = chromium(
+        &n,
+        &[
+            "--mode",
+            "simulcast",
+            "--cap-via",
+            &via,
+            "--stream",
+            "officer-cap",
+            "--pub-token",
+            &n.token("officer-cap", Role::Officer),
+            "--view-token",
+            &n.token("wall-1", Role::Viewer),
+            "--timeout-ms",
+            "100000",
+        ],
+    )
+    .await;
+    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    let (capped, free) = (result["widths"]["low"].as_u64().unwrap(), result["widths"]["high"].as_u64().unwrap());
+    eprintln!("widths {} frame ratios {}", result["widths"], result["frameRatio"]);
+    assert!(capped < free, "capped viewer {capped} px wide, uncapped {free} px: {result:#}");
+    assert!(relay.stats().down.delivered > 0, "the capped viewer's media went through the relay");
+    relay.shutdown().await;
+    n.node.shutdown().await;
+}
+
 /// A GStreamer stream is played by Chromium (WHEP only): the wall's player against a
 /// non-browser publisher, H.264 answered in the publisher's codec though Chromium lists VP8 first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
