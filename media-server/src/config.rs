@@ -151,6 +151,9 @@ pub struct SfuSection {
     pub bwe_initial_kbps: u64,
     /// A viewer's estimator probes towards this rate, kbit/s. Default 4000.
     pub bwe_desired_kbps: u64,
+    /// Most a single-layer publisher is asked to send (REMB; lowered to its best viewer's
+    /// estimate), kbit/s. Default 2500.
+    pub publisher_max_kbps: u64,
 }
 
 impl Default for SfuSection {
@@ -165,6 +168,7 @@ impl Default for SfuSection {
             send_buffer_audio: d.send_buffer_audio,
             bwe_initial_kbps: d.bwe_initial_kbps,
             bwe_desired_kbps: d.bwe_desired_kbps,
+            publisher_max_kbps: d.publisher_max_kbps,
         }
     }
 }
@@ -183,6 +187,7 @@ impl SfuSection {
             send_buffer_audio: self.send_buffer_audio.max(1),
             bwe_initial_kbps: self.bwe_initial_kbps.max(30),
             bwe_desired_kbps: self.bwe_desired_kbps.max(self.bwe_initial_kbps),
+            publisher_max_kbps: self.publisher_max_kbps.max(50),
         }
     }
 }

@@ -382,6 +382,12 @@ impl Forwarder {
         Some(p.info(*next)?.bitrate_bps * 11 / 10)
     }
 
+    /// The highest bandwidth estimate among `name`'s viewers (bits per second), if any viewer
+    /// has one: no single-layer publisher needs to send more than its best-connected viewer takes.
+    pub fn viewer_demand(&self, name: &StreamName) -> Option<u64> {
+        self.streams.get(name)?.viewers.iter().filter_map(|v| v.bandwidth).max()
+    }
+
     /// Number of viewers attached to `name` (live or waiting for the publisher to return).
     pub fn viewer_count(&self, name: &StreamName) -> usize {
         self.streams.get(name).map_or(0, |s| s.viewers.len())

@@ -73,6 +73,10 @@ pub struct SfuConfig {
     /// The rate a viewer's estimator probes towards, kbit/s (default 4000: above a browser's
     /// top simulcast layer, so the estimate can grow enough for it).
     pub bwe_desired_kbps: u64,
+    /// The most a single-layer publisher is asked to send (REMB), kbit/s (default 2500). The
+    /// target sent is the lower of this and the best viewer's bandwidth estimate, once a second,
+    /// so an encoder without congestion control of its own follows what its viewers can take.
+    pub publisher_max_kbps: u64,
 }
 
 impl Default for SfuConfig {
@@ -85,6 +89,7 @@ impl Default for SfuConfig {
             send_buffer_audio: 100,
             bwe_initial_kbps: 1000,
             bwe_desired_kbps: 4000,
+            publisher_max_kbps: 2500,
         }
     }
 }
@@ -180,7 +185,12 @@ pub struct Sfu {
     targets: Vec<PeerId>,
     metrics: Arc<Metrics>,
     live: LiveStreams,
+    /// When publishers were last sent their REMB target.
+    last_remb: Option<Instant>,
 }
+
+/// How often publishers are told their target bitrate.
+const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Sfu {
     /// An engine whose sessions advertise `local` as their one ICE candidate.
@@ -199,6 +209,7 @@ impl Sfu {
             targets: Vec::new(),
             metrics,
             live,
+            last_remb: None,
         }
     }
 
@@ -477,6 +488,10 @@ impl Sfu {
         }
         self.fwd.handle_timeout(now);
         self.update_probing();
+        if self.last_remb.is_none_or(|t| now.saturating_duration_since(t) >= REMB_INTERVAL) {
+            self.last_remb = Some(now);
+            self.send_remb();
+        }
         self.after_input(now);
     }
 
@@ -492,6 +507,20 @@ impl Sfu {
             if floor.abs_diff(peer.probe_floor) * 10 > peer.probe_floor.max(1) {
                 peer.probe_floor = floor;
                 peer.rtc.bwe().set_bitrate(Bitrate::bps(floor), desired);
+            }
+        }
+    }
+
+    /// Tells each single-layer publisher the bitrate to aim for (REMB). Simulcast publishers are
+    /// left to their own congestion control: their layers already serve weak viewers.
+    fn send_remb(&mut self) {
+        let max = self.config.publisher_max_kbps * 1000;
+        for peer in self.peers.values_mut() {
+            let PeerRole::Publisher { stream } = &peer.role else { continue };
+            let Some(mid) = peer.video_mid.filter(|_| peer.rids.len() <= 1 && peer.connected) else { continue };
+            let target = self.fwd.viewer_demand(stream).map_or(max, |d| d.min(max)).max(50_000);
+            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_remb(Bitrate::bps(target));
             }
         }
     }
@@ -857,6 +886,8 @@ mod tests {
         video: Vec<MediaData>,
         audio: usize,
         keyframe_requests: usize,
+        /// REMB targets received (bits per second), in order.
+        remb: Vec<u64>,
     }
 
     struct World {
@@ -921,6 +952,7 @@ mod tests {
                 video: Vec::new(),
                 audio: 0,
                 keyframe_requests: 0,
+                remb: Vec::new(),
             });
             (self.clients.len() - 1, offer, pending)
         }
@@ -949,6 +981,9 @@ mod tests {
                         Output::Event(Event::MediaData(d)) if d.params.spec().codec == Codec::Opus => c.audio += 1,
                         Output::Event(Event::MediaData(d)) => c.video.push(d),
                         Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
+                        Output::Event(Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. })) => {
+                            c.remb.push(estimate.as_u64())
+                        }
                         Output::Event(_) => {}
                     }
                 }
@@ -1327,6 +1362,43 @@ mod tests {
             }
         }
         assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
+    }
+
+    #[test]
+    fn single_layer_publisher_is_told_what_its_viewers_can_take() {
+        let mut w = World::new();
+        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
+        let now = w.now;
+        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        w.accept(p, pending, &answer.sdp);
+        w.run_until("publisher connected", |w| w.clients[p].connected);
+        w.run_until("a first REMB", |w| !w.clients[p].remb.is_empty());
+        assert_eq!(w.clients[p].remb.last(), Some(&2_500_000), "no viewer yet: the configured most");
+
+        let (v, offer, pending) = w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
+        let now = w.now;
+        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
+        w.accept(v, pending, &answer.sdp);
+        w.run_until("viewer connected", |w| w.clients[v].connected);
+        let now = w.now;
+        w.clients[v].down_cap = Some((300_000, now, VecDeque::new(), 0));
+        // A 1.2 Mbit/s encoder that does not adapt: the viewer's estimate falls to its cap and
+        // the publisher is asked for about that.
+        for n in 0..300u64 {
+            let now = w.now;
+            let c = &mut w.clients[p];
+            let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap();
+            let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+            let mut frame = vec![if n % 60 == 0 { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+            frame.resize(5000, n as u8);
+            wr.write(pt, now, MediaTime::new(n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+            for _ in 0..6 {
+                w.step();
+            }
+        }
+        let last = *w.clients[p].remb.last().unwrap();
+        assert!(last < 600_000, "the publisher's target follows its capped viewer: {last}");
+        assert!(last >= 50_000);
     }
 
     #[test]
