@@ -12,10 +12,17 @@ use anyhow::{bail, Context as _, Result};
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     /// The body as UTF-8 text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -87,7 +94,7 @@ fn parse(raw: &[u8]) -> Result<Response> {
     } else {
         rest.to_vec()
     };
-    Ok(Response { status, body })
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>> {

@@ -17,6 +17,7 @@
 //! and the exit status is non-zero.
 
 mod http;
+mod modes;
 mod peer;
 mod procfs;
 mod server;
@@ -36,11 +37,16 @@ use peer::{Pending, Running, VideoSpec};
 use server::Server;
 
 /// Fan-out benchmark: 1 WHIP publisher → N WHEP viewers through the real media-server.
+///
+/// Without a subcommand: the fan-out table. `join`, `latency` and `memory` measure join → first
+/// frame, added latency through the SFU, and memory per viewer.
 #[derive(Parser, Debug)]
-#[command(name = "fanout", version)]
+#[command(name = "fanout", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<modes::Mode>,
     /// The media-server binary.
-    #[arg(long, default_value = "target/release/media-server")]
+    #[arg(long, global = true, default_value = "target/release/media-server")]
     server: PathBuf,
     /// Viewer counts to measure, one fresh server each.
     #[arg(long, value_delimiter = ',', default_value = "1,5,10,20,40")]
@@ -66,8 +72,11 @@ struct Args {
     /// Extra seconds after every viewer received its first frame, before measuring.
     #[arg(long, default_value_t = 2)]
     settle: u64,
+    /// A media-server config file (TOML) for `join` and `latency` (passed as `--config`).
+    #[arg(long, global = true, value_name = "FILE")]
+    server_config: Option<PathBuf>,
     /// Also write the rows as JSON to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
@@ -108,7 +117,19 @@ struct Row {
 fn main() {
     let args = Args::parse();
     str0m::crypto::from_feature_flags().install_process_default();
+    let _ = peer::clock_base();
     let ticks = procfs::clock_ticks();
+    if let Some(mode) = &args.mode {
+        let config = match args.server_config.as_deref().map(std::fs::read_to_string).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("fanout: cannot read --server-config: {e}");
+                std::process::exit(1);
+            }
+        };
+        let ok = modes::run(mode, &args.server, config.as_deref(), args.json.as_deref(), ticks);
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     let load_before = procfs::load_average();
     eprintln!("fanout: server {}, viewers {:?}, {} s each, load average {load_before}", args.server.display(), args.viewers, args.seconds);
     let mut rows = Vec::new();

@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,51 @@ pub struct Stats {
     pub keyframe_requests: AtomicU64,
     /// Set when the client's loop stopped on an error.
     pub error: Mutex<Option<String>>,
+    /// When DTLS completed (str0m `Event::Connected`).
+    pub dtls_connected_at: Stamp,
+    /// When the first video frame arrived (viewer).
+    pub first_frame_at: Stamp,
+    /// Whether that first frame was a keyframe.
+    pub first_frame_key: AtomicBool,
+    /// When the first video keyframe arrived (viewer).
+    pub first_keyframe_at: Stamp,
+    /// While set, a viewer records each frame's one-way latency into `latencies`.
+    pub record_latency: AtomicBool,
+    /// Arrival − send of every frame received while `record_latency` was set, nanoseconds.
+    pub latencies: Mutex<Vec<u64>>,
+    /// Publisher, while `record_latency` is set: per frame, from `write` to the last datagram
+    /// of more than 200 bytes handed to the socket before the next frame, nanoseconds (how
+    /// long the generator itself took to put the frame on the wire).
+    pub send_spans: Mutex<Vec<u64>>,
 }
+
+/// An instant set once, read from another thread.
+#[derive(Debug, Default)]
+pub struct Stamp(Mutex<Option<Instant>>);
+
+impl Stamp {
+    fn set_once(&self, t: Instant) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(t);
+        }
+    }
+
+    /// The instant, if set.
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The process-wide time base of the send stamps publishers write into frames.
+pub fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Where in a frame's payload the publisher writes its send time (nanoseconds since
+/// [`clock_base`], little endian); frames are at least `STAMP_AT + 8` bytes.
+pub const STAMP_AT: usize = 16;
 
 impl Stats {
     /// The error that stopped the client, if any.
@@ -61,7 +105,8 @@ impl VideoSpec {
         let avg = self.bitrate as f64 / 8.0 / f64::from(self.fps);
         let gop = self.gop.max(1) as f64;
         let delta = avg * gop / (self.keyframe_ratio + gop - 1.0);
-        ((delta * self.keyframe_ratio).round().max(16.0) as usize, delta.round().max(16.0) as usize)
+        let min = (STAMP_AT + 8) as f64;
+        ((delta * self.keyframe_ratio).round().max(min) as usize, delta.round().max(min) as usize)
     }
 }
 
@@ -73,12 +118,15 @@ pub struct Pending {
     pending: Option<SdpPendingOffer>,
     mid: Mid,
     offer: String,
+    location: Option<String>,
 }
 
 /// A running client thread.
 pub struct Running {
     pub stats: Arc<Stats>,
     pub thread: JoinHandle<()>,
+    /// The session URL path from the answer's `Location` header (for `DELETE`).
+    pub location: Option<String>,
 }
 
 impl Pending {
@@ -98,7 +146,7 @@ impl Pending {
         let mut api = rtc.sdp_api();
         let mid = api.add_media(MediaKind::Video, dir, None, None, None);
         let (offer, pending) = api.apply().context("no offer")?;
-        Ok(Pending { rtc, socket, local, pending: Some(pending), mid, offer: offer.to_sdp_string() })
+        Ok(Pending { rtc, socket, local, pending: Some(pending), mid, offer: offer.to_sdp_string(), location: None })
     }
 
     /// POSTs the offer to `path` (`/whip/S` or `/whep/S`) and applies the answer.
@@ -115,6 +163,7 @@ impl Pending {
         if r.status != 201 {
             bail!("POST {path} answered {}: {}", r.status, r.text().trim());
         }
+        self.location = r.header("location").map(str::to_owned);
         let answer = SdpAnswer::from_sdp_string(&r.text()).context("answer is not SDP")?;
         let pending = self.pending.take().context("offer already answered")?;
         self.rtc.sdp_api().accept_answer(pending, answer).context("accept answer")?;
@@ -126,14 +175,15 @@ impl Pending {
         let stats = Arc::new(Stats::default());
         let s = stats.clone();
         let name = if video.is_some() { "publisher" } else { "viewer" };
+        let location = self.location.clone();
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-            let mut client = Client { rtc: self.rtc, socket: self.socket, local: self.local, stats: s.clone() };
+            let mut client = Client { rtc: self.rtc, socket: self.socket, local: self.local, stats: s.clone(), last_write: None };
             let source = video.map(|v| Source::new(self.mid, v));
             if let Err(e) = client.run(&stop, source) {
                 *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
             }
         })?;
-        Ok(Running { stats, thread })
+        Ok(Running { stats, thread, location })
     }
 }
 
@@ -142,6 +192,8 @@ struct Client {
     socket: UdpSocket,
     local: SocketAddr,
     stats: Arc<Stats>,
+    /// Publisher: when the last frame was written, and when its last media datagram left.
+    last_write: Option<(Instant, Option<Instant>)>,
 }
 
 /// Writes synthetic VP8 frames on a fixed cadence.
@@ -190,7 +242,10 @@ impl Source {
             }
         };
         let key = self.n.is_multiple_of(self.spec.gop.max(1)) || std::mem::take(&mut self.force_keyframe);
-        let data = if key { self.keyframe.clone() } else { self.delta.clone() };
+        let mut data = if key { self.keyframe.to_vec() } else { self.delta.to_vec() };
+        // The send time, for the viewers' latency: nanoseconds since the shared base.
+        let sent = now.saturating_duration_since(clock_base()).as_nanos() as u64;
+        data[STAMP_AT..STAMP_AT + 8].copy_from_slice(&sent.to_le_bytes());
         let len = data.len() as u64;
         let rtp_time = MediaTime::new(self.n * 90_000 / u64::from(self.spec.fps.max(1)), Frequency::NINETY_KHZ);
         w.write(pt, now, rtp_time, data).context("write frame")?;
@@ -217,7 +272,14 @@ impl Client {
             if let Some(src) = source.as_mut() {
                 let now = Instant::now();
                 if self.stats.connected.load(Ordering::Relaxed) && now >= src.next {
+                    if let Some((w, Some(last))) = self.last_write {
+                        if self.stats.record_latency.load(Ordering::Relaxed) {
+                            let span = last.saturating_duration_since(w).as_nanos() as u64;
+                            self.stats.send_spans.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+                        }
+                    }
                     src.write(&mut self.rtc, now, &self.stats)?;
+                    self.last_write = Some((now, None));
                 }
             }
             let mut wake = self.drain(source.as_mut())?;
@@ -260,6 +322,11 @@ impl Client {
                             return Err(e).context("send");
                         }
                     }
+                    if t.contents.len() > 200 {
+                        if let Some((_, last)) = self.last_write.as_mut() {
+                            *last = Some(Instant::now());
+                        }
+                    }
                 }
                 Output::Event(Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)) => {
                     self.stats.connected.store(true, Ordering::Relaxed);
@@ -267,7 +334,23 @@ impl Client {
                 Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
                     bail!("ICE disconnected");
                 }
+                Output::Event(Event::Connected) => self.stats.dtls_connected_at.set_once(Instant::now()),
                 Output::Event(Event::MediaData(d)) => {
+                    let now = Instant::now();
+                    self.stats.first_frame_at.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| {
+                        self.stats.first_frame_key.store(d.is_keyframe(), Ordering::Relaxed);
+                        now
+                    });
+                    if d.is_keyframe() {
+                        self.stats.first_keyframe_at.set_once(now);
+                    }
+                    if self.stats.record_latency.load(Ordering::Relaxed) {
+                        if let Some(b) = d.data.get(STAMP_AT..STAMP_AT + 8) {
+                            let sent = u64::from_le_bytes(b.try_into().unwrap_or_default());
+                            let arrived = now.saturating_duration_since(clock_base()).as_nanos() as u64;
+                            self.stats.latencies.lock().unwrap_or_else(|e| e.into_inner()).push(arrived.saturating_sub(sent));
+                        }
+                    }
                     self.stats.frames.fetch_add(1, Ordering::Relaxed);
                     self.stats.bytes.fetch_add(d.data.len() as u64, Ordering::Relaxed);
                     if !d.contiguous {

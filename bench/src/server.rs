@@ -27,9 +27,20 @@ pub struct Server {
 impl Server {
     /// Starts `binary` on loopback ports and waits (at most `timeout`) for its ready line.
     pub fn start(binary: &Path, timeout: Duration) -> Result<Server> {
+        Server::start_with(binary, timeout, None)
+    }
+
+    /// As [`Server::start`], with `config` (TOML) written to a file and passed as `--config`.
+    pub fn start_with(binary: &Path, timeout: Duration, config: Option<&str>) -> Result<Server> {
         let dir = tempfile::Builder::new().prefix("yiwang-bench-").tempdir().context("temp data dir")?;
         let log = std::fs::File::create(dir.path().join("server.log")).context("server log")?;
-        let mut child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if let Some(toml) = config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, toml).context("write config")?;
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
             .args(["--data"])
             .arg(dir.path().join("data"))
             .args(["--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
@@ -109,6 +120,16 @@ impl Server {
             .filter_map(|l| l.split_once(' '))
             .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
             .collect())
+    }
+
+    /// Ends a WHIP/WHEP session: `DELETE` its `Location` path; true on 200/204.
+    pub fn delete(&self, location: &str) -> Result<bool> {
+        let path = match location.find("://") {
+            Some(i) => location[i + 3..].find('/').map_or("/", |j| &location[i + 3 + j..]),
+            None => location,
+        };
+        let r = http::request(self.http, "DELETE", path, &[], &[], Duration::from_secs(5))?;
+        Ok(matches!(r.status, 200 | 204))
     }
 
     /// Whether the child is still running.
