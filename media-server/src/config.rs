@@ -147,7 +147,7 @@ pub struct SfuSection {
     pub send_buffer_video: usize,
     /// RTP packets kept per outgoing audio stream for NACK answers. Default 100.
     pub send_buffer_audio: usize,
-    /// A viewer's bandwidth estimate starts here, kbit/s. Default 1000.
+    /// A viewer's bandwidth estimate starts here, kbit/s. Default 2500.
     pub bwe_initial_kbps: u64,
     /// A viewer's estimator probes towards this rate, kbit/s. Default 4000.
     pub bwe_desired_kbps: u64,

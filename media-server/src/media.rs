@@ -69,6 +69,9 @@ impl MediaHandle {
     }
 }
 
+/// Deadlines closer than this are served without sleeping (tokio's timer ticks in milliseconds).
+const TIMER_GRANULARITY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How long the media task sleeps when the engine has no deadline.
 const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -211,6 +214,19 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
         // With no session there is nothing to time out: wake at least once a second anyway.
         let now = Instant::now();
         let next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
+        if next <= now + TIMER_GRANULARITY {
+            // str0m's pacer releases one packet per timeout and asks to be polled again within
+            // microseconds while it has packets queued; tokio's timer would round that up to a
+            // millisecond per packet. Take what the socket and the channel already hold, drive
+            // the engine, let other tasks run, and go round again without sleeping.
+            io.recv(&socket, &mut sfu);
+            while let Ok(cmd) = rx.try_recv() {
+                handle_command(&mut sfu, cmd);
+            }
+            sfu.handle_timeout(Instant::now());
+            tokio::task::yield_now().await;
+            continue;
+        }
         let deadline = tokio::time::Instant::from_std(next);
         tokio::select! {
             r = socket.readable() => match r {

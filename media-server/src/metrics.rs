@@ -21,16 +21,20 @@ pub enum DropReason {
     WriteFailed,
     /// Media from a peer that is not (or no longer) the stream's publisher.
     NotPublisher,
+    /// A video frame older than one already forwarded from its layer (completed late by a
+    /// retransmission): forwarding it would hand decoders frames out of order.
+    Late,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::WaitingKeyframe,
         DropReason::CodecMismatch,
         DropReason::WriteFailed,
         DropReason::NotPublisher,
+        DropReason::Late,
     ];
 
     fn label(self) -> &'static str {
@@ -41,6 +45,7 @@ impl DropReason {
             DropReason::CodecMismatch => "codec_mismatch",
             DropReason::WriteFailed => "write_failed",
             DropReason::NotPublisher => "not_publisher",
+            DropReason::Late => "late",
         }
     }
 
@@ -78,7 +83,7 @@ pub struct Metrics {
     pub keyframe_requests_out: AtomicU64,
     /// WebRTC sessions ended because of an error.
     pub session_errors: AtomicU64,
-    drops: [AtomicU64; 6],
+    drops: [AtomicU64; 7],
 }
 
 impl Metrics {
