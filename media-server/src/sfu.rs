@@ -190,7 +190,14 @@ pub struct Sfu {
     live: LiveStreams,
     /// When publishers were last sent their REMB target.
     last_remb: Option<Instant>,
+    /// When stale sessions, probing floors and REMB were last looked at.
+    last_housekeeping: Option<Instant>,
+    /// Scratch list of sessions due in `handle_timeout`.
+    due: Vec<PeerId>,
 }
+
+/// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How often publishers are told their target bitrate.
 const REMB_INTERVAL: Duration = Duration::from_secs(1);
@@ -213,6 +220,8 @@ impl Sfu {
             metrics,
             live,
             last_remb: None,
+            last_housekeeping: None,
+            due: Vec::new(),
         }
     }
 
@@ -461,13 +470,13 @@ impl Sfu {
     /// Time passed: every session whose deadline is due is driven, held keyframe requests are
     /// released, dead or never-connected sessions are removed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.next_timeout <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        // While pacers have packets queued this runs every few microseconds: keep it to the due
+        // sessions, without allocating, and do the per-session housekeeping at most every
+        // HOUSEKEEPING_INTERVAL.
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+        for &id in &due {
             let Some(peer) = self.peers.get_mut(&id) else { continue };
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
@@ -477,6 +486,13 @@ impl Sfu {
             }
             self.drain(id, now);
         }
+        self.due = due;
+        self.fwd.handle_timeout(now);
+        if self.last_housekeeping.is_some_and(|t| now.saturating_duration_since(t) < HOUSEKEEPING_INTERVAL) {
+            self.after_input(now);
+            return;
+        }
+        self.last_housekeeping = Some(now);
         let stale: Vec<PeerId> = self
             .peers
             .iter()
@@ -490,7 +506,6 @@ impl Sfu {
         for id in stale {
             self.close_peer(id, "closed, idle, or never connected");
         }
-        self.fwd.handle_timeout(now);
         self.update_probing();
         if self.last_remb.is_none_or(|t| now.saturating_duration_since(t) >= REMB_INTERVAL) {
             self.last_remb = Some(now);
