@@ -988,6 +988,26 @@ mod tests {
             (self.clients.len() - 1, offer, pending)
         }
 
+        /// A publisher of "cam" (owner off-1) at `port`, connected. Returns its index.
+        fn connected_publisher(&mut self, port: u16, media: &[(MediaKind, Direction)], rids: &[&str]) -> usize {
+            let (p, offer, pending) = self.client_with(port, media, rids);
+            let now = self.now;
+            let answer = self.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+            self.accept(p, pending, &answer.sdp);
+            self.run_until("publisher connected", |w| w.clients[p].connected);
+            p
+        }
+
+        /// A viewer of "cam" at `port` with `pref`, connected. Returns its index.
+        fn connected_viewer(&mut self, port: u16, media: &[(MediaKind, Direction)], pref: LayerPref) -> usize {
+            let (v, offer, pending) = self.client(port, media);
+            let now = self.now;
+            let answer = self.sfu.view(now, &name("cam"), &offer, pref).unwrap();
+            self.accept(v, pending, &answer.sdp);
+            self.run_until("viewer connected", |w| w.clients[v].connected);
+            v
+        }
+
         fn accept(&mut self, i: usize, pending: str0m::change::SdpPendingOffer, answer: &str) {
             let answer = SdpAnswer::from_sdp_string(answer).unwrap();
             self.clients[i].rtc.sdp_api().accept_answer(pending, answer).unwrap();
@@ -1197,18 +1217,8 @@ mod tests {
     #[test]
     fn loss_is_repaired_by_nack_and_rtx_both_ways() {
         let mut w = World::new();
-        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
-        let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
-        w.accept(p, pending, &answer.sdp);
-        let (v, offer, pending) = {
-            w.run_until("publisher connected", |w| w.clients[p].connected);
-            w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)])
-        };
-        let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
-        w.accept(v, pending, &answer.sdp);
-        w.run_until("viewer connected", |w| w.clients[v].connected);
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
+        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
 
         // 5 % loss on every datagram in both directions, RTCP included, for 150 frames (5 s).
         w.loss = 0.05;
@@ -1308,16 +1318,8 @@ mod tests {
     #[test]
     fn auto_layer_follows_a_capped_link_down_on_keyframes() {
         let mut w = World::new();
-        let (p, offer, pending) = w.client_with(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
-        let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
-        w.accept(p, pending, &answer.sdp);
-        w.run_until("publisher connected", |w| w.clients[p].connected);
-        let (v, offer, pending) = w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
-        let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
-        w.accept(v, pending, &answer.sdp);
-        w.run_until("viewer connected", |w| w.clients[v].connected);
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
+        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
         let viewer = w.sfu.peers.iter().find(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. })).map(|(id, _)| *id).unwrap();
 
         // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
@@ -1402,19 +1404,10 @@ mod tests {
     #[test]
     fn single_layer_publisher_is_told_what_its_viewers_can_take() {
         let mut w = World::new();
-        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
-        let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
-        w.accept(p, pending, &answer.sdp);
-        w.run_until("publisher connected", |w| w.clients[p].connected);
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
         w.run_until("a first REMB", |w| !w.clients[p].remb.is_empty());
         assert_eq!(w.clients[p].remb.last(), Some(&2_500_000), "no viewer yet: the configured most");
-
-        let (v, offer, pending) = w.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
-        let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
-        w.accept(v, pending, &answer.sdp);
-        w.run_until("viewer connected", |w| w.clients[v].connected);
+        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
         let now = w.now;
         w.clients[v].down_cap = Some((300_000, now, VecDeque::new(), 0));
         // A 1.2 Mbit/s encoder that does not adapt: the viewer's estimate falls to its cap and
@@ -1439,11 +1432,7 @@ mod tests {
     #[test]
     fn conflicts_garbage_and_unknown_streams_are_refused_without_harm() {
         let mut w = World::new();
-        let (p, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
-        let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
-        w.accept(p, pending, &answer.sdp);
-        w.run_until("publisher connected", |w| w.clients[p].connected);
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
 
         let (_, offer2, _) = w.client(1001, &[(MediaKind::Video, Direction::SendOnly)]);
         let now = w.now;
