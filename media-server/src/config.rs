@@ -143,7 +143,7 @@ pub struct SfuSection {
     pub connect_timeout_secs: u64,
     /// Connected sessions silent (no datagram) for this long are dropped, s. Default 15.
     pub idle_timeout_secs: u64,
-    /// RTP packets kept per outgoing video stream for NACK answers. Default 1000.
+    /// RTP packets kept per outgoing video stream for NACK answers. Default 512.
     pub send_buffer_video: usize,
     /// RTP packets kept per outgoing audio stream for NACK answers. Default 100.
     pub send_buffer_audio: usize,
