@@ -214,11 +214,6 @@ fn counter(m: &HashMap<String, u64>, name: &str) -> Result<u64> {
 }
 
 fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
-    let t = Duration::from_secs(20);
-    let mut server = Server::start(&args.server, t)?;
-    let pub_token = server.token("bench-pub", "officer", t)?;
-    let view_token = server.token("bench-viewer", "viewer", t)?;
-    let stream = "bench-pub";
     let warmup = Duration::from_secs(args.warmup_timeout);
     let spec = VideoSpec {
         bitrate: args.bitrate,
@@ -227,14 +222,8 @@ fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
         keyframe_ratio: args.keyframe_ratio,
     };
 
-    let mut clients = Clients { stop: Arc::new(AtomicBool::new(false)), publisher: None, viewers: Vec::new() };
-    let publisher = Pending::new(Direction::SendOnly)?
-        .exchange(server.http, &format!("/whip/{stream}"), &pub_token)
-        .context("publisher")?
-        .spawn(clients.stop.clone(), Some(spec))?;
-    let pstats = publisher.stats.clone();
-    clients.publisher = Some(publisher);
-    wait_until("the publisher to connect and send", warmup, &clients, &mut server, || pstats.frames.load(Ordering::Relaxed) > 0)?;
+    let (mut server, mut clients, pstats, view_token) = modes::start(&args.server, None, spec, warmup)?;
+    let stream = modes::STREAM;
 
     for i in 0..n {
         let v = Pending::new(Direction::RecvOnly)?

@@ -20,7 +20,7 @@ use crate::peer::{Pending, Stats, VideoSpec};
 use crate::server::Server;
 use crate::{procfs, wait_until, Clients};
 
-const STREAM: &str = "bench-pub";
+pub(crate) const STREAM: &str = "bench-pub";
 
 /// What to measure instead of the fan-out table.
 #[derive(clap::Subcommand, Debug)]
@@ -163,7 +163,7 @@ pub fn run(mode: &Mode, server: &Path, config: Option<&str>, json: Option<&Path>
 }
 
 /// A fresh server with a connected publisher that has sent at least one frame.
-fn start(binary: &Path, config: Option<&str>, spec: VideoSpec, warmup: Duration) -> Result<(Server, Clients, Arc<Stats>, String)> {
+pub(crate) fn start(binary: &Path, config: Option<&str>, spec: VideoSpec, warmup: Duration) -> Result<(Server, Clients, Arc<Stats>, String)> {
     let t = Duration::from_secs(20);
     let mut server = Server::start_with(binary, t, config)?;
     let pub_token = server.token("bench-pub", "officer", t)?;

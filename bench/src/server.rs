@@ -25,12 +25,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `binary` on loopback ports and waits (at most `timeout`) for its ready line.
-    pub fn start(binary: &Path, timeout: Duration) -> Result<Server> {
-        Server::start_with(binary, timeout, None)
-    }
-
-    /// As [`Server::start`], with `config` (TOML) written to a file and passed as `--config`.
+    /// Starts `binary` on loopback ports and waits (at most `timeout`) for its ready line; with
+    /// `config` (TOML), that is written to a file and passed as `--config`.
     pub fn start_with(binary: &Path, timeout: Duration, config: Option<&str>) -> Result<Server> {
         let dir = tempfile::Builder::new().prefix("yiwang-bench-").tempdir().context("temp data dir")?;
         let log = std::fs::File::create(dir.path().join("server.log")).context("server log")?;

@@ -183,30 +183,26 @@ async fn chromium_publishes_and_plays_h264() {
     chromium_both_ways("h264").await;
 }
 
+/// run.mjs in simulcast mode on `stream`; asserts it succeeded and returns the widths the "low"
+/// and "high" viewers decoded, with the whole result for messages.
+async fn chromium_simulcast(n: &TestNode, stream: &str, extra: &[&str]) -> (u64, u64, serde_json::Value) {
+    let (pub_token, view_token) = (n.token(stream, Role::Officer), n.token("wall-1", Role::Viewer));
+    let mut args = vec!["--mode", "simulcast", "--stream", stream, "--pub-token", &pub_token];
+    args.extend(["--view-token", &view_token, "--timeout-ms", "100000"]);
+    args.extend_from_slice(extra);
+    let result = chromium(n, &args).await;
+    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    let width = |w: &str| result["widths"][w].as_u64().unwrap_or_else(|| panic!("no {w} width: {result:#}"));
+    (width("low"), width("high"), result.clone())
+}
+
 /// Chromium publishes three simulcast layers (1280×720 asked for: fewer layers below ~960×540);
 /// a viewer asking `layer=low` decodes a smaller picture than one asking `layer=high`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
-    let result = chromium(
-        &n,
-        &[
-            "--mode",
-            "simulcast",
-            "--stream",
-            "officer-sc",
-            "--pub-token",
-            &n.token("officer-sc", Role::Officer),
-            "--view-token",
-            &n.token("wall-1", Role::Viewer),
-            "--timeout-ms",
-            "90000",
-        ],
-    )
-    .await;
-    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
-    let (low, high) = (result["widths"]["low"].as_u64().unwrap(), result["widths"]["high"].as_u64().unwrap());
+    let (low, high, result) = chromium_simulcast(&n, "officer-sc", &[]).await;
     assert!(low < high, "low layer {low} px wide, high {high} px: {result:#}");
     n.node.shutdown().await;
 }
@@ -226,27 +222,7 @@ async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
         .await
         .unwrap();
     let via = relay.local_addr().to_string();
-    let result = chromium(
-        &n,
-        &[
-            "--mode",
-            "simulcast",
-            "--cap-via",
-            &via,
-            "--stream",
-            "officer-cap",
-            "--pub-token",
-            &n.token("officer-cap", Role::Officer),
-            "--view-token",
-            &n.token("wall-1", Role::Viewer),
-            "--timeout-ms",
-            "100000",
-        ],
-    )
-    .await;
-    assert_eq!(result["ok"], true, "browser run failed: {result:#}");
-    let (capped, free) = (result["widths"]["low"].as_u64().unwrap(), result["widths"]["high"].as_u64().unwrap());
-    eprintln!("widths {} frame ratios {}", result["widths"], result["frameRatio"]);
+    let (capped, free, result) = chromium_simulcast(&n, "officer-cap", &["--cap-via", &via]).await;
     assert!(capped < free, "capped viewer {capped} px wide, uncapped {free} px: {result:#}");
     assert!(relay.stats().down.delivered > 0, "the capped viewer's media went through the relay");
     relay.shutdown().await;
