@@ -7,9 +7,9 @@
 //! what was wrong without leaking internals.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
@@ -19,13 +19,16 @@ use axum::{Json, Router};
 use serde::Serialize;
 use signaling::auth::{Action, Claims, TokenVerifier};
 use signaling::error::NameError;
-use signaling::ids::{NodeId, StreamName};
+use signaling::ids::{IncidentId, NodeId, StreamName, Subject};
+use signaling::proto::MAX_FRAME;
 
 use crate::forward::LayerPref;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 use crate::sfu::SfuError;
+use crate::signal::Hub;
 use crate::streams::{LiveStreams, StreamInfo};
+use signaling::proto::ErrorCode;
 
 /// Everything the handlers share.
 #[derive(Clone)]
@@ -42,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Serve `/metrics` on this router (false when it has its own listener).
     pub metrics_here: bool,
+    /// The signaling server (sessions, incidents, units, revocations).
+    pub hub: Arc<Hub>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -100,12 +105,6 @@ impl From<SfuError> for ApiError {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Verifies the `Authorization: Bearer` token of a request.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let value = headers
@@ -117,10 +116,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiErro
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_token", "Authorization must be `Bearer TOKEN`"))?;
-    state
-        .verifier
-        .verify(token, now_unix())
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", e.to_string()))
+    state.hub.authenticate(token).map_err(|e| {
+        let code = if e.code == ErrorCode::Revoked { "revoked" } else { "bad_token" };
+        ApiError::new(StatusCode::UNAUTHORIZED, code, e.message)
+    })
 }
 
 fn require(claims: &Claims, action: Action) -> Result<(), ApiError> {
@@ -322,6 +321,125 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
     }))
 }
 
+/// `GET /ws`: the signaling protocol over WebSocket (docs/protocol.md); the token travels in
+/// the first message (`hello`), not in the upgrade request.
+async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    // Allow more than the protocol limit so an oversized message gets a typed error from the
+    // core rather than a bare transport close.
+    upgrade
+        .max_message_size(4 * MAX_FRAME)
+        .max_frame_size(4 * MAX_FRAME)
+        .on_upgrade(move |socket| state.hub.clone().serve_ws(socket))
+}
+
+/// `GET /api/incidents`: incidents the token may see.
+async fn api_incidents(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ReadIncident)?;
+    let list = state.hub.read(|c| c.incidents_for(&claims));
+    Ok(Json(serde_json::json!({ "incidents": list })))
+}
+
+/// Query of `GET /api/incidents/{id}/log`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// `GET /api/incidents/{id}/log?after=N`: the incident log, oldest first, at most 500 entries.
+async fn api_incident_log(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    let id = IncidentId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
+    let entries = state.hub.read(|c| c.log_for(&claims, &id, q.after)).map_err(proto_to_api)?;
+    Ok(Json(serde_json::json!({ "incident": id, "entries": entries })))
+}
+
+/// Query of `GET /api/units`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UnitsQuery {
+    incident: Option<String>,
+}
+
+/// `GET /api/units[?incident=ID]`: officers, drones and devices with presence and last position.
+async fn api_units(
+    State(state): State<AppState>,
+    Query(q): Query<UnitsQuery>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ReadIncident)?;
+    let incident = match q.incident {
+        Some(i) => {
+            let i = IncidentId::parse(&i).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
+            if !state.hub.read(|c| c.may_read(&claims, &i)) {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_incident", format!("no incident {i} visible to you")));
+            }
+            Some(i)
+        }
+        None => None,
+    };
+    let now = crate::signal::now_ms();
+    let units = state.hub.read(|c| c.units_for(now, &claims, incident.as_ref()));
+    Ok(Json(serde_json::json!({ "units": units })))
+}
+
+/// `GET /api/orders`: orders visible to the token (the office issue stores them; empty today).
+async fn api_orders(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ReadIncident)?;
+    Ok(Json(serde_json::json!({ "orders": [] })))
+}
+
+/// Body of `POST /api/orders`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    /// Sender-chosen id (for exactly-once); optional here.
+    pub id: Option<String>,
+    /// The incident.
+    pub incident: IncidentId,
+    /// The addressee's subject.
+    pub to: Subject,
+    /// What to do (1..=4000 characters).
+    pub text: String,
+}
+
+/// `POST /api/orders`: authorised and validated; storing and delivery come with the office
+/// issue, so a valid order is answered 501 for now.
+async fn api_orders_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::SendOrder)?;
+    let order: NewOrder = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_order", format!("invalid order: {e}")))?;
+    if order.text.trim().is_empty() || order.text.chars().count() > 4000 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_order", "text must be 1..=4000 characters"));
+    }
+    if !state.hub.read(|c| c.may_read(&claims, &order.incident)) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_incident", format!("no incident {} visible to you", order.incident)));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "orders are not stored by this node version yet",
+    ))
+}
+
+fn proto_to_api(e: signaling::proto::ProtoError) -> ApiError {
+    let status = match e.code {
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Unauthorized | ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.code.as_str(), e.message)
+}
+
 /// The wall's static files, compiled into the binary.
 const STATIC_FILES: &[(&str, &str, &str)] = &[
     ("/", "text/html; charset=utf-8", include_str!("../../web/index.html")),
@@ -378,7 +496,12 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/whep/{node}/{stream}", post(whep_remote))
         .route("/session/{id}", axum::routing::delete(delete_session).patch(patch_session))
         .route("/healthz", get(healthz))
-        .route("/api/streams", get(api_streams));
+        .route("/api/streams", get(api_streams))
+        .route("/api/incidents", get(api_incidents))
+        .route("/api/incidents/{id}/log", get(api_incident_log))
+        .route("/api/units", get(api_units))
+        .route("/api/orders", get(api_orders).post(api_orders_post))
+        .route("/ws", get(ws));
     if state.metrics_here {
         r = r.route("/metrics", get(metrics));
     }

@@ -8,7 +8,9 @@
 //! - [`sfu`]: the sans-IO SFU engine owning every WebRTC session (str0m `Rtc`);
 //! - [`forward`]: the sans-IO forwarding core (routing, keyframe logic), no str0m inside;
 //! - [`streams`]: the live-stream table other planes read;
-//! - [`identity`], [`config`], [`metrics`], [`quic`].
+//! - [`signal`]: the signaling shells (QUIC via [`quic`], WebSocket `/ws`) around the sans-IO
+//!   `signaling::core`;
+//! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
 //! every input, so they are tested in virtual time.
@@ -25,4 +27,5 @@ pub mod metrics;
 pub mod node;
 pub mod quic;
 pub mod sfu;
+pub mod signal;
 pub mod streams;

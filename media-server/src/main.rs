@@ -12,6 +12,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use media_server::config::NodeConfig;
 use media_server::identity::NodeIdentity;
+use media_server::signal::{RevocationFile, REVOCATION_FILE};
+use signaling::core::Revocation;
 use signaling::auth::{Role, TokenRequest, DEFAULT_TTL_SECS};
 use signaling::ids::{IncidentId, NodeId, Subject};
 
@@ -65,6 +67,23 @@ struct RunArgs {
 enum Command {
     /// Mint a token signed by this node's issuer key; prints only the token on stdout.
     Token(TokenArgs),
+    /// Revoke every token of a subject (issued until now) or one token by id. A running node
+    /// using this data directory applies it within a second and closes matching sessions.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["sub", "jti"])))]
+struct RevokeArgs {
+    /// Data directory of the node.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Revoke every token issued to this subject so far (new tokens for it stay valid).
+    #[arg(long, value_name = "NAME")]
+    sub: Option<Subject>,
+    /// Revoke the token with this id (`jti` claim).
+    #[arg(long, value_name = "ID")]
+    jti: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +116,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Token(args)) => token(args),
+        Some(Command::Revoke(args)) => revoke(args),
         None => run(cli.run),
     };
     match result {
@@ -121,6 +141,25 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let token = identity.issuer().issue(&req, now);
     println!("{token}");
+    Ok(())
+}
+
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    if !args.data.join(media_server::identity::NODE_ID_FILE).exists() {
+        anyhow::bail!("{} is not a node data directory (no node.id)", args.data.display());
+    }
+    let r = match (args.sub, args.jti) {
+        (Some(sub), None) => Revocation::Subject {
+            sub,
+            at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+        },
+        (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => Revocation::Token { jti },
+        (None, Some(_)) => anyhow::bail!("--jti must be 1..=128 characters"),
+        _ => anyhow::bail!("give exactly one of --sub or --jti"),
+    };
+    let path = args.data.join(REVOCATION_FILE);
+    RevocationFile::append(&path, &r).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! Composition of a site node: identity, token verifier, media socket and task, HTTP listener(s),
-//! QUIC endpoint. `media-server`'s `main` and the integration tests both start a node through
+//! QUIC endpoint and signaling hub. `media-server`'s `main` and the integration tests both start a node through
 //! [`start`], so what the tests exercise is what operators run.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -8,6 +8,7 @@ use std::sync::{Arc, Once};
 use anyhow::Context as _;
 use ed25519_dalek::VerifyingKey;
 use signaling::auth::TokenVerifier;
+use signaling::core::{Core, CoreConfig};
 use signaling::ids::NodeId;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
 use crate::metrics::Metrics;
 use crate::quic;
+use crate::signal::{self, Hub};
 use crate::sfu::Sfu;
 use crate::streams::LiveStreams;
 
@@ -55,6 +57,8 @@ pub struct RunningNode {
     pub metrics: Arc<Metrics>,
     /// The media task.
     pub media: MediaHandle,
+    /// The signaling server.
+    pub hub: Arc<Hub>,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -160,10 +164,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised, metrics.clone(), live.clone());
     let (media, media_task) = media::spawn(socket, sfu);
 
+    let core = Core::new(CoreConfig::default(), identity.node_id.clone(), (*verifier).clone(), signal::now_ms());
+    let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
+    let timer_task = tokio::spawn(hub.clone().run_timers());
+
     let quic = quic::bind(config.quic.listen, &identity)
         .with_context(|| format!("binding QUIC endpoint {}", config.quic.listen))?;
     let quic_addr = quic.local_addr()?;
-    let quic_task = tokio::spawn(quic::serve(quic.clone()));
+    let quic_task = tokio::spawn(quic::serve(quic.clone(), hub.clone()));
 
     let state = AppState {
         node_id: identity.node_id.clone(),
@@ -172,6 +180,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         live: live.clone(),
         metrics: metrics.clone(),
         metrics_here: config.http.metrics_listen.is_none(),
+        hub: hub.clone(),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -183,7 +192,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    let mut tasks = vec![media_task, quic_task, http_task];
+    let mut tasks = vec![media_task, timer_task, quic_task, http_task];
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
@@ -209,6 +218,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         live,
         metrics,
         media,
+        hub,
         tasks,
         quic,
     })

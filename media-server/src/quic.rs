@@ -1,25 +1,31 @@
 //! The node's QUIC endpoint (quinn, ALPN `yiwang/1`), authenticated by the node certificate that
-//! tokens pin by fingerprint.
+//! tokens pin by fingerprint. Native clients (field-client, drone-bridge) speak the signaling
+//! protocol on it; [`crate::signal::Hub::serve_quic`] serves each connection.
 //!
-//! This is where native clients (field-client, drone-bridge) will speak the signaling protocol.
-//! Until the signaling server is composed in, the endpoint completes the TLS handshake (so a client
-//! can already check the pinned certificate) and then closes the connection with
-//! [`CLOSE_NOT_AVAILABLE`] and a reason, rather than leaving the client to time out.
+//! Transport tuning: the node sends keep-alives every [`KEEP_ALIVE`] and drops a peer silent for
+//! [`IDLE_TIMEOUT`] (a client may ask for less), so a dead tablet's session detaches within 10 s
+//! and its presence goes offline within 15 s. Connection migration is on: a client whose address
+//! changes (Wi-Fi to 4G) keeps its connection and session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use quinn::{Endpoint, VarInt};
+use quinn::{Endpoint, IdleTimeout, TransportConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tracing::debug;
 
 use crate::identity::NodeIdentity;
+use crate::signal::Hub;
 
 /// ALPN protocol id of yiwang signaling.
-pub const ALPN: &[u8] = b"yiwang/1";
+pub const ALPN: &[u8] = signaling::proto::ALPN;
 
-/// Application close code: the service behind the endpoint is not available.
-pub const CLOSE_NOT_AVAILABLE: u32 = 0x10;
+/// Keep-alive interval the node uses.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// Idle timeout the node offers (the effective one is the smaller of both sides').
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the QUIC endpoint on `addr` with the node's certificate.
 pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Endpoint> {
@@ -32,19 +38,25 @@ pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Endpoin
         .with_single_cert(vec![cert], key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT)?))
+        .max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    server.migration(true);
     Ok(Endpoint::server(server, addr)?)
 }
 
-/// Accepts connections until the endpoint is closed, closing each with a clear reason.
-pub async fn serve(endpoint: Endpoint) {
+/// Accepts connections until the endpoint is closed and hands each to the signaling hub.
+pub async fn serve(endpoint: Endpoint, hub: Arc<Hub>) {
     while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => conn.close(
-                    VarInt::from_u32(CLOSE_NOT_AVAILABLE),
-                    b"signaling is not available on this node version",
-                ),
+                Ok(conn) => hub.serve_quic(conn).await,
                 Err(e) => debug!(error = %e, "QUIC handshake failed"),
             }
         });

@@ -7,7 +7,10 @@
 //!   the Ed25519 JWT issuer and verifier.
 //! - [`error`]: the error enums of this crate.
 //!
-//! The wire protocol (signaling messages and their framing) lands here later.
+//! - [`proto`]: the wire protocol `yiwang/1` (messages, framing, error codes); `docs/protocol.md`
+//!   describes it for implementers in other languages.
+//! - [`core`]: the sans-IO signaling state machine (sessions, incidents, presence, positions,
+//!   authorisation) that the node's QUIC and WebSocket shells drive.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
 //! needs the time takes `now` (unix seconds) as an argument, so all of it is deterministic and
@@ -15,8 +18,10 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod core;
 pub mod error;
 pub mod ids;
+pub mod proto;
 
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
 pub use error::{AuthError, Denied, NameError, ParseRoleError};

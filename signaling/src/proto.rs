@@ -1,0 +1,900 @@
+//! The wire protocol `yiwang/1`: messages and framing, shared by every node and client.
+//!
+//! `docs/protocol.md` is the normative description; this module is its implementation. In short:
+//!
+//! - **Transports.** Native clients: QUIC (ALPN [`ALPN`]); the client opens one bidirectional
+//!   stream, the *control stream*, and every message travels on it as a frame: a 4-byte big-endian
+//!   length, then that many bytes of UTF-8 JSON. Browsers: WebSocket `GET /ws`, one message per
+//!   text frame. Either way a message is at most [`MAX_FRAME`] bytes.
+//! - **Handshake.** The first client message is [`ClientMsg::Hello`] with the protocol version and
+//!   a token; the node answers [`ServerMsg::Welcome`] or an [`ServerMsg::Error`] and closes.
+//! - **Requests** carry a client-chosen `id`; the node answers each with [`ServerMsg::Result`] or
+//!   [`ServerMsg::Error`] carrying `re` = that id, in no guaranteed order relative to events.
+//! - **Events** ([`ServerMsg::Event`]) carry a per-session sequence number; a client that
+//!   reconnects sends the last one it saw in `hello.resume` and the node replays what follows.
+//!
+//! Nothing here does I/O: [`FrameDecoder`] is fed bytes and yields frames; [`decode_client`] and
+//! [`encode`] convert between frames and messages.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ids::{IncidentId, NodeId, StreamName, Subject};
+use crate::auth::Role;
+
+/// The protocol version this crate speaks (the `v` of `hello`).
+pub const VERSION: u32 = 1;
+
+/// QUIC ALPN protocol id.
+pub const ALPN: &[u8] = b"yiwang/1";
+
+/// Largest message, in bytes of JSON (64 KiB). Larger frames are refused with
+/// [`ErrorCode::TooLarge`] and the session is closed (the stream cannot be resynchronised).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Length of the QUIC frame header (big-endian `u32` length).
+pub const FRAME_HEADER: usize = 4;
+
+/// A request id chosen by the client, echoed as `re` in the reply.
+pub type RequestId = u64;
+
+/// Where a resuming client left off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The `session` of the earlier `welcome`.
+    pub session: String,
+    /// The `seq` of the last event the client processed (0 if none).
+    pub after: u64,
+}
+
+/// A WGS-84 position report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Latitude, degrees, −90..=90.
+    pub lat: f64,
+    /// Longitude, degrees, −180..=180.
+    pub lon: f64,
+    /// Altitude above mean sea level, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt: Option<f64>,
+    /// Horizontal accuracy (1 σ), metres, ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Heading, degrees clockwise from true north, 0..360.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    /// Ground speed, m/s, ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    /// When the fix was taken, Unix milliseconds (the node's receive time if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+}
+
+impl Position {
+    /// Checks ranges; the message names the first bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |v: f64, name: &str| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number"))
+            }
+        };
+        finite(self.lat, "lat")?;
+        finite(self.lon, "lon")?;
+        if !(-90.0..=90.0).contains(&self.lat) {
+            return Err("lat must be within -90..=90".into());
+        }
+        if !(-180.0..=180.0).contains(&self.lon) {
+            return Err("lon must be within -180..=180".into());
+        }
+        if let Some(a) = self.alt {
+            finite(a, "alt")?;
+        }
+        if let Some(a) = self.accuracy {
+            finite(a, "accuracy")?;
+            if a < 0.0 {
+                return Err("accuracy must be >= 0".into());
+            }
+        }
+        if let Some(h) = self.heading {
+            finite(h, "heading")?;
+            if !(0.0..360.0).contains(&h) {
+                return Err("heading must be within 0..360".into());
+            }
+        }
+        if let Some(s) = self.speed {
+            finite(s, "speed")?;
+            if s < 0.0 {
+                return Err("speed must be >= 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What kind of source a published stream is (shown in the catalog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// A person's camera (officer, operator, …).
+    #[default]
+    Camera,
+    /// A drone's camera.
+    Drone,
+    /// A fixed camera or other unattended device.
+    Fixed,
+}
+
+/// The allow-listed drone commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DroneCommand {
+    /// Return to launch.
+    Rtl,
+    /// Hold / loiter where it is.
+    Hold,
+    /// Land where it is.
+    Land,
+    /// Fly to a target (guided mode).
+    Guided,
+}
+
+/// How an order is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderAnswer {
+    /// Accepted (with an ETA).
+    Accept,
+    /// Declined (with a reason).
+    Decline,
+    /// Done.
+    Done,
+}
+
+/// A message from a client to the node. JSON objects tagged by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First message of every connection.
+    Hello {
+        /// Protocol version; this node speaks [`VERSION`].
+        v: u32,
+        /// The bearer token (compact JWS).
+        token: String,
+        /// Resume an earlier session instead of starting a new one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
+    },
+    /// Liveness check; answered with `{"time": UNIX_MS}`.
+    Ping {
+        /// Request id.
+        id: RequestId,
+    },
+    /// Acknowledges events up to `after` (lets the node trim its replay buffer). No reply.
+    Ack {
+        /// Highest event `seq` processed.
+        after: u64,
+    },
+    /// Own position. Without `id` no reply is sent (errors are sent with `re: null`).
+    Position {
+        /// Request id (optional).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        /// The position.
+        #[serde(flatten)]
+        pos: Position,
+    },
+    /// Incidents visible to the caller.
+    Incidents {
+        /// Request id.
+        id: RequestId,
+    },
+    /// Create an incident; the creator joins it.
+    IncidentCreate {
+        /// Request id.
+        id: RequestId,
+        /// Id for the incident (generated when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<IncidentId>,
+        /// Human-readable name.
+        name: String,
+    },
+    /// Close an incident (no new joins; the log stays readable).
+    IncidentClose {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+    },
+    /// Join an incident the caller may access.
+    Join {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+    },
+    /// Leave an incident.
+    Leave {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+    },
+    /// Assign a subject to an incident (it may then join; live sessions join at once).
+    Assign {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+        /// Who.
+        subject: Subject,
+    },
+    /// Remove an assignment (live sessions of that subject leave the incident).
+    Unassign {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+        /// Who.
+        subject: Subject,
+    },
+    /// Read an incident's log.
+    Log {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+        /// Only entries with `seq` greater than this.
+        #[serde(default)]
+        after: u64,
+        /// At most this many entries (default and maximum 500).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Units (officers, drones, devices) of an incident, or of every visible incident.
+    Units {
+        /// Request id.
+        id: RequestId,
+        /// Restrict to one incident.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<IncidentId>,
+    },
+    /// Live streams published by members of an incident (or every visible incident).
+    Catalog {
+        /// Request id.
+        id: RequestId,
+        /// Restrict to one incident.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<IncidentId>,
+    },
+    /// Publish: an SDP offer in, an SDP answer out (as WHIP).
+    Publish {
+        /// Request id.
+        id: RequestId,
+        /// Stream name (default: the token's subject).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<StreamName>,
+        /// What the source is.
+        #[serde(default)]
+        kind: StreamKind,
+        /// The SDP offer.
+        sdp: String,
+    },
+    /// Subscribe: an SDP offer in, an SDP answer out (as WHEP), with the same layer options.
+    Subscribe {
+        /// Request id.
+        id: RequestId,
+        /// The stream.
+        stream: StreamName,
+        /// `low`, `mid`, `high` or `auto` (default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<String>,
+        /// Highest layer height wanted, in rows (instead of `layer`).
+        #[serde(default, rename = "maxHeight", skip_serializing_if = "Option::is_none")]
+        max_height: Option<u32>,
+        /// The SDP offer.
+        sdp: String,
+    },
+    /// End a media session opened with `publish` or `subscribe`.
+    MediaClose {
+        /// Request id.
+        id: RequestId,
+        /// The `media` id from the publish/subscribe result.
+        media: String,
+    },
+    /// A chat message to an incident's members.
+    Chat {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+        /// Text (at most 4,000 characters).
+        text: String,
+    },
+    /// Raise an SOS to every member of the incident (default: every incident the caller is in).
+    Sos {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<IncidentId>,
+        /// Optional text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
+    /// Send an order (the office issue fills this in; the right is checked today).
+    Order {
+        /// Request id.
+        id: RequestId,
+        /// The incident.
+        incident: IncidentId,
+        /// The addressee.
+        to: Subject,
+        /// What to do.
+        text: String,
+    },
+    /// Answer an order addressed to the caller.
+    OrderAnswer {
+        /// Request id.
+        id: RequestId,
+        /// The order id.
+        order: String,
+        /// The answer.
+        answer: OrderAnswer,
+        /// Minutes to arrival (accept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_min: Option<u32>,
+        /// Why (decline).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Command a drone (allow-list only).
+    DroneCommand {
+        /// Request id.
+        id: RequestId,
+        /// The drone (`SUBJECT-droneSYSID`).
+        drone: String,
+        /// The command.
+        command: DroneCommand,
+        /// Target latitude (guided).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lat: Option<f64>,
+        /// Target longitude (guided).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lon: Option<f64>,
+        /// Target altitude, metres relative to home (guided).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alt: Option<f64>,
+    },
+    /// Revoke every token of a subject, or one token by id; live sessions are closed at once.
+    Revoke {
+        /// Request id.
+        id: RequestId,
+        /// Revoke every token issued to this subject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<Subject>,
+        /// Revoke the token with this `jti`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+    },
+    /// Ends the session now (no grace period for a resume).
+    Bye,
+}
+
+impl ClientMsg {
+    /// The request id, if the message has one.
+    pub fn id(&self) -> Option<RequestId> {
+        use ClientMsg::*;
+        match self {
+            Hello { .. } | Ack { .. } | Bye => None,
+            Position { id, .. } => *id,
+            Ping { id }
+            | Incidents { id }
+            | IncidentCreate { id, .. }
+            | IncidentClose { id, .. }
+            | Join { id, .. }
+            | Leave { id, .. }
+            | Assign { id, .. }
+            | Unassign { id, .. }
+            | Log { id, .. }
+            | Units { id, .. }
+            | Catalog { id, .. }
+            | Publish { id, .. }
+            | Subscribe { id, .. }
+            | MediaClose { id, .. }
+            | Chat { id, .. }
+            | Sos { id, .. }
+            | Order { id, .. }
+            | OrderAnswer { id, .. }
+            | DroneCommand { id, .. }
+            | Revoke { id, .. } => Some(*id),
+        }
+    }
+
+    /// The `type` string of the message.
+    pub fn kind(&self) -> &'static str {
+        use ClientMsg::*;
+        match self {
+            Hello { .. } => "hello",
+            Ping { .. } => "ping",
+            Ack { .. } => "ack",
+            Position { .. } => "position",
+            Incidents { .. } => "incidents",
+            IncidentCreate { .. } => "incident_create",
+            IncidentClose { .. } => "incident_close",
+            Join { .. } => "join",
+            Leave { .. } => "leave",
+            Assign { .. } => "assign",
+            Unassign { .. } => "unassign",
+            Log { .. } => "log",
+            Units { .. } => "units",
+            Catalog { .. } => "catalog",
+            Publish { .. } => "publish",
+            Subscribe { .. } => "subscribe",
+            MediaClose { .. } => "media_close",
+            Chat { .. } => "chat",
+            Sos { .. } => "sos",
+            Order { .. } => "order",
+            OrderAnswer { .. } => "order_answer",
+            DroneCommand { .. } => "drone_command",
+            Revoke { .. } => "revoke",
+            Bye => "bye",
+        }
+    }
+}
+
+/// The `welcome` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version in use.
+    pub v: u32,
+    /// Session id (keep it to resume).
+    pub session: String,
+    /// This node's id.
+    pub node: NodeId,
+    /// Node time, Unix milliseconds.
+    pub time: u64,
+    /// The token's subject.
+    pub subject: Subject,
+    /// The token's role.
+    pub role: Role,
+    /// Incidents the session is in.
+    pub incidents: Vec<IncidentId>,
+    /// Whether an earlier session was resumed (false: a new session).
+    pub resumed: bool,
+    /// On a resume: events were lost (the replay buffer no longer held all of them); re-read
+    /// state (units, catalog, log) instead of relying on the replay.
+    #[serde(default)]
+    pub gap: bool,
+    /// `seq` of the newest event of the session so far.
+    pub last: u64,
+}
+
+/// A message from the node to a client. JSON objects tagged by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The handshake succeeded.
+    Welcome(Welcome),
+    /// The successful reply to request `re`; `data` depends on the request (docs/protocol.md).
+    Result {
+        /// The request id.
+        re: RequestId,
+        /// The reply body (`null` when there is nothing to say).
+        data: serde_json::Value,
+    },
+    /// A refusal or failure; `re` is the request id, or absent when the message had none (or
+    /// could not be parsed).
+    Error {
+        /// The request id, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<RequestId>,
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// Something happened that the session should know.
+    Event {
+        /// Per-session sequence number, from 1, without gaps.
+        seq: u64,
+        /// The event.
+        event: serde_json::Value,
+    },
+}
+
+/// Machine-readable error codes. Closing errors end the session (see [`ErrorCode::closes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// `hello.v` is not supported; the message lists the supported versions. Closes.
+    UnsupportedVersion,
+    /// The first message was not a valid `hello`, or `hello` came twice. Closes.
+    BadHello,
+    /// The token is malformed, forged, expired, or for another node. Closes.
+    Unauthorized,
+    /// The token (or its subject) has been revoked. Closes.
+    Revoked,
+    /// The role may not do this, or the object is not the caller's.
+    Forbidden,
+    /// The frame is not valid JSON or not a valid message of a known type.
+    BadRequest,
+    /// The `type` is not one this node knows.
+    UnknownType,
+    /// A frame over [`MAX_FRAME`]. Closes.
+    TooLarge,
+    /// Too many messages too fast; repeated flooding closes.
+    RateLimited,
+    /// No such incident, stream, session or order.
+    NotFound,
+    /// Conflicts with current state (a taken stream name, a closed incident, an existing id).
+    Conflict,
+    /// The node cannot do this now (media engine down, store unavailable).
+    Unavailable,
+    /// Authorised, but this node version does not implement it yet.
+    NotImplemented,
+    /// The session was closed by the node (idle, replaced by a resume elsewhere, shutdown).
+    SessionClosed,
+}
+
+impl ErrorCode {
+    /// Whether the node closes the session after sending this error.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnsupportedVersion
+                | ErrorCode::BadHello
+                | ErrorCode::Unauthorized
+                | ErrorCode::Revoked
+                | ErrorCode::TooLarge
+                | ErrorCode::SessionClosed
+        )
+    }
+
+    /// The snake_case name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::BadHello => "bad_hello",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::SessionClosed => "session_closed",
+        }
+    }
+
+    /// The transport close code that goes with a closing error: the QUIC application error code,
+    /// and (plus 4000) the WebSocket close code.
+    pub fn close_code(self) -> u16 {
+        match self {
+            ErrorCode::UnsupportedVersion => 11,
+            ErrorCode::BadHello => 12,
+            ErrorCode::Unauthorized => 13,
+            ErrorCode::Revoked => 14,
+            ErrorCode::TooLarge => 15,
+            ErrorCode::RateLimited => 16,
+            ErrorCode::SessionClosed => 17,
+            ErrorCode::BadRequest | ErrorCode::UnknownType => 18,
+            _ => 19,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol error: what to send back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    /// The request id, when it could be read.
+    pub re: Option<RequestId>,
+    /// The code.
+    pub code: ErrorCode,
+    /// The explanation.
+    pub message: String,
+}
+
+impl ProtoError {
+    /// An error with a code and message.
+    pub fn new(re: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ProtoError {
+            re,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// As a server message.
+    pub fn to_msg(&self) -> ServerMsg {
+        ServerMsg::Error {
+            re: self.re,
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Every `type` a client may send (for [`ErrorCode::UnknownType`] detection).
+const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "ack",
+    "position",
+    "incidents",
+    "incident_create",
+    "incident_close",
+    "join",
+    "leave",
+    "assign",
+    "unassign",
+    "log",
+    "units",
+    "catalog",
+    "publish",
+    "subscribe",
+    "media_close",
+    "chat",
+    "sos",
+    "order",
+    "order_answer",
+    "drone_command",
+    "revoke",
+    "bye",
+];
+
+/// Decodes one client message from a frame's payload, with a typed error that keeps the request
+/// id when the JSON had one.
+pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
+    if frame.len() > MAX_FRAME {
+        return Err(ProtoError::new(
+            None,
+            ErrorCode::TooLarge,
+            format!("message of {} bytes exceeds the {MAX_FRAME}-byte limit", frame.len()),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(frame)
+        .map_err(|e| ProtoError::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ProtoError::new(None, ErrorCode::BadRequest, "a message must be a JSON object"))?;
+    let re = obj.get("id").and_then(serde_json::Value::as_u64);
+    let ty = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        Some(_) => return Err(ProtoError::new(re, ErrorCode::BadRequest, "`type` must be a string")),
+        None => return Err(ProtoError::new(re, ErrorCode::BadRequest, "missing `type`")),
+    };
+    if !CLIENT_TYPES.contains(&ty.as_str()) {
+        let shown: String = ty.chars().take(40).collect();
+        return Err(ProtoError::new(re, ErrorCode::UnknownType, format!("unknown message type {shown:?}")));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ProtoError::new(re, ErrorCode::BadRequest, format!("invalid {ty} message: {e}"))
+    })
+}
+
+/// Encodes a message as JSON text (a WebSocket text frame, or a QUIC frame's payload).
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Serialising these types cannot fail: no maps with non-string keys, no foreign Serialize.
+    serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Encodes a message as a QUIC frame: length prefix plus JSON.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let json = encode(msg);
+    let mut out = Vec::with_capacity(FRAME_HEADER + json.len());
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+/// Why the frame stream cannot continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME`] bytes.
+    TooLarge(usize),
+    /// A zero-length frame.
+    Empty,
+}
+
+impl FrameError {
+    /// The protocol error to send before closing.
+    pub fn to_proto(&self) -> ProtoError {
+        match self {
+            FrameError::TooLarge(n) => ProtoError::new(
+                None,
+                ErrorCode::TooLarge,
+                format!("frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"),
+            ),
+            FrameError::Empty => ProtoError::new(None, ErrorCode::BadRequest, "empty frame"),
+        }
+    }
+}
+
+/// Splits a byte stream into length-prefixed frames. Feed it whatever chunks arrive; it never
+/// buffers more than one frame (plus header).
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// A new decoder.
+    pub fn new() -> Self {
+        FrameDecoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete frame's payload, `Ok(None)` if more bytes are needed, or an error when
+    /// the stream is unusable (the caller sends the error and closes).
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < FRAME_HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if self.buf.len() < FRAME_HEADER + len {
+            return Ok(None);
+        }
+        let frame = self.buf[FRAME_HEADER..FRAME_HEADER + len].to_vec();
+        self.buf.drain(..FRAME_HEADER + len);
+        Ok(Some(frame))
+    }
+
+    /// Bytes buffered but not yet returned as a frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips() {
+        let m = ClientMsg::Hello {
+            v: 1,
+            token: "t".into(),
+            resume: Some(Resume {
+                session: "s".into(),
+                after: 4,
+            }),
+        };
+        let s = encode(&m);
+        assert_eq!(
+            s,
+            r#"{"type":"hello","v":1,"token":"t","resume":{"session":"s","after":4}}"#
+        );
+        assert_eq!(decode_client(s.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn position_is_flat() {
+        let m = decode_client(br#"{"type":"position","lat":30.5,"lon":114.3,"speed":1.5}"#).unwrap();
+        match m {
+            ClientMsg::Position { id: None, pos } => {
+                assert_eq!(pos.lat, 30.5);
+                assert_eq!(pos.speed, Some(1.5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_the_id() {
+        let e = decode_client(b"{not json").unwrap_err();
+        assert_eq!((e.code, e.re), (ErrorCode::BadRequest, None));
+        let e = decode_client(br#"{"type":"teleport","id":7}"#).unwrap_err();
+        assert_eq!((e.code, e.re), (ErrorCode::UnknownType, Some(7)));
+        let e = decode_client(br#"{"type":"join","id":8}"#).unwrap_err();
+        assert_eq!((e.code, e.re), (ErrorCode::BadRequest, Some(8)));
+        let e = decode_client(br#"[1,2]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_client(br#"{"type":"join","id":8,"incident":"a b"}"#).unwrap_err();
+        assert_eq!((e.code, e.re), (ErrorCode::BadRequest, Some(8)));
+        // Unknown fields are ignored (a newer client may send more).
+        assert_eq!(decode_client(br#"{"type":"ping","id":1,"extra":true}"#).unwrap(), ClientMsg::Ping { id: 1 });
+        let big = vec![b' '; MAX_FRAME + 1];
+        assert_eq!(decode_client(&big).unwrap_err().code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn frames_reassemble_at_every_chunk_size() {
+        let msgs: Vec<Vec<u8>> = (0..5)
+            .map(|i| encode_frame(&ClientMsg::Ping { id: i }))
+            .collect();
+        let all: Vec<u8> = msgs.concat();
+        for chunk in 1..=all.len() {
+            let mut d = FrameDecoder::new();
+            let mut got = Vec::new();
+            for c in all.chunks(chunk) {
+                d.push(c);
+                while let Some(f) = d.next_frame().unwrap() {
+                    got.push(decode_client(&f).unwrap());
+                }
+            }
+            assert_eq!(got.len(), 5, "chunk size {chunk}");
+            assert_eq!(d.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_and_empty_frames_are_refused_before_buffering() {
+        let mut d = FrameDecoder::new();
+        d.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge(MAX_FRAME + 1)));
+        let mut d = FrameDecoder::new();
+        d.push(&[0, 0, 0, 0]);
+        assert_eq!(d.next_frame(), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // A small deterministic generator; the fuzz target in fuzz/ goes further.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8).collect();
+            let _ = decode_client(&bytes);
+            let mut d = FrameDecoder::new();
+            d.push(&bytes);
+            while let Ok(Some(f)) = d.next_frame() {
+                let _ = decode_client(&f);
+            }
+        }
+    }
+
+    #[test]
+    fn position_validation() {
+        let mut p = Position {
+            lat: 30.0,
+            lon: 114.0,
+            alt: None,
+            accuracy: Some(5.0),
+            heading: Some(359.0),
+            speed: Some(0.0),
+            time: None,
+        };
+        assert!(p.validate().is_ok());
+        p.lat = 91.0;
+        assert!(p.validate().unwrap_err().contains("lat"));
+        p.lat = f64::NAN;
+        assert!(p.validate().is_err());
+        p.lat = 0.0;
+        p.heading = Some(360.0);
+        assert!(p.validate().unwrap_err().contains("heading"));
+    }
+}
