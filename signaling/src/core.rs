@@ -415,7 +415,7 @@ impl Core {
             .collect();
         for sid in victims {
             if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
-                self.close_conn(conn, ErrorCode::Revoked, "this token has been revoked");
+                self.send_err(conn, err(None, ErrorCode::Revoked, "this token has been revoked"));
             }
             self.end_session(now, &sid, "revoked");
         }
@@ -1434,3 +1434,7 @@ fn e_closes(out: &VecDeque<Output>, conn: ConnId) -> bool {
     out.iter().any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
 }
 
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

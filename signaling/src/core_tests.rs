@@ -1,0 +1,435 @@
+//! Virtual-time tests of the signaling core: no sockets, no clock.
+
+use super::*;
+use crate::auth::{TokenIssuer, TokenRequest};
+use crate::proto::{encode, Resume};
+use crate::testkit;
+use ed25519_dalek::SigningKey;
+
+const T0: u64 = 1_780_000_000_000;
+
+struct H {
+    core: Core,
+    issuer: TokenIssuer,
+    now: u64,
+    next_conn: ConnId,
+    out: Vec<Output>,
+}
+
+impl H {
+    fn new() -> H {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let node = NodeId::parse("node-a").unwrap();
+        let issuer = TokenIssuer::new(key.clone(), node.clone());
+        let mut v = TokenVerifier::new(node.clone());
+        v.trust(key.verifying_key());
+        H {
+            core: Core::new(CoreConfig::default(), node, v, T0),
+            issuer,
+            now: T0,
+            next_conn: 1,
+            out: Vec::new(),
+        }
+    }
+
+    fn token_with(&self, sub: &str, role: Role, f: impl FnOnce(&mut TokenRequest)) -> String {
+        let mut r = TokenRequest::new(Subject::parse(sub).unwrap(), role, "node-a", "00");
+        f(&mut r);
+        self.issuer.issue(&r, self.now / 1000)
+    }
+
+    fn token(&self, sub: &str, role: Role) -> String {
+        self.token_with(sub, role, |_| {})
+    }
+
+    fn pump(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            self.out.push(o);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: &ClientMsg) {
+        self.core.frame(self.now, conn, encode(msg).as_bytes());
+        self.pump();
+    }
+
+    fn raw(&mut self, conn: ConnId, bytes: &[u8]) {
+        self.core.frame(self.now, conn, bytes);
+        self.pump();
+    }
+
+    /// Messages sent to `conn` since the last call (other outputs stay).
+    fn take(&mut self, conn: ConnId) -> Vec<ServerMsg> {
+        let mut mine = Vec::new();
+        self.out.retain(|o| match o {
+            Output::Send { conn: c, msg } if *c == conn => {
+                mine.push(msg.clone());
+                false
+            }
+            _ => true,
+        });
+        mine
+    }
+
+    fn closed_with(&mut self, conn: ConnId) -> Option<ErrorCode> {
+        self.out.iter().find_map(|o| match o {
+            Output::Close { conn: c, code, .. } if *c == conn => Some(*code),
+            _ => None,
+        })
+    }
+
+    fn hello(&mut self, token: String, resume: Option<Resume>) -> (ConnId, Vec<ServerMsg>) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.core.open(self.now, conn);
+        self.send(conn, &ClientMsg::Hello { v: VERSION, token, resume });
+        let msgs = self.take(conn);
+        (conn, msgs)
+    }
+
+    fn connect(&mut self, sub: &str, role: Role) -> (ConnId, Welcome) {
+        let t = self.token(sub, role);
+        let (conn, msgs) = self.hello(t, None);
+        match msgs.first() {
+            Some(ServerMsg::Welcome(w)) => (conn, w.clone()),
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+
+    fn request(&mut self, conn: ConnId, msg: ClientMsg) -> ServerMsg {
+        let id = msg.id().expect("a request");
+        self.send(conn, &msg);
+        let msgs = self.take(conn);
+        if let Some(m) = msgs.into_iter().find(|m| testkit::answers(m, id)) {
+            return m;
+        }
+        // Authorised media requests go to the shell (the SFU); count them as allowed.
+        let handed = self.out.iter().any(|o| matches!(o, Output::Media { re, .. } if *re == id));
+        assert!(handed, "no answer to {}", msg.kind());
+        ServerMsg::Result { re: id, data: Value::String("handed to the media shell".into()) }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        // Timers run every 100 ms in the node; do the same.
+        let end = self.now + ms;
+        while self.now < end {
+            self.now = (self.now + 100).min(end);
+            self.core.handle_timeout(self.now);
+            self.pump();
+        }
+    }
+
+    fn events(&mut self, conn: ConnId) -> Vec<(u64, Value)> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Event { seq, event } => Some((seq, event)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn kinds(evs: &[(u64, Value)], kind: &str) -> Vec<Value> {
+    evs.iter().filter(|(_, e)| e["kind"] == kind).map(|(_, e)| e.clone()).collect()
+}
+
+fn pos(lat: f64) -> ClientMsg {
+    ClientMsg::Position {
+        id: None,
+        pos: Position {
+            lat,
+            lon: 114.3,
+            alt: Some(20.0),
+            accuracy: Some(4.0),
+            heading: Some(90.0),
+            speed: Some(1.2),
+            time: None,
+        },
+    }
+}
+
+#[test]
+fn welcome_joins_duty_and_reports_identity() {
+    let mut h = H::new();
+    let (_c, w) = h.connect("off-1", Role::Officer);
+    assert_eq!(w.v, 1);
+    assert_eq!(w.node.as_str(), "node-a");
+    assert_eq!(w.subject.as_str(), "off-1");
+    assert_eq!(w.incidents, vec![duty()]);
+    assert!(!w.resumed);
+    assert_eq!(w.session.len(), 32);
+}
+
+#[test]
+fn token_incidents_replace_duty() {
+    let mut h = H::new();
+    let t = h.token_with("off-1", Role::Officer, |r| r.incidents = vec![IncidentId::parse("flood-3").unwrap()]);
+    let (_c, msgs) = h.hello(t, None);
+    let ServerMsg::Welcome(w) = &msgs[0] else { panic!() };
+    assert_eq!(w.incidents, vec![IncidentId::parse("flood-3").unwrap()]);
+}
+
+#[test]
+fn handshake_refusals_are_typed_and_close() {
+    let mut h = H::new();
+    // Wrong version.
+    let conn = 100;
+    h.core.open(h.now, conn);
+    let t = h.token("off-1", Role::Officer);
+    h.send(conn, &ClientMsg::Hello { v: 2, token: t, resume: None });
+    let m = h.take(conn);
+    assert!(matches!(&m[0], ServerMsg::Error { code: ErrorCode::UnsupportedVersion, message, .. } if message.contains("[1]")));
+    assert_eq!(h.closed_with(conn), Some(ErrorCode::UnsupportedVersion));
+    // Not hello first.
+    let conn = 101;
+    h.core.open(h.now, conn);
+    h.send(conn, &ClientMsg::Ping { id: 1 });
+    assert!(matches!(&h.take(conn)[0], ServerMsg::Error { code: ErrorCode::BadHello, .. }));
+    assert_eq!(h.closed_with(conn), Some(ErrorCode::BadHello));
+    // Forged: signed by another key.
+    let other = TokenIssuer::new(SigningKey::from_bytes(&[9u8; 32]), NodeId::parse("node-a").unwrap());
+    let forged = other.issue(
+        &TokenRequest::new(Subject::parse("off-1").unwrap(), Role::Admin, "node-a", "00"),
+        h.now / 1000,
+    );
+    let (c, m) = h.hello(forged, None);
+    assert!(matches!(&m[0], ServerMsg::Error { code: ErrorCode::Unauthorized, .. }), "{m:?}");
+    assert_eq!(h.closed_with(c), Some(ErrorCode::Unauthorized));
+    // Expired.
+    let expired = h.token_with("off-1", Role::Officer, |r| r.ttl_secs = 1);
+    h.now += 120_000;
+    let (c, m) = h.hello(expired, None);
+    assert!(matches!(&m[0], ServerMsg::Error { code: ErrorCode::Unauthorized, message, .. } if message.contains("expired")));
+    assert_eq!(h.closed_with(c), Some(ErrorCode::Unauthorized));
+    // Wrong audience.
+    let wrong = h.token_with("off-1", Role::Officer, |r| r.aud = "node-b".into());
+    let (c, m) = h.hello(wrong, None);
+    assert!(matches!(&m[0], ServerMsg::Error { code: ErrorCode::Unauthorized, message, .. } if message.contains("another node")));
+    assert_eq!(h.closed_with(c), Some(ErrorCode::Unauthorized));
+    // No hello at all within the deadline.
+    let conn = 102;
+    h.core.open(h.now, conn);
+    h.advance(10_100);
+    assert_eq!(h.closed_with(conn), Some(ErrorCode::BadHello));
+}
+
+#[test]
+fn every_cell_of_the_role_matrix() {
+    let mut h = H::new();
+    let mut id = 1;
+    for role in Role::ALL {
+        let sub = format!("{}-1", role.as_str());
+        let (conn, _) = h.connect(&sub, role);
+        for action in Action::ALL {
+            id += 1;
+            let reply = h.request(conn, testkit::probe(action, &Subject::parse(&sub).unwrap(), id));
+            let denied = testkit::is_forbidden(&reply, id);
+            assert_eq!(denied, !role.may(action), "{role} {action}: {reply:?}");
+        }
+    }
+}
+
+#[test]
+fn positions_reach_members_coalesced_and_units_show_them() {
+    let mut h = H::new();
+    let (op, _) = h.connect("op-1", Role::Operator);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    h.take(op);
+    // Ten reports in 100 ms: one goes out at once, the newest at the end of the interval.
+    for i in 0..10 {
+        h.send(off, &pos(30.0 + f64::from(i) * 0.001));
+        h.now += 10;
+    }
+    let evs = kinds(&h.events(op), "position");
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["lat"], 30.0);
+    assert_eq!(evs[0]["subject"], "off-1");
+    h.advance(200);
+    let evs = kinds(&h.events(op), "position");
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0]["lat"], 30.009);
+    assert!(h.events(off).is_empty(), "the sender does not get its own position");
+    let claims = h.core.authenticate(&h.token("op-1", Role::Operator), h.now).unwrap();
+    let units = h.core.units_for(h.now, &claims, None);
+    let u = units.iter().find(|u| u.subject.as_str() == "off-1").unwrap();
+    assert!(u.online);
+    assert_eq!(u.position.as_ref().unwrap().lat, 30.009);
+    // Bad coordinates are refused with a typed error (re: null without an id).
+    h.send(off, &pos(123.0));
+    assert!(matches!(&h.take(off)[0], ServerMsg::Error { re: None, code: ErrorCode::BadRequest, .. }));
+}
+
+#[test]
+fn detached_session_resumes_with_replay_and_no_presence_flap() {
+    let mut h = H::new();
+    let (op, _) = h.connect("op-1", Role::Operator);
+    let (off, w) = h.connect("off-1", Role::Officer);
+    h.take(op);
+    h.send(op, &pos(31.0));
+    let seen = h.events(off);
+    let last = seen.last().unwrap().0;
+    h.core.closed(h.now, off);
+    // Cut off for 3 s: the operator keeps moving.
+    for lat in [31.1, 31.2, 31.3] {
+        h.advance(1000);
+        h.send(op, &pos(lat));
+    }
+    let (off2, msgs) = h.hello(
+        h.token("off-1", Role::Officer),
+        Some(Resume { session: w.session.clone(), after: last }),
+    );
+    let ServerMsg::Welcome(w2) = &msgs[0] else { panic!("{msgs:?}") };
+    assert!(w2.resumed && !w2.gap);
+    assert_eq!(w2.session, w.session);
+    let replay: Vec<f64> = msgs[1..]
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Event { event, .. } if event["kind"] == "position" => event["lat"].as_f64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replay, vec![31.1, 31.2, 31.3], "{msgs:?}");
+    let seqs: Vec<u64> = msgs[1..]
+        .iter()
+        .filter_map(|m| if let ServerMsg::Event { seq, .. } = m { Some(*seq) } else { None })
+        .collect();
+    assert_eq!(seqs.first(), Some(&(last + 1)));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    // The operator never saw the officer go offline.
+    assert!(kinds(&h.events(op), "presence").iter().all(|e| e["online"] == true));
+    let _ = off2;
+}
+
+#[test]
+fn dead_client_goes_offline_after_linger_and_session_expires_after_grace() {
+    let mut h = H::new();
+    let (op, _) = h.connect("op-1", Role::Operator);
+    let (off, w) = h.connect("off-1", Role::Officer);
+    h.take(op);
+    h.core.closed(h.now, off);
+    h.advance(3_900);
+    assert!(kinds(&h.events(op), "presence").is_empty());
+    h.advance(200);
+    let p = kinds(&h.events(op), "presence");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["online"], false);
+    h.advance(120_000);
+    assert_eq!(h.core.session_count(), 1);
+    // Too late to resume: a new session.
+    let (_c, msgs) = h.hello(h.token("off-1", Role::Officer), Some(Resume { session: w.session, after: 0 }));
+    let ServerMsg::Welcome(w2) = &msgs[0] else { panic!() };
+    assert!(!w2.resumed);
+}
+
+#[test]
+fn resume_on_a_new_connection_replaces_a_half_dead_one() {
+    let mut h = H::new();
+    let (c1, w) = h.connect("off-1", Role::Officer);
+    let (c2, msgs) = h.hello(h.token("off-1", Role::Officer), Some(Resume { session: w.session.clone(), after: 0 }));
+    assert!(matches!(&msgs[0], ServerMsg::Welcome(w2) if w2.resumed));
+    assert_eq!(h.closed_with(c1), Some(ErrorCode::SessionClosed));
+    // The old connection's close does not detach the resumed session.
+    h.core.closed(h.now, c1);
+    let r = h.request(c2, ClientMsg::Ping { id: 5 });
+    assert!(matches!(r, ServerMsg::Result { .. }));
+    // Another subject cannot take the session over.
+    let (_c3, msgs) = h.hello(h.token("off-2", Role::Officer), Some(Resume { session: w.session, after: 0 }));
+    assert!(matches!(&msgs[0], ServerMsg::Welcome(w3) if !w3.resumed && w3.subject.as_str() == "off-2"));
+}
+
+#[test]
+fn revocation_closes_live_sessions_and_refuses_old_tokens_only() {
+    let mut h = H::new();
+    let old = h.token("off-1", Role::Officer);
+    let (c, _) = h.hello(old.clone(), None);
+    let (admin, _) = h.connect("admin-1", Role::Admin);
+    let r = h.request(admin, ClientMsg::Revoke { id: 1, sub: Some(Subject::parse("off-1").unwrap()), jti: None });
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    assert!(h.take(c).iter().any(|m| matches!(m, ServerMsg::Error { code: ErrorCode::Revoked, .. })));
+    assert_eq!(h.closed_with(c), Some(ErrorCode::Revoked));
+    assert!(h.out.iter().any(|o| matches!(o, Output::Revoked(Revocation::Subject { .. }))));
+    let (_c, m) = h.hello(old, None);
+    assert!(matches!(&m[0], ServerMsg::Error { code: ErrorCode::Revoked, .. }));
+    // A token issued after the revocation works.
+    h.now += 2000;
+    let (_c, m) = h.hello(h.token("off-1", Role::Officer), None);
+    assert!(matches!(&m[0], ServerMsg::Welcome(_)), "{m:?}");
+    // By token id.
+    let t = h.token("off-2", Role::Officer);
+    let jti = crate::auth::decode_unverified(&t).unwrap().jti;
+    let (c2, _) = h.hello(t, None);
+    h.core.apply_revocation(h.now, &Revocation::Token { jti: jti.to_string() });
+    h.pump();
+    assert_eq!(h.closed_with(c2), Some(ErrorCode::Revoked));
+}
+
+#[test]
+fn incidents_create_assign_join_log() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    let (off2, _) = h.connect("off-2", Role::Officer);
+    let r = h.request(cmd, ClientMsg::IncidentCreate { id: 1, incident: Some(IncidentId::parse("fire-9").unwrap()), name: "Warehouse fire".into() });
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    let fire = IncidentId::parse("fire-9").unwrap();
+    // Not assigned: may not join.
+    let r = h.request(off, ClientMsg::Join { id: 2, incident: fire.clone() });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }));
+    // Assigning joins live sessions at once.
+    h.request(cmd, ClientMsg::Assign { id: 3, incident: fire.clone(), subject: Subject::parse("off-1").unwrap() });
+    assert!(kinds(&h.events(off), "assigned").len() == 1);
+    // Chat reaches members of the incident only.
+    h.take(off2);
+    let r = h.request(cmd, ClientMsg::Chat { id: 4, incident: fire.clone(), text: "evacuate block B".into() });
+    assert!(matches!(r, ServerMsg::Result { .. }));
+    assert_eq!(kinds(&h.events(off), "chat")[0]["text"], "evacuate block B");
+    assert!(kinds(&h.events(off2), "chat").is_empty());
+    // An officer cannot read a log of an incident it is not in.
+    let r = h.request(off2, ClientMsg::Log { id: 5, incident: fire.clone(), after: 0, limit: None });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }));
+    h.request(cmd, ClientMsg::IncidentClose { id: 6, incident: fire.clone() });
+    let r = h.request(cmd, ClientMsg::Log { id: 7, incident: fire.clone(), after: 0, limit: None });
+    let ServerMsg::Result { data, .. } = r else { panic!("{r:?}") };
+    let what: Vec<&str> = data["entries"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert_eq!(what, vec!["created", "joined", "assigned", "joined", "chat", "closed", "left", "left"]);
+    assert!(data["entries"].as_array().unwrap().iter().all(|e| e["time"].as_u64().unwrap() >= T0));
+    // Closed: no joins; duty cannot be closed.
+    let r = h.request(cmd, ClientMsg::Join { id: 8, incident: fire });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Conflict, .. }));
+    let r = h.request(cmd, ClientMsg::IncidentClose { id: 9, incident: duty() });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Conflict, .. }));
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_a_flood_closes_only_that_connection() {
+    let mut h = H::new();
+    let (a, _) = h.connect("off-1", Role::Officer);
+    let (b, _) = h.connect("off-2", Role::Officer);
+    let errors = |h: &mut H, c| -> Vec<(Option<u64>, ErrorCode)> {
+        h.take(c)
+            .into_iter()
+            .filter_map(|m| if let ServerMsg::Error { re, code, .. } = m { Some((re, code)) } else { None })
+            .collect()
+    };
+    h.raw(a, b"{oops");
+    assert_eq!(errors(&mut h, a), vec![(None, ErrorCode::BadRequest)]);
+    h.raw(a, br#"{"type":"warp","id":3}"#);
+    assert_eq!(errors(&mut h, a), vec![(Some(3), ErrorCode::UnknownType)]);
+    h.raw(a, br#"{"type":"join","id":4}"#);
+    assert_eq!(errors(&mut h, a), vec![(Some(4), ErrorCode::BadRequest)]);
+    assert_eq!(h.closed_with(a), None, "a bad message does not end the session");
+    h.raw(a, br#"{"type":"hello","v":1,"token":"x"}"#);
+    assert_eq!(errors(&mut h, a), vec![(None, ErrorCode::BadHello)]);
+    assert_eq!(h.closed_with(a), Some(ErrorCode::BadHello));
+    // Flood: 400 burst, then refusals, then the close.
+    let (f, _) = h.connect("off-3", Role::Officer);
+    for i in 0..1000 {
+        h.send(f, &ClientMsg::Ping { id: i });
+    }
+    let msgs = h.take(f);
+    assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Error { code: ErrorCode::RateLimited, .. })));
+    assert_eq!(h.closed_with(f), Some(ErrorCode::RateLimited));
+    let r = h.request(b, ClientMsg::Ping { id: 1 });
+    assert!(matches!(r, ServerMsg::Result { .. }));
+}
