@@ -43,6 +43,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
+use std::sync::atomic::{self, AtomicBool};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -894,6 +895,8 @@ pub struct RelayStats {
     /// Datagrams the model delivered but the relay could not send (socket errors, client table
     /// full).
     pub send_errors: u64,
+    /// Datagrams dropped (both directions) while the link was cut ([`UdpRelay::set_cut`]).
+    pub cut_dropped: u64,
 }
 
 /// A UDP relay that impairs traffic between clients and one upstream address, like a NAT on a bad
@@ -913,6 +916,7 @@ pub struct RelayStats {
 pub struct UdpRelay {
     local_addr: SocketAddr,
     stats: Arc<Mutex<RelayStats>>,
+    cut: Arc<AtomicBool>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -941,7 +945,10 @@ impl UdpRelay {
             (_, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             (_, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
+        let cut = Arc::new(AtomicBool::new(false));
         let shell = RelayShell {
+            cut: cut.clone(),
+            cut_dropped: 0,
             socket,
             upstream,
             bind_ip,
@@ -956,6 +963,7 @@ impl UdpRelay {
         Ok(UdpRelay {
             local_addr,
             stats,
+            cut,
             shutdown: Some(shutdown_tx),
             task: Some(task),
         })
@@ -964,6 +972,13 @@ impl UdpRelay {
     /// The bound listen address (clients send here).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Cuts the link (`true`: every datagram in either direction is dropped as it arrives) or
+    /// restores it. Datagrams already held by the model (delayed) are still delivered. For tests
+    /// of tunnels and dead zones: the cut is total and instant, as when a tablet loses coverage.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, atomic::Ordering::Relaxed);
     }
 
     /// Counters of both directions (updated by the relay task after every event).
@@ -992,6 +1007,8 @@ struct Client {
 
 /// The relay task's state.
 struct RelayShell {
+    cut: Arc<AtomicBool>,
+    cut_dropped: u64,
     socket: UdpSocket,
     upstream: SocketAddr,
     bind_ip: IpAddr,
@@ -1039,6 +1056,10 @@ impl RelayShell {
                 () = &mut up_timer, if up_due.is_some() => {}
                 () = &mut down_timer, if down_due.is_some() => {}
                 Some((client, data)) = down_rx.recv() => {
+                    if self.cut.load(atomic::Ordering::Relaxed) {
+                        self.cut_dropped += 1;
+                        continue;
+                    }
                     let now = tokio::time::Instant::now();
                     if let Some(c) = self.clients.get_mut(&client) {
                         c.last_active = now;
@@ -1048,6 +1069,10 @@ impl RelayShell {
                 }
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
+                        if self.cut.load(atomic::Ordering::Relaxed) {
+                            self.cut_dropped += 1;
+                            continue;
+                        }
                         let now = tokio::time::Instant::now().into_std();
                         self.up.push(now, (from, buf[..n].to_vec()), n);
                     }
@@ -1153,6 +1178,7 @@ impl RelayShell {
             down: self.down.stats(),
             clients: self.clients.len(),
             send_errors: self.send_errors,
+            cut_dropped: self.cut_dropped,
         };
     }
 }

@@ -52,6 +52,9 @@ enum Outbound {
     Close { code: ErrorCode, reason: String },
 }
 
+/// A connection's outbound queue and its "given up: too slow" flag.
+type ConnTx = (mpsc::Sender<Outbound>, Arc<AtomicBool>);
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -125,7 +128,7 @@ impl RevocationFile {
 /// The signaling server of a node: the core plus everything the shells share.
 pub struct Hub {
     core: Mutex<Core>,
-    conns: Mutex<HashMap<ConnId, (mpsc::Sender<Outbound>, Arc<AtomicBool>)>>,
+    conns: Mutex<HashMap<ConnId, ConnTx>>,
     next_conn: AtomicU64,
     media: MediaHandle,
     live: LiveStreams,
@@ -342,7 +345,7 @@ impl Hub {
             tick.tick().await;
             self.with_core(|c| c.handle_timeout(now_ms()));
             n += 1;
-            if n % REVOCATION_POLL_TICKS == 0 {
+            if n.is_multiple_of(REVOCATION_POLL_TICKS) {
                 self.poll_revocations();
             }
         }
@@ -393,25 +396,20 @@ impl Hub {
             }
         });
         let mut decoder = FrameDecoder::new();
-        loop {
-            match recv.read_chunk(MAX_FRAME, true).await {
-                Ok(Some(chunk)) => {
-                    decoder.push(&chunk.bytes);
-                    loop {
-                        match decoder.next_frame() {
-                            Ok(Some(frame)) => self.with_core(|c| c.frame(now_ms(), id, &frame)),
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.with_core(|c| c.frame_error(id, e.to_proto()));
-                                let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
-                                self.closed(id);
-                                writer.abort();
-                                return;
-                            }
-                        }
+        while let Ok(Some(chunk)) = recv.read_chunk(MAX_FRAME, true).await {
+            decoder.push(&chunk.bytes);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => self.with_core(|c| c.frame(now_ms(), id, &frame)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.with_core(|c| c.frame_error(id, e.to_proto()));
+                        let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+                        self.closed(id);
+                        writer.abort();
+                        return;
                     }
                 }
-                Ok(None) | Err(_) => break,
             }
         }
         self.closed(id);

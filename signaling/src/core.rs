@@ -566,6 +566,7 @@ impl Core {
         };
         // Resume a session of the same subject, if it is still there.
         let mut resumed = None;
+        let asked_resume = resume.is_some();
         if let Some(r) = resume {
             if self.sessions.get(&r.session).is_some_and(|s| s.claims.sub == claims.sub) {
                 resumed = Some((r.session, r.after));
@@ -645,7 +646,7 @@ impl Core {
         }
         let s = &self.sessions[&sid];
         let oldest = s.events.front().map_or(s.last_seq + 1, |(q, _)| *q);
-        let gap = was_resumed && after + 1 < oldest;
+        let gap = (was_resumed && after + 1 < oldest) || (asked_resume && !was_resumed);
         let welcome = Welcome {
             v: VERSION,
             session: sid.clone(),

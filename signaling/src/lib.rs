@@ -11,6 +11,9 @@
 //!   describes it for implementers in other languages.
 //! - [`core`]: the sans-IO signaling state machine (sessions, incidents, presence, positions,
 //!   authorisation) that the node's QUIC and WebSocket shells drive.
+//! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
+//!   clients (pinning, reconnect and resume); the one module that does I/O.
+//! - [`testkit`]: one harmless request per row of the role matrix, for tests.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
 //! needs the time takes `now` (unix seconds) as an argument, so all of it is deterministic and
@@ -18,10 +21,13 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod core;
 pub mod error;
 pub mod ids;
 pub mod proto;
+pub mod testkit;
 
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
 pub use error::{AuthError, Denied, NameError, ParseRoleError};

@@ -177,7 +177,7 @@ pub enum ClientMsg {
         /// Highest event `seq` processed.
         after: u64,
     },
-    /// Own position. Without `id` no reply is sent (errors are sent with `re: null`).
+    /// Own position. Without `id` no reply is sent (an error is sent without `re`).
     Position {
         /// Request id (optional).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -464,11 +464,13 @@ pub struct Welcome {
     pub incidents: Vec<IncidentId>,
     /// Whether an earlier session was resumed (false: a new session).
     pub resumed: bool,
-    /// On a resume: events were lost (the replay buffer no longer held all of them); re-read
-    /// state (units, catalog, log) instead of relying on the replay.
+    /// Events were lost: on a resume, the replay buffer no longer held all of them; or a resume
+    /// was asked for but the session was gone (then `resumed` is false). Re-read state (units,
+    /// catalog, log) instead of relying on the replay.
     #[serde(default)]
     pub gap: bool,
     /// `seq` of the newest event of the session so far.
+    #[serde(default)]
     pub last: u64,
 }
 
@@ -731,8 +733,9 @@ impl FrameError {
     }
 }
 
-/// Splits a byte stream into length-prefixed frames. Feed it whatever chunks arrive; it never
-/// buffers more than one frame (plus header).
+/// Splits a byte stream into length-prefixed frames. Feed it whatever chunks arrive (the shell
+/// reads at most [`MAX_FRAME`] bytes at a time and drains every complete frame before reading
+/// again, so it holds at most about two frames).
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,

@@ -245,6 +245,22 @@ impl Peer {
         self.apply_answer(&answer).await
     }
 
+    /// Offerer side with the exchange done by the caller (e.g. over signaling): offer → `exchange`
+    /// → remote answer. No session URL is kept; the caller ends the media session its own way.
+    pub(crate) async fn negotiate_with<F, Fut>(&mut self, exchange: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<String>>,
+    {
+        let offer = self.local_offer().await?;
+        let answer = exchange(offer).await?;
+        let answer = match self.via {
+            Some(via) => route_via(&answer, via),
+            None => answer,
+        };
+        self.apply_answer(&answer).await
+    }
+
     pub(crate) async fn apply_answer(&self, answer: &str) -> anyhow::Result<()> {
         let msg = gst_sdp::SDPMessage::parse_buffer(answer.as_bytes())
             .map_err(|e| anyhow!("node's answer is not valid SDP ({e}):\n{answer}"))?;

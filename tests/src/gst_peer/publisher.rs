@@ -108,6 +108,23 @@ impl WhipPublisher {
         Ok(p)
     }
 
+    /// Like [`start`](Self::start), but the offer/answer exchange is `exchange` (for example a
+    /// `publish` request over signaling) instead of a WHIP POST. `base_url` is the node's
+    /// HTTP base URL, used only to pick local addresses (loopback).
+    pub async fn start_with<F, Fut>(base_url: &str, opts: PublishOptions, exchange: F) -> anyhow::Result<WhipPublisher>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<String>>,
+    {
+        let endpoint = reqwest::Url::parse(base_url)?;
+        let mut p = Self::prepare(&endpoint, "", &opts)?;
+        if let Err(e) = p.peer.negotiate_with(exchange).await {
+            let _ = p.peer.stop().await;
+            return Err(e.context("publishing over signaling"));
+        }
+        Ok(p)
+    }
+
     /// Pipeline built and PLAYING (encoding, not yet connected).
     pub(crate) fn prepare(endpoint: &reqwest::Url, token: &str, opts: &PublishOptions) -> anyhow::Result<WhipPublisher> {
         super::init()?;

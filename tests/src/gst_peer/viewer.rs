@@ -86,6 +86,23 @@ impl WhepViewer {
         Ok(v)
     }
 
+    /// Like [`start`](Self::start), but the offer/answer exchange is `exchange` (for example a
+    /// `subscribe` request over signaling) instead of a WHEP POST. `base_url` is the node's
+    /// HTTP base URL, used only to pick local addresses (loopback).
+    pub async fn start_with<F, Fut>(base_url: &str, opts: ViewOptions, exchange: F) -> anyhow::Result<WhepViewer>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<String>>,
+    {
+        let endpoint = reqwest::Url::parse(base_url)?;
+        let mut v = Self::prepare(&endpoint, "", opts)?;
+        if let Err(e) = v.peer.negotiate_with(exchange).await {
+            let _ = v.peer.stop().await;
+            return Err(e.context("viewing over signaling"));
+        }
+        Ok(v)
+    }
+
     pub(crate) fn prepare(endpoint: &reqwest::Url, token: &str, opts: ViewOptions) -> anyhow::Result<WhepViewer> {
         super::init()?;
         if !opts.video && !opts.audio {
