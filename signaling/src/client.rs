@@ -429,6 +429,14 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
+/// The quinn client configuration [`connect`] uses for `cfg`: TLS 1.3, the certificate pinned by
+/// the token's `fpr`, ALPN `yiwang/1`, `cfg`'s idle timeout and keep-alive. For tools that speak
+/// the protocol on their own (load generators, conformance tests).
+pub fn pinned_quic_config(cfg: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    cfg.validate()?;
+    quic_config(cfg, pinned_fingerprint(&cfg.token)?)
+}
+
 /// The QUIC client configuration: TLS 1.3 with the ring provider, the pinned certificate, ALPN
 /// `yiwang/1`, and the configured idle timeout and keep-alive.
 fn quic_config(cfg: &ClientConfig, fpr: [u8; 32]) -> Result<quinn::ClientConfig, ClientError> {

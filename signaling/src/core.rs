@@ -803,8 +803,14 @@ impl Core {
         out
     }
 
-    fn subject_event(&mut self, sub: &Subject, except: Option<&str>, event: Value) {
-        for t in self.audience(sub, except) {
+    /// A presence change of `sub`, to everyone sharing an incident with it except its own
+    /// sessions.
+    fn presence_event(&mut self, sub: &Subject, event: Value) {
+        let mut targets = self.audience(sub, None);
+        for own in self.by_subject.get(sub).into_iter().flatten() {
+            targets.remove(own);
+        }
+        for t in targets {
             self.push_event(&t, &event);
         }
     }
@@ -841,11 +847,7 @@ impl Core {
         for i in &incidents {
             self.log(now, i, sub.to_string(), if online { "online" } else { "offline" }, Value::Null);
         }
-        self.subject_event(
-            sub,
-            None,
-            json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}),
-        );
+        self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
     }
 
     fn end_session(&mut self, now: u64, sid: &str, why: &str) {
@@ -899,11 +901,7 @@ impl Core {
         for i in &incidents {
             self.log(now, i, sub.to_string(), if online { "online" } else { "offline" }, Value::Null);
         }
-        self.subject_event(
-            sub,
-            Some(sid),
-            json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}),
-        );
+        self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
     }
 
     /// Timers: hello deadlines, presence linger, resume grace, token expiry, coalesced positions.

@@ -572,3 +572,192 @@ async fn publish_and_subscribe_through_signaling_decodes_frames() {
     let _ = IncidentId::parse("duty");
     node.node.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw QUIC: what a broken or hostile native client can send.
+
+struct Raw {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: signaling::proto::FrameDecoder,
+}
+
+impl Raw {
+    async fn open(node: &TestNode, token: &str) -> Raw {
+        let cfg = ClientConfig::new(node.node.quic_addr.to_string(), token);
+        let qc = client::pinned_quic_config(&cfg).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(qc);
+        let conn = tokio::time::timeout(WAIT, endpoint.connect(node.node.quic_addr, client::SERVER_NAME).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        Raw { _endpoint: endpoint, conn, send, recv, decoder: Default::default() }
+    }
+
+    /// The next frame from the node, or `None` when the stream or connection ended.
+    async fn recv(&mut self) -> Option<ServerMsg> {
+        loop {
+            if let Some(f) = self.decoder.next_frame().expect("node frames are valid") {
+                return Some(serde_json::from_slice(&f).unwrap());
+            }
+            let chunk = tokio::time::timeout(WAIT, self.recv.read_chunk(65536, true)).await.expect("data in time");
+            match chunk {
+                Ok(Some(c)) => self.decoder.push(&c.bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads until the node closes; the error codes seen and the QUIC application close code.
+    async fn until_closed(&mut self) -> (Vec<ErrorCode>, Option<u64>) {
+        let mut codes = Vec::new();
+        while let Some(m) = self.recv().await {
+            if let ServerMsg::Error { code, .. } = m {
+                codes.push(code);
+            }
+        }
+        let reason = tokio::time::timeout(WAIT, self.conn.closed()).await.expect("closed in time");
+        let code = match reason {
+            quinn::ConnectionError::ApplicationClosed(a) => Some(a.error_code.into_inner()),
+            _ => None,
+        };
+        (codes, code)
+    }
+}
+
+fn frame(msg: &ClientMsg) -> Vec<u8> {
+    signaling::proto::encode_frame(msg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_quic_gets_typed_errors_and_leaves_others_alone() {
+    let node = start_node().await;
+    let token = node.token("off-21", Role::Officer);
+    let (bystander, _bev) = quic_login(&node, "op-21", Role::Operator).await;
+
+    // Frames split at every chunk size up to 64 bytes are reassembled.
+    let mut bytes = frame(&ClientMsg::Hello { v: VERSION, token: token.clone(), resume: None });
+    bytes.extend(frame(&ClientMsg::Ping { id: 1 }));
+    for chunk in 1..=64 {
+        let mut raw = Raw::open(&node, &token).await;
+        for piece in bytes.chunks(chunk) {
+            raw.send.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let w = raw.recv().await;
+        assert!(matches!(w, Some(ServerMsg::Welcome(_))), "chunk {chunk}: {w:?}");
+        let r = raw.recv().await;
+        assert!(matches!(r, Some(ServerMsg::Result { re: 1, .. })), "chunk {chunk}: {r:?}");
+        raw.conn.close(0u32.into(), b"done");
+    }
+
+    // A frame truncated at every length, then the stream ends: the node drops the session, stays up.
+    let hello = frame(&ClientMsg::Hello { v: VERSION, token: token.clone(), resume: None });
+    for cut in [1, 2, 3, 4, 5, hello.len() / 2, hello.len() - 1] {
+        let mut raw = Raw::open(&node, &token).await;
+        raw.send.write_all(&hello[..cut]).await.unwrap();
+        raw.send.finish().unwrap();
+        assert_eq!(raw.recv().await, None, "cut at {cut}: nothing answered");
+    }
+
+    // A length prefix over the limit: typed error, then closed with code too_large.
+    let mut raw = Raw::open(&node, &token).await;
+    raw.send.write_all(&((MAX_FRAME as u32) + 1).to_be_bytes()).await.unwrap();
+    let (codes, close) = raw.until_closed().await;
+    assert_eq!(codes, vec![ErrorCode::TooLarge]);
+    assert_eq!(close, Some(u64::from(ErrorCode::TooLarge.close_code())));
+
+    // A zero-length frame.
+    let mut raw = Raw::open(&node, &token).await;
+    raw.send.write_all(&[0, 0, 0, 0]).await.unwrap();
+    let (codes, _) = raw.until_closed().await;
+    assert_eq!(codes, vec![ErrorCode::BadRequest]);
+
+    // Invalid JSON before hello is a bad hello; wrong version is refused with the versions.
+    let mut raw = Raw::open(&node, &token).await;
+    raw.send.write_all(&[0, 0, 0, 3, b'{', b'{', b'{']).await.unwrap();
+    assert_eq!(raw.until_closed().await, (vec![ErrorCode::BadHello], Some(u64::from(ErrorCode::BadHello.close_code()))));
+    let mut raw = Raw::open(&node, &token).await;
+    raw.send.write_all(&frame(&ClientMsg::Hello { v: 0, token: token.clone(), resume: None })).await.unwrap();
+    assert_eq!(
+        raw.until_closed().await,
+        (vec![ErrorCode::UnsupportedVersion], Some(u64::from(ErrorCode::UnsupportedVersion.close_code())))
+    );
+
+    // Inside a session: invalid JSON and unknown types are answered, the session goes on.
+    let mut raw = Raw::open(&node, &token).await;
+    raw.send.write_all(&hello).await.unwrap();
+    assert!(matches!(raw.recv().await, Some(ServerMsg::Welcome(_))));
+    raw.send.write_all(&[0, 0, 0, 5, b'n', b'o', b'p', b'e', b'!']).await.unwrap();
+    raw.send.write_all(&[0, 0, 0, 16]).await.unwrap();
+    raw.send.write_all(br#"{"type":"warp9"}"#).await.unwrap();
+    raw.send.write_all(&frame(&ClientMsg::Ping { id: 2 })).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match raw.recv().await.expect("session open") {
+            ServerMsg::Error { code, .. } => got.push(format!("{code}")),
+            ServerMsg::Result { re: 2, .. } => got.push("pong".into()),
+            _ => {}
+        }
+    }
+    assert_eq!(got, vec!["bad_request", "unknown_type", "pong"]);
+
+    // A flood: refused past the rate, then closed.
+    let mut flood = Vec::new();
+    for i in 0..1500 {
+        flood.extend(frame(&ClientMsg::Ping { id: 100 + i }));
+    }
+    raw.send.write_all(&flood).await.unwrap();
+    let (codes, close) = raw.until_closed().await;
+    assert!(codes.contains(&ErrorCode::RateLimited));
+    assert_eq!(close, Some(u64::from(ErrorCode::RateLimited.close_code())));
+
+    // Random datagrams at the QUIC port.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x1234_5678_9abc_def0;
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x % 1400) as usize;
+        let d: Vec<u8> = (0..len).map(|i| (x.rotate_left(i as u32 % 64) & 0xff) as u8).collect();
+        junk.send_to(&d, node.node.quic_addr).unwrap();
+    }
+
+    // The bystander never noticed; new sessions work.
+    assert!(matches!(quic_request(&bystander, ClientMsg::Ping { id: 3 }).await, ServerMsg::Result { .. }));
+    let (fresh, _) = quic_login(&node, "off-22", Role::Officer).await;
+    assert!(matches!(quic_request(&fresh, ClientMsg::Ping { id: 4 }).await, ServerMsg::Result { .. }));
+    node.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_tablet_shows_offline_to_operators() {
+    let node = start_node().await;
+    let relay = UdpRelay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        node.node.quic_addr,
+        ImpairConfig::perfect(),
+        ImpairConfig::perfect(),
+    )
+    .await
+    .unwrap();
+    // Default client settings: what a tablet runs with.
+    let cfg = ClientConfig::new(relay.local_addr().to_string(), node.token("off-31", Role::Officer));
+    let (_officer, _oev) = tokio::time::timeout(WAIT, client::connect(cfg)).await.unwrap().unwrap();
+    let op_token = node.token("op-31", Role::Operator);
+    let (mut op, _) = Ws::hello(&node, op_token.clone()).await;
+    // The tablet dies (battery out in a basement): nothing more from it, ever.
+    relay.set_cut(true);
+    let p = op.event("presence").await;
+    assert_eq!((p["subject"].as_str(), p["online"].as_bool()), (Some("off-31"), Some(false)), "{p}");
+    let units = api_units(&node, &op_token).await;
+    let u = units.iter().find(|u| u["subject"] == "off-31").unwrap();
+    assert_eq!(u["online"], false);
+    relay.shutdown().await;
+    node.node.shutdown().await;
+}
