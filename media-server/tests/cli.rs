@@ -94,6 +94,22 @@ fn node_prints_one_ready_line_and_serves() {
     let (status, body) = get("/metrics", None);
     assert_eq!(status, 200);
     assert!(body.contains("yiwang_peers 0"), "{body}");
+
+    // `revoke` on the data dir: the running node refuses the token within a second or so.
+    let out = run(&["revoke", "--data", data, "--sub", "wall-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with("{\"sub\":\"wall-1\",\"at\":"), "{line}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get("/api/streams", Some(token));
+        if status == 401 {
+            assert!(body.contains("revoked"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "revocation not applied: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(node);
 }
 
@@ -128,4 +144,14 @@ fn help_and_bad_arguments() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("valid roles"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["token", "--data", "/tmp/x", "--sub", "../etc", "--role", "viewer"]);
     assert!(!out.status.success());
+    // revoke needs exactly one of --sub/--jti, and a real data dir.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["revoke", "--data", d]);
+    assert!(!out.status.success());
+    let out = run(&["revoke", "--data", d, "--sub", "a", "--jti", "b"]);
+    assert!(!out.status.success());
+    let out = run(&["revoke", "--data", d, "--sub", "a"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a node data directory"));
 }

@@ -1,4 +1,5 @@
-//! Helpers for tests of nodes and clients: one request per row of the role matrix.
+//! Helpers for tests of nodes and clients: one request per row of the role matrix, and the
+//! bodies of the fuzz targets in `fuzz/`.
 //!
 //! The role × action tests (in the core, and end to end over QUIC and WebSocket) send
 //! [`probe`]`(action, …)` as each role and check that the node refuses it with
@@ -97,5 +98,132 @@ pub fn answers(reply: &ServerMsg, re: RequestId) -> bool {
         ServerMsg::Result { re: r, .. } => *r == re,
         ServerMsg::Error { re: Some(r), .. } => *r == re,
         _ => false,
+    }
+}
+
+/// Fuzz body: `data` as a byte stream of QUIC frames and as single messages. Must never panic.
+/// Used by `fuzz/fuzz_targets/decode.rs` and by a seeded unit test.
+pub fn fuzz_decode(data: &[u8]) {
+    let _ = crate::proto::decode_client(data);
+    let mut d = crate::proto::FrameDecoder::new();
+    // Feed in two uneven pieces, as a network would.
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    for piece in [&data[..split], &data[split..]] {
+        d.push(piece);
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => {
+                    if let Ok(m) = crate::proto::decode_client(&f) {
+                        // Whatever decodes must encode and decode to the same message.
+                        let again = crate::proto::decode_client(crate::proto::encode(&m).as_bytes());
+                        assert_eq!(again.as_ref().ok(), Some(&m), "re-encoding changed the message");
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Fuzz body: a signaling core receiving `data` split on `\n` as messages from one connection,
+/// after a valid `hello`, with time advancing. Must never panic, and a second session must stay
+/// served. Used by `fuzz/fuzz_targets/core.rs` and by a seeded unit test.
+pub fn fuzz_core(data: &[u8]) {
+    use crate::auth::{Role, TokenIssuer, TokenRequest, TokenVerifier};
+    use crate::core::{Core, CoreConfig, Output};
+    use crate::ids::NodeId;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let node = NodeId::parse("fuzz-node").expect("valid");
+    let mut verifier = TokenVerifier::new(node.clone());
+    verifier.trust(key.verifying_key());
+    let issuer = TokenIssuer::new(key, node.clone());
+    let now0 = 1_780_000_000_000u64;
+    let mut core = Core::new(CoreConfig::default(), node, verifier, now0);
+    let token = |sub: &str, role| {
+        issuer.issue(
+            &TokenRequest::new(Subject::parse(sub).expect("valid"), role, "fuzz-node", "00"),
+            now0 / 1000,
+        )
+    };
+    let hello = |t: String| crate::proto::encode(&ClientMsg::Hello { v: crate::proto::VERSION, token: t, resume: None });
+    core.open(now0, 1);
+    core.frame(now0, 1, hello(token("fuzz-admin", Role::Admin)).as_bytes());
+    core.open(now0, 2);
+    core.frame(now0, 2, hello(token("bystander", Role::Officer)).as_bytes());
+    let mut now = now0;
+    // The admin may legitimately revoke the bystander; then it is closed, not unanswered.
+    let mut bystander_closed = false;
+    for (i, msg) in data.split(|b| *b == b'\n').enumerate() {
+        now += 7;
+        core.frame(now, 1, msg);
+        if i % 16 == 0 {
+            core.handle_timeout(now);
+        }
+        while let Some(o) = core.poll_output() {
+            bystander_closed |= matches!(o, Output::Close { conn: 2, .. });
+        }
+    }
+    if bystander_closed {
+        return;
+    }
+    core.frame(now + 1, 2, br#"{"type":"ping","id":1}"#);
+    let mut answered = false;
+    while let Some(o) = core.poll_output() {
+        if let Output::Send { conn: 2, msg } = o {
+            answered |= answers(&msg, 1);
+        }
+    }
+    assert!(answered, "the bystander session was not answered");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeded stand-in for the fuzzers: valid messages of every type, mutated byte-wise, fed to
+    /// both fuzz bodies.
+    #[test]
+    fn fuzz_bodies_survive_mutated_messages() {
+        let sub = Subject::parse("fuzz-admin").unwrap();
+        let mut seeds: Vec<Vec<u8>> = Action::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, a)| crate::proto::encode(&probe(*a, &sub, i as u64)).into_bytes())
+            .collect();
+        seeds.push(br#"{"type":"incident_create","id":1,"incident":"x1","name":"n"}"#.to_vec());
+        seeds.push(br#"{"type":"assign","id":2,"incident":"x1","subject":"bystander"}"#.to_vec());
+        seeds.push(br#"{"type":"log","id":3,"incident":"x1","after":0,"limit":4294967295}"#.to_vec());
+        seeds.push(br#"{"type":"ack","after":18446744073709551615}"#.to_vec());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..300 {
+            let mut batch = Vec::new();
+            for _ in 0..20 {
+                let mut m = seeds[(rnd() % seeds.len() as u64) as usize].clone();
+                for _ in 0..(rnd() % 4) {
+                    let at = (rnd() % m.len() as u64) as usize;
+                    match rnd() % 3 {
+                        0 => m[at] = rnd() as u8,
+                        1 => {
+                            m.remove(at);
+                        }
+                        _ => m.insert(at, b"{}[]\":,0-e\\"[(rnd() % 11) as usize]),
+                    }
+                }
+                fuzz_decode(&m);
+                m.retain(|b| *b != b'\n');
+                batch.extend(m);
+                batch.push(b'\n');
+            }
+            if round % 3 == 0 {
+                fuzz_core(&batch);
+            }
+        }
     }
 }
