@@ -377,9 +377,7 @@ async fn api_units(
     let incident = match q.incident {
         Some(i) => {
             let i = IncidentId::parse(&i).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
-            if !state.hub.read(|c| c.may_read(&claims, &i)) {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_incident", format!("no incident {i} visible to you")));
-            }
+            state.hub.read(|c| c.check_readable(&claims, &i)).map_err(proto_to_api)?;
             Some(i)
         }
         None => None,
@@ -420,9 +418,7 @@ async fn api_orders_post(State(state): State<AppState>, headers: HeaderMap, body
     if order.text.trim().is_empty() || order.text.chars().count() > 4000 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_order", "text must be 1..=4000 characters"));
     }
-    if !state.hub.read(|c| c.may_read(&claims, &order.incident)) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_incident", format!("no incident {} visible to you", order.incident)));
-    }
+    state.hub.read(|c| c.check_readable(&claims, &order.incident)).map_err(proto_to_api)?;
     Err(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "not_implemented",

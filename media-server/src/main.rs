@@ -78,7 +78,8 @@ struct RevokeArgs {
     /// Data directory of the node.
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Revoke every token issued to this subject so far (new tokens for it stay valid).
+    /// Revoke every token issued to this subject up to this second (tokens minted in a later
+    /// second stay valid).
     #[arg(long, value_name = "NAME")]
     sub: Option<Subject>,
     /// Revoke the token with this id (`jti` claim).

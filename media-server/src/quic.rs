@@ -4,7 +4,7 @@
 //!
 //! Transport tuning: the node sends keep-alives every [`KEEP_ALIVE`] and drops a peer silent for
 //! [`IDLE_TIMEOUT`] (a client may ask for less), so a dead tablet's session detaches within 10 s
-//! and its presence goes offline within 15 s. Connection migration is on: a client whose address
+//! and its presence goes offline within 14 s (10 s + 4 s presence linger). Connection migration is on: a client whose address
 //! changes (Wi-Fi to 4G) keeps its connection and session.
 
 use std::net::SocketAddr;

@@ -133,7 +133,8 @@ pub struct Hub {
     media: MediaHandle,
     live: LiveStreams,
     media_sessions: Mutex<HashMap<String, Vec<String>>>,
-    kinds: Mutex<HashMap<String, StreamKind>>,
+    /// Kind of each stream published over signaling, with the owner that declared it.
+    kinds: Mutex<HashMap<String, (signaling::Subject, StreamKind)>>,
     revocations: Mutex<RevocationFile>,
 }
 
@@ -245,7 +246,7 @@ impl Hub {
         }
     }
 
-    async fn media_op(&self, session: &str, op: MediaOp) -> Result<Value, (ErrorCode, String)> {
+    async fn media_op(self: &Arc<Self>, session: &str, op: MediaOp) -> Result<Value, (ErrorCode, String)> {
         let sfu_err = |e: SfuError| {
             let code = match e {
                 SfuError::BadSdp(_) | SfuError::NoUsableMedia(_) => ErrorCode::BadRequest,
@@ -257,9 +258,10 @@ impl Hub {
         };
         match op {
             MediaOp::Publish { stream, owner, kind, sdp } => {
-                let a = self.media.publish(stream.clone(), owner, sdp).await.map_err(sfu_err)?;
+                let a = self.media.publish(stream.clone(), owner.clone(), sdp).await.map_err(sfu_err)?;
                 self.track(session, &a.session_id);
-                self.kinds.lock().unwrap_or_else(|e| e.into_inner()).insert(stream.to_string(), kind);
+                self.kinds.lock().unwrap_or_else(|e| e.into_inner()).insert(stream.to_string(), (owner, kind));
+                self.with_core(|c| c.note_published(now_ms(), session, &stream, kind));
                 Ok(json!({"media": a.session_id, "sdp": a.sdp, "stream": stream}))
             }
             MediaOp::Subscribe { stream, layer, max_height, sdp } => {
@@ -310,7 +312,8 @@ impl Hub {
             .filter(|s| all || owners.contains_key(&s.owner))
             .map(|s| {
                 let role = owners.get(&s.owner).copied();
-                let kind = kinds.get(s.name.as_str()).copied().unwrap_or(match role {
+                let declared = kinds.get(s.name.as_str()).filter(|(o, _)| *o == s.owner).map(|(_, k)| *k);
+                let kind = declared.unwrap_or(match role {
                     Some(Role::Device) => StreamKind::Fixed,
                     _ => StreamKind::Camera,
                 });
@@ -390,7 +393,7 @@ impl Hub {
             }
             if slow.load(Ordering::Relaxed) {
                 writer_conn.close(
-                    ErrorCode::SessionClosed.close_code().into(),
+                    ErrorCode::TooSlow.close_code().into(),
                     b"connection too slow; resume to catch up",
                 );
             }
@@ -439,7 +442,7 @@ impl Hub {
                         }
                         None => {
                             if slow.load(Ordering::Relaxed) {
-                                let frame = CloseFrame { code: 4000 + ErrorCode::SessionClosed.close_code(), reason: "connection too slow; resume to catch up".into() };
+                                let frame = CloseFrame { code: 4000 + ErrorCode::TooSlow.close_code(), reason: "connection too slow; resume to catch up".into() };
                                 let _ = sink.send(Message::Close(Some(frame))).await;
                             }
                             return;
@@ -460,7 +463,7 @@ impl Hub {
                 Ok(Some(Err(_))) | Ok(None) => break,
                 Err(_) => {
                     debug!(conn = id, "WebSocket idle; closing");
-                    self.to_conn(id, Outbound::Close { code: ErrorCode::SessionClosed, reason: "no traffic for 10 s".into() });
+                    self.to_conn(id, Outbound::Close { code: ErrorCode::Idle, reason: "no traffic for 10 s".into() });
                     break;
                 }
             };

@@ -70,7 +70,7 @@ use crate::auth::{decode_unverified, Role};
 use crate::ids::{IncidentId, NodeId, Subject};
 use crate::proto::{
     encode_frame, ClientMsg, ErrorCode, FrameDecoder, RequestId, Resume, ServerMsg, Welcome, ALPN,
-    FRAME_HEADER, MAX_FRAME, VERSION,
+    FRAME_HEADER, MAX_FRAME, MAX_SERVER_FRAME, VERSION,
 };
 
 /// The TLS server name the client asks for. The certificate is pinned by fingerprint, so the name
@@ -492,6 +492,8 @@ fn code_from_close(code: u64) -> Option<ErrorCode> {
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::SessionClosed,
+        ErrorCode::TooSlow,
+        ErrorCode::Idle,
     ]
     .into_iter()
     .find(|c| u64::from(c.close_code()) == code)
@@ -737,7 +739,7 @@ async fn handshake(
             WriteError::ConnectionLost(c) => handshake_error(c),
             other => ClientError::Connect(other.to_string()),
         })?;
-    let mut decoder = FrameDecoder::new();
+    let mut decoder = FrameDecoder::with_max(MAX_SERVER_FRAME);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let frame = decoder
@@ -1304,7 +1306,7 @@ mod tests {
                     conn,
                     send,
                     recv,
-                    decoder: FrameDecoder::new(),
+                    decoder: FrameDecoder::with_max(MAX_SERVER_FRAME),
                 }
             })
             .await

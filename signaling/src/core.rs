@@ -761,6 +761,11 @@ impl Core {
     fn push_event(&mut self, sid: &str, event: &Value) {
         let cap = self.cfg.replay_buffer;
         let Some(s) = self.sessions.get_mut(sid) else { return };
+        // Roles that may not read incidents (devices) are members for what they send, but
+        // receive nothing of what others do.
+        if !s.claims.may(Action::ReadIncident) {
+            return;
+        }
         s.last_seq += 1;
         let seq = s.last_seq;
         s.events.push_back((seq, event.clone()));
@@ -1149,7 +1154,11 @@ impl Core {
                     return Err(err(Some(id), ErrorCode::NotFound, format!("{subject} is not assigned to {incident}")));
                 }
                 self.log(now, &incident, claims.sub.to_string(), "unassigned", json!({"subject": subject}));
+                self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "unassigned", "by": claims.sub}));
                 let theirs: Vec<String> = self.by_subject.get(&subject).into_iter().flatten().cloned().collect();
+                for s in &theirs {
+                    self.push_event(s, &json!({"kind": "unassigned", "incident": incident, "by": claims.sub}));
+                }
                 for s in theirs {
                     let keep = self.sessions.get(&s).is_some_and(|x| {
                         x.claims.incidents.contains(&incident) || matches!(x.claims.role, Role::Admin | Role::Commander)
@@ -1207,10 +1216,6 @@ impl Core {
                 claims
                     .may_publish(&stream)
                     .map_err(|e| err(Some(id), ErrorCode::Forbidden, e.to_string()))?;
-                let incidents: Vec<IncidentId> = self.sessions[sid].incidents.iter().cloned().collect();
-                for i in &incidents {
-                    self.log(now, i, claims.sub.to_string(), "publish", json!({"stream": stream, "kind": kind}));
-                }
                 self.out.push_back(Output::Media {
                     conn,
                     session: sid.to_owned(),
@@ -1263,6 +1268,9 @@ impl Core {
                     }
                     None => self.sessions[sid].incidents.iter().cloned().collect(),
                 };
+                if targets.is_empty() {
+                    return Err(err(Some(id), ErrorCode::NotFound, "not in any incident: join one to raise SOS"));
+                }
                 let position = self.units.get(&claims.sub).and_then(|u| u.position.clone());
                 for i in &targets {
                     self.log(now, i, claims.sub.to_string(), "sos", json!({"text": text, "position": position}));
@@ -1418,9 +1426,27 @@ impl Core {
             .collect()
     }
 
-    /// Whether a unit is visible to `claims` (for API checks).
-    pub fn may_read(&self, claims: &Claims, incident: &IncidentId) -> bool {
-        claims.may(Action::ReadIncident) && self.incidents.contains_key(incident) && self.may_access(claims, incident)
+    /// The shell reports a publish that the SFU accepted: it goes into the logs of the
+    /// publisher's incidents.
+    pub fn note_published(&mut self, now: u64, session: &str, stream: &StreamName, kind: StreamKind) {
+        let Some(s) = self.sessions.get(session) else { return };
+        let who = s.claims.sub.to_string();
+        let incidents: Vec<IncidentId> = s.incidents.iter().cloned().collect();
+        for i in &incidents {
+            self.log(now, i, who.clone(), "publish", json!({"stream": stream, "kind": kind}));
+        }
+    }
+
+    /// Whether `claims` may read incident `id`: `not_found` if there is no such incident,
+    /// `forbidden` if it is not accessible (for the HTTP API).
+    pub fn check_readable(&self, claims: &Claims, id: &IncidentId) -> Result<(), ProtoError> {
+        if !claims.may(Action::ReadIncident) {
+            return Err(err(None, ErrorCode::Forbidden, format!("role {} may not read incidents", claims.role)));
+        }
+        self.readable(0, claims, id).map_err(|mut e| {
+            e.re = None;
+            e
+        })
     }
 
     /// The subject and role of a session (for the shell's media ownership checks).

@@ -433,3 +433,38 @@ fn bad_input_gets_typed_errors_and_a_flood_closes_only_that_connection() {
     let r = h.request(b, ClientMsg::Ping { id: 1 });
     assert!(matches!(r, ServerMsg::Result { .. }));
 }
+
+#[test]
+fn devices_send_into_incidents_but_receive_nothing_from_them() {
+    let mut h = H::new();
+    let (dev, _) = h.connect("cam-1", Role::Device);
+    let (op, _) = h.connect("op-1", Role::Operator);
+    h.take(op);
+    h.request(op, ClientMsg::Chat { id: 1, incident: duty(), text: "for humans".into() });
+    h.send(op, &pos(30.0));
+    assert!(h.events(dev).is_empty(), "a device may not read incidents");
+    // …but what it sends reaches members.
+    h.send(dev, &pos(29.0));
+    assert_eq!(kinds(&h.events(op), "position")[0]["subject"], "cam-1");
+    let r = h.request(dev, ClientMsg::Sos { id: 2, incident: None, text: None });
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    assert_eq!(kinds(&h.events(op), "sos")[0]["from"], "cam-1");
+}
+
+#[test]
+fn unassigning_tells_the_subject_and_sos_needs_an_incident() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    let fire = IncidentId::parse("fire-1").unwrap();
+    h.request(cmd, ClientMsg::IncidentCreate { id: 1, incident: Some(fire.clone()), name: "Fire".into() });
+    h.request(cmd, ClientMsg::Assign { id: 2, incident: fire.clone(), subject: Subject::parse("off-1").unwrap() });
+    h.take(off);
+    h.request(cmd, ClientMsg::Unassign { id: 3, incident: fire.clone(), subject: Subject::parse("off-1").unwrap() });
+    let evs = h.events(off);
+    assert_eq!(kinds(&evs, "unassigned")[0]["incident"], "fire-1");
+    // Out of every incident: an SOS has nobody to reach, and says so.
+    h.request(off, ClientMsg::Leave { id: 4, incident: duty() });
+    let r = h.request(off, ClientMsg::Sos { id: 5, incident: None, text: None });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::NotFound, .. }), "{r:?}");
+}

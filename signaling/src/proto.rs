@@ -32,6 +32,10 @@ pub const ALPN: &[u8] = b"yiwang/1";
 /// [`ErrorCode::TooLarge`] and the session is closed (the stream cannot be resynchronised).
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// Largest message from the node to a client (4 MiB): replies such as `units` or a `log` page
+/// grow with the size of the operation. Clients must accept frames up to this size.
+pub const MAX_SERVER_FRAME: usize = 4 * 1024 * 1024;
+
 /// Length of the QUIC frame header (big-endian `u32` length).
 pub const FRAME_HEADER: usize = 4;
 
@@ -537,8 +541,14 @@ pub enum ErrorCode {
     Unavailable,
     /// Authorised, but this node version does not implement it yet.
     NotImplemented,
-    /// The session was closed by the node (idle, replaced by a resume elsewhere, shutdown).
+    /// The session ended for good: `bye`, or it was resumed on another connection. Closes.
     SessionClosed,
+    /// The connection did not read its messages fast enough and was closed; the session stays
+    /// resumable (reconnect and resume to catch up). Closes.
+    TooSlow,
+    /// Nothing arrived on the connection for too long (a dead peer); the session stays
+    /// resumable. Closes.
+    Idle,
 }
 
 impl ErrorCode {
@@ -552,6 +562,8 @@ impl ErrorCode {
                 | ErrorCode::Revoked
                 | ErrorCode::TooLarge
                 | ErrorCode::SessionClosed
+                | ErrorCode::TooSlow
+                | ErrorCode::Idle
         )
     }
 
@@ -572,6 +584,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::SessionClosed => "session_closed",
+            ErrorCode::TooSlow => "too_slow",
+            ErrorCode::Idle => "idle",
         }
     }
 
@@ -587,6 +601,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 16,
             ErrorCode::SessionClosed => 17,
             ErrorCode::BadRequest | ErrorCode::UnknownType => 18,
+            ErrorCode::TooSlow => 20,
+            ErrorCode::Idle => 21,
             _ => 19,
         }
     }
@@ -736,15 +752,27 @@ impl FrameError {
 /// Splits a byte stream into length-prefixed frames. Feed it whatever chunks arrive (the shell
 /// reads at most [`MAX_FRAME`] bytes at a time and drains every complete frame before reading
 /// again, so it holds at most about two frames).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new()
+    }
 }
 
 impl FrameDecoder {
-    /// A new decoder.
+    /// A decoder of client frames (at most [`MAX_FRAME`] bytes each), as the node uses.
     pub fn new() -> Self {
-        FrameDecoder::default()
+        FrameDecoder::with_max(MAX_FRAME)
+    }
+
+    /// A decoder accepting frames up to `max` bytes (clients use [`MAX_SERVER_FRAME`]).
+    pub fn with_max(max: usize) -> Self {
+        FrameDecoder { buf: Vec::new(), max }
     }
 
     /// Appends received bytes.
@@ -759,7 +787,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME {
+        if len > self.max {
             return Err(FrameError::TooLarge(len));
         }
         if len == 0 {
