@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     /// SFU tunables.
     pub sfu: SfuSection,
+    /// The mobile office (attachments).
+    pub office: OfficeConfig,
 }
 
 /// `[node]`
@@ -192,6 +194,23 @@ impl SfuSection {
     }
 }
 
+/// `[office]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfficeConfig {
+    /// Largest accepted attachment (`POST /api/attachments`), bytes. Default 26214400 (25 MiB);
+    /// larger → 413. Independent of `http.max_body_bytes`.
+    pub attachment_max_bytes: u64,
+}
+
+impl Default for OfficeConfig {
+    fn default() -> Self {
+        OfficeConfig {
+            attachment_max_bytes: 25 * 1024 * 1024,
+        }
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -257,5 +276,13 @@ mod tests {
         assert_eq!(c.media.advertise, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(c.media.listen, MediaConfig::default().listen);
         assert_eq!(c.node.id.as_ref().map(|i| i.as_str()), Some("county-7"));
+    }
+
+    #[test]
+    fn office_section() {
+        assert_eq!(NodeConfig::default().office.attachment_max_bytes, 26_214_400);
+        let c: NodeConfig = toml::from_str("[office]\nattachment_max_bytes = 1048576\n").unwrap();
+        assert_eq!(c.office.attachment_max_bytes, 1 << 20);
+        assert!(toml::from_str::<NodeConfig>("[office]\nmax_bytes = 1\n").is_err());
     }
 }

@@ -22,6 +22,7 @@ use signaling::error::NameError;
 use signaling::ids::{IncidentId, NodeId, StreamName, Subject};
 use signaling::proto::MAX_FRAME;
 
+use crate::attachments::{AttachmentError, AttachmentId, AttachmentStore};
 use crate::forward::LayerPref;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub metrics_here: bool,
     /// The signaling server (sessions, incidents, units, revocations).
     pub hub: Arc<Hub>,
+    /// The office's attachment store (`/api/attachments`).
+    pub attachments: Arc<AttachmentStore>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -387,18 +390,23 @@ async fn api_units(
     Ok(Json(serde_json::json!({ "units": units })))
 }
 
-/// `GET /api/orders`: orders visible to the token (the office issue stores them; empty today).
+/// Most orders one `GET /api/orders` returns.
+const ORDERS_PAGE: usize = 1000;
+
+/// `GET /api/orders`: orders visible to the token, newest first (admin and commander: every
+/// order; others: those they sent or received), at most 1000.
 async fn api_orders(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ReadIncident)?;
-    Ok(Json(serde_json::json!({ "orders": [] })))
+    let orders = state.hub.read(|c| c.orders_for(&claims, ORDERS_PAGE)).map_err(proto_to_api)?;
+    Ok(Json(serde_json::json!({ "orders": orders })))
 }
 
 /// Body of `POST /api/orders`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
-    /// Sender-chosen id (for exactly-once); optional here.
+    /// Sender-chosen id: a retry with the same id creates no second order.
     pub id: Option<String>,
     /// The incident.
     pub incident: IncidentId,
@@ -408,22 +416,52 @@ pub struct NewOrder {
     pub text: String,
 }
 
-/// `POST /api/orders`: authorised and validated; storing and delivery come with the office
-/// issue, so a valid order is answered 501 for now.
+/// `POST /api/orders`: sends an order (stored, then forwarded to the addressee's mailbox);
+/// 201 with the order. The same `id` again returns the same order (200).
 async fn api_orders_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::SendOrder)?;
     let order: NewOrder = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_order", format!("invalid order: {e}")))?;
-    if order.text.trim().is_empty() || order.text.chars().count() > 4000 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_order", "text must be 1..=4000 characters"));
-    }
-    state.hub.read(|c| c.check_readable(&claims, &order.incident)).map_err(proto_to_api)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "orders are not stored by this node version yet",
-    ))
+    let now = crate::signal::now_ms();
+    let data = state
+        .hub
+        .with_core(|c| c.send_order(now, &claims, None, order.id, &order.incident, &order.to, &order.text))
+        .map_err(proto_to_api)?;
+    let fresh = data["new"] == true;
+    let status = if fresh { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(data)).into_response())
+}
+
+/// Body of `POST /api/orders/{id}/answer`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderAnswerBody {
+    /// `accept`, `decline` or `done`.
+    pub answer: signaling::proto::OrderAnswer,
+    /// Minutes to arrival (accept).
+    pub eta_min: Option<u32>,
+    /// Why (decline; required there).
+    pub reason: Option<String>,
+}
+
+/// `POST /api/orders/{id}/answer`: the addressee accepts, declines or completes an order; 200 with
+/// the order; 403 for anyone else; 409 for a transition the state machine does not allow.
+async fn api_order_answer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    let a: OrderAnswerBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_answer", format!("invalid answer: {e}")))?;
+    let now = crate::signal::now_ms();
+    let data = state
+        .hub
+        .with_core(|c| c.answer_order(now, &claims, None, &id, a.answer, a.eta_min, a.reason))
+        .map_err(proto_to_api)?;
+    Ok(Json(data))
 }
 
 fn proto_to_api(e: signaling::proto::ProtoError) -> ApiError {
@@ -431,9 +469,203 @@ fn proto_to_api(e: signaling::proto::ProtoError) -> ApiError {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Unauthorized | ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, e.code.as_str(), e.message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachments of the mobile office (`crate::attachments` stores them).
+
+/// Header in which an uploader may announce the SHA-256 of the body.
+const SHA256_HEADER: &str = "x-yiwang-sha256";
+
+/// After refusing an over-limit body, the node still reads (and discards) up to this many more
+/// bytes, for at most [`DRAIN_TIME`], so that the client, still sending, gets the 413 rather than
+/// a connection reset.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// See [`DRAIN_BYTES`].
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!(
+            "attachment larger than the limit of {limit} bytes ({:.1} MiB, office.attachment_max_bytes)",
+            limit as f64 / (1024.0 * 1024.0)
+        ),
+    )
+}
+
+fn storage_error(e: AttachmentError) -> ApiError {
+    match e {
+        AttachmentError::TooLarge { limit } => too_large(limit),
+        AttachmentError::HashMismatch { .. } => {
+            ApiError::new(StatusCode::BAD_REQUEST, "hash_mismatch", e.to_string())
+        }
+        AttachmentError::BadId => ApiError::new(StatusCode::BAD_REQUEST, "bad_hash", e.to_string()),
+        AttachmentError::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::error!(error = %e, "attachment store is full");
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", "the node's attachment store is full")
+        }
+        e => {
+            tracing::error!(error = %e, "attachment store failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the attachment could not be stored or read")
+        }
+    }
+}
+
+/// Reads and discards what is left of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    use futures_util::StreamExt as _;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut left = DRAIN_BYTES;
+        while let Some(Ok(chunk)) = stream.next().await {
+            match left.checked_sub(chunk.len() as u64) {
+                Some(l) => left = l,
+                None => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// `POST /api/attachments`: the raw body is streamed to the store while hashed; 201 with where
+/// to fetch it.
+async fn api_attachments_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt as _;
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::Chat)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::attachments::content_type)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_content_type",
+                format!(
+                    "Content-Type must be one of {}",
+                    crate::attachments::ALLOWED_TYPES.join(", ")
+                ),
+            )
+        })?;
+    let expected = match headers.get(SHA256_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| AttachmentId::parse(s.trim()).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_hash",
+                        "X-Yiwang-Sha256 must be 64 lowercase hex characters",
+                    )
+                })?,
+        ),
+    };
+    let limit = state.attachments.max_bytes();
+    let mut stream = body.into_data_stream();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        drain(stream).await;
+        return Err(too_large(limit));
+    }
+    let mut upload = state.attachments.begin().await.map_err(storage_error)?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "the upload was interrupted")
+        })?;
+        if let Err(e) = upload.write(&chunk).await {
+            // Dropping the upload removes its temporary file.
+            drop(upload);
+            if matches!(e, AttachmentError::TooLarge { .. }) {
+                drain(stream).await;
+            }
+            return Err(storage_error(e));
+        }
+    }
+    let stored = upload
+        .finish(expected, content_type, claims.sub.clone(), crate::signal::now_ms())
+        .await
+        .map_err(storage_error)?;
+    let hex = stored.meta.sha256.hex();
+    let url = format!("/api/attachments/{hex}");
+    tracing::debug!(sha256 = %hex, size = stored.meta.size, created = stored.created, "attachment stored");
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "sha256": hex,
+            "size": stored.meta.size,
+            "content_type": stored.meta.content_type,
+            "url": url,
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Whether an `If-None-Match` header lists `etag` (or `*`); weak tags compare equal.
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// `GET /api/attachments/{sha256}`: the stored bytes, streamed; immutable, so cacheable forever.
+async fn api_attachment_get(
+    State(state): State<AppState>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ReadIncident)?;
+    let id = AttachmentId::parse(&sha256).map_err(storage_error)?;
+    let attachment = state
+        .attachments
+        .open_attachment(&id)
+        .await
+        .map_err(storage_error)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such attachment"))?;
+    let etag = format!("\"{id}\"");
+    let cache = HeaderValue::from_static("private, max-age=31536000, immutable");
+    let mut resp = if etag_matches(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let size = attachment.meta.size;
+        let ct = HeaderValue::from_str(&attachment.meta.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let mut resp = axum::body::Body::from_stream(attachment.into_stream()).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, ct);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        resp
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, cache);
+    Ok(resp)
 }
 
 /// The wall's static files, compiled into the binary.
@@ -474,7 +706,7 @@ async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Resp
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+        HeaderValue::from_static("Authorization, Content-Type, If-Match, If-None-Match, X-Yiwang-Sha256"),
     );
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, Link, ETag"));
     if preflight && is_whip {
@@ -497,6 +729,13 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/api/incidents/{id}/log", get(api_incident_log))
         .route("/api/units", get(api_units))
         .route("/api/orders", get(api_orders).post(api_orders_post))
+        .route("/api/orders/{id}/answer", post(api_order_answer))
+        .route(
+            "/api/attachments",
+            // Not bounded by `max_body`: the handler streams and counts up to its own limit.
+            post(api_attachments_post).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/attachments/{sha256}", get(api_attachment_get))
         .route("/ws", get(ws));
     if state.metrics_here {
         r = r.route("/metrics", get(metrics));

@@ -10,12 +10,14 @@
 //! - [`streams`]: the live-stream table other planes read;
 //! - [`signal`]: the signaling shells (QUIC via [`quic`], WebSocket `/ws`) around the sans-IO
 //!   `signaling::core`;
+//! - [`attachments`]: the office's content-addressed attachment store;
 //! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
 //! every input, so they are tested in virtual time.
 #![warn(missing_docs)]
 
+pub mod attachments;
 pub mod codec;
 pub mod config;
 pub mod forward;

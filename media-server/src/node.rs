@@ -9,11 +9,16 @@ use anyhow::Context as _;
 use ed25519_dalek::VerifyingKey;
 use signaling::auth::TokenVerifier;
 use signaling::core::{Core, CoreConfig};
+use signaling::store::Store;
+
+/// The office store's file in the data directory (SQLite, WAL).
+pub const OFFICE_DB: &str = "office.db";
 use signaling::ids::NodeId;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::attachments::AttachmentStore;
 use crate::config::NodeConfig;
 use crate::http::{self, AppState};
 use crate::identity::NodeIdentity;
@@ -164,7 +169,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised, metrics.clone(), live.clone());
     let (media, media_task) = media::spawn(socket, sfu);
 
-    let core = Core::new(CoreConfig::default(), identity.node_id.clone(), (*verifier).clone(), signal::now_ms());
+    let store_path = config.node.data_dir.join(OFFICE_DB);
+    let store = Store::open(&store_path).with_context(|| format!("opening the office store {}", store_path.display()))?;
+    let core = Core::new(CoreConfig::default(), identity.node_id.clone(), (*verifier).clone(), store, signal::now_ms());
     let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
     let timer_task = tokio::spawn(hub.clone().run_timers());
 
@@ -172,6 +179,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("binding QUIC endpoint {}", config.quic.listen))?;
     let quic_addr = quic.local_addr()?;
     let quic_task = tokio::spawn(quic::serve(quic.clone(), hub.clone()));
+
+    let attachments_dir = config.node.data_dir.join("attachments");
+    let attachments = Arc::new(
+        AttachmentStore::open(&attachments_dir, config.office.attachment_max_bytes)
+            .with_context(|| format!("attachment store {}", attachments_dir.display()))?,
+    );
 
     let state = AppState {
         node_id: identity.node_id.clone(),
@@ -181,6 +194,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics: metrics.clone(),
         metrics_here: config.http.metrics_listen.is_none(),
         hub: hub.clone(),
+        attachments,
     };
     let listener = TcpListener::bind(config.http.listen)
         .await

@@ -53,7 +53,24 @@ enum Outbound {
 }
 
 /// A connection's outbound queue and its "given up: too slow" flag.
-type ConnTx = (mpsc::Sender<Outbound>, Arc<AtomicBool>);
+type ConnTx = (mpsc::Sender<Outbound>, mpsc::Sender<Outbound>, Arc<AtomicBool>);
+
+/// A connection's outbound queues as its writer sees them: urgent messages (SOS) first.
+struct Outq {
+    urgent: mpsc::Receiver<Outbound>,
+    normal: mpsc::Receiver<Outbound>,
+}
+
+impl Outq {
+    /// The next message to write, urgent ones first; `None` once the hub dropped the connection.
+    async fn recv(&mut self) -> Option<Outbound> {
+        tokio::select! {
+            biased;
+            Some(u) = self.urgent.recv() => Some(u),
+            n = self.normal.recv() => n,
+        }
+    }
+}
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
@@ -178,13 +195,14 @@ impl Hub {
 
     /// Registers a connection: its id, its outbound queue, and a flag set when the hub gave up
     /// on it for being too slow.
-    fn open(self: &Arc<Self>) -> (ConnId, mpsc::Receiver<Outbound>, Arc<AtomicBool>) {
+    fn open(self: &Arc<Self>) -> (ConnId, Outq, Arc<AtomicBool>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, normal) = mpsc::channel(OUTBOUND_QUEUE);
+        let (utx, urgent) = mpsc::channel(OUTBOUND_QUEUE);
         let slow = Arc::new(AtomicBool::new(false));
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (tx, slow.clone()));
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (tx, utx, slow.clone()));
         self.with_core(|c| c.open(now_ms(), id));
-        (id, rx, slow)
+        (id, Outq { urgent, normal }, slow)
     }
 
     fn closed(self: &Arc<Self>, conn: ConnId) {
@@ -193,8 +211,13 @@ impl Hub {
     }
 
     fn to_conn(&self, conn: ConnId, out: Outbound) {
+        self.queue(conn, out, false);
+    }
+
+    fn queue(&self, conn: ConnId, out: Outbound, urgent: bool) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((tx, slow)) = conns.get(&conn) else { return };
+        let Some((tx, utx, slow)) = conns.get(&conn) else { return };
+        let tx = if urgent { utx } else { tx };
         if tx.try_send(out).is_err() {
             // Too slow: dropping the sender makes its writer close the transport.
             debug!(conn, "closing a connection that does not keep up");
@@ -210,6 +233,7 @@ impl Hub {
     fn dispatch(self: &Arc<Self>, o: Output) {
         match o {
             Output::Send { conn, msg } => self.send_msg(conn, &msg),
+            Output::Urgent { conn, msg } => self.queue(conn, Outbound::Text(encode(&msg)), true),
             Output::Close { conn, code, reason } => self.to_conn(conn, Outbound::Close { code, reason }),
             Output::Media { conn, session, re, op } => {
                 let hub = self.clone();

@@ -263,9 +263,21 @@ impl SessionInfo {
     }
 }
 
+/// Request id the client uses for its own `mail_sync` (applications' ids never reach it).
+const MAIL_SYNC_ID: RequestId = u64::MAX;
+
 /// What the client tells the application, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
+    /// A stored office message for this subject (chat, order, order state, SOS, receipt).
+    /// Delivered once per client, in mailbox order, across reconnects and node restarts; the
+    /// client acknowledges it to the node when it hands it over.
+    Mail {
+        /// Position in the subject's mailbox.
+        seq: u64,
+        /// The item (its `kind` says what it is).
+        item: Value,
+    },
     /// An event of the session (`seq` strictly increasing, never delivered twice).
     Event {
         /// Per-session sequence number.
@@ -538,7 +550,7 @@ fn handshake_error(e: ConnectionError) -> ClientError {
 fn set_id(msg: &mut ClientMsg, new: RequestId) -> bool {
     use ClientMsg::*;
     match msg {
-        Hello { .. } | Ack { .. } | Bye => return false,
+        Hello { .. } | Ack { .. } | MailAck { .. } | Bye => return false,
         Position { id, .. } => *id = Some(new),
         Ping { id }
         | Incidents { id }
@@ -559,7 +571,10 @@ fn set_id(msg: &mut ClientMsg, new: RequestId) -> bool {
         | Order { id, .. }
         | OrderAnswer { id, .. }
         | DroneCommand { id, .. }
-        | Revoke { id, .. } => *id = new,
+        | Revoke { id, .. }
+        | SosAck { id, .. }
+        | Read { id, .. }
+        | MailSync { id, .. } => *id = new,
     }
     true
 }
@@ -643,6 +658,37 @@ impl Client {
             Err(_) => Err(ClientError::Timeout),
             Ok(Err(_)) => Err(ClientError::Closed),
             Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Like [`request`](Self::request), but for store-and-forward messages that carry a
+    /// `msg_id` (`chat`, `order`, `order_answer`, `sos`): retried until the node acknowledges
+    /// it, across disconnections and timeouts, with the same `msg_id` — so it is stored exactly
+    /// once however often it is sent. Ends only with the node's answer or
+    /// [`ClientError::Closed`]. Messages without a `msg_id` are refused
+    /// ([`ClientError::InvalidMessage`]): a retry could duplicate them.
+    pub async fn deliver(&self, msg: ClientMsg) -> Result<Value, ClientError> {
+        let has_id = matches!(
+            &msg,
+            ClientMsg::Chat { msg_id: Some(_), .. }
+                | ClientMsg::Order { msg_id: Some(_), .. }
+                | ClientMsg::OrderAnswer { msg_id: Some(_), .. }
+                | ClientMsg::Sos { msg_id: Some(_), .. }
+        );
+        if !has_id {
+            return Err(ClientError::InvalidMessage(format!(
+                "{} needs a msg_id to be delivered with retries",
+                msg.kind()
+            )));
+        }
+        loop {
+            match self.request(msg.clone()).await {
+                Err(ClientError::Disconnected | ClientError::Timeout) => continue,
+                Err(ClientError::Remote { code: ErrorCode::RateLimited, .. }) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -835,6 +881,9 @@ pub async fn connect(cfg: ClientConfig) -> Result<(Client, Events), ClientError>
         session: String::new(),
         last_seq: 0,
         acked: 0,
+        mail_last: None,
+        mail_acked: 0,
+        mail_more: false,
         pending: HashMap::new(),
         queued: VecDeque::new(),
     };
@@ -891,6 +940,13 @@ struct Task {
     last_seq: u64,
     /// Highest `seq` acknowledged to the node.
     acked: u64,
+    /// Highest mailbox `seq` delivered to the application (`None`: nothing yet; the first sync
+    /// then starts from the node's acknowledged position).
+    mail_last: Option<u64>,
+    /// Highest mailbox `seq` acknowledged to the node.
+    mail_acked: u64,
+    /// The node said a `mail_sync` reply did not hold everything: ask again.
+    mail_more: bool,
     /// Requests written on the current connection, by id.
     pending: HashMap<RequestId, Reply>,
     /// Requests made while disconnected, sent after the next `welcome`.
@@ -1004,6 +1060,11 @@ impl Task {
 
     /// Runs one connection until it ends.
     async fn drive(&mut self, link: &mut Link) -> End {
+        // Catch up on the mailbox first: everything after what was delivered (or acknowledged).
+        let sync = encode_frame(&ClientMsg::MailSync { id: MAIL_SYNC_ID, after: self.mail_last });
+        if let Err(e) = link.send.write_all(&sync).await {
+            return write_end(e);
+        }
         while let Some((id, frame, reply)) = self.queued.pop_front() {
             if let Err(end) = self.write_request(link, id, frame, reply).await {
                 return end;
@@ -1081,8 +1142,18 @@ impl Task {
         link.send.write_all(&frame).await.map_err(write_end)
     }
 
-    /// Acknowledges delivered events: every [`ACK_EVERY`], or any outstanding on a tick.
+    /// Acknowledges delivered events: every [`ACK_EVERY`], or any outstanding on a tick; and
+    /// mailbox entries at once (the node marks orders delivered on it).
     async fn ack(&mut self, link: &mut Link, tick: bool) -> Result<(), End> {
+        if std::mem::take(&mut self.mail_more) {
+            let sync = encode_frame(&ClientMsg::MailSync { id: MAIL_SYNC_ID, after: self.mail_last });
+            link.send.write_all(&sync).await.map_err(write_end)?;
+        }
+        if let Some(last) = self.mail_last.filter(|l| *l > self.mail_acked) {
+            let frame = encode_frame(&ClientMsg::MailAck { upto: last });
+            link.send.write_all(&frame).await.map_err(write_end)?;
+            self.mail_acked = last;
+        }
         let outstanding = self.last_seq.saturating_sub(self.acked);
         if outstanding == 0 || (!tick && outstanding < ACK_EVERY) {
             return Ok(());
@@ -1117,6 +1188,18 @@ impl Task {
                 }
             };
             match msg {
+                ServerMsg::Result { re: MAIL_SYNC_ID, data } => self.mail_more = data["more"] == true,
+                ServerMsg::Error { re: Some(MAIL_SYNC_ID), code, message } => {
+                    warn!(%code, %message, "mailbox sync refused");
+                }
+                ServerMsg::Mail { seq, item } => {
+                    if self.mail_last.is_some_and(|l| seq <= l) {
+                        trace!(seq, "mail already delivered");
+                        continue;
+                    }
+                    self.mail_last = Some(seq);
+                    self.emit(ClientEvent::Mail { seq, item });
+                }
                 ServerMsg::Result { re, data } => match self.pending.remove(&re) {
                     Some(reply) => {
                         let _ = reply.send(Ok(data));
@@ -1346,6 +1429,8 @@ mod tests {
             resumed,
             gap: false,
             last: 0,
+            mail_last: 0,
+            mail_acked: 0,
         })
     }
 
@@ -1388,7 +1473,8 @@ mod tests {
         async fn read_request(&mut self) -> ClientMsg {
             loop {
                 match self.read().await {
-                    ClientMsg::Ack { .. } => continue,
+                    // The client's own bookkeeping, not the application's requests.
+                    ClientMsg::Ack { .. } | ClientMsg::MailSync { .. } | ClientMsg::MailAck { .. } => continue,
                     m => return m,
                 }
             }
@@ -1592,7 +1678,9 @@ mod tests {
         ));
         let huge = ClientMsg::Chat {
             id: 0,
-            incident: IncidentId::parse("duty").unwrap(),
+            msg_id: None,
+            to: None,
+            incident: Some(IncidentId::parse("duty").unwrap()),
             text: "x".repeat(MAX_FRAME),
         };
         assert!(matches!(
@@ -1625,6 +1713,7 @@ mod tests {
                     assert!(after > acked && after <= 100, "{after}");
                     acked = after;
                 }
+                ClientMsg::MailSync { .. } => {}
                 other => panic!("{other:?}"),
             }
         }

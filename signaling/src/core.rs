@@ -27,8 +27,11 @@ use serde_json::{json, Value};
 use crate::auth::{Action, Claims, Role, TokenVerifier};
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::proto::{
-    decode_client, ClientMsg, ErrorCode, Position, ProtoError, RequestId, ServerMsg, StreamKind, Welcome, VERSION,
+    decode_client, valid_msg_id, ClientMsg, ErrorCode, OrderAnswer, Position, ProtoError, RequestId, ServerMsg,
+    StreamKind, Welcome, VERSION,
 };
+pub use crate::store::LogEntry;
+use crate::store::{order_id, IncidentRow, Mail, Order, OrderState, Store, StoreError};
 
 /// A connection handle chosen by the shell (unique for the node's lifetime).
 pub type ConnId = u64;
@@ -146,6 +149,13 @@ pub enum Output {
         /// The message.
         msg: ServerMsg,
     },
+    /// Send `msg` on `conn` ahead of everything queued (SOS).
+    Urgent {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        msg: ServerMsg,
+    },
     /// Close `conn` (after sending what was queued before) with this code and reason.
     Close {
         /// The connection.
@@ -173,22 +183,6 @@ pub enum Output {
         /// The session id.
         session: String,
     },
-}
-
-/// One entry of an incident's append-only log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogEntry {
-    /// Position in the log, from 1.
-    pub seq: u64,
-    /// Unix milliseconds.
-    pub time: u64,
-    /// Who did it (a subject, or the node id for the node itself).
-    pub who: String,
-    /// What happened (`created`, `joined`, `chat`, …).
-    pub what: String,
-    /// Details.
-    #[serde(skip_serializing_if = "Value::is_null")]
-    pub detail: Value,
 }
 
 /// An incident as the API shows it.
@@ -238,7 +232,6 @@ struct Incident {
     created_at: u64,
     closed_at: Option<u64>,
     assigned: BTreeSet<Subject>,
-    log: Vec<LogEntry>,
 }
 
 struct Session {
@@ -257,6 +250,8 @@ struct Conn {
     tokens_at: u64,
     strikes: u32,
     closing: bool,
+    /// The session synced its mailbox on this connection: live mail may follow.
+    mail_ready: bool,
 }
 
 struct Unit {
@@ -284,7 +279,33 @@ pub struct Core {
     detached: BTreeSet<String>,
     out: VecDeque<Output>,
     next_incident: u64,
+    store: Store,
+    store_errors: u64,
+    open_sos: BTreeMap<String, OpenSos>,
 }
+
+fn incident_row(id: &IncidentId, inc: &Incident) -> IncidentRow {
+    IncidentRow {
+        id: id.to_string(),
+        name: inc.name.clone(),
+        open: inc.open,
+        created_by: inc.created_by.clone(),
+        created_at: inc.created_at,
+        closed_at: inc.closed_at,
+        assigned: Vec::new(),
+    }
+}
+
+/// A raised SOS not yet acknowledged (in memory: a node restart forgets the raised state; the
+/// alert itself is stored and delivered).
+struct OpenSos {
+    from: Subject,
+    recipients: Vec<Subject>,
+    incidents: Vec<IncidentId>,
+}
+
+/// Mailbox entries sent per `mail_sync` reply at most; the reply says `more` when there are more.
+pub const MAIL_SYNC_BATCH: usize = 1000;
 
 fn duty() -> IncidentId {
     IncidentId::parse(DUTY).expect("`duty` is a valid incident id")
@@ -319,20 +340,46 @@ pub fn owns_drone(claims: &Claims, name: &str) -> bool {
 impl Core {
     /// A core for node `node`, verifying tokens with `verifier`. The `duty` incident exists from
     /// the start.
-    pub fn new(cfg: CoreConfig, node: NodeId, verifier: TokenVerifier, now: u64) -> Core {
+    pub fn new(cfg: CoreConfig, node: NodeId, verifier: TokenVerifier, mut store: Store, now: u64) -> Core {
         let mut incidents = BTreeMap::new();
-        incidents.insert(
-            duty(),
-            Incident {
+        let mut store_errors = 0;
+        match store.incidents() {
+            Ok(rows) => {
+                for r in rows {
+                    let Ok(id) = IncidentId::parse(&r.id) else {
+                        store_errors += 1;
+                        continue;
+                    };
+                    incidents.insert(
+                        id,
+                        Incident {
+                            name: r.name,
+                            open: r.open,
+                            created_by: r.created_by,
+                            created_at: r.created_at,
+                            closed_at: r.closed_at,
+                            assigned: r.assigned.iter().filter_map(|s| Subject::parse(s).ok()).collect(),
+                        },
+                    );
+                }
+            }
+            Err(_) => store_errors += 1,
+        }
+        if let std::collections::btree_map::Entry::Vacant(slot) = incidents.entry(duty()) {
+            let inc = Incident {
                 name: "Standing duty".into(),
                 open: true,
                 created_by: node.to_string(),
                 created_at: now,
                 closed_at: None,
                 assigned: BTreeSet::new(),
-                log: Vec::new(),
-            },
-        );
+            };
+            if store.save_incident(&incident_row(&duty(), &inc)).is_err() {
+                store_errors += 1;
+            }
+            slot.insert(inc);
+        }
+        let next_incident = incidents.len() as u64 + 1;
         Core {
             cfg,
             node,
@@ -347,7 +394,10 @@ impl Core {
             units: BTreeMap::new(),
             detached: BTreeSet::new(),
             out: VecDeque::new(),
-            next_incident: 1,
+            next_incident,
+            store,
+            store_errors,
+            open_sos: BTreeMap::new(),
         }
     }
 
@@ -377,6 +427,7 @@ impl Core {
                 tokens_at: now,
                 strikes: 0,
                 closing: false,
+                mail_ready: false,
             },
         );
     }
@@ -658,6 +709,8 @@ impl Core {
             resumed: was_resumed,
             gap,
             last: s.last_seq,
+            mail_last: self.store.last_seq(&claims.sub).unwrap_or(0),
+            mail_acked: self.store.acked(&claims.sub).unwrap_or(0),
         };
         let replay: Vec<ServerMsg> = if was_resumed {
             s.events
@@ -686,24 +739,35 @@ impl Core {
                     created_at: now,
                     closed_at: None,
                     assigned: BTreeSet::new(),
-                    log: Vec::new(),
                 },
             );
+            self.persist_incident(id);
             self.log(now, id, self.node.as_str().to_owned(), "created", json!({"reason": "named in a token"}));
         }
     }
 
+    /// Appends to an incident's log in the store. A store failure loses the entry; it is
+    /// counted ([`Core::store_errors`]) for the node's metrics.
     fn log(&mut self, now: u64, incident: &IncidentId, who: String, what: &str, detail: Value) {
-        if let Some(inc) = self.incidents.get_mut(incident) {
-            let seq = inc.log.len() as u64 + 1;
-            inc.log.push(LogEntry {
-                seq,
-                time: now,
-                who,
-                what: what.to_owned(),
-                detail,
-            });
+        if self.incidents.contains_key(incident)
+            && self.store.append_log(incident.as_str(), now, &who, what, &detail).is_err()
+        {
+            self.store_errors += 1;
         }
+    }
+
+    fn persist_incident(&mut self, id: &IncidentId) {
+        if let Some(inc) = self.incidents.get(id) {
+            let row = incident_row(id, inc);
+            if self.store.save_incident(&row).is_err() {
+                self.store_errors += 1;
+            }
+        }
+    }
+
+    /// Store writes that failed (log entries, incident changes) since the node started.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors
     }
 
     /// Whether `claims` may access (join, read) incident `id`.
@@ -1074,9 +1138,9 @@ impl Core {
                         created_at: now,
                         closed_at: None,
                         assigned: BTreeSet::new(),
-                        log: Vec::new(),
                     },
                 );
+                self.persist_incident(&iid);
                 self.log(now, &iid, claims.sub.to_string(), "created", json!({"name": name}));
                 self.join_incident(now, sid, &iid);
                 let view = self.incident_view(&iid);
@@ -1096,6 +1160,7 @@ impl Core {
                 }
                 inc.open = false;
                 inc.closed_at = Some(now);
+                self.persist_incident(&incident);
                 self.log(now, &incident, claims.sub.to_string(), "closed", Value::Null);
                 self.incident_event(now, &incident, None, json!({"kind": "incident", "incident": incident, "state": "closed", "by": claims.sub}));
                 let members: Vec<String> = self.members.get(&incident).into_iter().flatten().cloned().collect();
@@ -1134,6 +1199,9 @@ impl Core {
                     return Err(err(Some(id), ErrorCode::Conflict, format!("incident {incident} is closed")));
                 }
                 if inc.assigned.insert(subject.clone()) {
+                    if self.store.set_assigned(incident.as_str(), subject.as_str(), true).is_err() {
+                        self.store_errors += 1;
+                    }
                     self.log(now, &incident, claims.sub.to_string(), "assigned", json!({"subject": subject}));
                     self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "assigned", "by": claims.sub}));
                     let theirs: Vec<String> = self.by_subject.get(&subject).into_iter().flatten().cloned().collect();
@@ -1152,6 +1220,9 @@ impl Core {
                     .ok_or_else(|| err(Some(id), ErrorCode::NotFound, format!("no incident {incident}")))?;
                 if !inc.assigned.remove(&subject) {
                     return Err(err(Some(id), ErrorCode::NotFound, format!("{subject} is not assigned to {incident}")));
+                }
+                if self.store.set_assigned(incident.as_str(), subject.as_str(), false).is_err() {
+                    self.store_errors += 1;
                 }
                 self.log(now, &incident, claims.sub.to_string(), "unassigned", json!({"subject": subject}));
                 self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "unassigned", "by": claims.sub}));
@@ -1173,9 +1244,9 @@ impl Core {
                 need(Action::ReadIncident, id)?;
                 self.readable(id, &claims, &incident)?;
                 let max = limit.unwrap_or(self.cfg.log_page_max).min(self.cfg.log_page_max) as usize;
-                let inc = &self.incidents[&incident];
-                let entries: Vec<&LogEntry> = inc.log.iter().filter(|e| e.seq > after).take(max).collect();
-                let data = json!({"incident": incident, "entries": entries, "last": inc.log.len()});
+                let (entries, last) =
+                    self.store.log_after(incident.as_str(), after, max).map_err(|e| store_err(Some(id), e))?;
+                let data = json!({"incident": incident, "entries": entries, "last": last});
                 self.reply(conn, id, data);
             }
             ClientMsg::Units { id, incident } => {
@@ -1245,19 +1316,39 @@ impl Core {
                     op: MediaOp::Close { media },
                 });
             }
-            ClientMsg::Chat { id, incident, text } => {
+            ClientMsg::Chat { id, msg_id, incident, to, text } => {
                 need(Action::Chat, id)?;
-                if !self.sessions[sid].incidents.contains(&incident) {
-                    return Err(err(Some(id), ErrorCode::Forbidden, format!("join incident {incident} to chat in it")));
-                }
                 if text.trim().is_empty() || text.chars().count() > 4000 {
                     return Err(err(Some(id), ErrorCode::BadRequest, "text must be 1..=4000 characters"));
                 }
-                self.log(now, &incident, claims.sub.to_string(), "chat", json!({"text": text}));
-                self.incident_event(now, &incident, Some(sid), json!({"kind": "chat", "incident": incident, "from": claims.sub, "text": text, "time": now}));
-                self.reply(conn, id, json!({"time": now}));
+                let msg_id = self.msg_id(id, msg_id)?;
+                let recipients = match (&incident, &to) {
+                    (Some(i), None) => {
+                        if !self.sessions[sid].incidents.contains(i) {
+                            return Err(err(Some(id), ErrorCode::Forbidden, format!("join incident {i} to chat in it")));
+                        }
+                        self.incident_recipients(std::slice::from_ref(i), &claims.sub)
+                    }
+                    (None, Some(t)) if *t != claims.sub => vec![t.clone()],
+                    (None, Some(_)) => return Err(err(Some(id), ErrorCode::BadRequest, "a direct message needs another subject")),
+                    _ => return Err(err(Some(id), ErrorCode::BadRequest, "give exactly one of incident and to")),
+                };
+                let sub = claims.sub.clone();
+                let stored = self
+                    .store
+                    .put(&sub, &msg_id, "chat", incident.as_ref().map(IncidentId::as_str), &recipients, now, None, |item| {
+                        json!({"kind": "chat", "id": item, "msg_id": msg_id, "from": sub, "incident": incident, "to": to, "text": text, "time": now})
+                    })
+                    .map_err(|e| store_err(Some(id), e))?;
+                if stored.new {
+                    if let Some(i) = &incident {
+                        self.log(now, i, claims.sub.to_string(), "chat", json!({"item": stored.item_id, "text": text}));
+                    }
+                    self.deliver_mail(&stored.mails, false);
+                }
+                self.reply(conn, id, json!({"item": stored.item_id, "time": stored.item["time"]}));
             }
-            ClientMsg::Sos { id, incident, text } => {
+            ClientMsg::Sos { id, msg_id, incident, text } => {
                 need(Action::RaiseSos, id)?;
                 let targets: Vec<IncidentId> = match incident {
                     Some(i) => {
@@ -1271,20 +1362,109 @@ impl Core {
                 if targets.is_empty() {
                     return Err(err(Some(id), ErrorCode::NotFound, "not in any incident: join one to raise SOS"));
                 }
-                let position = self.units.get(&claims.sub).and_then(|u| u.position.clone());
-                for i in &targets {
-                    self.log(now, i, claims.sub.to_string(), "sos", json!({"text": text, "position": position}));
-                    self.incident_event(now, i, Some(sid), json!({"kind": "sos", "incident": i, "from": claims.sub, "role": claims.role, "text": text, "position": position, "time": now}));
+                let msg_id = self.msg_id(id, msg_id)?;
+                let mut recipients = self.incident_recipients(&targets, &claims.sub);
+                // Every commander and admin on the node hears it too.
+                for (sub, u) in &self.units {
+                    if matches!(u.role, Role::Admin | Role::Commander) && *sub != claims.sub && !recipients.contains(sub) {
+                        recipients.push(sub.clone());
+                    }
                 }
-                self.reply(conn, id, json!({"incidents": targets}));
+                let position = self.units.get(&claims.sub).and_then(|u| u.position.clone());
+                let (sub, role) = (claims.sub.clone(), claims.role);
+                let stored = self
+                    .store
+                    .put(&sub, &msg_id, "sos", targets.first().map(IncidentId::as_str), &recipients, now, None, |item| {
+                        json!({"kind": "sos", "sos": format!("sos-{item}"), "from": sub, "role": role, "incidents": targets, "text": text, "position": position, "time": now})
+                    })
+                    .map_err(|e| store_err(Some(id), e))?;
+                let sos = format!("sos-{}", stored.item_id);
+                if stored.new {
+                    for i in &targets {
+                        self.log(now, i, claims.sub.to_string(), "sos", json!({"sos": sos, "text": text, "position": position}));
+                    }
+                    self.open_sos.insert(
+                        sos.clone(),
+                        OpenSos { from: claims.sub.clone(), recipients: recipients.clone(), incidents: targets.clone() },
+                    );
+                    self.deliver_mail(&stored.mails, true);
+                }
+                self.reply(conn, id, json!({"sos": sos, "incidents": targets, "recipients": recipients.len()}));
             }
-            ClientMsg::Order { id, .. } => {
+            ClientMsg::SosAck { id, sos } => {
                 need(Action::SendOrder, id)?;
-                return Err(err(Some(id), ErrorCode::NotImplemented, "orders are not available on this node version yet"));
+                let Some(open) = self.open_sos.remove(&sos) else {
+                    return Err(err(Some(id), ErrorCode::NotFound, format!("no raised SOS {sos}")));
+                };
+                let mut recipients: Vec<Subject> = open.recipients.iter().filter(|r| **r != claims.sub).cloned().collect();
+                if open.from != claims.sub && !recipients.contains(&open.from) {
+                    recipients.push(open.from.clone());
+                }
+                let sub = claims.sub.clone();
+                let stored = self
+                    .store
+                    .put(&sub, &format!("{sos}:ack"), "sos_ack", open.incidents.first().map(IncidentId::as_str), &recipients, now, None, |_| {
+                        json!({"kind": "sos_ack", "sos": sos, "by": sub, "time": now})
+                    })
+                    .map_err(|e| store_err(Some(id), e))?;
+                for i in &open.incidents {
+                    self.log(now, i, claims.sub.to_string(), "sos_ack", json!({"sos": sos}));
+                }
+                self.deliver_mail(&stored.mails, true);
+                self.reply(conn, id, json!({"sos": sos}));
             }
-            ClientMsg::OrderAnswer { id, order, .. } => {
-                need(Action::AnswerOrder, id)?;
-                return Err(err(Some(id), ErrorCode::NotFound, format!("no order {order} addressed to you")));
+            ClientMsg::Order { id, msg_id, incident, to, text } => {
+                let data = self.send_order(now, &claims, Some(id), msg_id, &incident, &to, &text)?;
+                self.reply(conn, id, data);
+            }
+            ClientMsg::OrderAnswer { id, msg_id, order, answer, eta_min, reason } => {
+                let _ = msg_id; // answers are idempotent by (order, state) already
+                let data = self.answer_order(now, &claims, Some(id), &order, answer, eta_min, reason)?;
+                self.reply(conn, id, data);
+            }
+            ClientMsg::Read { id, item } => {
+                need(Action::Chat, id)?;
+                let item_id = i64::try_from(item).map_err(|_| err(Some(id), ErrorCode::NotFound, "no such item"))?;
+                let found = self.store.item_in_mailbox(&claims.sub, item_id).map_err(|e| store_err(Some(id), e))?;
+                let Some((sender, kind)) = found.filter(|(_, k)| k == "chat") else {
+                    return Err(err(Some(id), ErrorCode::NotFound, format!("no chat item {item} in your mailbox")));
+                };
+                let sender = Subject::parse(&sender).map_err(|e| err(Some(id), ErrorCode::Unavailable, e.to_string()))?;
+                let _ = kind;
+                let sub = claims.sub.clone();
+                let stored = self
+                    .store
+                    .put(&sub, &format!("read:{item}"), "read", None, &[sender], now, None, |_| {
+                        json!({"kind": "read", "item": item, "by": sub, "time": now})
+                    })
+                    .map_err(|e| store_err(Some(id), e))?;
+                self.deliver_mail(&stored.mails, false);
+                self.reply(conn, id, Value::Null);
+            }
+            ClientMsg::MailSync { id, after } => {
+                let sub = claims.sub.clone();
+                let after = match after {
+                    Some(a) => a,
+                    None => self.store.acked(&sub).map_err(|e| store_err(Some(id), e))?,
+                };
+                let mails = self.store.mail_after(&sub, after, MAIL_SYNC_BATCH).map_err(|e| store_err(Some(id), e))?;
+                let last = self.store.last_seq(&sub).map_err(|e| store_err(Some(id), e))?;
+                let sent_upto = mails.last().map_or(after, |m| m.seq);
+                for m in mails {
+                    self.send(conn, ServerMsg::Mail { seq: m.seq, item: m.item });
+                }
+                let more = sent_upto < last;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    // Live mail only once this connection has caught up, so it never overtakes.
+                    c.mail_ready = !more;
+                }
+                self.reply(conn, id, json!({"last": last, "sent_upto": sent_upto, "more": more}));
+            }
+            ClientMsg::MailAck { upto } => {
+                let delivered = self.store.ack(&claims.sub, upto, now).map_err(|e| store_err(None, e))?;
+                for (order, _sender) in delivered {
+                    self.order_state_mail(now, &order, &claims.sub).map_err(|e| store_err(None, e))?;
+                }
             }
             ClientMsg::DroneCommand { id, drone, command, .. } => {
                 need(Action::CommandDrone, id)?;
@@ -1311,6 +1491,188 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// The sender's `msg_id`, or a fresh one (then a retry would be stored twice).
+    fn msg_id(&self, re: RequestId, msg_id: Option<String>) -> Result<String, ProtoError> {
+        match msg_id {
+            Some(m) if valid_msg_id(&m) => Ok(m),
+            Some(_) => Err(err(Some(re), ErrorCode::BadRequest, "msg_id must be 1..=64 characters of A-Z a-z 0-9 . _ : -")),
+            None => Ok(format!("auto-{}", random_id())),
+        }
+    }
+
+    /// Who receives an incident message: subjects with a session in any of `incidents`, and
+    /// subjects assigned to them, except `sender` and roles that may not read incidents.
+    fn incident_recipients(&self, incidents: &[IncidentId], sender: &Subject) -> Vec<Subject> {
+        let mut subs: BTreeSet<Subject> = BTreeSet::new();
+        for i in incidents {
+            if let Some(inc) = self.incidents.get(i) {
+                subs.extend(inc.assigned.iter().cloned());
+            }
+            for s in self.members.get(i).into_iter().flatten() {
+                if let Some(x) = self.sessions.get(s) {
+                    subs.insert(x.claims.sub.clone());
+                }
+            }
+        }
+        subs.remove(sender);
+        subs.into_iter()
+            .filter(|s| self.units.get(s).is_none_or(|u| u.role.may(Action::ReadIncident)))
+            .collect()
+    }
+
+    /// Sends stored mail to every connection of each recipient that has synced its mailbox.
+    fn deliver_mail(&mut self, mails: &[(Subject, Mail)], urgent: bool) {
+        for (r, m) in mails {
+            let conns: Vec<ConnId> = self
+                .by_subject
+                .get(r)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.sessions.get(s).and_then(|x| x.conn))
+                .filter(|c| self.conns.get(c).is_some_and(|x| x.mail_ready && !x.closing))
+                .collect();
+            for conn in conns {
+                let msg = ServerMsg::Mail { seq: m.seq, item: m.item.clone() };
+                self.out.push_back(if urgent { Output::Urgent { conn, msg } } else { Output::Send { conn, msg } });
+            }
+        }
+    }
+
+    /// Tells an order's sender its current state (stored and forwarded), and logs it.
+    fn order_state_mail(&mut self, now: u64, order: &str, by: &Subject) -> Result<(), StoreError> {
+        let Some(o) = self.store.order(order)? else { return Ok(()) };
+        let Ok(sender) = Subject::parse(&o.from) else { return Ok(()) };
+        let state = o.state;
+        let stored = self.store.put(by, &format!("{order}:{}", state.as_str()), "order_state", Some(&o.incident), &[sender], now, None, |_| {
+            json!({"kind": "order_state", "order": order, "state": state, "by": by, "eta_min": o.eta_min, "reason": o.reason, "time": now})
+        })?;
+        if stored.new {
+            if let Ok(i) = IncidentId::parse(&o.incident) {
+                self.log(now, &i, by.to_string(), "order_state", json!({"order": order, "state": state, "eta_min": o.eta_min, "reason": o.reason}));
+            }
+            self.deliver_mail(&stored.mails, false);
+        }
+        Ok(())
+    }
+
+    /// Sends an order (over signaling, or `POST /api/orders`): checks the right and the incident,
+    /// stores it once per `(sender, msg_id)`, forwards it to the addressee's mailbox.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_order(
+        &mut self,
+        now: u64,
+        claims: &Claims,
+        re: Option<RequestId>,
+        msg_id: Option<String>,
+        incident: &IncidentId,
+        to: &Subject,
+        text: &str,
+    ) -> Result<Value, ProtoError> {
+        if !claims.may(Action::SendOrder) {
+            return Err(err(re, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::SendOrder)));
+        }
+        if text.trim().is_empty() || text.chars().count() > 4000 {
+            return Err(err(re, ErrorCode::BadRequest, "text must be 1..=4000 characters"));
+        }
+        if *to == claims.sub {
+            return Err(err(re, ErrorCode::BadRequest, "an order needs another subject"));
+        }
+        self.readable(re.unwrap_or(0), claims, incident).map_err(|mut e| {
+            e.re = re;
+            e
+        })?;
+        if !self.incidents.get(incident).is_some_and(|i| i.open) {
+            return Err(err(re, ErrorCode::Conflict, format!("incident {incident} is closed")));
+        }
+        let msg_id = match re {
+            Some(r) => self.msg_id(r, msg_id)?,
+            None => match msg_id {
+                Some(m) if valid_msg_id(&m) => m,
+                Some(_) => return Err(err(None, ErrorCode::BadRequest, "id must be 1..=64 characters of A-Z a-z 0-9 . _ : -")),
+                None => format!("auto-{}", random_id()),
+            },
+        };
+        let sub = claims.sub.clone();
+        let stored = self
+            .store
+            .put(&sub, &msg_id, "order", Some(incident.as_str()), std::slice::from_ref(to), now, Some((incident.as_str(), to, text)), |item| {
+                json!({"kind": "order", "order": order_id(item), "msg_id": msg_id, "from": sub, "to": to, "incident": incident, "text": text, "time": now})
+            })
+            .map_err(|e| store_err(re, e))?;
+        let order = order_id(stored.item_id);
+        if stored.new {
+            self.log(now, incident, claims.sub.to_string(), "order", json!({"order": order, "to": to, "text": text}));
+            self.deliver_mail(&stored.mails, false);
+        }
+        let o = self.store.order(&order).map_err(|e| store_err(re, e))?;
+        Ok(json!({"order": o, "new": stored.new}))
+    }
+
+    /// Answers an order (over signaling, or `POST /api/orders/{id}/answer`): only its addressee
+    /// may, along the state machine; the same answer twice is a retry, not an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_order(
+        &mut self,
+        now: u64,
+        claims: &Claims,
+        re: Option<RequestId>,
+        order: &str,
+        answer: OrderAnswer,
+        eta_min: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<Value, ProtoError> {
+        if !claims.may(Action::AnswerOrder) {
+            return Err(err(re, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::AnswerOrder)));
+        }
+        let o = self
+            .store
+            .order(order)
+            .map_err(|e| store_err(re, e))?
+            .ok_or_else(|| err(re, ErrorCode::NotFound, format!("no order {order}")))?;
+        if o.to != claims.sub.as_str() {
+            return Err(err(re, ErrorCode::Forbidden, format!("only {} may answer order {order}", o.to)));
+        }
+        let target = match answer {
+            OrderAnswer::Accept => OrderState::Accepted,
+            OrderAnswer::Decline => OrderState::Declined,
+            OrderAnswer::Done => OrderState::Done,
+        };
+        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        if target == OrderState::Declined && reason.is_none() {
+            return Err(err(re, ErrorCode::BadRequest, "declining needs a reason"));
+        }
+        if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
+            return Err(err(re, ErrorCode::BadRequest, "reason must be at most 1000 characters"));
+        }
+        if eta_min.is_some_and(|m| m > 7 * 24 * 60) {
+            return Err(err(re, ErrorCode::BadRequest, "eta_min must be at most a week"));
+        }
+        if o.state != target {
+            if !o.state.may_become(target) {
+                return Err(err(
+                    re,
+                    ErrorCode::Conflict,
+                    format!("order {order} is {}; it cannot become {}", o.state.as_str(), target.as_str()),
+                ));
+            }
+            self.store
+                .set_order_state(order, target, now, eta_min, reason.as_deref())
+                .map_err(|e| store_err(re, e))?;
+            self.order_state_mail(now, order, &claims.sub).map_err(|e| store_err(re, e))?;
+        }
+        let o = self.store.order(order).map_err(|e| store_err(re, e))?;
+        Ok(json!({"order": o}))
+    }
+
+    /// Orders visible to `claims` (`GET /api/orders`): admin and commander see every order,
+    /// others the ones they sent or received. Newest first, at most `limit`.
+    pub fn orders_for(&self, claims: &Claims, limit: usize) -> Result<Vec<Order>, ProtoError> {
+        let all = matches!(claims.role, Role::Admin | Role::Commander);
+        self.store
+            .orders(if all { None } else { Some(&claims.sub) }, limit)
+            .map_err(|e| store_err(None, e))
     }
 
     fn readable(&self, re: RequestId, claims: &Claims, id: &IncidentId) -> Result<(), ProtoError> {
@@ -1363,7 +1725,7 @@ impl Core {
             e
         })?;
         let max = self.cfg.log_page_max as usize;
-        Ok(self.incidents[id].log.iter().filter(|e| e.seq > after).take(max).cloned().collect())
+        Ok(self.store.log_after(id.as_str(), after, max).map_err(|e| store_err(None, e))?.0)
     }
 
     fn visible_subjects(&self, claims: &Claims, incident: Option<&IncidentId>) -> Option<BTreeSet<Subject>> {
@@ -1453,6 +1815,10 @@ impl Core {
     pub fn session_claims(&self, session: &str) -> Option<&Claims> {
         self.sessions.get(session).map(|s| &s.claims)
     }
+}
+
+fn store_err(re: Option<RequestId>, e: StoreError) -> ProtoError {
+    err(re, ErrorCode::Unavailable, e.to_string())
 }
 
 fn e_closes(out: &VecDeque<Output>, conn: ConnId) -> bool {

@@ -4,6 +4,8 @@ use super::*;
 use crate::auth::{TokenIssuer, TokenRequest};
 use crate::proto::{encode, Resume};
 use crate::testkit;
+use crate::proto::OrderAnswer;
+use crate::store::OrderState;
 use ed25519_dalek::SigningKey;
 
 const T0: u64 = 1_780_000_000_000;
@@ -24,7 +26,7 @@ impl H {
         let mut v = TokenVerifier::new(node.clone());
         v.trust(key.verifying_key());
         H {
-            core: Core::new(CoreConfig::default(), node, v, T0),
+            core: Core::new(CoreConfig::default(), node, v, crate::store::Store::open_in_memory().unwrap(), T0),
             issuer,
             now: T0,
             next_conn: 1,
@@ -62,7 +64,7 @@ impl H {
     fn take(&mut self, conn: ConnId) -> Vec<ServerMsg> {
         let mut mine = Vec::new();
         self.out.retain(|o| match o {
-            Output::Send { conn: c, msg } if *c == conn => {
+            Output::Send { conn: c, msg } | Output::Urgent { conn: c, msg } if *c == conn => {
                 mine.push(msg.clone());
                 false
             }
@@ -87,13 +89,27 @@ impl H {
         (conn, msgs)
     }
 
+    /// Connects and syncs the mailbox, as the client library does.
     fn connect(&mut self, sub: &str, role: Role) -> (ConnId, Welcome) {
         let t = self.token(sub, role);
         let (conn, msgs) = self.hello(t, None);
-        match msgs.first() {
-            Some(ServerMsg::Welcome(w)) => (conn, w.clone()),
+        let w = match msgs.first() {
+            Some(ServerMsg::Welcome(w)) => w.clone(),
             other => panic!("no welcome: {other:?}"),
-        }
+        };
+        self.send(conn, &ClientMsg::MailSync { id: 0, after: None });
+        (conn, w)
+    }
+
+    /// Mail items delivered to `conn` since the last call, with their seqs.
+    fn mails(&mut self, conn: ConnId) -> Vec<(u64, Value)> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Mail { seq, item } => Some((seq, item)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn request(&mut self, conn: ConnId, msg: ClientMsg) -> ServerMsg {
@@ -381,10 +397,10 @@ fn incidents_create_assign_join_log() {
     assert!(kinds(&h.events(off), "assigned").len() == 1);
     // Chat reaches members of the incident only.
     h.take(off2);
-    let r = h.request(cmd, ClientMsg::Chat { id: 4, incident: fire.clone(), text: "evacuate block B".into() });
+    let r = h.request(cmd, ClientMsg::Chat { id: 4, msg_id: None, incident: Some(fire.clone()), to: None, text: "evacuate block B".into() });
     assert!(matches!(r, ServerMsg::Result { .. }));
-    assert_eq!(kinds(&h.events(off), "chat")[0]["text"], "evacuate block B");
-    assert!(kinds(&h.events(off2), "chat").is_empty());
+    assert_eq!(kinds(&h.mails(off), "chat")[0]["text"], "evacuate block B");
+    assert!(kinds(&h.mails(off2), "chat").is_empty());
     // An officer cannot read a log of an incident it is not in.
     let r = h.request(off2, ClientMsg::Log { id: 5, incident: fire.clone(), after: 0, limit: None });
     assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }));
@@ -440,15 +456,15 @@ fn devices_send_into_incidents_but_receive_nothing_from_them() {
     let (dev, _) = h.connect("cam-1", Role::Device);
     let (op, _) = h.connect("op-1", Role::Operator);
     h.take(op);
-    h.request(op, ClientMsg::Chat { id: 1, incident: duty(), text: "for humans".into() });
+    h.request(op, ClientMsg::Chat { id: 1, msg_id: None, incident: Some(duty()), to: None, text: "for humans".into() });
     h.send(op, &pos(30.0));
     assert!(h.events(dev).is_empty(), "a device may not read incidents");
     // …but what it sends reaches members.
     h.send(dev, &pos(29.0));
     assert_eq!(kinds(&h.events(op), "position")[0]["subject"], "cam-1");
-    let r = h.request(dev, ClientMsg::Sos { id: 2, incident: None, text: None });
+    let r = h.request(dev, ClientMsg::Sos { id: 2, msg_id: None, incident: None, text: None });
     assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
-    assert_eq!(kinds(&h.events(op), "sos")[0]["from"], "cam-1");
+    assert_eq!(kinds(&h.mails(op), "sos")[0]["from"], "cam-1");
 }
 
 #[test]
@@ -465,6 +481,122 @@ fn unassigning_tells_the_subject_and_sos_needs_an_incident() {
     assert_eq!(kinds(&evs, "unassigned")[0]["incident"], "fire-1");
     // Out of every incident: an SOS has nobody to reach, and says so.
     h.request(off, ClientMsg::Leave { id: 4, incident: duty() });
-    let r = h.request(off, ClientMsg::Sos { id: 5, incident: None, text: None });
+    let r = h.request(off, ClientMsg::Sos { id: 5, msg_id: None, incident: None, text: None });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::NotFound, .. }), "{r:?}");
+}
+
+#[test]
+fn orders_flow_sent_delivered_accepted_done_and_only_the_addressee_answers() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    let (other, _) = h.connect("off-2", Role::Officer);
+    let order = |id, msg_id: &str| ClientMsg::Order {
+        id,
+        msg_id: Some(msg_id.into()),
+        incident: duty(),
+        to: Subject::parse("off-1").unwrap(),
+        text: "Evacuate Jiefang Road 12".into(),
+    };
+    let r = h.request(cmd, order(1, "o-1"));
+    let ServerMsg::Result { data, .. } = r else { panic!("{r:?}") };
+    let oid = data["order"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(data["order"]["state"], "sent");
+    // A retry (lost acknowledgement) stores nothing new.
+    let r = h.request(cmd, order(2, "o-1"));
+    let ServerMsg::Result { data, .. } = r else { panic!("{r:?}") };
+    assert_eq!(data["order"]["id"], oid.as_str());
+    let m = h.mails(off);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!((m[0].0, m[0].1["order"].as_str()), (1, Some(oid.as_str())));
+    // The device acknowledges: delivered, and the sender is told.
+    h.send(off, &ClientMsg::MailAck { upto: 1 });
+    let states = |h: &mut H| -> Vec<String> {
+        h.mails(cmd).into_iter().filter(|(_, i)| i["kind"] == "order_state").map(|(_, i)| i["state"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(states(&mut h), vec!["delivered"]);
+    // Someone else may not answer it.
+    let ans = |id, a: OrderAnswer, eta: Option<u32>, reason: Option<&str>| ClientMsg::OrderAnswer {
+        id,
+        msg_id: None,
+        order: oid.clone(),
+        answer: a,
+        eta_min: eta,
+        reason: reason.map(str::to_owned),
+    };
+    let r = h.request(other, ans(3, OrderAnswer::Accept, Some(5), None));
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    let r = h.request(cmd, ans(4, OrderAnswer::Accept, Some(5), None));
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    // Done before accepted is not a valid transition.
+    let r = h.request(off, ans(5, OrderAnswer::Done, None, None));
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Conflict, .. }), "{r:?}");
+    let r = h.request(off, ans(6, OrderAnswer::Accept, Some(12), None));
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    // Answering twice the same way is a retry, not an error.
+    let r = h.request(off, ans(7, OrderAnswer::Accept, Some(12), None));
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    h.request(off, ans(8, OrderAnswer::Done, None, None));
+    assert_eq!(states(&mut h), vec!["accepted", "done"]);
+    let claims = h.core.authenticate(&h.token("cmd-1", Role::Commander), h.now).unwrap();
+    let o = &h.core.orders_for(&claims, 10).unwrap()[0];
+    assert_eq!((o.state, o.eta_min), (OrderState::Done, Some(12)));
+    assert!(o.delivered_at.is_some() && o.accepted_at.is_some() && o.done_at.is_some());
+    // Declining needs a reason.
+    h.request(cmd, order(9, "o-2"));
+    let oid2 = h.mails(off)[0].1["order"].as_str().unwrap().to_owned();
+    let r = h.request(off, ClientMsg::OrderAnswer { id: 10, msg_id: None, order: oid2, answer: OrderAnswer::Decline, eta_min: None, reason: None });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::BadRequest, .. }), "{r:?}");
+}
+
+#[test]
+fn mail_waits_for_offline_subjects_and_replays_from_the_cursor() {
+    let mut h = H::new();
+    let (op, _) = h.connect("op-1", Role::Operator);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    h.core.closed(h.now, off);
+    for i in 0..5 {
+        h.request(op, ClientMsg::Chat { id: i, msg_id: Some(format!("c{i}")), incident: None, to: Some(Subject::parse("off-1").unwrap()), text: format!("msg {i}") });
+    }
+    // Back, on a new session: nothing arrives until it syncs, then all five in order.
+    let t = h.token("off-1", Role::Officer);
+    let (c2, msgs) = h.hello(t, None);
+    let ServerMsg::Welcome(w) = &msgs[0] else { panic!() };
+    assert_eq!((w.mail_last, w.mail_acked), (5, 0));
+    h.send(c2, &ClientMsg::MailSync { id: 1, after: Some(2) });
+    let m = h.mails(c2);
+    assert_eq!(m.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 4, 5]);
+    h.send(c2, &ClientMsg::MailAck { upto: 5 });
+    // A read receipt goes back to the sender.
+    let item = m[0].1["id"].as_u64().unwrap();
+    h.take(op);
+    let r = h.request(c2, ClientMsg::Read { id: 2, item });
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    let rec = kinds(&h.mails(op), "read");
+    assert_eq!((rec[0]["item"].as_u64(), rec[0]["by"].as_str()), (Some(item), Some("off-1")));
+}
+
+#[test]
+fn sos_is_urgent_reaches_commanders_and_stays_raised_until_acknowledged() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (op, _) = h.connect("op-1", Role::Operator);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    h.send(off, &pos(30.5));
+    h.out.clear();
+    let r = h.request(off, ClientMsg::Sos { id: 1, msg_id: Some("s1".into()), incident: None, text: Some("trapped".into()) });
+    let ServerMsg::Result { data, .. } = r else { panic!("{r:?}") };
+    let sos = data["sos"].as_str().unwrap().to_owned();
+    assert!(h.out.iter().any(|o| matches!(o, Output::Urgent { conn, .. } if *conn == cmd)));
+    let m = kinds(&h.mails(op), "sos");
+    assert_eq!((m[0]["text"].as_str(), m[0]["position"]["lat"].as_f64()), (Some("trapped"), Some(30.5)));
+    // Officers may not acknowledge; operators may.
+    let r = h.request(off, ClientMsg::SosAck { id: 2, sos: sos.clone() });
+    assert!(matches!(r, ServerMsg::Error { code: ErrorCode::Forbidden, .. }), "{r:?}");
+    let r = h.request(op, ClientMsg::SosAck { id: 3, sos: sos.clone() });
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    assert_eq!(kinds(&h.mails(off), "sos_ack")[0]["by"], "op-1");
+    assert_eq!(kinds(&h.mails(cmd), "sos_ack")[0]["sos"], sos.as_str());
+    let r = h.request(cmd, ClientMsg::SosAck { id: 4, sos });
     assert!(matches!(r, ServerMsg::Error { code: ErrorCode::NotFound, .. }), "{r:?}");
 }

@@ -13,6 +13,7 @@
 //!   authorisation) that the node's QUIC and WebSocket shells drive.
 //! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
 //!   clients (pinning, reconnect and resume); the one module that does I/O.
+//! - [`store`] (feature `server`): the node's SQLite office store (mailboxes, orders).
 //! - [`testkit`]: one harmless request per row of the role matrix, for tests.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
@@ -23,10 +24,13 @@
 pub mod auth;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "server")]
 pub mod core;
 pub mod error;
 pub mod ids;
 pub mod proto;
+#[cfg(feature = "server")]
+pub mod store;
 pub mod testkit;
 
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};

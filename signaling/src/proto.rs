@@ -308,19 +308,31 @@ pub enum ClientMsg {
         /// The `media` id from the publish/subscribe result.
         media: String,
     },
-    /// A chat message to an incident's members.
+    /// A chat message to an incident's members, or directly to one subject (exactly one of
+    /// `incident` and `to`). Stored and forwarded: see `mail`.
     Chat {
         /// Request id.
         id: RequestId,
+        /// Sender-chosen message id (see [`MsgId`]); a retry with the same id is stored once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg_id: Option<MsgId>,
         /// The incident.
-        incident: IncidentId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        incident: Option<IncidentId>,
+        /// The addressee of a direct message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Subject>,
         /// Text (at most 4,000 characters).
         text: String,
     },
-    /// Raise an SOS to every member of the incident (default: every incident the caller is in).
+    /// Raise an SOS to every member and commander of the incident (default: every incident the
+    /// caller is in). Delivered ahead of other traffic; stays raised until acknowledged.
     Sos {
         /// Request id.
         id: RequestId,
+        /// Sender-chosen message id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg_id: Option<MsgId>,
         /// The incident.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         incident: Option<IncidentId>,
@@ -328,10 +340,20 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
     },
-    /// Send an order (the office issue fills this in; the right is checked today).
+    /// Acknowledge a raised SOS (command roles); every recipient learns it.
+    SosAck {
+        /// Request id.
+        id: RequestId,
+        /// The SOS id (`sos-N`).
+        sos: String,
+    },
+    /// Send an order to an officer, pilot or unit.
     Order {
         /// Request id.
         id: RequestId,
+        /// Sender-chosen message id; a retry with the same id is stored once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg_id: Option<MsgId>,
         /// The incident.
         incident: IncidentId,
         /// The addressee.
@@ -343,6 +365,9 @@ pub enum ClientMsg {
     OrderAnswer {
         /// Request id.
         id: RequestId,
+        /// Sender-chosen message id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg_id: Option<MsgId>,
         /// The order id.
         order: String,
         /// The answer.
@@ -383,8 +408,38 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         jti: Option<String>,
     },
+    /// A read receipt for a chat item received in the caller's mailbox.
+    Read {
+        /// Request id.
+        id: RequestId,
+        /// The item id (`item.id` of the mail).
+        item: u64,
+    },
+    /// Send the caller's mailbox entries after `after` (default: after the acknowledged
+    /// position), then answer `{"last", "acked"}`.
+    MailSync {
+        /// Request id.
+        id: RequestId,
+        /// Send entries with a greater `seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
+    /// The caller processed its mailbox up to `upto`. No reply.
+    MailAck {
+        /// Highest mailbox `seq` processed.
+        upto: u64,
+    },
     /// Ends the session now (no grace period for a resume).
     Bye,
+}
+
+/// A sender-chosen message id: 1..=64 characters of `[A-Za-z0-9._:-]`. Unique per sender; the
+/// node stores a message once per `(sender, msg_id)`.
+pub type MsgId = String;
+
+/// Checks a [`MsgId`].
+pub fn valid_msg_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl ClientMsg {
@@ -392,7 +447,7 @@ impl ClientMsg {
     pub fn id(&self) -> Option<RequestId> {
         use ClientMsg::*;
         match self {
-            Hello { .. } | Ack { .. } | Bye => None,
+            Hello { .. } | Ack { .. } | MailAck { .. } | Bye => None,
             Position { id, .. } => *id,
             Ping { id }
             | Incidents { id }
@@ -413,7 +468,10 @@ impl ClientMsg {
             | Order { id, .. }
             | OrderAnswer { id, .. }
             | DroneCommand { id, .. }
-            | Revoke { id, .. } => Some(*id),
+            | Revoke { id, .. }
+            | SosAck { id, .. }
+            | Read { id, .. }
+            | MailSync { id, .. } => Some(*id),
         }
     }
 
@@ -444,6 +502,10 @@ impl ClientMsg {
             OrderAnswer { .. } => "order_answer",
             DroneCommand { .. } => "drone_command",
             Revoke { .. } => "revoke",
+            SosAck { .. } => "sos_ack",
+            Read { .. } => "read",
+            MailSync { .. } => "mail_sync",
+            MailAck { .. } => "mail_ack",
             Bye => "bye",
         }
     }
@@ -476,6 +538,12 @@ pub struct Welcome {
     /// `seq` of the newest event of the session so far.
     #[serde(default)]
     pub last: u64,
+    /// The newest `seq` in the subject's mailbox.
+    #[serde(default)]
+    pub mail_last: u64,
+    /// The highest mailbox `seq` the subject acknowledged.
+    #[serde(default)]
+    pub mail_acked: u64,
 }
 
 /// A message from the node to a client. JSON objects tagged by `"type"`.
@@ -501,6 +569,14 @@ pub enum ServerMsg {
         code: ErrorCode,
         /// Human-readable explanation.
         message: String,
+    },
+    /// A stored office message for the subject (chat, order, order state, SOS, receipt…),
+    /// numbered per subject from 1 without gaps; acknowledge with `mail_ack`.
+    Mail {
+        /// Position in the subject's mailbox.
+        seq: u64,
+        /// The item (its `kind` says what it is).
+        item: serde_json::Value,
     },
     /// Something happened that the session should know.
     Event {
@@ -678,6 +754,10 @@ const CLIENT_TYPES: &[&str] = &[
     "order_answer",
     "drone_command",
     "revoke",
+    "sos_ack",
+    "read",
+    "mail_sync",
+    "mail_ack",
     "bye",
 ];
 

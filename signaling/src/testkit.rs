@@ -14,7 +14,7 @@ use crate::proto::{ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position, Re
 /// matrix says "own").
 pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
     let junk_sdp = String::from("v=0\r\n");
-    let duty = || IncidentId::parse(crate::core::DUTY).expect("valid");
+    let duty = || IncidentId::parse("duty").expect("valid");
     let own_drone = format!("{sub}-drone1");
     match action {
         Action::ViewStream => ClientMsg::Subscribe {
@@ -57,23 +57,27 @@ pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
         Action::ReadIncident => ClientMsg::Units { id, incident: Some(duty()) },
         Action::Chat => ClientMsg::Chat {
             id,
-            incident: duty(),
+            msg_id: None,
+            to: None,
+            incident: Some(duty()),
             text: "probe".into(),
         },
         Action::SendOrder => ClientMsg::Order {
             id,
+            msg_id: None,
             incident: duty(),
             to: Subject::parse("nobody").expect("valid"),
             text: "probe".into(),
         },
         Action::AnswerOrder => ClientMsg::OrderAnswer {
             id,
+            msg_id: None,
             order: "no-such-order".into(),
             answer: OrderAnswer::Accept,
             eta_min: Some(5),
             reason: None,
         },
-        Action::RaiseSos => ClientMsg::Sos { id, incident: None, text: Some("probe".into()) },
+        Action::RaiseSos => ClientMsg::Sos { id, msg_id: None, incident: None, text: Some("probe".into()) },
         Action::ManageIncident => ClientMsg::IncidentCreate { id, incident: None, name: "probe".into() },
         Action::CommandDrone => ClientMsg::DroneCommand {
             id,
@@ -126,6 +130,7 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "server")]
 /// Fuzz body: a signaling core receiving `data` split on `\n` as messages from one connection,
 /// after a valid `hello`, with time advancing. Must never panic, and a second session must stay
 /// served. Used by `fuzz/fuzz_targets/core.rs` and by a seeded unit test.
@@ -139,7 +144,8 @@ pub fn fuzz_core(data: &[u8]) {
     verifier.trust(key.verifying_key());
     let issuer = TokenIssuer::new(key, node.clone());
     let now0 = 1_780_000_000_000u64;
-    let mut core = Core::new(CoreConfig::default(), node, verifier, now0);
+    let store = crate::store::Store::open_in_memory().expect("in-memory store");
+    let mut core = Core::new(CoreConfig::default(), node, verifier, store, now0);
     let token = |sub: &str, role| {
         issuer.issue(
             &TokenRequest::new(Subject::parse(sub).expect("valid"), role, "fuzz-node", "00"),

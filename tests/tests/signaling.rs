@@ -85,10 +85,24 @@ impl Ws {
         (ws, first)
     }
 
+    /// Connects, says hello and syncs the mailbox (as the wall does).
     async fn login(node: &TestNode, sub: &str, role: Role) -> Ws {
-        let (ws, first) = Ws::hello(node, node.token(sub, role)).await;
+        let (mut ws, first) = Ws::hello(node, node.token(sub, role)).await;
         assert!(matches!(first, ServerMsg::Welcome(_)), "{first:?}");
+        let r = ws.request(ClientMsg::MailSync { id: 999_999, after: None }).await;
+        assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
         ws
+    }
+
+    /// The next mail item of `kind` (everything else is dropped).
+    async fn mail(&mut self, kind: &str) -> Value {
+        loop {
+            match self.recv().await {
+                Some(ServerMsg::Mail { item, .. }) if item["kind"] == kind => return item,
+                Some(_) => continue,
+                None => panic!("closed while waiting for {kind} mail: {:?}", self.close),
+            }
+        }
     }
 
     /// Sends a request and returns its answer; events that arrive meanwhile are kept.
@@ -489,10 +503,10 @@ async fn incidents_over_the_protocol_and_the_http_api() {
     quic_request(&cmd, ClientMsg::Assign { id: 2, incident: "flood-1".parse().unwrap(), subject: "off-8".parse().unwrap() }).await;
     let e = off.event("assigned").await;
     assert_eq!(e["incident"], "flood-1");
-    quic_request(&cmd, ClientMsg::Chat { id: 3, incident: "flood-1".parse().unwrap(), text: "Boats to gate 3".into() }).await;
-    assert_eq!(off.event("chat").await["text"], "Boats to gate 3");
+    quic_request(&cmd, ClientMsg::Chat { id: 3, msg_id: None, incident: Some("flood-1".parse().unwrap()), to: None, text: "Boats to gate 3".into() }).await;
+    assert_eq!(off.mail("chat").await["text"], "Boats to gate 3");
     // SOS from the officer reaches the commander.
-    let r = off.request(ClientMsg::Sos { id: 4, incident: Some("flood-1".parse().unwrap()), text: Some("trapped".into()) }).await;
+    let r = off.request(ClientMsg::Sos { id: 4, msg_id: None, incident: Some("flood-1".parse().unwrap()), text: Some("trapped".into()) }).await;
     assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
 
     let http = reqwest::Client::new();
@@ -508,13 +522,24 @@ async fn incidents_over_the_protocol_and_the_http_api() {
     let other = node.token("off-77", Role::Officer);
     let r = http.get(node.url("/api/incidents/flood-1/log")).bearer_auth(&other).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    // Orders: route, auth and validation (storage comes with the office).
+    // Orders over HTTP: auth, validation, idempotent by id.
     let r = http.post(node.url("/api/orders")).bearer_auth(&other).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 403);
     let r = http.post(node.url("/api/orders")).bearer_auth(&cmd_token).body("{\"incident\":1}").send().await.unwrap();
     assert_eq!(r.status(), 400);
+    let body = r#"{"id":"h-1","incident":"flood-1","to":"off-8","text":"Bring the pump"}"#;
+    let r = http.post(node.url("/api/orders")).bearer_auth(&cmd_token).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let first: Value = r.json().await.unwrap();
+    let r = http.post(node.url("/api/orders")).bearer_auth(&cmd_token).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a retry is not a second order");
+    let again: Value = r.json().await.unwrap();
+    assert_eq!(first["order"]["id"], again["order"]["id"]);
+    assert_eq!(off.mail("order").await["text"], "Bring the pump");
     let r = http.get(node.url("/api/orders")).bearer_auth(&cmd_token).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["orders"].as_array().unwrap().len(), 1);
     let r = http.get(node.url("/api/incidents")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     node.node.shutdown().await;
