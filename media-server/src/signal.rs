@@ -177,17 +177,25 @@ impl Hub {
     }
 
     /// Runs `f` on the core, then dispatches its outputs.
+    ///
+    /// Messages and closes are queued to their connections while the core's lock is still held
+    /// (a non-blocking hand-off), so two tasks driving the core can never interleave what they
+    /// queue for one connection: every connection sees its messages in the core's order. Media
+    /// operations, revocations and session ends run after the lock is released.
     pub fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core) -> R) -> R {
-        let (r, outputs) = {
+        let (r, later) = {
             let mut core = self.core();
             let r = f(&mut core);
-            let mut outputs = Vec::new();
+            let mut later = Vec::new();
             while let Some(o) = core.poll_output() {
-                outputs.push(o);
+                match o {
+                    Output::Send { .. } | Output::Urgent { .. } | Output::Close { .. } => self.dispatch(o),
+                    other => later.push(other),
+                }
             }
-            (r, outputs)
+            (r, later)
         };
-        for o in outputs {
+        for o in later {
             self.dispatch(o);
         }
         r
