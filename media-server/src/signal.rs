@@ -372,16 +372,29 @@ impl Hub {
     }
 
     /// Runs the core's timers and watches the revocation file, forever.
+    ///
+    /// Wakes every [`TICK`], or earlier when a coalesced position is due, so a held position
+    /// goes out at the end of its window rather than up to a tick later.
     pub async fn run_timers(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = tokio::time::Instant::now() + TICK;
         let mut n: u64 = 0;
         loop {
-            tick.tick().await;
+            let due = self.read(Core::next_position_due).map(|at| {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::time::Instant::now() + wait
+            });
+            let wake = due.map_or(next_tick, |d| d.min(next_tick));
+            tokio::time::sleep_until(wake).await;
             self.with_core(|c| c.handle_timeout(now_ms()));
-            n += 1;
-            if n.is_multiple_of(REVOCATION_POLL_TICKS) {
-                self.poll_revocations();
+            if tokio::time::Instant::now() >= next_tick {
+                next_tick += TICK;
+                if next_tick < tokio::time::Instant::now() {
+                    next_tick = tokio::time::Instant::now() + TICK;
+                }
+                n += 1;
+                if n.is_multiple_of(REVOCATION_POLL_TICKS) {
+                    self.poll_revocations();
+                }
             }
         }
     }

@@ -1030,6 +1030,16 @@ impl Core {
         }
     }
 
+    /// When the next coalesced position is due (Unix ms), so the shell can wake exactly then
+    /// instead of on its next regular tick.
+    pub fn next_position_due(&self) -> Option<u64> {
+        self.units
+            .values()
+            .filter(|u| u.pending.is_some())
+            .map(|u| u.last_fanout.map_or(0, |t| t + self.cfg.position_interval_ms))
+            .min()
+    }
+
     fn fan_out_position(&mut self, now: u64, sub: &Subject) {
         let Some(u) = self.units.get_mut(sub) else { return };
         let Some(pos) = u.pending.take() else { return };

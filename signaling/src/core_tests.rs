@@ -261,7 +261,10 @@ fn positions_reach_members_coalesced_and_units_show_them() {
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0]["lat"], 30.0);
     assert_eq!(evs[0]["subject"], "off-1");
+    // The held one is due exactly at the end of the window.
+    assert_eq!(h.core.next_position_due(), Some(T0 + 200));
     h.advance(200);
+    assert_eq!(h.core.next_position_due(), None);
     let evs = kinds(&h.events(op), "position");
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0]["lat"], 30.009);
