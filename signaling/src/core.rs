@@ -326,6 +326,13 @@ fn forbidden(re: RequestId, claims: &Claims, action: Action) -> ProtoError {
     err(Some(re), ErrorCode::Forbidden, format!("role {} may not {}", claims.role, action))
 }
 
+/// Roles that run consoles (the wall, the command post) and so receive presence and membership
+/// events: admin, commander, operator, viewer. Field roles (officer, pilot, device) do not; they
+/// can ask for `units`.
+pub fn is_console(role: Role) -> bool {
+    matches!(role, Role::Admin | Role::Commander | Role::Operator | Role::Viewer)
+}
+
 /// Whether `name` is one of the holder's drones: listed in the token's `drones`, or named
 /// `SUBJECT-droneN`.
 pub fn owns_drone(claims: &Claims, name: &str) -> bool {
@@ -791,7 +798,7 @@ impl Core {
         self.members.entry(id.clone()).or_default().insert(sid.to_owned());
         if first_of_subject {
             self.log(now, id, sub.to_string(), "joined", json!({"role": role}));
-            self.incident_event(now, id, Some(sid), json!({"kind": "member", "incident": id, "subject": sub, "role": role, "op": "joined"}));
+            self.console_event(id, Some(sid), json!({"kind": "member", "incident": id, "subject": sub, "role": role, "op": "joined"}));
         }
         true
     }
@@ -807,7 +814,7 @@ impl Core {
         }
         if !self.subject_in(&sub, id, None) {
             self.log(now, id, sub.to_string(), "left", Value::Null);
-            self.incident_event(now, id, None, json!({"kind": "member", "incident": id, "subject": sub, "op": "left"}));
+            self.console_event(id, None, json!({"kind": "member", "incident": id, "subject": sub, "op": "left"}));
         }
         true
     }
@@ -874,11 +881,32 @@ impl Core {
 
     /// A presence change of `sub`, to everyone sharing an incident with it except its own
     /// sessions.
+    /// Only consoles (see [`is_console`]) receive it: presence of every tablet to every other
+    /// tablet would grow with the square of the node's sessions.
     fn presence_event(&mut self, sub: &Subject, event: Value) {
         let mut targets = self.audience(sub, None);
         for own in self.by_subject.get(sub).into_iter().flatten() {
             targets.remove(own);
         }
+        targets.retain(|t| self.sessions.get(t).is_some_and(|s| is_console(s.claims.role)));
+        for t in targets {
+            self.push_event(&t, &event);
+        }
+    }
+
+    /// An incident event for the consoles in it (membership churn).
+    fn console_event(&mut self, id: &IncidentId, except: Option<&str>, event: Value) {
+        let targets: Vec<String> = self
+            .members
+            .get(id)
+            .map(|m| {
+                m.iter()
+                    .filter(|s| Some(s.as_str()) != except)
+                    .filter(|s| self.sessions.get(*s).is_some_and(|x| is_console(x.claims.role)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         for t in targets {
             self.push_event(&t, &event);
         }
