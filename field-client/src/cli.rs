@@ -1,0 +1,326 @@
+//! The command line: parsing (clap), exit codes, and dispatch to [`crate::run`] and
+//! [`crate::office`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use signaling::client::load_token;
+use signaling::{IncidentId, Subject};
+
+use crate::error::Error;
+use crate::media::{MediaOptions, Source};
+use crate::office::{self, Command as OfficeCommand, Target};
+use crate::output::Output;
+use crate::position::PositionSource;
+use crate::run::{self, RunOptions};
+
+/// yiwang field client for rugged tablets.
+///
+/// Talks to a yiwang node over its signaling protocol (QUIC, the node's `--quic` port): takes
+/// orders, answers them, chats, reports positions, raises SOS. `run` stays connected and prints
+/// what arrives; the other commands do one thing and exit.
+///
+/// Exit codes: 0 done; 1 bad command line, or the node cannot be reached; 2 the node refused
+/// (token refused or revoked, or the request answered with an error).
+///
+/// Not in this version: media publishing (`run` accepts `--source` and says so), `profiles`,
+/// `watch`.
+#[derive(Debug, Parser)]
+#[command(name = "field-client", version, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The node's QUIC signaling address (its `--quic` listener).
+    #[arg(long, env = "YIWANG_NODE", value_name = "HOST:PORT")]
+    pub node: String,
+    /// Bearer token. Visible to other users of this machine in the process list: prefer
+    /// --token-file or YIWANG_TOKEN.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// File holding the bearer token. Without --token or --token-file: $YIWANG_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print JSON lines on stdout (one object per line, with a "kind" member).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the one-shot commands.
+#[derive(Debug, Args)]
+pub struct OneShot {
+    /// Give up after this many seconds without an answer.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+/// Options of the commands that store a message at the node.
+#[derive(Debug, Args)]
+pub struct Delivery {
+    /// Message id (default: a fresh one, printed with the result). Repeating a command with the
+    /// same id is stored once: use it to retry after a timeout.
+    #[arg(long, value_name = "ID")]
+    pub msg_id: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+#[allow(missing_docs)] // the flattened option groups are documented on their types
+pub enum Command {
+    /// Stay connected: print orders, chat and alerts as they arrive, report positions. Runs until
+    /// SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// List the orders addressed to you, oldest first, with their latest state.
+    Orders {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+    },
+    /// Accept an order.
+    Accept {
+        /// The order id (ord-N).
+        order: String,
+        /// Minutes until you are there.
+        #[arg(long, value_name = "MIN", value_parser = clap::value_parser!(u32).range(0..=10080))]
+        eta: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+        #[command(flatten)]
+        delivery: Delivery,
+    },
+    /// Decline an order, saying why.
+    Decline {
+        /// The order id (ord-N).
+        order: String,
+        /// Why (required, at most 1000 characters).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+        #[command(flatten)]
+        delivery: Delivery,
+    },
+    /// Report an accepted order done.
+    Done {
+        /// The order id (ord-N).
+        order: String,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+        #[command(flatten)]
+        delivery: Delivery,
+    },
+    /// Send a chat message to an incident (default: duty, joined if needed) or to one person.
+    Say {
+        /// The message (several words are joined with spaces).
+        #[arg(required = true, value_name = "TEXT")]
+        text: Vec<String>,
+        /// The incident to chat in.
+        #[arg(long, value_name = "ID", conflicts_with = "to")]
+        incident: Option<IncidentId>,
+        /// A person (token subject) to message directly.
+        #[arg(long, value_name = "SUBJECT")]
+        to: Option<Subject>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+        #[command(flatten)]
+        delivery: Delivery,
+    },
+    /// Raise an SOS to your incidents' members and every commander.
+    Sos {
+        /// What is happening.
+        #[arg(long, value_name = "TEXT")]
+        text: Option<String>,
+        /// Only this incident (default: every incident you are in).
+        #[arg(long, value_name = "ID")]
+        incident: Option<IncidentId>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        one_shot: OneShot,
+        #[command(flatten)]
+        delivery: Delivery,
+    },
+}
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub common: Common,
+    /// Hardware profile (accepted, not used yet: hardware profiles are not integrated).
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// Link class (accepted, not used yet).
+    #[arg(long, value_name = "LINK")]
+    pub link: Option<String>,
+    /// What to publish: camera, test or file:PATH (media publishing is not implemented yet).
+    #[arg(long, value_name = "SOURCE", default_value = "camera")]
+    pub source: Source,
+    /// Publish video only.
+    #[arg(long)]
+    pub no_audio: bool,
+    /// Where positions come from: fixed:LAT,LON (every second), nmea:PATH (NMEA 0183 RMC/GGA
+    /// from a file, device or FIFO), gpsd (localhost:2947) or gpsd:HOST:PORT.
+    #[arg(long, value_name = "SOURCE")]
+    pub position: Option<PositionSource>,
+}
+
+/// Parses the command line and runs the command; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logs();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("field-client: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // A blocked read of a FIFO must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("field-client: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `--help` and `--version` go to stdout with code 0; anything else is a one-line message on
+/// stderr with code 1.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    eprintln!("field-client: {}", one_line(&e.render().to_string()));
+    ExitCode::from(1)
+}
+
+/// Clap's message up to its usage block, on one line, pointing at `--help`.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
+        }
+    }
+    format!("{} (see --help)", parts.join(" "))
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn target(common: &Common) -> Result<Target, Error> {
+    let token = load_token(common.token.clone(), common.token_file.as_deref())
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(Target {
+        node: common.node.clone(),
+        token,
+    })
+}
+
+/// Runs a parsed command line.
+pub async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let secs = |o: &OneShot| Duration::from_secs(o.timeout);
+    let (common, cmd, one_shot, delivery) = match cli.command {
+        Command::Run(args) => {
+            let out = Output::new(args.common.json);
+            let opts = RunOptions {
+                media: MediaOptions {
+                    source: args.source,
+                    audio: !args.no_audio,
+                    profile: args.profile,
+                    link: args.link,
+                },
+                position: args.position,
+            };
+            return run::run(&target(&args.common)?, out, opts).await;
+        }
+        Command::Orders { common, one_shot } => {
+            let out = Output::new(common.json);
+            return office::list_orders(&target(&common)?, out, secs(&one_shot)).await;
+        }
+        Command::Accept { order, eta, common, one_shot, delivery } => {
+            (common, OfficeCommand::Accept { order, eta_min: eta }, one_shot, delivery)
+        }
+        Command::Decline { order, reason, common, one_shot, delivery } => {
+            (common, OfficeCommand::Decline { order, reason }, one_shot, delivery)
+        }
+        Command::Done { order, common, one_shot, delivery } => {
+            (common, OfficeCommand::Done { order }, one_shot, delivery)
+        }
+        Command::Say { text, incident, to, common, one_shot, delivery } => (
+            common,
+            OfficeCommand::Say { text: text.join(" "), incident, to },
+            one_shot,
+            delivery,
+        ),
+        Command::Sos { text, incident, common, one_shot, delivery } => {
+            (common, OfficeCommand::Sos { text, incident }, one_shot, delivery)
+        }
+    };
+    let out = Output::new(common.json);
+    office::one_shot(&target(&common)?, out, cmd, delivery.msg_id, secs(&one_shot)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_fit_on_one_line() {
+        // Independent of YIWANG_NODE: the order id is missing either way.
+        let e = Cli::try_parse_from(["field-client", "accept", "--node", "n:1"]).unwrap_err();
+        let line = one_line(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("<ORDER>") && line.ends_with("(see --help)"), "{line}");
+    }
+}

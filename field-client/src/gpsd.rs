@@ -1,0 +1,166 @@
+//! Positions from gpsd (`--position gpsd`): its JSON protocol on TCP port 2947.
+//!
+//! The client sends `?WATCH={"enable":true,"json":true}` and reads one JSON object per line;
+//! `TPV` objects with a 2D or 3D fix (`mode` ≥ 2) become [`Fix`]es. When gpsd is not running the
+//! client says so once and keeps running without positions, trying again every 10 s.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::output::Output;
+use crate::position::{Fix, FixSender};
+
+/// Where gpsd listens by default.
+pub const DEFAULT_ADDR: &str = "localhost:2947";
+
+/// The command that turns on JSON reports.
+pub const WATCH: &[u8] = b"?WATCH={\"enable\":true,\"json\":true}\n";
+
+/// Between attempts to reach gpsd.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Bound of one connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The fix in one line of gpsd output, if it is a `TPV` report with a usable position.
+pub fn parse_tpv(line: &str) -> Option<Fix> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    if v["class"] != "TPV" || v["mode"].as_u64().unwrap_or(0) < 2 {
+        return None;
+    }
+    let num = |k: &str| v[k].as_f64().filter(|x| x.is_finite());
+    let fix = Fix {
+        lat: num("lat")?,
+        lon: num("lon")?,
+        // gpsd ≥ 3.20 says altMSL; older ones put MSL altitude in alt.
+        alt: num("altMSL").or_else(|| num("alt")),
+        accuracy: num("eph").filter(|a| *a >= 0.0),
+        heading: num("track").filter(|t| (0.0..=360.0).contains(t)).map(|t| t % 360.0),
+        speed: num("speed").filter(|s| *s >= 0.0),
+    };
+    fix.to_proto().validate().ok()?;
+    Some(fix)
+}
+
+/// Follows gpsd at `addr` until the receiving end of `tx` is gone.
+pub async fn follow(addr: String, tx: FixSender, out: Output) {
+    let mut warned = false;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await;
+        match connected {
+            Ok(Ok(stream)) => {
+                if warned {
+                    out.note(&format!("connected to gpsd at {addr}; reporting positions"));
+                }
+                let why = watch(stream, &tx).await;
+                if tx.is_closed() {
+                    return;
+                }
+                out.warning(&format!(
+                    "lost gpsd at {addr} ({why}); running without positions, retrying every {} s",
+                    RETRY.as_secs()
+                ));
+                warned = true;
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer".to_owned(),
+                };
+                if !warned {
+                    out.warning(&format!(
+                        "gpsd is not running at {addr} ({why}); running without positions, retrying every {} s",
+                        RETRY.as_secs()
+                    ));
+                    warned = true;
+                } else {
+                    debug!(%addr, %why, "gpsd still unreachable");
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Reads one gpsd connection; returns why it ended.
+async fn watch(mut stream: TcpStream, tx: &FixSender) -> String {
+    if let Err(e) = stream.write_all(WATCH).await {
+        return e.to_string();
+    }
+    let mut lines = BufReader::new(stream).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if let Some(fix) = parse_tpv(&line) {
+                    tx.send_replace(Some(fix));
+                }
+                if tx.is_closed() {
+                    return "stopped".to_owned();
+                }
+            }
+            Ok(None) => return "gpsd closed the connection".to_owned(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    const TPV: &str = r#"{"class":"TPV","device":"/dev/ttyUSB0","mode":3,"time":"2026-11-26T19:00:00.000Z","lat":30.5928,"lon":114.3055,"altMSL":23.5,"eph":4.2,"track":359.99,"speed":1.25}"#;
+
+    #[test]
+    fn tpv_reports_become_fixes() {
+        let fix = parse_tpv(TPV).unwrap();
+        assert_eq!((fix.lat, fix.lon, fix.alt, fix.accuracy), (30.5928, 114.3055, Some(23.5), Some(4.2)));
+        assert_eq!((fix.heading, fix.speed), (Some(359.99), Some(1.25)));
+        // No fix yet, other classes, junk and out-of-range values are skipped.
+        assert_eq!(parse_tpv(r#"{"class":"TPV","mode":1}"#), None);
+        assert_eq!(parse_tpv(r#"{"class":"SKY","satellites":[]}"#), None);
+        assert_eq!(parse_tpv(r#"{"class":"TPV","mode":2,"lat":95,"lon":0}"#), None);
+        assert_eq!(parse_tpv("not json"), None);
+        // Older gpsd: altitude in alt.
+        let old = parse_tpv(r#"{"class":"TPV","mode":3,"lat":1,"lon":2,"alt":7}"#).unwrap();
+        assert_eq!(old.alt, Some(7.0));
+    }
+
+    #[tokio::test]
+    async fn follows_a_gpsd_that_speaks_json() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; WATCH.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, WATCH);
+            s.write_all(b"{\"class\":\"VERSION\",\"release\":\"3.22\"}\n").await.unwrap();
+            s.write_all(format!("{TPV}\n").as_bytes()).await.unwrap();
+            // Keep the connection open until the client is done.
+            let _ = s.read(&mut [0u8; 1]).await;
+        });
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let client = tokio::spawn(follow(addr, tx, Output::new(true)));
+        let fix = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                rx.changed().await.unwrap();
+                if let Some(f) = *rx.borrow_and_update() {
+                    return f;
+                }
+            }
+        })
+        .await
+        .expect("a fix from the fake gpsd");
+        assert_eq!(fix.lat, 30.5928);
+        client.abort();
+        server.abort();
+    }
+}

@@ -1,0 +1,29 @@
+//! `field-client`: the field officer's tablet client of yiwang.
+//!
+//! This slice is the signaling and office side: a session with the node over QUIC
+//! ([`signaling::client`]), orders, chat, SOS and positions; media publishing comes next (its seam
+//! is [`media`]). The binary (`src/main.rs`) only calls [`cli::main`].
+//!
+//! - [`cli`]: the command line, exit codes, dispatch.
+//! - [`run`]: `field-client run`, the long-running client.
+//! - [`office`]: the one-shot commands (`orders`, `accept`, `decline`, `done`, `say`, `sos`).
+//! - [`mailbox`]: the read-only session `orders` uses to read the whole mailbox.
+//! - [`position`], [`nmea`], [`gpsd`]: where positions come from and how they are reported.
+//! - [`media`]: the publisher seam (not implemented yet).
+//! - [`output`]: text and JSON lines. [`error`]: errors and exit codes.
+//!
+//! What it must not touch: the node's side. It depends on `signaling` with its default `client`
+//! feature only, never on `media-server` or the `server` feature (those are dev-dependencies of the
+//! tests). Native clients stay off the node's HTTP API.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod error;
+pub mod gpsd;
+pub mod mailbox;
+pub mod media;
+pub mod nmea;
+pub mod office;
+pub mod output;
+pub mod position;
+pub mod run;
