@@ -78,6 +78,10 @@ pub struct SfuConfig {
     /// target sent is the lower of this and the best viewer's bandwidth estimate, once a second,
     /// so an encoder without congestion control of its own follows what its viewers can take.
     pub publisher_max_kbps: u64,
+    /// Whether str0m's pacer spreads a viewer's video at its bandwidth estimate (default true).
+    /// When false, video goes out as soon as it is written (as audio always does); the estimator
+    /// still runs on the TWCC feedback of every packet, and probing and padding stay paced.
+    pub pace_video: bool,
 }
 
 impl Default for SfuConfig {
@@ -91,6 +95,7 @@ impl Default for SfuConfig {
             bwe_initial_kbps: 2500,
             bwe_desired_kbps: 4000,
             publisher_max_kbps: 2500,
+            pace_video: true,
         }
     }
 }
@@ -359,6 +364,15 @@ impl Sfu {
         let peer_id = self.alloc_peer_id();
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
+        if !self.config.pace_video {
+            if let Some(mid) = peer.video_mid {
+                let mut api = peer.rtc.direct_api();
+                match api.stream_tx_by_mid(mid, None) {
+                    Some(tx) => tx.set_unpaced(true),
+                    None => warn!("no video send stream to unpace"),
+                }
+            }
+        }
         self.drain_events_only(peer_id, &mut peer, now);
         let gets_video = peer.video_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
         let gets_audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
