@@ -204,8 +204,11 @@ pub struct Sfu {
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
 
-/// How far past `now` a session's wake-ups are served at once (see [`Sfu::drain`]).
-const BURST_AHEAD: Duration = Duration::from_micros(200);
+/// How far past `now` a session's wake-ups are served at once (see [`Sfu::drain`]). The media
+/// task's timer ticks in milliseconds: a deadline closer than this is served now rather than
+/// slept for, so a paced packet may leave up to this much early (well inside the pacer's own
+/// 40 ms burst allowance), and the task does not wake or spin for every packet.
+const BURST_AHEAD: Duration = Duration::from_millis(1);
 
 /// Most wake-ups served for one session in one go, whatever their times.
 const MAX_BURST_ROUNDS: usize = 256;
@@ -495,10 +498,10 @@ impl Sfu {
         // HOUSEKEEPING_INTERVAL.
         let mut due = std::mem::take(&mut self.due);
         due.clear();
-        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now + BURST_AHEAD).map(|(id, _)| *id));
         for &id in &due {
             let Some(peer) = self.peers.get_mut(&id) else { continue };
-            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(peer.next_timeout.max(now))) {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
                 Metrics::add(&self.metrics.session_errors, 1);
                 self.close_peer(id, "protocol error");
@@ -587,8 +590,8 @@ impl Sfu {
     /// later while it may send more. Serving those wake-ups here, one session after the other,
     /// puts a session's burst (a whole frame, most of the time) into the transmit queue back to
     /// back, so the shell sends it as one GSO train, and the engine is not scanned again for every
-    /// packet. The times fed run ahead of `now` by a microsecond per packet, at most
-    /// [`BURST_AHEAD`] in all: nothing that is paced for later is sent early.
+    /// packet. The times fed are the session's own deadlines, at most [`BURST_AHEAD`] past
+    /// `now`.
     fn drain(&mut self, id: PeerId, now: Instant) {
         let mut rounds = 0;
         loop {
