@@ -44,6 +44,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
+use str0m::config::DtlsCert;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
@@ -199,6 +200,11 @@ pub struct Sfu {
     last_housekeeping: Option<Instant>,
     /// Scratch list of sessions due in `handle_timeout`.
     due: Vec<PeerId>,
+    /// The DTLS certificate every session presents, made once (its fingerprint goes in each
+    /// answer, so sharing it costs no security; a key pair per session cost CPU at every join).
+    /// `None` until the first session, or if the crypto provider could not make one (each
+    /// session then makes its own, as str0m does by default).
+    dtls_cert: Option<DtlsCert>,
 }
 
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
@@ -236,6 +242,7 @@ impl Sfu {
             last_remb: None,
             last_housekeeping: None,
             due: Vec::new(),
+            dtls_cert: None,
         }
     }
 
@@ -254,9 +261,15 @@ impl Sfu {
         self.fwd.counters()
     }
 
-    fn base_config(&self) -> RtcConfig {
-        RtcConfig::new()
-            .set_ice_lite(true)
+    fn base_config(&mut self) -> RtcConfig {
+        if self.dtls_cert.is_none() {
+            self.dtls_cert = str0m::crypto::CryptoProvider::get_default().and_then(|p| p.dtls_provider.generate_certificate());
+        }
+        let cfg = match &self.dtls_cert {
+            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
+            None => RtcConfig::new(),
+        };
+        cfg.set_ice_lite(true)
             .set_send_buffer_video(self.config.send_buffer_video)
             .set_send_buffer_audio(self.config.send_buffer_audio)
             .set_stats_interval(Some(Duration::from_secs(1)))
