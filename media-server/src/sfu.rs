@@ -200,6 +200,8 @@ pub struct Sfu {
     last_housekeeping: Option<Instant>,
     /// Scratch list of sessions due in `handle_timeout`.
     due: Vec<PeerId>,
+    /// The frame being written to its viewers, a slice at a time.
+    fanout: FanOut,
     /// The DTLS certificate every session presents, made once (its fingerprint goes in each
     /// answer, so sharing it costs no security; a key pair per session cost CPU at every join).
     /// `None` until the first session, or if the crypto provider could not make one (each
@@ -218,6 +220,49 @@ const BURST_AHEAD: Duration = Duration::from_millis(1);
 
 /// Most wake-ups served for one session in one go, whatever their times.
 const MAX_BURST_ROUNDS: usize = 256;
+
+/// Most viewers a frame is written to before the shell gets to send what they produced. A frame
+/// for a hundred viewers is packetized, encrypted and sent in slices this size, so the first
+/// viewers' packets leave while the later ones are still being made, and the node never holds a
+/// whole fan-out of encrypted packets. Each viewer's own packets are made and queued as before.
+const MAX_FANOUT_SLICE: usize = 16;
+
+/// A frame part-way through being written to its viewers ([`Sfu::continue_fanout`]).
+struct FanOut {
+    kind: TrackKind,
+    layer: Layer,
+    time: MediaTime,
+    network_time: Instant,
+    params: Option<PayloadParams>,
+    payload: Option<Arc<[u8]>>,
+    /// When the frame was routed: the engine is due again at once until it is written to all.
+    since: Instant,
+    targets: Vec<PeerId>,
+    /// Index into `targets` of the next viewer.
+    next: usize,
+}
+
+impl Default for FanOut {
+    fn default() -> Self {
+        FanOut {
+            kind: TrackKind::Video,
+            layer: Layer(0),
+            time: MediaTime::new(0, str0m::media::Frequency::NINETY_KHZ),
+            network_time: Instant::now(),
+            params: None,
+            payload: None,
+            since: Instant::now(),
+            targets: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl FanOut {
+    fn pending(&self) -> bool {
+        self.payload.is_some() && self.next < self.targets.len()
+    }
+}
 
 /// How often publishers are told their target bitrate.
 const REMB_INTERVAL: Duration = Duration::from_secs(1);
@@ -242,6 +287,7 @@ impl Sfu {
             last_remb: None,
             last_housekeeping: None,
             due: Vec::new(),
+            fanout: FanOut::default(),
             dtls_cert: None,
         }
     }
@@ -523,6 +569,7 @@ impl Sfu {
             self.drain(id, now);
         }
         self.due = due;
+        self.continue_fanout(now, MAX_FANOUT_SLICE);
         self.fwd.handle_timeout(now);
         if self.last_housekeeping.is_some_and(|t| now.saturating_duration_since(t) < HOUSEKEEPING_INTERVAL) {
             self.after_input(now);
@@ -594,7 +641,8 @@ impl Sfu {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.next_timeout).min();
-        [peers, self.fwd.poll_timeout()].into_iter().flatten().min()
+        let fanout = self.fanout.pending().then_some(self.fanout.since);
+        [peers, self.fwd.poll_timeout(), fanout].into_iter().flatten().min()
     }
 
     /// Polls a session until it has nothing more to do before `now` + [`BURST_AHEAD`].
@@ -663,6 +711,8 @@ impl Sfu {
     }
 
     fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
+        // Frames reach every viewer in order: the rest of the previous one goes first.
+        self.continue_fanout(now, usize::MAX);
         let Some(p) = self.peers.get_mut(&from) else { return };
         let kind = if Some(data.mid) == p.video_mid {
             TrackKind::Video
@@ -714,16 +764,44 @@ impl Sfu {
         let c = self.fwd.counters();
         self.metrics.count_drops(DropReason::WaitingKeyframe, c.dropped_waiting_keyframe - waiting0);
         self.metrics.count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
+        if targets.is_empty() {
+            self.targets = targets;
+            return;
+        }
         // One copy of the frame shared by every viewer's send queue (str0m takes `Arc<[u8]>`).
-        let mut payload: Option<Arc<[u8]>> = None;
-        for &viewer in &targets {
+        let mut fanout = std::mem::take(&mut self.fanout);
+        fanout.kind = kind;
+        fanout.layer = layer;
+        fanout.time = data.time;
+        fanout.network_time = data.network_time;
+        fanout.params = Some(data.params);
+        fanout.payload = Some(Arc::from(&data.data[..]));
+        fanout.since = now;
+        fanout.next = 0;
+        std::mem::swap(&mut fanout.targets, &mut targets);
+        self.targets = targets;
+        self.fanout = fanout;
+        self.continue_fanout(now, MAX_FANOUT_SLICE);
+    }
+
+    /// Writes the pending frame to up to `max` more of its viewers, each driven at once so its
+    /// packets are queued (paced, encrypted) before the next viewer's.
+    fn continue_fanout(&mut self, now: Instant, max: usize) {
+        let mut fanout = std::mem::take(&mut self.fanout);
+        let (Some(params), Some(payload)) = (fanout.params, fanout.payload.clone()) else {
+            self.fanout = fanout;
+            return;
+        };
+        let end = fanout.targets.len().min(fanout.next.saturating_add(max));
+        for i in fanout.next..end {
+            let viewer = fanout.targets[i];
             let Some(v) = self.peers.get_mut(&viewer) else { continue };
-            let (mid, time) = match kind {
-                TrackKind::Video => (v.video_mid, v.video_ts.map(layer, data.time, data.network_time)),
-                TrackKind::Audio => (v.audio_mid, data.time),
+            let (mid, time) = match fanout.kind {
+                TrackKind::Video => (v.video_mid, v.video_ts.map(fanout.layer, fanout.time, fanout.network_time)),
+                TrackKind::Audio => (v.audio_mid, fanout.time),
             };
             let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else { continue };
-            let Some(pt) = writer.match_params(data.params) else {
+            let Some(pt) = writer.match_params(params) else {
                 self.metrics.count_drop(DropReason::CodecMismatch);
                 continue;
             };
@@ -731,8 +809,7 @@ impl Sfu {
             // arrived: a frame completed by a late retransmission would otherwise carry an
             // earlier wall clock than the next frame, and str0m's send queue would put it after
             // that frame.
-            let payload = payload.get_or_insert_with(|| Arc::from(&data.data[..])).clone();
-            match writer.write(pt, now, time, payload) {
+            match writer.write(pt, now, time, payload.clone()) {
                 Ok(()) => Metrics::add(&self.metrics.frames_forwarded, 1),
                 Err(e) => {
                     debug!(%viewer, error = %e, "write refused");
@@ -741,7 +818,13 @@ impl Sfu {
             }
             self.drain(viewer, now);
         }
-        self.targets = targets;
+        fanout.next = end;
+        if fanout.next >= fanout.targets.len() {
+            fanout.targets.clear();
+            fanout.payload = None;
+            fanout.params = None;
+        }
+        self.fanout = fanout;
     }
 
     fn close_peer(&mut self, id: PeerId, why: &str) {
@@ -1472,6 +1555,37 @@ mod tests {
             }
         }
         assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
+    }
+
+    #[test]
+    fn a_frame_for_more_viewers_than_a_slice_reaches_every_one_in_order() {
+        let mut w = World::new();
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
+        // Enough viewers for a frame to be written in three slices.
+        let viewers: Vec<usize> = (0..2 * MAX_FANOUT_SLICE + 3)
+            .map(|i| w.connected_viewer(2000 + i as u16, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto))
+            .collect();
+        // Frames of one and of several packets, some written back to back so a frame arrives
+        // while the previous one is still being written to its viewers.
+        for n in 0..40u64 {
+            w.write_vp8(p, n, n == 0);
+            if n % 4 != 3 {
+                for _ in 0..6 {
+                    w.step();
+                }
+            }
+        }
+        for _ in 0..100 {
+            w.step();
+        }
+        assert_eq!(w.sfu.metrics.frames_forwarded.load(Ordering::Relaxed), 40 * viewers.len() as u64);
+        for &v in &viewers {
+            let video = &w.clients[v].video;
+            let frames: Vec<u8> = video.iter().map(|d| d.data[6]).collect();
+            assert_eq!(frames, (0..40u8).collect::<Vec<_>>(), "viewer {v} got every frame, in order");
+            assert!(video.iter().all(|d| d.contiguous));
+        }
+        assert!(!w.sfu.fanout.pending());
     }
 
     #[test]
