@@ -156,6 +156,8 @@ pub struct SfuSection {
     /// Most a single-layer publisher is asked to send (REMB; lowered to its best viewer's
     /// estimate), kbit/s. Default 2500.
     pub publisher_max_kbps: u64,
+    /// Pace viewers' video at their bandwidth estimate (str0m's pacer). Default true.
+    pub pace_video: bool,
 }
 
 impl Default for SfuSection {
@@ -171,6 +173,7 @@ impl Default for SfuSection {
             bwe_initial_kbps: d.bwe_initial_kbps,
             bwe_desired_kbps: d.bwe_desired_kbps,
             publisher_max_kbps: d.publisher_max_kbps,
+            pace_video: d.pace_video,
         }
     }
 }
@@ -190,6 +193,7 @@ impl SfuSection {
             bwe_initial_kbps: self.bwe_initial_kbps.max(30),
             bwe_desired_kbps: self.bwe_desired_kbps.max(self.bwe_initial_kbps),
             publisher_max_kbps: self.publisher_max_kbps.max(50),
+            pace_video: self.pace_video,
         }
     }
 }

@@ -171,14 +171,20 @@ impl BatchIo {
                     _ => break,
                 }
             }
-            self.train.clear();
-            for t in self.out.range(..n) {
-                self.train.extend_from_slice(&t.contents);
-            }
+            // A lone datagram goes out from its own buffer; a train is copied into one.
+            let contents: &[u8] = if n == 1 {
+                &first.contents
+            } else {
+                self.train.clear();
+                for t in self.out.range(..n) {
+                    self.train.extend_from_slice(&t.contents);
+                }
+                &self.train
+            };
             let transmit = quinn_udp::Transmit {
                 destination: dest,
                 ecn: None,
-                contents: &self.train,
+                contents,
                 segment_size: (n > 1).then_some(size),
                 src_ip: None,
             };

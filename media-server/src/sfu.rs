@@ -44,6 +44,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
+use str0m::config::DtlsCert;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
@@ -78,6 +79,10 @@ pub struct SfuConfig {
     /// target sent is the lower of this and the best viewer's bandwidth estimate, once a second,
     /// so an encoder without congestion control of its own follows what its viewers can take.
     pub publisher_max_kbps: u64,
+    /// Whether str0m's pacer spreads a viewer's video at its bandwidth estimate (default true).
+    /// When false, video goes out as soon as it is written (as audio always does); the estimator
+    /// still runs on the TWCC feedback of every packet, and probing and padding stay paced.
+    pub pace_video: bool,
 }
 
 impl Default for SfuConfig {
@@ -91,6 +96,7 @@ impl Default for SfuConfig {
             bwe_initial_kbps: 2500,
             bwe_desired_kbps: 4000,
             publisher_max_kbps: 2500,
+            pace_video: true,
         }
     }
 }
@@ -194,10 +200,69 @@ pub struct Sfu {
     last_housekeeping: Option<Instant>,
     /// Scratch list of sessions due in `handle_timeout`.
     due: Vec<PeerId>,
+    /// The frame being written to its viewers, a slice at a time.
+    fanout: FanOut,
+    /// The DTLS certificate every session presents, made once (its fingerprint goes in each
+    /// answer, so sharing it costs no security; a key pair per session cost CPU at every join).
+    /// `None` until the first session, or if the crypto provider could not make one (each
+    /// session then makes its own, as str0m does by default).
+    dtls_cert: Option<DtlsCert>,
 }
 
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How far past `now` a session's wake-ups are served at once (see [`Sfu::drain`]). The media
+/// task's timer ticks in milliseconds: a deadline closer than this is served now rather than
+/// slept for, so a paced packet may leave up to this much early (well inside the pacer's own
+/// 40 ms burst allowance), and the task does not wake or spin for every packet.
+const BURST_AHEAD: Duration = Duration::from_millis(1);
+
+/// Most wake-ups served for one session in one go, whatever their times.
+const MAX_BURST_ROUNDS: usize = 256;
+
+/// Most viewers a frame is written to before the shell gets to send what they produced. A frame
+/// for a hundred viewers is packetized, encrypted and sent in slices this size, so the first
+/// viewers' packets leave while the later ones are still being made, and the node never holds a
+/// whole fan-out of encrypted packets. Each viewer's own packets are made and queued as before.
+const MAX_FANOUT_SLICE: usize = 16;
+
+/// A frame part-way through being written to its viewers ([`Sfu::continue_fanout`]).
+struct FanOut {
+    kind: TrackKind,
+    layer: Layer,
+    time: MediaTime,
+    network_time: Instant,
+    params: Option<PayloadParams>,
+    payload: Option<Arc<[u8]>>,
+    /// When the frame was routed: the engine is due again at once until it is written to all.
+    since: Instant,
+    targets: Vec<PeerId>,
+    /// Index into `targets` of the next viewer.
+    next: usize,
+}
+
+impl Default for FanOut {
+    fn default() -> Self {
+        FanOut {
+            kind: TrackKind::Video,
+            layer: Layer(0),
+            time: MediaTime::new(0, str0m::media::Frequency::NINETY_KHZ),
+            network_time: Instant::now(),
+            params: None,
+            payload: None,
+            since: Instant::now(),
+            targets: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl FanOut {
+    fn pending(&self) -> bool {
+        self.payload.is_some() && self.next < self.targets.len()
+    }
+}
 
 /// How often publishers are told their target bitrate.
 const REMB_INTERVAL: Duration = Duration::from_secs(1);
@@ -222,6 +287,8 @@ impl Sfu {
             last_remb: None,
             last_housekeeping: None,
             due: Vec::new(),
+            fanout: FanOut::default(),
+            dtls_cert: None,
         }
     }
 
@@ -240,9 +307,15 @@ impl Sfu {
         self.fwd.counters()
     }
 
-    fn base_config(&self) -> RtcConfig {
-        RtcConfig::new()
-            .set_ice_lite(true)
+    fn base_config(&mut self) -> RtcConfig {
+        if self.dtls_cert.is_none() {
+            self.dtls_cert = str0m::crypto::CryptoProvider::get_default().and_then(|p| p.dtls_provider.generate_certificate());
+        }
+        let cfg = match &self.dtls_cert {
+            Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
+            None => RtcConfig::new(),
+        };
+        cfg.set_ice_lite(true)
             .set_send_buffer_video(self.config.send_buffer_video)
             .set_send_buffer_audio(self.config.send_buffer_audio)
             .set_stats_interval(Some(Duration::from_secs(1)))
@@ -353,6 +426,15 @@ impl Sfu {
         let peer_id = self.alloc_peer_id();
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
+        if !self.config.pace_video {
+            if let Some(mid) = peer.video_mid {
+                let mut api = peer.rtc.direct_api();
+                match api.stream_tx_by_mid(mid, None) {
+                    Some(tx) => tx.set_unpaced(true),
+                    None => warn!("no video send stream to unpace"),
+                }
+            }
+        }
         self.drain_events_only(peer_id, &mut peer, now);
         let gets_video = peer.video_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
         let gets_audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
@@ -475,10 +557,10 @@ impl Sfu {
         // HOUSEKEEPING_INTERVAL.
         let mut due = std::mem::take(&mut self.due);
         due.clear();
-        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now + BURST_AHEAD).map(|(id, _)| *id));
         for &id in &due {
             let Some(peer) = self.peers.get_mut(&id) else { continue };
-            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(peer.next_timeout.max(now))) {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
                 Metrics::add(&self.metrics.session_errors, 1);
                 self.close_peer(id, "protocol error");
@@ -487,6 +569,7 @@ impl Sfu {
             self.drain(id, now);
         }
         self.due = due;
+        self.continue_fanout(now, MAX_FANOUT_SLICE);
         self.fwd.handle_timeout(now);
         if self.last_housekeeping.is_some_and(|t| now.saturating_duration_since(t) < HOUSEKEEPING_INTERVAL) {
             self.after_input(now);
@@ -558,14 +641,37 @@ impl Sfu {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.next_timeout).min();
-        [peers, self.fwd.poll_timeout()].into_iter().flatten().min()
+        let fanout = self.fanout.pending().then_some(self.fanout.since);
+        [peers, self.fwd.poll_timeout(), fanout].into_iter().flatten().min()
     }
 
+    /// Polls a session until it has nothing more to do before `now` + [`BURST_AHEAD`].
+    ///
+    /// str0m's pacer hands out one packet per timeout and asks to be woken again a microsecond
+    /// later while it may send more. Serving those wake-ups here, one session after the other,
+    /// puts a session's burst (a whole frame, most of the time) into the transmit queue back to
+    /// back, so the shell sends it as one GSO train, and the engine is not scanned again for every
+    /// packet. The times fed are the session's own deadlines, at most [`BURST_AHEAD`] past
+    /// `now`.
     fn drain(&mut self, id: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&id) else { return };
-        let alive = drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
-        if !alive {
-            self.close_peer(id, "session closed");
+        let mut rounds = 0;
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else { return };
+            let alive = drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
+            if !alive {
+                self.close_peer(id, "session closed");
+                return;
+            }
+            rounds += 1;
+            if peer.next_timeout > now + BURST_AHEAD || rounds > MAX_BURST_ROUNDS {
+                return;
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(peer.next_timeout)) {
+                debug!(%id, error = %e, "timeout handling failed; ending session");
+                Metrics::add(&self.metrics.session_errors, 1);
+                self.close_peer(id, "protocol error");
+                return;
+            }
         }
     }
 
@@ -605,6 +711,8 @@ impl Sfu {
     }
 
     fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
+        // Frames reach every viewer in order: the rest of the previous one goes first.
+        self.continue_fanout(now, usize::MAX);
         let Some(p) = self.peers.get_mut(&from) else { return };
         let kind = if Some(data.mid) == p.video_mid {
             TrackKind::Video
@@ -656,14 +764,44 @@ impl Sfu {
         let c = self.fwd.counters();
         self.metrics.count_drops(DropReason::WaitingKeyframe, c.dropped_waiting_keyframe - waiting0);
         self.metrics.count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
-        for &viewer in &targets {
+        if targets.is_empty() {
+            self.targets = targets;
+            return;
+        }
+        // One copy of the frame shared by every viewer's send queue (str0m takes `Arc<[u8]>`).
+        let mut fanout = std::mem::take(&mut self.fanout);
+        fanout.kind = kind;
+        fanout.layer = layer;
+        fanout.time = data.time;
+        fanout.network_time = data.network_time;
+        fanout.params = Some(data.params);
+        fanout.payload = Some(Arc::from(&data.data[..]));
+        fanout.since = now;
+        fanout.next = 0;
+        std::mem::swap(&mut fanout.targets, &mut targets);
+        self.targets = targets;
+        self.fanout = fanout;
+        self.continue_fanout(now, MAX_FANOUT_SLICE);
+    }
+
+    /// Writes the pending frame to up to `max` more of its viewers, each driven at once so its
+    /// packets are queued (paced, encrypted) before the next viewer's.
+    fn continue_fanout(&mut self, now: Instant, max: usize) {
+        let mut fanout = std::mem::take(&mut self.fanout);
+        let (Some(params), Some(payload)) = (fanout.params, fanout.payload.clone()) else {
+            self.fanout = fanout;
+            return;
+        };
+        let end = fanout.targets.len().min(fanout.next.saturating_add(max));
+        for i in fanout.next..end {
+            let viewer = fanout.targets[i];
             let Some(v) = self.peers.get_mut(&viewer) else { continue };
-            let (mid, time) = match kind {
-                TrackKind::Video => (v.video_mid, v.video_ts.map(layer, data.time, data.network_time)),
-                TrackKind::Audio => (v.audio_mid, data.time),
+            let (mid, time) = match fanout.kind {
+                TrackKind::Video => (v.video_mid, v.video_ts.map(fanout.layer, fanout.time, fanout.network_time)),
+                TrackKind::Audio => (v.audio_mid, fanout.time),
             };
             let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else { continue };
-            let Some(pt) = writer.match_params(data.params) else {
+            let Some(pt) = writer.match_params(params) else {
                 self.metrics.count_drop(DropReason::CodecMismatch);
                 continue;
             };
@@ -671,7 +809,7 @@ impl Sfu {
             // arrived: a frame completed by a late retransmission would otherwise carry an
             // earlier wall clock than the next frame, and str0m's send queue would put it after
             // that frame.
-            match writer.write(pt, now, time, data.data.clone()) {
+            match writer.write(pt, now, time, payload.clone()) {
                 Ok(()) => Metrics::add(&self.metrics.frames_forwarded, 1),
                 Err(e) => {
                     debug!(%viewer, error = %e, "write refused");
@@ -680,7 +818,13 @@ impl Sfu {
             }
             self.drain(viewer, now);
         }
-        self.targets = targets;
+        fanout.next = end;
+        if fanout.next >= fanout.targets.len() {
+            fanout.targets.clear();
+            fanout.payload = None;
+            fanout.params = None;
+        }
+        self.fanout = fanout;
     }
 
     fn close_peer(&mut self, id: PeerId, why: &str) {
@@ -1411,6 +1555,37 @@ mod tests {
             }
         }
         assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
+    }
+
+    #[test]
+    fn a_frame_for_more_viewers_than_a_slice_reaches_every_one_in_order() {
+        let mut w = World::new();
+        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
+        // Enough viewers for a frame to be written in three slices.
+        let viewers: Vec<usize> = (0..2 * MAX_FANOUT_SLICE + 3)
+            .map(|i| w.connected_viewer(2000 + i as u16, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto))
+            .collect();
+        // Frames of one and of several packets, some written back to back so a frame arrives
+        // while the previous one is still being written to its viewers.
+        for n in 0..40u64 {
+            w.write_vp8(p, n, n == 0);
+            if n % 4 != 3 {
+                for _ in 0..6 {
+                    w.step();
+                }
+            }
+        }
+        for _ in 0..100 {
+            w.step();
+        }
+        assert_eq!(w.sfu.metrics.frames_forwarded.load(Ordering::Relaxed), 40 * viewers.len() as u64);
+        for &v in &viewers {
+            let video = &w.clients[v].video;
+            let frames: Vec<u8> = video.iter().map(|d| d.data[6]).collect();
+            assert_eq!(frames, (0..40u8).collect::<Vec<_>>(), "viewer {v} got every frame, in order");
+            assert!(video.iter().all(|d| d.contiguous));
+        }
+        assert!(!w.sfu.fanout.pending());
     }
 
     #[test]
