@@ -51,7 +51,7 @@ use tracing::{debug, warn};
 use crate::codec::{keyframe_dims, VideoCodec};
 use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind, ViewError};
 use crate::metrics::{DropReason, Metrics};
-use crate::streams::{LiveStreams, StreamInfo};
+use crate::streams::{LayerSummary, LiveStreams, StreamInfo};
 
 /// Tunables of the SFU engine. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -390,6 +390,7 @@ impl Sfu {
             video_codec,
             audio,
             started_unix_ms,
+            layers: Vec::new(),
         });
         self.after_input(now);
         Ok(SessionAnswer { session_id, sdp })
@@ -593,8 +594,29 @@ impl Sfu {
         if self.last_remb.is_none_or(|t| now.saturating_duration_since(t) >= REMB_INTERVAL) {
             self.last_remb = Some(now);
             self.send_remb();
+            self.publish_layers();
         }
         self.after_input(now);
+    }
+
+    /// Copies each live stream's received layers (size, bitrate) into the live-stream table, for
+    /// the catalog and `/api/streams`.
+    fn publish_layers(&self) {
+        for info in self.live.list() {
+            let layers = self
+                .fwd
+                .layers(&info.name)
+                .into_iter()
+                .enumerate()
+                .map(|(rank, l)| LayerSummary {
+                    rank,
+                    width: l.dims.map(|d| d.0),
+                    height: l.dims.map(|d| d.1),
+                    kbps: l.bitrate_bps / 1000,
+                })
+                .collect();
+            self.live.set_layers(&info.name, layers);
+        }
     }
 
     /// Keeps each `Auto` viewer's estimator probing towards its next layer up (see

@@ -25,6 +25,24 @@ pub struct StreamInfo {
     pub viewers: usize,
     /// When publishing started, Unix milliseconds.
     pub started_unix_ms: u64,
+    /// The video layers being received, lowest first (one for a non-simulcast publisher; empty
+    /// until media flows). Refreshed every second.
+    pub layers: Vec<LayerSummary>,
+}
+
+/// One received video layer as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerSummary {
+    /// Rank among the publisher's layers: 0 = lowest.
+    pub rank: usize,
+    /// Picture width from the layer's last keyframe, if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Picture height from the layer's last keyframe, if readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Bitrate over the last second, kbit/s.
+    pub kbps: u64,
 }
 
 /// Shared, cheaply clonable handle on the live-stream table.
@@ -50,6 +68,15 @@ impl LiveStreams {
 
     pub(crate) fn remove(&self, name: &StreamName) {
         self.write().remove(name);
+    }
+
+    pub(crate) fn set_layers(&self, name: &StreamName, layers: Vec<LayerSummary>) {
+        let mut map = self.write();
+        if let Some(s) = map.get_mut(name) {
+            if s.layers != layers {
+                s.layers = layers;
+            }
+        }
     }
 
     pub(crate) fn set_viewers(&self, name: &StreamName, viewers: usize) {

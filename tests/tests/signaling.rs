@@ -566,12 +566,15 @@ async fn publish_and_subscribe_through_signaling_decodes_frames() {
     pubr.wait_connected(WAIT).await.unwrap();
 
     // The catalog (from the live-stream table) shows it to the operator.
-    let cat = common::wait_for("the stream in the catalog", WAIT, || async {
+    let cat = common::wait_for("the stream and its layer in the catalog", WAIT, || async {
         let d = viewer.request(ClientMsg::Catalog { id: 0, incident: None }).await.ok()?;
-        d["streams"].as_array().filter(|s| !s.is_empty()).cloned()
+        d["streams"].as_array().filter(|s| s.len() == 1 && s[0]["layers"][0]["width"].is_u64()).cloned()
     })
     .await;
     assert_eq!(cat[0]["name"], "off-11");
+    assert_eq!(cat[0]["video_codec"], "H264");
+    assert_eq!(cat[0]["layers"].as_array().unwrap().len(), 1, "{}", cat[0]);
+    assert!(cat[0]["layers"][0]["height"].as_u64().unwrap() > 0);
     assert_eq!(cat[0]["kind"], "camera");
     assert_eq!(cat[0]["owner_role"], "officer");
 
