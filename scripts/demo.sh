@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# THE demo command: builds the node and the GStreamer test-pattern publisher, starts a node on
-# this machine, publishes stream `demo-cam`, and prints a link that plays it in any browser.
-# Ctrl-C stops everything.
+# THE demo command: builds the node, the GStreamer test-pattern publisher and field-client,
+# starts a node on this machine, publishes stream `demo-cam`, starts a simulated field tablet
+# (`field-client run` as officer `off-demo` reporting a position and printing the orders it
+# gets), and prints a link that plays the stream in any browser. Ctrl-C stops everything.
 #
 # Environment:
 #   YIWANG_DEMO_DIR    working directory (data dir, logs)      default /tmp/yiwang-demo
@@ -19,7 +20,7 @@ stream=demo-cam
 
 bash scripts/install-deps.sh
 cargo --version >/dev/null || { echo "demo.sh: cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
-cargo build --release -p media-server -p yiwang-tests --bins
+cargo build --release -p media-server -p yiwang-tests -p field-client --bins
 
 bin="$root/target/release"
 mkdir -p "$demo_dir/data"
@@ -27,7 +28,9 @@ node_out="$demo_dir/media-server.out"
 node_log="$demo_dir/media-server.log"
 pub_out="$demo_dir/demo-publisher.out"
 pub_log="$demo_dir/demo-publisher.log"
-: >"$node_out"; : >"$pub_out"
+tab_out="$demo_dir/field-client.out"
+tab_log="$demo_dir/field-client.log"
+: >"$node_out"; : >"$pub_out"; : >"$tab_out"
 
 pids=()
 # shellcheck disable=SC2317  # invoked from traps
@@ -85,11 +88,25 @@ echo "demo.sh: starting demo-publisher on stream $stream" >&2
 pids+=($!)
 wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
 
+tab_token=$("$bin/media-server" token --data "$demo_dir/data" --sub off-demo --role officer --ttl 86400)
+ops_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-operator --role operator --ttl 86400)
+echo "demo.sh: starting a simulated field tablet (field-client run as off-demo)" >&2
+"$bin/field-client" run --json --node 127.0.0.1:4433 --token "$tab_token" \
+  --position fixed:30.5928,114.3055 >"$tab_out" 2>"$tab_log" &
+pids+=($!)
+wait_line "$tab_out" '"kind":"connected"' "${pids[2]}" 30 field-client
+
 cat <<EOF
 
   一网 yiwang demo is running.  演示已启动。
 
   Open http://$advertise:$http_port/play.html?stream=$stream&token=$view_token
+
+  The simulated tablet (off-demo) is on the map data:
+    curl -H "Authorization: Bearer $ops_token" http://$advertise:$http_port/api/units
+  Send it an order (it prints it in $tab_out):
+    curl -H "Authorization: Bearer $ops_token" -d '{"incident":"duty","to":"off-demo","text":"Go to gate 3"}' \
+      http://$advertise:$http_port/api/orders
 
   (viewer token valid 24 h; logs: $demo_dir/*.log; Ctrl-C stops everything / 按 Ctrl-C 停止)
 
@@ -101,5 +118,5 @@ wait -n "${pids[@]}"
 rc=$?
 set -e
 echo "demo.sh: a process exited (status $rc); stopping. Logs: $demo_dir" >&2
-tail -n 5 "$node_log" "$pub_log" >&2 || true
+tail -n 5 "$node_log" "$pub_log" "$tab_log" >&2 || true
 exit 1
