@@ -1,6 +1,7 @@
 //! `field-client run --source test --no-audio` publishes through a real node started in-process
 //! (ephemeral loopback ports, fresh data dir); a GStreamer WHEP viewer (`yiwang_tests`) decodes
 //! what the node forwards, and the node's catalog lists the stream under the officer's subject.
+//! Then the same with audio: the viewer decodes Opus too.
 //!
 //! One test in this binary: it encodes and decodes live video, which the 2-core CI machines
 //! cannot do twice at once. Every wait is bounded; the 10 s measuring window is a window, not a
@@ -13,7 +14,7 @@ use media_server::config::NodeConfig;
 use serde_json::Value;
 use signaling::auth::{Role, TokenRequest};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
+use tokio::process::{Child, ChildStdout, Command};
 use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
 
 /// Bound on any single wait.
@@ -56,15 +57,7 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     let viewer_token = token("wall-1", Role::Viewer);
 
     let quic = node.quic_addr.to_string();
-    let mut run = Command::new(BIN)
-        .args(["run", "--json", "--source", "test", "--no-audio", "--node", &quic, "--token", &officer])
-        .env_remove("YIWANG_NODE")
-        .env_remove("YIWANG_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("field-client run starts");
+    let mut run = spawn_run(&["run", "--json", "--source", "test", "--no-audio", "--node", &quic, "--token", &officer]);
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
 
     let note = line_where(&mut lines, "the encoder note", |v| {
@@ -107,10 +100,41 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     assert_eq!(stream["audio"], false, "{stream}");
 
     viewer.stop().await.expect("viewer DELETE");
-    // SIGTERM: `run` closes its media session and says bye.
+    terminate(run).await;
+
+    // With audio (the default): Opus ticks reach the viewer too, and the catalog says so.
+    let mut run = spawn_run(&["run", "--json", "--source", "test", "--node", &quic, "--token", &officer]);
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let publishing = line_where(&mut lines, "the publishing line with audio", |v| v["kind"] == "publishing").await;
+    assert_eq!(publishing["audio"], true, "{publishing}");
+    let viewer = WhepViewer::start(&base, "off-42", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+    viewer.wait_frames(30, WAIT).await.expect("video with audio");
+    let s = viewer.wait_audio(50, WAIT).await.expect("Opus decoded");
+    eprintln!("with audio: {s:?}");
+    let r = reqwest::Client::new().get(format!("{base}/api/streams")).bearer_auth(&viewer_token).send().await.unwrap();
+    let catalog: Value = r.json().await.unwrap();
+    assert_eq!(catalog["streams"][0]["audio"], true, "{catalog}");
+    viewer.stop().await.expect("viewer DELETE");
+    terminate(run).await;
+    node.shutdown().await;
+}
+
+fn spawn_run(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("YIWANG_NODE")
+        .env_remove("YIWANG_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("field-client run starts")
+}
+
+/// SIGTERM: `run` closes its media session, says bye and exits 0.
+async fn terminate(mut run: Child) {
     let pid = run.id().expect("run is running").to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::time::timeout(WAIT, run.wait()).await.expect("run exits in time").unwrap();
     assert!(status.success(), "{status:?}");
-    node.shutdown().await;
 }

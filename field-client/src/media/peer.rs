@@ -281,6 +281,7 @@ impl Peer {
                 match track.poll().await {
                     Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
                         if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                            tracing::debug!("keyframe requested by the node");
                             on_keyframe_request();
                         }
                     }
