@@ -1,7 +1,8 @@
 //! `field-client run --source test --no-audio` publishes through a real node started in-process
 //! (ephemeral loopback ports, fresh data dir); a GStreamer WHEP viewer (`yiwang_tests`) decodes
 //! what the node forwards, and the node's catalog lists the stream under the officer's subject.
-//! Then the same with audio: the viewer decodes Opus too.
+//! Then the same with audio: the viewer decodes Opus too; and when the node ends the media
+//! session, `run` publishes again and the viewer plays on.
 //!
 //! One test in this binary: it encodes and decodes live video, which the 2-core CI machines
 //! cannot do twice at once. Every wait is bounded; the 10 s measuring window is a window, not a
@@ -114,6 +115,18 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     let r = reqwest::Client::new().get(format!("{base}/api/streams")).bearer_auth(&viewer_token).send().await.unwrap();
     let catalog: Value = r.json().await.unwrap();
     assert_eq!(catalog["streams"][0]["audio"], true, "{catalog}");
+
+    // The node ends the media session (as a link cut would): the peer connection fails and `run`
+    // publishes again with a new offer; the viewer, still attached to the name, plays on.
+    let media = publishing["media"].as_str().unwrap().to_owned();
+    let r = reqwest::Client::new().delete(format!("{base}/session/{media}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cut = Instant::now();
+    let again = line_where(&mut lines, "publishing again", |v| v["kind"] == "publishing").await;
+    assert_ne!(again["media"], media.as_str(), "{again}");
+    let seen = viewer.stats().frames_decoded;
+    let s = viewer.wait_frames(seen + 60, WAIT).await.expect("the viewer plays again");
+    eprintln!("published again {:?} after the cut; {s:?}", cut.elapsed());
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
     node.shutdown().await;
