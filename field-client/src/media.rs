@@ -499,4 +499,27 @@ mod tests {
         assert!("file:".parse::<Source>().is_err());
         assert!("webcam".parse::<Source>().is_err());
     }
+
+    #[test]
+    fn encoder_choice_falls_back_to_software_and_says_why() {
+        let has = |e: &str| e == "x264enc" || e == "opusenc";
+        let r = choose_encoder(None, None, &has).unwrap();
+        assert_eq!((r.device.as_str(), r.link.as_str(), r.encoder.element.as_str()), ("tablet-software", "wifi", "x264enc"));
+        let note = encoder_note(&r);
+        assert!(note.starts_with("encoder x264enc (software, h264) from profile tablet-software on link wifi at "), "{note}");
+
+        let r = choose_encoder(Some("tablet-x86-vaapi"), Some("4g-good"), &has).unwrap();
+        assert_eq!(r.encoder.element, "x264enc");
+        let note = encoder_note(&r);
+        assert!(note.contains("; skipped vah264enc") && note.contains("not installed on this machine"), "{note}");
+
+        assert!(matches!(choose_encoder(Some("no-such-tablet"), None, &has), Err(Unavailable::Profile(_))));
+        assert!(matches!(choose_encoder(None, Some("carrier-pigeon"), &has), Err(Unavailable::Profile(_))));
+    }
+
+    #[tokio::test]
+    async fn a_loopback_node_is_reached_from_loopback() {
+        assert_eq!(local_ip_towards("127.0.0.1:4433").await.unwrap(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert!(local_ip_towards("no-such-host.invalid:4433").await.is_err());
+    }
 }
