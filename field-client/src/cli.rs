@@ -26,8 +26,8 @@ use crate::run::{self, RunOptions};
 /// Exit codes: 0 done; 1 bad command line, or the node cannot be reached; 2 the node refused
 /// (token refused or revoked, or the request answered with an error).
 ///
-/// Not in this version: media publishing (`run` accepts `--source` and says so), `profiles`,
-/// `watch`.
+/// `run` also publishes camera and microphone (or a test pattern) through the node. Not in this
+/// version: `profiles`, `watch`.
 #[derive(Debug, Parser)]
 #[command(name = "field-client", version, max_term_width = 100)]
 pub struct Cli {
@@ -165,13 +165,16 @@ pub struct RunArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub common: Common,
-    /// Hardware profile (accepted, not used yet: hardware profiles are not integrated).
+    /// Hardware profile (hw-profiles tablet name); default: the first tablet whose hardware
+    /// encoder is installed, else tablet-software.
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
-    /// Link class (accepted, not used yet).
+    /// Link class (wired, wifi, 4g-good, 4g-poor, satellite, mesh-radio): sets the bitrate and
+    /// Opus settings. Default: wifi.
     #[arg(long, value_name = "LINK")]
     pub link: Option<String>,
-    /// What to publish: camera, test or file:PATH (media publishing is not implemented yet).
+    /// What to publish: camera (v4l2src and the default microphone), test (test pattern and
+    /// ticks) or file:PATH (played once).
     #[arg(long, value_name = "SOURCE", default_value = "camera")]
     pub source: Source,
     /// Publish video only.
@@ -245,7 +248,8 @@ fn one_line(rendered: &str) -> String {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // rtc's DTLS warns on every handshake that it has no server name: noise for a client.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc_dtls::config=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,15 +1,14 @@
 //! `field-client`: the field officer's tablet client of yiwang.
 //!
-//! This slice is the signaling and office side: a session with the node over QUIC
-//! ([`signaling::client`]), orders, chat, SOS and positions; media publishing comes next (its seam
-//! is [`media`]). The binary (`src/main.rs`) only calls [`cli::main`].
+//! A session with the node over QUIC ([`signaling::client`]): orders, chat, SOS and positions,
+//! and, in `run`, camera and microphone published over WebRTC ([`media`]). The binary (`src/main.rs`) only calls [`cli::main`].
 //!
 //! - [`cli`]: the command line, exit codes, dispatch.
 //! - [`run`]: `field-client run`, the long-running client.
 //! - [`office`]: the one-shot commands (`orders`, `accept`, `decline`, `done`, `say`, `sos`).
 //! - [`mailbox`]: the read-only session `orders` uses to read the whole mailbox.
 //! - [`position`], [`nmea`], [`gpsd`]: where positions come from and how they are reported.
-//! - [`media`]: the publisher seam (not implemented yet).
+//! - [`media`]: the publisher (GStreamer capture and encode, WebRTC, `publish` over signaling).
 //! - [`output`]: text and JSON lines. [`error`]: errors and exit codes.
 //!
 //! What it must not touch: the node's side. It depends on `signaling` with its default `client`

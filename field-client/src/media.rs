@@ -1,15 +1,41 @@
-//! Camera and microphone out (`--source`, `--no-audio`, `--profile`, `--link`): the seam where
-//! the publisher will plug in.
+//! Camera and microphone out (`--source`, `--no-audio`, `--profile`, `--link`): capture and
+//! encode with GStreamer, publish with WebRTC (the `webrtc` crate), negotiate through signaling's
+//! `publish` on the session `run` holds.
 //!
-//! Not implemented in this version: [`start`] always answers [`Unavailable::NotImplemented`] and
-//! `run` says so. The publisher to come (GStreamer capture and encoder chosen by `hw-profiles`,
-//! WebRTC with the `webrtc` crate, SDP through signaling's `publish` on the session `run` holds)
-//! is a task started here and stopped by [`Publisher::stop`]; `run` needs no other change.
+//! - [`pipeline`]: the gst-launch description (pure, unit-tested).
+//! - [`peer`]: the WebRTC peer (tracks, complete offer, keyframe requests).
+//! - here: the encoder choice (`hw-profiles`), the running pipeline, and the publishing task that
+//!   re-publishes with backoff when the peer connection fails or the signaling session is new.
+//!
+//! First slice: one layer at 640×480, 30 fps, the link's start bitrate (no simulcast, no
+//! bandwidth adaptation); `file:PATH` plays once (no loop).
+//!
+//! It must not touch the office side (mail, orders) nor print anything but `publishing`,
+//! `warning` and `note` lines.
 
+pub mod peer;
+pub mod pipeline;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use signaling::client::Client;
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use hw_profiles::Codec;
+use serde_json::json;
+use signaling::client::{Client, ClientError};
+use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
+use tokio::sync::{mpsc, oneshot};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::output::Output;
+use peer::Peer;
+use pipeline::{Picture, AUDIO_SINK, VIDEO_SINK};
 
 /// `--source`: what to publish.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -52,32 +78,414 @@ pub struct MediaOptions {
 }
 
 /// Why no publisher runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Unavailable {
-    /// This version has no media publishing yet.
-    #[error("media publishing is not implemented yet")]
-    NotImplemented,
+    /// GStreamer could not be initialised.
+    #[error("GStreamer: {0}")]
+    Gstreamer(String),
+    /// The hardware profile or link class is unknown, or no encoder fits.
+    #[error("{0}")]
+    Profile(String),
+    /// The capture-and-encode pipeline could not be built or started.
+    #[error("media pipeline: {0}")]
+    Pipeline(String),
 }
 
 /// A running publisher.
 #[derive(Debug)]
 pub struct Publisher {
     task: tokio::task::JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Publisher {
-    /// Stops publishing (closes the media session).
-    pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    /// Stops publishing: closes the peer and the node's media session, stops the pipeline.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = self.task.await;
+        }
     }
 }
 
-/// Starts publishing `opts` over `client`'s session.
-pub fn start(_client: &Client, _opts: &MediaOptions) -> Result<Publisher, Unavailable> {
-    Err(Unavailable::NotImplemented)
+/// Link class used without `--link`.
+pub const DEFAULT_LINK: &str = "wifi";
+
+/// Backoff between publishing attempts.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A peer connection `Disconnected` for this long is given up and re-published.
+const DISCONNECTED_GRACE: Duration = Duration::from_secs(5);
+/// At most one forced keyframe per this interval.
+const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The encoder for this machine: `profile` (else the first tablet profile with installed hardware,
+/// else `tablet-software`) over `link` (else [`DEFAULT_LINK`]), H.264 preferred.
+pub fn choose_encoder(
+    profile: Option<&str>,
+    link: Option<&str>,
+    has_element: &dyn Fn(&str) -> bool,
+) -> Result<hw_profiles::Resolution, Unavailable> {
+    let catalog = hw_profiles::shipped().map_err(|e| Unavailable::Profile(e.to_string()))?;
+    let device = match profile {
+        Some(name) => catalog.device(name),
+        None => hw_profiles::pick_device(has_element),
+    }
+    .map_err(|e| Unavailable::Profile(e.to_string()))?;
+    let link = catalog
+        .link(link.unwrap_or(DEFAULT_LINK))
+        .map_err(|e| Unavailable::Profile(e.to_string()))?;
+    let r = hw_profiles::resolve(device, link, has_element, Some(Codec::H264))
+        .map_err(|e| Unavailable::Profile(e.to_string()))?;
+    if !matches!(r.encoder.codec, Codec::H264 | Codec::Vp8) {
+        return Err(Unavailable::Profile(format!(
+            "{} produces {}, which the node does not forward",
+            r.encoder.element,
+            r.encoder.codec.as_str()
+        )));
+    }
+    Ok(r)
 }
+
+/// The `note` that says which encoder was chosen and what was passed over.
+pub fn encoder_note(r: &hw_profiles::Resolution) -> String {
+    let mut s = format!(
+        "encoder {} ({}, {}) from profile {} on link {} at {} kbit/s, one layer 640x480@30 (simulcast later)",
+        r.encoder.element,
+        if r.encoder.hardware { "hardware" } else { "software" },
+        r.encoder.codec.as_str(),
+        r.device,
+        r.link,
+        r.encoder.bitrate_kbps
+    );
+    if let Some(c) = r.preferred_codec_unavailable {
+        s.push_str(&format!("; no {} encoder installed", c.as_str()));
+    }
+    for skipped in &r.skipped {
+        s.push_str(&format!("; skipped {skipped}"));
+    }
+    s
+}
+
+/// The local address to bind the peer's sockets to: the one this host uses to reach `node`
+/// (loopback for a loopback node).
+pub async fn local_ip_towards(node: &str) -> std::io::Result<IpAddr> {
+    let addr = tokio::net::lookup_host(node)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{node} resolves to no address")))?;
+    if addr.ip().is_loopback() {
+        return Ok(addr.ip());
+    }
+    let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let probe = tokio::net::UdpSocket::bind((any, 0)).await?;
+    probe.connect(addr).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
+/// An encoded frame or packet and how long it lasts.
+type Frame = (Bytes, Duration);
+
+/// The pipeline, set to NULL when dropped.
+struct Running {
+    pipeline: gst::Pipeline,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Feeds an appsink's buffers into a channel (dropping when it is full: a late frame is worth
+/// nothing).
+fn drain_appsink(sink: &gst_app::AppSink, default: Duration) -> mpsc::Receiver<Frame> {
+    let (tx, rx) = mpsc::channel::<Frame>(64);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                let duration = buffer.duration().map_or(default, |d| Duration::from_nanos(d.nseconds()));
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let _ = tx.try_send((Bytes::copy_from_slice(map.as_slice()), duration));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    rx
+}
+
+/// Asks the encoder for a keyframe (with SPS/PPS), at most once per [`KEYFRAME_MIN_INTERVAL`].
+fn keyframe_forcer(video_sink: gst::Element) -> Arc<dyn Fn() + Send + Sync> {
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Arc::new(move || {
+        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true).build();
+        // Upstream from the appsink through the parser to the encoder.
+        video_sink.send_event(gst::event::CustomUpstream::new(s));
+    })
+}
+
+/// Starts publishing `opts` over `client`'s session to `node` (its QUIC `HOST:PORT`, used to pick
+/// the local address). Prints the encoder choice as a `note`; `publishing` lines follow as the
+/// node accepts each offer.
+pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> Result<Publisher, Unavailable> {
+    gst::init().map_err(|e| Unavailable::Gstreamer(e.to_string()))?;
+    let has_element = |name: &str| gst::ElementFactory::find(name).is_some();
+    let resolution = choose_encoder(opts.profile.as_deref(), opts.link.as_deref(), &has_element)?;
+    out.note(&encoder_note(&resolution));
+    let picture = Picture::default();
+    let desc = pipeline::describe(&opts.source, &resolution.encoder, opts.audio.then_some(&resolution.audio), picture);
+    tracing::debug!(pipeline = %desc, "media pipeline");
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| Unavailable::Pipeline(format!("{e} ({desc})")))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| Unavailable::Pipeline("not a pipeline".to_owned()))?;
+    let appsink = |name: &str| {
+        pipeline
+            .by_name(name)
+            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+            .ok_or_else(|| Unavailable::Pipeline(format!("no appsink {name}")))
+    };
+    let video_sink = appsink(VIDEO_SINK)?;
+    let video_rx = drain_appsink(&video_sink, Duration::from_secs(1) / picture.fps);
+    let audio_rx = if opts.audio {
+        let frame = Duration::from_millis(u64::from(resolution.audio.frame_ms));
+        Some(drain_appsink(&appsink(AUDIO_SINK)?, frame))
+    } else {
+        None
+    };
+    let keyframe = keyframe_forcer(video_sink.upcast());
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| Unavailable::Pipeline(format!("cannot start: {e}")))?;
+    let running = Running { pipeline, stopped: Default::default() };
+    watch_bus(&running, out);
+
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let job = Job {
+        client: client.clone(),
+        node: node.to_owned(),
+        codec: resolution.encoder.codec,
+        encoder: resolution.encoder.element.clone(),
+        out,
+        keyframe,
+    };
+    let task = tokio::spawn(async move {
+        job.publish(video_rx, audio_rx, stop_rx).await;
+        drop(running);
+    });
+    Ok(Publisher { task, stop: Some(stop_tx) })
+}
+
+/// Reports pipeline errors and the end of a file source (a thread, until the pipeline stops).
+fn watch_bus(running: &Running, out: Output) {
+    let Some(bus) = running.pipeline.bus() else { return };
+    let stopped = running.stopped.clone();
+    std::thread::spawn(move || {
+        use gst::MessageView;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let Some(msg) = bus.timed_pop_filtered(
+                gst::ClockTime::from_mseconds(200),
+                &[gst::MessageType::Error, gst::MessageType::Eos],
+            ) else {
+                continue;
+            };
+            match msg.view() {
+                MessageView::Error(e) => {
+                    out.warning(&format!("media pipeline error: {} ({:?})", e.error(), e.debug()));
+                    break;
+                }
+                MessageView::Eos(_) => {
+                    out.note("media source ended");
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+struct Job {
+    client: Client,
+    node: String,
+    codec: Codec,
+    encoder: String,
+    out: Output,
+    keyframe: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Why a publishing attempt ended.
+enum Ended {
+    Stop,
+    Retry(String),
+}
+
+impl Job {
+    async fn publish(
+        &self,
+        mut video: mpsc::Receiver<Frame>,
+        mut audio: Option<mpsc::Receiver<Frame>>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let attempt = tokio::select! {
+                r = self.negotiate(audio.is_some()) => r,
+                _ = &mut stop => return,
+            };
+            match attempt {
+                Ok((mut peer, states, media)) => {
+                    while video.try_recv().is_ok() {}
+                    if let Some(a) = audio.as_mut() {
+                        while a.try_recv().is_ok() {}
+                    }
+                    let ended = self.pump(&mut peer, states, &mut video, audio.as_mut(), &mut stop, &mut backoff).await;
+                    peer.close().await;
+                    let close = ClientMsg::MediaClose { id: 0, media };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.client.request(close)).await;
+                    match ended {
+                        Ended::Stop => return,
+                        Ended::Retry(why) => self.out.warning(&format!("publishing interrupted ({why}); publishing again")),
+                    }
+                }
+                Err(Fatal(why)) => {
+                    self.out.warning(&format!("cannot publish: {why}"));
+                    // Nothing will change by retrying: idle until stopped.
+                    let _ = stop.await;
+                    return;
+                }
+                Err(Retry(why)) => {
+                    self.out.warning(&format!("cannot publish ({why}); retrying in {} s", backoff.as_secs()));
+                }
+            }
+            // Wait, discarding what the encoder produces meanwhile.
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    _ = &mut stop => return,
+                    _ = video.recv() => {}
+                    Some(_) = async { match audio.as_mut() { Some(a) => a.recv().await, None => None } } => {}
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One offer/answer: a new peer, `publish`, the answer applied.
+    async fn negotiate(
+        &self,
+        audio: bool,
+    ) -> Result<(Peer, mpsc::UnboundedReceiver<RTCPeerConnectionState>, String), AttemptError> {
+        let ip = local_ip_towards(&self.node).await.map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
+        let (mut peer, offer, states) = Peer::offer(ip, self.codec, audio).await.map_err(Retry)?;
+        let msg = ClientMsg::Publish { id: 0, stream: None, kind: StreamKind::Camera, sdp: offer };
+        let data = match self.client.request(msg).await {
+            Ok(d) => d,
+            Err(e) => {
+                peer.close().await;
+                return Err(match e {
+                    ClientError::Remote { code: ErrorCode::Forbidden | ErrorCode::BadRequest, .. } => Fatal(e.to_string()),
+                    ClientError::Closed => Fatal(e.to_string()),
+                    _ => Retry(e.to_string()),
+                });
+            }
+        };
+        let (Some(sdp), Some(media)) = (data["sdp"].as_str(), data["media"].as_str()) else {
+            peer.close().await;
+            return Err(Retry(format!("publish answered without sdp and media: {data}")));
+        };
+        if let Err(e) = peer.answer(sdp.to_owned(), self.keyframe.clone()).await {
+            peer.close().await;
+            let _ = self.client.request(ClientMsg::MediaClose { id: 0, media: media.to_owned() }).await;
+            return Err(Retry(e));
+        }
+        self.out.emit(&json!({
+            "kind": "publishing",
+            "stream": data["stream"],
+            "media": media,
+            "encoder": self.encoder,
+            "audio": audio,
+        }));
+        Ok((peer, states, media.to_owned()))
+    }
+
+    /// Moves frames into the peer until it fails, the signaling session is a new one, or stop.
+    async fn pump(
+        &self,
+        peer: &mut Peer,
+        mut states: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+        video: &mut mpsc::Receiver<Frame>,
+        mut audio: Option<&mut mpsc::Receiver<Frame>>,
+        stop: &mut oneshot::Receiver<()>,
+        backoff: &mut Duration,
+    ) -> Ended {
+        let session = self.client.session().session;
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let mut disconnected_since: Option<Instant> = None;
+        let mut connected = false;
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return Ended::Stop,
+                // Frames before DTLS completes have no SRTP keys: they are dropped here.
+                f = video.recv() => match f {
+                    Some((data, d)) => if connected { peer.write_video(data, d).await },
+                    None => return Ended::Retry("the video source ended".to_owned()),
+                },
+                Some((data, d)) = async { match audio.as_deref_mut() { Some(a) => a.recv().await, None => None } } => {
+                    if connected {
+                        peer.write_audio(data, d).await;
+                    }
+                }
+                st = states.recv() => match st {
+                    Some(RTCPeerConnectionState::Connected) => {
+                        connected = true;
+                        disconnected_since = None;
+                        *backoff = BACKOFF_MIN;
+                        (self.keyframe)();
+                    }
+                    Some(RTCPeerConnectionState::Disconnected) => {
+                        disconnected_since.get_or_insert_with(Instant::now);
+                    }
+                    Some(s @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)) => {
+                        return Ended::Retry(format!("peer connection {s}"));
+                    }
+                    Some(_) => {}
+                    None => return Ended::Retry("peer connection gone".to_owned()),
+                },
+                _ = check.tick() => {
+                    let now = self.client.session();
+                    if now.session != session {
+                        return Ended::Retry("new signaling session".to_owned());
+                    }
+                    if disconnected_since.is_some_and(|t| t.elapsed() >= DISCONNECTED_GRACE) {
+                        return Ended::Retry(format!("peer connection disconnected for {} s", DISCONNECTED_GRACE.as_secs()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a failed attempt is worth repeating.
+enum AttemptError {
+    Retry(String),
+    Fatal(String),
+}
+use AttemptError::{Fatal, Retry};
 
 #[cfg(test)]
 mod tests {
@@ -90,5 +498,28 @@ mod tests {
         assert_eq!("file:/tmp/a.mp4".parse(), Ok(Source::File("/tmp/a.mp4".into())));
         assert!("file:".parse::<Source>().is_err());
         assert!("webcam".parse::<Source>().is_err());
+    }
+
+    #[test]
+    fn encoder_choice_falls_back_to_software_and_says_why() {
+        let has = |e: &str| e == "x264enc" || e == "opusenc";
+        let r = choose_encoder(None, None, &has).unwrap();
+        assert_eq!((r.device.as_str(), r.link.as_str(), r.encoder.element.as_str()), ("tablet-software", "wifi", "x264enc"));
+        let note = encoder_note(&r);
+        assert!(note.starts_with("encoder x264enc (software, h264) from profile tablet-software on link wifi at "), "{note}");
+
+        let r = choose_encoder(Some("tablet-x86-vaapi"), Some("4g-good"), &has).unwrap();
+        assert_eq!(r.encoder.element, "x264enc");
+        let note = encoder_note(&r);
+        assert!(note.contains("; skipped vah264enc") && note.contains("not installed on this machine"), "{note}");
+
+        assert!(matches!(choose_encoder(Some("no-such-tablet"), None, &has), Err(Unavailable::Profile(_))));
+        assert!(matches!(choose_encoder(None, Some("carrier-pigeon"), &has), Err(Unavailable::Profile(_))));
+    }
+
+    #[tokio::test]
+    async fn a_loopback_node_is_reached_from_loopback() {
+        assert_eq!(local_ip_towards("127.0.0.1:4433").await.unwrap(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert!(local_ip_towards("no-such-host.invalid:4433").await.is_err());
     }
 }

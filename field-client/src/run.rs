@@ -1,8 +1,8 @@
-//! `field-client run`: stay connected, print what arrives, report positions, publish (later).
+//! `field-client run`: stay connected, print what arrives, report positions, publish camera and microphone.
 //!
 //! One signaling session ([`signaling::client`]: reconnects and resumes by itself, mail
 //! delivered once and in order across reconnects) and, around it, tasks: the position source
-//! and reporter ([`crate::position`]), the publisher ([`crate::media`], not implemented yet).
+//! and reporter ([`crate::position`]), the publisher ([`crate::media`]).
 //! Runs until SIGINT or SIGTERM, then says `bye` so the node ends the session at once.
 
 use std::time::Duration;
@@ -49,10 +49,7 @@ pub async fn run(target: &Target, out: Output, opts: RunOptions) -> Result<(), E
         show(&client, out, first);
     }
 
-    if opts.media.profile.is_some() || opts.media.link.is_some() {
-        out.warning("--profile and --link are accepted but not used yet (hardware profiles are not integrated)");
-    }
-    let publisher = match media::start(&client, &opts.media) {
+    let publisher = match media::start(&client, &target.node, &opts.media, out) {
         Ok(p) => Some(p),
         Err(why) => {
             out.warning(&why.to_string());

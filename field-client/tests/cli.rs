@@ -178,8 +178,8 @@ async fn orders_positions_answers_chat_and_sos_between_run_and_an_operator() {
     let hello = line_where(&mut lines, "the connected line", |v| v["kind"] == "connected").await;
     assert_eq!((hello["subject"].as_str(), hello["role"].as_str()), (Some("off-1"), Some("officer")));
     assert_eq!(hello["incidents"][0], "duty");
-    let warning = line_where(&mut lines, "the media warning", |v| v["kind"] == "warning").await;
-    assert_eq!(warning["message"], "media publishing is not implemented yet");
+    let publishing = line_where(&mut lines, "the publishing line", |v| v["kind"] == "publishing").await;
+    assert_eq!(publishing["stream"], "off-1", "{publishing}");
 
     // An operator's order reaches `run` as a JSON line carrying the order id.
     let sent = op
