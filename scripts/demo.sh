@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # THE demo command: builds the node, the GStreamer test-pattern publisher and field-client,
 # starts a node on this machine, publishes stream `demo-cam`, starts a simulated field tablet
-# (`field-client run` as officer `off-demo` reporting a position and printing the orders it
-# gets), and prints a link that plays the stream in any browser. Ctrl-C stops everything.
+# (`field-client run` as officer `off-demo` publishing a test pattern as stream `off-demo`,
+# reporting a position and printing the orders it gets), and prints a link that plays the stream in any browser. Ctrl-C stops everything.
 #
 # Environment:
 #   YIWANG_DEMO_DIR    working directory (data dir, logs)      default /tmp/yiwang-demo
@@ -91,7 +91,7 @@ wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
 tab_token=$("$bin/media-server" token --data "$demo_dir/data" --sub off-demo --role officer --ttl 86400)
 ops_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-operator --role operator --ttl 86400)
 echo "demo.sh: starting a simulated field tablet (field-client run as off-demo)" >&2
-"$bin/field-client" run --json --node 127.0.0.1:4433 --token "$tab_token" \
+"$bin/field-client" run --json --node 127.0.0.1:4433 --token "$tab_token" --source test \
   --position fixed:30.5928,114.3055 >"$tab_out" 2>"$tab_log" &
 pids+=($!)
 wait_line "$tab_out" '"kind":"connected"' "${pids[2]}" 30 field-client
@@ -101,6 +101,9 @@ cat <<EOF
   一网 yiwang demo is running.  演示已启动。
 
   Open http://$advertise:$http_port/play.html?stream=$stream&token=$view_token
+
+  The simulated tablet's camera (a test pattern, published by field-client):
+    http://$advertise:$http_port/play.html?stream=off-demo&token=$view_token
 
   The simulated tablet (off-demo) is on the map data:
     curl -H "Authorization: Bearer $ops_token" http://$advertise:$http_port/api/units
