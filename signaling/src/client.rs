@@ -546,39 +546,6 @@ fn handshake_error(e: ConnectionError) -> ClientError {
     }
 }
 
-/// Sets the request id of `msg`; false for messages that have none (`hello`, `ack`, `bye`).
-fn set_id(msg: &mut ClientMsg, new: RequestId) -> bool {
-    use ClientMsg::*;
-    match msg {
-        Hello { .. } | Ack { .. } | MailAck { .. } | Bye => return false,
-        Position { id, .. } => *id = Some(new),
-        Ping { id }
-        | Incidents { id }
-        | IncidentCreate { id, .. }
-        | IncidentClose { id, .. }
-        | Join { id, .. }
-        | Leave { id, .. }
-        | Assign { id, .. }
-        | Unassign { id, .. }
-        | Log { id, .. }
-        | Units { id, .. }
-        | Catalog { id, .. }
-        | Publish { id, .. }
-        | Subscribe { id, .. }
-        | MediaClose { id, .. }
-        | Chat { id, .. }
-        | Sos { id, .. }
-        | Order { id, .. }
-        | OrderAnswer { id, .. }
-        | DroneCommand { id, .. }
-        | Revoke { id, .. }
-        | SosAck { id, .. }
-        | Read { id, .. }
-        | MailSync { id, .. } => *id = new,
-    }
-    true
-}
-
 /// Encodes `msg` as a frame, refusing one the node would refuse for size.
 fn frame_of(msg: &ClientMsg) -> Result<Vec<u8>, ClientError> {
     let frame = encode_frame(msg);
@@ -641,7 +608,7 @@ impl Client {
     /// messages without a reply (`hello`, `ack`, `bye`).
     pub async fn request(&self, mut msg: ClientMsg) -> Result<Value, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        if !set_id(&mut msg, id) {
+        if !msg.set_id(id) {
             return Err(ClientError::InvalidMessage(match msg {
                 ClientMsg::Hello { .. } => "hello is sent by the client itself".to_owned(),
                 ClientMsg::Bye => "use Client::close to say bye".to_owned(),
@@ -2016,9 +1983,15 @@ mod tests {
             id: 0,
             incident: None,
         };
-        assert!(set_id(&mut m, 7));
+        assert!(m.set_id(7));
         assert_eq!(m.id(), Some(7));
         let mut m = ClientMsg::Ack { after: 1 };
-        assert!(!set_id(&mut m, 7));
+        assert!(!m.set_id(7));
+        let mut m = ClientMsg::Position {
+            id: None,
+            pos: crate::proto::Position { lat: 1.0, lon: 2.0, alt: None, accuracy: None, heading: None, speed: None, time: None },
+        };
+        assert!(m.set_id(9));
+        assert_eq!(m.id(), Some(9));
     }
 }

@@ -912,6 +912,17 @@ impl Core {
         }
     }
 
+    /// Incidents any session of `sub` is in.
+    fn subject_incidents(&self, sub: &Subject) -> BTreeSet<IncidentId> {
+        self.by_subject
+            .get(sub)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.sessions.get(s))
+            .flat_map(|s| s.incidents.iter().cloned())
+            .collect()
+    }
+
     fn is_online(&self, now: u64, sub: &Subject) -> bool {
         self.by_subject.get(sub).is_some_and(|ss| {
             ss.iter().any(|s| {
@@ -933,14 +944,7 @@ impl Core {
         u.online = online;
         let role = u.role;
         let last_seen = u.last_seen;
-        let incidents: BTreeSet<IncidentId> = self
-            .by_subject
-            .get(sub)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| self.sessions.get(s))
-            .flat_map(|s| s.incidents.iter().cloned())
-            .collect();
+        let incidents: BTreeSet<IncidentId> = self.subject_incidents(sub);
         for i in &incidents {
             self.log(now, i, sub.to_string(), if online { "online" } else { "offline" }, Value::Null);
         }
@@ -1806,14 +1810,7 @@ impl Core {
             .iter()
             .filter(|(s, _)| subs.as_ref().is_none_or(|v| v.contains(*s)))
             .map(|(s, u)| {
-                let incidents: BTreeSet<IncidentId> = self
-                    .by_subject
-                    .get(s)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|x| self.sessions.get(x))
-                    .flat_map(|x| x.incidents.iter().cloned())
-                    .collect();
+                let incidents = self.subject_incidents(s);
                 UnitView {
                     subject: s.clone(),
                     role: u.role,

@@ -475,6 +475,54 @@ impl ClientMsg {
         }
     }
 
+    /// Replaces the request id; false for messages without one (`hello`, `ack`, `mail_ack`,
+    /// `bye`). A `position` gets `Some(new)`.
+    pub fn set_id(&mut self, new: RequestId) -> bool {
+        if let ClientMsg::Position { id, .. } = self {
+            *id = Some(new);
+            return true;
+        }
+        match self.id_mut() {
+            Some(id) => {
+                *id = new;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The request id field of messages that always carry one.
+    fn id_mut(&mut self) -> Option<&mut RequestId> {
+        use ClientMsg::*;
+        match self {
+            Hello { .. } | Ack { .. } | MailAck { .. } | Bye => None,
+            Position { id, .. } => id.as_mut(),
+            Ping { id }
+            | Incidents { id }
+            | IncidentCreate { id, .. }
+            | IncidentClose { id, .. }
+            | Join { id, .. }
+            | Leave { id, .. }
+            | Assign { id, .. }
+            | Unassign { id, .. }
+            | Log { id, .. }
+            | Units { id, .. }
+            | Catalog { id, .. }
+            | Publish { id, .. }
+            | Subscribe { id, .. }
+            | MediaClose { id, .. }
+            | Chat { id, .. }
+            | Sos { id, .. }
+            | Order { id, .. }
+            | OrderAnswer { id, .. }
+            | DroneCommand { id, .. }
+            | Revoke { id, .. }
+            | SosAck { id, .. }
+            | Read { id, .. }
+            | MailSync { id, .. } => Some(id),
+        }
+    }
+
     /// The `type` string of the message.
     pub fn kind(&self) -> &'static str {
         use ClientMsg::*;
