@@ -91,7 +91,8 @@ wait_line "$pub_out" "^publishing $stream" "${pids[1]}" 60 demo-publisher
 tab_token=$("$bin/media-server" token --data "$demo_dir/data" --sub off-demo --role officer --ttl 86400)
 ops_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-operator --role operator --ttl 86400)
 echo "demo.sh: starting a simulated field tablet (field-client run as off-demo)" >&2
-"$bin/field-client" run --json --node 127.0.0.1:4433 --token "$tab_token" --source test \
+# Like the publisher, through the advertised address (the node's ICE candidate), as a tablet would.
+"$bin/field-client" run --json --node "$advertise:4433" --token "$tab_token" --source test \
   --position fixed:30.5928,114.3055 >"$tab_out" 2>"$tab_log" &
 pids+=($!)
 wait_line "$tab_out" '"kind":"connected"' "${pids[2]}" 30 field-client
