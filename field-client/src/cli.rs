@@ -142,6 +142,19 @@ pub enum Command {
         #[command(flatten)]
         delivery: Delivery,
     },
+    /// List the shipped hardware profiles and link classes, and what this machine would pick:
+    /// the encoder, and why each better one was skipped. Needs no node.
+    Profiles {
+        /// Resolve this tablet profile instead of the one picked for this machine.
+        #[arg(long, value_name = "PROFILE")]
+        profile: Option<String>,
+        /// Link class to resolve for (default: wifi).
+        #[arg(long, value_name = "LINK")]
+        link: Option<String>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Raise an SOS to your incidents' members and every commander.
     Sos {
         /// What is happening.
@@ -281,6 +294,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
                 position: args.position,
             };
             return run::run(&target(&args.common)?, out, opts).await;
+        }
+        Command::Profiles { profile, link, json } => {
+            return crate::media::print_profiles(profile.as_deref(), link.as_deref(), json);
         }
         Command::Orders { common, one_shot } => {
             let out = Output::new(common.json);

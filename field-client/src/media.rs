@@ -151,6 +151,82 @@ pub fn choose_encoder(
     Ok(r)
 }
 
+/// `field-client profiles`: the shipped profiles and link classes; what every tablet profile would
+/// use on this machine (GStreamer's registry answers which elements exist), with the reason each
+/// better encoder was skipped; and the profile `run` picks here.
+pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> Result<(), crate::error::Error> {
+    use crate::error::Error;
+    use hw_profiles::DeviceKind;
+    gst::init().map_err(|e| Error::Local(format!("GStreamer: {e}")))?;
+    let has_element = |name: &str| gst::ElementFactory::find(name).is_some();
+    let catalog = hw_profiles::shipped().map_err(|e| Error::Local(e.to_string()))?;
+    let picked = choose_encoder(profile, link, &has_element).map_err(|e| Error::Usage(e.to_string()))?;
+    let mut tablets = Vec::new();
+    for d in catalog.devices_of(DeviceKind::Tablet) {
+        tablets.push(choose_encoder(Some(&d.name), link, &has_element).map_err(|e| Error::Local(e.to_string()))?);
+    }
+    let as_json = |r: &hw_profiles::Resolution| {
+        let skipped: Vec<serde_json::Value> = r
+            .skipped
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "element": s.element,
+                    "codec": s.codec.as_str(),
+                    "hardware": s.hardware,
+                    "reason": s.reason.to_string(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "profile": r.device,
+            "link": r.link,
+            "encoder": r.encoder.element,
+            "codec": r.encoder.codec.as_str(),
+            "hardware": r.encoder.hardware,
+            "bitrate_kbps": r.encoder.bitrate_kbps,
+            "skipped": skipped,
+        })
+    };
+    let devices: Vec<&str> = catalog.devices().map(|d| d.name.as_str()).collect();
+    let links: Vec<&str> = catalog.links().map(|l| l.name.as_str()).collect();
+    if json {
+        let v = serde_json::json!({
+            "devices": devices,
+            "links": links,
+            "tablets": tablets.iter().map(as_json).collect::<Vec<_>>(),
+            "picked": as_json(&picked),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("profiles: {}", devices.join(", "));
+    println!("links: {}", links.join(", "));
+    for r in &tablets {
+        println!(
+            "{} on {}: {} ({}, {})",
+            r.device,
+            r.link,
+            r.encoder.element,
+            if r.encoder.hardware { "hardware" } else { "software" },
+            r.encoder.codec.as_str()
+        );
+        for s in &r.skipped {
+            println!("  skipped {s}");
+        }
+    }
+    println!(
+        "run picks: profile {} on link {}: {} ({}, {}) at {} kbit/s",
+        picked.device,
+        picked.link,
+        picked.encoder.element,
+        if picked.encoder.hardware { "hardware" } else { "software" },
+        picked.encoder.codec.as_str(),
+        picked.encoder.bitrate_kbps
+    );
+    Ok(())
+}
+
 /// The `note` that says which encoder was chosen and what was passed over.
 pub fn encoder_note(r: &hw_profiles::Resolution) -> String {
     let mut s = format!(

@@ -372,3 +372,31 @@ async fn nmea_positions_reach_units_and_a_missing_gpsd_is_only_a_warning() {
     assert_eq!(status.code(), Some(0));
     node.node.shutdown().await;
 }
+
+/// `profiles` on this machine (no GPU, no VPU): every tablet profile ends on a software encoder,
+/// and each hardware element it passed over is named with the reason.
+#[test]
+fn profiles_pick_software_here_and_say_why_hardware_was_skipped() {
+    let out = std::process::Command::new(BIN).args(["profiles", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tablets = v["tablets"].as_array().unwrap();
+    assert!(tablets.len() >= 5, "{v}");
+    let mut hardware_skipped = 0;
+    for t in tablets {
+        assert_eq!(t["hardware"], false, "{t}");
+        for s in t["skipped"].as_array().unwrap() {
+            if s["hardware"] == true {
+                hardware_skipped += 1;
+                assert!(s["reason"].as_str().unwrap().contains("not installed"), "{s}");
+            }
+        }
+    }
+    assert!(hardware_skipped >= 4, "every hardware tablet named what it skipped: {v}");
+    assert_eq!(v["picked"]["hardware"], false);
+    assert_eq!(v["picked"]["profile"], "tablet-software");
+    // An unknown profile is a usage error naming it.
+    let out = std::process::Command::new(BIN).args(["profiles", "--profile", "tablet-nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tablet-nope"));
+}
