@@ -1095,7 +1095,12 @@ impl Core {
     }
 
     fn request(&mut self, now: u64, conn: ConnId, sid: &str, msg: ClientMsg) -> Result<(), ProtoError> {
-        let claims = self.sessions[sid].claims.clone();
+        // A connection only names a live session (ending one clears it), but never trust that
+        // with a panic on the request path.
+        let Some(session) = self.sessions.get(sid) else {
+            return Err(err(msg.id(), ErrorCode::SessionClosed, "this session has ended"));
+        };
+        let claims = session.claims.clone();
         let need = |action: Action, re: RequestId| -> Result<(), ProtoError> {
             if claims.may(action) {
                 Ok(())
