@@ -419,32 +419,3 @@ fn bad_input_never_panics() {
     }
     assert!(load("Bad Name.toml", text("wired.toml")).is_err());
 }
-
-#[test]
-#[ignore = "prints messages for a human to read"]
-fn print_some_messages() {
-    for (f, a, b) in [
-        (
-            "tablet-software.toml",
-            "hardware = false\nproperties = { tune",
-            "hardwere = false\nproperties = { tune",
-        ),
-        (
-            "wifi.toml",
-            "audio_first = false",
-            "audio_first = false\nvolume = 11",
-        ),
-        (
-            "wired.toml",
-            "keyframe_interval_s = 2",
-            "keyframe_interval_s = ",
-        ),
-        (
-            "tablet-software.toml",
-            "vbv-buf-capacity = 300",
-            "vbv-buf-capacity = [300]",
-        ),
-    ] {
-        println!("{}\n", mutated_err(f, a, b));
-    }
-}

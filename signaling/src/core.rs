@@ -471,11 +471,16 @@ impl Core {
             .filter(|(_, s)| self.is_revoked(&s.claims))
             .map(|(id, _)| id.clone())
             .collect();
-        for sid in victims {
+        self.end_sessions(now, victims, ErrorCode::Revoked, "this token has been revoked");
+    }
+
+    /// Ends `sessions` for good, telling an attached client why (a closing error).
+    fn end_sessions(&mut self, now: u64, sessions: Vec<String>, code: ErrorCode, why: &str) {
+        for sid in sessions {
             if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
-                self.send_err(conn, err(None, ErrorCode::Revoked, "this token has been revoked"));
+                self.send_err(conn, err(None, code, why));
             }
-            self.end_session(now, &sid, "revoked");
+            self.end_session(now, &sid, why);
         }
     }
 
@@ -1041,12 +1046,7 @@ impl Core {
             .filter(|(_, s)| now / 1000 > s.claims.exp + leeway)
             .map(|(id, _)| id.clone())
             .collect();
-        for sid in expired {
-            if let Some(conn) = self.sessions.get(&sid).and_then(|s| s.conn) {
-                self.send_err(conn, err(None, ErrorCode::Unauthorized, "token has expired"));
-            }
-            self.end_session(now, &sid, "token expired");
-        }
+        self.end_sessions(now, expired, ErrorCode::Unauthorized, "token has expired");
         // Coalesced positions whose interval has passed.
         let due: Vec<Subject> = self
             .units
