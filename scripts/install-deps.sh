@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages yiwang needs to build, run and test: GStreamer (capture, encode,
-# decode, webrtcbin for test peers), Chromium + Node.js (browser tests). Idempotent: packages already
-# present are skipped, so a second run costs a few seconds.
+# decode, webrtcbin for test peers), Chromium + Node.js (browser tests), Python GI with GStreamer's
+# RTSP server (drone-bridge's test camera, run with Debian's /usr/bin/python3), and a venv with
+# pymavlink (drone-bridge's test vehicle, target/venv). Idempotent: packages already present are
+# skipped, so a second run costs a few seconds.
 set -euo pipefail
 
 PKGS=(
@@ -10,6 +12,7 @@ PKGS=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice gstreamer1.0-tools
   chromium
+  python3-gi gir1.2-gst-rtsp-server-1.0 python3-venv
 )
 
 missing=()
@@ -53,4 +56,13 @@ if [ -f "$browser_dir/package-lock.json" ]; then
     echo "install-deps: npm ci in tests/browser (playwright-core $have -> $want)" >&2
     (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
   fi
+fi
+
+# pymavlink for drone-bridge's tests (drone-bridge/tests/vehicle.py); the tests create the same
+# venv themselves when it is missing.
+venv="$here/target/venv"
+if ! "$venv/bin/python" -c 'import pymavlink' 2>/dev/null; then
+  echo "install-deps: pymavlink venv in $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q pymavlink==2.4.50
 fi

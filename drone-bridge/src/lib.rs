@@ -8,6 +8,11 @@
 //! - [`command`]: the allow-list and what each command sends;
 //! - [`core`]: routing, link supervision, telemetry rate, command retries, with `now` passed in.
 //!
+//! The tokio shell:
+//! - [`endpoint`]: `udpin:`, `udpout:`, `tcpin:`, `tcpout:`, `serial:` links;
+//! - [`tlog`]: `.tlog` recording;
+//! - [`link`]: the MAVLink half as a task (endpoints + tlog + core), driven through a handle.
+//!
 //! What it must not touch: the node's side (it depends on `signaling`'s client only), and it
 //! never decides who may command a drone (the node does; the bridge only refuses what it cannot
 //! do).
@@ -15,6 +20,9 @@
 
 pub mod command;
 pub mod core;
+pub mod endpoint;
 pub mod frame;
+pub mod link;
 pub mod signing;
 pub mod telemetry;
+pub mod tlog;

@@ -1,0 +1,276 @@
+//! drone-bridge against real peers: a pymavlink vehicle and ground station (tests/vehicle.py, in a
+//! venv this test creates once under target/venv), real sockets on loopback with ephemeral
+//! ports. Every wait is bounded; nothing sleeps to synchronise.
+//!
+//! The MAVLink-side tests drive the bridge's MAVLink half ([`drone_bridge::link`]) directly.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use drone_bridge::command::{AckResult, Action};
+use drone_bridge::core::{CommandRequest, Config, Event, Stats};
+use drone_bridge::frame::SysId;
+use drone_bridge::link::{self, MavlinkHandle, MavlinkOptions};
+use drone_bridge::signing::SigningKey;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// Bound on any single wait.
+const WAIT: Duration = Duration::from_secs(30);
+const KEY_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The venv's python with pymavlink: created on first use (idempotent; scripts/install-deps.sh
+/// makes the same one).
+fn python() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv");
+    let py = venv.join("bin/python");
+    let has = |py: &Path| std::process::Command::new(py).args(["-c", "import pymavlink"]).status().is_ok_and(|s| s.success());
+    if !has(&py) {
+        let ok = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+        assert!(ok, "python3 -m venv {} failed", venv.display());
+        let ok = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "pymavlink==2.4.50"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && has(&py), "pip install pymavlink failed");
+    }
+    py
+}
+
+/// A running vehicle.py.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Peer {
+    async fn start(role: &str, connect: &str, extra: &[&str]) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vehicle.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .args(["--role", role, "--connect", connect])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("vehicle.py starts");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut p = Peer { child, stdin, lines };
+        p.line_where("ready", |v| v["kind"] == "ready").await;
+        p
+    }
+
+    async fn say(&mut self, line: &str) {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn line_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("peer ended before {what}"));
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if pred(&v) {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn bridge(cfg: Config, gcs: bool, tlog: Option<&Path>) -> MavlinkHandle {
+    link::start(MavlinkOptions {
+        mavlink: "udpin:127.0.0.1:0".parse().unwrap(),
+        gcs: gcs.then(|| "udpin:127.0.0.1:0".parse().unwrap()),
+        tlog: tlog.map(Path::to_owned),
+        core: cfg,
+    })
+    .await
+    .expect("bridge starts")
+}
+
+/// Every event the bridge emitted so far (what `event_where` read past).
+static LOG: Mutex<Vec<Event>> = Mutex::new(Vec::new());
+
+/// The next event that satisfies `pred`.
+async fn event_where(h: &mut MavlinkHandle, what: &str, within: Duration, pred: impl Fn(&Event) -> bool) -> Event {
+    tokio::time::timeout(within, async {
+        loop {
+            let e = h.events.recv().await.expect("bridge events end");
+            LOG.lock().unwrap_or_else(|e| e.into_inner()).push(e.clone());
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+async fn stats_where(h: &mut MavlinkHandle, what: &str, pred: impl Fn(&Stats) -> bool) -> Stats {
+    let mut rx = h.stats.clone();
+    let r = tokio::time::timeout(WAIT, async { rx.wait_for(|s| pred(s)).await.map(|s| *s) }).await;
+    r.unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", *h.stats.borrow())).expect("stats channel open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_reaches_the_ground_station_and_the_mesh_side_and_link_loss_is_seen_within_3_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = bridge(Config::default(), true, Some(dir.path())).await;
+    let vehicle_port = h.mavlink_local.unwrap().port();
+    let gcs_port = h.gcs_local.unwrap().port();
+    let mut vehicle = Peer::start("vehicle", &format!("udpout:127.0.0.1:{vehicle_port}"), &["--video", "rtsp://127.0.0.1:1/cam"]).await;
+    let mut gcs = Peer::start("gcs", &format!("udpout:127.0.0.1:{gcs_port}"), &["--sysid", "255"]).await;
+
+    event_where(&mut h, "link up", WAIT, |e| matches!(e, Event::Link { drone: SysId(1), up: true })).await;
+    let Event::Telemetry { t, .. } = event_where(&mut h, "position and battery", WAIT, |e| {
+        matches!(e, Event::Telemetry { t, .. } if t.lat.is_some() && t.battery_pct.is_some() && t.roll.is_some())
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!((t.mode.as_deref(), t.armed, t.vehicle.as_deref()), (Some("GUIDED"), Some(true), Some("quadrotor")));
+    assert!((t.lat.unwrap() - 30.5).abs() < 0.001 && (t.lon.unwrap() - 114.3).abs() < 1e-6, "{t:?}");
+    assert_eq!((t.battery_pct, t.alt_amsl, t.alt_rel), (Some(76.0), Some(52.0), Some(30.0)));
+    assert!((t.voltage.unwrap() - 12.3).abs() < 1e-9);
+    // Announced once, at the start.
+    let videos: Vec<Event> = LOG.lock().unwrap().iter().filter(|e| matches!(e, Event::Video { .. })).cloned().collect();
+    assert_eq!(videos, vec![Event::Video { drone: SysId(1), uri: "rtsp://127.0.0.1:1/cam".into() }]);
+
+    // Telemetry at the mesh rate: over 2 s of 50 Hz positions, at most 5 per second.
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        if let Ok(Some(Event::Telemetry { .. })) = tokio::time::timeout(Duration::from_millis(100), h.events.recv()).await {
+            n += 1;
+        }
+    }
+    assert!((6..=11).contains(&n), "{n} telemetry events in 2 s");
+
+    // The ground station sees the vehicle's full telemetry through the bridge.
+    let counts = gcs
+        .line_where("full telemetry at the GCS", |v| {
+            let c = &v["counts"];
+            v["kind"] == "counts"
+                && ["HEARTBEAT", "GLOBAL_POSITION_INT", "ATTITUDE", "BATTERY_STATUS", "VIDEO_STREAM_INFORMATION"]
+                    .iter()
+                    .all(|k| c[k].as_u64().unwrap_or(0) > 0)
+                && c["GLOBAL_POSITION_INT"].as_u64().unwrap_or(0) >= 50
+        })
+        .await;
+    eprintln!("gcs counts: {counts}");
+    // And the vehicle gets the GCS's heartbeats (routing both ways) and the bridge's own.
+    vehicle.line_where("GCS heartbeats at the vehicle", |v| v["kind"] == "counts" && v["counts"]["HEARTBEAT"].as_u64().unwrap_or(0) >= 2).await;
+
+    // Stop the vehicle: link lost within 3 s of its silence.
+    vehicle.say("stop").await;
+    vehicle.line_where("stop acknowledged", |v| v["kind"] == "ok" && v["cmd"] == "stop").await;
+    let stopped = Instant::now();
+    event_where(&mut h, "link lost", Duration::from_secs(5), |e| matches!(e, Event::Link { drone: SysId(1), up: false })).await;
+    let lost_after = stopped.elapsed();
+    assert!(lost_after <= Duration::from_millis(3300), "link lost {lost_after:?} after the vehicle stopped");
+    vehicle.say("start").await;
+    event_where(&mut h, "link back", WAIT, |e| matches!(e, Event::Link { drone: SysId(1), up: true })).await;
+
+    // The tlog holds what was received, timestamped.
+    let st = *h.stats.borrow();
+    assert_eq!((st.decode.bad_crc, st.decode.truncated), (0, 0), "{st:?}");
+    let path = h.tlog.clone().unwrap();
+    h.stop();
+    let records = drone_bridge::tlog::read(&std::fs::read(&path).unwrap());
+    assert!(records.len() >= 100, "{} tlog records", records.len());
+    assert!(records.windows(2).all(|w| w[0].0 <= w[1].0));
+    assert!(records.iter().any(|(_, f)| f.msgid() == 33), "GLOBAL_POSITION_INT recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commands_are_verified_by_the_vehicle_and_wrongly_signed_frames_are_dropped() {
+    let key = SigningKey::from_hex(KEY_HEX).unwrap();
+    let mut h = bridge(Config { signing: Some(key), ..Config::default() }, false, None).await;
+    let port = h.mavlink_local.unwrap().port();
+    let mut vehicle = Peer::start("vehicle", &format!("udpout:127.0.0.1:{port}"), &["--key", KEY_HEX]).await;
+    event_where(&mut h, "link up", WAIT, |e| matches!(e, Event::Link { drone: SysId(1), up: true })).await;
+
+    h.commands.send(CommandRequest { cmd: "dc-1".into(), drone: SysId(1), action: Action::Rtl }).unwrap();
+    let c = vehicle.line_where("the command at the vehicle", |v| v["kind"] == "command").await;
+    assert_eq!(c["msg"], "COMMAND_LONG");
+    assert_eq!(c["command"], 20, "MAV_CMD_NAV_RETURN_TO_LAUNCH");
+    assert_eq!((c["signed"].as_bool(), c["verified"].as_bool()), (Some(true), Some(true)), "{c}");
+    let ack = event_where(&mut h, "the ack", WAIT, |e| matches!(e, Event::Ack { cmd, .. } if cmd == "dc-1")).await;
+    assert!(matches!(ack, Event::Ack { result: AckResult::Accepted, .. }), "{ack:?}");
+    event_where(&mut h, "mode RTL", WAIT, |e| matches!(e, Event::Telemetry { t, .. } if t.mode.as_deref() == Some("RTL"))).await;
+
+    // Unknown drone: refused by the bridge, at once.
+    h.commands.send(CommandRequest { cmd: "dc-2".into(), drone: SysId(42), action: Action::Land }).unwrap();
+    let ack = event_where(&mut h, "refusal", WAIT, |e| matches!(e, Event::Ack { cmd, .. } if cmd == "dc-2")).await;
+    assert!(matches!(ack, Event::Ack { result: AckResult::Refused, .. }), "{ack:?}");
+
+    // The vehicle signs with a wrong key: its frames are counted and dropped, the link is lost.
+    let before = *h.stats.borrow();
+    assert_eq!(before.bad_signature, 0, "{before:?}");
+    vehicle.say("wrongkey").await;
+    stats_where(&mut h, "bad signatures counted", |s| s.bad_signature >= 100).await;
+    event_where(&mut h, "link lost", Duration::from_secs(5), |e| matches!(e, Event::Link { up: false, .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_truncated_frames_and_bad_crcs_are_counted_and_the_bridge_keeps_working() {
+    let mut h = bridge(Config::default(), false, None).await;
+    let port = h.mavlink_local.unwrap().port();
+    let mut vehicle = Peer::start("vehicle", &format!("udpout:127.0.0.1:{port}"), &[]).await;
+    event_where(&mut h, "link up", WAIT, |e| matches!(e, Event::Link { up: true, .. })).await;
+
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = h.mavlink_local.unwrap();
+    // A valid frame to cut and corrupt.
+    let hb = drone_bridge::frame::encode_v2(
+        drone_bridge::frame::Sender { sysid: 7, compid: 1, seq: 0 },
+        &mavlink::dialects::ardupilotmega::MavMessage::ATTITUDE(Default::default()),
+        false,
+    );
+    let mut x: u32 = 12345;
+    for i in 0..200usize {
+        // Ten at a time, each batch counted before the next (a burst would overflow the
+        // socket's receive buffer and the test would count the kernel's drops, not ours).
+        if i % 10 == 0 && i > 0 {
+            stats_where(&mut h, "a batch of junk counted", |s| s.decode.truncated >= i as u64).await;
+        }
+        let mut random = vec![0u8; 1 + i % 300];
+        for b in random.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        junk.send_to(&random, to).await.unwrap();
+        junk.send_to(&hb[..hb.len() - 1 - i % 5], to).await.unwrap();
+        let mut bad = hb.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 0x5A;
+        junk.send_to(&bad, to).await.unwrap();
+    }
+    let st = stats_where(&mut h, "junk counted", |s| s.decode.truncated >= 200 && s.decode.bad_crc >= 200).await;
+    assert!(st.decode.garbage_bytes > 1000, "{st:?}");
+    // Still up and mapping the vehicle.
+    let t0 = Instant::now();
+    event_where(&mut h, "telemetry after the junk", WAIT, |e| matches!(e, Event::Telemetry { .. })).await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    vehicle.say("quit").await;
+}
