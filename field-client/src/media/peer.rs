@@ -42,7 +42,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription, Registry,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 /// Bound on ICE gathering (host candidates only: milliseconds in practice).
@@ -355,7 +355,12 @@ impl Peer {
         let gathered = Arc::new(Notify::new());
         let (states_tx, states) = mpsc::unbounded_channel();
         let handler = Arc::new(Handler { gathered: gathered.clone(), states: states_tx });
+        // No mDNS: the node is ICE-lite with plain IP candidates, and mDNS would bind the fixed
+        // port 5353 and join a multicast group (which fails with ENODEV on a network without a
+        // multicast route, such as a tablet's link with no default route).
+        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
         let pc = PeerConnectionBuilder::new()
+            .with_setting_engine(settings)
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
