@@ -659,13 +659,17 @@ impl Client {
         }
     }
 
-    /// Sends a message that has no reply: `position` (its `id` is removed) or `ack`. Best effort:
+    /// Sends a message that has no reply: `position` (its `id` is removed), `ack`, or a drone
+    /// bridge's `telemetry`, `drone_link` and `drone_command_ack`. Best effort:
     /// refused with [`ClientError::Disconnected`] while there is no connection (a stale position is
     /// worth nothing after a reconnect), and lost if the connection drops before it is written.
     pub fn send(&self, mut msg: ClientMsg) -> Result<(), ClientError> {
         match &mut msg {
             ClientMsg::Position { id, .. } => *id = None,
-            ClientMsg::Ack { .. } => {}
+            ClientMsg::Ack { .. }
+            | ClientMsg::Telemetry { .. }
+            | ClientMsg::DroneLink { .. }
+            | ClientMsg::DroneCommandAck { .. } => {}
             ClientMsg::Hello { .. } => {
                 return Err(ClientError::InvalidMessage(
                     "hello is sent by the client itself".to_owned(),
