@@ -2139,7 +2139,7 @@ impl Core {
     }
 
     /// Units `claims` may see, optionally within one incident (`GET /api/units`, `units`):
-    /// people (subjects that connected) first, then drones.
+    /// subjects that connected and drones that bridges reported, ordered by subject.
     pub fn units_for(&self, now: u64, claims: &Claims, incident: Option<&IncidentId>) -> Vec<UnitView> {
         let subs = self.visible_subjects(claims, incident);
         let mut out: Vec<UnitView> = self
@@ -2185,6 +2185,7 @@ impl Core {
                 telemetry: d.telemetry.clone(),
             });
         }
+        out.sort_by(|a, b| a.subject.cmp(&b.subject));
         out
     }
 
