@@ -77,6 +77,9 @@ pub struct CoreConfig {
     /// A command the bridge has not finally acknowledged is forgotten after this long (ms); a
     /// later ack for it is `not_found`.
     pub drone_command_ttl_ms: u64,
+    /// Most drones one bridge subject may report (drones are never forgotten while the node
+    /// runs, so one token must not be able to create them without bound).
+    pub max_drones_per_bridge: usize,
 }
 
 impl Default for CoreConfig {
@@ -95,6 +98,7 @@ impl Default for CoreConfig {
             drone_command_per_sec: 1.0,
             drone_command_burst: 5.0,
             drone_command_ttl_ms: 60_000,
+            max_drones_per_bridge: 64,
         }
     }
 }
@@ -1276,6 +1280,12 @@ impl Core {
         let name = Subject::parse(drone).map_err(|e| err(None, ErrorCode::BadRequest, format!("drone: {e}")))?;
         if let Some(t) = t {
             t.validate().map_err(|m| err(None, ErrorCode::BadRequest, format!("telemetry: {m}")))?;
+        }
+        if !self.drones.contains_key(&name) {
+            let max = self.cfg.max_drones_per_bridge;
+            if self.drones.values().filter(|d| d.bridge_sub == claims.sub).count() >= max {
+                return Err(err(None, ErrorCode::Conflict, format!("{} already reports {max} drones, the most a bridge may", claims.sub)));
+            }
         }
         let incidents = self.sessions.get(sid).map(|s| s.incidents.clone()).unwrap_or_default();
         let burst = self.cfg.drone_command_burst;

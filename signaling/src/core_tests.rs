@@ -850,4 +850,12 @@ fn drone_commands_are_rate_limited_per_drone() {
     // A refused command was not sent.
     let sent = kinds(&h.events(pilot), "drone_command");
     assert_eq!(sent.iter().filter(|e| e["drone"] == DRONE).count(), 6);
+    // One bridge cannot create drones without bound.
+    h.take(pilot);
+    for n in 3..=64 {
+        h.send(pilot, &ClientMsg::DroneLink { drone: format!("pilot-3-drone{n}"), up: true });
+    }
+    assert!(h.take(pilot).iter().all(|m| matches!(m, ServerMsg::Event { .. })));
+    h.send(pilot, &ClientMsg::DroneLink { drone: "pilot-3-drone65".into(), up: true });
+    assert!(matches!(&h.take(pilot)[..], [ServerMsg::Error { re: None, code: ErrorCode::Conflict, .. }]));
 }
