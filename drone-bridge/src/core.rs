@@ -39,7 +39,7 @@ use mavlink::Message as _;
 use crate::command::{self, AckResult, Action, Target};
 use crate::frame::{encode_v2, DecodeStats, Frame, FrameDecoder, Sender, SysId};
 use crate::signing::{Rejected, Signer, SigningKey, Verifier};
-use crate::telemetry::{is_autopilot, Merged, Telemetry};
+use crate::telemetry::{apply, is_autopilot, Merged, Telemetry};
 
 /// The bridge's own system id on the MAVLink network.
 pub const BRIDGE_SYSID: u8 = 254;
@@ -366,7 +366,7 @@ impl Core {
             }
             // Telemetry only from the autopilot component (a camera's HEARTBEAT would say
             // nothing of the vehicle; its own messages are no telemetry either).
-            _ if compid == d.target.compid && d.telemetry.merge(msg) == Merged::Changed => d.dirty = true,
+            _ if compid == d.target.compid && apply(&mut d.telemetry, msg) == Merged::Changed => d.dirty = true,
             _ => {}
         }
     }

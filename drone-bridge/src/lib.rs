@@ -11,18 +11,25 @@
 //! The tokio shell:
 //! - [`endpoint`]: `udpin:`, `udpout:`, `tcpin:`, `tcpout:`, `serial:` links;
 //! - [`tlog`]: `.tlog` recording;
-//! - [`link`]: the MAVLink half as a task (endpoints + tlog + core), driven through a handle.
+//! - [`link`]: the MAVLink half as a task (endpoints + tlog + core), driven through a handle;
+//! - [`mesh`]: the signaling half (telemetry, link, acks out; commands in);
+//! - [`video`]: the camera published without re-encoding;
+//! - [`cli`]: the command line; [`error`]: errors and exit codes.
 //!
 //! What it must not touch: the node's side (it depends on `signaling`'s client only), and it
 //! never decides who may command a drone (the node does; the bridge only refuses what it cannot
 //! do).
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod command;
 pub mod core;
 pub mod endpoint;
+pub mod error;
 pub mod frame;
 pub mod link;
+pub mod mesh;
 pub mod signing;
 pub mod telemetry;
 pub mod tlog;
+pub mod video;

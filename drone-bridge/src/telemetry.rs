@@ -1,89 +1,14 @@
-//! Telemetry extraction: MAVLink messages of one vehicle merged into the mesh's `Telemetry`
-//! (docs/protocol.md, `telemetry`), and the mode names of ArduPilot and PX4.
+//! Telemetry extraction: MAVLink messages of one vehicle merged into the mesh's
+//! [`Telemetry`] (`signaling::proto::Telemetry`), and the mode names of ArduPilot and PX4.
 //!
 //! Pure functions of the messages; no clock (the core stamps `time` when it sends).
 
 use mavlink::dialects::ardupilotmega::{
     GpsFixType, MavAutopilot, MavMessage, MavModeFlag, MavType,
 };
-use serde::{Deserialize, Serialize};
 
-/// A drone's telemetry as the mesh carries it: every field optional, omitted when unknown.
-/// Mirrors `signaling::proto::Telemetry` field for field.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Telemetry {
-    /// Bridge Unix time in milliseconds when sent.
-    pub time: u64,
-    /// Flight mode ("GUIDED", "RTL", "LOITER", "LAND", "AUTO", …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-    /// Motors armed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub armed: Option<bool>,
-    /// Vehicle type ("quadrotor", "fixed_wing", …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vehicle: Option<String>,
-    /// Latitude, degrees WGS-84.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lat: Option<f64>,
-    /// Longitude, degrees WGS-84.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lon: Option<f64>,
-    /// Altitude above mean sea level, metres.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alt_amsl: Option<f64>,
-    /// Altitude above home, metres.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alt_rel: Option<f64>,
-    /// Roll, degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub roll: Option<f64>,
-    /// Pitch, degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pitch: Option<f64>,
-    /// Yaw, degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub yaw: Option<f64>,
-    /// Heading, degrees 0..360.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heading: Option<f64>,
-    /// Ground speed, m/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ground_speed: Option<f64>,
-    /// Air speed, m/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub air_speed: Option<f64>,
-    /// Climb rate, m/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub climb: Option<f64>,
-    /// Battery remaining, percent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub battery_pct: Option<f64>,
-    /// Battery voltage, V.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub voltage: Option<f64>,
-    /// Battery current, A.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<f64>,
-    /// GPS fix type (MAVLink GPS_FIX_TYPE: 0 none … 3 3D, 6 RTK fixed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gps_fix: Option<u8>,
-    /// Satellites visible.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub satellites: Option<u8>,
-    /// Home latitude, degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home_lat: Option<f64>,
-    /// Home longitude, degrees.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home_lon: Option<f64>,
-    /// Home altitude AMSL, metres.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home_alt: Option<f64>,
-    /// The latest STATUSTEXT.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_text: Option<String>,
-}
+/// A drone's telemetry as the mesh carries it (`telemetry` in docs/protocol.md).
+pub use signaling::proto::Telemetry;
 
 /// Where a message's fields went: whether anything the mesh shows changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,90 +31,88 @@ fn deg_e7(v: i32) -> f64 {
     f64::from(v) / 1e7
 }
 
-impl Telemetry {
-    /// Merges one message of the vehicle's autopilot. HEARTBEAT must come from the autopilot
-    /// (the caller checks its `autopilot` field).
-    pub fn merge(&mut self, msg: &MavMessage) -> Merged {
-        let mut c = false;
-        match msg {
-            MavMessage::HEARTBEAT(h) => {
-                set(&mut self.armed, h.base_mode.contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED), &mut c);
-                set(&mut self.vehicle, vehicle_name(h.mavtype), &mut c);
-                if let Some(m) = mode_name(h.autopilot, h.mavtype, h.base_mode, h.custom_mode) {
-                    set(&mut self.mode, m, &mut c);
-                }
+/// Merges one message of the vehicle's autopilot into `t`. HEARTBEAT must come from the
+/// autopilot (the caller checks its `autopilot` field).
+pub fn apply(t: &mut Telemetry, msg: &MavMessage) -> Merged {
+    let mut c = false;
+    match msg {
+        MavMessage::HEARTBEAT(h) => {
+            set(&mut t.armed, h.base_mode.contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED), &mut c);
+            set(&mut t.vehicle, vehicle_name(h.mavtype), &mut c);
+            if let Some(m) = mode_name(h.autopilot, h.mavtype, h.base_mode, h.custom_mode) {
+                set(&mut t.mode, m, &mut c);
             }
-            MavMessage::GLOBAL_POSITION_INT(p) => {
-                set(&mut self.lat, deg_e7(p.lat), &mut c);
-                set(&mut self.lon, deg_e7(p.lon), &mut c);
-                set(&mut self.alt_amsl, f64::from(p.alt) / 1000.0, &mut c);
-                set(&mut self.alt_rel, f64::from(p.relative_alt) / 1000.0, &mut c);
-                if p.hdg != u16::MAX {
-                    set(&mut self.heading, f64::from(p.hdg) / 100.0, &mut c);
-                }
-            }
-            MavMessage::ATTITUDE(a) => {
-                set(&mut self.roll, f64::from(a.roll).to_degrees(), &mut c);
-                set(&mut self.pitch, f64::from(a.pitch).to_degrees(), &mut c);
-                set(&mut self.yaw, f64::from(a.yaw).to_degrees(), &mut c);
-            }
-            MavMessage::VFR_HUD(v) => {
-                set(&mut self.ground_speed, f64::from(v.groundspeed), &mut c);
-                set(&mut self.air_speed, f64::from(v.airspeed), &mut c);
-                set(&mut self.climb, f64::from(v.climb), &mut c);
-                set(&mut self.heading, f64::from(v.heading).rem_euclid(360.0), &mut c);
-            }
-            MavMessage::SYS_STATUS(s) => {
-                if s.battery_remaining >= 0 {
-                    set(&mut self.battery_pct, f64::from(s.battery_remaining), &mut c);
-                }
-                if s.voltage_battery != u16::MAX {
-                    set(&mut self.voltage, f64::from(s.voltage_battery) / 1000.0, &mut c);
-                }
-                if s.current_battery >= 0 {
-                    set(&mut self.current, f64::from(s.current_battery) / 100.0, &mut c);
-                }
-            }
-            MavMessage::BATTERY_STATUS(b) => {
-                // The first battery stands for the vehicle (SYS_STATUS says the same for it).
-                if b.id != 0 {
-                    return Merged::Ignored;
-                }
-                if b.battery_remaining >= 0 {
-                    set(&mut self.battery_pct, f64::from(b.battery_remaining), &mut c);
-                }
-                let cells: Vec<f64> =
-                    b.voltages.iter().filter(|&&v| v != u16::MAX).map(|&v| f64::from(v) / 1000.0).collect();
-                if !cells.is_empty() {
-                    set(&mut self.voltage, cells.iter().sum(), &mut c);
-                }
-                if b.current_battery >= 0 {
-                    set(&mut self.current, f64::from(b.current_battery) / 100.0, &mut c);
-                }
-            }
-            MavMessage::GPS_RAW_INT(g) => {
-                set(&mut self.gps_fix, gps_fix(g.fix_type), &mut c);
-                if g.satellites_visible != u8::MAX {
-                    set(&mut self.satellites, g.satellites_visible, &mut c);
-                }
-            }
-            MavMessage::HOME_POSITION(h) => {
-                set(&mut self.home_lat, deg_e7(h.latitude), &mut c);
-                set(&mut self.home_lon, deg_e7(h.longitude), &mut c);
-                set(&mut self.home_alt, f64::from(h.altitude) / 1000.0, &mut c);
-            }
-            MavMessage::STATUSTEXT(s) => {
-                let text = String::from_utf8_lossy(&s.text[..]).trim_end_matches('\0').to_owned();
-                set(&mut self.status_text, text, &mut c);
-            }
-            _ => return Merged::Ignored,
         }
-        // A message that repeats the same values is still telemetry, just nothing new to send.
-        if c {
-            Merged::Changed
-        } else {
-            Merged::Ignored
+        MavMessage::GLOBAL_POSITION_INT(p) => {
+            set(&mut t.lat, deg_e7(p.lat), &mut c);
+            set(&mut t.lon, deg_e7(p.lon), &mut c);
+            set(&mut t.alt_amsl, f64::from(p.alt) / 1000.0, &mut c);
+            set(&mut t.alt_rel, f64::from(p.relative_alt) / 1000.0, &mut c);
+            if p.hdg != u16::MAX {
+                set(&mut t.heading, f64::from(p.hdg) / 100.0, &mut c);
+            }
         }
+        MavMessage::ATTITUDE(a) => {
+            set(&mut t.roll, f64::from(a.roll).to_degrees(), &mut c);
+            set(&mut t.pitch, f64::from(a.pitch).to_degrees(), &mut c);
+            set(&mut t.yaw, f64::from(a.yaw).to_degrees(), &mut c);
+        }
+        MavMessage::VFR_HUD(v) => {
+            set(&mut t.ground_speed, f64::from(v.groundspeed), &mut c);
+            set(&mut t.air_speed, f64::from(v.airspeed), &mut c);
+            set(&mut t.climb, f64::from(v.climb), &mut c);
+            set(&mut t.heading, f64::from(v.heading).rem_euclid(360.0), &mut c);
+        }
+        MavMessage::SYS_STATUS(s) => {
+            if s.battery_remaining >= 0 {
+                set(&mut t.battery_pct, f64::from(s.battery_remaining), &mut c);
+            }
+            if s.voltage_battery != u16::MAX {
+                set(&mut t.voltage, f64::from(s.voltage_battery) / 1000.0, &mut c);
+            }
+            if s.current_battery >= 0 {
+                set(&mut t.current, f64::from(s.current_battery) / 100.0, &mut c);
+            }
+        }
+        MavMessage::BATTERY_STATUS(b) => {
+            // The first battery stands for the vehicle (SYS_STATUS says the same for it).
+            if b.id != 0 {
+                return Merged::Ignored;
+            }
+            if b.battery_remaining >= 0 {
+                set(&mut t.battery_pct, f64::from(b.battery_remaining), &mut c);
+            }
+            let cells: Vec<f64> =
+                b.voltages.iter().filter(|&&v| v != u16::MAX).map(|&v| f64::from(v) / 1000.0).collect();
+            if !cells.is_empty() {
+                set(&mut t.voltage, cells.iter().sum(), &mut c);
+            }
+            if b.current_battery >= 0 {
+                set(&mut t.current, f64::from(b.current_battery) / 100.0, &mut c);
+            }
+        }
+        MavMessage::GPS_RAW_INT(g) => {
+            set(&mut t.gps_fix, gps_fix(g.fix_type), &mut c);
+            if g.satellites_visible != u8::MAX {
+                set(&mut t.satellites, g.satellites_visible, &mut c);
+            }
+        }
+        MavMessage::HOME_POSITION(h) => {
+            set(&mut t.home_lat, deg_e7(h.latitude), &mut c);
+            set(&mut t.home_lon, deg_e7(h.longitude), &mut c);
+            set(&mut t.home_alt, f64::from(h.altitude) / 1000.0, &mut c);
+        }
+        MavMessage::STATUSTEXT(s) => {
+            let text = String::from_utf8_lossy(&s.text[..]).trim_end_matches('\0').to_owned();
+            set(&mut t.status_text, text, &mut c);
+        }
+        _ => return Merged::Ignored,
+    }
+    // A message that repeats the same values is still telemetry, just nothing new to send.
+    if c {
+        Merged::Changed
+    } else {
+        Merged::Ignored
     }
 }
 
@@ -340,12 +263,12 @@ mod tests {
     #[test]
     fn messages_fill_the_spec_fields() {
         let mut t = Telemetry::default();
-        assert_eq!(t.merge(&crate::frame::tests::heartbeat()), Merged::Changed);
+        assert_eq!(apply(&mut t, &crate::frame::tests::heartbeat()), Merged::Changed);
         assert_eq!((t.mode.as_deref(), t.armed, t.vehicle.as_deref()), (Some("GUIDED"), Some(false), Some("quadrotor")));
-        t.merge(&crate::frame::tests::position());
+        apply(&mut t, &crate::frame::tests::position());
         assert_eq!((t.lat, t.lon, t.alt_amsl, t.alt_rel, t.heading), (Some(30.5), Some(114.3), Some(52.0), Some(30.0), Some(90.0)));
-        assert_eq!(t.merge(&crate::frame::tests::position()), Merged::Ignored, "nothing new");
-        t.merge(&MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA {
+        assert_eq!(apply(&mut t, &crate::frame::tests::position()), Merged::Ignored, "nothing new");
+        apply(&mut t, &MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA {
             voltages: [4200, 4100, 4000, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX],
             current_battery: 1250,
             battery_remaining: 76,
@@ -354,15 +277,15 @@ mod tests {
         assert_eq!(t.battery_pct, Some(76.0));
         assert!((t.voltage.unwrap() - 12.3).abs() < 1e-9);
         assert_eq!(t.current, Some(12.5));
-        t.merge(&MavMessage::ATTITUDE(ATTITUDE_DATA { roll: std::f32::consts::FRAC_PI_2, ..ATTITUDE_DATA::DEFAULT }));
+        apply(&mut t, &MavMessage::ATTITUDE(ATTITUDE_DATA { roll: std::f32::consts::FRAC_PI_2, ..ATTITUDE_DATA::DEFAULT }));
         assert!((t.roll.unwrap() - 90.0).abs() < 1e-4);
-        t.merge(&MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA {
+        apply(&mut t, &MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA {
             fix_type: GpsFixType::GPS_FIX_TYPE_3D_FIX,
             satellites_visible: 14,
             ..GPS_RAW_INT_DATA::DEFAULT
         }));
         assert_eq!((t.gps_fix, t.satellites), (Some(3), Some(14)));
-        t.merge(&MavMessage::STATUSTEXT(STATUSTEXT_DATA { severity: MavSeverity::MAV_SEVERITY_INFO, text: "EKF ok".into() }));
+        apply(&mut t, &MavMessage::STATUSTEXT(STATUSTEXT_DATA { severity: MavSeverity::MAV_SEVERITY_INFO, text: "EKF ok".into() }));
         assert_eq!(t.status_text.as_deref(), Some("EKF ok"));
         let json = serde_json::to_value(&t).unwrap();
         assert!(json.get("home_lat").is_none(), "unknown fields are omitted: {json}");

@@ -274,3 +274,260 @@ async fn random_bytes_truncated_frames_and_bad_crcs_are_counted_and_the_bridge_k
     assert!(t0.elapsed() < Duration::from_secs(2));
     vehicle.say("quit").await;
 }
+
+// ---- Through a real node (in-process, as field-client's tests do), the binary as users run it.
+
+mod e2e {
+    use super::*;
+    use media_server::config::NodeConfig;
+    use media_server::node::RunningNode;
+    use signaling::auth::{Role, TokenRequest};
+    use signaling::client::{self, ClientConfig, ClientError, ClientEvent, Events};
+    use signaling::proto::{ClientMsg, DroneCommand, ErrorCode};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const BIN: &str = env!("CARGO_BIN_EXE_drone-bridge");
+
+    struct TestNode {
+        node: RunningNode,
+        dir: tempfile::TempDir,
+    }
+
+    async fn start_node() -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = NodeConfig::default();
+        config.node.data_dir = dir.path().join("data");
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        config.media.listen = "127.0.0.1:0".parse().unwrap();
+        config.quic.listen = "127.0.0.1:0".parse().unwrap();
+        let node = media_server::node::start(config).await.expect("node starts");
+        TestNode { node, dir }
+    }
+
+    impl TestNode {
+        fn token(&self, sub: &str, role: Role) -> String {
+            let id = &self.node.identity;
+            let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            id.issuer().issue(&req, now)
+        }
+
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.dir.path().join(name);
+            std::fs::write(&p, format!("{text}\n")).unwrap();
+            p
+        }
+
+        fn quic(&self) -> String {
+            self.node.quic_addr.to_string()
+        }
+
+        fn base(&self) -> String {
+            format!("http://{}", self.node.http_addr)
+        }
+
+        async fn get(&self, path: &str, token: &str) -> Value {
+            let r = reqwest::Client::new().get(format!("{}{path}", self.base())).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status(), 200, "GET {path}");
+            r.json().await.unwrap()
+        }
+
+        async fn drone_unit(&self, token: &str, name: &str) -> Option<Value> {
+            let v = self.get("/api/units", token).await;
+            v["units"].as_array()?.iter().find(|u| u["subject"] == name).cloned()
+        }
+
+        async fn session(&self, sub: &str, role: Role) -> (client::Client, Events) {
+            client::connect(ClientConfig::new(self.quic(), self.token(sub, role))).await.expect("session")
+        }
+    }
+
+    /// The running binary and its JSON lines.
+    struct Bridge {
+        child: Child,
+        lines: Lines<BufReader<ChildStdout>>,
+    }
+
+    impl Bridge {
+        fn spawn(args: &[&str]) -> Bridge {
+            let mut child = Command::new(BIN)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("drone-bridge starts");
+            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            Bridge { child, lines }
+        }
+
+        async fn line_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("drone-bridge ended before {what}"));
+                    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what} from drone-bridge"))
+        }
+
+        async fn terminate(mut self) {
+            let pid = self.child.id().expect("running").to_string();
+            assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+            let st = tokio::time::timeout(WAIT, self.child.wait()).await.expect("exits in time").unwrap();
+            assert!(st.success(), "{st:?}");
+        }
+    }
+
+    async fn event_of(events: &mut Events, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        tokio::time::timeout(within, async {
+            loop {
+                match events.next().await.expect("events end") {
+                    ClientEvent::Event { event, .. } if pred(&event) => return event,
+                    ClientEvent::Closed { reason, .. } => panic!("session closed: {reason}"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {within:?} waiting for {what}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn telemetry_reaches_operators_and_units_a_commanders_rtl_is_signed_and_acked_and_an_officers_is_refused() {
+        let node = start_node().await;
+        let pilot = node.file("pilot.token", &node.token("pilot-3", Role::Pilot));
+        let key = node.file("drone.key", KEY_HEX);
+        let op_token = node.token("op-1", Role::Operator);
+        let (_op, mut op_events) = node.session("op-1", Role::Operator).await;
+        let quic = node.quic();
+        let mut bridge = Bridge::spawn(&[
+            "--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token-file", pilot.to_str().unwrap(),
+            "--signing-key", key.to_str().unwrap(),
+        ]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        assert_eq!((started["subject"].as_str(), started["signing"].as_bool()), (Some("pilot-3"), Some(true)), "{started}");
+        let mavlink = started["mavlink"].as_str().unwrap().to_owned();
+        let mut vehicle = Peer::start("vehicle", &format!("udpout:{mavlink}"), &["--key", KEY_HEX]).await;
+        bridge.line_where("link up", |v| v["kind"] == "drone_link" && v["drone"] == "pilot-3-drone1" && v["up"] == true).await;
+        let t0 = Instant::now();
+
+        // Position and battery at the operator and in /api/units within 1 s.
+        let ev = event_of(&mut op_events, "telemetry at the operator", WAIT, |e| {
+            e["kind"] == "telemetry" && e["drone"] == "pilot-3-drone1" && e["t"]["lat"].is_f64() && e["t"]["battery_pct"].is_f64()
+        })
+        .await;
+        let at_operator = t0.elapsed();
+        assert_eq!(ev["t"]["battery_pct"], 76.0, "{ev}");
+        assert_eq!(ev["t"]["mode"], "GUIDED", "{ev}");
+        let unit = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(u) = node.drone_unit(&op_token, "pilot-3-drone1").await {
+                    if u["position"]["lat"].is_f64() && u["telemetry"]["battery_pct"].is_f64() {
+                        return u;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the drone in /api/units");
+        let in_units = t0.elapsed();
+        eprintln!("telemetry at the operator after {at_operator:?}, in /api/units after {in_units:?}");
+        assert!(at_operator <= Duration::from_secs(1) && in_units <= Duration::from_secs(1), "{at_operator:?} {in_units:?}");
+        assert_eq!((unit["kind"].as_str(), unit["bridge"].as_str(), unit["link"].as_str()), (Some("drone"), Some("pilot-3"), Some("up")), "{unit}");
+        assert!((unit["position"]["lat"].as_f64().unwrap() - 30.5).abs() < 0.001, "{unit}");
+
+        // At the mesh rate: 50 Hz in, at most 5 per second out.
+        let t1 = Instant::now();
+        let mut n = 0;
+        while t1.elapsed() < Duration::from_secs(2) {
+            let left = Duration::from_secs(2).saturating_sub(t1.elapsed());
+            if let Ok(Some(ClientEvent::Event { event, .. })) = tokio::time::timeout(left, op_events.next()).await {
+                if event["kind"] == "telemetry" {
+                    n += 1;
+                }
+            }
+        }
+        assert!((5..=11).contains(&n), "{n} telemetry events in 2 s at the operator");
+
+        // A commander's RTL: signed, verified by the vehicle, acked back to the commander.
+        let (cmdr, mut cmdr_events) = node.session("cmd-1", Role::Commander).await;
+        let rtl = ClientMsg::DroneCommand { id: 0, drone: "pilot-3-drone1".into(), command: DroneCommand::Rtl, lat: None, lon: None, alt: None };
+        let sent = cmdr.request(rtl.clone()).await.expect("rtl sent");
+        assert_eq!(sent["status"], "sent", "{sent}");
+        let cmd = sent["cmd"].as_str().unwrap().to_owned();
+        let c = vehicle.line_where("the RTL at the vehicle", |v| v["kind"] == "command").await;
+        assert_eq!((c["msg"].as_str(), c["command"].as_u64()), (Some("COMMAND_LONG"), Some(20)), "{c}");
+        assert_eq!((c["signed"].as_bool(), c["verified"].as_bool()), (Some(true), Some(true)), "{c}");
+        let ack = event_of(&mut cmdr_events, "the ack at the commander", WAIT, |e| e["kind"] == "drone_command_ack" && e["cmd"] == cmd.as_str()).await;
+        assert_eq!(ack["result"], "accepted", "{ack}");
+
+        // An officer's attempt: refused by the node, and logged.
+        let (off, _off_events) = node.session("off-1", Role::Officer).await;
+        match off.request(rtl).await {
+            Err(ClientError::Remote { code: ErrorCode::Forbidden, .. }) => {}
+            other => panic!("officer's command: {other:?}"),
+        }
+        let log = node.get("/api/incidents/duty/log", &op_token).await;
+        let entries = log["entries"].as_array().unwrap();
+        let what = |w: &str| entries.iter().filter(|e| e["what"] == w).cloned().collect::<Vec<_>>();
+        assert!(what("drone_command_refused").iter().any(|e| e["detail"]["by"] == "off-1"), "{log}");
+        assert!(what("drone_command").iter().any(|e| e["detail"]["cmd"] == cmd.as_str()), "{log}");
+        assert!(what("drone_command_ack").iter().any(|e| e["detail"]["result"] == "accepted"), "{log}");
+
+        // The vehicle falls silent: link lost at the operator within 3 s.
+        vehicle.say("stop").await;
+        vehicle.line_where("stop acknowledged", |v| v["kind"] == "ok" && v["cmd"] == "stop").await;
+        let stopped = Instant::now();
+        event_of(&mut op_events, "link lost at the operator", Duration::from_secs(5), |e| e["kind"] == "drone_link" && e["up"] == false).await;
+        assert!(stopped.elapsed() <= Duration::from_millis(3300), "link lost after {:?}", stopped.elapsed());
+        let unit = node.drone_unit(&op_token, "pilot-3-drone1").await.unwrap();
+        assert_eq!(unit["link"], "lost", "{unit}");
+        bridge.terminate().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_endpoints_refused_tokens_and_unreachable_nodes_are_clear_errors() {
+        let node = start_node().await;
+        let quic = node.quic();
+        let run = |args: Vec<String>| async move {
+            let out = tokio::time::timeout(WAIT, Command::new(BIN).args(&args).output()).await.expect("exits").unwrap();
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let pilot = node.token("pilot-3", Role::Pilot);
+        let (code, err) = run(s(&["--mavlink", "udp:1.2.3.4:5", "--node", &quic, "--token", &pilot])).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("bad endpoint \"udp:1.2.3.4:5\""), "{err}");
+        // An officer's token: refused for bridging.
+        let (code, err) = run(s(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &node.token("off-1", Role::Officer)])).await;
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("pilot's or an admin's"), "{err}");
+        // A token of another node: the node refuses the session (certificate pin or signature).
+        let other = start_node().await;
+        let (code, err) = run(s(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &other.token("pilot-3", Role::Pilot)])).await;
+        assert!(matches!(code, Some(1) | Some(2)), "{code:?} {err}");
+        assert!(err.contains("node"), "{err}");
+        // No node there.
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (code, err) = run(s(&["--mavlink", "udpin:127.0.0.1:0", "--node", &closed, "--token", &pilot])).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(&closed), "{err}");
+        // A malformed signing key.
+        let bad_key = node.file("bad.key", "abc");
+        let (code, err) = run(s(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--signing-key", bad_key.to_str().unwrap()])).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("64 hexadecimal"), "{err}");
+        // Every option is in --help.
+        let out = Command::new(BIN).arg("--help").output().await.unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for opt in ["--mavlink", "--node", "--token ", "--token-file", "--gcs", "--video", "--signing-key", "--tlog", "--heartbeat-timeout", "--telemetry-hz"] {
+            assert!(help.contains(opt), "{opt} in --help");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The drone camera into the SFU without re-encoding: GStreamer ingests H.264 over RTSP
+//! (`rtspsrc`, UDP or TCP-interleaved) or RTP/UDP, depayloads and parses it
+//! (`h264parse config-interval=-1`: SPS/PPS before every keyframe), and field-client's WebRTC
+//! peer ([`field_client::media::peer::Peer`]) publishes the access units through signaling's
+//! `publish` (kind `drone`, stream `SUBJECT-droneSYSID`) on the bridge's session.
+//!
+//! When the source fails or ends (camera rebooting, RTSP server gone) or the peer connection
+//! fails, everything is torn down and started again with backoff (1 s doubling to 30 s): that is
+//! the reconnection. A keyframe request from the node cannot be forced on a camera that is not
+//! ours to encode; the next keyframe of the camera's own GOP serves it.
+//!
+//! Not in this version: H.265 cameras (they would need a transcode, which the hardware profile
+//! should decide).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use field_client::media::peer::{Bounds, Peer};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use serde_json::json;
+use signaling::client::{Client, ClientError};
+use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
+use signaling::StreamName;
+use tokio::sync::{mpsc, oneshot};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::mesh::emit;
+
+/// Where the camera's H.264 comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoSource {
+    /// An RTSP URL (`rtsp://…`, `rtsps://…`).
+    Rtsp(String),
+    /// RTP/H.264 arriving on a local UDP port (`udp://PORT`, or `udp://HOST:PORT` to bind an
+    /// address).
+    Udp {
+        /// Address to bind (default all).
+        host: Option<String>,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl FromStr for VideoSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("rtsp://") || s.starts_with("rtsps://") || s.starts_with("rtspt://") {
+            if s.contains(char::is_whitespace) || s.contains('"') {
+                return Err(format!("bad video URI {s:?}"));
+            }
+            return Ok(VideoSource::Rtsp(s.to_owned()));
+        }
+        if let Some(rest) = s.strip_prefix("udp://") {
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((h, p)) => (Some(h.trim_start_matches('@').to_owned()).filter(|h| !h.is_empty()), p),
+                None => (None, rest),
+            };
+            if host.as_deref().is_some_and(|h| !h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))) {
+                return Err(format!("bad video URI {s:?}: bad host"));
+            }
+            let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("bad video URI {s:?}: bad port"))?;
+            return Ok(VideoSource::Udp { host, port });
+        }
+        Err(format!("bad video URI {s:?}: use rtsp://… or udp://PORT"))
+    }
+}
+
+impl std::fmt::Display for VideoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VideoSource::Rtsp(u) => f.write_str(u),
+            VideoSource::Udp { host: Some(h), port } => write!(f, "udp://{h}:{port}"),
+            VideoSource::Udp { host: None, port } => write!(f, "udp://{port}"),
+        }
+    }
+}
+
+const SINK: &str = "video";
+
+/// The gst-launch description for `source`: depayload and parse only, never a decoder or an
+/// encoder.
+pub fn describe(source: &VideoSource) -> String {
+    let tail = format!(
+        "rtph264depay ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name={SINK} sync=false max-buffers=64 drop=true"
+    );
+    match source {
+        VideoSource::Rtsp(uri) => format!("rtspsrc location=\"{uri}\" protocols=udp+tcp latency=200 ! {tail}"),
+        VideoSource::Udp { host, port } => {
+            let addr = host.as_ref().map(|h| format!(" address={h}")).unwrap_or_default();
+            format!(
+                "udpsrc port={port}{addr} caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name=H264\" ! rtpjitterbuffer latency=200 ! {tail}"
+            )
+        }
+    }
+}
+
+/// A running publisher of one drone's camera.
+#[derive(Debug)]
+pub struct Publisher {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Publisher {
+    /// Stops: closes the peer and the node's media session, stops the pipeline.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Starts publishing `source` as `stream` over `client`'s session to `node` (its QUIC
+/// `HOST:PORT`, which picks the local address of the peer).
+pub fn start(client: &Client, node: &str, stream: &str, source: VideoSource) -> Result<Publisher, String> {
+    gst::init().map_err(|e| format!("GStreamer: {e}"))?;
+    let stream = StreamName::parse(stream).map_err(|e| format!("stream name {stream}: {e}"))?;
+    let job = Job { client: client.clone(), node: node.to_owned(), stream, source };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(job.run(stop_rx));
+    Ok(Publisher { task, stop: Some(stop_tx) })
+}
+
+/// An access unit and how long it lasts.
+type Frame = (Bytes, Duration);
+
+/// The pipeline, stopped when dropped.
+struct Running {
+    pipeline: gst::Pipeline,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Starts the pipeline: access units into the channel; a message into `failed` on error or end.
+fn run_pipeline(source: &VideoSource) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
+    let desc = describe(source);
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| format!("{e} ({desc})"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_owned())?;
+    let sink = pipeline
+        .by_name(SINK)
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or("no appsink")?;
+    let (tx, rx) = mpsc::channel::<Frame>(64);
+    let mut last_pts: Option<gst::ClockTime> = None;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                // The camera's own frame interval (PTS to PTS), else 30 fps.
+                let mut d = Duration::from_millis(33);
+                if let Some(pts) = buffer.pts() {
+                    if let Some(prev) = last_pts.filter(|p| *p < pts) {
+                        let gap = Duration::from_nanos((pts - prev).nseconds());
+                        if gap < Duration::from_secs(1) {
+                            d = gap;
+                        }
+                    }
+                    last_pts = Some(pts);
+                }
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let _ = tx.try_send((Bytes::copy_from_slice(map.as_slice()), d));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot start {desc}: {e}"))?;
+    let running = Running { pipeline, stopped: Arc::default() };
+    let (fail_tx, fail_rx) = mpsc::channel(1);
+    if let Some(bus) = running.pipeline.bus() {
+        let stopped = running.stopped.clone();
+        std::thread::spawn(move || {
+            use gst::MessageView;
+            while !stopped.load(Ordering::Relaxed) {
+                let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error, gst::MessageType::Eos]) else {
+                    continue;
+                };
+                let why = match msg.view() {
+                    MessageView::Error(e) => format!("{} ({:?})", e.error(), e.debug()),
+                    _ => "the source ended".to_owned(),
+                };
+                let _ = fail_tx.blocking_send(why);
+                return;
+            }
+        });
+    }
+    Ok((running, rx, fail_rx))
+}
+
+struct Job {
+    client: Client,
+    node: String,
+    stream: StreamName,
+    source: VideoSource,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// No frame for this long: the source is stalled, start again.
+const STALL: Duration = Duration::from_secs(10);
+
+impl Job {
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.attempt(&mut stop, &mut backoff).await {
+                Ok(()) => return,
+                Err(Fatal(why)) => {
+                    emit(&json!({"kind": "warning", "message": format!("cannot publish {}: {why}", self.stream)}));
+                    let _ = stop.await;
+                    return;
+                }
+                Err(Retry(why)) => {
+                    emit(&json!({"kind": "warning", "message": format!("video {}: {why}; again in {} s", self.stream, backoff.as_secs())}));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = &mut stop => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One run: pipeline, first frame, peer, publish, pump. `Ok` only when stopped.
+    async fn attempt(&self, stop: &mut oneshot::Receiver<()>, backoff: &mut Duration) -> Result<(), AttemptError> {
+        let (_running, mut frames, mut failed) = run_pipeline(&self.source).map_err(Fatal)?;
+        // Publish only once the camera delivers: a dead source is not a stream.
+        let first = tokio::select! {
+            _ = &mut *stop => return Ok(()),
+            f = frames.recv() => f.ok_or_else(|| Retry("the source ended".to_owned()))?,
+            why = failed.recv() => return Err(Retry(why.unwrap_or_default())),
+            () = tokio::time::sleep(STALL) => return Err(Retry(format!("no frame from {} within {} s", self.source, STALL.as_secs()))),
+        };
+        let ip = field_client::media::local_ip_towards(&self.node).await.map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
+        let bounds = Bounds { start: 2_000_000.0, min: 300_000.0, max: 8_000_000.0 };
+        let (mut peer, offer, mut states) = Peer::offer(ip, hw_profiles::Codec::H264, &[None], false, bounds).await.map_err(Retry)?;
+        let msg = ClientMsg::Publish { id: 0, stream: Some(self.stream.clone()), kind: StreamKind::Drone, sdp: offer };
+        let data = match self.client.request(msg).await {
+            Ok(d) => d,
+            Err(e) => {
+                peer.close().await;
+                return Err(match e {
+                    ClientError::Remote { code: ErrorCode::Forbidden | ErrorCode::BadRequest, .. } | ClientError::Closed => Fatal(e.to_string()),
+                    _ => Retry(e.to_string()),
+                });
+            }
+        };
+        let (Some(sdp), Some(media)) = (data["sdp"].as_str(), data["media"].as_str()) else {
+            peer.close().await;
+            return Err(Retry(format!("publish answered without sdp and media: {data}")));
+        };
+        let media = media.to_owned();
+        let on_keyframe: Arc<dyn Fn() + Send + Sync> = Arc::new(|| tracing::debug!("keyframe requested; the camera's next keyframe will do"));
+        if let Err(e) = peer.answer(sdp.to_owned(), on_keyframe).await {
+            peer.close().await;
+            let _ = self.client.request(ClientMsg::MediaClose { id: 0, media }).await;
+            return Err(Retry(e));
+        }
+        emit(&json!({"kind": "publishing", "stream": self.stream.as_str(), "media": media, "source": self.source.to_string()}));
+        let session = self.client.session().session;
+        let mut connected = false;
+        let mut pending = Some(first);
+        let mut last_frame = Instant::now();
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let ended: Result<(), AttemptError> = loop {
+            tokio::select! {
+                _ = &mut *stop => break Ok(()),
+                f = frames.recv() => match f {
+                    Some((data, d)) => {
+                        last_frame = Instant::now();
+                        if connected {
+                            peer.write_video(0, data, d).await;
+                        } else {
+                            pending = Some((data, d));
+                        }
+                    }
+                    None => break Err(Retry("the source ended".to_owned())),
+                },
+                why = failed.recv() => break Err(Retry(why.unwrap_or_default())),
+                st = states.recv() => match st {
+                    Some(RTCPeerConnectionState::Connected) => {
+                        connected = true;
+                        *backoff = BACKOFF_MIN;
+                        if let Some((data, d)) = pending.take() {
+                            peer.write_video(0, data, d).await;
+                        }
+                    }
+                    Some(s @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)) => break Err(Retry(format!("peer connection {s}"))),
+                    Some(_) => {}
+                    None => break Err(Retry("peer connection gone".to_owned())),
+                },
+                _ = check.tick() => {
+                    if self.client.session().session != session {
+                        break Err(Retry("new signaling session".to_owned()));
+                    }
+                    if last_frame.elapsed() >= STALL {
+                        break Err(Retry(format!("no frame from {} for {} s", self.source, STALL.as_secs())));
+                    }
+                }
+            }
+        };
+        peer.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.request(ClientMsg::MediaClose { id: 0, media })).await;
+        ended
+    }
+}
+
+/// Whether a failed attempt is worth repeating.
+enum AttemptError {
+    Retry(String),
+    Fatal(String),
+}
+use AttemptError::{Fatal, Retry};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_and_describe_without_a_decoder() {
+        let r: VideoSource = "rtsp://10.0.0.5:8554/cam".parse().unwrap();
+        let d = describe(&r);
+        assert!(d.starts_with("rtspsrc location=\"rtsp://10.0.0.5:8554/cam\" protocols=udp+tcp"), "{d}");
+        assert!(!d.contains("dec") && !d.contains("enc"), "{d}");
+        assert_eq!("udp://5600".parse(), Ok(VideoSource::Udp { host: None, port: 5600 }));
+        assert_eq!("udp://127.0.0.1:5600".parse::<VideoSource>().unwrap().to_string(), "udp://127.0.0.1:5600");
+        assert!(describe(&"udp://5600".parse().unwrap()).starts_with("udpsrc port=5600 caps="));
+        for bad in ["http://x", "udp://", "udp://0", "udp://h\"x:5", "rtsp://a b"] {
+            assert!(bad.parse::<VideoSource>().is_err(), "{bad}");
+        }
+    }
+}

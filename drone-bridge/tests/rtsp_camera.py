@@ -1,0 +1,44 @@
+#!/usr/bin/python3
+"""A drone camera for drone-bridge's tests: GStreamer's RTSP server (Python GI; run with Debian's
+/usr/bin/python3, python3-gi and gir1.2-gst-rtsp-server-1.0) serving a 640x480 30 fps H.264 test
+pattern at rtsp://127.0.0.1:PORT/cam. Prints {"kind":"ready","uri":...} once listening, then
+{"kind":"client"} per RTSP client, and runs until stdin closes."""
+import json
+import sys
+import threading
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+
+def main():
+    Gst.init(None)
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service("0")
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(
+        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=480,framerate=30/1 "
+        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
+        "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    )
+    factory.set_shared(True)
+    server.get_mount_points().add_factory("/cam", factory)
+    server.connect("client-connected", lambda *_: print(json.dumps({"kind": "client"}), flush=True))
+    server.attach(None)
+    loop = GLib.MainLoop()
+    print(json.dumps({"kind": "ready", "uri": f"rtsp://127.0.0.1:{server.get_bound_port()}/cam"}), flush=True)
+
+    def wait_stdin():
+        sys.stdin.read()
+        GLib.idle_add(loop.quit)
+
+    threading.Thread(target=wait_stdin, daemon=True).start()
+    loop.run()
+
+
+if __name__ == "__main__":
+    main()
