@@ -530,4 +530,70 @@ mod e2e {
             assert!(help.contains(opt), "{opt} in --help");
         }
     }
+
+    /// The test camera (tests/rtsp_camera.py under Debian's python3 with GI).
+    struct Camera {
+        child: Child,
+        uri: String,
+    }
+
+    impl Camera {
+        async fn start() -> Camera {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rtsp_camera.py");
+            let mut child = Command::new("/usr/bin/python3")
+                .arg(script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("rtsp_camera.py starts (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("camera ready in time").unwrap().expect("camera ready line");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            Camera { child, uri: v["uri"].as_str().unwrap().to_owned() }
+        }
+    }
+
+    impl Drop for Camera {
+        fn drop(&mut self) {
+            let _ = self.child.start_kill();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_camera_a_vehicle_announces_reaches_a_whep_viewer_without_re_encoding() {
+        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        let node = start_node().await;
+        let camera = Camera::start().await;
+        let pilot = node.token("pilot-3", Role::Pilot);
+        let viewer_token = node.token("wall-1", Role::Viewer);
+        let quic = node.quic();
+        let mut bridge = Bridge::spawn(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        let mavlink = started["mavlink"].as_str().unwrap().to_owned();
+        // The vehicle announces its camera in VIDEO_STREAM_INFORMATION.
+        let _vehicle = Peer::start("vehicle", &format!("udpout:{mavlink}"), &["--video", &camera.uri]).await;
+        let video = bridge.line_where("video", |v| v["kind"] == "video").await;
+        assert_eq!((video["drone"].as_str(), video["source"].as_str()), (Some("pilot-3-drone1"), Some(camera.uri.as_str())), "{video}");
+        let publishing = bridge.line_where("publishing", |v| v["kind"] == "publishing").await;
+        assert_eq!(publishing["stream"], "pilot-3-drone1", "{publishing}");
+
+        let viewer = WhepViewer::start(&node.base(), "pilot-3-drone1", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+        viewer.wait_frames(1, WAIT).await.expect("first decoded frame");
+        let first = Instant::now();
+        tokio::time::sleep_until((first + Duration::from_secs(2)).into()).await;
+        let seen0 = viewer.stats().frames_decoded;
+        tokio::time::sleep_until((first + Duration::from_secs(12)).into()).await;
+        let s = viewer.stats();
+        let decoded = s.frames_decoded - seen0;
+        eprintln!("decoded {decoded} of the camera's 300 frames between t=2 s and t=12 s; {s:?}");
+        assert!(decoded >= 285, "decoded {decoded} frames of 300: {s:?}");
+        assert_eq!((s.width, s.height), (640, 480));
+        assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
+        let catalog = node.get("/api/streams", &viewer_token).await;
+        let stream = catalog["streams"].as_array().unwrap().iter().find(|s| s["name"] == "pilot-3-drone1").cloned().unwrap_or_else(|| panic!("{catalog}"));
+        assert_eq!((stream["owner"].as_str(), stream["video_codec"].as_str()), (Some("pilot-3"), Some("H264")), "{stream}");
+        viewer.stop().await.expect("viewer DELETE");
+        bridge.terminate().await;
+    }
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """A drone camera for drone-bridge's tests: GStreamer's RTSP server (Python GI; run with Debian's
 /usr/bin/python3, python3-gi and gir1.2-gst-rtsp-server-1.0) serving a 640x480 30 fps H.264 test
-pattern at rtsp://127.0.0.1:PORT/cam. Prints {"kind":"ready","uri":...} once listening, then
-{"kind":"client"} per RTSP client, and runs until stdin closes."""
+pattern at rtsp://127.0.0.1:PORT/cam. Prints {"kind":"ready","uri":...} once listening and runs
+until stdin closes."""
 import json
 import sys
 import threading
@@ -27,7 +27,6 @@ def main():
     )
     factory.set_shared(True)
     server.get_mount_points().add_factory("/cam", factory)
-    server.connect("client-connected", lambda *_: print(json.dumps({"kind": "client"}), flush=True))
     server.attach(None)
     loop = GLib.MainLoop()
     print(json.dumps({"kind": "ready", "uri": f"rtsp://127.0.0.1:{server.get_bound_port()}/cam"}), flush=True)
