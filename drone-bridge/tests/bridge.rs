@@ -51,6 +51,11 @@ struct Peer {
 
 impl Peer {
     async fn start(role: &str, connect: &str, extra: &[&str]) -> Peer {
+        Self::start_ready(role, connect, extra).await.0
+    }
+
+    /// Starts, and returns the `ready` line too (its `port` for listening connection strings).
+    async fn start_ready(role: &str, connect: &str, extra: &[&str]) -> (Peer, Value) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vehicle.py");
         let mut child = Command::new(python())
             .arg(script)
@@ -64,8 +69,8 @@ impl Peer {
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut p = Peer { child, stdin, lines };
-        p.line_where("ready", |v| v["kind"] == "ready").await;
-        p
+        let ready = p.line_where("ready", |v| v["kind"] == "ready").await;
+        (p, ready)
     }
 
     async fn say(&mut self, line: &str) {
@@ -95,9 +100,13 @@ impl Drop for Peer {
 }
 
 async fn bridge(cfg: Config, gcs: bool, tlog: Option<&Path>) -> MavlinkHandle {
+    bridge_on("udpin:127.0.0.1:0", gcs.then_some("udpin:127.0.0.1:0"), cfg, tlog).await
+}
+
+async fn bridge_on(mavlink: &str, gcs: Option<&str>, cfg: Config, tlog: Option<&Path>) -> MavlinkHandle {
     link::start(MavlinkOptions {
-        mavlink: "udpin:127.0.0.1:0".parse().unwrap(),
-        gcs: gcs.then(|| "udpin:127.0.0.1:0".parse().unwrap()),
+        mavlink: mavlink.parse().unwrap(),
+        gcs: gcs.map(|g| g.parse().unwrap()),
         tlog: tlog.map(Path::to_owned),
         core: cfg,
     })
@@ -273,6 +282,35 @@ async fn random_bytes_truncated_frames_and_bad_crcs_are_counted_and_the_bridge_k
     event_where(&mut h, "telemetry after the junk", WAIT, |e| matches!(e, Event::Telemetry { .. })).await;
     assert!(t0.elapsed() < Duration::from_secs(2));
     vehicle.say("quit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udpout_endpoints_carry_the_same_traffic() {
+    // The vehicle listens on TCP, the bridge connects (tcpout); the GCS listens on UDP, the
+    // bridge sends to it (udpout).
+    let (mut vehicle, ready) = Peer::start_ready("vehicle", "tcpin:127.0.0.1:0", &[]).await;
+    let vport = ready["port"].as_u64().expect("vehicle port");
+    let (mut gcs, ready) = Peer::start_ready("gcs", "udpin:127.0.0.1:0", &["--sysid", "255"]).await;
+    let gport = ready["port"].as_u64().expect("gcs port");
+    let mut h = bridge_on(&format!("tcpout:127.0.0.1:{vport}"), Some(&format!("udpout:127.0.0.1:{gport}")), Config::default(), None).await;
+    event_where(&mut h, "link up over tcpout", WAIT, |e| matches!(e, Event::Link { drone: SysId(1), up: true })).await;
+    event_where(&mut h, "telemetry over tcpout", WAIT, |e| matches!(e, Event::Telemetry { t, .. } if t.lat.is_some())).await;
+    gcs.line_where("telemetry at the udpout GCS", |v| v["kind"] == "counts" && v["counts"]["GLOBAL_POSITION_INT"].as_u64().unwrap_or(0) >= 20).await;
+    // The GCS's command reaches the vehicle through the bridge, and the vehicle's ACK the GCS.
+    gcs.say("rtl 1").await;
+    let c = vehicle.line_where("the GCS's command at the vehicle", |v| v["kind"] == "command").await;
+    assert_eq!((c["command"].as_u64(), c["sender"][0].as_u64()), (Some(20), Some(255)), "{c}");
+    gcs.line_where("the ACK at the GCS", |v| v["kind"] == "counts" && v["counts"]["COMMAND_ACK"].as_u64().unwrap_or(0) >= 1).await;
+    drop(h);
+
+    // The bridge listens on TCP (tcpin); the vehicle connects.
+    let mut h = bridge_on("tcpin:127.0.0.1:0", None, Config::default(), None).await;
+    let port = h.mavlink_local.unwrap().port();
+    let _vehicle = Peer::start("vehicle", &format!("tcp:127.0.0.1:{port}"), &[]).await;
+    event_where(&mut h, "link up over tcpin", WAIT, |e| matches!(e, Event::Link { drone: SysId(1), up: true })).await;
+    event_where(&mut h, "telemetry over tcpin", WAIT, |e| matches!(e, Event::Telemetry { t, .. } if t.battery_pct.is_some())).await;
+    let st = *h.stats.borrow();
+    assert_eq!((st.decode.bad_crc, st.decode.garbage_bytes), (0, 0), "a TCP stream is parsed whole: {st:?}");
 }
 
 // ---- Through a real node (in-process, as field-client's tests do), the binary as users run it.

@@ -119,7 +119,10 @@ def main():
                 conn.mav.command_ack_send(m.command, mavutil.mavlink.MAV_RESULT_ACCEPTED)
 
     threading.Thread(target=receive, daemon=True).start()
-    emit(kind="ready", role=args.role)
+    # The local port, for connection strings that listen on port 0 (udpin:HOST:0, tcpin:HOST:0).
+    sock = getattr(conn, "listen", None) or getattr(conn, "port", None)
+    local = sock.getsockname()[1] if sock is not None and hasattr(sock, "getsockname") else None
+    emit(kind="ready", role=args.role, port=local)
 
     period = 1.0 / args.rate
     n = 0
