@@ -245,10 +245,10 @@ pub async fn run(client: Client, mut events: Events, node: String, mut bridge: M
                 Some(ClientEvent::Connected { resumed, gap }) => m.connected(resumed, gap),
                 Some(ClientEvent::Disconnected { reason }) => emit(&json!({"kind": "disconnected", "reason": reason})),
                 Some(ClientEvent::Event { event, .. }) => {
+                    // The node's refusals of messages without reply (telemetry of a drone this
+                    // token does not own, …) are logged by the client as warnings on stderr.
                     if let Some(c) = parse_command(&event) {
                         m.command(c, &bridge);
-                    } else if event.get("re").is_none() && event["kind"] == "error" {
-                        emit(&json!({"kind": "warning", "message": format!("the node: {event}")}));
                     }
                 }
                 Some(ClientEvent::Mail { .. }) => {}

@@ -285,6 +285,27 @@ async fn random_bytes_truncated_frames_and_bad_crcs_are_counted_and_the_bridge_k
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_vehicles_share_one_link_and_each_gets_its_own_commands() {
+    let mut h = bridge(Config::default(), false, None).await;
+    let port = h.mavlink_local.unwrap().port();
+    let connect = format!("udpout:127.0.0.1:{port}");
+    let mut one = Peer::start("vehicle", &connect, &["--sysid", "1"]).await;
+    let mut two = Peer::start("vehicle", &connect, &["--sysid", "2"]).await;
+    for id in [1, 2] {
+        event_where(&mut h, "both links up", WAIT, |e| matches!(e, Event::Link { drone: SysId(d), up: true } if *d == id)).await;
+    }
+    h.commands.send(CommandRequest { cmd: "dc-2".into(), drone: SysId(2), action: Action::Land }).unwrap();
+    let c = two.line_where("the LAND at vehicle 2", |v| v["kind"] == "command").await;
+    assert_eq!(c["command"], 21, "MAV_CMD_NAV_LAND: {c}");
+    let ack = event_where(&mut h, "vehicle 2's ack", WAIT, |e| matches!(e, Event::Ack { cmd, .. } if cmd == "dc-2")).await;
+    assert_eq!(ack, Event::Ack { cmd: "dc-2".into(), drone: SysId(2), result: AckResult::Accepted, text: None });
+    h.commands.send(CommandRequest { cmd: "dc-1".into(), drone: SysId(1), action: Action::Guided { lat: 30.6, lon: 114.4, alt: Some(40.0) } }).unwrap();
+    let c = one.line_where("the reposition at vehicle 1", |v| v["kind"] == "command").await;
+    assert_eq!((c["msg"].as_str(), c["command"].as_u64()), (Some("COMMAND_INT"), Some(192)), "MAV_CMD_DO_REPOSITION: {c}");
+    event_where(&mut h, "vehicle 1's ack", WAIT, |e| matches!(e, Event::Ack { cmd, drone: SysId(1), result: AckResult::Accepted, .. } if cmd == "dc-1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_udpout_endpoints_carry_the_same_traffic() {
     // The vehicle listens on TCP, the bridge connects (tcpout); the GCS listens on UDP, the
     // bridge sends to it (udpout).
