@@ -598,9 +598,15 @@ mod e2e {
 
     impl Camera {
         async fn start() -> Camera {
+            Self::start_on(0).await
+        }
+
+        /// On `port` (0: any free one).
+        async fn start_on(port: u16) -> Camera {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rtsp_camera.py");
             let mut child = Command::new("/usr/bin/python3")
                 .arg(script)
+                .arg(port.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -652,6 +658,39 @@ mod e2e {
         let catalog = node.get("/api/streams", &viewer_token).await;
         let stream = catalog["streams"].as_array().unwrap().iter().find(|s| s["name"] == "pilot-3-drone1").cloned().unwrap_or_else(|| panic!("{catalog}"));
         assert_eq!((stream["owner"].as_str(), stream["video_codec"].as_str()), (Some("pilot-3"), Some("H264")), "{stream}");
+        viewer.stop().await.expect("viewer DELETE");
+        bridge.terminate().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_video_option_camera_that_restarts_is_published_again() {
+        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        let node = start_node().await;
+        let camera = Camera::start().await;
+        let port: u16 = camera.uri.rsplit_once(':').unwrap().1.trim_end_matches("/cam").parse().unwrap();
+        let pilot = node.token("pilot-3", Role::Pilot);
+        let viewer_token = node.token("wall-1", Role::Viewer);
+        let quic = node.quic();
+        let uri = camera.uri.clone();
+        let mut bridge = Bridge::spawn(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--video", &uri]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        let mavlink = started["mavlink"].as_str().unwrap().to_owned();
+        // --video is published for the first vehicle seen.
+        let _vehicle = Peer::start("vehicle", &format!("udpout:{mavlink}"), &["--sysid", "7"]).await;
+        let first = bridge.line_where("publishing", |v| v["kind"] == "publishing").await;
+        assert_eq!((first["stream"].as_str(), first["source"].as_str()), (Some("pilot-3-drone7"), Some(uri.as_str())), "{first}");
+        let viewer = WhepViewer::start(&node.base(), "pilot-3-drone7", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+        viewer.wait_frames(30, WAIT).await.expect("frames before the restart");
+
+        // The camera goes away and comes back on the same address.
+        drop(camera);
+        let cut = Instant::now();
+        let _camera = Camera::start_on(port).await;
+        let again = bridge.line_where("publishing again", |v| v["kind"] == "publishing").await;
+        assert_ne!(again["media"], first["media"], "{again}");
+        let seen = viewer.stats().frames_decoded;
+        let s = viewer.wait_frames(seen + 60, WAIT).await.expect("the viewer plays again");
+        eprintln!("published again {:?} after the camera restarted; {s:?}", cut.elapsed());
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }

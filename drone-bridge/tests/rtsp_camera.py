@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """A drone camera for drone-bridge's tests: GStreamer's RTSP server (Python GI; run with Debian's
 /usr/bin/python3, python3-gi and gir1.2-gst-rtsp-server-1.0) serving a 640x480 30 fps H.264 test
-pattern at rtsp://127.0.0.1:PORT/cam. Prints {"kind":"ready","uri":...} once listening and runs
-until stdin closes."""
+pattern at rtsp://127.0.0.1:PORT/cam (PORT: the first argument, default any free one). Prints
+{"kind":"ready","uri":...} once listening and runs until stdin closes."""
 import json
 import sys
 import threading
@@ -18,7 +18,7 @@ def main():
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
-    server.set_service("0")
+    server.set_service(sys.argv[1] if len(sys.argv) > 1 else "0")
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(
         "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=480,framerate=30/1 "
