@@ -694,4 +694,35 @@ mod e2e {
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rtp_h264_on_a_udp_port_is_published_too() {
+        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        let node = start_node().await;
+        let pilot = node.token("pilot-3", Role::Pilot);
+        let viewer_token = node.token("wall-1", Role::Viewer);
+        let quic = node.quic();
+        // A free port for the bridge's udpsrc (bound and released: the sender needs to know it).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let video = format!("udp://127.0.0.1:{port}");
+        let mut bridge = Bridge::spawn(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--video", &video]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        let mavlink = started["mavlink"].as_str().unwrap().to_owned();
+        let _vehicle = Peer::start("vehicle", &format!("udpout:{mavlink}"), &[]).await;
+        bridge.line_where("video", |v| v["kind"] == "video" && v["source"] == video.as_str()).await;
+        let _camera = Command::new("gst-launch-1.0")
+            .args(["-q", "videotestsrc", "is-live=true", "!", "video/x-raw,width=640,height=480,framerate=30/1", "!",
+                "x264enc", "tune=zerolatency", "speed-preset=ultrafast", "key-int-max=30", "!",
+                "rtph264pay", "config-interval=-1", "pt=96", "!", "udpsink", "host=127.0.0.1", &format!("port={port}")])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("gst-launch-1.0 runs");
+        let publishing = bridge.line_where("publishing", |v| v["kind"] == "publishing").await;
+        assert_eq!(publishing["stream"], "pilot-3-drone1", "{publishing}");
+        let viewer = WhepViewer::start(&node.base(), "pilot-3-drone1", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+        let s = viewer.wait_frames(60, WAIT).await.expect("frames from RTP/UDP");
+        assert_eq!((s.width, s.height), (640, 480));
+        viewer.stop().await.expect("viewer DELETE");
+        bridge.terminate().await;
+    }
 }
