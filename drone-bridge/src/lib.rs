@@ -8,7 +8,8 @@
 //! - [`command`]: the allow-list and what each command sends;
 //! - [`core`]: routing, link supervision, telemetry rate, command retries, with `now` passed in.
 //!
-//! The tokio shell:
+//! The tokio shell (feature `app`, on by default; without it the crate is the core above plus
+//! [`tlog`], as the fuzz targets use it):
 //! - [`endpoint`]: `udpin:`, `udpout:`, `tcpin:`, `tcpout:`, `serial:` links;
 //! - [`tlog`]: `.tlog` recording;
 //! - [`link`]: the MAVLink half as a task (endpoints + tlog + core), driven through a handle;
@@ -21,15 +22,21 @@
 //! do).
 #![warn(missing_docs)]
 
+#[cfg(feature = "app")]
 pub mod cli;
 pub mod command;
 pub mod core;
+#[cfg(feature = "app")]
 pub mod endpoint;
+#[cfg(feature = "app")]
 pub mod error;
 pub mod frame;
+#[cfg(feature = "app")]
 pub mod link;
+#[cfg(feature = "app")]
 pub mod mesh;
 pub mod signing;
 pub mod telemetry;
 pub mod tlog;
+#[cfg(feature = "app")]
 pub mod video;
