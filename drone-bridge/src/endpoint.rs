@@ -4,7 +4,7 @@
 //! Every endpoint reports [`Inbound`] chunks tagged with a peer (a UDP source address, a TCP
 //! connection) so each peer gets its own frame decoder; a UDP datagram ends its input
 //! (`end: true`), so a frame cut off inside it counts as truncated. Sending goes to every peer
-//! of the endpoint: the UDP source addresses heard from (`udpin`), the address given
+//! of the endpoint: the UDP source addresses heard from (`udpin`, the latest 16), the address given
 //! (`udpout`), every open connection (`tcpin`), the one connection (`tcpout`, reconnecting), the
 //! device (`serial`).
 
@@ -128,6 +128,8 @@ fn key_of(addr: &SocketAddr) -> PeerKey {
 }
 
 const QUEUE: usize = 1024;
+/// At most this many UDP peers of a `udpin` endpoint are sent to.
+const MAX_UDP_PEERS: usize = 16;
 
 /// Opens `ep` as `link`; received bytes go to `inbound`. Binding/opening errors are returned at
 /// once; later I/O errors are logged and (for `tcpout`) retried.
@@ -157,6 +159,11 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                             if out_to.is_none() {
                                 let mut p = p.lock().unwrap_or_else(PoisonError::into_inner);
                                 if !p.contains(&from) {
+                                    // A bounded list: junk from many source addresses must not
+                                    // multiply what the bridge sends; the oldest peer goes.
+                                    if p.len() >= MAX_UDP_PEERS {
+                                        p.remove(0);
+                                    }
                                     p.push(from);
                                 }
                             }
