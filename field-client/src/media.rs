@@ -431,7 +431,7 @@ impl Rate {
     /// it differs enough from the one in force to be worth a `bitrate` line.
     fn update(&mut self, estimate_bps: f64) -> Option<Plan> {
         self.last_estimate = Some(estimate_bps);
-        let plan = self.planner.plan(estimate_bps);
+        let plan = self.planner.plan(Instant::now(), estimate_bps);
         let old = self.applied.clone();
         for (i, (el, enc)) in self.encoders.iter().enumerate() {
             let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i])) else { continue };
