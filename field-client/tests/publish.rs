@@ -45,16 +45,13 @@ async fn line_where(lines: &mut Lines<BufReader<ChildStdout>>, what: &str, pred:
     .unwrap_or_else(|_| panic!("timed out waiting for {what} from run"))
 }
 
-/// One media test at a time.
-static MEDIA: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn media_turn() -> std::sync::MutexGuard<'static, ()> {
-    MEDIA.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// One media test at a time (each test has its own runtime, so the lock is async-aware and
+/// unpoisoned: a failed test does not fail the next).
+static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::default();
     config.node.data_dir = dir.path().join("data");
@@ -316,7 +313,7 @@ impl RunLines {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let net = TabletNet::create(0);
     let dir = tempfile::tempdir().expect("temp dir");
     let node = node_on(&net.host_ip, dir.path()).await;
@@ -377,7 +374,7 @@ async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let net = TabletNet::create(1);
     let dir = tempfile::tempdir().expect("temp dir");
     let node = node_on(&net.host_ip, dir.path()).await;
