@@ -26,8 +26,9 @@ use crate::run::{self, RunOptions};
 /// Exit codes: 0 done; 1 bad command line, or the node cannot be reached; 2 the node refused
 /// (token refused or revoked, or the request answered with an error).
 ///
-/// `run` also publishes camera and microphone (or a test pattern) through the node. Not in this
-/// version: `profiles`, `watch`.
+/// `run` also publishes camera and microphone (or a test pattern) through the node, following
+/// the link's capacity; `watch` plays a stream (a drone feed) and reports its frame rate;
+/// `profiles` shows what this machine would encode with.
 #[derive(Debug, Parser)]
 #[command(name = "field-client", version, max_term_width = 100)]
 pub struct Cli {
@@ -78,6 +79,23 @@ pub enum Command {
     /// Stay connected: print orders, chat and alerts as they arrive, report positions. Runs until
     /// SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Play a stream: subscribe, decode, and print frames per second and picture size each
+    /// second. Runs until SIGINT or SIGTERM, or for --seconds.
+    Watch {
+        /// The stream name (see the node's catalog, e.g. off-12 or pilot-3-drone1).
+        stream: signaling::StreamName,
+        /// Simulcast layer: low, mid, high or auto (the node picks by bandwidth).
+        #[arg(long, value_name = "LAYER", value_parser = ["low", "mid", "high", "auto"])]
+        layer: Option<String>,
+        /// The tallest layer wanted, in rows (instead of --layer).
+        #[arg(long, value_name = "ROWS", conflicts_with = "layer", value_parser = clap::value_parser!(u32).range(16..=4320))]
+        max_height: Option<u32>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        seconds: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List the orders addressed to you, oldest first, with their latest state.
     Orders {
         #[command(flatten)]
@@ -261,8 +279,9 @@ fn one_line(rendered: &str) -> String {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rtc's DTLS warns on every handshake that it has no server name: noise for a client.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc_dtls::config=error"));
+        // rtc's DTLS warns on every handshake that it has no server name, and its interceptor
+        // registry that congestion control and the defaults both add a TWCC receiver: noise.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc_dtls::config=error,rtc_interceptor::registry=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -294,6 +313,11 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
                 position: args.position,
             };
             return run::run(&target(&args.common)?, out, opts).await;
+        }
+        Command::Watch { stream, layer, max_height, seconds, common } => {
+            let out = Output::new(common.json);
+            let opts = crate::watch::WatchOptions { stream, layer, max_height, seconds };
+            return crate::watch::watch(&target(&common)?, out, opts).await;
         }
         Command::Profiles { profile, link, json } => {
             return crate::media::print_profiles(profile.as_deref(), link.as_deref(), json);

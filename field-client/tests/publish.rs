@@ -1,6 +1,7 @@
 //! `field-client run --source test --no-audio` publishes through a real node started in-process
 //! (ephemeral loopback ports, fresh data dir); a GStreamer WHEP viewer (`yiwang_tests`) decodes
-//! what the node forwards, and the node's catalog lists the stream under the officer's subject.
+//! what the node forwards, the node's catalog lists the stream under the officer's subject, and
+//! `field-client watch` decodes it at full rate.
 //! Then the same with audio: the viewer decodes Opus too; and when the node ends the media
 //! session, `run` publishes again and the viewer plays on.
 //!
@@ -111,6 +112,28 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     assert_eq!(stream["owner"], "off-42", "{stream}");
     assert_eq!(stream["video_codec"], "H264", "{stream}");
     assert_eq!(stream["audio"], false, "{stream}");
+
+    // `watch` plays it too: the full-size layer at the source's rate.
+    let watch = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN)
+            .args(["watch", "off-42", "--layer", "high", "--seconds", "4", "--json", "--node", &quic, "--token", &viewer_token])
+            .env_remove("YIWANG_NODE")
+            .env_remove("YIWANG_TOKEN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("watch ends by itself")
+    .expect("watch runs");
+    let stdout = String::from_utf8_lossy(&watch.stdout);
+    assert!(watch.status.success(), "{:?}: {stdout} {}", watch.status, String::from_utf8_lossy(&watch.stderr));
+    let seconds: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &Value| v["kind"] == "watch").collect();
+    eprintln!("watch: {seconds:?}");
+    assert_eq!(seconds.len(), 4, "{stdout}");
+    let last = &seconds[3];
+    assert!(last["fps"].as_u64().unwrap() >= 25, "{stdout}");
+    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(480)), "{stdout}");
 
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
