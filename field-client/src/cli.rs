@@ -204,13 +204,16 @@ pub struct RunArgs {
     /// Opus settings. Default: wifi.
     #[arg(long, value_name = "LINK")]
     pub link: Option<String>,
-    /// What to publish: camera (v4l2src and the default microphone), test (test pattern and
-    /// ticks) or file:PATH (played once).
+    /// What to publish: camera (v4l2src and the default microphone), test (test pattern with a
+    /// time code that `watch` reads for latency, and ticks) or file:PATH (played once).
     #[arg(long, value_name = "SOURCE", default_value = "camera")]
     pub source: Source,
     /// Publish video only.
     #[arg(long)]
     pub no_audio: bool,
+    /// Capture size and rate, WIDTHxHEIGHT@FPS (simulcast layers are scaled from it).
+    #[arg(long, value_name = "WxH@FPS", default_value = "640x480@30")]
+    pub video: crate::media::Picture,
     /// Where positions come from: fixed:LAT,LON (every second), nmea:PATH (NMEA 0183 RMC/GGA
     /// from a file, device or FIFO), gpsd (localhost:2947) or gpsd:HOST:PORT.
     #[arg(long, value_name = "SOURCE")]
@@ -309,6 +312,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
                     audio: !args.no_audio,
                     profile: args.profile,
                     link: args.link,
+                    picture: Some(args.video),
                 },
                 position: args.position,
             };

@@ -8,9 +8,12 @@
 //! appsink counts decoded frames.
 //!
 //! Lines: `watching` once the node answered (stream, media id); then one `watch` line per second:
-//! `{"kind":"watch","stream","fps","width","height","audio_pps","frames"}` (`audio_pps`: Opus
-//! packets decoded in that second). Ends after `--seconds`, on SIGINT/SIGTERM, or with an error
-//! when the peer connection fails.
+//! `{"kind":"watch","stream","fps","width","height","audio_pps","frames","latency_ms"}`
+//! (`audio_pps`: Opus packets decoded in that second; `latency_ms`: the median age of that
+//! second's frames by the time code `run --source test` paints into them, see
+//! [`crate::media::timecode`], or `null`). At the end a `watch_summary` line:
+//! `{"kind":"watch_summary","stream","frames","latency_samples","latency_p50_ms","latency_p95_ms"}`.
+//! Ends after `--seconds`, on SIGINT/SIGTERM, or with an error when the peer connection fails.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -55,6 +58,8 @@ pub struct WatchOptions {
 
 /// Bound on ICE gathering and on the node's answer.
 const SETUP: Duration = Duration::from_secs(10);
+/// Latency samples of the first seconds are left out of the summary.
+const WARM_UP: Duration = Duration::from_millis(2500);
 /// A peer connection that does not connect within this is given up.
 const CONNECT: Duration = Duration::from_secs(20);
 
@@ -102,6 +107,18 @@ struct Counters {
     width: AtomicU32,
     height: AtomicU32,
     audio: AtomicU64,
+    /// Ages (ms) of this second's time-coded frames.
+    ages: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Unix milliseconds now.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `q` quantile (0–1) of sorted `v`.
+fn quantile(v: &[u64], q: f64) -> Option<u64> {
+    (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize])
 }
 
 /// A running decode pipeline, stopped on drop.
@@ -120,9 +137,9 @@ impl Drop for Decoder {
 fn decoder(mime: &str, pt: u8, counters: Arc<Counters>) -> Result<Decoder, String> {
     let m = mime.to_ascii_lowercase();
     let (caps, tail, audio) = if m == MIME_TYPE_H264.to_ascii_lowercase() {
-        ("media=video,clock-rate=90000,encoding-name=H264", "rtph264depay ! h264parse ! decodebin ! videoconvert", false)
+        ("media=video,clock-rate=90000,encoding-name=H264", "rtph264depay ! h264parse ! decodebin ! videoconvert ! video/x-raw,format=I420", false)
     } else if m == MIME_TYPE_VP8.to_ascii_lowercase() {
-        ("media=video,clock-rate=90000,encoding-name=VP8", "rtpvp8depay ! decodebin ! videoconvert", false)
+        ("media=video,clock-rate=90000,encoding-name=VP8", "rtpvp8depay ! decodebin ! videoconvert ! video/x-raw,format=I420", false)
     } else if m == MIME_TYPE_OPUS.to_ascii_lowercase() {
         ("media=audio,clock-rate=48000,encoding-name=OPUS", "rtpopusdepay ! opusdec", true)
     } else {
@@ -152,11 +169,20 @@ fn decoder(mime: &str, pt: u8, counters: Arc<Counters>) -> Result<Decoder, Strin
                     counters.audio.fetch_add(1, Ordering::Relaxed);
                     return Ok(gst::FlowSuccess::Ok);
                 }
+                let now = unix_ms();
                 counters.frames.fetch_add(1, Ordering::Relaxed);
-                if let Some(s) = sample.caps().and_then(|c| c.structure(0)) {
-                    if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                        counters.width.store(w.max(0) as u32, Ordering::Relaxed);
-                        counters.height.store(h.max(0) as u32, Ordering::Relaxed);
+                let Some(s) = sample.caps().and_then(|c| c.structure(0)) else { return Ok(gst::FlowSuccess::Ok) };
+                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (w, h) = (w.max(0) as usize, h.max(0) as usize);
+                counters.width.store(w as u32, Ordering::Relaxed);
+                counters.height.store(h as u32, Ordering::Relaxed);
+                // I420 from videoconvert: rows padded to 4 bytes.
+                let stride = (w + 3) & !3;
+                if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) {
+                    if let Some(age) = crate::media::timecode::read(map.as_slice(), w, h, stride).and_then(|t| crate::media::timecode::age_ms(t, now)) {
+                        counters.ages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(age);
                     }
                 }
                 Ok(gst::FlowSuccess::Ok)
@@ -270,6 +296,7 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
         .map_err(|e| Error::Local(format!("SIGTERM handler: {e}")))?;
     let mut connected = false;
     let (mut frames0, mut audio0) = (0, 0);
+    let mut all_ages: Vec<u64> = Vec::new();
     let result = loop {
         tokio::select! {
             Some(track) = tracks.recv() => feeders.push(tokio::spawn(feed(track, counters.clone(), out))),
@@ -287,6 +314,13 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
                 let frames = counters.frames.load(Ordering::Relaxed);
                 let audio = counters.audio.load(Ordering::Relaxed);
                 let (w, h) = (counters.width.load(Ordering::Relaxed), counters.height.load(Ordering::Relaxed));
+                let mut ages = std::mem::take(&mut *counters.ages.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                ages.sort_unstable();
+                let latency = quantile(&ages, 0.5);
+                // The first seconds hold the frames queued before the first keyframe decoded.
+                if started.elapsed() > WARM_UP {
+                    all_ages.extend_from_slice(&ages);
+                }
                 let line = json!({
                     "kind": "watch",
                     "stream": opts.stream,
@@ -295,8 +329,12 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
                     "height": h,
                     "audio_pps": audio - audio0,
                     "frames": frames,
+                    "latency_ms": latency,
                 });
-                out.emit_as(&line, || format!("{}: {} fps {w}x{h}, audio {} packets/s", opts.stream, frames - frames0, audio - audio0));
+                out.emit_as(&line, || {
+                    let lat = latency.map(|l| format!(", {l} ms old")).unwrap_or_default();
+                    format!("{}: {} fps {w}x{h}{lat}, audio {} packets/s", opts.stream, frames - frames0, audio - audio0)
+                });
                 (frames0, audio0) = (frames, audio);
                 if end.is_some_and(|e| Instant::now() >= e) {
                     break Ok(());
@@ -309,6 +347,20 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
     for f in &feeders {
         f.abort();
     }
+    all_ages.sort_unstable();
+    let (p50, p95) = (quantile(&all_ages, 0.5), quantile(&all_ages, 0.95));
+    let summary = json!({
+        "kind": "watch_summary",
+        "stream": opts.stream,
+        "frames": counters.frames.load(Ordering::Relaxed),
+        "latency_samples": all_ages.len(),
+        "latency_p50_ms": p50,
+        "latency_p95_ms": p95,
+    });
+    out.emit_as(&summary, || match (p50, p95) {
+        (Some(a), Some(b)) => format!("{}: latency p50 {a} ms, p95 {b} ms over {} frames", opts.stream, all_ages.len()),
+        _ => format!("{}: {} frames", opts.stream, counters.frames.load(Ordering::Relaxed)),
+    });
     let _ = tokio::time::timeout(Duration::from_secs(2), client.request(ClientMsg::MediaClose { id: 0, media: media.to_owned() })).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
     client.close().await;
