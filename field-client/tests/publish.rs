@@ -128,7 +128,12 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     .expect("watch runs");
     let stdout = String::from_utf8_lossy(&watch.stdout);
     assert!(watch.status.success(), "{:?}: {stdout} {}", watch.status, String::from_utf8_lossy(&watch.stderr));
-    let seconds: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &Value| v["kind"] == "watch").collect();
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seconds: Vec<Value> = lines.iter().filter(|v| v["kind"] == "watch").cloned().collect();
+    // The test source's time code survives encoding, the SFU and decoding: watch reads it back.
+    let summary = lines.iter().find(|v| v["kind"] == "watch_summary").unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(summary["latency_samples"].as_u64().unwrap() >= 30, "{summary}");
+    assert!(seconds[3]["latency_ms"].is_u64(), "{stdout}");
     eprintln!("watch: {seconds:?}");
     assert_eq!(seconds.len(), 4, "{stdout}");
     let last = &seconds[3];
