@@ -87,7 +87,9 @@ pub struct Route {
     pub source: Option<Hop>,
     /// Outputs and the layers each gets, in a stable order.
     pub outputs: Vec<(Hop, LayerSet)>,
-    /// A better path being switched to (make-before-break). Its packets are not forwarded yet:
+    /// A better path being switched to (make-before-break). Both paths carry the stream for a
+    /// moment, so after the switch the shell must drop packets it already forwarded (by RTP
+    /// sequence number). Packets from `next` are not forwarded yet:
     /// when the first one arrives (for video, the first keyframe), call
     /// [`Router::next_path_ready`] and the route switches to it.
     pub next: Option<Hop>,

@@ -57,8 +57,12 @@ pub struct SimStats {
     /// Packets that arrived from a hop other than the route's source and were dropped
     /// (the old path of a make-before-break switch, or in flight during a change).
     pub off_route: u64,
-    /// Packets that arrived where nothing downstream wanted them.
+    /// Packets that arrived where nothing downstream wanted them (mostly a stream kept warm
+    /// during the grace period).
     pub unwanted: u64,
+    /// Packets dropped because a node had already forwarded that sequence number (the new path
+    /// of a switch repeating what the old one delivered).
+    pub repeated: u64,
     /// Control messages sent.
     pub control_messages: u64,
     /// Control bytes sent (frames, length prefix included).
@@ -116,6 +120,10 @@ struct SimNode {
     decoders: HashMap<usize, FrameDecoder>,
     timer: Option<Instant>,
     viewers: HashMap<u32, Vec<usize>>,
+    /// Highest sequence number forwarded per (stream, layer): after a path switch the new path
+    /// may repeat packets the old one already delivered (as RTP sequence numbers would tell a
+    /// real forwarder); those are dropped.
+    forwarded: HashMap<(u32, u8), u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -237,6 +245,7 @@ impl Sim {
             decoders: HashMap::new(),
             timer: None,
             viewers: HashMap::new(),
+            forwarded: HashMap::new(),
         });
         i
     }
@@ -541,17 +550,14 @@ impl Sim {
             }
             return;
         };
-        let route = if route.source != Some(from) && route.next == Some(from) {
+        if route.source != Some(from) && route.next == Some(from) {
             // The new path of a make-before-break switch delivers: switch now.
             let a = self.addrs[addr as usize].clone();
             self.nodes[i].router.next_path_ready(now, &a);
             self.drain(i);
-            match self.nodes[i].routes.get(&addr) {
-                Some(r) => r,
-                None => return,
-            }
-        } else {
-            route
+        }
+        let Some(route) = self.nodes[i].routes.get(&addr) else {
+            return;
         };
         if route.source != Some(from) {
             if from != SimHop::Local {
@@ -566,6 +572,12 @@ impl Sim {
             .filter(|(_, l)| l.contains(lid))
             .map(|(h, _)| *h)
             .collect();
+        let last = self.nodes[i].forwarded.entry((addr, layer)).or_insert(0);
+        if seq <= *last {
+            self.stats.repeated += 1;
+            return;
+        }
+        *last = seq;
         if outs.is_empty() && from != SimHop::Local {
             self.stats.unwanted += 1;
         }

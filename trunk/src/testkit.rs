@@ -10,7 +10,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from `seed` (any value, 0 included).
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
+        Rng((seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03) | 1)
     }
 
     /// The next 64 random bits.

@@ -58,8 +58,8 @@ fn main() {
         r.cut.0, r.cut.1, r.failover_viewers, ms(r.failover_max_gap), ms(r.move_back_max_gap), r.moved_back);
     println!("- prune: trunk packets in the last second of grace {}, from 1 s to 3 s after it {}; streams with state left {}",
         r.packets_before_grace_end, r.packets_after_prune, r.leftover_state);
-    println!("- peak trunk flows {}; trunk packets {}; duplicates on a trunk direction {}; off-route {}; unwanted {}",
-        r.peak_trunk_flows, r.stats.trunk_packets, r.stats.duplicates, r.stats.off_route, r.stats.unwanted);
+    println!("- peak trunk flows {}; trunk packets {}; duplicates on a trunk direction {}; off-route {}; repeated after a switch {}; unwanted {}",
+        r.peak_trunk_flows, r.stats.trunk_packets, r.stats.duplicates, r.stats.off_route, r.stats.repeated, r.stats.unwanted);
     println!("- control messages {} ({} bytes); publisher keyframe requests {}; events {}; wall time {:.1} s",
         r.stats.control_messages, r.stats.control_bytes, r.stats.publisher_keyframes, r.stats.events, wall.as_secs_f64());
 }
