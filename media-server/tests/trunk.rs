@@ -129,3 +129,154 @@ async fn a_trunk_with_a_certificate_not_issued_by_the_province_ca_is_refused() {
         handshake(&creds(&ca, "city-b"), &creds(&ca, "county-7"), "city-a").await;
     assert!(!server_ok && !client_ok, "wrong parent accepted");
 }
+
+mod shell {
+    use super::*;
+    use media_server::trunk::shell::{self, ShellConfig, TrunkHandle};
+    use std::future::Future;
+    use trunk::{LayerSet, StreamAddr, StreamName, ViewerEvent, ViewerId};
+
+    async fn node(ca: &ProvinceCa, name: &str, parents: Vec<String>) -> TrunkHandle {
+        shell::start(ShellConfig {
+            node: NodeName::parse(name).unwrap(),
+            listen: loopback(),
+            parents,
+            peers: vec![],
+            grace: Duration::from_secs(10),
+            credentials: creds(ca, name),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Polls `cond` until it holds, at most `WAIT`.
+    async fn until<F, Fut>(what: &str, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let ok = tokio::time::timeout(WAIT, async {
+            while !cond().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(ok.is_ok(), "timed out waiting for {what}");
+    }
+
+    async fn knows(h: &TrunkHandle, addr: &str) -> bool {
+        h.catalog().await.iter().any(|e| e.addr.to_string() == addr)
+    }
+
+    #[tokio::test]
+    async fn three_nodes_exchange_catalogs_and_set_up_a_pull_over_quic() {
+        let ca = ProvinceCa::generate("test province").unwrap();
+        let province = node(&ca, "province", vec![]).await;
+        let city = node(&ca, "city-a", vec![province.local_addr().to_string()]).await;
+        let county = node(&ca, "county-7", vec![city.local_addr().to_string()]).await;
+        county.publish(StreamName::parse("cam-1").unwrap(), LayerSet::first(2));
+        until("the province to learn county-7/cam-1", || {
+            knows(&province, "county-7/cam-1")
+        })
+        .await;
+        let entry = province
+            .catalog()
+            .await
+            .into_iter()
+            .find(|e| e.addr.to_string() == "county-7/cam-1")
+            .unwrap();
+        assert_eq!(
+            (entry.layers, entry.cost),
+            (LayerSet::first(2), 2),
+            "two hops up, both layers"
+        );
+        assert_eq!(city.trunks().await.len(), 2);
+
+        // A viewer at the province: the pull walks down and the path completes.
+        let addr = StreamAddr::parse("county-7/cam-1").unwrap();
+        province.subscribe(ViewerId(1), addr.clone(), LayerSet(1));
+        until("the viewer's path to complete", || {
+            let ev = province.take_events();
+            async move {
+                ev.iter()
+                    .any(|(v, _, e)| *v == ViewerId(1) && *e == ViewerEvent::Flowing)
+            }
+        })
+        .await;
+        let route = county.route(&addr).expect("the county forwards the stream");
+        assert_eq!(
+            route.outputs,
+            vec![(
+                trunk::Hop::Trunk(NodeName::parse("city-a").unwrap()),
+                LayerSet(1)
+            )]
+        );
+
+        // Unpublished: withdrawn up the tree.
+        county.unpublish(StreamName::parse("cam-1").unwrap());
+        until("the withdrawal to reach the province", || async {
+            !knows(&province, "county-7/cam-1").await
+        })
+        .await;
+
+        // A node going away: its parent sees the trunk down.
+        county.shutdown().await;
+        until("city-a to drop the trunk", || async {
+            city.trunks().await.len() == 1
+        })
+        .await;
+        city.shutdown().await;
+        province.shutdown().await;
+    }
+}
+
+/// `[trunk]` in the node config: two whole nodes (media-server composition) link up as parent
+/// and child over their trunk endpoints.
+#[tokio::test]
+async fn nodes_started_from_config_link_as_parent_and_child() {
+    use media_server::config::NodeConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    ProvinceCa::init(&ca_dir, "test province").unwrap();
+    let ca = ProvinceCa::load(&ca_dir).unwrap();
+    let config = |name: &str, parent: Option<String>| {
+        let (cert, key) = ca
+            .issue_to(&NodeName::parse(name).unwrap(), &dir.path().join("certs"))
+            .unwrap();
+        let mut c = NodeConfig::default();
+        c.node.id = Some(name.parse().unwrap());
+        c.node.data_dir = dir.path().join(name);
+        c.http.listen = loopback().to_string().parse().unwrap();
+        c.media.listen = loopback();
+        c.quic.listen = loopback();
+        c.trunk.listen = Some(loopback());
+        c.trunk.parent = parent;
+        c.trunk.ca = Some(ca_dir.join("ca.pem"));
+        c.trunk.cert = Some(cert);
+        c.trunk.key = Some(key);
+        c
+    };
+    let province = media_server::node::start(config("province", None))
+        .await
+        .unwrap();
+    let parent = province.trunk.as_ref().unwrap().local_addr().to_string();
+    let city = media_server::node::start(config("city-a", Some(parent)))
+        .await
+        .unwrap();
+    let ok = tokio::time::timeout(WAIT, async {
+        loop {
+            let p = province.trunk.as_ref().unwrap().trunks().await;
+            let c = city.trunk.as_ref().unwrap().trunks().await;
+            if p.iter().any(|n| n.as_str() == "city-a")
+                && c.iter().any(|n| n.as_str() == "province")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "trunk between the nodes did not come up");
+    city.shutdown().await;
+    province.shutdown().await;
+}

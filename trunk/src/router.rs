@@ -347,6 +347,25 @@ impl Router {
 
     // ---- inputs ----------------------------------------------------------------------------
 
+    /// Replaces the configured parents (in order of preference) and peers — for a shell that
+    /// learns their names from their certificates when it connects. Trunks already up whose
+    /// role changes are taken down and up again (catalog re-announced, paths re-chosen).
+    pub fn set_uplinks(&mut self, now: Instant, parents: Vec<NodeName>, peers: Vec<NodeName>) {
+        self.cfg.parents = parents;
+        self.cfg.peers = peers;
+        let changed: Vec<NodeName> = self
+            .trunks
+            .iter()
+            .filter(|(n, r)| self.role_of(n) != **r)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in changed {
+            self.trunk_down(now, &n);
+            self.trunk_up(now, n);
+        }
+        self.flush(now);
+    }
+
     /// The trunk to `peer` is connected (and authenticated as `peer`).
     pub fn trunk_up(&mut self, now: Instant, peer: NodeName) {
         if peer == self.cfg.node {

@@ -3,7 +3,9 @@
 //! Both ends of a trunk present a certificate issued by the province CA ([`super::ca`]); anything
 //! else fails the handshake. The dialling node names the node it expects (the server name is the
 //! parent's node name, checked against the certificate's DNS SAN); the accepting node checks the
-//! name the dialler claims in its `Hello` with [`verify_peer_name`].
+//! name the dialler claims in its `Hello` with [`TrunkCredentials::verify_peer_name`]. A dialler
+//! that knows only `HOST:PORT` uses [`TrunkCredentials::client_config_any_node`] and checks the
+//! name from the server's `Hello` the same way.
 //!
 //! [`transport_config`] is the one place the trunk's QUIC tuning lives:
 //!
@@ -166,6 +168,30 @@ impl TrunkCredentials {
         Ok(client)
     }
 
+    /// The dialling side when the peer's name is not known in advance (config lists only
+    /// `HOST:PORT`): the server certificate must chain to the CA, its name is checked after the
+    /// handshake against the peer's `Hello` with [`verify_peer_name`](Self::verify_peer_name).
+    /// Connect with server name [`ANY_NODE`].
+    pub fn client_config_any_node(&self) -> Result<quinn::ClientConfig, TrunkTlsError> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TrunkTlsError::Verifier(e.to_string()))?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CaOnly(inner)))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TrunkTlsError::Verifier(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport_config()));
+        Ok(client)
+    }
+
     /// Checks that the certificate `conn`'s peer presented (already verified against the CA
     /// during the handshake) names `node`. The accepting side calls this with the name the peer
     /// claims in its `Hello`.
@@ -194,6 +220,58 @@ impl TrunkCredentials {
     }
 }
 
+/// Server name used with [`TrunkCredentials::client_config_any_node`].
+pub const ANY_NODE: &str = "yiwang-node";
+
+/// Verifies the chain to the CA (validity, signatures, usage) but leaves the name to
+/// [`TrunkCredentials::verify_peer_name`].
+#[derive(Debug)]
+struct CaOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for CaOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// The QUIC transport settings of every trunk (see the table in the module docs).
 pub fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
@@ -211,9 +289,19 @@ pub fn transport_config() -> TransportConfig {
     t
 }
 
-/// Binds a trunk endpoint on `addr` that both accepts trunks and dials parents.
+/// Binds a trunk endpoint on `addr` that both accepts trunks and dials (by default checking the
+/// server name given to `connect`; see [`TrunkCredentials::client_config_any_node`]).
 pub fn endpoint(addr: SocketAddr, creds: &TrunkCredentials) -> anyhow::Result<quinn::Endpoint> {
+    endpoint_with(addr, creds, creds.client_config()?)
+}
+
+/// Binds a trunk endpoint on `addr` with `client` as its dialling configuration.
+pub fn endpoint_with(
+    addr: SocketAddr,
+    creds: &TrunkCredentials,
+    client: quinn::ClientConfig,
+) -> anyhow::Result<quinn::Endpoint> {
     let mut ep = quinn::Endpoint::server(creds.server_config()?, addr)?;
-    ep.set_default_client_config(creds.client_config()?);
+    ep.set_default_client_config(client);
     Ok(ep)
 }
