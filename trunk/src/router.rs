@@ -814,7 +814,14 @@ impl Router {
 
     /// Whether `n`, the current upstream of `addr`, still leads to it.
     fn still_valid(&self, addr: &StreamAddr, n: &NodeName) -> bool {
-        if !self.trunks.contains_key(n) {
+        // Gone, or now itself asking us for the stream (a stale route: it must not stay the
+        // source of what we send it).
+        if !self.trunks.contains_key(n)
+            || self
+                .subs
+                .get(addr)
+                .is_some_and(|s| s.downstream.contains_key(n))
+        {
             return false;
         }
         match self.routes.get(addr) {

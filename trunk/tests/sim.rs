@@ -414,3 +414,64 @@ fn province_size_simulation() {
     );
     assert_eq!(r.leftover_state, 0);
 }
+
+#[test]
+fn peers_pull_from_each_other_and_fall_back_to_the_tree_when_the_peer_trunk_is_cut() {
+    let mut sim = Sim::new(SimConfig::default());
+    let mk = |name: &str, parents: &[&str], peers: &[&str]| {
+        let mut c = RouterConfig::new(n(name));
+        c.parents = parents.iter().map(|p| n(p)).collect();
+        c.peers = peers.iter().map(|p| n(p)).collect();
+        c
+    };
+    let city = sim.add_node(mk("city", &[], &[]));
+    let a = sim.add_node(mk("county-a", &["city"], &["county-b"]));
+    let b = sim.add_node(mk("county-b", &["city"], &["county-a"]));
+    let t = sim.add_node(mk("township", &["county-b"], &[]));
+    for (x, y) in [(city, a), (city, b), (a, b), (t, b)] {
+        sim.link(x, y);
+    }
+    sim.run_until(Duration::from_millis(100));
+    let addr = sim.publish(t, "cam", LayerSet::first(1));
+    sim.run_until(Duration::from_millis(500));
+    let v = sim.subscribe(a, &addr, LayerId(0));
+    sim.run_until(Duration::from_secs(2));
+    // The sibling link is the direct path.
+    assert_eq!(sim.route_source(a, &addr), Some(Some(b)));
+    assert!(sim.viewers()[v].packets > 10);
+    // What county-a learned from its peer is not announced to its parent.
+    let city_routes: Vec<String> = sim
+        .router(city)
+        .catalog()
+        .iter()
+        .map(|e| format!("{} {}", e.addr, e.cost))
+        .collect();
+    assert_eq!(
+        city_routes,
+        vec!["township/cam 2".to_string()],
+        "the city knows it only via county-b"
+    );
+    sim.reset_gaps();
+    sim.cut(a, b);
+    sim.run_until(Duration::from_secs(6));
+    assert_eq!(
+        sim.route_source(a, &addr),
+        Some(Some(city)),
+        "through the tree"
+    );
+    let viewer = &sim.viewers()[v];
+    assert!(
+        viewer.max_gap <= Duration::from_secs(3),
+        "gap {:?}",
+        viewer.max_gap
+    );
+    assert!(sim.now() - viewer.last_packet.unwrap() <= Duration::from_millis(200));
+    sim.restore(a, b);
+    sim.run_until(Duration::from_secs(10));
+    assert_eq!(
+        sim.route_source(a, &addr),
+        Some(Some(b)),
+        "back on the peer link"
+    );
+    assert_eq!(sim.stats.duplicates, 0);
+}
