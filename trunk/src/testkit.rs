@@ -132,7 +132,7 @@ pub fn fuzz_router(data: &[u8]) {
             5 => r.handle_message(now, &p, Message::Unsubscribe { addr: a }),
             6 => r.handle_message(now, &p, Message::Subscribed { addr: a }),
             7 => {
-                let reason = if l.0 % 2 == 0 {
+                let reason = if l.0.is_multiple_of(2) {
                     FailReason::NotFound
                 } else {
                     FailReason::NoRoute
