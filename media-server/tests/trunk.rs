@@ -136,7 +136,7 @@ mod shell {
     use std::future::Future;
     use trunk::{LayerSet, StreamAddr, StreamName, ViewerEvent, ViewerId};
 
-    async fn node(ca: &ProvinceCa, name: &str, parents: Vec<String>) -> TrunkHandle {
+    pub(super) async fn node(ca: &ProvinceCa, name: &str, parents: Vec<String>) -> TrunkHandle {
         shell::start(ShellConfig {
             node: NodeName::parse(name).unwrap(),
             listen: loopback(),
@@ -150,7 +150,7 @@ mod shell {
     }
 
     /// Polls `cond` until it holds, at most `WAIT`.
-    async fn until<F, Fut>(what: &str, mut cond: F)
+    pub(super) async fn until<F, Fut>(what: &str, mut cond: F)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
@@ -280,3 +280,84 @@ async fn nodes_started_from_config_link_as_parent_and_child() {
     city.shutdown().await;
     province.shutdown().await;
 }
+
+/// The topology over real QUIC, the county–city-a trunk through the project's UDP relay
+/// (20 ms each way): cut it and the province's pull moves to city-b within 3 s (idle timeout 1 s +
+/// rerouting); restore it and the pull moves back.
+#[tokio::test]
+async fn a_cut_trunk_fails_over_to_the_second_parent_and_back() {
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    use shell::{node, until};
+    use trunk::{Hop, LayerSet, StreamAddr, StreamName, ViewerId};
+    let ca = ProvinceCa::generate("test province").unwrap();
+    let province = node(&ca, "province", vec![]).await;
+    let city_a = node(&ca, "city-a", vec![province.local_addr().to_string()]).await;
+    let city_b = node(&ca, "city-b", vec![province.local_addr().to_string()]).await;
+    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20));
+    let relay = UdpRelay::start(loopback(), city_a.local_addr(), hop.clone(), hop)
+        .await
+        .unwrap();
+    let county = node(
+        &ca,
+        "county",
+        vec![
+            relay.local_addr().to_string(),
+            city_b.local_addr().to_string(),
+        ],
+    )
+    .await;
+    county.publish(StreamName::parse("cam").unwrap(), LayerSet(1));
+    let addr = StreamAddr::parse("county/cam").unwrap();
+    let trunk_to = |n: &str| Hop::Trunk(NodeName::parse(n).unwrap());
+    let source_is =
+        |h: &TrunkHandleRef, n: &str| h.route(&addr).and_then(|r| r.source) == Some(trunk_to(n));
+    let sends_to = |h: &TrunkHandleRef, n: &str| {
+        h.route(&addr)
+            .is_some_and(|r| r.outputs.iter().any(|(o, _)| *o == trunk_to(n)))
+    };
+    // Both cities know it; the province prefers the primary path.
+    until("the catalog to converge", || async {
+        province
+            .catalog()
+            .await
+            .iter()
+            .any(|e| e.addr == addr && e.cost == 2)
+    })
+    .await;
+    province.subscribe(ViewerId(1), addr.clone(), LayerSet(1));
+    until("the pull via city-a", || async {
+        source_is(&province, "city-a") && sends_to(&county, "city-a")
+    })
+    .await;
+
+    relay.set_cut(true);
+    let cut_at = std::time::Instant::now();
+    until("the pull via city-b", || async {
+        source_is(&province, "city-b")
+            && sends_to(&county, "city-b")
+            && sends_to(&city_b, "province")
+    })
+    .await;
+    let failover = cut_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(3),
+        "failover took {failover:?}"
+    );
+    eprintln!("failover to city-b after {failover:?}");
+
+    relay.set_cut(false);
+    let back_at = std::time::Instant::now();
+    until("the pull to move back to city-a", || async {
+        source_is(&province, "city-a")
+            && sends_to(&county, "city-a")
+            && !sends_to(&county, "city-b")
+    })
+    .await;
+    eprintln!("back on city-a after {:?}", back_at.elapsed());
+    for h in [county, city_a, city_b, province] {
+        h.shutdown().await;
+    }
+    relay.shutdown().await;
+}
+
+type TrunkHandleRef = media_server::trunk::shell::TrunkHandle;
