@@ -361,3 +361,45 @@ async fn a_cut_trunk_fails_over_to_the_second_parent_and_back() {
 }
 
 type TrunkHandleRef = media_server::trunk::shell::TrunkHandle;
+
+/// A node of the province claiming another node's name in its `Hello` is closed, and so is a
+/// connection that never opens its control stream; neither becomes a trunk.
+#[tokio::test]
+async fn a_node_claiming_a_name_its_certificate_does_not_carry_is_closed() {
+    use trunk::wire::{encode, Message};
+    let ca = ProvinceCa::generate("test province").unwrap();
+    let city = shell::node(&ca, "city-a", vec![]).await;
+    let liar = creds(&ca, "county-7");
+    let ep = tls::endpoint_with(loopback(), &liar, liar.client_config_any_node().unwrap()).unwrap();
+    let conn = tokio::time::timeout(WAIT, ep.connect(city.local_addr(), tls::ANY_NODE).unwrap())
+        .await
+        .unwrap()
+        .expect("a CA-issued certificate completes the handshake");
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&Message::Hello {
+        node: NodeName::parse("province").unwrap(),
+    }))
+    .await
+    .unwrap();
+    let reason = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed in time");
+    assert!(
+        format!("{reason}").contains("name not in certificate"),
+        "{reason}"
+    );
+    // Silent after the handshake: closed after the Hello timeout.
+    let silent = tokio::time::timeout(WAIT, ep.connect(city.local_addr(), tls::ANY_NODE).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let reason = tokio::time::timeout(WAIT, silent.closed())
+        .await
+        .expect("closed in time");
+    assert!(
+        format!("{reason}").contains("no control stream"),
+        "{reason}"
+    );
+    assert!(city.trunks().await.is_empty());
+    city.shutdown().await;
+}

@@ -28,6 +28,12 @@ use super::tls::TrunkCredentials;
 
 /// How long a new connection may take to say `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control messages (and trunk up/down news) queued from all trunks to the router; a full queue
+/// stops reading from the trunks (QUIC flow control pushes back on the peers).
+pub const NET_QUEUE: usize = 1024;
+/// Control messages queued towards one trunk; a peer that lets this fill up is not reading and
+/// its trunk is closed (it reconnects and gets a fresh catalog).
+pub const LINK_QUEUE: usize = 8192;
 /// Reconnect backoff of a dialler: from this ...
 pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// ... doubling up to this.
@@ -56,7 +62,7 @@ struct Link {
     dialled: bool,
     /// Rank among parents (`Some(n)`) or a peer (`None`) when dialled; unused when accepted.
     uplink: Option<Uplink>,
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::Sender<Message>,
     conn: quinn::Connection,
 }
 
@@ -170,6 +176,7 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
     )?;
     let local = endpoint.local_addr()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
     let routes = Arc::new(Mutex::new(HashMap::new()));
     let events = Arc::new(Mutex::new(Vec::new()));
     let mut rc = RouterConfig::new(cfg.node.clone());
@@ -183,12 +190,12 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
         routes: routes.clone(),
         events: events.clone(),
     };
-    tokio::spawn(actor.run(cmd_rx));
+    tokio::spawn(actor.run(cmd_rx, net_rx));
     let creds = Arc::new(cfg.credentials.clone());
     {
         let (endpoint, cmd, creds, me) = (
             endpoint.clone(),
-            cmd_tx.clone(),
+            net_tx.clone(),
             creds.clone(),
             cfg.node.clone(),
         );
@@ -218,7 +225,7 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
     for (which, addr) in uplinks {
         let (endpoint, cmd, creds, me) = (
             endpoint.clone(),
-            cmd_tx.clone(),
+            net_tx.clone(),
             creds.clone(),
             cfg.node.clone(),
         );
@@ -239,7 +246,7 @@ async fn dial_loop(
     which: Uplink,
     me: NodeName,
     creds: Arc<TrunkCredentials>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: mpsc::Sender<Cmd>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -288,14 +295,18 @@ async fn run_link(
     uplink: Option<Uplink>,
     me: NodeName,
     creds: Arc<TrunkCredentials>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: mpsc::Sender<Cmd>,
 ) {
-    let streams = if dialled {
-        conn.open_bi().await
-    } else {
-        conn.accept_bi().await
-    };
-    let Ok((mut send, mut recv)) = streams else {
+    let streams = tokio::time::timeout(HELLO_TIMEOUT, async {
+        if dialled {
+            conn.open_bi().await
+        } else {
+            conn.accept_bi().await
+        }
+    })
+    .await;
+    let Ok(Ok((mut send, mut recv))) = streams else {
+        conn.close(1u32.into(), b"no control stream");
         return;
     };
     if send
@@ -338,17 +349,19 @@ async fn run_link(
     }
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     info!(%peer, dialled, "trunk up");
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    let _ = cmd.send(Cmd::Up {
-        peer: peer.clone(),
-        link: Link {
-            id,
-            dialled,
-            uplink,
-            tx,
-            conn: conn.clone(),
-        },
-    });
+    let (tx, mut rx) = mpsc::channel::<Message>(LINK_QUEUE);
+    let _ = cmd
+        .send(Cmd::Up {
+            peer: peer.clone(),
+            link: Link {
+                id,
+                dialled,
+                uplink,
+                tx,
+                conn: conn.clone(),
+            },
+        })
+        .await;
     let writer = async {
         while let Some(m) = rx.recv().await {
             if send.write_all(&encode(&m)).await.is_err() {
@@ -362,11 +375,17 @@ async fn run_link(
             loop {
                 match dec.next_message() {
                     Ok(Some(msg)) => {
-                        let _ = cmd.send(Cmd::Msg {
-                            peer: peer.clone(),
-                            id,
-                            msg,
-                        });
+                        if cmd
+                            .send(Cmd::Msg {
+                                peer: peer.clone(),
+                                id,
+                                msg,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                     Ok(None) => break,
                     Err(::trunk::DecodeError::FrameTooLarge(_)) => return,
@@ -386,7 +405,7 @@ async fn run_link(
     }
     conn.close(0u32.into(), b"bye");
     info!(%peer, "trunk down");
-    let _ = cmd.send(Cmd::Down { peer, id });
+    let _ = cmd.send(Cmd::Down { peer, id }).await;
 }
 
 struct Actor {
@@ -400,24 +419,28 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        loop {
-            let timeout = self.router.poll_timeout();
-            let cmd = match timeout {
-                Some(at) => {
-                    tokio::select! {
-                        c = rx.recv() => c,
-                        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                            self.router.handle_timeout(std::time::Instant::now());
-                            self.drain();
-                            continue;
-                        }
-                    }
+    /// Serves the handles' commands (`ctl`) and the trunks' news (`net`) until both are closed.
+    async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Cmd>, mut net: mpsc::Receiver<Cmd>) {
+        let (mut ctl_open, mut net_open) = (true, true);
+        while ctl_open || net_open {
+            let timer = self.router.poll_timeout();
+            let sleep = async {
+                match timer {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
                 }
-                None => rx.recv().await,
             };
-            let Some(cmd) = cmd else { return };
-            self.handle(cmd);
+            tokio::select! {
+                c = ctl.recv(), if ctl_open => match c {
+                    Some(c) => self.handle(c),
+                    None => ctl_open = false,
+                },
+                c = net.recv(), if net_open => match c {
+                    Some(c) => self.handle(c),
+                    None => net_open = false,
+                },
+                _ = sleep => self.router.handle_timeout(std::time::Instant::now()),
+            }
             self.drain();
         }
     }
@@ -478,7 +501,10 @@ impl Actor {
             match out {
                 Output::Send { trunk, msg } => {
                     if let Some(l) = self.links.get(&trunk) {
-                        let _ = l.tx.send(msg);
+                        if l.tx.try_send(msg).is_err() {
+                            warn!(peer = %trunk, "trunk peer is not reading its control stream; closing");
+                            l.conn.close(4u32.into(), b"control stream backlog");
+                        }
                     }
                 }
                 Output::Route { addr, route } => {
