@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub sfu: SfuSection,
     /// The mobile office (attachments).
     pub office: OfficeConfig,
+    /// Trunks to other nodes (off unless `listen`, `parent` or `peers` is set).
+    pub trunk: TrunkConfig,
 }
 
 /// `[node]`
@@ -215,6 +217,58 @@ impl Default for OfficeConfig {
     }
 }
 
+/// `[trunk]`: this node's links to its parent(s) and peers in the province.
+///
+/// Off unless `listen`, `parent` or `peers` is set; then `ca`, `cert` and `key` are required
+/// (made by `media-server ca init` / `ca issue NODE`). Names of parents and peers are learned from
+/// their certificates, so only addresses are configured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// This node's name on trunks; its certificate must carry it. Default: the node id.
+    pub node: Option<NodeId>,
+    /// UDP address of the trunk endpoint (children and peers dial it). Default: none, and an
+    /// ephemeral port when only dialling.
+    pub listen: Option<SocketAddr>,
+    /// `HOST:PORT` of the parent's trunk endpoint. Default none (the province root).
+    pub parent: Option<String>,
+    /// `HOST:PORT` of a second parent, used when the trunk to the first is down. Default none.
+    pub second_parent: Option<String>,
+    /// `HOST:PORT` of peers (siblings that exchange their subtrees' streams). Default none.
+    pub peers: Vec<String>,
+    /// The province CA certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), issued by the CA.
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// How long a stream keeps crossing trunks after its last viewer here left, s. Default 10.
+    pub grace_secs: u64,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            node: None,
+            listen: None,
+            parent: None,
+            second_parent: None,
+            peers: Vec::new(),
+            ca: None,
+            cert: None,
+            key: None,
+            grace_secs: 10,
+        }
+    }
+}
+
+impl TrunkConfig {
+    /// Whether trunks are configured at all.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.parent.is_some() || self.second_parent.is_some() || !self.peers.is_empty()
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -280,6 +334,22 @@ mod tests {
         assert_eq!(c.media.advertise, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(c.media.listen, MediaConfig::default().listen);
         assert_eq!(c.node.id.as_ref().map(|i| i.as_str()), Some("county-7"));
+    }
+
+    #[test]
+    fn trunk_section() {
+        assert!(!NodeConfig::default().trunk.enabled());
+        let c: NodeConfig = toml::from_str(
+            "[trunk]\nparent = \"city-a.example:4434\"\nsecond_parent = \"10.1.0.2:4434\"\npeers = [\"county-8:4434\"]\n\
+             ca = \"/etc/yiwang/ca.pem\"\ncert = \"/etc/yiwang/county-7.pem\"\nkey = \"/etc/yiwang/county-7.key\"\n",
+        )
+        .unwrap();
+        assert!(c.trunk.enabled());
+        assert_eq!(c.trunk.grace_secs, 10);
+        assert_eq!(c.trunk.parent.as_deref(), Some("city-a.example:4434"));
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(toml::from_str::<NodeConfig>("[trunk]\nparents = []\n").is_err());
     }
 
     #[test]

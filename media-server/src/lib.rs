@@ -11,6 +11,7 @@
 //! - [`signal`]: the signaling shells (QUIC via [`quic`], WebSocket `/ws`) around the sans-IO
 //!   `signaling::core`;
 //! - [`attachments`]: the office's content-addressed attachment store;
+//! - [`trunk`]: trunks to other nodes (province CA, mutually authenticated QUIC);
 //! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
@@ -31,3 +32,4 @@ pub mod quic;
 pub mod sfu;
 pub mod signal;
 pub mod streams;
+pub mod trunk;

@@ -64,6 +64,8 @@ pub struct RunningNode {
     pub media: MediaHandle,
     /// The signaling server.
     pub hub: Arc<Hub>,
+    /// The trunk shell, when `[trunk]` is configured.
+    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -80,6 +82,9 @@ impl RunningNode {
     /// Stops every task of the node.
     pub async fn shutdown(self) {
         self.quic.close(0u32.into(), b"node shutting down");
+        if let Some(t) = self.trunk {
+            t.shutdown().await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -207,6 +212,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     });
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
+    let trunk = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone()).await? {
+        Some((handle, sync_task)) => {
+            info!(trunk = %handle.local_addr(), "trunk endpoint bound");
+            tasks.push(sync_task);
+            Some(handle)
+        }
+        None => None,
+    };
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
@@ -233,6 +246,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics,
         media,
         hub,
+        trunk,
         tasks,
         quic,
     })
