@@ -195,6 +195,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics_here: config.http.metrics_listen.is_none(),
         hub: hub.clone(),
         attachments,
+        wall: Arc::new(config.wall.clone()),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
