@@ -550,3 +550,207 @@ async fn advertise_and_separate_metrics_listener() {
 fn gstreamer_elements_present() {
     gst_peer::init().expect("GStreamer with webrtcbin, x264enc, avdec_h264 … installed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The video wall (web/index.html) in headless Chromium, driven step by step through
+// tests/browser/wall.mjs: each step is one JSON line in, one JSON line out, bounded.
+
+/// The wall driver: a Chromium with the wall page, taking one command at a time.
+struct Wall {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Wall {
+    async fn start(n: &TestNode) -> Wall {
+        use tokio::io::AsyncBufReadExt as _;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/wall.mjs");
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .args(["--base", &n.base, "--timeout-ms", "400000"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs (npm install in tests/browser done by scripts/install-deps.sh)");
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut wall = Wall { child, stdin, lines };
+        let ready = wall.read(60).await;
+        assert_eq!(ready["ready"], true, "{ready}");
+        wall
+    }
+
+    async fn read(&mut self, secs: u64) -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(secs), self.lines.next_line())
+            .await
+            .expect("wall driver answers in time")
+            .expect("wall driver's stdout")
+            .expect("wall driver exited early");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Sends one command; returns its answer (which may be `ok: false`).
+    async fn try_cmd(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        use tokio::io::AsyncWriteExt as _;
+        let ms = cmd["timeoutMs"].as_u64().unwrap_or(30_000);
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+        self.read(ms / 1000 + 30).await
+    }
+
+    /// Sends one command and requires `ok`.
+    async fn cmd(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        let what = cmd.to_string();
+        let r = self.try_cmd(cmd).await;
+        assert_eq!(r["ok"], true, "wall step {what} failed: {r}");
+        r
+    }
+
+    async fn quit(mut self) {
+        let _ = self.try_cmd(serde_json::json!({"op": "quit"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+
+    /// A PNG of the wall in target/wall-screenshots/ for people to look at.
+    async fn screenshot(&mut self, name: &str) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wall-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        self.cmd(serde_json::json!({"op": "screenshot", "path": path})).await;
+        let png = std::fs::read(&path).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real PNG at {}", path.display());
+        path
+    }
+}
+
+/// The field-client binary (`cargo build -p field-client`), built here if it is missing.
+fn field_client_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/debug");
+    let bin = dir.join("field-client");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo).args(["build", "-p", "field-client"]).status().expect("cargo runs");
+        assert!(ok.success(), "cargo build -p field-client");
+    }
+    bin
+}
+
+/// `field-client run --source test` for `sub` at a fixed position, with its JSON lines.
+struct FieldClient {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    env: Vec<(String, String)>,
+}
+
+impl FieldClient {
+    async fn run(n: &TestNode, sub: &str, lat: f64, lon: f64) -> FieldClient {
+        use tokio::io::AsyncBufReadExt as _;
+        let token = n.token(sub, Role::Officer);
+        let env = vec![("YIWANG_NODE".to_owned(), n.node.quic_addr.to_string()), ("YIWANG_TOKEN".to_owned(), token)];
+        let mut child = tokio::process::Command::new(field_client_bin())
+            .args(["run", "--json", "--source", "test", "--position", &format!("fixed:{lat},{lon}")])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("field-client run starts");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut fc = FieldClient { child, lines, env };
+        fc.line_where("publishing", |v| v["kind"] == "publishing").await;
+        fc
+    }
+
+    async fn line_where(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("field-client ended before {what}"));
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if pred(&v) {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what} from field-client run"))
+    }
+
+    /// A one-shot command (`accept ID --eta 5`, `sos`) as the same officer; its first JSON line.
+    async fn one_shot(&self, args: &[&str]) -> serde_json::Value {
+        let out = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new(field_client_bin()).args(args).arg("--json").envs(self.env.iter().map(|(k, v)| (k, v))).output(),
+        )
+        .await
+        .expect("field-client one-shot ends in time")
+        .unwrap();
+        assert!(out.status.success(), "field-client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str(stdout.lines().next().expect("a JSON line")).unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+/// An operator signs in to the wall (token once in `?token=`); in 2×2 the tablet's stream
+/// (`field-client run --source test`) plays past 60 frames; the map shows the tablet's marker at
+/// the coordinates it sent; an order sent from the panel reaches the tablet, whose
+/// `accept ID --eta 5` shows on the wall as accepted with ETA 5; the tablet's `sos` raises the
+/// banner (with the tone) until the operator acknowledges it. Writes a screenshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_operator_plays_maps_orders_and_sees_sos() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let mut fc = FieldClient::run(&n, "off-1", 30.59, 114.30).await;
+    let mut wall = Wall::start(&n).await;
+
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "via": "url", "token": n.token("op-1", Role::Operator)})).await;
+    assert_eq!((signed["signedIn"].as_bool(), signed["role"].as_str()), (Some(true), Some("operator")), "{signed}");
+    assert_eq!(signed["lang"], "zh", "Simplified Chinese by default");
+    assert!(signed["stored"] == true && !signed["url"].as_str().unwrap().contains("token"), "token kept in the tab, not the address bar: {signed}");
+
+    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "2"})).await;
+    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("2x2"), Some(4)));
+    let tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-1", "minFrames": 60, "timeoutMs": 60000})).await;
+    assert!(tile["totalVideoFrames"].as_u64().unwrap() > 60 && tile["frameHeight"].as_u64().unwrap() > 0, "{tile}");
+    assert!(tile["kbps"].as_u64().unwrap() > 0, "live bitrate shown: {tile}");
+    eprintln!("wall bench: sign-in -> first frame {} ms (operator, loopback)", tile["firstFrameMs"]);
+
+    let marker = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"})).await;
+    assert_eq!((marker["lat"].as_f64(), marker["lon"].as_f64()), (Some(30.59), Some(114.30)), "{marker}");
+    assert_eq!((marker["mapLat"].as_f64(), marker["kind"].as_str(), marker["visible"].as_bool()), (Some(30.59), Some("officer"), Some(true)), "no shift with WGS-84 tiles: {marker}");
+
+    let controls = wall.cmd(serde_json::json!({"op": "controls"})).await;
+    assert_eq!((controls["orderForm"].as_bool(), controls["chatForm"].as_bool()), (Some(true), Some(true)), "{controls}");
+
+    let sent = wall.cmd(serde_json::json!({"op": "sendOrder", "to": "off-1", "text": "沙袋送到3号门 Sandbags to gate 3"})).await;
+    let order = sent["order"]["id"].as_str().expect("order id").to_owned();
+    let got = fc.line_where("the order from the wall", |v| v["kind"] == "order").await;
+    assert_eq!((got["order"].as_str(), got["from"].as_str()), (Some(order.as_str()), Some("op-1")), "{got}");
+    assert_eq!(got["text"], "沙袋送到3号门 Sandbags to gate 3");
+
+    let accepted = fc.one_shot(&["accept", &order, "--eta", "5"]).await;
+    assert_eq!(accepted["order"]["state"], "accepted", "{accepted}");
+    let shown = wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "accepted"})).await;
+    assert_eq!((shown["eta"].as_u64(), shown["visible"].as_bool()), (Some(5), Some(true)), "{shown}");
+    assert!(shown["text"].as_str().unwrap().contains("5"), "{shown}");
+
+    fc.one_shot(&["sos", "--text", "water rising"]).await;
+    let sos = wall.cmd(serde_json::json!({"op": "waitSos"})).await;
+    assert_eq!((sos["from"].as_str(), sos["sounding"].as_bool(), sos["ackVisible"].as_bool()), (Some("off-1"), Some(true), Some(true)), "{sos}");
+    assert!(sos["text"].as_str().unwrap().contains("water rising"), "{sos}");
+    let path = wall.screenshot("wall-operator").await;
+    eprintln!("wall screenshot: {}", path.display());
+    let acked = wall.cmd(serde_json::json!({"op": "ackSos"})).await;
+    assert_eq!((acked["hidden"].as_bool(), acked["sounding"].as_bool()), (Some(true), Some(false)), "{acked}");
+
+    wall.quit().await;
+    fc.stop().await;
+    n.node.shutdown().await;
+}
