@@ -754,3 +754,133 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     fc.stop().await;
     n.node.shutdown().await;
 }
+
+/// Chromium publishes three simulcast layers (publish.html, as in the media tests); on the wall
+/// the stream's tile in 4×4 asks for the layer that fits its ~200 px and receives a smaller
+/// picture (getStats frameHeight) at a lower page bitrate than the same tile maximised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let mut wall = Wall::start(&n).await;
+    let published = wall
+        .cmd(serde_json::json!({"op": "publish", "stream": "off-sc", "token": n.token("off-sc", Role::Officer), "simulcast": true, "timeoutMs": 60000}))
+        .await;
+    eprintln!("simulcast layers: {}", published["layers"]);
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-2", Role::Operator)})).await;
+    assert_eq!(signed["signedIn"], true, "{signed}");
+
+    // The largest frame height the tile decodes over a few seconds (Chromium's encoder adapts
+    // resolution under CPU load on 2 cores: compare the best each layout reaches).
+    async fn settle(wall: &mut Wall) -> (u64, u64, serde_json::Value) {
+        let mut best = 0;
+        let mut last = serde_json::Value::Null;
+        for _ in 0..6 {
+            let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+            let t = tiles["tiles"].as_array().unwrap().iter().find(|t| t["stream"] == "off-sc").cloned().expect("the tile");
+            best = best.max(t["frameHeight"].as_u64().unwrap_or(0));
+            last = t;
+            wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000})).await;
+        }
+        let kbps = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 4000})).await["kbps"].as_u64().unwrap();
+        (best, kbps, last)
+    }
+
+    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "4"})).await;
+    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("4x4"), Some(16)));
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-sc", "minFrames": 30, "timeoutMs": 60000})).await;
+    let (small, kbps_grid, grid_tile) = settle(&mut wall).await;
+    wall.screenshot("wall-4x4").await;
+
+    let max = wall.cmd(serde_json::json!({"op": "maximise", "stream": "off-sc"})).await;
+    assert_eq!(max["layout"], "1", "{max}");
+    // The maximised tile re-subscribes for a larger layer: wait until it decodes a taller picture.
+    let mut big = 0;
+    for _ in 0..40 {
+        let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+        big = tiles["tiles"][0]["frameHeight"].as_u64().unwrap_or(0);
+        if big > small {
+            break;
+        }
+        wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000})).await;
+    }
+    let (big_best, kbps_max, max_tile) = settle(&mut wall).await;
+    let big = big.max(big_best);
+    eprintln!("wall bench: 4x4 tile {small} rows at {kbps_grid} kbit/s page total; maximised {big} rows at {kbps_max} kbit/s");
+    assert!(small < big, "4x4 tile {small} rows, maximised {big} rows: {grid_tile} / {max_tile}");
+    assert!(grid_tile["maxHeight"].as_u64().unwrap() < max_tile["maxHeight"].as_u64().unwrap());
+    assert!(kbps_grid < kbps_max, "page bitrate 4x4 {kbps_grid} kbit/s, maximised {kbps_max} kbit/s");
+    wall.cmd(serde_json::json!({"op": "restore"})).await;
+
+    wall.quit().await;
+    n.node.shutdown().await;
+}
+
+/// A `viewer` signs in by pasting its token: it sees the tablet's tile play but no order form,
+/// chat input, SOS acknowledgement or drone commands, and `POST /api/orders` with its token is
+/// 403. Expired, revoked and foreign tokens are refused with their own messages. With GCJ-02
+/// tiles configured (`[wall] tile_coords`), the marker keeps its WGS-84 position but is drawn
+/// shifted by the GCJ-02 offset (a few hundred metres in Wuhan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
+    use media_server::signal::{RevocationFile, REVOCATION_FILE};
+    let _media = MEDIA.lock().await;
+    let n = common::start_node_with(|c| {
+        // Unreachable tiles: the map must still place markers (the test checks the shift only).
+        c.wall.tile_url = Some("http://127.0.0.1:9/{z}/{x}/{y}.png".into());
+        c.wall.tile_coords = media_server::config::TileCoords::Gcj02;
+    })
+    .await;
+    let fc = FieldClient::run(&n, "off-7", 30.59, 114.30).await;
+    let mut wall = Wall::start(&n).await;
+
+    let id = &n.node.identity;
+    let req = |sub: &str| signaling::auth::TokenRequest::new(sub.parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
+    let expired = id.issuer().issue(&req("wall-old"), common::now_unix() - 13 * 3600);
+    let revoked = n.token("wall-gone", Role::Viewer);
+    RevocationFile::append(
+        &n.dir.path().join("data").join(REVOCATION_FILE),
+        &signaling::core::Revocation::Token { jti: signaling::auth::decode_unverified(&revoked).unwrap().jti.to_string() },
+    )
+    .unwrap();
+    wait_for("the revocation to apply", WAIT, || async {
+        let r = reqwest::Client::new().get(n.url("/api/units")).bearer_auth(&revoked).send().await.ok()?;
+        (r.status() == 401).then_some(())
+    })
+    .await;
+    for (token, reason) in [(expired, "expired"), (revoked, "revoked"), ("not.a.token".to_owned(), "refused")] {
+        let r = wall.cmd(serde_json::json!({"op": "signin", "token": token})).await;
+        assert_eq!((r["signedIn"].as_bool(), r["error"]["reason"].as_str()), (Some(false), Some(reason)), "{r}");
+        assert!(!r["error"]["text"].as_str().unwrap().is_empty() && r["stored"] == false, "{r}");
+    }
+
+    let viewer = n.token("wall-9", Role::Viewer);
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": viewer})).await;
+    assert_eq!((signed["signedIn"].as_bool(), signed["role"].as_str()), (Some(true), Some("viewer")), "{signed}");
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-7", "minFrames": 30, "timeoutMs": 60000})).await;
+    let controls = wall.cmd(serde_json::json!({"op": "controls"})).await;
+    assert_eq!(
+        (controls["orderForm"].as_bool(), controls["chatForm"].as_bool(), controls["sosAck"].as_bool(), controls["droneCommands"].as_u64()),
+        (Some(false), Some(false), Some(false), Some(0)),
+        "{controls}"
+    );
+    let resp = reqwest::Client::new()
+        .post(n.url("/api/orders"))
+        .bearer_auth(&viewer)
+        .json(&serde_json::json!({"incident": "duty", "to": "off-7", "text": "go"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    let marker = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-7"})).await;
+    assert_eq!((marker["lat"].as_f64(), marker["lon"].as_f64()), (Some(30.59), Some(114.30)), "{marker}");
+    let (dlat, dlon) = (marker["mapLat"].as_f64().unwrap() - 30.59, marker["mapLon"].as_f64().unwrap() - 114.30);
+    let metres = ((dlat * 111_000.0).powi(2) + (dlon * 111_000.0 * 30.59f64.to_radians().cos()).powi(2)).sqrt();
+    assert!((100.0..1000.0).contains(&metres) && dlon > 0.0, "GCJ-02 shift of {metres:.0} m ({dlat}, {dlon}): {marker}");
+    wall.screenshot("wall-viewer").await;
+
+    wall.quit().await;
+    fc.stop().await;
+    n.node.shutdown().await;
+}
