@@ -326,6 +326,15 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
     }))
 }
 
+/// The OpenAPI 3 document of this API (`docs/openapi.json`, kept in step with `docs/api.md`;
+/// `tests/tests/media.rs` checks real responses against it).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /api/openapi.json` (open).
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], OPENAPI).into_response()
+}
+
 /// `GET /api/wall/config` (open): the wall's map settings from `[wall]`.
 async fn wall_config(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.wall.to_json())
@@ -745,6 +754,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         )
         .route("/api/attachments/{sha256}", get(api_attachment_get))
         .route("/api/wall/config", get(wall_config))
+        .route("/api/openapi.json", get(openapi))
         .route("/ws", get(ws));
     if state.metrics_here {
         r = r.route("/metrics", get(metrics));

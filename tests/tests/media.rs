@@ -884,3 +884,197 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
     fc.stop().await;
     n.node.shutdown().await;
 }
+
+/// A small OpenAPI 3.0 schema checker: `$ref`, `type` (with `nullable`), `required`,
+/// `properties`, `items`, `enum`, `minimum`/`maximum`. Returns every mismatch, as `path: why`.
+fn check_schema(doc: &serde_json::Value, schema: &serde_json::Value, v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.strip_prefix("#/components/schemas/").expect("local $ref");
+        let target = &doc["components"]["schemas"][name];
+        assert!(target.is_object(), "{r} is defined");
+        return check_schema(doc, target, v, path, out);
+    }
+    if v.is_null() {
+        if schema["nullable"] != true && schema.get("type").is_some() {
+            out.push(format!("{path}: null but not nullable"));
+        }
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        None => true,
+        Some(t) => panic!("checker does not know type {t}"),
+    };
+    if !ok {
+        out.push(format!("{path}: {v} is not {}", schema["type"]));
+        return;
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        if !e.contains(v) {
+            out.push(format!("{path}: {v} not in {e:?}"));
+        }
+    }
+    if let (Some(min), Some(x)) = (schema["minimum"].as_f64(), v.as_f64()) {
+        if x < min {
+            out.push(format!("{path}: {x} < {min}"));
+        }
+    }
+    if let (Some(max), Some(x)) = (schema["maximum"].as_f64(), v.as_f64()) {
+        if x > max {
+            out.push(format!("{path}: {x} > {max}"));
+        }
+    }
+    if let Value::Object(map) = v {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            let r = r.as_str().unwrap();
+            if !map.contains_key(r) {
+                out.push(format!("{path}: required {r} missing"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            for (k, sub) in props {
+                if let Some(x) = map.get(k) {
+                    check_schema(doc, sub, x, &format!("{path}.{k}"), out);
+                }
+            }
+            if schema["additionalProperties"] == false {
+                for k in map.keys().filter(|k| !props.contains_key(*k)) {
+                    out.push(format!("{path}: unexpected {k}"));
+                }
+            }
+        }
+    }
+    if let Value::Array(items) = v {
+        for (i, x) in items.iter().enumerate() {
+            check_schema(doc, &schema["items"], x, &format!("{path}[{i}]"), out);
+        }
+    }
+}
+
+/// `/api/openapi.json` is an OpenAPI 3 document that lists every route, and the node's real
+/// responses (streams, incidents, log, units with a position, orders created, listed and
+/// answered, attachments, health, errors, wall config) carry the fields and types its schemas
+/// require. Each checked response must be non-trivial (a list with at least one entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_real_responses() {
+    use signaling::client::{self, ClientConfig};
+    use signaling::proto::{ClientMsg, Position};
+    let n = start_node().await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http.get(n.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    for path in [
+        "/healthz", "/metrics", "/api/streams", "/api/incidents", "/api/incidents/{id}/log", "/api/units", "/api/orders",
+        "/api/orders/{id}/answer", "/api/attachments", "/api/attachments/{sha256}", "/api/wall/config", "/api/openapi.json",
+        "/whip/{stream}", "/whep/{stream}", "/session/{id}", "/ws",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+
+    // The checker bites: a wrong type, a missing required field and a value outside an enum.
+    let mut errs = Vec::new();
+    let order_ref = serde_json::json!({"$ref": "#/components/schemas/Order"});
+    check_schema(&doc, &order_ref, &serde_json::json!({"id": 5, "incident": "duty", "from": "a", "to": "b", "state": "lost", "sent_at": 1}), "$", &mut errs);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+
+    // State to describe: a stream (WHIP, canned offer), an officer with a position, an order
+    // answered, an attachment.
+    let resp = http
+        .post(n.url("/whip/cam5"))
+        .bearer_auth(n.token("cam5", Role::Officer))
+        .header("content-type", "application/sdp")
+        .body(common::canned_offer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let officer = n.token("off-3", Role::Officer);
+    let (off, _events) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), officer.clone())).await.expect("officer connects");
+    off.request(ClientMsg::Position {
+        id: Some(0),
+        pos: Position { lat: 30.5, lon: 114.3, alt: Some(20.0), accuracy: Some(3.0), heading: Some(90.0), speed: Some(1.0), time: None },
+    })
+    .await
+    .unwrap();
+    let op = n.token("op-3", Role::Operator);
+
+    // (method, path in the document, status, real URL, token, body)
+    let mut checks: Vec<(reqwest::Method, &str, u16, String, Option<String>, Option<serde_json::Value>)> = vec![
+        (reqwest::Method::GET, "/healthz", 200, "/healthz".into(), None, None),
+        (reqwest::Method::GET, "/api/wall/config", 200, "/api/wall/config".into(), None, None),
+        (reqwest::Method::GET, "/api/streams", 200, "/api/streams".into(), Some(op.clone()), None),
+        (reqwest::Method::GET, "/api/streams", 401, "/api/streams".into(), None, None),
+        (reqwest::Method::GET, "/api/incidents", 200, "/api/incidents".into(), Some(op.clone()), None),
+        (reqwest::Method::GET, "/api/incidents/{id}/log", 200, "/api/incidents/duty/log".into(), Some(op.clone()), None),
+        (reqwest::Method::GET, "/api/incidents/{id}/log", 404, "/api/incidents/nope/log".into(), Some(op.clone()), None),
+        (reqwest::Method::GET, "/api/units", 200, "/api/units".into(), Some(op.clone()), None),
+        (
+            reqwest::Method::POST, "/api/orders", 201, "/api/orders".into(), Some(op.clone()),
+            Some(serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"})),
+        ),
+        (
+            reqwest::Method::POST, "/api/orders", 200, "/api/orders".into(), Some(op.clone()),
+            Some(serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"})),
+        ),
+        (reqwest::Method::POST, "/api/orders", 403, "/api/orders".into(), Some(n.token("v-1", Role::Viewer)), Some(serde_json::json!({"incident": "duty", "to": "off-3", "text": "x"}))),
+    ];
+    let run = async |checks: &mut Vec<(reqwest::Method, &str, u16, String, Option<String>, Option<serde_json::Value>)>| -> Vec<serde_json::Value> {
+        let mut bodies = Vec::new();
+        for (method, path, status, url, token, body) in checks.drain(..) {
+            let mut req = http.request(method.clone(), n.url(&url));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{method} {url}");
+            let v: serde_json::Value = resp.json().await.unwrap();
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+            assert!(schema.is_object(), "{method} {path} documents {status} as JSON");
+            let mut errs = Vec::new();
+            check_schema(&doc, schema, &v, "$", &mut errs);
+            assert!(errs.is_empty(), "{method} {url} -> {status} does not match the document: {errs:?}\n{v:#}");
+            bodies.push(v);
+        }
+        bodies
+    };
+    let bodies = run(&mut checks).await;
+    assert!(!bodies[2]["streams"].as_array().unwrap().is_empty() && !bodies[4]["incidents"].as_array().unwrap().is_empty());
+    assert!(!bodies[5]["entries"].as_array().unwrap().is_empty());
+    let units = bodies[7]["units"].as_array().unwrap();
+    assert!(units.iter().any(|u| u["position"].is_object()), "a unit with a position was checked: {units:?}");
+    let order = bodies[8]["order"]["id"].as_str().unwrap().to_owned();
+
+    let mut more = vec![
+        (reqwest::Method::POST, "/api/orders/{id}/answer", 200, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "accept", "eta_min": 5}))),
+        (reqwest::Method::POST, "/api/orders/{id}/answer", 409, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "decline", "reason": "no"}))),
+        (reqwest::Method::GET, "/api/orders", 200, "/api/orders".into(), Some(op.clone()), None),
+    ];
+    let bodies = run(&mut more).await;
+    assert_eq!((bodies[2]["orders"][0]["state"].as_str(), bodies[2]["orders"][0]["eta_min"].as_u64()), (Some("accepted"), Some(5)));
+
+    let up = http
+        .post(n.url("/api/attachments"))
+        .bearer_auth(&op)
+        .header("content-type", "image/png")
+        .body(b"\x89PNG\r\n\x1a\nnot really".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 201);
+    let v: serde_json::Value = up.json().await.unwrap();
+    let mut errs = Vec::new();
+    check_schema(&doc, &doc["paths"]["/api/attachments"]["post"]["responses"]["201"]["content"]["application/json"]["schema"], &v, "$", &mut errs);
+    assert!(errs.is_empty(), "{errs:?} {v}");
+    off.close().await;
+    n.node.shutdown().await;
+}
