@@ -101,7 +101,7 @@ const ops = {
       if (reason && !['connecting', 'network'].includes(reason)) return { signedIn: false, error: { reason, text: e.textContent } };
       return null;
     }));
-    const info = await page.evaluate(() => ({ role: window.wall.role, subject: window.wall.subject, lang: window.wall.lang, url: location.href, stored: !!sessionStorage.getItem('yiwang.token') }));
+    const info = await page.evaluate(() => ({ secure: window.isSecureContext, role: window.wall.role, subject: window.wall.subject, lang: window.wall.lang, url: location.href, stored: !!sessionStorage.getItem('yiwang.token') }));
     return { ...r, ...info, error: r.error || null, ms: Date.now() - started };
   },
   async layout({ key }) {

@@ -1078,3 +1078,106 @@ async fn openapi_document_matches_real_responses() {
     off.close().await;
     n.node.shutdown().await;
 }
+
+/// GET `path` over HTTPS at `addr`, accepting exactly the certificate `cert` (DER) whatever its
+/// names and dates; returns (certificate presented, status line + body).
+async fn https_get(addr: std::net::SocketAddr, cert: Vec<u8>, path: &str) -> (Vec<u8>, String) {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    #[derive(Debug)]
+    struct Exactly(Vec<u8>, rustls::crypto::WebPkiSupportedAlgorithms);
+    impl ServerCertVerifier for Exactly {
+        fn verify_server_cert(&self, ee: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+            if ee.as_ref() == self.0.as_slice() {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("not the expected certificate".into()))
+            }
+        }
+        fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.1)
+        }
+        fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.1)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.1.supported_schemes()
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let algs = provider.signature_verification_algorithms;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(Exactly(cert, algs)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio::time::timeout(WAIT, async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake with the pinned certificate");
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec();
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut text = String::new();
+        let _ = tls.read_to_string(&mut text).await;
+        (presented, text)
+    })
+    .await
+    .expect("HTTPS request in time")
+}
+
+/// `[http] https = true` serves the listener over TLS with the node's own certificate (the one
+/// tokens pin) — the wall signs in over https:// and wss:// in a secure context and plays the
+/// tablet's stream — or with PEM files given as `tls_cert`/`tls_key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_serves_the_wall_with_its_own_or_given_certificate() {
+    let _media = MEDIA.lock().await;
+    let mut n = common::start_node_with(|c| c.http.https = true).await;
+    assert!(n.node.https);
+    n.base = format!("https://{}", n.node.http_addr);
+    let (presented, text) = https_get(n.node.http_addr, n.node.identity.cert_der.clone(), "/healthz").await;
+    assert_eq!(presented, n.node.identity.cert_der);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains(n.node.node_id.as_str()), "{text}");
+    let (_, text) = https_get(n.node.http_addr, n.node.identity.cert_der.clone(), "/api/openapi.json").await;
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("\"openapi\""), "{}", &text[..200.min(text.len())]);
+
+    let fc = FieldClient::run(&n, "off-5", 30.6, 114.3).await;
+    let mut wall = Wall::start(&n).await;
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-5", Role::Operator)})).await;
+    assert_eq!((signed["signedIn"].as_bool(), signed["secure"].as_bool()), (Some(true), Some(true)), "{signed}");
+    assert!(signed["url"].as_str().unwrap().starts_with("https://"), "{signed}");
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-5", "minFrames": 30, "timeoutMs": 60000})).await;
+    wall.quit().await;
+    fc.stop().await;
+    n.node.shutdown().await;
+
+    // Certificate and key from files (an operator's own CA or a public certificate).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["wall.example".into()]).unwrap().self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("wall.crt"), dir.path().join("wall.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let n = common::start_node_with(|c| {
+        c.http.https = true;
+        c.http.tls_cert = Some(cert_path.clone());
+        c.http.tls_key = Some(key_path.clone());
+    })
+    .await;
+    let (presented, text) = https_get(n.node.http_addr, cert.der().to_vec(), "/healthz").await;
+    assert_eq!(presented, cert.der().to_vec());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    n.node.shutdown().await;
+
+    // Only one of the two files: the node refuses to start, saying why.
+    let mut config = media_server::config::NodeConfig::default();
+    config.node.data_dir = dir.path().join("data");
+    for l in [&mut config.http.listen, &mut config.media.listen, &mut config.quic.listen] {
+        *l = "127.0.0.1:0".parse().unwrap();
+    }
+    config.http.https = true;
+    config.http.tls_cert = Some(cert_path);
+    let err = media_server::node::start(config).await.err().expect("refused").to_string();
+    assert!(err.contains("tls_key"), "{err}");
+}
