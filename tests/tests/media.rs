@@ -957,6 +957,10 @@ fn check_schema(doc: &serde_json::Value, schema: &serde_json::Value, v: &serde_j
     }
 }
 
+/// One request to check against the document: (method, path as documented, expected status,
+/// real URL, token, JSON body).
+type ApiCheck = (reqwest::Method, &'static str, u16, String, Option<String>, Option<serde_json::Value>);
+
 /// `/api/openapi.json` is an OpenAPI 3 document that lists every route, and the node's real
 /// responses (streams, incidents, log, units with a position, orders created, listed and
 /// answered, attachments, health, errors, wall config) carry the fields and types its schemas
@@ -1005,7 +1009,7 @@ async fn openapi_document_matches_real_responses() {
     let op = n.token("op-3", Role::Operator);
 
     // (method, path in the document, status, real URL, token, body)
-    let mut checks: Vec<(reqwest::Method, &str, u16, String, Option<String>, Option<serde_json::Value>)> = vec![
+    let mut checks: Vec<ApiCheck> = vec![
         (reqwest::Method::GET, "/healthz", 200, "/healthz".into(), None, None),
         (reqwest::Method::GET, "/api/wall/config", 200, "/api/wall/config".into(), None, None),
         (reqwest::Method::GET, "/api/streams", 200, "/api/streams".into(), Some(op.clone()), None),
@@ -1024,7 +1028,7 @@ async fn openapi_document_matches_real_responses() {
         ),
         (reqwest::Method::POST, "/api/orders", 403, "/api/orders".into(), Some(n.token("v-1", Role::Viewer)), Some(serde_json::json!({"incident": "duty", "to": "off-3", "text": "x"}))),
     ];
-    let run = async |checks: &mut Vec<(reqwest::Method, &str, u16, String, Option<String>, Option<serde_json::Value>)>| -> Vec<serde_json::Value> {
+    let run = async |checks: &mut Vec<ApiCheck>| -> Vec<serde_json::Value> {
         let mut bodies = Vec::new();
         for (method, path, status, url, token, body) in checks.drain(..) {
             let mut req = http.request(method.clone(), n.url(&url));
