@@ -635,7 +635,12 @@ async function startPlayer(tile) {
   pc.ontrack = (ev) => {
     remote.addTrack(ev.track);
     const v = tile.el && tile.el.querySelector('video');
-    if (v && v.srcObject !== remote) { v.srcObject = remote; v.play().catch(() => {}); }
+    if (v && v.srcObject !== remote) {
+      v.srcObject = remote;
+      v.play().catch(() => {});
+      // The first frame actually presented: what "sign-in to first picture" measures.
+      if (v.requestVideoFrameCallback) v.requestVideoFrameCallback(() => { if (tile.player === player) noteFrame(tile); });
+    }
   };
   pc.onconnectionstatechange = () => {
     if (tile.player !== player) return;

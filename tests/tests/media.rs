@@ -1185,3 +1185,66 @@ async fn https_listener_serves_the_wall_with_its_own_or_given_certificate() {
     let err = media_server::node::start(config).await.err().expect("refused").to_string();
     assert!(err.contains("tls_key"), "{err}");
 }
+
+/// Benchmark (not run by default; `bench/README.md`): sign-in → first frame of the first tile on
+/// loopback, five times, and the page's received bitrate with 8 live streams in 4×4 (one of them
+/// Chromium simulcast, seven GStreamer 320×240 H.264) against the simulcast stream maximised.
+/// Prints Markdown for bench/RESULTS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test -p yiwang-tests --test media bench_wall -- --ignored --nocapture"]
+async fn bench_wall_first_frame_and_page_bitrate() {
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let mut wall = Wall::start(&n).await;
+    wall.cmd(serde_json::json!({"op": "publish", "stream": "off-sc", "token": n.token("off-sc", Role::Officer), "simulcast": true, "timeoutMs": 60000})).await;
+    let mut gst = Vec::new();
+    for i in 0..7 {
+        let name = format!("cam-{i}");
+        let opts = PublishOptions { codec: VideoCodec::H264, width: 320, height: 240, fps: 25, audio: false, bitrate_kbps: 300, via: None };
+        gst.push(WhipPublisher::start(&n.base, &name, &n.token(&name, Role::Device), opts).await.expect("publish"));
+    }
+    let op = n.token("op-b", Role::Operator);
+
+    let mut first = Vec::new();
+    for _ in 0..5 {
+        let signed = wall.cmd(serde_json::json!({"op": "signin", "token": op})).await;
+        assert_eq!(signed["signedIn"], true, "{signed}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let ms = loop {
+            let r = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+            if let Some(ms) = r["firstFrameMs"].as_f64() {
+                break ms;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no first frame within {WAIT:?}: {r}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        first.push(ms);
+    }
+    first.sort_by(f64::total_cmp);
+
+    wall.cmd(serde_json::json!({"op": "layout", "key": "4"})).await;
+    for i in 0..7 {
+        wall.cmd(serde_json::json!({"op": "waitTile", "stream": format!("cam-{i}"), "minFrames": 30, "timeoutMs": 60000})).await;
+    }
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-sc", "minFrames": 30, "timeoutMs": 60000})).await;
+    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 3000})).await;
+    let grid = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 8000})).await["kbps"].as_u64().unwrap();
+    let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+    let playing = tiles["tiles"].as_array().unwrap().iter().filter(|t| t["state"] == "playing").count();
+    let sc = tiles["tiles"].as_array().unwrap().iter().find(|t| t["stream"] == "off-sc").unwrap()["frameHeight"].clone();
+    wall.screenshot("bench-4x4").await;
+    wall.cmd(serde_json::json!({"op": "maximise", "stream": "off-sc"})).await;
+    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 5000})).await;
+    let max = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 8000})).await["kbps"].as_u64().unwrap();
+    let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+    let big = tiles["tiles"][0]["frameHeight"].clone();
+
+    println!("| sign-in → first frame (5 runs) | min {:.0} ms | median {:.0} ms | max {:.0} ms |", first[0], first[2], first[4]);
+    println!("| 4×4, {playing} tiles playing (7 × 240p single layer + 1 simulcast at {sc} rows) | {grid} kbit/s |");
+    println!("| simulcast stream maximised ({big} rows), other tiles closed | {max} kbit/s |");
+    for p in gst {
+        p.stop().await.unwrap();
+    }
+    wall.quit().await;
+    n.node.shutdown().await;
+}
