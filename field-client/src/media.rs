@@ -15,6 +15,7 @@
 
 pub mod peer;
 pub mod pipeline;
+pub mod rate;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -34,8 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::output::Output;
-use peer::Peer;
-use pipeline::{Picture, AUDIO_SINK, VIDEO_SINK};
+use peer::{Bounds, Peer};
+use pipeline::{Picture, VideoLayer, AUDIO_SINK};
+use rate::{LayerCap, Plan, Planner};
 
 /// `--source`: what to publish.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -228,15 +230,20 @@ pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> 
 }
 
 /// The `note` that says which encoder was chosen and what was passed over.
-pub fn encoder_note(r: &hw_profiles::Resolution) -> String {
+pub fn encoder_note(r: &hw_profiles::Resolution, layers: &[VideoLayer]) -> String {
+    let sizes: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}x{} at {} kbit/s", l.width, l.height, l.encoder.bitrate_kbps))
+        .collect();
     let mut s = format!(
-        "encoder {} ({}, {}) from profile {} on link {} at {} kbit/s, one layer 640x480@30 (simulcast later)",
+        "encoder {} ({}, {}) from profile {} on link {}: {} {}",
         r.encoder.element,
         if r.encoder.hardware { "hardware" } else { "software" },
         r.encoder.codec.as_str(),
         r.device,
         r.link,
-        r.encoder.bitrate_kbps
+        if layers.len() > 1 { "simulcast" } else { "one layer" },
+        sizes.join(", ")
     );
     if let Some(c) = r.preferred_codec_unavailable {
         s.push_str(&format!("; no {} encoder installed", c.as_str()));
@@ -279,10 +286,9 @@ impl Drop for Running {
     }
 }
 
-/// Feeds an appsink's buffers into a channel (dropping when it is full: a late frame is worth
-/// nothing).
-fn drain_appsink(sink: &gst_app::AppSink, default: Duration) -> mpsc::Receiver<Frame> {
-    let (tx, rx) = mpsc::channel::<Frame>(64);
+/// Hands an appsink's buffers to `send` (which drops when its channel is full: a late frame is
+/// worth nothing).
+fn drain_appsink(sink: &gst_app::AppSink, default: Duration, send: impl Fn(Frame) -> bool + Send + Sync + 'static) {
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -290,16 +296,16 @@ fn drain_appsink(sink: &gst_app::AppSink, default: Duration) -> mpsc::Receiver<F
                 let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
                 let duration = buffer.duration().map_or(default, |d| Duration::from_nanos(d.nseconds()));
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                let _ = tx.try_send((Bytes::copy_from_slice(map.as_slice()), duration));
+                let _ = send((Bytes::copy_from_slice(map.as_slice()), duration));
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
-    rx
 }
 
-/// Asks the encoder for a keyframe (with SPS/PPS), at most once per [`KEYFRAME_MIN_INTERVAL`].
-fn keyframe_forcer(video_sink: gst::Element) -> Arc<dyn Fn() + Send + Sync> {
+/// Asks every layer's encoder for a keyframe (with SPS/PPS), at most once per
+/// [`KEYFRAME_MIN_INTERVAL`].
+fn keyframe_forcer(video_sinks: Vec<gst::Element>) -> Arc<dyn Fn() + Send + Sync> {
     let last: Mutex<Option<Instant>> = Mutex::new(None);
     Arc::new(move || {
         let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -307,48 +313,89 @@ fn keyframe_forcer(video_sink: gst::Element) -> Arc<dyn Fn() + Send + Sync> {
             return;
         }
         *last = Some(Instant::now());
-        let s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true).build();
-        // Upstream from the appsink through the parser to the encoder.
-        video_sink.send_event(gst::event::CustomUpstream::new(s));
+        for sink in &video_sinks {
+            let s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true).build();
+            // Upstream from the appsink through the parser to the encoder.
+            sink.send_event(gst::event::CustomUpstream::new(s));
+        }
     })
+}
+
+/// The layers to publish for `r`: its simulcast layers scaled from `picture`, or one layer that
+/// walks the link's ladder.
+fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer>, Vec<LayerCap>) {
+    if r.layers.len() > 1 {
+        r.layers
+            .iter()
+            .map(|l| {
+                let (width, height) = picture.scaled(l.scale_down_by);
+                (
+                    VideoLayer { width, height, encoder: l.encoder.clone() },
+                    LayerCap { rid: Some(l.rid.clone()), max_kbps: l.max_bitrate_kbps },
+                )
+            })
+            .unzip()
+    } else {
+        let max = r.ladder_kbps.last().copied().unwrap_or(r.encoder.bitrate_kbps);
+        (
+            vec![VideoLayer { width: picture.width, height: picture.height, encoder: r.encoder.clone() }],
+            vec![LayerCap { rid: None, max_kbps: max }],
+        )
+    }
 }
 
 /// Starts publishing `opts` over `client`'s session to `node` (its QUIC `HOST:PORT`, used to pick
 /// the local address). Prints the encoder choice as a `note`; `publishing` lines follow as the
-/// node accepts each offer.
+/// node accepts each offer, and `bitrate` lines as congestion control moves what is sent.
 pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> Result<Publisher, Unavailable> {
     gst::init().map_err(|e| Unavailable::Gstreamer(e.to_string()))?;
     let has_element = |name: &str| gst::ElementFactory::find(name).is_some();
     let resolution = choose_encoder(opts.profile.as_deref(), opts.link.as_deref(), &has_element)?;
-    out.note(&encoder_note(&resolution));
+    let link = hw_profiles::shipped()
+        .and_then(|c| c.link(&resolution.link).cloned())
+        .map_err(|e| Unavailable::Profile(e.to_string()))?;
     let picture = Picture::default();
-    let desc = pipeline::describe(&opts.source, &resolution.encoder, opts.audio.then_some(&resolution.audio), picture);
+    let (layers, caps) = plan_layers(&resolution, picture);
+    out.note(&encoder_note(&resolution, &layers));
+    let desc = pipeline::describe(&opts.source, &layers, opts.audio.then_some(&resolution.audio), picture);
     tracing::debug!(pipeline = %desc, "media pipeline");
     let pipeline = gst::parse::launch(&desc)
         .map_err(|e| Unavailable::Pipeline(format!("{e} ({desc})")))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| Unavailable::Pipeline("not a pipeline".to_owned()))?;
+    let element = |name: &str| pipeline.by_name(name).ok_or_else(|| Unavailable::Pipeline(format!("no element {name}")));
     let appsink = |name: &str| {
-        pipeline
-            .by_name(name)
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .ok_or_else(|| Unavailable::Pipeline(format!("no appsink {name}")))
+        element(name)?
+            .downcast::<gst_app::AppSink>()
+            .map_err(|_| Unavailable::Pipeline(format!("{name} is not an appsink")))
     };
-    let video_sink = appsink(VIDEO_SINK)?;
-    let video_rx = drain_appsink(&video_sink, Duration::from_secs(1) / picture.fps);
-    let audio_rx = if opts.audio {
+    let (video_tx, video_rx) = mpsc::channel::<(usize, Frame)>(64);
+    let mut sinks = Vec::new();
+    let mut encoders = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let sink = appsink(&pipeline::video_sink(i))?;
+        let tx = video_tx.clone();
+        drain_appsink(&sink, Duration::from_secs(1) / picture.fps, move |f| tx.try_send((i, f)).is_ok());
+        sinks.push(sink.upcast::<gst::Element>());
+        encoders.push((element(&pipeline::video_encoder(i))?, l.encoder.clone()));
+    }
+    drop(video_tx);
+    let (audio_rx, audio_encoder) = if opts.audio {
         let frame = Duration::from_millis(u64::from(resolution.audio.frame_ms));
-        Some(drain_appsink(&appsink(AUDIO_SINK)?, frame))
+        let (tx, rx) = mpsc::channel::<Frame>(64);
+        drain_appsink(&appsink(AUDIO_SINK)?, frame, move |f| tx.try_send(f).is_ok());
+        (Some(rx), Some(element(pipeline::AUDIO_ENCODER)?))
     } else {
-        None
+        (None, None)
     };
-    let keyframe = keyframe_forcer(video_sink.upcast());
+    let keyframe = keyframe_forcer(sinks);
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| Unavailable::Pipeline(format!("cannot start: {e}")))?;
     let running = Running { pipeline, stopped: Default::default() };
     watch_bus(&running, out);
 
+    let planner = Planner::new(link, caps);
     let (stop_tx, stop_rx) = oneshot::channel();
     let job = Job {
         client: client.clone(),
@@ -357,12 +404,68 @@ pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> R
         encoder: resolution.encoder.element.clone(),
         out,
         keyframe,
+        rids: planner.layers().iter().map(|l| l.rid.clone()).collect(),
+        rate: Mutex::new(Rate { planner, encoders, audio_encoder, applied: None, last_estimate: None }),
     };
     let task = tokio::spawn(async move {
         job.publish(video_rx, audio_rx, stop_rx).await;
         drop(running);
     });
     Ok(Publisher { task, stop: Some(stop_tx) })
+}
+
+/// The running encoders and what congestion control last made of them.
+struct Rate {
+    planner: Planner,
+    /// Per layer: the element and what it was built from.
+    encoders: Vec<(gst::Element, hw_profiles::ChosenEncoder)>,
+    audio_encoder: Option<gst::Element>,
+    /// The plan in force.
+    applied: Option<Plan>,
+    /// The last estimate seen (the next peer connection starts there), bits per second.
+    last_estimate: Option<f64>,
+}
+
+impl Rate {
+    /// Plans for `estimate_bps` and applies what changed to the encoders. Returns the plan when
+    /// it differs enough from the one in force to be worth a `bitrate` line.
+    fn update(&mut self, estimate_bps: f64) -> Option<Plan> {
+        self.last_estimate = Some(estimate_bps);
+        let plan = self.planner.plan(estimate_bps);
+        let old = self.applied.clone();
+        for (i, (el, enc)) in self.encoders.iter().enumerate() {
+            let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i])) else { continue };
+            if before == Some(kbps) {
+                continue;
+            }
+            // The property comes from the element table the profile was built with; look it up
+            // anyway, since setting a missing property panics in the bindings.
+            match enc.live_bitrate(kbps) {
+                Some((prop, value)) if el.find_property(prop).is_some() => {
+                    el.set_property_from_str(prop, &value.to_string());
+                }
+                _ => tracing::debug!("{} has no live bitrate property: layer {i} stays at its start", enc.element),
+            }
+        }
+        if old.as_ref().is_none_or(|o| o.audio_kbps != plan.audio_kbps) {
+            if let Some(a) = self.audio_encoder.as_ref().filter(|a| a.find_property("bitrate").is_some()) {
+                a.set_property_from_str("bitrate", &(u64::from(plan.audio_kbps) * 1000).to_string());
+            }
+        }
+        self.applied = Some(plan.clone());
+        let notable = match &old {
+            None => true,
+            Some(o) => {
+                o.active() != plan.active()
+                    || o.audio_kbps != plan.audio_kbps
+                    || o.layers.iter().zip(&plan.layers).any(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) => a.abs_diff(*b) * 100 >= a.max(b) * 15,
+                        _ => false,
+                    })
+            }
+        };
+        notable.then_some(plan)
+    }
 }
 
 /// Reports pipeline errors and the end of a file source (a thread, until the pipeline stops).
@@ -400,6 +503,9 @@ struct Job {
     encoder: String,
     out: Output,
     keyframe: Arc<dyn Fn() + Send + Sync>,
+    /// Per video layer, full size first (`None` for a single layer).
+    rids: Vec<Option<String>>,
+    rate: Mutex<Rate>,
 }
 
 /// Why a publishing attempt ended.
@@ -411,7 +517,7 @@ enum Ended {
 impl Job {
     async fn publish(
         &self,
-        mut video: mpsc::Receiver<Frame>,
+        mut video: mpsc::Receiver<(usize, Frame)>,
         mut audio: Option<mpsc::Receiver<Frame>>,
         mut stop: oneshot::Receiver<()>,
     ) {
@@ -467,7 +573,14 @@ impl Job {
         audio: bool,
     ) -> Result<(Peer, mpsc::UnboundedReceiver<RTCPeerConnectionState>, String), AttemptError> {
         let ip = local_ip_towards(&self.node).await.map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
-        let (mut peer, offer, states) = Peer::offer(ip, self.codec, audio).await.map_err(Retry)?;
+        let bounds = {
+            let rate = self.rate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (start, min, max) = rate.planner.estimator_bounds();
+            // A new connection over the same link starts where the last one ended.
+            Bounds { start: rate.last_estimate.unwrap_or(start).clamp(min, max), min, max }
+        };
+        let (mut peer, offer, states) = Peer::offer(ip, self.codec, &self.rids, audio, bounds).await.map_err(Retry)?;
+        tracing::debug!(%offer, "publish offer");
         let msg = ClientMsg::Publish { id: 0, stream: None, kind: StreamKind::Camera, sdp: offer };
         let data = match self.client.request(msg).await {
             Ok(d) => d,
@@ -495,8 +608,45 @@ impl Job {
             "media": media,
             "encoder": self.encoder,
             "audio": audio,
+            "layers": self.rids.iter().flatten().collect::<Vec<_>>(),
         }));
         Ok((peer, states, media.to_owned()))
+    }
+
+    /// Applies congestion control's estimate to the encoders; prints a `bitrate` line when what
+    /// is sent changes. Returns which layers are on.
+    fn retune(&self, estimate_bps: f64) -> Vec<bool> {
+        let mut rate = self.rate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(plan) = rate.update(estimate_bps) {
+            let layers: Vec<serde_json::Value> = plan
+                .layers
+                .iter()
+                .zip(&self.rids)
+                .map(|(kbps, rid)| json!({"rid": rid, "on": kbps.is_some(), "kbps": kbps}))
+                .collect();
+            let line = json!({
+                "kind": "bitrate",
+                "estimate_kbps": (estimate_bps / 1000.0).round() as u64,
+                "audio_kbps": plan.audio_kbps,
+                "video": plan.video_on(),
+                "layers": layers,
+            });
+            self.out.emit_as(&line, || {
+                let on: Vec<String> = plan
+                    .layers
+                    .iter()
+                    .zip(&self.rids)
+                    .filter_map(|(k, r)| k.map(|k| format!("{} {k}", r.as_deref().unwrap_or("video"))))
+                    .collect();
+                format!(
+                    "bitrate: estimate {} kbit/s; audio {}; video {}",
+                    (estimate_bps / 1000.0).round(),
+                    plan.audio_kbps,
+                    if on.is_empty() { "paused".to_owned() } else { on.join(", ") }
+                )
+            });
+        }
+        rate.applied.as_ref().map(Plan::active).unwrap_or_default()
     }
 
     /// Moves frames into the peer until it fails, the signaling session is a new one, or stop.
@@ -504,7 +654,7 @@ impl Job {
         &self,
         peer: &mut Peer,
         mut states: mpsc::UnboundedReceiver<RTCPeerConnectionState>,
-        video: &mut mpsc::Receiver<Frame>,
+        video: &mut mpsc::Receiver<(usize, Frame)>,
         mut audio: Option<&mut mpsc::Receiver<Frame>>,
         stop: &mut oneshot::Receiver<()>,
         backoff: &mut Duration,
@@ -513,12 +663,19 @@ impl Job {
         let mut check = tokio::time::interval(Duration::from_millis(500));
         let mut disconnected_since: Option<Instant> = None;
         let mut connected = false;
+        let estimate = peer.estimate();
+        let mut active = self.retune(estimate.bps());
         loop {
             tokio::select! {
                 _ = &mut *stop => return Ended::Stop,
-                // Frames before DTLS completes have no SRTP keys: they are dropped here.
+                // Frames before DTLS completes have no SRTP keys: they are dropped here. Frames of
+                // layers congestion control switched off are not sent.
                 f = video.recv() => match f {
-                    Some((data, d)) => if connected { peer.write_video(data, d).await },
+                    Some((layer, (data, d))) => {
+                        if connected && active.get(layer).copied().unwrap_or(false) {
+                            peer.write_video(layer, data, d).await;
+                        }
+                    }
                     None => return Ended::Retry("the video source ended".to_owned()),
                 },
                 Some((data, d)) = async { match audio.as_deref_mut() { Some(a) => a.recv().await, None => None } } => {
@@ -543,6 +700,12 @@ impl Job {
                     None => return Ended::Retry("peer connection gone".to_owned()),
                 },
                 _ = check.tick() => {
+                    let now_active = self.retune(estimate.bps());
+                    if now_active.iter().zip(&active).any(|(now, was)| *now && !*was) {
+                        // A layer came back: its viewers need a keyframe to switch to it.
+                        (self.keyframe)();
+                    }
+                    active = now_active;
                     let now = self.client.session();
                     if now.session != session {
                         return Ended::Retry("new signaling session".to_owned());
@@ -581,12 +744,15 @@ mod tests {
         let has = |e: &str| e == "x264enc" || e == "opusenc";
         let r = choose_encoder(None, None, &has).unwrap();
         assert_eq!((r.device.as_str(), r.link.as_str(), r.encoder.element.as_str()), ("tablet-software", "wifi", "x264enc"));
-        let note = encoder_note(&r);
-        assert!(note.starts_with("encoder x264enc (software, h264) from profile tablet-software on link wifi at "), "{note}");
+        let (layers, caps) = plan_layers(&r, Picture::default());
+        assert_eq!(caps.iter().map(|c| c.rid.as_deref().unwrap()).collect::<Vec<_>>(), ["high", "mid", "low"]);
+        let note = encoder_note(&r, &layers);
+        assert!(note.starts_with("encoder x264enc (software, h264) from profile tablet-software on link wifi: simulcast 640x480 at 1800 kbit/s, 320x240 at 600 kbit/s, 160x120 at 200 kbit/s"), "{note}");
 
         let r = choose_encoder(Some("tablet-x86-vaapi"), Some("4g-good"), &has).unwrap();
         assert_eq!(r.encoder.element, "x264enc");
-        let note = encoder_note(&r);
+        let (layers, _) = plan_layers(&r, Picture::default());
+        let note = encoder_note(&r, &layers);
         assert!(note.contains("; skipped vah264enc") && note.contains("not installed on this machine"), "{note}");
 
         assert!(matches!(choose_encoder(Some("no-such-tablet"), None, &has), Err(Unavailable::Profile(_))));

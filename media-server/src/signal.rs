@@ -373,13 +373,13 @@ impl Hub {
 
     /// Runs the core's timers and watches the revocation file, forever.
     ///
-    /// Wakes every [`TICK`], or earlier when a coalesced position is due, so a held position
-    /// goes out at the end of its window rather than up to a tick later.
+    /// Wakes every [`TICK`], or earlier when a coalesced position or drone telemetry is due, so
+    /// a held report goes out at the end of its window rather than up to a tick later.
     pub async fn run_timers(self: Arc<Self>) {
         let mut next_tick = tokio::time::Instant::now() + TICK;
         let mut n: u64 = 0;
         loop {
-            let due = self.read(Core::next_position_due).map(|at| {
+            let due = self.read(Core::next_fanout_due).map(|at| {
                 let wait = Duration::from_millis(at.saturating_sub(now_ms()));
                 tokio::time::Instant::now() + wait
             });

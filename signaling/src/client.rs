@@ -12,8 +12,10 @@
 //!
 //! Guarantees to the application:
 //! - every event is delivered at most once and in `seq` order, across reconnects (replayed events
-//!   already delivered are dropped); [`ClientEvent::Connected`] says `gap: true` when the node
-//!   could not replay everything, and the application should then re-read state;
+//!   already delivered are dropped), except that an event the node sends on its urgent lane (a
+//!   `drone_command` to a drone bridge) may come before lower-numbered events still queued
+//!   behind it, which follow; [`ClientEvent::Connected`] says `gap: true` when the node could
+//!   not replay everything, and the application should then re-read state;
 //! - a request is sent once: if the connection drops while it is in flight it fails with
 //!   [`ClientError::Disconnected`] (the node may or may not have acted on it); a request made
 //!   while disconnected waits for the next connection, all bounded by
@@ -46,7 +48,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -262,6 +264,9 @@ impl SessionInfo {
         }
     }
 }
+
+/// Events delivered ahead of a missing lower `seq` before the client stops waiting for it.
+const MAX_AHEAD: usize = 4096;
 
 /// Request id the client uses for its own `mail_sync` (applications' ids never reach it).
 const MAIL_SYNC_ID: RequestId = u64::MAX;
@@ -659,13 +664,17 @@ impl Client {
         }
     }
 
-    /// Sends a message that has no reply: `position` (its `id` is removed) or `ack`. Best effort:
+    /// Sends a message that has no reply: `position` (its `id` is removed), `ack`, or a drone
+    /// bridge's `telemetry`, `drone_link` and `drone_command_ack`. Best effort:
     /// refused with [`ClientError::Disconnected`] while there is no connection (a stale position is
     /// worth nothing after a reconnect), and lost if the connection drops before it is written.
     pub fn send(&self, mut msg: ClientMsg) -> Result<(), ClientError> {
         match &mut msg {
             ClientMsg::Position { id, .. } => *id = None,
-            ClientMsg::Ack { .. } => {}
+            ClientMsg::Ack { .. }
+            | ClientMsg::Telemetry { .. }
+            | ClientMsg::DroneLink { .. }
+            | ClientMsg::DroneCommandAck { .. } => {}
             ClientMsg::Hello { .. } => {
                 return Err(ClientError::InvalidMessage(
                     "hello is sent by the client itself".to_owned(),
@@ -847,6 +856,8 @@ pub async fn connect(cfg: ClientConfig) -> Result<(Client, Events), ClientError>
         events: events_tx,
         session: String::new(),
         last_seq: 0,
+        ahead: BTreeSet::new(),
+        skip_gap: false,
         acked: 0,
         mail_last: None,
         mail_acked: 0,
@@ -903,8 +914,12 @@ struct Task {
     events: mpsc::UnboundedSender<ClientEvent>,
     /// Current session id.
     session: String,
-    /// Highest event `seq` delivered.
+    /// Every event up to this `seq` has been delivered.
     last_seq: u64,
+    /// Events above `last_seq + 1` already delivered (urgent events overtake queued ones).
+    ahead: BTreeSet<u64>,
+    /// The node could not replay everything: the next event starts the numbering afresh.
+    skip_gap: bool,
     /// Highest `seq` acknowledged to the node.
     acked: u64,
     /// Highest mailbox `seq` delivered to the application (`None`: nothing yet; the first sync
@@ -940,6 +955,8 @@ impl Task {
             self.last_seq = 0;
             self.acked = 0;
         }
+        self.ahead.clear();
+        self.skip_gap = continued && w.gap;
         let gap = w.gap || (asked_resume && !continued);
         self.session = w.session.clone();
         *self.info.lock().unwrap_or_else(PoisonError::into_inner) = SessionInfo::from_welcome(w);
@@ -1192,17 +1209,30 @@ impl Task {
                     }
                 }
                 ServerMsg::Event { seq, event } => {
-                    if seq <= self.last_seq {
+                    if std::mem::take(&mut self.skip_gap) && seq > self.last_seq + 1 {
+                        debug!(from = self.last_seq + 1, to = seq - 1, "events lost in a gap");
+                        self.last_seq = seq - 1;
+                    }
+                    if seq <= self.last_seq || self.ahead.contains(&seq) {
                         trace!(seq, "replayed event already delivered");
                         continue;
                     }
-                    if seq != self.last_seq + 1 {
-                        warn!(
-                            expected = self.last_seq + 1,
-                            seq, "events missing from the node's stream"
-                        );
+                    if seq == self.last_seq + 1 {
+                        self.last_seq = seq;
+                        while self.ahead.remove(&(self.last_seq + 1)) {
+                            self.last_seq += 1;
+                        }
+                    } else {
+                        // An urgent event overtook queued ones; they follow.
+                        self.ahead.insert(seq);
+                        if self.ahead.len() > MAX_AHEAD {
+                            warn!(expected = self.last_seq + 1, seq, "events missing from the node's stream");
+                            self.last_seq = self.ahead.pop_first().unwrap_or(seq);
+                            while self.ahead.remove(&(self.last_seq + 1)) {
+                                self.last_seq += 1;
+                            }
+                        }
                     }
-                    self.last_seq = seq;
                     self.emit(ClientEvent::Event { seq, event });
                 }
                 ServerMsg::Welcome(_) => warn!("ignoring a second welcome"),
@@ -1680,6 +1710,28 @@ mod tests {
                     assert!(after > acked && after <= 100, "{after}");
                     acked = after;
                 }
+                ClientMsg::MailSync { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_urgent_event_may_overtake_and_the_overtaken_still_arrive_once() {
+        let node = FakeNode::start();
+        let (res, (mut c, _)) = tokio::join!(connect(node.config()), node.welcome("s1", false));
+        let (_client, mut events) = res.unwrap();
+        // 3 and 6 came on the node's urgent lane, ahead of 2 and of 4..5; then a duplicate.
+        for seq in [1, 3, 2, 6, 4, 5, 3, 7] {
+            c.write(&event(seq)).await;
+        }
+        assert!(matches!(next(&mut events).await, ClientEvent::Connected { .. }));
+        expect_events(&mut events, [1, 3, 2, 6, 4, 5, 7]).await;
+        // Acknowledged up to what is contiguous: everything.
+        loop {
+            match c.read().await {
+                ClientMsg::Ack { after: 7 } => break,
+                ClientMsg::Ack { after } => assert!(after < 7, "{after}"),
                 ClientMsg::MailSync { .. } => {}
                 other => panic!("{other:?}"),
             }

@@ -14,7 +14,11 @@
 //! - presence (online while a connection is attached, and for [`CoreConfig::presence_linger_ms`]
 //!   after it drops, so a roaming tablet does not flap) and positions, coalesced per sender to at
 //!   most one fan-out per [`CoreConfig::position_interval_ms`];
-//! - per-connection rate limits; a flood closes the connection.
+//! - per-connection rate limits; a flood closes the connection;
+//! - drones: telemetry and link reports from drone bridges (merged per drone, fanned out to
+//!   consoles at most [`CoreConfig::telemetry_hz`] times a second), drone commands routed to the
+//!   drone's bridge with a node-assigned `cmd` id (rate-limited per drone), and the bridge's acks
+//!   routed back to the requester; all of it in the incident logs.
 //!
 //! Media requests are authorised here and handed to the shell as [`Output::Media`] (the SFU is
 //! the shell's business); revocations are handed out as [`Output::Revoked`] for persistence.
@@ -27,8 +31,8 @@ use serde_json::{json, Value};
 use crate::auth::{Action, Claims, Role, TokenVerifier};
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::proto::{
-    decode_client, valid_msg_id, ClientMsg, ErrorCode, OrderAnswer, Position, ProtoError, RequestId, ServerMsg,
-    StreamKind, Welcome, VERSION,
+    decode_client, valid_msg_id, ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position,
+    ProtoError, RequestId, ServerMsg, StreamKind, Telemetry, Welcome, VERSION,
 };
 pub use crate::store::LogEntry;
 use crate::store::{order_id, IncidentRow, Mail, Order, OrderState, Store, StoreError};
@@ -63,6 +67,19 @@ pub struct CoreConfig {
     pub flood_close_after: u32,
     /// Largest log page.
     pub log_page_max: u32,
+    /// At most this many `telemetry` events per drone per second to each console; extra reports
+    /// are merged and the newest state goes out at the end of the interval.
+    pub telemetry_hz: u32,
+    /// Drone commands per drone: sustained rate per second.
+    pub drone_command_per_sec: f64,
+    /// Drone commands per drone: burst.
+    pub drone_command_burst: f64,
+    /// A command the bridge has not finally acknowledged is forgotten after this long (ms); a
+    /// later ack for it is `not_found`.
+    pub drone_command_ttl_ms: u64,
+    /// Most drones one bridge subject may report (drones are never forgotten while the node
+    /// runs, so one token must not be able to create them without bound).
+    pub max_drones_per_bridge: usize,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +94,11 @@ impl Default for CoreConfig {
             rate_burst: 400.0,
             flood_close_after: 200,
             log_page_max: 500,
+            telemetry_hz: 5,
+            drone_command_per_sec: 1.0,
+            drone_command_burst: 5.0,
+            drone_command_ttl_ms: 60_000,
+            max_drones_per_bridge: 64,
         }
     }
 }
@@ -207,22 +229,43 @@ pub struct IncidentView {
     pub members: Vec<Subject>,
 }
 
-/// A unit (anyone who has connected) as the API shows it.
+/// What a unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// Anyone who connected with a token (officer, operator, pilot station, device, …).
+    Person,
+    /// A drone reported by a drone bridge.
+    Drone,
+}
+
+/// A unit (anyone who has connected, and every drone a bridge reported) as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UnitView {
-    /// Token subject.
+    /// Token subject; for a drone, its name (`SUBJECT-droneSYSID`).
     pub subject: Subject,
-    /// Role.
+    /// `person` or `drone`.
+    pub kind: UnitKind,
+    /// Role; for a drone, the role of its bridge's token (`pilot` or `admin`).
     pub role: Role,
-    /// Online now.
+    /// Online now; for a drone: its bridge session is live and its link is up.
     pub online: bool,
-    /// Last message from it, Unix ms.
+    /// Last message from it (for a drone: last report of its bridge about it), Unix ms.
     pub last_seen: u64,
-    /// Last reported position.
+    /// Last reported position; for a drone, from its telemetry (`lat`, `lon`, `alt_amsl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
-    /// Incidents its sessions are in.
+    /// Incidents its sessions are in; for a drone, those of its bridge session.
     pub incidents: Vec<IncidentId>,
+    /// Drones only: the subject of the bridge that reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Subject>,
+    /// Drones only: `up` or `lost` (MAVLink heartbeats, as the bridge reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<&'static str>,
+    /// Drones only: the merged telemetry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
 }
 
 struct Incident {
@@ -263,6 +306,32 @@ struct Unit {
     last_fanout: Option<u64>,
 }
 
+/// A drone some bridge session reported (`telemetry` or `drone_link`).
+struct Drone {
+    /// The session that last reported it: its bridge.
+    bridge: String,
+    bridge_sub: Subject,
+    bridge_role: Role,
+    /// The bridge session's incidents as of its last report (kept when the session ends).
+    incidents: BTreeSet<IncidentId>,
+    link_up: bool,
+    telemetry: Option<Telemetry>,
+    last_seen: u64,
+    /// Telemetry changed since the last fan-out.
+    pending: bool,
+    last_fanout: Option<u64>,
+    cmd_tokens: f64,
+    cmd_tokens_at: u64,
+}
+
+/// A drone command sent to a bridge and not yet finally acknowledged.
+struct DroneCmd {
+    drone: Subject,
+    bridge: String,
+    requester: String,
+    sent_at: u64,
+}
+
 /// The signaling state machine of one node. See the module docs.
 pub struct Core {
     cfg: CoreConfig,
@@ -282,6 +351,9 @@ pub struct Core {
     store: Store,
     store_errors: u64,
     open_sos: BTreeMap<String, OpenSos>,
+    drones: BTreeMap<Subject, Drone>,
+    drone_cmds: HashMap<String, DroneCmd>,
+    next_cmd: u64,
 }
 
 fn incident_row(id: &IncidentId, inc: &Incident) -> IncidentRow {
@@ -405,6 +477,9 @@ impl Core {
             store,
             store_errors,
             open_sos: BTreeMap::new(),
+            drones: BTreeMap::new(),
+            drone_cmds: HashMap::new(),
+            next_cmd: 1,
         }
     }
 
@@ -835,6 +910,11 @@ impl Core {
 
     /// Queues `event` to one session (numbered, buffered for replay, sent if attached).
     fn push_event(&mut self, sid: &str, event: &Value) {
+        self.push_event_on(sid, event, false);
+    }
+
+    /// [`Core::push_event`], sent ahead of queued traffic when `urgent`.
+    fn push_event_on(&mut self, sid: &str, event: &Value, urgent: bool) {
         let cap = self.cfg.replay_buffer;
         let Some(s) = self.sessions.get_mut(sid) else { return };
         // Roles that may not read incidents (devices) are members for what they send, but
@@ -849,10 +929,8 @@ impl Core {
             s.events.pop_front();
         }
         if let Some(conn) = s.conn {
-            self.out.push_back(Output::Send {
-                conn,
-                msg: ServerMsg::Event { seq, event: event.clone() },
-            });
+            let msg = ServerMsg::Event { seq, event: event.clone() };
+            self.out.push_back(if urgent { Output::Urgent { conn, msg } } else { Output::Send { conn, msg } });
         }
     }
 
@@ -960,6 +1038,13 @@ impl Core {
         let Some(s) = self.sessions.get(sid) else { return };
         let sub = s.claims.sub.clone();
         let incidents: Vec<IncidentId> = s.incidents.iter().cloned().collect();
+        // Its drones keep the incidents they were in (for `units`); commands waiting for its
+        // acks are dropped.
+        for d in self.drones.values_mut().filter(|d| d.bridge == sid) {
+            d.incidents = incidents.iter().cloned().collect();
+            d.pending = false;
+        }
+        self.drone_cmds.retain(|_, c| c.bridge != sid);
         // Presence first (while the session still links the subject to its incidents).
         if let Some(s) = self.sessions.get_mut(sid) {
             s.conn = None;
@@ -1060,6 +1145,38 @@ impl Core {
         for sub in due {
             self.fan_out_position(now, &sub);
         }
+        let interval = self.telemetry_interval();
+        let due: Vec<Subject> = self
+            .drones
+            .iter()
+            .filter(|(_, d)| d.pending && d.last_fanout.is_none_or(|t| now >= t + interval))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.fan_out_telemetry(now, &name);
+        }
+        let ttl = self.cfg.drone_command_ttl_ms;
+        self.drone_cmds.retain(|_, c| now < c.sent_at + ttl);
+    }
+
+    /// When the next coalesced fan-out (a position or a drone's telemetry) is due (Unix ms): the
+    /// shell wakes exactly then instead of on its next regular tick.
+    pub fn next_fanout_due(&self) -> Option<u64> {
+        let interval = self.telemetry_interval();
+        let telemetry = self
+            .drones
+            .values()
+            .filter(|d| d.pending)
+            .map(|d| d.last_fanout.map_or(0, |t| t + interval))
+            .min();
+        match (self.next_position_due(), telemetry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn telemetry_interval(&self) -> u64 {
+        1000 / u64::from(self.cfg.telemetry_hz.max(1))
     }
 
     /// When the next coalesced position is due (Unix ms), so the shell can wake exactly then
@@ -1092,6 +1209,187 @@ impl Core {
         for t in targets {
             self.push_event(&t, &ev);
         }
+    }
+
+    /// Whether session `sid` counts as live: attached, or detached for less than the presence
+    /// linger.
+    fn session_live(&self, now: u64, sid: &str) -> bool {
+        self.sessions.get(sid).is_some_and(|x| {
+            x.conn.is_some() || x.detached_at.is_some_and(|d| now < d + self.cfg.presence_linger_ms)
+        })
+    }
+
+    /// A drone's incidents: its bridge session's, or as they were when that session ended.
+    fn drone_incidents(&self, d: &Drone) -> BTreeSet<IncidentId> {
+        self.sessions.get(&d.bridge).map_or_else(|| d.incidents.clone(), |s| s.incidents.clone())
+    }
+
+    /// `event` to the consoles in a drone's incidents, except its bridge session.
+    fn drone_console_event(&mut self, name: &Subject, event: &Value) {
+        let Some(d) = self.drones.get(name) else { return };
+        let bridge = d.bridge.clone();
+        let mut targets: BTreeSet<String> = BTreeSet::new();
+        for i in self.drone_incidents(d) {
+            targets.extend(
+                self.members
+                    .get(&i)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| **s != bridge)
+                    .filter(|s| self.sessions.get(*s).is_some_and(|x| is_console(x.claims.role)))
+                    .cloned(),
+            );
+        }
+        for t in targets {
+            self.push_event(&t, event);
+        }
+    }
+
+    /// Appends a log entry to each of `incidents`.
+    fn log_all(&mut self, now: u64, incidents: &BTreeSet<IncidentId>, who: &Subject, what: &str, detail: &Value) {
+        for i in incidents {
+            self.log(now, i, who.to_string(), what, detail.clone());
+        }
+    }
+
+    fn fan_out_telemetry(&mut self, now: u64, name: &Subject) {
+        let Some(d) = self.drones.get_mut(name) else { return };
+        d.pending = false;
+        d.last_fanout = Some(now);
+        let ev = json!({"kind": "telemetry", "drone": name, "t": d.telemetry});
+        self.drone_console_event(name, &ev);
+    }
+
+    /// Checks a bridge's report about drone `drone` (the right, ownership, the name, the
+    /// telemetry if any) and records the reporting session as the drone's bridge. Returns the
+    /// drone's name and whether it is new.
+    fn drone_report(
+        &mut self,
+        now: u64,
+        sid: &str,
+        claims: &Claims,
+        drone: &str,
+        t: Option<&Telemetry>,
+    ) -> Result<(Subject, bool), ProtoError> {
+        if !claims.may(Action::PublishDrone) {
+            return Err(err(None, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::PublishDrone)));
+        }
+        if claims.role != Role::Admin && !owns_drone(claims, drone) {
+            return Err(err(None, ErrorCode::Forbidden, format!("{drone} is not one of your drones")));
+        }
+        let name = Subject::parse(drone).map_err(|e| err(None, ErrorCode::BadRequest, format!("drone: {e}")))?;
+        if let Some(t) = t {
+            t.validate().map_err(|m| err(None, ErrorCode::BadRequest, format!("telemetry: {m}")))?;
+        }
+        if !self.drones.contains_key(&name) {
+            let max = self.cfg.max_drones_per_bridge;
+            if self.drones.values().filter(|d| d.bridge_sub == claims.sub).count() >= max {
+                return Err(err(None, ErrorCode::Conflict, format!("{} already reports {max} drones, the most a bridge may", claims.sub)));
+            }
+        }
+        let incidents = self.sessions.get(sid).map(|s| s.incidents.clone()).unwrap_or_default();
+        let burst = self.cfg.drone_command_burst;
+        let mut new = false;
+        let d = self.drones.entry(name.clone()).or_insert_with(|| {
+            new = true;
+            Drone {
+                bridge: sid.to_owned(),
+                bridge_sub: claims.sub.clone(),
+                bridge_role: claims.role,
+                incidents: BTreeSet::new(),
+                link_up: true,
+                telemetry: None,
+                last_seen: now,
+                pending: false,
+                last_fanout: None,
+                cmd_tokens: burst,
+                cmd_tokens_at: now,
+            }
+        });
+        d.bridge = sid.to_owned();
+        d.bridge_sub = claims.sub.clone();
+        d.bridge_role = claims.role;
+        d.incidents = incidents;
+        d.last_seen = now;
+        Ok((name, new))
+    }
+
+    /// `drone_command`: see docs/protocol.md. Returns the reply's data.
+    #[allow(clippy::too_many_arguments)]
+    fn drone_command(
+        &mut self,
+        now: u64,
+        id: RequestId,
+        claims: &Claims,
+        requester: &str,
+        drone: &str,
+        command: DroneCommand,
+        target: (Option<f64>, Option<f64>, Option<f64>),
+    ) -> Result<Value, ProtoError> {
+        let known = Subject::parse(drone).ok().filter(|n| self.drones.contains_key(n));
+        let refusal = if !claims.may(Action::CommandDrone) {
+            Some(format!("role {} may not {}", claims.role, Action::CommandDrone))
+        } else if claims.role == Role::Pilot && !owns_drone(claims, drone) {
+            Some(format!("{drone} is not one of your drones"))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let incidents = match known.as_ref().and_then(|n| self.drones.get(n)) {
+                Some(d) => self.drone_incidents(d),
+                None => self.sessions.get(requester).map(|s| s.incidents.clone()).unwrap_or_default(),
+            };
+            let detail = json!({"drone": drone, "command": command, "by": claims.sub, "reason": reason});
+            self.log_all(now, &incidents, &claims.sub, "drone_command_refused", &detail);
+            return Err(err(Some(id), ErrorCode::Forbidden, reason));
+        }
+        let (lat, lon, alt) = target;
+        if command == DroneCommand::Guided {
+            let (Some(lat), Some(lon), Some(alt)) = (lat, lon, alt) else {
+                return Err(err(Some(id), ErrorCode::BadRequest, "guided needs lat, lon and alt"));
+            };
+            let target = Position { lat, lon, alt: Some(alt), accuracy: None, heading: None, speed: None, time: None };
+            target.validate().map_err(|m| err(Some(id), ErrorCode::BadRequest, m))?;
+            if !alt.is_finite() {
+                return Err(err(Some(id), ErrorCode::BadRequest, "alt must be a finite number"));
+            }
+        }
+        let not_connected = || err(Some(id), ErrorCode::NotFound, format!("drone {drone} is not connected to this node"));
+        let name = known.ok_or_else(not_connected)?;
+        let (bridge, incidents) = match self.drones.get(&name) {
+            Some(d) if self.session_live(now, &d.bridge) => (d.bridge.clone(), self.drone_incidents(d)),
+            _ => return Err(not_connected()),
+        };
+        let (rate, burst) = (self.cfg.drone_command_per_sec, self.cfg.drone_command_burst);
+        let d = self.drones.get_mut(&name).ok_or_else(not_connected)?;
+        let elapsed = now.saturating_sub(d.cmd_tokens_at) as f64 / 1000.0;
+        d.cmd_tokens = (d.cmd_tokens + elapsed * rate).min(burst);
+        d.cmd_tokens_at = now;
+        if d.cmd_tokens < 1.0 {
+            return Err(err(
+                Some(id),
+                ErrorCode::RateLimited,
+                format!("drone {drone} takes at most {rate} commands per second (burst {burst}); try again shortly"),
+            ));
+        }
+        d.cmd_tokens -= 1.0;
+        let cmd = format!("dc-{}", self.next_cmd);
+        self.next_cmd += 1;
+        let mut detail = json!({"cmd": cmd, "drone": name, "command": command, "by": claims.sub});
+        if command == DroneCommand::Guided {
+            detail["lat"] = json!(lat);
+            detail["lon"] = json!(lon);
+            detail["alt"] = json!(alt);
+        }
+        self.log_all(now, &incidents, &claims.sub, "drone_command", &detail);
+        let mut event = detail;
+        event["kind"] = json!("drone_command");
+        self.push_event_on(&bridge, &event, true);
+        self.drone_cmds.insert(
+            cmd.clone(),
+            DroneCmd { drone: name, bridge, requester: requester.to_owned(), sent_at: now },
+        );
+        Ok(json!({"cmd": cmd, "status": "sent"}))
     }
 
     fn request(&mut self, now: u64, conn: ConnId, sid: &str, msg: ClientMsg) -> Result<(), ProtoError> {
@@ -1513,13 +1811,55 @@ impl Core {
                     self.order_state_mail(now, &order, &claims.sub).map_err(|e| store_err(None, e))?;
                 }
             }
-            ClientMsg::DroneCommand { id, drone, command, .. } => {
-                need(Action::CommandDrone, id)?;
-                if claims.role == Role::Pilot && !owns_drone(&claims, &drone) {
-                    return Err(err(Some(id), ErrorCode::Forbidden, format!("{drone} is not one of your drones")));
+            ClientMsg::DroneCommand { id, drone, command, lat, lon, alt } => {
+                let data = self.drone_command(now, id, &claims, sid, &drone, command, (lat, lon, alt))?;
+                self.reply(conn, id, data);
+            }
+            ClientMsg::Telemetry { drone, t } => {
+                let (name, _) = self.drone_report(now, sid, &claims, &drone, Some(&t))?;
+                let interval = self.telemetry_interval();
+                if let Some(d) = self.drones.get_mut(&name) {
+                    d.telemetry.get_or_insert_with(Telemetry::default).merge(&t);
+                    d.pending = true;
+                    if d.last_fanout.is_none_or(|f| now >= f + interval) {
+                        self.fan_out_telemetry(now, &name);
+                    }
                 }
-                let _ = command;
-                return Err(err(Some(id), ErrorCode::NotFound, format!("drone {drone} is not connected to this node")));
+            }
+            ClientMsg::DroneLink { drone, up } => {
+                let (name, new) = self.drone_report(now, sid, &claims, &drone, None)?;
+                let Some(d) = self.drones.get_mut(&name) else { return Ok(()) };
+                if new || d.link_up != up {
+                    d.link_up = up;
+                    let incidents = self.drone_incidents(&self.drones[&name]);
+                    self.log_all(now, &incidents, &claims.sub, "drone_link", &json!({"drone": name, "up": up}));
+                    self.drone_console_event(&name, &json!({"kind": "drone_link", "drone": name, "up": up}));
+                }
+            }
+            ClientMsg::DroneCommandAck { cmd, result, text } => {
+                if !claims.may(Action::PublishDrone) {
+                    return Err(err(None, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::PublishDrone)));
+                }
+                if text.as_ref().is_some_and(|t| t.chars().count() > 1000) {
+                    return Err(err(None, ErrorCode::BadRequest, "text must be at most 1000 characters"));
+                }
+                let Some(c) = self.drone_cmds.get(&cmd).filter(|c| c.bridge == sid) else {
+                    let shown: String = cmd.chars().take(40).collect();
+                    return Err(err(None, ErrorCode::NotFound, format!("no pending drone command {shown:?} from this session")));
+                };
+                let (drone, requester) = (c.drone.clone(), c.requester.clone());
+                if result.is_final() {
+                    self.drone_cmds.remove(&cmd);
+                }
+                let mut detail = json!({"cmd": cmd, "drone": drone, "result": result});
+                if let Some(t) = &text {
+                    detail["text"] = json!(t);
+                }
+                let incidents = self.drones.get(&drone).map(|d| self.drone_incidents(d)).unwrap_or_default();
+                self.log_all(now, &incidents, &claims.sub, "drone_command_ack", &detail);
+                let mut event = detail;
+                event["kind"] = json!("drone_command_ack");
+                self.push_event(&requester, &event);
             }
             ClientMsg::Revoke { id, sub, jti } => {
                 need(Action::Revoke, id)?;
@@ -1808,24 +2148,55 @@ impl Core {
             .collect()
     }
 
-    /// Units `claims` may see, optionally within one incident (`GET /api/units`, `units`).
+    /// Units `claims` may see, optionally within one incident (`GET /api/units`, `units`):
+    /// subjects that connected and drones that bridges reported, ordered by subject.
     pub fn units_for(&self, now: u64, claims: &Claims, incident: Option<&IncidentId>) -> Vec<UnitView> {
         let subs = self.visible_subjects(claims, incident);
-        self.units
+        let mut out: Vec<UnitView> = self
+            .units
             .iter()
             .filter(|(s, _)| subs.as_ref().is_none_or(|v| v.contains(*s)))
             .map(|(s, u)| {
                 let incidents = self.subject_incidents(s);
                 UnitView {
                     subject: s.clone(),
+                    kind: UnitKind::Person,
                     role: u.role,
                     online: self.is_online(now, s),
                     last_seen: u.last_seen,
                     position: u.position.clone(),
                     incidents: incidents.into_iter().collect(),
+                    bridge: None,
+                    link: None,
+                    telemetry: None,
                 }
             })
-            .collect()
+            .collect();
+        let visible: Option<BTreeSet<&IncidentId>> = match incident {
+            Some(i) => Some(BTreeSet::from([i])),
+            None if matches!(claims.role, Role::Admin | Role::Commander) => None,
+            None => Some(self.incidents.keys().filter(|i| self.may_access(claims, i)).collect()),
+        };
+        for (name, d) in &self.drones {
+            let incidents = self.drone_incidents(d);
+            if visible.as_ref().is_some_and(|v| !incidents.iter().any(|i| v.contains(i))) {
+                continue;
+            }
+            out.push(UnitView {
+                subject: name.clone(),
+                kind: UnitKind::Drone,
+                role: d.bridge_role,
+                online: d.link_up && self.session_live(now, &d.bridge),
+                last_seen: d.last_seen,
+                position: d.telemetry.as_ref().and_then(Telemetry::position),
+                incidents: incidents.into_iter().collect(),
+                bridge: Some(d.bridge_sub.clone()),
+                link: Some(if d.link_up { "up" } else { "lost" }),
+                telemetry: d.telemetry.clone(),
+            });
+        }
+        out.sort_by(|a, b| a.subject.cmp(&b.subject));
+        out
     }
 
     /// The shell reports a publish that the SFU accepted: it goes into the logs of the

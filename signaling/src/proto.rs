@@ -145,6 +145,221 @@ pub enum DroneCommand {
     Guided,
 }
 
+/// A drone's telemetry as a bridge reports it (`telemetry`). Every field but `time` is optional
+/// and omitted when absent; the node merges each report into the drone's last known telemetry
+/// (fields present overwrite), so the merged value is what consoles and `units` see.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// When the bridge took the sample, its Unix milliseconds.
+    pub time: u64,
+    /// Flight mode, e.g. `GUIDED`, `RTL`, `LOITER`, `LAND`, `AUTO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Motors armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub armed: Option<bool>,
+    /// Vehicle type, e.g. `quadrotor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vehicle: Option<String>,
+    /// Latitude, degrees WGS-84, −90..=90.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    /// Longitude, degrees WGS-84, −180..=180.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+    /// Altitude above mean sea level, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_amsl: Option<f64>,
+    /// Altitude relative to home, metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alt_rel: Option<f64>,
+    /// Roll, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll: Option<f64>,
+    /// Pitch, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitch: Option<f64>,
+    /// Yaw, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yaw: Option<f64>,
+    /// Heading, degrees clockwise from north, 0..360.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    /// Ground speed, m/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ground_speed: Option<f64>,
+    /// Air speed, m/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub air_speed: Option<f64>,
+    /// Climb rate, m/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub climb: Option<f64>,
+    /// Remaining battery, percent 0..100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<f64>,
+    /// Battery voltage, V.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voltage: Option<f64>,
+    /// Battery current, A.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<f64>,
+    /// GPS fix type (MAVLink `GPS_FIX_TYPE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gps_fix: Option<u8>,
+    /// Satellites visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub satellites: Option<u8>,
+    /// Home latitude, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_lat: Option<f64>,
+    /// Home longitude, degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_lon: Option<f64>,
+    /// Home altitude (AMSL), metres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_alt: Option<f64>,
+    /// The latest STATUSTEXT from the vehicle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
+}
+
+impl Telemetry {
+    /// Longest `mode` and `vehicle`, in characters.
+    pub const MAX_NAME: usize = 64;
+    /// Longest `status_text`, in characters.
+    pub const MAX_STATUS_TEXT: usize = 256;
+
+    /// Overwrites the fields present in `newer` (and `time`).
+    pub fn merge(&mut self, newer: &Telemetry) {
+        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if let Some(v) = src {
+                *dst = Some(v.clone());
+            }
+        }
+        self.time = newer.time;
+        set(&mut self.mode, &newer.mode);
+        set(&mut self.armed, &newer.armed);
+        set(&mut self.vehicle, &newer.vehicle);
+        set(&mut self.lat, &newer.lat);
+        set(&mut self.lon, &newer.lon);
+        set(&mut self.alt_amsl, &newer.alt_amsl);
+        set(&mut self.alt_rel, &newer.alt_rel);
+        set(&mut self.roll, &newer.roll);
+        set(&mut self.pitch, &newer.pitch);
+        set(&mut self.yaw, &newer.yaw);
+        set(&mut self.heading, &newer.heading);
+        set(&mut self.ground_speed, &newer.ground_speed);
+        set(&mut self.air_speed, &newer.air_speed);
+        set(&mut self.climb, &newer.climb);
+        set(&mut self.battery_pct, &newer.battery_pct);
+        set(&mut self.voltage, &newer.voltage);
+        set(&mut self.current, &newer.current);
+        set(&mut self.gps_fix, &newer.gps_fix);
+        set(&mut self.satellites, &newer.satellites);
+        set(&mut self.home_lat, &newer.home_lat);
+        set(&mut self.home_lon, &newer.home_lon);
+        set(&mut self.home_alt, &newer.home_alt);
+        set(&mut self.status_text, &newer.status_text);
+    }
+
+    /// Checks what the node relies on: finite numbers, `lat`/`lon` (and home) within range,
+    /// bounded strings. Other ranges (heading, battery) are the bridge's business. The message
+    /// names the first bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        let nums = [
+            ("lat", self.lat),
+            ("lon", self.lon),
+            ("alt_amsl", self.alt_amsl),
+            ("alt_rel", self.alt_rel),
+            ("roll", self.roll),
+            ("pitch", self.pitch),
+            ("yaw", self.yaw),
+            ("heading", self.heading),
+            ("ground_speed", self.ground_speed),
+            ("air_speed", self.air_speed),
+            ("climb", self.climb),
+            ("battery_pct", self.battery_pct),
+            ("voltage", self.voltage),
+            ("current", self.current),
+            ("home_lat", self.home_lat),
+            ("home_lon", self.home_lon),
+            ("home_alt", self.home_alt),
+        ];
+        for (name, v) in nums {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(format!("{name} must be a finite number"));
+            }
+        }
+        for (name, v) in [("lat", self.lat), ("home_lat", self.home_lat)] {
+            if v.is_some_and(|v| !(-90.0..=90.0).contains(&v)) {
+                return Err(format!("{name} must be within -90..=90"));
+            }
+        }
+        for (name, v) in [("lon", self.lon), ("home_lon", self.home_lon)] {
+            if v.is_some_and(|v| !(-180.0..=180.0).contains(&v)) {
+                return Err(format!("{name} must be within -180..=180"));
+            }
+        }
+        for (name, v, max) in [
+            ("mode", &self.mode, Self::MAX_NAME),
+            ("vehicle", &self.vehicle, Self::MAX_NAME),
+            ("status_text", &self.status_text, Self::MAX_STATUS_TEXT),
+        ] {
+            if v.as_ref().is_some_and(|s| s.chars().count() > max) {
+                return Err(format!("{name} must be at most {max} characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The position this telemetry gives (`lat`, `lon`, `alt_amsl`, and heading, ground speed
+    /// and time), when it has both coordinates.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            lat: self.lat?,
+            lon: self.lon?,
+            alt: self.alt_amsl,
+            accuracy: None,
+            heading: self.heading.filter(|h| (0.0..360.0).contains(h)),
+            speed: self.ground_speed.filter(|s| *s >= 0.0),
+            time: Some(self.time),
+        })
+    }
+}
+
+/// How a drone command ended, as its bridge reports in `drone_command_ack`: the MAVLink
+/// `MAV_RESULT` names, plus `timeout` (the vehicle never acknowledged) and `refused` (the bridge
+/// itself refused, e.g. an unknown drone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DroneAckResult {
+    /// `MAV_RESULT_ACCEPTED`.
+    Accepted,
+    /// `MAV_RESULT_TEMPORARILY_REJECTED`.
+    TemporarilyRejected,
+    /// `MAV_RESULT_DENIED`.
+    Denied,
+    /// `MAV_RESULT_UNSUPPORTED`.
+    Unsupported,
+    /// `MAV_RESULT_FAILED`.
+    Failed,
+    /// `MAV_RESULT_IN_PROGRESS`: a final result follows.
+    InProgress,
+    /// `MAV_RESULT_CANCELLED`.
+    Cancelled,
+    /// The vehicle never acknowledged the command.
+    Timeout,
+    /// The bridge refused the command itself (unknown drone, link down, …).
+    Refused,
+}
+
+impl DroneAckResult {
+    /// Whether more acks may follow for the same command (only `in_progress`).
+    pub fn is_final(self) -> bool {
+        self != DroneAckResult::InProgress
+    }
+}
+
 /// How an order is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -397,6 +612,33 @@ pub enum ClientMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alt: Option<f64>,
     },
+    /// A drone bridge's telemetry for one of its drones (merged into the drone's last known
+    /// telemetry). No reply; a refusal is an error without `re`.
+    Telemetry {
+        /// The drone (`SUBJECT-droneSYSID`).
+        drone: String,
+        /// The sample (fields present overwrite). Boxed: it is much larger than other messages.
+        t: Box<Telemetry>,
+    },
+    /// A drone bridge reports that a drone's MAVLink heartbeat was lost (`up: false`) or is back.
+    /// No reply.
+    DroneLink {
+        /// The drone.
+        drone: String,
+        /// Heartbeats are arriving.
+        up: bool,
+    },
+    /// A drone bridge reports the outcome of a command it received as a `drone_command` event.
+    /// No reply; an unknown `cmd` is an error without `re`.
+    DroneCommandAck {
+        /// The command id (`dc-N`) from the event.
+        cmd: String,
+        /// The outcome.
+        result: DroneAckResult,
+        /// Details (e.g. the vehicle's or the bridge's explanation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
     /// Revoke every token of a subject, or one token by id; live sessions are closed at once.
     Revoke {
         /// Request id.
@@ -448,6 +690,7 @@ impl ClientMsg {
         use ClientMsg::*;
         match self {
             Hello { .. } | Ack { .. } | MailAck { .. } | Bye => None,
+            Telemetry { .. } | DroneLink { .. } | DroneCommandAck { .. } => None,
             Position { id, .. } => *id,
             Ping { id }
             | Incidents { id }
@@ -476,7 +719,7 @@ impl ClientMsg {
     }
 
     /// Replaces the request id; false for messages without one (`hello`, `ack`, `mail_ack`,
-    /// `bye`). A `position` gets `Some(new)`.
+    /// `bye`, `telemetry`, `drone_link`, `drone_command_ack`). A `position` gets `Some(new)`.
     pub fn set_id(&mut self, new: RequestId) -> bool {
         if let ClientMsg::Position { id, .. } = self {
             *id = Some(new);
@@ -496,6 +739,7 @@ impl ClientMsg {
         use ClientMsg::*;
         match self {
             Hello { .. } | Ack { .. } | MailAck { .. } | Bye => None,
+            Telemetry { .. } | DroneLink { .. } | DroneCommandAck { .. } => None,
             Position { id, .. } => id.as_mut(),
             Ping { id }
             | Incidents { id }
@@ -549,6 +793,9 @@ impl ClientMsg {
             Order { .. } => "order",
             OrderAnswer { .. } => "order_answer",
             DroneCommand { .. } => "drone_command",
+            Telemetry { .. } => "telemetry",
+            DroneLink { .. } => "drone_link",
+            DroneCommandAck { .. } => "drone_command_ack",
             Revoke { .. } => "revoke",
             SosAck { .. } => "sos_ack",
             Read { .. } => "read",
@@ -801,6 +1048,9 @@ const CLIENT_TYPES: &[&str] = &[
     "order",
     "order_answer",
     "drone_command",
+    "telemetry",
+    "drone_link",
+    "drone_command_ack",
     "revoke",
     "sos_ack",
     "read",
@@ -1034,6 +1284,82 @@ mod tests {
                 let _ = decode_client(&f);
             }
         }
+    }
+
+    #[test]
+    fn drone_messages_round_trip_in_the_agreed_shapes() {
+        let cases: [(&str, ClientMsg); 4] = [
+            (
+                r#"{"type":"telemetry","drone":"pilot-3-drone1","t":{"time":1780000000000,"mode":"GUIDED","armed":true,"lat":30.5,"lon":114.3,"alt_amsl":52.5,"battery_pct":87.0,"gps_fix":3,"satellites":14,"status_text":"PreArm: ok"}}"#,
+                ClientMsg::Telemetry {
+                    drone: "pilot-3-drone1".into(),
+                    t: Box::new(Telemetry {
+                        time: 1_780_000_000_000,
+                        mode: Some("GUIDED".into()),
+                        armed: Some(true),
+                        lat: Some(30.5),
+                        lon: Some(114.3),
+                        alt_amsl: Some(52.5),
+                        battery_pct: Some(87.0),
+                        gps_fix: Some(3),
+                        satellites: Some(14),
+                        status_text: Some("PreArm: ok".into()),
+                        ..Telemetry::default()
+                    }),
+                },
+            ),
+            (
+                r#"{"type":"drone_link","drone":"pilot-3-drone1","up":false}"#,
+                ClientMsg::DroneLink { drone: "pilot-3-drone1".into(), up: false },
+            ),
+            (
+                r#"{"type":"drone_command_ack","cmd":"dc-7","result":"temporarily_rejected","text":"not armed"}"#,
+                ClientMsg::DroneCommandAck {
+                    cmd: "dc-7".into(),
+                    result: DroneAckResult::TemporarilyRejected,
+                    text: Some("not armed".into()),
+                },
+            ),
+            (
+                r#"{"type":"drone_command_ack","cmd":"dc-8","result":"in_progress"}"#,
+                ClientMsg::DroneCommandAck { cmd: "dc-8".into(), result: DroneAckResult::InProgress, text: None },
+            ),
+        ];
+        for (json, msg) in cases {
+            assert_eq!(encode(&msg), json);
+            assert_eq!(decode_client(json.as_bytes()).unwrap(), msg);
+            assert_eq!(msg.id(), None);
+            let mut m = msg.clone();
+            assert!(!m.set_id(3), "{} has no request id", m.kind());
+            assert_eq!(json.split('"').nth(3), Some(m.kind()));
+        }
+        for r in ["accepted", "temporarily_rejected", "denied", "unsupported", "failed", "in_progress", "cancelled", "timeout", "refused"] {
+            let json = format!(r#"{{"type":"drone_command_ack","cmd":"dc-1","result":"{r}"}}"#);
+            assert!(decode_client(json.as_bytes()).is_ok(), "{r}");
+        }
+        // `time` is required; an unknown result is a bad request.
+        let e = decode_client(br#"{"type":"telemetry","drone":"d","t":{"lat":1.0}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_client(br#"{"type":"drone_command_ack","cmd":"dc-1","result":"maybe"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn telemetry_merges_present_fields_and_validates() {
+        let mut t = Telemetry { time: 1, mode: Some("LOITER".into()), lat: Some(30.0), lon: Some(114.0), battery_pct: Some(90.0), ..Telemetry::default() };
+        t.merge(&Telemetry { time: 2, lat: Some(30.1), armed: Some(false), ..Telemetry::default() });
+        assert_eq!(t.time, 2);
+        assert_eq!((t.lat, t.lon, t.battery_pct, t.armed), (Some(30.1), Some(114.0), Some(90.0), Some(false)));
+        assert_eq!(t.mode.as_deref(), Some("LOITER"));
+        let p = t.position().unwrap();
+        assert_eq!((p.lat, p.lon, p.time), (30.1, 114.0, Some(2)));
+        assert!(Telemetry { time: 1, lat: Some(30.0), ..Telemetry::default() }.position().is_none());
+        assert!(t.validate().is_ok());
+        t.lon = Some(190.0);
+        assert!(t.validate().unwrap_err().contains("lon"));
+        t.lon = Some(1.0);
+        t.status_text = Some("x".repeat(Telemetry::MAX_STATUS_TEXT + 1));
+        assert!(t.validate().unwrap_err().contains("status_text"));
     }
 
     #[test]

@@ -5,10 +5,16 @@
 //! [`probe`]`(action, …)` as each role and check that the node refuses it with
 //! [`ErrorCode::Forbidden`] exactly when [`crate::Role::may`] says no. A probe is harmless: it
 //! names streams that are not live, orders and drones that do not exist, a token id nobody holds.
+//!
+//! Some rows are also exercised by a message without a reply ([`probe_without_reply`]: `telemetry`
+//! for "publish a drone feed + telemetry"); its refusal is an error without `re`
+//! ([`is_forbidden_without_re`]), and an allowed one gets no answer at all.
 
 use crate::auth::Action;
 use crate::ids::{IncidentId, StreamName, Subject};
-use crate::proto::{ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position, RequestId, ServerMsg, StreamKind};
+use crate::proto::{
+    ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position, RequestId, ServerMsg, StreamKind, Telemetry,
+};
 
 /// A request that exercises `action` for a token of subject `sub` (the "own" variant where the
 /// matrix says "own").
@@ -89,6 +95,29 @@ pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
         },
         Action::Revoke => ClientMsg::Revoke { id, sub: None, jti: Some("no-such-token-id".into()) },
     }
+}
+
+/// A message without a reply that exercises `action` too, for the rows that have one: `telemetry`
+/// about the subject's own drone for [`Action::PublishDrone`] (the same drone [`probe`] names).
+pub fn probe_without_reply(action: Action, sub: &Subject) -> Option<ClientMsg> {
+    match action {
+        Action::PublishDrone => Some(ClientMsg::Telemetry {
+            drone: format!("{sub}-drone1"),
+            t: Box::new(Telemetry {
+                time: 1_780_000_000_000,
+                mode: Some("LOITER".into()),
+                lat: Some(30.59),
+                lon: Some(114.30),
+                ..Telemetry::default()
+            }),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether `msg` is the refusal, for lack of rights, of a message without a request id.
+pub fn is_forbidden_without_re(msg: &ServerMsg) -> bool {
+    matches!(msg, ServerMsg::Error { re: None, code: ErrorCode::Forbidden, .. })
 }
 
 /// Whether `reply` is the refusal of request `re` for lack of rights.
@@ -197,6 +226,10 @@ mod tests {
             .enumerate()
             .map(|(i, a)| crate::proto::encode(&probe(*a, &sub, i as u64)).into_bytes())
             .collect();
+        seeds.extend(Action::ALL.iter().filter_map(|a| probe_without_reply(*a, &sub)).map(|m| crate::proto::encode(&m).into_bytes()));
+        seeds.push(br#"{"type":"drone_link","drone":"fuzz-admin-drone1","up":false}"#.to_vec());
+        seeds.push(br#"{"type":"drone_command","id":4,"drone":"fuzz-admin-drone1","command":"guided","lat":1,"lon":2,"alt":3}"#.to_vec());
+        seeds.push(br#"{"type":"drone_command_ack","cmd":"dc-1","result":"accepted","text":"ok"}"#.to_vec());
         seeds.push(br#"{"type":"incident_create","id":1,"incident":"x1","name":"n"}"#.to_vec());
         seeds.push(br#"{"type":"assign","id":2,"incident":"x1","subject":"bystander"}"#.to_vec());
         seeds.push(br#"{"type":"log","id":3,"incident":"x1","after":0,"limit":4294967295}"#.to_vec());

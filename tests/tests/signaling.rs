@@ -16,7 +16,10 @@ use serde_json::Value;
 use signaling::auth::{Action, Role, TokenIssuer, TokenRequest};
 use signaling::client::{self, ClientConfig, ClientError, ClientEvent};
 use signaling::core::Revocation;
-use signaling::proto::{encode, ClientMsg, ErrorCode, Position, ServerMsg, StreamKind, MAX_FRAME, VERSION};
+use signaling::proto::{
+    encode, ClientMsg, DroneAckResult, DroneCommand, ErrorCode, Position, ServerMsg, StreamKind, Telemetry, MAX_FRAME,
+    VERSION,
+};
 use signaling::testkit;
 use signaling::{IncidentId, StreamName, Subject};
 use tokio::net::TcpStream;
@@ -234,6 +237,15 @@ async fn every_role_matrix_cell_over_quic_and_websocket() {
             id += 1;
             let over_ws = ws.request(testkit::probe(action, &subject, id)).await;
             assert_eq!(testkit::is_forbidden(&over_ws, id), !role.may(action), "/ws {role} {action}: {over_ws:?}");
+            if let Some(msg) = testkit::probe_without_reply(action, &subject) {
+                // No reply when allowed: a ping behind it bounds the wait (one stream, in order).
+                ws.pending.clear();
+                ws.send(&msg).await;
+                id += 1;
+                ws.request(ClientMsg::Ping { id }).await;
+                let denied = ws.pending.iter().any(testkit::is_forbidden_without_re);
+                assert_eq!(denied, !role.may(action), "/ws {role} {action} ({}): {:?}", msg.kind(), ws.pending);
+            }
             id += 1;
             let over_quic = quic_request(&q, testkit::probe(action, &subject, id)).await;
             assert_eq!(testkit::is_forbidden(&over_quic, id), !role.may(action), "QUIC {role} {action}: {over_quic:?}");
@@ -787,5 +799,107 @@ async fn a_dead_tablet_shows_offline_to_operators() {
     let u = units.iter().find(|u| u["subject"] == "off-31").unwrap();
     assert_eq!(u["online"], false);
     relay.shutdown().await;
+    node.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drone_telemetry_reaches_operators_at_5_hz_and_commands_round_trip_to_the_bridge() {
+    const DRONE: &str = "pilot-3-drone1";
+    let node = start_node().await;
+    let op_token = node.token("op-1", Role::Operator);
+    let (_op, mut opev) = quic_login(&node, "op-1", Role::Operator).await;
+    let (cmdr, mut cev) = quic_login(&node, "cmd-1", Role::Commander).await;
+    let (pilot, mut pev) = quic_login(&node, "pilot-3", Role::Pilot).await;
+    let lat = |i: u32| 30.5 + f64::from(i) * 1e-5;
+
+    // The bridge: 50 Hz for 2 s; the battery only in the first report.
+    let started = tokio::time::Instant::now();
+    let sender = {
+        let pilot = pilot.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for i in 0..100u32 {
+                tick.tick().await;
+                let t = Telemetry {
+                    time: common::now_unix() * 1000,
+                    mode: Some("GUIDED".into()),
+                    armed: Some(true),
+                    lat: Some(lat(i)),
+                    lon: Some(114.3),
+                    alt_amsl: Some(60.0),
+                    battery_pct: (i == 0).then_some(76.0),
+                    ..Telemetry::default()
+                };
+                pilot.send(ClientMsg::Telemetry { drone: DRONE.into(), t: Box::new(t) }).expect("bridge connected");
+            }
+            started.elapsed()
+        })
+    };
+    // The operator: every telemetry event until the last report shows up.
+    let collector = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let e = next_event(&mut opev, "telemetry").await;
+            let done = e["t"]["lat"].as_f64() == Some(lat(99));
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    });
+    // The units API shows the drone and where it is within a second.
+    let unit = common::wait_for("the drone in /api/units", WAIT, || async {
+        api_units(&node, &op_token).await.into_iter().find(|u| u["subject"] == DRONE && u["position"]["lat"].is_f64())
+    })
+    .await;
+    let shown_after = started.elapsed();
+    assert!(shown_after < Duration::from_secs(1), "position shown after {shown_after:?}");
+    assert_eq!((unit["kind"].as_str(), unit["bridge"].as_str(), unit["link"].as_str()), (Some("drone"), Some("pilot-3"), Some("up")));
+    assert_eq!((unit["online"].as_bool(), unit["position"]["alt"].as_f64()), (Some(true), Some(60.0)));
+    assert_eq!(unit["telemetry"]["battery_pct"], 76.0);
+
+    let sent_for = tokio::time::timeout(WAIT, sender).await.expect("sender in time").unwrap();
+    let seen = tokio::time::timeout(WAIT, collector).await.expect("the last telemetry in time").unwrap();
+    // At most 5 a second (plus the first at once and the held one at the end), and not nothing.
+    let max = (sent_for.as_millis() / 200) as usize + 2;
+    assert!((5..=max).contains(&seen.len()), "{} telemetry events while sending for {sent_for:?}", seen.len());
+    let last = seen.last().unwrap();
+    assert_eq!(last["drone"], DRONE);
+    assert_eq!((last["t"]["mode"].as_str(), last["t"]["armed"].as_bool()), (Some("GUIDED"), Some(true)));
+    assert_eq!(last["t"]["battery_pct"], 76.0, "merged from the first report");
+    let lats: Vec<f64> = seen.iter().map(|e| e["t"]["lat"].as_f64().unwrap()).collect();
+    assert!(lats.windows(2).all(|w| w[1] > w[0]), "in order: {lats:?}");
+    let units = api_units(&node, &op_token).await;
+    let u = units.iter().find(|u| u["subject"] == DRONE).unwrap();
+    assert_eq!(u["position"]["lat"].as_f64(), Some(lat(99)));
+
+    // A commander's RTL reaches the bridge; the bridge's ack reaches the commander.
+    let r = quic_request(&cmdr, ClientMsg::DroneCommand { id: 1, drone: DRONE.into(), command: DroneCommand::Rtl, lat: None, lon: None, alt: None }).await;
+    let ServerMsg::Result { data, .. } = r else { panic!("{r:?}") };
+    assert_eq!(data["status"], "sent");
+    let cmd = data["cmd"].as_str().unwrap().to_owned();
+    let ev = next_event(&mut pev, "drone_command").await;
+    assert_eq!(
+        (ev["cmd"].as_str(), ev["drone"].as_str(), ev["command"].as_str(), ev["by"].as_str()),
+        (Some(cmd.as_str()), Some(DRONE), Some("rtl"), Some("cmd-1"))
+    );
+    pilot.send(ClientMsg::DroneCommandAck { cmd: cmd.clone(), result: DroneAckResult::Accepted, text: None }).unwrap();
+    let ack = next_event(&mut cev, "drone_command_ack").await;
+    assert_eq!((ack["cmd"].as_str(), ack["drone"].as_str(), ack["result"].as_str()), (Some(cmd.as_str()), Some(DRONE), Some("accepted")));
+    // Both are in the incident log.
+    let v: Value = reqwest::Client::new()
+        .get(node.url("/api/incidents/duty/log"))
+        .bearer_auth(&op_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    let find = |what: &str| entries.iter().find(|e| e["what"] == what).map(|e| e["detail"].clone());
+    assert_eq!(find("drone_command").unwrap()["cmd"], cmd.as_str());
+    assert_eq!(find("drone_command_ack").unwrap()["result"], "accepted");
+    eprintln!("drone position in /api/units after {shown_after:?}; {} telemetry events for {sent_for:?} of 50 Hz input", seen.len());
     node.node.shutdown().await;
 }

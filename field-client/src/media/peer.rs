@@ -1,19 +1,30 @@
 //! One WebRTC publishing peer (the `webrtc` crate's async `PeerConnection` over the sans-IO
-//! `rtc` core): sendonly tracks for the encoded video and Opus, a complete offer (the node is
-//! ICE-lite and takes no trickled candidates), and keyframe requests (PLI/FIR) handed to the
-//! caller.
+//! `rtc` core): sendonly tracks for the encoded video (one layer, or simulcast layers with RIDs)
+//! and Opus, a complete offer (the node is ICE-lite and takes no trickled candidates), keyframe
+//! requests (PLI/FIR) handed to the caller, and send-side congestion control (Google Congestion
+//! Control over transport-wide feedback, with the crate's pacer) whose estimate the caller reads
+//! through [`Estimate`].
 //!
 //! It knows nothing of GStreamer or signaling: samples come in through [`Peer::write_video`] /
 //! [`Peer::write_audio`], the SDP goes out as a string.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hw_profiles::Codec;
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport, Slot, StreamInfo,
+    TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_congestion_control, configure_simulcast_extension_headers, CongestionFeedback,
+};
+use rtc::rtp::extension::HeaderExtension;
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -31,7 +42,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription, Registry,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 /// Bound on ICE gathering (host candidates only: milliseconds in practice).
@@ -43,21 +54,110 @@ pub struct Peer {
     video: Track,
     audio: Option<Track>,
     pollers: Vec<tokio::task::JoinHandle<()>>,
+    estimate: Estimate,
+}
+
+/// The congestion controller's current target, bits per second (shared with the estimator inside
+/// the interceptor chain, which updates it on every feedback report and timeout).
+#[derive(Debug, Clone)]
+pub struct Estimate(Arc<AtomicU64>);
+
+impl Estimate {
+    /// The current target, bits per second.
+    pub fn bps(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Google Congestion Control, publishing its target into an [`Estimate`] after every update.
+struct Reporting {
+    gcc: Gcc,
+    target: Arc<AtomicU64>,
+}
+
+impl Reporting {
+    fn publish(&self) {
+        self.target.store(self.gcc.target_bitrate().to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl BandwidthEstimator for Reporting {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.gcc.on_reports(now, reports);
+        self.publish();
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.gcc.target_bitrate()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.gcc.handle_timeout(now);
+        self.publish();
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.gcc.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.gcc.stats()
+    }
+}
+
+/// A text header extension: the RTP stream id (RFC 8852) or the media id (RFC 9143) of a
+/// simulcast layer's packets.
+struct SdesExtension(Bytes);
+
+impl MarshalSize for SdesExtension {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Marshal for SdesExtension {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let n = self.0.len();
+        if buf.len() < n {
+            return Err(rtc::shared::error::Error::ErrBufferTooSmall);
+        }
+        buf[..n].copy_from_slice(&self.0);
+        Ok(n)
+    }
 }
 
 struct Track {
     track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
+    /// One per layer (full size first), with its RID for simulcast.
+    ssrcs: Vec<(u32, Option<String>)>,
     /// Payload type once negotiated.
     pt: Option<u8>,
     sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    transceiver: Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>,
+    /// The media id, once the offer is made (simulcast packets carry it with their RID: the SFU
+    /// learns their SSRCs from these header extensions).
+    mid: Option<String>,
 }
 
 impl Track {
-    async fn write(&self, data: Bytes, duration: Duration) {
+    async fn write(&self, layer: usize, data: Bytes, duration: Duration) {
         let Some(pt) = self.pt else { return };
+        let Some((ssrc, rid)) = self.ssrcs.get(layer) else { return };
         let sample = Sample { data, duration, ..Sample::new(Instant::now()) };
-        if let Err(e) = self.track.sample_writer(self.ssrc, pt).write_sample(&sample).await {
+        let mut writer = self.track.sample_writer(*ssrc, pt);
+        if let Some(rid) = rid {
+            writer = writer.with_extension(HeaderExtension::Custom {
+                uri: rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI.into(),
+                extension: Box::new(SdesExtension(Bytes::copy_from_slice(rid.as_bytes()))),
+            });
+            if let Some(mid) = &self.mid {
+                writer = writer.with_extension(HeaderExtension::Custom {
+                    uri: rtc::sdp::extmap::SDES_MID_URI.into(),
+                    extension: Box::new(SdesExtension(Bytes::copy_from_slice(mid.as_bytes()))),
+                });
+            }
+        }
+        if let Err(e) = writer.write_sample(&sample).await {
             tracing::trace!("sample not sent: {e}");
         }
     }
@@ -175,33 +275,65 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-fn local_track(kind: RtpCodecKind, codec: &RTCRtpCodecParameters) -> Result<(Arc<TrackLocalStaticSample>, u32), String> {
-    let ssrc = rand::random::<u32>();
+/// A local track with one encoding per entry of `rids` (`None`: a single, non-simulcast one).
+#[allow(clippy::type_complexity)]
+fn local_track(
+    kind: RtpCodecKind,
+    codec: &RTCRtpCodecParameters,
+    rids: &[Option<String>],
+) -> Result<(Arc<TrackLocalStaticSample>, Vec<(u32, Option<String>)>), String> {
+    let ssrcs: Vec<(u32, Option<String>)> = rids.iter().map(|r| (rand::random::<u32>(), r.clone())).collect();
     let name = kind.to_string();
     let track = MediaStreamTrack::new(
         "field-client".to_owned(),
         format!("field-client-{name}"),
         format!("field-client {name}"),
         kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-            codec: codec.rtp_codec.clone(),
-            ..Default::default()
-        }],
+        ssrcs
+            .iter()
+            .map(|(ssrc, rid)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(*ssrc),
+                    rid: rid.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            })
+            .collect(),
     );
     let track = TrackLocalStaticSample::new(Instant::now(), track).map_err(|e| format!("{name} track: {e}"))?;
-    Ok((Arc::new(track), ssrc))
+    Ok((Arc::new(track), ssrcs))
+}
+
+/// Congestion control settings for [`Peer::offer`]: where the estimate starts and its bounds,
+/// bits per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Initial estimate.
+    pub start: f64,
+    /// Floor.
+    pub min: f64,
+    /// Ceiling.
+    pub max: f64,
 }
 
 impl Peer {
     /// A new peer bound to `bind_ip` (the address this host uses to reach the node), with a video
-    /// track in `codec` and, with `audio`, an Opus track. Returns the peer, its complete offer and
-    /// the receiver of its connection states.
+    /// track in `codec` with one encoding per entry of `rids` (full size first; a single `None`
+    /// for one layer, RIDs for simulcast) and, with `audio`, an Opus track; congestion control
+    /// within `bounds`. Returns the peer, its complete offer and the receiver of its connection
+    /// states.
     pub async fn offer(
         bind_ip: IpAddr,
         codec: Codec,
+        rids: &[Option<String>],
         audio: bool,
+        bounds: Bounds,
     ) -> Result<(Peer, String, mpsc::UnboundedReceiver<RTCPeerConnectionState>), String> {
+        if rids.is_empty() {
+            return Err("no video layer".to_owned());
+        }
         let video_params = video_codec(codec);
         let opus = opus_codec();
         let mut engine = MediaEngine::default();
@@ -209,14 +341,26 @@ impl Peer {
         if audio {
             engine.register_codec(opus.clone(), RtpCodecKind::Audio).map_err(|e| e.to_string())?;
         }
-        let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(|e| e.to_string())?;
+        if rids.len() > 1 {
+            configure_simulcast_extension_headers(&mut engine).map_err(|e| e.to_string())?;
+        }
+        let target = Arc::new(AtomicU64::new(bounds.start.to_bits()));
+        let estimator = Reporting { gcc: Gcc::new(bounds.start, bounds.min, bounds.max), target: target.clone() };
+        let registry = configure_congestion_control(Registry::new(), estimator, CongestionFeedback::Twcc, &mut engine)
+            .map_err(|e| format!("congestion control: {e}"))?;
+        let registry = register_default_interceptors(registry, &mut engine).map_err(|e| e.to_string())?;
         // Last, so every interceptor has seen the inbound RTCP before it is narrowed down.
         let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
 
         let gathered = Arc::new(Notify::new());
         let (states_tx, states) = mpsc::unbounded_channel();
         let handler = Arc::new(Handler { gathered: gathered.clone(), states: states_tx });
+        // No mDNS: the node is ICE-lite with plain IP candidates, and mDNS would bind the fixed
+        // port 5353 and join a multicast group (which fails with ENODEV on a network without a
+        // multicast route, such as a tablet's link with no default route).
+        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
         let pc = PeerConnectionBuilder::new()
+            .with_setting_engine(settings)
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
@@ -232,10 +376,10 @@ impl Peer {
             streams: vec![],
             send_encodings: vec![],
         };
-        let add = |kind, params: RTCRtpCodecParameters| {
+        let add = |kind, params: RTCRtpCodecParameters, rids: Vec<Option<String>>| {
             let pc = pc.clone();
             async move {
-                let (track, ssrc) = local_track(kind, &params)?;
+                let (track, ssrcs) = local_track(kind, &params, &rids)?;
                 let t = pc
                     .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(sendonly()))
                     .await
@@ -245,23 +389,25 @@ impl Peer {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{kind} transceiver without sender"))?;
-                Ok::<_, String>(Track { track, ssrc, pt: None, sender })
+                Ok::<_, String>(Track { track, ssrcs, pt: None, sender, transceiver: t, mid: None })
             }
         };
-        let video = add(RtpCodecKind::Video, video_params).await?;
-        let audio = if audio { Some(add(RtpCodecKind::Audio, opus).await?) } else { None };
+        let video = add(RtpCodecKind::Video, video_params, rids.to_vec()).await?;
+        let audio = if audio { Some(add(RtpCodecKind::Audio, opus, vec![None]).await?) } else { None };
 
         let offer = pc.create_offer(None).await.map_err(|e| format!("offer: {e}"))?;
         pc.set_local_description(offer).await.map_err(|e| format!("local offer: {e}"))?;
         if tokio::time::timeout(GATHER, gathered.notified()).await.is_err() {
             return Err(format!("ICE gathering did not complete within {GATHER:?}"));
         }
+        let mut video = video;
+        video.mid = video.transceiver.mid().await.ok().flatten();
         let sdp = pc
             .local_description()
             .await
             .ok_or("no local description after gathering")?
             .sdp;
-        Ok((Peer { pc, video, audio, pollers: vec![] }, sdp, states))
+        Ok((Peer { pc, video, audio, pollers: vec![], estimate: Estimate(target) }, sdp, states))
     }
 
     /// Applies the node's answer; keyframe requests for the video then call `on_keyframe_request`.
@@ -294,16 +440,21 @@ impl Peer {
         Ok(())
     }
 
-    /// Sends one encoded video frame lasting `duration`.
-    pub async fn write_video(&self, data: Bytes, duration: Duration) {
-        self.video.write(data, duration).await;
+    /// Sends one encoded video frame of layer `layer` (0 = full size) lasting `duration`.
+    pub async fn write_video(&self, layer: usize, data: Bytes, duration: Duration) {
+        self.video.write(layer, data, duration).await;
     }
 
     /// Sends one Opus packet lasting `duration` (dropped without an audio track).
     pub async fn write_audio(&self, data: Bytes, duration: Duration) {
         if let Some(a) = &self.audio {
-            a.write(data, duration).await;
+            a.write(0, data, duration).await;
         }
+    }
+
+    /// The congestion controller's estimate.
+    pub fn estimate(&self) -> Estimate {
+        self.estimate.clone()
     }
 
     /// Closes the peer connection.
