@@ -732,6 +732,13 @@ function fmtKbps(k) {
   return k >= 1000 ? `${(k / 1000).toFixed(1)} Mbit/s` : `${k} kbit/s`;
 }
 
+/** camera, drone or fixed: drones by name (`SUBJECT-droneN`) or telemetry, else the catalog's kind. */
+function streamKind(name) {
+  if (/-drone\d+$/.test(name) || S.drones.has(name)) return 'drone';
+  const s = S.streams.get(name);
+  return (s && s.kind) || 'camera';
+}
+
 function renderTiles() {
   S.tiles.forEach((_, i) => renderTile(i));
 }
@@ -746,7 +753,7 @@ function renderTile(i) {
   root.dataset.pinned = tile.pinned ? 'true' : 'false';
   root.querySelector('.tile-empty').hidden = !!tile.stream;
   const unit = s ? S.units.get(s.owner) : null;
-  const kind = (s && s.kind) || (tile.stream && /-drone\d+$/.test(tile.stream) ? 'drone' : 'camera');
+  const kind = tile.stream ? streamKind(tile.stream) : 'camera';
   const incs = unit && unit.incidents && unit.incidents.length ? ` · ${unit.incidents.join(',')}` : '';
   root.querySelector('.tile-label').textContent = tile.stream ? `${tile.stream} · ${t('kind_' + kind)}${incs}` : '';
   const st = tile.stats;
@@ -766,7 +773,7 @@ function renderTile(i) {
     pick.dataset.sig = sig2;
     pick.replaceChildren(el('option', { value: '', text: t('tile_none') }), ...names.map((n) => el('option', { value: n, text: n, selected: n === tile.stream })));
   }
-  renderOverlay(i, kind === 'drone' || S.drones.has(tile.stream) ? tile.stream : null);
+  renderOverlay(i, kind === 'drone' ? tile.stream : null);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -856,7 +863,7 @@ function renderCatalog() {
     draggable: 'true', 'data-testid': 'catalog-item', 'data-stream': s.name, title: s.owner,
     ondragstart: (e) => e.dataTransfer.setData('text/plain', s.name),
     onclick: () => { const i = S.tiles.findIndex((x) => !x.pinned); assign(i < 0 ? 0 : i, s.name, true); },
-  }, `${s.name}`, el('small', { class: 'muted', text: ` ${t('kind_' + (s.kind || 'camera'))}` }))));
+  }, `${s.name}`, el('small', { class: 'muted', text: ` ${t('kind_' + streamKind(s.name))}` }))));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,6 +25,10 @@
 //   {"op":"ackSos"}                        -> {hidden}
 //   {"op":"controls"}                      -> which controls are visible (orderForm, chatForm,
 //        droneCommands, sosAck) and the number of tiles
+//   {"op":"droneOverlay","stream":S,"alt":42.5}  until the drone overlay on S's tile shows (that
+//        relative altitude) -> its fields and the command buttons offered
+//   {"op":"droneCommand","stream":S,"command":"rtl","confirm":true}  click, confirm -> {question, cmd, result}
+//   {"op":"waitDroneAck","stream":S,"cmd":"dc-1","result":"accepted"}
 //   {"op":"publish","stream":S,"token":T,"simulcast":true}  a second page publishes the fake
 //        camera over WHIP (publish.html) -> {layers}
 //   {"op":"screenshot","path":P}           PNG of the wall page
@@ -197,6 +201,35 @@ const ops = {
       const live = (s.layers || []).filter((l) => l.framesEncoded > 0);
       return (simulcast ? live.length >= 2 : s.packetsSentVideo > 0) ? { layers: s.layers } : null;
     });
+  },
+  async droneOverlay({ stream, alt = null, timeoutMs = 30000 }) {
+    return until(`the drone overlay on ${stream}${alt !== null ? ' at ' + alt + ' m' : ''}`, timeoutMs, () => page.evaluate(({ stream, alt }) => {
+      const box = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-overlay]`);
+      if (!box || box.hidden) return null;
+      if (alt !== null && (box.dataset.alt === '' || Math.abs(+box.dataset.alt - alt) > 1e-6)) return null;
+      const f = (id) => { const e = box.querySelector(`[data-testid=drone-${id}]`); return e ? e.dataset.value : null; };
+      return { drone: box.dataset.drone, alt: box.dataset.alt === '' ? null : +box.dataset.alt, altText: f('alt'), speed: f('speed'), heading: f('heading'), battery: f('battery'), mode: f('mode'), armed: f('armed'), link: f('link'),
+        commands: [...box.querySelectorAll('[data-testid^=drone-cmd-]')].map((b) => b.dataset.testid.slice('drone-cmd-'.length)) };
+    }, { stream, alt }));
+  },
+  async droneCommand({ stream, command, confirm = true, timeoutMs = 15000 }) {
+    const box = page.locator(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-overlay]`);
+    await box.locator(`[data-testid=drone-cmd-${command}]`).click();
+    await page.locator('[data-testid=confirm]').waitFor({ state: 'visible', timeout: timeoutMs });
+    const question = await page.locator('[data-testid=confirm-text]').textContent();
+    await page.locator(confirm ? '[data-testid=confirm-ok]' : '[data-testid=confirm-cancel]').click();
+    if (!confirm) return { question, sent: false };
+    const ack = await until('the command id on the overlay', timeoutMs, () => page.evaluate((stream) => {
+      const a = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-ack]`);
+      return a ? { cmd: a.dataset.cmd, result: a.dataset.result, text: a.textContent } : null;
+    }, stream));
+    return { question, sent: true, ...ack };
+  },
+  async waitDroneAck({ stream, cmd, result, timeoutMs = 15000 }) {
+    return until(`ack ${result} for ${cmd}`, timeoutMs, () => page.evaluate(({ stream, cmd, result }) => {
+      const a = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-ack]`);
+      return a && a.dataset.cmd === cmd && a.dataset.result === result ? { cmd, result, text: a.textContent } : null;
+    }, { stream, cmd, result }));
   },
   async screenshot({ path }) {
     await page.screenshot({ path, fullPage: false });

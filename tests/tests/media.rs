@@ -1248,3 +1248,106 @@ async fn bench_wall_first_frame_and_page_bitrate() {
     wall.quit().await;
     n.node.shutdown().await;
 }
+
+/// A drone on the wall, with the bridge played by `signaling::client` (the library drone-bridge
+/// uses) under a pilot token: its telemetry shows on the drone tile's overlay (relative altitude,
+/// ground speed, heading, battery, mode, armed, link) and its position as a drone marker with a
+/// track; a commander's RTL from the overlay (confirmed) reaches the bridge as a `drone_command`
+/// event and the bridge's ACK shows on the overlay; an operator sees the overlay but no command
+/// buttons; a lost link greys the marker. The drone's video is a GStreamer WHIP stream under the
+/// drone's name. (The full test — drone-bridge fed by pymavlink and an RTSP camera —
+/// comes when drone-bridge lands.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
+    use signaling::client::{self, ClientConfig, ClientEvent};
+    use signaling::proto::{ClientMsg, DroneAckResult, Telemetry};
+    const DRONE: &str = "pilot-3-drone1";
+    let _media = MEDIA.lock().await;
+    let n = start_node().await;
+    let pilot_token = n.token("pilot-3", Role::Pilot);
+    let (bridge, mut bev) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), pilot_token.clone())).await.expect("bridge connects");
+    let video = WhipPublisher::start(&n.base, DRONE, &pilot_token, PublishOptions { audio: false, ..PublishOptions::default() }).await.expect("drone video");
+    let sample = |i: u32, alt_rel: f64| Telemetry {
+        time: common::now_unix() * 1000,
+        mode: Some("GUIDED".into()),
+        armed: Some(true),
+        lat: Some(30.60 + f64::from(i) * 1e-4),
+        lon: Some(114.31),
+        alt_amsl: Some(50.0 + alt_rel),
+        alt_rel: Some(alt_rel),
+        heading: Some(135.0),
+        ground_speed: Some(7.2),
+        battery_pct: Some(76.0),
+        ..Telemetry::default()
+    };
+    let send = |i: u32, alt: f64| bridge.send(ClientMsg::Telemetry { drone: DRONE.into(), t: Box::new(sample(i, alt)) }).expect("bridge connected");
+    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: true }).unwrap();
+    send(0, 40.0);
+
+    let mut wall = Wall::start(&n).await;
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("cmd-1", Role::Commander)})).await;
+    assert_eq!(signed["role"], "commander", "{signed}");
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 30, "timeoutMs": 60000})).await;
+    for i in 1..=3 {
+        send(i, 40.0 + f64::from(i) * 0.5);
+    }
+    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": 41.5})).await;
+    assert_eq!(o["drone"], DRONE);
+    assert_eq!((o["speed"].as_str(), o["heading"].as_str(), o["battery"].as_str()), (Some("7.2 m/s"), Some("135°"), Some("76%")), "{o}");
+    assert_eq!((o["mode"].as_str(), o["altText"].as_str()), (Some("GUIDED"), Some("41.5 m")), "{o}");
+    assert!(o["armed"].as_str().unwrap() != "—" && o["link"].as_str().unwrap() != "—", "{o}");
+    assert_eq!(o["commands"], serde_json::json!(["rtl", "hold", "land", "guided"]), "a commander may command: {o}");
+    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
+    assert_eq!((m["kind"].as_str(), m["stale"].as_bool()), (Some("drone"), Some(false)), "{m}");
+    let track = wall.cmd(serde_json::json!({"op": "eval", "js": format!("document.querySelectorAll('path.track-{DRONE}').length")})).await;
+    assert_eq!(track["value"], 1, "the drone's track is drawn");
+    let marker_lat = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await["lat"].as_f64().unwrap();
+    assert!((marker_lat - 30.6003).abs() < 1e-9, "at the last reported position: {marker_lat}");
+
+    let c = wall.cmd(serde_json::json!({"op": "droneCommand", "stream": DRONE, "command": "rtl"})).await;
+    assert!(c["question"].as_str().unwrap().contains(DRONE), "the confirmation names the drone: {c}");
+    let cmd = c["cmd"].as_str().expect("dc-N").to_owned();
+    assert!(cmd.starts_with("dc-") && c["result"] == "sent", "{c}");
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            match bev.next().await.expect("bridge events") {
+                ClientEvent::Event { event, .. } if event["kind"] == "drone_command" => return event,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the command reaches the bridge");
+    assert_eq!((ev["cmd"].as_str(), ev["command"].as_str(), ev["by"].as_str()), (Some(cmd.as_str()), Some("rtl"), Some("cmd-1")), "{ev}");
+    bridge.send(ClientMsg::DroneCommandAck { cmd: cmd.clone(), result: DroneAckResult::Accepted, text: None }).unwrap();
+    wall.cmd(serde_json::json!({"op": "waitDroneAck", "stream": DRONE, "cmd": cmd, "result": "accepted"})).await;
+    wall.screenshot("wall-drone").await;
+
+    // Link lost: the overlay says so and the marker greys.
+    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: false }).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stale = loop {
+        let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
+        if m["stale"] == true {
+            break m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the drone marker is not greyed after the link was lost: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE})).await;
+    assert!(o["link"].as_str().unwrap().contains("中断"), "link lost shown: {o}");
+    assert_eq!(stale["kind"], "drone");
+
+    // An operator sees the drone but may not command it.
+    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: true }).unwrap();
+    wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-1", Role::Operator)})).await;
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 10, "timeoutMs": 60000})).await;
+    send(4, 45.0);
+    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": 45.0})).await;
+    assert_eq!(o["commands"], serde_json::json!([]), "{o}");
+
+    wall.quit().await;
+    video.stop().await.unwrap();
+    bridge.close().await;
+    n.node.shutdown().await;
+}
