@@ -245,8 +245,8 @@ function signIn(token) {
   sig.onEvent = onEvent;
   sig.onMail = onMail;
   sig.onState = (s) => {
-    $('conn').textContent = s === 'connected' ? t('connected') : s === 'reconnecting' ? t('reconnecting') : t('err_network');
     $('conn').dataset.state = s;
+    renderHeader();
     if (s === 'network' && !S.welcome) { $('signin-error').textContent = t('err_network'); $('signin-error').dataset.reason = 'network'; }
   };
   sig.onFinal = (err, welcomed) => {
@@ -259,6 +259,13 @@ function signIn(token) {
     if (welcomed) console.warn('session ended', err);
   };
   sig.connect();
+}
+
+/** The top bar's subject, role and connection state, in the current language. */
+function renderHeader() {
+  if (S.welcome) $('who').textContent = `${S.welcome.subject} · ${t('role')}: ${S.welcome.role}`;
+  const s = $('conn').dataset.state;
+  $('conn').textContent = !s ? '' : s === 'connected' ? t('connected') : s === 'reconnecting' ? t('reconnecting') : t('err_network');
 }
 
 function teardown() {
@@ -281,13 +288,16 @@ async function onWelcome(w) {
   if (!S.incidents.includes(S.incident)) S.incident = S.incidents[0] || 'duty';
   $('signin').hidden = true;
   $('wall').hidden = false;
-  $('who').textContent = `${w.subject} · ${t('role')}: ${w.role}`;
   $('who').dataset.role = w.role;
+  renderHeader();
   applyRights();
   renderIncidents();
   if (first) {
     setLayout(S.layout);
     initMap();
+  } else if (!w.resumed) {
+    // A new session: the old one's media sessions end with it, so every tile subscribes again.
+    for (const tile of S.tiles) if (tile.stream) restartPlayer(tile, 0);
   }
   // Mail from where this subject last acknowledged; live mail follows a complete sync.
   syncMail().catch((e) => console.warn('mail_sync', e));
@@ -481,11 +491,11 @@ function tileEl(i) {
       onmouseenter: () => { S.hover = i; },
     },
     video,
-    el('div', { class: 'tile-empty', 'data-testid': 'tile-empty', text: t('tile_empty') }),
+    el('div', { class: 'tile-empty', 'data-testid': 'tile-empty', 'data-i18n': 'tile_empty', text: t('tile_empty') }),
     el('div', { class: 'tile-top' },
       el('span', { class: 'tile-label', 'data-testid': 'tile-label' }),
       el('span', { class: 'tile-bitrate', 'data-testid': 'tile-bitrate' }),
-      el('span', { class: 'tile-stalled', 'data-testid': 'tile-stalled', text: t('tile_stalled'), hidden: true }),
+      el('span', { class: 'tile-stalled', 'data-testid': 'tile-stalled', 'data-i18n': 'tile_stalled', text: t('tile_stalled'), hidden: true }),
       el('span', { class: 'tile-state', 'data-testid': 'tile-state' })),
     el('div', { class: 'tile-tools' },
       pick,
@@ -768,7 +778,7 @@ function renderTile(i) {
   const pick = root.querySelector('[data-testid=tile-pick]');
   const names = [...S.streams.keys()].sort();
   if (tile.stream && !names.includes(tile.stream)) names.unshift(tile.stream);
-  const sig2 = names.join('|') + '#' + (tile.stream || '');
+  const sig2 = names.join('|') + '#' + (tile.stream || '') + '#' + getLang();
   if (pick.dataset.sig !== sig2) {
     pick.dataset.sig = sig2;
     pick.replaceChildren(el('option', { value: '', text: t('tile_none') }), ...names.map((n) => el('option', { value: n, text: n, selected: n === tile.stream })));
@@ -874,7 +884,7 @@ const M = { map: null, layer: null, grid: null, markers: new Map(), tracks: new 
 function initMap() {
   if (M.map) return;
   const L = window.L;
-  if (!L) { $('map-note').textContent = t('map_no_lib'); $('map-note').dataset.state = 'no-lib'; return; }
+  if (!L) { $('map-note').dataset.state = 'no-lib'; renderMapNote(); return; }
   const q = new URLSearchParams(location.search);
   const cfg = S.config.tiles;
   const url = q.has('tiles') ? q.get('tiles') : cfg && cfg.url;
@@ -886,12 +896,17 @@ function initMap() {
     $('map-note').textContent = '';
     $('map-note').dataset.state = M.gcj ? 'tiles-gcj02' : 'tiles';
   } else {
-    $('map-note').textContent = t('map_grid');
     $('map-note').dataset.state = 'grid';
+    renderMapNote();
   }
   M.grid = L.layerGroup().addTo(M.map);
   if (!url) { M.map.on('moveend zoomend', drawGrid); drawGrid(); }
   renderUnits();
+}
+
+function renderMapNote() {
+  const st = $('map-note').dataset.state;
+  $('map-note').textContent = st === 'grid' ? t('map_grid') : st === 'no-lib' ? t('map_no_lib') : '';
 }
 
 function drawGrid() {
@@ -1176,7 +1191,7 @@ async function loadConfig() {
 async function main() {
   initLang();
   translate(document);
-  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderTiles(); renderOrders(); renderCatalog(); renderSos(); });
+  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderHeader(); renderTiles(); renderOrders(); renderCatalog(); renderSos(); renderMapNote(); });
   for (const b of document.querySelectorAll('#layouts button')) b.addEventListener('click', () => { S.saved = null; setLayout(b.dataset.layout); });
   for (const b of document.querySelectorAll('.tabs button')) b.addEventListener('click', () => {
     for (const x of document.querySelectorAll('.tabs button')) x.classList.toggle('on', x === b);

@@ -31,6 +31,8 @@
 //   {"op":"waitDroneAck","stream":S,"cmd":"dc-1","result":"accepted"}
 //   {"op":"publish","stream":S,"token":T,"simulcast":true}  a second page publishes the fake
 //        camera over WHIP (publish.html) -> {layers}
+//   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
+//   {"op":"pick","index":1,"stream":S}     choose S in tile 1's selector -> {stream, pinned}
 //   {"op":"screenshot","path":P}           PNG of the wall page
 //   {"op":"eval","js":"..."}               (diagnostics only) the value of an expression
 //   {"op":"quit"}
@@ -230,6 +232,14 @@ const ops = {
       const a = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-ack]`);
       return a && a.dataset.cmd === cmd && a.dataset.result === result ? { cmd, result, text: a.textContent } : null;
     }, { stream, cmd, result }));
+  },
+  async lang() {
+    await page.locator('[data-testid=lang-switch]').click();
+    return page.evaluate(() => ({ cjk: (document.querySelector('#wall').innerText.match(/[\u3400-\u9fff]+/g) || []), lang: window.wall.lang, title: document.title, htmlLang: document.documentElement.lang, signout: document.querySelector('[data-testid=signout]').textContent }));
+  },
+  async pick({ index, stream }) {
+    await page.locator(`[data-testid=tile-${index}] [data-testid=tile-pick]`).selectOption(stream);
+    return page.evaluate((i) => { const e = document.querySelector(`[data-testid=tile-${i}]`); return { stream: e.dataset.stream, pinned: e.dataset.pinned === 'true' }; }, index);
   },
   async screenshot({ path }) {
     await page.screenshot({ path, fullPage: false });

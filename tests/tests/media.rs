@@ -873,6 +873,18 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
         .unwrap();
     assert_eq!(resp.status(), 403);
 
+    // Layouts by key, picking a stream by hand pins its tile, and the English switch.
+    for (key, layout, tiles) in [("5", "1+5", 6), ("3", "3x3", 9), ("1", "1", 1), ("2", "2x2", 4)] {
+        let l = wall.cmd(serde_json::json!({"op": "layout", "key": key})).await;
+        assert_eq!((l["layout"].as_str(), l["tiles"].as_u64()), (Some(layout), Some(tiles)), "key {key}: {l}");
+    }
+    let picked = wall.cmd(serde_json::json!({"op": "pick", "index": 3, "stream": "off-7"})).await;
+    assert_eq!((picked["stream"].as_str(), picked["pinned"].as_bool()), (Some("off-7"), Some(true)), "{picked}");
+    let en = wall.cmd(serde_json::json!({"op": "lang"})).await;
+    assert_eq!((en["lang"].as_str(), en["htmlLang"].as_str(), en["signout"].as_str()), (Some("en"), Some("en"), Some("Sign out")), "{en}");
+    assert!(en["title"].as_str().unwrap().contains("video wall"), "{en}");
+    assert_eq!(en["cjk"], serde_json::json!(["中文"]), "every string switched to English but the switch back: {en}");
+
     let marker = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-7"})).await;
     assert_eq!((marker["lat"].as_f64(), marker["lon"].as_f64()), (Some(30.59), Some(114.30)), "{marker}");
     let (dlat, dlon) = (marker["mapLat"].as_f64().unwrap() - 30.59, marker["mapLon"].as_f64().unwrap() - 114.30);
