@@ -16,6 +16,7 @@
 //   {"op":"maximise","stream":S} / {"op":"restore"}
 //   {"op":"waitTile","stream":S,"minFrames":60}  until that tile's <video> counts more than
 //        minFrames frames (getVideoPlaybackQuality) -> the tile's stats (frameHeight, kbps, …)
+//   {"op":"waitTileState","stream":S,"state":"stalled"}  until S's tile is in that data-state
 //   {"op":"tiles"}                         -> {tiles: window.wall.tileStats(), pageKbps}
 //   {"op":"pageKbps","ms":4000}            mean page kbit/s (sum over tiles) over ms -> {kbps, samples}
 //   {"op":"waitMarker","subject":S}        -> marker data-* (lat, lon, mapLat, mapLon, kind, stale)
@@ -129,6 +130,13 @@ const ops = {
       const tile = ts.find((x) => x.stream === stream);
       return tile && tile.totalVideoFrames > minFrames ? tile : null;
     });
+  },
+  async waitTileState({ stream, state, timeoutMs = 30000 }) {
+    return until(`tile ${stream} ${state}`, timeoutMs, () => page.evaluate(({ stream, state }) => {
+      const e = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"]`);
+      if (!e || e.dataset.state !== state) return null;
+      return { state, stalledMark: !e.querySelector('[data-testid=tile-stalled]').hidden, stateText: e.querySelector('[data-testid=tile-state]').textContent };
+    }, { stream, state }));
   },
   async tiles() {
     return page.evaluate(() => ({ tiles: window.wall.tileStats(), pageKbps: window.wall.pageKbps(), firstFrameMs: window.wall.firstFrameAt !== null ? window.wall.firstFrameAt - window.wall.signinAt : null }));

@@ -702,7 +702,8 @@ impl FieldClient {
 /// (`field-client run --source test`) plays past 60 frames; the map shows the tablet's marker at
 /// the coordinates it sent; an order sent from the panel reaches the tablet, whose
 /// `accept ID --eta 5` shows on the wall as accepted with ETA 5; the tablet's `sos` raises the
-/// banner (with the tone) until the operator acknowledges it. Writes a screenshot.
+/// banner (with the tone) until the operator acknowledges it. Writes a screenshot. When the
+/// tablet dies its tile is marked stalled, and it plays again by itself when the tablet returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_operator_plays_maps_orders_and_sees_sos() {
     let _media = MEDIA.lock().await;
@@ -749,6 +750,16 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     eprintln!("wall screenshot: {}", path.display());
     let acked = wall.cmd(serde_json::json!({"op": "ackSos"})).await;
     assert_eq!((acked["hidden"].as_bool(), acked["sounding"].as_bool()), (Some(true), Some(false)), "{acked}");
+
+    // The tablet dies (SIGKILL): its tile says "stalled" within seconds; the tablet comes back and
+    // the tile plays again by itself.
+    fc.stop().await;
+    let stalled = wall.cmd(serde_json::json!({"op": "waitTileState", "stream": "off-1", "state": "stalled", "timeoutMs": 15000})).await;
+    assert_eq!(stalled["stalledMark"], true, "{stalled}");
+    let fc = FieldClient::run(&n, "off-1", 30.59, 114.30).await;
+    let back = wall.cmd(serde_json::json!({"op": "waitTileState", "stream": "off-1", "state": "playing", "timeoutMs": 60000})).await;
+    assert_eq!(back["stalledMark"], false, "{back}");
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-1", "minFrames": 30, "timeoutMs": 60000})).await;
 
     wall.quit().await;
     fc.stop().await;
