@@ -21,7 +21,9 @@ fn content_type(path: &Path) -> Option<&'static str> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -35,7 +37,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let web = manifest.join("../web").canonicalize().expect("web/ beside media-server/");
+    let web = manifest
+        .join("../web")
+        .canonicalize()
+        .expect("web/ beside media-server/");
     println!("cargo:rerun-if-changed={}", web.display());
     let mut files = Vec::new();
     let mut top: Vec<_> = std::fs::read_dir(&web)
@@ -43,7 +48,10 @@ fn main() {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("package")))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("package"))
+        })
         .collect();
     top.sort();
     files.extend(top);
@@ -56,8 +64,19 @@ fn main() {
     let mut code = String::from("/// The wall's static files: (URL path, content type, bytes).\npub const WEB_FILES: &[(&str, &str, &[u8])] = &[\n");
     for f in &files {
         let Some(ct) = content_type(f) else { continue };
-        let rel = f.strip_prefix(&web).unwrap().to_string_lossy().replace('\\', "/");
-        writeln!(code, "    ({:?}, {:?}, include_bytes!({:?})),", format!("/{rel}"), ct, f.display().to_string()).unwrap();
+        let rel = f
+            .strip_prefix(&web)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        writeln!(
+            code,
+            "    ({:?}, {:?}, include_bytes!({:?})),",
+            format!("/{rel}"),
+            ct,
+            f.display().to_string()
+        )
+        .unwrap();
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("web_files.rs");

@@ -141,8 +141,10 @@ class Sig {
     ws.onclose = (ev) => {
       for (const p of this.pending.values()) { clearTimeout(p.timer); p.reject(Object.assign(new Error('disconnected'), { code: 'disconnected' })); }
       this.pending.clear();
-      const finalCodes = [4011, 4012, 4013, 4014, 4017];
-      if (this.final || (finalCodes.includes(ev.code) && ev.reason !== 'session resumed on another connection')) {
+      // Final: an error that forbids reconnecting (sent before the close), or its close code
+      // alone; 4017 only for `bye` (a session resumed elsewhere sends session_closed first).
+      const finalClose = [4011, 4012, 4013, 4014].includes(ev.code) || (ev.code === 4017 && ev.reason === 'bye');
+      if (this.final || finalClose) {
         if (!this.final) this.final = { code: ev.code === 4014 ? 'revoked' : ev.code === 4013 ? 'unauthorized' : 'session_closed', message: ev.reason };
         this.onFinal(this.final, welcomed);
         return;

@@ -31,22 +31,35 @@ const QUEUE: usize = 64;
 ///
 /// With `cert` and `key` (PEM files) those are used; with neither, the node's own certificate
 /// (`node.crt`, the one QUIC clients pin). Giving only one of them is an error.
-pub fn acceptor(cert: Option<&Path>, key: Option<&Path>, identity: &NodeIdentity) -> anyhow::Result<TlsAcceptor> {
+pub fn acceptor(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    identity: &NodeIdentity,
+) -> anyhow::Result<TlsAcceptor> {
     let (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) = match (cert, key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .with_context(|| format!("http.tls_cert {}", cert.display()))?
                 .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("http.tls_cert {}: not PEM certificates", cert.display()))?;
-            anyhow::ensure!(!chain.is_empty(), "http.tls_cert {}: no certificate in it", cert.display());
-            let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("http.tls_key {}: no PEM private key", key.display()))?;
+                .with_context(|| {
+                    format!("http.tls_cert {}: not PEM certificates", cert.display())
+                })?;
+            anyhow::ensure!(
+                !chain.is_empty(),
+                "http.tls_cert {}: no certificate in it",
+                cert.display()
+            );
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("http.tls_key {}: no PEM private key", key.display()))?;
             (chain, key)
         }
         (None, None) => (
             vec![CertificateDer::from(identity.cert_der.clone())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
         ),
-        _ => anyhow::bail!("give both http.tls_cert and http.tls_key, or neither (the node's own certificate)"),
+        _ => anyhow::bail!(
+            "give both http.tls_cert and http.tls_key, or neither (the node's own certificate)"
+        ),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -101,7 +114,11 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { rx, local, accept_loop })
+        Ok(TlsListener {
+            rx,
+            local,
+            accept_loop,
+        })
     }
 }
 
