@@ -1032,7 +1032,7 @@ function renderOrders() {
 function renderOrderTargets() {
   const dl = $('order-to-list');
   if (!dl) return;
-  const subs = [...S.units.values()].filter((u) => !CONSOLE.includes(u.role) && u.subject !== S.subject).map((u) => u.subject).sort();
+  const subs = [...S.units.values()].filter((u) => u.kind !== 'drone' && !CONSOLE.includes(u.role) && u.subject !== S.subject).map((u) => u.subject).sort();
   const sig2 = subs.join('|');
   if (dl.dataset.sig === sig2) return;
   dl.dataset.sig = sig2;

@@ -986,7 +986,8 @@ type ApiCheck = (reqwest::Method, &'static str, u16, String, Option<String>, Opt
 
 /// `/api/openapi.json` is an OpenAPI 3 document that lists every route, and the node's real
 /// responses (streams, incidents, log, units with a position, orders created, listed and
-/// answered, attachments, health, errors, wall config) carry the fields and types its schemas
+/// answered, attachments, health, errors, wall config, an officer and a drone in units) carry the
+/// fields and types its schemas
 /// require. Each checked response must be non-trivial (a list with at least one entry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_real_responses() {
@@ -1029,7 +1030,27 @@ async fn openapi_document_matches_real_responses() {
     })
     .await
     .unwrap();
+    // A drone reported by a bridge (pilot token), so /api/units lists a drone unit too.
+    let (bridge, _bev) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), n.token("pilot-3", Role::Pilot))).await.expect("bridge connects");
+    let t = signaling::proto::Telemetry {
+        time: common::now_unix() * 1000,
+        mode: Some("GUIDED".into()),
+        armed: Some(true),
+        lat: Some(30.6),
+        lon: Some(114.3),
+        alt_amsl: Some(60.0),
+        alt_rel: Some(40.0),
+        battery_pct: Some(80.0),
+        satellites: Some(12),
+        ..Default::default()
+    };
+    bridge.send(ClientMsg::Telemetry { drone: "pilot-3-drone1".into(), t: Box::new(t) }).unwrap();
     let op = n.token("op-3", Role::Operator);
+    wait_for("the drone in /api/units", WAIT, || async {
+        let v: serde_json::Value = http.get(n.url("/api/units")).bearer_auth(&op).send().await.ok()?.json().await.ok()?;
+        v["units"].as_array()?.iter().any(|u| u["kind"] == "drone" && u["telemetry"].is_object()).then_some(())
+    })
+    .await;
 
     // (method, path in the document, status, real URL, token, body)
     let mut checks: Vec<ApiCheck> = vec![
@@ -1078,7 +1099,8 @@ async fn openapi_document_matches_real_responses() {
     assert!(!bodies[2]["streams"].as_array().unwrap().is_empty() && !bodies[4]["incidents"].as_array().unwrap().is_empty());
     assert!(!bodies[5]["entries"].as_array().unwrap().is_empty());
     let units = bodies[7]["units"].as_array().unwrap();
-    assert!(units.iter().any(|u| u["position"].is_object()), "a unit with a position was checked: {units:?}");
+    assert!(units.iter().any(|u| u["position"].is_object() && u["kind"] == "person"), "an officer with a position was checked: {units:?}");
+    assert!(units.iter().any(|u| u["kind"] == "drone" && u["telemetry"]["alt_rel"] == 40.0), "a drone unit was checked: {units:?}");
     let order = bodies[8]["order"]["id"].as_str().unwrap().to_owned();
 
     let mut more = vec![
@@ -1103,6 +1125,7 @@ async fn openapi_document_matches_real_responses() {
     check_schema(&doc, &doc["paths"]["/api/attachments"]["post"]["responses"]["201"]["content"]["application/json"]["schema"], &v, "$", &mut errs);
     assert!(errs.is_empty(), "{errs:?} {v}");
     off.close().await;
+    bridge.close().await;
     n.node.shutdown().await;
 }
 
