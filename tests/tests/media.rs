@@ -987,8 +987,7 @@ type ApiCheck = (reqwest::Method, &'static str, u16, String, Option<String>, Opt
 /// `/api/openapi.json` is an OpenAPI 3 document that lists every route, and the node's real
 /// responses (streams, incidents, log, units with a position, orders created, listed and
 /// answered, attachments, health, errors, wall config, an officer and a drone in units) carry the
-/// fields and types its schemas
-/// require. Each checked response must be non-trivial (a list with at least one entry).
+/// fields and types its schemas require. Each checked list must be non-empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_matches_real_responses() {
     use signaling::client::{self, ClientConfig};
