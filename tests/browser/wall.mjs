@@ -34,6 +34,10 @@
 //        camera over WHIP (publish.html) -> {layers}
 //   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
 //   {"op":"pick","index":1,"stream":S}     choose S in tile 1's selector -> {stream, pinned}
+//   {"op":"drag","stream":S,"index":2}     drag S from the stream list onto tile 2 -> {stream, pinned}
+//   {"op":"clickMarker","subject":S}       -> {layout, tiles}
+//   {"op":"log","what":["order","sos"]}    until the Log tab lists those entries -> {whats}
+//   {"op":"sendChat","text":X} / {"op":"waitChat","from":S,"text":X}
 //   {"op":"screenshot","path":P}           PNG of the wall page
 //   {"op":"eval","js":"..."}               (diagnostics only) the value of an expression
 //   {"op":"quit"}
@@ -248,6 +252,34 @@ const ops = {
   async pick({ index, stream }) {
     await page.locator(`[data-testid=tile-${index}] [data-testid=tile-pick]`).selectOption(stream);
     return page.evaluate((i) => { const e = document.querySelector(`[data-testid=tile-${i}]`); return { stream: e.dataset.stream, pinned: e.dataset.pinned === 'true' }; }, index);
+  },
+  async drag({ stream, index }) {
+    await page.locator(`[data-testid=catalog-item][data-stream="${stream}"]`).dragTo(page.locator(`[data-testid=tile-${index}]`));
+    return page.evaluate((i) => { const e = document.querySelector(`[data-testid=tile-${i}]`); return { stream: e.dataset.stream, pinned: e.dataset.pinned === 'true' }; }, index);
+  },
+  async clickMarker({ subject }) {
+    await page.locator(`[data-testid="marker-${subject}"]`).click();
+    return page.evaluate(() => ({ layout: window.wall.layout, tiles: window.wall.tileStats().map((t) => t.stream) }));
+  },
+  async log({ what = [], timeoutMs = 15000 }) {
+    await page.locator('[data-testid=tab-log]').click();
+    return until(`log entries ${what.join(', ')}`, timeoutMs, () => page.evaluate((what) => {
+      const items = [...document.querySelectorAll('[data-testid=log-item]')].map((e) => e.dataset.what);
+      return what.every((w) => items.includes(w)) ? { whats: items } : null;
+    }, what));
+  },
+  async sendChat({ text }) {
+    await page.locator('[data-testid=tab-chat]').click();
+    await page.locator('[data-testid=chat-input]').fill(text);
+    await page.locator('[data-testid=chat-send]').click();
+    return until('the chat line', 15000, () => page.evaluate((text) => [...document.querySelectorAll('[data-testid=chat-item]')].some((e) => e.textContent.includes(text)) || null, text)).then(() => ({ sent: true }));
+  },
+  async waitChat({ from, text, timeoutMs = 30000 }) {
+    await page.locator('[data-testid=tab-chat]').click();
+    return until(`chat from ${from}`, timeoutMs, () => page.evaluate(({ from, text }) => {
+      const e = [...document.querySelectorAll('[data-testid=chat-item]')].find((x) => x.dataset.from === from && x.textContent.includes(text));
+      return e ? { text: e.textContent } : null;
+    }, { from, text }));
   },
   async screenshot({ path }) {
     await page.screenshot({ path, fullPage: false });

@@ -704,6 +704,7 @@ impl FieldClient {
 /// `accept ID --eta 5` shows on the wall as accepted with ETA 5; the tablet's `sos` raises the
 /// banner (with the tone) until the operator acknowledges it. Writes a screenshot. When the
 /// tablet dies its tile is marked stalled, and it plays again by itself when the tablet returns.
+/// Chat goes both ways and the incident log lists order, order state, chat, SOS and its ack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_operator_plays_maps_orders_and_sees_sos() {
     let _media = MEDIA.lock().await;
@@ -742,6 +743,13 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     assert_eq!((shown["eta"].as_u64(), shown["visible"].as_bool()), (Some(5), Some(true)), "{shown}");
     assert!(shown["text"].as_str().unwrap().contains("5"), "{shown}");
 
+    // Chat both ways, and the incident log.
+    wall.cmd(serde_json::json!({"op": "sendChat", "text": "收到 copy"})).await;
+    let chat = fc.line_where("the wall's chat", |v| v["kind"] == "chat").await;
+    assert_eq!((chat["from"].as_str(), chat["text"].as_str()), (Some("op-1"), Some("收到 copy")), "{chat}");
+    fc.one_shot(&["say", "on my way"]).await;
+    wall.cmd(serde_json::json!({"op": "waitChat", "from": "off-1", "text": "on my way"})).await;
+
     fc.one_shot(&["sos", "--text", "water rising"]).await;
     let sos = wall.cmd(serde_json::json!({"op": "waitSos"})).await;
     assert_eq!((sos["from"].as_str(), sos["sounding"].as_bool(), sos["ackVisible"].as_bool()), (Some("off-1"), Some(true), Some(true)), "{sos}");
@@ -750,6 +758,7 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     eprintln!("wall screenshot: {}", path.display());
     let acked = wall.cmd(serde_json::json!({"op": "ackSos"})).await;
     assert_eq!((acked["hidden"].as_bool(), acked["sounding"].as_bool()), (Some(true), Some(false)), "{acked}");
+    wall.cmd(serde_json::json!({"op": "log", "what": ["order", "order_state", "chat", "sos", "sos_ack"]})).await;
 
     // The tablet dies (SIGKILL): its tile says "stalled" within seconds; the tablet comes back and
     // the tile plays again by itself.
@@ -827,7 +836,8 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     n.node.shutdown().await;
 }
 
-/// A `viewer` signs in by pasting its token: it sees the tablet's tile play but no order form,
+/// A `viewer` signs in by pasting its token: it sees the tablet's tile play (layouts by key, a
+/// stream picked or dragged onto a tile, the marker clicked opens it) but no order form,
 /// chat input, SOS acknowledgement or drone commands, and `POST /api/orders` with its token is
 /// 403. Expired, revoked and foreign tokens are refused with their own messages. With GCJ-02
 /// tiles configured (`[wall] tile_coords`), the marker keeps its WGS-84 position but is drawn
@@ -891,6 +901,8 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
     }
     let picked = wall.cmd(serde_json::json!({"op": "pick", "index": 3, "stream": "off-7"})).await;
     assert_eq!((picked["stream"].as_str(), picked["pinned"].as_bool()), (Some("off-7"), Some(true)), "{picked}");
+    let dragged = wall.cmd(serde_json::json!({"op": "drag", "stream": "off-7", "index": 2})).await;
+    assert_eq!((dragged["stream"].as_str(), dragged["pinned"].as_bool()), (Some("off-7"), Some(true)), "{dragged}");
     let en = wall.cmd(serde_json::json!({"op": "lang"})).await;
     assert_eq!((en["lang"].as_str(), en["htmlLang"].as_str(), en["signout"].as_str()), (Some("en"), Some("en"), Some("Sign out")), "{en}");
     assert!(en["title"].as_str().unwrap().contains("video wall"), "{en}");
@@ -902,6 +914,8 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
     let metres = ((dlat * 111_000.0).powi(2) + (dlon * 111_000.0 * 30.59f64.to_radians().cos()).powi(2)).sqrt();
     assert!((100.0..1000.0).contains(&metres) && dlon > 0.0, "GCJ-02 shift of {metres:.0} m ({dlat}, {dlon}): {marker}");
     wall.screenshot("wall-viewer").await;
+    let opened = wall.cmd(serde_json::json!({"op": "clickMarker", "subject": "off-7"})).await;
+    assert_eq!((opened["layout"].as_str(), opened["tiles"][0].as_str()), (Some("1"), Some("off-7")), "clicking the marker opens its stream: {opened}");
 
     wall.quit().await;
     fc.stop().await;
