@@ -821,7 +821,7 @@ function renderOverlay(i, name) {
     allowed
       ? el('div', { class: 'drow cmds' },
           ...['rtl', 'hold', 'land', 'guided'].map((c) => el('button', { 'data-testid': `drone-cmd-${c}`, text: t('cmd_' + c), onclick: () => droneCommand(name, c) })),
-          last ? el('span', { class: 'ack', 'data-testid': 'drone-ack', 'data-cmd': last[0], 'data-result': last[1].result || 'sent', text: `${last[0]}: ${last[1].result ? last[1].result + (last[1].text ? ' ' + last[1].text : '') : t('cmd_sent')}` }) : null)
+          last ? el('span', { class: 'ack', 'data-testid': 'drone-ack', 'data-cmd': last[0], 'data-result': last[1].result || 'sent', text: `${last[0]}: ${last[1].result ? (last[1].result === 'refused' ? t('cmd_refused') : last[1].result) + (last[1].text ? ' ' + last[1].text : '') : t('cmd_sent')}` }) : null)
       : null,
   );
   box.dataset.alt = tm.alt_rel ?? '';
@@ -837,7 +837,7 @@ async function droneCommand(name, command) {
     const r = await sig.request(msg);
     S.commands.set(r.cmd, { drone: name, command, result: null });
   } catch (e) {
-    S.commands.set(`err-${Date.now()}`, { drone: name, command, result: t('cmd_refused'), text: e.message });
+    S.commands.set(`err-${Date.now()}`, { drone: name, command, result: 'refused', text: e.message });
   }
   renderDrones(name);
 }

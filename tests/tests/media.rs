@@ -775,13 +775,22 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     n.node.shutdown().await;
 }
 
-/// Chromium publishes three simulcast layers (publish.html, as in the media tests); on the wall
-/// the stream's tile in 4×4 asks for the layer that fits its ~200 px and receives a smaller
-/// picture (getStats frameHeight) at a lower page bitrate than the same tile maximised.
+/// A GStreamer stream, then Chromium's three simulcast layers (publish.html, as in the media
+/// tests) are live when the operator signs in: the tiles fill newest first. The simulcast
+/// stream's tile in 4×4 asks for the layer that fits its ~200 px and receives a smaller picture
+/// (getStats frameHeight) at a lower page bitrate than the same tile maximised.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
+    let older = WhipPublisher::start(
+        &n.base,
+        "cam-old",
+        &n.token("cam-old", Role::Device),
+        PublishOptions { width: 320, height: 240, fps: 15, audio: false, bitrate_kbps: 200, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish cam-old");
     let mut wall = Wall::start(&n).await;
     let published = wall
         .cmd(serde_json::json!({"op": "publish", "stream": "off-sc", "token": n.token("off-sc", Role::Officer), "simulcast": true, "timeoutMs": 60000}))
@@ -789,6 +798,10 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     eprintln!("simulcast layers: {}", published["layers"]);
     let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-2", Role::Operator)})).await;
     assert_eq!(signed["signedIn"], true, "{signed}");
+    // Both streams were live before sign-in: the empty tiles took them newest first.
+    let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+    let names: Vec<&str> = tiles["tiles"].as_array().unwrap().iter().map(|t| t["stream"].as_str().unwrap_or("")).collect();
+    assert_eq!(names[..2], ["off-sc", "cam-old"], "{tiles}");
 
     // The largest frame height the tile decodes over a few seconds (Chromium's encoder adapts
     // resolution under CPU load on 2 cores: compare the best each layout reaches).
@@ -833,6 +846,7 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     wall.cmd(serde_json::json!({"op": "restore"})).await;
 
     wall.quit().await;
+    older.stop().await.unwrap();
     n.node.shutdown().await;
 }
 
