@@ -16,6 +16,7 @@
 pub mod peer;
 pub mod pipeline;
 pub mod rate;
+pub mod timecode;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::output::Output;
 use peer::{Bounds, Peer};
-use pipeline::{Picture, VideoLayer, AUDIO_SINK};
+pub use pipeline::Picture;
+use pipeline::{VideoLayer, AUDIO_SINK};
 use rate::{LayerCap, Plan, Planner};
 
 /// `--source`: what to publish.
@@ -77,6 +79,8 @@ pub struct MediaOptions {
     pub profile: Option<String>,
     /// The link class (`hw-profiles`), if named.
     pub link: Option<String>,
+    /// Capture size and rate (default 640×480 at 30 fps).
+    pub picture: Option<Picture>,
 }
 
 /// Why no publisher runs.
@@ -321,6 +325,29 @@ fn keyframe_forcer(video_sinks: Vec<gst::Element>) -> Arc<dyn Fn() + Send + Sync
     })
 }
 
+/// Paints the wall-clock time into every frame leaving `stamp` (I420, `picture` sized).
+fn paint_timecode(stamp: &gst::Element, picture: Picture) -> Result<(), Unavailable> {
+    let pad = stamp.static_pad("src").ok_or_else(|| Unavailable::Pipeline("time code element without src pad".into()))?;
+    let (w, h) = (picture.width as usize, picture.height as usize);
+    // GStreamer's default I420 row stride: the width rounded up to 4 bytes.
+    let stride = (w + 3) & !3;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(buffer)) = info.data.as_mut() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let buffer = buffer.make_mut();
+            if let Ok(mut map) = buffer.map_writable() {
+                if map.len() >= stride * h {
+                    timecode::paint(map.as_mut_slice(), w, h, stride, now);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
 /// The layers to publish for `r`: its simulcast layers scaled from `picture`, or one layer that
 /// walks the link's ladder.
 fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer>, Vec<LayerCap>) {
@@ -354,7 +381,7 @@ pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> R
     let link = hw_profiles::shipped()
         .and_then(|c| c.link(&resolution.link).cloned())
         .map_err(|e| Unavailable::Profile(e.to_string()))?;
-    let picture = Picture::default();
+    let picture = opts.picture.unwrap_or_default();
     let (layers, caps) = plan_layers(&resolution, picture);
     out.note(&encoder_note(&resolution, &layers));
     let desc = pipeline::describe(&opts.source, &layers, opts.audio.then_some(&resolution.audio), picture);
@@ -388,6 +415,9 @@ pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> R
     } else {
         (None, None)
     };
+    if opts.source == Source::Test {
+        paint_timecode(&element(pipeline::TIMECODE)?, picture)?;
+    }
     let keyframe = keyframe_forcer(sinks);
     pipeline
         .set_state(gst::State::Playing)
@@ -431,7 +461,7 @@ impl Rate {
     /// it differs enough from the one in force to be worth a `bitrate` line.
     fn update(&mut self, estimate_bps: f64) -> Option<Plan> {
         self.last_estimate = Some(estimate_bps);
-        let plan = self.planner.plan(estimate_bps);
+        let plan = self.planner.plan(Instant::now(), estimate_bps);
         let old = self.applied.clone();
         for (i, (el, enc)) in self.encoders.iter().enumerate() {
             let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i])) else { continue };
