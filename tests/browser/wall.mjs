@@ -30,8 +30,6 @@
 //        relative altitude) -> its fields and the command buttons offered
 //   {"op":"droneCommand","stream":S,"command":"rtl","confirm":true}  click, confirm -> {question, cmd, result}
 //   {"op":"waitDroneAck","stream":S,"cmd":"dc-1","result":"accepted"}
-//   {"op":"publish","stream":S,"token":T,"simulcast":true}  a second page publishes the fake
-//        camera over WHIP (publish.html) -> {layers}
 //   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
 //   {"op":"pick","index":1,"stream":S}     choose S in tile 1's selector -> {stream, pinned}
 //   {"op":"drag","stream":S,"index":2}     drag S from the stream list onto tile 2 -> {stream, pinned}
@@ -73,7 +71,6 @@ const browser = await chromium.launch({
 note(`browser ${browser.version()}`);
 const context = await browser.newContext({ viewport: { width: 1600, height: 900 }, permissions: ['camera', 'microphone'], ignoreHTTPSErrors: true });
 let page = null;
-const pubs = [];
 
 function wire(p, name) {
   p.on('console', (m) => { if (['error', 'warning'].includes(m.type())) note(`${name} console.${m.type()}: ${m.text()}`); });
@@ -199,21 +196,6 @@ const ops = {
         tiles: document.querySelectorAll('#tiles .tile').length,
         playing: window.wall.tileStats().filter((x) => x.state === 'playing').length,
       };
-    });
-  },
-  async publish({ stream, token, simulcast = true, timeoutMs = 60000 }) {
-    const p = await context.newPage();
-    wire(p, `publisher-${stream}`);
-    pubs.push(p);
-    const q = new URLSearchParams({ stream, token, codec: 'vp8', width: '1280', height: '720', audio: '0' });
-    if (simulcast) q.set('simulcast', '1');
-    await p.goto(`${base}/publish.html?${q}`, { waitUntil: 'domcontentloaded' });
-    return until(`publisher ${stream} sending ${simulcast ? '>= 2 layers' : 'video'}`, timeoutMs, async () => {
-      const s = await p.evaluate(async () => (window.yiwang ? { state: window.yiwang.state, error: window.yiwang.error, ...(await window.yiwang.stats().catch(() => ({}))) } : null));
-      if (s && (s.state === 'error' || s.state === 'failed')) throw new Error(`publisher ${s.state}: ${s.error}`);
-      if (!s || s.state !== 'connected') return null;
-      const live = (s.layers || []).filter((l) => l.framesEncoded > 0);
-      return (simulcast ? live.length >= 2 : s.packetsSentVideo > 0) ? { layers: s.layers } : null;
     });
   },
   async droneOverlay({ stream, alt = null, timeoutMs = 30000 }) {
