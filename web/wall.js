@@ -887,10 +887,10 @@ function initMap() {
   if (M.map) return;
   const L = window.L;
   if (!L) { $('map-note').dataset.state = 'no-lib'; renderMapNote(); return; }
-  const q = new URLSearchParams(location.search);
+  // Tiles only from the node's config: a link must not be able to point the wall elsewhere.
   const cfg = S.config.tiles;
-  const url = q.has('tiles') ? q.get('tiles') : cfg && cfg.url;
-  const coords = q.get('coords') || (cfg && cfg.coords) || 'wgs84';
+  const url = cfg && cfg.url;
+  const coords = (cfg && cfg.coords) || 'wgs84';
   M.gcj = coords === 'gcj02';
   M.map = L.map('map', { zoomControl: true, attributionControl: !!url, preferCanvas: false }).setView(S.config.center, S.config.zoom);
   if (url) {
