@@ -700,9 +700,10 @@ impl FieldClient {
 
 /// An operator signs in to the wall (token once in `?token=`); in 2×2 the tablet's stream
 /// (`field-client run --source test`) plays past 60 frames; the map shows the tablet's marker at
-/// the coordinates it sent; an order sent from the panel reaches the tablet, whose
-/// `accept ID --eta 5` shows on the wall as accepted with ETA 5; the tablet's `sos` raises the
-/// banner (with the tone) until the operator acknowledges it. Writes a screenshot. When the
+/// the coordinates it sent; an order sent from the panel reaches the tablet and shows delivered,
+/// the tablet's `accept ID --eta 5` shows as accepted with ETA 5, then done; a second order
+/// declined shows its reason; the tablet's `sos` raises the banner (with the tone) until the
+/// operator acknowledges it. Writes a screenshot. When the
 /// tablet dies its tile is marked stalled, and it plays again by itself when the tablet returns.
 /// Chat goes both ways and the incident log lists order, order state, chat, SOS and its ack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,11 +738,22 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     assert_eq!((got["order"].as_str(), got["from"].as_str()), (Some(order.as_str()), Some("op-1")), "{got}");
     assert_eq!(got["text"], "沙袋送到3号门 Sandbags to gate 3");
 
+    // `run` acknowledged the mail: the order shows delivered before anyone answers it.
+    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "delivered"})).await;
     let accepted = fc.one_shot(&["accept", &order, "--eta", "5"]).await;
     assert_eq!(accepted["order"]["state"], "accepted", "{accepted}");
     let shown = wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "accepted"})).await;
     assert_eq!((shown["eta"].as_u64(), shown["visible"].as_bool()), (Some(5), Some(true)), "{shown}");
     assert!(shown["text"].as_str().unwrap().contains("5"), "{shown}");
+    fc.one_shot(&["done", &order]).await;
+    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "done"})).await;
+    // A second order, declined with a reason.
+    let second = wall.cmd(serde_json::json!({"op": "sendOrder", "to": "off-1", "text": "Hold the bridge"})).await;
+    let second = second["order"]["id"].as_str().unwrap().to_owned();
+    fc.line_where("the second order", |v| v["kind"] == "order" && v["order"] == second.as_str()).await;
+    fc.one_shot(&["decline", &second, "--reason", "bridge flooded"]).await;
+    let declined = wall.cmd(serde_json::json!({"op": "waitOrder", "order": second, "state": "declined"})).await;
+    assert!(declined["text"].as_str().unwrap().contains("bridge flooded"), "the reason is shown: {declined}");
 
     // Chat both ways, and the incident log.
     wall.cmd(serde_json::json!({"op": "sendChat", "text": "收到 copy"})).await;
