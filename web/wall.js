@@ -1010,7 +1010,7 @@ function renderChat() {
   const ul = $('chat-list');
   const items = S.chats.filter((c) => c.incident === S.incident || (!c.incident && (c.to === S.subject || c.from === S.subject)));
   ul.replaceChildren(...items.slice(-200).map((c) => el('li', { 'data-testid': 'chat-item', 'data-from': c.from },
-    el('small', { class: 'muted', text: `${new Date(c.time).toLocaleTimeString()} ` }), el('b', { text: c.from }), `: ${c.text}`)));
+    el('small', { class: 'muted', text: `${new Date(c.time).toLocaleTimeString(locale())} ` }), el('b', { text: c.from }), `: ${c.text}`)));
   ul.scrollTop = ul.scrollHeight;
 }
 
@@ -1044,9 +1044,12 @@ function renderLog() {
   const ul = $('log-list');
   if (!l) { ul.replaceChildren(); return; }
   ul.replaceChildren(...l.entries.slice(-300).reverse().map((e) => el('li', { 'data-testid': 'log-item', 'data-what': e.what, 'data-seq': e.seq },
-    el('small', { class: 'muted', text: `#${e.seq} ${new Date(e.time).toLocaleTimeString()} ` }), el('b', { text: e.who }), ` ${e.what}`,
+    el('small', { class: 'muted', text: `#${e.seq} ${new Date(e.time).toLocaleTimeString(locale())} ` }), el('b', { text: e.who }), ` ${e.what}`,
     e.detail ? el('small', { class: 'muted', text: ` ${JSON.stringify(e.detail)}` }) : null)));
 }
+
+/** The locale for times and numbers: the UI's language. */
+const locale = () => (getLang() === 'zh' ? 'zh-CN' : 'en-GB');
 
 function panelError(e) {
   const p = $('panel-error');
@@ -1193,7 +1196,7 @@ async function loadConfig() {
 async function main() {
   initLang();
   translate(document);
-  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderHeader(); renderTiles(); renderOrders(); renderCatalog(); renderSos(); renderMapNote(); });
+  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderHeader(); renderTiles(); renderOrders(); renderCatalog(); renderSos(); renderMapNote(); renderChat(); renderLog(); });
   for (const b of document.querySelectorAll('#layouts button')) b.addEventListener('click', () => { S.saved = null; setLayout(b.dataset.layout); });
   for (const b of document.querySelectorAll('.tabs button')) b.addEventListener('click', () => {
     for (const x of document.querySelectorAll('.tabs button')) x.classList.toggle('on', x === b);
