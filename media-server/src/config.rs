@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub office: OfficeConfig,
     /// Trunks to other nodes (off unless `listen`, `parent` or `peers` is set).
     pub trunk: TrunkConfig,
+    /// The video wall (map tiles).
+    pub wall: WallConfig,
 }
 
 /// `[node]`
@@ -67,6 +69,15 @@ pub struct HttpConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest accepted request body (SDP offers), bytes. Default 65536; larger → 413.
     pub max_body_bytes: usize,
+    /// Serve HTTPS (and `wss://` for `/ws`) instead of plain HTTP on `listen`. Default false.
+    /// Browsers give camera and microphone only to secure contexts, so a wall or office page
+    /// opened from another machine on the LAN needs this.
+    pub https: bool,
+    /// PEM certificate chain for HTTPS. Default none: the node's own self-signed certificate
+    /// (`node.crt` in the data dir, the one QUIC clients pin). Give it with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -75,6 +86,9 @@ impl Default for HttpConfig {
             listen: ([0, 0, 0, 0], 8080).into(),
             metrics_listen: None,
             max_body_bytes: 64 * 1024,
+            https: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -269,6 +283,68 @@ impl TrunkConfig {
     }
 }
 
+/// Datum of a map tile source.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TileCoords {
+    /// WGS-84 (OpenStreetMap and most sources): positions are drawn as reported.
+    #[default]
+    Wgs84,
+    /// GCJ-02 (most Chinese providers): the wall shifts WGS-84 positions to match the tiles.
+    Gcj02,
+}
+
+/// `[wall]`: the video wall's map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WallConfig {
+    /// Map tile URL template in Leaflet's form (`https://{s}.tile.example/{z}/{x}/{y}.png`).
+    /// Default none: the map shows markers over a coordinate grid, with no network access.
+    pub tile_url: Option<String>,
+    /// Datum of the tiles: `wgs84` (default) or `gcj02`.
+    pub tile_coords: TileCoords,
+    /// Attribution shown on the map for the tiles. Default empty.
+    pub tile_attribution: String,
+    /// Subdomains substituted for `{s}`. Default `abc`.
+    pub tile_subdomains: String,
+    /// Highest zoom level the tiles have. Default 18.
+    pub tile_max_zoom: u8,
+    /// Map centre `[lat, lon]` before any position is known. Default `[30.59, 114.30]`.
+    pub center: [f64; 2],
+    /// Zoom level before any position is known. Default 12.
+    pub zoom: u8,
+}
+
+impl Default for WallConfig {
+    fn default() -> Self {
+        WallConfig {
+            tile_url: None,
+            tile_coords: TileCoords::Wgs84,
+            tile_attribution: String::new(),
+            tile_subdomains: "abc".into(),
+            tile_max_zoom: 18,
+            center: [30.59, 114.30],
+            zoom: 12,
+        }
+    }
+}
+
+impl WallConfig {
+    /// The document `GET /api/wall/config` serves to the wall.
+    pub fn to_json(&self) -> serde_json::Value {
+        let tiles = self.tile_url.as_ref().map(|url| {
+            serde_json::json!({
+                "url": url,
+                "coords": self.tile_coords,
+                "attribution": self.tile_attribution,
+                "subdomains": self.tile_subdomains,
+                "max_zoom": self.tile_max_zoom,
+            })
+        });
+        serde_json::json!({ "tiles": tiles, "center": self.center, "zoom": self.zoom })
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -350,6 +426,17 @@ mod tests {
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
         assert!(toml::from_str::<NodeConfig>("[trunk]\nparents = []\n").is_err());
+    }
+
+    #[test]
+    fn wall_section() {
+        let c: NodeConfig = toml::from_str("[wall]\ntile_url = \"https://t/{z}/{x}/{y}.png\"\ntile_coords = \"gcj02\"\n").unwrap();
+        assert_eq!(c.wall.tile_coords, TileCoords::Gcj02);
+        let j = c.wall.to_json();
+        assert_eq!(j["tiles"]["coords"], "gcj02");
+        assert_eq!(j["zoom"], 12);
+        assert!(NodeConfig::default().wall.to_json()["tiles"].is_null());
+        assert!(toml::from_str::<NodeConfig>("[wall]\ntile_coords = \"bd09\"\n").is_err());
     }
 
     #[test]
