@@ -101,6 +101,9 @@ cat <<EOF
 
   一网 yiwang demo is running.  演示已启动。
 
+  The video wall (operator; both streams, the map, orders, chat, SOS):
+    http://$advertise:$http_port/?token=$ops_token
+
   Open http://$advertise:$http_port/play.html?stream=$stream&token=$view_token
 
   The simulated tablet's camera (a test pattern, published by field-client):
@@ -112,7 +115,7 @@ cat <<EOF
     curl -H "Authorization: Bearer $ops_token" -d '{"incident":"duty","to":"off-demo","text":"Go to gate 3"}' \
       http://$advertise:$http_port/api/orders
 
-  (viewer token valid 24 h; logs: $demo_dir/*.log; Ctrl-C stops everything / 按 Ctrl-C 停止)
+  (viewer and operator tokens valid 24 h; logs: $demo_dir/*.log; Ctrl-C stops everything / 按 Ctrl-C 停止)
 
 EOF
 

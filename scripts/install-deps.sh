@@ -11,7 +11,7 @@ PKGS=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice gstreamer1.0-tools
-  chromium
+  chromium iproute2 fonts-wqy-microhei
   python3-gi gir1.2-gst-rtsp-server-1.0 python3-venv
 )
 
@@ -57,6 +57,9 @@ if [ -f "$browser_dir/package-lock.json" ]; then
     (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
   fi
 fi
+
+# The wall's vendored browser libraries (Leaflet) into web/vendor/, embedded by media-server.
+bash "$here/scripts/build-web.sh"
 
 # pymavlink for drone-bridge's tests (drone-bridge/tests/vehicle.py); the tests create the same
 # venv themselves when it is missing.

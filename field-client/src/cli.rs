@@ -26,8 +26,9 @@ use crate::run::{self, RunOptions};
 /// Exit codes: 0 done; 1 bad command line, or the node cannot be reached; 2 the node refused
 /// (token refused or revoked, or the request answered with an error).
 ///
-/// `run` also publishes camera and microphone (or a test pattern) through the node. Not in this
-/// version: `profiles`, `watch`.
+/// `run` also publishes camera and microphone (or a test pattern) through the node, following
+/// the link's capacity; `watch` plays a stream (a drone feed) and reports its frame rate;
+/// `profiles` shows what this machine would encode with.
 #[derive(Debug, Parser)]
 #[command(name = "field-client", version, max_term_width = 100)]
 pub struct Cli {
@@ -78,6 +79,23 @@ pub enum Command {
     /// Stay connected: print orders, chat and alerts as they arrive, report positions. Runs until
     /// SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Play a stream: subscribe, decode, and print frames per second and picture size each
+    /// second. Runs until SIGINT or SIGTERM, or for --seconds.
+    Watch {
+        /// The stream name (see the node's catalog, e.g. off-12 or pilot-3-drone1).
+        stream: signaling::StreamName,
+        /// Simulcast layer: low, mid, high or auto (the node picks by bandwidth).
+        #[arg(long, value_name = "LAYER", value_parser = ["low", "mid", "high", "auto"])]
+        layer: Option<String>,
+        /// The tallest layer wanted, in rows (instead of --layer).
+        #[arg(long, value_name = "ROWS", conflicts_with = "layer", value_parser = clap::value_parser!(u32).range(16..=4320))]
+        max_height: Option<u32>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        seconds: Option<u64>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List the orders addressed to you, oldest first, with their latest state.
     Orders {
         #[command(flatten)]
@@ -186,13 +204,16 @@ pub struct RunArgs {
     /// Opus settings. Default: wifi.
     #[arg(long, value_name = "LINK")]
     pub link: Option<String>,
-    /// What to publish: camera (v4l2src and the default microphone), test (test pattern and
-    /// ticks) or file:PATH (played once).
+    /// What to publish: camera (v4l2src and the default microphone), test (test pattern with a
+    /// time code that `watch` reads for latency, and ticks) or file:PATH (played once).
     #[arg(long, value_name = "SOURCE", default_value = "camera")]
     pub source: Source,
     /// Publish video only.
     #[arg(long)]
     pub no_audio: bool,
+    /// Capture size and rate, WIDTHxHEIGHT@FPS (simulcast layers are scaled from it).
+    #[arg(long, value_name = "WxH@FPS", default_value = "640x480@30")]
+    pub video: crate::media::Picture,
     /// Where positions come from: fixed:LAT,LON (every second), nmea:PATH (NMEA 0183 RMC/GGA
     /// from a file, device or FIFO), gpsd (localhost:2947) or gpsd:HOST:PORT.
     #[arg(long, value_name = "SOURCE")]
@@ -261,8 +282,9 @@ fn one_line(rendered: &str) -> String {
 
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rtc's DTLS warns on every handshake that it has no server name: noise for a client.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc_dtls::config=error"));
+        // rtc's DTLS warns on every handshake that it has no server name, and its interceptor
+        // registry that congestion control and the defaults both add a TWCC receiver: noise.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc_dtls::config=error,rtc_interceptor::registry=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -290,10 +312,16 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
                     audio: !args.no_audio,
                     profile: args.profile,
                     link: args.link,
+                    picture: Some(args.video),
                 },
                 position: args.position,
             };
             return run::run(&target(&args.common)?, out, opts).await;
+        }
+        Command::Watch { stream, layer, max_height, seconds, common } => {
+            let out = Output::new(common.json);
+            let opts = crate::watch::WatchOptions { stream, layer, max_height, seconds };
+            return crate::watch::watch(&target(&common)?, out, opts).await;
         }
         Command::Profiles { profile, link, json } => {
             return crate::media::print_profiles(profile.as_deref(), link.as_deref(), json);

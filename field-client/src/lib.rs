@@ -26,3 +26,4 @@ pub mod office;
 pub mod output;
 pub mod position;
 pub mod run;
+pub mod watch;

@@ -16,6 +16,7 @@
 pub mod peer;
 pub mod pipeline;
 pub mod rate;
+pub mod timecode;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::output::Output;
 use peer::{Bounds, Peer};
-use pipeline::{Picture, VideoLayer, AUDIO_SINK};
+pub use pipeline::Picture;
+use pipeline::{VideoLayer, AUDIO_SINK};
 use rate::{LayerCap, Plan, Planner};
 
 /// `--source`: what to publish.
@@ -77,6 +79,8 @@ pub struct MediaOptions {
     pub profile: Option<String>,
     /// The link class (`hw-profiles`), if named.
     pub link: Option<String>,
+    /// Capture size and rate (default 640×480 at 30 fps).
+    pub picture: Option<Picture>,
 }
 
 /// Why no publisher runs.
@@ -89,6 +93,9 @@ pub enum Unavailable {
     /// The hardware profile or link class is unknown, or no encoder fits.
     #[error("{0}")]
     Profile(String),
+    /// The source cannot be captured (no camera).
+    #[error("{0}")]
+    Source(String),
     /// The capture-and-encode pipeline could not be built or started.
     #[error("media pipeline: {0}")]
     Pipeline(String),
@@ -277,6 +284,9 @@ type Frame = (Bytes, Duration);
 struct Running {
     pipeline: gst::Pipeline,
     stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// Per layer: the encoder element and what it was built from.
+    encoders: Vec<(gst::Element, hw_profiles::ChosenEncoder)>,
+    audio_encoder: Option<gst::Element>,
 }
 
 impl Drop for Running {
@@ -321,6 +331,29 @@ fn keyframe_forcer(video_sinks: Vec<gst::Element>) -> Arc<dyn Fn() + Send + Sync
     })
 }
 
+/// Paints the wall-clock time into every frame leaving `stamp` (I420, `picture` sized).
+fn paint_timecode(stamp: &gst::Element, picture: Picture) -> Result<(), Unavailable> {
+    let pad = stamp.static_pad("src").ok_or_else(|| Unavailable::Pipeline("time code element without src pad".into()))?;
+    let (w, h) = (picture.width as usize, picture.height as usize);
+    // GStreamer's default I420 row stride: the width rounded up to 4 bytes.
+    let stride = (w + 3) & !3;
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(buffer)) = info.data.as_mut() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let buffer = buffer.make_mut();
+            if let Ok(mut map) = buffer.map_writable() {
+                if map.len() >= stride * h {
+                    timecode::paint(map.as_mut_slice(), w, h, stride, now);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+    Ok(())
+}
+
 /// The layers to publish for `r`: its simulcast layers scaled from `picture`, or one layer that
 /// walks the link's ladder.
 fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer>, Vec<LayerCap>) {
@@ -347,16 +380,99 @@ fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer
 /// Starts publishing `opts` over `client`'s session to `node` (its QUIC `HOST:PORT`, used to pick
 /// the local address). Prints the encoder choice as a `note`; `publishing` lines follow as the
 /// node accepts each offer, and `bitrate` lines as congestion control moves what is sent.
+///
+/// An encoder that fails to start (an error from it within [`ENCODER_PROBE`] of going to
+/// PLAYING) is put aside with a warning and the profile's chain is resolved again without it.
 pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> Result<Publisher, Unavailable> {
     gst::init().map_err(|e| Unavailable::Gstreamer(e.to_string()))?;
-    let has_element = |name: &str| gst::ElementFactory::find(name).is_some();
-    let resolution = choose_encoder(opts.profile.as_deref(), opts.link.as_deref(), &has_element)?;
+    if opts.source == Source::Camera {
+        check_camera()?;
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let (running, resolution, planner, video_rx, audio_rx, keyframe) = loop {
+        let has_element = |name: &str| !failed.iter().any(|f| f == name) && gst::ElementFactory::find(name).is_some();
+        let resolution = choose_encoder(opts.profile.as_deref(), opts.link.as_deref(), &has_element).map_err(|e| {
+            if failed.is_empty() {
+                e
+            } else {
+                Unavailable::Profile(format!("{e} (failed to start: {})", failed.join(", ")))
+            }
+        })?;
+        match launch(opts, &resolution, out) {
+            Ok((running, planner, video_rx, audio_rx, keyframe)) => {
+                break (running, resolution, planner, video_rx, audio_rx, keyframe)
+            }
+            Err(Launch::Encoder(why)) => {
+                out.warning(&format!(
+                    "encoder {} failed to start ({why}); trying the next one of profile {}",
+                    resolution.encoder.element, resolution.device
+                ));
+                failed.push(resolution.encoder.element.clone());
+            }
+            Err(Launch::Other(e)) => return Err(e),
+        }
+    };
+    let rids = planner.layers().iter().map(|l| l.rid.clone()).collect();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (encoders, audio_encoder) = (running.encoders.clone(), running.audio_encoder.clone());
+    let job = Job {
+        client: client.clone(),
+        node: node.to_owned(),
+        codec: resolution.encoder.codec,
+        encoder: resolution.encoder.element.clone(),
+        out,
+        keyframe,
+        rids,
+        rate: Mutex::new(Rate { planner, encoders, audio_encoder, applied: None, last_estimate: None }),
+    };
+    let task = tokio::spawn(async move {
+        job.publish(video_rx, audio_rx, stop_rx).await;
+        drop(running);
+    });
+    Ok(Publisher { task, stop: Some(stop_tx) })
+}
+
+/// How long after PLAYING an encoder error counts as "failed to start".
+pub const ENCODER_PROBE: Duration = Duration::from_millis(700);
+
+/// `--source camera` needs a V4L2 device.
+fn check_camera() -> Result<(), Unavailable> {
+    let any = std::fs::read_dir("/dev")
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("video")))
+        .unwrap_or(false);
+    if any {
+        Ok(())
+    } else {
+        Err(Unavailable::Source(
+            "no camera: no /dev/video* device on this machine (publish --source test or file:PATH instead)".to_owned(),
+        ))
+    }
+}
+
+/// Why [`launch`] failed.
+enum Launch {
+    /// The video encoder reported an error on start: try the next one.
+    Encoder(String),
+    Other(Unavailable),
+}
+
+impl From<Unavailable> for Launch {
+    fn from(e: Unavailable) -> Self {
+        Launch::Other(e)
+    }
+}
+
+type Launched = (Running, Planner, mpsc::Receiver<(usize, Frame)>, Option<mpsc::Receiver<Frame>>, Arc<dyn Fn() + Send + Sync>);
+
+/// Builds the pipeline for `resolution`, starts it and watches its first moments for an encoder
+/// error.
+fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output) -> Result<Launched, Launch> {
     let link = hw_profiles::shipped()
         .and_then(|c| c.link(&resolution.link).cloned())
         .map_err(|e| Unavailable::Profile(e.to_string()))?;
-    let picture = Picture::default();
-    let (layers, caps) = plan_layers(&resolution, picture);
-    out.note(&encoder_note(&resolution, &layers));
+    let picture = opts.picture.unwrap_or_default();
+    let (layers, caps) = plan_layers(resolution, picture);
+    out.note(&encoder_note(resolution, &layers));
     let desc = pipeline::describe(&opts.source, &layers, opts.audio.then_some(&resolution.audio), picture);
     tracing::debug!(pipeline = %desc, "media pipeline");
     let pipeline = gst::parse::launch(&desc)
@@ -388,30 +504,28 @@ pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> R
     } else {
         (None, None)
     };
+    if opts.source == Source::Test {
+        paint_timecode(&element(pipeline::TIMECODE)?, picture)?;
+    }
     let keyframe = keyframe_forcer(sinks);
-    pipeline
-        .set_state(gst::State::Playing)
-        .map_err(|e| Unavailable::Pipeline(format!("cannot start: {e}")))?;
-    let running = Running { pipeline, stopped: Default::default() };
+    let running = Running { pipeline, stopped: Default::default(), encoders, audio_encoder };
+    let started = running.pipeline.set_state(gst::State::Playing);
+    // An encoder that cannot open its device fails now or on its first frames.
+    let bus = running.pipeline.bus().ok_or_else(|| Unavailable::Pipeline("pipeline without a bus".to_owned()))?;
+    let probe = gst::ClockTime::from_mseconds(ENCODER_PROBE.as_millis() as u64);
+    if let Some(msg) = bus.timed_pop_filtered(probe, &[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            let from = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+            let why = format!("{} ({:?})", e.error(), e.debug());
+            if from.starts_with("venc") {
+                return Err(Launch::Encoder(why));
+            }
+            return Err(Unavailable::Pipeline(format!("{from}: {why}")).into());
+        }
+    }
+    started.map_err(|e| Unavailable::Pipeline(format!("cannot start: {e}")))?;
     watch_bus(&running, out);
-
-    let planner = Planner::new(link, caps);
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let job = Job {
-        client: client.clone(),
-        node: node.to_owned(),
-        codec: resolution.encoder.codec,
-        encoder: resolution.encoder.element.clone(),
-        out,
-        keyframe,
-        rids: planner.layers().iter().map(|l| l.rid.clone()).collect(),
-        rate: Mutex::new(Rate { planner, encoders, audio_encoder, applied: None, last_estimate: None }),
-    };
-    let task = tokio::spawn(async move {
-        job.publish(video_rx, audio_rx, stop_rx).await;
-        drop(running);
-    });
-    Ok(Publisher { task, stop: Some(stop_tx) })
+    Ok((running, Planner::new(link, caps), video_rx, audio_rx, keyframe))
 }
 
 /// The running encoders and what congestion control last made of them.
@@ -431,7 +545,7 @@ impl Rate {
     /// it differs enough from the one in force to be worth a `bitrate` line.
     fn update(&mut self, estimate_bps: f64) -> Option<Plan> {
         self.last_estimate = Some(estimate_bps);
-        let plan = self.planner.plan(estimate_bps);
+        let plan = self.planner.plan(Instant::now(), estimate_bps);
         let old = self.applied.clone();
         for (i, (el, enc)) in self.encoders.iter().enumerate() {
             let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i])) else { continue };

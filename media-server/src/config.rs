@@ -32,6 +32,10 @@ pub struct NodeConfig {
     pub sfu: SfuSection,
     /// The mobile office (attachments).
     pub office: OfficeConfig,
+    /// Trunks to other nodes (off unless `listen`, `parent` or `peers` is set).
+    pub trunk: TrunkConfig,
+    /// The video wall (map tiles).
+    pub wall: WallConfig,
 }
 
 /// `[node]`
@@ -65,6 +69,15 @@ pub struct HttpConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Largest accepted request body (SDP offers), bytes. Default 65536; larger → 413.
     pub max_body_bytes: usize,
+    /// Serve HTTPS (and `wss://` for `/ws`) instead of plain HTTP on `listen`. Default false.
+    /// Browsers give camera and microphone only to secure contexts, so a wall or office page
+    /// opened from another machine on the LAN needs this.
+    pub https: bool,
+    /// PEM certificate chain for HTTPS. Default none: the node's own self-signed certificate
+    /// (`node.crt` in the data dir, the one QUIC clients pin). Give it with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -73,6 +86,9 @@ impl Default for HttpConfig {
             listen: ([0, 0, 0, 0], 8080).into(),
             metrics_listen: None,
             max_body_bytes: 64 * 1024,
+            https: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -215,6 +231,120 @@ impl Default for OfficeConfig {
     }
 }
 
+/// `[trunk]`: this node's links to its parent(s) and peers in the province.
+///
+/// Off unless `listen`, `parent` or `peers` is set; then `ca`, `cert` and `key` are required
+/// (made by `media-server ca init` / `ca issue NODE`). Names of parents and peers are learned from
+/// their certificates, so only addresses are configured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// This node's name on trunks; its certificate must carry it. Default: the node id.
+    pub node: Option<NodeId>,
+    /// UDP address of the trunk endpoint (children and peers dial it). Default: none, and an
+    /// ephemeral port when only dialling.
+    pub listen: Option<SocketAddr>,
+    /// `HOST:PORT` of the parent's trunk endpoint. Default none (the province root).
+    pub parent: Option<String>,
+    /// `HOST:PORT` of a second parent, used when the trunk to the first is down. Default none.
+    pub second_parent: Option<String>,
+    /// `HOST:PORT` of peers (siblings that exchange their subtrees' streams). Default none.
+    pub peers: Vec<String>,
+    /// The province CA certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), issued by the CA.
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// How long a stream keeps crossing trunks after its last viewer here left, s. Default 10.
+    pub grace_secs: u64,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            node: None,
+            listen: None,
+            parent: None,
+            second_parent: None,
+            peers: Vec::new(),
+            ca: None,
+            cert: None,
+            key: None,
+            grace_secs: 10,
+        }
+    }
+}
+
+impl TrunkConfig {
+    /// Whether trunks are configured at all.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.parent.is_some() || self.second_parent.is_some() || !self.peers.is_empty()
+    }
+}
+
+/// Datum of a map tile source.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TileCoords {
+    /// WGS-84 (OpenStreetMap and most sources): positions are drawn as reported.
+    #[default]
+    Wgs84,
+    /// GCJ-02 (most Chinese providers): the wall shifts WGS-84 positions to match the tiles.
+    Gcj02,
+}
+
+/// `[wall]`: the video wall's map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WallConfig {
+    /// Map tile URL template in Leaflet's form (`https://{s}.tile.example/{z}/{x}/{y}.png`).
+    /// Default none: the map shows markers over a coordinate grid, with no network access.
+    pub tile_url: Option<String>,
+    /// Datum of the tiles: `wgs84` (default) or `gcj02`.
+    pub tile_coords: TileCoords,
+    /// Attribution shown on the map for the tiles. Default empty.
+    pub tile_attribution: String,
+    /// Subdomains substituted for `{s}`. Default `abc`.
+    pub tile_subdomains: String,
+    /// Highest zoom level the tiles have. Default 18.
+    pub tile_max_zoom: u8,
+    /// Map centre `[lat, lon]` before any position is known. Default `[30.59, 114.30]`.
+    pub center: [f64; 2],
+    /// Zoom level before any position is known. Default 12.
+    pub zoom: u8,
+}
+
+impl Default for WallConfig {
+    fn default() -> Self {
+        WallConfig {
+            tile_url: None,
+            tile_coords: TileCoords::Wgs84,
+            tile_attribution: String::new(),
+            tile_subdomains: "abc".into(),
+            tile_max_zoom: 18,
+            center: [30.59, 114.30],
+            zoom: 12,
+        }
+    }
+}
+
+impl WallConfig {
+    /// The document `GET /api/wall/config` serves to the wall.
+    pub fn to_json(&self) -> serde_json::Value {
+        let tiles = self.tile_url.as_ref().map(|url| {
+            serde_json::json!({
+                "url": url,
+                "coords": self.tile_coords,
+                "attribution": self.tile_attribution,
+                "subdomains": self.tile_subdomains,
+                "max_zoom": self.tile_max_zoom,
+            })
+        });
+        serde_json::json!({ "tiles": tiles, "center": self.center, "zoom": self.zoom })
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -280,6 +410,33 @@ mod tests {
         assert_eq!(c.media.advertise, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(c.media.listen, MediaConfig::default().listen);
         assert_eq!(c.node.id.as_ref().map(|i| i.as_str()), Some("county-7"));
+    }
+
+    #[test]
+    fn trunk_section() {
+        assert!(!NodeConfig::default().trunk.enabled());
+        let c: NodeConfig = toml::from_str(
+            "[trunk]\nparent = \"city-a.example:4434\"\nsecond_parent = \"10.1.0.2:4434\"\npeers = [\"county-8:4434\"]\n\
+             ca = \"/etc/yiwang/ca.pem\"\ncert = \"/etc/yiwang/county-7.pem\"\nkey = \"/etc/yiwang/county-7.key\"\n",
+        )
+        .unwrap();
+        assert!(c.trunk.enabled());
+        assert_eq!(c.trunk.grace_secs, 10);
+        assert_eq!(c.trunk.parent.as_deref(), Some("city-a.example:4434"));
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(toml::from_str::<NodeConfig>("[trunk]\nparents = []\n").is_err());
+    }
+
+    #[test]
+    fn wall_section() {
+        let c: NodeConfig = toml::from_str("[wall]\ntile_url = \"https://t/{z}/{x}/{y}.png\"\ntile_coords = \"gcj02\"\n").unwrap();
+        assert_eq!(c.wall.tile_coords, TileCoords::Gcj02);
+        let j = c.wall.to_json();
+        assert_eq!(j["tiles"]["coords"], "gcj02");
+        assert_eq!(j["zoom"], 12);
+        assert!(NodeConfig::default().wall.to_json()["tiles"].is_null());
+        assert!(toml::from_str::<NodeConfig>("[wall]\ntile_coords = \"bd09\"\n").is_err());
     }
 
     #[test]

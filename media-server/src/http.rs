@@ -50,6 +50,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The office's attachment store (`/api/attachments`).
     pub attachments: Arc<AttachmentStore>,
+    /// The wall's map settings (`/api/wall/config`).
+    pub wall: Arc<crate::config::WallConfig>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -322,6 +324,20 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
         node: state.node_id.to_string(),
         streams: state.live.list(),
     }))
+}
+
+/// The OpenAPI 3 document of this API (`docs/openapi.json`, kept in step with `docs/api.md`;
+/// `tests/tests/media.rs` checks real responses against it).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /api/openapi.json` (open).
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], OPENAPI).into_response()
+}
+
+/// `GET /api/wall/config` (open): the wall's map settings from `[wall]`.
+async fn wall_config(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.wall.to_json())
 }
 
 /// `GET /ws`: the signaling protocol over WebSocket (docs/protocol.md); the token travels in
@@ -668,22 +684,23 @@ async fn api_attachment_get(
     Ok(resp)
 }
 
-/// The wall's static files, compiled into the binary.
-const STATIC_FILES: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../web/index.html")),
-    ("/index.html", "text/html; charset=utf-8", include_str!("../../web/index.html")),
-    ("/play.html", "text/html; charset=utf-8", include_str!("../../web/play.html")),
-    ("/publish.html", "text/html; charset=utf-8", include_str!("../../web/publish.html")),
-    ("/yiwang.js", "text/javascript; charset=utf-8", include_str!("../../web/yiwang.js")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../web/style.css")),
-];
+/// The wall's static files, compiled into the binary (`build.rs` lists `web/`).
+mod web {
+    include!(concat!(env!("OUT_DIR"), "/web_files.rs"));
+}
+
+/// The embedded file served at `path` (`/` is `/index.html`): (content type, bytes).
+pub fn web_file(path: &str) -> Option<(&'static str, &'static [u8])> {
+    let path = if path == "/" { "/index.html" } else { path };
+    web::WEB_FILES.iter().find(|(p, _, _)| *p == path).map(|(_, ct, body)| (*ct, *body))
+}
 
 async fn static_file(uri: axum::http::Uri, method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed").into_response();
     }
-    match STATIC_FILES.iter().find(|(p, _, _)| *p == uri.path()) {
-        Some((_, ct, body)) => ([(header::CONTENT_TYPE, *ct)], *body).into_response(),
+    match web_file(uri.path()) {
+        Some((ct, body)) => ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-cache")], body).into_response(),
         None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found").into_response(),
     }
 }
@@ -736,6 +753,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
             post(api_attachments_post).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/attachments/{sha256}", get(api_attachment_get))
+        .route("/api/wall/config", get(wall_config))
+        .route("/api/openapi.json", get(openapi))
         .route("/ws", get(ws));
     if state.metrics_here {
         r = r.route("/metrics", get(metrics));

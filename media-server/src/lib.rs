@@ -3,7 +3,8 @@
 //!
 //! Layout, from the wire inward:
 //! - [`node`]: composition (identity, listeners, tasks) — what `main` and the tests start;
-//! - [`http`]: axum handlers (WHIP/WHEP, API, metrics, static wall pages);
+//! - [`http`]: axum handlers (WHIP/WHEP, API, OpenAPI document, metrics, the wall's static files);
+//! - [`tls`]: HTTPS for the HTTP listener (PEM files or the node's own certificate);
 //! - [`media`]: the tokio shell of the media plane — one UDP socket, one task;
 //! - [`sfu`]: the sans-IO SFU engine owning every WebRTC session (str0m `Rtc`);
 //! - [`forward`]: the sans-IO forwarding core (routing, keyframe logic), no str0m inside;
@@ -11,6 +12,7 @@
 //! - [`signal`]: the signaling shells (QUIC via [`quic`], WebSocket `/ws`) around the sans-IO
 //!   `signaling::core`;
 //! - [`attachments`]: the office's content-addressed attachment store;
+//! - [`trunk`]: trunks to other nodes (province CA, mutually authenticated QUIC);
 //! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
@@ -31,3 +33,5 @@ pub mod quic;
 pub mod sfu;
 pub mod signal;
 pub mod streams;
+pub mod trunk;
+pub mod tls;

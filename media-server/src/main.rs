@@ -70,6 +70,36 @@ enum Command {
     /// Revoke every token of a subject (issued until now) or one token by id. A running node
     /// using this data directory applies it within a second and closes matching sessions.
     Revoke(RevokeArgs),
+    /// The province CA that authenticates trunks between nodes.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create the province CA (ca.pem, ca.key mode 0600, ca.name) in DIR; refuses to replace one.
+    /// Prints the certificate and key paths.
+    Init {
+        /// CA directory (created if missing). Keep it on the CA host: ca.key signs every node.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Common name of the CA certificate.
+        #[arg(long, value_name = "NAME", default_value = "yiwang province CA")]
+        name: String,
+    },
+    /// Issue a certificate for node NODE (DNS name = NODE, TLS server and client use), written as
+    /// NODE.pem and NODE.key (0600); refuses to overwrite. Prints both paths.
+    Issue {
+        /// The node name (as in its `[trunk] node` / node id).
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// CA directory made by `ca init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the node's files. Default: the CA directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +148,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Token(args)) => token(args),
         Some(Command::Revoke(args)) => revoke(args),
+        Some(Command::Ca(cmd)) => ca(cmd),
         None => run(cli.run),
     };
     match result {
@@ -142,6 +173,23 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let token = identity.issuer().issue(&req, now);
     println!("{token}");
+    Ok(())
+}
+
+fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    use media_server::trunk::ca::ProvinceCa;
+    match cmd {
+        CaCommand::Init { dir, name } => {
+            let (cert, key) = ProvinceCa::init(&dir, &name)?;
+            println!("{}\n{}", cert.display(), key.display());
+        }
+        CaCommand::Issue { node, dir, out } => {
+            let node = trunk::NodeName::parse(&node).map_err(|e| anyhow::anyhow!("NODE: {e}"))?;
+            let ca = ProvinceCa::load(&dir)?;
+            let (cert, key) = ca.issue_to(&node, out.as_deref().unwrap_or(&dir))?;
+            println!("{}\n{}", cert.display(), key.display());
+        }
+    }
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub struct RunningNode {
     pub node_id: NodeId,
     /// HTTP listener address.
     pub http_addr: SocketAddr,
+    /// Whether that listener speaks HTTPS (`[http] https`).
+    pub https: bool,
     /// Separate metrics listener, when configured.
     pub metrics_addr: Option<SocketAddr>,
     /// The media (WebRTC) UDP socket's address.
@@ -64,6 +66,8 @@ pub struct RunningNode {
     pub media: MediaHandle,
     /// The signaling server.
     pub hub: Arc<Hub>,
+    /// The trunk shell, when `[trunk]` is configured.
+    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -80,6 +84,9 @@ impl RunningNode {
     /// Stops every task of the node.
     pub async fn shutdown(self) {
         self.quic.close(0u32.into(), b"node shutting down");
+        if let Some(t) = self.trunk {
+            t.shutdown().await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -195,18 +202,37 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics_here: config.http.metrics_listen.is_none(),
         hub: hub.clone(),
         attachments,
+        wall: Arc::new(config.wall.clone()),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
     let app = http::router(state.clone(), config.http.max_body_bytes);
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let http_task = if config.http.https {
+        let acceptor = crate::tls::acceptor(config.http.tls_cert.as_deref(), config.http.tls_key.as_deref(), &identity)?;
+        let listener = crate::tls::TlsListener::new(listener, acceptor)?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTPS server stopped");
+            }
+        })
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        })
+    };
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
+    let trunk = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone()).await? {
+        Some((handle, sync_task)) => {
+            info!(trunk = %handle.local_addr(), "trunk endpoint bound");
+            tasks.push(sync_task);
+            Some(handle)
+        }
+        None => None,
+    };
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
@@ -220,10 +246,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }));
     }
 
-    info!(node = %identity.node_id, http = %http_addr, media = %media_addr, quic = %quic_addr, "node started");
+    info!(node = %identity.node_id, http = %http_addr, https = config.http.https, media = %media_addr, quic = %quic_addr, "node started");
     Ok(RunningNode {
         node_id: identity.node_id.clone(),
         http_addr,
+        https: config.http.https,
         metrics_addr,
         media_addr,
         advertised_media_addr: advertised,
@@ -233,6 +260,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics,
         media,
         hub,
+        trunk,
         tasks,
         quic,
     })

@@ -155,3 +155,31 @@ fn help_and_bad_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a node data directory"));
 }
+
+#[test]
+fn ca_init_and_issue() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let ca = ca.to_str().unwrap();
+    let out = run(&["ca", "init", "--dir", ca]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 2, "certificate and key paths: {lines}");
+    assert!(lines.lines().all(|p| std::path::Path::new(p).exists()));
+    // Never replaced.
+    let out = run(&["ca", "init", "--dir", ca]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let nodes = dir.path().join("nodes");
+    let nodes = nodes.to_str().unwrap();
+    let out = run(&["ca", "issue", "county-7", "--dir", ca, "--out", nodes]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pem = std::fs::read_to_string(dir.path().join("nodes/county-7.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("nodes/county-7.key")).unwrap();
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
+    media_server::trunk::tls::TrunkCredentials::from_pem(&ca_pem, &pem, &key).expect("usable trunk credentials");
+    let out = run(&["ca", "issue", "../evil", "--dir", ca]);
+    assert!(!out.status.success());
+    let out = run(&["ca", "issue", "county-8", "--dir", nodes]);
+    assert!(!out.status.success(), "not a CA directory");
+}

@@ -12,6 +12,8 @@ use hw_profiles::{AudioSettings, ChosenEncoder, Codec};
 
 use super::Source;
 
+/// Name of the element (test source only) after which the time code is painted.
+pub const TIMECODE: &str = "stamp";
 /// Name of the audio appsink.
 pub const AUDIO_SINK: &str = "audio";
 /// Name of the Opus encoder element.
@@ -41,6 +43,26 @@ pub struct Picture {
 impl Default for Picture {
     fn default() -> Self {
         Picture { width: 640, height: 480, fps: 30 }
+    }
+}
+
+impl std::str::FromStr for Picture {
+    type Err = String;
+
+    /// `WIDTHxHEIGHT@FPS`, e.g. `1280x720@30` (even sizes 160x120 to 3840x2160, 1 to 60 fps).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not WIDTHxHEIGHT@FPS (e.g. 1280x720@30)");
+        let (size, fps) = s.split_once('@').ok_or_else(bad)?;
+        let (w, h) = size.split_once('x').ok_or_else(bad)?;
+        let (width, height, fps): (u32, u32, u32) =
+            (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?, fps.parse().map_err(|_| bad())?);
+        if !(160..=3840).contains(&width) || !(120..=2160).contains(&height) || width % 2 + height % 2 != 0 {
+            return Err(format!("{s:?}: width 160–3840 and height 120–2160, both even"));
+        }
+        if !(1..=60).contains(&fps) {
+            return Err(format!("{s:?}: 1–60 frames per second"));
+        }
+        Ok(Picture { width, height, fps })
     }
 }
 
@@ -98,7 +120,11 @@ fn named(fragment: &str, element: &str, name: &str) -> String {
 pub fn describe(source: &Source, layers: &[VideoLayer], audio: Option<&AudioSettings>, picture: Picture) -> String {
     let caps = raw_caps(picture);
     let video_in = match source {
-        Source::Test => format!("videotestsrc is-live=true pattern=smpte ! {caps}"),
+        // I420 so that the time code can be painted into the luma plane (see `timecode`).
+        Source::Test => format!(
+            "videotestsrc is-live=true pattern=smpte ! {},format=I420 ! identity name={TIMECODE}",
+            caps
+        ),
         Source::Camera => {
             format!("v4l2src ! videoconvert ! videoscale ! videorate ! {caps}")
         }
@@ -158,7 +184,7 @@ mod tests {
         let r = resolution(&|e| e == "x264enc" || e == "openh264enc");
         let p = Picture::default();
         let d = describe(&Source::Test, &one(&r, p), Some(&r.audio), p);
-        assert!(d.starts_with("videotestsrc is-live=true pattern=smpte ! video/x-raw,width=640,height=480,framerate=30/1 ! tee name=raw raw. ! queue max-size-buffers=2 leaky=downstream ! videoconvert ! x264enc name=venc0 "), "{d}");
+        assert!(d.starts_with("videotestsrc is-live=true pattern=smpte ! video/x-raw,width=640,height=480,framerate=30/1,format=I420 ! identity name=stamp ! tee name=raw raw. ! queue max-size-buffers=2 leaky=downstream ! videoconvert ! x264enc name=venc0 "), "{d}");
         assert!(d.contains("h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=video0 "), "{d}");
         assert!(d.contains(" audiotestsrc is-live=true wave=ticks ! "), "{d}");
         assert!(d.contains("opusenc name=aenc ") && d.ends_with("appsink name=audio sync=false max-buffers=30 drop=true"), "{d}");
@@ -181,6 +207,14 @@ mod tests {
         assert!(d.contains("videoscale ! video/x-raw,width=160,height=120 ! videoconvert ! x264enc name=venc2 "), "{d}");
         assert!(d.contains("appsink name=video2 "), "{d}");
         assert_eq!(Picture::default().scaled(64.0), (16, 16));
+    }
+
+    #[test]
+    fn pictures_parse() {
+        assert_eq!("1280x720@30".parse(), Ok(Picture { width: 1280, height: 720, fps: 30 }));
+        for bad in ["1280x720", "1280@30", "axb@c", "1281x720@30", "1280x720@0", "100x100@30", "1280x720@61"] {
+            assert!(bad.parse::<Picture>().is_err(), "{bad}");
+        }
     }
 
     #[test]

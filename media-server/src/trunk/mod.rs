@@ -1,0 +1,92 @@
+//! Trunks between nodes: the province CA, the mutually authenticated QUIC configuration tuned
+//! for media, and the tokio shell that drives the sans-IO [`::trunk::Router`].
+//!
+//! - [`ca`]: `media-server ca init` / `ca issue NODE` — the province CA and per-node certificates;
+//! - [`tls`]: rustls + quinn configuration: both ends present a certificate issued by the
+//!   province CA and are checked against the node name they claim; BBR, a 1350-byte initial MTU,
+//!   datagrams on, keep-alive 250 ms and idle timeout 1 s so a cut trunk is noticed within 1 s;
+//! - [`shell`]: the tokio shell — endpoint, diallers, one task per trunk carrying the control
+//!   stream, and the actor owning the router (catalogs and subscriptions; no media yet).
+//!
+//! This module must not touch the SFU or signaling: media forwarding over trunks is not built
+//! yet (docs/trunk.md).
+
+pub mod ca;
+pub mod shell;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::TrunkConfig;
+use crate::streams::LiveStreams;
+
+/// How often the live-stream table is copied into the trunk catalog.
+pub const CATALOG_SYNC: Duration = Duration::from_millis(500);
+
+/// Starts the trunk shell for a node from its `[trunk]` section (`None` when trunks are not
+/// configured), and a task that announces the node's live streams (one layer per received video
+/// layer, at least one) as they come and go.
+pub async fn start_for_node(
+    cfg: &TrunkConfig,
+    node_id: &str,
+    live: LiveStreams,
+) -> anyhow::Result<Option<(shell::TrunkHandle, tokio::task::JoinHandle<()>)>> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let need = |p: &Option<std::path::PathBuf>, what: &str| {
+        p.clone()
+            .with_context(|| format!("[trunk] {what} is required when trunks are configured"))
+    };
+    let credentials = tls::TrunkCredentials::load(
+        &need(&cfg.ca, "ca")?,
+        &need(&cfg.cert, "cert")?,
+        &need(&cfg.key, "key")?,
+    )?;
+    let node = cfg.node.as_ref().map(|n| n.as_str()).unwrap_or(node_id);
+    let node = ::trunk::NodeName::parse(node).map_err(|e| anyhow::anyhow!("[trunk] node: {e}"))?;
+    let shell_cfg = shell::ShellConfig {
+        node,
+        listen: cfg.listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+        parents: cfg
+            .parent
+            .iter()
+            .chain(cfg.second_parent.iter())
+            .cloned()
+            .collect(),
+        peers: cfg.peers.clone(),
+        grace: Duration::from_secs(cfg.grace_secs),
+        credentials,
+    };
+    let handle = shell::start(shell_cfg).await?;
+    let h = handle.clone();
+    let task = tokio::spawn(async move {
+        let mut known: BTreeMap<String, u8> = BTreeMap::new();
+        let mut tick = tokio::time::interval(CATALOG_SYNC);
+        loop {
+            tick.tick().await;
+            let now: BTreeMap<String, u8> = live
+                .list()
+                .into_iter()
+                .map(|s| (s.name.to_string(), s.layers.len().clamp(1, 8) as u8))
+                .collect();
+            for (name, layers) in &now {
+                if known.get(name) != Some(layers) {
+                    if let Ok(s) = ::trunk::StreamName::parse(name) {
+                        h.publish(s, ::trunk::LayerSet::first(*layers));
+                    }
+                }
+            }
+            for name in known.keys().filter(|n| !now.contains_key(*n)) {
+                if let Ok(s) = ::trunk::StreamName::parse(name) {
+                    h.unpublish(s);
+                }
+            }
+            known = now;
+        }
+    });
+    Ok(Some((handle, task)))
+}

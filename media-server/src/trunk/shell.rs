@@ -1,0 +1,534 @@
+//! The tokio shell of the trunk router: one QUIC endpoint, a dialler per configured parent or
+//! peer (reconnecting with backoff), a task per connection carrying the control stream, and one
+//! actor task that owns the sans-IO [`::trunk::Router`] and its timer.
+//!
+//! A connection: the dialler opens the one bidirectional stream, both sides send `Hello` first;
+//! each checks the other's certificate names the node its `Hello` claims
+//! ([`TrunkCredentials::verify_peer_name`]); only then is the trunk up for the router. Names of
+//! parents and peers are learned this way, so the config lists only addresses.
+//!
+//! Media forwarding over trunks (RTP in QUIC datagrams through the SFU) is not built yet: the
+//! router's [`Route`]s are kept in [`TrunkHandle::route`] for the media plane to come.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::trunk::wire::{encode, FrameDecoder, Message};
+use ::trunk::{
+    CatalogEntry, LayerSet, NodeName, Output, Route, Router, RouterConfig, StreamAddr, StreamName,
+    ViewerEvent, ViewerId,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::tls::TrunkCredentials;
+
+/// How long a new connection may take to say `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control messages (and trunk up/down news) queued from all trunks to the router; a full queue
+/// stops reading from the trunks (QUIC flow control pushes back on the peers).
+pub const NET_QUEUE: usize = 1024;
+/// Control messages queued towards one trunk; a peer that lets this fill up is not reading and
+/// its trunk is closed (it reconnects and gets a fresh catalog).
+pub const LINK_QUEUE: usize = 8192;
+/// Reconnect backoff of a dialler: from this ...
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// ... doubling up to this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the shell needs to run.
+#[derive(Debug, Clone)]
+pub struct ShellConfig {
+    /// This node's name (its certificate must carry it).
+    pub node: NodeName,
+    /// UDP address of the trunk endpoint.
+    pub listen: SocketAddr,
+    /// `HOST:PORT` of parents, primary first.
+    pub parents: Vec<String>,
+    /// `HOST:PORT` of peers.
+    pub peers: Vec<String>,
+    /// Prune grace of the router.
+    pub grace: Duration,
+    /// Certificates.
+    pub credentials: TrunkCredentials,
+}
+
+/// A trunk connection reported by its task to the actor.
+struct Link {
+    id: u64,
+    dialled: bool,
+    /// Rank among parents (`Some(n)`) or a peer (`None`) when dialled; unused when accepted.
+    uplink: Option<Uplink>,
+    tx: mpsc::Sender<Message>,
+    conn: quinn::Connection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uplink {
+    Parent(usize),
+    Peer(usize),
+}
+
+enum Cmd {
+    Up {
+        peer: NodeName,
+        link: Link,
+    },
+    Down {
+        peer: NodeName,
+        id: u64,
+    },
+    Msg {
+        peer: NodeName,
+        id: u64,
+        msg: Message,
+    },
+    Publish(StreamName, LayerSet),
+    Unpublish(StreamName),
+    Subscribe(ViewerId, StreamAddr, LayerSet),
+    Unsubscribe(ViewerId, StreamAddr),
+    Catalog(oneshot::Sender<Vec<CatalogEntry>>),
+    Trunks(oneshot::Sender<Vec<NodeName>>),
+}
+
+/// Handle on a running trunk shell. Dropping every handle does not stop it; call
+/// [`TrunkHandle::shutdown`].
+#[derive(Clone)]
+pub struct TrunkHandle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    routes: Arc<Mutex<HashMap<StreamAddr, Route>>>,
+    events: Arc<Mutex<Vec<(ViewerId, StreamAddr, ViewerEvent)>>>,
+    endpoint: quinn::Endpoint,
+    local: SocketAddr,
+}
+
+impl TrunkHandle {
+    /// The bound trunk address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A local publisher started: `NODE/stream` is announced upward.
+    pub fn publish(&self, stream: StreamName, layers: LayerSet) {
+        let _ = self.cmd.send(Cmd::Publish(stream, layers));
+    }
+
+    /// A local publisher stopped.
+    pub fn unpublish(&self, stream: StreamName) {
+        let _ = self.cmd.send(Cmd::Unpublish(stream));
+    }
+
+    /// A local viewer wants `layers` of `addr`.
+    pub fn subscribe(&self, viewer: ViewerId, addr: StreamAddr, layers: LayerSet) {
+        let _ = self.cmd.send(Cmd::Subscribe(viewer, addr, layers));
+    }
+
+    /// A local viewer left.
+    pub fn unsubscribe(&self, viewer: ViewerId, addr: StreamAddr) {
+        let _ = self.cmd.send(Cmd::Unsubscribe(viewer, addr));
+    }
+
+    /// Every stream reachable from this node by announced routes.
+    pub async fn catalog(&self) -> Vec<CatalogEntry> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Cmd::Catalog(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// The nodes with a trunk up.
+    pub async fn trunks(&self) -> Vec<NodeName> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Cmd::Trunks(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// The router's current forwarding of `addr` (for the media plane).
+    pub fn route(&self, addr: &StreamAddr) -> Option<Route> {
+        self.routes.lock().ok()?.get(addr).cloned()
+    }
+
+    /// Viewer events so far (drained).
+    pub fn take_events(&self) -> Vec<(ViewerId, StreamAddr, ViewerEvent)> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    /// Closes every trunk and the endpoint.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// Binds the endpoint and starts the actor, the acceptor and one dialler per uplink.
+pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
+    let endpoint = super::tls::endpoint_with(
+        cfg.listen,
+        &cfg.credentials,
+        cfg.credentials.client_config_any_node()?,
+    )?;
+    let local = endpoint.local_addr()?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
+    let routes = Arc::new(Mutex::new(HashMap::new()));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut rc = RouterConfig::new(cfg.node.clone());
+    rc.grace = cfg.grace;
+    let actor = Actor {
+        router: Router::new(rc),
+        me: cfg.node.clone(),
+        links: HashMap::new(),
+        parents: vec![None; cfg.parents.len()],
+        peers: vec![None; cfg.peers.len()],
+        routes: routes.clone(),
+        events: events.clone(),
+    };
+    tokio::spawn(actor.run(cmd_rx, net_rx));
+    let creds = Arc::new(cfg.credentials.clone());
+    {
+        let (endpoint, cmd, creds, me) = (
+            endpoint.clone(),
+            net_tx.clone(),
+            creds.clone(),
+            cfg.node.clone(),
+        );
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let (cmd, creds, me) = (cmd.clone(), creds.clone(), me.clone());
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => run_link(conn, false, None, me, creds, cmd).await,
+                        Err(e) => debug!(error = %e, "trunk handshake refused"),
+                    }
+                });
+            }
+        });
+    }
+    let uplinks = cfg
+        .parents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (Uplink::Parent(i), a.clone()))
+        .chain(
+            cfg.peers
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (Uplink::Peer(i), a.clone())),
+        );
+    for (which, addr) in uplinks {
+        let (endpoint, cmd, creds, me) = (
+            endpoint.clone(),
+            net_tx.clone(),
+            creds.clone(),
+            cfg.node.clone(),
+        );
+        tokio::spawn(dial_loop(endpoint, addr, which, me, creds, cmd));
+    }
+    Ok(TrunkHandle {
+        cmd: cmd_tx,
+        routes,
+        events,
+        endpoint,
+        local,
+    })
+}
+
+async fn dial_loop(
+    endpoint: quinn::Endpoint,
+    addr: String,
+    which: Uplink,
+    me: NodeName,
+    creds: Arc<TrunkCredentials>,
+    cmd: mpsc::Sender<Cmd>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if cmd.is_closed() {
+            return;
+        }
+        let target = match tokio::net::lookup_host(&addr).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                warn!(%addr, "trunk uplink address does not resolve");
+                None
+            }
+        };
+        if let Some(target) = target {
+            // The uplink's name is learned from its Hello (checked against its certificate),
+            // so the TLS server name only has to be a valid name; see `tls::client_config`.
+            match endpoint.connect(target, super::tls::ANY_NODE) {
+                Ok(connecting) => match connecting.await {
+                    Ok(conn) => {
+                        backoff = BACKOFF_MIN;
+                        run_link(
+                            conn,
+                            true,
+                            Some(which),
+                            me.clone(),
+                            creds.clone(),
+                            cmd.clone(),
+                        )
+                        .await;
+                    }
+                    Err(e) => debug!(%addr, error = %e, "trunk connect failed"),
+                },
+                Err(quinn::ConnectError::EndpointStopping) => return,
+                Err(e) => warn!(%addr, error = %e, "trunk connect refused locally"),
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs one trunk connection until it ends.
+async fn run_link(
+    conn: quinn::Connection,
+    dialled: bool,
+    uplink: Option<Uplink>,
+    me: NodeName,
+    creds: Arc<TrunkCredentials>,
+    cmd: mpsc::Sender<Cmd>,
+) {
+    let streams = tokio::time::timeout(HELLO_TIMEOUT, async {
+        if dialled {
+            conn.open_bi().await
+        } else {
+            conn.accept_bi().await
+        }
+    })
+    .await;
+    let Ok(Ok((mut send, mut recv))) = streams else {
+        conn.close(1u32.into(), b"no control stream");
+        return;
+    };
+    if send
+        .write_all(&encode(&Message::Hello { node: me.clone() }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut dec = FrameDecoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            match dec.next_message() {
+                Ok(Some(Message::Hello { node })) => return Some(node),
+                Ok(Some(_)) | Err(_) => return None,
+                Ok(None) => {}
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => dec.push(&buf[..n]),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(peer) = hello else {
+        conn.close(1u32.into(), b"no hello");
+        return;
+    };
+    if peer == me {
+        conn.close(1u32.into(), b"that is me");
+        return;
+    }
+    if let Err(e) = creds.verify_peer_name(&conn, peer.as_str()) {
+        warn!(%peer, error = %e, "trunk peer's certificate does not name it; closing");
+        conn.close(2u32.into(), b"name not in certificate");
+        return;
+    }
+    let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+    info!(%peer, dialled, "trunk up");
+    let (tx, mut rx) = mpsc::channel::<Message>(LINK_QUEUE);
+    let _ = cmd
+        .send(Cmd::Up {
+            peer: peer.clone(),
+            link: Link {
+                id,
+                dialled,
+                uplink,
+                tx,
+                conn: conn.clone(),
+            },
+        })
+        .await;
+    let writer = async {
+        while let Some(m) = rx.recv().await {
+            if send.write_all(&encode(&m)).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    };
+    let reader = async {
+        loop {
+            loop {
+                match dec.next_message() {
+                    Ok(Some(msg)) => {
+                        if cmd
+                            .send(Cmd::Msg {
+                                peer: peer.clone(),
+                                id,
+                                msg,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(::trunk::DecodeError::FrameTooLarge(_)) => return,
+                    Err(e) => debug!(%peer, error = %e, "bad trunk frame skipped"),
+                }
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => dec.push(&buf[..n]),
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {},
+        _ = reader => {},
+        _ = conn.closed() => {},
+    }
+    conn.close(0u32.into(), b"bye");
+    info!(%peer, "trunk down");
+    let _ = cmd.send(Cmd::Down { peer, id }).await;
+}
+
+struct Actor {
+    router: Router,
+    me: NodeName,
+    links: HashMap<NodeName, Link>,
+    parents: Vec<Option<NodeName>>,
+    peers: Vec<Option<NodeName>>,
+    routes: Arc<Mutex<HashMap<StreamAddr, Route>>>,
+    events: Arc<Mutex<Vec<(ViewerId, StreamAddr, ViewerEvent)>>>,
+}
+
+impl Actor {
+    /// Serves the handles' commands (`ctl`) and the trunks' news (`net`) until both are closed.
+    async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Cmd>, mut net: mpsc::Receiver<Cmd>) {
+        let (mut ctl_open, mut net_open) = (true, true);
+        while ctl_open || net_open {
+            let timer = self.router.poll_timeout();
+            let sleep = async {
+                match timer {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = ctl.recv(), if ctl_open => match c {
+                    Some(c) => self.handle(c),
+                    None => ctl_open = false,
+                },
+                c = net.recv(), if net_open => match c {
+                    Some(c) => self.handle(c),
+                    None => net_open = false,
+                },
+                _ = sleep => self.router.handle_timeout(std::time::Instant::now()),
+            }
+            self.drain();
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        let now = std::time::Instant::now();
+        match cmd {
+            Cmd::Up { peer, link } => {
+                if let Some(old) = self.links.get(&peer) {
+                    // Two connections between the same nodes (peers dialling each other, or a
+                    // reconnect before the old one timed out): keep the one dialled by the
+                    // smaller name, or else the newer.
+                    let preferred_dialled = self.me < peer;
+                    if old.dialled != link.dialled && link.dialled != preferred_dialled {
+                        link.conn.close(3u32.into(), b"duplicate trunk");
+                        return;
+                    }
+                    old.conn.close(3u32.into(), b"replaced");
+                    self.router.trunk_down(now, &peer);
+                }
+                match link.uplink {
+                    Some(Uplink::Parent(i)) => self.parents[i] = Some(peer.clone()),
+                    Some(Uplink::Peer(i)) => self.peers[i] = Some(peer.clone()),
+                    None => {}
+                }
+                let parents = self.parents.iter().flatten().cloned().collect();
+                let peers = self.peers.iter().flatten().cloned().collect();
+                self.router.set_uplinks(now, parents, peers);
+                self.links.insert(peer.clone(), link);
+                self.router.trunk_up(now, peer);
+            }
+            Cmd::Down { peer, id } => {
+                if self.links.get(&peer).is_some_and(|l| l.id == id) {
+                    self.links.remove(&peer);
+                    self.router.trunk_down(now, &peer);
+                }
+            }
+            Cmd::Msg { peer, id, msg } => {
+                if self.links.get(&peer).is_some_and(|l| l.id == id) {
+                    self.router.handle_message(now, &peer, msg);
+                }
+            }
+            Cmd::Publish(s, l) => self.router.publish(now, s, l),
+            Cmd::Unpublish(s) => self.router.unpublish(now, &s),
+            Cmd::Subscribe(v, a, l) => self.router.subscribe(now, v, a, l),
+            Cmd::Unsubscribe(v, a) => self.router.unsubscribe(now, v, &a),
+            Cmd::Catalog(tx) => {
+                let _ = tx.send(self.router.catalog());
+            }
+            Cmd::Trunks(tx) => {
+                let _ = tx.send(self.links.keys().cloned().collect());
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.router.poll_output() {
+            match out {
+                Output::Send { trunk, msg } => {
+                    if let Some(l) = self.links.get(&trunk) {
+                        if l.tx.try_send(msg).is_err() {
+                            warn!(peer = %trunk, "trunk peer is not reading its control stream; closing");
+                            l.conn.close(4u32.into(), b"control stream backlog");
+                        }
+                    }
+                }
+                Output::Route { addr, route } => {
+                    if let Ok(mut r) = self.routes.lock() {
+                        if route == Route::default() {
+                            r.remove(&addr);
+                        } else {
+                            r.insert(addr, route);
+                        }
+                    }
+                }
+                Output::PublisherKeyframe { stream, layer } => {
+                    debug!(%stream, ?layer, "keyframe request for a local publisher (no media plane yet)");
+                }
+                Output::Viewer {
+                    viewer,
+                    addr,
+                    event,
+                } => {
+                    if let Ok(mut e) = self.events.lock() {
+                        e.push((viewer, addr, event));
+                    }
+                }
+            }
+        }
+    }
+}
