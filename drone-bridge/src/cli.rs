@@ -65,6 +65,14 @@ pub struct Cli {
     /// in VIDEO_STREAM_INFORMATION.
     #[arg(long, value_name = "URI")]
     pub video: Option<VideoSource>,
+    /// The drone camera's hardware profile (hw-profiles, kind drone-camera): which codecs are
+    /// ingested and whether H.265 is transcoded to H.264 (drone-rtsp-h265, drone-jetson-h265).
+    /// The default forwards H.264 untouched and takes nothing else.
+    #[arg(long, value_name = "NAME", default_value = "drone-rtsp-h264")]
+    pub profile: String,
+    /// The link class (hw-profiles) whose bitrate a transcode encodes at.
+    #[arg(long, value_name = "CLASS", default_value = "wifi")]
+    pub link: String,
     /// MAVLink 2 signing: a file holding the 32-byte secret as 64 hexadecimal characters (the
     /// key pymavlink's setup_signing and the autopilot use). The bridge's frames are signed;
     /// frames from the vehicle link that are unsigned or wrongly signed are counted and dropped.
@@ -149,6 +157,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Some(p) => Some(SigningKey::from_file(p).map_err(|e| Error::Usage(format!("--signing-key: {e}")))?),
         None => None,
     };
+    let plans = camera_plans(&cli.profile, &cli.link)?;
     let token = load_token(cli.token.clone(), cli.token_file.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
     let (client, events) = connect(ClientConfig::new(cli.node.clone(), token)).await.map_err(|e| Error::connecting(&cli.node, e))?;
     let session = client.session();
@@ -188,5 +197,16 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         "signing": signed,
         "unix_ms": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     }));
-    mesh::run(client, events, cli.node.clone(), bridge, cli.video.clone()).await
+    mesh::run(client, events, cli.node.clone(), bridge, cli.video.clone(), plans).await
+}
+
+/// The camera ingest plans of `--profile` over `--link`. A bad profile or link is a usage error;
+/// GStreamer missing only means no video (said once, as a warning line).
+fn camera_plans(profile: &str, link: &str) -> Result<Vec<crate::video::Plan>, Error> {
+    if let Err(e) = gstreamer::init() {
+        emit(&json!({"kind": "warning", "message": format!("no video: GStreamer: {e}")}));
+        return Ok(Vec::new());
+    }
+    let has_element = |name: &str| gstreamer::ElementFactory::find(name).is_some();
+    crate::video::plans(profile, link, &has_element).map_err(|e| Error::Usage(format!("--profile {profile} --link {link}: {e}")))
 }

@@ -22,7 +22,7 @@ use crate::core::{CommandRequest, Event, Stats};
 use crate::error::Error;
 use crate::frame::SysId;
 use crate::link::MavlinkHandle;
-use crate::video::{self, Publisher, VideoSource};
+use crate::video::{self, Plan, Publisher, VideoSource};
 
 /// Bound on the last events after `bye`.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -101,6 +101,8 @@ struct Mesh {
     subject: String,
     /// `--video`: published for the first vehicle seen.
     video_arg: Option<VideoSource>,
+    /// How the camera's codecs are ingested (`--profile`); empty: no video.
+    plans: Vec<Plan>,
     /// Link state per drone, re-sent after a reconnect.
     links: BTreeMap<SysId, bool>,
     /// Acks not yet sent (the connection was down).
@@ -124,7 +126,7 @@ impl Mesh {
         }
         let stream = drone_name(&self.subject, drone);
         emit(&json!({"kind": "video", "drone": stream, "source": source.to_string()}));
-        match video::start(&self.client, &self.node, &stream, source) {
+        match video::start(&self.client, &self.node, &stream, source, self.plans.clone()) {
             Ok(p) => {
                 self.publishers.insert(drone, p);
             }
@@ -208,7 +210,15 @@ impl Mesh {
 }
 
 /// Runs until SIGINT/SIGTERM (`Ok`) or until the node ends the session (`Err(Refused)`).
-pub async fn run(client: Client, mut events: Events, node: String, mut bridge: MavlinkHandle, video_arg: Option<VideoSource>) -> Result<(), Error> {
+/// `plans` are the camera ingest plans ([`video::plans`]); empty when video is unavailable.
+pub async fn run(
+    client: Client,
+    mut events: Events,
+    node: String,
+    mut bridge: MavlinkHandle,
+    video_arg: Option<VideoSource>,
+    plans: Vec<Plan>,
+) -> Result<(), Error> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Local(format!("cannot handle SIGTERM: {e}")))?;
@@ -218,6 +228,7 @@ pub async fn run(client: Client, mut events: Events, node: String, mut bridge: M
         node,
         subject,
         video_arg,
+        plans,
         links: BTreeMap::new(),
         unsent: Vec::new(),
         publishers: BTreeMap::new(),

@@ -9,8 +9,13 @@
 //! the reconnection. A keyframe request from the node cannot be forced on a camera that is not
 //! ours to encode; the next keyframe of the camera's own GOP serves it.
 //!
-//! Not in this version: H.265 cameras (they would need a transcode, which the hardware profile
-//! should decide).
+//! H.265: the SFU forwards only H.264 and VP8, so an H.265 camera is decoded and re-encoded as
+//! H.264 — only when the drone-camera hardware profile (`--profile`, from `hw-profiles`) says so
+//! for that codec (`drone-rtsp-h265`, `drone-jetson-h265`); the default profile
+//! `drone-rtsp-h264` forwards H.264 untouched and ingests nothing else. The profile's ingest
+//! entries are [`Plan`]s tried in order: an RTSP camera whose stream does not link to the current
+//! plan's depayloader (`not-linked`/`not-negotiated`) is tried with the next one. RTP/UDP has no
+//! SDP, so a `udp://` source is taken to carry the first plan's codec.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,7 @@ use field_client::media::peer::{Bounds, Peer};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use hw_profiles::Codec;
 use serde_json::json;
 use signaling::client::{Client, ClientError};
 use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
@@ -83,18 +89,64 @@ impl std::fmt::Display for VideoSource {
 
 const SINK: &str = "video";
 
-/// The gst-launch description for `source`: depayload and parse only, never a decoder or an
-/// encoder.
-pub fn describe(source: &VideoSource) -> String {
+/// How one codec of the camera becomes the H.264 published: from RTP to H.264 access units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The camera's codec.
+    pub codec: Codec,
+    /// gst-launch fragment from RTP to parsed H.264.
+    pub fragment: String,
+    /// Whether it decodes and re-encodes (H.265 → H.264), and with which elements.
+    pub transcode: Option<String>,
+}
+
+/// The plans of drone-camera profile `profile` over link class `link`, in the profile's order.
+pub fn plans(profile: &str, link: &str, has_element: &dyn Fn(&str) -> bool) -> Result<Vec<Plan>, String> {
+    let catalog = hw_profiles::shipped().map_err(|e| e.to_string())?;
+    let device = catalog.device(profile).map_err(|e| e.to_string())?;
+    let link = catalog.link(link).map_err(|e| e.to_string())?;
+    if device.ingest.is_empty() {
+        return Err(format!("profile {profile} is a {} profile, not a drone camera's", device.kind));
+    }
+    let mut out = Vec::new();
+    for ing in &device.ingest {
+        let plan = hw_profiles::resolve_ingest(device, ing.codec, link, has_element).map_err(|e| e.to_string())?;
+        match &plan.transcode {
+            None if plan.codec == Codec::H264 => out.push(Plan {
+                codec: Codec::H264,
+                fragment: format!("{} ! {} config-interval=-1", ing.depay, ing.parse),
+                transcode: None,
+            }),
+            None => return Err(format!("profile {profile} forwards {} untouched, which the node does not take", plan.codec.as_str())),
+            Some((dec, enc)) => out.push(Plan {
+                codec: plan.codec,
+                fragment: format!("{} ! h264parse config-interval=-1", plan.pipeline),
+                transcode: Some(format!("{} -> {}", dec.element, enc.encoder.element)),
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The default plan: H.264 depayloaded and parsed, forwarded untouched.
+pub fn h264_passthrough() -> Plan {
+    Plan { codec: Codec::H264, fragment: "rtph264depay ! h264parse config-interval=-1".to_owned(), transcode: None }
+}
+
+/// The gst-launch description for `source` with `plan`: depayload and parse (and, only when the
+/// plan transcodes, decode and encode).
+pub fn describe(source: &VideoSource, plan: &Plan) -> String {
     let tail = format!(
-        "rtph264depay ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name={SINK} sync=false max-buffers=64 drop=true"
+        "{} ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name={SINK} sync=false max-buffers=64 drop=true",
+        plan.fragment
     );
     match source {
         VideoSource::Rtsp(uri) => format!("rtspsrc location=\"{uri}\" protocols=udp+tcp latency=200 ! {tail}"),
         VideoSource::Udp { host, port } => {
             let addr = host.as_ref().map(|h| format!(" address={h}")).unwrap_or_default();
+            let name = if plan.codec == Codec::H265 { "H265" } else { "H264" };
             format!(
-                "udpsrc port={port}{addr} caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name=H264\" ! rtpjitterbuffer latency=200 ! {tail}"
+                "udpsrc port={port}{addr} caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}\" ! rtpjitterbuffer latency=200 ! {tail}"
             )
         }
     }
@@ -120,11 +172,14 @@ impl Publisher {
 }
 
 /// Starts publishing `source` as `stream` over `client`'s session to `node` (its QUIC
-/// `HOST:PORT`, which picks the local address of the peer).
-pub fn start(client: &Client, node: &str, stream: &str, source: VideoSource) -> Result<Publisher, String> {
+/// `HOST:PORT`, which picks the local address of the peer), with `plans` tried in order.
+pub fn start(client: &Client, node: &str, stream: &str, source: VideoSource, plans: Vec<Plan>) -> Result<Publisher, String> {
     gst::init().map_err(|e| format!("GStreamer: {e}"))?;
     let stream = StreamName::parse(stream).map_err(|e| format!("stream name {stream}: {e}"))?;
-    let job = Job { client: client.clone(), node: node.to_owned(), stream, source };
+    if plans.is_empty() {
+        return Err("no ingest plan".to_owned());
+    }
+    let job = Job { client: client.clone(), node: node.to_owned(), stream, source, plans };
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(job.run(stop_rx));
     Ok(Publisher { task, stop: Some(stop_tx) })
@@ -147,8 +202,9 @@ impl Drop for Running {
 }
 
 /// Starts the pipeline: access units into the channel; a message into `failed` on error or end.
-fn run_pipeline(source: &VideoSource) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
-    let desc = describe(source);
+fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
+    let desc = describe(source, plan);
+    tracing::debug!(pipeline = %desc, "video pipeline");
     let pipeline = gst::parse::launch(&desc)
         .map_err(|e| format!("{e} ({desc})"))?
         .downcast::<gst::Pipeline>()
@@ -209,6 +265,12 @@ struct Job {
     node: String,
     stream: StreamName,
     source: VideoSource,
+    plans: Vec<Plan>,
+}
+
+/// Whether a pipeline failure says the stream is not in the plan's codec.
+fn codec_mismatch(why: &str) -> bool {
+    why.contains("not-linked") || why.contains("not-negotiated")
 }
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -219,13 +281,21 @@ const STALL: Duration = Duration::from_secs(10);
 impl Job {
     async fn run(self, mut stop: oneshot::Receiver<()>) {
         let mut backoff = BACKOFF_MIN;
+        let mut plan = 0;
         loop {
-            match self.attempt(&mut stop, &mut backoff).await {
+            match self.attempt(&self.plans[plan], &mut stop, &mut backoff).await {
                 Ok(()) => return,
                 Err(Fatal(why)) => {
                     emit(&json!({"kind": "warning", "message": format!("cannot publish {}: {why}", self.stream)}));
                     let _ = stop.await;
                     return;
+                }
+                Err(Retry(why)) if codec_mismatch(&why) && self.plans.len() > 1 && matches!(self.source, VideoSource::Rtsp(_)) => {
+                    let from = self.plans[plan].codec.as_str();
+                    plan = (plan + 1) % self.plans.len();
+                    emit(&json!({"kind": "note", "message": format!("video {}: not {from} ({why}); trying {}", self.stream, self.plans[plan].codec.as_str())}));
+                    backoff = BACKOFF_MIN;
+                    continue;
                 }
                 Err(Retry(why)) => {
                     emit(&json!({"kind": "warning", "message": format!("video {}: {why}; again in {} s", self.stream, backoff.as_secs())}));
@@ -240,8 +310,8 @@ impl Job {
     }
 
     /// One run: pipeline, first frame, peer, publish, pump. `Ok` only when stopped.
-    async fn attempt(&self, stop: &mut oneshot::Receiver<()>, backoff: &mut Duration) -> Result<(), AttemptError> {
-        let (_running, mut frames, mut failed) = run_pipeline(&self.source).map_err(Fatal)?;
+    async fn attempt(&self, plan: &Plan, stop: &mut oneshot::Receiver<()>, backoff: &mut Duration) -> Result<(), AttemptError> {
+        let (_running, mut frames, mut failed) = run_pipeline(&self.source, plan).map_err(Fatal)?;
         // Publish only once the camera delivers: a dead source is not a stream.
         let first = tokio::select! {
             _ = &mut *stop => return Ok(()),
@@ -274,7 +344,8 @@ impl Job {
             let _ = self.client.request(ClientMsg::MediaClose { id: 0, media }).await;
             return Err(Retry(e));
         }
-        emit(&json!({"kind": "publishing", "stream": self.stream.as_str(), "media": media, "source": self.source.to_string()}));
+        emit(&json!({"kind": "publishing", "stream": self.stream.as_str(), "media": media, "source": self.source.to_string(),
+            "codec": plan.codec.as_str(), "transcode": plan.transcode}));
         let session = self.client.session().session;
         let mut connected = false;
         let mut pending = Some(first);
@@ -337,15 +408,31 @@ mod tests {
     #[test]
     fn sources_parse_and_describe_without_a_decoder() {
         let r: VideoSource = "rtsp://10.0.0.5:8554/cam".parse().unwrap();
-        let d = describe(&r);
+        let d = describe(&r, &h264_passthrough());
         assert!(d.starts_with("rtspsrc location=\"rtsp://10.0.0.5:8554/cam\" protocols=udp+tcp"), "{d}");
         let elements: Vec<&str> = d.split('!').filter_map(|e| e.split_whitespace().next()).collect();
         assert!(elements.iter().all(|e| !e.ends_with("dec") && !e.ends_with("enc")), "{d}");
         assert_eq!("udp://5600".parse(), Ok(VideoSource::Udp { host: None, port: 5600 }));
         assert_eq!("udp://127.0.0.1:5600".parse::<VideoSource>().unwrap().to_string(), "udp://127.0.0.1:5600");
-        assert!(describe(&"udp://5600".parse().unwrap()).starts_with("udpsrc port=5600 caps="));
+        assert!(describe(&"udp://5600".parse().unwrap(), &h264_passthrough()).starts_with("udpsrc port=5600 caps="));
         for bad in ["http://x", "udp://", "udp://0", "udp://h\"x:5", "rtsp://a b"] {
             assert!(bad.parse::<VideoSource>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn profiles_decide_whether_h265_is_transcoded() {
+        let has = |e: &str| ["avdec_h265", "x264enc", "openh264enc"].contains(&e);
+        let p = plans("drone-rtsp-h264", "wifi", &has).unwrap();
+        assert_eq!(p, vec![h264_passthrough()]);
+        let p = plans("drone-rtsp-h265", "wifi", &has).unwrap();
+        assert_eq!(p.iter().map(|p| p.codec).collect::<Vec<_>>(), vec![Codec::H264, Codec::H265]);
+        assert_eq!(p[0].transcode, None);
+        assert_eq!(p[1].transcode.as_deref(), Some("avdec_h265 -> x264enc"));
+        assert!(p[1].fragment.starts_with("rtph265depay ! h265parse ! avdec_h265 ! videoconvert ! x264enc"), "{}", p[1].fragment);
+        let d = describe(&"udp://5600".parse().unwrap(), &p[1]);
+        assert!(d.contains("encoding-name=H265"), "{d}");
+        assert!(plans("tablet-software", "wifi", &has).is_err());
+        assert!(plans("no-such-profile", "wifi", &has).is_err());
     }
 }

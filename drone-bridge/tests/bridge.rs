@@ -598,15 +598,21 @@ mod e2e {
 
     impl Camera {
         async fn start() -> Camera {
-            Self::start_on(0).await
+            Self::start_with(0, "h264").await
         }
 
         /// On `port` (0: any free one).
         async fn start_on(port: u16) -> Camera {
+            Self::start_with(port, "h264").await
+        }
+
+        /// On `port`, serving `codec` (h264, h265).
+        async fn start_with(port: u16, codec: &str) -> Camera {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rtsp_camera.py");
             let mut child = Command::new("/usr/bin/python3")
                 .arg(script)
                 .arg(port.to_string())
+                .arg(codec)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -722,6 +728,39 @@ mod e2e {
         let viewer = WhepViewer::start(&node.base(), "pilot-3-drone1", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
         let s = viewer.wait_frames(60, WAIT).await.expect("frames from RTP/UDP");
         assert_eq!((s.width, s.height), (640, 480));
+        viewer.stop().await.expect("viewer DELETE");
+        bridge.terminate().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_h265_camera_is_transcoded_only_when_the_profile_says() {
+        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        let node = start_node().await;
+        let camera = Camera::start_with(0, "h265").await;
+        let pilot = node.token("pilot-3", Role::Pilot);
+        let viewer_token = node.token("wall-1", Role::Viewer);
+        let quic = node.quic();
+        let uri = camera.uri.clone();
+
+        // The default profile forwards H.264 only: an H.265 camera is never published.
+        let mut bridge = Bridge::spawn(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--video", &uri]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        let vehicle = Peer::start("vehicle", &format!("udpout:{}", started["mavlink"].as_str().unwrap()), &[]).await;
+        let w = bridge.line_where("a warning instead of publishing", |v| v["kind"] == "warning" || v["kind"] == "publishing").await;
+        assert_eq!(w["kind"], "warning", "{w}");
+        bridge.terminate().await;
+        drop(vehicle);
+
+        // drone-rtsp-h265 transcodes it to H.264.
+        let mut bridge = Bridge::spawn(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--video", &uri, "--profile", "drone-rtsp-h265"]);
+        let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+        let _vehicle = Peer::start("vehicle", &format!("udpout:{}", started["mavlink"].as_str().unwrap()), &[]).await;
+        let publishing = bridge.line_where("publishing", |v| v["kind"] == "publishing").await;
+        assert_eq!((publishing["codec"].as_str(), publishing["transcode"].as_str().map(|t| t.starts_with("avdec_h265 -> "))), (Some("h265"), Some(true)), "{publishing}");
+        let viewer = WhepViewer::start(&node.base(), "pilot-3-drone1", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+        let s = viewer.wait_frames(60, WAIT).await.expect("transcoded frames");
+        assert_eq!((s.width, s.height), (640, 480));
+        assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """A drone camera for drone-bridge's tests: GStreamer's RTSP server (Python GI; run with Debian's
 /usr/bin/python3, python3-gi and gir1.2-gst-rtsp-server-1.0) serving a 640x480 30 fps H.264 test
-pattern at rtsp://127.0.0.1:PORT/cam (PORT: the first argument, default any free one). Prints
+pattern at rtsp://127.0.0.1:PORT/cam (PORT: the first argument, default any free one; a second
+argument "h265" serves H.265 from x265enc instead). Prints
 {"kind":"ready","uri":...} once listening and runs until stdin closes."""
 import json
 import sys
@@ -20,11 +21,14 @@ def main():
     server.set_address("127.0.0.1")
     server.set_service(sys.argv[1] if len(sys.argv) > 1 else "0")
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(
-        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=480,framerate=30/1 "
-        "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
-        "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
-    )
+    src = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=480,framerate=30/1"
+    if len(sys.argv) > 2 and sys.argv[2] == "h265":
+        enc = ("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
+               "! rtph265pay name=pay0 pt=96 config-interval=-1")
+    else:
+        enc = ("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
+               "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=-1")
+    factory.set_launch(f"( {src} ! {enc} )")
     factory.set_shared(True)
     server.get_mount_points().add_factory("/cam", factory)
     server.attach(None)
