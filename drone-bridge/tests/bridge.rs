@@ -585,7 +585,11 @@ mod e2e {
         // Every option is in --help.
         let out = Command::new(BIN).arg("--help").output().await.unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
-        for opt in ["--mavlink", "--node", "--token ", "--token-file", "--gcs", "--video", "--signing-key", "--tlog", "--heartbeat-timeout", "--telemetry-hz"] {
+        // A profile that is not a drone camera's.
+        let (code, err) = run(s(&["--mavlink", "udpin:127.0.0.1:0", "--node", &quic, "--token", &pilot, "--profile", "tablet-software"])).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("--profile tablet-software"), "{err}");
+        for opt in ["--mavlink", "--node", "--token ", "--token-file", "--gcs", "--video", "--signing-key", "--tlog", "--heartbeat-timeout", "--telemetry-hz", "--profile", "--link"] {
             assert!(help.contains(opt), "{opt} in --help");
         }
     }
