@@ -347,6 +347,10 @@ mod e2e {
 
     const BIN: &str = env!("CARGO_BIN_EXE_drone-bridge");
 
+    /// Video tests take turns: on 2 cores, encoding, transcoding and decoding side by side would
+    /// measure the machine rather than the bridge.
+    static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     struct TestNode {
         node: RunningNode,
         dir: tempfile::TempDir,
@@ -637,6 +641,7 @@ mod e2e {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_camera_a_vehicle_announces_reaches_a_whep_viewer_without_re_encoding() {
+        let _turn = MEDIA.lock().await;
         use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start().await;
@@ -674,6 +679,7 @@ mod e2e {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_video_option_camera_that_restarts_is_published_again() {
+        let _turn = MEDIA.lock().await;
         use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start().await;
@@ -707,6 +713,7 @@ mod e2e {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rtp_h264_on_a_udp_port_is_published_too() {
+        let _turn = MEDIA.lock().await;
         use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
         let node = start_node().await;
         let pilot = node.token("pilot-3", Role::Pilot);
@@ -738,6 +745,7 @@ mod e2e {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_h265_camera_is_transcoded_only_when_the_profile_says() {
+        let _turn = MEDIA.lock().await;
         use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start_with(0, "h265").await;
