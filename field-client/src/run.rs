@@ -39,9 +39,14 @@ pub async fn run(target: &Target, out: Output, opts: RunOptions) -> Result<(), E
             Error::Usage(format!("--position nmea:{}: {e}", path.display()))
         })?;
     }
+    // Both handlers are installed before anything is printed: a signal that arrives while the
+    // session is being set up must end it cleanly, not kill the process.
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Local(format!("cannot handle SIGTERM: {e}")))?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Local(format!("cannot handle SIGINT: {e}")))?;
 
     let (client, mut events) = target.connect().await?;
     // The first event is `Connected` (queued by `connect`): say so before anything else.
@@ -65,7 +70,7 @@ pub async fn run(target: &Target, out: Output, opts: RunOptions) -> Result<(), E
     let stop = async {
         #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         #[cfg(not(unix))]

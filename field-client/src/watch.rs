@@ -235,6 +235,10 @@ async fn feed(track: Arc<dyn TrackRemote>, counters: Arc<Counters>, out: Output)
 
 /// Runs `watch`.
 pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(), Error> {
+    // Installed first, so that a signal during setup ends the command cleanly.
+    let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| Error::Local(format!("signal handler: {e}")));
+    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     gst::init().map_err(|e| Error::Local(format!("GStreamer: {e}")))?;
     let (client, _events) = target.connect().await?;
     let ip = local_ip_towards(&target.node)
@@ -292,8 +296,6 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
     let started = Instant::now();
     let end = opts.seconds.map(|s| started + Duration::from_secs(s));
     let mut tick = tokio::time::interval_at((started + Duration::from_secs(1)).into(), Duration::from_secs(1));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Local(format!("SIGTERM handler: {e}")))?;
     let mut connected = false;
     let (mut frames0, mut audio0) = (0, 0);
     let mut all_ages: Vec<u64> = Vec::new();
@@ -340,7 +342,7 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
                     break Ok(());
                 }
             }
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
     };
