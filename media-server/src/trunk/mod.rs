@@ -12,6 +12,7 @@
 //! yet (docs/trunk.md).
 
 pub mod ca;
+pub mod media;
 pub mod shell;
 pub mod tls;
 
