@@ -550,3 +550,142 @@ async fn advertise_and_separate_metrics_listener() {
 fn gstreamer_elements_present() {
     gst_peer::init().expect("GStreamer with webrtcbin, x264enc, avdec_h264 … installed");
 }
+
+/// Trunks between whole nodes on loopback (docs/trunk.md): a node config linked to `parent`
+/// with certificates of a province CA in `ca_dir`, prune grace `grace_secs`.
+mod cascade {
+    use super::*;
+    use media_server::trunk::ca::ProvinceCa;
+    use std::path::Path;
+
+    pub async fn node(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64) -> TestNode {
+        let ca = ProvinceCa::load(ca_dir).expect("CA");
+        let (cert, key) = ca
+            .issue_to(&trunk_name(name), &ca_dir.join("certs"))
+            .expect("node certificate");
+        common::start_node_with(|c| {
+            c.node.id = Some(name.parse().unwrap());
+            c.trunk.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.trunk.parent = parent;
+            c.trunk.ca = Some(ca_dir.join("ca.pem"));
+            c.trunk.cert = Some(cert);
+            c.trunk.key = Some(key);
+            c.trunk.grace_secs = grace_secs;
+        })
+        .await
+    }
+
+    pub fn trunk_name(s: &str) -> ::trunk::NodeName {
+        ::trunk::NodeName::parse(s).unwrap()
+    }
+
+    pub fn trunk_addr(n: &TestNode) -> String {
+        n.node.trunk.as_ref().expect("trunks on").local_addr().to_string()
+    }
+
+    /// Bytes this node has sent on its trunk to `peer` so far.
+    pub fn tx_bytes(n: &TestNode, peer: &str) -> u64 {
+        let stats = n.node.trunk.as_ref().unwrap().stats();
+        stats.iter().find(|s| s.peer.as_str() == peer).map_or(0, |s| s.tx_bytes)
+    }
+
+    /// Bytes sent by `n` to `peer` while the publisher encodes `frames` more frames.
+    pub async fn bytes_per_frames(n: &TestNode, peer: &str, publisher: &WhipPublisher, frames: u64) -> u64 {
+        let (b0, f0) = (tx_bytes(n, peer), publisher.frames_sent());
+        wait_for("the publisher to encode more frames", WAIT, || async {
+            (publisher.frames_sent() >= f0 + frames).then_some(())
+        })
+        .await;
+        tx_bytes(n, peer) - b0
+    }
+}
+
+/// The cascade on loopback: a GStreamer publisher at a township node, WHEP viewers at its parent
+/// (the province) ask for `/whep/township/cam1`; the stream is pulled over the QUIC trunk on
+/// demand. One viewer decodes at least 95 % of the frames; with four viewers the trunk still
+/// carries one copy (at most 1.2× the bytes of one viewer); after the last viewer leaves the
+/// stream stops crossing the trunk within the prune grace (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
+    use cascade::{bytes_per_frames, node, trunk_addr, trunk_name};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 2).await;
+    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 800, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish over WHIP at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    let t_trunk = township.node.trunk.clone().unwrap();
+    wait_for("the province to learn township/cam1", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    assert_eq!(t_trunk.route(&addr), None, "nothing crosses the trunk before a viewer asks");
+    let idle = bytes_per_frames(&township, "province", &publisher, 30).await;
+
+    let token = province.token("wall-1", Role::Viewer);
+    let asked = std::time::Instant::now();
+    let first = WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("WHEP for a remote stream");
+    first.wait_frames(1, WAIT).await.expect("first decoded frame");
+    let first_frame = asked.elapsed();
+    let seen0 = first.stats().frames_decoded;
+    let sent0 = publisher.frames_sent();
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    let s = first
+        .wait_frames(seen0 + 285, Duration::from_secs(10))
+        .await
+        .expect("the province viewer decodes at least 95 % of 300 frames");
+    assert_eq!((s.width, s.height), (640, 480));
+    assert_eq!(first.video_codec().as_deref(), Some("H264"));
+    first.wait_audio(1, WAIT).await.expect("audio crosses the trunk too");
+    let decoded = s.frames_decoded - seen0;
+
+    let one = bytes_per_frames(&township, "province", &publisher, 90).await;
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("more viewers"));
+    }
+    for v in &more {
+        v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
+    }
+    let four = bytes_per_frames(&township, "province", &publisher, 90).await;
+    eprintln!(
+        "cascade: first frame {first_frame:?} after the WHEP POST; {decoded} frames decoded of 300 sent; \
+         trunk bytes per 90 frames: idle {idle}, 1 viewer {one}, 4 viewers {four} ({:.2}x)",
+        four as f64 / one as f64
+    );
+    assert!(one > 20 * idle.max(1000), "the stream crosses the trunk: {one} vs idle {idle}");
+    assert!(four * 10 <= one * 12, "one copy on the trunk: 4 viewers {four} bytes vs 1 viewer {one}");
+
+    for v in more {
+        v.stop().await.expect("viewer DELETE");
+    }
+    first.stop().await.expect("viewer DELETE");
+    let left = std::time::Instant::now();
+    wait_for("the stream to stop crossing the trunk", Duration::from_secs(10), || async {
+        t_trunk
+            .route(&addr)
+            .is_none_or(|r| !r.outputs.iter().any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))))
+            .then_some(())
+    })
+    .await;
+    let pruned = left.elapsed();
+    let after = bytes_per_frames(&township, "province", &publisher, 30).await;
+    eprintln!("cascade: pruned {pruned:?} after the last viewer left (grace 2 s); then {after} bytes per 30 frames");
+    assert!(pruned < Duration::from_secs(4), "pruned after {pruned:?}");
+    assert!(after * 10 < one / 3, "nothing but keep-alives cross after the prune: {after}");
+    publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+}

@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ::trunk::wire::Message;
-use ::trunk::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr, StreamName};
+use ::trunk::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
 
 /// Largest frame fragment in one datagram, bytes: with the flow id, RTP header and flags the
 /// datagram stays within 1,200 bytes (QUIC's datagram room at the 1350-byte initial MTU).
@@ -141,6 +141,8 @@ struct Track {
 pub struct TrunkPlane {
     me: NodeName,
     routes: HashMap<StreamAddr, Route>,
+    /// Routed streams published here, by local name.
+    local: HashMap<String, StreamAddr>,
     tracks: HashMap<TrackKey, Track>,
     out_flows: HashMap<(NodeName, TrackKey), u16>,
     next_flow: HashMap<NodeName, u16>,
@@ -204,6 +206,7 @@ impl TrunkPlane {
         TrunkPlane {
             me,
             routes: HashMap::new(),
+            local: HashMap::new(),
             tracks: HashMap::new(),
             out_flows: HashMap::new(),
             next_flow: HashMap::new(),
@@ -233,9 +236,13 @@ impl TrunkPlane {
             self.ready_sent.remove(&addr);
         }
         if route == Route::default() {
+            self.local.remove(addr.stream.as_str());
             self.routes.remove(&addr);
             self.tracks.retain(|k, _| k.addr != addr);
         } else {
+            if addr.node == self.me {
+                self.local.insert(addr.stream.as_str().to_owned(), addr.clone());
+            }
             self.routes.insert(addr, route);
         }
     }
@@ -254,9 +261,9 @@ impl TrunkPlane {
 
     /// Whether a frame of local `stream`'s track goes to any trunk (so the caller can skip making
     /// a codec descriptor otherwise).
-    pub fn wants_local(&self, stream: &StreamName, video: bool, layer: LayerId) -> bool {
-        let addr = StreamAddr::new(self.me.clone(), stream.clone());
-        self.routes.get(&addr).is_some_and(|r| {
+    pub fn wants_local(&self, stream: &str, video: bool, layer: LayerId) -> bool {
+        let Some(addr) = self.local.get(stream) else { return false };
+        self.routes.get(addr).is_some_and(|r| {
             r.source == Some(Hop::Local)
                 && r.outputs
                     .iter()
@@ -277,7 +284,7 @@ impl TrunkPlane {
     #[allow(clippy::too_many_arguments)]
     pub fn send_local_frame(
         &mut self,
-        stream: &StreamName,
+        stream: &str,
         video: bool,
         layer: LayerId,
         time: u64,
@@ -290,8 +297,9 @@ impl TrunkPlane {
         if !self.wants_local(stream, video, layer) {
             return;
         }
+        let Some(addr) = self.local.get(stream) else { return };
         let key = TrackKey {
-            addr: StreamAddr::new(self.me.clone(), stream.clone()),
+            addr: addr.clone(),
             video,
             layer,
         };
@@ -586,14 +594,14 @@ mod tests {
         town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]));
         county.set_route(addr.clone(), route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1)), (Hop::Trunk(n("city")), LayerSet(1))]));
         city.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]));
-        let cam = StreamName::parse("cam").unwrap();
+        let cam = "cam";
         let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let mut total = 0;
         for i in 0..10u64 {
-            town.send_local_frame(&cam, true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &frame);
+            town.send_local_frame(cam, true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &frame);
             // Layer 1 is not subscribed anywhere: it never leaves the town.
-            town.send_local_frame(&cam, true, LayerId(1), 3000 * i, i == 0, false, 96, codec, &frame);
-            town.send_local_frame(&cam, false, LayerId(0), 960 * i, false, false, 111, codec, &[1, 2, 3]);
+            town.send_local_frame(cam, true, LayerId(1), 3000 * i, i == 0, false, 96, codec, &frame);
+            town.send_local_frame(cam, false, LayerId(0), 960 * i, false, false, 111, codec, &[1, 2, 3]);
             total += carry(&mut town, &mut county, now, |_| false);
             carry(&mut county, &mut city, now, |_| false);
         }
@@ -619,9 +627,9 @@ mod tests {
         let addr = a("town/cam");
         town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]));
         city.set_route(addr.clone(), route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]));
-        let cam = StreamName::parse("cam").unwrap();
+        let cam = "cam";
         for i in 0..3u64 {
-            town.send_local_frame(&cam, true, LayerId(0), 3000 * i, false, false, 96, codec, &[7; 3000]);
+            town.send_local_frame(cam, true, LayerId(0), 3000 * i, false, false, 96, codec, &[7; 3000]);
             carry(&mut town, &mut city, now, |j| i == 1 && j == 1);
         }
         let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
@@ -647,9 +655,9 @@ mod tests {
         for p in [&mut a_side, &mut b_side] {
             p.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Trunk(n("province")), LayerSet(1))]));
         }
-        let cam = StreamName::parse("cam").unwrap();
+        let cam = "cam";
         let step = |origin: &mut TrunkPlane, a_side: &mut TrunkPlane, b_side: &mut TrunkPlane, prov: &mut TrunkPlane, i: u64, a_late: bool| {
-            origin.send_local_frame(&cam, true, LayerId(0), 3000 * i, i % 4 == 0, false, 96, codec, &[i as u8; 2000]);
+            origin.send_local_frame(cam, true, LayerId(0), 3000 * i, i % 4 == 0, false, 96, codec, &[i as u8; 2000]);
             let mut outs: Vec<TrunkOutput> = std::iter::from_fn(|| origin.poll_output()).collect();
             for o in outs.drain(..) {
                 match o {
