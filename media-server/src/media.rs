@@ -52,6 +52,9 @@ enum Command {
 pub const REMOTE_VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A remote stream whose audio arrived but no video for this long is answered audio-only.
 const AUDIO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+/// A remote stream whose video arrived but no audio for this long is answered video-only (an
+/// audio track sends every 20 ms, so it shows up well within this if there is one).
+const VIDEO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A WHEP viewer of a remote stream waiting for the pull to deliver.
 struct PendingView {
@@ -380,9 +383,10 @@ impl TrunkIo {
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
-            let (video, audio) = sfu.remote_codecs(&p.addr);
+            let (video, audio, since) = sfu.remote_codecs(&p.addr);
             let waited = now.saturating_duration_since(p.since);
-            let result = if video || (audio && waited >= AUDIO_ONLY_AFTER) {
+            let flowing = since.map_or(std::time::Duration::ZERO, |t| now.saturating_duration_since(t));
+            let result = if (video && audio) || (video && flowing >= VIDEO_ONLY_AFTER) || (audio && flowing >= AUDIO_ONLY_AFTER) {
                 Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
             } else if let Some(r) = p.failed {
                 Some(Err(match r {

@@ -207,6 +207,8 @@ struct RemotePublisher {
     name: StreamName,
     video: Option<PayloadParams>,
     audio: Option<PayloadParams>,
+    /// When its first frame arrived.
+    since: Instant,
 }
 
 /// A frame about to be routed to viewers, from a local publisher or a trunk.
@@ -454,12 +456,12 @@ impl Sfu {
         });
     }
 
-    /// Whether media of the remote stream `addr` arrived yet: (video codec known, audio codec
-    /// known).
-    pub fn remote_codecs(&self, addr: &::trunk::StreamAddr) -> (bool, bool) {
+    /// Whether media of the remote stream `addr` arrived yet: video codec known, audio codec
+    /// known, and since when frames arrive (`None`: no frame yet).
+    pub fn remote_codecs(&self, addr: &::trunk::StreamAddr) -> (bool, bool, Option<Instant>) {
         self.remote
             .get(addr)
-            .map_or((false, false), |r| (r.video.is_some(), r.audio.is_some()))
+            .map_or((false, false, None), |r| (r.video.is_some(), r.audio.is_some(), Some(r.since)))
     }
 
     /// The next request for the trunk shell.
@@ -517,6 +519,7 @@ impl Sfu {
                     name,
                     video: None,
                     audio: None,
+                    since: now,
                 },
             );
         }
