@@ -386,7 +386,7 @@ impl TrunkIo {
             let (video, audio, since) = sfu.remote_codecs(&p.addr);
             let waited = now.saturating_duration_since(p.since);
             let flowing = since.map_or(std::time::Duration::ZERO, |t| now.saturating_duration_since(t));
-            let result = if (video && audio) || (video && flowing >= VIDEO_ONLY_AFTER) || (audio && flowing >= AUDIO_ONLY_AFTER) {
+            let result = if (video && (audio || flowing >= VIDEO_ONLY_AFTER)) || (audio && flowing >= AUDIO_ONLY_AFTER) {
                 Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
             } else if let Some(r) = p.failed {
                 Some(Err(match r {

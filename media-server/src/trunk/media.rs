@@ -157,7 +157,9 @@ pub struct TrunkPlane {
 
 /// `seq` extended to 64 bits next to `last` (RFC 3550 style: the nearest value).
 fn extend16(last: Option<u64>, seq: u16) -> u64 {
-    let Some(last) = last else { return 1 << 16 | u64::from(seq) };
+    let Some(last) = last else {
+        return 1 << 16 | u64::from(seq);
+    };
     let base = last & !0xffff;
     let cands = [base.wrapping_sub(1 << 16), base, base + (1 << 16)];
     cands
@@ -169,7 +171,9 @@ fn extend16(last: Option<u64>, seq: u16) -> u64 {
 
 /// `ts` extended to 64 bits next to `last`.
 fn extend32(last: Option<u64>, ts: u32) -> u64 {
-    let Some(last) = last else { return 1 << 32 | u64::from(ts) };
+    let Some(last) = last else {
+        return 1 << 32 | u64::from(ts);
+    };
     let base = last & !0xffff_ffff;
     [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
         .iter()
@@ -241,7 +245,8 @@ impl TrunkPlane {
             self.tracks.retain(|k, _| k.addr != addr);
         } else {
             if addr.node == self.me {
-                self.local.insert(addr.stream.as_str().to_owned(), addr.clone());
+                self.local
+                    .insert(addr.stream.as_str().to_owned(), addr.clone());
             }
             self.routes.insert(addr, route);
         }
@@ -255,14 +260,17 @@ impl TrunkPlane {
     /// Whether local viewers are fed `addr` from a trunk.
     pub fn feeds_local(&self, addr: &StreamAddr) -> bool {
         self.routes.get(addr).is_some_and(|r| {
-            matches!(r.source, Some(Hop::Trunk(_))) && r.outputs.iter().any(|(h, _)| *h == Hop::Local)
+            matches!(r.source, Some(Hop::Trunk(_)))
+                && r.outputs.iter().any(|(h, _)| *h == Hop::Local)
         })
     }
 
     /// Whether a frame of local `stream`'s track goes to any trunk (so the caller can skip making
     /// a codec descriptor otherwise).
     pub fn wants_local(&self, stream: &str, video: bool, layer: LayerId) -> bool {
-        let Some(addr) = self.local.get(stream) else { return false };
+        let Some(addr) = self.local.get(stream) else {
+            return false;
+        };
         self.routes.get(addr).is_some_and(|r| {
             r.source == Some(Hop::Local)
                 && r.outputs
@@ -297,7 +305,9 @@ impl TrunkPlane {
         if !self.wants_local(stream, video, layer) {
             return;
         }
-        let Some(addr) = self.local.get(stream) else { return };
+        let Some(addr) = self.local.get(stream) else {
+            return;
+        };
         let key = TrackKey {
             addr: addr.clone(),
             video,
@@ -354,7 +364,11 @@ impl TrunkPlane {
         let flow = u16::from_be_bytes([data[0], data[1]]);
         let Some(key) = self.in_flows.get(&(from.clone(), flow)).cloned() else {
             let q = self.unknown.entry(from.clone()).or_default();
-            while q.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > UNKNOWN_FLOW_WAIT) || q.len() >= UNKNOWN_FLOW_MAX {
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > UNKNOWN_FLOW_WAIT)
+                || q.len() >= UNKNOWN_FLOW_MAX
+            {
                 q.pop_front();
                 self.counters.unknown += 1;
             }
@@ -415,12 +429,15 @@ impl TrunkPlane {
                 && (!key.video || (p.flags & F_FIRST != 0 && p.flags & F_KEY != 0))
                 && self.ready_sent.insert(key.addr.clone())
             {
-                self.out.push_back(TrunkOutput::NextPathReady(key.addr.clone()));
+                self.out
+                    .push_back(TrunkOutput::NextPathReady(key.addr.clone()));
             }
             self.counters.not_source += 1;
             return;
         }
-        let Some(track) = self.tracks.get_mut(key) else { return };
+        let Some(track) = self.tracks.get_mut(key) else {
+            return;
+        };
         let ext = extend16(track.last_fwd, p.seq);
         if track.last_fwd.is_some_and(|l| ext <= l) {
             self.counters.duplicates += 1;
@@ -431,9 +448,13 @@ impl TrunkPlane {
 
     /// Copies one packet (already accepted from `from`) to the route's outputs.
     fn forward(&mut self, key: &TrackKey, from: &Hop, rtp: &[u8]) {
-        let Some(route) = self.routes.get(&key.addr) else { return };
+        let Some(route) = self.routes.get(&key.addr) else {
+            return;
+        };
         let Some(p) = parse(rtp) else { return };
-        let Some(track) = self.tracks.get_mut(key) else { return };
+        let Some(track) = self.tracks.get_mut(key) else {
+            return;
+        };
         let ext = extend16(track.last_fwd, p.seq);
         track.last_fwd = Some(ext);
         for (hop, layers) in &route.outputs {
@@ -482,7 +503,10 @@ impl TrunkPlane {
                     d.extend_from_slice(rtp);
                     self.counters.datagrams_out += 1;
                     self.counters.bytes_out += d.len() as u64;
-                    self.out.push_back(TrunkOutput::Datagram { to: to.clone(), data: d });
+                    self.out.push_back(TrunkOutput::Datagram {
+                        to: to.clone(),
+                        data: d,
+                    });
                 }
             }
         }
@@ -512,7 +536,13 @@ fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
 /// frame it completes. Packets come in increasing sequence order (older ones are dropped before),
 /// so a gap is a loss: the partial frame is dropped and the next one starts fresh, marked as a
 /// discontinuity.
-fn reassemble(track: &mut Track, key: &TrackKey, ext: u64, ts: u64, p: &Packet<'_>) -> Option<RemoteFrame> {
+fn reassemble(
+    track: &mut Track,
+    key: &TrackKey,
+    ext: u64,
+    ts: u64,
+    p: &Packet<'_>,
+) -> Option<RemoteFrame> {
     if p.flags & F_FIRST != 0 {
         if track.partial.take().is_some() {
             track.lost = true;
@@ -536,7 +566,10 @@ fn reassemble(track: &mut Track, key: &TrackKey, ext: u64, ts: u64, p: &Packet<'
     let discontinuity = std::mem::take(&mut track.lost) || flags & F_DISCONT != 0;
     Some(RemoteFrame {
         key: key.clone(),
-        codec: track.codec.clone().unwrap_or_else(|| std::sync::Arc::from(&[][..])),
+        codec: track
+            .codec
+            .clone()
+            .unwrap_or_else(|| std::sync::Arc::from(&[][..])),
         time: fts,
         keyframe: flags & F_KEY != 0,
         discontinuity,
@@ -566,13 +599,20 @@ mod tests {
     }
 
     /// Carries every output of `from` addressed to `to` into `to`'s plane.
-    fn carry(from: &mut TrunkPlane, to: &mut TrunkPlane, now: Instant, drop: impl Fn(usize) -> bool) -> usize {
+    fn carry(
+        from: &mut TrunkPlane,
+        to: &mut TrunkPlane,
+        now: Instant,
+        drop: impl Fn(usize) -> bool,
+    ) -> usize {
         let mut i = 0;
         let mut bytes = 0;
         let me = from.node().clone();
         while let Some(o) = from.poll_output() {
             match o {
-                TrunkOutput::Control { to: t, msg } if t == *to.node() => to.handle_control(now, &me, msg),
+                TrunkOutput::Control { to: t, msg } if t == *to.node() => {
+                    to.handle_control(now, &me, msg)
+                }
                 TrunkOutput::Datagram { to: t, data } if t == *to.node() => {
                     bytes += data.len();
                     if !drop(i) {
@@ -589,19 +629,68 @@ mod tests {
     #[test]
     fn frames_cross_two_hops_whole_and_once_per_trunk() {
         let now = Instant::now();
-        let (mut town, mut county, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("county")), TrunkPlane::new(n("city")));
+        let (mut town, mut county, mut city) = (
+            TrunkPlane::new(n("town")),
+            TrunkPlane::new(n("county")),
+            TrunkPlane::new(n("city")),
+        );
         let addr = a("town/cam");
-        town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]));
-        county.set_route(addr.clone(), route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1)), (Hop::Trunk(n("city")), LayerSet(1))]));
-        city.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]));
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]),
+        );
+        county.set_route(
+            addr.clone(),
+            route(
+                Hop::Trunk(n("town")),
+                vec![
+                    (Hop::Local, LayerSet(1)),
+                    (Hop::Trunk(n("city")), LayerSet(1)),
+                ],
+            ),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]),
+        );
         let cam = "cam";
         let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let mut total = 0;
         for i in 0..10u64 {
-            town.send_local_frame(cam, true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &frame);
+            town.send_local_frame(
+                cam,
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &frame,
+            );
             // Layer 1 is not subscribed anywhere: it never leaves the town.
-            town.send_local_frame(cam, true, LayerId(1), 3000 * i, i == 0, false, 96, codec, &frame);
-            town.send_local_frame(cam, false, LayerId(0), 960 * i, false, false, 111, codec, &[1, 2, 3]);
+            town.send_local_frame(
+                cam,
+                true,
+                LayerId(1),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &frame,
+            );
+            town.send_local_frame(
+                cam,
+                false,
+                LayerId(0),
+                960 * i,
+                false,
+                false,
+                111,
+                codec,
+                &[1, 2, 3],
+            );
             total += carry(&mut town, &mut county, now, |_| false);
             carry(&mut county, &mut city, now, |_| false);
         }
@@ -612,7 +701,9 @@ mod tests {
             let frames: Vec<RemoteFrame> = std::iter::from_fn(|| p.poll_frame()).collect();
             let video: Vec<&RemoteFrame> = frames.iter().filter(|f| f.key.video).collect();
             assert_eq!(video.len(), 10);
-            assert!(video.iter().all(|f| f.data == frame && f.key.layer == LayerId(0) && !f.discontinuity));
+            assert!(video
+                .iter()
+                .all(|f| f.data == frame && f.key.layer == LayerId(0) && !f.discontinuity));
             assert!(video[0].keyframe && !video[1].keyframe);
             assert_eq!(video[3].time - video[2].time, 3000);
             assert_eq!(&*video[0].codec, b"vp8");
@@ -625,11 +716,27 @@ mod tests {
         let now = Instant::now();
         let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
         let addr = a("town/cam");
-        town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]));
-        city.set_route(addr.clone(), route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]));
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
+        );
         let cam = "cam";
         for i in 0..3u64 {
-            town.send_local_frame(cam, true, LayerId(0), 3000 * i, false, false, 96, codec, &[7; 3000]);
+            town.send_local_frame(
+                cam,
+                true,
+                LayerId(0),
+                3000 * i,
+                false,
+                false,
+                96,
+                codec,
+                &[7; 3000],
+            );
             carry(&mut town, &mut city, now, |j| i == 1 && j == 1);
         }
         let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
@@ -640,7 +747,11 @@ mod tests {
     #[test]
     fn after_a_switch_nothing_is_forwarded_twice() {
         let now = Instant::now();
-        let (mut a_side, mut b_side, mut prov) = (TrunkPlane::new(n("city-a")), TrunkPlane::new(n("city-b")), TrunkPlane::new(n("province")));
+        let (mut a_side, mut b_side, mut prov) = (
+            TrunkPlane::new(n("city-a")),
+            TrunkPlane::new(n("city-b")),
+            TrunkPlane::new(n("province")),
+        );
         let addr = a("county/cam");
         prov.set_route(
             addr.clone(),
@@ -651,22 +762,60 @@ mod tests {
             },
         );
         let mut origin = TrunkPlane::new(n("county"));
-        origin.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("city-a")), LayerSet(1)), (Hop::Trunk(n("city-b")), LayerSet(1))]));
+        origin.set_route(
+            addr.clone(),
+            route(
+                Hop::Local,
+                vec![
+                    (Hop::Trunk(n("city-a")), LayerSet(1)),
+                    (Hop::Trunk(n("city-b")), LayerSet(1)),
+                ],
+            ),
+        );
         for p in [&mut a_side, &mut b_side] {
-            p.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Trunk(n("province")), LayerSet(1))]));
+            p.set_route(
+                addr.clone(),
+                route(
+                    Hop::Trunk(n("county")),
+                    vec![(Hop::Trunk(n("province")), LayerSet(1))],
+                ),
+            );
         }
         let cam = "cam";
-        let step = |origin: &mut TrunkPlane, a_side: &mut TrunkPlane, b_side: &mut TrunkPlane, prov: &mut TrunkPlane, i: u64, a_late: bool| {
-            origin.send_local_frame(cam, true, LayerId(0), 3000 * i, i % 4 == 0, false, 96, codec, &[i as u8; 2000]);
+        let step = |origin: &mut TrunkPlane,
+                    a_side: &mut TrunkPlane,
+                    b_side: &mut TrunkPlane,
+                    prov: &mut TrunkPlane,
+                    i: u64,
+                    a_late: bool| {
+            origin.send_local_frame(
+                cam,
+                true,
+                LayerId(0),
+                3000 * i,
+                i.is_multiple_of(4),
+                false,
+                96,
+                codec,
+                &[i as u8; 2000],
+            );
             let mut outs: Vec<TrunkOutput> = std::iter::from_fn(|| origin.poll_output()).collect();
             for o in outs.drain(..) {
                 match o {
                     TrunkOutput::Control { to, msg } => {
-                        let p = if to == n("city-a") { &mut *a_side } else { &mut *b_side };
+                        let p = if to == n("city-a") {
+                            &mut *a_side
+                        } else {
+                            &mut *b_side
+                        };
                         p.handle_control(now, &n("county"), msg)
                     }
                     TrunkOutput::Datagram { to, data } => {
-                        let p = if to == n("city-a") { &mut *a_side } else { &mut *b_side };
+                        let p = if to == n("city-a") {
+                            &mut *a_side
+                        } else {
+                            &mut *b_side
+                        };
                         p.handle_datagram(now, &n("county"), &data)
                     }
                     _ => {}
@@ -681,15 +830,23 @@ mod tests {
             }
         };
         step(&mut origin, &mut a_side, &mut b_side, &mut prov, 0, false);
-        assert_eq!(prov.poll_output(), Some(TrunkOutput::NextPathReady(addr.clone())));
+        assert_eq!(
+            prov.poll_output(),
+            Some(TrunkOutput::NextPathReady(addr.clone()))
+        );
         step(&mut origin, &mut a_side, &mut b_side, &mut prov, 1, false);
         assert_eq!(prov.poll_output(), None, "reported once");
         // The router switches: city-a becomes the source; city-b still delivers for a moment.
-        prov.set_route(addr.clone(), route(Hop::Trunk(n("city-a")), vec![(Hop::Local, LayerSet(1))]));
+        prov.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("city-a")), vec![(Hop::Local, LayerSet(1))]),
+        );
         for i in 2..6 {
             step(&mut origin, &mut a_side, &mut b_side, &mut prov, i, i == 2);
         }
-        let frames: Vec<u64> = std::iter::from_fn(|| prov.poll_frame()).map(|f| f.time / 3000 % (1 << 20)).collect();
+        let frames: Vec<u64> = std::iter::from_fn(|| prov.poll_frame())
+            .map(|f| f.time / 3000 % (1 << 20))
+            .collect();
         let times: Vec<u64> = frames.iter().map(|t| t % 1000).collect();
         let mut dedup = times.clone();
         dedup.dedup();
@@ -708,10 +865,24 @@ mod tests {
     fn garbage_datagrams_are_counted_not_fatal() {
         let now = Instant::now();
         let mut p = TrunkPlane::new(n("city"));
-        for d in [&[][..], &[0, 1], &[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]] {
+        for d in [
+            &[][..],
+            &[0, 1],
+            &[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+        ] {
             p.handle_datagram(now, &n("town"), d);
         }
-        p.handle_control(now, &n("town"), Message::Flow { flow: 0, addr: a("town/cam"), video: true, layer: LayerId(0), codec: vec![] });
+        p.handle_control(
+            now,
+            &n("town"),
+            Message::Flow {
+                flow: 0,
+                addr: a("town/cam"),
+                video: true,
+                layer: LayerId(0),
+                codec: vec![],
+            },
+        );
         p.handle_datagram(now, &n("town"), &[0, 0, 0x81, 0, 0, 0]);
         assert!(p.poll_frame().is_none());
         assert!(p.counters().unknown >= 3);

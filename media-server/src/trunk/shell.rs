@@ -213,7 +213,9 @@ impl TrunkHandle {
     /// Sends a media datagram on the trunk to `peer` (dropped if that trunk is down or the
     /// datagram does not fit).
     pub fn send_datagram(&self, peer: &NodeName, data: Vec<u8>) -> bool {
-        let Ok(conns) = self.conns.lock() else { return false };
+        let Ok(conns) = self.conns.lock() else {
+            return false;
+        };
         conns
             .get(peer)
             .is_some_and(|c| c.send_datagram(data.into()).is_ok())
@@ -237,7 +239,9 @@ impl TrunkHandle {
 
     /// Byte counters of every trunk that is up.
     pub fn stats(&self) -> Vec<TrunkStats> {
-        let Ok(conns) = self.conns.lock() else { return Vec::new() };
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
         conns
             .iter()
             .map(|(peer, c)| {
