@@ -291,6 +291,8 @@ pub struct Sfu {
     remote: HashMap<::trunk::StreamAddr, RemotePublisher>,
     /// Requests for the trunk shell.
     trunk_out: VecDeque<TrunkRequest>,
+    /// When the trunk counters were last copied into the metrics.
+    last_trunk_stats: Option<Instant>,
 }
 
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
@@ -376,6 +378,7 @@ impl Sfu {
             trunk: None,
             remote: HashMap::new(),
             trunk_out: VecDeque::new(),
+            last_trunk_stats: None,
         }
     }
 
@@ -1014,6 +1017,12 @@ impl Sfu {
             progressed |= self.pump_trunk(now);
             if !progressed {
                 break;
+            }
+        }
+        if self.trunk.is_some() && self.last_trunk_stats.is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_INTERVAL) {
+            self.last_trunk_stats = Some(now);
+            if let (Some(t), Ok(mut m)) = (self.trunk.as_ref(), self.metrics.trunk.lock()) {
+                m.clone_from(t.counters());
             }
         }
     }

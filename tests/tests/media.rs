@@ -689,3 +689,109 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     township.node.shutdown().await;
     province.node.shutdown().await;
 }
+
+/// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.
+async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let (mut last_n, mut last_t, mut worst) = (viewer.stats().frames_decoded, start, Duration::ZERO);
+    while start.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = viewer.stats().frames_decoded;
+        let now = std::time::Instant::now();
+        if n != last_n {
+            worst = worst.max(now - last_t);
+            (last_n, last_t) = (n, now);
+        }
+    }
+    worst.max(start.elapsed() - last_t.duration_since(start))
+}
+
+/// The issue's topology on loopback, whole nodes: province; city-a and city-b below it; the
+/// county with city-a as primary parent (through the project's UDP relay, 20 ms each way) and
+/// city-b as second parent; a township below the county publishing. A WHEP viewer at the
+/// province watches `township/cam1`. Cutting county–city-a moves the media to city-b and the
+/// viewer's frame counter stalls less than 3 s; restoring it moves the media back without a
+/// stall a viewer would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
+    use cascade::{node, trunk_addr, trunk_name};
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 10).await;
+    let city_a = node(ca.path(), "city-a", Some(trunk_addr(&province)), 10).await;
+    let city_b = node(ca.path(), "city-b", Some(trunk_addr(&province)), 10).await;
+    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20));
+    let city_a_trunk: std::net::SocketAddr = trunk_addr(&city_a).parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), city_a_trunk, hop.clone(), hop).await.unwrap();
+    let county = {
+        let ca_dir = ca.path();
+        let c = media_server::trunk::ca::ProvinceCa::load(ca_dir).unwrap();
+        let (cert, key) = c.issue_to(&trunk_name("county"), &ca_dir.join("certs")).unwrap();
+        let (primary, second) = (relay.local_addr().to_string(), trunk_addr(&city_b));
+        common::start_node_with(|c| {
+            c.node.id = Some("county".parse().unwrap());
+            c.trunk.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.trunk.parent = Some(primary);
+            c.trunk.second_parent = Some(second);
+            c.trunk.ca = Some(ca_dir.join("ca.pem"));
+            c.trunk.cert = Some(cert);
+            c.trunk.key = Some(key);
+        })
+        .await
+    };
+    let township = node(ca.path(), "township", Some(trunk_addr(&county)), 10).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    let source_is = |n: &str| p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)));
+    wait_for("the province to learn township/cam1 via city-a", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr && e.cost == 3).then_some(())
+    })
+    .await;
+    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
+        .await
+        .expect("WHEP at the province");
+    viewer.wait_frames(30, WAIT).await.expect("frames via city-a");
+    assert!(source_is("city-a"), "primary path first: {:?}", p_trunk.route(&addr));
+
+    relay.set_cut(true);
+    let cut = std::time::Instant::now();
+    let stall = longest_stall(&viewer, Duration::from_secs(6)).await;
+    assert!(source_is("city-b"), "moved to city-b: {:?}", p_trunk.route(&addr));
+    let n = viewer.stats().frames_decoded;
+    if viewer.wait_frames(n + 30, Duration::from_secs(10)).await.is_err() {
+        for node in [&province, &city_a, &city_b, &county, &township] {
+            let m = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+            let t: Vec<&str> = m.lines().filter(|l| l.starts_with("yiwang_trunk") || l.starts_with("yiwang_frames")).collect();
+            eprintln!("{}: {:?} {t:?}", node.node.node_id, node.node.trunk.as_ref().unwrap().route(&addr));
+        }
+        panic!("no frames via city-b");
+    }
+    eprintln!("failover: longest stall {stall:?} after the cut (measured over {:?})", cut.elapsed());
+    assert!(stall < Duration::from_secs(3), "viewer stalled {stall:?} on failover");
+
+    relay.set_cut(false);
+    let back = std::time::Instant::now();
+    let (stall_back, moved) = tokio::join!(longest_stall(&viewer, Duration::from_secs(6)), async {
+        wait_for("the media to move back to city-a", Duration::from_secs(20), || async { source_is("city-a").then_some(()) }).await;
+        back.elapsed()
+    });
+    eprintln!("move back: on city-a after {moved:?}; longest stall from the restore on {stall_back:?}");
+    assert!(stall_back < Duration::from_millis(700), "viewer stalled {stall_back:?} when the media moved back");
+
+    viewer.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    for n in [township, county, city_b, city_a, province] {
+        n.node.shutdown().await;
+    }
+    relay.shutdown().await;
+}

@@ -43,6 +43,10 @@ pub const UNKNOWN_FLOW_WAIT: Duration = Duration::from_secs(1);
 /// At most this many such datagrams are kept per trunk.
 pub const UNKNOWN_FLOW_MAX: usize = 512;
 
+/// A packet this far behind the last one forwarded is not a duplicate but a new numbering (the
+/// origin restarted).
+const RESTART_GAP: u64 = 4096;
+
 const F_FIRST: u8 = 1;
 const F_KEY: u8 = 2;
 const F_DISCONT: u8 = 4;
@@ -242,7 +246,14 @@ impl TrunkPlane {
         if route == Route::default() {
             self.local.remove(addr.stream.as_str());
             self.routes.remove(&addr);
-            self.tracks.retain(|k, _| k.addr != addr);
+            // The tracks stay (codec, sequence state): flows announced to us keep their meaning,
+            // and a route that comes back (a path switch passes through "no route") continues
+            // without forwarding anything twice. Only a half-built frame is dropped.
+            for (k, t) in self.tracks.iter_mut() {
+                if k.addr == addr {
+                    t.partial = None;
+                }
+            }
         } else {
             if addr.node == self.me {
                 self.local
@@ -435,13 +446,15 @@ impl TrunkPlane {
             self.counters.not_source += 1;
             return;
         }
-        let Some(track) = self.tracks.get_mut(key) else {
-            return;
-        };
+        let track = self.tracks.entry(key.clone()).or_default();
         let ext = extend16(track.last_fwd, p.seq);
-        if track.last_fwd.is_some_and(|l| ext <= l) {
-            self.counters.duplicates += 1;
-            return;
+        if let Some(last) = track.last_fwd.filter(|l| ext <= *l) {
+            if last - ext < RESTART_GAP {
+                self.counters.duplicates += 1;
+                return;
+            }
+            // Far behind: the origin started its numbering afresh (a restarted node).
+            track.last_fwd = None;
         }
         self.forward(key, &hop, rtp);
     }
@@ -452,9 +465,7 @@ impl TrunkPlane {
             return;
         };
         let Some(p) = parse(rtp) else { return };
-        let Some(track) = self.tracks.get_mut(key) else {
-            return;
-        };
+        let track = self.tracks.entry(key.clone()).or_default();
         let ext = extend16(track.last_fwd, p.seq);
         track.last_fwd = Some(ext);
         for (hop, layers) in &route.outputs {
@@ -852,6 +863,37 @@ mod tests {
         dedup.dedup();
         assert_eq!(times, dedup, "no frame twice: {times:?}");
         assert_eq!(times.len(), 6, "{times:?}");
+    }
+
+    #[test]
+    fn a_route_that_goes_and_comes_back_keeps_its_flows() {
+        let now = Instant::now();
+        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
+        let addr = a("town/cam");
+        let up = route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]);
+        let down = route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]);
+        town.set_route(addr.clone(), up.clone());
+        city.set_route(addr.clone(), down.clone());
+        town.send_local_frame("cam", true, LayerId(0), 0, true, false, 96, codec, &[1; 10]);
+        carry(&mut town, &mut city, now, |_| false);
+        // A path switch at the city passes through "no route"; the flow id stays announced.
+        city.set_route(addr.clone(), Route::default());
+        city.set_route(addr.clone(), down);
+        town.send_local_frame(
+            "cam",
+            true,
+            LayerId(0),
+            3000,
+            false,
+            false,
+            96,
+            codec,
+            &[2; 10],
+        );
+        carry(&mut town, &mut city, now, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(&*frames[1].codec, b"vp8");
     }
 
     #[test]
