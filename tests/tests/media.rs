@@ -795,3 +795,57 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     }
     relay.shutdown().await;
 }
+
+/// 3 % loss each way (and 20 ms delay) on the township–province trunk, through the project's
+/// relay: the trunk repairs its losses hop by hop (NACK, resend from the sender's history), and the
+/// province viewer decodes at least 99 % of the frames the township publisher encodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
+    use cascade::{node, trunk_addr};
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 10).await;
+    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20)).loss(0.03).seed(7);
+    let target: std::net::SocketAddr = trunk_addr(&province).parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), target, hop.clone(), hop.seed(8)).await.unwrap();
+    let township = node(ca.path(), "township", Some(relay.local_addr().to_string()), 10).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 800, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    wait_for("the province to learn township/cam1", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
+        .await
+        .expect("WHEP at the province");
+    viewer.wait_frames(1, WAIT).await.expect("first frame");
+    let (seen0, sent0) = (viewer.stats().frames_decoded, publisher.frames_sent());
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    let decoded = match viewer.wait_frames(seen0 + 297, Duration::from_secs(10)).await {
+        Ok(s) => s.frames_decoded - seen0,
+        Err(_) => viewer.stats().frames_decoded - seen0,
+    };
+    let nacks = township.metric("yiwang_trunk_retransmits_total").await;
+    let after_loss = province.metric("yiwang_trunk_frames_after_loss_total").await;
+    eprintln!("lossy trunk (3 % each way, 20 ms): {decoded} of 300 frames decoded; {nacks} packets resent; {after_loss} frames after an unrepaired loss");
+    assert!(decoded >= 297, "viewer decoded {decoded} of 300 frames over a 3 % lossy trunk");
+    assert!(nacks > 0, "losses were repaired by resending");
+    viewer.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+    relay.shutdown().await;
+}

@@ -29,7 +29,7 @@
 //! path are not forwarded; the first keyframe start on it yields
 //! [`TrunkOutput::NextPathReady`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ::trunk::wire::Message;
@@ -121,6 +121,10 @@ pub struct TrunkCounters {
     pub frames_in: u64,
     /// Frames delivered after a gap (one or more frames before them were lost).
     pub frames_lost: u64,
+    /// NACKs sent upstream (gaps seen on a trunk).
+    pub nacks_sent: u64,
+    /// Packets resent in answer to NACKs from downstream.
+    pub retransmits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -132,12 +136,61 @@ struct Track {
     ssrc: u32,
     /// Highest extended sequence number forwarded.
     last_fwd: Option<u64>,
+    /// Which of the [`SEEN_WINDOW`] sequence numbers up to `last_fwd` were forwarded (bit n:
+    /// `last_fwd - n`), so a retransmission fills a gap but nothing goes out twice.
+    seen: u128,
     /// Extended timestamp of the last packet.
     last_ts: Option<u64>,
-    /// Reassembly for local viewers: (extended timestamp, flags, expected next seq, bytes).
-    partial: Option<(u64, u8, u64, Vec<u8>)>,
+    /// Reassembly for local viewers: packets by extended sequence number, not yet part of a
+    /// delivered frame.
+    buf: BTreeMap<u64, Fragment>,
+    /// The sequence number the next frame starts at (`None`: wait for a frame start).
+    next: Option<u64>,
     /// A frame was lost since the last one delivered.
     lost: bool,
+}
+
+/// A packet waiting in a reassembly buffer.
+#[derive(Debug)]
+struct Fragment {
+    arrived: Instant,
+    ts: u64,
+    flags: u8,
+    marker: bool,
+    payload: Vec<u8>,
+}
+
+/// Sequence numbers remembered behind the highest forwarded one (for late retransmissions).
+const SEEN_WINDOW: u64 = 128;
+/// A gap in a reassembly buffer is waited for this long (a NACK and its retransmission need
+/// one hop round trip) before the frames around it are given up.
+pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
+/// Datagrams kept per outgoing flow for answering NACKs.
+pub const HISTORY: usize = 1024;
+/// Most sequence numbers asked for in one NACK (a longer gap is an outage, not loss).
+const NACK_MAX: u64 = 64;
+
+/// Sent datagrams of one outgoing flow, by sequence number.
+#[derive(Debug)]
+struct History {
+    slots: Vec<Option<(u16, Vec<u8>)>>,
+}
+
+impl History {
+    fn new() -> History {
+        History {
+            slots: (0..HISTORY).map(|_| None).collect(),
+        }
+    }
+    fn put(&mut self, seq: u16, d: Vec<u8>) {
+        self.slots[usize::from(seq) % HISTORY] = Some((seq, d));
+    }
+    fn get(&self, seq: u16) -> Option<&Vec<u8>> {
+        match &self.slots[usize::from(seq) % HISTORY] {
+            Some((s, d)) if *s == seq => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// The trunk media plane of one node. See the module docs.
@@ -151,6 +204,12 @@ pub struct TrunkPlane {
     out_flows: HashMap<(NodeName, TrackKey), u16>,
     next_flow: HashMap<NodeName, u16>,
     in_flows: HashMap<(NodeName, u16), TrackKey>,
+    /// Highest extended sequence number received per incoming flow (gap detection).
+    rx_highest: HashMap<(NodeName, u16), u64>,
+    /// Sent datagrams per outgoing flow (NACK answers).
+    history: HashMap<(NodeName, u16), History>,
+    /// The latest time given with an input.
+    clock: Option<Instant>,
     unknown: HashMap<NodeName, VecDeque<(Instant, Vec<u8>)>>,
     ready_sent: HashSet<StreamAddr>,
     frames: VecDeque<RemoteFrame>,
@@ -219,6 +278,9 @@ impl TrunkPlane {
             out_flows: HashMap::new(),
             next_flow: HashMap::new(),
             in_flows: HashMap::new(),
+            rx_highest: HashMap::new(),
+            history: HashMap::new(),
+            clock: None,
             unknown: HashMap::new(),
             ready_sent: HashSet::new(),
             frames: VecDeque::new(),
@@ -251,7 +313,8 @@ impl TrunkPlane {
             // without forwarding anything twice. Only a half-built frame is dropped.
             for (k, t) in self.tracks.iter_mut() {
                 if k.addr == addr {
-                    t.partial = None;
+                    t.buf.clear();
+                    t.next = None;
                 }
             }
         } else {
@@ -295,6 +358,8 @@ impl TrunkPlane {
         self.out_flows.retain(|(p, _), _| p != peer);
         self.next_flow.remove(peer);
         self.in_flows.retain(|(p, _), _| p != peer);
+        self.rx_highest.retain(|(p, _), _| p != peer);
+        self.history.retain(|(p, _), _| p != peer);
         self.unknown.remove(peer);
     }
 
@@ -367,6 +432,7 @@ impl TrunkPlane {
 
     /// A datagram arrived on the trunk from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: &NodeName, data: &[u8]) {
+        self.clock = Some(now);
         self.counters.datagrams_in += 1;
         if data.len() < HEADER {
             self.counters.unknown += 1;
@@ -386,11 +452,45 @@ impl TrunkPlane {
             q.push_back((now, data.to_vec()));
             return;
         };
+        // Hop-by-hop repair: a gap in this flow is asked for again at once.
+        let seq = u16::from_be_bytes([data[4], data[5]]);
+        let fk = (from.clone(), flow);
+        let last = self.rx_highest.get(&fk).copied();
+        let ext = extend16(last, seq);
+        if last.is_none_or(|l| ext > l) {
+            if let Some(l) = last.filter(|l| ext > l + 1 && ext - l - 1 <= NACK_MAX) {
+                let seqs: Vec<u16> = (l + 1..ext).map(|s| s as u16).collect();
+                self.counters.nacks_sent += 1;
+                self.out.push_back(TrunkOutput::Control {
+                    to: from.clone(),
+                    msg: Message::Nack { flow, seqs },
+                });
+            }
+            self.rx_highest.insert(fk, ext);
+        }
         self.handle_packet(from, &key, &data[2..]);
     }
 
-    /// A media-plane control message (`Flow`; `Nack` is not answered yet) from `from`.
+    /// A media-plane control message from `from`: `Flow` (what a flow id stands for) or `Nack`
+    /// (resend these packets, answered from the flow's history).
     pub fn handle_control(&mut self, now: Instant, from: &NodeName, msg: Message) {
+        self.clock = Some(now);
+        if let Message::Nack { flow, seqs } = &msg {
+            if let Some(h) = self.history.get(&(from.clone(), *flow)) {
+                for s in seqs {
+                    if let Some(d) = h.get(*s) {
+                        self.counters.retransmits += 1;
+                        self.counters.datagrams_out += 1;
+                        self.counters.bytes_out += d.len() as u64;
+                        self.out.push_back(TrunkOutput::Datagram {
+                            to: from.clone(),
+                            data: d.clone(),
+                        });
+                    }
+                }
+            }
+            return;
+        }
         let Message::Flow {
             flow,
             addr,
@@ -449,12 +549,15 @@ impl TrunkPlane {
         let track = self.tracks.entry(key.clone()).or_default();
         let ext = extend16(track.last_fwd, p.seq);
         if let Some(last) = track.last_fwd.filter(|l| ext <= *l) {
-            if last - ext < RESTART_GAP {
+            let behind = last - ext;
+            if behind >= RESTART_GAP {
+                // Far behind: the origin started its numbering afresh (a restarted node).
+                track.last_fwd = None;
+                track.seen = 0;
+            } else if behind >= SEEN_WINDOW || track.seen & (1 << behind) != 0 {
                 self.counters.duplicates += 1;
                 return;
             }
-            // Far behind: the origin started its numbering afresh (a restarted node).
-            track.last_fwd = None;
         }
         self.forward(key, &hop, rtp);
     }
@@ -467,7 +570,23 @@ impl TrunkPlane {
         let Some(p) = parse(rtp) else { return };
         let track = self.tracks.entry(key.clone()).or_default();
         let ext = extend16(track.last_fwd, p.seq);
-        track.last_fwd = Some(ext);
+        match track.last_fwd {
+            Some(l) if ext <= l => track.seen |= 1 << (l - ext).min(SEEN_WINDOW - 1),
+            Some(l) => {
+                let shift = ext - l;
+                track.seen = if shift >= SEEN_WINDOW {
+                    1
+                } else {
+                    track.seen << shift | 1
+                };
+                track.last_fwd = Some(ext);
+            }
+            None => {
+                track.seen = 1;
+                track.last_fwd = Some(ext);
+            }
+        }
+        let now = self.clock;
         for (hop, layers) in &route.outputs {
             if hop == from || !carries(*layers, key.video, key.layer) {
                 continue;
@@ -478,8 +597,18 @@ impl TrunkPlane {
                         continue;
                     }
                     let ts = extend32(track.last_ts, p.ts);
-                    track.last_ts = Some(ts);
-                    if let Some(f) = reassemble(track, key, ext, ts, &p) {
+                    if track.last_ts.is_none_or(|l| ts > l) {
+                        track.last_ts = Some(ts);
+                    }
+                    let Some(now) = now else { continue };
+                    let frag = Fragment {
+                        arrived: now,
+                        ts,
+                        flags: p.flags,
+                        marker: p.marker,
+                        payload: p.payload.to_vec(),
+                    };
+                    for f in reassemble(track, key, ext, frag, now) {
                         self.counters.frames_in += 1;
                         if f.discontinuity {
                             self.counters.frames_lost += 1;
@@ -512,6 +641,10 @@ impl TrunkPlane {
                     let mut d = Vec::with_capacity(2 + rtp.len());
                     d.extend_from_slice(&flow.to_be_bytes());
                     d.extend_from_slice(rtp);
+                    self.history
+                        .entry((to.clone(), flow))
+                        .or_insert_with(History::new)
+                        .put(p.seq, d.clone());
                     self.counters.datagrams_out += 1;
                     self.counters.bytes_out += d.len() as u64;
                     self.out.push_back(TrunkOutput::Datagram {
@@ -543,49 +676,95 @@ fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
     }
 }
 
-/// Adds packet `p` (extended seq `ext`, timestamp `ts`) to the track's partial frame; returns the
-/// frame it completes. Packets come in increasing sequence order (older ones are dropped before),
-/// so a gap is a loss: the partial frame is dropped and the next one starts fresh, marked as a
-/// discontinuity.
+/// Adds a packet (extended sequence number `ext`) to the track's reassembly buffer and returns
+/// the frames it completes, in order. A gap is waited for up to [`REPAIR_WAIT`] (a NACK may bring
+/// the packet); then the frames it broke are given up and the next whole frame is delivered
+/// marked as a discontinuity.
 fn reassemble(
     track: &mut Track,
     key: &TrackKey,
     ext: u64,
-    ts: u64,
-    p: &Packet<'_>,
-) -> Option<RemoteFrame> {
-    if p.flags & F_FIRST != 0 {
-        if track.partial.take().is_some() {
+    frag: Fragment,
+    now: Instant,
+) -> Vec<RemoteFrame> {
+    let mut out = Vec::new();
+    if track.next.is_none() {
+        if frag.flags & F_FIRST == 0 {
+            // Joined mid-frame: wait for a frame start.
             track.lost = true;
+            return out;
         }
-        track.partial = Some((ts, p.flags, ext, Vec::new()));
+        track.next = Some(ext);
     }
-    let Some((fts, flags, expect, mut buf)) = track.partial.take() else {
-        // A fragment of a frame whose start was lost.
+    if track.next.is_some_and(|n| ext < n) {
+        return out; // too late: its frame was delivered or given up
+    }
+    track.buf.insert(ext, frag);
+    while let Some(next) = track.next {
+        // A whole frame at the head?
+        let mut end = None;
+        let mut s = next;
+        while let Some(f) = track.buf.get(&s) {
+            if s != next && f.flags & F_FIRST != 0 {
+                break;
+            }
+            if f.marker {
+                end = Some(s);
+                break;
+            }
+            s += 1;
+        }
+        let head_ok = track.buf.get(&next).is_some_and(|f| f.flags & F_FIRST != 0);
+        if let (true, Some(end)) = (head_ok, end) {
+            let mut data = Vec::new();
+            let (mut ts, mut flags) = (0, 0);
+            for s in next..=end {
+                if let Some(f) = track.buf.remove(&s) {
+                    if s == next {
+                        (ts, flags) = (f.ts, f.flags);
+                    }
+                    data.extend_from_slice(&f.payload);
+                }
+            }
+            track.next = Some(end + 1);
+            out.push(RemoteFrame {
+                key: key.clone(),
+                codec: track
+                    .codec
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::from(&[][..])),
+                time: ts,
+                keyframe: flags & F_KEY != 0,
+                discontinuity: std::mem::take(&mut track.lost) || flags & F_DISCONT != 0,
+                data,
+            });
+            continue;
+        }
+        // Incomplete: give up once the oldest packet waiting has waited long enough.
+        let oldest = track.buf.values().map(|f| f.arrived).min();
+        let overdue = oldest.is_some_and(|t| now.saturating_duration_since(t) >= REPAIR_WAIT)
+            || track.buf.len() > 4 * HISTORY;
+        if !overdue {
+            break;
+        }
+        let restart = track
+            .buf
+            .iter()
+            .find(|(s, f)| **s > next && f.flags & F_FIRST != 0)
+            .map(|(s, _)| *s);
         track.lost = true;
-        return None;
-    };
-    if ext != expect || ts != fts {
-        track.lost = true;
-        return None;
+        match restart {
+            Some(r) => {
+                track.buf.retain(|s, _| *s >= r);
+                track.next = Some(r);
+            }
+            None => {
+                track.buf.clear();
+                track.next = None;
+            }
+        }
     }
-    buf.extend_from_slice(p.payload);
-    if !p.marker {
-        track.partial = Some((fts, flags, ext + 1, buf));
-        return None;
-    }
-    let discontinuity = std::mem::take(&mut track.lost) || flags & F_DISCONT != 0;
-    Some(RemoteFrame {
-        key: key.clone(),
-        codec: track
-            .codec
-            .clone()
-            .unwrap_or_else(|| std::sync::Arc::from(&[][..])),
-        time: fts,
-        keyframe: flags & F_KEY != 0,
-        discontinuity,
-        data: buf,
-    })
+    out
 }
 
 #[cfg(test)]
@@ -723,8 +902,8 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_fragment_loses_its_frame_and_marks_the_next() {
-        let now = Instant::now();
+    fn a_lost_packet_is_repaired_by_nack_and_one_never_repaired_is_given_up() {
+        let t0 = Instant::now();
         let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
         let addr = a("town/cam");
         town.set_route(
@@ -735,10 +914,38 @@ mod tests {
             addr.clone(),
             route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
         );
-        let cam = "cam";
+        // Frame 1 loses its second packet; the city NACKs it and the town resends it.
         for i in 0..3u64 {
+            let data = [i as u8; 3000];
             town.send_local_frame(
-                cam,
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &data,
+            );
+            carry(&mut town, &mut city, t0, |j| i == 1 && j == 1);
+        }
+        assert_eq!(city.counters().nacks_sent, 1);
+        carry(&mut city, &mut town, t0, |_| false);
+        assert_eq!(town.counters().retransmits, 1);
+        carry(&mut town, &mut city, t0, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+        assert_eq!(times, vec![0, 1, 2], "in order, none lost");
+        assert!(frames
+            .iter()
+            .all(|f| !f.discontinuity && f.data.len() == 3000));
+
+        // Frame 3 loses a packet and its retransmission: frame 4 waits, then after the repair
+        // wait the city gives frame 3 up and delivers frame 4 marked as a discontinuity.
+        for i in 3..5u64 {
+            town.send_local_frame(
+                "cam",
                 true,
                 LayerId(0),
                 3000 * i,
@@ -746,13 +953,32 @@ mod tests {
                 false,
                 96,
                 codec,
-                &[7; 3000],
+                &[9; 3000],
             );
-            carry(&mut town, &mut city, now, |j| i == 1 && j == 1);
+            carry(&mut town, &mut city, t0, |j| i == 3 && j == 0);
         }
+        carry(&mut city, &mut town, t0, |_| false);
+        carry(&mut town, &mut city, t0, |_| true);
+        assert!(
+            city.poll_frame().is_none(),
+            "frame 4 waits for frame 3's repair"
+        );
+        town.send_local_frame(
+            "cam",
+            true,
+            LayerId(0),
+            3000 * 5,
+            false,
+            false,
+            96,
+            codec,
+            &[9; 3000],
+        );
+        carry(&mut town, &mut city, t0 + REPAIR_WAIT, |_| false);
         let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
-        assert_eq!(frames.len(), 2);
-        assert!(!frames[0].discontinuity && frames[1].discontinuity);
+        let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+        assert_eq!(times, vec![4, 5]);
+        assert!(frames[0].discontinuity && !frames[1].discontinuity);
     }
 
     #[test]
