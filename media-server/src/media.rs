@@ -440,6 +440,14 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             None => {
                 let _ = reply.send(Err(SfuError::NotLive));
             }
+            // This node's own stream, named the cascade's way.
+            Some(t) if addr.node == *t.handle.node() => {
+                let r = match StreamName::parse(addr.stream.as_str()) {
+                    Ok(s) => sfu.view(now, &s, &offer, pref),
+                    Err(_) => Err(SfuError::NotLive),
+                };
+                let _ = reply.send(r);
+            }
             Some(t) => {
                 let peer = sfu.watch_remote(addr.clone());
                 t.pending.push(PendingView { peer, addr, offer, pref, since: now, failed: None, reply });

@@ -602,7 +602,8 @@ mod cascade {
 
 /// The cascade on loopback: a GStreamer publisher at a township node, WHEP viewers at its parent
 /// (the province) ask for `/whep/township/cam1`; the stream is pulled over the QUIC trunk on
-/// demand. One viewer decodes at least 95 % of the frames; with four viewers the trunk still
+/// demand. One viewer decodes at least 95 % of the frames; with four viewers (one of them
+/// subscribed over signaling as `township/cam1`) the trunk still
 /// carries one copy (at most 1.2× the bytes of one viewer); after the last viewer leaves the
 /// stream stops crossing the trunk within the prune grace (2 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,9 +654,26 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
 
     let one = bytes_per_frames(&township, "province", &publisher, 90).await;
     let mut more = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         more.push(WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("more viewers"));
     }
+    // And one over signaling: `subscribe` with the cascade's name `NODE/STREAM`.
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"cam1".parse().unwrap());
+    // The media session lives as long as the signaling session: keep `client`.
+    let c = client.clone();
+    more.push(
+        WhepViewer::start_with(&province.base, av(), move |offer| async move {
+            let data = c
+                .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: None, max_height: None, sdp: offer })
+                .await?;
+            assert_eq!(data["stream"], "township/cam1");
+            Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
+        })
+        .await
+        .expect("subscribe to township/cam1 over signaling"),
+    );
     for v in &more {
         v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
     }
@@ -672,6 +690,7 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         v.stop().await.expect("viewer DELETE");
     }
     first.stop().await.expect("viewer DELETE");
+    drop(client);
     let left = std::time::Instant::now();
     wait_for("the stream to stop crossing the trunk", Duration::from_secs(10), || async {
         t_trunk
