@@ -868,3 +868,254 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     province.node.shutdown().await;
     relay.shutdown().await;
 }
+
+/// The issue's topology across Linux network namespaces, each node a real `media-server`
+/// process in its own namespace (`ip netns exec`), joined by veth pairs the test creates and
+/// removes; every trunk goes through a `yiwang-relay` in the child's namespace adding 20 ms each
+/// way; the test's own namespace reaches the province, city-b and the township over three more
+/// veths (WHEP viewers, WHIP publisher). Needs root and the binaries built
+/// (`cargo build -p media-server --bins`).
+///
+/// ```text
+///            province ─── (test: viewers)
+///            /      \
+///        city-a    city-b ─── (test: viewer)
+///          |          |
+///        county ──────┘  (second parent)
+///          |
+///       township ─── (test: publisher)
+/// ```
+///
+/// Viewers at the province and at city-b decode ≥ 95 % of frames; the county–city-a veth taken
+/// down (`ip link set down`) stalls the province viewer less than 3 s (media via city-b); back up,
+/// the media returns without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_province_in_network_namespaces_survives_a_cut_link() {
+    use media_server::identity::NodeIdentity;
+    use media_server::trunk::ca::ProvinceCa;
+    use signaling::auth::TokenRequest;
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt as _;
+
+    /// Namespaces and processes of this run; removed on drop, whatever happened.
+    struct Topology {
+        pid: u32,
+        /// Where the processes' stderr goes (kept only while the test runs).
+        logs: std::path::PathBuf,
+        namespaces: Vec<String>,
+        children: Vec<tokio::process::Child>,
+    }
+    impl Drop for Topology {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.start_kill();
+            }
+            for ns in &self.namespaces {
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip runs");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    impl Topology {
+        fn ns(&self, n: &str) -> String {
+            format!("yw{}-{n}", self.pid)
+        }
+        /// A veth pair between `a` and `b` ("" = the test's namespace) on subnet `net`:
+        /// `a` gets .1, `b` gets .2. Returns the interface names (a side, b side).
+        fn link(&self, a: &str, b: &str, net: &str, i: u32) -> (String, String) {
+            let (ia, ib) = (format!("yw{}a{i}", self.pid % 100_000), format!("yw{}b{i}", self.pid % 100_000));
+            ip(&["link", "add", &ia, "type", "veth", "peer", "name", &ib]);
+            for (side, ifname, host) in [(a, &ia, 1), (b, &ib, 2)] {
+                let addr = format!("{net}.{host}/24");
+                if side.is_empty() {
+                    ip(&["addr", "add", &addr, "dev", ifname]);
+                    ip(&["link", "set", ifname, "up"]);
+                } else {
+                    let ns = self.ns(side);
+                    ip(&["link", "set", ifname, "netns", &ns]);
+                    ip(&["-n", &ns, "addr", "add", &addr, "dev", ifname]);
+                    ip(&["-n", &ns, "link", "set", ifname, "up"]);
+                }
+            }
+            (ia, ib)
+        }
+        /// Runs `bin args…` in namespace `n`, returns its first stdout line starting with `prefix`.
+        async fn run(&mut self, n: &str, bin: &std::path::Path, args: &[&str], prefix: &str) -> String {
+            let mut child = tokio::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns(n)])
+                .arg(bin)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(self.logs.join(format!("{n}-{}.log", self.children.len()))).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn in namespace");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            self.children.push(child);
+            let line = tokio::time::timeout(WAIT, async {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                panic!("{} in {n} ended before printing {prefix:?}", bin.display());
+            })
+            .await
+            .expect("ready line in time");
+            // Keep draining stdout so the process never blocks on it.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            line
+        }
+    }
+
+    let _media = MEDIA.lock().await;
+    let bins = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let (server, relay) = (bins.join("media-server"), bins.join("yiwang-relay"));
+    assert!(server.exists() && relay.exists(), "build the binaries first: cargo build -p media-server --bins");
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let mut topo = Topology { pid, logs: dir.path().to_path_buf(), namespaces: Vec::new(), children: Vec::new() };
+    let names = ["province", "city-a", "city-b", "county", "township"];
+    for n in names {
+        let ns = topo.ns(n);
+        ip(&["netns", "add", &ns]);
+        topo.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    }
+    // Subnets 10.X.L.0/24 with X from the pid, so concurrent runs do not clash.
+    let x = 20 + pid % 200;
+    let net = |l: u32| format!("10.{x}.{l}");
+    topo.link("", "province", &net(0), 0);
+    topo.link("province", "city-a", &net(1), 1);
+    topo.link("province", "city-b", &net(2), 2);
+    let (_, county_to_city_a) = topo.link("city-a", "county", &net(3), 3);
+    topo.link("city-b", "county", &net(4), 4);
+    topo.link("county", "township", &net(5), 5);
+    topo.link("", "township", &net(6), 6);
+    topo.link("", "city-b", &net(7), 7);
+
+    let ca_dir = dir.path().join("ca");
+    ProvinceCa::init(&ca_dir, "test province").unwrap();
+    let ca = ProvinceCa::load(&ca_dir).unwrap();
+    // Each child reaches a parent through a relay in its own namespace: 20 ms each way.
+    let mut relay_port = 7000;
+    let mut via = |topo_ns: &str, upstream: String, relays: &mut Vec<(String, String)>| {
+        relay_port += 1;
+        // The relay opens its upstream sockets on its listen IP: listen on all addresses of the
+        // namespace, the node dials it on loopback.
+        relays.push((topo_ns.to_owned(), format!("0.0.0.0:{relay_port} {upstream}")));
+        format!("127.0.0.1:{relay_port}")
+    };
+    let mut relays = Vec::new();
+    let parents: Vec<(&str, Option<String>, Option<String>)> = vec![
+        ("province", None, None),
+        ("city-a", Some(via("city-a", format!("{}.1:4434", net(1)), &mut relays)), None),
+        ("city-b", Some(via("city-b", format!("{}.1:4434", net(2)), &mut relays)), None),
+        (
+            "county",
+            Some(via("county", format!("{}.1:4434", net(3)), &mut relays)),
+            Some(via("county", format!("{}.1:4434", net(4)), &mut relays)),
+        ),
+        ("township", Some(via("township", format!("{}.1:4434", net(5)), &mut relays)), None),
+    ];
+    for (n, spec) in &relays {
+        let (listen, upstream) = spec.split_once(' ').unwrap();
+        topo.run(n, &relay, &["--listen", listen, "--upstream", upstream, "--both", "delay=20ms"], "relay listen=").await;
+    }
+    let media_ip = |n: &str| match n {
+        "province" => format!("{}.2", net(0)),
+        "township" => format!("{}.2", net(6)),
+        "city-b" => format!("{}.2", net(7)),
+        _ => "0.0.0.0".into(),
+    };
+    let mut http = std::collections::HashMap::new();
+    for (n, parent, second) in parents {
+        let (cert, key) = ca.issue_to(&::trunk::NodeName::parse(n).unwrap(), &dir.path().join("certs")).unwrap();
+        let mut c = media_server::config::NodeConfig::default();
+        c.node.id = Some(n.parse().unwrap());
+        c.node.data_dir = dir.path().join(n);
+        c.http.listen = "0.0.0.0:8080".parse().unwrap();
+        c.media.listen = format!("{}:8443", media_ip(n)).parse().unwrap();
+        c.quic.listen = "0.0.0.0:4433".parse().unwrap();
+        c.trunk.listen = Some("0.0.0.0:4434".parse().unwrap());
+        c.trunk.parent = parent;
+        c.trunk.second_parent = second;
+        c.trunk.ca = Some(ca_dir.join("ca.pem"));
+        c.trunk.cert = Some(cert);
+        c.trunk.key = Some(key);
+        let file = dir.path().join(format!("{n}.toml"));
+        std::fs::write(&file, c.to_toml()).unwrap();
+        topo.run(n, &server, &["--config", file.to_str().unwrap()], "ready ").await;
+        http.insert(n, format!("http://{}:8080", media_ip(n)));
+    }
+    let token = |n: &str, sub: &str, role: Role| {
+        let id = NodeIdentity::load_or_create(&dir.path().join(n), Some(&n.parse().unwrap())).unwrap();
+        let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+        id.issuer().issue(&req, common::now_unix())
+    };
+
+    let publisher = WhipPublisher::start(
+        &http["township"],
+        "cam1",
+        &token("township", "cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    // The catalog needs a moment to climb four levels: retry the WHEP POST until it is there.
+    let video = ViewOptions { audio: false, ..av() };
+    let view = |n: &'static str| {
+        let (base, t) = (http[n].clone(), token(n, "wall-1", Role::Viewer));
+        async move {
+            wait_for("a WHEP answer for township/cam1", WAIT, || {
+                let (base, t) = (base.clone(), t.clone());
+                async move {
+                    match WhepViewer::start(&base, "township/cam1", &t, video).await {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            eprintln!("netns: WHEP at {base}: {e:#}");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            None
+                        }
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let at_province = view("province").await;
+    let at_city_b = view("city-b").await;
+    for v in [&at_province, &at_city_b] {
+        v.wait_frames(1, WAIT).await.expect("first frame across the namespaces");
+    }
+    let seen: Vec<u64> = [&at_province, &at_city_b].iter().map(|v| v.stats().frames_decoded).collect();
+    let sent0 = publisher.frames_sent();
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    for (v, s) in [&at_province, &at_city_b].iter().zip(&seen) {
+        let got = v.wait_frames(s + 285, Duration::from_secs(10)).await.expect("≥ 95 % of 300 frames, 20 ms per hop");
+        eprintln!("netns: viewer decoded {} of 300 frames", got.frames_decoded - s);
+    }
+
+    let county_ns = topo.ns("county");
+    ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "down"]);
+    let stall = longest_stall(&at_province, Duration::from_secs(6)).await;
+    let n = at_province.stats().frames_decoded;
+    at_province.wait_frames(n + 30, Duration::from_secs(10)).await.expect("frames via city-b after the cut");
+    eprintln!("netns: county–city-a down, province viewer's longest stall {stall:?}");
+    assert!(stall < Duration::from_secs(3), "stalled {stall:?}");
+    ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "up"]);
+    let stall_back = longest_stall(&at_province, Duration::from_secs(8)).await;
+    eprintln!("netns: link back up, longest stall over the next 8 s {stall_back:?}");
+    assert!(stall_back < Duration::from_millis(700), "stalled {stall_back:?} when the link came back");
+
+    at_province.stop().await.expect("viewer DELETE");
+    at_city_b.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    drop(topo);
+}
