@@ -1102,7 +1102,35 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         eprintln!("netns: viewer decoded {} of 300 frames", got.frames_decoded - s);
     }
 
+    // Bytes on the county → city-a veth (the province's path) for 1 vs 4 province viewers.
     let county_ns = topo.ns("county");
+    let tx = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &county_ns, "cat", &format!("/sys/class/net/{county_to_city_a}/statistics/tx_bytes")])
+            .output()
+            .expect("read the veth counter");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("a byte count")
+    };
+    let per_90_frames = || async {
+        let (b0, f0) = (tx(), publisher.frames_sent());
+        wait_for("the publisher to encode 90 more frames", WAIT, || async { (publisher.frames_sent() >= f0 + 90).then_some(()) }).await;
+        tx() - b0
+    };
+    let one = per_90_frames().await;
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(view("province").await);
+    }
+    for v in &more {
+        v.wait_frames(1, WAIT).await.expect("each further province viewer decodes");
+    }
+    let four = per_90_frames().await;
+    eprintln!("netns: county→city-a veth bytes per 90 frames: 1 province viewer {one}, 4 viewers {four} ({:.2}x)", four as f64 / one as f64);
+    assert!(four * 10 <= one * 12, "one copy on the trunk: {four} vs {one}");
+    for v in more {
+        v.stop().await.expect("viewer DELETE");
+    }
+
     ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "down"]);
     let stall = longest_stall(&at_province, Duration::from_secs(6)).await;
     let n = at_province.stats().frames_decoded;

@@ -160,6 +160,9 @@ struct Fragment {
     payload: Vec<u8>,
 }
 
+/// Packets from a route's `next` path held per stream until the switch.
+pub const NEXT_HELD: usize = 512;
+
 /// Sequence numbers remembered behind the highest forwarded one (for late retransmissions).
 const SEEN_WINDOW: u64 = 128;
 /// A gap in a reassembly buffer is waited for this long (a NACK and its retransmission need
@@ -212,6 +215,8 @@ pub struct TrunkPlane {
     clock: Option<Instant>,
     unknown: HashMap<NodeName, VecDeque<(Instant, Vec<u8>)>>,
     ready_sent: HashSet<StreamAddr>,
+    /// Packets from a route's `next` path, held until the switch (at most [`NEXT_HELD`]).
+    next_held: HashMap<StreamAddr, (NodeName, VecDeque<(TrackKey, Vec<u8>)>)>,
     frames: VecDeque<RemoteFrame>,
     out: VecDeque<TrunkOutput>,
     counters: TrunkCounters,
@@ -283,6 +288,7 @@ impl TrunkPlane {
             clock: None,
             unknown: HashMap::new(),
             ready_sent: HashSet::new(),
+            next_held: HashMap::new(),
             frames: VecDeque::new(),
             out: VecDeque::new(),
             counters: TrunkCounters::default(),
@@ -305,6 +311,17 @@ impl TrunkPlane {
         if route.next.is_none() {
             self.ready_sent.remove(&addr);
         }
+        // Switched to the path that was `next`: what it delivered before the switch goes through
+        // now (whatever the old path already forwarded is dropped as such), so no packet is lost
+        // when the new path runs ahead of the old one.
+        let replay = match (self.next_held.remove(&addr), &route.source) {
+            (Some((from, held)), Some(Hop::Trunk(src))) if from == *src => Some((from, held)),
+            (Some(h), _) if route.next.as_ref() == Some(&Hop::Trunk(h.0.clone())) => {
+                self.next_held.insert(addr.clone(), h);
+                None
+            }
+            _ => None,
+        };
         if route == Route::default() {
             self.local.remove(addr.stream.as_str());
             self.routes.remove(&addr);
@@ -323,6 +340,11 @@ impl TrunkPlane {
                     .insert(addr.stream.as_str().to_owned(), addr.clone());
             }
             self.routes.insert(addr, route);
+        }
+        if let Some((from, held)) = replay {
+            for (key, rtp) in held {
+                self.handle_packet(&from, &key, &rtp);
+            }
         }
     }
 
@@ -536,12 +558,25 @@ impl TrunkPlane {
             return;
         };
         if route.source.as_ref() != Some(&hop) {
-            if route.next.as_ref() == Some(&hop)
-                && (!key.video || (p.flags & F_FIRST != 0 && p.flags & F_KEY != 0))
-                && self.ready_sent.insert(key.addr.clone())
-            {
-                self.out
-                    .push_back(TrunkOutput::NextPathReady(key.addr.clone()));
+            if route.next.as_ref() == Some(&hop) {
+                if (!key.video || (p.flags & F_FIRST != 0 && p.flags & F_KEY != 0))
+                    && self.ready_sent.insert(key.addr.clone())
+                {
+                    self.out
+                        .push_back(TrunkOutput::NextPathReady(key.addr.clone()));
+                }
+                // Held until the switch (see `set_route`).
+                let held = self
+                    .next_held
+                    .entry(key.addr.clone())
+                    .or_insert_with(|| (from.clone(), VecDeque::new()));
+                if held.0 != *from {
+                    *held = (from.clone(), VecDeque::new());
+                }
+                if held.1.len() >= NEXT_HELD {
+                    held.1.pop_front();
+                }
+                held.1.push_back((key.clone(), rtp.to_vec()));
             }
             self.counters.not_source += 1;
             return;
@@ -1120,6 +1155,88 @@ mod tests {
         let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
         assert_eq!(frames.len(), 2);
         assert_eq!(&*frames[1].codec, b"vp8");
+    }
+
+    #[test]
+    fn a_new_path_running_ahead_loses_nothing_at_the_switch() {
+        let now = Instant::now();
+        let addr = a("county/cam");
+        let mut origin = TrunkPlane::new(n("county"));
+        origin.set_route(
+            addr.clone(),
+            route(
+                Hop::Local,
+                vec![
+                    (Hop::Trunk(n("city-a")), LayerSet(1)),
+                    (Hop::Trunk(n("city-b")), LayerSet(1)),
+                ],
+            ),
+        );
+        let (mut ca, mut cb) = (TrunkPlane::new(n("city-a")), TrunkPlane::new(n("city-b")));
+        for p in [&mut ca, &mut cb] {
+            p.set_route(
+                addr.clone(),
+                route(
+                    Hop::Trunk(n("county")),
+                    vec![(Hop::Trunk(n("province")), LayerSet(1))],
+                ),
+            );
+        }
+        let mut prov = TrunkPlane::new(n("province"));
+        prov.set_route(
+            addr.clone(),
+            Route {
+                source: Some(Hop::Trunk(n("city-b"))),
+                outputs: vec![(Hop::Local, LayerSet(1))],
+                next: Some(Hop::Trunk(n("city-a"))),
+            },
+        );
+        for i in 0..4u64 {
+            origin.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 2,
+                false,
+                96,
+                codec,
+                &[i as u8; 2000],
+            );
+            for o in std::iter::from_fn(|| origin.poll_output()).collect::<Vec<_>>() {
+                let (to, o) = match o {
+                    TrunkOutput::Control { to, msg } => (to, Ok(msg)),
+                    TrunkOutput::Datagram { to, data } => (to, Err(data)),
+                    _ => continue,
+                };
+                let p = if to == n("city-a") { &mut ca } else { &mut cb };
+                match o {
+                    Ok(msg) => p.handle_control(now, &n("county"), msg),
+                    Err(d) => p.handle_datagram(now, &n("county"), &d),
+                }
+            }
+            // City-a (the new path) delivers everything; city-b (the old one) lags behind
+            // from frame 2 on.
+            carry(&mut ca, &mut prov, now, |_| false);
+            if i < 2 {
+                carry(&mut cb, &mut prov, now, |_| false);
+            }
+        }
+        assert!(std::iter::from_fn(|| prov.poll_output())
+            .any(|o| o == TrunkOutput::NextPathReady(addr.clone())));
+        prov.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("city-a")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        carry(&mut cb, &mut prov, now, |_| false); // the old path's late copies: dropped
+        let times: Vec<u64> = std::iter::from_fn(|| prov.poll_frame())
+            .map(|f| f.time % (1 << 32) / 3000)
+            .collect();
+        assert_eq!(
+            times,
+            vec![0, 1, 2, 3],
+            "each frame once, none lost at the switch"
+        );
     }
 
     #[test]
