@@ -160,6 +160,9 @@ struct Fragment {
     payload: Vec<u8>,
 }
 
+/// Packets (track, RTP) from a route's `next` path, in arrival order.
+type HeldPackets = VecDeque<(TrackKey, Vec<u8>)>;
+
 /// Packets from a route's `next` path held per stream until the switch.
 pub const NEXT_HELD: usize = 512;
 
@@ -216,7 +219,7 @@ pub struct TrunkPlane {
     unknown: HashMap<NodeName, VecDeque<(Instant, Vec<u8>)>>,
     ready_sent: HashSet<StreamAddr>,
     /// Packets from a route's `next` path, held until the switch (at most [`NEXT_HELD`]).
-    next_held: HashMap<StreamAddr, (NodeName, VecDeque<(TrackKey, Vec<u8>)>)>,
+    next_held: HashMap<StreamAddr, (NodeName, HeldPackets)>,
     frames: VecDeque<RemoteFrame>,
     out: VecDeque<TrunkOutput>,
     counters: TrunkCounters,
