@@ -207,6 +207,9 @@ struct RemotePublisher {
     name: StreamName,
     video: Option<PayloadParams>,
     audio: Option<PayloadParams>,
+    /// The codec descriptors `video` and `audio` were read from (a change is read again).
+    video_codec: Arc<[u8]>,
+    audio_codec: Arc<[u8]>,
     /// When its first frame arrived.
     since: Instant,
 }
@@ -522,14 +525,21 @@ impl Sfu {
                     name,
                     video: None,
                     audio: None,
+                    video_codec: Arc::from(&[][..]),
+                    audio_codec: Arc::from(&[][..]),
                     since: now,
                 },
             );
         }
         let Some(r) = self.remote.get_mut(&addr) else { return };
-        let slot = if f.key.video { &mut r.video } else { &mut r.audio };
-        if slot.is_none() {
+        let (slot, seen) = if f.key.video {
+            (&mut r.video, &mut r.video_codec)
+        } else {
+            (&mut r.audio, &mut r.audio_codec)
+        };
+        if slot.is_none() || !Arc::ptr_eq(seen, &f.codec) && seen[..] != f.codec[..] {
             *slot = params_of(&f.codec);
+            *seen = f.codec.clone();
         }
         let Some(params) = *slot else { return };
         let peer = r.peer;

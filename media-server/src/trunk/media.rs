@@ -172,7 +172,7 @@ const SEEN_WINDOW: u64 = 128;
 /// one hop round trip) before the frames around it are given up.
 pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
 /// Datagrams kept per outgoing flow for answering NACKs.
-pub const HISTORY: usize = 1024;
+pub const HISTORY: usize = 512;
 /// Most sequence numbers asked for in one NACK (a longer gap is an outage, not loss).
 const NACK_MAX: u64 = 64;
 
@@ -422,8 +422,14 @@ impl TrunkPlane {
                 ..Track::default()
             }
         });
-        if track.codec.is_none() {
-            track.codec = Some(codec());
+        // The codec is looked at again on every keyframe: a publisher that reconnects under
+        // the same name may send another codec. A change is announced with new flow ids.
+        if track.codec.is_none() || keyframe {
+            let c = codec();
+            if track.codec.as_deref() != Some(&c[..]) {
+                track.codec = Some(c);
+                self.out_flows.retain(|(_, k), _| *k != key);
+            }
         }
         let n = data.len().div_ceil(FRAGMENT).max(1);
         let mut packets = Vec::with_capacity(n);
@@ -529,6 +535,10 @@ impl TrunkPlane {
         let key = TrackKey { addr, video, layer };
         let track = self.tracks.entry(key.clone()).or_default();
         if track.codec.as_deref() != Some(&codec[..]) {
+            if track.codec.is_some() {
+                // Another codec: downstream hears of it through new flows.
+                self.out_flows.retain(|(_, k), _| *k != key);
+            }
             track.codec = Some(codec.into());
         }
         self.in_flows.insert((from.clone(), flow), key);
@@ -1239,6 +1249,61 @@ mod tests {
             times,
             vec![0, 1, 2, 3],
             "each frame once, none lost at the switch"
+        );
+    }
+
+    #[test]
+    fn a_codec_change_at_the_origin_reaches_the_viewers_side() {
+        let now = Instant::now();
+        let (mut town, mut county, mut city) = (
+            TrunkPlane::new(n("town")),
+            TrunkPlane::new(n("county")),
+            TrunkPlane::new(n("city")),
+        );
+        let addr = a("town/cam");
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]),
+        );
+        county.set_route(
+            addr.clone(),
+            route(
+                Hop::Trunk(n("town")),
+                vec![(Hop::Trunk(n("city")), LayerSet(1))],
+            ),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        let h264 = || std::sync::Arc::from(&b"h264"[..]);
+        for (i, c) in [codec, codec, h264, h264].into_iter().enumerate() {
+            let i = i as u64;
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i.is_multiple_of(2),
+                false,
+                96,
+                c,
+                &[1; 10],
+            );
+            carry(&mut town, &mut county, now, |_| false);
+            carry(&mut county, &mut city, now, |_| false);
+        }
+        let codecs: Vec<Vec<u8>> = std::iter::from_fn(|| city.poll_frame())
+            .map(|f| f.codec.to_vec())
+            .collect();
+        assert_eq!(
+            codecs,
+            vec![
+                b"vp8".to_vec(),
+                b"vp8".to_vec(),
+                b"h264".to_vec(),
+                b"h264".to_vec()
+            ]
         );
     }
 
