@@ -246,12 +246,14 @@ async fn whep_remote(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if node != state.node_id.as_str() {
-        authenticate(&state, &headers)?;
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_node",
-            format!("node {node} is not reachable from here"),
-        ));
+        // A stream at another node: pulled over the trunks (docs/trunk.md).
+        let claims = authenticate(&state, &headers)?;
+        require(&claims, Action::ViewStream)?;
+        let addr = trunk::StreamAddr::parse(&format!("{node}/{stream}"))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))?;
+        let (pref, offer) = (query.pref()?, sdp_body(&headers, &body)?);
+        let answer = state.media.view_remote(addr, offer, pref).await?;
+        return Ok(created(&answer.session_id, answer.sdp));
     }
     view(&state, &stream, &query, &headers, &body).await
 }

@@ -14,8 +14,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::forward::LayerPref;
-use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit};
+use crate::forward::{LayerPref, PeerId};
+use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
+use crate::trunk::media::TrunkOutput;
+use crate::trunk::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
 
 enum Command {
     Publish {
@@ -34,6 +36,42 @@ enum Command {
         session_id: String,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    ViewRemote {
+        addr: ::trunk::StreamAddr,
+        offer: String,
+        pref: LayerPref,
+        reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
+    },
+    AttachTrunk {
+        handle: TrunkHandle,
+        rx: MediaLinkRx,
+    },
+}
+
+/// How long a viewer of a remote stream waits for the pull to deliver its first media.
+pub const REMOTE_VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A remote stream whose audio arrived but no video for this long is answered audio-only.
+const AUDIO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+/// A remote stream whose video arrived but no audio for this long is answered video-only (an
+/// audio track sends every 20 ms, so it shows up well within this if there is one).
+const VIDEO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A WHEP viewer of a remote stream waiting for the pull to deliver.
+struct PendingView {
+    peer: PeerId,
+    addr: ::trunk::StreamAddr,
+    offer: String,
+    pref: LayerPref,
+    since: Instant,
+    failed: Option<::trunk::FailReason>,
+    reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
+}
+
+/// The media task's side of the trunks.
+struct TrunkIo {
+    handle: TrunkHandle,
+    rx: MediaLinkRx,
+    pending: Vec<PendingView>,
 }
 
 /// Handle used by the HTTP (and later signaling) side to reach the media task.
@@ -55,6 +93,22 @@ impl MediaHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::View { stream, offer, pref, reply }).await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
+    }
+
+    /// Views the stream `addr` published at another node with a WHEP offer: the stream is
+    /// pulled over the trunks and the answer comes once its first media arrived (at most
+    /// [`REMOTE_VIEW_WAIT`]). [`SfuError::NotLive`] if no node publishes it (or this node has no
+    /// trunks), [`SfuError::Unavailable`] if no path leads to it now.
+    pub async fn view_remote(&self, addr: ::trunk::StreamAddr, offer: String, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ViewRemote { addr, offer, pref, reply }).await?;
+        rx.await.map_err(|_| SfuError::Unavailable)?
+    }
+
+    /// Connects the media task to the trunk shell: datagrams and routes in, datagrams and
+    /// subscriptions out. The SFU's trunk plane takes the handle's node name.
+    pub async fn attach_trunk(&self, handle: TrunkHandle, rx: MediaLinkRx) -> Result<(), SfuError> {
+        self.send(Command::AttachTrunk { handle, rx }).await
     }
 
     /// Ends the session `session_id`.
@@ -207,6 +261,9 @@ impl BatchIo {
     }
 }
 
+/// Most trunk datagrams taken from the queue per wake-up.
+const TRUNK_BATCH: usize = 256;
+
 async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
     let mut io = match BatchIo::new(&socket) {
         Ok(io) => io,
@@ -215,11 +272,18 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             return;
         }
     };
+    let mut trunk: Option<TrunkIo> = None;
     loop {
+        if let Some(t) = trunk.as_mut() {
+            t.pump(&mut sfu);
+        }
         io.flush(&socket, &mut sfu).await;
         // With no session there is nothing to time out: wake at least once a second anyway.
         let now = Instant::now();
-        let next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
+        let mut next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
+        if trunk.as_ref().is_some_and(|t| !t.pending.is_empty()) {
+            next = next.min(now + std::time::Duration::from_millis(100));
+        }
         if next <= now + TIMER_GRANULARITY {
             // str0m's pacer releases one packet per timeout and asks to be polled again within
             // microseconds while it has packets queued; tokio's timer would round that up to a
@@ -227,14 +291,34 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             // the engine, let other tasks run, and go round again without sleeping.
             io.recv(&socket, &mut sfu);
             while let Ok(cmd) = rx.try_recv() {
-                handle_command(&mut sfu, cmd);
+                handle_command(&mut sfu, &mut trunk, cmd);
+            }
+            if let Some(t) = trunk.as_mut() {
+                t.take_queued(&mut sfu);
             }
             sfu.handle_timeout(Instant::now());
             tokio::task::yield_now().await;
             continue;
         }
         let deadline = tokio::time::Instant::from_std(next);
+        let trunk_in = async {
+            match trunk.as_mut() {
+                Some(t) => tokio::select! {
+                    e = t.rx.events.recv() => e.map(TrunkIn::Event),
+                    d = t.rx.datagrams.recv() => d.map(TrunkIn::Datagram),
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            got = trunk_in => {
+                if let Some(got) = got {
+                    if let Some(t) = trunk.as_mut() {
+                        t.handle(&mut sfu, got);
+                        t.take_queued(&mut sfu);
+                    }
+                }
+            }
             r = socket.readable() => match r {
                 Ok(()) => {
                     io.recv(&socket, &mut sfu);
@@ -246,14 +330,101 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             },
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(cmd) => handle_command(&mut sfu, cmd),
+                Some(cmd) => handle_command(&mut sfu, &mut trunk, cmd),
             },
             _ = tokio::time::sleep_until(deadline) => sfu.handle_timeout(Instant::now()),
         }
     }
 }
 
-fn handle_command(sfu: &mut Sfu, cmd: Command) {
+enum TrunkIn {
+    Event(TrunkEvent),
+    Datagram((::trunk::NodeName, bytes::Bytes)),
+}
+
+impl TrunkIo {
+    fn handle(&mut self, sfu: &mut Sfu, got: TrunkIn) {
+        let now = Instant::now();
+        match got {
+            TrunkIn::Datagram((from, d)) => sfu.trunk_datagram(now, &from, &d),
+            TrunkIn::Event(TrunkEvent::Route { addr, route }) => sfu.trunk_route(now, addr, route),
+            TrunkIn::Event(TrunkEvent::PublisherKeyframe { stream, layer }) => {
+                if let Ok(s) = StreamName::parse(stream.as_str()) {
+                    sfu.publisher_keyframe(now, &s, layer.0);
+                }
+            }
+            TrunkIn::Event(TrunkEvent::Viewer { viewer, event, .. }) => {
+                if let ::trunk::ViewerEvent::Failed(r) = event {
+                    if let Some(p) = self.pending.iter_mut().find(|p| p.peer.0 == viewer.0) {
+                        p.failed = Some(r);
+                    }
+                }
+            }
+            TrunkIn::Event(TrunkEvent::Control { from, msg }) => sfu.trunk_control(now, &from, msg),
+            TrunkIn::Event(TrunkEvent::Reset(peer)) => sfu.trunk_reset(&peer),
+        }
+    }
+
+    /// Takes what is already queued (a bounded batch of datagrams) without waiting.
+    fn take_queued(&mut self, sfu: &mut Sfu) {
+        while let Ok(e) = self.rx.events.try_recv() {
+            self.handle(sfu, TrunkIn::Event(e));
+        }
+        for _ in 0..TRUNK_BATCH {
+            let Ok(d) = self.rx.datagrams.try_recv() else { break };
+            self.handle(sfu, TrunkIn::Datagram(d));
+        }
+    }
+
+    /// Carries out the SFU's trunk requests and answers the remote viewers whose pull delivered
+    /// (or failed, or took too long).
+    fn pump(&mut self, sfu: &mut Sfu) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            let (video, audio, since) = sfu.remote_codecs(&p.addr);
+            let waited = now.saturating_duration_since(p.since);
+            let flowing = since.map_or(std::time::Duration::ZERO, |t| now.saturating_duration_since(t));
+            let result = if (video && (audio || flowing >= VIDEO_ONLY_AFTER)) || (audio && flowing >= AUDIO_ONLY_AFTER) {
+                Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
+            } else if let Some(r) = p.failed {
+                Some(Err(match r {
+                    ::trunk::FailReason::NotFound => SfuError::NotLive,
+                    ::trunk::FailReason::NoRoute => SfuError::Unavailable,
+                }))
+            } else if waited >= REMOTE_VIEW_WAIT {
+                Some(Err(SfuError::Unavailable))
+            } else {
+                None
+            };
+            match result {
+                None => i += 1,
+                Some(r) => {
+                    let p = self.pending.swap_remove(i);
+                    if r.is_err() && p.failed.is_none() {
+                        sfu.unwatch(p.peer, p.addr.clone());
+                    }
+                    let _ = p.reply.send(r);
+                }
+            }
+        }
+        while let Some(r) = sfu.poll_trunk() {
+            match r {
+                TrunkRequest::Plane(TrunkOutput::Datagram { to, data }) => {
+                    self.handle.send_datagram(&to, data);
+                }
+                TrunkRequest::Plane(TrunkOutput::Control { to, msg }) => self.handle.send_control(to, msg),
+                TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => self.handle.next_path_ready(addr),
+                TrunkRequest::Subscribe { viewer, addr, layers } => self.handle.subscribe(viewer, addr, layers),
+                TrunkRequest::Unsubscribe { viewer, addr } => self.handle.unsubscribe(viewer, addr),
+                TrunkRequest::Keyframe { addr, layer } => self.handle.request_keyframe(addr, layer),
+            }
+        }
+    }
+}
+
+fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
     let now = Instant::now();
     match cmd {
         Command::Publish { stream, owner, offer, reply } => {
@@ -264,6 +435,27 @@ fn handle_command(sfu: &mut Sfu, cmd: Command) {
         }
         Command::Close { session_id, reply } => {
             let _ = reply.send(sfu.close_session(now, &session_id));
+        }
+        Command::ViewRemote { addr, offer, pref, reply } => match trunk.as_mut() {
+            None => {
+                let _ = reply.send(Err(SfuError::NotLive));
+            }
+            // This node's own stream, named the cascade's way.
+            Some(t) if addr.node == *t.handle.node() => {
+                let r = match StreamName::parse(addr.stream.as_str()) {
+                    Ok(s) => sfu.view(now, &s, &offer, pref),
+                    Err(_) => Err(SfuError::NotLive),
+                };
+                let _ = reply.send(r);
+            }
+            Some(t) => {
+                let peer = sfu.watch_remote(addr.clone());
+                t.pending.push(PendingView { peer, addr, offer, pref, since: now, failed: None, reply });
+            }
+        },
+        Command::AttachTrunk { handle, rx } => {
+            sfu.enable_trunks(handle.node().clone());
+            *trunk = Some(TrunkIo { handle, rx, pending: Vec::new() });
         }
     }
 }

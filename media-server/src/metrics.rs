@@ -83,6 +83,8 @@ pub struct Metrics {
     pub keyframe_requests_out: AtomicU64,
     /// WebRTC sessions ended because of an error.
     pub session_errors: AtomicU64,
+    /// The trunk media plane's counters (copied by the SFU every housekeeping round).
+    pub trunk: std::sync::Mutex<crate::trunk::media::TrunkCounters>,
     drops: [AtomicU64; 7],
 }
 
@@ -129,6 +131,17 @@ impl Metrics {
         one("yiwang_keyframe_requests_in_total", "counter", "PLI/FIR received from viewers.", get(&self.keyframe_requests_in));
         one("yiwang_keyframe_requests_out_total", "counter", "PLI sent to publishers after aggregation.", get(&self.keyframe_requests_out));
         one("yiwang_session_errors_total", "counter", "WebRTC sessions ended by an error.", get(&self.session_errors));
+        let t = self.trunk.lock().map(|t| t.clone()).unwrap_or_default();
+        one("yiwang_trunk_datagrams_in_total", "counter", "Media datagrams received on trunks.", t.datagrams_in);
+        one("yiwang_trunk_datagrams_out_total", "counter", "Media datagrams sent on trunks.", t.datagrams_out);
+        one("yiwang_trunk_bytes_out_total", "counter", "Bytes of media datagrams sent on trunks.", t.bytes_out);
+        one("yiwang_trunk_frames_in_total", "counter", "Frames of remote streams given to local viewers.", t.frames_in);
+        one("yiwang_trunk_frames_after_loss_total", "counter", "Remote frames delivered after a loss on the way.", t.frames_lost);
+        one("yiwang_trunk_nacks_sent_total", "counter", "NACKs sent on trunks (gaps seen).", t.nacks_sent);
+        one("yiwang_trunk_retransmits_total", "counter", "Trunk packets resent in answer to NACKs.", t.retransmits);
+        one("yiwang_trunk_duplicates_total", "counter", "Trunk packets dropped as already forwarded (path switch).", t.duplicates);
+        one("yiwang_trunk_not_source_total", "counter", "Trunk packets dropped: not from the route's source.", t.not_source);
+        one("yiwang_trunk_unknown_total", "counter", "Trunk datagrams dropped: malformed or of an unknown flow.", t.unknown);
         let _ = writeln!(s, "# HELP yiwang_drops_total Datagrams or frames dropped, by reason.");
         let _ = writeln!(s, "# TYPE yiwang_drops_total counter");
         for r in DropReason::ALL {

@@ -225,10 +225,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         })
     };
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
-    let trunk = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone()).await? {
+    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
+    let trunk = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone(), Some(media_link)).await? {
         Some((handle, sync_task)) => {
             info!(trunk = %handle.local_addr(), "trunk endpoint bound");
             tasks.push(sync_task);
+            media
+                .attach_trunk(handle.clone(), media_link_rx)
+                .await
+                .map_err(|e| anyhow::anyhow!("attaching trunks to the media task: {e}"))?;
             Some(handle)
         }
         None => None,

@@ -52,6 +52,7 @@ use crate::codec::{keyframe_dims, VideoCodec};
 use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind, ViewError};
 use crate::metrics::{DropReason, Metrics};
 use crate::streams::{LayerSummary, LiveStreams, StreamInfo};
+use crate::trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
 
 /// Tunables of the SFU engine. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -146,6 +147,84 @@ pub struct Transmit {
     pub contents: Vec<u8>,
 }
 
+/// What the SFU needs from the trunk shell (see [`Sfu::poll_trunk`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrunkRequest {
+    /// A datagram, control message or path switch for the trunk media plane.
+    Plane(TrunkOutput),
+    /// Subscribe a local viewer to a remote stream (`TrunkHandle::subscribe`).
+    Subscribe {
+        /// The viewer (its session's peer id).
+        viewer: ::trunk::ViewerId,
+        /// The remote stream.
+        addr: ::trunk::StreamAddr,
+        /// The layers wanted.
+        layers: ::trunk::LayerSet,
+    },
+    /// The viewer is gone (`TrunkHandle::unsubscribe`).
+    Unsubscribe {
+        /// The viewer.
+        viewer: ::trunk::ViewerId,
+        /// The remote stream.
+        addr: ::trunk::StreamAddr,
+    },
+    /// A keyframe of a remote stream's layer is needed (`TrunkHandle::request_keyframe`; the
+    /// router throttles).
+    Keyframe {
+        /// The remote stream.
+        addr: ::trunk::StreamAddr,
+        /// The layer.
+        layer: ::trunk::LayerId,
+    },
+}
+
+/// The codec of a track, as a trunk `Flow` carries it from the origin node (JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CodecDescriptor {
+    pt: u8,
+    resend: Option<u8>,
+    spec: str0m::format::CodecSpec,
+}
+
+fn codec_descriptor(p: &PayloadParams) -> Arc<[u8]> {
+    let d = CodecDescriptor {
+        pt: *p.pt(),
+        resend: p.resend().map(|r| *r),
+        spec: p.spec(),
+    };
+    serde_json::to_vec(&d).unwrap_or_default().into()
+}
+
+fn params_of(descriptor: &[u8]) -> Option<PayloadParams> {
+    let d: CodecDescriptor = serde_json::from_slice(descriptor).ok()?;
+    Some(PayloadParams::new(d.pt.into(), d.resend.map(Into::into), d.spec))
+}
+
+/// A stream pulled from another node over a trunk, fed to local viewers as if published here
+/// (under the forwarding core's name `NODE/STREAM`).
+struct RemotePublisher {
+    peer: PeerId,
+    name: StreamName,
+    video: Option<PayloadParams>,
+    audio: Option<PayloadParams>,
+    /// The codec descriptors `video` and `audio` were read from (a change is read again).
+    video_codec: Arc<[u8]>,
+    audio_codec: Arc<[u8]>,
+    /// When its first frame arrived.
+    since: Instant,
+}
+
+/// A frame about to be routed to viewers, from a local publisher or a trunk.
+struct MediaIn {
+    kind: TrackKind,
+    layer: Layer,
+    keyframe: bool,
+    time: MediaTime,
+    network_time: Instant,
+    params: PayloadParams,
+    data: Arc<[u8]>,
+}
+
 #[derive(Debug)]
 enum PeerRole {
     Publisher { stream: StreamName },
@@ -174,6 +253,8 @@ struct Peer {
     /// Last cumulative NACK count seen per mid, to turn str0m's stats into counters.
     egress_seen: HashMap<Mid, u64>,
     ingress_seen: HashMap<Mid, u64>,
+    /// Viewer of a remote stream: its trunk subscription, ended with the session.
+    remote: Option<::trunk::StreamAddr>,
 }
 
 /// The SFU engine. See the module docs for the run loop.
@@ -207,6 +288,14 @@ pub struct Sfu {
     /// `None` until the first session, or if the crypto provider could not make one (each
     /// session then makes its own, as str0m does by default).
     dtls_cert: Option<DtlsCert>,
+    /// The trunk media plane, when this node has trunks.
+    trunk: Option<TrunkPlane>,
+    /// Streams pulled over trunks, by address.
+    remote: HashMap<::trunk::StreamAddr, RemotePublisher>,
+    /// Requests for the trunk shell.
+    trunk_out: VecDeque<TrunkRequest>,
+    /// When the trunk counters were last copied into the metrics.
+    last_trunk_stats: Option<Instant>,
 }
 
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
@@ -289,7 +378,186 @@ impl Sfu {
             due: Vec::new(),
             fanout: FanOut::default(),
             dtls_cert: None,
+            trunk: None,
+            remote: HashMap::new(),
+            trunk_out: VecDeque::new(),
+            last_trunk_stats: None,
         }
+    }
+
+    /// Turns on the trunk media plane for node `node`: local streams can be sent to trunks and
+    /// remote ones watched ([`Sfu::watch_remote`]).
+    pub fn enable_trunks(&mut self, node: ::trunk::NodeName) {
+        self.trunk = Some(TrunkPlane::new(node));
+    }
+
+    /// Counters of the trunk media plane (zero without trunks).
+    pub fn trunk_counters(&self) -> TrunkCounters {
+        self.trunk.as_ref().map(|t| t.counters().clone()).unwrap_or_default()
+    }
+
+    /// The trunk router changed its forwarding of `addr`.
+    pub fn trunk_route(&mut self, now: Instant, addr: ::trunk::StreamAddr, route: ::trunk::Route) {
+        let local = route.outputs.iter().any(|(h, _)| *h == ::trunk::Hop::Local);
+        if let Some(t) = self.trunk.as_mut() {
+            t.set_route(addr.clone(), route);
+        }
+        if !local {
+            if let Some(r) = self.remote.remove(&addr) {
+                self.fwd.remove_peer(r.peer);
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// A datagram arrived on the trunk from `from`.
+    pub fn trunk_datagram(&mut self, now: Instant, from: &::trunk::NodeName, data: &[u8]) {
+        if let Some(t) = self.trunk.as_mut() {
+            t.handle_datagram(now, from, data);
+        }
+        self.after_input(now);
+    }
+
+    /// A media-plane control message (`Flow`, `Nack`) arrived on the trunk from `from`.
+    pub fn trunk_control(&mut self, now: Instant, from: &::trunk::NodeName, msg: ::trunk::Message) {
+        if let Some(t) = self.trunk.as_mut() {
+            t.handle_control(now, from, msg);
+        }
+        self.after_input(now);
+    }
+
+    /// The trunk to `peer` came up or went down: its flow ids start afresh.
+    pub fn trunk_reset(&mut self, peer: &::trunk::NodeName) {
+        if let Some(t) = self.trunk.as_mut() {
+            t.trunk_reset(peer);
+        }
+    }
+
+    /// The router asks the local publisher of `stream` for a keyframe of `layer`.
+    pub fn publisher_keyframe(&mut self, now: Instant, stream: &StreamName, layer: u8) {
+        if let Some(p) = self.fwd.publisher_of(stream) {
+            self.request_publisher_keyframe(now, p, Layer(layer));
+        }
+        self.after_input(now);
+    }
+
+    /// Starts pulling the remote stream `addr` for a viewer to come: returns the viewer's peer
+    /// id, to pass to [`Sfu::view_remote`] once [`Sfu::remote_codecs`] knows the stream's
+    /// codecs, or to [`Sfu::unwatch`] if the viewer gives up.
+    pub fn watch_remote(&mut self, addr: ::trunk::StreamAddr) -> PeerId {
+        let peer = self.alloc_peer_id();
+        self.trunk_out.push_back(TrunkRequest::Subscribe {
+            viewer: ::trunk::ViewerId(peer.0),
+            addr,
+            layers: ::trunk::LayerSet(u8::MAX),
+        });
+        peer
+    }
+
+    /// Ends a pull started by [`Sfu::watch_remote`] that never became a session.
+    pub fn unwatch(&mut self, peer: PeerId, addr: ::trunk::StreamAddr) {
+        self.trunk_out.push_back(TrunkRequest::Unsubscribe {
+            viewer: ::trunk::ViewerId(peer.0),
+            addr,
+        });
+    }
+
+    /// Whether media of the remote stream `addr` arrived yet: video codec known, audio codec
+    /// known, and since when frames arrive (`None`: no frame yet).
+    pub fn remote_codecs(&self, addr: &::trunk::StreamAddr) -> (bool, bool, Option<Instant>) {
+        self.remote
+            .get(addr)
+            .map_or((false, false, None), |r| (r.video.is_some(), r.audio.is_some(), Some(r.since)))
+    }
+
+    /// The next request for the trunk shell.
+    pub fn poll_trunk(&mut self) -> Option<TrunkRequest> {
+        self.trunk_out.pop_front()
+    }
+
+    /// Asks a local publisher for a keyframe of `layer` (PLI).
+    fn request_publisher_keyframe(&mut self, now: Instant, publisher: PeerId, layer: Layer) {
+        if let Some(p) = self.peers.get_mut(&publisher) {
+            let rid = p.rids.get(usize::from(layer.0)).copied().flatten();
+            if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
+                if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
+                    Metrics::add(&self.metrics.keyframe_requests_out, 1);
+                }
+            }
+            self.drain(publisher, now);
+        }
+    }
+
+    /// Carries the trunk plane's frames to the viewers and its outputs to the shell's queue.
+    fn pump_trunk(&mut self, now: Instant) -> bool {
+        let mut progressed = false;
+        loop {
+            let Some(t) = self.trunk.as_mut() else { return progressed };
+            while let Some(o) = t.poll_output() {
+                self.trunk_out.push_back(TrunkRequest::Plane(o));
+            }
+            let Some(f) = t.poll_frame() else { return progressed };
+            progressed = true;
+            self.route_remote_frame(now, f);
+        }
+    }
+
+    /// A whole frame of a remote stream: routed to local viewers as if from a local publisher.
+    fn route_remote_frame(&mut self, now: Instant, f: RemoteFrame) {
+        let addr = f.key.addr.clone();
+        if !self.remote.contains_key(&addr) {
+            let (Ok(node), Ok(stream)) = (
+                signaling::ids::NodeId::parse(addr.node.as_str()),
+                StreamName::parse(addr.stream.as_str()),
+            ) else {
+                return;
+            };
+            let name = StreamName::remote(&node, &stream);
+            let peer = self.alloc_peer_id();
+            let owner = Subject::parse("trunk").expect("valid subject");
+            if self.fwd.add_publisher(now, name.clone(), owner, peer).is_err() {
+                return;
+            }
+            self.remote.insert(
+                addr.clone(),
+                RemotePublisher {
+                    peer,
+                    name,
+                    video: None,
+                    audio: None,
+                    video_codec: Arc::from(&[][..]),
+                    audio_codec: Arc::from(&[][..]),
+                    since: now,
+                },
+            );
+        }
+        let Some(r) = self.remote.get_mut(&addr) else { return };
+        let (slot, seen) = if f.key.video {
+            (&mut r.video, &mut r.video_codec)
+        } else {
+            (&mut r.audio, &mut r.audio_codec)
+        };
+        if slot.is_none() || !Arc::ptr_eq(seen, &f.codec) && seen[..] != f.codec[..] {
+            *slot = params_of(&f.codec);
+            *seen = f.codec.clone();
+        }
+        let Some(params) = *slot else { return };
+        let peer = r.peer;
+        let kind = if f.key.video { TrackKind::Video } else { TrackKind::Audio };
+        let layer = Layer(f.key.layer.0);
+        if f.discontinuity && kind == TrackKind::Video {
+            self.fwd.publisher_discontinuity(now, peer, layer);
+        }
+        let m = MediaIn {
+            kind,
+            layer,
+            keyframe: f.keyframe,
+            time: MediaTime::new(f.time, params.spec().clock_rate),
+            network_time: now,
+            params,
+            data: f.data.into(),
+        };
+        self.route_media(now, peer, m);
     }
 
     /// The live-stream table this engine writes.
@@ -402,8 +670,6 @@ impl Sfu {
     /// lists VP8 first still gets the publisher's H.264 (no transcoding happens here).
     pub fn view(&mut self, now: Instant, stream: &StreamName, offer: &str, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
         let publisher = self.fwd.publisher_of(stream).ok_or(SfuError::NotLive)?;
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-
         let (video_params, audio_params) = {
             let p = self.peers.get(&publisher).ok_or(SfuError::NotLive)?;
             (
@@ -411,6 +677,39 @@ impl Sfu {
                 p.audio_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
             )
         };
+        let peer_id = self.alloc_peer_id();
+        self.view_with(now, stream, peer_id, video_params, audio_params, offer, pref, None)
+    }
+
+    /// Accepts a WHEP offer for the remote stream `addr`, pulled since [`Sfu::watch_remote`]
+    /// returned `peer_id`; the answer offers the codecs its origin announced. The trunk
+    /// subscription ends with the session.
+    pub fn view_remote(
+        &mut self,
+        now: Instant,
+        peer_id: PeerId,
+        addr: &::trunk::StreamAddr,
+        offer: &str,
+        pref: LayerPref,
+    ) -> Result<SessionAnswer, SfuError> {
+        let r = self.remote.get(addr).ok_or(SfuError::NotLive)?;
+        let (name, video, audio) = (r.name.clone(), r.video.into_iter().collect(), r.audio.into_iter().collect());
+        self.view_with(now, &name, peer_id, video, audio, offer, pref, Some(addr.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn view_with(
+        &mut self,
+        now: Instant,
+        stream: &StreamName,
+        peer_id: PeerId,
+        video_params: Vec<PayloadParams>,
+        audio_params: Vec<PayloadParams>,
+        offer: &str,
+        pref: LayerPref,
+        remote: Option<::trunk::StreamAddr>,
+    ) -> Result<SessionAnswer, SfuError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         // Send-side bandwidth estimation (TWCC) for what we send this viewer drives its
         // `Auto` layer choice.
         let mut cfg = self
@@ -424,8 +723,8 @@ impl Sfu {
                 codecs.add_config(p.pt(), p.resend(), s.codec, s.clock_rate, s.channels, s.format);
             }
         }
-        let peer_id = self.alloc_peer_id();
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
+        peer.remote = remote;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
         if !self.config.pace_video {
             if let Some(mid) = peer.video_mid {
@@ -502,6 +801,7 @@ impl Sfu {
             probe_floor: 0,
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
+            remote: None,
         };
         Ok((peer, sdp))
     }
@@ -713,21 +1013,26 @@ impl Sfu {
                 progressed = true;
                 match out {
                     ForwardOutput::RequestKeyframe { publisher, layer } => {
-                        if let Some(p) = self.peers.get_mut(&publisher) {
-                            let rid = p.rids.get(usize::from(layer.0)).copied().flatten();
-                            if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
-                                if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
-                                    Metrics::add(&self.metrics.keyframe_requests_out, 1);
-                                }
-                            }
-                            self.drain(publisher, now);
+                        match self.remote.iter().find(|(_, r)| r.peer == publisher) {
+                            Some((addr, _)) => self.trunk_out.push_back(TrunkRequest::Keyframe {
+                                addr: addr.clone(),
+                                layer: ::trunk::LayerId(layer.0),
+                            }),
+                            None => self.request_publisher_keyframe(now, publisher, layer),
                         }
                     }
                     ForwardOutput::Close { peer } => self.close_peer(peer, "taken over by a newer session"),
                 }
             }
+            progressed |= self.pump_trunk(now);
             if !progressed {
                 break;
+            }
+        }
+        if self.trunk.is_some() && self.last_trunk_stats.is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_INTERVAL) {
+            self.last_trunk_stats = Some(now);
+            if let (Some(t), Ok(mut m)) = (self.trunk.as_ref(), self.metrics.trunk.lock()) {
+                m.clone_from(t.counters());
             }
         }
     }
@@ -767,16 +1072,45 @@ impl Sfu {
             *last = Some(t);
         }
         let keyframe = data.is_keyframe();
-        let dims = match (kind, keyframe, data.params.spec().codec) {
-            (TrackKind::Video, true, Codec::Vp8) => keyframe_dims(VideoCodec::Vp8, &data.data),
-            (TrackKind::Video, true, Codec::H264) => keyframe_dims(VideoCodec::H264, &data.data),
-            _ => None,
-        };
+        if let (Some(t), PeerRole::Publisher { stream }) = (self.trunk.as_mut(), &p.role) {
+            let params = data.params;
+            t.send_local_frame(
+                stream.as_str(),
+                kind == TrackKind::Video,
+                ::trunk::LayerId(layer.0),
+                data.time.numer(),
+                keyframe,
+                !data.contiguous,
+                *data.pt,
+                || codec_descriptor(&params),
+                &data.data,
+            );
+        }
         if kind == TrackKind::Video && !data.contiguous {
             // Loss NACK/RTX could not repair: the viewers' decoders need a fresh keyframe.
             self.fwd.publisher_discontinuity(now, from, layer);
         }
-        let frame = Frame { kind, layer, keyframe, dims, bytes: data.data.len() };
+        let m = MediaIn {
+            kind,
+            layer,
+            keyframe,
+            time: data.time,
+            network_time: data.network_time,
+            params: data.params,
+            data: data.data.clone(),
+        };
+        self.route_media(now, from, m);
+    }
+
+    /// Routes one frame from publisher `from` (local or remote) to its viewers.
+    fn route_media(&mut self, now: Instant, from: PeerId, m: MediaIn) {
+        let MediaIn { kind, layer, keyframe, time, network_time, params, data } = m;
+        let dims = match (kind, keyframe, params.spec().codec) {
+            (TrackKind::Video, true, Codec::Vp8) => keyframe_dims(VideoCodec::Vp8, &data),
+            (TrackKind::Video, true, Codec::H264) => keyframe_dims(VideoCodec::H264, &data),
+            _ => None,
+        };
+        let frame = Frame { kind, layer, keyframe, dims, bytes: data.len() };
         let (waiting0, stray0) = {
             let c = self.fwd.counters();
             (c.dropped_waiting_keyframe, c.dropped_not_publisher)
@@ -794,10 +1128,10 @@ impl Sfu {
         let mut fanout = std::mem::take(&mut self.fanout);
         fanout.kind = kind;
         fanout.layer = layer;
-        fanout.time = data.time;
-        fanout.network_time = data.network_time;
-        fanout.params = Some(data.params);
-        fanout.payload = Some(Arc::from(&data.data[..]));
+        fanout.time = time;
+        fanout.network_time = network_time;
+        fanout.params = Some(params);
+        fanout.payload = Some(data);
         fanout.since = now;
         fanout.next = 0;
         std::mem::swap(&mut fanout.targets, &mut targets);
@@ -868,6 +1202,12 @@ impl Sfu {
                 self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
                 self.live.set_viewers(stream, self.fwd.viewer_count(stream));
             }
+        }
+        if let Some(addr) = peer.remote.take() {
+            self.trunk_out.push_back(TrunkRequest::Unsubscribe {
+                viewer: ::trunk::ViewerId(id.0),
+                addr,
+            });
         }
         if peer.connected {
             self.metrics.peers.fetch_sub(1, Ordering::Relaxed);

@@ -304,7 +304,15 @@ impl Hub {
                     (None, Some(h)) => LayerPref::MaxHeight(h),
                     (None, None) => LayerPref::Auto,
                 };
-                let a = self.media.view(stream.clone(), sdp, pref).await.map_err(sfu_err)?;
+                let a = match stream.split_remote() {
+                    // `NODE/STREAM`: pulled over the trunks (this node's own name included).
+                    Some(_) => {
+                        let addr = trunk::StreamAddr::parse(stream.as_str()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+                        self.media.view_remote(addr, sdp, pref).await
+                    }
+                    None => self.media.view(stream.clone(), sdp, pref).await,
+                }
+                .map_err(sfu_err)?;
                 self.track(session, &a.session_id);
                 Ok(json!({"media": a.session_id, "sdp": a.sdp, "stream": stream}))
             }

@@ -144,6 +144,7 @@ mod shell {
             peers: vec![],
             grace: Duration::from_secs(10),
             credentials: creds(ca, name),
+            media: None,
         })
         .await
         .unwrap()

@@ -157,6 +157,20 @@ id_type!(
     StreamName, "stream name", 96, check_stream
 );
 
+impl StreamName {
+    /// The cascade's name for `stream` published at node `node`: `NODE/STREAM`. Only the trunk
+    /// plane makes these (for a stream pulled from another node); [`StreamName::parse`] refuses
+    /// them, so no local publisher can take such a name.
+    pub fn remote(node: &NodeId, stream: &StreamName) -> StreamName {
+        StreamName(format!("{node}/{stream}"))
+    }
+
+    /// For a name made by [`StreamName::remote`]: the node and the stream at that node.
+    pub fn split_remote(&self) -> Option<(&str, &str)> {
+        self.0.split_once('/')
+    }
+}
+
 /// Stream names: the common syntax, but `/` gets its own error because `NODE/STREAM` is a real
 /// (remote) name that only the cascade may create.
 fn check_stream(s: &str, max: usize, what: &'static str) -> Result<(), NameError> {

@@ -22,6 +22,20 @@ use std::fmt;
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::auth::Role;
 
+/// A `subscribe` stream name: local (`cam1`) or at another node (`township-3/cam1`).
+fn local_or_remote_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamName, D::Error> {
+    use serde::de::Error as _;
+    let s = String::deserialize(d)?;
+    match s.split_once('/') {
+        Some((node, stream)) => {
+            let node = NodeId::parse(node).map_err(D::Error::custom)?;
+            let stream = StreamName::parse(stream).map_err(D::Error::custom)?;
+            Ok(StreamName::remote(&node, &stream))
+        }
+        None => StreamName::parse(&s).map_err(D::Error::custom),
+    }
+}
+
 /// The protocol version this crate speaks (the `v` of `hello`).
 pub const VERSION: u32 = 1;
 
@@ -505,7 +519,9 @@ pub enum ClientMsg {
     Subscribe {
         /// Request id.
         id: RequestId,
-        /// The stream.
+        /// The stream: a local name, or `NODE/STREAM` for a stream published at another node
+        /// (pulled over the trunks; see [`StreamName::remote`]).
+        #[serde(deserialize_with = "local_or_remote_stream")]
         stream: StreamName,
         /// `low`, `mid`, `high` or `auto` (default).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1205,6 +1221,22 @@ mod tests {
             r#"{"type":"hello","v":1,"token":"t","resume":{"session":"s","after":4}}"#
         );
         assert_eq!(decode_client(s.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn subscribe_takes_a_local_or_a_remote_stream_and_publish_only_local() {
+        let m = decode_client(br#"{"type":"subscribe","id":1,"stream":"township-3/cam1","sdp":"v=0"}"#).unwrap();
+        let ClientMsg::Subscribe { stream, .. } = &m else { panic!("{m:?}") };
+        assert_eq!(stream.split_remote(), Some(("township-3", "cam1")));
+        assert_eq!(decode_client(encode(&m).as_bytes()).unwrap(), m, "round trip");
+        let m = decode_client(br#"{"type":"subscribe","id":1,"stream":"cam1","sdp":"v=0"}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Subscribe { stream, .. } if stream.split_remote().is_none()));
+        for bad in ["a/b/c", "/cam", "node/", "-x/cam", "node/.cam"] {
+            let frame = format!(r#"{{"type":"subscribe","id":1,"stream":"{bad}","sdp":"v=0"}}"#);
+            assert!(decode_client(frame.as_bytes()).is_err(), "{bad}");
+        }
+        let publish = br#"{"type":"publish","id":1,"stream":"township-3/cam1","sdp":"v=0"}"#;
+        assert!(decode_client(publish).is_err(), "a remote name is never published");
     }
 
     #[test]

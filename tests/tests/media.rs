@@ -1445,3 +1445,600 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
     bridge.close().await;
     n.node.shutdown().await;
 }
+
+/// Trunks between whole nodes on loopback (docs/trunk.md): a node config linked to `parent`
+/// with certificates of a province CA in `ca_dir`, prune grace `grace_secs`.
+mod cascade {
+    use super::*;
+    use media_server::trunk::ca::ProvinceCa;
+    use std::path::Path;
+
+    pub async fn node(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64) -> TestNode {
+        let ca = ProvinceCa::load(ca_dir).expect("CA");
+        let (cert, key) = ca
+            .issue_to(&trunk_name(name), &ca_dir.join("certs"))
+            .expect("node certificate");
+        common::start_node_with(|c| {
+            c.node.id = Some(name.parse().unwrap());
+            c.trunk.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.trunk.parent = parent;
+            c.trunk.ca = Some(ca_dir.join("ca.pem"));
+            c.trunk.cert = Some(cert);
+            c.trunk.key = Some(key);
+            c.trunk.grace_secs = grace_secs;
+        })
+        .await
+    }
+
+    pub fn trunk_name(s: &str) -> ::trunk::NodeName {
+        ::trunk::NodeName::parse(s).unwrap()
+    }
+
+    pub fn trunk_addr(n: &TestNode) -> String {
+        n.node.trunk.as_ref().expect("trunks on").local_addr().to_string()
+    }
+
+    /// Bytes this node has sent on its trunk to `peer` so far.
+    pub fn tx_bytes(n: &TestNode, peer: &str) -> u64 {
+        let stats = n.node.trunk.as_ref().unwrap().stats();
+        stats.iter().find(|s| s.peer.as_str() == peer).map_or(0, |s| s.tx_bytes)
+    }
+
+    /// Bytes sent by `n` to `peer` while the publisher encodes `frames` more frames.
+    pub async fn bytes_per_frames(n: &TestNode, peer: &str, publisher: &WhipPublisher, frames: u64) -> u64 {
+        let (b0, f0) = (tx_bytes(n, peer), publisher.frames_sent());
+        wait_for("the publisher to encode more frames", WAIT, || async {
+            (publisher.frames_sent() >= f0 + frames).then_some(())
+        })
+        .await;
+        tx_bytes(n, peer) - b0
+    }
+}
+
+/// The cascade on loopback: a GStreamer publisher at a township node, WHEP viewers at its parent
+/// (the province) ask for `/whep/township/cam1`; the stream is pulled over the QUIC trunk on
+/// demand. One viewer decodes at least 95 % of the frames; with four viewers (one of them
+/// subscribed over signaling as `township/cam1`) the trunk still
+/// carries one copy (at most 1.2× the bytes of one viewer); after the last viewer leaves the
+/// stream stops crossing the trunk within the prune grace (2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
+    use cascade::{bytes_per_frames, node, trunk_addr, trunk_name};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 2).await;
+    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 800, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish over WHIP at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    let t_trunk = township.node.trunk.clone().unwrap();
+    wait_for("the province to learn township/cam1", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    assert_eq!(t_trunk.route(&addr), None, "nothing crosses the trunk before a viewer asks");
+    let idle = bytes_per_frames(&township, "province", &publisher, 30).await;
+
+    let token = province.token("wall-1", Role::Viewer);
+    let asked = std::time::Instant::now();
+    let first = WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("WHEP for a remote stream");
+    first.wait_frames(1, WAIT).await.expect("first decoded frame");
+    let first_frame = asked.elapsed();
+    let seen0 = first.stats().frames_decoded;
+    let sent0 = publisher.frames_sent();
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    let s = first
+        .wait_frames(seen0 + 285, Duration::from_secs(10))
+        .await
+        .expect("the province viewer decodes at least 95 % of 300 frames");
+    assert_eq!((s.width, s.height), (640, 480));
+    assert_eq!(first.video_codec().as_deref(), Some("H264"));
+    first.wait_audio(1, WAIT).await.expect("audio crosses the trunk too");
+    let decoded = s.frames_decoded - seen0;
+
+    let one = bytes_per_frames(&township, "province", &publisher, 90).await;
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        more.push(WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("more viewers"));
+    }
+    // And one over signaling: `subscribe` with the cascade's name `NODE/STREAM`.
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"cam1".parse().unwrap());
+    // The media session lives as long as the signaling session: keep `client`.
+    let c = client.clone();
+    more.push(
+        WhepViewer::start_with(&province.base, av(), move |offer| async move {
+            let data = c
+                .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: None, max_height: None, sdp: offer })
+                .await?;
+            assert_eq!(data["stream"], "township/cam1");
+            Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
+        })
+        .await
+        .expect("subscribe to township/cam1 over signaling"),
+    );
+    for v in &more {
+        v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
+    }
+    let four = bytes_per_frames(&township, "province", &publisher, 90).await;
+    eprintln!(
+        "cascade: first frame {first_frame:?} after the WHEP POST; {decoded} frames decoded of 300 sent; \
+         trunk bytes per 90 frames: idle {idle}, 1 viewer {one}, 4 viewers {four} ({:.2}x)",
+        four as f64 / one as f64
+    );
+    assert!(one > 20 * idle.max(1000), "the stream crosses the trunk: {one} vs idle {idle}");
+    assert!(four * 10 <= one * 12, "one copy on the trunk: 4 viewers {four} bytes vs 1 viewer {one}");
+
+    for v in more {
+        v.stop().await.expect("viewer DELETE");
+    }
+    first.stop().await.expect("viewer DELETE");
+    drop(client);
+    let left = std::time::Instant::now();
+    wait_for("the stream to stop crossing the trunk", Duration::from_secs(10), || async {
+        t_trunk
+            .route(&addr)
+            .is_none_or(|r| !r.outputs.iter().any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))))
+            .then_some(())
+    })
+    .await;
+    let pruned = left.elapsed();
+    let after = bytes_per_frames(&township, "province", &publisher, 30).await;
+    eprintln!("cascade: pruned {pruned:?} after the last viewer left (grace 2 s); then {after} bytes per 30 frames");
+    assert!(pruned < Duration::from_secs(4), "pruned after {pruned:?}");
+    assert!(after * 10 < one / 3, "nothing but keep-alives cross after the prune: {after}");
+    publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+}
+
+/// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.
+async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let (mut last_n, mut last_t, mut worst) = (viewer.stats().frames_decoded, start, Duration::ZERO);
+    while start.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = viewer.stats().frames_decoded;
+        let now = std::time::Instant::now();
+        if n != last_n {
+            worst = worst.max(now - last_t);
+            (last_n, last_t) = (n, now);
+        }
+    }
+    worst.max(start.elapsed() - last_t.duration_since(start))
+}
+
+/// The issue's topology on loopback, whole nodes: province; city-a and city-b below it; the
+/// county with city-a as primary parent (through the project's UDP relay, 20 ms each way) and
+/// city-b as second parent; a township below the county publishing. A WHEP viewer at the
+/// province watches `township/cam1`. Cutting county–city-a moves the media to city-b and the
+/// viewer's frame counter stalls less than 3 s; restoring it moves the media back without a
+/// stall a viewer would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
+    use cascade::{node, trunk_addr, trunk_name};
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 10).await;
+    let city_a = node(ca.path(), "city-a", Some(trunk_addr(&province)), 10).await;
+    let city_b = node(ca.path(), "city-b", Some(trunk_addr(&province)), 10).await;
+    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20));
+    let city_a_trunk: std::net::SocketAddr = trunk_addr(&city_a).parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), city_a_trunk, hop.clone(), hop).await.unwrap();
+    let county = {
+        let ca_dir = ca.path();
+        let c = media_server::trunk::ca::ProvinceCa::load(ca_dir).unwrap();
+        let (cert, key) = c.issue_to(&trunk_name("county"), &ca_dir.join("certs")).unwrap();
+        let (primary, second) = (relay.local_addr().to_string(), trunk_addr(&city_b));
+        common::start_node_with(|c| {
+            c.node.id = Some("county".parse().unwrap());
+            c.trunk.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.trunk.parent = Some(primary);
+            c.trunk.second_parent = Some(second);
+            c.trunk.ca = Some(ca_dir.join("ca.pem"));
+            c.trunk.cert = Some(cert);
+            c.trunk.key = Some(key);
+        })
+        .await
+    };
+    let township = node(ca.path(), "township", Some(trunk_addr(&county)), 10).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    let source_is = |n: &str| p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)));
+    wait_for("the province to learn township/cam1 via city-a", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr && e.cost == 3).then_some(())
+    })
+    .await;
+    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
+        .await
+        .expect("WHEP at the province");
+    viewer.wait_frames(30, WAIT).await.expect("frames via city-a");
+    assert!(source_is("city-a"), "primary path first: {:?}", p_trunk.route(&addr));
+
+    relay.set_cut(true);
+    let cut = std::time::Instant::now();
+    let stall = longest_stall(&viewer, Duration::from_secs(6)).await;
+    assert!(source_is("city-b"), "moved to city-b: {:?}", p_trunk.route(&addr));
+    let n = viewer.stats().frames_decoded;
+    if viewer.wait_frames(n + 30, Duration::from_secs(10)).await.is_err() {
+        for node in [&province, &city_a, &city_b, &county, &township] {
+            let m = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
+            let t: Vec<&str> = m.lines().filter(|l| l.starts_with("yiwang_trunk") || l.starts_with("yiwang_frames")).collect();
+            eprintln!("{}: {:?} {t:?}", node.node.node_id, node.node.trunk.as_ref().unwrap().route(&addr));
+        }
+        panic!("no frames via city-b");
+    }
+    eprintln!("failover: longest stall {stall:?} after the cut (measured over {:?})", cut.elapsed());
+    assert!(stall < Duration::from_secs(3), "viewer stalled {stall:?} on failover");
+
+    relay.set_cut(false);
+    let back = std::time::Instant::now();
+    let (stall_back, moved) = tokio::join!(longest_stall(&viewer, Duration::from_secs(6)), async {
+        wait_for("the media to move back to city-a", Duration::from_secs(20), || async { source_is("city-a").then_some(()) }).await;
+        back.elapsed()
+    });
+    eprintln!("move back: on city-a after {moved:?}; longest stall from the restore on {stall_back:?}");
+    assert!(stall_back < Duration::from_millis(700), "viewer stalled {stall_back:?} when the media moved back");
+
+    viewer.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    for n in [township, county, city_b, city_a, province] {
+        n.node.shutdown().await;
+    }
+    relay.shutdown().await;
+}
+
+/// 3 % loss each way (and 20 ms delay) on the township–province trunk, through the project's
+/// relay: the trunk repairs its losses hop by hop (NACK, resend from the sender's history), and the
+/// province viewer decodes at least 99 % of the frames the township publisher encodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
+    use cascade::{node, trunk_addr};
+    use media_server::impair::{ImpairConfig, UdpRelay};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 10).await;
+    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20)).loss(0.03).seed(7);
+    let target: std::net::SocketAddr = trunk_addr(&province).parse().unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), target, hop.clone(), hop.seed(8)).await.unwrap();
+    let township = node(ca.path(), "township", Some(relay.local_addr().to_string()), 10).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 800, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let p_trunk = province.node.trunk.clone().unwrap();
+    wait_for("the province to learn township/cam1", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
+        .await
+        .expect("WHEP at the province");
+    viewer.wait_frames(1, WAIT).await.expect("first frame");
+    let (seen0, sent0) = (viewer.stats().frames_decoded, publisher.frames_sent());
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    let decoded = match viewer.wait_frames(seen0 + 297, Duration::from_secs(10)).await {
+        Ok(s) => s.frames_decoded - seen0,
+        Err(_) => viewer.stats().frames_decoded - seen0,
+    };
+    let nacks = township.metric("yiwang_trunk_retransmits_total").await;
+    let after_loss = province.metric("yiwang_trunk_frames_after_loss_total").await;
+    eprintln!("lossy trunk (3 % each way, 20 ms): {decoded} of 300 frames decoded; {nacks} packets resent; {after_loss} frames after an unrepaired loss");
+    assert!(decoded >= 297, "viewer decoded {decoded} of 300 frames over a 3 % lossy trunk");
+    assert!(nacks > 0, "losses were repaired by resending");
+    viewer.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// The issue's topology across Linux network namespaces, each node a real `media-server`
+/// process in its own namespace (`ip netns exec`), joined by veth pairs the test creates and
+/// removes; every trunk goes through a `yiwang-relay` in the child's namespace adding 20 ms each
+/// way; the test's own namespace reaches the province, city-b and the township over three more
+/// veths (WHEP viewers, WHIP publisher). Needs root and the binaries built
+/// (`cargo build -p media-server --bins`).
+///
+/// ```text
+///            province ─── (test: viewers)
+///            /      \
+///        city-a    city-b ─── (test: viewer)
+///          |          |
+///        county ──────┘  (second parent)
+///          |
+///       township ─── (test: publisher)
+/// ```
+///
+/// Viewers at the province and at city-b decode ≥ 95 % of frames; the county–city-a veth taken
+/// down (`ip link set down`) stalls the province viewer less than 3 s (media via city-b); back up,
+/// the media returns without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_province_in_network_namespaces_survives_a_cut_link() {
+    use media_server::identity::NodeIdentity;
+    use media_server::trunk::ca::ProvinceCa;
+    use signaling::auth::TokenRequest;
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt as _;
+
+    /// Namespaces and processes of this run; removed on drop, whatever happened.
+    struct Topology {
+        pid: u32,
+        /// Where the processes' stderr goes (kept only while the test runs).
+        logs: std::path::PathBuf,
+        namespaces: Vec<String>,
+        children: Vec<tokio::process::Child>,
+    }
+    impl Drop for Topology {
+        fn drop(&mut self) {
+            for c in &mut self.children {
+                let _ = c.start_kill();
+            }
+            for ns in &self.namespaces {
+                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output().expect("ip runs");
+        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    impl Topology {
+        fn ns(&self, n: &str) -> String {
+            format!("yw{}-{n}", self.pid)
+        }
+        /// A veth pair between `a` and `b` ("" = the test's namespace) on subnet `net`:
+        /// `a` gets .1, `b` gets .2. Returns the interface names (a side, b side).
+        fn link(&self, a: &str, b: &str, net: &str, i: u32) -> (String, String) {
+            let (ia, ib) = (format!("yw{}a{i}", self.pid % 100_000), format!("yw{}b{i}", self.pid % 100_000));
+            ip(&["link", "add", &ia, "type", "veth", "peer", "name", &ib]);
+            for (side, ifname, host) in [(a, &ia, 1), (b, &ib, 2)] {
+                let addr = format!("{net}.{host}/24");
+                if side.is_empty() {
+                    ip(&["addr", "add", &addr, "dev", ifname]);
+                    ip(&["link", "set", ifname, "up"]);
+                } else {
+                    let ns = self.ns(side);
+                    ip(&["link", "set", ifname, "netns", &ns]);
+                    ip(&["-n", &ns, "addr", "add", &addr, "dev", ifname]);
+                    ip(&["-n", &ns, "link", "set", ifname, "up"]);
+                }
+            }
+            (ia, ib)
+        }
+        /// Runs `bin args…` in namespace `n`, returns its first stdout line starting with `prefix`.
+        async fn run(&mut self, n: &str, bin: &std::path::Path, args: &[&str], prefix: &str) -> String {
+            let mut child = tokio::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns(n)])
+                .arg(bin)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(self.logs.join(format!("{n}-{}.log", self.children.len()))).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn in namespace");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            self.children.push(child);
+            let line = tokio::time::timeout(WAIT, async {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                panic!("{} in {n} ended before printing {prefix:?}", bin.display());
+            })
+            .await
+            .expect("ready line in time");
+            // Keep draining stdout so the process never blocks on it.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            line
+        }
+    }
+
+    let _media = MEDIA.lock().await;
+    let bins = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let (server, relay) = (bins.join("media-server"), bins.join("yiwang-relay"));
+    assert!(server.exists() && relay.exists(), "build the binaries first: cargo build -p media-server --bins");
+    let pid = std::process::id();
+    let dir = tempfile::tempdir().unwrap();
+    let mut topo = Topology { pid, logs: dir.path().to_path_buf(), namespaces: Vec::new(), children: Vec::new() };
+    let names = ["province", "city-a", "city-b", "county", "township"];
+    for n in names {
+        let ns = topo.ns(n);
+        ip(&["netns", "add", &ns]);
+        topo.namespaces.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+    }
+    // Subnets 10.X.L.0/24 with X from the pid, so concurrent runs do not clash.
+    let x = 20 + pid % 200;
+    let net = |l: u32| format!("10.{x}.{l}");
+    topo.link("", "province", &net(0), 0);
+    topo.link("province", "city-a", &net(1), 1);
+    topo.link("province", "city-b", &net(2), 2);
+    let (_, county_to_city_a) = topo.link("city-a", "county", &net(3), 3);
+    topo.link("city-b", "county", &net(4), 4);
+    topo.link("county", "township", &net(5), 5);
+    topo.link("", "township", &net(6), 6);
+    topo.link("", "city-b", &net(7), 7);
+
+    let ca_dir = dir.path().join("ca");
+    ProvinceCa::init(&ca_dir, "test province").unwrap();
+    let ca = ProvinceCa::load(&ca_dir).unwrap();
+    // Each child reaches a parent through a relay in its own namespace: 20 ms each way.
+    let mut relay_port = 7000;
+    let mut via = |topo_ns: &str, upstream: String, relays: &mut Vec<(String, String)>| {
+        relay_port += 1;
+        // The relay opens its upstream sockets on its listen IP: listen on all addresses of the
+        // namespace, the node dials it on loopback.
+        relays.push((topo_ns.to_owned(), format!("0.0.0.0:{relay_port} {upstream}")));
+        format!("127.0.0.1:{relay_port}")
+    };
+    let mut relays = Vec::new();
+    let parents: Vec<(&str, Option<String>, Option<String>)> = vec![
+        ("province", None, None),
+        ("city-a", Some(via("city-a", format!("{}.1:4434", net(1)), &mut relays)), None),
+        ("city-b", Some(via("city-b", format!("{}.1:4434", net(2)), &mut relays)), None),
+        (
+            "county",
+            Some(via("county", format!("{}.1:4434", net(3)), &mut relays)),
+            Some(via("county", format!("{}.1:4434", net(4)), &mut relays)),
+        ),
+        ("township", Some(via("township", format!("{}.1:4434", net(5)), &mut relays)), None),
+    ];
+    for (n, spec) in &relays {
+        let (listen, upstream) = spec.split_once(' ').unwrap();
+        topo.run(n, &relay, &["--listen", listen, "--upstream", upstream, "--both", "delay=20ms"], "relay listen=").await;
+    }
+    let media_ip = |n: &str| match n {
+        "province" => format!("{}.2", net(0)),
+        "township" => format!("{}.2", net(6)),
+        "city-b" => format!("{}.2", net(7)),
+        _ => "0.0.0.0".into(),
+    };
+    let mut http = std::collections::HashMap::new();
+    for (n, parent, second) in parents {
+        let (cert, key) = ca.issue_to(&::trunk::NodeName::parse(n).unwrap(), &dir.path().join("certs")).unwrap();
+        let mut c = media_server::config::NodeConfig::default();
+        c.node.id = Some(n.parse().unwrap());
+        c.node.data_dir = dir.path().join(n);
+        c.http.listen = "0.0.0.0:8080".parse().unwrap();
+        c.media.listen = format!("{}:8443", media_ip(n)).parse().unwrap();
+        c.quic.listen = "0.0.0.0:4433".parse().unwrap();
+        c.trunk.listen = Some("0.0.0.0:4434".parse().unwrap());
+        c.trunk.parent = parent;
+        c.trunk.second_parent = second;
+        c.trunk.ca = Some(ca_dir.join("ca.pem"));
+        c.trunk.cert = Some(cert);
+        c.trunk.key = Some(key);
+        let file = dir.path().join(format!("{n}.toml"));
+        std::fs::write(&file, c.to_toml()).unwrap();
+        topo.run(n, &server, &["--config", file.to_str().unwrap()], "ready ").await;
+        http.insert(n, format!("http://{}:8080", media_ip(n)));
+    }
+    let token = |n: &str, sub: &str, role: Role| {
+        let id = NodeIdentity::load_or_create(&dir.path().join(n), Some(&n.parse().unwrap())).unwrap();
+        let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+        id.issuer().issue(&req, common::now_unix())
+    };
+
+    let publisher = WhipPublisher::start(
+        &http["township"],
+        "cam1",
+        &token("township", "cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    // The catalog needs a moment to climb four levels: retry the WHEP POST until it is there.
+    let video = ViewOptions { audio: false, ..av() };
+    let view = |n: &'static str| {
+        let (base, t) = (http[n].clone(), token(n, "wall-1", Role::Viewer));
+        async move {
+            wait_for("a WHEP answer for township/cam1", WAIT, || {
+                let (base, t) = (base.clone(), t.clone());
+                async move {
+                    match WhepViewer::start(&base, "township/cam1", &t, video).await {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            eprintln!("netns: WHEP at {base}: {e:#}");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            None
+                        }
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let at_province = view("province").await;
+    let at_city_b = view("city-b").await;
+    for v in [&at_province, &at_city_b] {
+        v.wait_frames(1, WAIT).await.expect("first frame across the namespaces");
+    }
+    let seen: Vec<u64> = [&at_province, &at_city_b].iter().map(|v| v.stats().frames_decoded).collect();
+    let sent0 = publisher.frames_sent();
+    wait_for("publisher to encode 300 more frames", WAIT, || async {
+        (publisher.frames_sent() >= sent0 + 300).then_some(())
+    })
+    .await;
+    for (v, s) in [&at_province, &at_city_b].iter().zip(&seen) {
+        let got = v.wait_frames(s + 285, Duration::from_secs(10)).await.expect("≥ 95 % of 300 frames, 20 ms per hop");
+        eprintln!("netns: viewer decoded {} of 300 frames", got.frames_decoded - s);
+    }
+
+    // Bytes on the county → city-a veth (the province's path) for 1 vs 4 province viewers.
+    let county_ns = topo.ns("county");
+    let tx = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &county_ns, "cat", &format!("/sys/class/net/{county_to_city_a}/statistics/tx_bytes")])
+            .output()
+            .expect("read the veth counter");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("a byte count")
+    };
+    let per_90_frames = || async {
+        let (b0, f0) = (tx(), publisher.frames_sent());
+        wait_for("the publisher to encode 90 more frames", WAIT, || async { (publisher.frames_sent() >= f0 + 90).then_some(()) }).await;
+        tx() - b0
+    };
+    let one = per_90_frames().await;
+    let mut more = Vec::new();
+    for _ in 0..3 {
+        more.push(view("province").await);
+    }
+    for v in &more {
+        v.wait_frames(1, WAIT).await.expect("each further province viewer decodes");
+    }
+    let four = per_90_frames().await;
+    eprintln!("netns: county→city-a veth bytes per 90 frames: 1 province viewer {one}, 4 viewers {four} ({:.2}x)", four as f64 / one as f64);
+    assert!(four * 10 <= one * 12, "one copy on the trunk: {four} vs {one}");
+    for v in more {
+        v.stop().await.expect("viewer DELETE");
+    }
+
+    ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "down"]);
+    let stall = longest_stall(&at_province, Duration::from_secs(6)).await;
+    let n = at_province.stats().frames_decoded;
+    at_province.wait_frames(n + 30, Duration::from_secs(10)).await.expect("frames via city-b after the cut");
+    eprintln!("netns: county–city-a down, province viewer's longest stall {stall:?}");
+    assert!(stall < Duration::from_secs(3), "stalled {stall:?}");
+    ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "up"]);
+    let stall_back = longest_stall(&at_province, Duration::from_secs(8)).await;
+    eprintln!("netns: link back up, longest stall over the next 8 s {stall_back:?}");
+    assert!(stall_back < Duration::from_millis(700), "stalled {stall_back:?} when the link came back");
+
+    at_province.stop().await.expect("viewer DELETE");
+    at_city_b.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    drop(topo);
+}

@@ -463,6 +463,8 @@ impl Router {
             Message::Subscribed { addr } => self.subscribed(now, peer, addr),
             Message::SubscribeFailed { addr, reason } => self.subscribe_failed(peer, addr, reason),
             Message::KeyframeRequest { addr, layer } => self.keyframe(now, &addr, layer, false),
+            // The media plane's messages: the shell handles them.
+            Message::Flow { .. } | Message::Nack { .. } => {}
         }
         self.flush(now);
     }

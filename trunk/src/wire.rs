@@ -18,6 +18,14 @@
 //! | 6 | `Subscribed` | addr |
 //! | 7 | `SubscribeFailed` | addr, reason:u8 (1 not found, 2 no route) |
 //! | 8 | `KeyframeRequest` | addr, layer:u8 |
+//! | 9 | `Flow` | flow:u16, addr, kind:u8 (0 audio, 1 video), layer:u8, len:u16, codec bytes |
+//! | 10 | `Nack` | flow:u16, count:u8, count × seq:u16 |
+//!
+//! `Flow` and `Nack` belong to the media plane (RTP in QUIC datagrams, see
+//! `docs/trunk.md`): a datagram is `flow:u16be` + an RTP packet, and `Flow` tells the receiver,
+//! before the first datagram of a flow, which stream, track and layer the flow id stands for and
+//! how its payload is coded (an opaque descriptor the media plane defines). The router ignores
+//! both.
 //!
 //! A decoder never panics: an oversized length is fatal for the stream (close the trunk); any
 //! other error skips just that frame. Senders split catalogs so each frame fits
@@ -95,7 +103,31 @@ pub enum Message {
         /// The layer.
         layer: LayerId,
     },
+    /// Media plane: datagrams starting with `flow` carry this track of this stream, from now on
+    /// on this trunk direction.
+    Flow {
+        /// The per-trunk-direction flow id (the datagram's first two bytes).
+        flow: u16,
+        /// The stream.
+        addr: StreamAddr,
+        /// Video (true) or audio.
+        video: bool,
+        /// The video layer (0 for audio).
+        layer: LayerId,
+        /// How the payload is coded: a descriptor the media plane defines (at most 4 KiB).
+        codec: Vec<u8>,
+    },
+    /// Media plane: please resend these RTP sequence numbers of `flow` (hop-by-hop repair).
+    Nack {
+        /// The flow, as numbered by the receiver of this message (the sender of the media).
+        flow: u16,
+        /// Missing sequence numbers (at most 255).
+        seqs: Vec<u16>,
+    },
 }
+
+/// Largest codec descriptor in a [`Message::Flow`].
+pub const MAX_CODEC_DESCRIPTOR: usize = 4096;
 
 const T_HELLO: u8 = 1;
 const T_ANNOUNCE: u8 = 2;
@@ -105,6 +137,8 @@ const T_UNSUBSCRIBE: u8 = 5;
 const T_SUBSCRIBED: u8 = 6;
 const T_FAILED: u8 = 7;
 const T_KEYFRAME: u8 = 8;
+const T_FLOW: u8 = 9;
+const T_NACK: u8 = 10;
 
 /// Largest encoding of one address (two length bytes plus the longest names).
 const MAX_ADDR: usize = 2 + NodeName::MAX_LEN + StreamName::MAX_LEN;
@@ -172,6 +206,31 @@ pub fn encode(m: &Message) -> Vec<u8> {
             b.push(T_KEYFRAME);
             put_addr(&mut b, addr);
             b.push(layer.0);
+        }
+        Message::Flow {
+            flow,
+            addr,
+            video,
+            layer,
+            codec,
+        } => {
+            b.push(T_FLOW);
+            b.extend_from_slice(&flow.to_be_bytes());
+            put_addr(&mut b, addr);
+            b.push(u8::from(*video));
+            b.push(layer.0);
+            let n = codec.len().min(MAX_CODEC_DESCRIPTOR);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+            b.extend_from_slice(&codec[..n]);
+        }
+        Message::Nack { flow, seqs } => {
+            b.push(T_NACK);
+            b.extend_from_slice(&flow.to_be_bytes());
+            let n = seqs.len().min(255);
+            b.push(n as u8);
+            for s in &seqs[..n] {
+                b.extend_from_slice(&s.to_be_bytes());
+            }
         }
     }
     let len = (b.len() - 4) as u32;
@@ -307,6 +366,36 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             addr: r.addr()?,
             layer: r.layer()?,
         },
+        T_FLOW => {
+            let flow = r.u16()?;
+            let addr = r.addr()?;
+            let video = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed),
+            };
+            let layer = r.layer()?;
+            let n = usize::from(r.u16()?);
+            if n > MAX_CODEC_DESCRIPTOR {
+                return Err(DecodeError::Malformed);
+            }
+            Message::Flow {
+                flow,
+                addr,
+                video,
+                layer,
+                codec: r.bytes(n)?.to_vec(),
+            }
+        }
+        T_NACK => {
+            let flow = r.u16()?;
+            let n = usize::from(r.u8()?);
+            let mut seqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                seqs.push(r.u16()?);
+            }
+            Message::Nack { flow, seqs }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     if !r.b.is_empty() {
@@ -411,6 +500,17 @@ mod tests {
             Message::KeyframeRequest {
                 addr: addr("a/b"),
                 layer: LayerId(2),
+            },
+            Message::Flow {
+                flow: 7,
+                addr: addr("a/b"),
+                video: true,
+                layer: LayerId(1),
+                codec: b"{\"codec\":\"h264\"}".to_vec(),
+            },
+            Message::Nack {
+                flow: 7,
+                seqs: vec![1, 65535, 3],
             },
         ]
     }

@@ -6,12 +6,14 @@
 //!   province CA and are checked against the node name they claim; BBR, a 1350-byte initial MTU,
 //!   datagrams on, keep-alive 250 ms and idle timeout 1 s so a cut trunk is noticed within 1 s;
 //! - [`shell`]: the tokio shell — endpoint, diallers, one task per trunk carrying the control
-//!   stream, and the actor owning the router (catalogs and subscriptions; no media yet).
+//!   stream and datagrams, and the actor owning the router (catalogs and subscriptions);
+//! - [`media`]: the sans-IO media plane of trunks (RTP in QUIC datagrams), owned by the SFU.
 //!
-//! This module must not touch the SFU or signaling: media forwarding over trunks is not built
-//! yet (docs/trunk.md).
+//! The shell does not touch the SFU: it hands datagrams and routes to the media task through a
+//! [`shell::MediaLink`] (docs/trunk.md).
 
 pub mod ca;
+pub mod media;
 pub mod shell;
 pub mod tls;
 
@@ -33,6 +35,7 @@ pub async fn start_for_node(
     cfg: &TrunkConfig,
     node_id: &str,
     live: LiveStreams,
+    media: Option<shell::MediaLink>,
 ) -> anyhow::Result<Option<(shell::TrunkHandle, tokio::task::JoinHandle<()>)>> {
     if !cfg.enabled() {
         return Ok(None);
@@ -60,6 +63,7 @@ pub async fn start_for_node(
         peers: cfg.peers.clone(),
         grace: Duration::from_secs(cfg.grace_secs),
         credentials,
+        media,
     };
     let handle = shell::start(shell_cfg).await?;
     let h = handle.clone();

@@ -7,8 +7,11 @@
 //! ([`TrunkCredentials::verify_peer_name`]); only then is the trunk up for the router. Names of
 //! parents and peers are learned this way, so the config lists only addresses.
 //!
-//! Media forwarding over trunks (RTP in QUIC datagrams through the SFU) is not built yet: the
-//! router's [`Route`]s are kept in [`TrunkHandle::route`] for the media plane to come.
+//! The media plane: with a [`MediaLink`] in the config, every datagram received on a trunk goes
+//! to the SFU's media task, together with the router's routes, keyframe requests for local
+//! publishers, viewer news and the media-plane control messages (`Flow`, `Nack`) as
+//! [`TrunkEvent`]s; the media task sends datagrams with [`TrunkHandle::send_datagram`]. The
+//! routes are also kept in [`TrunkHandle::route`] for tests and diagnostics.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +21,8 @@ use std::time::Duration;
 
 use ::trunk::wire::{encode, FrameDecoder, Message};
 use ::trunk::{
-    CatalogEntry, LayerSet, NodeName, Output, Route, Router, RouterConfig, StreamAddr, StreamName,
-    ViewerEvent, ViewerId,
+    CatalogEntry, LayerId, LayerSet, NodeName, Output, Route, Router, RouterConfig, StreamAddr,
+    StreamName, ViewerEvent, ViewerId,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -39,6 +42,95 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// ... doubling up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Viewer events kept for [`TrunkHandle::take_events`] (the oldest are dropped beyond).
+pub const EVENTS_KEPT: usize = 1024;
+
+/// Datagrams from all trunks queued towards the media task; beyond this they are dropped (the
+/// media task is behind; loss is better than delay for live media).
+pub const DATAGRAM_QUEUE: usize = 8192;
+
+/// News for the media plane (the SFU's media task).
+#[derive(Debug, Clone)]
+pub enum TrunkEvent {
+    /// The router's forwarding of `addr` changed (empty: forward nothing).
+    Route {
+        /// The stream.
+        addr: StreamAddr,
+        /// Its forwarding.
+        route: Route,
+    },
+    /// Ask the local publisher of `stream` for a keyframe of `layer` (throttled by the router).
+    PublisherKeyframe {
+        /// The local stream.
+        stream: StreamName,
+        /// The layer.
+        layer: LayerId,
+    },
+    /// News for a local viewer of a remote stream.
+    Viewer {
+        /// The viewer.
+        viewer: ViewerId,
+        /// The stream.
+        addr: StreamAddr,
+        /// What happened.
+        event: ViewerEvent,
+    },
+    /// A media-plane control message (`Flow`, `Nack`) from the trunk to `from`.
+    Control {
+        /// The peer node.
+        from: NodeName,
+        /// The message.
+        msg: Message,
+    },
+    /// The trunk to this node came up or went down: flow ids on it start afresh.
+    Reset(NodeName),
+}
+
+/// Where the shell delivers media-plane news and datagrams.
+#[derive(Debug, Clone)]
+pub struct MediaLink {
+    /// Routes, keyframe requests, viewer news, control messages.
+    pub events: mpsc::UnboundedSender<TrunkEvent>,
+    /// Datagrams and the trunk they came from (bounded: [`DATAGRAM_QUEUE`]).
+    pub datagrams: mpsc::Sender<(NodeName, bytes::Bytes)>,
+}
+
+/// The receiving ends of a [`MediaLink`].
+#[derive(Debug)]
+pub struct MediaLinkRx {
+    /// See [`MediaLink::events`].
+    pub events: mpsc::UnboundedReceiver<TrunkEvent>,
+    /// See [`MediaLink::datagrams`].
+    pub datagrams: mpsc::Receiver<(NodeName, bytes::Bytes)>,
+}
+
+/// A media link and its receiving ends.
+pub fn media_link() -> (MediaLink, MediaLinkRx) {
+    let (etx, erx) = mpsc::unbounded_channel();
+    let (dtx, drx) = mpsc::channel(DATAGRAM_QUEUE);
+    (
+        MediaLink {
+            events: etx,
+            datagrams: dtx,
+        },
+        MediaLinkRx {
+            events: erx,
+            datagrams: drx,
+        },
+    )
+}
+
+/// Byte counters of one trunk connection (from QUIC's own statistics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkStats {
+    /// The peer node.
+    pub peer: NodeName,
+    /// UDP bytes sent on the connection.
+    pub tx_bytes: u64,
+    /// UDP bytes received on the connection.
+    pub rx_bytes: u64,
+}
+
 /// What the shell needs to run.
 #[derive(Debug, Clone)]
 pub struct ShellConfig {
@@ -54,6 +146,8 @@ pub struct ShellConfig {
     pub grace: Duration,
     /// Certificates.
     pub credentials: TrunkCredentials,
+    /// The media plane, if any (without, trunks carry control only).
+    pub media: Option<MediaLink>,
 }
 
 /// A trunk connection reported by its task to the actor.
@@ -92,6 +186,9 @@ enum Cmd {
     Unsubscribe(ViewerId, StreamAddr),
     Catalog(oneshot::Sender<Vec<CatalogEntry>>),
     Trunks(oneshot::Sender<Vec<NodeName>>),
+    Control(NodeName, Message),
+    Keyframe(StreamAddr, LayerId),
+    NextReady(StreamAddr),
 }
 
 /// Handle on a running trunk shell. Dropping every handle does not stop it; call
@@ -101,11 +198,63 @@ pub struct TrunkHandle {
     cmd: mpsc::UnboundedSender<Cmd>,
     routes: Arc<Mutex<HashMap<StreamAddr, Route>>>,
     events: Arc<Mutex<Vec<(ViewerId, StreamAddr, ViewerEvent)>>>,
+    conns: Arc<Mutex<HashMap<NodeName, quinn::Connection>>>,
     endpoint: quinn::Endpoint,
     local: SocketAddr,
+    node: NodeName,
 }
 
 impl TrunkHandle {
+    /// This node's name on the trunks.
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// Sends a media datagram on the trunk to `peer` (dropped if that trunk is down or the
+    /// datagram does not fit).
+    pub fn send_datagram(&self, peer: &NodeName, data: Vec<u8>) -> bool {
+        let Ok(conns) = self.conns.lock() else {
+            return false;
+        };
+        conns
+            .get(peer)
+            .is_some_and(|c| c.send_datagram(data.into()).is_ok())
+    }
+
+    /// Sends a media-plane control message (`Flow`, `Nack`) on the trunk to `peer`.
+    pub fn send_control(&self, peer: NodeName, msg: Message) {
+        let _ = self.cmd.send(Cmd::Control(peer, msg));
+    }
+
+    /// A local viewer of the remote `addr` needs a keyframe of `layer` (throttled by the
+    /// router).
+    pub fn request_keyframe(&self, addr: StreamAddr, layer: LayerId) {
+        let _ = self.cmd.send(Cmd::Keyframe(addr, layer));
+    }
+
+    /// The route's `next` path delivers: switch to it.
+    pub fn next_path_ready(&self, addr: StreamAddr) {
+        let _ = self.cmd.send(Cmd::NextReady(addr));
+    }
+
+    /// Byte counters of every trunk that is up.
+    pub fn stats(&self) -> Vec<TrunkStats> {
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        conns
+            .iter()
+            .map(|(peer, c)| {
+                let s = c.stats();
+                TrunkStats {
+                    peer: peer.clone(),
+                    tx_bytes: s.udp_tx.bytes,
+                    rx_bytes: s.udp_rx.bytes,
+                }
+            })
+            .collect()
+    }
+
     /// The bound trunk address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -179,6 +328,7 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
     let (net_tx, net_rx) = mpsc::channel(NET_QUEUE);
     let routes = Arc::new(Mutex::new(HashMap::new()));
     let events = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(Mutex::new(HashMap::new()));
     let mut rc = RouterConfig::new(cfg.node.clone());
     rc.grace = cfg.grace;
     let actor = Actor {
@@ -189,22 +339,27 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
         peers: vec![None; cfg.peers.len()],
         routes: routes.clone(),
         events: events.clone(),
+        conns: conns.clone(),
+        media: cfg.media.as_ref().map(|m| m.events.clone()),
     };
     tokio::spawn(actor.run(cmd_rx, net_rx));
+    let dgrams = cfg.media.as_ref().map(|m| m.datagrams.clone());
     let creds = Arc::new(cfg.credentials.clone());
     {
-        let (endpoint, cmd, creds, me) = (
+        let (endpoint, cmd, creds, me, dgrams) = (
             endpoint.clone(),
             net_tx.clone(),
             creds.clone(),
             cfg.node.clone(),
+            dgrams.clone(),
         );
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let (cmd, creds, me) = (cmd.clone(), creds.clone(), me.clone());
+                let (cmd, creds, me, dgrams) =
+                    (cmd.clone(), creds.clone(), me.clone(), dgrams.clone());
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(conn) => run_link(conn, false, None, me, creds, cmd).await,
+                        Ok(conn) => run_link(conn, false, None, me, creds, cmd, dgrams).await,
                         Err(e) => debug!(error = %e, "trunk handshake refused"),
                     }
                 });
@@ -229,14 +384,24 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
             creds.clone(),
             cfg.node.clone(),
         );
-        tokio::spawn(dial_loop(endpoint, addr, which, me, creds, cmd));
+        tokio::spawn(dial_loop(
+            endpoint,
+            addr,
+            which,
+            me,
+            creds,
+            cmd,
+            dgrams.clone(),
+        ));
     }
     Ok(TrunkHandle {
         cmd: cmd_tx,
         routes,
         events,
+        conns,
         endpoint,
         local,
+        node: cfg.node.clone(),
     })
 }
 
@@ -247,6 +412,7 @@ async fn dial_loop(
     me: NodeName,
     creds: Arc<TrunkCredentials>,
     cmd: mpsc::Sender<Cmd>,
+    dgrams: Option<mpsc::Sender<(NodeName, bytes::Bytes)>>,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -274,6 +440,7 @@ async fn dial_loop(
                             me.clone(),
                             creds.clone(),
                             cmd.clone(),
+                            dgrams.clone(),
                         )
                         .await;
                     }
@@ -296,6 +463,7 @@ async fn run_link(
     me: NodeName,
     creds: Arc<TrunkCredentials>,
     cmd: mpsc::Sender<Cmd>,
+    dgrams: Option<mpsc::Sender<(NodeName, bytes::Bytes)>>,
 ) {
     let streams = tokio::time::timeout(HELLO_TIMEOUT, async {
         if dialled {
@@ -398,9 +566,21 @@ async fn run_link(
             }
         }
     };
+    let datagrams = async {
+        let Some(dgrams) = dgrams else {
+            return std::future::pending().await;
+        };
+        while let Ok(d) = conn.read_datagram().await {
+            // A full queue means the media task is behind: drop (live media prefers loss).
+            if let Err(mpsc::error::TrySendError::Closed(_)) = dgrams.try_send((peer.clone(), d)) {
+                return;
+            }
+        }
+    };
     tokio::select! {
         _ = writer => {},
         _ = reader => {},
+        _ = datagrams => {},
         _ = conn.closed() => {},
     }
     conn.close(0u32.into(), b"bye");
@@ -416,9 +596,17 @@ struct Actor {
     peers: Vec<Option<NodeName>>,
     routes: Arc<Mutex<HashMap<StreamAddr, Route>>>,
     events: Arc<Mutex<Vec<(ViewerId, StreamAddr, ViewerEvent)>>>,
+    conns: Arc<Mutex<HashMap<NodeName, quinn::Connection>>>,
+    media: Option<mpsc::UnboundedSender<TrunkEvent>>,
 }
 
 impl Actor {
+    fn to_media(&self, ev: TrunkEvent) {
+        if let Some(m) = &self.media {
+            let _ = m.send(ev);
+        }
+    }
+
     /// Serves the handles' commands (`ctl`) and the trunks' news (`net`) until both are closed.
     async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Cmd>, mut net: mpsc::Receiver<Cmd>) {
         let (mut ctl_open, mut net_open) = (true, true);
@@ -469,20 +657,43 @@ impl Actor {
                 let parents = self.parents.iter().flatten().cloned().collect();
                 let peers = self.peers.iter().flatten().cloned().collect();
                 self.router.set_uplinks(now, parents, peers);
+                if let Ok(mut c) = self.conns.lock() {
+                    c.insert(peer.clone(), link.conn.clone());
+                }
                 self.links.insert(peer.clone(), link);
+                self.to_media(TrunkEvent::Reset(peer.clone()));
                 self.router.trunk_up(now, peer);
             }
             Cmd::Down { peer, id } => {
                 if self.links.get(&peer).is_some_and(|l| l.id == id) {
                     self.links.remove(&peer);
+                    if let Ok(mut c) = self.conns.lock() {
+                        c.remove(&peer);
+                    }
+                    self.to_media(TrunkEvent::Reset(peer.clone()));
                     self.router.trunk_down(now, &peer);
                 }
             }
             Cmd::Msg { peer, id, msg } => {
                 if self.links.get(&peer).is_some_and(|l| l.id == id) {
-                    self.router.handle_message(now, &peer, msg);
+                    match msg {
+                        Message::Flow { .. } | Message::Nack { .. } => {
+                            self.to_media(TrunkEvent::Control { from: peer, msg })
+                        }
+                        msg => self.router.handle_message(now, &peer, msg),
+                    }
                 }
             }
+            Cmd::Control(peer, msg) => {
+                if let Some(l) = self.links.get(&peer) {
+                    if l.tx.try_send(msg).is_err() {
+                        warn!(%peer, "trunk peer is not reading its control stream; closing");
+                        l.conn.close(4u32.into(), b"control stream backlog");
+                    }
+                }
+            }
+            Cmd::Keyframe(addr, layer) => self.router.request_keyframe(now, &addr, layer),
+            Cmd::NextReady(addr) => self.router.next_path_ready(now, &addr),
             Cmd::Publish(s, l) => self.router.publish(now, s, l),
             Cmd::Unpublish(s) => self.router.unpublish(now, &s),
             Cmd::Subscribe(v, a, l) => self.router.subscribe(now, v, a, l),
@@ -512,12 +723,14 @@ impl Actor {
                         if route == Route::default() {
                             r.remove(&addr);
                         } else {
-                            r.insert(addr, route);
+                            r.insert(addr.clone(), route.clone());
                         }
                     }
+                    self.to_media(TrunkEvent::Route { addr, route });
                 }
                 Output::PublisherKeyframe { stream, layer } => {
-                    debug!(%stream, ?layer, "keyframe request for a local publisher (no media plane yet)");
+                    debug!(%stream, ?layer, "keyframe request for a local publisher");
+                    self.to_media(TrunkEvent::PublisherKeyframe { stream, layer });
                 }
                 Output::Viewer {
                     viewer,
@@ -525,8 +738,17 @@ impl Actor {
                     event,
                 } => {
                     if let Ok(mut e) = self.events.lock() {
-                        e.push((viewer, addr, event));
+                        // Kept for `take_events`; bounded when nobody takes them.
+                        if e.len() >= EVENTS_KEPT {
+                            e.remove(0);
+                        }
+                        e.push((viewer, addr.clone(), event));
                     }
+                    self.to_media(TrunkEvent::Viewer {
+                        viewer,
+                        addr,
+                        event,
+                    });
                 }
             }
         }

@@ -1,0 +1,1343 @@
+//! The media plane of trunks, sans-IO: RTP in QUIC datagrams between nodes, applied from the
+//! router's [`Route`]s. No sockets, no clock, no str0m: the SFU ([`crate::sfu`]) owns one
+//! [`TrunkPlane`], feeds it frames of local publishers and datagrams from trunks, and carries out
+//! its [`TrunkOutput`]s.
+//!
+//! # Datagrams
+//!
+//! ```text
+//! datagram = flow:u16be rtp
+//! rtp      = RTP fixed header (12 bytes: V=2, M = last fragment of a frame, PT, seq, ts, SSRC)
+//!            flags:u8 (bit 0 first fragment, bit 1 keyframe, bit 2 discontinuity at the origin)
+//!            fragment of the frame's payload (at most FRAGMENT bytes)
+//! ```
+//!
+//! The SFU works on whole frames (str0m depacketizes them), so the origin node cuts each frame
+//! of a published track into RTP packets of a private payload format (the fragment flags above)
+//! with its own sequence numbers and timestamps; those are kept end to end, and every hop
+//! forwards the packets untouched except for the flow id. The flow id is per trunk direction and
+//! announced with a `Flow` control message before its first datagram (datagrams that overtake
+//! it wait, up to [`UNKNOWN_FLOW_WAIT`]).
+//!
+//! # Forwarding
+//!
+//! Per stream, a node accepts packets only from the route's `source`; it copies each to the
+//! outputs whose layer set holds the packet's layer (audio goes with any layer), to downstream
+//! trunks as datagrams and to local viewers through a reassembler that yields whole frames.
+//! Packets already forwarded are dropped by sequence number, so when a make-before-break switch
+//! moves the source to the new path nothing is forwarded twice. Packets from the route's `next`
+//! path are not forwarded; the first keyframe start on it yields
+//! [`TrunkOutput::NextPathReady`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use ::trunk::wire::Message;
+use ::trunk::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
+
+/// Largest frame fragment in one datagram, bytes: with the flow id, RTP header and flags the
+/// datagram stays within 1,200 bytes (QUIC's datagram room at the 1350-byte initial MTU).
+pub const FRAGMENT: usize = 1_150;
+/// Datagrams whose `Flow` has not arrived yet are kept this long.
+pub const UNKNOWN_FLOW_WAIT: Duration = Duration::from_secs(1);
+/// At most this many such datagrams are kept per trunk.
+pub const UNKNOWN_FLOW_MAX: usize = 512;
+
+/// A packet this far behind the last one forwarded is not a duplicate but a new numbering (the
+/// origin restarted).
+const RESTART_GAP: u64 = 4096;
+
+const F_FIRST: u8 = 1;
+const F_KEY: u8 = 2;
+const F_DISCONT: u8 = 4;
+const HEADER: usize = 2 + 12 + 1;
+
+/// One track of one stream: what a flow id stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrackKey {
+    /// The stream.
+    pub addr: StreamAddr,
+    /// Video or audio.
+    pub video: bool,
+    /// The video layer (0 for audio).
+    pub layer: LayerId,
+}
+
+/// A whole frame of a remote stream for the local viewers.
+#[derive(Debug, Clone)]
+pub struct RemoteFrame {
+    /// The track.
+    pub key: TrackKey,
+    /// The codec descriptor its origin announced (see [`TrunkPlane::send_local_frame`]).
+    pub codec: std::sync::Arc<[u8]>,
+    /// RTP timestamp, extended to 64 bits.
+    pub time: u64,
+    /// Whether a decoder can start from it.
+    pub keyframe: bool,
+    /// Something was lost before it (here or upstream): viewers need a fresh keyframe.
+    pub discontinuity: bool,
+    /// The payload.
+    pub data: Vec<u8>,
+}
+
+/// A command for the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrunkOutput {
+    /// Send this datagram on the trunk to `to`.
+    Datagram {
+        /// The peer node.
+        to: NodeName,
+        /// The datagram.
+        data: Vec<u8>,
+    },
+    /// Send this control message on the trunk to `to` (`Flow`).
+    Control {
+        /// The peer node.
+        to: NodeName,
+        /// The message.
+        msg: Message,
+    },
+    /// The route's `next` path delivers (its first keyframe came): call
+    /// `Router::next_path_ready`.
+    NextPathReady(StreamAddr),
+}
+
+/// Counters of the trunk media plane (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkCounters {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes of datagrams sent.
+    pub bytes_out: u64,
+    /// Packets dropped because they were already forwarded (the other path of a switch).
+    pub duplicates: u64,
+    /// Packets dropped because they came from a hop that is not the route's source.
+    pub not_source: u64,
+    /// Datagrams dropped: malformed, or of a flow never announced.
+    pub unknown: u64,
+    /// Frames given to local viewers.
+    pub frames_in: u64,
+    /// Frames delivered after a gap (one or more frames before them were lost).
+    pub frames_lost: u64,
+    /// NACKs sent upstream (gaps seen on a trunk).
+    pub nacks_sent: u64,
+    /// Packets resent in answer to NACKs from downstream.
+    pub retransmits: u64,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    /// Codec descriptor from the origin.
+    codec: Option<std::sync::Arc<[u8]>>,
+    /// Origin only: next sequence number, SSRC.
+    next_seq: u16,
+    ssrc: u32,
+    /// Highest extended sequence number forwarded.
+    last_fwd: Option<u64>,
+    /// Which of the [`SEEN_WINDOW`] sequence numbers up to `last_fwd` were forwarded (bit n:
+    /// `last_fwd - n`), so a retransmission fills a gap but nothing goes out twice.
+    seen: u128,
+    /// Extended timestamp of the last packet.
+    last_ts: Option<u64>,
+    /// Reassembly for local viewers: packets by extended sequence number, not yet part of a
+    /// delivered frame.
+    buf: BTreeMap<u64, Fragment>,
+    /// The sequence number the next frame starts at (`None`: wait for a frame start).
+    next: Option<u64>,
+    /// A frame was lost since the last one delivered.
+    lost: bool,
+}
+
+/// A packet waiting in a reassembly buffer.
+#[derive(Debug)]
+struct Fragment {
+    arrived: Instant,
+    ts: u64,
+    flags: u8,
+    marker: bool,
+    payload: Vec<u8>,
+}
+
+/// Packets (track, RTP) from a route's `next` path, in arrival order.
+type HeldPackets = VecDeque<(TrackKey, Vec<u8>)>;
+
+/// Packets from a route's `next` path held per stream until the switch.
+pub const NEXT_HELD: usize = 512;
+
+/// Sequence numbers remembered behind the highest forwarded one (for late retransmissions).
+const SEEN_WINDOW: u64 = 128;
+/// A gap in a reassembly buffer is waited for this long (a NACK and its retransmission need
+/// one hop round trip) before the frames around it are given up.
+pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
+/// Datagrams kept per outgoing flow for answering NACKs.
+pub const HISTORY: usize = 512;
+/// Most sequence numbers asked for in one NACK (a longer gap is an outage, not loss).
+const NACK_MAX: u64 = 64;
+
+/// Sent datagrams of one outgoing flow, by sequence number.
+#[derive(Debug)]
+struct History {
+    slots: Vec<Option<(u16, Vec<u8>)>>,
+}
+
+impl History {
+    fn new() -> History {
+        History {
+            slots: (0..HISTORY).map(|_| None).collect(),
+        }
+    }
+    fn put(&mut self, seq: u16, d: Vec<u8>) {
+        self.slots[usize::from(seq) % HISTORY] = Some((seq, d));
+    }
+    fn get(&self, seq: u16) -> Option<&Vec<u8>> {
+        match &self.slots[usize::from(seq) % HISTORY] {
+            Some((s, d)) if *s == seq => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The trunk media plane of one node. See the module docs.
+#[derive(Debug)]
+pub struct TrunkPlane {
+    me: NodeName,
+    routes: HashMap<StreamAddr, Route>,
+    /// Routed streams published here, by local name.
+    local: HashMap<String, StreamAddr>,
+    tracks: HashMap<TrackKey, Track>,
+    out_flows: HashMap<(NodeName, TrackKey), u16>,
+    next_flow: HashMap<NodeName, u16>,
+    in_flows: HashMap<(NodeName, u16), TrackKey>,
+    /// Highest extended sequence number received per incoming flow (gap detection).
+    rx_highest: HashMap<(NodeName, u16), u64>,
+    /// Sent datagrams per outgoing flow (NACK answers).
+    history: HashMap<(NodeName, u16), History>,
+    /// The latest time given with an input.
+    clock: Option<Instant>,
+    unknown: HashMap<NodeName, VecDeque<(Instant, Vec<u8>)>>,
+    ready_sent: HashSet<StreamAddr>,
+    /// Packets from a route's `next` path, held until the switch (at most [`NEXT_HELD`]).
+    next_held: HashMap<StreamAddr, (NodeName, HeldPackets)>,
+    frames: VecDeque<RemoteFrame>,
+    out: VecDeque<TrunkOutput>,
+    counters: TrunkCounters,
+    next_ssrc: u32,
+}
+
+/// `seq` extended to 64 bits next to `last` (RFC 3550 style: the nearest value).
+fn extend16(last: Option<u64>, seq: u16) -> u64 {
+    let Some(last) = last else {
+        return 1 << 16 | u64::from(seq);
+    };
+    let base = last & !0xffff;
+    let cands = [base.wrapping_sub(1 << 16), base, base + (1 << 16)];
+    cands
+        .iter()
+        .map(|b| b.wrapping_add(u64::from(seq)))
+        .min_by_key(|c| c.abs_diff(last))
+        .unwrap_or(base | u64::from(seq))
+}
+
+/// `ts` extended to 64 bits next to `last`.
+fn extend32(last: Option<u64>, ts: u32) -> u64 {
+    let Some(last) = last else {
+        return 1 << 32 | u64::from(ts);
+    };
+    let base = last & !0xffff_ffff;
+    [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
+        .iter()
+        .map(|b| b.wrapping_add(u64::from(ts)))
+        .min_by_key(|c| c.abs_diff(last))
+        .unwrap_or(base | u64::from(ts))
+}
+
+/// A parsed datagram body (after the flow id).
+struct Packet<'a> {
+    marker: bool,
+    seq: u16,
+    ts: u32,
+    flags: u8,
+    payload: &'a [u8],
+}
+
+fn parse(rtp: &[u8]) -> Option<Packet<'_>> {
+    if rtp.len() < 13 || rtp[0] != 0x80 {
+        return None;
+    }
+    Some(Packet {
+        marker: rtp[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([rtp[2], rtp[3]]),
+        ts: u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]),
+        flags: rtp[12],
+        payload: &rtp[13..],
+    })
+}
+
+impl TrunkPlane {
+    /// The plane of node `me`.
+    pub fn new(me: NodeName) -> TrunkPlane {
+        TrunkPlane {
+            me,
+            routes: HashMap::new(),
+            local: HashMap::new(),
+            tracks: HashMap::new(),
+            out_flows: HashMap::new(),
+            next_flow: HashMap::new(),
+            in_flows: HashMap::new(),
+            rx_highest: HashMap::new(),
+            history: HashMap::new(),
+            clock: None,
+            unknown: HashMap::new(),
+            ready_sent: HashSet::new(),
+            next_held: HashMap::new(),
+            frames: VecDeque::new(),
+            out: VecDeque::new(),
+            counters: TrunkCounters::default(),
+            next_ssrc: 0x5900_0000,
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &NodeName {
+        &self.me
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &TrunkCounters {
+        &self.counters
+    }
+
+    /// The router's forwarding of `addr` changed (an empty route removes it).
+    pub fn set_route(&mut self, addr: StreamAddr, route: Route) {
+        if route.next.is_none() {
+            self.ready_sent.remove(&addr);
+        }
+        // Switched to the path that was `next`: what it delivered before the switch goes through
+        // now (whatever the old path already forwarded is dropped as such), so no packet is lost
+        // when the new path runs ahead of the old one.
+        let replay = match (self.next_held.remove(&addr), &route.source) {
+            (Some((from, held)), Some(Hop::Trunk(src))) if from == *src => Some((from, held)),
+            (Some(h), _) if route.next.as_ref() == Some(&Hop::Trunk(h.0.clone())) => {
+                self.next_held.insert(addr.clone(), h);
+                None
+            }
+            _ => None,
+        };
+        if route == Route::default() {
+            self.local.remove(addr.stream.as_str());
+            self.routes.remove(&addr);
+            // The tracks stay (codec, sequence state): flows announced to us keep their meaning,
+            // and a route that comes back (a path switch passes through "no route") continues
+            // without forwarding anything twice. Only a half-built frame is dropped.
+            for (k, t) in self.tracks.iter_mut() {
+                if k.addr == addr {
+                    t.buf.clear();
+                    t.next = None;
+                }
+            }
+        } else {
+            if addr.node == self.me {
+                self.local
+                    .insert(addr.stream.as_str().to_owned(), addr.clone());
+            }
+            self.routes.insert(addr, route);
+        }
+        if let Some((from, held)) = replay {
+            for (key, rtp) in held {
+                self.handle_packet(&from, &key, &rtp);
+            }
+        }
+    }
+
+    /// The current forwarding of `addr`.
+    pub fn route(&self, addr: &StreamAddr) -> Option<&Route> {
+        self.routes.get(addr)
+    }
+
+    /// Whether local viewers are fed `addr` from a trunk.
+    pub fn feeds_local(&self, addr: &StreamAddr) -> bool {
+        self.routes.get(addr).is_some_and(|r| {
+            matches!(r.source, Some(Hop::Trunk(_)))
+                && r.outputs.iter().any(|(h, _)| *h == Hop::Local)
+        })
+    }
+
+    /// Whether a frame of local `stream`'s track goes to any trunk (so the caller can skip making
+    /// a codec descriptor otherwise).
+    pub fn wants_local(&self, stream: &str, video: bool, layer: LayerId) -> bool {
+        let Some(addr) = self.local.get(stream) else {
+            return false;
+        };
+        self.routes.get(addr).is_some_and(|r| {
+            r.source == Some(Hop::Local)
+                && r.outputs
+                    .iter()
+                    .any(|(h, l)| matches!(h, Hop::Trunk(_)) && carries(*l, video, layer))
+        })
+    }
+
+    /// A trunk came up or went down: flow ids on it start afresh.
+    pub fn trunk_reset(&mut self, peer: &NodeName) {
+        self.out_flows.retain(|(p, _), _| p != peer);
+        self.next_flow.remove(peer);
+        self.in_flows.retain(|(p, _), _| p != peer);
+        self.rx_highest.retain(|(p, _), _| p != peer);
+        self.history.retain(|(p, _), _| p != peer);
+        self.unknown.remove(peer);
+    }
+
+    /// A frame of a local publisher: cut into packets and sent to the trunks the route names.
+    /// `codec` describes the payload for the receivers (opaque here).
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_local_frame(
+        &mut self,
+        stream: &str,
+        video: bool,
+        layer: LayerId,
+        time: u64,
+        keyframe: bool,
+        discontinuity: bool,
+        pt: u8,
+        codec: impl FnOnce() -> std::sync::Arc<[u8]>,
+        data: &[u8],
+    ) {
+        if !self.wants_local(stream, video, layer) {
+            return;
+        }
+        let Some(addr) = self.local.get(stream) else {
+            return;
+        };
+        let key = TrackKey {
+            addr: addr.clone(),
+            video,
+            layer,
+        };
+        let next_ssrc = &mut self.next_ssrc;
+        let track = self.tracks.entry(key.clone()).or_insert_with(|| {
+            *next_ssrc = next_ssrc.wrapping_add(1);
+            Track {
+                ssrc: *next_ssrc,
+                ..Track::default()
+            }
+        });
+        // The codec is looked at again on every keyframe: a publisher that reconnects under
+        // the same name may send another codec. A change is announced with new flow ids.
+        if track.codec.is_none() || keyframe {
+            let c = codec();
+            if track.codec.as_deref() != Some(&c[..]) {
+                track.codec = Some(c);
+                self.out_flows.retain(|(_, k), _| *k != key);
+            }
+        }
+        let n = data.len().div_ceil(FRAGMENT).max(1);
+        let mut packets = Vec::with_capacity(n);
+        for i in 0..n {
+            let chunk = &data[(i * FRAGMENT).min(data.len())..((i + 1) * FRAGMENT).min(data.len())];
+            let mut p = Vec::with_capacity(13 + chunk.len());
+            p.push(0x80);
+            p.push(if i + 1 == n { 0x80 } else { 0 } | (pt & 0x7f));
+            p.extend_from_slice(&track.next_seq.to_be_bytes());
+            p.extend_from_slice(&(time as u32).to_be_bytes());
+            p.extend_from_slice(&track.ssrc.to_be_bytes());
+            let mut flags = 0;
+            if i == 0 {
+                flags |= F_FIRST;
+                if discontinuity {
+                    flags |= F_DISCONT;
+                }
+            }
+            if keyframe {
+                flags |= F_KEY;
+            }
+            p.push(flags);
+            p.extend_from_slice(chunk);
+            track.next_seq = track.next_seq.wrapping_add(1);
+            packets.push(p);
+        }
+        for p in packets {
+            self.forward(&key, &Hop::Local, &p);
+        }
+    }
+
+    /// A datagram arrived on the trunk from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: &NodeName, data: &[u8]) {
+        self.clock = Some(now);
+        self.counters.datagrams_in += 1;
+        if data.len() < HEADER {
+            self.counters.unknown += 1;
+            return;
+        }
+        let flow = u16::from_be_bytes([data[0], data[1]]);
+        let Some(key) = self.in_flows.get(&(from.clone(), flow)).cloned() else {
+            let q = self.unknown.entry(from.clone()).or_default();
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > UNKNOWN_FLOW_WAIT)
+                || q.len() >= UNKNOWN_FLOW_MAX
+            {
+                q.pop_front();
+                self.counters.unknown += 1;
+            }
+            q.push_back((now, data.to_vec()));
+            return;
+        };
+        // Hop-by-hop repair: a gap in this flow is asked for again at once.
+        let seq = u16::from_be_bytes([data[4], data[5]]);
+        let fk = (from.clone(), flow);
+        let last = self.rx_highest.get(&fk).copied();
+        let ext = extend16(last, seq);
+        if last.is_none_or(|l| ext > l) {
+            if let Some(l) = last.filter(|l| ext > l + 1 && ext - l - 1 <= NACK_MAX) {
+                let seqs: Vec<u16> = (l + 1..ext).map(|s| s as u16).collect();
+                self.counters.nacks_sent += 1;
+                self.out.push_back(TrunkOutput::Control {
+                    to: from.clone(),
+                    msg: Message::Nack { flow, seqs },
+                });
+            }
+            self.rx_highest.insert(fk, ext);
+        }
+        self.handle_packet(from, &key, &data[2..]);
+    }
+
+    /// A media-plane control message from `from`: `Flow` (what a flow id stands for) or `Nack`
+    /// (resend these packets, answered from the flow's history).
+    pub fn handle_control(&mut self, now: Instant, from: &NodeName, msg: Message) {
+        self.clock = Some(now);
+        if let Message::Nack { flow, seqs } = &msg {
+            if let Some(h) = self.history.get(&(from.clone(), *flow)) {
+                for s in seqs {
+                    if let Some(d) = h.get(*s) {
+                        self.counters.retransmits += 1;
+                        self.counters.datagrams_out += 1;
+                        self.counters.bytes_out += d.len() as u64;
+                        self.out.push_back(TrunkOutput::Datagram {
+                            to: from.clone(),
+                            data: d.clone(),
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        let Message::Flow {
+            flow,
+            addr,
+            video,
+            layer,
+            codec,
+        } = msg
+        else {
+            return;
+        };
+        let key = TrackKey { addr, video, layer };
+        let track = self.tracks.entry(key.clone()).or_default();
+        if track.codec.as_deref() != Some(&codec[..]) {
+            if track.codec.is_some() {
+                // Another codec: downstream hears of it through new flows.
+                self.out_flows.retain(|(_, k), _| *k != key);
+            }
+            track.codec = Some(codec.into());
+        }
+        self.in_flows.insert((from.clone(), flow), key);
+        // Datagrams that overtook their Flow.
+        if let Some(q) = self.unknown.remove(from) {
+            let mut rest = VecDeque::new();
+            for (t, d) in q {
+                if now.saturating_duration_since(t) > UNKNOWN_FLOW_WAIT {
+                    self.counters.unknown += 1;
+                } else if u16::from_be_bytes([d[0], d[1]]) == flow {
+                    self.handle_datagram(now, from, &d);
+                } else {
+                    rest.push_back((t, d));
+                }
+            }
+            if !rest.is_empty() {
+                self.unknown.insert(from.clone(), rest);
+            }
+        }
+    }
+
+    fn handle_packet(&mut self, from: &NodeName, key: &TrackKey, rtp: &[u8]) {
+        let Some(p) = parse(rtp) else {
+            self.counters.unknown += 1;
+            return;
+        };
+        let hop = Hop::Trunk(from.clone());
+        let Some(route) = self.routes.get(&key.addr) else {
+            self.counters.not_source += 1;
+            return;
+        };
+        if route.source.as_ref() != Some(&hop) {
+            if route.next.as_ref() == Some(&hop) {
+                if (!key.video || (p.flags & F_FIRST != 0 && p.flags & F_KEY != 0))
+                    && self.ready_sent.insert(key.addr.clone())
+                {
+                    self.out
+                        .push_back(TrunkOutput::NextPathReady(key.addr.clone()));
+                }
+                // Held until the switch (see `set_route`).
+                let held = self
+                    .next_held
+                    .entry(key.addr.clone())
+                    .or_insert_with(|| (from.clone(), VecDeque::new()));
+                if held.0 != *from {
+                    *held = (from.clone(), VecDeque::new());
+                }
+                if held.1.len() >= NEXT_HELD {
+                    held.1.pop_front();
+                }
+                held.1.push_back((key.clone(), rtp.to_vec()));
+            }
+            self.counters.not_source += 1;
+            return;
+        }
+        let track = self.tracks.entry(key.clone()).or_default();
+        let ext = extend16(track.last_fwd, p.seq);
+        if let Some(last) = track.last_fwd.filter(|l| ext <= *l) {
+            let behind = last - ext;
+            if behind >= RESTART_GAP {
+                // Far behind: the origin started its numbering afresh (a restarted node).
+                track.last_fwd = None;
+                track.seen = 0;
+            } else if behind >= SEEN_WINDOW || track.seen & (1 << behind) != 0 {
+                self.counters.duplicates += 1;
+                return;
+            }
+        }
+        self.forward(key, &hop, rtp);
+    }
+
+    /// Copies one packet (already accepted from `from`) to the route's outputs.
+    fn forward(&mut self, key: &TrackKey, from: &Hop, rtp: &[u8]) {
+        let Some(route) = self.routes.get(&key.addr) else {
+            return;
+        };
+        let Some(p) = parse(rtp) else { return };
+        let track = self.tracks.entry(key.clone()).or_default();
+        let ext = extend16(track.last_fwd, p.seq);
+        match track.last_fwd {
+            Some(l) if ext <= l => track.seen |= 1 << (l - ext).min(SEEN_WINDOW - 1),
+            Some(l) => {
+                let shift = ext - l;
+                track.seen = if shift >= SEEN_WINDOW {
+                    1
+                } else {
+                    track.seen << shift | 1
+                };
+                track.last_fwd = Some(ext);
+            }
+            None => {
+                track.seen = 1;
+                track.last_fwd = Some(ext);
+            }
+        }
+        let now = self.clock;
+        for (hop, layers) in &route.outputs {
+            if hop == from || !carries(*layers, key.video, key.layer) {
+                continue;
+            }
+            match hop {
+                Hop::Local => {
+                    if *from == Hop::Local {
+                        continue;
+                    }
+                    let ts = extend32(track.last_ts, p.ts);
+                    if track.last_ts.is_none_or(|l| ts > l) {
+                        track.last_ts = Some(ts);
+                    }
+                    let Some(now) = now else { continue };
+                    let frag = Fragment {
+                        arrived: now,
+                        ts,
+                        flags: p.flags,
+                        marker: p.marker,
+                        payload: p.payload.to_vec(),
+                    };
+                    for f in reassemble(track, key, ext, frag, now) {
+                        self.counters.frames_in += 1;
+                        if f.discontinuity {
+                            self.counters.frames_lost += 1;
+                        }
+                        self.frames.push_back(f);
+                    }
+                }
+                Hop::Trunk(to) => {
+                    let fk = (to.clone(), key.clone());
+                    let flow = match self.out_flows.get(&fk) {
+                        Some(f) => *f,
+                        None => {
+                            let n = self.next_flow.entry(to.clone()).or_insert(0);
+                            let flow = *n;
+                            *n = n.wrapping_add(1);
+                            self.out_flows.insert(fk, flow);
+                            self.out.push_back(TrunkOutput::Control {
+                                to: to.clone(),
+                                msg: Message::Flow {
+                                    flow,
+                                    addr: key.addr.clone(),
+                                    video: key.video,
+                                    layer: key.layer,
+                                    codec: track.codec.as_deref().unwrap_or_default().to_vec(),
+                                },
+                            });
+                            flow
+                        }
+                    };
+                    let mut d = Vec::with_capacity(2 + rtp.len());
+                    d.extend_from_slice(&flow.to_be_bytes());
+                    d.extend_from_slice(rtp);
+                    self.history
+                        .entry((to.clone(), flow))
+                        .or_insert_with(History::new)
+                        .put(p.seq, d.clone());
+                    self.counters.datagrams_out += 1;
+                    self.counters.bytes_out += d.len() as u64;
+                    self.out.push_back(TrunkOutput::Datagram {
+                        to: to.clone(),
+                        data: d,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The next whole frame for local viewers.
+    pub fn poll_frame(&mut self) -> Option<RemoteFrame> {
+        self.frames.pop_front()
+    }
+
+    /// The next command for the shell.
+    pub fn poll_output(&mut self) -> Option<TrunkOutput> {
+        self.out.pop_front()
+    }
+}
+
+/// Whether an output with `layers` carries this track (audio goes with any layer).
+fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
+    if video {
+        layers.contains(layer)
+    } else {
+        !layers.is_empty()
+    }
+}
+
+/// Adds a packet (extended sequence number `ext`) to the track's reassembly buffer and returns
+/// the frames it completes, in order. A gap is waited for up to [`REPAIR_WAIT`] (a NACK may bring
+/// the packet); then the frames it broke are given up and the next whole frame is delivered
+/// marked as a discontinuity.
+fn reassemble(
+    track: &mut Track,
+    key: &TrackKey,
+    ext: u64,
+    frag: Fragment,
+    now: Instant,
+) -> Vec<RemoteFrame> {
+    let mut out = Vec::new();
+    if track.next.is_none() {
+        if frag.flags & F_FIRST == 0 {
+            // Joined mid-frame: wait for a frame start.
+            track.lost = true;
+            return out;
+        }
+        track.next = Some(ext);
+    }
+    if track.next.is_some_and(|n| ext < n) {
+        return out; // too late: its frame was delivered or given up
+    }
+    track.buf.insert(ext, frag);
+    while let Some(next) = track.next {
+        // A whole frame at the head?
+        let mut end = None;
+        let mut s = next;
+        while let Some(f) = track.buf.get(&s) {
+            if s != next && f.flags & F_FIRST != 0 {
+                break;
+            }
+            if f.marker {
+                end = Some(s);
+                break;
+            }
+            s += 1;
+        }
+        let head_ok = track.buf.get(&next).is_some_and(|f| f.flags & F_FIRST != 0);
+        if let (true, Some(end)) = (head_ok, end) {
+            let mut data = Vec::new();
+            let (mut ts, mut flags) = (0, 0);
+            for s in next..=end {
+                if let Some(f) = track.buf.remove(&s) {
+                    if s == next {
+                        (ts, flags) = (f.ts, f.flags);
+                    }
+                    data.extend_from_slice(&f.payload);
+                }
+            }
+            track.next = Some(end + 1);
+            out.push(RemoteFrame {
+                key: key.clone(),
+                codec: track
+                    .codec
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::from(&[][..])),
+                time: ts,
+                keyframe: flags & F_KEY != 0,
+                discontinuity: std::mem::take(&mut track.lost) || flags & F_DISCONT != 0,
+                data,
+            });
+            continue;
+        }
+        // Incomplete: give up once the oldest packet waiting has waited long enough.
+        let oldest = track.buf.values().map(|f| f.arrived).min();
+        let overdue = oldest.is_some_and(|t| now.saturating_duration_since(t) >= REPAIR_WAIT)
+            || track.buf.len() > 4 * HISTORY;
+        if !overdue {
+            break;
+        }
+        let restart = track
+            .buf
+            .iter()
+            .find(|(s, f)| **s > next && f.flags & F_FIRST != 0)
+            .map(|(s, _)| *s);
+        track.lost = true;
+        match restart {
+            Some(r) => {
+                track.buf.retain(|s, _| *s >= r);
+                track.next = Some(r);
+            }
+            None => {
+                track.buf.clear();
+                track.next = None;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::parse(s).unwrap()
+    }
+    fn a(s: &str) -> StreamAddr {
+        StreamAddr::parse(s).unwrap()
+    }
+    fn route(source: Hop, outputs: Vec<(Hop, LayerSet)>) -> Route {
+        Route {
+            source: Some(source),
+            outputs,
+            next: None,
+        }
+    }
+    fn codec() -> std::sync::Arc<[u8]> {
+        std::sync::Arc::from(&b"vp8"[..])
+    }
+
+    /// Carries every output of `from` addressed to `to` into `to`'s plane.
+    fn carry(
+        from: &mut TrunkPlane,
+        to: &mut TrunkPlane,
+        now: Instant,
+        drop: impl Fn(usize) -> bool,
+    ) -> usize {
+        let mut i = 0;
+        let mut bytes = 0;
+        let me = from.node().clone();
+        while let Some(o) = from.poll_output() {
+            match o {
+                TrunkOutput::Control { to: t, msg } if t == *to.node() => {
+                    to.handle_control(now, &me, msg)
+                }
+                TrunkOutput::Datagram { to: t, data } if t == *to.node() => {
+                    bytes += data.len();
+                    if !drop(i) {
+                        to.handle_datagram(now, &me, &data);
+                    }
+                    i += 1;
+                }
+                _ => {}
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn frames_cross_two_hops_whole_and_once_per_trunk() {
+        let now = Instant::now();
+        let (mut town, mut county, mut city) = (
+            TrunkPlane::new(n("town")),
+            TrunkPlane::new(n("county")),
+            TrunkPlane::new(n("city")),
+        );
+        let addr = a("town/cam");
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]),
+        );
+        county.set_route(
+            addr.clone(),
+            route(
+                Hop::Trunk(n("town")),
+                vec![
+                    (Hop::Local, LayerSet(1)),
+                    (Hop::Trunk(n("city")), LayerSet(1)),
+                ],
+            ),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        let cam = "cam";
+        let frame: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut total = 0;
+        for i in 0..10u64 {
+            town.send_local_frame(
+                cam,
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &frame,
+            );
+            // Layer 1 is not subscribed anywhere: it never leaves the town.
+            town.send_local_frame(
+                cam,
+                true,
+                LayerId(1),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &frame,
+            );
+            town.send_local_frame(
+                cam,
+                false,
+                LayerId(0),
+                960 * i,
+                false,
+                false,
+                111,
+                codec,
+                &[1, 2, 3],
+            );
+            total += carry(&mut town, &mut county, now, |_| false);
+            carry(&mut county, &mut city, now, |_| false);
+        }
+        // One copy of layer 0 and the audio crossed: 5 fragments + 1 audio packet per frame.
+        assert_eq!(town.counters().datagrams_out, 60);
+        assert!(total < 10 * (5000 + 3 + 6 * HEADER + 100), "{total}");
+        for p in [&mut county, &mut city] {
+            let frames: Vec<RemoteFrame> = std::iter::from_fn(|| p.poll_frame()).collect();
+            let video: Vec<&RemoteFrame> = frames.iter().filter(|f| f.key.video).collect();
+            assert_eq!(video.len(), 10);
+            assert!(video
+                .iter()
+                .all(|f| f.data == frame && f.key.layer == LayerId(0) && !f.discontinuity));
+            assert!(video[0].keyframe && !video[1].keyframe);
+            assert_eq!(video[3].time - video[2].time, 3000);
+            assert_eq!(&*video[0].codec, b"vp8");
+            assert_eq!(frames.len() - video.len(), 10, "audio too");
+        }
+    }
+
+    #[test]
+    fn a_lost_packet_is_repaired_by_nack_and_one_never_repaired_is_given_up() {
+        let t0 = Instant::now();
+        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
+        let addr = a("town/cam");
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        // Frame 1 loses its second packet; the city NACKs it and the town resends it.
+        for i in 0..3u64 {
+            let data = [i as u8; 3000];
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &data,
+            );
+            carry(&mut town, &mut city, t0, |j| i == 1 && j == 1);
+        }
+        assert_eq!(city.counters().nacks_sent, 1);
+        carry(&mut city, &mut town, t0, |_| false);
+        assert_eq!(town.counters().retransmits, 1);
+        carry(&mut town, &mut city, t0, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+        assert_eq!(times, vec![0, 1, 2], "in order, none lost");
+        assert!(frames
+            .iter()
+            .all(|f| !f.discontinuity && f.data.len() == 3000));
+
+        // Frame 3 loses a packet and its retransmission: frame 4 waits, then after the repair
+        // wait the city gives frame 3 up and delivers frame 4 marked as a discontinuity.
+        for i in 3..5u64 {
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                false,
+                false,
+                96,
+                codec,
+                &[9; 3000],
+            );
+            carry(&mut town, &mut city, t0, |j| i == 3 && j == 0);
+        }
+        carry(&mut city, &mut town, t0, |_| false);
+        carry(&mut town, &mut city, t0, |_| true);
+        assert!(
+            city.poll_frame().is_none(),
+            "frame 4 waits for frame 3's repair"
+        );
+        town.send_local_frame(
+            "cam",
+            true,
+            LayerId(0),
+            3000 * 5,
+            false,
+            false,
+            96,
+            codec,
+            &[9; 3000],
+        );
+        carry(&mut town, &mut city, t0 + REPAIR_WAIT, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+        assert_eq!(times, vec![4, 5]);
+        assert!(frames[0].discontinuity && !frames[1].discontinuity);
+    }
+
+    #[test]
+    fn after_a_switch_nothing_is_forwarded_twice() {
+        let now = Instant::now();
+        let (mut a_side, mut b_side, mut prov) = (
+            TrunkPlane::new(n("city-a")),
+            TrunkPlane::new(n("city-b")),
+            TrunkPlane::new(n("province")),
+        );
+        let addr = a("county/cam");
+        prov.set_route(
+            addr.clone(),
+            Route {
+                source: Some(Hop::Trunk(n("city-b"))),
+                outputs: vec![(Hop::Local, LayerSet(1))],
+                next: Some(Hop::Trunk(n("city-a"))),
+            },
+        );
+        let mut origin = TrunkPlane::new(n("county"));
+        origin.set_route(
+            addr.clone(),
+            route(
+                Hop::Local,
+                vec![
+                    (Hop::Trunk(n("city-a")), LayerSet(1)),
+                    (Hop::Trunk(n("city-b")), LayerSet(1)),
+                ],
+            ),
+        );
+        for p in [&mut a_side, &mut b_side] {
+            p.set_route(
+                addr.clone(),
+                route(
+                    Hop::Trunk(n("county")),
+                    vec![(Hop::Trunk(n("province")), LayerSet(1))],
+                ),
+            );
+        }
+        let cam = "cam";
+        let step = |origin: &mut TrunkPlane,
+                    a_side: &mut TrunkPlane,
+                    b_side: &mut TrunkPlane,
+                    prov: &mut TrunkPlane,
+                    i: u64,
+                    a_late: bool| {
+            origin.send_local_frame(
+                cam,
+                true,
+                LayerId(0),
+                3000 * i,
+                i.is_multiple_of(4),
+                false,
+                96,
+                codec,
+                &[i as u8; 2000],
+            );
+            let mut outs: Vec<TrunkOutput> = std::iter::from_fn(|| origin.poll_output()).collect();
+            for o in outs.drain(..) {
+                match o {
+                    TrunkOutput::Control { to, msg } => {
+                        let p = if to == n("city-a") {
+                            &mut *a_side
+                        } else {
+                            &mut *b_side
+                        };
+                        p.handle_control(now, &n("county"), msg)
+                    }
+                    TrunkOutput::Datagram { to, data } => {
+                        let p = if to == n("city-a") {
+                            &mut *a_side
+                        } else {
+                            &mut *b_side
+                        };
+                        p.handle_datagram(now, &n("county"), &data)
+                    }
+                    _ => {}
+                }
+            }
+            if a_late {
+                carry(b_side, prov, now, |_| false);
+                carry(a_side, prov, now, |_| false);
+            } else {
+                carry(a_side, prov, now, |_| false);
+                carry(b_side, prov, now, |_| false);
+            }
+        };
+        step(&mut origin, &mut a_side, &mut b_side, &mut prov, 0, false);
+        assert_eq!(
+            prov.poll_output(),
+            Some(TrunkOutput::NextPathReady(addr.clone()))
+        );
+        step(&mut origin, &mut a_side, &mut b_side, &mut prov, 1, false);
+        assert_eq!(prov.poll_output(), None, "reported once");
+        // The router switches: city-a becomes the source; city-b still delivers for a moment.
+        prov.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("city-a")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        for i in 2..6 {
+            step(&mut origin, &mut a_side, &mut b_side, &mut prov, i, i == 2);
+        }
+        let frames: Vec<u64> = std::iter::from_fn(|| prov.poll_frame())
+            .map(|f| f.time / 3000 % (1 << 20))
+            .collect();
+        let times: Vec<u64> = frames.iter().map(|t| t % 1000).collect();
+        let mut dedup = times.clone();
+        dedup.dedup();
+        assert_eq!(times, dedup, "no frame twice: {times:?}");
+        assert_eq!(times.len(), 6, "{times:?}");
+    }
+
+    #[test]
+    fn a_route_that_goes_and_comes_back_keeps_its_flows() {
+        let now = Instant::now();
+        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
+        let addr = a("town/cam");
+        let up = route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]);
+        let down = route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]);
+        town.set_route(addr.clone(), up.clone());
+        city.set_route(addr.clone(), down.clone());
+        town.send_local_frame("cam", true, LayerId(0), 0, true, false, 96, codec, &[1; 10]);
+        carry(&mut town, &mut city, now, |_| false);
+        // A path switch at the city passes through "no route"; the flow id stays announced.
+        city.set_route(addr.clone(), Route::default());
+        city.set_route(addr.clone(), down);
+        town.send_local_frame(
+            "cam",
+            true,
+            LayerId(0),
+            3000,
+            false,
+            false,
+            96,
+            codec,
+            &[2; 10],
+        );
+        carry(&mut town, &mut city, now, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(&*frames[1].codec, b"vp8");
+    }
+
+    #[test]
+    fn a_new_path_running_ahead_loses_nothing_at_the_switch() {
+        let now = Instant::now();
+        let addr = a("county/cam");
+        let mut origin = TrunkPlane::new(n("county"));
+        origin.set_route(
+            addr.clone(),
+            route(
+                Hop::Local,
+                vec![
+                    (Hop::Trunk(n("city-a")), LayerSet(1)),
+                    (Hop::Trunk(n("city-b")), LayerSet(1)),
+                ],
+            ),
+        );
+        let (mut ca, mut cb) = (TrunkPlane::new(n("city-a")), TrunkPlane::new(n("city-b")));
+        for p in [&mut ca, &mut cb] {
+            p.set_route(
+                addr.clone(),
+                route(
+                    Hop::Trunk(n("county")),
+                    vec![(Hop::Trunk(n("province")), LayerSet(1))],
+                ),
+            );
+        }
+        let mut prov = TrunkPlane::new(n("province"));
+        prov.set_route(
+            addr.clone(),
+            Route {
+                source: Some(Hop::Trunk(n("city-b"))),
+                outputs: vec![(Hop::Local, LayerSet(1))],
+                next: Some(Hop::Trunk(n("city-a"))),
+            },
+        );
+        for i in 0..4u64 {
+            origin.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 2,
+                false,
+                96,
+                codec,
+                &[i as u8; 2000],
+            );
+            for o in std::iter::from_fn(|| origin.poll_output()).collect::<Vec<_>>() {
+                let (to, o) = match o {
+                    TrunkOutput::Control { to, msg } => (to, Ok(msg)),
+                    TrunkOutput::Datagram { to, data } => (to, Err(data)),
+                    _ => continue,
+                };
+                let p = if to == n("city-a") { &mut ca } else { &mut cb };
+                match o {
+                    Ok(msg) => p.handle_control(now, &n("county"), msg),
+                    Err(d) => p.handle_datagram(now, &n("county"), &d),
+                }
+            }
+            // City-a (the new path) delivers everything; city-b (the old one) lags behind
+            // from frame 2 on.
+            carry(&mut ca, &mut prov, now, |_| false);
+            if i < 2 {
+                carry(&mut cb, &mut prov, now, |_| false);
+            }
+        }
+        assert!(std::iter::from_fn(|| prov.poll_output())
+            .any(|o| o == TrunkOutput::NextPathReady(addr.clone())));
+        prov.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("city-a")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        carry(&mut cb, &mut prov, now, |_| false); // the old path's late copies: dropped
+        let times: Vec<u64> = std::iter::from_fn(|| prov.poll_frame())
+            .map(|f| f.time % (1 << 32) / 3000)
+            .collect();
+        assert_eq!(
+            times,
+            vec![0, 1, 2, 3],
+            "each frame once, none lost at the switch"
+        );
+    }
+
+    #[test]
+    fn a_codec_change_at_the_origin_reaches_the_viewers_side() {
+        let now = Instant::now();
+        let (mut town, mut county, mut city) = (
+            TrunkPlane::new(n("town")),
+            TrunkPlane::new(n("county")),
+            TrunkPlane::new(n("city")),
+        );
+        let addr = a("town/cam");
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]),
+        );
+        county.set_route(
+            addr.clone(),
+            route(
+                Hop::Trunk(n("town")),
+                vec![(Hop::Trunk(n("city")), LayerSet(1))],
+            ),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        let h264 = || std::sync::Arc::from(&b"h264"[..]);
+        for (i, c) in [codec, codec, h264, h264].into_iter().enumerate() {
+            let i = i as u64;
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i.is_multiple_of(2),
+                false,
+                96,
+                c,
+                &[1; 10],
+            );
+            carry(&mut town, &mut county, now, |_| false);
+            carry(&mut county, &mut city, now, |_| false);
+        }
+        let codecs: Vec<Vec<u8>> = std::iter::from_fn(|| city.poll_frame())
+            .map(|f| f.codec.to_vec())
+            .collect();
+        assert_eq!(
+            codecs,
+            vec![
+                b"vp8".to_vec(),
+                b"vp8".to_vec(),
+                b"h264".to_vec(),
+                b"h264".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn sequence_and_timestamp_extension_wraps() {
+        assert_eq!(extend16(Some(0x1_fffe), 1), 0x2_0001);
+        assert_eq!(extend16(Some(0x2_0001), 0xfffe), 0x1_fffe);
+        assert_eq!(extend32(Some(0x1_ffff_fff0), 5), 0x2_0000_0005);
+    }
+
+    #[test]
+    fn garbage_datagrams_are_counted_not_fatal() {
+        let now = Instant::now();
+        let mut p = TrunkPlane::new(n("city"));
+        for d in [
+            &[][..],
+            &[0, 1],
+            &[0, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+        ] {
+            p.handle_datagram(now, &n("town"), d);
+        }
+        p.handle_control(
+            now,
+            &n("town"),
+            Message::Flow {
+                flow: 0,
+                addr: a("town/cam"),
+                video: true,
+                layer: LayerId(0),
+                codec: vec![],
+            },
+        );
+        p.handle_datagram(now, &n("town"), &[0, 0, 0x81, 0, 0, 0]);
+        assert!(p.poll_frame().is_none());
+        assert!(p.counters().unknown >= 3);
+    }
+}
