@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# THE demo command: builds the node, the GStreamer test-pattern publisher and field-client,
-# starts a node on this machine, publishes stream `demo-cam`, starts a simulated field tablet
-# (`field-client run` as officer `off-demo` publishing a test pattern as stream `off-demo`,
-# reporting a position and printing the orders it gets), and prints a link that plays the stream in any browser. Ctrl-C stops everything.
+# THE demo command: builds the node, the GStreamer test-pattern publisher, field-client and
+# drone-bridge, starts a node on this machine, publishes stream `demo-cam`, starts a simulated field
+# tablet (`field-client run` as officer `off-demo` publishing a test pattern as stream `off-demo`,
+# reporting a position and printing the orders it gets) and a simulated drone (drone-bridge's
+# pymavlink vehicle flying a slow circle near the tablet, its RTSP test camera, and drone-bridge
+# with pilot `pilot-demo`'s token and a MAVLink 2 signing key: drone `pilot-demo-drone1` on the map
+# and the wall, answering a commander's RTL/hold/land/guided), and prints the links of the video
+# wall and the players. Ctrl-C stops everything.
 #
 # Environment:
 #   YIWANG_DEMO_DIR    working directory (data dir, logs)      default /tmp/yiwang-demo
@@ -20,7 +24,7 @@ stream=demo-cam
 
 bash scripts/install-deps.sh
 cargo --version >/dev/null || { echo "demo.sh: cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
-cargo build --release -p media-server -p yiwang-tests -p field-client --bins
+cargo build --release -p media-server -p yiwang-tests -p field-client -p drone-bridge --bins
 
 bin="$root/target/release"
 mkdir -p "$demo_dir/data"
@@ -30,13 +34,19 @@ pub_out="$demo_dir/demo-publisher.out"
 pub_log="$demo_dir/demo-publisher.log"
 tab_out="$demo_dir/field-client.out"
 tab_log="$demo_dir/field-client.log"
-: >"$node_out"; : >"$pub_out"; : >"$tab_out"
+cam_out="$demo_dir/rtsp-camera.out"
+cam_log="$demo_dir/rtsp-camera.log"
+bridge_out="$demo_dir/drone-bridge.out"
+bridge_log="$demo_dir/drone-bridge.log"
+veh_out="$demo_dir/vehicle.out"
+veh_log="$demo_dir/vehicle.log"
+: >"$node_out"; : >"$pub_out"; : >"$tab_out"; : >"$cam_out"; : >"$bridge_out"; : >"$veh_out"
 
 pids=()
 # shellcheck disable=SC2317  # invoked from traps
 cleanup() {
   trap - EXIT INT TERM
-  # Stop in reverse order of start: publisher, then node.
+  # Stop in reverse order of start: the drone, the tablet, the publisher, then the node.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill "${pids[$i]}" 2>/dev/null || true
   done
@@ -97,6 +107,32 @@ echo "demo.sh: starting a simulated field tablet (field-client run as off-demo)"
 pids+=($!)
 wait_line "$tab_out" '"kind":"connected"' "${pids[2]}" 30 field-client
 
+# The simulated drone. The camera and the vehicle run until their stdin closes: give them one that
+# stays open as long as this script runs (a FIFO held open read-write on fd 3).
+drone=pilot-demo-drone1
+rm -f "$demo_dir/sim.in"; mkfifo "$demo_dir/sim.in"; exec 3<>"$demo_dir/sim.in"
+echo "demo.sh: starting a simulated drone: RTSP test camera, drone-bridge (pilot-demo), pymavlink vehicle" >&2
+/usr/bin/python3 drone-bridge/tests/rtsp_camera.py 0 <&3 >"$cam_out" 2>"$cam_log" &
+pids+=($!)
+wait_line "$cam_out" '"kind": "ready"' "${pids[3]}" 30 rtsp-camera
+cam_uri=$(sed -n 's/.*"uri": "\([^"]*\)".*/\1/p' "$cam_out" | head -n 1)
+# The MAVLink 2 signing key shared by the bridge and the vehicle: made once, kept.
+key_file="$demo_dir/drone.key"
+[ -s "$key_file" ] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$key_file")
+pilot_token=$("$bin/media-server" token --data "$demo_dir/data" --sub pilot-demo --role pilot --ttl 86400)
+"$bin/drone-bridge" --mavlink udpin:127.0.0.1:0 --node "$advertise:4433" --token "$pilot_token" \
+  --signing-key "$key_file" >"$bridge_out" 2>"$bridge_log" &
+pids+=($!)
+wait_line "$bridge_out" '"kind":"started"' "${pids[4]}" 30 drone-bridge
+mavlink=$(sed -n 's/.*"kind":"started".*"mavlink":"\([^"]*\)".*/\1/p' "$bridge_out" | head -n 1)
+# A quadcopter 60 m above home, circling 150 m around a point 1 km north of the tablet every 2 min.
+"$root/target/venv/bin/python" drone-bridge/tests/vehicle.py --connect "udpout:$mavlink" \
+  --key "$(cat "$key_file")" --rate 10 --video "$cam_uri" \
+  --lat 30.6018 --lon 114.3055 --alt-rel 60 --circle 150 --period 120 <&3 >"$veh_out" 2>"$veh_log" &
+pids+=($!)
+wait_line "$bridge_out" '"kind":"publishing"' "${pids[4]}" 60 drone-bridge
+cmd_token=$("$bin/media-server" token --data "$demo_dir/data" --sub demo-commander --role commander --ttl 86400)
+
 cat <<EOF
 
   一网 yiwang demo is running.  演示已启动。
@@ -109,7 +145,17 @@ cat <<EOF
   The simulated tablet's camera (a test pattern, published by field-client):
     http://$advertise:$http_port/play.html?stream=off-demo&token=$view_token
 
-  The simulated tablet (off-demo) is on the map data:
+  The simulated drone's camera (an RTSP test camera, forwarded by drone-bridge):
+    http://$advertise:$http_port/play.html?stream=$drone&token=$view_token
+
+  The video wall as a commander (may send the drone RTL, hold, land, guided from its overlay):
+    http://$advertise:$http_port/?token=$cmd_token
+
+  Started: media-server, demo-publisher ($stream), field-client run (off-demo, test pattern, fixed
+  position), rtsp_camera.py ($cam_uri), drone-bridge (pilot-demo, MAVLink on $mavlink, signing
+  key $key_file), vehicle.py (pymavlink ArduCopter, sysid 1, circling at 60 m).
+
+  The simulated tablet (off-demo) and drone ($drone) are on the map data:
     curl -H "Authorization: Bearer $ops_token" http://$advertise:$http_port/api/units
   Send it an order (it prints it in $tab_out):
     curl -H "Authorization: Bearer $ops_token" -d '{"incident":"duty","to":"off-demo","text":"Go to gate 3"}' \
@@ -125,5 +171,5 @@ wait -n "${pids[@]}"
 rc=$?
 set -e
 echo "demo.sh: a process exited (status $rc); stopping. Logs: $demo_dir" >&2
-tail -n 5 "$node_log" "$pub_log" "$tab_log" >&2 || true
+tail -n 5 "$node_log" "$pub_log" "$tab_log" "$cam_log" "$bridge_log" "$veh_log" >&2 || true
 exit 1

@@ -2,7 +2,7 @@
 # Installs the system packages yiwang needs to build, run and test: GStreamer (capture, encode,
 # decode, webrtcbin for test peers), Chromium + Node.js (browser tests), Python GI with GStreamer's
 # RTSP server (drone-bridge's test camera, run with Debian's /usr/bin/python3), and a venv with
-# pymavlink (drone-bridge's test vehicle, target/venv). Idempotent: packages already present are
+# pymavlink (drone-bridge's test vehicle, target/venv) — both also the demo's simulated drone. Idempotent: packages already present are
 # skipped, so a second run costs a few seconds.
 set -euo pipefail
 
@@ -61,8 +61,8 @@ fi
 # The wall's vendored browser libraries (Leaflet) into web/vendor/, embedded by media-server.
 bash "$here/scripts/build-web.sh"
 
-# pymavlink for drone-bridge's tests (drone-bridge/tests/vehicle.py); the tests create the same
-# venv themselves when it is missing.
+# pymavlink for drone-bridge's tests and the demo's drone (drone-bridge/tests/vehicle.py); the
+# tests create the same venv themselves when it is missing.
 venv="$here/target/venv"
 if ! "$venv/bin/python" -c 'import pymavlink' 2>/dev/null; then
   echo "install-deps: pymavlink venv in $venv" >&2

@@ -808,7 +808,8 @@ function renderOverlay(i, name) {
   const field = (id, label, value) => el('span', { class: 'df', 'data-testid': `drone-${id}`, 'data-value': value }, el('small', { text: label }), ' ', value);
   const allowed = may.droneCommand(S.role, S.subject || '', name, S.grants.drones);
   const last = [...S.commands.entries()].filter(([, c]) => c.drone === name).pop();
-  box.replaceChildren(
+  // replaceChildren, unlike el(), would print a null child as the text "null".
+  box.replaceChildren(...[
     el('div', { class: 'drow' },
       field('alt', t('drone_alt'), `${num(tm.alt_rel)} m`),
       field('speed', t('drone_speed'), `${num(tm.ground_speed)} m/s`),
@@ -823,7 +824,7 @@ function renderOverlay(i, name) {
           ...['rtl', 'hold', 'land', 'guided'].map((c) => el('button', { 'data-testid': `drone-cmd-${c}`, text: t('cmd_' + c), onclick: () => droneCommand(name, c) })),
           last ? el('span', { class: 'ack', 'data-testid': 'drone-ack', 'data-cmd': last[0], 'data-result': last[1].result || 'sent', text: `${last[0]}: ${last[1].result ? (last[1].result === 'refused' ? t('cmd_refused') : last[1].result) + (last[1].text ? ' ' + last[1].text : '') : t('cmd_sent')}` }) : null)
       : null,
-  );
+  ].filter((k) => k !== null));
   box.dataset.alt = tm.alt_rel ?? '';
 }
 

@@ -2,7 +2,12 @@
 """Test peers for drone-bridge, written with pymavlink (run from the venv the tests create).
 
 --role vehicle: a synthetic ArduCopter. Sends HEARTBEAT (1 Hz), GLOBAL_POSITION_INT, ATTITUDE,
-BATTERY_STATUS (50 Hz each) and VIDEO_STREAM_INFORMATION (1 Hz, from the camera component 100).
+BATTERY_STATUS (50 Hz each, or --rate) and VIDEO_STREAM_INFORMATION (1 Hz, from the camera
+component 100). Where it is: --lat/--lon (default 30.5, 114.3) at --alt-rel metres above home
+(default 30; home is 22 m AMSL); without --circle the latitude wobbles by 0.0001 degrees, with
+--circle 0 it hovers exactly there, with --circle R it flies a circle of R metres around that
+point once every --period seconds (ground speed and heading to match, also in VFR_HUD). After an
+RTL it reports mode RTL.
 With --key HEX it signs what it sends and checks the signature of every command it receives with
 that key itself (SHA-256 over key + frame up to the signature, first 48 bits), then ACKs.
 --role gcs: a ground station. Sends a GCS HEARTBEAT (1 Hz) and counts what it receives.
@@ -51,6 +56,11 @@ def main():
     ap.add_argument("--key", default=None, help="64 hex characters")
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--video", default="", help="URI for VIDEO_STREAM_INFORMATION")
+    ap.add_argument("--lat", type=float, default=30.5)
+    ap.add_argument("--lon", type=float, default=114.3)
+    ap.add_argument("--alt-rel", type=float, default=30.0, help="metres above home")
+    ap.add_argument("--circle", type=float, default=None, help="radius in metres (0: hover)")
+    ap.add_argument("--period", type=float, default=120.0, help="seconds per circle")
     args = ap.parse_args()
 
     vehicle = args.role == "vehicle"
@@ -139,8 +149,24 @@ def main():
                                             state["custom_mode"], mavutil.mavlink.MAV_STATE_ACTIVE)
                     cam.video_stream_information_send(1, 1, mavutil.mavlink.VIDEO_STREAM_TYPE_RTSP, 1, 30.0, 640, 480,
                                                       2000, 0, 90, b"camera", args.video.encode())
-                lat = int((30.5 + 0.0001 * math.sin(n / 100.0)) * 1e7)
-                conn.mav.global_position_int_send(boot_ms, lat, int(114.3 * 1e7), 52000, 30000, 100, 0, 0, 9000)
+                alt_rel_mm = int(round(args.alt_rel * 1000))
+                if args.circle is None:
+                    lat, lon = args.lat + 0.0001 * math.sin(n / 100.0), args.lon
+                    vx, vy, hdg = 100, 0, 90.0
+                else:
+                    # Counter-clockwise seen from above, starting east of the centre.
+                    w = 2 * math.pi / args.period
+                    a = w * n * period
+                    r = args.circle
+                    lat = args.lat + math.degrees(r * math.sin(a) / 6371000.0)
+                    lon = args.lon + math.degrees(r * math.cos(a) / (6371000.0 * math.cos(math.radians(args.lat))))
+                    vn, ve = r * w * math.cos(a), -r * w * math.sin(a)
+                    vx, vy = int(round(vn * 100)), int(round(ve * 100))
+                    hdg = math.degrees(math.atan2(ve, vn)) % 360.0 if r > 0 else 0.0
+                    if n % max(1, int(args.rate / 5)) == 0:
+                        conn.mav.vfr_hud_send(r * w, r * w, int(round(hdg)) % 360, 50, args.alt_rel + 22.0, 0.0)
+                conn.mav.global_position_int_send(boot_ms, int(round(lat * 1e7)), int(round(lon * 1e7)), alt_rel_mm + 22000,
+                                                  alt_rel_mm, vx, vy, 0, int(round(hdg * 100)) % 36000)
                 conn.mav.attitude_send(boot_ms, 0.1, -0.05, 1.5, 0, 0, 0)
                 volts = [4100, 4100, 4100] + [65535] * 7
                 conn.mav.battery_status_send(0, 0, 0, 2500, volts, 1200, -1, -1, 76)

@@ -26,8 +26,9 @@
 //   {"op":"ackSos"}                        -> {hidden}
 //   {"op":"controls"}                      -> which controls are visible (orderForm, chatForm,
 //        droneCommands, sosAck) and the number of tiles
-//   {"op":"droneOverlay","stream":S,"alt":42.5}  until the drone overlay on S's tile shows (that
-//        relative altitude) -> its fields and the command buttons offered
+//   {"op":"droneOverlay","stream":S,"alt":42.5,"altTol":1,"mode":"RTL"}  until the drone overlay on
+//        S's tile shows (that relative altitude, within altTol m, default exactly; that flight mode)
+//        -> its fields and the command buttons offered
 //   {"op":"droneCommand","stream":S,"command":"rtl","confirm":true}  click, confirm -> {question, cmd, result}
 //   {"op":"waitDroneAck","stream":S,"cmd":"dc-1","result":"accepted"}
 //   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
@@ -198,15 +199,16 @@ const ops = {
       };
     });
   },
-  async droneOverlay({ stream, alt = null, timeoutMs = 30000 }) {
-    return until(`the drone overlay on ${stream}${alt !== null ? ' at ' + alt + ' m' : ''}`, timeoutMs, () => page.evaluate(({ stream, alt }) => {
+  async droneOverlay({ stream, alt = null, altTol = 1e-6, mode = null, timeoutMs = 30000 }) {
+    return until(`the drone overlay on ${stream}${alt !== null ? ' at ' + alt + ' m' : ''}${mode !== null ? ' in ' + mode : ''}`, timeoutMs, () => page.evaluate(({ stream, alt, altTol, mode }) => {
       const box = document.querySelector(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-overlay]`);
       if (!box || box.hidden) return null;
-      if (alt !== null && (box.dataset.alt === '' || Math.abs(+box.dataset.alt - alt) > 1e-6)) return null;
+      if (alt !== null && (box.dataset.alt === '' || Math.abs(+box.dataset.alt - alt) > altTol)) return null;
       const f = (id) => { const e = box.querySelector(`[data-testid=drone-${id}]`); return e ? e.dataset.value : null; };
+      if (mode !== null && f('mode') !== mode) return null;
       return { drone: box.dataset.drone, alt: box.dataset.alt === '' ? null : +box.dataset.alt, altText: f('alt'), speed: f('speed'), heading: f('heading'), battery: f('battery'), mode: f('mode'), armed: f('armed'), link: f('link'),
         commands: [...box.querySelectorAll('[data-testid^=drone-cmd-]')].map((b) => b.dataset.testid.slice('drone-cmd-'.length)) };
-    }, { stream, alt }));
+    }, { stream, alt, altTol, mode }));
   },
   async droneCommand({ stream, command, confirm = true, timeoutMs = 15000 }) {
     const box = page.locator(`[data-testid^=tile-][data-stream="${stream}"] [data-testid=drone-overlay]`);

@@ -627,15 +627,7 @@ impl Wall {
 
 /// The field-client binary (`cargo build -p field-client`), built here if it is missing.
 fn field_client_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/debug");
-    let bin = dir.join("field-client");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo).args(["build", "-p", "field-client"]).status().expect("cargo runs");
-        assert!(ok.success(), "cargo build -p field-client");
-    }
-    bin
+    workspace_bin("field-client")
 }
 
 /// `field-client run --source test` for `sub` at a fixed position, with its JSON lines.
@@ -1343,106 +1335,196 @@ async fn bench_wall_first_frame_and_page_bitrate() {
     n.node.shutdown().await;
 }
 
-/// A drone on the wall, with the bridge played by `signaling::client` (the library drone-bridge
-/// uses) under a pilot token: its telemetry shows on the drone tile's overlay (relative altitude,
-/// ground speed, heading, battery, mode, armed, link) and its position as a drone marker with a
-/// track; a commander's RTL from the overlay (confirmed) reaches the bridge as a `drone_command`
-/// event and the bridge's ACK shows on the overlay; an operator sees the overlay but no command
-/// buttons; a lost link greys the marker. The drone's video is a GStreamer WHIP stream under the
-/// drone's name. (The full test — drone-bridge fed by pymavlink and an RTSP camera —
-/// comes when drone-bridge lands.)
+/// A workspace binary next to this test executable (`target/debug/NAME`), built with
+/// `cargo build -p NAME` if it is missing.
+fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/debug");
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo).args(["build", "-p", name]).status().expect("cargo runs");
+        assert!(ok.success(), "cargo build -p {name}");
+    }
+    bin
+}
+
+/// A child that prints JSON lines (drone-bridge, its test vehicle and camera); killed on drop.
+struct JsonLines {
+    what: String,
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl JsonLines {
+    fn spawn(what: &str, cmd: &mut tokio::process::Command) -> JsonLines {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+        let stdin = child.stdin.take();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        JsonLines { what: what.to_owned(), child, stdin, lines }
+    }
+
+    async fn line_where(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let me = self.what.clone();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("{me} ended before {what}"));
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                if pred(&v) {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what} from {me}"))
+    }
+
+    async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+/// The venv's python with pymavlink (target/venv, made by scripts/install-deps.sh; made here the
+/// same way when it is missing, as drone-bridge's tests do).
+fn pymavlink_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv");
+    let py = venv.join("bin/python");
+    let has = |py: &std::path::Path| std::process::Command::new(py).args(["-c", "import pymavlink"]).status().is_ok_and(|s| s.success());
+    if !has(&py) {
+        let ok = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+        assert!(ok, "python3 -m venv {} failed", venv.display());
+        let ok = std::process::Command::new(venv.join("bin/pip")).args(["install", "-q", "pymavlink==2.4.50"]).status().is_ok_and(|s| s.success());
+        assert!(ok && has(&py), "pip install pymavlink failed");
+    }
+    py
+}
+
+/// The wall test with the real drone-bridge: node + `field-client run --source test` at a
+/// fixed position + the drone-bridge binary (pilot token, MAVLink 2 signing) fed by drone-bridge's
+/// pymavlink vehicle (hovering at a known position and relative altitude, announcing its camera)
+/// and its RTSP test camera (GStreamer's RTSP server). Signed in as an operator, in 2×2, both
+/// streams play past 60 frames; the drone overlay shows the vehicle's relative altitude within
+/// 1 m, its mode and battery, and no command buttons; the map shows both markers at the sent
+/// coordinates. A commander's RTL from the overlay (confirmed) reaches the vehicle as a signed
+/// COMMAND_LONG the vehicle script verifies with the shared key, the ACK shows on the overlay and
+/// the vehicle's mode turns to RTL; when the vehicle falls silent the overlay says the link is
+/// lost and the marker greys. Writes screenshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
-    use signaling::client::{self, ClientConfig, ClientEvent};
-    use signaling::proto::{ClientMsg, DroneAckResult, Telemetry};
     const DRONE: &str = "pilot-3-drone1";
+    const KEY_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let (lat, lon, alt_rel) = (30.6012345, 114.3123456, 42.5);
     let _media = MEDIA.lock().await;
     let n = start_node().await;
-    let pilot_token = n.token("pilot-3", Role::Pilot);
-    let (bridge, mut bev) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), pilot_token.clone())).await.expect("bridge connects");
-    let video = WhipPublisher::start(&n.base, DRONE, &pilot_token, PublishOptions { audio: false, ..PublishOptions::default() }).await.expect("drone video");
-    let sample = |i: u32, alt_rel: f64| Telemetry {
-        time: common::now_unix() * 1000,
-        mode: Some("GUIDED".into()),
-        armed: Some(true),
-        lat: Some(30.60 + f64::from(i) * 1e-4),
-        lon: Some(114.31),
-        alt_amsl: Some(50.0 + alt_rel),
-        alt_rel: Some(alt_rel),
-        heading: Some(135.0),
-        ground_speed: Some(7.2),
-        battery_pct: Some(76.0),
-        ..Telemetry::default()
-    };
-    let send = |i: u32, alt: f64| bridge.send(ClientMsg::Telemetry { drone: DRONE.into(), t: Box::new(sample(i, alt)) }).expect("bridge connected");
-    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: true }).unwrap();
-    send(0, 40.0);
+    let fc = FieldClient::run(&n, "off-1", 30.59, 114.30).await;
 
+    let drone_tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drone-bridge/tests");
+    let mut camera = JsonLines::spawn(
+        "rtsp_camera.py (Debian's python3, python3-gi, gir1.2-gst-rtsp-server-1.0)",
+        tokio::process::Command::new("/usr/bin/python3").arg(drone_tests.join("rtsp_camera.py")),
+    );
+    let uri = camera.line_where("ready", |v| v["kind"] == "ready").await["uri"].as_str().unwrap().to_owned();
+    let key = n.dir.path().join("drone.key");
+    std::fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
+    let mut bridge = JsonLines::spawn(
+        "drone-bridge",
+        tokio::process::Command::new(workspace_bin("drone-bridge"))
+            .args(["--mavlink", "udpin:127.0.0.1:0", "--node", &n.node.quic_addr.to_string(), "--token", &n.token("pilot-3", Role::Pilot)])
+            .arg("--signing-key")
+            .arg(&key),
+    );
+    let started = bridge.line_where("started", |v| v["kind"] == "started").await;
+    let mavlink = started["mavlink"].as_str().expect("the bound MAVLink address").to_owned();
+    let (lat_s, lon_s, alt_s) = (lat.to_string(), lon.to_string(), alt_rel.to_string());
+    let mut vehicle = JsonLines::spawn(
+        "vehicle.py",
+        tokio::process::Command::new(pymavlink_python()).arg(drone_tests.join("vehicle.py")).args([
+            "--connect", &format!("udpout:{mavlink}"), "--key", KEY_HEX, "--rate", "10", "--video", &uri,
+            "--lat", &lat_s, "--lon", &lon_s, "--alt-rel", &alt_s, "--circle", "0",
+        ]),
+    );
+    vehicle.line_where("ready", |v| v["kind"] == "ready").await;
+    let publishing = bridge.line_where("the camera published", |v| v["kind"] == "publishing").await;
+    assert_eq!(publishing["stream"], DRONE, "{publishing}");
+
+    // An operator, in 2×2: both pictures play, the overlay and both markers.
     let mut wall = Wall::start(&n).await;
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "via": "url", "token": n.token("op-1", Role::Operator)})).await;
+    assert_eq!(signed["role"], "operator", "{signed}");
+    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "2"})).await;
+    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("2x2"), Some(4)));
+    for stream in ["off-1", DRONE] {
+        let tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": stream, "minFrames": 60, "timeoutMs": 60000})).await;
+        assert!(tile["totalVideoFrames"].as_u64().unwrap() > 60 && tile["frameHeight"].as_u64().unwrap() > 0, "{stream}: {tile}");
+    }
+    let drone_tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 60})).await;
+    assert_eq!(drone_tile["frameHeight"], 480, "the camera's 640×480, untouched: {drone_tile}");
+    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": alt_rel, "altTol": 1.0, "mode": "GUIDED"})).await;
+    assert!((o["alt"].as_f64().unwrap() - alt_rel).abs() <= 1.0, "relative altitude within 1 m: {o}");
+    assert_eq!((o["drone"].as_str(), o["battery"].as_str()), (Some(DRONE), Some("76%")), "{o}");
+    assert!(o["armed"].as_str().unwrap() != "—" && o["link"].as_str().unwrap() != "—", "{o}");
+    assert_eq!(o["commands"], serde_json::json!([]), "an operator may not command: {o}");
+    let text = wall.cmd(serde_json::json!({"op": "eval", "js": format!("document.querySelector('[data-stream=\"{DRONE}\"] [data-testid=drone-overlay]').textContent")})).await;
+    assert!(!text["value"].as_str().unwrap().contains("null"), "no stray text on the overlay: {text}");
+    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"})).await;
+    assert_eq!((m["lat"].as_f64(), m["lon"].as_f64(), m["kind"].as_str()), (Some(30.59), Some(114.30), Some("officer")), "{m}");
+    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
+    assert!((m["lat"].as_f64().unwrap() - lat).abs() < 1e-6 && (m["lon"].as_f64().unwrap() - lon).abs() < 1e-6, "the drone at the sent position: {m}");
+    assert_eq!((m["kind"].as_str(), m["stale"].as_bool(), m["visible"].as_bool()), (Some("drone"), Some(false), Some(true)), "{m}");
+    let path = wall.screenshot("wall-drone-bridge").await;
+    eprintln!("wall screenshot: {}", path.display());
+
+    // A commander's RTL reaches the vehicle, signed; its ACK and the new mode show.
     let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("cmd-1", Role::Commander)})).await;
     assert_eq!(signed["role"], "commander", "{signed}");
-    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 30, "timeoutMs": 60000})).await;
-    for i in 1..=3 {
-        send(i, 40.0 + f64::from(i) * 0.5);
-    }
-    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": 41.5})).await;
-    assert_eq!(o["drone"], DRONE);
-    assert_eq!((o["speed"].as_str(), o["heading"].as_str(), o["battery"].as_str()), (Some("7.2 m/s"), Some("135°"), Some("76%")), "{o}");
-    assert_eq!((o["mode"].as_str(), o["altText"].as_str()), (Some("GUIDED"), Some("41.5 m")), "{o}");
-    assert!(o["armed"].as_str().unwrap() != "—" && o["link"].as_str().unwrap() != "—", "{o}");
+    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 10, "timeoutMs": 60000})).await;
+    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE})).await;
     assert_eq!(o["commands"], serde_json::json!(["rtl", "hold", "land", "guided"]), "a commander may command: {o}");
-    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
-    assert_eq!((m["kind"].as_str(), m["stale"].as_bool()), (Some("drone"), Some(false)), "{m}");
-    let track = wall.cmd(serde_json::json!({"op": "eval", "js": format!("document.querySelectorAll('path.track-{DRONE}').length")})).await;
-    assert_eq!(track["value"], 1, "the drone's track is drawn");
-    let marker_lat = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await["lat"].as_f64().unwrap();
-    assert!((marker_lat - 30.6003).abs() < 1e-9, "at the last reported position: {marker_lat}");
-
     let c = wall.cmd(serde_json::json!({"op": "droneCommand", "stream": DRONE, "command": "rtl"})).await;
     assert!(c["question"].as_str().unwrap().contains(DRONE), "the confirmation names the drone: {c}");
     let cmd = c["cmd"].as_str().expect("dc-N").to_owned();
-    assert!(cmd.starts_with("dc-") && c["result"] == "sent", "{c}");
-    let ev = tokio::time::timeout(WAIT, async {
-        loop {
-            match bev.next().await.expect("bridge events") {
-                ClientEvent::Event { event, .. } if event["kind"] == "drone_command" => return event,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the command reaches the bridge");
-    assert_eq!((ev["cmd"].as_str(), ev["command"].as_str(), ev["by"].as_str()), (Some(cmd.as_str()), Some("rtl"), Some("cmd-1")), "{ev}");
-    bridge.send(ClientMsg::DroneCommandAck { cmd: cmd.clone(), result: DroneAckResult::Accepted, text: None }).unwrap();
+    let got = vehicle.line_where("the RTL at the vehicle", |v| v["kind"] == "command").await;
+    assert_eq!((got["msg"].as_str(), got["command"].as_u64()), (Some("COMMAND_LONG"), Some(20)), "MAV_CMD_NAV_RETURN_TO_LAUNCH: {got}");
+    assert_eq!((got["signed"].as_bool(), got["verified"].as_bool()), (Some(true), Some(true)), "signed with the shared key: {got}");
     wall.cmd(serde_json::json!({"op": "waitDroneAck", "stream": DRONE, "cmd": cmd, "result": "accepted"})).await;
+    wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "mode": "RTL"})).await;
     wall.screenshot("wall-drone").await;
 
-    // Link lost: the overlay says so and the marker greys.
-    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: false }).unwrap();
+    // The vehicle falls silent: the overlay says the link is lost and the marker greys.
+    vehicle.say("stop").await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let stale = loop {
+    loop {
         let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
         if m["stale"] == true {
-            break m;
+            break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the drone marker is not greyed after the link was lost: {m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE})).await;
     assert!(o["link"].as_str().unwrap().contains("中断"), "link lost shown: {o}");
-    assert_eq!(stale["kind"], "drone");
-
-    // An operator sees the drone but may not command it.
-    bridge.send(ClientMsg::DroneLink { drone: DRONE.into(), up: true }).unwrap();
-    wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-1", Role::Operator)})).await;
-    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 10, "timeoutMs": 60000})).await;
-    send(4, 45.0);
-    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": 45.0})).await;
-    assert_eq!(o["commands"], serde_json::json!([]), "{o}");
 
     wall.quit().await;
-    video.stop().await.unwrap();
-    bridge.close().await;
+    vehicle.stop().await;
+    bridge.stop().await;
+    camera.stop().await;
+    fc.stop().await;
     n.node.shutdown().await;
 }
 
