@@ -202,6 +202,48 @@ impl Drop for Running {
 }
 
 /// Starts the pipeline: access units into the channel; a message into `failed` on error or end.
+/// How long a frame waits for the rest of itself (see [`join_slices`]).
+const JOIN_WINDOW: Duration = Duration::from_millis(4);
+
+/// Joins access units that share a timestamp into one frame. A camera whose encoder cuts a
+/// picture into several slices and repeats SPS/PPS before each (x264 on a multi-core camera with
+/// `rtph264pay config-interval=-1`) makes `h264parse` emit each slice as an access unit of its
+/// own; sent as separate samples they get separate RTP timestamps and a viewer decodes only part
+/// of the picture. The parts arrive back to back, so each frame waits at most [`JOIN_WINDOW`]
+/// for a next part with its timestamp.
+fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::Receiver<Frame> {
+    let (tx, out) = mpsc::channel::<Frame>(64);
+    tokio::spawn(async move {
+        let Some(mut cur) = rx.recv().await else { return };
+        loop {
+            match tokio::time::timeout(JOIN_WINDOW, rx.recv()).await {
+                Ok(Some(next)) if next.2.is_some() && next.2 == cur.2 => {
+                    let mut joined = Vec::with_capacity(cur.0.len() + next.0.len());
+                    joined.extend_from_slice(&cur.0);
+                    joined.extend_from_slice(&next.0);
+                    cur.0 = Bytes::from(joined);
+                }
+                Ok(Some(next)) => {
+                    let _ = tx.try_send((std::mem::take(&mut cur.0), cur.1));
+                    cur = next;
+                }
+                Ok(None) => {
+                    let _ = tx.try_send((cur.0, cur.1));
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.try_send((std::mem::take(&mut cur.0), cur.1));
+                    match rx.recv().await {
+                        Some(f) => cur = f,
+                        None => return,
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
     let desc = describe(source, plan);
     tracing::debug!(pipeline = %desc, "video pipeline");
@@ -213,7 +255,7 @@ fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Rec
         .by_name(SINK)
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or("no appsink")?;
-    let (tx, rx) = mpsc::channel::<Frame>(64);
+    let (tx, rx) = mpsc::channel::<(Bytes, Duration, Option<u64>)>(64);
     let mut last_pts: Option<gst::ClockTime> = None;
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -231,14 +273,16 @@ fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Rec
                     }
                     last_pts = Some(pts);
                 }
+                let pts = buffer.pts().map(|p| p.nseconds());
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                let _ = tx.try_send((Bytes::copy_from_slice(map.as_slice()), d));
+                let _ = tx.try_send((Bytes::copy_from_slice(map.as_slice()), d, pts));
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
     pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot start {desc}: {e}"))?;
     let running = Running { pipeline, stopped: Arc::default() };
+    let rx = join_slices(rx);
     let (fail_tx, fail_rx) = mpsc::channel(1);
     if let Some(bus) = running.pipeline.bus() {
         let stopped = running.stopped.clone();
