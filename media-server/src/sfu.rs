@@ -178,6 +178,10 @@ pub enum TrunkRequest {
     },
 }
 
+/// How long a viewer of a remote stream pulls every layer before its trunk subscription is
+/// narrowed to the layer it watches (every layer has arrived and been sized by then).
+pub const NARROW_AFTER: Duration = Duration::from_secs(2);
+
 /// The codec of a track, as a trunk `Flow` carries it from the origin node (JSON).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct CodecDescriptor {
@@ -255,6 +259,10 @@ struct Peer {
     ingress_seen: HashMap<Mid, u64>,
     /// Viewer of a remote stream: its trunk subscription, ended with the session.
     remote: Option<::trunk::StreamAddr>,
+    /// Viewer of a remote stream: its layer preference, and the one layer its trunk
+    /// subscription was narrowed to (`None`: every layer is pulled).
+    remote_pref: LayerPref,
+    pulled: Option<Layer>,
 }
 
 /// The SFU engine. See the module docs for the run loop.
@@ -558,6 +566,42 @@ impl Sfu {
             data: f.data.into(),
         };
         self.route_media(now, peer, m);
+        if kind == TrackKind::Video && f.keyframe {
+            self.narrow_remote_pulls(now, &addr);
+        }
+    }
+
+    /// Viewers of the remote stream `addr` pull every layer at first (the layers' sizes, which
+    /// their preference chooses by, are known only once media flows). When every active layer's
+    /// size is known, a viewer preferring `low`, `mid`, `high` or `maxHeight` that has been
+    /// watching for [`NARROW_AFTER`] and is on the layer its preference chooses narrows its
+    /// trunk subscription to that layer, so only layers someone here watches cross the trunks.
+    /// `auto` keeps every layer (it moves between them with the viewer's bandwidth).
+    fn narrow_remote_pulls(&mut self, now: Instant, addr: &::trunk::StreamAddr) {
+        let Some(name) = self.remote.get(addr).map(|r| r.name.clone()) else { return };
+        let layers = self.fwd.layers(&name);
+        if layers.is_empty() || layers.iter().any(|l| l.dims.is_none()) {
+            return;
+        }
+        for (id, p) in &mut self.peers {
+            if p.remote.as_ref() != Some(addr)
+                || p.remote_pref == LayerPref::Auto
+                || now.saturating_duration_since(p.created) < NARROW_AFTER
+            {
+                continue;
+            }
+            let current = self.fwd.viewer_layer(*id);
+            if current.is_none() || current != self.fwd.viewer_choice(*id) || current == p.pulled {
+                continue;
+            }
+            p.pulled = current;
+            let layer = ::trunk::LayerId(current.map_or(0, |l| l.0));
+            self.trunk_out.push_back(TrunkRequest::Subscribe {
+                viewer: ::trunk::ViewerId(id.0),
+                addr: addr.clone(),
+                layers: ::trunk::LayerSet::single(layer),
+            });
+        }
     }
 
     /// The live-stream table this engine writes.
@@ -725,6 +769,7 @@ impl Sfu {
         }
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
         peer.remote = remote;
+        peer.remote_pref = pref;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
         if !self.config.pace_video {
             if let Some(mid) = peer.video_mid {
@@ -802,6 +847,8 @@ impl Sfu {
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
             remote: None,
+            remote_pref: LayerPref::Auto,
+            pulled: None,
         };
         Ok((peer, sdp))
     }

@@ -1604,6 +1604,98 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     province.node.shutdown().await;
 }
 
+/// Only the layers someone downstream watches cross a trunk: `field-client run --source test` at
+/// a township publishes three simulcast layers (640×480, 320×240, 160×120); a province viewer
+/// subscribing to `township/off-3` with `layer: "low"` decodes the 160×120 layer, and after its
+/// first seconds (every layer pulled while the layers' sizes are learnt) the township's route
+/// sends that one layer to the province: the trunk carries about the low layer's bitrate, less
+/// than half of what it carries once an `auto` viewer there pulls every layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
+    use cascade::{node, trunk_addr, trunk_name, tx_bytes};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 2).await;
+    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let fc = FieldClient::run(&township, "off-3", 30.59, 114.30).await;
+    let layers = wait_for("the tablet's three layers at the township", WAIT, || async {
+        let s = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3")?;
+        (s.layers.len() >= 3 && s.layers.iter().all(|l| l.height.is_some())).then_some(s.layers)
+    })
+    .await;
+    let addr = ::trunk::StreamAddr::parse("township/off-3").unwrap();
+    let (p_trunk, t_trunk) = (province.node.trunk.clone().unwrap(), township.node.trunk.clone().unwrap());
+    wait_for("the province to learn township/off-3", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    // The layers this node's route sends to the province.
+    let to_province = || {
+        t_trunk.route(&addr).and_then(|r| {
+            r.outputs.iter().find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))).map(|(_, l)| *l)
+        })
+    };
+    // Trunk kbit/s township → province over `ms`.
+    let trunk_kbps = |ms: u64| {
+        let township = &township;
+        async move {
+            let b0 = tx_bytes(township, "province");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (tx_bytes(township, "province") - b0) * 8 / ms
+        }
+    };
+
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"off-3".parse().unwrap());
+    let c = client.clone();
+    let low = WhepViewer::start_with(&province.base, av(), move |offer| async move {
+        let data = c
+            .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: Some("low".into()), max_height: None, sdp: offer })
+            .await?;
+        Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
+    })
+    .await
+    .expect("subscribe to township/off-3 with layer low over signaling");
+    low.wait_frames(30, WAIT).await.expect("the low viewer decodes");
+    let narrowed = wait_for("the township to send the province one layer", WAIT, || async {
+        to_province().filter(|l| l.iter().count() == 1)
+    })
+    .await;
+    let low_only = trunk_kbps(3000).await;
+    let s = low.stats();
+    assert_eq!(s.height, 120, "the low viewer gets the 160×120 layer: {s:?}");
+    let seen = low.stats().frames_decoded;
+    low.wait_frames(seen + 30, WAIT).await.expect("the low viewer keeps decoding after the narrowing");
+
+    let all = WhepViewer::start(&province.base, "township/off-3", &province.token("wall-1", Role::Viewer), av())
+        .await
+        .expect("an auto viewer of township/off-3");
+    all.wait_frames(30, WAIT).await.expect("the auto viewer decodes");
+    wait_for("the township to send the province every layer", WAIT, || async {
+        to_province().filter(|l| l.iter().count() >= 3)
+    })
+    .await;
+    let every = trunk_kbps(3000).await;
+    let now = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3").map(|s| s.layers).unwrap_or(layers);
+    let kbps: Vec<(Option<u32>, u64)> = now.iter().map(|l| (l.height, l.kbps)).collect();
+    let low_kbps = now.first().map_or(0, |l| l.kbps);
+    eprintln!(
+        "layered pull: publisher layers (rows, kbit/s) {kbps:?}; trunk with a low viewer {low_only} kbit/s \
+         (layers {narrowed:?}), with a low and an auto viewer {every} kbit/s"
+    );
+    assert!(low_only * 2 < every, "low only {low_only} kbit/s vs every layer {every} kbit/s");
+    assert!(low_only <= low_kbps * 3 / 2 + 100, "low only {low_only} kbit/s vs the low layer's {low_kbps} kbit/s (+ audio)");
+
+    all.stop().await.expect("viewer DELETE");
+    low.stop().await.expect("viewer DELETE");
+    drop(client);
+    fc.stop().await;
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+}
+
 /// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.
 async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
     let start = std::time::Instant::now();
