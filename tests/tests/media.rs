@@ -1500,7 +1500,8 @@ mod cascade {
 /// demand. One viewer decodes at least 95 % of the frames; with four viewers (one of them
 /// subscribed over signaling as `township/cam1`) the trunk still
 /// carries one copy (at most 1.2× the bytes of one viewer); after the last viewer leaves the
-/// stream stops crossing the trunk within the prune grace (2 s here).
+/// stream stops crossing the trunk within the prune grace (2 s here). Before any viewer, the
+/// province lists the stream as remote in `GET /api/streams` and the signaling catalog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     use cascade::{bytes_per_frames, node, trunk_addr, trunk_name};
@@ -1525,6 +1526,29 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     })
     .await;
     assert_eq!(t_trunk.route(&addr), None, "nothing crosses the trunk before a viewer asks");
+    // The province lists the stream as remote in `GET /api/streams` and in the signaling
+    // catalog (for a commander, who sees every stream); the township lists nothing remote.
+    let http = reqwest::Client::new();
+    let api_remote = |n: &TestNode, token: String| {
+        let req = http.get(n.url("/api/streams")).bearer_auth(token);
+        async move { req.send().await.ok()?.json::<serde_json::Value>().await.ok().map(|v| v["remote"].clone()) }
+    };
+    let listed = wait_for("township/cam1 in the province's /api/streams", WAIT, || async {
+        let r = api_remote(&province, province.token("op-9", Role::Operator)).await?;
+        r.as_array()?.iter().find(|s| s["name"] == "township/cam1").cloned()
+    })
+    .await;
+    assert_eq!(
+        listed,
+        serde_json::json!({"name": "township/cam1", "node": "township", "stream": "cam1", "layers": 1, "cost": 1, "remote": true})
+    );
+    assert_eq!(api_remote(&township, township.token("op-9", Role::Operator)).await, Some(serde_json::json!([])));
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("cmd-1", Role::Commander));
+    let (commander, _cmd_events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let cat = commander.request(signaling::proto::ClientMsg::Catalog { id: 0, incident: None }).await.expect("catalog");
+    assert_eq!(cat["remote"][0]["name"], "township/cam1", "{cat}");
+    assert_eq!(cat["remote"][0]["remote"], true, "{cat}");
+    drop(commander);
     let idle = bytes_per_frames(&township, "province", &publisher, 30).await;
 
     let token = province.token("wall-1", Role::Viewer);
