@@ -263,6 +263,8 @@ struct Peer {
     /// subscription was narrowed to (`None`: every layer is pulled).
     remote_pref: LayerPref,
     pulled: Option<Layer>,
+    /// Since when it pulls every layer (narrowed after [`NARROW_AFTER`]).
+    pull_since: Instant,
 }
 
 /// The SFU engine. See the module docs for the run loop.
@@ -586,7 +588,7 @@ impl Sfu {
         for (id, p) in &mut self.peers {
             if p.remote.as_ref() != Some(addr)
                 || p.remote_pref == LayerPref::Auto
-                || now.saturating_duration_since(p.created) < NARROW_AFTER
+                || now.saturating_duration_since(p.pull_since) < NARROW_AFTER
             {
                 continue;
             }
@@ -849,6 +851,7 @@ impl Sfu {
             remote: None,
             remote_pref: LayerPref::Auto,
             pulled: None,
+            pull_since: now,
         };
         Ok((peer, sdp))
     }
@@ -942,8 +945,30 @@ impl Sfu {
             self.last_remb = Some(now);
             self.send_remb();
             self.publish_layers();
+            self.widen_silent_pulls(now);
         }
         self.after_input(now);
+    }
+
+    /// A viewer narrowed to one layer of a remote stream that went silent (its publisher stopped
+    /// sending it, or the path is being switched: not seen for the forwarding core's layer
+    /// timeout) pulls every layer again, and narrows afresh [`NARROW_AFTER`] later, to the layer
+    /// its preference chooses among those that flow.
+    fn widen_silent_pulls(&mut self, now: Instant) {
+        for (id, p) in &mut self.peers {
+            let (Some(layer), Some(addr)) = (p.pulled, p.remote.as_ref()) else { continue };
+            let Some(r) = self.remote.get(addr) else { continue };
+            if self.fwd.layers(&r.name).iter().any(|l| l.layer == layer) {
+                continue;
+            }
+            p.pulled = None;
+            p.pull_since = now;
+            self.trunk_out.push_back(TrunkRequest::Subscribe {
+                viewer: ::trunk::ViewerId(id.0),
+                addr: addr.clone(),
+                layers: ::trunk::LayerSet(u8::MAX),
+            });
+        }
     }
 
     /// Copies each live stream's received layers (size, bitrate) into the live-stream table, for
