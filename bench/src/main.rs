@@ -21,6 +21,7 @@ mod modes;
 mod peer;
 mod procfs;
 mod server;
+mod trunk;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

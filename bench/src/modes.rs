@@ -33,6 +33,9 @@ pub enum Mode {
     /// Server memory per viewer (RSS slope over viewer counts), with the default retransmission
     /// buffers and with 1-packet buffers.
     Memory(MemoryArgs),
+    /// Trunks: added latency per hop and trunk packets forwarded per CPU-second, on a chain of
+    /// nodes (`bench/src/trunk.rs`).
+    Trunk(crate::trunk::TrunkArgs),
 }
 
 /// The synthetic publisher.
@@ -142,6 +145,8 @@ pub fn run(mode: &Mode, server: &Path, config: Option<&str>, json: Option<&Path>
         Mode::Latency(a) => latency(a, server, config, ticks).and_then(|v| Ok(serde_json::to_value(v)?)),
         Mode::Memory(_) if config.is_some() => Err(anyhow::anyhow!("`memory` writes its own config; --server-config is not allowed")),
         Mode::Memory(a) => memory(a, server).and_then(|v| Ok(serde_json::to_value(v)?)),
+        Mode::Trunk(_) if config.is_some() => Err(anyhow::anyhow!("`trunk` writes its own configs; --server-config is not allowed")),
+        Mode::Trunk(a) => crate::trunk::trunk(a, server, ticks).and_then(|v| Ok(serde_json::to_value(v)?)),
     };
     match out {
         Ok(value) => {

@@ -365,6 +365,16 @@ impl Forwarder {
         self.streams.get(name)?.viewers.iter().find(|v| v.peer == viewer)?.current
     }
 
+    /// The layer a viewer's preference selects among its publisher's active layers now (it is
+    /// forwarded from that layer's next keyframe on, if it is not [`Forwarder::viewer_layer`]
+    /// already).
+    pub fn viewer_choice(&self, viewer: PeerId) -> Option<Layer> {
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let s = self.streams.get(name)?;
+        let v = s.viewers.iter().find(|v| v.peer == viewer)?;
+        s.publisher.as_ref()?.choose(v.pref, v.bandwidth)
+    }
+
     /// For a viewer on [`LayerPref::Auto`] below its publisher's top layer: the bitrate (bits per
     /// second) it must sustain to move up one layer. The engine keeps that much traffic (padding
     /// included) flowing so the bandwidth estimate can grow to it; without it a viewer sent only

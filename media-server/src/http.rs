@@ -317,6 +317,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 struct StreamList {
     node: String,
     streams: Vec<StreamInfo>,
+    remote: Vec<crate::streams::RemoteStreamInfo>,
 }
 
 async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<StreamList>, ApiError> {
@@ -325,6 +326,7 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
     Ok(Json(StreamList {
         node: state.node_id.to_string(),
         streams: state.live.list(),
+        remote: state.live.remote_list(),
     }))
 }
 

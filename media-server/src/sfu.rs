@@ -178,6 +178,10 @@ pub enum TrunkRequest {
     },
 }
 
+/// How long a viewer of a remote stream pulls every layer before its trunk subscription is
+/// narrowed to the layer it watches (every layer has arrived and been sized by then).
+pub const NARROW_AFTER: Duration = Duration::from_secs(2);
+
 /// The codec of a track, as a trunk `Flow` carries it from the origin node (JSON).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct CodecDescriptor {
@@ -255,6 +259,12 @@ struct Peer {
     ingress_seen: HashMap<Mid, u64>,
     /// Viewer of a remote stream: its trunk subscription, ended with the session.
     remote: Option<::trunk::StreamAddr>,
+    /// Viewer of a remote stream: its layer preference, and the one layer its trunk
+    /// subscription was narrowed to (`None`: every layer is pulled).
+    remote_pref: LayerPref,
+    pulled: Option<Layer>,
+    /// Since when it pulls every layer (narrowed after [`NARROW_AFTER`]).
+    pull_since: Instant,
 }
 
 /// The SFU engine. See the module docs for the run loop.
@@ -558,6 +568,42 @@ impl Sfu {
             data: f.data.into(),
         };
         self.route_media(now, peer, m);
+        if kind == TrackKind::Video && f.keyframe {
+            self.narrow_remote_pulls(now, &addr);
+        }
+    }
+
+    /// Viewers of the remote stream `addr` pull every layer at first (the layers' sizes, which
+    /// their preference chooses by, are known only once media flows). When every active layer's
+    /// size is known, a viewer preferring `low`, `mid`, `high` or `maxHeight` that has been
+    /// watching for [`NARROW_AFTER`] and is on the layer its preference chooses narrows its
+    /// trunk subscription to that layer, so only layers someone here watches cross the trunks.
+    /// `auto` keeps every layer (it moves between them with the viewer's bandwidth).
+    fn narrow_remote_pulls(&mut self, now: Instant, addr: &::trunk::StreamAddr) {
+        let Some(name) = self.remote.get(addr).map(|r| r.name.clone()) else { return };
+        let layers = self.fwd.layers(&name);
+        if layers.is_empty() || layers.iter().any(|l| l.dims.is_none()) {
+            return;
+        }
+        for (id, p) in &mut self.peers {
+            if p.remote.as_ref() != Some(addr)
+                || p.remote_pref == LayerPref::Auto
+                || now.saturating_duration_since(p.pull_since) < NARROW_AFTER
+            {
+                continue;
+            }
+            let current = self.fwd.viewer_layer(*id);
+            if current.is_none() || current != self.fwd.viewer_choice(*id) || current == p.pulled {
+                continue;
+            }
+            p.pulled = current;
+            let layer = ::trunk::LayerId(current.map_or(0, |l| l.0));
+            self.trunk_out.push_back(TrunkRequest::Subscribe {
+                viewer: ::trunk::ViewerId(id.0),
+                addr: addr.clone(),
+                layers: ::trunk::LayerSet::single(layer),
+            });
+        }
     }
 
     /// The live-stream table this engine writes.
@@ -725,6 +771,7 @@ impl Sfu {
         }
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
         peer.remote = remote;
+        peer.remote_pref = pref;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
         if !self.config.pace_video {
             if let Some(mid) = peer.video_mid {
@@ -802,6 +849,9 @@ impl Sfu {
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
             remote: None,
+            remote_pref: LayerPref::Auto,
+            pulled: None,
+            pull_since: now,
         };
         Ok((peer, sdp))
     }
@@ -895,8 +945,30 @@ impl Sfu {
             self.last_remb = Some(now);
             self.send_remb();
             self.publish_layers();
+            self.widen_silent_pulls(now);
         }
         self.after_input(now);
+    }
+
+    /// A viewer narrowed to one layer of a remote stream that went silent (its publisher stopped
+    /// sending it, or the path is being switched: not seen for the forwarding core's layer
+    /// timeout) pulls every layer again, and narrows afresh [`NARROW_AFTER`] later, to the layer
+    /// its preference chooses among those that flow.
+    fn widen_silent_pulls(&mut self, now: Instant) {
+        for (id, p) in &mut self.peers {
+            let (Some(layer), Some(addr)) = (p.pulled, p.remote.as_ref()) else { continue };
+            let Some(r) = self.remote.get(addr) else { continue };
+            if self.fwd.layers(&r.name).iter().any(|l| l.layer == layer) {
+                continue;
+            }
+            p.pulled = None;
+            p.pull_since = now;
+            self.trunk_out.push_back(TrunkRequest::Subscribe {
+                viewer: ::trunk::ViewerId(id.0),
+                addr: addr.clone(),
+                layers: ::trunk::LayerSet(u8::MAX),
+            });
+        }
     }
 
     /// Copies each live stream's received layers (size, bitrate) into the live-stream table, for

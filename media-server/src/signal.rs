@@ -330,7 +330,11 @@ impl Hub {
                 self.media.close(media).await.map_err(sfu_err)?;
                 Ok(Value::Null)
             }
-            MediaOp::Catalog { owners, all } => Ok(json!({"streams": self.catalog(&owners, all)})),
+            // Streams at other nodes have no owner here: listed for callers who see every stream.
+            MediaOp::Catalog { owners, all } => {
+                let remote = if all { self.live.remote_list() } else { Vec::new() };
+                Ok(json!({"streams": self.catalog(&owners, all), "remote": remote}))
+            }
         }
     }
 

@@ -45,13 +45,47 @@ pub struct LayerSummary {
     pub kbps: u64,
 }
 
+/// A stream published at another node and reachable over the trunks, as `GET /api/streams`
+/// (`remote`) and the signaling catalog show it; watched as `/whep/{node}/{stream}` or
+/// `subscribe` with `NODE/STREAM` (docs/trunk.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteStreamInfo {
+    /// `NODE/STREAM`.
+    pub name: String,
+    /// The node it is published at.
+    pub node: String,
+    /// Its name there.
+    pub stream: String,
+    /// Video layers its publisher sends.
+    pub layers: u8,
+    /// Route cost from this node: trunk hops, plus 100 per backup path taken.
+    pub cost: u16,
+    /// Always `true`: the stream is pulled over the trunks when watched.
+    pub remote: bool,
+}
+
 /// Shared, cheaply clonable handle on the live-stream table.
 #[derive(Debug, Clone, Default)]
 pub struct LiveStreams {
     inner: Arc<RwLock<BTreeMap<StreamName, StreamInfo>>>,
+    remote: Arc<RwLock<Vec<RemoteStreamInfo>>>,
 }
 
 impl LiveStreams {
+    /// Streams published at other nodes that the trunk catalog reaches, ordered by name
+    /// (empty without trunks; refreshed every 500 ms).
+    pub fn remote_list(&self) -> Vec<RemoteStreamInfo> {
+        self.remote.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_remote(&self, mut list: Vec<RemoteStreamInfo>) {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut g = self.remote.write().unwrap_or_else(|e| e.into_inner());
+        if *g != list {
+            *g = list;
+        }
+    }
+
     /// Every live stream, ordered by name.
     pub fn list(&self) -> Vec<StreamInfo> {
         self.read().values().cloned().collect()

@@ -1582,7 +1582,8 @@ mod cascade {
 /// demand. One viewer decodes at least 95 % of the frames; with four viewers (one of them
 /// subscribed over signaling as `township/cam1`) the trunk still
 /// carries one copy (at most 1.2× the bytes of one viewer); after the last viewer leaves the
-/// stream stops crossing the trunk within the prune grace (2 s here).
+/// stream stops crossing the trunk within the prune grace (2 s here). Before any viewer, the
+/// province lists the stream as remote in `GET /api/streams` and the signaling catalog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     use cascade::{bytes_per_frames, node, trunk_addr, trunk_name};
@@ -1607,6 +1608,29 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     })
     .await;
     assert_eq!(t_trunk.route(&addr), None, "nothing crosses the trunk before a viewer asks");
+    // The province lists the stream as remote in `GET /api/streams` and in the signaling
+    // catalog (for a commander, who sees every stream); the township lists nothing remote.
+    let http = reqwest::Client::new();
+    let api_remote = |n: &TestNode, token: String| {
+        let req = http.get(n.url("/api/streams")).bearer_auth(token);
+        async move { req.send().await.ok()?.json::<serde_json::Value>().await.ok().map(|v| v["remote"].clone()) }
+    };
+    let listed = wait_for("township/cam1 in the province's /api/streams", WAIT, || async {
+        let r = api_remote(&province, province.token("op-9", Role::Operator)).await?;
+        r.as_array()?.iter().find(|s| s["name"] == "township/cam1").cloned()
+    })
+    .await;
+    assert_eq!(
+        listed,
+        serde_json::json!({"name": "township/cam1", "node": "township", "stream": "cam1", "layers": 1, "cost": 1, "remote": true})
+    );
+    assert_eq!(api_remote(&township, township.token("op-9", Role::Operator)).await, Some(serde_json::json!([])));
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("cmd-1", Role::Commander));
+    let (commander, _cmd_events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let cat = commander.request(signaling::proto::ClientMsg::Catalog { id: 0, incident: None }).await.expect("catalog");
+    assert_eq!(cat["remote"][0]["name"], "township/cam1", "{cat}");
+    assert_eq!(cat["remote"][0]["remote"], true, "{cat}");
+    drop(commander);
     let idle = bytes_per_frames(&township, "province", &publisher, 30).await;
 
     let token = province.token("wall-1", Role::Viewer);
@@ -1682,6 +1706,98 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     assert!(pruned < Duration::from_secs(4), "pruned after {pruned:?}");
     assert!(after * 10 < one / 3, "nothing but keep-alives cross after the prune: {after}");
     publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+}
+
+/// Only the layers someone downstream watches cross a trunk: `field-client run --source test` at
+/// a township publishes three simulcast layers (640×480, 320×240, 160×120); a province viewer
+/// subscribing to `township/off-3` with `layer: "low"` decodes the 160×120 layer, and after its
+/// first seconds (every layer pulled while the layers' sizes are learnt) the township's route
+/// sends that one layer to the province: the trunk carries about the low layer's bitrate, less
+/// than half of what it carries once an `auto` viewer there pulls every layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
+    use cascade::{node, trunk_addr, trunk_name, tx_bytes};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 2).await;
+    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let fc = FieldClient::run(&township, "off-3", 30.59, 114.30).await;
+    let layers = wait_for("the tablet's three layers at the township", WAIT, || async {
+        let s = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3")?;
+        (s.layers.len() >= 3 && s.layers.iter().all(|l| l.height.is_some())).then_some(s.layers)
+    })
+    .await;
+    let addr = ::trunk::StreamAddr::parse("township/off-3").unwrap();
+    let (p_trunk, t_trunk) = (province.node.trunk.clone().unwrap(), township.node.trunk.clone().unwrap());
+    wait_for("the province to learn township/off-3", WAIT, || async {
+        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+    })
+    .await;
+    // The layers this node's route sends to the province.
+    let to_province = || {
+        t_trunk.route(&addr).and_then(|r| {
+            r.outputs.iter().find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))).map(|(_, l)| *l)
+        })
+    };
+    // Trunk kbit/s township → province over `ms`.
+    let trunk_kbps = |ms: u64| {
+        let township = &township;
+        async move {
+            let b0 = tx_bytes(township, "province");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (tx_bytes(township, "province") - b0) * 8 / ms
+        }
+    };
+
+    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
+    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"off-3".parse().unwrap());
+    let c = client.clone();
+    let low = WhepViewer::start_with(&province.base, av(), move |offer| async move {
+        let data = c
+            .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: Some("low".into()), max_height: None, sdp: offer })
+            .await?;
+        Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
+    })
+    .await
+    .expect("subscribe to township/off-3 with layer low over signaling");
+    low.wait_frames(30, WAIT).await.expect("the low viewer decodes");
+    let narrowed = wait_for("the township to send the province one layer", WAIT, || async {
+        to_province().filter(|l| l.iter().count() == 1)
+    })
+    .await;
+    let low_only = trunk_kbps(3000).await;
+    let s = low.stats();
+    assert_eq!(s.height, 120, "the low viewer gets the 160×120 layer: {s:?}");
+    let seen = low.stats().frames_decoded;
+    low.wait_frames(seen + 30, WAIT).await.expect("the low viewer keeps decoding after the narrowing");
+
+    let all = WhepViewer::start(&province.base, "township/off-3", &province.token("wall-1", Role::Viewer), av())
+        .await
+        .expect("an auto viewer of township/off-3");
+    all.wait_frames(30, WAIT).await.expect("the auto viewer decodes");
+    wait_for("the township to send the province every layer", WAIT, || async {
+        to_province().filter(|l| l.iter().count() >= 3)
+    })
+    .await;
+    let every = trunk_kbps(3000).await;
+    let now = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3").map(|s| s.layers).unwrap_or(layers);
+    let kbps: Vec<(Option<u32>, u64)> = now.iter().map(|l| (l.height, l.kbps)).collect();
+    let low_kbps = now.first().map_or(0, |l| l.kbps);
+    eprintln!(
+        "layered pull: publisher layers (rows, kbit/s) {kbps:?}; trunk with a low viewer {low_only} kbit/s \
+         (layers {narrowed:?}), with a low and an auto viewer {every} kbit/s"
+    );
+    assert!(low_only * 2 < every, "low only {low_only} kbit/s vs every layer {every} kbit/s");
+    assert!(low_only <= low_kbps * 3 / 2 + 100, "low only {low_only} kbit/s vs the low layer's {low_kbps} kbit/s (+ audio)");
+
+    all.stop().await.expect("viewer DELETE");
+    low.stop().await.expect("viewer DELETE");
+    drop(client);
+    fc.stop().await;
     township.node.shutdown().await;
     province.node.shutdown().await;
 }

@@ -90,6 +90,22 @@ pub async fn start_for_node(
                 }
             }
             known = now;
+            let me = h.node().clone();
+            let remote = h
+                .catalog()
+                .await
+                .into_iter()
+                .filter(|e| e.addr.node != me)
+                .map(|e| crate::streams::RemoteStreamInfo {
+                    name: e.addr.to_string(),
+                    node: e.addr.node.as_str().to_owned(),
+                    stream: e.addr.stream.as_str().to_owned(),
+                    layers: e.layers.iter().count() as u8,
+                    cost: e.cost,
+                    remote: true,
+                })
+                .collect();
+            live.set_remote(remote);
         }
     });
     Ok(Some((handle, task)))
