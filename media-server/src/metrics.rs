@@ -137,6 +137,8 @@ impl Metrics {
         one("yiwang_trunk_bytes_out_total", "counter", "Bytes of media datagrams sent on trunks.", t.bytes_out);
         one("yiwang_trunk_frames_in_total", "counter", "Frames of remote streams given to local viewers.", t.frames_in);
         one("yiwang_trunk_frames_after_loss_total", "counter", "Remote frames delivered after a loss on the way.", t.frames_lost);
+        one("yiwang_trunk_packets_delivered_total", "counter", "Packets of remote streams in frames given to local viewers.", t.packets_delivered);
+        one("yiwang_trunk_packets_given_up_total", "counter", "Packets of remote streams lost for local viewers (not repaired in time).", t.packets_given_up);
         one("yiwang_trunk_nacks_sent_total", "counter", "NACKs sent on trunks (gaps seen).", t.nacks_sent);
         one("yiwang_trunk_retransmits_total", "counter", "Trunk packets resent in answer to NACKs.", t.retransmits);
         one("yiwang_trunk_duplicates_total", "counter", "Trunk packets dropped as already forwarded (path switch).", t.duplicates);

@@ -1979,9 +1979,14 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
 ///       township ─── (test: publisher)
 /// ```
 ///
-/// Viewers at the province and at city-b decode ≥ 95 % of frames; the county–city-a veth taken
-/// down (`ip link set down`) stalls the province viewer less than 3 s (media via city-b); back up,
-/// the media returns without a stall.
+/// The township–county hop also loses 3 % of its packets each way (seeded). Viewers at the
+/// province and at city-b decode ≥ 95 % of frames, and the province's trunk counters show ≥ 99 %
+/// of the stream's packets reaching its viewers (hop-by-hop NACK repairs the rest). Bytes on
+/// every trunk direction are the same (≤ 1.2×) for 10 viewers per site as for 1. The
+/// county–city-a veth taken down (`ip link set down`) stalls the province viewer less than 3 s
+/// (media via city-b) and the city-b viewer not at all; back up, the media returns without a
+/// stall. After the last viewer leaves, the stream stops crossing every trunk within the prune
+/// grace (3 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_province_in_network_namespaces_survives_a_cut_link() {
     use media_server::identity::NodeIdentity;
@@ -2082,11 +2087,17 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     let x = 20 + pid % 200;
     let net = |l: u32| format!("10.{x}.{l}");
     topo.link("", "province", &net(0), 0);
-    topo.link("province", "city-a", &net(1), 1);
-    topo.link("province", "city-b", &net(2), 2);
-    let (_, county_to_city_a) = topo.link("city-a", "county", &net(3), 3);
-    topo.link("city-b", "county", &net(4), 4);
-    topo.link("county", "township", &net(5), 5);
+    // The trunk veths, as (parent, its interface, child, its interface).
+    let mut trunks = Vec::new();
+    for (i, (parent, child)) in
+        [("province", "city-a"), ("province", "city-b"), ("city-a", "county"), ("city-b", "county"), ("county", "township")]
+            .into_iter()
+            .enumerate()
+    {
+        let (pi, ci) = topo.link(parent, child, &net(i as u32 + 1), i as u32 + 1);
+        trunks.push((parent, pi, child, ci));
+    }
+    let county_to_city_a = trunks[2].3.clone();
     topo.link("", "township", &net(6), 6);
     topo.link("", "city-b", &net(7), 7);
 
@@ -2116,7 +2127,9 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     ];
     for (n, spec) in &relays {
         let (listen, upstream) = spec.split_once(' ').unwrap();
-        topo.run(n, &relay, &["--listen", listen, "--upstream", upstream, "--both", "delay=20ms"], "relay listen=").await;
+        // County–township: 3 % loss each way as well.
+        let impair = if *n == "township" { "delay=20ms,loss=3%,seed=9" } else { "delay=20ms" };
+        topo.run(n, &relay, &["--listen", listen, "--upstream", upstream, "--both", impair], "relay listen=").await;
     }
     let media_ip = |n: &str| match n {
         "province" => format!("{}.2", net(0)),
@@ -2139,6 +2152,7 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         c.trunk.ca = Some(ca_dir.join("ca.pem"));
         c.trunk.cert = Some(cert);
         c.trunk.key = Some(key);
+        c.trunk.grace_secs = 3;
         let file = dir.path().join(format!("{n}.toml"));
         std::fs::write(&file, c.to_toml()).unwrap();
         topo.run(n, &server, &["--config", file.to_str().unwrap()], "ready ").await;
@@ -2158,6 +2172,20 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     )
     .await
     .expect("publish at the township");
+    let metric = |n: &str| {
+        let url = format!("{}/metrics", http[n]);
+        move |name: &'static str| {
+            let url = url.clone();
+            async move {
+                let text = reqwest::get(&url).await.expect("GET /metrics").text().await.expect("metrics text");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("metric {name} missing"))
+            }
+        }
+    };
+    let (province_metric, township_metric) = (metric("province"), metric("township"));
     // The catalog needs a moment to climb four levels: retry the WHEP POST until it is there.
     let video = ViewOptions { audio: false, ..av() };
     let view = |n: &'static str| {
@@ -2185,6 +2213,11 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         v.wait_frames(1, WAIT).await.expect("first frame across the namespaces");
     }
     let seen: Vec<u64> = [&at_province, &at_city_b].iter().map(|v| v.stats().frames_decoded).collect();
+    let resent0 = township_metric("yiwang_trunk_retransmits_total").await;
+    let (delivered0, given_up0) = (
+        province_metric("yiwang_trunk_packets_delivered_total").await,
+        province_metric("yiwang_trunk_packets_given_up_total").await,
+    );
     let sent0 = publisher.frames_sent();
     wait_for("publisher to encode 300 more frames", WAIT, || async {
         (publisher.frames_sent() >= sent0 + 300).then_some(())
@@ -2194,49 +2227,109 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         let got = v.wait_frames(s + 285, Duration::from_secs(10)).await.expect("≥ 95 % of 300 frames, 20 ms per hop");
         eprintln!("netns: viewer decoded {} of 300 frames", got.frames_decoded - s);
     }
+    let delivered = province_metric("yiwang_trunk_packets_delivered_total").await - delivered0;
+    let given_up = province_metric("yiwang_trunk_packets_given_up_total").await - given_up0;
+    let resent = township_metric("yiwang_trunk_retransmits_total").await - resent0;
+    let share = delivered as f64 / (delivered + given_up).max(1) as f64;
+    eprintln!(
+        "netns: 3 % loss on county–township: the province's viewers got {delivered} packets, {given_up} given up ({:.2} %); \
+         the township resent {resent}",
+        share * 100.0
+    );
+    assert!(resent > 0, "the lossy hop lost packets and the township resent them");
+    assert!(delivered >= 300, "the stream's packets reached the province: {delivered}");
+    assert!(share >= 0.99, "≥ 99 % of the packets reach the province's viewers: {delivered} delivered, {given_up} given up");
 
-    // Bytes on the county → city-a veth (the province's path) for 1 vs 4 province viewers.
-    let county_ns = topo.ns("county");
-    let tx = || {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &county_ns, "cat", &format!("/sys/class/net/{county_to_city_a}/statistics/tx_bytes")])
-            .output()
-            .expect("read the veth counter");
-        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("a byte count")
+    // Bytes leaving each end of every trunk veth (both directions of each trunk), per 90 frames
+    // published, for 1 and then 10 viewers at each of the province and city-b.
+    let counters: Vec<(String, String)> = trunks
+        .iter()
+        .flat_map(|(p, pi, c, ci)| [(topo.ns(p), pi.clone()), (topo.ns(c), ci.clone())])
+        .collect();
+    let tx = || -> Vec<u64> {
+        counters
+            .iter()
+            .map(|(ns, ifname)| {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "cat", &format!("/sys/class/net/{ifname}/statistics/tx_bytes")])
+                    .output()
+                    .expect("read the veth counter");
+                String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("a byte count")
+            })
+            .collect()
     };
-    let per_90_frames = || async {
+    let direction = |i: usize| {
+        let (p, _, c, _) = &trunks[i / 2];
+        if i % 2 == 0 { format!("{p}→{c}") } else { format!("{c}→{p}") }
+    };
+    let per_frames = {
+        let (tx, publisher) = (&tx, &publisher);
+        move |frames: u64| async move {
         let (b0, f0) = (tx(), publisher.frames_sent());
-        wait_for("the publisher to encode 90 more frames", WAIT, || async { (publisher.frames_sent() >= f0 + 90).then_some(()) }).await;
-        tx() - b0
+        wait_for("the publisher to encode more frames", WAIT, || async { (publisher.frames_sent() >= f0 + frames).then_some(()) }).await;
+            tx().iter().zip(&b0).map(|(b, b0)| b - b0).collect::<Vec<u64>>()
+        }
     };
-    let one = per_90_frames().await;
+    let one = per_frames(90).await;
     let mut more = Vec::new();
-    for _ in 0..3 {
-        more.push(view("province").await);
+    for site in ["province", "city-b"] {
+        for _ in 0..9 {
+            more.push(view(site).await);
+        }
     }
     for v in &more {
-        v.wait_frames(1, WAIT).await.expect("each further province viewer decodes");
+        v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
     }
-    let four = per_90_frames().await;
-    eprintln!("netns: county→city-a veth bytes per 90 frames: 1 province viewer {one}, 4 viewers {four} ({:.2}x)", four as f64 / one as f64);
-    assert!(four * 10 <= one * 12, "one copy on the trunk: {four} vs {one}");
+    let ten = per_frames(90).await;
+    // A direction carrying the stream moves well over 50 kB per 90 frames (600 kbit/s); the
+    // others carry only QUIC keep-alives and control.
+    const CARRIES: u64 = 50_000;
+    for (i, (one, ten)) in one.iter().zip(&ten).enumerate() {
+        eprintln!(
+            "netns: {} bytes per 90 frames: 1 viewer per site {one}, 10 per site {ten} ({:.2}x)",
+            direction(i),
+            *ten as f64 / (*one).max(1) as f64
+        );
+    }
+    for (i, (one, ten)) in one.iter().zip(&ten).enumerate() {
+        if *one >= CARRIES {
+            assert!(ten * 10 <= one * 12, "one copy on {}: 10 viewers per site {ten} bytes vs 1 viewer {one}", direction(i));
+        } else {
+            assert!(*ten < CARRIES, "no new copy on {} for more viewers: {one} → {ten} bytes", direction(i));
+        }
+    }
+    assert!(one.iter().filter(|b| **b >= CARRIES).count() >= 3, "the stream crosses township→county→…→province and to city-b: {one:?}");
     for v in more {
         v.stop().await.expect("viewer DELETE");
     }
 
+    let county_ns = topo.ns("county");
     ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "down"]);
-    let stall = longest_stall(&at_province, Duration::from_secs(6)).await;
+    let (stall, stall_b) = tokio::join!(
+        longest_stall(&at_province, Duration::from_secs(6)),
+        longest_stall(&at_city_b, Duration::from_secs(6))
+    );
     let n = at_province.stats().frames_decoded;
     at_province.wait_frames(n + 30, Duration::from_secs(10)).await.expect("frames via city-b after the cut");
-    eprintln!("netns: county–city-a down, province viewer's longest stall {stall:?}");
-    assert!(stall < Duration::from_secs(3), "stalled {stall:?}");
+    eprintln!("netns: county–city-a down, longest stall: province viewer {stall:?}, city-b viewer {stall_b:?}");
+    assert!(stall < Duration::from_secs(3), "province viewer stalled {stall:?}");
+    assert!(stall_b < Duration::from_secs(1), "city-b viewer stalled {stall_b:?}, its path was not cut");
     ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "up"]);
     let stall_back = longest_stall(&at_province, Duration::from_secs(8)).await;
     eprintln!("netns: link back up, longest stall over the next 8 s {stall_back:?}");
     assert!(stall_back < Duration::from_millis(700), "stalled {stall_back:?} when the link came back");
 
+    // The last viewers leave: within the grace (3 s) the stream stops crossing every trunk.
     at_province.stop().await.expect("viewer DELETE");
     at_city_b.stop().await.expect("viewer DELETE");
+    let left = std::time::Instant::now();
+    wait_for("the stream to stop crossing the trunks", Duration::from_secs(12), || async {
+        per_frames(15).await.iter().all(|b| *b < CARRIES / 6).then_some(())
+    })
+    .await;
+    let pruned = left.elapsed();
+    eprintln!("netns: no trunk carries the stream {pruned:?} after the last viewer left (grace 3 s)");
+    assert!(pruned < Duration::from_secs(6), "pruned after {pruned:?}");
     publisher.stop().await.expect("publisher DELETE");
     drop(topo);
 }

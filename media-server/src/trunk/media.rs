@@ -121,6 +121,11 @@ pub struct TrunkCounters {
     pub frames_in: u64,
     /// Frames delivered after a gap (one or more frames before them were lost).
     pub frames_lost: u64,
+    /// Packets of remote streams that reached local viewers (parts of whole frames).
+    pub packets_delivered: u64,
+    /// Packets of remote streams given up for local viewers: missing when their wait ran out,
+    /// or part of a frame that could not be completed.
+    pub packets_given_up: u64,
     /// NACKs sent upstream (gaps seen on a trunk).
     pub nacks_sent: u64,
     /// Packets resent in answer to NACKs from downstream.
@@ -656,7 +661,10 @@ impl TrunkPlane {
                         marker: p.marker,
                         payload: p.payload.to_vec(),
                     };
-                    for f in reassemble(track, key, ext, frag, now) {
+                    let (frames, delivered, given_up) = reassemble(track, key, ext, frag, now);
+                    self.counters.packets_delivered += delivered;
+                    self.counters.packets_given_up += given_up;
+                    for f in frames {
                         self.counters.frames_in += 1;
                         if f.discontinuity {
                             self.counters.frames_lost += 1;
@@ -727,25 +735,27 @@ fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
 /// Adds a packet (extended sequence number `ext`) to the track's reassembly buffer and returns
 /// the frames it completes, in order. A gap is waited for up to [`REPAIR_WAIT`] (a NACK may bring
 /// the packet); then the frames it broke are given up and the next whole frame is delivered
-/// marked as a discontinuity.
+/// marked as a discontinuity. Also returns how many packets the frames hold and how many
+/// sequence numbers were given up (missing, or in a frame that was dropped).
 fn reassemble(
     track: &mut Track,
     key: &TrackKey,
     ext: u64,
     frag: Fragment,
     now: Instant,
-) -> Vec<RemoteFrame> {
+) -> (Vec<RemoteFrame>, u64, u64) {
     let mut out = Vec::new();
+    let (mut delivered, mut given_up) = (0, 0);
     if track.next.is_none() {
         if frag.flags & F_FIRST == 0 {
             // Joined mid-frame: wait for a frame start.
             track.lost = true;
-            return out;
+            return (out, 0, 1);
         }
         track.next = Some(ext);
     }
     if track.next.is_some_and(|n| ext < n) {
-        return out; // too late: its frame was delivered or given up
+        return (out, 0, 0); // too late: its frame was delivered or given up
     }
     track.buf.insert(ext, frag);
     while let Some(next) = track.next {
@@ -775,6 +785,7 @@ fn reassemble(
                 }
             }
             track.next = Some(end + 1);
+            delivered += end + 1 - next;
             out.push(RemoteFrame {
                 key: key.clone(),
                 codec: track
@@ -803,16 +814,19 @@ fn reassemble(
         track.lost = true;
         match restart {
             Some(r) => {
+                given_up += r - next;
                 track.buf.retain(|s, _| *s >= r);
                 track.next = Some(r);
             }
             None => {
+                let last = track.buf.keys().next_back().copied().unwrap_or(next);
+                given_up += last + 1 - next;
                 track.buf.clear();
                 track.next = None;
             }
         }
     }
-    out
+    (out, delivered, given_up)
 }
 
 #[cfg(test)]
@@ -1027,6 +1041,9 @@ mod tests {
         let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
         assert_eq!(times, vec![4, 5]);
         assert!(frames[0].discontinuity && !frames[1].discontinuity);
+        // Three packets per frame: frames 0–2, 4 and 5 reached the viewers, frame 3 did not.
+        assert_eq!(city.counters().packets_delivered, 15);
+        assert_eq!(city.counters().packets_given_up, 3);
     }
 
     #[test]
