@@ -12,7 +12,8 @@
 //! - a publisher sends one or more video layers (RID simulcast). Layers are ranked from low to
 //!   high by picture size (read from keyframes), or by bitrate while sizes are unknown, whatever
 //!   the publisher calls them; a layer that has sent nothing for [`LAYER_TIMEOUT`] is out of the
-//!   ranking;
+//!   ranking, unless it is on standby (a remote stream's layer this node does not pull now but
+//!   can, see [`Forwarder::set_standby`]);
 //! - each viewer receives one layer, chosen by its [`LayerPref`]; it changes layer only on a
 //!   keyframe of the new layer (asked for at once), keeping the old layer until then, so its
 //!   decoder never sees a gap;
@@ -196,6 +197,8 @@ struct Publisher {
     layers: Vec<LayerState>,
     /// Active layers, lowest first.
     ranked: Vec<Layer>,
+    /// Layers that stay ranked while silent (see [`Forwarder::set_standby`]).
+    standby: Vec<Layer>,
 }
 
 impl Publisher {
@@ -220,7 +223,10 @@ impl Publisher {
     /// Re-ranks the active layers (called per video frame: no allocation once `ranked` has
     /// grown to the number of layers).
     fn rerank(&mut self, now: Instant) {
-        let active = |l: &&LayerState| now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT;
+        let standby = &self.standby;
+        let active = |l: &&LayerState| {
+            now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT || standby.contains(&l.info.layer)
+        };
         let all_sized = self.layers.iter().filter(active).all(|l| l.info.dims.is_some());
         let (layers, ranked) = (&self.layers, &mut self.ranked);
         ranked.clear();
@@ -359,6 +365,42 @@ impl Forwarder {
         p.ranked.iter().filter_map(|l| p.info(*l).cloned()).collect()
     }
 
+    /// Every layer `name`'s publisher has sent, active or not, in the order first seen (their
+    /// last size and bitrate).
+    pub fn known_layers(&self, name: &StreamName) -> Vec<LayerInfo> {
+        let Some(p) = self.streams.get(name).and_then(|s| s.publisher.as_ref()) else {
+            return Vec::new();
+        };
+        p.layers.iter().map(|l| l.info.clone()).collect()
+    }
+
+    /// Puts `layers` of `name`'s publisher on standby, taking the others off: a layer on standby
+    /// stays in the ranking (with its last size and bitrate) although nothing arrives, because
+    /// its absence is this node's choice: a remote stream's layer that no local viewer needs is
+    /// not pulled over the trunk, yet a viewer's preference or estimate may choose it, which
+    /// makes the node pull it. A layer taken off standby has [`LAYER_TIMEOUT`] from now to
+    /// arrive before it leaves the ranking. Layers never seen are ignored.
+    pub fn set_standby(&mut self, now: Instant, name: &StreamName, layers: &[Layer]) {
+        let Some(p) = self.streams.get_mut(name).and_then(|s| s.publisher.as_mut()) else { return };
+        if p.standby.len() == layers.len() && p.standby.iter().all(|l| layers.contains(l)) {
+            return;
+        }
+        for l in &mut p.layers {
+            let (was, is) = (p.standby.contains(&l.info.layer), layers.contains(&l.info.layer));
+            if was && !is {
+                // Pulled again: its bitrate window starts afresh when it arrives.
+                l.last_seen = now;
+                l.window_start = now;
+                l.window_bytes = 0;
+            }
+        }
+        p.standby.clear();
+        p.standby.extend(layers.iter().filter(|l| p.layers.iter().any(|k| k.info.layer == **l)));
+        p.rerank(now);
+        let name = name.clone();
+        self.reselect(now, &name);
+    }
+
     /// The layer a viewer is receiving now, if any.
     pub fn viewer_layer(&self, viewer: PeerId) -> Option<Layer> {
         let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
@@ -436,6 +478,7 @@ impl Forwarder {
             owner,
             layers: Vec::new(),
             ranked: Vec::new(),
+            standby: Vec::new(),
         });
         for v in &mut stream.viewers {
             v.current = None;
@@ -916,6 +959,41 @@ mod tests {
         assert_eq!(drain(&mut f), vec![kf(1, 1)]);
         assert_eq!(route(&mut f, t1, 1, video(1, true)), vec![PeerId(2)]);
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(1)));
+    }
+
+    #[test]
+    fn a_layer_on_standby_stays_ranked_and_can_be_chosen() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::default();
+        f.add_publisher(t0, name("cam"), subj("trunk"), PeerId(1)).unwrap();
+        simulcast(&mut f, t0);
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Low).unwrap();
+        simulcast(&mut f, t0);
+        drain(&mut f);
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)));
+        // Only the low layer is pulled now; mid and high are on standby and silent.
+        f.set_standby(t0, &name("cam"), &[Layer(1), Layer(2), Layer(7)]);
+        let t1 = t0 + LAYER_TIMEOUT * 3;
+        assert_eq!(route(&mut f, t1, 1, video(0, false)), vec![PeerId(2)]);
+        let ranked: Vec<Layer> = f.layers(&name("cam")).iter().map(|l| l.layer).collect();
+        assert_eq!(ranked, vec![Layer(0), Layer(1), Layer(2)], "silent standby layers stay ranked, an unknown one is ignored");
+        // The viewer wants high: chosen although nothing of it flows, asked for, and the low layer
+        // keeps flowing until its keyframe comes.
+        f.set_viewer_pref(t1, PeerId(2), LayerPref::High);
+        assert_eq!(f.viewer_choice(PeerId(2)), Some(Layer(2)));
+        assert_eq!(drain(&mut f), vec![kf(1, 2)]);
+        f.set_standby(t1, &name("cam"), &[Layer(1)]);
+        assert_eq!(route(&mut f, t1, 1, video(0, false)), vec![PeerId(2)]);
+        assert_eq!(route(&mut f, t1, 1, video(2, true)), vec![PeerId(2)]);
+        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)));
+        // Taken off standby and never arriving, a layer leaves the ranking after the timeout.
+        f.set_standby(t1, &name("cam"), &[]);
+        let t2 = t1 + LAYER_TIMEOUT + Duration::from_millis(100);
+        route(&mut f, t2, 1, video(0, false));
+        route(&mut f, t2, 1, video(2, false));
+        let ranked: Vec<Layer> = f.layers(&name("cam")).iter().map(|l| l.layer).collect();
+        assert_eq!(ranked, vec![Layer(0), Layer(2)]);
+        assert_eq!(f.known_layers(&name("cam")).len(), 3);
     }
 
     #[test]

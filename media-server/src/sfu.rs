@@ -178,9 +178,13 @@ pub enum TrunkRequest {
     },
 }
 
-/// How long a viewer of a remote stream pulls every layer before its trunk subscription is
-/// narrowed to the layer it watches (every layer has arrived and been sized by then).
+/// How long a layer a viewer of a remote stream pulls must have been unneeded before its trunk
+/// subscription drops it (so a noisy estimate does not churn subscriptions). A new viewer
+/// pulls every layer for at least this long, so all have arrived and been sized.
 pub const NARROW_AFTER: Duration = Duration::from_secs(2);
+
+/// A trunk subscription's layer set asking for every layer.
+const ALL_LAYERS: u8 = u8::MAX;
 
 /// The codec of a track, as a trunk `Flow` carries it from the origin node (JSON).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -259,12 +263,11 @@ struct Peer {
     ingress_seen: HashMap<Mid, u64>,
     /// Viewer of a remote stream: its trunk subscription, ended with the session.
     remote: Option<::trunk::StreamAddr>,
-    /// Viewer of a remote stream: its layer preference, and the one layer its trunk
-    /// subscription was narrowed to (`None`: every layer is pulled).
-    remote_pref: LayerPref,
-    pulled: Option<Layer>,
-    /// Since when it pulls every layer (narrowed after [`NARROW_AFTER`]).
-    pull_since: Instant,
+    /// Viewer of a remote stream: the layers its trunk subscription pulls (bit n: layer n;
+    /// [`ALL_LAYERS`] at first), and since when it pulls more than it needs (dropped after
+    /// [`NARROW_AFTER`]).
+    pulled: u8,
+    surplus_since: Option<Instant>,
 }
 
 /// The SFU engine. See the module docs for the run loop.
@@ -569,40 +572,73 @@ impl Sfu {
         };
         self.route_media(now, peer, m);
         if kind == TrackKind::Video && f.keyframe {
-            self.narrow_remote_pulls(now, &addr);
+            self.update_remote_pulls(now);
         }
     }
 
-    /// Viewers of the remote stream `addr` pull every layer at first (the layers' sizes, which
-    /// their preference chooses by, are known only once media flows). When every active layer's
-    /// size is known, a viewer preferring `low`, `mid`, `high` or `maxHeight` that has been
-    /// watching for [`NARROW_AFTER`] and is on the layer its preference chooses narrows its
-    /// trunk subscription to that layer, so only layers someone here watches cross the trunks.
-    /// `auto` keeps every layer (it moves between them with the viewer's bandwidth).
-    fn narrow_remote_pulls(&mut self, now: Instant, addr: &::trunk::StreamAddr) {
-        let Some(name) = self.remote.get(addr).map(|r| r.name.clone()) else { return };
-        let layers = self.fwd.layers(&name);
-        if layers.is_empty() || layers.iter().any(|l| l.dims.is_none()) {
-            return;
-        }
+    /// Keeps each remote viewer's trunk subscription to the layers it needs, so only layers
+    /// someone here watches cross the trunks.
+    ///
+    /// A viewer needs the layer it receives and the one its preference chooses now (`auto`: by
+    /// its bandwidth estimate). A needed layer not pulled is added at once (the forwarding core
+    /// keeps sending the current layer until the new one's keyframe arrives); a pulled layer no
+    /// longer needed is dropped after [`NARROW_AFTER`]. A new viewer pulls every layer until
+    /// every layer the stream has sent is sized, so preferences can be judged. The layers of a
+    /// remote stream no local viewer pulls are put on standby in the forwarding core: they stay
+    /// choosable (with their last size and bitrate) although silent, so a preference or
+    /// estimate that moves to one makes this node pull it.
+    fn update_remote_pulls(&mut self, now: Instant) {
+        let mut union: HashMap<::trunk::StreamAddr, u8> = HashMap::new();
         for (id, p) in &mut self.peers {
-            if p.remote.as_ref() != Some(addr)
-                || p.remote_pref == LayerPref::Auto
-                || now.saturating_duration_since(p.pull_since) < NARROW_AFTER
-            {
+            let Some(addr) = p.remote.as_ref() else { continue };
+            let Some(r) = self.remote.get(addr) else {
+                *union.entry(addr.clone()).or_default() |= p.pulled;
                 continue;
+            };
+            let known = self.fwd.known_layers(&r.name);
+            let sized = !known.is_empty() && known.iter().all(|l| l.dims.is_some());
+            let mut needed = 0u8;
+            for l in [self.fwd.viewer_layer(*id), self.fwd.viewer_choice(*id)].into_iter().flatten() {
+                needed |= 1u8.checked_shl(u32::from(l.0)).unwrap_or(0);
             }
-            let current = self.fwd.viewer_layer(*id);
-            if current.is_none() || current != self.fwd.viewer_choice(*id) || current == p.pulled {
-                continue;
+            if needed == 0 || !sized {
+                needed = ALL_LAYERS;
             }
-            p.pulled = current;
-            let layer = ::trunk::LayerId(current.map_or(0, |l| l.0));
-            self.trunk_out.push_back(TrunkRequest::Subscribe {
-                viewer: ::trunk::ViewerId(id.0),
-                addr: addr.clone(),
-                layers: ::trunk::LayerSet::single(layer),
-            });
+            let changed = if needed & !p.pulled != 0 {
+                p.pulled |= needed;
+                p.surplus_since = (p.pulled != needed).then_some(now);
+                true
+            } else if needed == p.pulled {
+                p.surplus_since = None;
+                false
+            } else {
+                let since = *p.surplus_since.get_or_insert(now);
+                let drop = now.saturating_duration_since(since) >= NARROW_AFTER;
+                if drop {
+                    p.pulled = needed;
+                    p.surplus_since = None;
+                }
+                drop
+            };
+            if changed {
+                self.trunk_out.push_back(TrunkRequest::Subscribe {
+                    viewer: ::trunk::ViewerId(id.0),
+                    addr: addr.clone(),
+                    layers: ::trunk::LayerSet(p.pulled),
+                });
+            }
+            *union.entry(addr.clone()).or_default() |= p.pulled;
+        }
+        for (addr, r) in &self.remote {
+            let pulled = union.get(addr).copied().unwrap_or(0);
+            let standby: Vec<Layer> = self
+                .fwd
+                .known_layers(&r.name)
+                .iter()
+                .map(|l| l.layer)
+                .filter(|l| pulled & 1u8.checked_shl(u32::from(l.0)).unwrap_or(0) == 0)
+                .collect();
+            self.fwd.set_standby(now, &r.name, &standby);
         }
     }
 
@@ -771,7 +807,6 @@ impl Sfu {
         }
         let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
         peer.remote = remote;
-        peer.remote_pref = pref;
         peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
         if !self.config.pace_video {
             if let Some(mid) = peer.video_mid {
@@ -849,9 +884,8 @@ impl Sfu {
             egress_seen: HashMap::new(),
             ingress_seen: HashMap::new(),
             remote: None,
-            remote_pref: LayerPref::Auto,
-            pulled: None,
-            pull_since: now,
+            pulled: ALL_LAYERS,
+            surplus_since: Some(now),
         };
         Ok((peer, sdp))
     }
@@ -945,30 +979,9 @@ impl Sfu {
             self.last_remb = Some(now);
             self.send_remb();
             self.publish_layers();
-            self.widen_silent_pulls(now);
+            self.update_remote_pulls(now);
         }
         self.after_input(now);
-    }
-
-    /// A viewer narrowed to one layer of a remote stream that went silent (its publisher stopped
-    /// sending it, or the path is being switched: not seen for the forwarding core's layer
-    /// timeout) pulls every layer again, and narrows afresh [`NARROW_AFTER`] later, to the layer
-    /// its preference chooses among those that flow.
-    fn widen_silent_pulls(&mut self, now: Instant) {
-        for (id, p) in &mut self.peers {
-            let (Some(layer), Some(addr)) = (p.pulled, p.remote.as_ref()) else { continue };
-            let Some(r) = self.remote.get(addr) else { continue };
-            if self.fwd.layers(&r.name).iter().any(|l| l.layer == layer) {
-                continue;
-            }
-            p.pulled = None;
-            p.pull_since = now;
-            self.trunk_out.push_back(TrunkRequest::Subscribe {
-                viewer: ::trunk::ViewerId(id.0),
-                addr: addr.clone(),
-                layers: ::trunk::LayerSet(u8::MAX),
-            });
-        }
     }
 
     /// Copies each live stream's received layers (size, bitrate) into the live-stream table, for
@@ -1989,6 +2002,193 @@ mod tests {
             }
         }
         assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
+    }
+
+    fn tn(s: &str) -> ::trunk::NodeName {
+        ::trunk::NodeName::parse(s).unwrap()
+    }
+
+    /// A township SFU and a province SFU joined by real trunk routers, in lock-step virtual
+    /// time: their control messages, datagrams, routes and keyframe requests are carried in
+    /// memory as the shells carry them over QUIC.
+    struct Cascade {
+        town: World,
+        prov: World,
+        r_town: ::trunk::Router,
+        r_prov: ::trunk::Router,
+    }
+
+    impl Cascade {
+        fn new() -> Cascade {
+            let mut town = World::new();
+            let mut prov = World::new();
+            prov.now = town.now;
+            town.sfu.enable_trunks(tn("township"));
+            prov.sfu.enable_trunks(tn("province"));
+            let mut cfg = ::trunk::RouterConfig::new(tn("township"));
+            cfg.parents = vec![tn("province")];
+            let mut r_town = ::trunk::Router::new(cfg);
+            let mut r_prov = ::trunk::Router::new(::trunk::RouterConfig::new(tn("province")));
+            r_town.trunk_up(town.now, tn("province"));
+            r_prov.trunk_up(town.now, tn("township"));
+            let mut c = Cascade { town, prov, r_town, r_prov };
+            c.carry();
+            c
+        }
+
+        /// Carries what each SFU and router has for the other side until nothing moves.
+        fn carry(&mut self) {
+            let now = self.town.now;
+            loop {
+                let mut moved = false;
+                for side in 0..2 {
+                    let (me, other, r_me, r_other, name) = if side == 0 {
+                        (&mut self.town, &mut self.prov, &mut self.r_town, &mut self.r_prov, tn("township"))
+                    } else {
+                        (&mut self.prov, &mut self.town, &mut self.r_prov, &mut self.r_town, tn("province"))
+                    };
+                    while let Some(req) = me.sfu.poll_trunk() {
+                        moved = true;
+                        match req {
+                            TrunkRequest::Plane(TrunkOutput::Datagram { data, .. }) => other.sfu.trunk_datagram(now, &name, &data),
+                            TrunkRequest::Plane(TrunkOutput::Control { msg, .. }) => other.sfu.trunk_control(now, &name, msg),
+                            TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => r_me.next_path_ready(now, &addr),
+                            TrunkRequest::Subscribe { viewer, addr, layers } => r_me.subscribe(now, viewer, addr, layers),
+                            TrunkRequest::Unsubscribe { viewer, addr } => r_me.unsubscribe(now, viewer, &addr),
+                            TrunkRequest::Keyframe { addr, layer } => r_me.request_keyframe(now, &addr, layer),
+                        }
+                    }
+                    r_me.handle_timeout(now);
+                    while let Some(o) = r_me.poll_output() {
+                        moved = true;
+                        match o {
+                            ::trunk::Output::Send { msg, .. } => r_other.handle_message(now, &name, msg),
+                            ::trunk::Output::Route { addr, route } => me.sfu.trunk_route(now, addr, route),
+                            ::trunk::Output::PublisherKeyframe { stream, layer } => {
+                                me.sfu.publisher_keyframe(now, &stream.as_str().parse().unwrap(), layer.0)
+                            }
+                            ::trunk::Output::Viewer { .. } => {}
+                        }
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        fn step(&mut self) {
+            self.town.step();
+            self.prov.step();
+            self.carry();
+        }
+
+        /// The layers the township sends the province of `addr`.
+        fn to_province(&self, addr: &::trunk::StreamAddr) -> ::trunk::LayerSet {
+            self.r_town
+                .route(addr)
+                .and_then(|r| r.outputs.iter().find(|(h, _)| *h == ::trunk::Hop::Trunk(tn("province"))).map(|(_, l)| *l))
+                .unwrap_or_default()
+        }
+    }
+
+    /// An `auto` viewer of a remote simulcast stream pulls only the layer it receives (after the
+    /// first seconds, when every layer is pulled and sized), yet follows its link down and up:
+    /// the layers it does not pull stay choosable, and a choice of one pulls it over the trunk.
+    #[test]
+    fn a_remote_auto_viewer_pulls_only_its_layer_and_still_follows_its_link() {
+        let mut c = Cascade::new();
+        let p = c.town.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
+        c.r_town.publish(c.town.now, ::trunk::StreamName::parse("cam").unwrap(), ::trunk::LayerSet(0b111));
+        c.carry();
+        let addr = ::trunk::StreamAddr::parse("township/cam").unwrap();
+
+        // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
+        let sizes = [("q", 320u16, 625usize), ("h", 640, 2083), ("f", 1280, 5000)];
+        let layer_of = |len: usize| sizes.iter().position(|(_, _, s)| len.abs_diff(*s + 10) < 20);
+        let (mut n, mut answered) = (0u64, 0usize);
+        // One frame per layer at the township publisher (keyframes when asked), then 33 ms.
+        let mut frame = |c: &mut Cascade| {
+            let asked = c.town.clients[p].keyframe_requests > answered;
+            answered = c.town.clients[p].keyframe_requests;
+            for (i, (rid, width, size)) in sizes.iter().enumerate() {
+                let now = c.town.now;
+                let cl = &mut c.town.clients[p];
+                let wr = cl.rtc.writer(cl.video_mid.unwrap()).unwrap().rid((*rid).into());
+                let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+                let kf = n == 0 || asked;
+                let mut f = vec![if kf { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                f.extend(width.to_le_bytes());
+                f.extend((width * 9 / 16).to_le_bytes());
+                f.resize(size + 10, i as u8);
+                wr.write(pt, now, MediaTime::new(n * 3000 + i as u64 * 1_000_000, Frequency::NINETY_KHZ), f).unwrap();
+            }
+            n += 1;
+            for _ in 0..6 {
+                c.step();
+            }
+        };
+
+        let peer = c.prov.sfu.watch_remote(addr.clone());
+        c.carry();
+        for _ in 0..300 {
+            if c.prov.sfu.remote_codecs(&addr).0 {
+                break;
+            }
+            frame(&mut c);
+        }
+        assert!(c.prov.sfu.remote_codecs(&addr).0, "the remote stream's video reached the province");
+        assert_eq!(c.to_province(&addr), ::trunk::LayerSet(ALL_LAYERS), "every layer is pulled at first");
+        let (v, offer, pending) = c.prov.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
+        let now = c.prov.now;
+        let answer = c.prov.sfu.view_remote(now, peer, &addr, &offer, LayerPref::Auto).unwrap();
+        c.prov.accept(v, pending, &answer.sdp);
+        for _ in 0..300 {
+            if c.prov.clients[v].connected {
+                break;
+            }
+            frame(&mut c);
+        }
+        assert!(c.prov.clients[v].connected, "the province viewer connected");
+
+        // Runs `secs` of virtual time: the layer of each frame the viewer got (by size), and
+        // whether the township's route to the province carried exactly the viewer's layer at
+        // the end.
+        let mut run = |c: &mut Cascade, secs: u64| -> Vec<Option<usize>> {
+            let before = c.prov.clients[v].video.len();
+            for _ in 0..secs * 30 {
+                frame(c);
+            }
+            c.prov.clients[v].video[before..].iter().map(|d| layer_of(d.data.len())).collect()
+        };
+        let pulled_is_viewers = |c: &Cascade| {
+            let layer = c.prov.sfu.fwd.viewer_layer(peer).map(|l| ::trunk::LayerId(l.0));
+            (layer.map(::trunk::LayerSet::single), c.to_province(&addr))
+        };
+
+        let open = run(&mut c, 8);
+        assert_eq!(open.last().copied().flatten(), Some(2), "on an open link the viewer climbs to the top layer");
+        let (want, got) = pulled_is_viewers(&c);
+        assert_eq!(Some(got), want, "only the top layer crosses the trunk");
+
+        // Cap the viewer's downlink at 300 kbit/s: it moves down to the low layer, which the
+        // province pulls again for it; then only the low layer crosses.
+        c.prov.clients[v].down_cap = Some((300_000, c.prov.now, VecDeque::new(), 0));
+        let capped = run(&mut c, 10);
+        assert_eq!(capped.last().copied().flatten(), Some(0), "capped, the viewer gets the low layer");
+        let (want, got) = pulled_is_viewers(&c);
+        assert_eq!(Some(got), want, "only the low layer crosses the trunk");
+
+        // Lift the cap: the estimate grows towards the next layer's last known bitrate and the
+        // viewer climbs again; the layer is pulled when chosen.
+        c.prov.clients[v].down_cap = None;
+        let lifted = run(&mut c, 15);
+        assert!(lifted.last().copied().flatten() >= Some(1), "back above the low layer: {:?}", lifted.last());
+        let (want, got) = pulled_is_viewers(&c);
+        assert_eq!(Some(got), want, "again only the viewer's layer crosses the trunk");
+        // The viewer never went without frames for long: every second of the run delivered.
+        let all: Vec<_> = open.iter().chain(&capped).chain(&lifted).collect();
+        assert!(all.iter().all(|l| l.is_some()), "every frame is one of the layers");
     }
 
     #[test]

@@ -1715,7 +1715,9 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
 /// subscribing to `township/off-3` with `layer: "low"` decodes the 160×120 layer, and after its
 /// first seconds (every layer pulled while the layers' sizes are learnt) the township's route
 /// sends that one layer to the province: the trunk carries about the low layer's bitrate, less
-/// than half of what it carries once an `auto` viewer there pulls every layer.
+/// than half of what it carries while an `auto` viewer there pulls every layer. The `auto`
+/// viewer too narrows to the layer it receives (the top one on loopback) after its first
+/// seconds: then the low and the top layer cross, not the middle one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     use cascade::{node, trunk_addr, trunk_name, tx_bytes};
@@ -1793,6 +1795,25 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     );
     assert!(low_only * 2 < every, "low only {low_only} kbit/s vs every layer {every} kbit/s");
     assert!(low_only <= low_kbps * 3 / 2 + 100, "low only {low_only} kbit/s vs the low layer's {low_kbps} kbit/s (+ audio)");
+
+    // The auto viewer narrows to the layer it receives.
+    let two = wait_for("the township to send the province the low and the auto viewer's layer", WAIT, || async {
+        to_province().filter(|l| l.iter().count() == 2)
+    })
+    .await;
+    let top_kbps = now.iter().max_by_key(|l| l.height).map_or(0, |l| l.kbps);
+    let s = all.stats();
+    eprintln!("layered pull: after the auto viewer narrowed, layers {two:?}; it decodes {}×{}", s.width, s.height);
+    assert_eq!(s.height, 480, "the auto viewer gets the top layer on loopback: {s:?}");
+    let seen = s.frames_decoded;
+    all.wait_frames(seen + 30, WAIT).await.expect("the auto viewer keeps decoding after its narrowing");
+    let narrowed_kbps = trunk_kbps(3000).await;
+    eprintln!("layered pull: trunk with the low and the narrowed auto viewer {narrowed_kbps} kbit/s");
+    assert!(narrowed_kbps < every, "narrowed {narrowed_kbps} kbit/s vs every layer {every} kbit/s");
+    assert!(
+        narrowed_kbps <= (low_kbps + top_kbps) * 13 / 10 + 100,
+        "narrowed {narrowed_kbps} kbit/s vs the low and top layers' {low_kbps} + {top_kbps} kbit/s (+ audio)"
+    );
 
     all.stop().await.expect("viewer DELETE");
     low.stop().await.expect("viewer DELETE");
