@@ -25,6 +25,7 @@ const T = {
   layout_keys: { zh: '快捷键 1–5 切换布局，F 最大化，Esc 返回', en: 'Keys 1–5 switch layout, F maximises, Esc returns' },
   streams: { zh: '视频源', en: 'Streams' },
   no_streams: { zh: '暂无直播', en: 'No live streams' },
+  node_streams: { zh: '节点 {node}（{n}）', en: 'Node {node} ({n})' },
   tile_empty: { zh: '空闲 — 拖入或选择视频源', en: 'Empty — drag or pick a stream' },
   tile_pick: { zh: '选择视频源', en: 'Pick a stream' },
   tile_none: { zh: '（无）', en: '(none)' },

@@ -420,6 +420,15 @@ async function refreshCatalog() {
   // /api/streams lists every live stream (WHIP-only publishers too); the catalog adds kind/owner_role.
   if (all.status === 'fulfilled') for (const s of all.value.streams || []) m.set(s.name, { kind: 'camera', ...s });
   if (cat.status === 'fulfilled') for (const s of cat.value.streams || []) m.set(s.name, { ...(m.get(s.name) || {}), ...s });
+  // Streams published at other nodes that this node's trunks reach (`NODE/STREAM`): shown and
+  // watchable, but never put on a tile by themselves (each one watched is pulled over the trunks).
+  // Their `layers` is a bitmask of layer ids, not sizes: kept as `layerMask`.
+  for (const res of [all, cat]) {
+    if (res.status !== 'fulfilled') continue;
+    for (const r of res.value.remote || []) {
+      if (!m.has(r.name)) m.set(r.name, { kind: 'camera', ...r, layers: [], layerMask: r.layers, remote: true });
+    }
+  }
   if (all.status === 'rejected' && cat.status === 'rejected') return;
   S.streams = m;
   renderCatalog();
@@ -592,7 +601,7 @@ function autofill() {
     if (tile.stream && !tile.pinned && !S.streams.has(tile.stream)) { stopPlayer(tile); shown.delete(tile.stream); tile.stream = null; renderTile(i); }
   });
   const free = [...S.streams.values()]
-    .filter((s) => !shown.has(s.name))
+    .filter((s) => !shown.has(s.name) && !s.remote)
     .sort((a, b) => (b.started_unix_ms || 0) - (a.started_unix_ms || 0));
   S.tiles.forEach((tile, i) => {
     if (!tile.stream && !tile.pinned && free.length) {
@@ -615,7 +624,7 @@ function wantedHeight(tile) {
 /** The layer (by height) the node would pick for `maxHeight`, from the catalog's layer list. */
 function layerFor(stream, maxHeight) {
   const s = S.streams.get(stream);
-  const ls = (s && s.layers) || [];
+  const ls = s && Array.isArray(s.layers) ? s.layers : [];
   if (ls.length === 0 || ls.some((l) => !l.height)) return null;
   const fit = ls.filter((l) => l.height <= maxHeight);
   return (fit.length ? fit[fit.length - 1] : ls[0]).height;
@@ -870,13 +879,27 @@ function confirmDialog(text, target) {
 
 function renderCatalog() {
   const ul = $('catalog-list');
-  const list = [...S.streams.values()].sort((a, b) => (b.started_unix_ms || 0) - (a.started_unix_ms || 0));
-  if (!list.length) { ul.replaceChildren(el('li', { class: 'muted', text: t('no_streams') })); return; }
-  ul.replaceChildren(...list.map((s) => el('li', {
-    draggable: 'true', 'data-testid': 'catalog-item', 'data-stream': s.name, title: s.owner,
+  const all = [...S.streams.values()];
+  if (!all.length) { ul.replaceChildren(el('li', { class: 'muted', text: t('no_streams') })); return; }
+  const item = (s) => el('li', {
+    draggable: 'true', 'data-testid': 'catalog-item', 'data-stream': s.name, 'data-remote': s.remote ? 'true' : 'false', title: s.owner || s.name,
     ondragstart: (e) => e.dataTransfer.setData('text/plain', s.name),
     onclick: () => { const i = S.tiles.findIndex((x) => !x.pinned); assign(i < 0 ? 0 : i, s.name, true); },
-  }, `${s.name}`, el('small', { class: 'muted', text: ` ${t('kind_' + streamKind(s.name))}` }))));
+  }, `${s.remote ? s.stream : s.name}`, el('small', { class: 'muted', text: ` ${t('kind_' + streamKind(s.name))}` }));
+  // This node's streams, newest first; then other nodes' streams, nearest node first, under a
+  // heading per node.
+  const items = all.filter((s) => !s.remote).sort((a, b) => (b.started_unix_ms || 0) - (a.started_unix_ms || 0)).map(item);
+  const remote = all.filter((s) => s.remote).sort((a, b) => (a.cost - b.cost) || a.node.localeCompare(b.node) || a.stream.localeCompare(b.stream));
+  let node = null;
+  for (const s of remote) {
+    if (s.node !== node) {
+      node = s.node;
+      const n = remote.filter((x) => x.node === node).length;
+      items.push(el('li', { class: 'catalog-node', 'data-testid': 'catalog-node', 'data-node': node, text: t('node_streams', { node, n }) }));
+    }
+    items.push(item(s));
+  }
+  ul.replaceChildren(...items);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1168,6 +1191,12 @@ window.wall = {
   /** One entry per visible tile: stream, state, pinned and the latest getStats() figures. */
   tileStats() {
     return S.tiles.map((x, i) => ({ index: i, stream: x.stream, pinned: x.pinned, state: x.stream ? x.state : 'empty', firstFrameMs: x.firstFrameAt !== null && S.signinAt !== null ? x.firstFrameAt - S.signinAt : null, ...(x.stats || {}) }));
+  },
+  /** The stream list as shown: {stream, remote, node} per item, node headings as {heading}. */
+  catalog() {
+    return [...document.querySelectorAll('#catalog-list li')].map((li) => (li.dataset.testid === 'catalog-node'
+      ? { heading: li.dataset.node, text: li.textContent }
+      : { stream: li.dataset.stream, remote: li.dataset.remote === 'true', text: li.textContent }));
   },
   /** Sum of every tile's received kbit/s over the last second. */
   pageKbps() { return S.tiles.reduce((a, x) => a + ((x.stats && x.stats.kbps) || 0), 0); },

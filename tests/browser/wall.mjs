@@ -32,6 +32,8 @@
 //   {"op":"droneCommand","stream":S,"command":"rtl","confirm":true}  click, confirm -> {question, cmd, result}
 //   {"op":"waitDroneAck","stream":S,"cmd":"dc-1","result":"accepted"}
 //   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
+//   {"op":"waitCatalog","stream":S}        until the stream list shows S -> {items: [{stream, remote,
+//        text} | {heading: NODE, text}]} (other nodes' streams come under a heading per node)
 //   {"op":"pick","index":1,"stream":S}     choose S in tile 1's selector -> {stream, pinned}
 //   {"op":"drag","stream":S,"index":2}     drag S from the stream list onto tile 2 -> {stream, pinned}
 //   {"op":"clickMarker","subject":S}       -> {layout, tiles}
@@ -232,6 +234,12 @@ const ops = {
   async lang() {
     await page.locator('[data-testid=lang-switch]').click();
     return page.evaluate(() => ({ cjk: (document.querySelector('#wall').innerText.match(/[\u3400-\u9fff]+/g) || []), lang: window.wall.lang, title: document.title, htmlLang: document.documentElement.lang, signout: document.querySelector('[data-testid=signout]').textContent }));
+  },
+  async waitCatalog({ stream, timeoutMs = 30000 }) {
+    return until(`${stream} in the stream list`, timeoutMs, async () => {
+      const items = await page.evaluate(() => window.wall.catalog());
+      return items.some((x) => x.stream === stream) ? { items } : null;
+    });
   },
   async pick({ index, stream }) {
     await page.locator(`[data-testid=tile-${index}] [data-testid=tile-pick]`).selectOption(stream);

@@ -1823,6 +1823,53 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     province.node.shutdown().await;
 }
 
+/// The wall at the province shows a township's stream under a heading for the township node,
+/// leaves it off the tiles until an operator puts it there (each remote stream watched is pulled
+/// over the trunks), and plays it when dragged onto a tile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
+    use cascade::{node, trunk_addr};
+    let _media = MEDIA.lock().await;
+    let ca = tempfile::tempdir().unwrap();
+    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let province = node(ca.path(), "province", None, 2).await;
+    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+
+    let mut wall = Wall::start(&province).await;
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": province.token("op-1", Role::Operator)})).await;
+    assert_eq!(signed["signedIn"], true, "{signed}");
+    let listed = wall.cmd(serde_json::json!({"op": "waitCatalog", "stream": "township/cam1"})).await;
+    let items = listed["items"].as_array().unwrap();
+    let heading = items.iter().position(|x| x["heading"] == "township").unwrap_or_else(|| panic!("a heading for the township node: {listed}"));
+    let item = items.iter().position(|x| x["stream"] == "township/cam1").unwrap();
+    assert!(heading < item && items[item]["remote"] == true, "listed under its node: {listed}");
+    let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
+    assert!(
+        tiles["tiles"].as_array().unwrap().iter().all(|t| t["stream"].is_null()),
+        "a remote stream is not put on a tile by itself: {tiles}"
+    );
+    assert_eq!(province.metric("yiwang_viewers").await, 0, "nothing pulled before a tile asks");
+
+    let placed = wall.cmd(serde_json::json!({"op": "drag", "stream": "township/cam1", "index": 0})).await;
+    assert_eq!(placed["stream"], "township/cam1", "{placed}");
+    let playing = wall.cmd(serde_json::json!({"op": "waitTile", "stream": "township/cam1", "minFrames": 60, "timeoutMs": 60000})).await;
+    eprintln!("wall: township/cam1 at the province: {playing}");
+    assert!(playing["frameHeight"].as_u64().unwrap_or(0) > 0, "{playing}");
+    wall.screenshot("wall-remote-stream").await;
+    wall.quit().await;
+    publisher.stop().await.expect("publisher DELETE");
+    township.node.shutdown().await;
+    province.node.shutdown().await;
+}
+
 /// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.
 async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
     let start = std::time::Instant::now();
