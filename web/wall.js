@@ -422,11 +422,11 @@ async function refreshCatalog() {
   if (cat.status === 'fulfilled') for (const s of cat.value.streams || []) m.set(s.name, { ...(m.get(s.name) || {}), ...s });
   // Streams published at other nodes that this node's trunks reach (`NODE/STREAM`): shown and
   // watchable, but never put on a tile by themselves (each one watched is pulled over the trunks).
-  // Their `layers` is a bitmask of layer ids, not sizes: kept as `layerMask`.
+  // Their `layers` is a count, not a list of sizes: kept as `layerCount`.
   for (const res of [all, cat]) {
     if (res.status !== 'fulfilled') continue;
     for (const r of res.value.remote || []) {
-      if (!m.has(r.name)) m.set(r.name, { kind: 'camera', ...r, layers: [], layerMask: r.layers, remote: true });
+      if (!m.has(r.name)) m.set(r.name, { kind: 'camera', ...r, layers: [], layerCount: r.layers, remote: true });
     }
   }
   if (all.status === 'rejected' && cat.status === 'rejected') return;

@@ -380,9 +380,18 @@ impl Forwarder {
     /// not pulled over the trunk, yet a viewer's preference or estimate may choose it, which
     /// makes the node pull it. A layer taken off standby has [`LAYER_TIMEOUT`] from now to
     /// arrive before it leaves the ranking. Layers never seen are ignored.
+    ///
+    /// Also re-ranks the layers at `now` (a remote stream whose only pulled layer went silent
+    /// has no frame to re-rank it), and re-evaluates its viewers if the ranking changed.
     pub fn set_standby(&mut self, now: Instant, name: &StreamName, layers: &[Layer]) {
         let Some(p) = self.streams.get_mut(name).and_then(|s| s.publisher.as_mut()) else { return };
+        let before = p.ranked.clone();
         if p.standby.len() == layers.len() && p.standby.iter().all(|l| layers.contains(l)) {
+            p.rerank(now);
+            if p.ranked != before {
+                let name = name.clone();
+                self.reselect(now, &name);
+            }
             return;
         }
         for l in &mut p.layers {

@@ -629,14 +629,19 @@ impl Sfu {
             }
             *union.entry(addr.clone()).or_default() |= p.pulled;
         }
+        // Only layers the origin announces as live go on standby (a layer its publisher paused
+        // would otherwise be chosen, pulled and found silent over and over).
+        let live: HashMap<String, u8> = self.live.remote_list().into_iter().map(|r| (r.name, r.layer_ids)).collect();
         for (addr, r) in &self.remote {
             let pulled = union.get(addr).copied().unwrap_or(0);
+            let announced = live.get(&addr.to_string()).copied().filter(|m| *m != 0).unwrap_or(ALL_LAYERS);
+            let bit = |l: &Layer| 1u8.checked_shl(u32::from(l.0)).unwrap_or(0);
             let standby: Vec<Layer> = self
                 .fwd
                 .known_layers(&r.name)
                 .iter()
                 .map(|l| l.layer)
-                .filter(|l| pulled & 1u8.checked_shl(u32::from(l.0)).unwrap_or(0) == 0)
+                .filter(|l| pulled & bit(l) == 0 && announced & bit(l) != 0)
                 .collect();
             self.fwd.set_standby(now, &r.name, &standby);
         }
@@ -998,6 +1003,7 @@ impl Sfu {
                     width: l.dims.map(|d| d.0),
                     height: l.dims.map(|d| d.1),
                     kbps: l.bitrate_bps / 1000,
+                    id: l.layer.0,
                 })
                 .collect();
             self.live.set_layers(&info.name, layers);
@@ -2016,6 +2022,8 @@ mod tests {
         prov: World,
         r_town: ::trunk::Router,
         r_prov: ::trunk::Router,
+        /// How many of its layers (lowest first) the township publisher sends.
+        town_layers: usize,
     }
 
     impl Cascade {
@@ -2031,7 +2039,7 @@ mod tests {
             let mut r_prov = ::trunk::Router::new(::trunk::RouterConfig::new(tn("province")));
             r_town.trunk_up(town.now, tn("province"));
             r_prov.trunk_up(town.now, tn("township"));
-            let mut c = Cascade { town, prov, r_town, r_prov };
+            let mut c = Cascade { town, prov, r_town, r_prov, town_layers: 3 };
             c.carry();
             c
         }
@@ -2111,7 +2119,7 @@ mod tests {
         let mut frame = |c: &mut Cascade| {
             let asked = c.town.clients[p].keyframe_requests > answered;
             answered = c.town.clients[p].keyframe_requests;
-            for (i, (rid, width, size)) in sizes.iter().enumerate() {
+            for (i, (rid, width, size)) in sizes.iter().enumerate().take(c.town_layers) {
                 let now = c.town.now;
                 let cl = &mut c.town.clients[p];
                 let wr = cl.rtc.writer(cl.video_mid.unwrap()).unwrap().rid((*rid).into());
@@ -2186,9 +2194,44 @@ mod tests {
         assert!(lifted.last().copied().flatten() >= Some(1), "back above the low layer: {:?}", lifted.last());
         let (want, got) = pulled_is_viewers(&c);
         assert_eq!(Some(got), want, "again only the viewer's layer crosses the trunk");
-        // The viewer never went without frames for long: every second of the run delivered.
         let all: Vec<_> = open.iter().chain(&capped).chain(&lifted).collect();
         assert!(all.iter().all(|l| l.is_some()), "every frame is one of the layers");
+
+        // The township's publisher pauses its top layer (its own congestion control), and the
+        // trunk catalog announces the two others only: the viewer moves to a layer that flows
+        // and the province never pulls the top one again, however well its estimate fits it.
+        let top = ::trunk::LayerId(2);
+        c.town_layers = 2;
+        let remote = crate::streams::RemoteStreamInfo {
+            name: "township/cam".into(),
+            node: "township".into(),
+            stream: "cam".into(),
+            layers: 2,
+            layer_ids: 0b011,
+            cost: 1,
+            remote: true,
+        };
+        c.prov.sfu.live().set_remote(vec![remote]);
+        let paused = run(&mut c, 4);
+        let now_on = paused.last().copied().flatten();
+        assert!(matches!(now_on, Some(0 | 1)), "the viewer moved to a layer that flows: {now_on:?}");
+        // The top layer, pulled while the viewer was on it, is dropped 2 s after the switch ...
+        for _ in 0..4 * 30 {
+            if !c.to_province(&addr).contains(top) {
+                break;
+            }
+            frame(&mut c);
+        }
+        assert!(!c.to_province(&addr).contains(top), "the paused layer is no longer pulled");
+        // ... and not pulled again.
+        let mut pulled_top = 0;
+        for _ in 0..8 * 30 {
+            frame(&mut c);
+            pulled_top += usize::from(c.to_province(&addr).contains(top));
+        }
+        assert_eq!(pulled_top, 0, "a layer the origin does not announce is not pulled again");
+        let on = c.prov.sfu.fwd.viewer_layer(peer).map(|l| ::trunk::LayerId(l.0));
+        assert!(on.is_some_and(|l| l != top && c.to_province(&addr).contains(l)), "the viewer's layer {on:?} flows");
     }
 
     #[test]

@@ -43,6 +43,21 @@ pub struct LayerSummary {
     pub height: Option<u32>,
     /// Bitrate over the last second, kbit/s.
     pub kbps: u64,
+    /// The layer's id at this node (its simulcast index; the trunk layer id). Not part of the
+    /// API: trunks announce which ids are live.
+    #[serde(skip)]
+    pub id: u8,
+}
+
+/// The trunk layer set announcing `layers` (the live ones' ids); a stream with no video layer
+/// yet (audio only, or video not arrived) announces layer 0.
+pub fn announced_layers(layers: &[LayerSummary]) -> ::trunk::LayerSet {
+    let mask = layers.iter().fold(0u8, |m, l| m | 1u8.checked_shl(u32::from(l.id)).unwrap_or(0));
+    if mask == 0 {
+        ::trunk::LayerSet::first(1)
+    } else {
+        ::trunk::LayerSet(mask)
+    }
 }
 
 /// A stream published at another node and reachable over the trunks, as `GET /api/streams`
@@ -58,6 +73,9 @@ pub struct RemoteStreamInfo {
     pub stream: String,
     /// Video layers its publisher sends.
     pub layers: u8,
+    /// Which layer ids its origin announced as live (bit n: layer n). Not part of the API.
+    #[serde(skip)]
+    pub layer_ids: u8,
     /// Route cost from this node: trunk hops, plus 100 per backup path taken.
     pub cost: u16,
     /// Always `true`: the stream is pulled over the trunks when watched.
@@ -126,5 +144,24 @@ impl LiveStreams {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<StreamName, StreamInfo>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(rank: usize, id: u8) -> LayerSummary {
+        LayerSummary { rank, width: None, height: None, kbps: 100, id }
+    }
+
+    #[test]
+    fn trunks_announce_the_ids_of_the_live_layers() {
+        // Simulcast ids 0..=2 with the top one (id 1 here: ids follow RID order, not size) paused.
+        assert_eq!(announced_layers(&[layer(0, 2), layer(1, 0)]), ::trunk::LayerSet(0b101));
+        assert_eq!(announced_layers(&[layer(0, 0)]), ::trunk::LayerSet(0b1));
+        assert_eq!(announced_layers(&[]), ::trunk::LayerSet(0b1), "no video yet: layer 0");
+        let json = serde_json::to_value(layer(0, 2)).unwrap();
+        assert!(json.get("id").is_none(), "the id stays internal: {json}");
     }
 }

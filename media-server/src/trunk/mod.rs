@@ -72,15 +72,17 @@ pub async fn start_for_node(
         let mut tick = tokio::time::interval(CATALOG_SYNC);
         loop {
             tick.tick().await;
+            // Each stream with the ids of its live layers: a layer its publisher pauses (congestion
+            // control) leaves the announcement, so nodes that do not pull it stop offering it.
             let now: BTreeMap<String, u8> = live
                 .list()
                 .into_iter()
-                .map(|s| (s.name.to_string(), s.layers.len().clamp(1, 8) as u8))
+                .map(|s| (s.name.to_string(), crate::streams::announced_layers(&s.layers).0))
                 .collect();
             for (name, layers) in &now {
                 if known.get(name) != Some(layers) {
                     if let Ok(s) = ::trunk::StreamName::parse(name) {
-                        h.publish(s, ::trunk::LayerSet::first(*layers));
+                        h.publish(s, ::trunk::LayerSet(*layers));
                     }
                 }
             }
@@ -101,6 +103,7 @@ pub async fn start_for_node(
                     node: e.addr.node.as_str().to_owned(),
                     stream: e.addr.stream.as_str().to_owned(),
                     layers: e.layers.iter().count() as u8,
+                    layer_ids: e.layers.0,
                     cost: e.cost,
                     remote: true,
                 })
