@@ -52,6 +52,8 @@ pub struct AppState {
     pub attachments: Arc<AttachmentStore>,
     /// The wall's map settings (`/api/wall/config`).
     pub wall: Arc<crate::config::WallConfig>,
+    /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
+    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -328,6 +330,33 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
         streams: state.live.list(),
         remote: state.live.remote_list(),
     }))
+}
+
+/// `GET /api/trunks`: the state of this node's trunks (docs/trunk.md): configured uplinks, the
+/// trunks up with their round-trip time and byte counters, and the route of every stream that
+/// crosses this node. Open to every role that may view streams (it tells what the remote
+/// stream list tells, and whether the way to it is up); the configured addresses are shown to
+/// admins only.
+async fn api_trunks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let claims = authenticate(&state, &headers)?;
+    require(&claims, Action::ViewStream)?;
+    let Some(trunk) = &state.trunk else {
+        return Ok(Json(serde_json::json!({
+            "node": state.node_id.as_str(), "enabled": false, "uplinks": [], "trunks": [], "routes": []
+        })));
+    };
+    let mut status = trunk
+        .status()
+        .await
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trunk shell is not running"))?;
+    if claims.role != signaling::auth::Role::Admin {
+        for u in &mut status.uplinks {
+            u.addr = None;
+        }
+    }
+    let mut v = serde_json::to_value(&status).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    v["enabled"] = serde_json::Value::Bool(true);
+    Ok(Json(v))
 }
 
 /// The OpenAPI 3 document of this API (`docs/openapi.json`, kept in step with `docs/api.md`;
@@ -746,6 +775,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/session/{id}", axum::routing::delete(delete_session).patch(patch_session))
         .route("/healthz", get(healthz))
         .route("/api/streams", get(api_streams))
+        .route("/api/trunks", get(api_trunks))
         .route("/api/incidents", get(api_incidents))
         .route("/api/incidents/{id}/log", get(api_incident_log))
         .route("/api/units", get(api_units))

@@ -193,6 +193,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .with_context(|| format!("attachment store {}", attachments_dir.display()))?,
     );
 
+    // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
+    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
+    let (trunk, trunk_sync) = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone(), Some(media_link)).await? {
+        Some((handle, sync_task)) => {
+            info!(trunk = %handle.local_addr(), "trunk endpoint bound");
+            media
+                .attach_trunk(handle.clone(), media_link_rx)
+                .await
+                .map_err(|e| anyhow::anyhow!("attaching trunks to the media task: {e}"))?;
+            (Some(handle), Some(sync_task))
+        }
+        None => (None, None),
+    };
+
     let state = AppState {
         node_id: identity.node_id.clone(),
         verifier,
@@ -203,6 +217,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         hub: hub.clone(),
         attachments,
         wall: Arc::new(config.wall.clone()),
+        trunk: trunk.clone(),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -225,19 +240,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         })
     };
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
-    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
-    let trunk = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone(), Some(media_link)).await? {
-        Some((handle, sync_task)) => {
-            info!(trunk = %handle.local_addr(), "trunk endpoint bound");
-            tasks.push(sync_task);
-            media
-                .attach_trunk(handle.clone(), media_link_rx)
-                .await
-                .map_err(|e| anyhow::anyhow!("attaching trunks to the media task: {e}"))?;
-            Some(handle)
-        }
-        None => None,
-    };
+    tasks.extend(trunk_sync);
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {

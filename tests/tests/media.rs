@@ -1036,7 +1036,7 @@ async fn openapi_document_matches_real_responses() {
     let doc: serde_json::Value = http.get(n.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
     for path in [
-        "/healthz", "/metrics", "/api/streams", "/api/incidents", "/api/incidents/{id}/log", "/api/units", "/api/orders",
+        "/healthz", "/metrics", "/api/streams", "/api/trunks", "/api/incidents", "/api/incidents/{id}/log", "/api/units", "/api/orders",
         "/api/orders/{id}/answer", "/api/attachments", "/api/attachments/{sha256}", "/api/wall/config", "/api/openapi.json",
         "/whip/{stream}", "/whep/{stream}", "/session/{id}", "/ws",
     ] {
@@ -1145,9 +1145,13 @@ async fn openapi_document_matches_real_responses() {
         (reqwest::Method::POST, "/api/orders/{id}/answer", 200, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "accept", "eta_min": 5}))),
         (reqwest::Method::POST, "/api/orders/{id}/answer", 409, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "decline", "reason": "no"}))),
         (reqwest::Method::GET, "/api/orders", 200, "/api/orders".into(), Some(op.clone()), None),
+        // A node without trunks (the cascade test checks one with them).
+        (reqwest::Method::GET, "/api/trunks", 200, "/api/trunks".into(), Some(op.clone()), None),
+        (reqwest::Method::GET, "/api/trunks", 401, "/api/trunks".into(), None, None),
     ];
     let bodies = run(&mut more).await;
     assert_eq!((bodies[2]["orders"][0]["state"].as_str(), bodies[2]["orders"][0]["eta_min"].as_u64()), (Some("accepted"), Some(5)));
+    assert_eq!((bodies[3]["enabled"].as_bool(), bodies[3]["trunks"].as_array().map(Vec::len)), (Some(false), Some(0)), "{}", bodies[3]);
 
     let up = http
         .post(n.url("/api/attachments"))
@@ -1652,6 +1656,37 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     assert_eq!(first.video_codec().as_deref(), Some("H264"));
     first.wait_audio(1, WAIT).await.expect("audio crosses the trunk too");
     let decoded = s.frames_decoded - seen0;
+
+    // `GET /api/trunks` on both ends: the trunk up with its round-trip time, the township's
+    // parent named, and the stream's route (township → province → local viewers); addresses
+    // for admins only. Each body matches the OpenAPI schema.
+    let doc: serde_json::Value = serde_json::from_str(media_server::http::OPENAPI).unwrap();
+    let doc = &doc;
+    let trunks = move |n: &TestNode, role: Role| {
+        let (url, token) = (n.url("/api/trunks"), n.token("ops-1", role));
+        async move {
+            let v: serde_json::Value = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            let mut errs = Vec::new();
+            check_schema(doc, &serde_json::json!({"$ref": "#/components/schemas/TrunkStatus"}), &v, "$", &mut errs);
+            assert!(errs.is_empty(), "{errs:?} in {v}");
+            v
+        }
+    };
+    let t = trunks(&township, Role::Admin).await;
+    assert_eq!((t["enabled"].as_bool(), t["node"].as_str()), (Some(true), Some("township")), "{t}");
+    assert_eq!(t["uplinks"][0]["kind"], "parent", "{t}");
+    assert_eq!((t["uplinks"][0]["node"].as_str(), t["uplinks"][0]["up"].as_bool()), (Some("province"), Some(true)), "{t}");
+    assert!(t["uplinks"][0]["addr"].is_string(), "admins see the configured address: {t}");
+    let route = t["routes"].as_array().unwrap().iter().find(|r| r["stream"] == "township/cam1").cloned().unwrap_or_default();
+    assert_eq!((route["source"].as_str(), route["outputs"][0]["to"].as_str()), (Some("local"), Some("province")), "{t}");
+    let p = trunks(&province, Role::Viewer).await;
+    let link = &p["trunks"][0];
+    assert_eq!((link["peer"].as_str(), link["role"].as_str(), link["dialled"].as_bool()), (Some("township"), Some("child"), Some(false)), "{p}");
+    assert!(link["rtt_ms"].as_f64().is_some_and(|r| r > 0.0) && link["rx_bytes"].as_u64() > Some(100_000), "{p}");
+    let route = p["routes"].as_array().unwrap().iter().find(|r| r["stream"] == "township/cam1").cloned().unwrap_or_default();
+    assert_eq!((route["source"].as_str(), route["outputs"][0]["to"].as_str()), (Some("township"), Some("local")), "{p}");
+    let t = trunks(&township, Role::Operator).await;
+    assert!(t["uplinks"][0].get("addr").is_none(), "no addresses for an operator: {t}");
 
     let one = bytes_per_frames(&township, "province", &publisher, 90).await;
     let mut more = Vec::new();

@@ -131,6 +131,78 @@ pub struct TrunkStats {
     pub rx_bytes: u64,
 }
 
+/// The state of a node's trunks, as `GET /api/trunks` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrunkStatus {
+    /// This node's name.
+    pub node: String,
+    /// The trunk endpoint's bound address.
+    pub listen: String,
+    /// The configured parents and peers, in order.
+    pub uplinks: Vec<UplinkStatus>,
+    /// Every trunk that is up (uplinks and children), by peer name.
+    pub trunks: Vec<LinkStatus>,
+    /// The forwarding of every stream this node relays, publishes to a trunk or pulls.
+    pub routes: Vec<RouteStatus>,
+}
+
+/// A configured parent or peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UplinkStatus {
+    /// `parent` (the first), `second_parent` (any later one) or `peer`.
+    pub kind: &'static str,
+    /// The configured `HOST:PORT` (shown to admins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Its node name, once a trunk to it has come up (from its certificate).
+    pub node: Option<String>,
+    /// Whether a trunk to it is up now.
+    pub up: bool,
+}
+
+/// A trunk that is up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkStatus {
+    /// The node at the other end.
+    pub peer: String,
+    /// What it is to this node: `parent`, `second_parent`, `peer` or `child`.
+    pub role: &'static str,
+    /// Whether this node dialled it (uplinks) or accepted it (children).
+    pub dialled: bool,
+    /// Seconds since it came up.
+    pub up_secs: u64,
+    /// QUIC's smoothed round-trip time, ms.
+    pub rtt_ms: f64,
+    /// UDP bytes sent on it.
+    pub tx_bytes: u64,
+    /// UDP bytes received on it.
+    pub rx_bytes: u64,
+    /// Packets QUIC declared lost on it.
+    pub lost_packets: u64,
+}
+
+/// One stream's forwarding at this node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteStatus {
+    /// `NODE/STREAM`.
+    pub stream: String,
+    /// Where its media is accepted from: `local` (the publisher is here) or a node name.
+    pub source: Option<String>,
+    /// A path being switched to (make-before-break), if any.
+    pub next: Option<String>,
+    /// Where it goes.
+    pub outputs: Vec<RouteOutput>,
+}
+
+/// One output of a route.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteOutput {
+    /// `local` (viewers here) or a node name.
+    pub to: String,
+    /// The layer ids sent there.
+    pub layers: Vec<u8>,
+}
+
 /// What the shell needs to run.
 #[derive(Debug, Clone)]
 pub struct ShellConfig {
@@ -154,6 +226,8 @@ pub struct ShellConfig {
 struct Link {
     id: u64,
     dialled: bool,
+    /// When it came up.
+    since: std::time::Instant,
     /// Rank among parents (`Some(n)`) or a peer (`None`) when dialled; unused when accepted.
     uplink: Option<Uplink>,
     tx: mpsc::Sender<Message>,
@@ -186,6 +260,7 @@ enum Cmd {
     Unsubscribe(ViewerId, StreamAddr),
     Catalog(oneshot::Sender<Vec<CatalogEntry>>),
     Trunks(oneshot::Sender<Vec<NodeName>>),
+    Status(oneshot::Sender<TrunkStatus>),
     Control(NodeName, Message),
     Keyframe(StreamAddr, LayerId),
     NextReady(StreamAddr),
@@ -287,6 +362,13 @@ impl TrunkHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// The state of every configured uplink, every trunk up and every route.
+    pub async fn status(&self) -> Option<TrunkStatus> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.cmd.send(Cmd::Status(tx));
+        rx.await.ok()
+    }
+
     /// The nodes with a trunk up.
     pub async fn trunks(&self) -> Vec<NodeName> {
         let (tx, rx) = oneshot::channel();
@@ -337,6 +419,8 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
         links: HashMap::new(),
         parents: vec![None; cfg.parents.len()],
         peers: vec![None; cfg.peers.len()],
+        uplink_addrs: (cfg.parents.clone(), cfg.peers.clone()),
+        listen: local,
         routes: routes.clone(),
         events: events.clone(),
         conns: conns.clone(),
@@ -524,6 +608,7 @@ async fn run_link(
             link: Link {
                 id,
                 dialled,
+                since: std::time::Instant::now(),
                 uplink,
                 tx,
                 conn: conn.clone(),
@@ -594,6 +679,9 @@ struct Actor {
     links: HashMap<NodeName, Link>,
     parents: Vec<Option<NodeName>>,
     peers: Vec<Option<NodeName>>,
+    /// The configured `HOST:PORT`s of parents (in order) and peers.
+    uplink_addrs: (Vec<String>, Vec<String>),
+    listen: SocketAddr,
     routes: Arc<Mutex<HashMap<StreamAddr, Route>>>,
     events: Arc<Mutex<Vec<(ViewerId, StreamAddr, ViewerEvent)>>>,
     conns: Arc<Mutex<HashMap<NodeName, quinn::Connection>>>,
@@ -704,6 +792,83 @@ impl Actor {
             Cmd::Trunks(tx) => {
                 let _ = tx.send(self.links.keys().cloned().collect());
             }
+            Cmd::Status(tx) => {
+                let _ = tx.send(self.status());
+            }
+        }
+    }
+
+    fn status(&self) -> TrunkStatus {
+        let hop = |h: &::trunk::Hop| match h {
+            ::trunk::Hop::Local => "local".to_owned(),
+            ::trunk::Hop::Trunk(n) => n.to_string(),
+        };
+        let mut uplinks = Vec::new();
+        for (kind, addrs, names) in [
+            ("parent", &self.uplink_addrs.0, &self.parents),
+            ("peer", &self.uplink_addrs.1, &self.peers),
+        ] {
+            for (i, addr) in addrs.iter().enumerate() {
+                let node = names.get(i).cloned().flatten();
+                uplinks.push(UplinkStatus {
+                    kind: if kind == "parent" && i > 0 { "second_parent" } else { kind },
+                    addr: Some(addr.clone()),
+                    up: node.as_ref().is_some_and(|n| self.links.contains_key(n)),
+                    node: node.map(|n| n.to_string()),
+                });
+            }
+        }
+        let mut trunks: Vec<LinkStatus> = self
+            .links
+            .iter()
+            .map(|(peer, l)| {
+                let st = l.conn.stats();
+                LinkStatus {
+                    peer: peer.to_string(),
+                    role: match self.router.role_of(peer) {
+                        ::trunk::TrunkRole::Parent(0) => "parent",
+                        ::trunk::TrunkRole::Parent(_) => "second_parent",
+                        ::trunk::TrunkRole::Peer => "peer",
+                        ::trunk::TrunkRole::Child => "child",
+                    },
+                    dialled: l.dialled,
+                    up_secs: l.since.elapsed().as_secs(),
+                    rtt_ms: l.conn.rtt().as_secs_f64() * 1000.0,
+                    tx_bytes: st.udp_tx.bytes,
+                    rx_bytes: st.udp_rx.bytes,
+                    lost_packets: st.path.lost_packets,
+                }
+            })
+            .collect();
+        trunks.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let mut routes: Vec<RouteStatus> = self
+            .routes
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(addr, route)| RouteStatus {
+                        stream: addr.to_string(),
+                        source: route.source.as_ref().map(hop),
+                        next: route.next.as_ref().map(hop),
+                        outputs: route
+                            .outputs
+                            .iter()
+                            .map(|(h, layers)| RouteOutput {
+                                to: hop(h),
+                                layers: layers.iter().map(|l| l.0).collect(),
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        routes.sort_by(|a, b| a.stream.cmp(&b.stream));
+        TrunkStatus {
+            node: self.me.to_string(),
+            listen: self.listen.to_string(),
+            uplinks,
+            trunks,
+            routes,
         }
     }
 
