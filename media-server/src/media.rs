@@ -72,6 +72,8 @@ struct TrunkIo {
     handle: TrunkHandle,
     rx: MediaLinkRx,
     pending: Vec<PendingView>,
+    /// When the trunks' round-trip times were last given to the SFU.
+    rtt_at: Option<Instant>,
 }
 
 /// Handle used by the HTTP (and later signaling) side to reach the media task.
@@ -380,6 +382,12 @@ impl TrunkIo {
     /// (or failed, or took too long).
     fn pump(&mut self, sfu: &mut Sfu) {
         let now = Instant::now();
+        if self.rtt_at.is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1)) {
+            self.rtt_at = Some(now);
+            for (peer, rtt) in self.handle.rtts() {
+                sfu.trunk_rtt(&peer, rtt);
+            }
+        }
         let mut i = 0;
         while i < self.pending.len() {
             let p = &self.pending[i];
@@ -455,7 +463,7 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
         },
         Command::AttachTrunk { handle, rx } => {
             sfu.enable_trunks(handle.node().clone());
-            *trunk = Some(TrunkIo { handle, rx, pending: Vec::new() });
+            *trunk = Some(TrunkIo { handle, rx, pending: Vec::new(), rtt_at: None });
         }
     }
 }

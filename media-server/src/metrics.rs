@@ -140,6 +140,7 @@ impl Metrics {
         one("yiwang_trunk_packets_delivered_total", "counter", "Packets of remote streams in frames given to local viewers.", t.packets_delivered);
         one("yiwang_trunk_packets_given_up_total", "counter", "Packets of remote streams lost for local viewers (not repaired in time).", t.packets_given_up);
         one("yiwang_trunk_nacks_sent_total", "counter", "NACKs sent on trunks (gaps seen).", t.nacks_sent);
+        one("yiwang_trunk_nacks_repeated_total", "counter", "NACKs asking again for packets still missing.", t.nacks_repeated);
         one("yiwang_trunk_retransmits_total", "counter", "Trunk packets resent in answer to NACKs.", t.retransmits);
         one("yiwang_trunk_duplicates_total", "counter", "Trunk packets dropped as already forwarded (path switch).", t.duplicates);
         one("yiwang_trunk_not_source_total", "counter", "Trunk packets dropped: not from the route's source.", t.not_source);

@@ -431,6 +431,13 @@ impl Sfu {
         self.after_input(now);
     }
 
+    /// The trunk to `peer` measures round-trip time `rtt` (it paces repeated NACKs).
+    pub fn trunk_rtt(&mut self, peer: &::trunk::NodeName, rtt: Duration) {
+        if let Some(t) = self.trunk.as_mut() {
+            t.set_rtt(peer, rtt);
+        }
+    }
+
     /// A media-plane control message (`Flow`, `Nack`) arrived on the trunk from `from`.
     pub fn trunk_control(&mut self, now: Instant, from: &::trunk::NodeName, msg: ::trunk::Message) {
         if let Some(t) = self.trunk.as_mut() {

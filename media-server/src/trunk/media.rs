@@ -126,8 +126,10 @@ pub struct TrunkCounters {
     /// Packets of remote streams given up for local viewers: missing when their wait ran out,
     /// or part of a frame that could not be completed.
     pub packets_given_up: u64,
-    /// NACKs sent upstream (gaps seen on a trunk).
+    /// NACKs sent upstream (gaps seen on a trunk, and repeats).
     pub nacks_sent: u64,
+    /// NACKs that asked again for packets still missing after an earlier NACK.
+    pub nacks_repeated: u64,
     /// Packets resent in answer to NACKs from downstream.
     pub retransmits: u64,
 }
@@ -180,6 +182,16 @@ pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
 pub const HISTORY: usize = 512;
 /// Most sequence numbers asked for in one NACK (a longer gap is an outage, not loss).
 const NACK_MAX: u64 = 64;
+/// How often a missing packet is asked for in all (the first NACK and repeats while it stays
+/// missing, each [`nack_retry`] after the last; a retransmission can be lost too).
+pub const NACK_TRIES: u8 = 3;
+/// Round-trip time assumed for a trunk until [`TrunkPlane::set_rtt`] tells it.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(100);
+
+/// The wait before asking again for a packet still missing: 1.5 round trips, at least 20 ms.
+pub fn nack_retry(rtt: Duration) -> Duration {
+    (rtt * 3 / 2).max(Duration::from_millis(20))
+}
 
 /// Sent datagrams of one outgoing flow, by sequence number.
 #[derive(Debug)]
@@ -217,6 +229,11 @@ pub struct TrunkPlane {
     in_flows: HashMap<(NodeName, u16), TrackKey>,
     /// Highest extended sequence number received per incoming flow (gap detection).
     rx_highest: HashMap<(NodeName, u16), u64>,
+    /// Sequence numbers asked for and still missing, per incoming flow: when last asked, and
+    /// how often.
+    nacked: HashMap<(NodeName, u16), BTreeMap<u64, (Instant, u8)>>,
+    /// Round-trip time per trunk (see [`TrunkPlane::set_rtt`]).
+    rtt: HashMap<NodeName, Duration>,
     /// Sent datagrams per outgoing flow (NACK answers).
     history: HashMap<(NodeName, u16), History>,
     /// The latest time given with an input.
@@ -292,6 +309,8 @@ impl TrunkPlane {
             next_flow: HashMap::new(),
             in_flows: HashMap::new(),
             rx_highest: HashMap::new(),
+            nacked: HashMap::new(),
+            rtt: HashMap::new(),
             history: HashMap::new(),
             clock: None,
             unknown: HashMap::new(),
@@ -383,12 +402,19 @@ impl TrunkPlane {
         })
     }
 
+    /// The trunk to `peer` measures `rtt` (QUIC's smoothed estimate): repeated NACKs wait
+    /// [`nack_retry`] of it.
+    pub fn set_rtt(&mut self, peer: &NodeName, rtt: Duration) {
+        self.rtt.insert(peer.clone(), rtt);
+    }
+
     /// A trunk came up or went down: flow ids on it start afresh.
     pub fn trunk_reset(&mut self, peer: &NodeName) {
         self.out_flows.retain(|(p, _), _| p != peer);
         self.next_flow.remove(peer);
         self.in_flows.retain(|(p, _), _| p != peer);
         self.rx_highest.retain(|(p, _), _| p != peer);
+        self.nacked.retain(|(p, _), _| p != peer);
         self.history.retain(|(p, _), _| p != peer);
         self.unknown.remove(peer);
     }
@@ -488,14 +514,19 @@ impl TrunkPlane {
             q.push_back((now, data.to_vec()));
             return;
         };
-        // Hop-by-hop repair: a gap in this flow is asked for again at once.
+        // Hop-by-hop repair: a gap in this flow is asked for at once, and again while it stays
+        // missing (the retransmission may be lost too).
         let seq = u16::from_be_bytes([data[4], data[5]]);
         let fk = (from.clone(), flow);
         let last = self.rx_highest.get(&fk).copied();
         let ext = extend16(last, seq);
+        let pending = self.nacked.entry(fk.clone()).or_default();
         if last.is_none_or(|l| ext > l) {
             if let Some(l) = last.filter(|l| ext > l + 1 && ext - l - 1 <= NACK_MAX) {
                 let seqs: Vec<u16> = (l + 1..ext).map(|s| s as u16).collect();
+                for s in l + 1..ext {
+                    pending.insert(s, (now, 1));
+                }
                 self.counters.nacks_sent += 1;
                 self.out.push_back(TrunkOutput::Control {
                     to: from.clone(),
@@ -503,6 +534,30 @@ impl TrunkPlane {
                 });
             }
             self.rx_highest.insert(fk, ext);
+        } else {
+            pending.remove(&ext);
+        }
+        let retry = nack_retry(self.rtt.get(from).copied().unwrap_or(DEFAULT_RTT));
+        let mut again = Vec::new();
+        pending.retain(|s, (at, tries)| {
+            if now.saturating_duration_since(*at) < retry {
+                return true;
+            }
+            if *tries >= NACK_TRIES {
+                return false;
+            }
+            *at = now;
+            *tries += 1;
+            again.push(*s as u16);
+            true
+        });
+        if !again.is_empty() {
+            self.counters.nacks_sent += 1;
+            self.counters.nacks_repeated += 1;
+            self.out.push_back(TrunkOutput::Control {
+                to: from.clone(),
+                msg: Message::Nack { flow, seqs: again },
+            });
         }
         self.handle_packet(from, &key, &data[2..]);
     }
@@ -1044,6 +1099,62 @@ mod tests {
         // Three packets per frame: frames 0–2, 4 and 5 reached the viewers, frame 3 did not.
         assert_eq!(city.counters().packets_delivered, 15);
         assert_eq!(city.counters().packets_given_up, 3);
+    }
+
+    #[test]
+    fn a_lost_retransmission_is_asked_for_again() {
+        let t0 = Instant::now();
+        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
+        let addr = a("town/cam");
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
+        );
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        city.set_rtt(&n("town"), Duration::from_millis(40));
+        let retry = nack_retry(Duration::from_millis(40));
+        let mut send = |town: &mut TrunkPlane, i: u64| {
+            town.send_local_frame("cam", true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &[i as u8; 3000]);
+        };
+        send(&mut town, 0);
+        carry(&mut town, &mut city, t0, |_| false);
+        // Frame 1 loses its second packet; the NACK's answer is lost as well.
+        send(&mut town, 1);
+        carry(&mut town, &mut city, t0, |j| j == 1);
+        carry(&mut city, &mut town, t0, |_| false);
+        assert_eq!(town.counters().retransmits, 1);
+        carry(&mut town, &mut city, t0, |_| true);
+        // The next frame arrives before the retry time: nothing asked again yet.
+        send(&mut town, 2);
+        carry(&mut town, &mut city, t0 + retry / 2, |_| false);
+        assert_eq!(city.counters().nacks_repeated, 0);
+        // One after it: the packet is asked for again, resent, and frame 1 completes.
+        send(&mut town, 3);
+        carry(&mut town, &mut city, t0 + retry, |_| false);
+        assert_eq!(city.counters().nacks_repeated, 1);
+        carry(&mut city, &mut town, t0 + retry, |_| false);
+        assert_eq!(town.counters().retransmits, 2);
+        carry(&mut town, &mut city, t0 + retry, |_| false);
+        let frames: Vec<RemoteFrame> = std::iter::from_fn(|| city.poll_frame()).collect();
+        let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+        assert_eq!(times, vec![0, 1, 2, 3], "repaired in time, in order");
+        assert!(frames.iter().all(|f| !f.discontinuity));
+        assert_eq!(city.counters().packets_given_up, 0);
+        // A packet never coming is asked for NACK_TRIES times in all, then no more.
+        send(&mut town, 4);
+        carry(&mut town, &mut city, t0 + retry, |j| j == 0);
+        let mut t = t0 + retry;
+        for i in 5..12 {
+            carry(&mut city, &mut town, t, |_| false);
+            while town.poll_output().is_some() {} // every answer lost
+            t += retry;
+            send(&mut town, i);
+            carry(&mut town, &mut city, t, |_| false);
+        }
+        assert_eq!(city.counters().nacks_repeated, 1 + u64::from(NACK_TRIES) - 1);
     }
 
     #[test]

@@ -330,6 +330,14 @@ impl TrunkHandle {
             .collect()
     }
 
+    /// QUIC's smoothed round-trip time of every trunk that is up.
+    pub fn rtts(&self) -> Vec<(NodeName, Duration)> {
+        let Ok(conns) = self.conns.lock() else {
+            return Vec::new();
+        };
+        conns.iter().map(|(peer, c)| (peer.clone(), c.rtt())).collect()
+    }
+
     /// The bound trunk address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
