@@ -258,6 +258,9 @@ pub struct TrunkConfig {
     pub key: Option<PathBuf>,
     /// How long a stream keeps crossing trunks after its last viewer here left, s. Default 10.
     pub grace_secs: u64,
+    /// The province's revocation list of node certificates (`revoked.txt` from `media-server
+    /// ca revoke`); reread when it changes. Default none.
+    pub revoked: Option<PathBuf>,
 }
 
 impl Default for TrunkConfig {
@@ -272,6 +275,7 @@ impl Default for TrunkConfig {
             cert: None,
             key: None,
             grace_secs: 10,
+            revoked: None,
         }
     }
 }

@@ -100,6 +100,18 @@ enum CaCommand {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Revoke a node certificate: add it to DIR/revoked.txt (by SHA-256 fingerprint). Copy that
+    /// file to every node (`[trunk] revoked`): nodes reread it within a second, close trunks to
+    /// the certificate's holder and refuse it from then on. Prints the list's path and the
+    /// fingerprint. Issue the node a new certificate with `ca issue` (after moving the old files).
+    Revoke {
+        /// The node's certificate file (NODE.pem).
+        #[arg(value_name = "CERT")]
+        cert: PathBuf,
+        /// CA directory made by `ca init`.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -188,6 +200,15 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let ca = ProvinceCa::load(&dir)?;
             let (cert, key) = ca.issue_to(&node, out.as_deref().unwrap_or(&dir))?;
             println!("{}\n{}", cert.display(), key.display());
+        }
+        CaCommand::Revoke { cert, dir } => {
+            if !dir.join(media_server::trunk::ca::CA_CERT).exists() {
+                anyhow::bail!("{} is not a CA directory (no {})", dir.display(), media_server::trunk::ca::CA_CERT);
+            }
+            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            let label = cert.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let (list, fpr) = ProvinceCa::revoke(&dir, &pem, &label)?;
+            println!("{}\n{fpr}", list.display());
         }
     }
     Ok(())

@@ -145,6 +145,7 @@ mod shell {
             grace: Duration::from_secs(10),
             credentials: creds(ca, name),
             media: None,
+            revoked: None,
         })
         .await
         .unwrap()
@@ -403,4 +404,58 @@ async fn a_node_claiming_a_name_its_certificate_does_not_carry_is_closed() {
     );
     assert!(city.trunks().await.is_empty());
     city.shutdown().await;
+}
+
+/// A node whose certificate the province revokes (`ca revoke`, the list reread by the running
+/// parent) loses its trunk within seconds and is refused from then on, backing off between
+/// tries; a new certificate issued to it is accepted.
+#[tokio::test]
+async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
+    use media_server::trunk::shell::{self as sh, ShellConfig};
+    let dir = tempfile::tempdir().unwrap();
+    ProvinceCa::init(dir.path(), "test province").unwrap();
+    let ca = ProvinceCa::load(dir.path()).unwrap();
+    let list = dir.path().join(media_server::trunk::ca::REVOKED);
+    std::fs::write(&list, "# nothing revoked yet\n").unwrap();
+    let cfg = |name: &str, parents: Vec<String>, credentials: TrunkCredentials, revoked: Option<std::path::PathBuf>| ShellConfig {
+        node: NodeName::parse(name).unwrap(),
+        listen: loopback(),
+        parents,
+        peers: vec![],
+        grace: Duration::from_secs(10),
+        credentials,
+        media: None,
+        revoked,
+    };
+    let province = sh::start(cfg("province", vec![], creds(&ca, "province"), Some(list.clone()))).await.unwrap();
+    let addr = province.local_addr().to_string();
+    let stolen = ca.issue(&NodeName::parse("township").unwrap()).unwrap();
+    let stolen_creds = TrunkCredentials::from_pem(ca.cert_pem(), &stolen.cert_pem, &stolen.key_pem).unwrap();
+    let township = sh::start(cfg("township", vec![addr.clone()], stolen_creds, None)).await.unwrap();
+    let up = |h: &TrunkHandleRef| {
+        let h = h.clone();
+        async move { h.trunks().await.iter().any(|p| p.as_str() == "township") }
+    };
+    shell::until("the township's trunk up", || up(&province)).await;
+
+    ProvinceCa::revoke(dir.path(), &stolen.cert_pem, "township.pem").unwrap();
+    shell::until("the province to close the revoked trunk", || async { !up(&province).await }).await;
+    // The township keeps dialling; for the next 6 s every try is refused.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        assert!(!up(&province).await, "a revoked certificate got a trunk again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    township.shutdown().await;
+
+    // A fresh certificate for the township is accepted.
+    let renewed = shell::node(&ca, "township", vec![addr]).await;
+    shell::until("the renewed township's trunk up", || up(&province)).await;
+    renewed.shutdown().await;
+    province.shutdown().await;
+
+    // A list that does not parse stops a node from starting, with the line named.
+    std::fs::write(&list, "not-a-fingerprint\n").unwrap();
+    let err = sh::start(cfg("province", vec![], creds(&ca, "province"), Some(list))).await.err().expect("a bad list is refused");
+    assert!(format!("{err:#}").contains("line 1"), "{err:#}");
 }

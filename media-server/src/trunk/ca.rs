@@ -23,6 +23,9 @@ pub const CA_KEY: &str = "ca.key";
 pub const CA_NAME: &str = "ca.name";
 /// Validity of the CA certificate, days.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// The CA directory's revocation list of node certificates (see
+/// [`RevocationList`](super::tls::RevocationList)): copy it to every node.
+pub const REVOKED: &str = "revoked.txt";
 /// Validity of a node certificate, days.
 pub const NODE_VALIDITY_DAYS: i64 = 825;
 
@@ -229,6 +232,48 @@ impl ProvinceCa {
         })
     }
 
+    /// `ca revoke CERT`: adds the certificate in `cert_pem` (named `label` in the comment) to the
+    /// revocation list `dir/revoked.txt` (created if missing; a certificate already listed is
+    /// not added again). Returns the list's path and the certificate's fingerprint (hex).
+    pub fn revoke(dir: &Path, cert_pem: &str, label: &str) -> Result<(PathBuf, String), CaError> {
+        let path = dir.join(REVOKED);
+        let fpr = super::tls::pem_fingerprint(cert_pem).map_err(|e| CaError::Corrupt {
+            path: PathBuf::from(label),
+            reason: e.to_string(),
+        })?;
+        let hex_fpr = hex::encode(fpr);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "# Node certificates the province no longer trusts (media-server ca revoke).\n\
+                 # Copy this file to every node: [trunk] revoked = \"PATH\".\n"
+                    .to_owned()
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let listed = super::tls::RevocationList::parse(&text).map_err(|reason| CaError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        if !listed.contains(&fpr) {
+            let at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let label: String = label.chars().filter(|c| !c.is_control()).collect();
+            let mut text = text;
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("{hex_fpr}  {label}  revoked-at-unix={at}\n"));
+            // Replaced whole (a node rereading it never sees half a file).
+            let tmp = dir.join(format!("{REVOKED}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            write_file(&tmp, text.as_bytes(), false)?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        }
+        Ok((path, hex_fpr))
+    }
+
     /// `ca issue NODE`: issues a certificate for `node` into `out` as `NODE.pem` and `NODE.key`
     /// (refusing to overwrite). Returns both paths.
     pub fn issue_to(
@@ -254,6 +299,23 @@ impl ProvinceCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revoke_lists_a_certificate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ProvinceCa::generate("test").unwrap();
+        let c = ca.issue(&::trunk::NodeName::parse("township-3").unwrap()).unwrap();
+        let (path, fpr) = ProvinceCa::revoke(dir.path(), &c.cert_pem, "township-3.pem").unwrap();
+        assert_eq!(fpr, hex::encode(super::super::tls::pem_fingerprint(&c.cert_pem).unwrap()));
+        ProvinceCa::revoke(dir.path(), &c.cert_pem, "township-3.pem").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches(&fpr).count(), 1, "listed once: {text}");
+        let set = super::super::tls::RevocationList::parse(&text).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(ProvinceCa::revoke(dir.path(), "not a certificate", "x.pem").is_err());
+        let bad = super::super::tls::RevocationList::parse("abc  comment\n").unwrap_err();
+        assert!(bad.contains("line 1"), "{bad}");
+    }
 
     #[test]
     fn civil_dates() {

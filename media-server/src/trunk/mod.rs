@@ -64,6 +64,7 @@ pub async fn start_for_node(
         grace: Duration::from_secs(cfg.grace_secs),
         credentials,
         media,
+        revoked: cfg.revoked.clone(),
     };
     let handle = shell::start(shell_cfg).await?;
     let h = handle.clone();

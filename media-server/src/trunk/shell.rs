@@ -220,7 +220,17 @@ pub struct ShellConfig {
     pub credentials: TrunkCredentials,
     /// The media plane, if any (without, trunks carry control only).
     pub media: Option<MediaLink>,
+    /// The province's revocation list of node certificates
+    /// ([`RevocationList`](super::tls::RevocationList)), reread when it changes (checked every
+    /// [`REVOCATION_POLL`]); trunks whose peer it lists are refused or closed.
+    pub revoked: Option<std::path::PathBuf>,
 }
+
+/// A dialled trunk that stayed up this long resets the redial backoff.
+const STABLE_LINK: Duration = Duration::from_secs(2);
+
+/// How often the revocation list file is checked for changes.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
 
 /// A trunk connection reported by its task to the actor.
 struct Link {
@@ -261,6 +271,8 @@ enum Cmd {
     Catalog(oneshot::Sender<Vec<CatalogEntry>>),
     Trunks(oneshot::Sender<Vec<NodeName>>),
     Status(oneshot::Sender<TrunkStatus>),
+    /// The revocation list changed: close trunks whose peer it now lists.
+    Recheck,
     Control(NodeName, Message),
     Keyframe(StreamAddr, LayerId),
     NextReady(StreamAddr),
@@ -408,6 +420,11 @@ static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
 /// Binds the endpoint and starts the actor, the acceptor and one dialler per uplink.
 pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
+    if let Some(path) = &cfg.revoked {
+        let set = super::tls::RevocationList::read(path)?;
+        info!(path = %path.display(), revoked = set.len(), "trunk revocation list loaded");
+        cfg.credentials.revocations().replace(set);
+    }
     let endpoint = super::tls::endpoint_with(
         cfg.listen,
         &cfg.credentials,
@@ -421,7 +438,9 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
     let conns = Arc::new(Mutex::new(HashMap::new()));
     let mut rc = RouterConfig::new(cfg.node.clone());
     rc.grace = cfg.grace;
+    let creds = Arc::new(cfg.credentials.clone());
     let actor = Actor {
+        creds: creds.clone(),
         router: Router::new(rc),
         me: cfg.node.clone(),
         links: HashMap::new(),
@@ -435,8 +454,10 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
         media: cfg.media.as_ref().map(|m| m.events.clone()),
     };
     tokio::spawn(actor.run(cmd_rx, net_rx));
+    if let Some(path) = cfg.revoked.clone() {
+        tokio::spawn(watch_revocations(path, creds.clone(), cmd_tx.downgrade()));
+    }
     let dgrams = cfg.media.as_ref().map(|m| m.datagrams.clone());
-    let creds = Arc::new(cfg.credentials.clone());
     {
         let (endpoint, cmd, creds, me, dgrams) = (
             endpoint.clone(),
@@ -451,7 +472,9 @@ pub async fn start(cfg: ShellConfig) -> anyhow::Result<TrunkHandle> {
                     (cmd.clone(), creds.clone(), me.clone(), dgrams.clone());
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(conn) => run_link(conn, false, None, me, creds, cmd, dgrams).await,
+                        Ok(conn) => {
+                            run_link(conn, false, None, me, creds, cmd, dgrams).await;
+                        }
                         Err(e) => debug!(error = %e, "trunk handshake refused"),
                     }
                 });
@@ -524,8 +547,8 @@ async fn dial_loop(
             match endpoint.connect(target, super::tls::ANY_NODE) {
                 Ok(connecting) => match connecting.await {
                     Ok(conn) => {
-                        backoff = BACKOFF_MIN;
-                        run_link(
+                        let started = std::time::Instant::now();
+                        let was_up = run_link(
                             conn,
                             true,
                             Some(which),
@@ -535,6 +558,11 @@ async fn dial_loop(
                             dgrams.clone(),
                         )
                         .await;
+                        // Back off afresh only after a trunk that held: one refused or closed
+                        // at once (a revoked certificate, a name mismatch) keeps backing off.
+                        if was_up && started.elapsed() >= STABLE_LINK {
+                            backoff = BACKOFF_MIN;
+                        }
                     }
                     Err(e) => debug!(%addr, error = %e, "trunk connect failed"),
                 },
@@ -556,7 +584,7 @@ async fn run_link(
     creds: Arc<TrunkCredentials>,
     cmd: mpsc::Sender<Cmd>,
     dgrams: Option<mpsc::Sender<(NodeName, bytes::Bytes)>>,
-) {
+) -> bool {
     let streams = tokio::time::timeout(HELLO_TIMEOUT, async {
         if dialled {
             conn.open_bi().await
@@ -567,14 +595,14 @@ async fn run_link(
     .await;
     let Ok(Ok((mut send, mut recv))) = streams else {
         conn.close(1u32.into(), b"no control stream");
-        return;
+        return false;
     };
     if send
         .write_all(&encode(&Message::Hello { node: me.clone() }))
         .await
         .is_err()
     {
-        return;
+        return false;
     }
     let mut dec = FrameDecoder::new();
     let mut buf = vec![0u8; 16 * 1024];
@@ -596,16 +624,24 @@ async fn run_link(
     .flatten();
     let Some(peer) = hello else {
         conn.close(1u32.into(), b"no hello");
-        return;
+        return false;
     };
     if peer == me {
         conn.close(1u32.into(), b"that is me");
-        return;
+        return false;
     }
-    if let Err(e) = creds.verify_peer_name(&conn, peer.as_str()) {
-        warn!(%peer, error = %e, "trunk peer's certificate does not name it; closing");
-        conn.close(2u32.into(), b"name not in certificate");
-        return;
+    match creds.verify_peer_name(&conn, peer.as_str()) {
+        Ok(()) => {}
+        Err(e @ super::tls::TrunkTlsError::Revoked(_)) => {
+            warn!(%peer, error = %e, "refusing trunk");
+            conn.close(5u32.into(), b"certificate revoked");
+            return false;
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "trunk peer's certificate does not name it; closing");
+            conn.close(2u32.into(), b"name not in certificate");
+            return false;
+        }
     }
     let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
     info!(%peer, dialled, "trunk up");
@@ -677,11 +713,47 @@ async fn run_link(
         _ = conn.closed() => {},
     }
     conn.close(0u32.into(), b"bye");
-    info!(%peer, "trunk down");
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 5u32.into() => {
+            tracing::error!(%peer, "trunk closed by the peer: it lists this node's certificate as revoked");
+        }
+        _ => info!(%peer, "trunk down"),
+    }
     let _ = cmd.send(Cmd::Down { peer, id }).await;
+    true
+}
+
+/// Rereads the revocation list when its size or modification time changes, until the shell is
+/// gone; a list that cannot be read or parsed is reported and the previous one kept.
+async fn watch_revocations(
+    path: std::path::PathBuf,
+    creds: Arc<TrunkCredentials>,
+    cmd: mpsc::WeakUnboundedSender<Cmd>,
+) {
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut seen = stamp(&path);
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    loop {
+        tick.tick().await;
+        let Some(cmd) = cmd.upgrade() else { return };
+        let now = stamp(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match super::tls::RevocationList::read(&path) {
+            Ok(set) => {
+                info!(path = %path.display(), revoked = set.len(), "trunk revocation list reread");
+                creds.revocations().replace(set);
+                let _ = cmd.send(Cmd::Recheck);
+            }
+            Err(e) => warn!(error = %e, "trunk revocation list not applied; keeping the previous one"),
+        }
+    }
 }
 
 struct Actor {
+    creds: Arc<TrunkCredentials>,
     router: Router,
     me: NodeName,
     links: HashMap<NodeName, Link>,
@@ -802,6 +874,14 @@ impl Actor {
             }
             Cmd::Status(tx) => {
                 let _ = tx.send(self.status());
+            }
+            Cmd::Recheck => {
+                for (peer, l) in &self.links {
+                    if let Err(e) = self.creds.verify_peer_name(&l.conn, peer.as_str()) {
+                        warn!(%peer, error = %e, "closing trunk");
+                        l.conn.close(5u32.into(), b"certificate revoked");
+                    }
+                }
             }
         }
     }

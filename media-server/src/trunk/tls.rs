@@ -19,9 +19,10 @@
 //! | initial RTT | 100 ms | province links are tens of ms; quinn's 333 ms default slows the first loss recovery |
 //! | streams | 1 bidirectional (control) | the router's control protocol runs on one ordered stream |
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quinn::{IdleTimeout, TransportConfig, VarInt};
@@ -64,6 +65,92 @@ pub enum TrunkTlsError {
     /// The node name cannot be a TLS server name.
     #[error("node name {0:?} is not usable as a certificate name")]
     BadName(String),
+    /// The peer's certificate is on the province's revocation list.
+    #[error("the certificate of {0:?} is revoked")]
+    Revoked(String),
+    /// The revocation list could not be read or has a bad line.
+    #[error("revocation list {path}: {reason}")]
+    RevocationList {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// SHA-256 of a DER certificate: how the revocation list names certificates.
+pub fn cert_fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(cert.as_ref()).into()
+}
+
+/// The fingerprint of the first certificate in PEM text.
+pub fn pem_fingerprint(pem: &str) -> Result<[u8; 32], TrunkTlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| pem_err("certificate", "no certificate"))?
+        .map_err(|e| pem_err("certificate", e))?;
+    Ok(cert_fingerprint(&cert))
+}
+
+/// Node certificates the province no longer trusts, by [`cert_fingerprint`]: the CA's
+/// `revoked.txt` (`media-server ca revoke`), copied to every node (`[trunk] revoked`). One
+/// fingerprint per line as 64 hex digits, anything after it a comment; blank lines and lines
+/// starting with `#` are skipped. A trunk whose peer presents a listed certificate is refused,
+/// and one already up is closed when the list changes (the shell rereads it).
+#[derive(Debug, Default)]
+pub struct RevocationList {
+    set: RwLock<HashSet<[u8; 32]>>,
+}
+
+impl RevocationList {
+    /// Parses the file format above; an error names the first bad line.
+    pub fn parse(text: &str) -> Result<HashSet<[u8; 32]>, String> {
+        let mut set = HashSet::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let hex_fpr = line.split_whitespace().next().unwrap_or_default();
+            let mut fpr = [0u8; 32];
+            hex::decode_to_slice(hex_fpr, &mut fpr)
+                .map_err(|_| format!("line {}: expected a SHA-256 fingerprint (64 hex digits), found {hex_fpr:?}", i + 1))?;
+            set.insert(fpr);
+        }
+        Ok(set)
+    }
+
+    /// Reads `path` (see [`RevocationList::parse`]).
+    pub fn read(path: &Path) -> Result<HashSet<[u8; 32]>, TrunkTlsError> {
+        let bad = |reason: String| TrunkTlsError::RevocationList {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        RevocationList::parse(&text).map_err(bad)
+    }
+
+    /// Replaces the listed fingerprints.
+    pub fn replace(&self, set: HashSet<[u8; 32]>) {
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
+    }
+
+    /// Whether `fpr` is listed.
+    pub fn contains(&self, fpr: &[u8; 32]) -> bool {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).contains(fpr)
+    }
+
+    /// How many certificates are listed.
+    pub fn len(&self) -> usize {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a node needs to speak on trunks: the province CA certificate, its own certificate chain
@@ -73,6 +160,7 @@ pub struct TrunkCredentials {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    revoked: Arc<RevocationList>,
 }
 
 impl Clone for TrunkCredentials {
@@ -81,6 +169,7 @@ impl Clone for TrunkCredentials {
             roots: self.roots.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            revoked: self.revoked.clone(),
         }
     }
 }
@@ -124,7 +213,13 @@ impl TrunkCredentials {
             roots: Arc::new(roots),
             chain,
             key,
+            revoked: Arc::default(),
         })
+    }
+
+    /// The revocation list peers are checked against (empty unless configured).
+    pub fn revocations(&self) -> &Arc<RevocationList> {
+        &self.revoked
     }
 
     /// From PEM files (`[trunk] ca`, `cert`, `key` in the node config).
@@ -193,8 +288,8 @@ impl TrunkCredentials {
     }
 
     /// Checks that the certificate `conn`'s peer presented (already verified against the CA
-    /// during the handshake) names `node`. The accepting side calls this with the name the peer
-    /// claims in its `Hello`.
+    /// during the handshake) names `node` and is not revoked. Both sides call this with the name
+    /// the peer claims in its `Hello`.
     pub fn verify_peer_name(
         &self,
         conn: &quinn::Connection,
@@ -216,6 +311,9 @@ impl TrunkCredentials {
         .build()
         .map_err(|e| TrunkTlsError::Verifier(e.to_string()))?;
         verifier.verify_server_cert(end, intermediates, &name, &[], UnixTime::now())?;
+        if self.revoked.contains(&cert_fingerprint(end)) {
+            return Err(TrunkTlsError::Revoked(node.to_owned()));
+        }
         Ok(())
     }
 }
