@@ -1744,6 +1744,22 @@ mod tests {
             w.write(pt, now, MediaTime::new(ts_base + n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
         }
 
+        /// Writes frame `n` of each simulcast layer `(rid, width, bytes)` from client `i` (16:9,
+        /// each layer's timestamps offset so they differ); keyframes when `keyframe`.
+        fn write_layers(&mut self, i: usize, layers: &[(&str, u16, usize)], n: u64, keyframe: bool) {
+            for (l, (rid, width, size)) in layers.iter().enumerate() {
+                let now = self.now;
+                let c = &mut self.clients[i];
+                let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap().rid((*rid).into());
+                let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+                let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                frame.extend(width.to_le_bytes());
+                frame.extend((width * 9 / 16).to_le_bytes());
+                frame.resize(size + 10, l as u8);
+                wr.write(pt, now, MediaTime::new(n * 3000 + l as u64 * 1_000_000, Frequency::NINETY_KHZ), frame).unwrap();
+            }
+        }
+
         fn write_opus(&mut self, i: usize, n: u64) {
             let now = self.now;
             let c = &mut self.clients[i];
@@ -1954,18 +1970,7 @@ mod tests {
             for _ in 0..secs * 30 {
                 let asked = w.clients[p].keyframe_requests > answered;
                 answered = w.clients[p].keyframe_requests;
-                for (i, (rid, width, size)) in sizes.iter().enumerate() {
-                    let now = w.now;
-                    let c = &mut w.clients[p];
-                    let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap().rid((*rid).into());
-                    let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
-                    let kf = n == 0 || asked;
-                    let mut frame = vec![if kf { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
-                    frame.extend(width.to_le_bytes());
-                    frame.extend((width * 9 / 16).to_le_bytes());
-                    frame.resize(size + 10, i as u8);
-                    wr.write(pt, now, MediaTime::new(n * 3000 + i as u64 * 1_000_000, Frequency::NINETY_KHZ), frame).unwrap();
-                }
+                w.write_layers(p, &sizes, n, n == 0 || asked);
                 n += 1;
                 for _ in 0..6 {
                     w.step();
@@ -2126,18 +2131,8 @@ mod tests {
         let mut frame = |c: &mut Cascade| {
             let asked = c.town.clients[p].keyframe_requests > answered;
             answered = c.town.clients[p].keyframe_requests;
-            for (i, (rid, width, size)) in sizes.iter().enumerate().take(c.town_layers) {
-                let now = c.town.now;
-                let cl = &mut c.town.clients[p];
-                let wr = cl.rtc.writer(cl.video_mid.unwrap()).unwrap().rid((*rid).into());
-                let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
-                let kf = n == 0 || asked;
-                let mut f = vec![if kf { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
-                f.extend(width.to_le_bytes());
-                f.extend((width * 9 / 16).to_le_bytes());
-                f.resize(size + 10, i as u8);
-                wr.write(pt, now, MediaTime::new(n * 3000 + i as u64 * 1_000_000, Frequency::NINETY_KHZ), f).unwrap();
-            }
+            let layers = c.town_layers;
+            c.town.write_layers(p, &sizes[..layers], n, n == 0 || asked);
             n += 1;
             for _ in 0..6 {
                 c.step();

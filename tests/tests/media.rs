@@ -1556,6 +1556,20 @@ mod cascade {
         .await
     }
 
+    /// A province CA in a temporary directory (keep it alive with the nodes).
+    pub fn province_ca() -> tempfile::TempDir {
+        let ca = tempfile::tempdir().unwrap();
+        ProvinceCa::init(ca.path(), "test province").unwrap();
+        ca
+    }
+
+    /// A province node and a township node under it, prune grace 2 s.
+    pub async fn province_and_township(ca: &Path) -> (TestNode, TestNode) {
+        let province = node(ca, "province", None, 2).await;
+        let township = node(ca, "township", Some(trunk_addr(&province)), 2).await;
+        (province, township)
+    }
+
     pub fn trunk_name(s: &str) -> ::trunk::NodeName {
         ::trunk::NodeName::parse(s).unwrap()
     }
@@ -1590,12 +1604,10 @@ mod cascade {
 /// province lists the stream as remote in `GET /api/streams` and the signaling catalog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
-    use cascade::{bytes_per_frames, node, trunk_addr, trunk_name};
+    use cascade::{bytes_per_frames, trunk_name};
     let _media = MEDIA.lock().await;
-    let ca = tempfile::tempdir().unwrap();
-    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
-    let province = node(ca.path(), "province", None, 2).await;
-    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let ca = cascade::province_ca();
+    let (province, township) = cascade::province_and_township(ca.path()).await;
     let publisher = WhipPublisher::start(
         &township.base,
         "cam1",
@@ -1755,12 +1767,10 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
 /// seconds: then the low and the top layer cross, not the middle one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
-    use cascade::{node, trunk_addr, trunk_name, tx_bytes};
+    use cascade::{trunk_name, tx_bytes};
     let _media = MEDIA.lock().await;
-    let ca = tempfile::tempdir().unwrap();
-    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
-    let province = node(ca.path(), "province", None, 2).await;
-    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let ca = cascade::province_ca();
+    let (province, township) = cascade::province_and_township(ca.path()).await;
     let fc = FieldClient::run(&township, "off-3", 30.59, 114.30).await;
     let layers = wait_for("the tablet's three layers at the township", WAIT, || async {
         let s = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3")?;
@@ -1863,12 +1873,9 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
 /// over the trunks), and plays it when dragged onto a tile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
-    use cascade::{node, trunk_addr};
     let _media = MEDIA.lock().await;
-    let ca = tempfile::tempdir().unwrap();
-    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
-    let province = node(ca.path(), "province", None, 2).await;
-    let township = node(ca.path(), "township", Some(trunk_addr(&province)), 2).await;
+    let ca = cascade::province_ca();
+    let (province, township) = cascade::province_and_township(ca.path()).await;
     let publisher = WhipPublisher::start(
         &township.base,
         "cam1",
@@ -1932,8 +1939,7 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     use cascade::{node, trunk_addr, trunk_name};
     use media_server::impair::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
-    let ca = tempfile::tempdir().unwrap();
-    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let ca = cascade::province_ca();
     let province = node(ca.path(), "province", None, 10).await;
     let city_a = node(ca.path(), "city-a", Some(trunk_addr(&province)), 10).await;
     let city_b = node(ca.path(), "city-b", Some(trunk_addr(&province)), 10).await;
@@ -2019,8 +2025,7 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     use cascade::{node, trunk_addr};
     use media_server::impair::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
-    let ca = tempfile::tempdir().unwrap();
-    media_server::trunk::ca::ProvinceCa::init(ca.path(), "test province").unwrap();
+    let ca = cascade::province_ca();
     let province = node(ca.path(), "province", None, 10).await;
     let hop = ImpairConfig::perfect().delay(Duration::from_millis(20)).loss(0.03).seed(7);
     let target: std::net::SocketAddr = trunk_addr(&province).parse().unwrap();
@@ -2363,7 +2368,7 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     };
     let direction = |i: usize| {
         let (p, _, c, _) = &trunks[i / 2];
-        if i % 2 == 0 { format!("{p}→{c}") } else { format!("{c}→{p}") }
+        if i.is_multiple_of(2) { format!("{p}→{c}") } else { format!("{c}→{p}") }
     };
     let per_frames = {
         let (tx, publisher) = (&tx, &publisher);

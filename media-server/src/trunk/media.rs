@@ -905,6 +905,20 @@ mod tests {
         std::sync::Arc::from(&b"vp8"[..])
     }
 
+    /// A town publishing `town/cam` (layer 0) to a city whose local viewers watch it.
+    fn town_to_city() -> (TrunkPlane, TrunkPlane) {
+        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
+        town.set_route(
+            a("town/cam"),
+            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
+        );
+        city.set_route(
+            a("town/cam"),
+            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
+        );
+        (town, city)
+    }
+
     /// Carries every output of `from` addressed to `to` into `to`'s plane.
     fn carry(
         from: &mut TrunkPlane,
@@ -1021,16 +1035,7 @@ mod tests {
     #[test]
     fn a_lost_packet_is_repaired_by_nack_and_one_never_repaired_is_given_up() {
         let t0 = Instant::now();
-        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
-        let addr = a("town/cam");
-        town.set_route(
-            addr.clone(),
-            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
-        );
-        city.set_route(
-            addr.clone(),
-            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
-        );
+        let (mut town, mut city) = town_to_city();
         // Frame 1 loses its second packet; the city NACKs it and the town resends it.
         for i in 0..3u64 {
             let data = [i as u8; 3000];
@@ -1104,19 +1109,10 @@ mod tests {
     #[test]
     fn a_lost_retransmission_is_asked_for_again() {
         let t0 = Instant::now();
-        let (mut town, mut city) = (TrunkPlane::new(n("town")), TrunkPlane::new(n("city")));
-        let addr = a("town/cam");
-        town.set_route(
-            addr.clone(),
-            route(Hop::Local, vec![(Hop::Trunk(n("city")), LayerSet(1))]),
-        );
-        city.set_route(
-            addr.clone(),
-            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1))]),
-        );
+        let (mut town, mut city) = town_to_city();
         city.set_rtt(&n("town"), Duration::from_millis(40));
         let retry = nack_retry(Duration::from_millis(40));
-        let mut send = |town: &mut TrunkPlane, i: u64| {
+        let send = |town: &mut TrunkPlane, i: u64| {
             town.send_local_frame("cam", true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &[i as u8; 3000]);
         };
         send(&mut town, 0);
