@@ -1604,7 +1604,7 @@ mod cascade {
 /// province lists the stream as remote in `GET /api/streams` and the signaling catalog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
-    use cascade::{bytes_per_frames, trunk_name};
+    use cascade::{bytes_per_frames, trunk_addr, trunk_name};
     let _media = MEDIA.lock().await;
     let ca = cascade::province_ca();
     let (province, township) = cascade::province_and_township(ca.path()).await;
@@ -1699,6 +1699,18 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     assert_eq!((route["source"].as_str(), route["outputs"][0]["to"].as_str()), (Some("township"), Some("local")), "{p}");
     let t = trunks(&township, Role::Operator).await;
     assert!(t["uplinks"][0].get("addr").is_none(), "no addresses for an operator: {t}");
+
+    // Random bytes and truncated packets at the province's trunk port (QUIC): dropped, the
+    // trunk stays up and the viewer keeps decoding.
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let trunk_port: std::net::SocketAddr = trunk_addr(&province).parse().unwrap();
+    for j in udp_junk() {
+        sock.send_to(&j, trunk_port).unwrap();
+    }
+    let seen = first.stats().frames_decoded;
+    first.wait_frames(seen + 30, WAIT).await.expect("the viewer keeps decoding after junk at the trunk port");
+    let p = trunks(&province, Role::Viewer).await;
+    assert_eq!(p["trunks"][0]["peer"], "township", "the trunk is still up: {p}");
 
     let one = bytes_per_frames(&township, "province", &publisher, 90).await;
     let mut more = Vec::new();
