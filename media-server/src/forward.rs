@@ -365,6 +365,13 @@ impl Forwarder {
         p.ranked.iter().filter_map(|l| p.info(*l).cloned()).collect()
     }
 
+    /// How long `layer` of `name`'s publisher has sent nothing (`None`: never seen).
+    pub fn layer_silence(&self, name: &StreamName, layer: Layer, now: Instant) -> Option<Duration> {
+        let p = self.streams.get(name)?.publisher.as_ref()?;
+        let l = p.layers.iter().find(|l| l.info.layer == layer)?;
+        Some(now.saturating_duration_since(l.last_seen))
+    }
+
     /// Every layer `name`'s publisher has sent, active or not, in the order first seen (their
     /// last size and bitrate).
     pub fn known_layers(&self, name: &StreamName) -> Vec<LayerInfo> {

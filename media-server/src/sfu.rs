@@ -186,6 +186,14 @@ pub const NARROW_AFTER: Duration = Duration::from_secs(2);
 /// A trunk subscription's layer set asking for every layer.
 const ALL_LAYERS: u8 = u8::MAX;
 
+/// How often remote viewers' layer needs are looked at besides every remote keyframe.
+pub const REMOTE_PULL_TICK: Duration = Duration::from_millis(250);
+
+/// A remote viewer whose layer has been silent this long also pulls the next lower layer, so
+/// that layer flows by the time the forwarding core gives the silent one up
+/// ([`crate::forward::LAYER_TIMEOUT`]) and moves the viewer down.
+pub const REMOTE_FALLBACK_AFTER: Duration = Duration::from_millis(300);
+
 /// The codec of a track, as a trunk `Flow` carries it from the origin node (JSON).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct CodecDescriptor {
@@ -290,6 +298,8 @@ pub struct Sfu {
     live: LiveStreams,
     /// When publishers were last sent their REMB target.
     last_remb: Option<Instant>,
+    /// When remote viewers' pulls were last updated on the timer.
+    last_remote_pulls: Option<Instant>,
     /// When stale sessions, probing floors and REMB were last looked at.
     last_housekeeping: Option<Instant>,
     /// Scratch list of sessions due in `handle_timeout`.
@@ -387,6 +397,7 @@ impl Sfu {
             metrics,
             live,
             last_remb: None,
+            last_remote_pulls: None,
             last_housekeeping: None,
             due: Vec::new(),
             fanout: FanOut::default(),
@@ -604,8 +615,19 @@ impl Sfu {
             };
             let known = self.fwd.known_layers(&r.name);
             let sized = !known.is_empty() && known.iter().all(|l| l.dims.is_some());
+            let current = self.fwd.viewer_layer(*id);
+            // The current layer gone quiet (its origin may have paused it): the next lower one
+            // is pulled too, ready when the forwarding core gives the quiet one up.
+            let fallback = current.filter(|l| {
+                self.fwd.layer_silence(&r.name, *l, now).is_some_and(|s| s >= REMOTE_FALLBACK_AFTER)
+            });
+            let fallback = fallback.and_then(|l| {
+                let ranked = self.fwd.layers(&r.name);
+                let pos = ranked.iter().position(|x| x.layer == l)?;
+                pos.checked_sub(1).map(|below| ranked[below].layer)
+            });
             let mut needed = 0u8;
-            for l in [self.fwd.viewer_layer(*id), self.fwd.viewer_choice(*id)].into_iter().flatten() {
+            for l in [current, self.fwd.viewer_choice(*id), fallback].into_iter().flatten() {
                 needed |= 1u8.checked_shl(u32::from(l.0)).unwrap_or(0);
             }
             if needed == 0 || !sized {
@@ -991,6 +1013,11 @@ impl Sfu {
             self.last_remb = Some(now);
             self.send_remb();
             self.publish_layers();
+        }
+        if !self.remote.is_empty()
+            && self.last_remote_pulls.is_none_or(|t| now.saturating_duration_since(t) >= REMOTE_PULL_TICK)
+        {
+            self.last_remote_pulls = Some(now);
             self.update_remote_pulls(now);
         }
         self.after_input(now);
@@ -2202,19 +2229,30 @@ mod tests {
         // The township's publisher pauses its top layer (its own congestion control), and the
         // trunk catalog announces the two others only: the viewer moves to a layer that flows
         // and the province never pulls the top one again, however well its estimate fits it.
-        let top = ::trunk::LayerId(2);
+        // Layer ids follow the order layers first arrived, not their size: find the top one.
+        let name = c.prov.sfu.remote[&addr].name.clone();
+        let known = c.prov.sfu.fwd.known_layers(&name);
+        let top = known.iter().max_by_key(|l| l.dims.map(|d| d.0)).map(|l| ::trunk::LayerId(l.layer.0)).unwrap();
+        let others = known.iter().filter(|l| l.layer.0 != top.0).fold(0u8, |m, l| m | 1 << l.layer.0);
         c.town_layers = 2;
         let remote = crate::streams::RemoteStreamInfo {
             name: "township/cam".into(),
             node: "township".into(),
             stream: "cam".into(),
             layers: 2,
-            layer_ids: 0b011,
+            layer_ids: others,
             cost: 1,
             remote: true,
         };
         c.prov.sfu.live().set_remote(vec![remote]);
+        let before = c.prov.clients[v].video.len();
+        let t_pause = c.prov.now;
         let paused = run(&mut c, 4);
+        // The longest time without a frame: the forwarding core's layer timeout (1.5 s) and a
+        // keyframe of the layer moved to, which was already pulled (REMOTE_FALLBACK_AFTER).
+        let times: Vec<Instant> = std::iter::once(t_pause).chain(c.prov.clients[v].video[before..].iter().map(|d| d.network_time)).collect();
+        let gap = times.windows(2).map(|w| w[1].saturating_duration_since(w[0])).max().unwrap_or_default();
+        assert!(gap < crate::forward::LAYER_TIMEOUT + Duration::from_millis(400), "the viewer went {gap:?} without a frame");
         let now_on = paused.last().copied().flatten();
         assert!(matches!(now_on, Some(0 | 1)), "the viewer moved to a layer that flows: {now_on:?}");
         // The top layer, pulled while the viewer was on it, is dropped 2 s after the switch ...
