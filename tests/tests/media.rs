@@ -1540,13 +1540,22 @@ mod cascade {
     use std::path::Path;
 
     pub async fn node(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64) -> TestNode {
+        node_at(ca_dir, name, parent, grace_secs, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Like [`node`] with the trunk endpoint on `listen` (a restarted node keeps its address);
+    /// a node's certificate is issued once and reused.
+    pub async fn node_at(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64, listen: std::net::SocketAddr) -> TestNode {
         let ca = ProvinceCa::load(ca_dir).expect("CA");
-        let (cert, key) = ca
-            .issue_to(&trunk_name(name), &ca_dir.join("certs"))
-            .expect("node certificate");
+        let certs = ca_dir.join("certs");
+        let (cert, key) = if certs.join(format!("{name}.pem")).exists() {
+            (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key")))
+        } else {
+            ca.issue_to(&trunk_name(name), &certs).expect("node certificate")
+        };
         common::start_node_with(|c| {
             c.node.id = Some(name.parse().unwrap());
-            c.trunk.listen = Some("127.0.0.1:0".parse().unwrap());
+            c.trunk.listen = Some(listen);
             c.trunk.parent = parent;
             c.trunk.ca = Some(ca_dir.join("ca.pem"));
             c.trunk.cert = Some(cert);
@@ -1922,6 +1931,63 @@ async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
     publisher.stop().await.expect("publisher DELETE");
     township.node.shutdown().await;
     province.node.shutdown().await;
+}
+
+/// A node in the middle of the only path restarts (the county between the province and the
+/// township is stopped and started again on the same trunk address): the province's viewer
+/// keeps its session through the outage and decodes again once the county is back, with no
+/// new WHEP request; the township's trunk reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_resumes_when_a_node_on_its_only_path_restarts() {
+    use cascade::{node, node_at, trunk_addr};
+    let _media = MEDIA.lock().await;
+    let ca = cascade::province_ca();
+    let province = node(ca.path(), "province", None, 10).await;
+    let county = node(ca.path(), "county", Some(trunk_addr(&province)), 10).await;
+    let county_addr: std::net::SocketAddr = trunk_addr(&county).parse().unwrap();
+    let township = node(ca.path(), "township", Some(county_addr.to_string()), 10).await;
+    let publisher = WhipPublisher::start(
+        &township.base,
+        "cam1",
+        &township.token("cam1", Role::Officer),
+        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+    )
+    .await
+    .expect("publish at the township");
+    let token = province.token("wall-1", Role::Viewer);
+    let viewer = wait_for("a WHEP answer for township/cam1", WAIT, || async {
+        WhepViewer::start(&province.base, "township/cam1", &token, ViewOptions { audio: false, ..av() }).await.ok()
+    })
+    .await;
+    viewer.wait_frames(30, WAIT).await.expect("frames across two trunks");
+
+    county.node.shutdown().await;
+    let before = viewer.stats().frames_decoded;
+    let stopped = std::time::Instant::now();
+    // The province sees the trunk gone (the only path: its viewer now waits), and the county
+    // starts again on its old address once the old endpoint has let go of it.
+    let p_trunk = province.node.trunk.clone().unwrap();
+    wait_for("the province to see the county gone", WAIT, || async { p_trunk.trunks().await.is_empty().then_some(()) }).await;
+    wait_for("the county's trunk port to be free", WAIT, || async {
+        std::net::UdpSocket::bind(county_addr).ok().map(drop)
+    })
+    .await;
+    let county = node_at(ca.path(), "county", Some(trunk_addr(&province)), 10, county_addr).await;
+    let restarted = stopped.elapsed();
+    let resumed = viewer
+        .wait_frames(before + 30, Duration::from_secs(20))
+        .await
+        .expect("the province's viewer decodes again after the county is back");
+    eprintln!(
+        "restart: county down {restarted:?}; the viewer decoded {} frames more within {:?} of the restart",
+        resumed.frames_decoded - before,
+        stopped.elapsed() - restarted
+    );
+    viewer.stop().await.expect("viewer DELETE");
+    publisher.stop().await.expect("publisher DELETE");
+    for n in [township, county, province] {
+        n.node.shutdown().await;
+    }
 }
 
 /// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.

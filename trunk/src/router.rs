@@ -185,6 +185,9 @@ struct Sub {
     idle_deadline: Option<Instant>,
     /// The route last given to the shell.
     route: Route,
+    /// Media has flowed for it: when its path is lost its local viewers wait for the stream to
+    /// come back instead of failing (see [`Router::LOST_RETRY`]).
+    flowed: bool,
 }
 
 impl Sub {
@@ -238,6 +241,8 @@ pub struct Router {
     advertised: HashMap<NodeName, HashMap<StreamAddr, (LayerSet, u16)>>,
     subs: HashMap<StreamAddr, Sub>,
     grace_timers: BTreeSet<(Instant, StreamAddr)>,
+    /// Lost streams whose local viewers wait: look for a path again at this instant.
+    retry_timers: BTreeSet<(Instant, StreamAddr)>,
     /// Make-before-break switches that happen at this instant even if the new path delivered
     /// nothing (a silent stream).
     switch_timers: BTreeSet<(Instant, StreamAddr)>,
@@ -258,6 +263,7 @@ impl Router {
             advertised: HashMap::new(),
             subs: HashMap::new(),
             grace_timers: BTreeSet::new(),
+            retry_timers: BTreeSet::new(),
             switch_timers: BTreeSet::new(),
             keyframe_last: HashMap::new(),
             dirty_routes: BTreeSet::new(),
@@ -298,11 +304,13 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let g = self.grace_timers.first().map(|(t, _)| *t);
         let s = self.switch_timers.first().map(|(t, _)| *t);
-        match (g, s) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let r = self.retry_timers.first().map(|(t, _)| *t);
+        [g, s, r].into_iter().flatten().min()
     }
+
+    /// How often a lost stream's waiting viewers make their node look for a path again (a new
+    /// announcement of the stream from below triggers it at once).
+    pub const LOST_RETRY: Duration = Duration::from_secs(2);
 
     /// How long a make-before-break switch waits for the new path's first packet before it
     /// switches anyway.
@@ -461,7 +469,7 @@ impl Router {
             }
             Message::Unsubscribe { addr } => self.unsubscribe_from(now, peer, &addr),
             Message::Subscribed { addr } => self.subscribed(now, peer, addr),
-            Message::SubscribeFailed { addr, reason } => self.subscribe_failed(peer, addr, reason),
+            Message::SubscribeFailed { addr, reason } => self.subscribe_failed(now, peer, addr, reason),
             Message::KeyframeRequest { addr, layer } => self.keyframe(now, &addr, layer, false),
             // The media plane's messages: the shell handles them.
             Message::Flow { .. } | Message::Nack { .. } => {}
@@ -542,8 +550,18 @@ impl Router {
         self.dirty_subs.insert(addr.clone());
     }
 
-    /// Time passed: prunes subscriptions whose grace ran out, completes path switches.
+    /// Time passed: prunes subscriptions whose grace ran out, completes path switches, looks
+    /// again for lost streams' paths.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((t, addr)) = self.retry_timers.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.retry_timers.remove(&(t, addr.clone()));
+            if self.subs.get(&addr).is_some_and(|s| s.upstream.is_none() && !s.local) {
+                self.dirty_subs.insert(addr);
+            }
+        }
         while let Some((t, addr)) = self.switch_timers.first().cloned() {
             if t > now {
                 break;
@@ -646,7 +664,7 @@ impl Router {
         self.dirty_subs.insert(addr);
     }
 
-    fn subscribe_failed(&mut self, peer: &NodeName, addr: StreamAddr, reason: FailReason) {
+    fn subscribe_failed(&mut self, now: Instant, peer: &NodeName, addr: StreamAddr, reason: FailReason) {
         let Some(sub) = self.subs.get_mut(&addr) else {
             return;
         };
@@ -657,7 +675,7 @@ impl Router {
             sub.upstream = None;
             if !learned {
                 // We asked a parent by default and it does not know the stream either.
-                self.fail_all(&addr, reason);
+                self.lose(now, &addr, reason);
                 return;
             }
         } else {
@@ -674,6 +692,33 @@ impl Router {
             self.dirty_routes.insert(addr.clone());
         }
         self.dirty_subs.insert(addr);
+    }
+
+    /// No path leads to `addr` now. If media flowed for it, its local viewers stay and wait
+    /// (told `Waiting`): the path is looked for again when the stream is announced from below
+    /// and every [`Router::LOST_RETRY`]; downstream trunks are told `SubscribeFailed` (their
+    /// nodes do the same for their own viewers). Otherwise everyone fails.
+    fn lose(&mut self, now: Instant, addr: &StreamAddr, reason: FailReason) {
+        let Some(sub) = self.subs.get_mut(addr) else {
+            return;
+        };
+        if !sub.flowed || sub.viewers.is_empty() {
+            self.fail_all(addr, reason);
+            return;
+        }
+        let downs: Vec<NodeName> = std::mem::take(&mut sub.downstream).into_keys().collect();
+        let old: Vec<NodeName> = sub.upstream.take().into_iter().chain(sub.next.take()).map(|(n, _)| n).collect();
+        for d in downs {
+            self.send(d, Message::SubscribeFailed { addr: addr.clone(), reason });
+        }
+        for n in old {
+            self.send(n, Message::Unsubscribe { addr: addr.clone() });
+        }
+        if !self.retry_timers.iter().any(|(_, a)| a == addr) {
+            self.retry_timers.insert((now + Self::LOST_RETRY, addr.clone()));
+        }
+        debug!(node = %self.cfg.node, %addr, ?reason, "path lost; viewers wait");
+        self.notify_and_route(addr);
     }
 
     fn fail_all(&mut self, addr: &StreamAddr, reason: FailReason) {
@@ -884,7 +929,7 @@ impl Router {
         let in_grace = sub.is_empty();
         match selection {
             Selection::Fail(reason) => {
-                self.fail_all(addr, reason);
+                self.lose(now, addr, reason);
                 return;
             }
             Selection::Local => {
@@ -1038,6 +1083,7 @@ impl Router {
             return;
         };
         let flowing = sub.flowing();
+        sub.flowed |= flowing;
         let mut events = Vec::new();
         let mut acks = Vec::new();
         for (v, (_, told)) in sub.viewers.iter_mut() {

@@ -475,3 +475,35 @@ fn peers_pull_from_each_other_and_fall_back_to_the_tree_when_the_peer_trunk_is_c
     );
     assert_eq!(sim.stats.duplicates, 0);
 }
+
+/// Both of the county's paths cut: the province's viewer of a township stream is told to wait,
+/// not failed, and its media comes back by itself once a path returns (the stream announced
+/// from below again, or the 2 s retry). A viewer asking for the lost stream during the outage
+/// waits with it (the node's WHEP answer gives up after 10 s with 503) and gets it too.
+#[test]
+fn a_viewer_waits_through_an_outage_of_every_path_and_resumes() {
+    let mut f = four(Duration::from_secs(10));
+    let addr = f.sim.publish(f.township, "off-12", LayerSet::first(1));
+    f.sim.run_until(Duration::from_secs(1));
+    let v = f.sim.subscribe(f.province, &addr, LayerId(0));
+    f.sim.run_until(Duration::from_secs(2));
+    assert!(f.sim.viewers()[v].packets > 0, "flowing before the outage");
+
+    f.sim.cut(f.county, f.city_a);
+    f.sim.cut(f.county, f.city_b);
+    f.sim.run_until(Duration::from_secs(5));
+    let late = f.sim.subscribe(f.province, &addr, LayerId(0));
+    f.sim.run_until(Duration::from_secs(8));
+    assert!(!f.sim.viewers()[v].failed, "a viewer that was watching waits");
+    assert!(!f.sim.viewers()[late].failed && f.sim.viewers()[late].packets == 0, "a new viewer of the lost stream waits too");
+    let before = f.sim.viewers()[v].packets;
+
+    f.sim.restore(f.county, f.city_b);
+    let back = f.sim.now();
+    f.sim.run_until(Duration::from_secs(12));
+    let viewer = &f.sim.viewers()[v];
+    assert!(viewer.packets > before, "media again after the path returned");
+    let resumed = viewer.last_packet.unwrap();
+    assert!(resumed > back && !viewer.failed);
+    assert!(f.sim.viewers()[late].packets > 0, "the viewer that asked during the outage is served");
+}
