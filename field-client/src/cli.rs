@@ -82,7 +82,10 @@ pub enum Command {
     /// Play a stream: subscribe, decode, and print frames per second and picture size each
     /// second. Runs until SIGINT or SIGTERM, or for --seconds.
     Watch {
-        /// The stream name (see the node's catalog, e.g. off-12 or pilot-3-drone1).
+        /// The stream name (see the node's catalog, e.g. off-12 or pilot-3-drone1), or
+        /// NODE/STREAM for a stream published at another node of the province (pulled over the
+        /// trunks, e.g. county-7/pilot-3-drone1).
+        #[arg(value_parser = |s: &str| signaling::StreamName::parse_local_or_remote(s))]
         stream: signaling::StreamName,
         /// Simulcast layer: low, mid, high or auto (the node picks by bandwidth).
         #[arg(long, value_name = "LAYER", value_parser = ["low", "mid", "high", "auto"])]
@@ -370,5 +373,19 @@ mod tests {
         let line = one_line(&e.render().to_string());
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("<ORDER>") && line.ends_with("(see --help)"), "{line}");
+    }
+
+    #[test]
+    fn watch_takes_a_local_or_a_remote_stream() {
+        let stream = |s: &str| match Cli::try_parse_from(["field-client", "watch", "--node", "n:1", s]).map(|c| c.command) {
+            Ok(Command::Watch { stream, .. }) => Ok(stream),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(one_line(&e.render().to_string())),
+        };
+        assert_eq!(stream("off-12").unwrap().as_str(), "off-12");
+        let remote = stream("county-7/pilot-3-drone1").unwrap();
+        assert_eq!(remote.split_remote(), Some(("county-7", "pilot-3-drone1")));
+        assert!(stream("a/b/c").unwrap_err().contains("reserved for the cascade"));
+        assert!(stream("bad node/x").unwrap_err().contains("node id"));
     }
 }

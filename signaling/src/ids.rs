@@ -165,6 +165,16 @@ impl StreamName {
         StreamName(format!("{node}/{stream}"))
     }
 
+    /// A name to watch: a local stream (`cam1`) or one at another node (`township-3/cam1`),
+    /// as `subscribe` and `/whep/{node}/{stream}` take it. Publishing takes only
+    /// [`StreamName::parse`].
+    pub fn parse_local_or_remote(s: &str) -> Result<StreamName, NameError> {
+        match s.split_once('/') {
+            Some((node, stream)) => Ok(StreamName::remote(&NodeId::parse(node)?, &StreamName::parse(stream)?)),
+            None => StreamName::parse(s),
+        }
+    }
+
     /// For a name made by [`StreamName::remote`]: the node and the stream at that node.
     pub fn split_remote(&self) -> Option<(&str, &str)> {
         self.0.split_once('/')

@@ -26,14 +26,7 @@ use crate::auth::Role;
 fn local_or_remote_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamName, D::Error> {
     use serde::de::Error as _;
     let s = String::deserialize(d)?;
-    match s.split_once('/') {
-        Some((node, stream)) => {
-            let node = NodeId::parse(node).map_err(D::Error::custom)?;
-            let stream = StreamName::parse(stream).map_err(D::Error::custom)?;
-            Ok(StreamName::remote(&node, &stream))
-        }
-        None => StreamName::parse(&s).map_err(D::Error::custom),
-    }
+    StreamName::parse_local_or_remote(&s).map_err(D::Error::custom)
 }
 
 /// The protocol version this crate speaks (the `v` of `hello`).
