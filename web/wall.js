@@ -303,7 +303,7 @@ async function onWelcome(w) {
   }
   // Mail from where this subject last acknowledged; live mail follows a complete sync.
   syncMail().catch((e) => console.warn('mail_sync', e));
-  await Promise.allSettled([refreshCatalog(), refreshUnits(), refreshOrders(), refreshLog()]);
+  await Promise.allSettled([refreshCatalog(), refreshUnits(), refreshOrders(), refreshLog(), refreshTrunks()]);
   window.wall.ready = true;
 }
 
@@ -435,6 +435,28 @@ async function refreshCatalog() {
   autofill();
 }
 
+/** The node's trunks to the rest of the province (`GET /api/trunks`): hidden without trunks;
+ *  "N trunks up", or the configured uplinks that are down, highlighted. */
+async function refreshTrunks() {
+  if (!S.welcome) return;
+  let r;
+  try { r = await api('/api/trunks'); } catch (_) { return; }
+  S.trunks = r;
+  renderTrunks();
+}
+
+function renderTrunks() {
+  const e = $('trunks');
+  const r = S.trunks;
+  if (!r || !r.enabled) { e.hidden = true; return; }
+  const down = (r.uplinks || []).filter((u) => !u.up).map((u) => u.node || u.addr || u.kind);
+  e.hidden = false;
+  e.dataset.state = down.length ? 'down' : 'ok';
+  e.dataset.up = String((r.trunks || []).length);
+  e.textContent = down.length ? t('trunks_down', { nodes: down.join(', ') }) : t('trunks_ok', { n: (r.trunks || []).length });
+  e.title = (r.trunks || []).map((x) => t('trunk_line', { peer: x.peer, role: x.role, rtt: Math.round(x.rtt_ms) })).join('\n');
+}
+
 async function refreshUnits() {
   if (!S.welcome) return;
   try {
@@ -479,6 +501,7 @@ async function refreshLog() {
 }
 
 setInterval(() => { refreshCatalog(); }, 2000);
+setInterval(() => { refreshTrunks(); }, 5000);
 setInterval(() => { refreshUnits(); refreshLog(); }, 3000);
 setInterval(() => { refreshOrders(); }, 10000);
 setInterval(() => { renderUnits(); }, 5000); // staleness
@@ -1198,6 +1221,11 @@ window.wall = {
       ? { heading: li.dataset.node, text: li.textContent }
       : { stream: li.dataset.stream, remote: li.dataset.remote === 'true', text: li.textContent }));
   },
+  /** The trunk status chip: {hidden, state, up, text}. */
+  trunks() {
+    const e = $('trunks');
+    return { hidden: e.hidden, state: e.dataset.state || null, up: Number(e.dataset.up || 0), text: e.textContent };
+  },
   /** Sum of every tile's received kbit/s over the last second. */
   pageKbps() { return S.tiles.reduce((a, x) => a + ((x.stats && x.stats.kbps) || 0), 0); },
   markers() { return [...positioned().values()].map((it) => { const ll = mapPoint(it.lat, it.lon); return { ...it, mapLat: ll[0], mapLon: ll[1] }; }); },
@@ -1226,7 +1254,7 @@ async function loadConfig() {
 async function main() {
   initLang();
   translate(document);
-  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderHeader(); renderTiles(); renderOrders(); renderCatalog(); renderSos(); renderMapNote(); renderChat(); renderLog(); });
+  for (const b of document.querySelectorAll('.lang-switch')) b.addEventListener('click', () => { setLang(getLang() === 'zh' ? 'en' : 'zh'); renderHeader(); renderTrunks(); renderTiles(); renderOrders(); renderCatalog(); renderSos(); renderMapNote(); renderChat(); renderLog(); });
   for (const b of document.querySelectorAll('#layouts button')) b.addEventListener('click', () => { S.saved = null; setLayout(b.dataset.layout); });
   for (const b of document.querySelectorAll('.tabs button')) b.addEventListener('click', () => {
     for (const x of document.querySelectorAll('.tabs button')) x.classList.toggle('on', x === b);

@@ -34,6 +34,8 @@
 //   {"op":"lang"}                          click the language switch -> {lang, title, htmlLang, signout, cjk: Chinese runs left on the wall}
 //   {"op":"waitCatalog","stream":S}        until the stream list shows S -> {items: [{stream, remote,
 //        text} | {heading: NODE, text}]} (other nodes' streams come under a heading per node)
+//   {"op":"trunks","up":1,"state":"ok"}    until the trunk chip shows at least that many trunks up
+//        (and that state, if given) -> {hidden, state ("ok" | "down"), up, text}
 //   {"op":"pick","index":1,"stream":S}     choose S in tile 1's selector -> {stream, pinned}
 //   {"op":"drag","stream":S,"index":2}     drag S from the stream list onto tile 2 -> {stream, pinned}
 //   {"op":"clickMarker","subject":S}       -> {layout, tiles}
@@ -239,6 +241,12 @@ const ops = {
     return until(`${stream} in the stream list`, timeoutMs, async () => {
       const items = await page.evaluate(() => window.wall.catalog());
       return items.some((x) => x.stream === stream) ? { items } : null;
+    });
+  },
+  async trunks({ up = 0, state = null, timeoutMs = 15000 }) {
+    return until(`the trunk chip to show ${up} up${state ? `, ${state}` : ''}`, timeoutMs, async () => {
+      const c = await page.evaluate(() => window.wall.trunks());
+      return !c.hidden && c.up >= up && (!state || c.state === state) ? c : null;
     });
   },
   async pick({ index, stream }) {

@@ -1914,6 +1914,9 @@ async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
     let heading = items.iter().position(|x| x["heading"] == "township").unwrap_or_else(|| panic!("a heading for the township node: {listed}"));
     let item = items.iter().position(|x| x["stream"] == "township/cam1").unwrap();
     assert!(heading < item && items[item]["remote"] == true, "listed under its node: {listed}");
+    let chip = wall.cmd(serde_json::json!({"op": "trunks", "up": 1})).await;
+    assert_eq!((chip["state"].as_str(), chip["up"].as_u64()), (Some("ok"), Some(1)), "{chip}");
+    assert!(chip["text"].as_str().unwrap().contains('1'), "{chip}");
     let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
     assert!(
         tiles["tiles"].as_array().unwrap().iter().all(|t| t["stream"].is_null()),
@@ -1928,9 +1931,18 @@ async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
     assert!(playing["frameHeight"].as_u64().unwrap_or(0) > 0, "{playing}");
     wall.screenshot("wall-remote-stream").await;
     wall.quit().await;
+
+    // The township's wall shows its trunk to the province, and the province gone as "down".
+    let mut wall = Wall::start(&township).await;
+    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": township.token("op-2", Role::Operator)})).await;
+    assert_eq!(signed["signedIn"], true, "{signed}");
+    wall.cmd(serde_json::json!({"op": "trunks", "up": 1, "state": "ok"})).await;
+    province.node.shutdown().await;
+    let chip = wall.cmd(serde_json::json!({"op": "trunks", "state": "down"})).await;
+    assert!(chip["text"].as_str().unwrap().contains("province"), "names the node that is down: {chip}");
+    wall.quit().await;
     publisher.stop().await.expect("publisher DELETE");
     township.node.shutdown().await;
-    province.node.shutdown().await;
 }
 
 /// A node in the middle of the only path restarts (the county between the province and the
