@@ -520,10 +520,10 @@ impl TrunkPlane {
         let fk = (from.clone(), flow);
         let last = self.rx_highest.get(&fk).copied();
         let ext = extend16(last, seq);
-        let pending = self.nacked.entry(fk.clone()).or_default();
         if last.is_none_or(|l| ext > l) {
             if let Some(l) = last.filter(|l| ext > l + 1 && ext - l - 1 <= NACK_MAX) {
                 let seqs: Vec<u16> = (l + 1..ext).map(|s| s as u16).collect();
+                let pending = self.nacked.entry(fk.clone()).or_default();
                 for s in l + 1..ext {
                     pending.insert(s, (now, 1));
                 }
@@ -533,10 +533,20 @@ impl TrunkPlane {
                     msg: Message::Nack { flow, seqs },
                 });
             }
-            self.rx_highest.insert(fk, ext);
-        } else {
-            pending.remove(&ext);
+            match self.rx_highest.get_mut(&fk) {
+                Some(h) => *h = ext,
+                None => {
+                    self.rx_highest.insert(fk.clone(), ext);
+                }
+            }
+        } else if let Some(p) = self.nacked.get_mut(&fk) {
+            p.remove(&ext);
         }
+        // Nothing outstanding on this flow (the usual case): done.
+        let Some(pending) = self.nacked.get_mut(&fk).filter(|p| !p.is_empty()) else {
+            self.handle_packet(from, &key, &data[2..]);
+            return;
+        };
         let retry = nack_retry(self.rtt.get(from).copied().unwrap_or(DEFAULT_RTT));
         let mut again = Vec::new();
         pending.retain(|s, (at, tries)| {
