@@ -385,7 +385,7 @@ impl Hub {
 
     /// Runs the core's timers and watches the revocation file, forever.
     ///
-    /// Wakes every [`TICK`], or earlier when a coalesced position or drone telemetry is due, so
+    /// Wakes every `TICK`, or earlier when a coalesced position or drone telemetry is due, so
     /// a held report goes out at the end of its window rather than up to a tick later.
     pub async fn run_timers(self: Arc<Self>) {
         let mut next_tick = tokio::time::Instant::now() + TICK;
