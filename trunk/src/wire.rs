@@ -116,6 +116,10 @@ pub enum Message {
         layer: LayerId,
         /// How the payload is coded: a descriptor the media plane defines (at most 4 KiB).
         codec: Vec<u8>,
+        /// How long the path up to the sender may still take to repair a lost packet, ms (0 at
+        /// the origin; each hop adds its own repair time), so receivers wait long enough on
+        /// slow (satellite) trunks before giving a gap up.
+        repair_ms: u16,
     },
     /// Media plane: please resend these RTP sequence numbers of `flow` (hop-by-hop repair).
     Nack {
@@ -213,6 +217,7 @@ pub fn encode(m: &Message) -> Vec<u8> {
             video,
             layer,
             codec,
+            repair_ms,
         } => {
             b.push(T_FLOW);
             b.extend_from_slice(&flow.to_be_bytes());
@@ -222,6 +227,7 @@ pub fn encode(m: &Message) -> Vec<u8> {
             let n = codec.len().min(MAX_CODEC_DESCRIPTOR);
             b.extend_from_slice(&(n as u16).to_be_bytes());
             b.extend_from_slice(&codec[..n]);
+            b.extend_from_slice(&repair_ms.to_be_bytes());
         }
         Message::Nack { flow, seqs } => {
             b.push(T_NACK);
@@ -379,12 +385,14 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             if n > MAX_CODEC_DESCRIPTOR {
                 return Err(DecodeError::Malformed);
             }
+            let codec = r.bytes(n)?.to_vec();
             Message::Flow {
                 flow,
                 addr,
                 video,
                 layer,
-                codec: r.bytes(n)?.to_vec(),
+                codec,
+                repair_ms: r.u16()?,
             }
         }
         T_NACK => {
@@ -507,6 +515,7 @@ mod tests {
                 video: true,
                 layer: LayerId(1),
                 codec: b"{\"codec\":\"h264\"}".to_vec(),
+                repair_ms: 780,
             },
             Message::Nack {
                 flow: 7,

@@ -155,6 +155,9 @@ struct Track {
     next: Option<u64>,
     /// A frame was lost since the last one delivered.
     lost: bool,
+    /// How long the path above the hop it comes from may take to repair a loss (from its
+    /// `Flow`; zero at the origin).
+    upstream_repair: Duration,
 }
 
 /// A packet waiting in a reassembly buffer.
@@ -175,8 +178,9 @@ pub const NEXT_HELD: usize = 512;
 
 /// Sequence numbers remembered behind the highest forwarded one (for late retransmissions).
 const SEEN_WINDOW: u64 = 128;
-/// A gap in a reassembly buffer is waited for this long (a NACK and its retransmission need
-/// one hop round trip) before the frames around it are given up.
+/// A gap in a reassembly buffer is waited for at least this long (a NACK and its retransmission
+/// need one hop round trip) before the frames around it are given up; longer when the path's
+/// repair time says so (see [`hop_repair`]).
 pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
 /// Datagrams kept per outgoing flow for answering NACKs.
 pub const HISTORY: usize = 512;
@@ -191,6 +195,15 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(100);
 /// The wait before asking again for a packet still missing: 1.5 round trips, at least 20 ms.
 pub fn nack_retry(rtt: Duration) -> Duration {
     (rtt * 3 / 2).max(Duration::from_millis(20))
+}
+
+/// How long one hop with round-trip time `rtt` may take to repair a lost packet: the NACK and
+/// its answer (one round trip) with a quarter to spare, plus 30 ms. Summed along a path (the
+/// `repair_ms` of `Flow`), it is how long a receiver waits for a gap before giving its frames
+/// up, at least [`REPAIR_WAIT`]: on a satellite hop (600 ms round trip) a loss is repaired in
+/// ~0.8 s instead of given up at 250 ms and answered with a keyframe.
+pub fn hop_repair(rtt: Duration) -> Duration {
+    rtt * 5 / 4 + Duration::from_millis(30)
 }
 
 /// Sent datagrams of one outgoing flow, by sequence number.
@@ -598,12 +611,14 @@ impl TrunkPlane {
             video,
             layer,
             codec,
+            repair_ms,
         } = msg
         else {
             return;
         };
         let key = TrackKey { addr, video, layer };
         let track = self.tracks.entry(key.clone()).or_default();
+        track.upstream_repair = Duration::from_millis(u64::from(repair_ms));
         if track.codec.as_deref() != Some(&codec[..]) {
             if track.codec.is_some() {
                 // Another codec: downstream hears of it through new flows.
@@ -686,7 +701,14 @@ impl TrunkPlane {
             return;
         };
         let Some(p) = parse(rtp) else { return };
+        // The time a loss may take to be repaired up to here: the path above the source hop,
+        // and the source hop itself.
+        let source_repair = match &route.source {
+            Some(Hop::Trunk(n)) => hop_repair(self.rtt.get(n).copied().unwrap_or(DEFAULT_RTT)),
+            _ => Duration::ZERO,
+        };
         let track = self.tracks.entry(key.clone()).or_default();
+        let repair = track.upstream_repair + source_repair;
         let ext = extend16(track.last_fwd, p.seq);
         match track.last_fwd {
             Some(l) if ext <= l => track.seen |= 1 << (l - ext).min(SEEN_WINDOW - 1),
@@ -726,7 +748,8 @@ impl TrunkPlane {
                         marker: p.marker,
                         payload: p.payload.to_vec(),
                     };
-                    let (frames, delivered, given_up) = reassemble(track, key, ext, frag, now);
+                    let wait = repair.max(REPAIR_WAIT);
+                    let (frames, delivered, given_up) = reassemble(track, key, ext, frag, now, wait);
                     self.counters.packets_delivered += delivered;
                     self.counters.packets_given_up += given_up;
                     for f in frames {
@@ -754,6 +777,7 @@ impl TrunkPlane {
                                     video: key.video,
                                     layer: key.layer,
                                     codec: track.codec.as_deref().unwrap_or_default().to_vec(),
+                                    repair_ms: repair.as_millis().min(u128::from(u16::MAX)) as u16,
                                 },
                             });
                             flow
@@ -798,7 +822,7 @@ fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
 }
 
 /// Adds a packet (extended sequence number `ext`) to the track's reassembly buffer and returns
-/// the frames it completes, in order. A gap is waited for up to [`REPAIR_WAIT`] (a NACK may bring
+/// the frames it completes, in order. A gap is waited for up to `wait` (a NACK may bring
 /// the packet); then the frames it broke are given up and the next whole frame is delivered
 /// marked as a discontinuity. Also returns how many packets the frames hold and how many
 /// sequence numbers were given up (missing, or in a frame that was dropped).
@@ -808,6 +832,7 @@ fn reassemble(
     ext: u64,
     frag: Fragment,
     now: Instant,
+    wait: Duration,
 ) -> (Vec<RemoteFrame>, u64, u64) {
     let mut out = Vec::new();
     let (mut delivered, mut given_up) = (0, 0);
@@ -866,7 +891,7 @@ fn reassemble(
         }
         // Incomplete: give up once the oldest packet waiting has waited long enough.
         let oldest = track.buf.values().map(|f| f.arrived).min();
-        let overdue = oldest.is_some_and(|t| now.saturating_duration_since(t) >= REPAIR_WAIT)
+        let overdue = oldest.is_some_and(|t| now.saturating_duration_since(t) >= wait)
             || track.buf.len() > 4 * HISTORY;
         if !overdue {
             break;
@@ -1161,6 +1186,86 @@ mod tests {
             carry(&mut town, &mut city, t, |_| false);
         }
         assert_eq!(city.counters().nacks_repeated, 1 + u64::from(NACK_TRIES) - 1);
+    }
+
+    #[test]
+    fn a_slow_hop_is_waited_for_and_its_repair_time_is_passed_on() {
+        // town --600 ms RTT (satellite)--> county --40 ms--> city; viewers at county and city.
+        let t0 = Instant::now();
+        let (mut town, mut county, mut city) = (
+            TrunkPlane::new(n("town")),
+            TrunkPlane::new(n("county")),
+            TrunkPlane::new(n("city")),
+        );
+        let addr = a("town/cam");
+        town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]));
+        county.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1)), (Hop::Trunk(n("city")), LayerSet(1))]),
+        );
+        city.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]));
+        county.set_rtt(&n("town"), Duration::from_millis(600));
+        city.set_rtt(&n("county"), Duration::from_millis(40));
+        let send = |town: &mut TrunkPlane, i: u64| {
+            town.send_local_frame("cam", true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &[i as u8; 3000]);
+        };
+        send(&mut town, 0);
+        carry(&mut town, &mut county, t0, |_| false);
+        carry(&mut county, &mut city, t0, |_| false);
+        // The county tells the city how long the path above it may take to repair a loss.
+        let slow = hop_repair(Duration::from_millis(600));
+        assert_eq!(city.tracks.values().next().unwrap().upstream_repair, Duration::from_millis(slow.as_millis() as u64));
+        // Frame 1 loses a packet on the slow hop; more frames follow; the resend comes 700 ms
+        // later, long past the 250 ms floor: both viewers still get every frame whole, in order.
+        send(&mut town, 1);
+        carry(&mut town, &mut county, t0, |j| j == 1);
+        // The county's NACK reaches the town at once; its answer is 600 ms on the way.
+        let mut outs: Vec<TrunkOutput> = std::iter::from_fn(|| county.poll_output()).collect();
+        let to_town: Vec<Message> = outs
+            .iter()
+            .filter_map(|o| match o {
+                TrunkOutput::Control { to, msg } if *to == n("town") => Some(msg.clone()),
+                _ => None,
+            })
+            .collect();
+        outs.retain(|o| !matches!(o, TrunkOutput::Control { to, .. } if *to == n("town")));
+        for m in to_town {
+            town.handle_control(t0, &n("county"), m);
+        }
+        assert_eq!(town.counters().retransmits, 1);
+        let resent: Vec<TrunkOutput> = std::iter::from_fn(|| town.poll_output()).collect();
+        for o in outs {
+            if let TrunkOutput::Datagram { to, data } = o {
+                if to == n("city") {
+                    city.handle_datagram(t0, &n("county"), &data);
+                }
+            } else if let TrunkOutput::Control { to, msg } = o {
+                if to == n("city") {
+                    city.handle_control(t0, &n("county"), msg);
+                }
+            }
+        }
+        // Frames 2–7 keep arriving every 100 ms meanwhile.
+        for i in 2..8u64 {
+            let t = t0 + Duration::from_millis(100 * (i - 1));
+            send(&mut town, i);
+            carry(&mut town, &mut county, t, |_| false);
+            carry(&mut county, &mut city, t, |_| false);
+        }
+        let late = t0 + Duration::from_millis(700);
+        for o in resent {
+            if let TrunkOutput::Datagram { data, .. } = o {
+                county.handle_datagram(late, &n("town"), &data);
+            }
+        }
+        carry(&mut county, &mut city, late, |_| false);
+        for p in [&mut county, &mut city] {
+            let frames: Vec<RemoteFrame> = std::iter::from_fn(|| p.poll_frame()).collect();
+            let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
+            assert_eq!(times, (0..8).collect::<Vec<u64>>(), "{}: repaired across the slow hop", p.node());
+            assert!(frames.iter().all(|f| !f.discontinuity));
+            assert_eq!(p.counters().packets_given_up, 0);
+        }
     }
 
     #[test]
@@ -1468,6 +1573,7 @@ mod tests {
                 video: true,
                 layer: LayerId(0),
                 codec: vec![],
+                repair_ms: 0,
             },
         );
         p.handle_datagram(now, &n("town"), &[0, 0, 0x81, 0, 0, 0]);
