@@ -60,37 +60,8 @@ node_config province 8080 8443 4433 4434 ""
 node_config city 8081 8444 4435 4436 "127.0.0.1:4434"
 node_config township 8082 8445 4437 "" "127.0.0.1:4436"
 
-pids=()
-# shellcheck disable=SC2317  # invoked from traps
-cleanup() {
-  trap - EXIT INT TERM
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-}
-trap 'cleanup; exit 130' INT
-trap 'cleanup; exit 143' TERM
-trap cleanup EXIT
-
-# wait_line FILE REGEX PID SECONDS WHAT: bounded wait for a line in FILE, while PID is alive.
-wait_line() {
-  local file=$1 re=$2 pid=$3 secs=$4 what=$5 n=$(($4 * 10))
-  for _ in $(seq "$n"); do
-    if grep -Eq "$re" "$file"; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "demo-province.sh: $what exited before it was ready; last log lines:" >&2
-      tail -n 20 "${file%.out}.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  echo "demo-province.sh: $what not ready after ${secs}s; last log lines:" >&2
-  tail -n 20 "${file%.out}.log" >&2 || true
-  return 1
-}
+# shellcheck source=scripts/demo-lib.sh
+source scripts/demo-lib.sh
 
 for n in province city township; do
   : >"$dir/$n.out"

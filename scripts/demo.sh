@@ -42,40 +42,8 @@ veh_out="$demo_dir/vehicle.out"
 veh_log="$demo_dir/vehicle.log"
 : >"$node_out"; : >"$pub_out"; : >"$tab_out"; : >"$cam_out"; : >"$bridge_out"; : >"$veh_out"
 
-pids=()
-# shellcheck disable=SC2317  # invoked from traps
-cleanup() {
-  trap - EXIT INT TERM
-  # Stop in reverse order of start: the drone, the tablet, the publisher, then the node.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill "${pids[$i]}" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-}
-trap 'cleanup; exit 130' INT
-trap 'cleanup; exit 143' TERM
-trap cleanup EXIT
-
-# wait_line FILE REGEX PID SECONDS WHAT: bounded wait for a line in FILE, while PID is alive.
-wait_line() {
-  local file=$1 re=$2 pid=$3 secs=$4 what=$5 n=$(($4 * 10))
-  for _ in $(seq "$n"); do
-    if grep -Eq "$re" "$file"; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "demo.sh: $what exited before it was ready; last log lines:" >&2
-      tail -n 20 "${file%.out}.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  echo "demo.sh: $what not ready after ${secs}s; last log lines:" >&2
-  tail -n 20 "${file%.out}.log" >&2 || true
-  return 1
-}
+# shellcheck source=scripts/demo-lib.sh
+source scripts/demo-lib.sh
 
 echo "demo.sh: starting media-server (advertise $advertise), logs in $demo_dir" >&2
 "$bin/media-server" --data "$demo_dir/data" \
