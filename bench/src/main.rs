@@ -121,18 +121,34 @@ fn main() {
     let _ = peer::clock_base();
     let ticks = procfs::clock_ticks();
     if let Some(mode) = &args.mode {
-        let config = match args.server_config.as_deref().map(std::fs::read_to_string).transpose() {
+        let config = match args
+            .server_config
+            .as_deref()
+            .map(std::fs::read_to_string)
+            .transpose()
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("fanout: cannot read --server-config: {e}");
                 std::process::exit(1);
             }
         };
-        let ok = modes::run(mode, &args.server, config.as_deref(), args.json.as_deref(), ticks);
+        let ok = modes::run(
+            mode,
+            &args.server,
+            config.as_deref(),
+            args.json.as_deref(),
+            ticks,
+        );
         std::process::exit(if ok { 0 } else { 1 });
     }
     let load_before = procfs::load_average();
-    eprintln!("fanout: server {}, viewers {:?}, {} s each, load average {load_before}", args.server.display(), args.viewers, args.seconds);
+    eprintln!(
+        "fanout: server {}, viewers {:?}, {} s each, load average {load_before}",
+        args.server.display(),
+        args.viewers,
+        args.seconds
+    );
     let mut rows = Vec::new();
     for &n in &args.viewers {
         eprintln!("fanout: {n} viewer(s)…");
@@ -140,7 +156,12 @@ fn main() {
             Ok(row) => row,
             Err(e) => {
                 eprintln!("fanout: {n} viewer(s) failed: {e:#}");
-                Row { viewers: n, error: Some(format!("{e:#}")), load_avg: procfs::load_average(), ..Row::default() }
+                Row {
+                    viewers: n,
+                    error: Some(format!("{e:#}")),
+                    load_avg: procfs::load_average(),
+                    ..Row::default()
+                }
             }
         };
         if row.error.is_none() {
@@ -154,7 +175,8 @@ fn main() {
     print_table(&args, &rows, &load_before);
     let mut failed = rows.iter().any(|r| r.error.is_some());
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&rows).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        let json = serde_json::to_string_pretty(&rows)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
         if let Err(e) = std::fs::write(path, json + "\n") {
             eprintln!("fanout: cannot write {}: {e}", path.display());
             failed = true;
@@ -176,7 +198,12 @@ impl Drop for Clients {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Each loop checks `stop` at least every 50 ms.
-        for r in self.publisher.take().into_iter().chain(self.viewers.drain(..)) {
+        for r in self
+            .publisher
+            .take()
+            .into_iter()
+            .chain(self.viewers.drain(..))
+        {
             let _ = r.thread.join();
         }
     }
@@ -187,11 +214,20 @@ impl Clients {
         if let Some(e) = self.publisher.as_ref().and_then(|p| p.stats.error()) {
             return Some(format!("publisher: {e}"));
         }
-        self.viewers.iter().enumerate().find_map(|(i, v)| v.stats.error().map(|e| format!("viewer {i}: {e}")))
+        self.viewers
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| v.stats.error().map(|e| format!("viewer {i}: {e}")))
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, clients: &Clients, server: &mut Server, mut done: impl FnMut() -> bool) -> Result<()> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    clients: &Clients,
+    server: &mut Server,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if done() {
@@ -201,7 +237,10 @@ fn wait_until(what: &str, timeout: Duration, clients: &Clients, server: &mut Ser
             bail!("{e} (while waiting for {what})");
         }
         if !server.alive() {
-            bail!("media-server exited while waiting for {what}; log: {}", server.log_tail());
+            bail!(
+                "media-server exited while waiting for {what}; log: {}",
+                server.log_tail()
+            );
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
@@ -211,7 +250,9 @@ fn wait_until(what: &str, timeout: Duration, clients: &Clients, server: &mut Ser
 }
 
 fn counter(m: &HashMap<String, u64>, name: &str) -> Result<u64> {
-    m.get(name).copied().with_context(|| format!("/metrics has no {name}"))
+    m.get(name)
+        .copied()
+        .with_context(|| format!("/metrics has no {name}"))
 }
 
 fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
@@ -219,11 +260,14 @@ fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
     let spec = VideoSpec {
         bitrate: args.bitrate,
         fps: args.fps,
-        gop: (args.keyframe_interval * f64::from(args.fps)).round().max(1.0) as u64,
+        gop: (args.keyframe_interval * f64::from(args.fps))
+            .round()
+            .max(1.0) as u64,
         keyframe_ratio: args.keyframe_ratio,
     };
 
-    let (mut server, mut clients, pstats, view_token) = modes::start(&args.server, None, spec, warmup)?;
+    let (mut server, mut clients, pstats, view_token) =
+        modes::start(&args.server, None, spec, warmup)?;
     let stream = modes::STREAM;
 
     for i in 0..n {
@@ -234,25 +278,40 @@ fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
         clients.viewers.push(v);
     }
     let vstats: Vec<_> = clients.viewers.iter().map(|v| v.stats.clone()).collect();
-    wait_until("every viewer to receive frames", warmup, &clients, &mut server, || {
-        vstats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0)
-    })?;
+    wait_until(
+        "every viewer to receive frames",
+        warmup,
+        &clients,
+        &mut server,
+        || vstats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0),
+    )?;
     std::thread::sleep(Duration::from_secs(args.settle));
 
     // The window.
     let m0 = server.metrics()?;
     let cpu0 = procfs::cpu_time(&server.pid, ticks)?;
     let gen0 = procfs::cpu_time("self", ticks)?;
-    let frames0: Vec<u64> = vstats.iter().map(|s| s.frames.load(Ordering::Relaxed)).collect();
+    let frames0: Vec<u64> = vstats
+        .iter()
+        .map(|s| s.frames.load(Ordering::Relaxed))
+        .collect();
     let gaps0: u64 = vstats.iter().map(|s| s.gaps.load(Ordering::Relaxed)).sum();
-    let (pf0, pb0) = (pstats.frames.load(Ordering::Relaxed), pstats.bytes.load(Ordering::Relaxed));
+    let (pf0, pb0) = (
+        pstats.frames.load(Ordering::Relaxed),
+        pstats.bytes.load(Ordering::Relaxed),
+    );
     let t0 = Instant::now();
     let mut rss_peak = procfs::rss_kib(&server.pid)?;
     let end = t0 + Duration::from_secs(args.seconds);
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())),
+        );
         if !server.alive() {
-            bail!("media-server exited during the measurement; log: {}", server.log_tail());
+            bail!(
+                "media-server exited during the measurement; log: {}",
+                server.log_tail()
+            );
         }
         if let Some(e) = clients.first_error() {
             bail!("{e} (during the measurement)");
@@ -265,12 +324,26 @@ fn run_one(args: &Args, n: usize, ticks: u64) -> Result<Row> {
     let secs = t0.elapsed().as_secs_f64();
     let rss_end = procfs::rss_kib(&server.pid)?;
     rss_peak = rss_peak.max(rss_end);
-    let min_frames = vstats.iter().zip(&frames0).map(|(s, f0)| s.frames.load(Ordering::Relaxed) - f0).min().unwrap_or(0);
-    let gaps = vstats.iter().map(|s| s.gaps.load(Ordering::Relaxed)).sum::<u64>() - gaps0;
-    let (pf1, pb1) = (pstats.frames.load(Ordering::Relaxed), pstats.bytes.load(Ordering::Relaxed));
+    let min_frames = vstats
+        .iter()
+        .zip(&frames0)
+        .map(|(s, f0)| s.frames.load(Ordering::Relaxed) - f0)
+        .min()
+        .unwrap_or(0);
+    let gaps = vstats
+        .iter()
+        .map(|s| s.gaps.load(Ordering::Relaxed))
+        .sum::<u64>()
+        - gaps0;
+    let (pf1, pb1) = (
+        pstats.frames.load(Ordering::Relaxed),
+        pstats.bytes.load(Ordering::Relaxed),
+    );
     drop(clients);
 
-    let delta = |name: &str| -> Result<f64> { Ok(counter(&m1, name)?.saturating_sub(counter(&m0, name)?) as f64) };
+    let delta = |name: &str| -> Result<f64> {
+        Ok(counter(&m1, name)?.saturating_sub(counter(&m0, name)?) as f64)
+    };
     let packets_out = delta("yiwang_packets_out_total")?;
     let cpu = (cpu1 - cpu0).as_secs_f64();
     Ok(Row {
@@ -331,5 +404,8 @@ fn print_table(args: &Args, rows: &[Row], load_before: &str) {
         }
     }
     println!();
-    println!("Load average before: {load_before}; after: {}.", procfs::load_average());
+    println!(
+        "Load average before: {load_before}; after: {}.",
+        procfs::load_average()
+    );
 }

@@ -139,19 +139,34 @@ pub struct MemoryArgs {
 /// Runs `mode`; false when it failed (the error is printed).
 /// `config` is the text of `--server-config`, if any (not allowed for `memory`, which writes
 /// its own).
-pub fn run(mode: &Mode, server: &Path, config: Option<&str>, json: Option<&Path>, ticks: u64) -> bool {
+pub fn run(
+    mode: &Mode,
+    server: &Path,
+    config: Option<&str>,
+    json: Option<&Path>,
+    ticks: u64,
+) -> bool {
     let out = match mode {
         Mode::Join(a) => join(a, server, config).and_then(|v| Ok(serde_json::to_value(v)?)),
-        Mode::Latency(a) => latency(a, server, config, ticks).and_then(|v| Ok(serde_json::to_value(v)?)),
-        Mode::Memory(_) if config.is_some() => Err(anyhow::anyhow!("`memory` writes its own config; --server-config is not allowed")),
+        Mode::Latency(a) => {
+            latency(a, server, config, ticks).and_then(|v| Ok(serde_json::to_value(v)?))
+        }
+        Mode::Memory(_) if config.is_some() => Err(anyhow::anyhow!(
+            "`memory` writes its own config; --server-config is not allowed"
+        )),
         Mode::Memory(a) => memory(a, server).and_then(|v| Ok(serde_json::to_value(v)?)),
-        Mode::Trunk(_) if config.is_some() => Err(anyhow::anyhow!("`trunk` writes its own configs; --server-config is not allowed")),
-        Mode::Trunk(a) => crate::trunk::trunk(a, server, ticks).and_then(|v| Ok(serde_json::to_value(v)?)),
+        Mode::Trunk(_) if config.is_some() => Err(anyhow::anyhow!(
+            "`trunk` writes its own configs; --server-config is not allowed"
+        )),
+        Mode::Trunk(a) => {
+            crate::trunk::trunk(a, server, ticks).and_then(|v| Ok(serde_json::to_value(v)?))
+        }
     };
     match out {
         Ok(value) => {
             if let Some(path) = json {
-                let text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                let text = serde_json::to_string_pretty(&value)
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
                 if let Err(e) = std::fs::write(path, text + "\n") {
                     eprintln!("fanout: cannot write {}: {e}", path.display());
                     return false;
@@ -168,19 +183,34 @@ pub fn run(mode: &Mode, server: &Path, config: Option<&str>, json: Option<&Path>
 }
 
 /// A fresh server with a connected publisher that has sent at least one frame.
-pub(crate) fn start(binary: &Path, config: Option<&str>, spec: VideoSpec, warmup: Duration) -> Result<(Server, Clients, Arc<Stats>, String)> {
+pub(crate) fn start(
+    binary: &Path,
+    config: Option<&str>,
+    spec: VideoSpec,
+    warmup: Duration,
+) -> Result<(Server, Clients, Arc<Stats>, String)> {
     let t = Duration::from_secs(20);
     let mut server = Server::start_with(binary, t, config)?;
     let pub_token = server.token("bench-pub", "officer", t)?;
     let view_token = server.token("bench-viewer", "viewer", t)?;
-    let mut clients = Clients { stop: Arc::new(AtomicBool::new(false)), publisher: None, viewers: Vec::new() };
+    let mut clients = Clients {
+        stop: Arc::new(AtomicBool::new(false)),
+        publisher: None,
+        viewers: Vec::new(),
+    };
     let publisher = Pending::new(Direction::SendOnly)?
         .exchange(server.http, &format!("/whip/{STREAM}"), &pub_token)
         .context("publisher")?
         .spawn(clients.stop.clone(), Some(spec))?;
     let pstats = publisher.stats.clone();
     clients.publisher = Some(publisher);
-    wait_until("the publisher to connect and send", warmup, &clients, &mut server, || pstats.frames.load(Ordering::Relaxed) > 0)?;
+    wait_until(
+        "the publisher to connect and send",
+        warmup,
+        &clients,
+        &mut server,
+        || pstats.frames.load(Ordering::Relaxed) > 0,
+    )?;
     Ok((server, clients, pstats, view_token))
 }
 
@@ -199,7 +229,13 @@ fn add_viewers(server: &Server, clients: &mut Clients, token: &str, n: usize) ->
 
 fn wait_all_receiving(server: &mut Server, clients: &Clients, timeout: Duration) -> Result<()> {
     let stats: Vec<_> = clients.viewers.iter().map(|v| v.stats.clone()).collect();
-    wait_until("every viewer to receive frames", timeout, clients, server, || stats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0))
+    wait_until(
+        "every viewer to receive frames",
+        timeout,
+        clients,
+        server,
+        || stats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0),
+    )
 }
 
 /// Nearest-rank percentile of sorted `v` (`p` in 0..=100).
@@ -216,13 +252,20 @@ fn ms(d: Option<f64>) -> String {
 }
 
 fn header(cmd: &str, spec: &VideoSpec, binary: &Path, config: Option<&str>) {
-    println!("`fanout {cmd}`: 1 publisher ({}) through {}", describe(spec), binary.display());
+    println!(
+        "`fanout {cmd}`: 1 publisher ({}) through {}",
+        describe(spec),
+        binary.display()
+    );
     if let Some(c) = config {
         println!();
         println!("Server config: `{}`", c.trim().replace('\n', "; "));
     }
     println!();
-    println!("Load average (1/5/15 min) when the run ended: {}.", procfs::load_average());
+    println!(
+        "Load average (1/5/15 min) when the run ended: {}.",
+        procfs::load_average()
+    );
     println!();
 }
 
@@ -267,11 +310,18 @@ impl Rng {
 fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSample>> {
     let spec = a.video.spec(4.0);
     let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
     });
     let mut rng = Rng(seed.max(1));
-    eprintln!("fanout join: {} joins, pauses {}–{} s, seed {seed}", a.viewers, a.min_gap, a.max_gap);
-    let (mut server, clients, pstats, token) = start(binary, config, spec, Duration::from_secs(30))?;
+    eprintln!(
+        "fanout join: {} joins, pauses {}–{} s, seed {seed}",
+        a.viewers, a.min_gap, a.max_gap
+    );
+    let (mut server, clients, pstats, token) =
+        start(binary, config, spec, Duration::from_secs(30))?;
     let m0 = server.metrics()?;
     let timeout = Duration::from_secs(a.join_timeout);
     let frame_ms = 1000.0 / f64::from(spec.fps.max(1));
@@ -284,9 +334,13 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
         }
         let pending = Pending::new(Direction::RecvOnly)?;
         let kreq0 = pstats.keyframe_requests.load(Ordering::Relaxed);
-        let phase = (pstats.frames.load(Ordering::Relaxed).saturating_sub(1) % spec.gop.max(1)) as f64 * frame_ms;
+        let phase = (pstats.frames.load(Ordering::Relaxed).saturating_sub(1) % spec.gop.max(1))
+            as f64
+            * frame_ms;
         let t0 = Instant::now();
-        let pending = pending.exchange(server.http, &format!("/whep/{STREAM}"), &token).with_context(|| format!("join {i}"))?;
+        let pending = pending
+            .exchange(server.http, &format!("/whep/{STREAM}"), &token)
+            .with_context(|| format!("join {i}"))?;
         let t_answer = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let v = pending.spawn(stop.clone(), None)?;
@@ -299,7 +353,10 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
                 break Err(anyhow::anyhow!("join {i}: viewer: {e}"));
             }
             if !server.alive() {
-                break Err(anyhow::anyhow!("media-server exited during join {i}; log: {}", server.log_tail()));
+                break Err(anyhow::anyhow!(
+                    "media-server exited during join {i}; log: {}",
+                    server.log_tail()
+                ));
             }
             if Instant::now() > deadline {
                 break Ok(());
@@ -315,7 +372,9 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
         let s = v.stats.clone();
         let _ = v.thread.join();
         outcome?;
-        let since = |from: Instant, to: Option<Instant>| to.map(|t| t.saturating_duration_since(from).as_secs_f64() * 1e3);
+        let since = |from: Instant, to: Option<Instant>| {
+            to.map(|t| t.saturating_duration_since(from).as_secs_f64() * 1e3)
+        };
         let conn = s.dtls_connected_at.get();
         let first = s.first_frame_at.get();
         let sample = JoinSample {
@@ -362,10 +421,18 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
     println!("|---|---:|---:|---:|---:|---:|");
     let rows: [(&str, &Pick); 5] = [
         ("POST → answer", &|s| Some(s.post_to_answer_ms)),
-        ("answer → ICE+DTLS connected", &|s| s.answer_to_connected_ms),
-        ("connected → first video frame", &|s| s.connected_to_first_frame_ms),
-        ("**join (POST) → first video frame**", &|s| s.join_to_first_frame_ms),
-        ("join (POST) → first keyframe", &|s| s.join_to_first_keyframe_ms),
+        ("answer → ICE+DTLS connected", &|s| {
+            s.answer_to_connected_ms
+        }),
+        ("connected → first video frame", &|s| {
+            s.connected_to_first_frame_ms
+        }),
+        ("**join (POST) → first video frame**", &|s| {
+            s.join_to_first_frame_ms
+        }),
+        ("join (POST) → first keyframe", &|s| {
+            s.join_to_first_keyframe_ms
+        }),
     ];
     for (name, f) in rows {
         let (v, missing) = col(f);
@@ -377,9 +444,17 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
             ms(v.first().copied())
         );
     }
-    let key_first = samples.iter().filter(|s| s.first_frame_was_keyframe).count();
+    let key_first = samples
+        .iter()
+        .filter(|s| s.first_frame_was_keyframe)
+        .count();
     let kreqs: u64 = samples.iter().map(|s| s.publisher_keyframe_requests).sum();
-    let delta = |name: &str| m1.get(name).copied().unwrap_or(0).saturating_sub(m0.get(name).copied().unwrap_or(0));
+    let delta = |name: &str| {
+        m1.get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(m0.get(name).copied().unwrap_or(0))
+    };
     println!();
     println!(
         "First frame was a keyframe in {key_first}/{} joins. Keyframe requests received by the publisher during joins: {kreqs} \
@@ -404,7 +479,11 @@ fn join(a: &JoinArgs, binary: &Path, config: Option<&str>) -> Result<Vec<JoinSam
             ms(s.connected_to_first_frame_ms),
             ms(s.join_to_first_frame_ms),
             ms(s.join_to_first_keyframe_ms),
-            if s.first_frame_was_keyframe { "yes" } else { "no" },
+            if s.first_frame_was_keyframe {
+                "yes"
+            } else {
+                "no"
+            },
             s.publisher_keyframe_requests
         );
     }
@@ -433,14 +512,24 @@ struct LatencyRow {
     error: Option<String>,
 }
 
-fn latency(a: &LatencyArgs, binary: &Path, config: Option<&str>, ticks: u64) -> Result<Vec<LatencyRow>> {
+fn latency(
+    a: &LatencyArgs,
+    binary: &Path,
+    config: Option<&str>,
+    ticks: u64,
+) -> Result<Vec<LatencyRow>> {
     let spec = a.video.spec(2.0);
     let mut rows = Vec::new();
     for &n in &a.viewers {
         eprintln!("fanout latency: {n} viewer(s)…");
         let row = latency_one(a, binary, config, spec, n, ticks).unwrap_or_else(|e| {
             eprintln!("fanout latency: {n} viewer(s) failed: {e:#}");
-            LatencyRow { viewers: n, error: Some(format!("{e:#}")), load_avg: procfs::load_average(), ..LatencyRow::default() }
+            LatencyRow {
+                viewers: n,
+                error: Some(format!("{e:#}")),
+                load_avg: procfs::load_average(),
+                ..LatencyRow::default()
+            }
         });
         rows.push(row);
     }
@@ -454,7 +543,10 @@ fn latency(a: &LatencyArgs, binary: &Path, config: Option<&str>, ticks: u64) -> 
     println!();
     println!("| viewers | frames measured | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | + p50 / + p99 ms | publisher write→last packet out p50 / p99 ms | min viewer fps | server CPU % | generator CPU % | load avg |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    let floor = rows.iter().find(|r| r.viewers == 1 && r.error.is_none()).map(|r| (r.p50_ms, r.p99_ms));
+    let floor = rows
+        .iter()
+        .find(|r| r.viewers == 1 && r.error.is_none())
+        .map(|r| (r.p50_ms, r.p99_ms));
     for r in &rows {
         match &r.error {
             Some(e) => println!("| {} | error: {} ||||||||||| {} |", r.viewers, e.replace('|', "/"), r.load_avg),
@@ -483,7 +575,14 @@ fn latency(a: &LatencyArgs, binary: &Path, config: Option<&str>, ticks: u64) -> 
     Ok(rows)
 }
 
-fn latency_one(a: &LatencyArgs, binary: &Path, config: Option<&str>, spec: VideoSpec, n: usize, ticks: u64) -> Result<LatencyRow> {
+fn latency_one(
+    a: &LatencyArgs,
+    binary: &Path,
+    config: Option<&str>,
+    spec: VideoSpec,
+    n: usize,
+    ticks: u64,
+) -> Result<LatencyRow> {
     let warmup = Duration::from_secs(a.warmup_timeout);
     let (mut server, mut clients, pstats, token) = start(binary, config, spec, warmup)?;
     add_viewers(&server, &mut clients, &token, n)?;
@@ -491,7 +590,10 @@ fn latency_one(a: &LatencyArgs, binary: &Path, config: Option<&str>, spec: Video
     std::thread::sleep(Duration::from_secs(a.settle));
     pstats.record_latency.store(true, Ordering::Relaxed);
     let stats: Vec<_> = clients.viewers.iter().map(|v| v.stats.clone()).collect();
-    let frames0: Vec<u64> = stats.iter().map(|s| s.frames.load(Ordering::Relaxed)).collect();
+    let frames0: Vec<u64> = stats
+        .iter()
+        .map(|s| s.frames.load(Ordering::Relaxed))
+        .collect();
     let cpu0 = procfs::cpu_time(&server.pid, ticks)?;
     let gen0 = procfs::cpu_time("self", ticks)?;
     let t0 = Instant::now();
@@ -500,9 +602,14 @@ fn latency_one(a: &LatencyArgs, binary: &Path, config: Option<&str>, spec: Video
     }
     let end = t0 + Duration::from_secs(a.seconds);
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())),
+        );
         if !server.alive() {
-            bail!("media-server exited during the measurement; log: {}", server.log_tail());
+            bail!(
+                "media-server exited during the measurement; log: {}",
+                server.log_tail()
+            );
         }
         if let Some(e) = clients.first_error() {
             bail!("{e} (during the measurement)");
@@ -512,12 +619,21 @@ fn latency_one(a: &LatencyArgs, binary: &Path, config: Option<&str>, spec: Video
         s.record_latency.store(false, Ordering::Relaxed);
     }
     pstats.record_latency.store(false, Ordering::Relaxed);
-    let mut spans = pstats.send_spans.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut spans = pstats
+        .send_spans
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     spans.sort_unstable();
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (procfs::cpu_time(&server.pid, ticks)? - cpu0).as_secs_f64();
     let gen = (procfs::cpu_time("self", ticks)? - gen0).as_secs_f64();
-    let min_frames = stats.iter().zip(&frames0).map(|(s, f0)| s.frames.load(Ordering::Relaxed) - f0).min().unwrap_or(0);
+    let min_frames = stats
+        .iter()
+        .zip(&frames0)
+        .map(|(s, f0)| s.frames.load(Ordering::Relaxed) - f0)
+        .min()
+        .unwrap_or(0);
     drop(clients);
     let mut all: Vec<u64> = Vec::new();
     for s in &stats {
@@ -569,7 +685,9 @@ fn memory(a: &MemoryArgs, binary: &Path) -> Result<Vec<MemoryRow>> {
     }
     let mut rows = Vec::new();
     for b in &a.buffers {
-        let (v, au) = b.split_once('/').with_context(|| format!("--buffers wants VIDEO/AUDIO, got {b:?}"))?;
+        let (v, au) = b
+            .split_once('/')
+            .with_context(|| format!("--buffers wants VIDEO/AUDIO, got {b:?}"))?;
         let (video, audio): (usize, usize) = (v.trim().parse()?, au.trim().parse()?);
         eprintln!("fanout memory: send_buffer_video = {video}, send_buffer_audio = {audio}");
         let config = format!("[sfu]\nsend_buffer_video = {video}\nsend_buffer_audio = {audio}\n");
@@ -596,7 +714,12 @@ fn memory(a: &MemoryArgs, binary: &Path) -> Result<Vec<MemoryRow>> {
         drop(clients);
         drop(server);
         let slope = slope(&points);
-        rows.push(MemoryRow { send_buffer_video: video, send_buffer_audio: audio, rss_kib: points, slope_kib_per_viewer: slope });
+        rows.push(MemoryRow {
+            send_buffer_video: video,
+            send_buffer_audio: audio,
+            rss_kib: points,
+            slope_kib_per_viewer: slope,
+        });
     }
     header("memory", &spec, binary, None);
     println!(
@@ -605,11 +728,24 @@ fn memory(a: &MemoryArgs, binary: &Path) -> Result<Vec<MemoryRow>> {
     );
     println!();
     let cols: Vec<String> = steps.iter().map(|n| format!("RSS MiB @ {n}")).collect();
-    println!("| send_buffer_video / _audio | {} | slope KiB/viewer |", cols.join(" | "));
+    println!(
+        "| send_buffer_video / _audio | {} | slope KiB/viewer |",
+        cols.join(" | ")
+    );
     println!("|---|{}---:|", "---:|".repeat(steps.len()));
     for r in &rows {
-        let cells: Vec<String> = r.rss_kib.iter().map(|(_, k)| format!("{:.1}", k / 1024.0)).collect();
-        println!("| {} / {} | {} | {:.0} |", r.send_buffer_video, r.send_buffer_audio, cells.join(" | "), r.slope_kib_per_viewer);
+        let cells: Vec<String> = r
+            .rss_kib
+            .iter()
+            .map(|(_, k)| format!("{:.1}", k / 1024.0))
+            .collect();
+        println!(
+            "| {} / {} | {} | {:.0} |",
+            r.send_buffer_video,
+            r.send_buffer_audio,
+            cells.join(" | "),
+            r.slope_kib_per_viewer
+        );
     }
     if let (Some(big), Some(small)) = (
         rows.iter().max_by_key(|r| r.send_buffer_video),
@@ -651,7 +787,10 @@ mod tests {
     #[test]
     fn percentiles_and_slope() {
         let v: Vec<u32> = (1..=100).collect();
-        assert_eq!((pct(&v, 50.0), pct(&v, 95.0), pct(&v, 100.0)), (Some(50), Some(95), Some(100)));
+        assert_eq!(
+            (pct(&v, 50.0), pct(&v, 95.0), pct(&v, 100.0)),
+            (Some(50), Some(95), Some(100))
+        );
         assert_eq!(pct::<u32>(&[], 50.0), None);
         let s = slope(&[(0, 10.0), (10, 30.0), (20, 50.0)]);
         assert!((s - 2.0).abs() < 1e-9);

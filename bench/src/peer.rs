@@ -82,7 +82,10 @@ pub const STAMP_AT: usize = 16;
 impl Stats {
     /// The error that stopped the client, if any.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 }
 
@@ -106,7 +109,10 @@ impl VideoSpec {
         let gop = self.gop.max(1) as f64;
         let delta = avg * gop / (self.keyframe_ratio + gop - 1.0);
         let min = (STAMP_AT + 8) as f64;
-        ((delta * self.keyframe_ratio).round().max(min) as usize, delta.round().max(min) as usize)
+        (
+            (delta * self.keyframe_ratio).round().max(min) as usize,
+            delta.round().max(min) as usize,
+        )
     }
 }
 
@@ -133,7 +139,11 @@ impl Pending {
     /// A new client on its own loopback socket with a VP8-only offer for one video m-line
     /// (`SendOnly` for a publisher, `RecvOnly` for a viewer).
     pub fn new(dir: Direction) -> Result<Pending> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
         // Keyframes arrive as bursts of ~100 datagrams; a larger buffer avoids self-inflicted loss.
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
@@ -141,12 +151,24 @@ impl Pending {
         let socket: UdpSocket = sock.into();
         let local = socket.local_addr()?;
         let now = Instant::now();
-        let mut rtc = RtcConfig::new().clear_codecs().enable_vp8(true).set_stats_interval(None).build(now);
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_vp8(true)
+            .set_stats_interval(None)
+            .build(now);
         rtc.add_local_candidate(Candidate::host(local, "udp").context("host candidate")?);
         let mut api = rtc.sdp_api();
         let mid = api.add_media(MediaKind::Video, dir, None, None, None);
         let (offer, pending) = api.apply().context("no offer")?;
-        Ok(Pending { rtc, socket, local, pending: Some(pending), mid, offer: offer.to_sdp_string(), location: None })
+        Ok(Pending {
+            rtc,
+            socket,
+            local,
+            pending: Some(pending),
+            mid,
+            offer: offer.to_sdp_string(),
+            location: None,
+        })
     }
 
     /// POSTs the offer to `path` (`/whip/S` or `/whep/S`) and applies the answer.
@@ -156,7 +178,10 @@ impl Pending {
             http_addr,
             "POST",
             path,
-            &[("Content-Type", "application/sdp"), ("Authorization", &auth)],
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &auth),
+            ],
             self.offer.as_bytes(),
             Duration::from_secs(10),
         )?;
@@ -166,7 +191,10 @@ impl Pending {
         self.location = r.header("location").map(str::to_owned);
         let answer = SdpAnswer::from_sdp_string(&r.text()).context("answer is not SDP")?;
         let pending = self.pending.take().context("offer already answered")?;
-        self.rtc.sdp_api().accept_answer(pending, answer).context("accept answer")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .context("accept answer")?;
         Ok(self)
     }
 
@@ -174,16 +202,32 @@ impl Pending {
     pub fn spawn(self, stop: Arc<AtomicBool>, video: Option<VideoSpec>) -> Result<Running> {
         let stats = Arc::new(Stats::default());
         let s = stats.clone();
-        let name = if video.is_some() { "publisher" } else { "viewer" };
+        let name = if video.is_some() {
+            "publisher"
+        } else {
+            "viewer"
+        };
         let location = self.location.clone();
-        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
-            let mut client = Client { rtc: self.rtc, socket: self.socket, local: self.local, stats: s.clone(), last_write: None };
-            let source = video.map(|v| Source::new(self.mid, v));
-            if let Err(e) = client.run(&stop, source) {
-                *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
-            }
-        })?;
-        Ok(Running { stats, thread, location })
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut client = Client {
+                    rtc: self.rtc,
+                    socket: self.socket,
+                    local: self.local,
+                    stats: s.clone(),
+                    last_write: None,
+                };
+                let source = video.map(|v| Source::new(self.mid, v));
+                if let Err(e) = client.run(&stop, source) {
+                    *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                }
+            })?;
+        Ok(Running {
+            stats,
+            thread,
+            location,
+        })
     }
 }
 
@@ -232,22 +276,36 @@ impl Source {
     }
 
     fn write(&mut self, rtc: &mut Rtc, now: Instant, stats: &Stats) -> Result<()> {
-        let Some(w) = rtc.writer(self.mid) else { bail!("no writer for the video mid") };
+        let Some(w) = rtc.writer(self.mid) else {
+            bail!("no writer for the video mid")
+        };
         let pt = match self.pt {
             Some(pt) => pt,
             None => {
-                let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).context("VP8 not negotiated")?.pt();
+                let pt = w
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Vp8)
+                    .context("VP8 not negotiated")?
+                    .pt();
                 self.pt = Some(pt);
                 pt
             }
         };
-        let key = self.n.is_multiple_of(self.spec.gop.max(1)) || std::mem::take(&mut self.force_keyframe);
-        let mut data = if key { self.keyframe.to_vec() } else { self.delta.to_vec() };
+        let key =
+            self.n.is_multiple_of(self.spec.gop.max(1)) || std::mem::take(&mut self.force_keyframe);
+        let mut data = if key {
+            self.keyframe.to_vec()
+        } else {
+            self.delta.to_vec()
+        };
         // The send time, for the viewers' latency: nanoseconds since the shared base.
         let sent = now.saturating_duration_since(clock_base()).as_nanos() as u64;
         data[STAMP_AT..STAMP_AT + 8].copy_from_slice(&sent.to_le_bytes());
         let len = data.len() as u64;
-        let rtp_time = MediaTime::new(self.n * 90_000 / u64::from(self.spec.fps.max(1)), Frequency::NINETY_KHZ);
+        let rtp_time = MediaTime::new(
+            self.n * 90_000 / u64::from(self.spec.fps.max(1)),
+            Frequency::NINETY_KHZ,
+        );
         w.write(pt, now, rtp_time, data).context("write frame")?;
         self.n += 1;
         stats.frames.fetch_add(1, Ordering::Relaxed);
@@ -275,7 +333,11 @@ impl Client {
                     if let Some((w, Some(last))) = self.last_write {
                         if self.stats.record_latency.load(Ordering::Relaxed) {
                             let span = last.saturating_duration_since(w).as_nanos() as u64;
-                            self.stats.send_spans.lock().unwrap_or_else(|e| e.into_inner()).push(span);
+                            self.stats
+                                .send_spans
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(span);
                         }
                     }
                     src.write(&mut self.rtc, now, &self.stats)?;
@@ -297,7 +359,8 @@ impl Client {
             self.socket.set_read_timeout(Some(wait))?;
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    let r = Receive::new(Protocol::Udp, from, self.local, &buf[..n]).context("parse datagram")?;
+                    let r = Receive::new(Protocol::Udp, from, self.local, &buf[..n])
+                        .context("parse datagram")?;
                     self.rtc.handle_input(Input::Receive(Instant::now(), r))?;
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -305,7 +368,11 @@ impl Client {
                 }
                 // ICMP errors from a departed server surface here; the server's death is
                 // noticed by the controller.
-                Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionRefused | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(e).context("recv"),
             }
         }
@@ -318,7 +385,10 @@ impl Client {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
                     if let Err(e) = self.socket.send_to(&t.contents, t.destination) {
-                        if !matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::WouldBlock) {
+                        if !matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionRefused | ErrorKind::WouldBlock
+                        ) {
                             return Err(e).context("send");
                         }
                     }
@@ -328,31 +398,51 @@ impl Client {
                         }
                     }
                 }
-                Output::Event(Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)) => {
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Connected | IceConnectionState::Completed,
+                )) => {
                     self.stats.connected.store(true, Ordering::Relaxed);
                 }
-                Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) => {
                     bail!("ICE disconnected");
                 }
-                Output::Event(Event::Connected) => self.stats.dtls_connected_at.set_once(Instant::now()),
+                Output::Event(Event::Connected) => {
+                    self.stats.dtls_connected_at.set_once(Instant::now())
+                }
                 Output::Event(Event::MediaData(d)) => {
                     let now = Instant::now();
-                    self.stats.first_frame_at.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| {
-                        self.stats.first_frame_key.store(d.is_keyframe(), Ordering::Relaxed);
-                        now
-                    });
+                    self.stats
+                        .first_frame_at
+                        .0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert_with(|| {
+                            self.stats
+                                .first_frame_key
+                                .store(d.is_keyframe(), Ordering::Relaxed);
+                            now
+                        });
                     if d.is_keyframe() {
                         self.stats.first_keyframe_at.set_once(now);
                     }
                     if self.stats.record_latency.load(Ordering::Relaxed) {
                         if let Some(b) = d.data.get(STAMP_AT..STAMP_AT + 8) {
                             let sent = u64::from_le_bytes(b.try_into().unwrap_or_default());
-                            let arrived = now.saturating_duration_since(clock_base()).as_nanos() as u64;
-                            self.stats.latencies.lock().unwrap_or_else(|e| e.into_inner()).push(arrived.saturating_sub(sent));
+                            let arrived =
+                                now.saturating_duration_since(clock_base()).as_nanos() as u64;
+                            self.stats
+                                .latencies
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(arrived.saturating_sub(sent));
                         }
                     }
                     self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(d.data.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes
+                        .fetch_add(d.data.len() as u64, Ordering::Relaxed);
                     if !d.contiguous {
                         self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                     }
@@ -375,7 +465,12 @@ mod tests {
 
     #[test]
     fn frame_sizes_average_to_the_bitrate() {
-        let spec = VideoSpec { bitrate: 2_500_000, fps: 30, gop: 60, keyframe_ratio: 5.0 };
+        let spec = VideoSpec {
+            bitrate: 2_500_000,
+            fps: 30,
+            gop: 60,
+            keyframe_ratio: 5.0,
+        };
         let (k, d) = spec.frame_sizes();
         let gop_bits = (k + 59 * d) as f64 * 8.0;
         let rate = gop_bits / 2.0;

@@ -18,7 +18,8 @@ pub fn clock_ticks() -> u64 {
 
 /// User + system CPU time consumed so far by process `pid` ("self" for this process).
 pub fn cpu_time(pid: &str, ticks: u64) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
     // The command name is in parentheses and may contain spaces: fields start after the last ')'.
     let rest = stat.rsplit_once(')').context("malformed stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -31,9 +32,17 @@ pub fn cpu_time(pid: &str, ticks: u64) -> Result<Duration> {
 
 /// Resident set size (`VmRSS`) of process `pid` in KiB.
 pub fn rss_kib(pid: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    line.split_whitespace().nth(1).context("empty VmRSS")?.parse().context("bad VmRSS")
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    line.split_whitespace()
+        .nth(1)
+        .context("empty VmRSS")?
+        .parse()
+        .context("bad VmRSS")
 }
 
 /// The 1-, 5- and 15-minute load averages as written in `/proc/loadavg`.

@@ -28,7 +28,10 @@ impl Server {
     /// Starts `binary` on loopback ports and waits (at most `timeout`) for its ready line; with
     /// `config` (TOML), that is written to a file and passed as `--config`.
     pub fn start_with(binary: &Path, timeout: Duration, config: Option<&str>) -> Result<Server> {
-        let dir = tempfile::Builder::new().prefix("yiwang-bench-").tempdir().context("temp data dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix("yiwang-bench-")
+            .tempdir()
+            .context("temp data dir")?;
         let log = std::fs::File::create(dir.path().join("server.log")).context("server log")?;
         let mut cmd = Command::new(binary);
         if let Some(toml) = config {
@@ -39,8 +42,18 @@ impl Server {
         let mut child = cmd
             .args(["--data"])
             .arg(dir.path().join("data"))
-            .args(["--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
-            .env("RUST_LOG", std::env::var("YIWANG_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("YIWANG_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -55,17 +68,31 @@ impl Server {
             let _ = tx.send(lines.next());
             for _ in lines {}
         });
-        let mut server = Server { child, binary: binary.to_owned(), dir, http: "0.0.0.0:0".parse()?, pid };
+        let mut server = Server {
+            child,
+            binary: binary.to_owned(),
+            dir,
+            http: "0.0.0.0:0".parse()?,
+            pid,
+        };
         let line = match rx.recv_timeout(timeout) {
             Ok(Some(Ok(line))) => line,
-            Ok(_) => bail!("media-server exited before its ready line; log: {}", server.log_tail()),
-            Err(_) => bail!("no ready line within {timeout:?}; log: {}", server.log_tail()),
+            Ok(_) => bail!(
+                "media-server exited before its ready line; log: {}",
+                server.log_tail()
+            ),
+            Err(_) => bail!(
+                "no ready line within {timeout:?}; log: {}",
+                server.log_tail()
+            ),
         };
         let http = line
             .strip_prefix("ready ")
             .and_then(|r| r.split(' ').find_map(|kv| kv.strip_prefix("http=")))
             .with_context(|| format!("unexpected first line {line:?}"))?;
-        server.http = http.parse().with_context(|| format!("bad http address in {line:?}"))?;
+        server.http = http
+            .parse()
+            .with_context(|| format!("bad http address in {line:?}"))?;
         Ok(server)
     }
 
@@ -95,7 +122,10 @@ impl Server {
         };
         let out = child.wait_with_output()?;
         if !status.success() {
-            bail!("media-server token failed ({status}): {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "media-server token failed ({status}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let token = String::from_utf8(out.stdout)?.trim().to_owned();
         if token.is_empty() {
@@ -106,7 +136,14 @@ impl Server {
 
     /// The unlabelled samples of `/metrics`.
     pub fn metrics(&self) -> Result<HashMap<String, u64>> {
-        let r = http::request(self.http, "GET", "/metrics", &[], &[], Duration::from_secs(5))?;
+        let r = http::request(
+            self.http,
+            "GET",
+            "/metrics",
+            &[],
+            &[],
+            Duration::from_secs(5),
+        )?;
         if r.status != 200 {
             bail!("/metrics answered {}", r.status);
         }
@@ -121,7 +158,9 @@ impl Server {
     /// Ends a WHIP/WHEP session: `DELETE` its `Location` path; true on 200/204.
     pub fn delete(&self, location: &str) -> Result<bool> {
         let path = match location.find("://") {
-            Some(i) => location[i + 3..].find('/').map_or("/", |j| &location[i + 3 + j..]),
+            Some(i) => location[i + 3..]
+                .find('/')
+                .map_or("/", |j| &location[i + 3 + j..]),
             None => location,
         };
         let r = http::request(self.http, "DELETE", path, &[], &[], Duration::from_secs(5))?;

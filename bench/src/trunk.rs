@@ -68,13 +68,22 @@ pub struct TrunkRow {
 }
 
 fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn ca(binary: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new(binary).arg("ca").args(args).output().context("run media-server ca")?;
+    let out = Command::new(binary)
+        .arg("ca")
+        .args(args)
+        .output()
+        .context("run media-server ca")?;
     if !out.status.success() {
-        bail!("media-server ca {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "media-server ca {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -92,7 +101,9 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
     if a.hops < 1 {
         bail!("--hops must be at least 1");
     }
-    let dir = tempfile::Builder::new().prefix("yiwang-trunk-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("yiwang-trunk-bench-")
+        .tempdir()?;
     let d = dir.path().to_str().context("temp path")?.to_owned();
     let certs = format!("{d}/certs");
     ca(binary, &["init", "--dir", &d])?;
@@ -104,18 +115,32 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
         let name = format!("n{i}");
         ca(binary, &["issue", &name, "--dir", &d, "--out", &certs])?;
         let port = free_udp_port()?;
-        let parent_line = parent.map(|p| format!("parent = \"127.0.0.1:{p}\"\n")).unwrap_or_default();
+        let parent_line = parent
+            .map(|p| format!("parent = \"127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
         let config = format!(
             "[node]\nid = \"{name}\"\n[trunk]\nlisten = \"127.0.0.1:{port}\"\n{parent_line}ca = \"{d}/ca.pem\"\n\
              cert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n"
         );
-        servers.push(Server::start_with(binary, t, Some(&config)).with_context(|| format!("start {name}"))?);
+        servers.push(
+            Server::start_with(binary, t, Some(&config))
+                .with_context(|| format!("start {name}"))?,
+        );
         parent = Some(port);
     }
     servers.reverse(); // servers[i] is node n{i}
-    let spec = VideoSpec { bitrate: a.bitrate, fps: a.fps, gop: u64::from(a.fps) * 2, keyframe_ratio: 5.0 };
+    let spec = VideoSpec {
+        bitrate: a.bitrate,
+        fps: a.fps,
+        gop: u64::from(a.fps) * 2,
+        keyframe_ratio: 5.0,
+    };
     let warmup = Duration::from_secs(a.warmup_timeout);
-    let mut clients = Clients { stop: Arc::new(AtomicBool::new(false)), publisher: None, viewers: Vec::new() };
+    let mut clients = Clients {
+        stop: Arc::new(AtomicBool::new(false)),
+        publisher: None,
+        viewers: Vec::new(),
+    };
     let pub_token = servers[0].token("bench-pub", "officer", t)?;
     let publisher = Pending::new(Direction::SendOnly)?
         .exchange(servers[0].http, &format!("/whip/{STREAM}"), &pub_token)
@@ -123,7 +148,13 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
         .spawn(clients.stop.clone(), Some(spec))?;
     let pstats = publisher.stats.clone();
     clients.publisher = Some(publisher);
-    wait_until("the publisher to send", warmup, &clients, &mut servers[0], || pstats.frames.load(Ordering::Relaxed) > 0)?;
+    wait_until(
+        "the publisher to send",
+        warmup,
+        &clients,
+        &mut servers[0],
+        || pstats.frames.load(Ordering::Relaxed) > 0,
+    )?;
     let local_token = servers[0].token("bench-viewer", "viewer", t)?;
     clients.viewers.push(
         Pending::new(Direction::RecvOnly)?
@@ -136,7 +167,11 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
     // The top node learns the stream from the catalog within a few announce rounds.
     let deadline = Instant::now() + warmup;
     let far = loop {
-        match Pending::new(Direction::RecvOnly)?.exchange(servers[top].http, &format!("/whep/n0/{STREAM}"), &far_token) {
+        match Pending::new(Direction::RecvOnly)?.exchange(
+            servers[top].http,
+            &format!("/whep/n0/{STREAM}"),
+            &far_token,
+        ) {
             Ok(p) => break p,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("trunk: far viewer not yet: {e:#}");
@@ -147,14 +182,26 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
     };
     clients.viewers.push(far.spawn(clients.stop.clone(), None)?);
     let stats: Vec<_> = clients.viewers.iter().map(|v| v.stats.clone()).collect();
-    wait_until("both viewers to receive frames", warmup, &clients, &mut servers[top], || {
-        stats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0)
-    })?;
+    wait_until(
+        "both viewers to receive frames",
+        warmup,
+        &clients,
+        &mut servers[top],
+        || stats.iter().all(|s| s.frames.load(Ordering::Relaxed) > 0),
+    )?;
     std::thread::sleep(Duration::from_secs(a.settle));
 
     let out0: u64 = servers[1..top]
-        .iter().map(|s| s.metrics().and_then(|m| counter(&m, "yiwang_trunk_datagrams_out_total"))).sum::<Result<u64>>()?;
-    let cpu0: Duration = servers[1..top].iter().map(|s| procfs::cpu_time(&s.pid, ticks)).sum::<Result<Duration>>()?;
+        .iter()
+        .map(|s| {
+            s.metrics()
+                .and_then(|m| counter(&m, "yiwang_trunk_datagrams_out_total"))
+        })
+        .sum::<Result<u64>>()?;
+    let cpu0: Duration = servers[1..top]
+        .iter()
+        .map(|s| procfs::cpu_time(&s.pid, ticks))
+        .sum::<Result<Duration>>()?;
     for s in &stats {
         s.record_latency.store(true, Ordering::Relaxed);
     }
@@ -166,7 +213,10 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
         }
         for s in servers.iter_mut() {
             if !s.alive() {
-                bail!("a media-server exited during the measurement; log: {}", s.log_tail());
+                bail!(
+                    "a media-server exited during the measurement; log: {}",
+                    s.log_tail()
+                );
             }
         }
     }
@@ -174,11 +224,23 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
         s.record_latency.store(false, Ordering::Relaxed);
     }
     let out1: u64 = servers[1..top]
-        .iter().map(|s| s.metrics().and_then(|m| counter(&m, "yiwang_trunk_datagrams_out_total"))).sum::<Result<u64>>()?;
-    let cpu1: Duration = servers[1..top].iter().map(|s| procfs::cpu_time(&s.pid, ticks)).sum::<Result<Duration>>()?;
+        .iter()
+        .map(|s| {
+            s.metrics()
+                .and_then(|m| counter(&m, "yiwang_trunk_datagrams_out_total"))
+        })
+        .sum::<Result<u64>>()?;
+    let cpu1: Duration = servers[1..top]
+        .iter()
+        .map(|s| procfs::cpu_time(&s.pid, ticks))
+        .sum::<Result<Duration>>()?;
     drop(clients);
     let lat = |i: usize| {
-        let mut v = stats[i].latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut v = stats[i]
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         v.sort_unstable();
         v
     };
@@ -201,8 +263,16 @@ pub fn trunk(a: &TrunkArgs, binary: &Path, ticks: u64) -> Result<TrunkRow> {
         added_per_hop_p99_ms: (pct(&far, 99.0) - pct(&local, 99.0)) / hops,
         relay_datagrams_out: relay_out,
         relay_cpu_s: relay_cpu,
-        relay_packets_per_cpu_s: if relay_cpu > 0.0 { relay_out as f64 / relay_cpu } else { 0.0 },
-        relay_cpu_us_per_packet: if relay_out > 0 { relay_cpu * 1e6 / relay_out as f64 } else { 0.0 },
+        relay_packets_per_cpu_s: if relay_cpu > 0.0 {
+            relay_out as f64 / relay_cpu
+        } else {
+            0.0
+        },
+        relay_cpu_us_per_packet: if relay_out > 0 {
+            relay_cpu * 1e6 / relay_out as f64
+        } else {
+            0.0
+        },
         load_avg: procfs::load_average(),
     };
     println!("| hops | frames local / far | local p50 / p99 ms | far p50 / p99 ms | added per hop p50 / p99 ms | relay datagrams out | relay CPU s | packets per CPU-s | CPU µs per packet | load |");

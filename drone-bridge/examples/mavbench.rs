@@ -25,7 +25,8 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -34,7 +35,8 @@ fn heartbeat() -> MavMessage {
         custom_mode: 4,
         mavtype: MavType::MAV_TYPE_QUADROTOR,
         autopilot: MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA,
-        base_mode: MavModeFlag::MAV_MODE_FLAG_CUSTOM_MODE_ENABLED | MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED,
+        base_mode: MavModeFlag::MAV_MODE_FLAG_CUSTOM_MODE_ENABLED
+            | MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED,
         system_status: MavState::MAV_STATE_ACTIVE,
         mavlink_version: 3,
     })
@@ -59,20 +61,80 @@ fn position(seq: u32) -> MavMessage {
 fn second_of(sysid: u8, seq: &mut u8, t: u32) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut push = |m: MavMessage, out: &mut Vec<Vec<u8>>| {
-        out.push(encode_v2(Sender { sysid, compid: 1, seq: *seq }, &m, false));
+        out.push(encode_v2(
+            Sender {
+                sysid,
+                compid: 1,
+                seq: *seq,
+            },
+            &m,
+            false,
+        ));
         *seq = seq.wrapping_add(1);
     };
     push(heartbeat(), &mut out);
     for i in 0..50u32 {
         push(position(t * 50 + i), &mut out);
-        push(MavMessage::ATTITUDE(ATTITUDE_DATA { time_boot_ms: i, roll: 0.1, pitch: -0.05, yaw: 1.5 + i as f32 * 0.001, ..ATTITUDE_DATA::DEFAULT }), &mut out);
+        push(
+            MavMessage::ATTITUDE(ATTITUDE_DATA {
+                time_boot_ms: i,
+                roll: 0.1,
+                pitch: -0.05,
+                yaw: 1.5 + i as f32 * 0.001,
+                ..ATTITUDE_DATA::DEFAULT
+            }),
+            &mut out,
+        );
         if i % 5 == 0 {
-            push(MavMessage::VFR_HUD(VFR_HUD_DATA { airspeed: 10.0, groundspeed: 9.5, alt: 52.0, climb: 0.1, heading: 90, throttle: 40 }), &mut out);
+            push(
+                MavMessage::VFR_HUD(VFR_HUD_DATA {
+                    airspeed: 10.0,
+                    groundspeed: 9.5,
+                    alt: 52.0,
+                    climb: 0.1,
+                    heading: 90,
+                    throttle: 40,
+                }),
+                &mut out,
+            );
         }
         if i % 25 == 0 {
-            push(MavMessage::SYS_STATUS(SYS_STATUS_DATA { voltage_battery: 12300, current_battery: 1200, battery_remaining: 76, ..SYS_STATUS_DATA::DEFAULT }), &mut out);
-            push(MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA { voltages: [4100, 4100, 4100, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX], battery_remaining: 76, ..BATTERY_STATUS_DATA::DEFAULT }), &mut out);
-            push(MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA { fix_type: GpsFixType::GPS_FIX_TYPE_3D_FIX, satellites_visible: 14, ..GPS_RAW_INT_DATA::DEFAULT }), &mut out);
+            push(
+                MavMessage::SYS_STATUS(SYS_STATUS_DATA {
+                    voltage_battery: 12300,
+                    current_battery: 1200,
+                    battery_remaining: 76,
+                    ..SYS_STATUS_DATA::DEFAULT
+                }),
+                &mut out,
+            );
+            push(
+                MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA {
+                    voltages: [
+                        4100,
+                        4100,
+                        4100,
+                        u16::MAX,
+                        u16::MAX,
+                        u16::MAX,
+                        u16::MAX,
+                        u16::MAX,
+                        u16::MAX,
+                        u16::MAX,
+                    ],
+                    battery_remaining: 76,
+                    ..BATTERY_STATUS_DATA::DEFAULT
+                }),
+                &mut out,
+            );
+            push(
+                MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA {
+                    fix_type: GpsFixType::GPS_FIX_TYPE_3D_FIX,
+                    satellites_visible: 14,
+                    ..GPS_RAW_INT_DATA::DEFAULT
+                }),
+                &mut out,
+            );
         }
     }
     out
@@ -89,7 +151,11 @@ fn parse_bench(total: usize) {
         t += 1;
     }
     let bytes: usize = frames.iter().map(Vec::len).sum();
-    println!("mix: {} frames, {:.1} bytes/frame, 4 vehicles", frames.len(), bytes as f64 / frames.len() as f64);
+    println!(
+        "mix: {} frames, {:.1} bytes/frame, 4 vehicles",
+        frames.len(),
+        bytes as f64 / frames.len() as f64
+    );
 
     // The decoder alone, one stream.
     let stream: Vec<u8> = frames.concat();
@@ -106,7 +172,11 @@ fn parse_bench(total: usize) {
         }
     }
     let (w, c) = (w0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-    println!("decoder only:          {:>10.0} frames/s wall, {:>10.0} frames per CPU-second", n as f64 / w, n as f64 / c.max(1e-9));
+    println!(
+        "decoder only:          {:>10.0} frames/s wall, {:>10.0} frames per CPU-second",
+        n as f64 / w,
+        n as f64 / c.max(1e-9)
+    );
 
     // Decode + parse the message.
     let (c0, w0) = (cpu_seconds(), Instant::now());
@@ -122,7 +192,11 @@ fn parse_bench(total: usize) {
         }
     }
     let (w, c) = (w0.elapsed().as_secs_f64(), cpu_seconds() - c0);
-    println!("decoder + parse:       {:>10.0} frames/s wall, {:>10.0} frames per CPU-second", n as f64 / w, n as f64 / c.max(1e-9));
+    println!(
+        "decoder + parse:       {:>10.0} frames/s wall, {:>10.0} frames per CPU-second",
+        n as f64 / w,
+        n as f64 / c.max(1e-9)
+    );
 
     // The whole core: one datagram per frame, routed to the GCS, recorded, mapped.
     let start = Instant::now();
@@ -168,14 +242,34 @@ async fn latency_bench(secs: u64) {
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.quic.listen = "127.0.0.1:0".parse().unwrap();
     let node = media_server::node::start(config).await.expect("node");
-    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let token = |sub: &str, role| {
         let id = &node.identity;
-        id.issuer().issue(&TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone()), now_s)
+        id.issuer().issue(
+            &TokenRequest::new(
+                sub.parse().unwrap(),
+                role,
+                id.node_id.to_string(),
+                id.fingerprint.clone(),
+            ),
+            now_s,
+        )
     };
-    let (_op, mut events) = connect(ClientConfig::new(node.quic_addr.to_string(), token("op-1", Role::Operator))).await.unwrap();
+    let (_op, mut events) = connect(ClientConfig::new(
+        node.quic_addr.to_string(),
+        token("op-1", Role::Operator),
+    ))
+    .await
+    .unwrap();
 
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cli = <drone_bridge::cli::Cli as clap::Parser>::parse_from([
         "drone-bridge",
         "--mavlink",
@@ -197,11 +291,27 @@ async fn latency_bench(secs: u64) {
         for i in 0u32.. {
             tick.tick().await;
             if i % 50 == 0 {
-                let hb = encode_v2(Sender { sysid: 1, compid: 1, seq }, &heartbeat(), false);
+                let hb = encode_v2(
+                    Sender {
+                        sysid: 1,
+                        compid: 1,
+                        seq,
+                    },
+                    &heartbeat(),
+                    false,
+                );
                 seq = seq.wrapping_add(1);
                 let _ = sock.send_to(&hb, ("127.0.0.1", port)).await;
             }
-            let f = encode_v2(Sender { sysid: 1, compid: 1, seq }, &position(i), false);
+            let f = encode_v2(
+                Sender {
+                    sysid: 1,
+                    compid: 1,
+                    seq,
+                },
+                &position(i),
+                false,
+            );
             seq = seq.wrapping_add(1);
             s2.lock().unwrap().push(Instant::now());
             let _ = sock.send_to(&f, ("127.0.0.1", port)).await;
@@ -212,13 +322,19 @@ async fn latency_bench(secs: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     let warm = Instant::now() + Duration::from_secs(2);
     while Instant::now() < end {
-        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await else { continue };
-        let ClientEvent::Event { event, .. } = ev else { continue };
+        let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await else {
+            continue;
+        };
+        let ClientEvent::Event { event, .. } = ev else {
+            continue;
+        };
         if event["kind"] != "telemetry" {
             continue;
         }
         let at = Instant::now();
-        let Some(lat) = event["t"]["lat"].as_f64() else { continue };
+        let Some(lat) = event["t"]["lat"].as_f64() else {
+            continue;
+        };
         let i = ((lat - 30.0) * 1e7).round() as usize;
         let sent_at = sent.lock().unwrap().get(i).copied();
         if let (Some(s), true) = (sent_at, at > warm) {
@@ -245,12 +361,20 @@ async fn latency_bench(secs: u64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: u64| {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     match args.get(1).map(String::as_str) {
         Some("parse") => parse_bench(arg("--frames", 2_000_000) as usize),
         Some("latency") => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(latency_bench(arg("--secs", 30)));
         }
         _ => eprintln!("usage: mavbench parse [--frames N] | latency [--secs S]"),

@@ -115,7 +115,11 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logs();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drone-bridge: cannot start the async runtime: {e}");
@@ -139,7 +143,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = e.render().to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("bad command line").trim();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad command line")
+        .trim();
     eprintln!("drone-bridge: {}", first.trim_start_matches("error: "));
     eprintln!("drone-bridge: see drone-bridge --help");
     ExitCode::from(1)
@@ -148,24 +156,35 @@ fn usage_error(e: clap::Error) -> ExitCode {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc=error,webrtc=error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the bridge with `cli`'s options.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let signing = match &cli.signing_key {
-        Some(p) => Some(SigningKey::from_file(p).map_err(|e| Error::Usage(format!("--signing-key: {e}")))?),
+        Some(p) => Some(
+            SigningKey::from_file(p).map_err(|e| Error::Usage(format!("--signing-key: {e}")))?,
+        ),
         None => None,
     };
     let plans = camera_plans(&cli.profile, &cli.link)?;
-    let token = load_token(cli.token.clone(), cli.token_file.as_deref()).map_err(|e| Error::Usage(e.to_string()))?;
-    let (client, events) = connect(ClientConfig::new(cli.node.clone(), token)).await.map_err(|e| Error::connecting(&cli.node, e))?;
+    let token = load_token(cli.token.clone(), cli.token_file.as_deref())
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let (client, events) = connect(ClientConfig::new(cli.node.clone(), token))
+        .await
+        .map_err(|e| Error::connecting(&cli.node, e))?;
     let session = client.session();
     if !matches!(session.role, Role::Pilot | Role::Admin) {
         client.close().await;
         return Err(Error::Refused {
             code: None,
-            message: format!("the token is a {}'s; a drone bridge needs a pilot's or an admin's", session.role),
+            message: format!(
+                "the token is a {}'s; a drone bridge needs a pilot's or an admin's",
+                session.role
+            ),
         });
     }
     let signed = signing.is_some();
@@ -197,7 +216,15 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         "signing": signed,
         "unix_ms": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
     }));
-    mesh::run(client, events, cli.node.clone(), bridge, cli.video.clone(), plans).await
+    mesh::run(
+        client,
+        events,
+        cli.node.clone(),
+        bridge,
+        cli.video.clone(),
+        plans,
+    )
+    .await
 }
 
 /// The camera ingest plans of `--profile` over `--link`. A bad profile or link is a usage error;
@@ -208,5 +235,6 @@ fn camera_plans(profile: &str, link: &str) -> Result<Vec<crate::video::Plan>, Er
         return Ok(Vec::new());
     }
     let has_element = |name: &str| gstreamer::ElementFactory::find(name).is_some();
-    crate::video::plans(profile, link, &has_element).map_err(|e| Error::Usage(format!("--profile {profile} --link {link}: {e}")))
+    crate::video::plans(profile, link, &has_element)
+        .map_err(|e| Error::Usage(format!("--profile {profile} --link {link}: {e}")))
 }

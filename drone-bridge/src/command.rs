@@ -11,7 +11,8 @@
 //! re-sends (with `confirmation` counting up for COMMAND_LONG) until one arrives or it gives up.
 
 use mavlink::dialects::ardupilotmega::{
-    MavAutopilot, MavCmd, MavFrame, MavMessage, MavResult, MavType, COMMAND_INT_DATA, COMMAND_LONG_DATA,
+    MavAutopilot, MavCmd, MavFrame, MavMessage, MavResult, MavType, COMMAND_INT_DATA,
+    COMMAND_LONG_DATA,
 };
 
 use crate::telemetry::{ardu_family, ArduFamily};
@@ -92,7 +93,9 @@ impl AckResult {
         match r {
             MavResult::MAV_RESULT_ACCEPTED => AckResult::Accepted,
             MavResult::MAV_RESULT_TEMPORARILY_REJECTED => AckResult::TemporarilyRejected,
-            MavResult::MAV_RESULT_DENIED | MavResult::MAV_RESULT_NOT_IN_CONTROL => AckResult::Denied,
+            MavResult::MAV_RESULT_DENIED | MavResult::MAV_RESULT_NOT_IN_CONTROL => {
+                AckResult::Denied
+            }
             MavResult::MAV_RESULT_FAILED => AckResult::Failed,
             MavResult::MAV_RESULT_IN_PROGRESS => AckResult::InProgress,
             MavResult::MAV_RESULT_CANCELLED => AckResult::Cancelled,
@@ -135,18 +138,39 @@ pub fn encode(action: Action, t: Target, attempt: u8) -> MavMessage {
     const NAN: f32 = f32::NAN;
     match action {
         Action::Rtl => long(t, MavCmd::MAV_CMD_NAV_RETURN_TO_LAUNCH, [0.0; 7], attempt),
-        Action::Land => long(t, MavCmd::MAV_CMD_NAV_LAND, [0.0, 0.0, 0.0, NAN, NAN, NAN, NAN], attempt),
+        Action::Land => long(
+            t,
+            MavCmd::MAV_CMD_NAV_LAND,
+            [0.0, 0.0, 0.0, NAN, NAN, NAN, NAN],
+            attempt,
+        ),
         Action::Hold => {
             let custom_mode_enabled = 1.0;
             let set_mode = |main: f32, sub: f32| {
-                long(t, MavCmd::MAV_CMD_DO_SET_MODE, [custom_mode_enabled, main, sub, 0.0, 0.0, 0.0, 0.0], attempt)
+                long(
+                    t,
+                    MavCmd::MAV_CMD_DO_SET_MODE,
+                    [custom_mode_enabled, main, sub, 0.0, 0.0, 0.0, 0.0],
+                    attempt,
+                )
             };
             match (t.autopilot, ardu_family(t.mavtype)) {
-                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Copter) => set_mode(5.0, 0.0),
-                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Plane) => set_mode(12.0, 0.0),
-                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Rover) => set_mode(4.0, 0.0),
+                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Copter) => {
+                    set_mode(5.0, 0.0)
+                }
+                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Plane) => {
+                    set_mode(12.0, 0.0)
+                }
+                (MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, ArduFamily::Rover) => {
+                    set_mode(4.0, 0.0)
+                }
                 (MavAutopilot::MAV_AUTOPILOT_PX4, _) => set_mode(4.0, 3.0),
-                _ => long(t, MavCmd::MAV_CMD_NAV_LOITER_UNLIM, [0.0, 0.0, 0.0, NAN, NAN, NAN, NAN], attempt),
+                _ => long(
+                    t,
+                    MavCmd::MAV_CMD_NAV_LOITER_UNLIM,
+                    [0.0, 0.0, 0.0, NAN, NAN, NAN, NAN],
+                    attempt,
+                ),
             }
         }
         Action::Guided { lat, lon, alt } => MavMessage::COMMAND_INT(COMMAND_INT_DATA {
@@ -209,28 +233,78 @@ mod tests {
 
     #[test]
     fn each_command_encodes_as_documented() {
-        let MavMessage::COMMAND_LONG(c) = encode(Action::Rtl, copter(), 2) else { panic!() };
-        assert_eq!((c.command, c.target_system, c.target_component, c.confirmation), (MavCmd::MAV_CMD_NAV_RETURN_TO_LAUNCH, 1, 1, 2));
-        let MavMessage::COMMAND_LONG(c) = encode(Action::Hold, copter(), 0) else { panic!() };
-        assert_eq!((c.command, c.param1, c.param2), (MavCmd::MAV_CMD_DO_SET_MODE, 1.0, 5.0));
-        let other = Target { autopilot: MavAutopilot::MAV_AUTOPILOT_GENERIC, ..copter() };
-        let MavMessage::COMMAND_LONG(c) = encode(Action::Hold, other, 0) else { panic!() };
+        let MavMessage::COMMAND_LONG(c) = encode(Action::Rtl, copter(), 2) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                c.command,
+                c.target_system,
+                c.target_component,
+                c.confirmation
+            ),
+            (MavCmd::MAV_CMD_NAV_RETURN_TO_LAUNCH, 1, 1, 2)
+        );
+        let MavMessage::COMMAND_LONG(c) = encode(Action::Hold, copter(), 0) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.command, c.param1, c.param2),
+            (MavCmd::MAV_CMD_DO_SET_MODE, 1.0, 5.0)
+        );
+        let other = Target {
+            autopilot: MavAutopilot::MAV_AUTOPILOT_GENERIC,
+            ..copter()
+        };
+        let MavMessage::COMMAND_LONG(c) = encode(Action::Hold, other, 0) else {
+            panic!()
+        };
         assert_eq!(c.command, MavCmd::MAV_CMD_NAV_LOITER_UNLIM);
-        let MavMessage::COMMAND_LONG(c) = encode(Action::Land, copter(), 0) else { panic!() };
+        let MavMessage::COMMAND_LONG(c) = encode(Action::Land, copter(), 0) else {
+            panic!()
+        };
         assert_eq!(c.command, MavCmd::MAV_CMD_NAV_LAND);
-        let g = Action::Guided { lat: 30.1234567, lon: 114.7654321, alt: Some(40.0) };
-        let MavMessage::COMMAND_INT(c) = encode(g, copter(), 0) else { panic!() };
-        assert_eq!((c.command, c.x, c.y, c.z), (MavCmd::MAV_CMD_DO_REPOSITION, 301_234_567, 1_147_654_321, 40.0));
+        let g = Action::Guided {
+            lat: 30.1234567,
+            lon: 114.7654321,
+            alt: Some(40.0),
+        };
+        let MavMessage::COMMAND_INT(c) = encode(g, copter(), 0) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.command, c.x, c.y, c.z),
+            (
+                MavCmd::MAV_CMD_DO_REPOSITION,
+                301_234_567,
+                1_147_654_321,
+                40.0
+            )
+        );
         assert_eq!(c.frame, MavFrame::MAV_FRAME_GLOBAL_RELATIVE_ALT);
-        assert!(validate(&Action::Guided { lat: 91.0, lon: 0.0, alt: None }).is_err());
+        assert!(validate(&Action::Guided {
+            lat: 91.0,
+            lon: 0.0,
+            alt: None
+        })
+        .is_err());
         assert!(validate(&g).is_ok());
     }
 
     #[test]
     fn results_map_to_protocol_names() {
-        assert_eq!(AckResult::of(MavResult::MAV_RESULT_ACCEPTED).as_str(), "accepted");
-        assert_eq!(AckResult::of(MavResult::MAV_RESULT_TEMPORARILY_REJECTED).as_str(), "temporarily_rejected");
-        assert_eq!(AckResult::of(MavResult::MAV_RESULT_COMMAND_INT_ONLY).as_str(), "unsupported");
+        assert_eq!(
+            AckResult::of(MavResult::MAV_RESULT_ACCEPTED).as_str(),
+            "accepted"
+        );
+        assert_eq!(
+            AckResult::of(MavResult::MAV_RESULT_TEMPORARILY_REJECTED).as_str(),
+            "temporarily_rejected"
+        );
+        assert_eq!(
+            AckResult::of(MavResult::MAV_RESULT_COMMAND_INT_ONLY).as_str(),
+            "unsupported"
+        );
         assert_eq!(AckResult::Timeout.as_str(), "timeout");
     }
 }

@@ -309,20 +309,27 @@ impl Core {
                 }
             }
         }
-        self.out.push_back(Output::Record { unix_us, bytes: frame.bytes().to_vec() });
+        self.out.push_back(Output::Record {
+            unix_us,
+            bytes: frame.bytes().to_vec(),
+        });
         self.seen_on.insert(frame.sysid().0, link);
         let msg = frame.decode().ok();
         // Routing: to the other link, unless addressed to the bridge or to a system known to be
         // on the link it came from.
         let target = msg.as_ref().and_then(|m| m.target_system_id()).unwrap_or(0);
         let to_bridge = target == BRIDGE_SYSID;
-        let stays = target != 0 && self.seen_on.get(&target) == Some(&link) && target != frame.sysid().0;
+        let stays =
+            target != 0 && self.seen_on.get(&target) == Some(&link) && target != frame.sysid().0;
         if !to_bridge && !stays {
             match link {
                 LinkId::Vehicle => self.stats.to_gcs += 1,
                 LinkId::Gcs => self.stats.to_vehicle += 1,
             }
-            self.out.push_back(Output::Transmit { link: link.other(), bytes: frame.bytes().to_vec() });
+            self.out.push_back(Output::Transmit {
+                link: link.other(),
+                bytes: frame.bytes().to_vec(),
+            });
         }
         if link == LinkId::Vehicle {
             if let Some(msg) = msg {
@@ -336,7 +343,12 @@ impl Core {
             if !is_autopilot(h.autopilot, h.mavtype) {
                 return;
             }
-            let target = Target { sysid: sysid.0, compid, autopilot: h.autopilot, mavtype: h.mavtype };
+            let target = Target {
+                sysid: sysid.0,
+                compid,
+                autopilot: h.autopilot,
+                mavtype: h.mavtype,
+            };
             let d = self.drones.entry(sysid).or_insert_with(|| Drone {
                 target,
                 last_heartbeat: now,
@@ -351,33 +363,53 @@ impl Core {
             if !d.up {
                 d.up = true;
                 tracing::debug!(%sysid, "link up");
-                self.out.push_back(Output::Event(Event::Link { drone: sysid, up: true }));
+                self.out.push_back(Output::Event(Event::Link {
+                    drone: sysid,
+                    up: true,
+                }));
             }
         }
-        let Some(d) = self.drones.get_mut(&sysid) else { return };
+        let Some(d) = self.drones.get_mut(&sysid) else {
+            return;
+        };
         match msg {
             MavMessage::COMMAND_ACK(ack) => self.command_ack(now, sysid, ack.command, ack.result),
             MavMessage::VIDEO_STREAM_INFORMATION(v) => {
-                let uri = String::from_utf8_lossy(&v.uri[..]).trim_end_matches('\0').trim().to_owned();
+                let uri = String::from_utf8_lossy(&v.uri[..])
+                    .trim_end_matches('\0')
+                    .trim()
+                    .to_owned();
                 if !uri.is_empty() && !d.videos.contains(&uri) {
                     d.videos.push(uri.clone());
-                    self.out.push_back(Output::Event(Event::Video { drone: sysid, uri }));
+                    self.out
+                        .push_back(Output::Event(Event::Video { drone: sysid, uri }));
                 }
             }
             // Telemetry only from the autopilot component (a camera's HEARTBEAT would say
             // nothing of the vehicle; its own messages are no telemetry either).
-            _ if compid == d.target.compid && apply(&mut d.telemetry, msg) == Merged::Changed => d.dirty = true,
+            _ if compid == d.target.compid && apply(&mut d.telemetry, msg) == Merged::Changed => {
+                d.dirty = true
+            }
             _ => {}
         }
     }
 
     fn command_ack(&mut self, _now: Instant, sysid: SysId, command: MavCmd, result: MavResult) {
-        let Some(i) = self.pending.iter().position(|p| p.drone == sysid && p.mav_cmd == command) else {
+        let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.drone == sysid && p.mav_cmd == command)
+        else {
             return;
         };
         let result = AckResult::of(result);
         let p = &mut self.pending[i];
-        let ev = Event::Ack { cmd: p.cmd.clone(), drone: sysid, result, text: None };
+        let ev = Event::Ack {
+            cmd: p.cmd.clone(),
+            drone: sysid,
+            result,
+            text: None,
+        };
         if result == AckResult::InProgress {
             // Wait for the final result without re-sending, until the deadline; say so once.
             let first = p.next_retry.take().is_some();
@@ -396,19 +428,33 @@ impl Core {
     /// pending one (answered `cancelled`).
     pub fn handle_command(&mut self, now: Instant, req: CommandRequest) {
         let refuse = |text: String| {
-            Output::Event(Event::Ack { cmd: req.cmd.clone(), drone: req.drone, result: AckResult::Refused, text: Some(text) })
+            Output::Event(Event::Ack {
+                cmd: req.cmd.clone(),
+                drone: req.drone,
+                result: AckResult::Refused,
+                text: Some(text),
+            })
         };
         if let Err(why) = command::validate(&req.action) {
             self.out.push_back(refuse(why));
             return;
         }
         let Some(d) = self.drones.get(&req.drone) else {
-            self.out.push_back(refuse(format!("no vehicle with system id {} on the MAVLink link", req.drone)));
+            self.out.push_back(refuse(format!(
+                "no vehicle with system id {} on the MAVLink link",
+                req.drone
+            )));
             return;
         };
         let msg = command::encode(req.action, d.target, 0);
-        let Some(mav_cmd) = command::acked_command(&msg) else { return };
-        if let Some(i) = self.pending.iter().position(|p| p.drone == req.drone && p.mav_cmd == mav_cmd) {
+        let Some(mav_cmd) = command::acked_command(&msg) else {
+            return;
+        };
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.drone == req.drone && p.mav_cmd == mav_cmd)
+        {
             let old = self.pending.remove(i);
             self.out.push_back(Output::Event(Event::Ack {
                 cmd: old.cmd,
@@ -431,14 +477,21 @@ impl Core {
     }
 
     fn send_to_vehicle(&mut self, now: Instant, msg: &MavMessage) {
-        let sender = Sender { sysid: BRIDGE_SYSID, compid: BRIDGE_COMPID, seq: self.seq };
+        let sender = Sender {
+            sysid: BRIDGE_SYSID,
+            compid: BRIDGE_COMPID,
+            seq: self.seq,
+        };
         self.seq = self.seq.wrapping_add(1);
         let unix_us = self.unix_us(now);
         let mut bytes = encode_v2(sender, msg, self.signer.is_some());
         if let Some(s) = &mut self.signer {
             s.sign(&mut bytes, unix_us);
         }
-        self.out.push_back(Output::Transmit { link: LinkId::Vehicle, bytes });
+        self.out.push_back(Output::Transmit {
+            link: LinkId::Vehicle,
+            bytes,
+        });
     }
 
     /// The bridge's HEARTBEAT: every field set (the crate's default would claim "armed").
@@ -461,17 +514,24 @@ impl Core {
         }
         let unix_ms = self.unix_us(now) / 1000;
         for (&sysid, d) in self.drones.iter_mut() {
-            if d.up && now.saturating_duration_since(d.last_heartbeat) >= self.cfg.heartbeat_timeout {
+            if d.up && now.saturating_duration_since(d.last_heartbeat) >= self.cfg.heartbeat_timeout
+            {
                 d.up = false;
                 tracing::debug!(%sysid, "link lost");
-                self.out.push_back(Output::Event(Event::Link { drone: sysid, up: false }));
+                self.out.push_back(Output::Event(Event::Link {
+                    drone: sysid,
+                    up: false,
+                }));
             }
             if d.dirty && now >= d.next_telemetry {
                 d.dirty = false;
                 d.next_telemetry = now + self.cfg.telemetry_interval;
                 d.telemetry.time = unix_ms;
                 self.stats.telemetry += 1;
-                self.out.push_back(Output::Event(Event::Telemetry { drone: sysid, t: Box::new(d.telemetry.clone()) }));
+                self.out.push_back(Output::Event(Event::Telemetry {
+                    drone: sysid,
+                    t: Box::new(d.telemetry.clone()),
+                }));
             }
         }
         let mut resend = Vec::new();
@@ -481,15 +541,27 @@ impl Core {
             let retry_due = p.next_retry.is_some_and(|t| now >= t);
             if (retry_due && p.attempts >= self.cfg.command_attempts) || now >= p.deadline {
                 let p = self.pending.remove(i);
-                let text = format!("no COMMAND_ACK from the vehicle after {} attempts", p.attempts);
-                self.out.push_back(Output::Event(Event::Ack { cmd: p.cmd, drone: p.drone, result: AckResult::Timeout, text: Some(text) }));
+                let text = format!(
+                    "no COMMAND_ACK from the vehicle after {} attempts",
+                    p.attempts
+                );
+                self.out.push_back(Output::Event(Event::Ack {
+                    cmd: p.cmd,
+                    drone: p.drone,
+                    result: AckResult::Timeout,
+                    text: Some(text),
+                }));
                 continue;
             }
             if retry_due {
                 p.attempts += 1;
                 p.next_retry = Some(now + self.cfg.command_retry);
                 if let Some(d) = self.drones.get(&p.drone) {
-                    resend.push(command::encode(p.action, d.target, (p.attempts - 1).min(255) as u8));
+                    resend.push(command::encode(
+                        p.action,
+                        d.target,
+                        (p.attempts - 1).min(255) as u8,
+                    ));
                 }
             }
             i += 1;
@@ -530,7 +602,10 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{parse_one, tests::{heartbeat, position}};
+    use crate::frame::{
+        parse_one,
+        tests::{heartbeat, position},
+    };
     use mavlink::dialects::ardupilotmega::COMMAND_ACK_DATA;
 
     const UNIX: u64 = 1_800_000_000_000_000;
@@ -551,22 +626,43 @@ mod tests {
         fn new(cfg: Config) -> Sim {
             let now = Instant::now();
             let key = cfg.signing.clone().map(|k| Signer::new(k, 7));
-            Sim { core: Core::new(cfg, now, UNIX), now, vehicle_seq: 0, key, events: vec![], to_vehicle: vec![], to_gcs: vec![], start: now }
+            Sim {
+                core: Core::new(cfg, now, UNIX),
+                now,
+                vehicle_seq: 0,
+                key,
+                events: vec![],
+                to_vehicle: vec![],
+                to_gcs: vec![],
+                start: now,
+            }
         }
 
         fn drain(&mut self) {
             while let Some(o) = self.core.poll_output() {
                 match o {
                     Output::Event(e) => self.events.push((self.now - self.start, e)),
-                    Output::Transmit { link: LinkId::Vehicle, bytes } => self.to_vehicle.push(parse_one(&bytes).expect("a whole frame")),
-                    Output::Transmit { link: LinkId::Gcs, bytes } => self.to_gcs.push(bytes),
+                    Output::Transmit {
+                        link: LinkId::Vehicle,
+                        bytes,
+                    } => self
+                        .to_vehicle
+                        .push(parse_one(&bytes).expect("a whole frame")),
+                    Output::Transmit {
+                        link: LinkId::Gcs,
+                        bytes,
+                    } => self.to_gcs.push(bytes),
                     Output::Record { .. } => {}
                 }
             }
         }
 
         fn vehicle_sends(&mut self, msg: &MavMessage) {
-            let sender = Sender { sysid: 1, compid: 1, seq: self.vehicle_seq };
+            let sender = Sender {
+                sysid: 1,
+                compid: 1,
+                seq: self.vehicle_seq,
+            };
             self.vehicle_seq = self.vehicle_seq.wrapping_add(1);
             let mut bytes = encode_v2(sender, msg, self.key.is_some());
             let unix = UNIX + (self.now - self.start).as_micros() as u64;
@@ -596,7 +692,13 @@ mod tests {
     }
 
     fn links(events: &[(Duration, Event)]) -> Vec<(Duration, bool)> {
-        events.iter().filter_map(|(t, e)| match e { Event::Link { up, .. } => Some((*t, *up)), _ => None }).collect()
+        events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Link { up, .. } => Some((*t, *up)),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -638,12 +740,23 @@ mod tests {
             s.vehicle_sends(&p);
             n += 1;
         });
-        let times: Vec<Duration> = s.events.iter().filter_map(|(t, e)| matches!(e, Event::Telemetry { .. }).then_some(*t)).collect();
+        let times: Vec<Duration> = s
+            .events
+            .iter()
+            .filter_map(|(t, e)| matches!(e, Event::Telemetry { .. }).then_some(*t))
+            .collect();
         assert!((10..=11).contains(&times.len()), "5 Hz over 2 s: {times:?}");
         for w in times.windows(2) {
             assert!(w[1] - w[0] >= Duration::from_millis(200), "{times:?}");
         }
-        let Some((_, Event::Telemetry { t, .. })) = s.events.iter().rev().find(|(_, e)| matches!(e, Event::Telemetry { .. })) else { panic!() };
+        let Some((_, Event::Telemetry { t, .. })) = s
+            .events
+            .iter()
+            .rev()
+            .find(|(_, e)| matches!(e, Event::Telemetry { .. }))
+        else {
+            panic!()
+        };
         assert_eq!(t.mode.as_deref(), Some("GUIDED"));
         assert!(t.time >= UNIX / 1000 + 1800, "bridge Unix ms: {}", t.time);
         // Everything the vehicle sent went on to the ground station.
@@ -656,7 +769,14 @@ mod tests {
         let mut s = Sim::new(Config::default());
         s.vehicle_sends(&heartbeat());
         s.to_vehicle.clear();
-        s.core.handle_command(s.now, CommandRequest { cmd: "dc-1".into(), drone: SysId(1), action: Action::Rtl });
+        s.core.handle_command(
+            s.now,
+            CommandRequest {
+                cmd: "dc-1".into(),
+                drone: SysId(1),
+                action: Action::Rtl,
+            },
+        );
         s.drain();
         // No ack: 5 attempts one second apart, then timeout at 5 s.
         s.run_until(Duration::from_secs(7), |s| {
@@ -664,42 +784,109 @@ mod tests {
                 s.vehicle_sends(&heartbeat());
             }
         });
-        let cmds: Vec<u8> = s.to_vehicle.iter().filter_map(|f| match f.decode() {
-            Ok(MavMessage::COMMAND_LONG(c)) => Some(c.confirmation),
-            _ => None,
-        }).collect();
+        let cmds: Vec<u8> = s
+            .to_vehicle
+            .iter()
+            .filter_map(|f| match f.decode() {
+                Ok(MavMessage::COMMAND_LONG(c)) => Some(c.confirmation),
+                _ => None,
+            })
+            .collect();
         assert_eq!(cmds, vec![0, 1, 2, 3, 4]);
-        let acks: Vec<_> = s.events.iter().filter_map(|(t, e)| match e { Event::Ack { cmd, result, .. } => Some((*t, cmd.clone(), *result)), _ => None }).collect();
-        assert_eq!(acks, vec![(Duration::from_secs(5), "dc-1".to_owned(), AckResult::Timeout)]);
+        let acks: Vec<_> = s
+            .events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Ack { cmd, result, .. } => Some((*t, cmd.clone(), *result)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            vec![(
+                Duration::from_secs(5),
+                "dc-1".to_owned(),
+                AckResult::Timeout
+            )]
+        );
 
         // Acked on the second attempt.
         s.events.clear();
-        s.core.handle_command(s.now, CommandRequest { cmd: "dc-2".into(), drone: SysId(1), action: Action::Land });
+        s.core.handle_command(
+            s.now,
+            CommandRequest {
+                cmd: "dc-2".into(),
+                drone: SysId(1),
+                action: Action::Land,
+            },
+        );
         s.drain();
         let t0 = s.now - s.start;
         s.run_until(t0 + Duration::from_millis(1500), |_| {});
-        s.vehicle_sends(&MavMessage::COMMAND_ACK(COMMAND_ACK_DATA { command: MavCmd::MAV_CMD_NAV_LAND, result: MavResult::MAV_RESULT_ACCEPTED }));
+        s.vehicle_sends(&MavMessage::COMMAND_ACK(COMMAND_ACK_DATA {
+            command: MavCmd::MAV_CMD_NAV_LAND,
+            result: MavResult::MAV_RESULT_ACCEPTED,
+        }));
         s.run_until(t0 + Duration::from_secs(8), |_| {});
-        let acks: Vec<_> = s.events.iter().filter_map(|(_, e)| match e { Event::Ack { cmd, result, .. } => Some((cmd.clone(), *result)), _ => None }).collect();
+        let acks: Vec<_> = s
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Ack { cmd, result, .. } => Some((cmd.clone(), *result)),
+                _ => None,
+            })
+            .collect();
         assert_eq!(acks, vec![("dc-2".to_owned(), AckResult::Accepted)]);
 
         // Unknown drone: refused at once.
-        s.core.handle_command(s.now, CommandRequest { cmd: "dc-3".into(), drone: SysId(9), action: Action::Rtl });
+        s.core.handle_command(
+            s.now,
+            CommandRequest {
+                cmd: "dc-3".into(),
+                drone: SysId(9),
+                action: Action::Rtl,
+            },
+        );
         s.drain();
-        assert!(matches!(&s.events.last().unwrap().1, Event::Ack { result: AckResult::Refused, .. }));
+        assert!(matches!(
+            &s.events.last().unwrap().1,
+            Event::Ack {
+                result: AckResult::Refused,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn with_signing_unsigned_and_wrongly_signed_frames_are_dropped_and_commands_signed() {
         let key = SigningKey([3; 32]);
-        let mut s = Sim::new(Config { signing: Some(key.clone()), ..Config::default() });
+        let mut s = Sim::new(Config {
+            signing: Some(key.clone()),
+            ..Config::default()
+        });
         s.vehicle_sends(&heartbeat());
         assert_eq!(links(&s.events).len(), 1);
         // Unsigned.
-        let unsigned = encode_v2(Sender { sysid: 1, compid: 1, seq: 50 }, &position(), false);
+        let unsigned = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 50,
+            },
+            &position(),
+            false,
+        );
         s.core.handle_bytes(s.now, LinkId::Vehicle, V, &unsigned);
         // Wrong key.
-        let mut wrong = encode_v2(Sender { sysid: 1, compid: 1, seq: 51 }, &position(), true);
+        let mut wrong = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 51,
+            },
+            &position(),
+            true,
+        );
         Signer::new(SigningKey([4; 32]), 7).sign(&mut wrong, UNIX);
         s.core.handle_bytes(s.now, LinkId::Vehicle, V, &wrong);
         s.drain();
@@ -707,16 +894,31 @@ mod tests {
         assert_eq!((st.unsigned, st.bad_signature), (1, 1));
         assert_eq!(s.to_gcs.len(), 1, "only the good heartbeat was forwarded");
 
-        s.core.handle_command(s.now, CommandRequest { cmd: "dc-1".into(), drone: SysId(1), action: Action::Rtl });
+        s.core.handle_command(
+            s.now,
+            CommandRequest {
+                cmd: "dc-1".into(),
+                drone: SysId(1),
+                action: Action::Rtl,
+            },
+        );
         s.drain();
-        let cmd = s.to_vehicle.iter().find(|f| f.msgid() == 76).expect("COMMAND_LONG sent");
+        let cmd = s
+            .to_vehicle
+            .iter()
+            .find(|f| f.msgid() == 76)
+            .expect("COMMAND_LONG sent");
         assert!(cmd.is_signed());
         let mut v = Verifier::new(key);
         assert_eq!(v.verify(cmd, UNIX), Ok(()));
         // Every heartbeat of the bridge is explicit and disarmed.
         let hb = s.to_vehicle.iter().find(|f| f.msgid() == 0).unwrap();
-        let Ok(MavMessage::HEARTBEAT(h)) = hb.decode() else { panic!() };
-        assert!(!h.base_mode.contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED));
+        let Ok(MavMessage::HEARTBEAT(h)) = hb.decode() else {
+            panic!()
+        };
+        assert!(!h
+            .base_mode
+            .contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED));
         assert_eq!(h.mavtype, MavType::MAV_TYPE_ONBOARD_CONTROLLER);
     }
 
@@ -724,19 +926,54 @@ mod tests {
     fn routing_follows_targets_and_several_vehicles_share_a_link() {
         let mut s = Sim::new(Config::default());
         s.vehicle_sends(&heartbeat());
-        let hb2 = encode_v2(Sender { sysid: 2, compid: 1, seq: 0 }, &heartbeat(), false);
-        s.core.handle_bytes(s.now, LinkId::Vehicle, PeerKey(2), &hb2);
+        let hb2 = encode_v2(
+            Sender {
+                sysid: 2,
+                compid: 1,
+                seq: 0,
+            },
+            &heartbeat(),
+            false,
+        );
+        s.core
+            .handle_bytes(s.now, LinkId::Vehicle, PeerKey(2), &hb2);
         s.drain();
-        assert_eq!(s.core.drones().collect::<Vec<_>>(), vec![(SysId(1), true), (SysId(2), true)]);
+        assert_eq!(
+            s.core.drones().collect::<Vec<_>>(),
+            vec![(SysId(1), true), (SysId(2), true)]
+        );
         // A GCS command to vehicle 2 goes to the vehicle link; one to the bridge does not.
         let gcs = |target: u8| {
-            encode_v2(Sender { sysid: 255, compid: 190, seq: 0 }, &command::encode(Action::Rtl, Target { sysid: target, compid: 1, autopilot: MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA, mavtype: MavType::MAV_TYPE_QUADROTOR }, 0), false)
+            encode_v2(
+                Sender {
+                    sysid: 255,
+                    compid: 190,
+                    seq: 0,
+                },
+                &command::encode(
+                    Action::Rtl,
+                    Target {
+                        sysid: target,
+                        compid: 1,
+                        autopilot: MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA,
+                        mavtype: MavType::MAV_TYPE_QUADROTOR,
+                    },
+                    0,
+                ),
+                false,
+            )
         };
         s.to_vehicle.clear();
         s.core.handle_bytes(s.now, LinkId::Gcs, PeerKey(9), &gcs(2));
-        s.core.handle_bytes(s.now, LinkId::Gcs, PeerKey(9), &gcs(BRIDGE_SYSID));
+        s.core
+            .handle_bytes(s.now, LinkId::Gcs, PeerKey(9), &gcs(BRIDGE_SYSID));
         s.drain();
-        let cmds: Vec<_> = s.to_vehicle.iter().filter(|f| f.msgid() == 76).map(|f| f.sysid()).collect();
+        let cmds: Vec<_> = s
+            .to_vehicle
+            .iter()
+            .filter(|f| f.msgid() == 76)
+            .map(|f| f.sysid())
+            .collect();
         assert_eq!(cmds, vec![SysId(255)], "forwarded raw, sender kept");
         assert_eq!(s.core.stats().to_vehicle, 1);
     }
@@ -744,13 +981,24 @@ mod tests {
     #[test]
     fn garbage_is_counted_and_harmless() {
         let mut s = Sim::new(Config::default());
-        s.core.handle_bytes(s.now, LinkId::Vehicle, V, &[0xFD, 0x05, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]);
+        s.core.handle_bytes(
+            s.now,
+            LinkId::Vehicle,
+            V,
+            &[
+                0xFD, 0x05, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,
+            ],
+        );
         s.core.handle_end(LinkId::Vehicle, V);
-        s.core.handle_bytes(s.now, LinkId::Vehicle, V, b"hello world");
+        s.core
+            .handle_bytes(s.now, LinkId::Vehicle, V, b"hello world");
         s.core.handle_end(LinkId::Vehicle, V);
         s.vehicle_sends(&heartbeat());
         let st = s.core.stats();
         assert_eq!(st.decode.frames, 1);
-        assert!(st.decode.truncated >= 1 && st.decode.garbage_bytes >= 11, "{st:?}");
+        assert!(
+            st.decode.truncated >= 1 && st.decode.garbage_bytes >= 11,
+            "{st:?}"
+        );
     }
 }

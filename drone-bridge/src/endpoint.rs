@@ -46,13 +46,19 @@ impl FromStr for Endpoint {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = "use udpin:HOST:PORT, udpout:HOST:PORT, tcpin:HOST:PORT, tcpout:HOST:PORT or serial:PATH:BAUD";
-        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("bad endpoint {s:?}: {usage}"))?;
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("bad endpoint {s:?}: {usage}"))?;
         let host_port = |rest: &str| -> Result<String, String> {
-            let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("bad endpoint {s:?}: no port; {usage}"))?;
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("bad endpoint {s:?}: no port; {usage}"))?;
             if host.is_empty() {
                 return Err(format!("bad endpoint {s:?}: no host; {usage}"));
             }
-            port.parse::<u16>().map_err(|_| format!("bad endpoint {s:?}: port {port:?} is not a number 0..=65535"))?;
+            port.parse::<u16>().map_err(|_| {
+                format!("bad endpoint {s:?}: port {port:?} is not a number 0..=65535")
+            })?;
             Ok(rest.to_owned())
         };
         match kind {
@@ -61,14 +67,23 @@ impl FromStr for Endpoint {
             "tcpin" => Ok(Endpoint::TcpIn(host_port(rest)?)),
             "tcpout" => Ok(Endpoint::TcpOut(host_port(rest)?)),
             "serial" => {
-                let (path, baud) = rest.rsplit_once(':').ok_or_else(|| format!("bad endpoint {s:?}: no baud rate; {usage}"))?;
-                let baud = baud.parse::<u32>().ok().filter(|b| *b > 0).ok_or_else(|| format!("bad endpoint {s:?}: baud {baud:?} is not a positive number"))?;
+                let (path, baud) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("bad endpoint {s:?}: no baud rate; {usage}"))?;
+                let baud = baud.parse::<u32>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                    format!("bad endpoint {s:?}: baud {baud:?} is not a positive number")
+                })?;
                 if path.is_empty() {
                     return Err(format!("bad endpoint {s:?}: no device path; {usage}"));
                 }
-                Ok(Endpoint::Serial { path: path.to_owned(), baud })
+                Ok(Endpoint::Serial {
+                    path: path.to_owned(),
+                    baud,
+                })
             }
-            _ => Err(format!("bad endpoint {s:?}: unknown kind {kind:?}; {usage}")),
+            _ => Err(format!(
+                "bad endpoint {s:?}: unknown kind {kind:?}; {usage}"
+            )),
         }
     }
 }
@@ -133,7 +148,11 @@ const MAX_UDP_PEERS: usize = 16;
 
 /// Opens `ep` as `link`; received bytes go to `inbound`. Binding/opening errors are returned at
 /// once; later I/O errors are logged and (for `tcpout`) retried.
-pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -> std::io::Result<Opened> {
+pub async fn open(
+    ep: &Endpoint,
+    link: LinkId,
+    inbound: mpsc::Sender<Inbound>,
+) -> std::io::Result<Opened> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let outlet = Outlet { tx };
     match ep {
@@ -144,12 +163,15 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                 None
             };
             let sock = match out_to {
-                Some(to) => UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await?,
+                Some(to) => {
+                    UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await?
+                }
                 None => UdpSocket::bind(resolve(addr).await?).await?,
             };
             let local = sock.local_addr().ok();
             let sock = Arc::new(sock);
-            let peers: Arc<Mutex<Vec<SocketAddr>>> = Arc::new(Mutex::new(out_to.into_iter().collect()));
+            let peers: Arc<Mutex<Vec<SocketAddr>>> =
+                Arc::new(Mutex::new(out_to.into_iter().collect()));
             let (s, p) = (sock.clone(), peers.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65_536];
@@ -167,7 +189,12 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                                     p.push(from);
                                 }
                             }
-                            let msg = Inbound { link, peer: key_of(&from), bytes: buf[..n].to_vec(), end: true };
+                            let msg = Inbound {
+                                link,
+                                peer: key_of(&from),
+                                bytes: buf[..n].to_vec(),
+                                end: true,
+                            };
                             if inbound.send(msg).await.is_err() {
                                 return;
                             }
@@ -199,11 +226,19 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
             let c = conns.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, from)) = listener.accept().await else { continue };
+                    let Ok((stream, from)) = listener.accept().await else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (w_tx, w_rx) = mpsc::channel(QUEUE);
                     c.lock().unwrap_or_else(PoisonError::into_inner).push(w_tx);
-                    tokio::spawn(serve_stream(stream, link, key_of(&from), inbound.clone(), w_rx));
+                    tokio::spawn(serve_stream(
+                        stream,
+                        link,
+                        key_of(&from),
+                        inbound.clone(),
+                        w_rx,
+                    ));
                 }
             });
             tokio::spawn(async move {
@@ -239,7 +274,8 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                     let _ = s.set_nodelay(true);
                     n += 1;
                     let (w_tx, w_rx) = mpsc::channel(QUEUE);
-                    let serving = tokio::spawn(serve_stream(s, link, PeerKey(n), inbound.clone(), w_rx));
+                    let serving =
+                        tokio::spawn(serve_stream(s, link, PeerKey(n), inbound.clone(), w_rx));
                     // Forward outgoing frames to this connection until it ends.
                     tokio::pin!(serving);
                     loop {
@@ -255,7 +291,10 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });
-            Ok(Opened { local: None, outlet })
+            Ok(Opened {
+                local: None,
+                outlet,
+            })
         }
         Endpoint::Serial { path, baud } => {
             // The line settings through stty (raw, no echo, the baud rate): no unsafe termios here.
@@ -264,22 +303,44 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                 .status();
             match st {
                 Ok(s) if s.success() => {}
-                Ok(s) => tracing::warn!("stty -F {path} {baud} raw -echo failed ({s}); using the device as it is"),
+                Ok(s) => tracing::warn!(
+                    "stty -F {path} {baud} raw -echo failed ({s}); using the device as it is"
+                ),
                 Err(e) => tracing::warn!("cannot run stty ({e}); using the device as it is"),
             }
-            let file = tokio::fs::OpenOptions::new().read(true).write(true).open(path).await?;
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .await?;
             let (mut r, mut w) = tokio::io::split(file);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 loop {
                     match r.read(&mut buf).await {
                         Ok(0) | Err(_) => {
-                            let _ = inbound.send(Inbound { link, peer: PeerKey(0), bytes: vec![], end: true }).await;
+                            let _ = inbound
+                                .send(Inbound {
+                                    link,
+                                    peer: PeerKey(0),
+                                    bytes: vec![],
+                                    end: true,
+                                })
+                                .await;
                             tracing::warn!(?link, "serial device closed");
                             return;
                         }
                         Ok(n) => {
-                            if inbound.send(Inbound { link, peer: PeerKey(0), bytes: buf[..n].to_vec(), end: false }).await.is_err() {
+                            if inbound
+                                .send(Inbound {
+                                    link,
+                                    peer: PeerKey(0),
+                                    bytes: buf[..n].to_vec(),
+                                    end: false,
+                                })
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -293,7 +354,10 @@ pub async fn open(ep: &Endpoint, link: LinkId, inbound: mpsc::Sender<Inbound>) -
                     }
                 }
             });
-            Ok(Opened { local: None, outlet })
+            Ok(Opened {
+                local: None,
+                outlet,
+            })
         }
     }
 }
@@ -306,7 +370,13 @@ async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
 }
 
 /// Reads a stream into `inbound` and writes `out` to it, until either side ends.
-async fn serve_stream(stream: TcpStream, link: LinkId, peer: PeerKey, inbound: mpsc::Sender<Inbound>, mut out: mpsc::Receiver<Vec<u8>>) {
+async fn serve_stream(
+    stream: TcpStream,
+    link: LinkId,
+    peer: PeerKey,
+    inbound: mpsc::Sender<Inbound>,
+    mut out: mpsc::Receiver<Vec<u8>>,
+) {
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
         while let Some(b) = out.recv().await {
@@ -320,14 +390,30 @@ async fn serve_stream(stream: TcpStream, link: LinkId, peer: PeerKey, inbound: m
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if inbound.send(Inbound { link, peer, bytes: buf[..n].to_vec(), end: false }).await.is_err() {
+                if inbound
+                    .send(Inbound {
+                        link,
+                        peer,
+                        bytes: buf[..n].to_vec(),
+                        end: false,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         }
     }
     writer.abort();
-    let _ = inbound.send(Inbound { link, peer, bytes: vec![], end: true }).await;
+    let _ = inbound
+        .send(Inbound {
+            link,
+            peer,
+            bytes: vec![],
+            end: true,
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -336,11 +422,37 @@ mod tests {
 
     #[test]
     fn endpoints_parse_and_bad_ones_say_why() {
-        assert_eq!("udpin:0.0.0.0:14550".parse(), Ok(Endpoint::UdpIn("0.0.0.0:14550".into())));
-        assert_eq!("tcpout:[::1]:5760".parse(), Ok(Endpoint::TcpOut("[::1]:5760".into())));
-        assert_eq!("serial:/dev/ttyUSB0:57600".parse(), Ok(Endpoint::Serial { path: "/dev/ttyUSB0".into(), baud: 57600 }));
-        assert_eq!("udpout:localhost:14550".parse::<Endpoint>().unwrap().to_string(), "udpout:localhost:14550");
-        for bad in ["udp:1.2.3.4:5", "udpin:1.2.3.4", "udpin::5", "tcpin:host:99999", "serial:/dev/ttyS0", "serial:/dev/ttyS0:fast", "14550"] {
+        assert_eq!(
+            "udpin:0.0.0.0:14550".parse(),
+            Ok(Endpoint::UdpIn("0.0.0.0:14550".into()))
+        );
+        assert_eq!(
+            "tcpout:[::1]:5760".parse(),
+            Ok(Endpoint::TcpOut("[::1]:5760".into()))
+        );
+        assert_eq!(
+            "serial:/dev/ttyUSB0:57600".parse(),
+            Ok(Endpoint::Serial {
+                path: "/dev/ttyUSB0".into(),
+                baud: 57600
+            })
+        );
+        assert_eq!(
+            "udpout:localhost:14550"
+                .parse::<Endpoint>()
+                .unwrap()
+                .to_string(),
+            "udpout:localhost:14550"
+        );
+        for bad in [
+            "udp:1.2.3.4:5",
+            "udpin:1.2.3.4",
+            "udpin::5",
+            "tcpin:host:99999",
+            "serial:/dev/ttyS0",
+            "serial:/dev/ttyS0:fast",
+            "14550",
+        ] {
             let e = bad.parse::<Endpoint>().unwrap_err();
             assert!(e.contains("bad endpoint"), "{bad}: {e}");
         }

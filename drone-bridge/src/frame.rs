@@ -140,7 +140,8 @@ impl Frame {
 
     /// The signature block (link id, timestamp, signature) of a signed frame.
     pub fn signature(&self) -> Option<&[u8]> {
-        self.is_signed().then(|| &self.bytes[self.bytes.len() - SIGNATURE_LEN..])
+        self.is_signed()
+            .then(|| &self.bytes[self.bytes.len() - SIGNATURE_LEN..])
     }
 
     /// Decodes the payload as a message of the dialect.
@@ -281,7 +282,11 @@ impl FrameDecoder {
         if b.len() < len {
             return Look::Wait;
         }
-        let msgid = if v2 { u32::from_le_bytes([b[7], b[8], b[9], 0]) } else { u32::from(b[5]) };
+        let msgid = if v2 {
+            u32::from_le_bytes([b[7], b[8], b[9], 0])
+        } else {
+            u32::from(b[5])
+        };
         let Some(extra) = extra_crc(msgid) else {
             self.stats.unknown_id += 1;
             return Look::Skip;
@@ -409,7 +414,11 @@ pub(crate) mod tests {
     /// A stream of frames of both versions, signed and not, with garbage in between; and the frames
     /// it holds.
     pub(crate) fn captured() -> (Vec<u8>, Vec<Vec<u8>>) {
-        let s = |seq| Sender { sysid: 1, compid: 1, seq };
+        let s = |seq| Sender {
+            sysid: 1,
+            compid: 1,
+            seq,
+        };
         let mut frames = vec![
             encode_v2(s(0), &heartbeat(), false),
             encode_v1(s(1), &position()).unwrap(),
@@ -463,8 +472,14 @@ pub(crate) mod tests {
             }
             assert_eq!(got, want, "chunk size {chunk}");
             let st = d.stats();
-            assert_eq!((st.frames, st.bad_crc, st.unknown_id, st.truncated), (want.len() as u64, 0, 0, 0));
-            assert_eq!(st.garbage_bytes, (0..want.len()).map(|i| (i % 3) as u64).sum::<u64>());
+            assert_eq!(
+                (st.frames, st.bad_crc, st.unknown_id, st.truncated),
+                (want.len() as u64, 0, 0, 0)
+            );
+            assert_eq!(
+                st.garbage_bytes,
+                (0..want.len()).map(|i| (i % 3) as u64).sum::<u64>()
+            );
         }
     }
 
@@ -476,7 +491,10 @@ pub(crate) mod tests {
         assert_eq!(f.decode().unwrap(), position());
         let f = parse_one(&frames[4]).unwrap();
         assert!(f.is_signed());
-        assert_eq!((f.sysid(), f.compid(), f.seq(), f.msgid()), (SysId(1), 1, 4, 0));
+        assert_eq!(
+            (f.sysid(), f.compid(), f.seq(), f.msgid()),
+            (SysId(1), 1, 4, 0)
+        );
         assert_eq!(f.decode().unwrap(), heartbeat());
         let f = parse_one(&frames[5]).unwrap();
         assert_eq!(f.payload().len(), 1);
@@ -508,7 +526,10 @@ pub(crate) mod tests {
             got.push(f);
         }
         assert_eq!(d.stats().bad_crc, 1);
-        assert!(!got.is_empty() && got.iter().all(|f| f.bytes() == &frames[0][..]), "{got:?}");
+        assert!(
+            !got.is_empty() && got.iter().all(|f| f.bytes() == &frames[0][..]),
+            "{got:?}"
+        );
 
         // A datagram that ends inside a frame.
         let mut d = FrameDecoder::new();

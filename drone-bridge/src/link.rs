@@ -79,7 +79,9 @@ impl Drop for MavlinkHandle {
 }
 
 fn unix_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Opens the endpoints and the tlog and starts the loop.
@@ -87,7 +89,14 @@ pub async fn start(opts: MavlinkOptions) -> Result<MavlinkHandle, StartError> {
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
     let open = |ep: Endpoint, link| {
         let in_tx = in_tx.clone();
-        async move { endpoint::open(&ep, link, in_tx).await.map_err(|source| StartError::Endpoint { endpoint: ep, source }) }
+        async move {
+            endpoint::open(&ep, link, in_tx)
+                .await
+                .map_err(|source| StartError::Endpoint {
+                    endpoint: ep,
+                    source,
+                })
+        }
     };
     let vehicle = open(opts.mavlink.clone(), LinkId::Vehicle).await?;
     let gcs = match opts.gcs.clone() {
@@ -97,7 +106,14 @@ pub async fn start(opts: MavlinkOptions) -> Result<MavlinkHandle, StartError> {
     drop(in_tx);
     let now_us = unix_us();
     let tlog = match &opts.tlog {
-        Some(dir) => Some(Tlog::create(dir, now_us / 1_000_000).map_err(|source| StartError::Tlog { dir: dir.clone(), source })?),
+        Some(dir) => {
+            Some(
+                Tlog::create(dir, now_us / 1_000_000).map_err(|source| StartError::Tlog {
+                    dir: dir.clone(),
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     let tlog_path = tlog.as_ref().map(|t| t.path().to_owned());
@@ -135,7 +151,11 @@ struct Loop {
 }
 
 impl Loop {
-    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut commands: mpsc::UnboundedReceiver<CommandRequest>) {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut commands: mpsc::UnboundedReceiver<CommandRequest>,
+    ) {
         let mut stats_tick = tokio::time::interval(std::time::Duration::from_millis(100));
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;
@@ -174,10 +194,16 @@ impl Loop {
     fn drain(&mut self) {
         while let Some(o) = self.core.poll_output() {
             match o {
-                Output::Transmit { link: LinkId::Vehicle, bytes } => {
+                Output::Transmit {
+                    link: LinkId::Vehicle,
+                    bytes,
+                } => {
                     self.vehicle.send(bytes);
                 }
-                Output::Transmit { link: LinkId::Gcs, bytes } => {
+                Output::Transmit {
+                    link: LinkId::Gcs,
+                    bytes,
+                } => {
                     if let Some(g) = &self.gcs {
                         g.send(bytes);
                     }

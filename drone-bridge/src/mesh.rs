@@ -86,12 +86,23 @@ pub fn parse_command(event: &Value) -> Option<DroneCommandEvent> {
         Some("hold") => Ok(Action::Hold),
         Some("land") => Ok(Action::Land),
         Some("guided") => match (event["lat"].as_f64(), event["lon"].as_f64()) {
-            (Some(lat), Some(lon)) => Ok(Action::Guided { lat, lon, alt: event["alt"].as_f64() }),
+            (Some(lat), Some(lon)) => Ok(Action::Guided {
+                lat,
+                lon,
+                alt: event["alt"].as_f64(),
+            }),
             _ => Err("guided needs lat and lon".to_owned()),
         },
-        other => Err(format!("command {other:?} is not on the bridge's allow-list (rtl, hold, land, guided)")),
+        other => Err(format!(
+            "command {other:?} is not on the bridge's allow-list (rtl, hold, land, guided)"
+        )),
     };
-    Some(DroneCommandEvent { cmd, drone, by, action })
+    Some(DroneCommandEvent {
+        cmd,
+        drone,
+        by,
+        action,
+    })
 }
 
 /// What the loop keeps.
@@ -126,11 +137,19 @@ impl Mesh {
         }
         let stream = drone_name(&self.subject, drone);
         emit(&json!({"kind": "video", "drone": stream, "source": source.to_string()}));
-        match video::start(&self.client, &self.node, &stream, source, self.plans.clone()) {
+        match video::start(
+            &self.client,
+            &self.node,
+            &stream,
+            source,
+            self.plans.clone(),
+        ) {
             Ok(p) => {
                 self.publishers.insert(drone, p);
             }
-            Err(why) => emit(&json!({"kind": "warning", "message": format!("no video for {stream}: {why}")})),
+            Err(why) => emit(
+                &json!({"kind": "warning", "message": format!("no video for {stream}: {why}")}),
+            ),
         }
     }
 
@@ -151,32 +170,72 @@ impl Mesh {
                     }
                 }
             }
-            Event::Ack { cmd, drone, result, text } => {
-                emit(&json!({"kind": "ack", "cmd": cmd, "drone": drone_name(&self.subject, drone), "result": result.as_str(), "text": text}));
-                self.send(ClientMsg::DroneCommandAck { cmd, result: ack_result(result), text }, true);
+            Event::Ack {
+                cmd,
+                drone,
+                result,
+                text,
+            } => {
+                emit(
+                    &json!({"kind": "ack", "cmd": cmd, "drone": drone_name(&self.subject, drone), "result": result.as_str(), "text": text}),
+                );
+                self.send(
+                    ClientMsg::DroneCommandAck {
+                        cmd,
+                        result: ack_result(result),
+                        text,
+                    },
+                    true,
+                );
             }
             Event::Video { drone, uri } => match uri.parse::<VideoSource>() {
                 Ok(v) => self.start_video(drone, v),
-                Err(why) => emit(&json!({"kind": "warning", "message": format!("vehicle {drone} announced video {uri:?}: {why}")})),
+                Err(why) => emit(
+                    &json!({"kind": "warning", "message": format!("vehicle {drone} announced video {uri:?}: {why}")}),
+                ),
             },
         }
     }
 
     fn command(&mut self, c: DroneCommandEvent, bridge: &MavlinkHandle) {
-        emit(&json!({"kind": "command", "cmd": c.cmd, "drone": c.drone, "by": c.by,
-            "command": c.action.as_ref().map(|a| a.name()).unwrap_or("?")}));
+        emit(
+            &json!({"kind": "command", "cmd": c.cmd, "drone": c.drone, "by": c.by,
+            "command": c.action.as_ref().map(|a| a.name()).unwrap_or("?")}),
+        );
         let refuse = |m: &mut Mesh, text: String| {
-            emit(&json!({"kind": "ack", "cmd": c.cmd, "drone": c.drone, "result": "refused", "text": text}));
-            m.send(ClientMsg::DroneCommandAck { cmd: c.cmd.clone(), result: DroneAckResult::Refused, text: Some(text) }, true);
+            emit(
+                &json!({"kind": "ack", "cmd": c.cmd, "drone": c.drone, "result": "refused", "text": text}),
+            );
+            m.send(
+                ClientMsg::DroneCommandAck {
+                    cmd: c.cmd.clone(),
+                    result: DroneAckResult::Refused,
+                    text: Some(text),
+                },
+                true,
+            );
         };
         let Some(sysid) = sysid_of(&self.subject, &c.drone) else {
-            return refuse(self, format!("{} is not a drone of this bridge ({}-droneSYSID)", c.drone, self.subject));
+            return refuse(
+                self,
+                format!(
+                    "{} is not a drone of this bridge ({}-droneSYSID)",
+                    c.drone, self.subject
+                ),
+            );
         };
         match &c.action {
             Ok(action) => {
-                let req = CommandRequest { cmd: c.cmd.clone(), drone: sysid, action: *action };
+                let req = CommandRequest {
+                    cmd: c.cmd.clone(),
+                    drone: sysid,
+                    action: *action,
+                };
                 if bridge.commands.send(req).is_err() {
-                    refuse(self, "the MAVLink side of the bridge has stopped".to_owned());
+                    refuse(
+                        self,
+                        "the MAVLink side of the bridge has stopped".to_owned(),
+                    );
                 }
             }
             Err(why) => refuse(self, why.clone()),
@@ -184,7 +243,9 @@ impl Mesh {
     }
 
     fn stats(&mut self, s: Stats) {
-        let due = self.last_stats.is_none_or(|(at, old)| old != s && at.elapsed() >= Duration::from_secs(1));
+        let due = self
+            .last_stats
+            .is_none_or(|(at, old)| old != s && at.elapsed() >= Duration::from_secs(1));
         if due {
             self.last_stats = Some((Instant::now(), s));
             let mut v = serde_json::to_value(s).unwrap_or_default();
@@ -195,8 +256,10 @@ impl Mesh {
 
     fn connected(&mut self, resumed: bool, gap: bool) {
         let s = self.client.session();
-        emit(&json!({"kind": if resumed { "resumed" } else { "connected" }, "subject": s.subject.as_str(),
-            "role": s.role.to_string(), "node": s.node.as_str(), "gap": gap}));
+        emit(
+            &json!({"kind": if resumed { "resumed" } else { "connected" }, "subject": s.subject.as_str(),
+            "role": s.role.to_string(), "node": s.node.as_str(), "gap": gap}),
+        );
         // The node may have missed link changes and acks while we were away.
         let links: Vec<(SysId, bool)> = self.links.iter().map(|(k, v)| (*k, *v)).collect();
         for (drone, up) in links {
@@ -307,12 +370,25 @@ mod tests {
     fn names_and_commands() {
         assert_eq!(drone_name("pilot-3", SysId(1)), "pilot-3-drone1");
         assert_eq!(sysid_of("pilot-3", "pilot-3-drone1"), Some(SysId(1)));
-        for bad in ["pilot-3-drone", "pilot-3-drone0", "pilot-3-drone256", "pilot-4-drone1", "pilot-3-drone1x"] {
+        for bad in [
+            "pilot-3-drone",
+            "pilot-3-drone0",
+            "pilot-3-drone256",
+            "pilot-4-drone1",
+            "pilot-3-drone1x",
+        ] {
             assert_eq!(sysid_of("pilot-3", bad), None, "{bad}");
         }
         let e = json!({"kind": "drone_command", "cmd": "dc-4", "drone": "p-drone2", "command": "guided", "by": "cmd-1", "lat": 30.0, "lon": 114.0, "alt": 50.0});
         let c = parse_command(&e).unwrap();
-        assert_eq!(c.action, Ok(Action::Guided { lat: 30.0, lon: 114.0, alt: Some(50.0) }));
+        assert_eq!(
+            c.action,
+            Ok(Action::Guided {
+                lat: 30.0,
+                lon: 114.0,
+                alt: Some(50.0)
+            })
+        );
         let e = json!({"kind": "drone_command", "cmd": "dc-5", "drone": "p-drone2", "command": "flip", "by": "x"});
         assert!(parse_command(&e).unwrap().action.is_err());
         assert!(parse_command(&json!({"kind": "telemetry"})).is_none());

@@ -38,9 +38,13 @@ impl SigningKey {
     pub fn from_hex(text: &str) -> Result<SigningKey, String> {
         let t = text.trim();
         if t.len() != 64 {
-            return Err(format!("a signing key is 64 hexadecimal characters, this one has {}", t.len()));
+            return Err(format!(
+                "a signing key is 64 hexadecimal characters, this one has {}",
+                t.len()
+            ));
         }
-        let bytes = hex::decode(t).map_err(|e| format!("a signing key is 64 hexadecimal characters: {e}"))?;
+        let bytes = hex::decode(t)
+            .map_err(|e| format!("a signing key is 64 hexadecimal characters: {e}"))?;
         let mut k = [0u8; 32];
         k.copy_from_slice(&bytes);
         Ok(SigningKey(k))
@@ -48,7 +52,8 @@ impl SigningKey {
 
     /// Reads a key file.
     pub fn from_file(path: &Path) -> Result<SigningKey, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         SigningKey::from_hex(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -79,7 +84,11 @@ pub struct Signer {
 impl Signer {
     /// A signer with `key` for link `link_id`.
     pub fn new(key: SigningKey, link_id: u8) -> Self {
-        Signer { key, link_id, last: 0 }
+        Signer {
+            key,
+            link_id,
+            last: 0,
+        }
     }
 
     /// Fills in the signature block of `frame`, a MAVLink 2 frame encoded with room for it
@@ -120,12 +129,17 @@ pub struct Verifier {
 impl Verifier {
     /// A verifier with `key`.
     pub fn new(key: SigningKey) -> Self {
-        Verifier { key, streams: HashMap::new() }
+        Verifier {
+            key,
+            streams: HashMap::new(),
+        }
     }
 
     /// Checks `frame` at local Unix time `unix_us`.
     pub fn verify(&mut self, frame: &Frame, unix_us: u64) -> Result<(), Rejected> {
-        let Some(block) = frame.signature() else { return Err(Rejected::Unsigned) };
+        let Some(block) = frame.signature() else {
+            return Err(Rejected::Unsigned);
+        };
         let bytes = frame.bytes();
         let sig = self.key.signature(&bytes[..bytes.len() - 6]);
         if sig[..] != block[7..13] {
@@ -137,7 +151,9 @@ impl Verifier {
         let key = (block[0], frame.sysid(), frame.compid());
         match self.streams.get(&key) {
             Some(&last) if ts <= last => return Err(Rejected::Replay),
-            None if ts + NEW_STREAM_MAX_LAG < timestamp_of_unix_us(unix_us) => return Err(Rejected::Replay),
+            None if ts + NEW_STREAM_MAX_LAG < timestamp_of_unix_us(unix_us) => {
+                return Err(Rejected::Replay)
+            }
             _ => {}
         }
         self.streams.insert(key, ts);
@@ -153,7 +169,15 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000_000;
 
     fn signed(key: [u8; 32], at: u64) -> Frame {
-        let mut f = encode_v2(Sender { sysid: 1, compid: 1, seq: 9 }, &heartbeat(), true);
+        let mut f = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 9,
+            },
+            &heartbeat(),
+            true,
+        );
         Signer::new(SigningKey(key), 3).sign(&mut f, at);
         parse_one(&f).expect("a signed frame parses")
     }
@@ -173,19 +197,50 @@ mod tests {
         assert_eq!(v.verify(&signed([1; 32], NOW), NOW), Ok(()));
         assert_eq!(v.verify(&signed([1; 32], NOW), NOW), Err(Rejected::Replay));
         assert_eq!(v.verify(&signed([1; 32], NOW + 10), NOW), Ok(()));
-        assert_eq!(v.verify(&signed([2; 32], NOW + 20), NOW), Err(Rejected::BadSignature));
-        let unsigned = parse_one(&encode_v2(Sender { sysid: 1, compid: 1, seq: 0 }, &heartbeat(), false)).unwrap();
+        assert_eq!(
+            v.verify(&signed([2; 32], NOW + 20), NOW),
+            Err(Rejected::BadSignature)
+        );
+        let unsigned = parse_one(&encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 0,
+            },
+            &heartbeat(),
+            false,
+        ))
+        .unwrap();
         assert_eq!(v.verify(&unsigned, NOW), Err(Rejected::Unsigned));
         // A new stream (another component) starting two minutes ago: a replay.
-        let mut f = encode_v2(Sender { sysid: 1, compid: 2, seq: 0 }, &heartbeat(), true);
+        let mut f = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 2,
+                seq: 0,
+            },
+            &heartbeat(),
+            true,
+        );
         Signer::new(SigningKey([1; 32]), 3).sign(&mut f, NOW - 120_000_000);
-        assert_eq!(v.verify(&parse_one(&f).unwrap(), NOW), Err(Rejected::Replay));
+        assert_eq!(
+            v.verify(&parse_one(&f).unwrap(), NOW),
+            Err(Rejected::Replay)
+        );
     }
 
     #[test]
     fn signer_timestamps_strictly_increase() {
         let mut s = Signer::new(SigningKey([1; 32]), 0);
-        let mut a = encode_v2(Sender { sysid: 1, compid: 1, seq: 0 }, &heartbeat(), true);
+        let mut a = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 0,
+            },
+            &heartbeat(),
+            true,
+        );
         let mut b = a.clone();
         s.sign(&mut a, NOW);
         s.sign(&mut b, NOW);

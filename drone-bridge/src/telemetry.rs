@@ -37,7 +37,12 @@ pub fn apply(t: &mut Telemetry, msg: &MavMessage) -> Merged {
     let mut c = false;
     match msg {
         MavMessage::HEARTBEAT(h) => {
-            set(&mut t.armed, h.base_mode.contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED), &mut c);
+            set(
+                &mut t.armed,
+                h.base_mode
+                    .contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED),
+                &mut c,
+            );
             set(&mut t.vehicle, vehicle_name(h.mavtype), &mut c);
             if let Some(m) = mode_name(h.autopilot, h.mavtype, h.base_mode, h.custom_mode) {
                 set(&mut t.mode, m, &mut c);
@@ -61,14 +66,22 @@ pub fn apply(t: &mut Telemetry, msg: &MavMessage) -> Merged {
             set(&mut t.ground_speed, f64::from(v.groundspeed), &mut c);
             set(&mut t.air_speed, f64::from(v.airspeed), &mut c);
             set(&mut t.climb, f64::from(v.climb), &mut c);
-            set(&mut t.heading, f64::from(v.heading).rem_euclid(360.0), &mut c);
+            set(
+                &mut t.heading,
+                f64::from(v.heading).rem_euclid(360.0),
+                &mut c,
+            );
         }
         MavMessage::SYS_STATUS(s) => {
             if s.battery_remaining >= 0 {
                 set(&mut t.battery_pct, f64::from(s.battery_remaining), &mut c);
             }
             if s.voltage_battery != u16::MAX {
-                set(&mut t.voltage, f64::from(s.voltage_battery) / 1000.0, &mut c);
+                set(
+                    &mut t.voltage,
+                    f64::from(s.voltage_battery) / 1000.0,
+                    &mut c,
+                );
             }
             if s.current_battery >= 0 {
                 set(&mut t.current, f64::from(s.current_battery) / 100.0, &mut c);
@@ -82,8 +95,12 @@ pub fn apply(t: &mut Telemetry, msg: &MavMessage) -> Merged {
             if b.battery_remaining >= 0 {
                 set(&mut t.battery_pct, f64::from(b.battery_remaining), &mut c);
             }
-            let cells: Vec<f64> =
-                b.voltages.iter().filter(|&&v| v != u16::MAX).map(|&v| f64::from(v) / 1000.0).collect();
+            let cells: Vec<f64> = b
+                .voltages
+                .iter()
+                .filter(|&&v| v != u16::MAX)
+                .map(|&v| f64::from(v) / 1000.0)
+                .collect();
             if !cells.is_empty() {
                 set(&mut t.voltage, cells.iter().sum(), &mut c);
             }
@@ -103,7 +120,9 @@ pub fn apply(t: &mut Telemetry, msg: &MavMessage) -> Merged {
             set(&mut t.home_alt, f64::from(h.altitude) / 1000.0, &mut c);
         }
         MavMessage::STATUSTEXT(s) => {
-            let text = String::from_utf8_lossy(&s.text[..]).trim_end_matches('\0').to_owned();
+            let text = String::from_utf8_lossy(&s.text[..])
+                .trim_end_matches('\0')
+                .to_owned();
             set(&mut t.status_text, text, &mut c);
         }
         _ => return Merged::Ignored,
@@ -123,7 +142,9 @@ fn gps_fix(f: GpsFixType) -> u8 {
 /// "quadrotor", "fixed_wing", …: the MAV_TYPE name without its prefix, lower case.
 pub fn vehicle_name(t: MavType) -> String {
     let name = format!("{t:?}");
-    name.strip_prefix("MAV_TYPE_").unwrap_or(&name).to_ascii_lowercase()
+    name.strip_prefix("MAV_TYPE_")
+        .unwrap_or(&name)
+        .to_ascii_lowercase()
 }
 
 /// Whether a HEARTBEAT comes from a flight controller (not a GCS, camera, gimbal or companion).
@@ -158,9 +179,15 @@ pub fn ardu_family(t: MavType) -> ArduFamily {
     use MavType::*;
     match t {
         MAV_TYPE_QUADROTOR | MAV_TYPE_HEXAROTOR | MAV_TYPE_OCTOROTOR | MAV_TYPE_TRICOPTER
-        | MAV_TYPE_COAXIAL | MAV_TYPE_HELICOPTER | MAV_TYPE_DODECAROTOR | MAV_TYPE_DECAROTOR => ArduFamily::Copter,
-        MAV_TYPE_FIXED_WING | MAV_TYPE_VTOL_TAILSITTER_DUOROTOR | MAV_TYPE_VTOL_TAILSITTER_QUADROTOR
-        | MAV_TYPE_VTOL_TILTROTOR | MAV_TYPE_VTOL_FIXEDROTOR | MAV_TYPE_VTOL_TAILSITTER
+        | MAV_TYPE_COAXIAL | MAV_TYPE_HELICOPTER | MAV_TYPE_DODECAROTOR | MAV_TYPE_DECAROTOR => {
+            ArduFamily::Copter
+        }
+        MAV_TYPE_FIXED_WING
+        | MAV_TYPE_VTOL_TAILSITTER_DUOROTOR
+        | MAV_TYPE_VTOL_TAILSITTER_QUADROTOR
+        | MAV_TYPE_VTOL_TILTROTOR
+        | MAV_TYPE_VTOL_FIXEDROTOR
+        | MAV_TYPE_VTOL_TAILSITTER
         | MAV_TYPE_VTOL_TILTWING => ArduFamily::Plane,
         MAV_TYPE_GROUND_ROVER | MAV_TYPE_SURFACE_BOAT => ArduFamily::Rover,
         _ => ArduFamily::Other,
@@ -168,7 +195,12 @@ pub fn ardu_family(t: MavType) -> ArduFamily {
 }
 
 /// The flight mode name of a HEARTBEAT, for ArduPilot and PX4; `None` when unknown.
-pub fn mode_name(autopilot: MavAutopilot, t: MavType, base: MavModeFlag, custom: u32) -> Option<String> {
+pub fn mode_name(
+    autopilot: MavAutopilot,
+    t: MavType,
+    base: MavModeFlag,
+    custom: u32,
+) -> Option<String> {
     if !base.contains(MavModeFlag::MAV_MODE_FLAG_CUSTOM_MODE_ENABLED) {
         return None;
     }
@@ -263,32 +295,77 @@ mod tests {
     #[test]
     fn messages_fill_the_spec_fields() {
         let mut t = Telemetry::default();
-        assert_eq!(apply(&mut t, &crate::frame::tests::heartbeat()), Merged::Changed);
-        assert_eq!((t.mode.as_deref(), t.armed, t.vehicle.as_deref()), (Some("GUIDED"), Some(false), Some("quadrotor")));
+        assert_eq!(
+            apply(&mut t, &crate::frame::tests::heartbeat()),
+            Merged::Changed
+        );
+        assert_eq!(
+            (t.mode.as_deref(), t.armed, t.vehicle.as_deref()),
+            (Some("GUIDED"), Some(false), Some("quadrotor"))
+        );
         apply(&mut t, &crate::frame::tests::position());
-        assert_eq!((t.lat, t.lon, t.alt_amsl, t.alt_rel, t.heading), (Some(30.5), Some(114.3), Some(52.0), Some(30.0), Some(90.0)));
-        assert_eq!(apply(&mut t, &crate::frame::tests::position()), Merged::Ignored, "nothing new");
-        apply(&mut t, &MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA {
-            voltages: [4200, 4100, 4000, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX, u16::MAX],
-            current_battery: 1250,
-            battery_remaining: 76,
-            ..BATTERY_STATUS_DATA::DEFAULT
-        }));
+        assert_eq!(
+            (t.lat, t.lon, t.alt_amsl, t.alt_rel, t.heading),
+            (Some(30.5), Some(114.3), Some(52.0), Some(30.0), Some(90.0))
+        );
+        assert_eq!(
+            apply(&mut t, &crate::frame::tests::position()),
+            Merged::Ignored,
+            "nothing new"
+        );
+        apply(
+            &mut t,
+            &MavMessage::BATTERY_STATUS(BATTERY_STATUS_DATA {
+                voltages: [
+                    4200,
+                    4100,
+                    4000,
+                    u16::MAX,
+                    u16::MAX,
+                    u16::MAX,
+                    u16::MAX,
+                    u16::MAX,
+                    u16::MAX,
+                    u16::MAX,
+                ],
+                current_battery: 1250,
+                battery_remaining: 76,
+                ..BATTERY_STATUS_DATA::DEFAULT
+            }),
+        );
         assert_eq!(t.battery_pct, Some(76.0));
         assert!((t.voltage.unwrap() - 12.3).abs() < 1e-9);
         assert_eq!(t.current, Some(12.5));
-        apply(&mut t, &MavMessage::ATTITUDE(ATTITUDE_DATA { roll: std::f32::consts::FRAC_PI_2, ..ATTITUDE_DATA::DEFAULT }));
+        apply(
+            &mut t,
+            &MavMessage::ATTITUDE(ATTITUDE_DATA {
+                roll: std::f32::consts::FRAC_PI_2,
+                ..ATTITUDE_DATA::DEFAULT
+            }),
+        );
         assert!((t.roll.unwrap() - 90.0).abs() < 1e-4);
-        apply(&mut t, &MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA {
-            fix_type: GpsFixType::GPS_FIX_TYPE_3D_FIX,
-            satellites_visible: 14,
-            ..GPS_RAW_INT_DATA::DEFAULT
-        }));
+        apply(
+            &mut t,
+            &MavMessage::GPS_RAW_INT(GPS_RAW_INT_DATA {
+                fix_type: GpsFixType::GPS_FIX_TYPE_3D_FIX,
+                satellites_visible: 14,
+                ..GPS_RAW_INT_DATA::DEFAULT
+            }),
+        );
         assert_eq!((t.gps_fix, t.satellites), (Some(3), Some(14)));
-        apply(&mut t, &MavMessage::STATUSTEXT(STATUSTEXT_DATA { severity: MavSeverity::MAV_SEVERITY_INFO, text: "EKF ok".into() }));
+        apply(
+            &mut t,
+            &MavMessage::STATUSTEXT(STATUSTEXT_DATA {
+                severity: MavSeverity::MAV_SEVERITY_INFO,
+                text: "EKF ok".into(),
+            }),
+        );
         assert_eq!(t.status_text.as_deref(), Some("EKF ok"));
         let json = serde_json::to_value(&t).unwrap();
-        assert!(json.get("home_lat").is_none(), "unknown fields are omitted: {json}");
+        assert!(
+            json.get("home_lat").is_none(),
+            "unknown fields are omitted: {json}"
+        );
         assert_eq!(json["lat"], 30.5);
     }
 
@@ -296,10 +373,28 @@ mod tests {
     fn modes_of_ardupilot_and_px4() {
         let custom = MavModeFlag::MAV_MODE_FLAG_CUSTOM_MODE_ENABLED;
         let ap = MavAutopilot::MAV_AUTOPILOT_ARDUPILOTMEGA;
-        assert_eq!(mode_name(ap, MavType::MAV_TYPE_QUADROTOR, custom, 6).as_deref(), Some("RTL"));
-        assert_eq!(mode_name(ap, MavType::MAV_TYPE_FIXED_WING, custom, 12).as_deref(), Some("LOITER"));
+        assert_eq!(
+            mode_name(ap, MavType::MAV_TYPE_QUADROTOR, custom, 6).as_deref(),
+            Some("RTL")
+        );
+        assert_eq!(
+            mode_name(ap, MavType::MAV_TYPE_FIXED_WING, custom, 12).as_deref(),
+            Some("LOITER")
+        );
         let px4 = MavAutopilot::MAV_AUTOPILOT_PX4;
-        assert_eq!(mode_name(px4, MavType::MAV_TYPE_QUADROTOR, custom, (4 << 16) | (6 << 24)).as_deref(), Some("LAND"));
-        assert_eq!(mode_name(ap, MavType::MAV_TYPE_QUADROTOR, MavModeFlag::empty(), 6), None);
+        assert_eq!(
+            mode_name(
+                px4,
+                MavType::MAV_TYPE_QUADROTOR,
+                custom,
+                (4 << 16) | (6 << 24)
+            )
+            .as_deref(),
+            Some("LAND")
+        );
+        assert_eq!(
+            mode_name(ap, MavType::MAV_TYPE_QUADROTOR, MavModeFlag::empty(), 6),
+            None
+        );
     }
 }

@@ -23,8 +23,15 @@ impl Tlog {
     pub fn create(dir: &Path, unix_s: u64) -> std::io::Result<Tlog> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("drone-bridge-{unix_s}.tlog"));
-        let file = std::fs::OpenOptions::new().create_new(true).write(true).open(&path)?;
-        Ok(Tlog { path, out: BufWriter::new(file), last_flush: Instant::now() })
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        Ok(Tlog {
+            path,
+            out: BufWriter::new(file),
+            last_flush: Instant::now(),
+        })
     }
 
     /// The file.

@@ -64,13 +64,23 @@ impl FromStr for VideoSource {
         }
         if let Some(rest) = s.strip_prefix("udp://") {
             let (host, port) = match rest.rsplit_once(':') {
-                Some((h, p)) => (Some(h.trim_start_matches('@').to_owned()).filter(|h| !h.is_empty()), p),
+                Some((h, p)) => (
+                    Some(h.trim_start_matches('@').to_owned()).filter(|h| !h.is_empty()),
+                    p,
+                ),
                 None => (None, rest),
             };
-            if host.as_deref().is_some_and(|h| !h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))) {
+            if host.as_deref().is_some_and(|h| {
+                !h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            }) {
                 return Err(format!("bad video URI {s:?}: bad host"));
             }
-            let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("bad video URI {s:?}: bad port"))?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("bad video URI {s:?}: bad port"))?;
             return Ok(VideoSource::Udp { host, port });
         }
         Err(format!("bad video URI {s:?}: use rtsp://… or udp://PORT"))
@@ -81,7 +91,10 @@ impl std::fmt::Display for VideoSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VideoSource::Rtsp(u) => f.write_str(u),
-            VideoSource::Udp { host: Some(h), port } => write!(f, "udp://{h}:{port}"),
+            VideoSource::Udp {
+                host: Some(h),
+                port,
+            } => write!(f, "udp://{h}:{port}"),
             VideoSource::Udp { host: None, port } => write!(f, "udp://{port}"),
         }
     }
@@ -101,23 +114,36 @@ pub struct Plan {
 }
 
 /// The plans of drone-camera profile `profile` over link class `link`, in the profile's order.
-pub fn plans(profile: &str, link: &str, has_element: &dyn Fn(&str) -> bool) -> Result<Vec<Plan>, String> {
+pub fn plans(
+    profile: &str,
+    link: &str,
+    has_element: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Plan>, String> {
     let catalog = hw_profiles::shipped().map_err(|e| e.to_string())?;
     let device = catalog.device(profile).map_err(|e| e.to_string())?;
     let link = catalog.link(link).map_err(|e| e.to_string())?;
     if device.ingest.is_empty() {
-        return Err(format!("profile {profile} is a {} profile, not a drone camera's", device.kind));
+        return Err(format!(
+            "profile {profile} is a {} profile, not a drone camera's",
+            device.kind
+        ));
     }
     let mut out = Vec::new();
     for ing in &device.ingest {
-        let plan = hw_profiles::resolve_ingest(device, ing.codec, link, has_element).map_err(|e| e.to_string())?;
+        let plan = hw_profiles::resolve_ingest(device, ing.codec, link, has_element)
+            .map_err(|e| e.to_string())?;
         match &plan.transcode {
             None if plan.codec == Codec::H264 => out.push(Plan {
                 codec: Codec::H264,
                 fragment: format!("{} ! {} config-interval=-1", ing.depay, ing.parse),
                 transcode: None,
             }),
-            None => return Err(format!("profile {profile} forwards {} untouched, which the node does not take", plan.codec.as_str())),
+            None => {
+                return Err(format!(
+                    "profile {profile} forwards {} untouched, which the node does not take",
+                    plan.codec.as_str()
+                ))
+            }
             Some((dec, enc)) => out.push(Plan {
                 codec: plan.codec,
                 fragment: format!("{} ! h264parse config-interval=-1", plan.pipeline),
@@ -130,7 +156,11 @@ pub fn plans(profile: &str, link: &str, has_element: &dyn Fn(&str) -> bool) -> R
 
 /// The default plan: H.264 depayloaded and parsed, forwarded untouched.
 pub fn h264_passthrough() -> Plan {
-    Plan { codec: Codec::H264, fragment: "rtph264depay ! h264parse config-interval=-1".to_owned(), transcode: None }
+    Plan {
+        codec: Codec::H264,
+        fragment: "rtph264depay ! h264parse config-interval=-1".to_owned(),
+        transcode: None,
+    }
 }
 
 /// The gst-launch description for `source` with `plan`: depayload and parse (and, only when the
@@ -141,10 +171,19 @@ pub fn describe(source: &VideoSource, plan: &Plan) -> String {
         plan.fragment
     );
     match source {
-        VideoSource::Rtsp(uri) => format!("rtspsrc location=\"{uri}\" protocols=udp+tcp latency=200 ! {tail}"),
+        VideoSource::Rtsp(uri) => {
+            format!("rtspsrc location=\"{uri}\" protocols=udp+tcp latency=200 ! {tail}")
+        }
         VideoSource::Udp { host, port } => {
-            let addr = host.as_ref().map(|h| format!(" address={h}")).unwrap_or_default();
-            let name = if plan.codec == Codec::H265 { "H265" } else { "H264" };
+            let addr = host
+                .as_ref()
+                .map(|h| format!(" address={h}"))
+                .unwrap_or_default();
+            let name = if plan.codec == Codec::H265 {
+                "H265"
+            } else {
+                "H264"
+            };
             format!(
                 "udpsrc port={port}{addr} caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name={name}\" ! rtpjitterbuffer latency=200 ! {tail}"
             )
@@ -165,7 +204,10 @@ impl Publisher {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
             self.task.abort();
         }
     }
@@ -173,16 +215,31 @@ impl Publisher {
 
 /// Starts publishing `source` as `stream` over `client`'s session to `node` (its QUIC
 /// `HOST:PORT`, which picks the local address of the peer), with `plans` tried in order.
-pub fn start(client: &Client, node: &str, stream: &str, source: VideoSource, plans: Vec<Plan>) -> Result<Publisher, String> {
+pub fn start(
+    client: &Client,
+    node: &str,
+    stream: &str,
+    source: VideoSource,
+    plans: Vec<Plan>,
+) -> Result<Publisher, String> {
     gst::init().map_err(|e| format!("GStreamer: {e}"))?;
     let stream = StreamName::parse(stream).map_err(|e| format!("stream name {stream}: {e}"))?;
     if plans.is_empty() {
         return Err("no ingest plan".to_owned());
     }
-    let job = Job { client: client.clone(), node: node.to_owned(), stream, source, plans };
+    let job = Job {
+        client: client.clone(),
+        node: node.to_owned(),
+        stream,
+        source,
+        plans,
+    };
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(job.run(stop_rx));
-    Ok(Publisher { task, stop: Some(stop_tx) })
+    Ok(Publisher {
+        task,
+        stop: Some(stop_tx),
+    })
 }
 
 /// An access unit and how long it lasts.
@@ -214,7 +271,9 @@ const JOIN_WINDOW: Duration = Duration::from_millis(4);
 fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::Receiver<Frame> {
     let (tx, out) = mpsc::channel::<Frame>(64);
     tokio::spawn(async move {
-        let Some(mut cur) = rx.recv().await else { return };
+        let Some(mut cur) = rx.recv().await else {
+            return;
+        };
         loop {
             match tokio::time::timeout(JOIN_WINDOW, rx.recv()).await {
                 Ok(Some(next)) if next.2.is_some() && next.2 == cur.2 => {
@@ -244,7 +303,10 @@ fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::
     out
 }
 
-fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
+fn run_pipeline(
+    source: &VideoSource,
+    plan: &Plan,
+) -> Result<(Running, mpsc::Receiver<Frame>, mpsc::Receiver<String>), String> {
     let desc = describe(source, plan);
     tracing::debug!(pipeline = %desc, "video pipeline");
     let pipeline = gst::parse::launch(&desc)
@@ -261,7 +323,9 @@ fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Rec
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
                 // The camera's own frame interval (PTS to PTS), else 30 fps.
                 let mut d = Duration::from_millis(33);
                 if let Some(pts) = buffer.pts() {
@@ -280,8 +344,13 @@ fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Rec
             })
             .build(),
     );
-    pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot start {desc}: {e}"))?;
-    let running = Running { pipeline, stopped: Arc::default() };
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("cannot start {desc}: {e}"))?;
+    let running = Running {
+        pipeline,
+        stopped: Arc::default(),
+    };
     let rx = join_slices(rx);
     let (fail_tx, fail_rx) = mpsc::channel(1);
     if let Some(bus) = running.pipeline.bus() {
@@ -289,7 +358,10 @@ fn run_pipeline(source: &VideoSource, plan: &Plan) -> Result<(Running, mpsc::Rec
         std::thread::spawn(move || {
             use gst::MessageView;
             while !stopped.load(Ordering::Relaxed) {
-                let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(200), &[gst::MessageType::Error, gst::MessageType::Eos]) else {
+                let Some(msg) = bus.timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(200),
+                    &[gst::MessageType::Error, gst::MessageType::Eos],
+                ) else {
                     continue;
                 };
                 let why = match msg.view() {
@@ -327,22 +399,35 @@ impl Job {
         let mut backoff = BACKOFF_MIN;
         let mut plan = 0;
         loop {
-            match self.attempt(&self.plans[plan], &mut stop, &mut backoff).await {
+            match self
+                .attempt(&self.plans[plan], &mut stop, &mut backoff)
+                .await
+            {
                 Ok(()) => return,
                 Err(Fatal(why)) => {
-                    emit(&json!({"kind": "warning", "message": format!("cannot publish {}: {why}", self.stream)}));
+                    emit(
+                        &json!({"kind": "warning", "message": format!("cannot publish {}: {why}", self.stream)}),
+                    );
                     let _ = stop.await;
                     return;
                 }
-                Err(Retry(why)) if codec_mismatch(&why) && self.plans.len() > 1 && matches!(self.source, VideoSource::Rtsp(_)) => {
+                Err(Retry(why))
+                    if codec_mismatch(&why)
+                        && self.plans.len() > 1
+                        && matches!(self.source, VideoSource::Rtsp(_)) =>
+                {
                     let from = self.plans[plan].codec.as_str();
                     plan = (plan + 1) % self.plans.len();
-                    emit(&json!({"kind": "note", "message": format!("video {}: not {from} ({why}); trying {}", self.stream, self.plans[plan].codec.as_str())}));
+                    emit(
+                        &json!({"kind": "note", "message": format!("video {}: not {from} ({why}); trying {}", self.stream, self.plans[plan].codec.as_str())}),
+                    );
                     backoff = BACKOFF_MIN;
                     continue;
                 }
                 Err(Retry(why)) => {
-                    emit(&json!({"kind": "warning", "message": format!("video {}: {why}; again in {} s", self.stream, backoff.as_secs())}));
+                    emit(
+                        &json!({"kind": "warning", "message": format!("video {}: {why}; again in {} s", self.stream, backoff.as_secs())}),
+                    );
                 }
             }
             tokio::select! {
@@ -354,7 +439,12 @@ impl Job {
     }
 
     /// One run: pipeline, first frame, peer, publish, pump. `Ok` only when stopped.
-    async fn attempt(&self, plan: &Plan, stop: &mut oneshot::Receiver<()>, backoff: &mut Duration) -> Result<(), AttemptError> {
+    async fn attempt(
+        &self,
+        plan: &Plan,
+        stop: &mut oneshot::Receiver<()>,
+        backoff: &mut Duration,
+    ) -> Result<(), AttemptError> {
         let (_running, mut frames, mut failed) = run_pipeline(&self.source, plan).map_err(Fatal)?;
         // Publish only once the camera delivers: a dead source is not a stream.
         let first = tokio::select! {
@@ -363,33 +453,59 @@ impl Job {
             why = failed.recv() => return Err(Retry(why.unwrap_or_default())),
             () = tokio::time::sleep(STALL) => return Err(Retry(format!("no frame from {} within {} s", self.source, STALL.as_secs()))),
         };
-        let ip = field_client::media::local_ip_towards(&self.node).await.map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
-        let bounds = Bounds { start: 2_000_000.0, min: 300_000.0, max: 8_000_000.0 };
-        let (mut peer, offer, mut states) = Peer::offer(ip, hw_profiles::Codec::H264, &[None], false, bounds).await.map_err(Retry)?;
-        let msg = ClientMsg::Publish { id: 0, stream: Some(self.stream.clone()), kind: StreamKind::Drone, sdp: offer };
+        let ip = field_client::media::local_ip_towards(&self.node)
+            .await
+            .map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
+        let bounds = Bounds {
+            start: 2_000_000.0,
+            min: 300_000.0,
+            max: 8_000_000.0,
+        };
+        let (mut peer, offer, mut states) =
+            Peer::offer(ip, hw_profiles::Codec::H264, &[None], false, bounds)
+                .await
+                .map_err(Retry)?;
+        let msg = ClientMsg::Publish {
+            id: 0,
+            stream: Some(self.stream.clone()),
+            kind: StreamKind::Drone,
+            sdp: offer,
+        };
         let data = match self.client.request(msg).await {
             Ok(d) => d,
             Err(e) => {
                 peer.close().await;
                 return Err(match e {
-                    ClientError::Remote { code: ErrorCode::Forbidden | ErrorCode::BadRequest, .. } | ClientError::Closed => Fatal(e.to_string()),
+                    ClientError::Remote {
+                        code: ErrorCode::Forbidden | ErrorCode::BadRequest,
+                        ..
+                    }
+                    | ClientError::Closed => Fatal(e.to_string()),
                     _ => Retry(e.to_string()),
                 });
             }
         };
         let (Some(sdp), Some(media)) = (data["sdp"].as_str(), data["media"].as_str()) else {
             peer.close().await;
-            return Err(Retry(format!("publish answered without sdp and media: {data}")));
+            return Err(Retry(format!(
+                "publish answered without sdp and media: {data}"
+            )));
         };
         let media = media.to_owned();
-        let on_keyframe: Arc<dyn Fn() + Send + Sync> = Arc::new(|| tracing::debug!("keyframe requested; the camera's next keyframe will do"));
+        let on_keyframe: Arc<dyn Fn() + Send + Sync> =
+            Arc::new(|| tracing::debug!("keyframe requested; the camera's next keyframe will do"));
         if let Err(e) = peer.answer(sdp.to_owned(), on_keyframe).await {
             peer.close().await;
-            let _ = self.client.request(ClientMsg::MediaClose { id: 0, media }).await;
+            let _ = self
+                .client
+                .request(ClientMsg::MediaClose { id: 0, media })
+                .await;
             return Err(Retry(e));
         }
-        emit(&json!({"kind": "publishing", "stream": self.stream.as_str(), "media": media, "source": self.source.to_string(),
-            "codec": plan.codec.as_str(), "transcode": plan.transcode}));
+        emit(
+            &json!({"kind": "publishing", "stream": self.stream.as_str(), "media": media, "source": self.source.to_string(),
+            "codec": plan.codec.as_str(), "transcode": plan.transcode}),
+        );
         let session = self.client.session().session;
         let mut connected = false;
         let mut pending = Some(first);
@@ -433,7 +549,11 @@ impl Job {
             }
         };
         peer.close().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.request(ClientMsg::MediaClose { id: 0, media })).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.request(ClientMsg::MediaClose { id: 0, media }),
+        )
+        .await;
         ended
     }
 }
@@ -453,13 +573,45 @@ mod tests {
     fn sources_parse_and_describe_without_a_decoder() {
         let r: VideoSource = "rtsp://10.0.0.5:8554/cam".parse().unwrap();
         let d = describe(&r, &h264_passthrough());
-        assert!(d.starts_with("rtspsrc location=\"rtsp://10.0.0.5:8554/cam\" protocols=udp+tcp"), "{d}");
-        let elements: Vec<&str> = d.split('!').filter_map(|e| e.split_whitespace().next()).collect();
-        assert!(elements.iter().all(|e| !e.ends_with("dec") && !e.ends_with("enc")), "{d}");
-        assert_eq!("udp://5600".parse(), Ok(VideoSource::Udp { host: None, port: 5600 }));
-        assert_eq!("udp://127.0.0.1:5600".parse::<VideoSource>().unwrap().to_string(), "udp://127.0.0.1:5600");
-        assert!(describe(&"udp://5600".parse().unwrap(), &h264_passthrough()).starts_with("udpsrc port=5600 caps="));
-        for bad in ["http://x", "udp://", "udp://0", "udp://h\"x:5", "rtsp://a b"] {
+        assert!(
+            d.starts_with("rtspsrc location=\"rtsp://10.0.0.5:8554/cam\" protocols=udp+tcp"),
+            "{d}"
+        );
+        let elements: Vec<&str> = d
+            .split('!')
+            .filter_map(|e| e.split_whitespace().next())
+            .collect();
+        assert!(
+            elements
+                .iter()
+                .all(|e| !e.ends_with("dec") && !e.ends_with("enc")),
+            "{d}"
+        );
+        assert_eq!(
+            "udp://5600".parse(),
+            Ok(VideoSource::Udp {
+                host: None,
+                port: 5600
+            })
+        );
+        assert_eq!(
+            "udp://127.0.0.1:5600"
+                .parse::<VideoSource>()
+                .unwrap()
+                .to_string(),
+            "udp://127.0.0.1:5600"
+        );
+        assert!(
+            describe(&"udp://5600".parse().unwrap(), &h264_passthrough())
+                .starts_with("udpsrc port=5600 caps=")
+        );
+        for bad in [
+            "http://x",
+            "udp://",
+            "udp://0",
+            "udp://h\"x:5",
+            "rtsp://a b",
+        ] {
             assert!(bad.parse::<VideoSource>().is_err(), "{bad}");
         }
     }
@@ -470,10 +622,18 @@ mod tests {
         let p = plans("drone-rtsp-h264", "wifi", &has).unwrap();
         assert_eq!(p, vec![h264_passthrough()]);
         let p = plans("drone-rtsp-h265", "wifi", &has).unwrap();
-        assert_eq!(p.iter().map(|p| p.codec).collect::<Vec<_>>(), vec![Codec::H264, Codec::H265]);
+        assert_eq!(
+            p.iter().map(|p| p.codec).collect::<Vec<_>>(),
+            vec![Codec::H264, Codec::H265]
+        );
         assert_eq!(p[0].transcode, None);
         assert_eq!(p[1].transcode.as_deref(), Some("avdec_h265 -> x264enc"));
-        assert!(p[1].fragment.starts_with("rtph265depay ! h265parse ! avdec_h265 ! videoconvert ! x264enc"), "{}", p[1].fragment);
+        assert!(
+            p[1].fragment
+                .starts_with("rtph265depay ! h265parse ! avdec_h265 ! videoconvert ! x264enc"),
+            "{}",
+            p[1].fragment
+        );
         let d = describe(&"udp://5600".parse().unwrap(), &p[1]);
         assert!(d.contains("encoding-name=H265"), "{d}");
         assert!(plans("tablet-software", "wifi", &has).is_err());

@@ -256,7 +256,12 @@ pub fn main() -> ExitCode {
 /// `--help` and `--version` go to stdout with code 0; anything else is a one-line message on
 /// stderr with code 1.
 fn usage_error(e: clap::Error) -> ExitCode {
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = e.print();
         return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             ExitCode::from(1)
@@ -321,39 +326,105 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
             };
             return run::run(&target(&args.common)?, out, opts).await;
         }
-        Command::Watch { stream, layer, max_height, seconds, common } => {
+        Command::Watch {
+            stream,
+            layer,
+            max_height,
+            seconds,
+            common,
+        } => {
             let out = Output::new(common.json);
-            let opts = crate::watch::WatchOptions { stream, layer, max_height, seconds };
+            let opts = crate::watch::WatchOptions {
+                stream,
+                layer,
+                max_height,
+                seconds,
+            };
             return crate::watch::watch(&target(&common)?, out, opts).await;
         }
-        Command::Profiles { profile, link, json } => {
+        Command::Profiles {
+            profile,
+            link,
+            json,
+        } => {
             return crate::media::print_profiles(profile.as_deref(), link.as_deref(), json);
         }
         Command::Orders { common, one_shot } => {
             let out = Output::new(common.json);
             return office::list_orders(&target(&common)?, out, secs(&one_shot)).await;
         }
-        Command::Accept { order, eta, common, one_shot, delivery } => {
-            (common, OfficeCommand::Accept { order, eta_min: eta }, one_shot, delivery)
-        }
-        Command::Decline { order, reason, common, one_shot, delivery } => {
-            (common, OfficeCommand::Decline { order, reason }, one_shot, delivery)
-        }
-        Command::Done { order, common, one_shot, delivery } => {
-            (common, OfficeCommand::Done { order }, one_shot, delivery)
-        }
-        Command::Say { text, incident, to, common, one_shot, delivery } => (
+        Command::Accept {
+            order,
+            eta,
             common,
-            OfficeCommand::Say { text: text.join(" "), incident, to },
+            one_shot,
+            delivery,
+        } => (
+            common,
+            OfficeCommand::Accept {
+                order,
+                eta_min: eta,
+            },
             one_shot,
             delivery,
         ),
-        Command::Sos { text, incident, common, one_shot, delivery } => {
-            (common, OfficeCommand::Sos { text, incident }, one_shot, delivery)
-        }
+        Command::Decline {
+            order,
+            reason,
+            common,
+            one_shot,
+            delivery,
+        } => (
+            common,
+            OfficeCommand::Decline { order, reason },
+            one_shot,
+            delivery,
+        ),
+        Command::Done {
+            order,
+            common,
+            one_shot,
+            delivery,
+        } => (common, OfficeCommand::Done { order }, one_shot, delivery),
+        Command::Say {
+            text,
+            incident,
+            to,
+            common,
+            one_shot,
+            delivery,
+        } => (
+            common,
+            OfficeCommand::Say {
+                text: text.join(" "),
+                incident,
+                to,
+            },
+            one_shot,
+            delivery,
+        ),
+        Command::Sos {
+            text,
+            incident,
+            common,
+            one_shot,
+            delivery,
+        } => (
+            common,
+            OfficeCommand::Sos { text, incident },
+            one_shot,
+            delivery,
+        ),
     };
     let out = Output::new(common.json);
-    office::one_shot(&target(&common)?, out, cmd, delivery.msg_id, secs(&one_shot)).await
+    office::one_shot(
+        &target(&common)?,
+        out,
+        cmd,
+        delivery.msg_id,
+        secs(&one_shot),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -372,20 +443,28 @@ mod tests {
         let e = Cli::try_parse_from(["field-client", "accept", "--node", "n:1"]).unwrap_err();
         let line = one_line(&e.render().to_string());
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("<ORDER>") && line.ends_with("(see --help)"), "{line}");
+        assert!(
+            line.contains("<ORDER>") && line.ends_with("(see --help)"),
+            "{line}"
+        );
     }
 
     #[test]
     fn watch_takes_a_local_or_a_remote_stream() {
-        let stream = |s: &str| match Cli::try_parse_from(["field-client", "watch", "--node", "n:1", s]).map(|c| c.command) {
-            Ok(Command::Watch { stream, .. }) => Ok(stream),
-            Ok(_) => unreachable!(),
-            Err(e) => Err(one_line(&e.render().to_string())),
-        };
+        let stream =
+            |s: &str| match Cli::try_parse_from(["field-client", "watch", "--node", "n:1", s])
+                .map(|c| c.command)
+            {
+                Ok(Command::Watch { stream, .. }) => Ok(stream),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(one_line(&e.render().to_string())),
+            };
         assert_eq!(stream("off-12").unwrap().as_str(), "off-12");
         let remote = stream("county-7/pilot-3-drone1").unwrap();
         assert_eq!(remote.split_remote(), Some(("county-7", "pilot-3-drone1")));
-        assert!(stream("a/b/c").unwrap_err().contains("reserved for the cascade"));
+        assert!(stream("a/b/c")
+            .unwrap_err()
+            .contains("reserved for the cascade"));
         assert!(stream("bad node/x").unwrap_err().contains("node id"));
     }
 }

@@ -64,7 +64,9 @@ impl Error {
                 }
             }
             ClientError::InvalidMessage(m) => Error::Usage(m),
-            ClientError::Timeout => Error::Connection(format!("no answer to {what} from the node in time")),
+            ClientError::Timeout => {
+                Error::Connection(format!("no answer to {what} from the node in time"))
+            }
             other => Error::Connection(format!("{what} failed: {other}")),
         }
     }

@@ -39,7 +39,9 @@ pub fn parse_tpv(line: &str) -> Option<Fix> {
         // gpsd ≥ 3.20 says altMSL; older ones put MSL altitude in alt.
         alt: num("altMSL").or_else(|| num("alt")),
         accuracy: num("eph").filter(|a| *a >= 0.0),
-        heading: num("track").filter(|t| (0.0..=360.0).contains(t)).map(|t| t % 360.0),
+        heading: num("track")
+            .filter(|t| (0.0..=360.0).contains(t))
+            .map(|t| t % 360.0),
         speed: num("speed").filter(|s| *s >= 0.0),
     };
     fix.to_proto().validate().ok()?;
@@ -121,12 +123,18 @@ mod tests {
     #[test]
     fn tpv_reports_become_fixes() {
         let fix = parse_tpv(TPV).unwrap();
-        assert_eq!((fix.lat, fix.lon, fix.alt, fix.accuracy), (30.5928, 114.3055, Some(23.5), Some(4.2)));
+        assert_eq!(
+            (fix.lat, fix.lon, fix.alt, fix.accuracy),
+            (30.5928, 114.3055, Some(23.5), Some(4.2))
+        );
         assert_eq!((fix.heading, fix.speed), (Some(359.99), Some(1.25)));
         // No fix yet, other classes, junk and out-of-range values are skipped.
         assert_eq!(parse_tpv(r#"{"class":"TPV","mode":1}"#), None);
         assert_eq!(parse_tpv(r#"{"class":"SKY","satellites":[]}"#), None);
-        assert_eq!(parse_tpv(r#"{"class":"TPV","mode":2,"lat":95,"lon":0}"#), None);
+        assert_eq!(
+            parse_tpv(r#"{"class":"TPV","mode":2,"lat":95,"lon":0}"#),
+            None
+        );
         assert_eq!(parse_tpv("not json"), None);
         // Older gpsd: altitude in alt.
         let old = parse_tpv(r#"{"class":"TPV","mode":3,"lat":1,"lon":2,"alt":7}"#).unwrap();
@@ -142,7 +150,9 @@ mod tests {
             let mut got = vec![0u8; WATCH.len()];
             s.read_exact(&mut got).await.unwrap();
             assert_eq!(got, WATCH);
-            s.write_all(b"{\"class\":\"VERSION\",\"release\":\"3.22\"}\n").await.unwrap();
+            s.write_all(b"{\"class\":\"VERSION\",\"release\":\"3.22\"}\n")
+                .await
+                .unwrap();
             s.write_all(format!("{TPV}\n").as_bytes()).await.unwrap();
             // Keep the connection open until the client is done.
             let _ = s.read(&mut [0u8; 1]).await;

@@ -14,7 +14,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use quinn::{ConnectionError, ReadError, VarInt};
 use serde_json::Value;
 use signaling::client::{pinned_quic_config, ClientConfig, ClientError, SERVER_NAME};
-use signaling::proto::{encode_frame, ClientMsg, FrameDecoder, RequestId, ServerMsg, Welcome, MAX_SERVER_FRAME, VERSION};
+use signaling::proto::{
+    encode_frame, ClientMsg, FrameDecoder, RequestId, ServerMsg, Welcome, MAX_SERVER_FRAME, VERSION,
+};
 
 /// One open session.
 pub struct RawSession {
@@ -96,15 +98,20 @@ impl RawSession {
                 Ok(s)
             }
             ServerMsg::Error { code, message, .. } => Err(ClientError::Refused { code, message }),
-            _ => Err(ClientError::Protocol("the answer to hello was not welcome".into())),
+            _ => Err(ClientError::Protocol(
+                "the answer to hello was not welcome".into(),
+            )),
         }
     }
 
     async fn write(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
-        self.send.write_all(&encode_frame(msg)).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(c) => lost(c),
-            other => ClientError::Connect(other.to_string()),
-        })
+        self.send
+            .write_all(&encode_frame(msg))
+            .await
+            .map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(c) => lost(c),
+                other => ClientError::Connect(other.to_string()),
+            })
     }
 
     async fn read(&mut self) -> Result<ServerMsg, ClientError> {
@@ -141,12 +148,16 @@ impl RawSession {
             match self.read().await? {
                 ServerMsg::Mail { seq, item } => mail.push((seq, item)),
                 ServerMsg::Result { re, data } if re == id => return Ok((mail, data)),
-                ServerMsg::Error { re: Some(re), code, message } if re == id => {
-                    return Err(ClientError::Remote { code, message })
-                }
-                ServerMsg::Error { re: None, code, message } if code.closes() => {
-                    return Err(ClientError::Refused { code, message })
-                }
+                ServerMsg::Error {
+                    re: Some(re),
+                    code,
+                    message,
+                } if re == id => return Err(ClientError::Remote { code, message }),
+                ServerMsg::Error {
+                    re: None,
+                    code,
+                    message,
+                } if code.closes() => return Err(ClientError::Refused { code, message }),
                 _ => {}
             }
         }
@@ -158,6 +169,7 @@ impl RawSession {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.conn.closed()).await;
         self.conn.close(VarInt::from_u32(0), b"bye");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 }

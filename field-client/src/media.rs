@@ -114,7 +114,10 @@ impl Publisher {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
             self.task.abort();
             let _ = self.task.await;
         }
@@ -163,16 +166,24 @@ pub fn choose_encoder(
 /// `field-client profiles`: the shipped profiles and link classes; what every tablet profile would
 /// use on this machine (GStreamer's registry answers which elements exist), with the reason each
 /// better encoder was skipped; and the profile `run` picks here.
-pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> Result<(), crate::error::Error> {
+pub fn print_profiles(
+    profile: Option<&str>,
+    link: Option<&str>,
+    json: bool,
+) -> Result<(), crate::error::Error> {
     use crate::error::Error;
     use hw_profiles::DeviceKind;
     gst::init().map_err(|e| Error::Local(format!("GStreamer: {e}")))?;
     let has_element = |name: &str| gst::ElementFactory::find(name).is_some();
     let catalog = hw_profiles::shipped().map_err(|e| Error::Local(e.to_string()))?;
-    let picked = choose_encoder(profile, link, &has_element).map_err(|e| Error::Usage(e.to_string()))?;
+    let picked =
+        choose_encoder(profile, link, &has_element).map_err(|e| Error::Usage(e.to_string()))?;
     let mut tablets = Vec::new();
     for d in catalog.devices_of(DeviceKind::Tablet) {
-        tablets.push(choose_encoder(Some(&d.name), link, &has_element).map_err(|e| Error::Local(e.to_string()))?);
+        tablets.push(
+            choose_encoder(Some(&d.name), link, &has_element)
+                .map_err(|e| Error::Local(e.to_string()))?,
+        );
     }
     let as_json = |r: &hw_profiles::Resolution| {
         let skipped: Vec<serde_json::Value> = r
@@ -217,7 +228,11 @@ pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> 
             r.device,
             r.link,
             r.encoder.element,
-            if r.encoder.hardware { "hardware" } else { "software" },
+            if r.encoder.hardware {
+                "hardware"
+            } else {
+                "software"
+            },
             r.encoder.codec.as_str()
         );
         for s in &r.skipped {
@@ -229,7 +244,11 @@ pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> 
         picked.device,
         picked.link,
         picked.encoder.element,
-        if picked.encoder.hardware { "hardware" } else { "software" },
+        if picked.encoder.hardware {
+            "hardware"
+        } else {
+            "software"
+        },
         picked.encoder.codec.as_str(),
         picked.encoder.bitrate_kbps
     );
@@ -240,16 +259,29 @@ pub fn print_profiles(profile: Option<&str>, link: Option<&str>, json: bool) -> 
 pub fn encoder_note(r: &hw_profiles::Resolution, layers: &[VideoLayer]) -> String {
     let sizes: Vec<String> = layers
         .iter()
-        .map(|l| format!("{}x{} at {} kbit/s", l.width, l.height, l.encoder.bitrate_kbps))
+        .map(|l| {
+            format!(
+                "{}x{} at {} kbit/s",
+                l.width, l.height, l.encoder.bitrate_kbps
+            )
+        })
         .collect();
     let mut s = format!(
         "encoder {} ({}, {}) from profile {} on link {}: {} {}",
         r.encoder.element,
-        if r.encoder.hardware { "hardware" } else { "software" },
+        if r.encoder.hardware {
+            "hardware"
+        } else {
+            "software"
+        },
         r.encoder.codec.as_str(),
         r.device,
         r.link,
-        if layers.len() > 1 { "simulcast" } else { "one layer" },
+        if layers.len() > 1 {
+            "simulcast"
+        } else {
+            "one layer"
+        },
         sizes.join(", ")
     );
     if let Some(c) = r.preferred_codec_unavailable {
@@ -271,7 +303,11 @@ pub async fn local_ip_towards(node: &str) -> std::io::Result<IpAddr> {
     if addr.ip().is_loopback() {
         return Ok(addr.ip());
     }
-    let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let any: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     let probe = tokio::net::UdpSocket::bind((any, 0)).await?;
     probe.connect(addr).await?;
     Ok(probe.local_addr()?.ip())
@@ -291,20 +327,29 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
 
 /// Hands an appsink's buffers to `send` (which drops when its channel is full: a late frame is
 /// worth nothing).
-fn drain_appsink(sink: &gst_app::AppSink, default: Duration, send: impl Fn(Frame) -> bool + Send + Sync + 'static) {
+fn drain_appsink(
+    sink: &gst_app::AppSink,
+    default: Duration,
+    send: impl Fn(Frame) -> bool + Send + Sync + 'static,
+) {
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
-                let duration = buffer.duration().map_or(default, |d| Duration::from_nanos(d.nseconds()));
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let duration = buffer
+                    .duration()
+                    .map_or(default, |d| Duration::from_nanos(d.nseconds()));
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
                 let _ = send((Bytes::copy_from_slice(map.as_slice()), duration));
                 Ok(gst::FlowSuccess::Ok)
@@ -318,13 +363,17 @@ fn drain_appsink(sink: &gst_app::AppSink, default: Duration, send: impl Fn(Frame
 fn keyframe_forcer(video_sinks: Vec<gst::Element>) -> Arc<dyn Fn() + Send + Sync> {
     let last: Mutex<Option<Instant>> = Mutex::new(None);
     Arc::new(move || {
-        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
             return;
         }
         *last = Some(Instant::now());
         for sink in &video_sinks {
-            let s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true).build();
+            let s = gst::Structure::builder("GstForceKeyUnit")
+                .field("all-headers", true)
+                .build();
             // Upstream from the appsink through the parser to the encoder.
             sink.send_event(gst::event::CustomUpstream::new(s));
         }
@@ -333,7 +382,9 @@ fn keyframe_forcer(video_sinks: Vec<gst::Element>) -> Arc<dyn Fn() + Send + Sync
 
 /// Paints the wall-clock time into every frame leaving `stamp` (I420, `picture` sized).
 fn paint_timecode(stamp: &gst::Element, picture: Picture) -> Result<(), Unavailable> {
-    let pad = stamp.static_pad("src").ok_or_else(|| Unavailable::Pipeline("time code element without src pad".into()))?;
+    let pad = stamp
+        .static_pad("src")
+        .ok_or_else(|| Unavailable::Pipeline("time code element without src pad".into()))?;
     let (w, h) = (picture.width as usize, picture.height as usize);
     // GStreamer's default I420 row stride: the width rounded up to 4 bytes.
     let stride = (w + 3) & !3;
@@ -363,16 +414,34 @@ fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer
             .map(|l| {
                 let (width, height) = picture.scaled(l.scale_down_by);
                 (
-                    VideoLayer { width, height, encoder: l.encoder.clone() },
-                    LayerCap { rid: Some(l.rid.clone()), max_kbps: l.max_bitrate_kbps },
+                    VideoLayer {
+                        width,
+                        height,
+                        encoder: l.encoder.clone(),
+                    },
+                    LayerCap {
+                        rid: Some(l.rid.clone()),
+                        max_kbps: l.max_bitrate_kbps,
+                    },
                 )
             })
             .unzip()
     } else {
-        let max = r.ladder_kbps.last().copied().unwrap_or(r.encoder.bitrate_kbps);
+        let max = r
+            .ladder_kbps
+            .last()
+            .copied()
+            .unwrap_or(r.encoder.bitrate_kbps);
         (
-            vec![VideoLayer { width: picture.width, height: picture.height, encoder: r.encoder.clone() }],
-            vec![LayerCap { rid: None, max_kbps: max }],
+            vec![VideoLayer {
+                width: picture.width,
+                height: picture.height,
+                encoder: r.encoder.clone(),
+            }],
+            vec![LayerCap {
+                rid: None,
+                max_kbps: max,
+            }],
         )
     }
 }
@@ -383,15 +452,27 @@ fn plan_layers(r: &hw_profiles::Resolution, picture: Picture) -> (Vec<VideoLayer
 ///
 /// An encoder that fails to start (an error from it within [`ENCODER_PROBE`] of going to
 /// PLAYING) is put aside with a warning and the profile's chain is resolved again without it.
-pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> Result<Publisher, Unavailable> {
+pub fn start(
+    client: &Client,
+    node: &str,
+    opts: &MediaOptions,
+    out: Output,
+) -> Result<Publisher, Unavailable> {
     gst::init().map_err(|e| Unavailable::Gstreamer(e.to_string()))?;
     if opts.source == Source::Camera {
         check_camera()?;
     }
     let mut failed: Vec<String> = Vec::new();
     let (running, resolution, planner, video_rx, audio_rx, keyframe) = loop {
-        let has_element = |name: &str| !failed.iter().any(|f| f == name) && gst::ElementFactory::find(name).is_some();
-        let resolution = choose_encoder(opts.profile.as_deref(), opts.link.as_deref(), &has_element).map_err(|e| {
+        let has_element = |name: &str| {
+            !failed.iter().any(|f| f == name) && gst::ElementFactory::find(name).is_some()
+        };
+        let resolution = choose_encoder(
+            opts.profile.as_deref(),
+            opts.link.as_deref(),
+            &has_element,
+        )
+        .map_err(|e| {
             if failed.is_empty() {
                 e
             } else {
@@ -423,13 +504,22 @@ pub fn start(client: &Client, node: &str, opts: &MediaOptions, out: Output) -> R
         out,
         keyframe,
         rids,
-        rate: Mutex::new(Rate { planner, encoders, audio_encoder, applied: None, last_estimate: None }),
+        rate: Mutex::new(Rate {
+            planner,
+            encoders,
+            audio_encoder,
+            applied: None,
+            last_estimate: None,
+        }),
     };
     let task = tokio::spawn(async move {
         job.publish(video_rx, audio_rx, stop_rx).await;
         drop(running);
     });
-    Ok(Publisher { task, stop: Some(stop_tx) })
+    Ok(Publisher {
+        task,
+        stop: Some(stop_tx),
+    })
 }
 
 /// How long after PLAYING an encoder error counts as "failed to start".
@@ -438,7 +528,10 @@ pub const ENCODER_PROBE: Duration = Duration::from_millis(700);
 /// `--source camera` needs a V4L2 device.
 fn check_camera() -> Result<(), Unavailable> {
     let any = std::fs::read_dir("/dev")
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("video")))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+        })
         .unwrap_or(false);
     if any {
         Ok(())
@@ -462,24 +555,43 @@ impl From<Unavailable> for Launch {
     }
 }
 
-type Launched = (Running, Planner, mpsc::Receiver<(usize, Frame)>, Option<mpsc::Receiver<Frame>>, Arc<dyn Fn() + Send + Sync>);
+type Launched = (
+    Running,
+    Planner,
+    mpsc::Receiver<(usize, Frame)>,
+    Option<mpsc::Receiver<Frame>>,
+    Arc<dyn Fn() + Send + Sync>,
+);
 
 /// Builds the pipeline for `resolution`, starts it and watches its first moments for an encoder
 /// error.
-fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output) -> Result<Launched, Launch> {
+fn launch(
+    opts: &MediaOptions,
+    resolution: &hw_profiles::Resolution,
+    out: Output,
+) -> Result<Launched, Launch> {
     let link = hw_profiles::shipped()
         .and_then(|c| c.link(&resolution.link).cloned())
         .map_err(|e| Unavailable::Profile(e.to_string()))?;
     let picture = opts.picture.unwrap_or_default();
     let (layers, caps) = plan_layers(resolution, picture);
     out.note(&encoder_note(resolution, &layers));
-    let desc = pipeline::describe(&opts.source, &layers, opts.audio.then_some(&resolution.audio), picture);
+    let desc = pipeline::describe(
+        &opts.source,
+        &layers,
+        opts.audio.then_some(&resolution.audio),
+        picture,
+    );
     tracing::debug!(pipeline = %desc, "media pipeline");
     let pipeline = gst::parse::launch(&desc)
         .map_err(|e| Unavailable::Pipeline(format!("{e} ({desc})")))?
         .downcast::<gst::Pipeline>()
         .map_err(|_| Unavailable::Pipeline("not a pipeline".to_owned()))?;
-    let element = |name: &str| pipeline.by_name(name).ok_or_else(|| Unavailable::Pipeline(format!("no element {name}")));
+    let element = |name: &str| {
+        pipeline
+            .by_name(name)
+            .ok_or_else(|| Unavailable::Pipeline(format!("no element {name}")))
+    };
     let appsink = |name: &str| {
         element(name)?
             .downcast::<gst_app::AppSink>()
@@ -491,7 +603,9 @@ fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output
     for (i, l) in layers.iter().enumerate() {
         let sink = appsink(&pipeline::video_sink(i))?;
         let tx = video_tx.clone();
-        drain_appsink(&sink, Duration::from_secs(1) / picture.fps, move |f| tx.try_send((i, f)).is_ok());
+        drain_appsink(&sink, Duration::from_secs(1) / picture.fps, move |f| {
+            tx.try_send((i, f)).is_ok()
+        });
         sinks.push(sink.upcast::<gst::Element>());
         encoders.push((element(&pipeline::video_encoder(i))?, l.encoder.clone()));
     }
@@ -499,7 +613,9 @@ fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output
     let (audio_rx, audio_encoder) = if opts.audio {
         let frame = Duration::from_millis(u64::from(resolution.audio.frame_ms));
         let (tx, rx) = mpsc::channel::<Frame>(64);
-        drain_appsink(&appsink(AUDIO_SINK)?, frame, move |f| tx.try_send(f).is_ok());
+        drain_appsink(&appsink(AUDIO_SINK)?, frame, move |f| {
+            tx.try_send(f).is_ok()
+        });
         (Some(rx), Some(element(pipeline::AUDIO_ENCODER)?))
     } else {
         (None, None)
@@ -508,10 +624,18 @@ fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output
         paint_timecode(&element(pipeline::TIMECODE)?, picture)?;
     }
     let keyframe = keyframe_forcer(sinks);
-    let running = Running { pipeline, stopped: Default::default(), encoders, audio_encoder };
+    let running = Running {
+        pipeline,
+        stopped: Default::default(),
+        encoders,
+        audio_encoder,
+    };
     let started = running.pipeline.set_state(gst::State::Playing);
     // An encoder that cannot open its device fails now or on its first frames.
-    let bus = running.pipeline.bus().ok_or_else(|| Unavailable::Pipeline("pipeline without a bus".to_owned()))?;
+    let bus = running
+        .pipeline
+        .bus()
+        .ok_or_else(|| Unavailable::Pipeline("pipeline without a bus".to_owned()))?;
     let probe = gst::ClockTime::from_mseconds(ENCODER_PROBE.as_millis() as u64);
     if let Some(msg) = bus.timed_pop_filtered(probe, &[gst::MessageType::Error]) {
         if let gst::MessageView::Error(e) = msg.view() {
@@ -525,7 +649,13 @@ fn launch(opts: &MediaOptions, resolution: &hw_profiles::Resolution, out: Output
     }
     started.map_err(|e| Unavailable::Pipeline(format!("cannot start: {e}")))?;
     watch_bus(&running, out);
-    Ok((running, Planner::new(link, caps), video_rx, audio_rx, keyframe))
+    Ok((
+        running,
+        Planner::new(link, caps),
+        video_rx,
+        audio_rx,
+        keyframe,
+    ))
 }
 
 /// The running encoders and what congestion control last made of them.
@@ -548,7 +678,10 @@ impl Rate {
         let plan = self.planner.plan(Instant::now(), estimate_bps);
         let old = self.applied.clone();
         for (i, (el, enc)) in self.encoders.iter().enumerate() {
-            let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i])) else { continue };
+            let (Some(kbps), before) = (plan.layers[i], old.as_ref().and_then(|o| o.layers[i]))
+            else {
+                continue;
+            };
             if before == Some(kbps) {
                 continue;
             }
@@ -558,12 +691,22 @@ impl Rate {
                 Some((prop, value)) if el.find_property(prop).is_some() => {
                     el.set_property_from_str(prop, &value.to_string());
                 }
-                _ => tracing::debug!("{} has no live bitrate property: layer {i} stays at its start", enc.element),
+                _ => tracing::debug!(
+                    "{} has no live bitrate property: layer {i} stays at its start",
+                    enc.element
+                ),
             }
         }
         if old.as_ref().is_none_or(|o| o.audio_kbps != plan.audio_kbps) {
-            if let Some(a) = self.audio_encoder.as_ref().filter(|a| a.find_property("bitrate").is_some()) {
-                a.set_property_from_str("bitrate", &(u64::from(plan.audio_kbps) * 1000).to_string());
+            if let Some(a) = self
+                .audio_encoder
+                .as_ref()
+                .filter(|a| a.find_property("bitrate").is_some())
+            {
+                a.set_property_from_str(
+                    "bitrate",
+                    &(u64::from(plan.audio_kbps) * 1000).to_string(),
+                );
             }
         }
         self.applied = Some(plan.clone());
@@ -572,10 +715,13 @@ impl Rate {
             Some(o) => {
                 o.active() != plan.active()
                     || o.audio_kbps != plan.audio_kbps
-                    || o.layers.iter().zip(&plan.layers).any(|(a, b)| match (a, b) {
-                        (Some(a), Some(b)) => a.abs_diff(*b) * 100 >= a.max(b) * 15,
-                        _ => false,
-                    })
+                    || o.layers
+                        .iter()
+                        .zip(&plan.layers)
+                        .any(|(a, b)| match (a, b) {
+                            (Some(a), Some(b)) => a.abs_diff(*b) * 100 >= a.max(b) * 15,
+                            _ => false,
+                        })
             }
         };
         notable.then_some(plan)
@@ -584,7 +730,9 @@ impl Rate {
 
 /// Reports pipeline errors and the end of a file source (a thread, until the pipeline stops).
 fn watch_bus(running: &Running, out: Output) {
-    let Some(bus) = running.pipeline.bus() else { return };
+    let Some(bus) = running.pipeline.bus() else {
+        return;
+    };
     let stopped = running.stopped.clone();
     std::thread::spawn(move || {
         use gst::MessageView;
@@ -597,7 +745,11 @@ fn watch_bus(running: &Running, out: Output) {
             };
             match msg.view() {
                 MessageView::Error(e) => {
-                    out.warning(&format!("media pipeline error: {} ({:?})", e.error(), e.debug()));
+                    out.warning(&format!(
+                        "media pipeline error: {} ({:?})",
+                        e.error(),
+                        e.debug()
+                    ));
                     break;
                 }
                 MessageView::Eos(_) => {
@@ -647,13 +799,26 @@ impl Job {
                     if let Some(a) = audio.as_mut() {
                         while a.try_recv().is_ok() {}
                     }
-                    let ended = self.pump(&mut peer, states, &mut video, audio.as_mut(), &mut stop, &mut backoff).await;
+                    let ended = self
+                        .pump(
+                            &mut peer,
+                            states,
+                            &mut video,
+                            audio.as_mut(),
+                            &mut stop,
+                            &mut backoff,
+                        )
+                        .await;
                     peer.close().await;
                     let close = ClientMsg::MediaClose { id: 0, media };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), self.client.request(close)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), self.client.request(close))
+                            .await;
                     match ended {
                         Ended::Stop => return,
-                        Ended::Retry(why) => self.out.warning(&format!("publishing interrupted ({why}); publishing again")),
+                        Ended::Retry(why) => self
+                            .out
+                            .warning(&format!("publishing interrupted ({why}); publishing again")),
                     }
                 }
                 Err(Fatal(why)) => {
@@ -663,7 +828,10 @@ impl Job {
                     return;
                 }
                 Err(Retry(why)) => {
-                    self.out.warning(&format!("cannot publish ({why}); retrying in {} s", backoff.as_secs()));
+                    self.out.warning(&format!(
+                        "cannot publish ({why}); retrying in {} s",
+                        backoff.as_secs()
+                    ));
                 }
             }
             // Wait, discarding what the encoder produces meanwhile.
@@ -685,23 +853,49 @@ impl Job {
     async fn negotiate(
         &self,
         audio: bool,
-    ) -> Result<(Peer, mpsc::UnboundedReceiver<RTCPeerConnectionState>, String), AttemptError> {
-        let ip = local_ip_towards(&self.node).await.map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
+    ) -> Result<
+        (
+            Peer,
+            mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+            String,
+        ),
+        AttemptError,
+    > {
+        let ip = local_ip_towards(&self.node)
+            .await
+            .map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
         let bounds = {
-            let rate = self.rate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let rate = self
+                .rate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (start, min, max) = rate.planner.estimator_bounds();
             // A new connection over the same link starts where the last one ended.
-            Bounds { start: rate.last_estimate.unwrap_or(start).clamp(min, max), min, max }
+            Bounds {
+                start: rate.last_estimate.unwrap_or(start).clamp(min, max),
+                min,
+                max,
+            }
         };
-        let (mut peer, offer, states) = Peer::offer(ip, self.codec, &self.rids, audio, bounds).await.map_err(Retry)?;
+        let (mut peer, offer, states) = Peer::offer(ip, self.codec, &self.rids, audio, bounds)
+            .await
+            .map_err(Retry)?;
         tracing::debug!(%offer, "publish offer");
-        let msg = ClientMsg::Publish { id: 0, stream: None, kind: StreamKind::Camera, sdp: offer };
+        let msg = ClientMsg::Publish {
+            id: 0,
+            stream: None,
+            kind: StreamKind::Camera,
+            sdp: offer,
+        };
         let data = match self.client.request(msg).await {
             Ok(d) => d,
             Err(e) => {
                 peer.close().await;
                 return Err(match e {
-                    ClientError::Remote { code: ErrorCode::Forbidden | ErrorCode::BadRequest, .. } => Fatal(e.to_string()),
+                    ClientError::Remote {
+                        code: ErrorCode::Forbidden | ErrorCode::BadRequest,
+                        ..
+                    } => Fatal(e.to_string()),
                     ClientError::Closed => Fatal(e.to_string()),
                     _ => Retry(e.to_string()),
                 });
@@ -709,11 +903,19 @@ impl Job {
         };
         let (Some(sdp), Some(media)) = (data["sdp"].as_str(), data["media"].as_str()) else {
             peer.close().await;
-            return Err(Retry(format!("publish answered without sdp and media: {data}")));
+            return Err(Retry(format!(
+                "publish answered without sdp and media: {data}"
+            )));
         };
         if let Err(e) = peer.answer(sdp.to_owned(), self.keyframe.clone()).await {
             peer.close().await;
-            let _ = self.client.request(ClientMsg::MediaClose { id: 0, media: media.to_owned() }).await;
+            let _ = self
+                .client
+                .request(ClientMsg::MediaClose {
+                    id: 0,
+                    media: media.to_owned(),
+                })
+                .await;
             return Err(Retry(e));
         }
         self.out.emit(&json!({
@@ -730,7 +932,10 @@ impl Job {
     /// Applies congestion control's estimate to the encoders; prints a `bitrate` line when what
     /// is sent changes. Returns which layers are on.
     fn retune(&self, estimate_bps: f64) -> Vec<bool> {
-        let mut rate = self.rate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rate = self
+            .rate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(plan) = rate.update(estimate_bps) {
             let layers: Vec<serde_json::Value> = plan
                 .layers
@@ -750,13 +955,19 @@ impl Job {
                     .layers
                     .iter()
                     .zip(&self.rids)
-                    .filter_map(|(k, r)| k.map(|k| format!("{} {k}", r.as_deref().unwrap_or("video"))))
+                    .filter_map(|(k, r)| {
+                        k.map(|k| format!("{} {k}", r.as_deref().unwrap_or("video")))
+                    })
                     .collect();
                 format!(
                     "bitrate: estimate {} kbit/s; audio {}; video {}",
                     (estimate_bps / 1000.0).round(),
                     plan.audio_kbps,
-                    if on.is_empty() { "paused".to_owned() } else { on.join(", ") }
+                    if on.is_empty() {
+                        "paused".to_owned()
+                    } else {
+                        on.join(", ")
+                    }
                 )
             });
         }
@@ -848,7 +1059,10 @@ mod tests {
     fn sources_parse() {
         assert_eq!("camera".parse(), Ok(Source::Camera));
         assert_eq!("test".parse(), Ok(Source::Test));
-        assert_eq!("file:/tmp/a.mp4".parse(), Ok(Source::File("/tmp/a.mp4".into())));
+        assert_eq!(
+            "file:/tmp/a.mp4".parse(),
+            Ok(Source::File("/tmp/a.mp4".into()))
+        );
         assert!("file:".parse::<Source>().is_err());
         assert!("webcam".parse::<Source>().is_err());
     }
@@ -857,9 +1071,21 @@ mod tests {
     fn encoder_choice_falls_back_to_software_and_says_why() {
         let has = |e: &str| e == "x264enc" || e == "opusenc";
         let r = choose_encoder(None, None, &has).unwrap();
-        assert_eq!((r.device.as_str(), r.link.as_str(), r.encoder.element.as_str()), ("tablet-software", "wifi", "x264enc"));
+        assert_eq!(
+            (
+                r.device.as_str(),
+                r.link.as_str(),
+                r.encoder.element.as_str()
+            ),
+            ("tablet-software", "wifi", "x264enc")
+        );
         let (layers, caps) = plan_layers(&r, Picture::default());
-        assert_eq!(caps.iter().map(|c| c.rid.as_deref().unwrap()).collect::<Vec<_>>(), ["high", "mid", "low"]);
+        assert_eq!(
+            caps.iter()
+                .map(|c| c.rid.as_deref().unwrap())
+                .collect::<Vec<_>>(),
+            ["high", "mid", "low"]
+        );
         let note = encoder_note(&r, &layers);
         assert!(note.starts_with("encoder x264enc (software, h264) from profile tablet-software on link wifi: simulcast 640x480 at 1800 kbit/s, 320x240 at 600 kbit/s, 160x120 at 200 kbit/s"), "{note}");
 
@@ -867,15 +1093,27 @@ mod tests {
         assert_eq!(r.encoder.element, "x264enc");
         let (layers, _) = plan_layers(&r, Picture::default());
         let note = encoder_note(&r, &layers);
-        assert!(note.contains("; skipped vah264enc") && note.contains("not installed on this machine"), "{note}");
+        assert!(
+            note.contains("; skipped vah264enc") && note.contains("not installed on this machine"),
+            "{note}"
+        );
 
-        assert!(matches!(choose_encoder(Some("no-such-tablet"), None, &has), Err(Unavailable::Profile(_))));
-        assert!(matches!(choose_encoder(None, Some("carrier-pigeon"), &has), Err(Unavailable::Profile(_))));
+        assert!(matches!(
+            choose_encoder(Some("no-such-tablet"), None, &has),
+            Err(Unavailable::Profile(_))
+        ));
+        assert!(matches!(
+            choose_encoder(None, Some("carrier-pigeon"), &has),
+            Err(Unavailable::Profile(_))
+        ));
     }
 
     #[tokio::test]
     async fn a_loopback_node_is_reached_from_loopback() {
-        assert_eq!(local_ip_towards("127.0.0.1:4433").await.unwrap(), IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            local_ip_towards("127.0.0.1:4433").await.unwrap(),
+            IpAddr::from(Ipv4Addr::LOCALHOST)
+        );
         assert!(local_ip_towards("no-such-host.invalid:4433").await.is_err());
     }
 }

@@ -166,7 +166,13 @@ pub fn parse(line: &str) -> Result<Option<Sentence>, NmeaError> {
                 })
                 .transpose()?;
             let speed = num(f[7], "speed")?
-                .map(|s| if s >= 0.0 { Ok(s * KNOT) } else { Err(bad("speed", f[7])) })
+                .map(|s| {
+                    if s >= 0.0 {
+                        Ok(s * KNOT)
+                    } else {
+                        Err(bad("speed", f[7]))
+                    }
+                })
                 .transpose()?;
             Ok(Some(Sentence::Rmc(Rmc {
                 valid,
@@ -231,7 +237,11 @@ fn coord(value: &str, hemi: &str, lat: bool) -> Result<Option<f64>, NmeaError> {
         return Err(bad(field, value));
     }
     let v = deg + min / 60.0;
-    let (pos, neg, max) = if lat { ("N", "S", 90.0) } else { ("E", "W", 180.0) };
+    let (pos, neg, max) = if lat {
+        ("N", "S", 90.0)
+    } else {
+        ("E", "W", 180.0)
+    };
     let signed = match hemi {
         h if h == pos => v,
         h if h == neg => -v,
@@ -301,7 +311,9 @@ mod tests {
 
     #[test]
     fn a_good_rmc_sentence() {
-        let Some(Sentence::Rmc(r)) = parse(RMC).unwrap() else { panic!() };
+        let Some(Sentence::Rmc(r)) = parse(RMC).unwrap() else {
+            panic!()
+        };
         assert!(r.valid);
         assert!(close(r.lat.unwrap(), 48.0 + 7.038 / 60.0));
         assert!(close(r.lon.unwrap(), 11.0 + 31.0 / 60.0));
@@ -311,11 +323,15 @@ mod tests {
 
     #[test]
     fn a_good_gga_sentence_and_southern_western_hemispheres() {
-        let Some(Sentence::Gga(g)) = parse(GGA).unwrap() else { panic!() };
+        let Some(Sentence::Gga(g)) = parse(GGA).unwrap() else {
+            panic!()
+        };
         assert_eq!(g.quality, 1);
         assert!(close(g.alt.unwrap(), 545.4));
         let sw = with_checksum("GNGGA,000001,3035.400,S,11418.000,W,2,10,1.0,20.0,M,,M,,");
-        let Some(Sentence::Gga(g)) = parse(&sw).unwrap() else { panic!() };
+        let Some(Sentence::Gga(g)) = parse(&sw).unwrap() else {
+            panic!()
+        };
         assert!(close(g.lat.unwrap(), -30.59));
         assert!(close(g.lon.unwrap(), -114.30));
     }
@@ -332,10 +348,19 @@ mod tests {
         );
         // One changed digit in the body: the stated sum no longer matches.
         let tampered = RMC.replace("4807.038", "4807.039");
-        assert!(matches!(parse(&tampered), Err(NmeaError::BadChecksum { .. })));
+        assert!(matches!(
+            parse(&tampered),
+            Err(NmeaError::BadChecksum { .. })
+        ));
         let none = RMC.split('*').next().unwrap();
         assert_eq!(parse(none), Err(NmeaError::MissingChecksum));
-        assert!(matches!(parse(&RMC.replace("*6A", "*ZZ")), Err(NmeaError::Field { field: "checksum", .. })));
+        assert!(matches!(
+            parse(&RMC.replace("*6A", "*ZZ")),
+            Err(NmeaError::Field {
+                field: "checksum",
+                ..
+            })
+        ));
         assert_eq!(parse("GPRMC,1*00"), Err(NmeaError::NotASentence));
     }
 
@@ -343,19 +368,25 @@ mod tests {
     fn empty_fields_mean_no_fix_not_an_error() {
         // A receiver without a fix: status V and every position field empty.
         let void = with_checksum("GPRMC,,V,,,,,,,,,,N");
-        let Some(Sentence::Rmc(r)) = parse(&void).unwrap() else { panic!() };
+        let Some(Sentence::Rmc(r)) = parse(&void).unwrap() else {
+            panic!()
+        };
         assert!(!r.valid && r.lat.is_none() && r.lon.is_none() && r.speed.is_none());
         let mut b = FixBuilder::new();
         assert_eq!(b.update(&Sentence::Rmc(r)), None);
 
         let gga = with_checksum("GPGGA,,,,,,0,00,,,M,,M,,");
-        let Some(Sentence::Gga(g)) = parse(&gga).unwrap() else { panic!() };
+        let Some(Sentence::Gga(g)) = parse(&gga).unwrap() else {
+            panic!()
+        };
         assert_eq!(g.quality, 0);
         assert_eq!(b.update(&Sentence::Gga(g)), None);
 
         // A valid fix without speed or course: those stay absent.
         let slow = with_checksum("GPRMC,120000,A,3035.400,N,11418.000,E,,,261126,,");
-        let Some(s) = parse(&slow).unwrap() else { panic!() };
+        let Some(s) = parse(&slow).unwrap() else {
+            panic!()
+        };
         let fix = b.update(&s).unwrap();
         assert!(close(fix.lat, 30.59) && close(fix.lon, 114.30));
         assert_eq!((fix.speed, fix.heading, fix.alt), (None, None, None));
@@ -364,17 +395,23 @@ mod tests {
     #[test]
     fn out_of_range_fields_are_refused() {
         for body in [
-            "GPRMC,1,A,9130.000,N,01131.000,E,0,0,230394,,",  // latitude over 90
-            "GPRMC,1,A,4860.000,N,01131.000,E,0,0,230394,,",  // 60 minutes
-            "GPRMC,1,A,4807.038,X,01131.000,E,0,0,230394,,",  // hemisphere
+            "GPRMC,1,A,9130.000,N,01131.000,E,0,0,230394,,", // latitude over 90
+            "GPRMC,1,A,4860.000,N,01131.000,E,0,0,230394,,", // 60 minutes
+            "GPRMC,1,A,4807.038,X,01131.000,E,0,0,230394,,", // hemisphere
             "GPRMC,1,A,4807.038,N,01131.000,E,-1,0,230394,,", // negative speed
             "GPRMC,1,A,4807.038,N,01131.000,E,0,361,230394,,", // course
-            "GPRMC,1,Q,4807.038,N,01131.000,E,0,0,230394,,",  // status
+            "GPRMC,1,Q,4807.038,N,01131.000,E,0,0,230394,,", // status
             "GPGGA,1,4807.038,N,1131.000,E,1,08,0.9,5,M,,M,,", // longitude needs 3 degree digits
         ] {
-            assert!(matches!(parse(&with_checksum(body)), Err(NmeaError::Field { .. })), "{body}");
+            assert!(
+                matches!(parse(&with_checksum(body)), Err(NmeaError::Field { .. })),
+                "{body}"
+            );
         }
-        assert_eq!(parse(&with_checksum("GPRMC,1,A")), Err(NmeaError::TooShort("RMC")));
+        assert_eq!(
+            parse(&with_checksum("GPRMC,1,A")),
+            Err(NmeaError::TooShort("RMC"))
+        );
         assert_eq!(parse(&with_checksum("GPGSV,3,1,11")), Ok(None));
     }
 
@@ -397,8 +434,17 @@ mod tests {
 
     #[test]
     fn lines_come_out_whole_at_every_chunk_size() {
-        let input = format!("{RMC}\r\n{GGA}\n\n$GPGSV,junk\r\n{}\n{RMC}\n", "x".repeat(MAX_LINE + 100));
-        let want = vec![RMC.to_owned(), GGA.to_owned(), String::new(), "$GPGSV,junk".to_owned(), RMC.to_owned()];
+        let input = format!(
+            "{RMC}\r\n{GGA}\n\n$GPGSV,junk\r\n{}\n{RMC}\n",
+            "x".repeat(MAX_LINE + 100)
+        );
+        let want = vec![
+            RMC.to_owned(),
+            GGA.to_owned(),
+            String::new(),
+            "$GPGSV,junk".to_owned(),
+            RMC.to_owned(),
+        ];
         for chunk in (1..=100).chain([500, 1000, input.len()]) {
             let mut d = LineDecoder::new();
             let mut got = Vec::new();

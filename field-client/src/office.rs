@@ -109,7 +109,9 @@ impl Command {
             reason,
         };
         match self {
-            Command::Accept { order, eta_min } => answer(order, OrderAnswer::Accept, *eta_min, None),
+            Command::Accept { order, eta_min } => {
+                answer(order, OrderAnswer::Accept, *eta_min, None)
+            }
             Command::Decline { order, reason } => {
                 answer(order, OrderAnswer::Decline, None, Some(reason.clone()))
             }
@@ -297,7 +299,10 @@ async fn read_orders(session: &mut RawSession) -> Result<Vec<Value>, Error> {
     let mut after = 0;
     loop {
         let (mail, data) = session
-            .request(|id| ClientMsg::MailSync { id, after: Some(after) })
+            .request(|id| ClientMsg::MailSync {
+                id,
+                after: Some(after),
+            })
             .await
             .map_err(|e| Error::request("the mailbox sync", e))?;
         for (seq, item) in mail {
@@ -323,7 +328,9 @@ async fn read_orders(session: &mut RawSession) -> Result<Vec<Value>, Error> {
     incidents.sort();
     incidents.dedup();
     for name in incidents {
-        let Ok(incident) = name.parse::<IncidentId>() else { continue };
+        let Ok(incident) = name.parse::<IncidentId>() else {
+            continue;
+        };
         let mut after = 0u64;
         loop {
             let page = session
@@ -410,7 +417,12 @@ mod tests {
             to: None,
         };
         match say.message("m".into()) {
-            ClientMsg::Chat { incident, to, msg_id, .. } => {
+            ClientMsg::Chat {
+                incident,
+                to,
+                msg_id,
+                ..
+            } => {
                 assert_eq!(incident.unwrap().as_str(), "duty");
                 assert_eq!((to, msg_id.as_deref()), (None, Some("m")));
             }
@@ -421,7 +433,14 @@ mod tests {
             incident: None,
             to: Some("cmd-1".parse().unwrap()),
         };
-        assert!(matches!(direct.message("m".into()), ClientMsg::Chat { incident: None, to: Some(_), .. }));
+        assert!(matches!(
+            direct.message("m".into()),
+            ClientMsg::Chat {
+                incident: None,
+                to: Some(_),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -429,6 +448,9 @@ mod tests {
         let o = json!({"id":"ord-5","state":"accepted","eta_min":7});
         assert_eq!(order_text(&o), "order ord-5 is accepted (ETA 7 min)");
         let listed = json!({"order":"ord-5","state":"declined","reason":"bridge out","from":"cmd-1","incident":"duty","text":"go"});
-        assert_eq!(listing_text(&listed), "ord-5  declined (bridge out)  from cmd-1 in duty: go");
+        assert_eq!(
+            listing_text(&listed),
+            "ord-5  declined (bridge out)  from cmd-1 in duty: go"
+        );
     }
 }

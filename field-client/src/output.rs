@@ -88,7 +88,12 @@ pub fn render(v: &Value) -> String {
             None => format!("chat (to you) {}: {}", s(v, "from"), s(v, "text")),
         },
         "order_state" => {
-            let mut line = format!("order {} {} by {}", s(v, "order"), s(v, "state"), s(v, "by"));
+            let mut line = format!(
+                "order {} {} by {}",
+                s(v, "order"),
+                s(v, "state"),
+                s(v, "by")
+            );
             if let Some(eta) = v["eta_min"].as_u64() {
                 line += &format!(" (ETA {eta} min)");
             }
@@ -112,7 +117,9 @@ pub fn render(v: &Value) -> String {
             if let Some(t) = v["text"].as_str() {
                 line += &format!(": {t}");
             }
-            if let (Some(lat), Some(lon)) = (v["position"]["lat"].as_f64(), v["position"]["lon"].as_f64()) {
+            if let (Some(lat), Some(lon)) =
+                (v["position"]["lat"].as_f64(), v["position"]["lon"].as_f64())
+            {
                 line += &format!(" (at {lat:.5},{lon:.5})");
             }
             line
@@ -123,18 +130,40 @@ pub fn render(v: &Value) -> String {
             "{} ({}) is {}",
             s(v, "subject"),
             s(v, "role"),
-            if v["online"] == true { "online" } else { "offline" }
+            if v["online"] == true {
+                "online"
+            } else {
+                "offline"
+            }
         ),
         "member" => {
-            let mut line = format!("{} {} incident {}", s(v, "subject"), s(v, "op"), s(v, "incident"));
+            let mut line = format!(
+                "{} {} incident {}",
+                s(v, "subject"),
+                s(v, "op"),
+                s(v, "incident")
+            );
             if let Some(by) = v["by"].as_str() {
                 line += &format!(" (by {by})");
             }
             line
         }
-        "assigned" => format!("you were assigned to incident {} by {}", s(v, "incident"), s(v, "by")),
-        "unassigned" => format!("you were unassigned from incident {} by {}", s(v, "incident"), s(v, "by")),
-        "incident" => format!("incident {} is {} (by {})", s(v, "incident"), s(v, "state"), s(v, "by")),
+        "assigned" => format!(
+            "you were assigned to incident {} by {}",
+            s(v, "incident"),
+            s(v, "by")
+        ),
+        "unassigned" => format!(
+            "you were unassigned from incident {} by {}",
+            s(v, "incident"),
+            s(v, "by")
+        ),
+        "incident" => format!(
+            "incident {} is {} (by {})",
+            s(v, "incident"),
+            s(v, "state"),
+            s(v, "by")
+        ),
         "connected" => format!(
             "connected to node {} as {} ({}); incidents: {}",
             s(v, "node"),
@@ -179,14 +208,23 @@ mod tests {
         let line = mail_line(4, &item);
         assert_eq!(line["order"], "ord-57");
         assert_eq!(line["seq"], 4);
-        assert_eq!(render(&line), "ORDER ord-57 from cmd-1 in duty: Go to gate 3");
+        assert_eq!(
+            render(&line),
+            "ORDER ord-57 from cmd-1 in duty: Go to gate 3"
+        );
     }
 
     #[test]
     fn every_kind_reads_well() {
         let cases = [
-            (json!({"kind":"chat","from":"cmd-1","incident":"duty","to":null,"text":"hi"}), "chat [duty] cmd-1: hi"),
-            (json!({"kind":"chat","from":"cmd-1","incident":null,"to":"off-1","text":"hi"}), "chat (to you) cmd-1: hi"),
+            (
+                json!({"kind":"chat","from":"cmd-1","incident":"duty","to":null,"text":"hi"}),
+                "chat [duty] cmd-1: hi",
+            ),
+            (
+                json!({"kind":"chat","from":"cmd-1","incident":null,"to":"off-1","text":"hi"}),
+                "chat (to you) cmd-1: hi",
+            ),
             (
                 json!({"kind":"order_state","order":"ord-1","state":"accepted","by":"off-1","eta_min":7,"reason":null}),
                 "order ord-1 accepted by off-1 (ETA 7 min)",
@@ -199,10 +237,22 @@ mod tests {
                 json!({"kind":"sos","sos":"sos-3","from":"off-1","role":"officer","incidents":["duty"],"text":"trapped","position":{"lat":30.59,"lon":114.3}}),
                 "SOS sos-3 from off-1 (officer) in duty: trapped (at 30.59000,114.30000)",
             ),
-            (json!({"kind":"sos_ack","sos":"sos-3","by":"op-1"}), "SOS sos-3 acknowledged by op-1"),
-            (json!({"kind":"presence","subject":"op-1","role":"operator","online":false}), "op-1 (operator) is offline"),
-            (json!({"kind":"disconnected","reason":"timed out"}), "connection lost (timed out); reconnecting"),
-            (json!({"kind":"future_thing","x":1}), "future_thing: {\"kind\":\"future_thing\",\"x\":1}"),
+            (
+                json!({"kind":"sos_ack","sos":"sos-3","by":"op-1"}),
+                "SOS sos-3 acknowledged by op-1",
+            ),
+            (
+                json!({"kind":"presence","subject":"op-1","role":"operator","online":false}),
+                "op-1 (operator) is offline",
+            ),
+            (
+                json!({"kind":"disconnected","reason":"timed out"}),
+                "connection lost (timed out); reconnecting",
+            ),
+            (
+                json!({"kind":"future_thing","x":1}),
+                "future_thing: {\"kind\":\"future_thing\",\"x\":1}",
+            ),
         ];
         for (v, want) in cases {
             assert_eq!(render(&v), want);

@@ -265,7 +265,14 @@ mod tests {
             "gpsd:10.0.0.2:2947".parse::<PositionSource>().unwrap(),
             PositionSource::Gpsd("10.0.0.2:2947".into())
         );
-        for bad in ["fixed:91,0", "fixed:30.5", "fixed:a,b", "nmea:", "glonass", ""] {
+        for bad in [
+            "fixed:91,0",
+            "fixed:30.5",
+            "fixed:a,b",
+            "nmea:",
+            "glonass",
+            "",
+        ] {
             assert!(bad.parse::<PositionSource>().is_err(), "{bad}");
         }
     }
@@ -278,7 +285,11 @@ mod tests {
             let sum = body.bytes().fold(0u8, |a, b| a ^ b);
             format!("${body}*{sum:02X}")
         };
-        std::fs::write(&path, sentence("GPRMC,1,A,4807.038,N,01131.000,E,0,0,230394,,") + "\n").unwrap();
+        std::fs::write(
+            &path,
+            sentence("GPRMC,1,A,4807.038,N,01131.000,E,0,0,230394,,") + "\n",
+        )
+        .unwrap();
         let (_task, mut rx) = spawn_source(PositionSource::Nmea(path.clone()), Output::new(false));
         let first = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -293,9 +304,17 @@ mod tests {
         assert!((first.lat - 48.1173).abs() < 1e-3, "{first:?}");
         // Appended lines are read too; a bad checksum is skipped, not fatal.
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         writeln!(f, "$GPRMC,2,A,3035.400,N,11418.000,E,0,0,261126,,*00").unwrap();
-        writeln!(f, "{}", sentence("GPRMC,3,A,3035.400,N,11418.000,E,0,0,261126,,")).unwrap();
+        writeln!(
+            f,
+            "{}",
+            sentence("GPRMC,3,A,3035.400,N,11418.000,E,0,0,261126,,")
+        )
+        .unwrap();
         let next = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 rx.changed().await.unwrap();

@@ -35,9 +35,8 @@ pub struct RunOptions {
 pub async fn run(target: &Target, out: Output, opts: RunOptions) -> Result<(), Error> {
     if let Some(PositionSource::Nmea(path)) = &opts.position {
         // A FIFO or device may have no writer yet; only a missing path is an error here.
-        std::fs::metadata(path).map_err(|e| {
-            Error::Usage(format!("--position nmea:{}: {e}", path.display()))
-        })?;
+        std::fs::metadata(path)
+            .map_err(|e| Error::Usage(format!("--position nmea:{}: {e}", path.display())))?;
     }
     // Both handlers are installed before anything is printed: a signal that arrives while the
     // session is being set up must end it cleanly, not kill the process.

@@ -23,8 +23,12 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::shared::marshal::Marshal;
 use serde_json::json;
@@ -33,9 +37,9 @@ use signaling::StreamName;
 use tokio::sync::{mpsc, Notify};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use crate::error::Error;
@@ -86,15 +90,29 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8, video: bool) -> RTCRtpCodecParameters {
-    let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() };
+fn codec(
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &str,
+    pt: u8,
+    video: bool,
+) -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: mime.to_owned(),
             clock_rate,
             channels,
             sdp_fmtp_line: fmtp.to_owned(),
-            rtcp_feedback: if video { vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")] } else { vec![] },
+            rtcp_feedback: if video {
+                vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")]
+            } else {
+                vec![]
+            },
         },
         payload_type: pt,
     }
@@ -113,7 +131,9 @@ struct Counters {
 
 /// Unix milliseconds now.
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The `q` quantile (0–1) of sorted `v`.
@@ -137,11 +157,23 @@ impl Drop for Decoder {
 fn decoder(mime: &str, pt: u8, counters: Arc<Counters>) -> Result<Decoder, String> {
     let m = mime.to_ascii_lowercase();
     let (caps, tail, audio) = if m == MIME_TYPE_H264.to_ascii_lowercase() {
-        ("media=video,clock-rate=90000,encoding-name=H264", "rtph264depay ! h264parse ! decodebin ! videoconvert ! video/x-raw,format=I420", false)
+        (
+            "media=video,clock-rate=90000,encoding-name=H264",
+            "rtph264depay ! h264parse ! decodebin ! videoconvert ! video/x-raw,format=I420",
+            false,
+        )
     } else if m == MIME_TYPE_VP8.to_ascii_lowercase() {
-        ("media=video,clock-rate=90000,encoding-name=VP8", "rtpvp8depay ! decodebin ! videoconvert ! video/x-raw,format=I420", false)
+        (
+            "media=video,clock-rate=90000,encoding-name=VP8",
+            "rtpvp8depay ! decodebin ! videoconvert ! video/x-raw,format=I420",
+            false,
+        )
     } else if m == MIME_TYPE_OPUS.to_ascii_lowercase() {
-        ("media=audio,clock-rate=48000,encoding-name=OPUS", "rtpopusdepay ! opusdec", true)
+        (
+            "media=audio,clock-rate=48000,encoding-name=OPUS",
+            "rtpopusdepay ! opusdec",
+            true,
+        )
     } else {
         return Err(format!("cannot decode {mime}"));
     };
@@ -171,7 +203,9 @@ fn decoder(mime: &str, pt: u8, counters: Arc<Counters>) -> Result<Decoder, Strin
                 }
                 let now = unix_ms();
                 counters.frames.fetch_add(1, Ordering::Relaxed);
-                let Some(s) = sample.caps().and_then(|c| c.structure(0)) else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(s) = sample.caps().and_then(|c| c.structure(0)) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
                 let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
                     return Ok(gst::FlowSuccess::Ok);
                 };
@@ -181,15 +215,23 @@ fn decoder(mime: &str, pt: u8, counters: Arc<Counters>) -> Result<Decoder, Strin
                 // I420 from videoconvert: rows padded to 4 bytes.
                 let stride = (w + 3) & !3;
                 if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) {
-                    if let Some(age) = crate::media::timecode::read(map.as_slice(), w, h, stride).and_then(|t| crate::media::timecode::age_ms(t, now)) {
-                        counters.ages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(age);
+                    if let Some(age) = crate::media::timecode::read(map.as_slice(), w, h, stride)
+                        .and_then(|t| crate::media::timecode::age_ms(t, now))
+                    {
+                        counters
+                            .ages
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(age);
                     }
                 }
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
-    pipeline.set_state(gst::State::Playing).map_err(|e| format!("cannot start the decoder: {e}"))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("cannot start the decoder: {e}"))?;
     Ok(Decoder { pipeline, src })
 }
 
@@ -226,8 +268,14 @@ async fn feed(track: Arc<dyn TrackRemote>, counters: Arc<Counters>, out: Output)
                 Some(_) => continue,
             },
         };
-        let Ok(bytes) = packet.marshal() else { continue };
-        if decoder.src.push_buffer(gst::Buffer::from_slice(bytes)).is_err() {
+        let Ok(bytes) = packet.marshal() else {
+            continue;
+        };
+        if decoder
+            .src
+            .push_buffer(gst::Buffer::from_slice(bytes))
+            .is_err()
+        {
             return;
         }
     }
@@ -236,7 +284,9 @@ async fn feed(track: Arc<dyn TrackRemote>, counters: Arc<Counters>, out: Output)
 /// Runs `watch`.
 pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(), Error> {
     // Installed first, so that a signal during setup ends the command cleanly.
-    let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| Error::Local(format!("signal handler: {e}")));
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind).map_err(|e| Error::Local(format!("signal handler: {e}")))
+    };
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     gst::init().map_err(|e| Error::Local(format!("GStreamer: {e}")))?;
@@ -247,17 +297,52 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
 
     let mut engine = MediaEngine::default();
     let reg = |engine: &mut MediaEngine, c: RTCRtpCodecParameters, kind| {
-        engine.register_codec(c, kind).map_err(|e| Error::Local(format!("media engine: {e}")))
+        engine
+            .register_codec(c, kind)
+            .map_err(|e| Error::Local(format!("media engine: {e}")))
     };
-    reg(&mut engine, codec(MIME_TYPE_H264, 90_000, 0, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", 102, true), RtpCodecKind::Video)?;
-    reg(&mut engine, codec(MIME_TYPE_VP8, 90_000, 0, "", 96, true), RtpCodecKind::Video)?;
-    reg(&mut engine, codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111, false), RtpCodecKind::Audio)?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine).map_err(|e| Error::Local(e.to_string()))?;
+    reg(
+        &mut engine,
+        codec(
+            MIME_TYPE_H264,
+            90_000,
+            0,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            102,
+            true,
+        ),
+        RtpCodecKind::Video,
+    )?;
+    reg(
+        &mut engine,
+        codec(MIME_TYPE_VP8, 90_000, 0, "", 96, true),
+        RtpCodecKind::Video,
+    )?;
+    reg(
+        &mut engine,
+        codec(
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            111,
+            false,
+        ),
+        RtpCodecKind::Audio,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| Error::Local(e.to_string()))?;
     let gathered = Arc::new(Notify::new());
     let (states_tx, mut states) = mpsc::unbounded_channel();
     let (tracks_tx, mut tracks) = mpsc::unbounded_channel();
-    let handler = Arc::new(Handler { gathered: gathered.clone(), states: states_tx, tracks: tracks_tx });
-    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
+    let handler = Arc::new(Handler {
+        gathered: gathered.clone(),
+        states: states_tx,
+        tracks: tracks_tx,
+    });
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_setting_engine(settings)
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -270,32 +355,69 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
         .map_err(|e| Error::Local(format!("peer connection: {e}")))?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
     for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-        let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, streams: vec![], send_encodings: vec![] };
-        pc.add_transceiver_from_kind(kind, Some(init)).await.map_err(|e| Error::Local(format!("{kind} transceiver: {e}")))?;
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            streams: vec![],
+            send_encodings: vec![],
+        };
+        pc.add_transceiver_from_kind(kind, Some(init))
+            .await
+            .map_err(|e| Error::Local(format!("{kind} transceiver: {e}")))?;
     }
-    let offer = pc.create_offer(None).await.map_err(|e| Error::Local(format!("offer: {e}")))?;
-    pc.set_local_description(offer).await.map_err(|e| Error::Local(format!("local offer: {e}")))?;
-    if tokio::time::timeout(SETUP, gathered.notified()).await.is_err() {
-        return Err(Error::Local(format!("ICE gathering did not complete within {SETUP:?}")));
+    let offer = pc
+        .create_offer(None)
+        .await
+        .map_err(|e| Error::Local(format!("offer: {e}")))?;
+    pc.set_local_description(offer)
+        .await
+        .map_err(|e| Error::Local(format!("local offer: {e}")))?;
+    if tokio::time::timeout(SETUP, gathered.notified())
+        .await
+        .is_err()
+    {
+        return Err(Error::Local(format!(
+            "ICE gathering did not complete within {SETUP:?}"
+        )));
     }
-    let sdp = pc.local_description().await.ok_or_else(|| Error::Local("no local description".into()))?.sdp;
-    let msg = ClientMsg::Subscribe { id: 0, stream: opts.stream.clone(), layer: opts.layer.clone(), max_height: opts.max_height, sdp };
+    let sdp = pc
+        .local_description()
+        .await
+        .ok_or_else(|| Error::Local("no local description".into()))?
+        .sdp;
+    let msg = ClientMsg::Subscribe {
+        id: 0,
+        stream: opts.stream.clone(),
+        layer: opts.layer.clone(),
+        max_height: opts.max_height,
+        sdp,
+    };
     let data = tokio::time::timeout(SETUP, client.request(msg))
         .await
         .map_err(|_| Error::Connection("no answer to subscribe from the node in time".into()))?
         .map_err(|e| Error::request("subscribe", e))?;
     let (Some(answer), Some(media)) = (data["sdp"].as_str(), data["media"].as_str()) else {
-        return Err(Error::Connection(format!("subscribe answered without sdp and media: {data}")));
+        return Err(Error::Connection(format!(
+            "subscribe answered without sdp and media: {data}"
+        )));
     };
-    let answer = RTCSessionDescription::answer(answer.to_owned()).map_err(|e| Error::Connection(format!("answer: {e}")))?;
-    pc.set_remote_description(answer).await.map_err(|e| Error::Connection(format!("remote answer: {e}")))?;
-    out.emit_as(&json!({"kind": "watching", "stream": opts.stream, "media": media}), || format!("watching {}", opts.stream));
+    let answer = RTCSessionDescription::answer(answer.to_owned())
+        .map_err(|e| Error::Connection(format!("answer: {e}")))?;
+    pc.set_remote_description(answer)
+        .await
+        .map_err(|e| Error::Connection(format!("remote answer: {e}")))?;
+    out.emit_as(
+        &json!({"kind": "watching", "stream": opts.stream, "media": media}),
+        || format!("watching {}", opts.stream),
+    );
 
     let counters = Arc::new(Counters::default());
     let mut feeders = Vec::new();
     let started = Instant::now();
     let end = opts.seconds.map(|s| started + Duration::from_secs(s));
-    let mut tick = tokio::time::interval_at((started + Duration::from_secs(1)).into(), Duration::from_secs(1));
+    let mut tick = tokio::time::interval_at(
+        (started + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
     let mut connected = false;
     let (mut frames0, mut audio0) = (0, 0);
     let mut all_ages: Vec<u64> = Vec::new();
@@ -360,10 +482,25 @@ pub async fn watch(target: &Target, out: Output, opts: WatchOptions) -> Result<(
         "latency_p95_ms": p95,
     });
     out.emit_as(&summary, || match (p50, p95) {
-        (Some(a), Some(b)) => format!("{}: latency p50 {a} ms, p95 {b} ms over {} frames", opts.stream, all_ages.len()),
-        _ => format!("{}: {} frames", opts.stream, counters.frames.load(Ordering::Relaxed)),
+        (Some(a), Some(b)) => format!(
+            "{}: latency p50 {a} ms, p95 {b} ms over {} frames",
+            opts.stream,
+            all_ages.len()
+        ),
+        _ => format!(
+            "{}: {} frames",
+            opts.stream,
+            counters.frames.load(Ordering::Relaxed)
+        ),
     });
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.request(ClientMsg::MediaClose { id: 0, media: media.to_owned() })).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(ClientMsg::MediaClose {
+            id: 0,
+            media: media.to_owned(),
+        }),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
     client.close().await;
     result

@@ -32,11 +32,20 @@ const WAIT: Duration = Duration::from_secs(60);
 const BIN: &str = env!("CARGO_BIN_EXE_field-client");
 
 /// The next JSON line of `run` that satisfies `pred`.
-async fn line_where(lines: &mut Lines<BufReader<ChildStdout>>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn line_where(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     tokio::time::timeout(WAIT, async {
         loop {
-            let line = lines.next_line().await.unwrap().unwrap_or_else(|| panic!("run ended before {what}"));
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("run ended before {what}"));
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
             if pred(&v) {
                 return v;
             }
@@ -59,47 +68,95 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     config.http.listen = "127.0.0.1:0".parse().unwrap();
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.quic.listen = "127.0.0.1:0".parse().unwrap();
-    let node = media_server::node::start(config).await.expect("node starts");
+    let node = media_server::node::start(config)
+        .await
+        .expect("node starts");
     let base = format!("http://{}", node.http_addr);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let token = |sub: &str, role| {
         let id = &node.identity;
-        let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+        let req = TokenRequest::new(
+            sub.parse().unwrap(),
+            role,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        );
         id.issuer().issue(&req, now)
     };
     let officer = token("off-42", Role::Officer);
     let viewer_token = token("wall-1", Role::Viewer);
 
     let quic = node.quic_addr.to_string();
-    let mut run = spawn_run(&["run", "--json", "--source", "test", "--no-audio", "--node", &quic, "--token", &officer]);
+    let mut run = spawn_run(&[
+        "run",
+        "--json",
+        "--source",
+        "test",
+        "--no-audio",
+        "--node",
+        &quic,
+        "--token",
+        &officer,
+    ]);
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
 
     let note = line_where(&mut lines, "the encoder note", |v| {
-        v["kind"] == "note" && v["message"].as_str().is_some_and(|m| m.starts_with("encoder "))
+        v["kind"] == "note"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("encoder "))
     })
     .await;
-    let publishing = line_where(&mut lines, "the publishing line", |v| v["kind"] == "publishing").await;
+    let publishing = line_where(&mut lines, "the publishing line", |v| {
+        v["kind"] == "publishing"
+    })
+    .await;
     assert_eq!(publishing["stream"], "off-42", "{publishing}");
     assert_eq!(publishing["audio"], false, "{publishing}");
-    assert_eq!(publishing["media"].as_str().map(str::len), Some(32), "{publishing}");
+    assert_eq!(
+        publishing["media"].as_str().map(str::len),
+        Some(32),
+        "{publishing}"
+    );
     let encoder = publishing["encoder"].as_str().expect("encoder named");
-    assert!(note["message"].as_str().unwrap().contains(encoder), "{note} vs {publishing}");
+    assert!(
+        note["message"].as_str().unwrap().contains(encoder),
+        "{note} vs {publishing}"
+    );
 
-    let viewer = WhepViewer::start(&base, "off-42", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
-    viewer.wait_frames(1, WAIT).await.expect("first decoded frame");
+    let viewer = WhepViewer::start(&base, "off-42", &viewer_token, ViewOptions::default())
+        .await
+        .expect("view over WHEP");
+    viewer
+        .wait_frames(1, WAIT)
+        .await
+        .expect("first decoded frame");
     let first = Instant::now();
     tokio::time::sleep_until((first + Duration::from_secs(2)).into()).await;
     let seen0 = viewer.stats().frames_decoded;
     tokio::time::sleep_until((first + Duration::from_secs(12)).into()).await;
     let s = viewer.stats();
     let decoded = s.frames_decoded - seen0;
-    eprintln!("decoded {decoded} frames between t=2 s and t=12 s after the first one ({encoder}); {s:?}");
+    eprintln!(
+        "decoded {decoded} frames between t=2 s and t=12 s after the first one ({encoder}); {s:?}"
+    );
     // 285 = 95 % of the 300 frames a 30 fps source produces in 10 s.
-    assert!(decoded >= 285, "decoded {decoded} frames between t=2 s and t=12 s after the first one: {s:?}");
+    assert!(
+        decoded >= 285,
+        "decoded {decoded} frames between t=2 s and t=12 s after the first one: {s:?}"
+    );
     assert_eq!((s.width, s.height), (640, 480));
     assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
 
-    let r = reqwest::Client::new().get(format!("{base}/api/streams")).bearer_auth(&viewer_token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/streams"))
+        .bearer_auth(&viewer_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let catalog: Value = r.json().await.unwrap();
     let stream = catalog["streams"]
@@ -117,7 +174,19 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     let watch = tokio::time::timeout(
         WAIT,
         Command::new(BIN)
-            .args(["watch", "off-42", "--layer", "high", "--seconds", "4", "--json", "--node", &quic, "--token", &viewer_token])
+            .args([
+                "watch",
+                "off-42",
+                "--layer",
+                "high",
+                "--seconds",
+                "4",
+                "--json",
+                "--node",
+                &quic,
+                "--token",
+                &viewer_token,
+            ])
             .env_remove("YIWANG_NODE")
             .env_remove("YIWANG_TOKEN")
             .kill_on_drop(true)
@@ -127,45 +196,92 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     .expect("watch ends by itself")
     .expect("watch runs");
     let stdout = String::from_utf8_lossy(&watch.stdout);
-    assert!(watch.status.success(), "{:?}: {stdout} {}", watch.status, String::from_utf8_lossy(&watch.stderr));
-    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let seconds: Vec<Value> = lines.iter().filter(|v| v["kind"] == "watch").cloned().collect();
+    assert!(
+        watch.status.success(),
+        "{:?}: {stdout} {}",
+        watch.status,
+        String::from_utf8_lossy(&watch.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seconds: Vec<Value> = lines
+        .iter()
+        .filter(|v| v["kind"] == "watch")
+        .cloned()
+        .collect();
     // The test source's time code survives encoding, the SFU and decoding: watch reads it back.
-    let summary = lines.iter().find(|v| v["kind"] == "watch_summary").unwrap_or_else(|| panic!("no summary: {stdout}"));
-    assert!(summary["latency_samples"].as_u64().unwrap() >= 30, "{summary}");
+    let summary = lines
+        .iter()
+        .find(|v| v["kind"] == "watch_summary")
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(
+        summary["latency_samples"].as_u64().unwrap() >= 30,
+        "{summary}"
+    );
     assert!(seconds[3]["latency_ms"].is_u64(), "{stdout}");
     eprintln!("watch: {seconds:?}");
     assert_eq!(seconds.len(), 4, "{stdout}");
     let last = &seconds[3];
     assert!(last["fps"].as_u64().unwrap() >= 25, "{stdout}");
-    assert_eq!((last["width"].as_u64(), last["height"].as_u64()), (Some(640), Some(480)), "{stdout}");
+    assert_eq!(
+        (last["width"].as_u64(), last["height"].as_u64()),
+        (Some(640), Some(480)),
+        "{stdout}"
+    );
 
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
 
     // With audio (the default): Opus ticks reach the viewer too, and the catalog says so.
-    let mut run = spawn_run(&["run", "--json", "--source", "test", "--node", &quic, "--token", &officer]);
+    let mut run = spawn_run(&[
+        "run", "--json", "--source", "test", "--node", &quic, "--token", &officer,
+    ]);
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
-    let publishing = line_where(&mut lines, "the publishing line with audio", |v| v["kind"] == "publishing").await;
+    let publishing = line_where(&mut lines, "the publishing line with audio", |v| {
+        v["kind"] == "publishing"
+    })
+    .await;
     assert_eq!(publishing["audio"], true, "{publishing}");
-    let viewer = WhepViewer::start(&base, "off-42", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
-    viewer.wait_frames(30, WAIT).await.expect("video with audio");
+    let viewer = WhepViewer::start(&base, "off-42", &viewer_token, ViewOptions::default())
+        .await
+        .expect("view over WHEP");
+    viewer
+        .wait_frames(30, WAIT)
+        .await
+        .expect("video with audio");
     let s = viewer.wait_audio(50, WAIT).await.expect("Opus decoded");
     eprintln!("with audio: {s:?}");
-    let r = reqwest::Client::new().get(format!("{base}/api/streams")).bearer_auth(&viewer_token).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/streams"))
+        .bearer_auth(&viewer_token)
+        .send()
+        .await
+        .unwrap();
     let catalog: Value = r.json().await.unwrap();
     assert_eq!(catalog["streams"][0]["audio"], true, "{catalog}");
 
     // The node ends the media session (as a link cut would): the peer connection fails and `run`
     // publishes again with a new offer; the viewer, still attached to the name, plays on.
     let media = publishing["media"].as_str().unwrap().to_owned();
-    let r = reqwest::Client::new().delete(format!("{base}/session/{media}")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!("{base}/session/{media}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let cut = Instant::now();
-    let again = line_where(&mut lines, "publishing again", |v| v["kind"] == "publishing").await;
+    let again = line_where(&mut lines, "publishing again", |v| {
+        v["kind"] == "publishing"
+    })
+    .await;
     assert_ne!(again["media"], media.as_str(), "{again}");
     let seen = viewer.stats().frames_decoded;
-    let s = viewer.wait_frames(seen + 60, WAIT).await.expect("the viewer plays again");
+    let s = viewer
+        .wait_frames(seen + 60, WAIT)
+        .await
+        .expect("the viewer plays again");
     eprintln!("published again {:?} after the cut; {s:?}", cut.elapsed());
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
@@ -199,15 +315,30 @@ fn spawn_run_in(ns: Option<&str>, args: &[&str]) -> Child {
 /// SIGTERM: `run` closes its media session, says bye and exits 0.
 async fn terminate(mut run: Child) {
     let pid = run.id().expect("run is running").to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(WAIT, run.wait()).await.expect("run exits in time").unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, run.wait())
+        .await
+        .expect("run exits in time")
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }
 
 /// Runs `ip ARGS`, panicking with its stderr on failure.
 fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip").args(args).output().expect("ip runs (iproute2)");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A tablet's network: a namespace with one veth to the host. The node listens on the host end
@@ -231,13 +362,42 @@ impl TabletNet {
         };
         let tablet_ip = format!("10.{}.{}.2", 200 + n, pid % 250);
         // Leftovers of a killed earlier run with the same pid.
-        let _ = std::process::Command::new("ip").args(["netns", "del", &net.ns]).output();
-        let _ = std::process::Command::new("ip").args(["link", "del", &net.host_if]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &net.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &net.host_if])
+            .output();
         ip(&["netns", "add", &net.ns]);
-        ip(&["link", "add", &net.host_if, "type", "veth", "peer", "name", &net.tablet_if, "netns", &net.ns]);
-        ip(&["addr", "add", &format!("{}/30", net.host_ip), "dev", &net.host_if]);
+        ip(&[
+            "link",
+            "add",
+            &net.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.tablet_if,
+            "netns",
+            &net.ns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", net.host_ip),
+            "dev",
+            &net.host_if,
+        ]);
         ip(&["link", "set", &net.host_if, "up"]);
-        ip(&["-n", &net.ns, "addr", "add", &format!("{tablet_ip}/30"), "dev", &net.tablet_if]);
+        ip(&[
+            "-n",
+            &net.ns,
+            "addr",
+            "add",
+            &format!("{tablet_ip}/30"),
+            "dev",
+            &net.tablet_if,
+        ]);
         ip(&["-n", &net.ns, "link", "set", &net.tablet_if, "up"]);
         ip(&["-n", &net.ns, "link", "set", "lo", "up"]);
         net.wait_carrier();
@@ -248,8 +408,15 @@ impl TabletNet {
     fn wait_carrier(&self) {
         let path = format!("/sys/class/net/{}/operstate", self.host_if);
         let until = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(&path).map(|s| s.trim() != "up").unwrap_or(true) {
-            assert!(Instant::now() < until, "{} has no carrier after 10 s", self.host_if);
+        while std::fs::read_to_string(&path)
+            .map(|s| s.trim() != "up")
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < until,
+                "{} has no carrier after 10 s",
+                self.host_if
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -265,18 +432,44 @@ impl TabletNet {
     /// Caps the tablet's uplink with a token bucket.
     fn cap_uplink(&self, kbit: u32) {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.ns, "tc", "qdisc", "add", "dev", &self.tablet_if, "root", "tbf"])
-            .args(["rate", &format!("{kbit}kbit"), "burst", "8kb", "latency", "150ms"])
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &self.tablet_if,
+                "root",
+                "tbf",
+            ])
+            .args([
+                "rate",
+                &format!("{kbit}kbit"),
+                "burst",
+                "8kb",
+                "latency",
+                "150ms",
+            ])
             .output()
             .expect("tc runs");
-        assert!(out.status.success(), "tc: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for TabletNet {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
     }
 }
 
@@ -287,13 +480,23 @@ async fn node_on(ip: &str, dir: &std::path::Path) -> media_server::node::Running
     config.http.listen = format!("{ip}:0").parse().unwrap();
     config.media.listen = format!("{ip}:0").parse().unwrap();
     config.quic.listen = format!("{ip}:0").parse().unwrap();
-    media_server::node::start(config).await.expect("node starts")
+    media_server::node::start(config)
+        .await
+        .expect("node starts")
 }
 
 fn token_for(node: &media_server::node::RunningNode, sub: &str, role: Role) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let id = &node.identity;
-    let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+    let req = TokenRequest::new(
+        sub.parse().unwrap(),
+        role,
+        id.node_id.to_string(),
+        id.fingerprint.clone(),
+    );
     id.issuer().issue(&req, now)
 }
 
@@ -311,7 +514,8 @@ impl RunLines {
         let (s, m) = (seen.clone(), more.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
                 s.lock().unwrap().push(v);
                 m.notify_waiters();
             }
@@ -324,18 +528,35 @@ impl RunLines {
     }
 
     /// The first line from index `from` on that satisfies `pred`, waiting up to `wait`.
-    async fn wait_for(&self, from: usize, what: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> (usize, Value) {
+    async fn wait_for(
+        &self,
+        from: usize,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (usize, Value) {
         tokio::time::timeout(wait, async {
             loop {
                 let notified = self.more.notified();
-                if let Some((i, v)) = self.all().into_iter().enumerate().skip(from).find(|(_, v)| pred(v)) {
+                if let Some((i, v)) = self
+                    .all()
+                    .into_iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, v)| pred(v))
+                {
                     return (i, v);
                 }
                 notified.await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what} from run; lines: {:?}", self.all()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what} from run; lines: {:?}",
+                self.all()
+            )
+        })
     }
 }
 
@@ -350,11 +571,33 @@ async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once(
     let operator = token_for(&node, "ops-1", Role::Operator);
     let viewer_token = token_for(&node, "wall-1", Role::Viewer);
     let quic = node.quic_addr.to_string();
-    let mut run = spawn_run_in(Some(&net.ns), &["run", "--json", "--source", "test", "--no-audio", "--node", &quic, "--token", &officer]);
+    let mut run = spawn_run_in(
+        Some(&net.ns),
+        &[
+            "run",
+            "--json",
+            "--source",
+            "test",
+            "--no-audio",
+            "--node",
+            &quic,
+            "--token",
+            &officer,
+        ],
+    );
     let lines = RunLines::collect(&mut run);
-    lines.wait_for(0, "the publishing line", WAIT, |v| v["kind"] == "publishing").await;
-    let viewer = WhepViewer::start(&base, "off-7", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
-    viewer.wait_frames(30, WAIT).await.expect("the picture plays");
+    lines
+        .wait_for(0, "the publishing line", WAIT, |v| {
+            v["kind"] == "publishing"
+        })
+        .await;
+    let viewer = WhepViewer::start(&base, "off-7", &viewer_token, ViewOptions::default())
+        .await
+        .expect("view over WHEP");
+    viewer
+        .wait_frames(30, WAIT)
+        .await
+        .expect("the picture plays");
 
     let http = reqwest::Client::new();
     let mut sent = Vec::new();
@@ -379,20 +622,37 @@ async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once(
         let frames_at_return = viewer.stats().frames_decoded;
         net.set_link(true);
         let up = Instant::now();
-        let s = viewer.wait_frames(frames_at_return + 30, WAIT).await.unwrap_or_else(|e| panic!("cut {cut}: the picture did not resume: {e:#}"));
-        eprintln!("cut {cut}: 30 new frames {:?} after the link returned; {s:?}", up.elapsed());
+        let s = viewer
+            .wait_frames(frames_at_return + 30, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("cut {cut}: the picture did not resume: {e:#}"));
+        eprintln!(
+            "cut {cut}: 30 new frames {:?} after the link returned; {s:?}",
+            up.elapsed()
+        );
         // Leave the link up for a while before the next cut (three cuts within the minute).
         tokio::time::sleep_until((up + Duration::from_secs(8)).into()).await;
     }
-    assert!(t0.elapsed() < Duration::from_secs(60), "three cuts took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "three cuts took {:?}",
+        t0.elapsed()
+    );
 
     // Every order reaches `run`, each exactly once.
     for id in &sent {
-        lines.wait_for(0, &format!("order {id}"), WAIT, |v| v["kind"] == "order" && v["order"] == id.as_str()).await;
+        lines
+            .wait_for(0, &format!("order {id}"), WAIT, |v| {
+                v["kind"] == "order" && v["order"] == id.as_str()
+            })
+            .await;
     }
     let all = lines.all();
     for id in &sent {
-        let n = all.iter().filter(|v| v["kind"] == "order" && v["order"] == id.as_str()).count();
+        let n = all
+            .iter()
+            .filter(|v| v["kind"] == "order" && v["order"] == id.as_str())
+            .count();
         assert_eq!(n, 1, "order {id} printed {n} times: {all:?}");
     }
     viewer.stop().await.expect("viewer DELETE");
@@ -411,20 +671,40 @@ async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
     let viewer_token = token_for(&node, "wall-1", Role::Viewer);
     let quic = node.quic_addr.to_string();
     net.cap_uplink(300);
-    let mut run = spawn_run_in(Some(&net.ns), &["run", "--json", "--source", "test", "--node", &quic, "--token", &officer]);
+    let mut run = spawn_run_in(
+        Some(&net.ns),
+        &[
+            "run", "--json", "--source", "test", "--node", &quic, "--token", &officer,
+        ],
+    );
     let lines = RunLines::collect(&mut run);
-    let (_, publishing) = lines.wait_for(0, "the publishing line", WAIT, |v| v["kind"] == "publishing").await;
-    assert_eq!(publishing["layers"], serde_json::json!(["high", "mid", "low"]), "{publishing}");
-    let viewer = WhepViewer::start(&base, "off-8", &viewer_token, ViewOptions::default()).await.expect("view over WHEP");
+    let (_, publishing) = lines
+        .wait_for(0, "the publishing line", WAIT, |v| {
+            v["kind"] == "publishing"
+        })
+        .await;
+    assert_eq!(
+        publishing["layers"],
+        serde_json::json!(["high", "mid", "low"]),
+        "{publishing}"
+    );
+    let viewer = WhepViewer::start(&base, "off-8", &viewer_token, ViewOptions::default())
+        .await
+        .expect("view over WHEP");
 
     // Congestion control finds the cap: only the smallest layer stays on, audio at its rate.
     let only_low = |v: &Value| {
         v["kind"] == "bitrate"
             && v["layers"].as_array().is_some_and(|l| {
-                l.iter().map(|l| l["on"].as_bool().unwrap_or(false)).collect::<Vec<_>>() == [false, false, true]
+                l.iter()
+                    .map(|l| l["on"].as_bool().unwrap_or(false))
+                    .collect::<Vec<_>>()
+                    == [false, false, true]
             })
     };
-    let (i, low) = lines.wait_for(0, "only the smallest layer on", WAIT, only_low).await;
+    let (i, low) = lines
+        .wait_for(0, "only the smallest layer on", WAIT, only_low)
+        .await;
     eprintln!("under the cap: {low}");
     assert_eq!(low["audio_kbps"], 40, "{low}");
 
@@ -439,12 +719,26 @@ async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
     let frames = s1.frames_decoded - s0.frames_decoded;
     eprintln!("10 s under a 300 kbit/s cap: {audio} audio buffers, {frames} frames; {s1:?}");
     // 20 ms Opus frames: 500 in 10 s.
-    assert!(audio >= 475, "audio not continuous under the cap: {audio} of 500 buffers in 10 s ({s1:?})");
-    assert!(frames >= 150, "video stalled under the cap: {frames} frames in 10 s ({s1:?})");
+    assert!(
+        audio >= 475,
+        "audio not continuous under the cap: {audio} of 500 buffers in 10 s ({s1:?})"
+    );
+    assert!(
+        frames >= 150,
+        "video stalled under the cap: {frames} frames in 10 s ({s1:?})"
+    );
     assert_eq!((s1.width, s1.height), (160, 120), "{s1:?}");
     // And it stayed down: no line after it switched a larger layer back on.
-    let later: Vec<Value> = lines.all().into_iter().skip(i + 1).filter(|v| v["kind"] == "bitrate").collect();
-    assert!(later.iter().all(only_low), "a larger layer came back on under the cap: {later:?}");
+    let later: Vec<Value> = lines
+        .all()
+        .into_iter()
+        .skip(i + 1)
+        .filter(|v| v["kind"] == "bitrate")
+        .collect();
+    assert!(
+        later.iter().all(only_low),
+        "a larger layer came back on under the cap: {later:?}"
+    );
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
     node.shutdown().await;

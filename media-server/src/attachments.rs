@@ -59,7 +59,10 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// `None` when the type is not accepted.
 pub fn content_type(raw: &str) -> Option<&'static str> {
     let essence = raw.split(';').next().unwrap_or("").trim();
-    ALLOWED_TYPES.iter().copied().find(|t| t.eq_ignore_ascii_case(essence))
+    ALLOWED_TYPES
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(essence))
 }
 
 /// An attachment's id: the SHA-256 of its bytes, written as 64 lowercase hex characters.
@@ -232,7 +235,10 @@ impl AttachmentStore {
     }
 
     /// Opens a stored attachment; `None` when there is none with that id.
-    pub async fn open_attachment(&self, id: &AttachmentId) -> Result<Option<Attachment>, AttachmentError> {
+    pub async fn open_attachment(
+        &self,
+        id: &AttachmentId,
+    ) -> Result<Option<Attachment>, AttachmentError> {
         let path = self.dir.join(id.hex());
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -276,7 +282,10 @@ impl Upload {
         if size > self.limit {
             return Err(AttachmentError::TooLarge { limit: self.limit });
         }
-        let file = self.file.as_mut().ok_or_else(|| io::Error::other("upload already closed"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("upload already closed"))?;
         file.write_all(chunk).await?;
         self.hasher.update(chunk);
         self.size = size;
@@ -304,7 +313,10 @@ impl Upload {
         uploader: Subject,
         now_ms: u64,
     ) -> Result<Stored, AttachmentError> {
-        let mut file = self.file.take().ok_or_else(|| io::Error::other("upload already closed"))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("upload already closed"))?;
         file.flush().await?;
         let file = file.into_inner();
         let actual = AttachmentId(std::mem::take(&mut self.hasher).finalize().into());
@@ -328,7 +340,10 @@ impl Upload {
                     meta
                 }
             };
-            return Ok(Stored { meta, created: false });
+            return Ok(Stored {
+                meta,
+                created: false,
+            });
         }
         file.sync_all().await?;
         drop(file);
@@ -337,10 +352,19 @@ impl Upload {
         tokio::fs::rename(&self.temp, &data).await?;
         self.done = true;
         sync_dir(&self.dir).await?;
-        Ok(Stored { meta, created: true })
+        Ok(Stored {
+            meta,
+            created: true,
+        })
     }
 
-    fn meta(&self, sha256: AttachmentId, content_type: &str, uploader: Subject, now_ms: u64) -> AttachmentMeta {
+    fn meta(
+        &self,
+        sha256: AttachmentId,
+        content_type: &str,
+        uploader: Subject,
+        now_ms: u64,
+    ) -> AttachmentMeta {
         AttachmentMeta {
             sha256,
             content_type: content_type.to_owned(),
@@ -369,7 +393,12 @@ impl Drop for Upload {
 async fn create_temp(dir: &Path) -> io::Result<(PathBuf, tokio::fs::File)> {
     loop {
         let path = dir.join(format!("{TEMP_PREFIX}{:032x}", rand::random::<u128>()));
-        match tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await {
+        match tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+        {
             Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -387,8 +416,12 @@ async fn read_meta(dir: &Path, id: &AttachmentId) -> io::Result<Option<Attachmen
     match tokio::fs::read(&path).await {
         Ok(bytes) => match serde_json::from_slice::<AttachmentMeta>(&bytes) {
             Ok(m) if m.sha256 == *id => return Ok(Some(m)),
-            Ok(_) => tracing::warn!(path = %path.display(), "attachment sidecar names another hash"),
-            Err(e) => tracing::warn!(error = %e, path = %path.display(), "unreadable attachment sidecar"),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "attachment sidecar names another hash")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "unreadable attachment sidecar")
+            }
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::warn!(path = %path.display(), "attachment without sidecar")
@@ -462,12 +495,17 @@ mod tests {
         s.parse().unwrap()
     }
 
-    async fn upload(store: &AttachmentStore, bytes: &[u8], chunk: usize) -> Result<Stored, AttachmentError> {
+    async fn upload(
+        store: &AttachmentStore,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> Result<Stored, AttachmentError> {
         let mut up = store.begin().await?;
         for c in bytes.chunks(chunk.max(1)) {
             up.write(c).await?;
         }
-        up.finish(None, "image/png", subject("off-1"), 1_764_171_234_567).await
+        up.finish(None, "image/png", subject("off-1"), 1_764_171_234_567)
+            .await
     }
 
     async fn read_back(store: &AttachmentStore, id: &AttachmentId) -> Vec<u8> {
@@ -483,7 +521,10 @@ mod tests {
     #[test]
     fn ids_are_64_lowercase_hex() {
         let h = AttachmentId::of(b"abc");
-        assert_eq!(h.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            h.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(AttachmentId::parse(&h.hex()).unwrap(), h);
         for bad in [
             "",
@@ -502,7 +543,13 @@ mod tests {
         assert_eq!(content_type("image/jpeg"), Some("image/jpeg"));
         assert_eq!(content_type(" Image/JPEG ; q=1"), Some("image/jpeg"));
         assert_eq!(content_type("application/pdf"), Some("application/pdf"));
-        for bad in ["", "text/html", "image/svg+xml", "application/octet-stream", "image/jpeg2"] {
+        for bad in [
+            "",
+            "text/html",
+            "image/svg+xml",
+            "application/octet-stream",
+            "image/jpeg2",
+        ] {
             assert_eq!(content_type(bad), None, "{bad:?}");
         }
     }
@@ -522,10 +569,15 @@ mod tests {
             assert_eq!(names(dir.path()), vec![id.hex(), format!("{id}.json")]);
         }
         assert_eq!(read_back(&store, &id).await, bytes);
-        let sidecar: AttachmentMeta = serde_json::from_slice(&std::fs::read(meta_path(dir.path(), &id)).unwrap()).unwrap();
+        let sidecar: AttachmentMeta =
+            serde_json::from_slice(&std::fs::read(meta_path(dir.path(), &id)).unwrap()).unwrap();
         assert_eq!(sidecar.uploader.as_str(), "off-1");
         assert_eq!(sidecar.uploaded_unix_ms, 1_764_171_234_567);
-        assert!(store.open_attachment(&AttachmentId::of(b"other")).await.unwrap().is_none());
+        assert!(store
+            .open_attachment(&AttachmentId::of(b"other"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -539,7 +591,10 @@ mod tests {
         assert!(temp.exists());
         up.write(&[1; 600]).await.unwrap();
         let err = up.write(&[1; 401]).await.unwrap_err();
-        assert!(matches!(err, AttachmentError::TooLarge { limit: 1000 }), "{err}");
+        assert!(
+            matches!(err, AttachmentError::TooLarge { limit: 1000 }),
+            "{err}"
+        );
         assert_eq!(up.size(), 600);
         drop(up);
         assert!(!temp.exists());
@@ -552,11 +607,20 @@ mod tests {
         let mut up = store.begin().await.unwrap();
         up.write(b"hello").await.unwrap();
         let err = up
-            .finish(Some(AttachmentId::of(b"world")), "image/png", subject("off-1"), 0)
+            .finish(
+                Some(AttachmentId::of(b"world")),
+                "image/png",
+                subject("off-1"),
+                0,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, AttachmentError::HashMismatch { .. }), "{err}");
-        assert!(store.open_attachment(&AttachmentId::of(b"hello")).await.unwrap().is_none());
+        assert!(store
+            .open_attachment(&AttachmentId::of(b"hello"))
+            .await
+            .unwrap()
+            .is_none());
 
         // Abandoned mid-way (client gone).
         let mut up = store.begin().await.unwrap();
@@ -574,11 +638,19 @@ mod tests {
         let mut up = store.begin().await.unwrap();
         up.write(b"hello").await.unwrap();
         let stored = up
-            .finish(Some(AttachmentId::of(b"hello")), "audio/ogg", subject("off-2"), 5)
+            .finish(
+                Some(AttachmentId::of(b"hello")),
+                "audio/ogg",
+                subject("off-2"),
+                5,
+            )
             .await
             .unwrap();
         assert!(stored.created);
-        assert_eq!(read_back(&store, &AttachmentId::of(b"hello")).await, b"hello");
+        assert_eq!(
+            read_back(&store, &AttachmentId::of(b"hello")).await,
+            b"hello"
+        );
     }
 
     #[test]
@@ -604,9 +676,17 @@ mod tests {
 
         // The same rule in virtual time: nothing is old yet; an hour and a bit later, all is.
         let now = SystemTime::now();
-        assert_eq!(remove_leftovers(dir.path(), now, LEFTOVER_MAX_AGE).unwrap(), 0);
         assert_eq!(
-            remove_leftovers(dir.path(), now + LEFTOVER_MAX_AGE + Duration::from_secs(1), LEFTOVER_MAX_AGE).unwrap(),
+            remove_leftovers(dir.path(), now, LEFTOVER_MAX_AGE).unwrap(),
+            0
+        );
+        assert_eq!(
+            remove_leftovers(
+                dir.path(),
+                now + LEFTOVER_MAX_AGE + Duration::from_secs(1),
+                LEFTOVER_MAX_AGE
+            )
+            .unwrap(),
             1
         );
         assert_eq!(names(dir.path()), vec!["not-a-temp"]);
@@ -625,6 +705,15 @@ mod tests {
         let stored = upload(&store, b"orphan", 3).await.unwrap();
         assert!(!stored.created);
         assert_eq!(stored.meta.content_type, "image/png");
-        assert_eq!(store.open_attachment(&id).await.unwrap().unwrap().meta.content_type, "image/png");
+        assert_eq!(
+            store
+                .open_attachment(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .meta
+                .content_type,
+            "image/png"
+        );
     }
 }

@@ -94,7 +94,11 @@ impl Bits<'_> {
     }
     fn se(&mut self) -> Option<i32> {
         let k = self.ue()?;
-        Some(if k % 2 == 1 { k.div_ceil(2) as i32 } else { -((k / 2) as i32) })
+        Some(if k % 2 == 1 {
+            k.div_ceil(2) as i32
+        } else {
+            -((k / 2) as i32)
+        })
     }
 }
 
@@ -105,7 +109,10 @@ fn sps_dims(rbsp: &[u8]) -> Option<(u32, u32)> {
     r.bits(16)?; // constraint flags, level_idc
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             r.bit()?; // separate_colour_plane_flag
@@ -171,7 +178,10 @@ fn sps_dims(rbsp: &[u8]) -> Option<(u32, u32)> {
         crop_y = unit_y * (t.checked_add(b)?);
     }
     let w = width_mbs.checked_mul(16)?.checked_sub(crop_x)?;
-    let h = height_map_units.checked_mul(16)?.checked_mul(2 - frame_mbs_only)?.checked_sub(crop_y)?;
+    let h = height_map_units
+        .checked_mul(16)?
+        .checked_mul(2 - frame_mbs_only)?
+        .checked_sub(crop_y)?;
     (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w, h))
 }
 
@@ -180,16 +190,23 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn h264_sps_from_x264() {
         // Captured from GStreamer x264enc: constrained baseline 640x360 (cropped from 368 rows)
         // and main 1280x720, each an AUD then the SPS, with emulation prevention bytes.
-        let baseline = hex("000000010910000000016742c01ed900a02ff97016a0c0c0d4a0000003002000000791e2c5c900000001");
+        let baseline = hex(
+            "000000010910000000016742c01ed900a02ff97016a0c0c0d4a0000003002000000791e2c5c900000001",
+        );
         assert_eq!(keyframe_dims(VideoCodec::H264, &baseline), Some((640, 360)));
-        let main = hex("00000001091000000001674d401feca02802dd80b501010140000003004000000f23c60c658000000001");
+        let main = hex(
+            "00000001091000000001674d401feca02802dd80b501010140000003004000000f23c60c658000000001",
+        );
         assert_eq!(keyframe_dims(VideoCodec::H264, &main), Some((1280, 720)));
     }
 

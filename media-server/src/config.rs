@@ -283,7 +283,10 @@ impl Default for TrunkConfig {
 impl TrunkConfig {
     /// Whether trunks are configured at all.
     pub fn enabled(&self) -> bool {
-        self.listen.is_some() || self.parent.is_some() || self.second_parent.is_some() || !self.peers.is_empty()
+        self.listen.is_some()
+            || self.parent.is_some()
+            || self.second_parent.is_some()
+            || !self.peers.is_empty()
     }
 }
 
@@ -404,13 +407,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let err = toml::from_str::<NodeConfig>("[http]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
+        let err =
+            toml::from_str::<NodeConfig>("[http]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
     }
 
     #[test]
     fn partial_sections_keep_other_defaults() {
-        let c: NodeConfig = toml::from_str("[media]\nadvertise = \"10.0.0.5\"\n[node]\nid = \"county-7\"\n").unwrap();
+        let c: NodeConfig =
+            toml::from_str("[media]\nadvertise = \"10.0.0.5\"\n[node]\nid = \"county-7\"\n")
+                .unwrap();
         assert_eq!(c.media.advertise, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(c.media.listen, MediaConfig::default().listen);
         assert_eq!(c.node.id.as_ref().map(|i| i.as_str()), Some("county-7"));
@@ -434,7 +440,10 @@ mod tests {
 
     #[test]
     fn wall_section() {
-        let c: NodeConfig = toml::from_str("[wall]\ntile_url = \"https://t/{z}/{x}/{y}.png\"\ntile_coords = \"gcj02\"\n").unwrap();
+        let c: NodeConfig = toml::from_str(
+            "[wall]\ntile_url = \"https://t/{z}/{x}/{y}.png\"\ntile_coords = \"gcj02\"\n",
+        )
+        .unwrap();
         assert_eq!(c.wall.tile_coords, TileCoords::Gcj02);
         let j = c.wall.to_json();
         assert_eq!(j["tiles"]["coords"], "gcj02");
@@ -445,7 +454,10 @@ mod tests {
 
     #[test]
     fn office_section() {
-        assert_eq!(NodeConfig::default().office.attachment_max_bytes, 26_214_400);
+        assert_eq!(
+            NodeConfig::default().office.attachment_max_bytes,
+            26_214_400
+        );
         let c: NodeConfig = toml::from_str("[office]\nattachment_max_bytes = 1048576\n").unwrap();
         assert_eq!(c.office.attachment_max_bytes, 1 << 20);
         assert!(toml::from_str::<NodeConfig>("[office]\nmax_bytes = 1\n").is_err());

@@ -207,7 +207,11 @@ impl Publisher {
             Some(i) => i,
             None => {
                 self.layers.push(LayerState {
-                    info: LayerInfo { layer, dims: None, bitrate_bps: 0 },
+                    info: LayerInfo {
+                        layer,
+                        dims: None,
+                        bitrate_bps: 0,
+                    },
                     last_seen: now,
                     window_start: now,
                     window_bytes: 0,
@@ -225,14 +229,22 @@ impl Publisher {
     fn rerank(&mut self, now: Instant) {
         let standby = &self.standby;
         let active = |l: &&LayerState| {
-            now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT || standby.contains(&l.info.layer)
+            now.saturating_duration_since(l.last_seen) <= LAYER_TIMEOUT
+                || standby.contains(&l.info.layer)
         };
-        let all_sized = self.layers.iter().filter(active).all(|l| l.info.dims.is_some());
+        let all_sized = self
+            .layers
+            .iter()
+            .filter(active)
+            .all(|l| l.info.dims.is_some());
         let (layers, ranked) = (&self.layers, &mut self.ranked);
         ranked.clear();
         ranked.extend(layers.iter().filter(active).map(|l| l.info.layer));
         ranked.sort_by_key(|layer| {
-            let info = layers.iter().find(|l| l.info.layer == *layer).map(|l| &l.info);
+            let info = layers
+                .iter()
+                .find(|l| l.info.layer == *layer)
+                .map(|l| &l.info);
             let key = match (all_sized, info.and_then(|i| i.dims)) {
                 (true, Some((w, h))) => u64::from(w) * u64::from(h),
                 _ => info.map_or(0, |i| i.bitrate_bps),
@@ -242,7 +254,10 @@ impl Publisher {
     }
 
     fn info(&self, layer: Layer) -> Option<&LayerInfo> {
-        self.layers.iter().find(|l| l.info.layer == layer).map(|l| &l.info)
+        self.layers
+            .iter()
+            .find(|l| l.info.layer == layer)
+            .map(|l| &l.info)
     }
 
     /// The layer `pref` selects among the active ones.
@@ -254,13 +269,22 @@ impl Publisher {
             LayerPref::Low => first,
             LayerPref::Mid => r[(r.len() - 1) / 2],
             LayerPref::High => last,
-            LayerPref::MaxHeight(max) => r.iter().rev().find(|l| height(l).is_some_and(|h| h <= max)).copied().unwrap_or(first),
+            LayerPref::MaxHeight(max) => r
+                .iter()
+                .rev()
+                .find(|l| height(l).is_some_and(|h| h <= max))
+                .copied()
+                .unwrap_or(first),
             LayerPref::Auto => match bandwidth {
                 None => last,
                 Some(bw) => r
                     .iter()
                     .rev()
-                    .find(|l| self.info(**l).is_some_and(|i| i.bitrate_bps.saturating_mul(10) <= bw.saturating_mul(9)))
+                    .find(|l| {
+                        self.info(**l).is_some_and(|i| {
+                            i.bitrate_bps.saturating_mul(10) <= bw.saturating_mul(9)
+                        })
+                    })
                     .copied()
                     .unwrap_or(first),
             },
@@ -362,7 +386,10 @@ impl Forwarder {
         let Some(p) = self.streams.get(name).and_then(|s| s.publisher.as_ref()) else {
             return Vec::new();
         };
-        p.ranked.iter().filter_map(|l| p.info(*l).cloned()).collect()
+        p.ranked
+            .iter()
+            .filter_map(|l| p.info(*l).cloned())
+            .collect()
     }
 
     /// How long `layer` of `name`'s publisher has sent nothing (`None`: never seen).
@@ -391,7 +418,13 @@ impl Forwarder {
     /// Also re-ranks the layers at `now` (a remote stream whose only pulled layer went silent
     /// has no frame to re-rank it), and re-evaluates its viewers if the ranking changed.
     pub fn set_standby(&mut self, now: Instant, name: &StreamName, layers: &[Layer]) {
-        let Some(p) = self.streams.get_mut(name).and_then(|s| s.publisher.as_mut()) else { return };
+        let Some(p) = self
+            .streams
+            .get_mut(name)
+            .and_then(|s| s.publisher.as_mut())
+        else {
+            return;
+        };
         let before = p.ranked.clone();
         if p.standby.len() == layers.len() && p.standby.iter().all(|l| layers.contains(l)) {
             p.rerank(now);
@@ -402,7 +435,10 @@ impl Forwarder {
             return;
         }
         for l in &mut p.layers {
-            let (was, is) = (p.standby.contains(&l.info.layer), layers.contains(&l.info.layer));
+            let (was, is) = (
+                p.standby.contains(&l.info.layer),
+                layers.contains(&l.info.layer),
+            );
             if was && !is {
                 // Pulled again: its bitrate window starts afresh when it arrives.
                 l.last_seen = now;
@@ -411,7 +447,11 @@ impl Forwarder {
             }
         }
         p.standby.clear();
-        p.standby.extend(layers.iter().filter(|l| p.layers.iter().any(|k| k.info.layer == **l)));
+        p.standby.extend(
+            layers
+                .iter()
+                .filter(|l| p.layers.iter().any(|k| k.info.layer == **l)),
+        );
         p.rerank(now);
         let name = name.clone();
         self.reselect(now, &name);
@@ -419,15 +459,24 @@ impl Forwarder {
 
     /// The layer a viewer is receiving now, if any.
     pub fn viewer_layer(&self, viewer: PeerId) -> Option<Layer> {
-        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
-        self.streams.get(name)?.viewers.iter().find(|v| v.peer == viewer)?.current
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else {
+            return None;
+        };
+        self.streams
+            .get(name)?
+            .viewers
+            .iter()
+            .find(|v| v.peer == viewer)?
+            .current
     }
 
     /// The layer a viewer's preference selects among its publisher's active layers now (it is
     /// forwarded from that layer's next keyframe on, if it is not [`Forwarder::viewer_layer`]
     /// already).
     pub fn viewer_choice(&self, viewer: PeerId) -> Option<Layer> {
-        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else {
+            return None;
+        };
         let s = self.streams.get(name)?;
         let v = s.viewers.iter().find(|v| v.peer == viewer)?;
         s.publisher.as_ref()?.choose(v.pref, v.bandwidth)
@@ -438,7 +487,9 @@ impl Forwarder {
     /// included) flowing so the bandwidth estimate can grow to it; without it a viewer sent only
     /// the low layer would never learn that the link has recovered.
     pub fn probe_target(&self, viewer: PeerId) -> Option<u64> {
-        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else {
+            return None;
+        };
         let s = self.streams.get(name)?;
         let v = s.viewers.iter().find(|v| v.peer == viewer)?;
         if v.pref != LayerPref::Auto {
@@ -453,7 +504,12 @@ impl Forwarder {
     /// The highest bandwidth estimate among `name`'s viewers (bits per second), if any viewer
     /// has one: no single-layer publisher needs to send more than its best-connected viewer takes.
     pub fn viewer_demand(&self, name: &StreamName) -> Option<u64> {
-        self.streams.get(name)?.viewers.iter().filter_map(|v| v.bandwidth).max()
+        self.streams
+            .get(name)?
+            .viewers
+            .iter()
+            .filter_map(|v| v.bandwidth)
+            .max()
     }
 
     /// Number of viewers attached to `name` (live or waiting for the publisher to return).
@@ -506,7 +562,13 @@ impl Forwarder {
 
     /// Attaches `peer` as a viewer of the live stream `name` with a layer preference, and asks
     /// the publisher for a keyframe of that layer so the viewer gets a picture soon.
-    pub fn add_viewer(&mut self, now: Instant, name: &StreamName, peer: PeerId, pref: LayerPref) -> Result<(), ViewError> {
+    pub fn add_viewer(
+        &mut self,
+        now: Instant,
+        name: &StreamName,
+        peer: PeerId,
+        pref: LayerPref,
+    ) -> Result<(), ViewError> {
         if self.roles.contains_key(&peer) {
             return Err(ViewError::DuplicatePeer);
         }
@@ -547,9 +609,16 @@ impl Forwarder {
     }
 
     fn viewer_mut(&mut self, viewer: PeerId) -> Option<(StreamName, &mut Viewer)> {
-        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return None };
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else {
+            return None;
+        };
         let name = name.clone();
-        let v = self.streams.get_mut(&name)?.viewers.iter_mut().find(|v| v.peer == viewer)?;
+        let v = self
+            .streams
+            .get_mut(&name)?
+            .viewers
+            .iter_mut()
+            .find(|v| v.peer == viewer)?;
         Some((name, v))
     }
 
@@ -573,7 +642,11 @@ impl Forwarder {
                 name
             }
         };
-        if self.streams.get(&name).is_some_and(|s| s.publisher.is_none() && s.viewers.is_empty()) {
+        if self
+            .streams
+            .get(&name)
+            .is_some_and(|s| s.publisher.is_none() && s.viewers.is_empty())
+        {
             self.streams.remove(&name);
         }
         Some(name)
@@ -592,12 +665,16 @@ impl Forwarder {
             return;
         };
         let name = name.clone();
-        let Some(stream) = self.streams.get_mut(&name) else { return };
+        let Some(stream) = self.streams.get_mut(&name) else {
+            return;
+        };
         if frame.kind == TrackKind::Audio {
             targets.extend(stream.viewers.iter().map(|v| v.peer));
             return;
         }
-        let Some(publisher) = stream.publisher.as_mut() else { return };
+        let Some(publisher) = stream.publisher.as_mut() else {
+            return;
+        };
         let known = publisher.layers.iter().any(|l| l.info.layer == frame.layer);
         let l = publisher.layer_mut(now, frame.layer);
         l.last_seen = now;
@@ -641,7 +718,9 @@ impl Forwarder {
             }
             // Keep forwarding the current layer until the wanted one's keyframe arrives.
             if let Some(want) = want.filter(|w| Some(*w) != v.current) {
-                let due = v.asked_at.is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry);
+                let due = v
+                    .asked_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.config.keyframe_retry);
                 if due || reranked {
                     v.asked_at = Some(now);
                     self.wanted.push(want);
@@ -658,8 +737,12 @@ impl Forwarder {
     /// Re-evaluates every viewer of `name` after a preference or estimate change, asking for
     /// keyframes of newly wanted layers.
     fn reselect(&mut self, now: Instant, name: &StreamName) {
-        let Some(stream) = self.streams.get_mut(name) else { return };
-        let Some(publisher) = stream.publisher.as_ref() else { return };
+        let Some(stream) = self.streams.get_mut(name) else {
+            return;
+        };
+        let Some(publisher) = stream.publisher.as_ref() else {
+            return;
+        };
         self.wanted.clear();
         for v in &mut stream.viewers {
             let want = v.want(now, publisher);
@@ -679,11 +762,14 @@ impl Forwarder {
 
     /// A viewer asked for a keyframe (PLI or FIR from its decoder): ask for its current layer.
     pub fn viewer_keyframe_request(&mut self, now: Instant, viewer: PeerId) {
-        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else { return };
+        let Some(PeerRole::Viewer(name)) = self.roles.get(&viewer) else {
+            return;
+        };
         let name = name.clone();
         let layer = self.streams.get(&name).and_then(|s| {
             let v = s.viewers.iter().find(|v| v.peer == viewer)?;
-            v.current.or_else(|| s.publisher.as_ref()?.choose(v.pref, v.bandwidth))
+            v.current
+                .or_else(|| s.publisher.as_ref()?.choose(v.pref, v.bandwidth))
         });
         if let Some(layer) = layer {
             self.request_keyframe(now, &name, layer);
@@ -702,7 +788,11 @@ impl Forwarder {
     /// Asks the publisher of `name` for a keyframe of `layer`, honouring the minimum interval.
     fn request_keyframe(&mut self, now: Instant, name: &StreamName, layer: Layer) {
         let min = self.config.keyframe_min_interval;
-        let Some(p) = self.streams.get_mut(name).and_then(|s| s.publisher.as_mut()) else {
+        let Some(p) = self
+            .streams
+            .get_mut(name)
+            .and_then(|s| s.publisher.as_mut())
+        else {
             return;
         };
         let peer = p.peer;
@@ -716,7 +806,10 @@ impl Forwarder {
                 l.last_request = Some(now);
                 l.pending_request = false;
                 self.counters.keyframe_requests_sent += 1;
-                self.out.push_back(ForwardOutput::RequestKeyframe { publisher: peer, layer });
+                self.out.push_back(ForwardOutput::RequestKeyframe {
+                    publisher: peer,
+                    layer,
+                });
             }
         }
     }
@@ -725,13 +818,21 @@ impl Forwarder {
     pub fn handle_timeout(&mut self, now: Instant) {
         let min = self.config.keyframe_min_interval;
         for s in self.streams.values_mut() {
-            let Some(p) = s.publisher.as_mut() else { continue };
+            let Some(p) = s.publisher.as_mut() else {
+                continue;
+            };
             for l in &mut p.layers {
-                if l.pending_request && l.last_request.is_none_or(|t| now.saturating_duration_since(t) >= min) {
+                if l.pending_request
+                    && l.last_request
+                        .is_none_or(|t| now.saturating_duration_since(t) >= min)
+                {
                     l.pending_request = false;
                     l.last_request = Some(now);
                     self.counters.keyframe_requests_sent += 1;
-                    self.out.push_back(ForwardOutput::RequestKeyframe { publisher: p.peer, layer: l.info.layer });
+                    self.out.push_back(ForwardOutput::RequestKeyframe {
+                        publisher: p.peer,
+                        layer: l.info.layer,
+                    });
                 }
             }
         }
@@ -770,14 +871,29 @@ mod tests {
         std::iter::from_fn(|| f.poll_output()).collect()
     }
     fn kf(publisher: u64, layer: u8) -> ForwardOutput {
-        ForwardOutput::RequestKeyframe { publisher: PeerId(publisher), layer: Layer(layer) }
+        ForwardOutput::RequestKeyframe {
+            publisher: PeerId(publisher),
+            layer: Layer(layer),
+        }
     }
     fn video(layer: u8, keyframe: bool) -> Frame {
         let dims = keyframe.then_some((320 << layer, 180 << layer));
-        Frame { kind: TrackKind::Video, layer: Layer(layer), keyframe, dims, bytes: 1000 << layer }
+        Frame {
+            kind: TrackKind::Video,
+            layer: Layer(layer),
+            keyframe,
+            dims,
+            bytes: 1000 << layer,
+        }
     }
     fn audio() -> Frame {
-        Frame { kind: TrackKind::Audio, layer: Layer(0), keyframe: false, dims: None, bytes: 100 }
+        Frame {
+            kind: TrackKind::Audio,
+            layer: Layer(0),
+            keyframe: false,
+            dims: None,
+            bytes: 100,
+        }
     }
     fn route(f: &mut Forwarder, now: Instant, from: u64, frame: Frame) -> Vec<PeerId> {
         let mut t = Vec::new();
@@ -789,16 +905,29 @@ mod tests {
     fn viewer_waits_for_keyframe_and_asks_for_one() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         assert!(route(&mut f, t0, 1, video(0, false)).is_empty());
         assert!(drain(&mut f).is_empty(), "no viewer, no keyframe request");
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto)
+            .unwrap();
         assert_eq!(drain(&mut f), vec![kf(1, 0)]);
 
-        assert!(route(&mut f, t0, 1, video(0, false)).is_empty(), "delta frame withheld from a waiting viewer");
-        assert_eq!(route(&mut f, t0, 1, audio()), vec![PeerId(2)], "audio is never withheld");
+        assert!(
+            route(&mut f, t0, 1, video(0, false)).is_empty(),
+            "delta frame withheld from a waiting viewer"
+        );
+        assert_eq!(
+            route(&mut f, t0, 1, audio()),
+            vec![PeerId(2)],
+            "audio is never withheld"
+        );
         assert_eq!(route(&mut f, t0, 1, video(0, true)), vec![PeerId(2)]);
-        assert_eq!(route(&mut f, t0, 1, video(0, false)), vec![PeerId(2)], "after the keyframe, delta frames flow");
+        assert_eq!(
+            route(&mut f, t0, 1, video(0, false)),
+            vec![PeerId(2)],
+            "after the keyframe, delta frames flow"
+        );
         assert_eq!(f.counters().dropped_waiting_keyframe, 1);
     }
 
@@ -806,10 +935,13 @@ mod tests {
     fn keyframe_requests_are_throttled_and_none_is_lost() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         route(&mut f, t0, 1, video(0, true));
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto)
+            .unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto)
+            .unwrap();
         route(&mut f, t0, 1, video(0, true));
         // Ten PLIs from viewers within 100 ms: one request went out at t0, the rest are held.
         for i in 0..10 {
@@ -823,16 +955,22 @@ mod tests {
         assert_eq!(drain(&mut f), vec![kf(1, 0)]);
         assert_eq!(f.poll_timeout(), None, "nothing held any more");
         assert_eq!(f.counters().keyframe_requests_sent, 2);
-        assert_eq!(f.counters().keyframe_requests_aggregated, 11, "the second viewer's join and ten PLIs");
+        assert_eq!(
+            f.counters().keyframe_requests_aggregated,
+            11,
+            "the second viewer's join and ten PLIs"
+        );
     }
 
     #[test]
     fn waiting_viewer_asks_again_after_retry_interval() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         route(&mut f, t0, 1, video(0, true));
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto)
+            .unwrap();
         assert_eq!(drain(&mut f), vec![kf(1, 0)]);
         route(&mut f, t0 + Duration::from_millis(900), 1, video(0, false));
         assert!(drain(&mut f).is_empty());
@@ -844,20 +982,40 @@ mod tests {
     fn second_publisher_conflicts_unless_same_owner() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         assert_eq!(
             f.add_publisher(t0, name("cam"), subj("off-2"), PeerId(2)),
-            Err(PublishConflict { holder: subj("off-1") })
+            Err(PublishConflict {
+                holder: subj("off-1")
+            })
         );
-        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto)
+            .unwrap();
         drain(&mut f);
         // The same owner reconnects: takes over, old publisher closed, viewer waits for a keyframe.
-        f.add_publisher(t0 + Duration::from_secs(2), name("cam"), subj("off-1"), PeerId(4)).unwrap();
-        assert_eq!(drain(&mut f), vec![ForwardOutput::Close { peer: PeerId(1) }]);
-        assert!(route(&mut f, t0, 1, video(0, true)).is_empty(), "the displaced publisher forwards nothing");
+        f.add_publisher(
+            t0 + Duration::from_secs(2),
+            name("cam"),
+            subj("off-1"),
+            PeerId(4),
+        )
+        .unwrap();
+        assert_eq!(
+            drain(&mut f),
+            vec![ForwardOutput::Close { peer: PeerId(1) }]
+        );
+        assert!(
+            route(&mut f, t0, 1, video(0, true)).is_empty(),
+            "the displaced publisher forwards nothing"
+        );
         assert_eq!(f.counters().dropped_not_publisher, 1);
         assert!(route(&mut f, t0, 4, video(0, false)).is_empty());
-        assert_eq!(drain(&mut f), vec![kf(4, 0)], "the new publisher is asked for a keyframe");
+        assert_eq!(
+            drain(&mut f),
+            vec![kf(4, 0)],
+            "the new publisher is asked for a keyframe"
+        );
         assert_eq!(route(&mut f, t0, 4, video(0, true)), vec![PeerId(3)]);
     }
 
@@ -865,14 +1023,20 @@ mod tests {
     fn viewers_outlive_their_publisher_and_resume() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto)
+            .unwrap();
         assert_eq!(f.remove_peer(PeerId(1)), Some(name("cam")));
         assert_eq!(f.live_owner(&name("cam")), None);
-        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto), Err(ViewError::NotLive));
+        assert_eq!(
+            f.add_viewer(t0, &name("cam"), PeerId(3), LayerPref::Auto),
+            Err(ViewError::NotLive)
+        );
         assert_eq!(f.viewer_count(&name("cam")), 1);
         // Anyone may publish the name now that it is not live.
-        f.add_publisher(t0, name("cam"), subj("off-9"), PeerId(5)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-9"), PeerId(5))
+            .unwrap();
         assert_eq!(route(&mut f, t0, 5, video(0, true)), vec![PeerId(2)]);
         f.remove_peer(PeerId(2));
         f.remove_peer(PeerId(5));
@@ -884,9 +1048,16 @@ mod tests {
     fn unknown_stream_or_duplicate_viewer_is_refused() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        assert_eq!(f.add_viewer(t0, &name("nope"), PeerId(1), LayerPref::Auto), Err(ViewError::NotLive));
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        assert_eq!(f.add_viewer(t0, &name("cam"), PeerId(1), LayerPref::Auto), Err(ViewError::DuplicatePeer));
+        assert_eq!(
+            f.add_viewer(t0, &name("nope"), PeerId(1), LayerPref::Auto),
+            Err(ViewError::NotLive)
+        );
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
+        assert_eq!(
+            f.add_viewer(t0, &name("cam"), PeerId(1), LayerPref::Auto),
+            Err(ViewError::DuplicatePeer)
+        );
     }
 
     /// Three layers numbered in an order unrelated to their size (as RIDs may be).
@@ -900,7 +1071,8 @@ mod tests {
     fn layers_ranked_by_picture_size_and_chosen_by_preference() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         simulcast(&mut f, t0);
         let ranked: Vec<Layer> = f.layers(&name("cam")).iter().map(|l| l.layer).collect();
         assert_eq!(ranked, vec![Layer(0), Layer(1), Layer(2)]);
@@ -921,31 +1093,46 @@ mod tests {
             assert_eq!(f.viewer_layer(PeerId(peer)), Some(Layer(layer)), "{pref:?}");
         }
         // Each viewer gets only its own layer's frames.
-        assert_eq!(route(&mut f, t1, 1, video(1, false)), vec![PeerId(11), PeerId(13)]);
-        assert_eq!(route(&mut f, t1, 1, video(2, false)), vec![PeerId(12), PeerId(15)]);
+        assert_eq!(
+            route(&mut f, t1, 1, video(1, false)),
+            vec![PeerId(11), PeerId(13)]
+        );
+        assert_eq!(
+            route(&mut f, t1, 1, video(2, false)),
+            vec![PeerId(12), PeerId(15)]
+        );
     }
 
     #[test]
     fn a_layer_switch_waits_for_a_keyframe_of_the_new_layer() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         simulcast(&mut f, t0);
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High)
+            .unwrap();
         simulcast(&mut f, t0);
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)));
         drain(&mut f);
 
         let t1 = t0 + Duration::from_secs(1);
         f.set_viewer_pref(t1, PeerId(2), LayerPref::Low);
-        assert_eq!(drain(&mut f), vec![kf(1, 0)], "keyframe of the new layer asked for at once");
+        assert_eq!(
+            drain(&mut f),
+            vec![kf(1, 0)],
+            "keyframe of the new layer asked for at once"
+        );
         // Until it comes, the old layer keeps flowing and the new one's deltas are not sent.
         assert_eq!(route(&mut f, t1, 1, video(2, false)), vec![PeerId(2)]);
         assert!(route(&mut f, t1, 1, video(0, false)).is_empty());
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)));
         assert_eq!(route(&mut f, t1, 1, video(0, true)), vec![PeerId(2)]);
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)));
-        assert!(route(&mut f, t1, 1, video(2, false)).is_empty(), "old layer no longer sent");
+        assert!(
+            route(&mut f, t1, 1, video(2, false)).is_empty(),
+            "old layer no longer sent"
+        );
         assert_eq!(f.counters().layer_switches, 1);
     }
 
@@ -953,9 +1140,11 @@ mod tests {
     fn a_stopped_layer_drops_out_of_the_ranking() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
         simulcast(&mut f, t0);
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::High)
+            .unwrap();
         simulcast(&mut f, t0);
         drain(&mut f);
         // The top layer stops (CPU adaptation) while the others go on; after LAYER_TIMEOUT the
@@ -981,9 +1170,11 @@ mod tests {
     fn a_layer_on_standby_stays_ranked_and_can_be_chosen() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("trunk"), PeerId(1)).unwrap();
+        f.add_publisher(t0, name("cam"), subj("trunk"), PeerId(1))
+            .unwrap();
         simulcast(&mut f, t0);
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Low).unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Low)
+            .unwrap();
         simulcast(&mut f, t0);
         drain(&mut f);
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)));
@@ -992,7 +1183,11 @@ mod tests {
         let t1 = t0 + LAYER_TIMEOUT * 3;
         assert_eq!(route(&mut f, t1, 1, video(0, false)), vec![PeerId(2)]);
         let ranked: Vec<Layer> = f.layers(&name("cam")).iter().map(|l| l.layer).collect();
-        assert_eq!(ranked, vec![Layer(0), Layer(1), Layer(2)], "silent standby layers stay ranked, an unknown one is ignored");
+        assert_eq!(
+            ranked,
+            vec![Layer(0), Layer(1), Layer(2)],
+            "silent standby layers stay ranked, an unknown one is ignored"
+        );
         // The viewer wants high: chosen although nothing of it flows, asked for, and the low layer
         // keeps flowing until its keyframe comes.
         f.set_viewer_pref(t1, PeerId(2), LayerPref::High);
@@ -1016,8 +1211,10 @@ mod tests {
     fn auto_follows_the_bandwidth_estimate() {
         let t0 = Instant::now();
         let mut f = Forwarder::default();
-        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1)).unwrap();
-        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto).unwrap();
+        f.add_publisher(t0, name("cam"), subj("off-1"), PeerId(1))
+            .unwrap();
+        f.add_viewer(t0, &name("cam"), PeerId(2), LayerPref::Auto)
+            .unwrap();
         // Two seconds of 30 fps per layer so bitrates are measured: 1000/2000/4000 bytes a frame
         // ≈ 250/500/1000 kbit/s.
         let mut now = t0;
@@ -1027,17 +1224,36 @@ mod tests {
                 route(&mut f, now, 1, video(layer, i % 30 == 0));
             }
         }
-        let rates: Vec<u64> = f.layers(&name("cam")).iter().map(|l| l.bitrate_bps / 1000).collect();
-        assert!(rates[0] >= 200 && rates[0] <= 260 && rates[2] >= 900 && rates[2] <= 1050, "{rates:?}");
-        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)), "no estimate yet: the top layer");
+        let rates: Vec<u64> = f
+            .layers(&name("cam"))
+            .iter()
+            .map(|l| l.bitrate_bps / 1000)
+            .collect();
+        assert!(
+            rates[0] >= 200 && rates[0] <= 260 && rates[2] >= 900 && rates[2] <= 1050,
+            "{rates:?}"
+        );
+        assert_eq!(
+            f.viewer_layer(PeerId(2)),
+            Some(Layer(2)),
+            "no estimate yet: the top layer"
+        );
         drain(&mut f);
         f.set_viewer_bandwidth(now, PeerId(2), 600_000);
-        assert_eq!(drain(&mut f), vec![kf(1, 1)], "500 kbit/s fits in 90 % of 600");
+        assert_eq!(
+            drain(&mut f),
+            vec![kf(1, 1)],
+            "500 kbit/s fits in 90 % of 600"
+        );
         route(&mut f, now, 1, video(1, true));
         assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(1)));
         f.set_viewer_bandwidth(now, PeerId(2), 100_000);
         route(&mut f, now, 1, video(0, true));
-        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)), "nothing fits: the lowest");
+        assert_eq!(
+            f.viewer_layer(PeerId(2)),
+            Some(Layer(0)),
+            "nothing fits: the lowest"
+        );
 
         // The estimate recovers: up only after it has held for AUTO_UP_HOLD.
         drain(&mut f);
@@ -1049,10 +1265,18 @@ mod tests {
         };
         for ms in (100..=1900).step_by(100) {
             up_frames(&mut f, now + Duration::from_millis(ms));
-            assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(0)), "no up-switch before the hold ({ms} ms)");
+            assert_eq!(
+                f.viewer_layer(PeerId(2)),
+                Some(Layer(0)),
+                "no up-switch before the hold ({ms} ms)"
+            );
         }
         up_frames(&mut f, now + Duration::from_millis(2000));
-        assert_eq!(f.viewer_layer(PeerId(2)), Some(Layer(2)), "after the hold, straight to what fits");
+        assert_eq!(
+            f.viewer_layer(PeerId(2)),
+            Some(Layer(2)),
+            "after the hold, straight to what fits"
+        );
         // A fall is followed at once.
         f.set_viewer_bandwidth(now + Duration::from_millis(2300), PeerId(2), 10_000);
         up_frames(&mut f, now + Duration::from_millis(2300));

@@ -114,17 +114,34 @@ impl From<SfuError> for ApiError {
 
 /// Verifies the `Authorization: Bearer` token of a request.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Claims, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_token", "missing Authorization: Bearer token"))?;
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_token",
+            "missing Authorization: Bearer token",
+        )
+    })?;
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no_token", "Authorization must be `Bearer TOKEN`"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no_token",
+                "Authorization must be `Bearer TOKEN`",
+            )
+        })?;
     state.hub.authenticate(token).map_err(|e| {
-        let code = if e.code == ErrorCode::Revoked { "revoked" } else { "bad_token" };
+        let code = if e.code == ErrorCode::Revoked {
+            "revoked"
+        } else {
+            "bad_token"
+        };
         ApiError::new(StatusCode::UNAUTHORIZED, code, e.message)
     })
 }
@@ -142,7 +159,8 @@ fn require(claims: &Claims, action: Action) -> Result<(), ApiError> {
 }
 
 fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
-    StreamName::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))
+    StreamName::parse(raw)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))
 }
 
 /// Reads an SDP offer body: `Content-Type: application/sdp`, UTF-8, not empty.
@@ -151,15 +169,24 @@ fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.trim().to_ascii_lowercase().starts_with("application/sdp") {
+    if !ct
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/sdp")
+    {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad_content_type",
             "body must be an SDP offer with Content-Type: application/sdp",
         ));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_sdp", "malformed SDP offer: not UTF-8"))?;
+    let text = std::str::from_utf8(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "malformed SDP offer: not UTF-8",
+        )
+    })?;
     if !text.trim_start().starts_with("v=0") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -174,7 +201,10 @@ fn created(session_id: &str, sdp: String) -> Response {
     let location = format!("/session/{session_id}");
     let mut resp = (StatusCode::CREATED, sdp).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
@@ -224,7 +254,11 @@ impl ViewQuery {
                 .ok()
                 .filter(|h| *h > 0)
                 .map(LayerPref::MaxHeight)
-                .ok_or_else(|| bad(format!("maxHeight must be a positive number of rows, not {h:?}"))),
+                .ok_or_else(|| {
+                    bad(format!(
+                        "maxHeight must be a positive number of rows, not {h:?}"
+                    ))
+                }),
             (None, None) => Ok(LayerPref::Auto),
         }
     }
@@ -251,8 +285,9 @@ async fn whep_remote(
         // A stream at another node: pulled over the trunks (docs/trunk.md).
         let claims = authenticate(&state, &headers)?;
         require(&claims, Action::ViewStream)?;
-        let addr = trunk::StreamAddr::parse(&format!("{node}/{stream}"))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))?;
+        let addr = trunk::StreamAddr::parse(&format!("{node}/{stream}")).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string())
+        })?;
         let (pref, offer) = (query.pref()?, sdp_body(&headers, &body)?);
         let answer = state.media.view_remote(addr, offer, pref).await?;
         return Ok(created(&answer.session_id, answer.sdp));
@@ -260,7 +295,13 @@ async fn whep_remote(
     view(&state, &stream, &query, &headers, &body).await
 }
 
-async fn view(state: &AppState, stream: &str, query: &ViewQuery, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+async fn view(
+    state: &AppState,
+    stream: &str,
+    query: &ViewQuery,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let claims = authenticate(state, headers)?;
     require(&claims, Action::ViewStream)?;
     let name = stream_name(stream)?;
@@ -271,9 +312,16 @@ async fn view(state: &AppState, stream: &str, query: &ViewQuery, headers: &Heade
 }
 
 /// `DELETE /session/{id}`: the session URL is the capability (128 random bits), as in RFC 9725.
-async fn delete_session(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_session", "no such session"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_session",
+            "no such session",
+        ));
     }
     state.media.close(id).await?;
     Ok(StatusCode::OK)
@@ -322,7 +370,10 @@ struct StreamList {
     remote: Vec<crate::streams::RemoteStreamInfo>,
 }
 
-async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<StreamList>, ApiError> {
+async fn api_streams(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<StreamList>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ViewStream)?;
     Ok(Json(StreamList {
@@ -337,7 +388,10 @@ async fn api_streams(State(state): State<AppState>, headers: HeaderMap) -> Resul
 /// crosses this node. Open to every role that may view streams (it tells what the remote
 /// stream list tells, and whether the way to it is up); the configured addresses are shown to
 /// admins only.
-async fn api_trunks(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn api_trunks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ViewStream)?;
     let Some(trunk) = &state.trunk else {
@@ -345,16 +399,20 @@ async fn api_trunks(State(state): State<AppState>, headers: HeaderMap) -> Result
             "node": state.node_id.as_str(), "enabled": false, "uplinks": [], "trunks": [], "routes": []
         })));
     };
-    let mut status = trunk
-        .status()
-        .await
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the trunk shell is not running"))?;
+    let mut status = trunk.status().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the trunk shell is not running",
+        )
+    })?;
     if claims.role != signaling::auth::Role::Admin {
         for u in &mut status.uplinks {
             u.addr = None;
         }
     }
-    let mut v = serde_json::to_value(&status).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut v = serde_json::to_value(&status)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     v["enabled"] = serde_json::Value::Bool(true);
     Ok(Json(v))
 }
@@ -365,7 +423,14 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// `GET /api/openapi.json` (open).
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], OPENAPI).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// `GET /api/wall/config` (open): the wall's map settings from `[wall]`.
@@ -385,7 +450,10 @@ async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Respons
 }
 
 /// `GET /api/incidents`: incidents the token may see.
-async fn api_incidents(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn api_incidents(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ReadIncident)?;
     let list = state.hub.read(|c| c.incidents_for(&claims));
@@ -407,9 +475,15 @@ async fn api_incident_log(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
-    let id = IncidentId::parse(&id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
-    let entries = state.hub.read(|c| c.log_for(&claims, &id, q.after)).map_err(proto_to_api)?;
-    Ok(Json(serde_json::json!({ "incident": id, "entries": entries })))
+    let id = IncidentId::parse(&id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
+    let entries = state
+        .hub
+        .read(|c| c.log_for(&claims, &id, q.after))
+        .map_err(proto_to_api)?;
+    Ok(Json(
+        serde_json::json!({ "incident": id, "entries": entries }),
+    ))
 }
 
 /// Query of `GET /api/units`.
@@ -428,14 +502,21 @@ async fn api_units(
     require(&claims, Action::ReadIncident)?;
     let incident = match q.incident {
         Some(i) => {
-            let i = IncidentId::parse(&i).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
-            state.hub.read(|c| c.check_readable(&claims, &i)).map_err(proto_to_api)?;
+            let i = IncidentId::parse(&i).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string())
+            })?;
+            state
+                .hub
+                .read(|c| c.check_readable(&claims, &i))
+                .map_err(proto_to_api)?;
             Some(i)
         }
         None => None,
     };
     let now = crate::signal::now_ms();
-    let units = state.hub.read(|c| c.units_for(now, &claims, incident.as_ref()));
+    let units = state
+        .hub
+        .read(|c| c.units_for(now, &claims, incident.as_ref()));
     Ok(Json(serde_json::json!({ "units": units })))
 }
 
@@ -444,10 +525,16 @@ const ORDERS_PAGE: usize = 1000;
 
 /// `GET /api/orders`: orders visible to the token, newest first (admin and commander: every
 /// order; others: those they sent or received), at most 1000.
-async fn api_orders(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn api_orders(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ReadIncident)?;
-    let orders = state.hub.read(|c| c.orders_for(&claims, ORDERS_PAGE)).map_err(proto_to_api)?;
+    let orders = state
+        .hub
+        .read(|c| c.orders_for(&claims, ORDERS_PAGE))
+        .map_err(proto_to_api)?;
     Ok(Json(serde_json::json!({ "orders": orders })))
 }
 
@@ -467,18 +554,41 @@ pub struct NewOrder {
 
 /// `POST /api/orders`: sends an order (stored, then forwarded to the addressee's mailbox);
 /// 201 with the order. The same `id` again returns the same order (200).
-async fn api_orders_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn api_orders_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::SendOrder)?;
-    let order: NewOrder = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_order", format!("invalid order: {e}")))?;
+    let order: NewOrder = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_order",
+            format!("invalid order: {e}"),
+        )
+    })?;
     let now = crate::signal::now_ms();
     let data = state
         .hub
-        .with_core(|c| c.send_order(now, &claims, None, order.id, &order.incident, &order.to, &order.text))
+        .with_core(|c| {
+            c.send_order(
+                now,
+                &claims,
+                None,
+                order.id,
+                &order.incident,
+                &order.to,
+                &order.text,
+            )
+        })
         .map_err(proto_to_api)?;
     let fresh = data["new"] == true;
-    let status = if fresh { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(data)).into_response())
 }
 
@@ -503,8 +613,13 @@ async fn api_order_answer(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
-    let a: OrderAnswerBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_answer", format!("invalid answer: {e}")))?;
+    let a: OrderAnswerBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_answer",
+            format!("invalid answer: {e}"),
+        )
+    })?;
     let now = crate::signal::now_ms();
     let data = state
         .hub
@@ -558,11 +673,19 @@ fn storage_error(e: AttachmentError) -> ApiError {
         AttachmentError::BadId => ApiError::new(StatusCode::BAD_REQUEST, "bad_hash", e.to_string()),
         AttachmentError::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
             tracing::error!(error = %e, "attachment store is full");
-            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", "the node's attachment store is full")
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the node's attachment store is full",
+            )
         }
         e => {
             tracing::error!(error = %e, "attachment store failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the attachment could not be stored or read")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                "the attachment could not be stored or read",
+            )
         }
     }
 }
@@ -634,7 +757,11 @@ async fn api_attachments_post(
     let mut upload = state.attachments.begin().await.map_err(storage_error)?;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "the upload was interrupted")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the upload was interrupted",
+            )
         })?;
         if let Err(e) = upload.write(&chunk).await {
             // Dropping the upload removes its temporary file.
@@ -646,7 +773,12 @@ async fn api_attachments_post(
         }
     }
     let stored = upload
-        .finish(expected, content_type, claims.sub.clone(), crate::signal::now_ms())
+        .finish(
+            expected,
+            content_type,
+            claims.sub.clone(),
+            crate::signal::now_ms(),
+        )
         .await
         .map_err(storage_error)?;
     let hex = stored.meta.sha256.hex();
@@ -706,7 +838,10 @@ async fn api_attachment_get(
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, ct);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         resp
     };
     let h = resp.headers_mut();
@@ -725,15 +860,30 @@ mod web {
 /// The embedded file served at `path` (`/` is `/index.html`): (content type, bytes).
 pub fn web_file(path: &str) -> Option<(&'static str, &'static [u8])> {
     let path = if path == "/" { "/index.html" } else { path };
-    web::WEB_FILES.iter().find(|(p, _, _)| *p == path).map(|(_, ct, body)| (*ct, *body))
+    web::WEB_FILES
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, ct, body)| (*ct, *body))
 }
 
 async fn static_file(uri: axum::http::Uri, method: Method) -> Response {
     if method != Method::GET && method != Method::HEAD {
-        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed").into_response();
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        )
+        .into_response();
     }
     match web_file(uri.path()) {
-        Some((ct, body)) => ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "no-cache")], body).into_response(),
+        Some((ct, body)) => (
+            [
+                (header::CONTENT_TYPE, ct),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
         None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found").into_response(),
     }
 }
@@ -749,18 +899,29 @@ async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Resp
         next.run(req).await
     };
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type, If-Match, If-None-Match, X-Yiwang-Sha256"),
+        HeaderValue::from_static(
+            "Authorization, Content-Type, If-Match, If-None-Match, X-Yiwang-Sha256",
+        ),
     );
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, Link, ETag"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link, ETag"),
+    );
     if preflight && is_whip {
-        h.insert(HeaderName::from_static("accept-post"), HeaderValue::from_static("application/sdp"));
+        h.insert(
+            HeaderName::from_static("accept-post"),
+            HeaderValue::from_static("application/sdp"),
+        );
     }
     resp
 }
@@ -772,7 +933,10 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/whip/{node}/{stream}", post(whip_remote))
         .route("/whep/{stream}", post(whep))
         .route("/whep/{node}/{stream}", post(whep_remote))
-        .route("/session/{id}", axum::routing::delete(delete_session).patch(patch_session))
+        .route(
+            "/session/{id}",
+            axum::routing::delete(delete_session).patch(patch_session),
+        )
         .route("/healthz", get(healthz))
         .route("/api/streams", get(api_streams))
         .route("/api/trunks", get(api_trunks))
@@ -801,5 +965,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
 
 /// A router with only `/metrics`, for a separate metrics listener.
 pub fn metrics_router(state: AppState) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }

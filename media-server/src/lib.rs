@@ -33,5 +33,5 @@ pub mod quic;
 pub mod sfu;
 pub mod signal;
 pub mod streams;
-pub mod trunk;
 pub mod tls;
+pub mod trunk;

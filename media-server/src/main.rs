@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use media_server::config::NodeConfig;
 use media_server::identity::NodeIdentity;
 use media_server::signal::{RevocationFile, REVOCATION_FILE};
-use signaling::core::Revocation;
 use signaling::auth::{Role, TokenRequest, DEFAULT_TTL_SECS};
+use signaling::core::Revocation;
 use signaling::ids::{IncidentId, NodeId, Subject};
 
 #[derive(Parser, Debug)]
@@ -203,10 +203,18 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
         }
         CaCommand::Revoke { cert, dir } => {
             if !dir.join(media_server::trunk::ca::CA_CERT).exists() {
-                anyhow::bail!("{} is not a CA directory (no {})", dir.display(), media_server::trunk::ca::CA_CERT);
+                anyhow::bail!(
+                    "{} is not a CA directory (no {})",
+                    dir.display(),
+                    media_server::trunk::ca::CA_CERT
+                );
             }
-            let pem = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
-            let label = cert.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let label = cert
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let (list, fpr) = ProvinceCa::revoke(&dir, &pem, &label)?;
             println!("{}\n{fpr}", list.display());
         }
@@ -215,8 +223,15 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
 }
 
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
-    if !args.data.join(media_server::identity::NODE_ID_FILE).exists() {
-        anyhow::bail!("{} is not a node data directory (no node.id)", args.data.display());
+    if !args
+        .data
+        .join(media_server::identity::NODE_ID_FILE)
+        .exists()
+    {
+        anyhow::bail!(
+            "{} is not a node data directory (no node.id)",
+            args.data.display()
+        );
     }
     let r = match (args.sub, args.jti) {
         (Some(sub), None) => Revocation::Subject {
@@ -290,13 +305,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

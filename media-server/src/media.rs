@@ -84,16 +84,38 @@ pub struct MediaHandle {
 
 impl MediaHandle {
     /// Publishes `stream` for `owner` with a WHIP offer; returns the answer.
-    pub async fn publish(&self, stream: StreamName, owner: Subject, offer: String) -> Result<SessionAnswer, SfuError> {
+    pub async fn publish(
+        &self,
+        stream: StreamName,
+        owner: Subject,
+        offer: String,
+    ) -> Result<SessionAnswer, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Publish { stream, owner, offer, reply }).await?;
+        self.send(Command::Publish {
+            stream,
+            owner,
+            offer,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
     /// Views `stream` with a WHEP offer and a layer preference; returns the answer.
-    pub async fn view(&self, stream: StreamName, offer: String, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
+    pub async fn view(
+        &self,
+        stream: StreamName,
+        offer: String,
+        pref: LayerPref,
+    ) -> Result<SessionAnswer, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::View { stream, offer, pref, reply }).await?;
+        self.send(Command::View {
+            stream,
+            offer,
+            pref,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
@@ -101,9 +123,20 @@ impl MediaHandle {
     /// pulled over the trunks and the answer comes once its first media arrived (at most
     /// [`REMOTE_VIEW_WAIT`]). [`SfuError::NotLive`] if no node publishes it (or this node has no
     /// trunks), [`SfuError::Unavailable`] if no path leads to it now.
-    pub async fn view_remote(&self, addr: ::trunk::StreamAddr, offer: String, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
+    pub async fn view_remote(
+        &self,
+        addr: ::trunk::StreamAddr,
+        offer: String,
+        pref: LayerPref,
+    ) -> Result<SessionAnswer, SfuError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::ViewRemote { addr, offer, pref, reply }).await?;
+        self.send(Command::ViewRemote {
+            addr,
+            offer,
+            pref,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
@@ -132,7 +165,9 @@ const TIMER_GRANULARITY: std::time::Duration = std::time::Duration::from_millis(
 const IDLE_WAKE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts the media task on `socket`. The task ends when every [`MediaHandle`] is dropped.
@@ -163,7 +198,9 @@ impl BatchIo {
     fn new(socket: &UdpSocket) -> io::Result<BatchIo> {
         Ok(BatchIo {
             state: quinn_udp::UdpSocketState::new(socket.into())?,
-            slots: (0..quinn_udp::BATCH_SIZE).map(|_| vec![0u8; SLOT]).collect(),
+            slots: (0..quinn_udp::BATCH_SIZE)
+                .map(|_| vec![0u8; SLOT])
+                .collect(),
             metas: vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE],
             out: VecDeque::new(),
             train: Vec::with_capacity(SLOT),
@@ -179,7 +216,9 @@ impl BatchIo {
             let mut iovs: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
             let (state, metas) = (&self.state, &mut self.metas);
-            match socket.try_io(Interest::READABLE, || state.recv(socket.into(), &mut iovs, metas)) {
+            match socket.try_io(Interest::READABLE, || {
+                state.recv(socket.into(), &mut iovs, metas)
+            }) {
                 Ok(n) => {
                     got = true;
                     let now = Instant::now();
@@ -245,7 +284,9 @@ impl BatchIo {
                 src_ip: None,
             };
             loop {
-                match socket.try_io(Interest::WRITABLE, || self.state.send(socket.into(), &transmit)) {
+                match socket.try_io(Interest::WRITABLE, || {
+                    self.state.send(socket.into(), &transmit)
+                }) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if socket.writable().await.is_err() {
@@ -373,7 +414,9 @@ impl TrunkIo {
             self.handle(sfu, TrunkIn::Event(e));
         }
         for _ in 0..TRUNK_BATCH {
-            let Ok(d) = self.rx.datagrams.try_recv() else { break };
+            let Ok(d) = self.rx.datagrams.try_recv() else {
+                break;
+            };
             self.handle(sfu, TrunkIn::Datagram(d));
         }
     }
@@ -382,7 +425,10 @@ impl TrunkIo {
     /// (or failed, or took too long).
     fn pump(&mut self, sfu: &mut Sfu) {
         let now = Instant::now();
-        if self.rtt_at.is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1)) {
+        if self
+            .rtt_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(1))
+        {
             self.rtt_at = Some(now);
             for (peer, rtt) in self.handle.rtts() {
                 sfu.trunk_rtt(&peer, rtt);
@@ -393,8 +439,12 @@ impl TrunkIo {
             let p = &self.pending[i];
             let (video, audio, since) = sfu.remote_codecs(&p.addr);
             let waited = now.saturating_duration_since(p.since);
-            let flowing = since.map_or(std::time::Duration::ZERO, |t| now.saturating_duration_since(t));
-            let result = if (video && (audio || flowing >= VIDEO_ONLY_AFTER)) || (audio && flowing >= AUDIO_ONLY_AFTER) {
+            let flowing = since.map_or(std::time::Duration::ZERO, |t| {
+                now.saturating_duration_since(t)
+            });
+            let result = if (video && (audio || flowing >= VIDEO_ONLY_AFTER))
+                || (audio && flowing >= AUDIO_ONLY_AFTER)
+            {
                 Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
             } else if let Some(r) = p.failed {
                 Some(Err(match r {
@@ -422,9 +472,17 @@ impl TrunkIo {
                 TrunkRequest::Plane(TrunkOutput::Datagram { to, data }) => {
                     self.handle.send_datagram(&to, data);
                 }
-                TrunkRequest::Plane(TrunkOutput::Control { to, msg }) => self.handle.send_control(to, msg),
-                TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => self.handle.next_path_ready(addr),
-                TrunkRequest::Subscribe { viewer, addr, layers } => self.handle.subscribe(viewer, addr, layers),
+                TrunkRequest::Plane(TrunkOutput::Control { to, msg }) => {
+                    self.handle.send_control(to, msg)
+                }
+                TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => {
+                    self.handle.next_path_ready(addr)
+                }
+                TrunkRequest::Subscribe {
+                    viewer,
+                    addr,
+                    layers,
+                } => self.handle.subscribe(viewer, addr, layers),
                 TrunkRequest::Unsubscribe { viewer, addr } => self.handle.unsubscribe(viewer, addr),
                 TrunkRequest::Keyframe { addr, layer } => self.handle.request_keyframe(addr, layer),
             }
@@ -435,16 +493,31 @@ impl TrunkIo {
 fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
     let now = Instant::now();
     match cmd {
-        Command::Publish { stream, owner, offer, reply } => {
+        Command::Publish {
+            stream,
+            owner,
+            offer,
+            reply,
+        } => {
             let _ = reply.send(sfu.publish(now, stream, owner, &offer, unix_ms()));
         }
-        Command::View { stream, offer, pref, reply } => {
+        Command::View {
+            stream,
+            offer,
+            pref,
+            reply,
+        } => {
             let _ = reply.send(sfu.view(now, &stream, &offer, pref));
         }
         Command::Close { session_id, reply } => {
             let _ = reply.send(sfu.close_session(now, &session_id));
         }
-        Command::ViewRemote { addr, offer, pref, reply } => match trunk.as_mut() {
+        Command::ViewRemote {
+            addr,
+            offer,
+            pref,
+            reply,
+        } => match trunk.as_mut() {
             None => {
                 let _ = reply.send(Err(SfuError::NotLive));
             }
@@ -458,12 +531,25 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             }
             Some(t) => {
                 let peer = sfu.watch_remote(addr.clone());
-                t.pending.push(PendingView { peer, addr, offer, pref, since: now, failed: None, reply });
+                t.pending.push(PendingView {
+                    peer,
+                    addr,
+                    offer,
+                    pref,
+                    since: now,
+                    failed: None,
+                    reply,
+                });
             }
         },
         Command::AttachTrunk { handle, rx } => {
             sfu.enable_trunks(handle.node().clone());
-            *trunk = Some(TrunkIo { handle, rx, pending: Vec::new(), rtt_at: None });
+            *trunk = Some(TrunkIo {
+                handle,
+                rx,
+                pending: Vec::new(),
+                rtt_at: None,
+            });
         }
     }
 }
@@ -471,6 +557,9 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::Interrupted
     )
 }

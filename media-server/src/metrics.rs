@@ -118,37 +118,175 @@ impl Metrics {
         let mut one = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        one("yiwang_peers", "gauge", "Live WebRTC sessions.", get(&self.peers));
-        one("yiwang_publishers", "gauge", "Live publishers.", get(&self.publishers));
-        one("yiwang_viewers", "gauge", "Live viewers.", get(&self.viewers));
-        one("yiwang_packets_in_total", "counter", "UDP datagrams received on the media socket.", get(&self.packets_in));
-        one("yiwang_bytes_in_total", "counter", "UDP payload bytes received on the media socket.", get(&self.bytes_in));
-        one("yiwang_packets_out_total", "counter", "UDP datagrams sent from the media socket.", get(&self.packets_out));
-        one("yiwang_bytes_out_total", "counter", "UDP payload bytes sent from the media socket.", get(&self.bytes_out));
-        one("yiwang_frames_forwarded_total", "counter", "Media frames written to viewers.", get(&self.frames_forwarded));
-        one("yiwang_nacks_in_total", "counter", "NACKs received from viewers.", get(&self.nacks_in));
-        one("yiwang_nacks_out_total", "counter", "NACKs sent to publishers.", get(&self.nacks_out));
-        one("yiwang_keyframe_requests_in_total", "counter", "PLI/FIR received from viewers.", get(&self.keyframe_requests_in));
-        one("yiwang_keyframe_requests_out_total", "counter", "PLI sent to publishers after aggregation.", get(&self.keyframe_requests_out));
-        one("yiwang_session_errors_total", "counter", "WebRTC sessions ended by an error.", get(&self.session_errors));
+        one(
+            "yiwang_peers",
+            "gauge",
+            "Live WebRTC sessions.",
+            get(&self.peers),
+        );
+        one(
+            "yiwang_publishers",
+            "gauge",
+            "Live publishers.",
+            get(&self.publishers),
+        );
+        one(
+            "yiwang_viewers",
+            "gauge",
+            "Live viewers.",
+            get(&self.viewers),
+        );
+        one(
+            "yiwang_packets_in_total",
+            "counter",
+            "UDP datagrams received on the media socket.",
+            get(&self.packets_in),
+        );
+        one(
+            "yiwang_bytes_in_total",
+            "counter",
+            "UDP payload bytes received on the media socket.",
+            get(&self.bytes_in),
+        );
+        one(
+            "yiwang_packets_out_total",
+            "counter",
+            "UDP datagrams sent from the media socket.",
+            get(&self.packets_out),
+        );
+        one(
+            "yiwang_bytes_out_total",
+            "counter",
+            "UDP payload bytes sent from the media socket.",
+            get(&self.bytes_out),
+        );
+        one(
+            "yiwang_frames_forwarded_total",
+            "counter",
+            "Media frames written to viewers.",
+            get(&self.frames_forwarded),
+        );
+        one(
+            "yiwang_nacks_in_total",
+            "counter",
+            "NACKs received from viewers.",
+            get(&self.nacks_in),
+        );
+        one(
+            "yiwang_nacks_out_total",
+            "counter",
+            "NACKs sent to publishers.",
+            get(&self.nacks_out),
+        );
+        one(
+            "yiwang_keyframe_requests_in_total",
+            "counter",
+            "PLI/FIR received from viewers.",
+            get(&self.keyframe_requests_in),
+        );
+        one(
+            "yiwang_keyframe_requests_out_total",
+            "counter",
+            "PLI sent to publishers after aggregation.",
+            get(&self.keyframe_requests_out),
+        );
+        one(
+            "yiwang_session_errors_total",
+            "counter",
+            "WebRTC sessions ended by an error.",
+            get(&self.session_errors),
+        );
         let t = self.trunk.lock().map(|t| t.clone()).unwrap_or_default();
-        one("yiwang_trunk_datagrams_in_total", "counter", "Media datagrams received on trunks.", t.datagrams_in);
-        one("yiwang_trunk_datagrams_out_total", "counter", "Media datagrams sent on trunks.", t.datagrams_out);
-        one("yiwang_trunk_bytes_out_total", "counter", "Bytes of media datagrams sent on trunks.", t.bytes_out);
-        one("yiwang_trunk_frames_in_total", "counter", "Frames of remote streams given to local viewers.", t.frames_in);
-        one("yiwang_trunk_frames_after_loss_total", "counter", "Remote frames delivered after a loss on the way.", t.frames_lost);
-        one("yiwang_trunk_packets_delivered_total", "counter", "Packets of remote streams in frames given to local viewers.", t.packets_delivered);
-        one("yiwang_trunk_packets_given_up_total", "counter", "Packets of remote streams lost for local viewers (not repaired in time).", t.packets_given_up);
-        one("yiwang_trunk_nacks_sent_total", "counter", "NACKs sent on trunks (gaps seen).", t.nacks_sent);
-        one("yiwang_trunk_nacks_repeated_total", "counter", "NACKs asking again for packets still missing.", t.nacks_repeated);
-        one("yiwang_trunk_retransmits_total", "counter", "Trunk packets resent in answer to NACKs.", t.retransmits);
-        one("yiwang_trunk_duplicates_total", "counter", "Trunk packets dropped as already forwarded (path switch).", t.duplicates);
-        one("yiwang_trunk_not_source_total", "counter", "Trunk packets dropped: not from the route's source.", t.not_source);
-        one("yiwang_trunk_unknown_total", "counter", "Trunk datagrams dropped: malformed or of an unknown flow.", t.unknown);
-        let _ = writeln!(s, "# HELP yiwang_drops_total Datagrams or frames dropped, by reason.");
+        one(
+            "yiwang_trunk_datagrams_in_total",
+            "counter",
+            "Media datagrams received on trunks.",
+            t.datagrams_in,
+        );
+        one(
+            "yiwang_trunk_datagrams_out_total",
+            "counter",
+            "Media datagrams sent on trunks.",
+            t.datagrams_out,
+        );
+        one(
+            "yiwang_trunk_bytes_out_total",
+            "counter",
+            "Bytes of media datagrams sent on trunks.",
+            t.bytes_out,
+        );
+        one(
+            "yiwang_trunk_frames_in_total",
+            "counter",
+            "Frames of remote streams given to local viewers.",
+            t.frames_in,
+        );
+        one(
+            "yiwang_trunk_frames_after_loss_total",
+            "counter",
+            "Remote frames delivered after a loss on the way.",
+            t.frames_lost,
+        );
+        one(
+            "yiwang_trunk_packets_delivered_total",
+            "counter",
+            "Packets of remote streams in frames given to local viewers.",
+            t.packets_delivered,
+        );
+        one(
+            "yiwang_trunk_packets_given_up_total",
+            "counter",
+            "Packets of remote streams lost for local viewers (not repaired in time).",
+            t.packets_given_up,
+        );
+        one(
+            "yiwang_trunk_nacks_sent_total",
+            "counter",
+            "NACKs sent on trunks (gaps seen).",
+            t.nacks_sent,
+        );
+        one(
+            "yiwang_trunk_nacks_repeated_total",
+            "counter",
+            "NACKs asking again for packets still missing.",
+            t.nacks_repeated,
+        );
+        one(
+            "yiwang_trunk_retransmits_total",
+            "counter",
+            "Trunk packets resent in answer to NACKs.",
+            t.retransmits,
+        );
+        one(
+            "yiwang_trunk_duplicates_total",
+            "counter",
+            "Trunk packets dropped as already forwarded (path switch).",
+            t.duplicates,
+        );
+        one(
+            "yiwang_trunk_not_source_total",
+            "counter",
+            "Trunk packets dropped: not from the route's source.",
+            t.not_source,
+        );
+        one(
+            "yiwang_trunk_unknown_total",
+            "counter",
+            "Trunk datagrams dropped: malformed or of an unknown flow.",
+            t.unknown,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP yiwang_drops_total Datagrams or frames dropped, by reason."
+        );
         let _ = writeln!(s, "# TYPE yiwang_drops_total counter");
         for r in DropReason::ALL {
-            let _ = writeln!(s, "yiwang_drops_total{{reason=\"{}\"}} {}", r.label(), self.drops(r));
+            let _ = writeln!(
+                s,
+                "yiwang_drops_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.drops(r)
+            );
         }
         s
     }

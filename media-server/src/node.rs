@@ -25,8 +25,8 @@ use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
 use crate::metrics::Metrics;
 use crate::quic;
-use crate::signal::{self, Hub};
 use crate::sfu::Sfu;
+use crate::signal::{self, Hub};
 use crate::streams::LiveStreams;
 
 /// Installs the process-wide crypto providers once: str0m's (aws-lc-rs, for DTLS/SRTP) and
@@ -146,9 +146,12 @@ pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<
         let bytes: [u8; 32] = hex::decode(hexkey.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("auth.trusted_issuers: {hexkey:?} is not 64 hex characters"))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .with_context(|| format!("auth.trusted_issuers: {hexkey:?} is not an Ed25519 public key"))?;
+            .with_context(|| {
+                format!("auth.trusted_issuers: {hexkey:?} is not 64 hex characters")
+            })?;
+        let key = VerifyingKey::from_bytes(&bytes).with_context(|| {
+            format!("auth.trusted_issuers: {hexkey:?} is not an Ed25519 public key")
+        })?;
         v.trust(key);
     }
     if v.keys().is_empty() {
@@ -172,13 +175,28 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let socket = bind_media_socket(config.media.listen)
         .with_context(|| format!("binding media socket {}", config.media.listen))?;
     let media_addr = socket.local_addr()?;
-    let advertised = SocketAddr::new(advertise_ip(media_addr.ip(), config.media.advertise), media_addr.port());
-    let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised, metrics.clone(), live.clone());
+    let advertised = SocketAddr::new(
+        advertise_ip(media_addr.ip(), config.media.advertise),
+        media_addr.port(),
+    );
+    let sfu = Sfu::new(
+        config.sfu.to_sfu_config(),
+        advertised,
+        metrics.clone(),
+        live.clone(),
+    );
     let (media, media_task) = media::spawn(socket, sfu);
 
     let store_path = config.node.data_dir.join(OFFICE_DB);
-    let store = Store::open(&store_path).with_context(|| format!("opening the office store {}", store_path.display()))?;
-    let core = Core::new(CoreConfig::default(), identity.node_id.clone(), (*verifier).clone(), store, signal::now_ms());
+    let store = Store::open(&store_path)
+        .with_context(|| format!("opening the office store {}", store_path.display()))?;
+    let core = Core::new(
+        CoreConfig::default(),
+        identity.node_id.clone(),
+        (*verifier).clone(),
+        store,
+        signal::now_ms(),
+    );
     let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
     let timer_task = tokio::spawn(hub.clone().run_timers());
 
@@ -195,7 +213,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
     let (media_link, media_link_rx) = crate::trunk::shell::media_link();
-    let (trunk, trunk_sync) = match crate::trunk::start_for_node(&config.trunk, identity.node_id.as_str(), live.clone(), Some(media_link)).await? {
+    let (trunk, trunk_sync) = match crate::trunk::start_for_node(
+        &config.trunk,
+        identity.node_id.as_str(),
+        live.clone(),
+        Some(media_link),
+    )
+    .await?
+    {
         Some((handle, sync_task)) => {
             info!(trunk = %handle.local_addr(), "trunk endpoint bound");
             media
@@ -225,7 +250,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let http_addr = listener.local_addr()?;
     let app = http::router(state.clone(), config.http.max_body_bytes);
     let http_task = if config.http.https {
-        let acceptor = crate::tls::acceptor(config.http.tls_cert.as_deref(), config.http.tls_key.as_deref(), &identity)?;
+        let acceptor = crate::tls::acceptor(
+            config.http.tls_cert.as_deref(),
+            config.http.tls_key.as_deref(),
+            &identity,
+        )?;
         let listener = crate::tls::TlsListener::new(listener, acceptor)?;
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

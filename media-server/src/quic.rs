@@ -48,8 +48,14 @@ pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Endpoin
     server.transport_config(Arc::new(transport));
     server.migration(true);
     let socket = bind_socket(addr)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for QUIC"))?;
-    Ok(Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)?)
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime for QUIC"))?;
+    Ok(Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )?)
 }
 
 /// Kernel buffers asked for on the QUIC socket: thousands of sessions' keep-alives and handshakes

@@ -39,17 +39,20 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use signaling::ids::{StreamName, Subject};
-use str0m::change::SdpOffer;
 use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::config::DtlsCert;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
 use crate::codec::{keyframe_dims, VideoCodec};
-use crate::forward::{ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind, ViewError};
+use crate::forward::{
+    ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict,
+    TrackKind, ViewError,
+};
 use crate::metrics::{DropReason, Metrics};
 use crate::streams::{LayerSummary, LiveStreams, StreamInfo};
 use crate::trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
@@ -213,7 +216,11 @@ fn codec_descriptor(p: &PayloadParams) -> Arc<[u8]> {
 
 fn params_of(descriptor: &[u8]) -> Option<PayloadParams> {
     let d: CodecDescriptor = serde_json::from_slice(descriptor).ok()?;
-    Some(PayloadParams::new(d.pt.into(), d.resend.map(Into::into), d.spec))
+    Some(PayloadParams::new(
+        d.pt.into(),
+        d.resend.map(Into::into),
+        d.spec,
+    ))
 }
 
 /// A stream pulled from another node over a trunk, fed to local viewers as if published here
@@ -381,7 +388,12 @@ const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Sfu {
     /// An engine whose sessions advertise `local` as their one ICE candidate.
-    pub fn new(config: SfuConfig, local: SocketAddr, metrics: Arc<Metrics>, live: LiveStreams) -> Self {
+    pub fn new(
+        config: SfuConfig,
+        local: SocketAddr,
+        metrics: Arc<Metrics>,
+        live: LiveStreams,
+    ) -> Self {
         Sfu {
             fwd: Forwarder::new(config.forward.clone()),
             config,
@@ -417,7 +429,10 @@ impl Sfu {
 
     /// Counters of the trunk media plane (zero without trunks).
     pub fn trunk_counters(&self) -> TrunkCounters {
-        self.trunk.as_ref().map(|t| t.counters().clone()).unwrap_or_default()
+        self.trunk
+            .as_ref()
+            .map(|t| t.counters().clone())
+            .unwrap_or_default()
     }
 
     /// The trunk router changed its forwarding of `addr`.
@@ -496,9 +511,9 @@ impl Sfu {
     /// Whether media of the remote stream `addr` arrived yet: video codec known, audio codec
     /// known, and since when frames arrive (`None`: no frame yet).
     pub fn remote_codecs(&self, addr: &::trunk::StreamAddr) -> (bool, bool, Option<Instant>) {
-        self.remote
-            .get(addr)
-            .map_or((false, false, None), |r| (r.video.is_some(), r.audio.is_some(), Some(r.since)))
+        self.remote.get(addr).map_or((false, false, None), |r| {
+            (r.video.is_some(), r.audio.is_some(), Some(r.since))
+        })
     }
 
     /// The next request for the trunk shell.
@@ -523,11 +538,15 @@ impl Sfu {
     fn pump_trunk(&mut self, now: Instant) -> bool {
         let mut progressed = false;
         loop {
-            let Some(t) = self.trunk.as_mut() else { return progressed };
+            let Some(t) = self.trunk.as_mut() else {
+                return progressed;
+            };
             while let Some(o) = t.poll_output() {
                 self.trunk_out.push_back(TrunkRequest::Plane(o));
             }
-            let Some(f) = t.poll_frame() else { return progressed };
+            let Some(f) = t.poll_frame() else {
+                return progressed;
+            };
             progressed = true;
             self.route_remote_frame(now, f);
         }
@@ -546,7 +565,11 @@ impl Sfu {
             let name = StreamName::remote(&node, &stream);
             let peer = self.alloc_peer_id();
             let owner = Subject::parse("trunk").expect("valid subject");
-            if self.fwd.add_publisher(now, name.clone(), owner, peer).is_err() {
+            if self
+                .fwd
+                .add_publisher(now, name.clone(), owner, peer)
+                .is_err()
+            {
                 return;
             }
             self.remote.insert(
@@ -562,7 +585,9 @@ impl Sfu {
                 },
             );
         }
-        let Some(r) = self.remote.get_mut(&addr) else { return };
+        let Some(r) = self.remote.get_mut(&addr) else {
+            return;
+        };
         let (slot, seen) = if f.key.video {
             (&mut r.video, &mut r.video_codec)
         } else {
@@ -574,7 +599,11 @@ impl Sfu {
         }
         let Some(params) = *slot else { return };
         let peer = r.peer;
-        let kind = if f.key.video { TrackKind::Video } else { TrackKind::Audio };
+        let kind = if f.key.video {
+            TrackKind::Video
+        } else {
+            TrackKind::Audio
+        };
         let layer = Layer(f.key.layer.0);
         if f.discontinuity && kind == TrackKind::Video {
             self.fwd.publisher_discontinuity(now, peer, layer);
@@ -608,7 +637,9 @@ impl Sfu {
     fn update_remote_pulls(&mut self, now: Instant) {
         let mut union: HashMap<::trunk::StreamAddr, u8> = HashMap::new();
         for (id, p) in &mut self.peers {
-            let Some(addr) = p.remote.as_ref() else { continue };
+            let Some(addr) = p.remote.as_ref() else {
+                continue;
+            };
             let Some(r) = self.remote.get(addr) else {
                 *union.entry(addr.clone()).or_default() |= p.pulled;
                 continue;
@@ -619,7 +650,9 @@ impl Sfu {
             // The current layer gone quiet (its origin may have paused it): the next lower one
             // is pulled too, ready when the forwarding core gives the quiet one up.
             let fallback = current.filter(|l| {
-                self.fwd.layer_silence(&r.name, *l, now).is_some_and(|s| s >= REMOTE_FALLBACK_AFTER)
+                self.fwd
+                    .layer_silence(&r.name, *l, now)
+                    .is_some_and(|s| s >= REMOTE_FALLBACK_AFTER)
             });
             let fallback = fallback.and_then(|l| {
                 let ranked = self.fwd.layers(&r.name);
@@ -627,7 +660,10 @@ impl Sfu {
                 pos.checked_sub(1).map(|below| ranked[below].layer)
             });
             let mut needed = 0u8;
-            for l in [current, self.fwd.viewer_choice(*id), fallback].into_iter().flatten() {
+            for l in [current, self.fwd.viewer_choice(*id), fallback]
+                .into_iter()
+                .flatten()
+            {
                 needed |= 1u8.checked_shl(u32::from(l.0)).unwrap_or(0);
             }
             if needed == 0 || !sized {
@@ -660,10 +696,19 @@ impl Sfu {
         }
         // Only layers the origin announces as live go on standby (a layer its publisher paused
         // would otherwise be chosen, pulled and found silent over and over).
-        let live: HashMap<String, u8> = self.live.remote_list().into_iter().map(|r| (r.name, r.layer_ids)).collect();
+        let live: HashMap<String, u8> = self
+            .live
+            .remote_list()
+            .into_iter()
+            .map(|r| (r.name, r.layer_ids))
+            .collect();
         for (addr, r) in &self.remote {
             let pulled = union.get(addr).copied().unwrap_or(0);
-            let announced = live.get(&addr.to_string()).copied().filter(|m| *m != 0).unwrap_or(ALL_LAYERS);
+            let announced = live
+                .get(&addr.to_string())
+                .copied()
+                .filter(|m| *m != 0)
+                .unwrap_or(ALL_LAYERS);
             let bit = |l: &Layer| 1u8.checked_shl(u32::from(l.0)).unwrap_or(0);
             let standby: Vec<Layer> = self
                 .fwd
@@ -693,7 +738,8 @@ impl Sfu {
 
     fn base_config(&mut self) -> RtcConfig {
         if self.dtls_cert.is_none() {
-            self.dtls_cert = str0m::crypto::CryptoProvider::get_default().and_then(|p| p.dtls_provider.generate_certificate());
+            self.dtls_cert = str0m::crypto::CryptoProvider::get_default()
+                .and_then(|p| p.dtls_provider.generate_certificate());
         }
         let cfg = match &self.dtls_cert {
             Some(cert) => RtcConfig::new().set_dtls_cert(cert.clone()),
@@ -731,7 +777,8 @@ impl Sfu {
         // Our answer lists codecs in our configuration's order and the publisher sends the first,
         // so configure them in the order the offer prefers them.
         let h264_first = offer_prefers_h264(offer);
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         let mut cfg = self.base_config().clear_codecs();
         {
             let codecs = cfg.codec_config();
@@ -749,14 +796,26 @@ impl Sfu {
             codecs.enable_opus(true, false);
         }
         let peer_id = self.alloc_peer_id();
-        let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Publisher { stream: stream.clone() })?;
+        let (mut peer, sdp) = self.new_peer(
+            now,
+            cfg,
+            offer,
+            PeerRole::Publisher {
+                stream: stream.clone(),
+            },
+        )?;
         self.drain_events_only(peer_id, &mut peer, now);
 
-        let video = peer.video_mid.and_then(|m| negotiated(&peer.rtc, m).into_iter().next());
-        let audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        let video = peer
+            .video_mid
+            .and_then(|m| negotiated(&peer.rtc, m).into_iter().next());
+        let audio = peer
+            .audio_mid
+            .is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
         if video.is_none() && !audio {
             return Err(SfuError::NoUsableMedia(
-                "offer has no media the node can receive (H.264 packetization-mode=1, VP8, Opus)".into(),
+                "offer has no media the node can receive (H.264 packetization-mode=1, VP8, Opus)"
+                    .into(),
             ));
         }
         let video_codec = video.map(|p| p.spec().codec.to_string().to_uppercase());
@@ -784,17 +843,36 @@ impl Sfu {
     ///
     /// The answer offers exactly the codecs the publisher negotiated, so a viewer whose offer
     /// lists VP8 first still gets the publisher's H.264 (no transcoding happens here).
-    pub fn view(&mut self, now: Instant, stream: &StreamName, offer: &str, pref: LayerPref) -> Result<SessionAnswer, SfuError> {
+    pub fn view(
+        &mut self,
+        now: Instant,
+        stream: &StreamName,
+        offer: &str,
+        pref: LayerPref,
+    ) -> Result<SessionAnswer, SfuError> {
         let publisher = self.fwd.publisher_of(stream).ok_or(SfuError::NotLive)?;
         let (video_params, audio_params) = {
             let p = self.peers.get(&publisher).ok_or(SfuError::NotLive)?;
             (
-                p.video_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
-                p.audio_mid.map(|m| negotiated(&p.rtc, m)).unwrap_or_default(),
+                p.video_mid
+                    .map(|m| negotiated(&p.rtc, m))
+                    .unwrap_or_default(),
+                p.audio_mid
+                    .map(|m| negotiated(&p.rtc, m))
+                    .unwrap_or_default(),
             )
         };
         let peer_id = self.alloc_peer_id();
-        self.view_with(now, stream, peer_id, video_params, audio_params, offer, pref, None)
+        self.view_with(
+            now,
+            stream,
+            peer_id,
+            video_params,
+            audio_params,
+            offer,
+            pref,
+            None,
+        )
     }
 
     /// Accepts a WHEP offer for the remote stream `addr`, pulled since [`Sfu::watch_remote`]
@@ -809,8 +887,21 @@ impl Sfu {
         pref: LayerPref,
     ) -> Result<SessionAnswer, SfuError> {
         let r = self.remote.get(addr).ok_or(SfuError::NotLive)?;
-        let (name, video, audio) = (r.name.clone(), r.video.into_iter().collect(), r.audio.into_iter().collect());
-        self.view_with(now, &name, peer_id, video, audio, offer, pref, Some(addr.clone()))
+        let (name, video, audio) = (
+            r.name.clone(),
+            r.video.into_iter().collect(),
+            r.audio.into_iter().collect(),
+        );
+        self.view_with(
+            now,
+            &name,
+            peer_id,
+            video,
+            audio,
+            offer,
+            pref,
+            Some(addr.clone()),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -825,7 +916,8 @@ impl Sfu {
         pref: LayerPref,
         remote: Option<::trunk::StreamAddr>,
     ) -> Result<SessionAnswer, SfuError> {
-        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         // Send-side bandwidth estimation (TWCC) for what we send this viewer drives its
         // `Auto` layer choice.
         let mut cfg = self
@@ -836,12 +928,29 @@ impl Sfu {
             let codecs = cfg.codec_config();
             for p in video_params.iter().chain(audio_params.iter()) {
                 let s = p.spec();
-                codecs.add_config(p.pt(), p.resend(), s.codec, s.clock_rate, s.channels, s.format);
+                codecs.add_config(
+                    p.pt(),
+                    p.resend(),
+                    s.codec,
+                    s.clock_rate,
+                    s.channels,
+                    s.format,
+                );
             }
         }
-        let (mut peer, sdp) = self.new_peer(now, cfg, offer, PeerRole::Viewer { stream: stream.clone() })?;
+        let (mut peer, sdp) = self.new_peer(
+            now,
+            cfg,
+            offer,
+            PeerRole::Viewer {
+                stream: stream.clone(),
+            },
+        )?;
         peer.remote = remote;
-        peer.rtc.bwe().set_bitrate(Bitrate::kbps(0), Bitrate::kbps(self.config.bwe_desired_kbps));
+        peer.rtc.bwe().set_bitrate(
+            Bitrate::kbps(0),
+            Bitrate::kbps(self.config.bwe_desired_kbps),
+        );
         if !self.config.pace_video {
             if let Some(mid) = peer.video_mid {
                 let mut api = peer.rtc.direct_api();
@@ -852,8 +961,12 @@ impl Sfu {
             }
         }
         self.drain_events_only(peer_id, &mut peer, now);
-        let gets_video = peer.video_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
-        let gets_audio = peer.audio_mid.is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        let gets_video = peer
+            .video_mid
+            .is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
+        let gets_audio = peer
+            .audio_mid
+            .is_some_and(|m| !negotiated(&peer.rtc, m).is_empty());
         if !gets_video && !gets_audio {
             let have: Vec<String> = video_params
                 .iter()
@@ -865,9 +978,11 @@ impl Sfu {
                 have.join(", ")
             )));
         }
-        self.fwd.add_viewer(now, stream, peer_id, pref).map_err(|e| match e {
-            ViewError::NotLive | ViewError::DuplicatePeer => SfuError::NotLive,
-        })?;
+        self.fwd
+            .add_viewer(now, stream, peer_id, pref)
+            .map_err(|e| match e {
+                ViewError::NotLive | ViewError::DuplicatePeer => SfuError::NotLive,
+            })?;
         let session_id = peer.session_id.clone();
         self.sessions.insert(session_id.clone(), peer_id);
         self.peers.insert(peer_id, peer);
@@ -891,9 +1006,16 @@ impl Sfu {
         id
     }
 
-    fn new_peer(&mut self, now: Instant, cfg: RtcConfig, offer: SdpOffer, role: PeerRole) -> Result<(Peer, String), SfuError> {
+    fn new_peer(
+        &mut self,
+        now: Instant,
+        cfg: RtcConfig,
+        offer: SdpOffer,
+        role: PeerRole,
+    ) -> Result<(Peer, String), SfuError> {
         let mut rtc = cfg.build(now);
-        let candidate = Candidate::host(self.local, "udp").map_err(|e| SfuError::BadSdp(format!("local candidate: {e}")))?;
+        let candidate = Candidate::host(self.local, "udp")
+            .map_err(|e| SfuError::BadSdp(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
         let answer = rtc
             .sdp_api()
@@ -927,7 +1049,15 @@ impl Sfu {
     /// Drains a peer that is not yet in the table (right after accepting its offer): transmits
     /// are queued, media events recorded; there can be no media yet.
     fn drain_events_only(&mut self, id: PeerId, peer: &mut Peer, now: Instant) {
-        drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
+        drain_peer(
+            id,
+            peer,
+            now,
+            &mut self.transmits,
+            &mut self.inbox,
+            &mut self.fwd,
+            &self.metrics,
+        );
     }
 
     /// A datagram arrived on the media socket from `source`.
@@ -948,7 +1078,12 @@ impl Sfu {
         let id = match known {
             Some(id) => id,
             None => {
-                let Some(id) = self.peers.iter().find(|(_, p)| p.rtc.accepts(&input)).map(|(id, _)| *id) else {
+                let Some(id) = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| p.rtc.accepts(&input))
+                    .map(|(id, _)| *id)
+                else {
                     self.metrics.count_drop(DropReason::UnknownSource);
                     return;
                 };
@@ -976,10 +1111,20 @@ impl Sfu {
         // HOUSEKEEPING_INTERVAL.
         let mut due = std::mem::take(&mut self.due);
         due.clear();
-        due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now + BURST_AHEAD).map(|(id, _)| *id));
+        due.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.next_timeout <= now + BURST_AHEAD)
+                .map(|(id, _)| *id),
+        );
         for &id in &due {
-            let Some(peer) = self.peers.get_mut(&id) else { continue };
-            if let Err(e) = peer.rtc.handle_input(Input::Timeout(peer.next_timeout.max(now))) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            if let Err(e) = peer
+                .rtc
+                .handle_input(Input::Timeout(peer.next_timeout.max(now)))
+            {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
                 Metrics::add(&self.metrics.session_errors, 1);
                 self.close_peer(id, "protocol error");
@@ -990,7 +1135,10 @@ impl Sfu {
         self.due = due;
         self.continue_fanout(now, MAX_FANOUT_SLICE);
         self.fwd.handle_timeout(now);
-        if self.last_housekeeping.is_some_and(|t| now.saturating_duration_since(t) < HOUSEKEEPING_INTERVAL) {
+        if self
+            .last_housekeeping
+            .is_some_and(|t| now.saturating_duration_since(t) < HOUSEKEEPING_INTERVAL)
+        {
             self.after_input(now);
             return;
         }
@@ -1000,8 +1148,10 @@ impl Sfu {
             .iter()
             .filter(|(_, p)| {
                 !p.rtc.is_alive()
-                    || (!p.connected && now.saturating_duration_since(p.created) > self.config.connect_timeout)
-                    || (p.connected && now.saturating_duration_since(p.last_rx) > self.config.idle_timeout)
+                    || (!p.connected
+                        && now.saturating_duration_since(p.created) > self.config.connect_timeout)
+                    || (p.connected
+                        && now.saturating_duration_since(p.last_rx) > self.config.idle_timeout)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1009,13 +1159,18 @@ impl Sfu {
             self.close_peer(id, "closed, idle, or never connected");
         }
         self.update_probing();
-        if self.last_remb.is_none_or(|t| now.saturating_duration_since(t) >= REMB_INTERVAL) {
+        if self
+            .last_remb
+            .is_none_or(|t| now.saturating_duration_since(t) >= REMB_INTERVAL)
+        {
             self.last_remb = Some(now);
             self.send_remb();
             self.publish_layers();
         }
         if !self.remote.is_empty()
-            && self.last_remote_pulls.is_none_or(|t| now.saturating_duration_since(t) >= REMOTE_PULL_TICK)
+            && self
+                .last_remote_pulls
+                .is_none_or(|t| now.saturating_duration_since(t) >= REMOTE_PULL_TICK)
         {
             self.last_remote_pulls = Some(now);
             self.update_remote_pulls(now);
@@ -1065,9 +1220,20 @@ impl Sfu {
     fn send_remb(&mut self) {
         let max = self.config.publisher_max_kbps * 1000;
         for peer in self.peers.values_mut() {
-            let PeerRole::Publisher { stream } = &peer.role else { continue };
-            let Some(mid) = peer.video_mid.filter(|_| peer.rids.len() <= 1 && peer.connected) else { continue };
-            let target = self.fwd.viewer_demand(stream).map_or(max, |d| d.min(max)).max(50_000);
+            let PeerRole::Publisher { stream } = &peer.role else {
+                continue;
+            };
+            let Some(mid) = peer
+                .video_mid
+                .filter(|_| peer.rids.len() <= 1 && peer.connected)
+            else {
+                continue;
+            };
+            let target = self
+                .fwd
+                .viewer_demand(stream)
+                .map_or(max, |d| d.min(max))
+                .max(50_000);
             if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
                 rx.request_remb(Bitrate::bps(target));
             }
@@ -1089,7 +1255,10 @@ impl Sfu {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.next_timeout).min();
         let fanout = self.fanout.pending().then_some(self.fanout.since);
-        [peers, self.fwd.poll_timeout(), fanout].into_iter().flatten().min()
+        [peers, self.fwd.poll_timeout(), fanout]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Polls a session until it has nothing more to do before `now` + [`BURST_AHEAD`].
@@ -1103,8 +1272,18 @@ impl Sfu {
     fn drain(&mut self, id: PeerId, now: Instant) {
         let mut rounds = 0;
         loop {
-            let Some(peer) = self.peers.get_mut(&id) else { return };
-            let alive = drain_peer(id, peer, now, &mut self.transmits, &mut self.inbox, &mut self.fwd, &self.metrics);
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            let alive = drain_peer(
+                id,
+                peer,
+                now,
+                &mut self.transmits,
+                &mut self.inbox,
+                &mut self.fwd,
+                &self.metrics,
+            );
             if !alive {
                 self.close_peer(id, "session closed");
                 return;
@@ -1128,7 +1307,8 @@ impl Sfu {
     fn after_input(&mut self, now: Instant) {
         loop {
             // Swap the inbox with the spare buffer: no allocation per call.
-            let mut inbox = std::mem::replace(&mut self.inbox, std::mem::take(&mut self.spare_inbox));
+            let mut inbox =
+                std::mem::replace(&mut self.inbox, std::mem::take(&mut self.spare_inbox));
             let mut progressed = !inbox.is_empty();
             for (from, data) in inbox.drain(..) {
                 self.route_frame(now, from, &data);
@@ -1146,7 +1326,9 @@ impl Sfu {
                             None => self.request_publisher_keyframe(now, publisher, layer),
                         }
                     }
-                    ForwardOutput::Close { peer } => self.close_peer(peer, "taken over by a newer session"),
+                    ForwardOutput::Close { peer } => {
+                        self.close_peer(peer, "taken over by a newer session")
+                    }
                 }
             }
             progressed |= self.pump_trunk(now);
@@ -1154,7 +1336,11 @@ impl Sfu {
                 break;
             }
         }
-        if self.trunk.is_some() && self.last_trunk_stats.is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_INTERVAL) {
+        if self.trunk.is_some()
+            && self
+                .last_trunk_stats
+                .is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_INTERVAL)
+        {
             self.last_trunk_stats = Some(now);
             if let (Some(t), Ok(mut m)) = (self.trunk.as_ref(), self.metrics.trunk.lock()) {
                 m.clone_from(t.counters());
@@ -1165,7 +1351,9 @@ impl Sfu {
     fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
         // Frames reach every viewer in order: the rest of the previous one goes first.
         self.continue_fanout(now, usize::MAX);
-        let Some(p) = self.peers.get_mut(&from) else { return };
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
         let kind = if Some(data.mid) == p.video_mid {
             TrackKind::Video
         } else if Some(data.mid) == p.audio_mid {
@@ -1229,13 +1417,27 @@ impl Sfu {
 
     /// Routes one frame from publisher `from` (local or remote) to its viewers.
     fn route_media(&mut self, now: Instant, from: PeerId, m: MediaIn) {
-        let MediaIn { kind, layer, keyframe, time, network_time, params, data } = m;
+        let MediaIn {
+            kind,
+            layer,
+            keyframe,
+            time,
+            network_time,
+            params,
+            data,
+        } = m;
         let dims = match (kind, keyframe, params.spec().codec) {
             (TrackKind::Video, true, Codec::Vp8) => keyframe_dims(VideoCodec::Vp8, &data),
             (TrackKind::Video, true, Codec::H264) => keyframe_dims(VideoCodec::H264, &data),
             _ => None,
         };
-        let frame = Frame { kind, layer, keyframe, dims, bytes: data.len() };
+        let frame = Frame {
+            kind,
+            layer,
+            keyframe,
+            dims,
+            bytes: data.len(),
+        };
         let (waiting0, stray0) = {
             let c = self.fwd.counters();
             (c.dropped_waiting_keyframe, c.dropped_not_publisher)
@@ -1243,8 +1445,12 @@ impl Sfu {
         let mut targets = std::mem::take(&mut self.targets);
         self.fwd.route(now, from, &frame, &mut targets);
         let c = self.fwd.counters();
-        self.metrics.count_drops(DropReason::WaitingKeyframe, c.dropped_waiting_keyframe - waiting0);
-        self.metrics.count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
+        self.metrics.count_drops(
+            DropReason::WaitingKeyframe,
+            c.dropped_waiting_keyframe - waiting0,
+        );
+        self.metrics
+            .count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
         if targets.is_empty() {
             self.targets = targets;
             return;
@@ -1276,12 +1482,20 @@ impl Sfu {
         let end = fanout.targets.len().min(fanout.next.saturating_add(max));
         for i in fanout.next..end {
             let viewer = fanout.targets[i];
-            let Some(v) = self.peers.get_mut(&viewer) else { continue };
+            let Some(v) = self.peers.get_mut(&viewer) else {
+                continue;
+            };
             let (mid, time) = match fanout.kind {
-                TrackKind::Video => (v.video_mid, v.video_ts.map(fanout.layer, fanout.time, fanout.network_time)),
+                TrackKind::Video => (
+                    v.video_mid,
+                    v.video_ts
+                        .map(fanout.layer, fanout.time, fanout.network_time),
+                ),
                 TrackKind::Audio => (v.audio_mid, fanout.time),
             };
-            let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else { continue };
+            let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else {
+                continue;
+            };
             let Some(pt) = writer.match_params(params) else {
                 self.metrics.count_drop(DropReason::CodecMismatch);
                 continue;
@@ -1309,7 +1523,9 @@ impl Sfu {
     }
 
     fn close_peer(&mut self, id: PeerId, why: &str) {
-        let Some(mut peer) = self.peers.remove(&id) else { return };
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
         debug!(%id, why, "session closed");
         peer.rtc.disconnect();
         self.sessions.remove(&peer.session_id);
@@ -1389,7 +1605,8 @@ impl TimestampMap {
                 // A switch: continue from the last timestamp sent, advanced by the wall-clock
                 // time since (at least one tick, so timestamps never repeat).
                 let elapsed = wall.saturating_duration_since(last_wall);
-                let ticks = (elapsed.as_micros() as u64 * u64::from(time.denom()) / 1_000_000).max(1);
+                let ticks =
+                    (elapsed.as_micros() as u64 * u64::from(time.denom()) / 1_000_000).max(1);
                 last.wrapping_add(ticks).wrapping_sub(input)
             }
             None => 0,
@@ -1406,7 +1623,13 @@ fn first_mids(sdp: &str) -> (Option<Mid>, Option<Mid>) {
     let mut current: Option<(&str, bool)> = None; // (kind, accepted)
     let mut flush = |kind: Option<(&str, bool)>, mid: Option<&str>| {
         if let (Some((kind, true)), Some(mid)) = (kind, mid) {
-            let slot = if kind == "video" { &mut video } else if kind == "audio" { &mut audio } else { return };
+            let slot = if kind == "video" {
+                &mut video
+            } else if kind == "audio" {
+                &mut audio
+            } else {
+                return;
+            };
             if slot.is_none() {
                 *slot = Some(Mid::from(mid));
             }
@@ -1435,7 +1658,9 @@ fn first_mids(sdp: &str) -> (Option<Mid>, Option<Mid>) {
 
 /// The payload parameters negotiated for `mid`, in the local configuration's order.
 fn negotiated(rtc: &Rtc, mid: Mid) -> Vec<PayloadParams> {
-    let Some(media) = rtc.media(mid) else { return Vec::new() };
+    let Some(media) = rtc.media(mid) else {
+        return Vec::new();
+    };
     let pts = media.remote_pts();
     rtc.codec_config()
         .params()
@@ -1479,14 +1704,18 @@ fn drain_peer(
             }),
             Output::Event(ev) => match ev {
                 Event::IceConnectionStateChange(state) => match state {
-                    IceConnectionState::Connected | IceConnectionState::Completed if !peer.connected => {
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                        if !peer.connected =>
+                    {
                         peer.connected = true;
                         Metrics::add(&metrics.peers, 1);
                     }
                     // Not fatal: an ICE-lite server loses "consent" when a libnice client's
                     // 25 s keepalive comes after str0m's 15 s window, yet media still flows.
                     // Liveness is judged by traffic instead (`SfuConfig::idle_timeout`).
-                    IceConnectionState::Disconnected => debug!(%id, "ICE consent lapsed; waiting for traffic"),
+                    IceConnectionState::Disconnected => {
+                        debug!(%id, "ICE consent lapsed; waiting for traffic")
+                    }
                     _ => {}
                 },
                 Event::MediaAdded(m) => match m.kind {
@@ -1511,12 +1740,16 @@ fn drain_peer(
                 }
                 Event::MediaEgressStats(s) => {
                     let seen = peer.egress_seen.entry(s.mid).or_default();
-                    metrics.nacks_in.fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    metrics
+                        .nacks_in
+                        .fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
                     *seen = s.nacks.max(*seen);
                 }
                 Event::MediaIngressStats(s) => {
                     let seen = peer.ingress_seen.entry(s.mid).or_default();
-                    metrics.nacks_out.fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    metrics
+                        .nacks_out
+                        .fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
                     *seen = s.nacks.max(*seen);
                 }
                 _ => {}
@@ -1568,11 +1801,19 @@ mod tests {
     impl World {
         fn new() -> World {
             crate::node::init_crypto();
-            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
             let now = Instant::now();
             World {
                 now,
-                sfu: Sfu::new(SfuConfig::default(), SFU.parse().unwrap(), Arc::default(), LiveStreams::default()),
+                sfu: Sfu::new(
+                    SfuConfig::default(),
+                    SFU.parse().unwrap(),
+                    Arc::default(),
+                    LiveStreams::default(),
+                ),
                 clients: Vec::new(),
                 loss: 0.0,
                 rng: rand::SeedableRng::seed_from_u64(42),
@@ -1580,7 +1821,11 @@ mod tests {
         }
 
         /// Adds a client whose offer has the given media, returns (index, offer SDP, pending).
-        fn client(&mut self, port: u16, media: &[(MediaKind, Direction)]) -> (usize, String, str0m::change::SdpPendingOffer) {
+        fn client(
+            &mut self,
+            port: u16,
+            media: &[(MediaKind, Direction)],
+        ) -> (usize, String, str0m::change::SdpPendingOffer) {
             self.client_with(port, media, &[])
         }
 
@@ -1624,17 +1869,30 @@ mod tests {
         }
 
         /// A publisher of "cam" (owner off-1) at `port`, connected. Returns its index.
-        fn connected_publisher(&mut self, port: u16, media: &[(MediaKind, Direction)], rids: &[&str]) -> usize {
+        fn connected_publisher(
+            &mut self,
+            port: u16,
+            media: &[(MediaKind, Direction)],
+            rids: &[&str],
+        ) -> usize {
             let (p, offer, pending) = self.client_with(port, media, rids);
             let now = self.now;
-            let answer = self.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+            let answer = self
+                .sfu
+                .publish(now, name("cam"), subj("off-1"), &offer, 0)
+                .unwrap();
             self.accept(p, pending, &answer.sdp);
             self.run_until("publisher connected", |w| w.clients[p].connected);
             p
         }
 
         /// A viewer of "cam" at `port` with `pref`, connected. Returns its index.
-        fn connected_viewer(&mut self, port: u16, media: &[(MediaKind, Direction)], pref: LayerPref) -> usize {
+        fn connected_viewer(
+            &mut self,
+            port: u16,
+            media: &[(MediaKind, Direction)],
+            pref: LayerPref,
+        ) -> usize {
             let (v, offer, pending) = self.client(port, media);
             let now = self.now;
             let answer = self.sfu.view(now, &name("cam"), &offer, pref).unwrap();
@@ -1645,7 +1903,11 @@ mod tests {
 
         fn accept(&mut self, i: usize, pending: str0m::change::SdpPendingOffer, answer: &str) {
             let answer = SdpAnswer::from_sdp_string(answer).unwrap();
-            self.clients[i].rtc.sdp_api().accept_answer(pending, answer).unwrap();
+            self.clients[i]
+                .rtc
+                .sdp_api()
+                .accept_answer(pending, answer)
+                .unwrap();
         }
 
         /// One step of virtual time: drive every client and the SFU, deliver every datagram.
@@ -1663,13 +1925,20 @@ mod tests {
                                 self.sfu.handle_receive(now, c.addr, &t.contents)
                             }
                         }
-                        Output::Event(Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)) => c.connected = true,
-                        Output::Event(Event::MediaData(d)) if d.params.spec().codec == Codec::Opus => c.audio += 1,
+                        Output::Event(Event::IceConnectionStateChange(
+                            IceConnectionState::Connected | IceConnectionState::Completed,
+                        )) => c.connected = true,
+                        Output::Event(Event::MediaData(d))
+                            if d.params.spec().codec == Codec::Opus =>
+                        {
+                            c.audio += 1
+                        }
                         Output::Event(Event::MediaData(d)) => c.video.push(d),
                         Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
-                        Output::Event(Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. })) => {
-                            c.remb.push(estimate.as_u64())
-                        }
+                        Output::Event(Event::EgressBitrateEstimate(BweKind::Remb {
+                            estimate,
+                            ..
+                        })) => c.remb.push(estimate.as_u64()),
                         Output::Event(_) => {}
                     }
                 }
@@ -1686,8 +1955,19 @@ mod tests {
             let mut t = now;
             loop {
                 let sfu_at = self.sfu.poll_timeout().filter(|at| *at > t);
-                let link_at = self.clients.iter().filter_map(|c| c.down_cap.as_ref()?.2.front().map(|(due, _)| *due)).min();
-                let Some(next) = [sfu_at, link_at].into_iter().flatten().min().filter(|at| *at < end) else { break };
+                let link_at = self
+                    .clients
+                    .iter()
+                    .filter_map(|c| c.down_cap.as_ref()?.2.front().map(|(due, _)| *due))
+                    .min();
+                let Some(next) = [sfu_at, link_at]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .filter(|at| *at < end)
+                else {
+                    break;
+                };
                 t = next.max(t);
                 for c in &mut self.clients {
                     while let Some((_, _, queue, queued)) = c.down_cap.as_mut() {
@@ -1714,7 +1994,9 @@ mod tests {
                 if rand::Rng::gen_bool(&mut self.rng, self.loss) {
                     continue;
                 }
-                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) else { continue };
+                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination) else {
+                    continue;
+                };
                 if let Some((bps, free_at, queue, queued)) = c.down_cap.as_mut() {
                     // Serialise at the capped rate behind a 16 KiB buffer (~0.4 s at 300 kbit/s,
                     // a cellular-like bottleneck); tail-drop beyond.
@@ -1722,7 +2004,8 @@ mod tests {
                         continue;
                     }
                     let start = (*free_at).max(now);
-                    *free_at = start + Duration::from_micros(t.contents.len() as u64 * 8 * 1_000_000 / *bps);
+                    *free_at = start
+                        + Duration::from_micros(t.contents.len() as u64 * 8 * 1_000_000 / *bps);
                     *queued += t.contents.len();
                     queue.push_back((*free_at, t.contents));
                     continue;
@@ -1748,42 +2031,109 @@ mod tests {
             let c = &mut self.clients[i];
             let mid = c.video_mid.expect("client has video");
             let w = c.rtc.writer(mid).unwrap();
-            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+            let pt = w
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .unwrap()
+                .pt();
             // VP8 payload header: bit 0 of the first byte is 0 for a keyframe.
-            let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            let mut frame = vec![
+                if keyframe { 0x10 } else { 0x11 },
+                0x02,
+                0x00,
+                0x9d,
+                0x01,
+                0x2a,
+            ];
             frame.extend(std::iter::repeat_n(n as u8, 1500));
-            w.write(pt, now, MediaTime::new(n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+            w.write(
+                pt,
+                now,
+                MediaTime::new(n * 3000, Frequency::NINETY_KHZ),
+                frame,
+            )
+            .unwrap();
         }
 
         /// Writes one VP8 frame of `width`×`height` on simulcast layer `rid`.
         /// `layer` = (rid, width, height, timestamp base).
-        fn write_vp8_layer(&mut self, i: usize, layer: (&str, u16, u16, u64), n: u64, keyframe: bool) {
+        fn write_vp8_layer(
+            &mut self,
+            i: usize,
+            layer: (&str, u16, u16, u64),
+            n: u64,
+            keyframe: bool,
+        ) {
             let (rid, width, height, ts_base) = layer;
             let now = self.now;
             let c = &mut self.clients[i];
             let mid = c.video_mid.expect("client has video");
             let w = c.rtc.writer(mid).unwrap().rid(rid.into());
-            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
-            let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            let pt = w
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .unwrap()
+                .pt();
+            let mut frame = vec![
+                if keyframe { 0x10 } else { 0x11 },
+                0x02,
+                0x00,
+                0x9d,
+                0x01,
+                0x2a,
+            ];
             frame.extend(width.to_le_bytes());
             frame.extend(height.to_le_bytes());
             frame.extend(std::iter::repeat_n(n as u8, usize::from(width) / 4));
-            w.write(pt, now, MediaTime::new(ts_base + n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+            w.write(
+                pt,
+                now,
+                MediaTime::new(ts_base + n * 3000, Frequency::NINETY_KHZ),
+                frame,
+            )
+            .unwrap();
         }
 
         /// Writes frame `n` of each simulcast layer `(rid, width, bytes)` from client `i` (16:9,
         /// each layer's timestamps offset so they differ); keyframes when `keyframe`.
-        fn write_layers(&mut self, i: usize, layers: &[(&str, u16, usize)], n: u64, keyframe: bool) {
+        fn write_layers(
+            &mut self,
+            i: usize,
+            layers: &[(&str, u16, usize)],
+            n: u64,
+            keyframe: bool,
+        ) {
             for (l, (rid, width, size)) in layers.iter().enumerate() {
                 let now = self.now;
                 let c = &mut self.clients[i];
-                let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap().rid((*rid).into());
-                let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
-                let mut frame = vec![if keyframe { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+                let wr = c
+                    .rtc
+                    .writer(c.video_mid.unwrap())
+                    .unwrap()
+                    .rid((*rid).into());
+                let pt = wr
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Vp8)
+                    .unwrap()
+                    .pt();
+                let mut frame = vec![
+                    if keyframe { 0x10 } else { 0x11 },
+                    0x02,
+                    0x00,
+                    0x9d,
+                    0x01,
+                    0x2a,
+                ];
                 frame.extend(width.to_le_bytes());
                 frame.extend((width * 9 / 16).to_le_bytes());
                 frame.resize(size + 10, l as u8);
-                wr.write(pt, now, MediaTime::new(n * 3000 + l as u64 * 1_000_000, Frequency::NINETY_KHZ), frame).unwrap();
+                wr.write(
+                    pt,
+                    now,
+                    MediaTime::new(n * 3000 + l as u64 * 1_000_000, Frequency::NINETY_KHZ),
+                    frame,
+                )
+                .unwrap();
             }
         }
 
@@ -1792,8 +2142,18 @@ mod tests {
             let c = &mut self.clients[i];
             let mid = c.audio_mid.expect("client has audio");
             let w = c.rtc.writer(mid).unwrap();
-            let pt = w.payload_params().find(|p| p.spec().codec == Codec::Opus).unwrap().pt();
-            w.write(pt, now, MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ), vec![0xfc, 1, 2, 3]).unwrap();
+            let pt = w
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .unwrap()
+                .pt();
+            w.write(
+                pt,
+                now,
+                MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ),
+                vec![0xfc, 1, 2, 3],
+            )
+            .unwrap();
         }
     }
 
@@ -1816,10 +2176,16 @@ mod tests {
     #[test]
     fn viewer_gets_publisher_media_starting_at_a_keyframe() {
         let mut w = World::new();
-        let av = [(MediaKind::Video, Direction::SendOnly), (MediaKind::Audio, Direction::SendOnly)];
+        let av = [
+            (MediaKind::Video, Direction::SendOnly),
+            (MediaKind::Audio, Direction::SendOnly),
+        ];
         let (p, offer, pending) = w.client(1000, &av);
         let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        let answer = w
+            .sfu
+            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .unwrap();
         w.accept(p, pending, &answer.sdp);
         w.run_until("publisher connected", |w| w.clients[p].connected);
         assert_eq!(w.sfu.live().list().len(), 1);
@@ -1842,10 +2208,16 @@ mod tests {
         };
         pump(&mut w, 20);
 
-        let rv = [(MediaKind::Video, Direction::RecvOnly), (MediaKind::Audio, Direction::RecvOnly)];
+        let rv = [
+            (MediaKind::Video, Direction::RecvOnly),
+            (MediaKind::Audio, Direction::RecvOnly),
+        ];
         let (v, offer, pending) = w.client(2000, &rv);
         let now = w.now;
-        let answer = w.sfu.view(now, &name("cam"), &offer, LayerPref::Auto).unwrap();
+        let answer = w
+            .sfu
+            .view(now, &name("cam"), &offer, LayerPref::Auto)
+            .unwrap();
         w.accept(v, pending, &answer.sdp);
         for _ in 0..100 {
             pump(&mut w, 1);
@@ -1855,12 +2227,29 @@ mod tests {
         }
         let video = &w.clients[v].video;
         assert!(video.len() >= 60, "viewer got {} frames", video.len());
-        assert!(video[0].is_keyframe(), "the first frame a viewer sees is a keyframe");
-        assert!(video.iter().all(|d| d.contiguous), "no gap after the keyframe");
-        assert!(w.clients[p].keyframe_requests >= 1, "the SFU asked the publisher for a keyframe");
+        assert!(
+            video[0].is_keyframe(),
+            "the first frame a viewer sees is a keyframe"
+        );
+        assert!(
+            video.iter().all(|d| d.contiguous),
+            "no gap after the keyframe"
+        );
+        assert!(
+            w.clients[p].keyframe_requests >= 1,
+            "the SFU asked the publisher for a keyframe"
+        );
         // Fast join: the keyframe came within a few frames of the viewer connecting.
-        assert!(n - 20 - video.len() as u64 <= 10, "{} frames passed before the viewer's first", n - 20 - video.len() as u64);
-        assert!(w.clients[v].audio >= 60, "audio is never held back: {}", w.clients[v].audio);
+        assert!(
+            n - 20 - video.len() as u64 <= 10,
+            "{} frames passed before the viewer's first",
+            n - 20 - video.len() as u64
+        );
+        assert!(
+            w.clients[v].audio >= 60,
+            "audio is never held back: {}",
+            w.clients[v].audio
+        );
         assert!(w.sfu.metrics.drops(DropReason::WaitingKeyframe) >= 1);
         assert_eq!(w.sfu.live().list()[0].viewers, 1);
     }
@@ -1869,7 +2258,11 @@ mod tests {
     fn loss_is_repaired_by_nack_and_rtx_both_ways() {
         let mut w = World::new();
         let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
-        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
+        let v = w.connected_viewer(
+            2000,
+            &[(MediaKind::Video, Direction::RecvOnly)],
+            LayerPref::Auto,
+        );
 
         // 5 % loss on every datagram in both directions, RTCP included, for 150 frames (5 s).
         w.loss = 0.05;
@@ -1889,33 +2282,63 @@ mod tests {
         let video = &w.clients[v].video;
         let late = w.sfu.metrics.drops(DropReason::Late) as usize;
         assert!(video.len() + late <= 150, "no frame delivered twice");
-        assert!(video.len() >= 147, "at least 98 % of frames delivered: {} (+{late} late)", video.len());
+        assert!(
+            video.len() >= 147,
+            "at least 98 % of frames delivered: {} (+{late} late)",
+            video.len()
+        );
         let gaps = video.iter().filter(|d| !d.contiguous).count();
-        assert!(gaps <= 150 - video.len(), "a gap only where a frame could not be repaired: {gaps}");
+        assert!(
+            gaps <= 150 - video.len(),
+            "a gap only where a frame could not be repaired: {gaps}"
+        );
         // The SFU sent them in order: by the sequence numbers it gave them, frames run 0..150.
         // (The test client's own str0m receiver may hand a frame repaired late to the test after
         // the next one; a browser's jitter buffer reorders, so arrival order is not checked.)
-        let mut by_seq: Vec<(u64, u8)> = video.iter().map(|d| (**d.seq_range.start(), d.data[6])).collect();
+        let mut by_seq: Vec<(u64, u8)> = video
+            .iter()
+            .map(|d| (**d.seq_range.start(), d.data[6]))
+            .collect();
         by_seq.sort();
-        assert!(by_seq.windows(2).all(|p| p[0].1 < p[1].1), "sent in order: {by_seq:?}");
+        assert!(
+            by_seq.windows(2).all(|p| p[0].1 < p[1].1),
+            "sent in order: {by_seq:?}"
+        );
         let m = &w.sfu.metrics;
-        assert!(m.nacks_out.load(Ordering::Relaxed) > 0, "the SFU asked the publisher to repair");
-        assert!(m.nacks_in.load(Ordering::Relaxed) > 0, "the viewer asked the SFU to repair");
+        assert!(
+            m.nacks_out.load(Ordering::Relaxed) > 0,
+            "the SFU asked the publisher to repair"
+        );
+        assert!(
+            m.nacks_in.load(Ordering::Relaxed) > 0,
+            "the viewer asked the SFU to repair"
+        );
     }
 
     #[test]
     fn simulcast_viewers_get_their_layer_and_switch_on_keyframes_without_timestamp_jumps() {
         let mut w = World::new();
-        let (p, offer, pending) = w.client_with(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
+        let (p, offer, pending) = w.client_with(
+            1000,
+            &[(MediaKind::Video, Direction::SendOnly)],
+            &["q", "h", "f"],
+        );
         assert!(offer.contains("a=simulcast:send"), "{offer}");
         let now = w.now;
-        let answer = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        let answer = w
+            .sfu
+            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .unwrap();
         assert!(answer.sdp.contains("a=simulcast:recv"), "{}", answer.sdp);
         w.accept(p, pending, &answer.sdp);
         w.run_until("publisher connected", |w| w.clients[p].connected);
 
         // Layers with their own timestamp bases, as real encoders have.
-        let layers = [("q", 320u16, 180u16, 1_000_000u64), ("h", 640, 360, 5_000_000), ("f", 1280, 720, 9_000_000)];
+        let layers = [
+            ("q", 320u16, 180u16, 1_000_000u64),
+            ("h", 640, 360, 5_000_000),
+            ("f", 1280, 720, 9_000_000),
+        ];
         let mut n = 0u64;
         let mut answered = 0usize;
         let mut pump = |w: &mut World, frames: u64| {
@@ -1943,33 +2366,72 @@ mod tests {
         }
         pump(&mut w, 40);
         let widths = |w: &World, v: usize| -> Vec<u32> {
-            w.clients[v].video.iter().filter_map(|d| keyframe_dims(VideoCodec::Vp8, &d.data)).map(|d| d.0).collect()
+            w.clients[v]
+                .video
+                .iter()
+                .filter_map(|d| keyframe_dims(VideoCodec::Vp8, &d.data))
+                .map(|d| d.0)
+                .collect()
         };
         let (low, high) = (viewers[0], viewers[1]);
         assert!(w.clients[low].video.len() >= 30 && w.clients[high].video.len() >= 30);
-        assert_eq!(widths(&w, low).first(), Some(&320), "the low viewer starts on the smallest layer");
-        assert_eq!(widths(&w, high).first(), Some(&1280), "the high viewer on the largest");
-        assert!(w.clients[low].video.iter().all(|d| d.data.len() < 200), "only low-layer frames");
+        assert_eq!(
+            widths(&w, low).first(),
+            Some(&320),
+            "the low viewer starts on the smallest layer"
+        );
+        assert_eq!(
+            widths(&w, high).first(),
+            Some(&1280),
+            "the high viewer on the largest"
+        );
+        assert!(
+            w.clients[low].video.iter().all(|d| d.data.len() < 200),
+            "only low-layer frames"
+        );
 
         // The low viewer asks for high: it moves at the next high keyframe, and its timestamps
         // run on without a jump (90 kHz, 30 fps: 3000 per frame; the switch may differ by the
         // wall-clock time between the two layers' frames).
         // Viewer peer ids are allocated in order: the low viewer's is the smaller.
-        let low_peer = w.sfu.peers.iter().filter(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. })).map(|(id, _)| *id).min().unwrap();
+        let low_peer = w
+            .sfu
+            .peers
+            .iter()
+            .filter(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. }))
+            .map(|(id, _)| *id)
+            .min()
+            .unwrap();
         let now = w.now;
         w.sfu.fwd.set_viewer_pref(now, low_peer, LayerPref::High);
         w.sfu.after_input(now);
         let before = w.clients[low].video.len();
         pump(&mut w, 30);
         let after = &w.clients[low].video[before..];
-        let first_big = after.iter().position(|d| d.data.len() > 200).expect("switched to high");
-        assert!(after[first_big].is_keyframe(), "the switch lands on a keyframe");
-        assert!(first_big <= 3, "switch within a few frames of asking ({first_big})");
+        let first_big = after
+            .iter()
+            .position(|d| d.data.len() > 200)
+            .expect("switched to high");
+        assert!(
+            after[first_big].is_keyframe(),
+            "the switch lands on a keyframe"
+        );
+        assert!(
+            first_big <= 3,
+            "switch within a few frames of asking ({first_big})"
+        );
         assert!(after.iter().all(|d| d.contiguous));
-        let ts: Vec<u64> = w.clients[low].video.iter().map(|d| d.time.numer()).collect();
+        let ts: Vec<u64> = w.clients[low]
+            .video
+            .iter()
+            .map(|d| d.time.numer())
+            .collect();
         for pair in ts.windows(2) {
             let step = pair[1].wrapping_sub(pair[0]);
-            assert!((1..=9000).contains(&step), "timestamps run on across the switch: {pair:?}");
+            assert!(
+                (1..=9000).contains(&step),
+                "timestamps run on across the switch: {pair:?}"
+            );
         }
         assert_eq!(w.sfu.forward_counters().layer_switches, 1);
     }
@@ -1977,13 +2439,31 @@ mod tests {
     #[test]
     fn auto_layer_follows_a_capped_link_down_on_keyframes() {
         let mut w = World::new();
-        let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
-        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
-        let viewer = w.sfu.peers.iter().find(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. })).map(|(id, _)| *id).unwrap();
+        let p = w.connected_publisher(
+            1000,
+            &[(MediaKind::Video, Direction::SendOnly)],
+            &["q", "h", "f"],
+        );
+        let v = w.connected_viewer(
+            2000,
+            &[(MediaKind::Video, Direction::RecvOnly)],
+            LayerPref::Auto,
+        );
+        let viewer = w
+            .sfu
+            .peers
+            .iter()
+            .find(|(_, pe)| matches!(pe.role, PeerRole::Viewer { .. }))
+            .map(|(id, _)| *id)
+            .unwrap();
 
         // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
         let sizes = [("q", 320u16, 625usize), ("h", 640, 2083), ("f", 1280, 5000)];
-        let layer_of = |len: usize| sizes.iter().position(|(_, _, s)| len.abs_diff(*s + 10) < 20);
+        let layer_of = |len: usize| {
+            sizes
+                .iter()
+                .position(|(_, _, s)| len.abs_diff(*s + 10) < 20)
+        };
         let mut n = 0u64;
         let mut answered = 0usize;
         // Runs `secs` of virtual time; returns the layer index of each frame the viewer got, with
@@ -2015,7 +2495,11 @@ mod tests {
         let (open, _) = run(&mut w, 8);
         assert!(!open.is_empty());
         let top = open.last().unwrap().1;
-        assert_eq!(top, Some(2), "on an open link the viewer climbs to the top layer");
+        assert_eq!(
+            top,
+            Some(2),
+            "on an open link the viewer climbs to the top layer"
+        );
 
         // Cap the viewer's downlink at 300 kbit/s: within two seconds the SFU forwards it the low
         // layer (from a keyframe of it). What str0m's pacer already holds of the old layer (the
@@ -2025,9 +2509,20 @@ mod tests {
         w.clients[v].down_cap = Some((300_000, t_cap, VecDeque::new(), 0));
         let (capped, sfu_low) = run(&mut w, 6);
         let sfu_low = sfu_low.expect("the SFU moved the viewer to the low layer");
-        assert!(sfu_low - t_cap <= Duration::from_secs(2), "SFU moved down within 2 s, took {:?}", sfu_low - t_cap);
-        let first_low = capped.iter().find(|(_, l, _)| *l == Some(0)).expect("the viewer got the low layer");
-        assert!(first_low.0 - t_cap <= Duration::from_millis(4500), "low layer at the viewer within 4.5 s, took {:?}", first_low.0 - t_cap);
+        assert!(
+            sfu_low - t_cap <= Duration::from_secs(2),
+            "SFU moved down within 2 s, took {:?}",
+            sfu_low - t_cap
+        );
+        let first_low = capped
+            .iter()
+            .find(|(_, l, _)| *l == Some(0))
+            .expect("the viewer got the low layer");
+        assert!(
+            first_low.0 - t_cap <= Duration::from_millis(4500),
+            "low layer at the viewer within 4.5 s, took {:?}",
+            first_low.0 - t_cap
+        );
         assert_eq!(capped.last().unwrap().1, Some(0), "stays low while capped");
 
         // Lift the cap: padding towards the next layer (see `update_probing`) and str0m's probes
@@ -2035,18 +2530,39 @@ mod tests {
         let t_lift = w.now;
         w.clients[v].down_cap = None;
         let (lifted, _) = run(&mut w, 15);
-        assert!(!lifted.is_empty(), "frames keep flowing after the cap is lifted");
-        let back_up = lifted.iter().find(|(_, l, _)| *l >= Some(1)).expect("climbed back above the low layer");
-        assert!(back_up.0 - t_lift <= Duration::from_secs(15), "back up within 15 s, took {:?}", back_up.0 - t_lift);
-        assert!(lifted.last().unwrap().1 >= Some(1), "stays up on the open link: {:?}", lifted.last().unwrap().1);
+        assert!(
+            !lifted.is_empty(),
+            "frames keep flowing after the cap is lifted"
+        );
+        let back_up = lifted
+            .iter()
+            .find(|(_, l, _)| *l >= Some(1))
+            .expect("climbed back above the low layer");
+        assert!(
+            back_up.0 - t_lift <= Duration::from_secs(15),
+            "back up within 15 s, took {:?}",
+            back_up.0 - t_lift
+        );
+        assert!(
+            lifted.last().unwrap().1 >= Some(1),
+            "stays up on the open link: {:?}",
+            lifted.last().unwrap().1
+        );
         // Every change of layer the viewer saw landed on a keyframe.
         let all: Vec<_> = open.iter().chain(&capped).chain(&lifted).collect();
         for pair in all.windows(2) {
             if pair[0].1 != pair[1].1 {
-                assert!(pair[1].2, "switch {:?} -> {:?} not on a keyframe", pair[0].1, pair[1].1);
+                assert!(
+                    pair[1].2,
+                    "switch {:?} -> {:?} not on a keyframe",
+                    pair[0].1, pair[1].1
+                );
             }
         }
-        assert!(all.iter().all(|(_, l, _)| l.is_some()), "every frame is one of the layers");
+        assert!(
+            all.iter().all(|(_, l, _)| l.is_some()),
+            "every frame is one of the layers"
+        );
     }
 
     fn tn(s: &str) -> ::trunk::NodeName {
@@ -2078,7 +2594,13 @@ mod tests {
             let mut r_prov = ::trunk::Router::new(::trunk::RouterConfig::new(tn("province")));
             r_town.trunk_up(town.now, tn("province"));
             r_prov.trunk_up(town.now, tn("township"));
-            let mut c = Cascade { town, prov, r_town, r_prov, town_layers: 3 };
+            let mut c = Cascade {
+                town,
+                prov,
+                r_town,
+                r_prov,
+                town_layers: 3,
+            };
             c.carry();
             c
         }
@@ -2090,29 +2612,63 @@ mod tests {
                 let mut moved = false;
                 for side in 0..2 {
                     let (me, other, r_me, r_other, name) = if side == 0 {
-                        (&mut self.town, &mut self.prov, &mut self.r_town, &mut self.r_prov, tn("township"))
+                        (
+                            &mut self.town,
+                            &mut self.prov,
+                            &mut self.r_town,
+                            &mut self.r_prov,
+                            tn("township"),
+                        )
                     } else {
-                        (&mut self.prov, &mut self.town, &mut self.r_prov, &mut self.r_town, tn("province"))
+                        (
+                            &mut self.prov,
+                            &mut self.town,
+                            &mut self.r_prov,
+                            &mut self.r_town,
+                            tn("province"),
+                        )
                     };
                     while let Some(req) = me.sfu.poll_trunk() {
                         moved = true;
                         match req {
-                            TrunkRequest::Plane(TrunkOutput::Datagram { data, .. }) => other.sfu.trunk_datagram(now, &name, &data),
-                            TrunkRequest::Plane(TrunkOutput::Control { msg, .. }) => other.sfu.trunk_control(now, &name, msg),
-                            TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => r_me.next_path_ready(now, &addr),
-                            TrunkRequest::Subscribe { viewer, addr, layers } => r_me.subscribe(now, viewer, addr, layers),
-                            TrunkRequest::Unsubscribe { viewer, addr } => r_me.unsubscribe(now, viewer, &addr),
-                            TrunkRequest::Keyframe { addr, layer } => r_me.request_keyframe(now, &addr, layer),
+                            TrunkRequest::Plane(TrunkOutput::Datagram { data, .. }) => {
+                                other.sfu.trunk_datagram(now, &name, &data)
+                            }
+                            TrunkRequest::Plane(TrunkOutput::Control { msg, .. }) => {
+                                other.sfu.trunk_control(now, &name, msg)
+                            }
+                            TrunkRequest::Plane(TrunkOutput::NextPathReady(addr)) => {
+                                r_me.next_path_ready(now, &addr)
+                            }
+                            TrunkRequest::Subscribe {
+                                viewer,
+                                addr,
+                                layers,
+                            } => r_me.subscribe(now, viewer, addr, layers),
+                            TrunkRequest::Unsubscribe { viewer, addr } => {
+                                r_me.unsubscribe(now, viewer, &addr)
+                            }
+                            TrunkRequest::Keyframe { addr, layer } => {
+                                r_me.request_keyframe(now, &addr, layer)
+                            }
                         }
                     }
                     r_me.handle_timeout(now);
                     while let Some(o) = r_me.poll_output() {
                         moved = true;
                         match o {
-                            ::trunk::Output::Send { msg, .. } => r_other.handle_message(now, &name, msg),
-                            ::trunk::Output::Route { addr, route } => me.sfu.trunk_route(now, addr, route),
+                            ::trunk::Output::Send { msg, .. } => {
+                                r_other.handle_message(now, &name, msg)
+                            }
+                            ::trunk::Output::Route { addr, route } => {
+                                me.sfu.trunk_route(now, addr, route)
+                            }
                             ::trunk::Output::PublisherKeyframe { stream, layer } => {
-                                me.sfu.publisher_keyframe(now, &stream.as_str().parse().unwrap(), layer.0)
+                                me.sfu.publisher_keyframe(
+                                    now,
+                                    &stream.as_str().parse().unwrap(),
+                                    layer.0,
+                                )
                             }
                             ::trunk::Output::Viewer { .. } => {}
                         }
@@ -2134,7 +2690,12 @@ mod tests {
         fn to_province(&self, addr: &::trunk::StreamAddr) -> ::trunk::LayerSet {
             self.r_town
                 .route(addr)
-                .and_then(|r| r.outputs.iter().find(|(h, _)| *h == ::trunk::Hop::Trunk(tn("province"))).map(|(_, l)| *l))
+                .and_then(|r| {
+                    r.outputs
+                        .iter()
+                        .find(|(h, _)| *h == ::trunk::Hop::Trunk(tn("province")))
+                        .map(|(_, l)| *l)
+                })
                 .unwrap_or_default()
         }
     }
@@ -2145,14 +2706,26 @@ mod tests {
     #[test]
     fn a_remote_auto_viewer_pulls_only_its_layer_and_still_follows_its_link() {
         let mut c = Cascade::new();
-        let p = c.town.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &["q", "h", "f"]);
-        c.r_town.publish(c.town.now, ::trunk::StreamName::parse("cam").unwrap(), ::trunk::LayerSet(0b111));
+        let p = c.town.connected_publisher(
+            1000,
+            &[(MediaKind::Video, Direction::SendOnly)],
+            &["q", "h", "f"],
+        );
+        c.r_town.publish(
+            c.town.now,
+            ::trunk::StreamName::parse("cam").unwrap(),
+            ::trunk::LayerSet(0b111),
+        );
         c.carry();
         let addr = ::trunk::StreamAddr::parse("township/cam").unwrap();
 
         // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
         let sizes = [("q", 320u16, 625usize), ("h", 640, 2083), ("f", 1280, 5000)];
-        let layer_of = |len: usize| sizes.iter().position(|(_, _, s)| len.abs_diff(*s + 10) < 20);
+        let layer_of = |len: usize| {
+            sizes
+                .iter()
+                .position(|(_, _, s)| len.abs_diff(*s + 10) < 20)
+        };
         let (mut n, mut answered) = (0u64, 0usize);
         // One frame per layer at the township publisher (keyframes when asked), then 33 ms.
         let mut frame = |c: &mut Cascade| {
@@ -2174,11 +2747,24 @@ mod tests {
             }
             frame(&mut c);
         }
-        assert!(c.prov.sfu.remote_codecs(&addr).0, "the remote stream's video reached the province");
-        assert_eq!(c.to_province(&addr), ::trunk::LayerSet(ALL_LAYERS), "every layer is pulled at first");
-        let (v, offer, pending) = c.prov.client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
+        assert!(
+            c.prov.sfu.remote_codecs(&addr).0,
+            "the remote stream's video reached the province"
+        );
+        assert_eq!(
+            c.to_province(&addr),
+            ::trunk::LayerSet(ALL_LAYERS),
+            "every layer is pulled at first"
+        );
+        let (v, offer, pending) = c
+            .prov
+            .client(2000, &[(MediaKind::Video, Direction::RecvOnly)]);
         let now = c.prov.now;
-        let answer = c.prov.sfu.view_remote(now, peer, &addr, &offer, LayerPref::Auto).unwrap();
+        let answer = c
+            .prov
+            .sfu
+            .view_remote(now, peer, &addr, &offer, LayerPref::Auto)
+            .unwrap();
         c.prov.accept(v, pending, &answer.sdp);
         for _ in 0..300 {
             if c.prov.clients[v].connected {
@@ -2196,15 +2782,27 @@ mod tests {
             for _ in 0..secs * 30 {
                 frame(c);
             }
-            c.prov.clients[v].video[before..].iter().map(|d| layer_of(d.data.len())).collect()
+            c.prov.clients[v].video[before..]
+                .iter()
+                .map(|d| layer_of(d.data.len()))
+                .collect()
         };
         let pulled_is_viewers = |c: &Cascade| {
-            let layer = c.prov.sfu.fwd.viewer_layer(peer).map(|l| ::trunk::LayerId(l.0));
+            let layer = c
+                .prov
+                .sfu
+                .fwd
+                .viewer_layer(peer)
+                .map(|l| ::trunk::LayerId(l.0));
             (layer.map(::trunk::LayerSet::single), c.to_province(&addr))
         };
 
         let open = run(&mut c, 8);
-        assert_eq!(open.last().copied().flatten(), Some(2), "on an open link the viewer climbs to the top layer");
+        assert_eq!(
+            open.last().copied().flatten(),
+            Some(2),
+            "on an open link the viewer climbs to the top layer"
+        );
         let (want, got) = pulled_is_viewers(&c);
         assert_eq!(Some(got), want, "only the top layer crosses the trunk");
 
@@ -2212,7 +2810,11 @@ mod tests {
         // province pulls again for it; then only the low layer crosses.
         c.prov.clients[v].down_cap = Some((300_000, c.prov.now, VecDeque::new(), 0));
         let capped = run(&mut c, 10);
-        assert_eq!(capped.last().copied().flatten(), Some(0), "capped, the viewer gets the low layer");
+        assert_eq!(
+            capped.last().copied().flatten(),
+            Some(0),
+            "capped, the viewer gets the low layer"
+        );
         let (want, got) = pulled_is_viewers(&c);
         assert_eq!(Some(got), want, "only the low layer crosses the trunk");
 
@@ -2220,11 +2822,22 @@ mod tests {
         // viewer climbs again; the layer is pulled when chosen.
         c.prov.clients[v].down_cap = None;
         let lifted = run(&mut c, 15);
-        assert!(lifted.last().copied().flatten() >= Some(1), "back above the low layer: {:?}", lifted.last());
+        assert!(
+            lifted.last().copied().flatten() >= Some(1),
+            "back above the low layer: {:?}",
+            lifted.last()
+        );
         let (want, got) = pulled_is_viewers(&c);
-        assert_eq!(Some(got), want, "again only the viewer's layer crosses the trunk");
+        assert_eq!(
+            Some(got),
+            want,
+            "again only the viewer's layer crosses the trunk"
+        );
         let all: Vec<_> = open.iter().chain(&capped).chain(&lifted).collect();
-        assert!(all.iter().all(|l| l.is_some()), "every frame is one of the layers");
+        assert!(
+            all.iter().all(|l| l.is_some()),
+            "every frame is one of the layers"
+        );
 
         // The township's publisher pauses its top layer (its own congestion control), and the
         // trunk catalog announces the two others only: the viewer moves to a layer that flows
@@ -2232,8 +2845,15 @@ mod tests {
         // Layer ids follow the order layers first arrived, not their size: find the top one.
         let name = c.prov.sfu.remote[&addr].name.clone();
         let known = c.prov.sfu.fwd.known_layers(&name);
-        let top = known.iter().max_by_key(|l| l.dims.map(|d| d.0)).map(|l| ::trunk::LayerId(l.layer.0)).unwrap();
-        let others = known.iter().filter(|l| l.layer.0 != top.0).fold(0u8, |m, l| m | 1 << l.layer.0);
+        let top = known
+            .iter()
+            .max_by_key(|l| l.dims.map(|d| d.0))
+            .map(|l| ::trunk::LayerId(l.layer.0))
+            .unwrap();
+        let others = known
+            .iter()
+            .filter(|l| l.layer.0 != top.0)
+            .fold(0u8, |m, l| m | 1 << l.layer.0);
         c.town_layers = 2;
         let remote = crate::streams::RemoteStreamInfo {
             name: "township/cam".into(),
@@ -2250,11 +2870,27 @@ mod tests {
         let paused = run(&mut c, 4);
         // The longest time without a frame: the forwarding core's layer timeout (1.5 s) and a
         // keyframe of the layer moved to, which was already pulled (REMOTE_FALLBACK_AFTER).
-        let times: Vec<Instant> = std::iter::once(t_pause).chain(c.prov.clients[v].video[before..].iter().map(|d| d.network_time)).collect();
-        let gap = times.windows(2).map(|w| w[1].saturating_duration_since(w[0])).max().unwrap_or_default();
-        assert!(gap < crate::forward::LAYER_TIMEOUT + Duration::from_millis(400), "the viewer went {gap:?} without a frame");
+        let times: Vec<Instant> = std::iter::once(t_pause)
+            .chain(
+                c.prov.clients[v].video[before..]
+                    .iter()
+                    .map(|d| d.network_time),
+            )
+            .collect();
+        let gap = times
+            .windows(2)
+            .map(|w| w[1].saturating_duration_since(w[0]))
+            .max()
+            .unwrap_or_default();
+        assert!(
+            gap < crate::forward::LAYER_TIMEOUT + Duration::from_millis(400),
+            "the viewer went {gap:?} without a frame"
+        );
         let now_on = paused.last().copied().flatten();
-        assert!(matches!(now_on, Some(0 | 1)), "the viewer moved to a layer that flows: {now_on:?}");
+        assert!(
+            matches!(now_on, Some(0 | 1)),
+            "the viewer moved to a layer that flows: {now_on:?}"
+        );
         // The top layer, pulled while the viewer was on it, is dropped 2 s after the switch ...
         for _ in 0..4 * 30 {
             if !c.to_province(&addr).contains(top) {
@@ -2262,16 +2898,30 @@ mod tests {
             }
             frame(&mut c);
         }
-        assert!(!c.to_province(&addr).contains(top), "the paused layer is no longer pulled");
+        assert!(
+            !c.to_province(&addr).contains(top),
+            "the paused layer is no longer pulled"
+        );
         // ... and not pulled again.
         let mut pulled_top = 0;
         for _ in 0..8 * 30 {
             frame(&mut c);
             pulled_top += usize::from(c.to_province(&addr).contains(top));
         }
-        assert_eq!(pulled_top, 0, "a layer the origin does not announce is not pulled again");
-        let on = c.prov.sfu.fwd.viewer_layer(peer).map(|l| ::trunk::LayerId(l.0));
-        assert!(on.is_some_and(|l| l != top && c.to_province(&addr).contains(l)), "the viewer's layer {on:?} flows");
+        assert_eq!(
+            pulled_top, 0,
+            "a layer the origin does not announce is not pulled again"
+        );
+        let on = c
+            .prov
+            .sfu
+            .fwd
+            .viewer_layer(peer)
+            .map(|l| ::trunk::LayerId(l.0));
+        assert!(
+            on.is_some_and(|l| l != top && c.to_province(&addr).contains(l)),
+            "the viewer's layer {on:?} flows"
+        );
     }
 
     #[test]
@@ -2280,7 +2930,13 @@ mod tests {
         let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
         // Enough viewers for a frame to be written in three slices.
         let viewers: Vec<usize> = (0..2 * MAX_FANOUT_SLICE + 3)
-            .map(|i| w.connected_viewer(2000 + i as u16, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto))
+            .map(|i| {
+                w.connected_viewer(
+                    2000 + i as u16,
+                    &[(MediaKind::Video, Direction::RecvOnly)],
+                    LayerPref::Auto,
+                )
+            })
             .collect();
         // Frames of one and of several packets, some written back to back so a frame arrives
         // while the previous one is still being written to its viewers.
@@ -2295,11 +2951,18 @@ mod tests {
         for _ in 0..100 {
             w.step();
         }
-        assert_eq!(w.sfu.metrics.frames_forwarded.load(Ordering::Relaxed), 40 * viewers.len() as u64);
+        assert_eq!(
+            w.sfu.metrics.frames_forwarded.load(Ordering::Relaxed),
+            40 * viewers.len() as u64
+        );
         for &v in &viewers {
             let video = &w.clients[v].video;
             let frames: Vec<u8> = video.iter().map(|d| d.data[6]).collect();
-            assert_eq!(frames, (0..40u8).collect::<Vec<_>>(), "viewer {v} got every frame, in order");
+            assert_eq!(
+                frames,
+                (0..40u8).collect::<Vec<_>>(),
+                "viewer {v} got every frame, in order"
+            );
             assert!(video.iter().all(|d| d.contiguous));
         }
         assert!(!w.sfu.fanout.pending());
@@ -2310,8 +2973,16 @@ mod tests {
         let mut w = World::new();
         let p = w.connected_publisher(1000, &[(MediaKind::Video, Direction::SendOnly)], &[]);
         w.run_until("a first REMB", |w| !w.clients[p].remb.is_empty());
-        assert_eq!(w.clients[p].remb.last(), Some(&2_500_000), "no viewer yet: the configured most");
-        let v = w.connected_viewer(2000, &[(MediaKind::Video, Direction::RecvOnly)], LayerPref::Auto);
+        assert_eq!(
+            w.clients[p].remb.last(),
+            Some(&2_500_000),
+            "no viewer yet: the configured most"
+        );
+        let v = w.connected_viewer(
+            2000,
+            &[(MediaKind::Video, Direction::RecvOnly)],
+            LayerPref::Auto,
+        );
         let now = w.now;
         w.clients[v].down_cap = Some((300_000, now, VecDeque::new(), 0));
         // A 1.2 Mbit/s encoder that does not adapt: the viewer's estimate falls to its cap and
@@ -2320,16 +2991,40 @@ mod tests {
             let now = w.now;
             let c = &mut w.clients[p];
             let wr = c.rtc.writer(c.video_mid.unwrap()).unwrap();
-            let pt = wr.payload_params().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
-            let mut frame = vec![if n % 60 == 0 { 0x10 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+            let pt = wr
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .unwrap()
+                .pt();
+            let mut frame = vec![
+                if n % 60 == 0 { 0x10 } else { 0x11 },
+                0x02,
+                0x00,
+                0x9d,
+                0x01,
+                0x2a,
+                0x80,
+                0x02,
+                0x68,
+                0x01,
+            ];
             frame.resize(5000, n as u8);
-            wr.write(pt, now, MediaTime::new(n * 3000, Frequency::NINETY_KHZ), frame).unwrap();
+            wr.write(
+                pt,
+                now,
+                MediaTime::new(n * 3000, Frequency::NINETY_KHZ),
+                frame,
+            )
+            .unwrap();
             for _ in 0..6 {
                 w.step();
             }
         }
         let last = *w.clients[p].remb.last().unwrap();
-        assert!(last < 600_000, "the publisher's target follows its capped viewer: {last}");
+        assert!(
+            last < 600_000,
+            "the publisher's target follows its capped viewer: {last}"
+        );
         assert!(last >= 50_000);
     }
 
@@ -2344,16 +3039,36 @@ mod tests {
             w.sfu.publish(now, name("cam"), subj("off-2"), &offer2, 0),
             Err(SfuError::Conflict { holder }) if holder.as_str() == "off-1"
         ));
-        assert!(matches!(w.sfu.view(now, &name("nope"), &offer2, LayerPref::Auto), Err(SfuError::NotLive)));
-        assert!(matches!(w.sfu.publish(now, name("x"), subj("x"), "v=0\r\ngarbage", 0), Err(SfuError::BadSdp(_))));
+        assert!(matches!(
+            w.sfu.view(now, &name("nope"), &offer2, LayerPref::Auto),
+            Err(SfuError::NotLive)
+        ));
+        assert!(matches!(
+            w.sfu
+                .publish(now, name("x"), subj("x"), "v=0\r\ngarbage", 0),
+            Err(SfuError::BadSdp(_))
+        ));
 
         let peers_before = w.sfu.peer_count();
-        let junk: [&[u8]; 4] = [&[], &[0xff; 3], &[0x00, 0x01, 0x00, 0x50], &[0x16, 0xfe, 0xfd, 0, 0]];
+        let junk: [&[u8]; 4] = [
+            &[],
+            &[0xff; 3],
+            &[0x00, 0x01, 0x00, 0x50],
+            &[0x16, 0xfe, 0xfd, 0, 0],
+        ];
         for j in junk {
             w.sfu.handle_receive(now, "10.9.9.9:9".parse().unwrap(), j);
         }
-        assert_eq!(w.sfu.peer_count(), peers_before, "no session harmed by junk");
-        assert!(w.sfu.metrics.drops(DropReason::Malformed) + w.sfu.metrics.drops(DropReason::UnknownSource) >= 4);
+        assert_eq!(
+            w.sfu.peer_count(),
+            peers_before,
+            "no session harmed by junk"
+        );
+        assert!(
+            w.sfu.metrics.drops(DropReason::Malformed)
+                + w.sfu.metrics.drops(DropReason::UnknownSource)
+                >= 4
+        );
         // The publisher keeps working.
         w.write_vp8(p, 0, true);
         w.step();
@@ -2365,16 +3080,25 @@ mod tests {
         let mut w = World::new();
         let (p1, offer, pending) = w.client(1000, &[(MediaKind::Video, Direction::SendOnly)]);
         let now = w.now;
-        let a = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        let a = w
+            .sfu
+            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .unwrap();
         w.accept(p1, pending, &a.sdp);
         w.run_until("first publisher connected", |w| w.clients[p1].connected);
         let (p2, offer, pending) = w.client(1001, &[(MediaKind::Video, Direction::SendOnly)]);
         let now = w.now;
-        let b = w.sfu.publish(now, name("cam"), subj("off-1"), &offer, 0).unwrap();
+        let b = w
+            .sfu
+            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .unwrap();
         w.accept(p2, pending, &b.sdp);
         w.run_until("second publisher connected", |w| w.clients[p2].connected);
         assert_eq!(w.sfu.peer_count(), 1, "the displaced session is gone");
-        assert!(matches!(w.sfu.close_session(w.now, &a.session_id), Err(SfuError::NoSession)));
+        assert!(matches!(
+            w.sfu.close_session(w.now, &a.session_id),
+            Err(SfuError::NoSession)
+        ));
         w.sfu.close_session(w.now, &b.session_id).unwrap();
         assert!(w.sfu.live().list().is_empty());
     }

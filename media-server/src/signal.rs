@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::{json, Value};
 use signaling::core::{ConnId, Core, MediaOp, Output, Revocation};
-use signaling::proto::{encode, encode_frame, ErrorCode, FrameDecoder, ProtoError, ServerMsg, StreamKind, MAX_FRAME};
+use signaling::proto::{
+    encode, encode_frame, ErrorCode, FrameDecoder, ProtoError, ServerMsg, StreamKind, MAX_FRAME,
+};
 use signaling::Role;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -53,7 +55,11 @@ enum Outbound {
 }
 
 /// A connection's outbound queue and its "given up: too slow" flag.
-type ConnTx = (mpsc::Sender<Outbound>, mpsc::Sender<Outbound>, Arc<AtomicBool>);
+type ConnTx = (
+    mpsc::Sender<Outbound>,
+    mpsc::Sender<Outbound>,
+    Arc<AtomicBool>,
+);
 
 /// A connection's outbound queues as its writer sees them: urgent messages (SOS) first.
 struct Outq {
@@ -74,7 +80,9 @@ impl Outq {
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The append-only revocation file.
@@ -105,7 +113,9 @@ impl RevocationFile {
     /// Revocations added since the last call (all of them the first time). A malformed line is
     /// logged and skipped; a partly written last line is left for the next call.
     pub fn read_new(&mut self) -> Vec<Revocation> {
-        let Ok(meta) = fs::metadata(&self.path) else { return Vec::new() };
+        let Ok(meta) = fs::metadata(&self.path) else {
+            return Vec::new();
+        };
         if meta.len() < self.read_upto {
             self.read_upto = 0; // replaced by a shorter file: read it again
         }
@@ -130,7 +140,9 @@ impl RevocationFile {
             }
             match serde_json::from_slice::<Revocation>(line) {
                 Ok(r) => out.push(r),
-                Err(e) => warn!(path = %self.path.display(), error = %e, "skipping a malformed revocation line"),
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "skipping a malformed revocation line")
+                }
             }
         }
         out
@@ -189,7 +201,9 @@ impl Hub {
             let mut later = Vec::new();
             while let Some(o) = core.poll_output() {
                 match o {
-                    Output::Send { .. } | Output::Urgent { .. } | Output::Close { .. } => self.dispatch(o),
+                    Output::Send { .. } | Output::Urgent { .. } | Output::Close { .. } => {
+                        self.dispatch(o)
+                    }
                     other => later.push(other),
                 }
             }
@@ -208,13 +222,19 @@ impl Hub {
         let (tx, normal) = mpsc::channel(OUTBOUND_QUEUE);
         let (utx, urgent) = mpsc::channel(OUTBOUND_QUEUE);
         let slow = Arc::new(AtomicBool::new(false));
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (tx, utx, slow.clone()));
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, (tx, utx, slow.clone()));
         self.with_core(|c| c.open(now_ms(), id));
         (id, Outq { urgent, normal }, slow)
     }
 
     fn closed(self: &Arc<Self>, conn: ConnId) {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&conn);
         self.with_core(|c| c.closed(now_ms(), conn));
     }
 
@@ -224,7 +244,9 @@ impl Hub {
 
     fn queue(&self, conn: ConnId, out: Outbound, urgent: bool) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((tx, utx, slow)) = conns.get(&conn) else { return };
+        let Some((tx, utx, slow)) = conns.get(&conn) else {
+            return;
+        };
         let tx = if urgent { utx } else { tx };
         if tx.try_send(out).is_err() {
             // Too slow: dropping the sender makes its writer close the transport.
@@ -242,8 +264,15 @@ impl Hub {
         match o {
             Output::Send { conn, msg } => self.send_msg(conn, &msg),
             Output::Urgent { conn, msg } => self.queue(conn, Outbound::Text(encode(&msg)), true),
-            Output::Close { conn, code, reason } => self.to_conn(conn, Outbound::Close { code, reason }),
-            Output::Media { conn, session, re, op } => {
+            Output::Close { conn, code, reason } => {
+                self.to_conn(conn, Outbound::Close { code, reason })
+            }
+            Output::Media {
+                conn,
+                session,
+                re,
+                op,
+            } => {
                 let hub = self.clone();
                 tokio::spawn(async move {
                     let msg = match hub.media_op(&session, op).await {
@@ -254,7 +283,12 @@ impl Hub {
                 });
             }
             Output::Revoked(r) => {
-                let path = self.revocations.lock().unwrap_or_else(|e| e.into_inner()).path().to_owned();
+                let path = self
+                    .revocations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .path()
+                    .to_owned();
                 if let Err(e) = RevocationFile::append(&path, &r) {
                     warn!(error = %e, "cannot persist a revocation (applied in memory only)");
                 }
@@ -278,7 +312,11 @@ impl Hub {
         }
     }
 
-    async fn media_op(self: &Arc<Self>, session: &str, op: MediaOp) -> Result<Value, (ErrorCode, String)> {
+    async fn media_op(
+        self: &Arc<Self>,
+        session: &str,
+        op: MediaOp,
+    ) -> Result<Value, (ErrorCode, String)> {
         let sfu_err = |e: SfuError| {
             let code = match e {
                 SfuError::BadSdp(_) | SfuError::NoUsableMedia(_) => ErrorCode::BadRequest,
@@ -289,25 +327,52 @@ impl Hub {
             (code, e.to_string())
         };
         match op {
-            MediaOp::Publish { stream, owner, kind, sdp } => {
-                let a = self.media.publish(stream.clone(), owner.clone(), sdp).await.map_err(sfu_err)?;
+            MediaOp::Publish {
+                stream,
+                owner,
+                kind,
+                sdp,
+            } => {
+                let a = self
+                    .media
+                    .publish(stream.clone(), owner.clone(), sdp)
+                    .await
+                    .map_err(sfu_err)?;
                 self.track(session, &a.session_id);
-                self.kinds.lock().unwrap_or_else(|e| e.into_inner()).insert(stream.to_string(), (owner, kind));
+                self.kinds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(stream.to_string(), (owner, kind));
                 self.with_core(|c| c.note_published(now_ms(), session, &stream, kind));
                 Ok(json!({"media": a.session_id, "sdp": a.sdp, "stream": stream}))
             }
-            MediaOp::Subscribe { stream, layer, max_height, sdp } => {
+            MediaOp::Subscribe {
+                stream,
+                layer,
+                max_height,
+                sdp,
+            } => {
                 let pref = match (layer, max_height) {
-                    (Some(_), Some(_)) => return Err((ErrorCode::BadRequest, "give layer or maxHeight, not both".into())),
-                    (Some(l), None) => l.parse::<LayerPref>().map_err(|m| (ErrorCode::BadRequest, m))?,
-                    (None, Some(0)) => return Err((ErrorCode::BadRequest, "maxHeight must be positive".into())),
+                    (Some(_), Some(_)) => {
+                        return Err((
+                            ErrorCode::BadRequest,
+                            "give layer or maxHeight, not both".into(),
+                        ))
+                    }
+                    (Some(l), None) => l
+                        .parse::<LayerPref>()
+                        .map_err(|m| (ErrorCode::BadRequest, m))?,
+                    (None, Some(0)) => {
+                        return Err((ErrorCode::BadRequest, "maxHeight must be positive".into()))
+                    }
                     (None, Some(h)) => LayerPref::MaxHeight(h),
                     (None, None) => LayerPref::Auto,
                 };
                 let a = match stream.split_remote() {
                     // `NODE/STREAM`: pulled over the trunks (this node's own name included).
                     Some(_) => {
-                        let addr = trunk::StreamAddr::parse(stream.as_str()).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+                        let addr = trunk::StreamAddr::parse(stream.as_str())
+                            .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
                         self.media.view_remote(addr, sdp, pref).await
                     }
                     None => self.media.view(stream.clone(), sdp, pref).await,
@@ -325,14 +390,21 @@ impl Hub {
                     .and_then(|v| v.iter().position(|m| *m == media).map(|i| v.remove(i)))
                     .is_some();
                 if !owned {
-                    return Err((ErrorCode::NotFound, format!("no media session {media} of this session")));
+                    return Err((
+                        ErrorCode::NotFound,
+                        format!("no media session {media} of this session"),
+                    ));
                 }
                 self.media.close(media).await.map_err(sfu_err)?;
                 Ok(Value::Null)
             }
             // Streams at other nodes have no owner here: listed for callers who see every stream.
             MediaOp::Catalog { owners, all } => {
-                let remote = if all { self.live.remote_list() } else { Vec::new() };
+                let remote = if all {
+                    self.live.remote_list()
+                } else {
+                    Vec::new()
+                };
                 Ok(json!({"streams": self.catalog(&owners, all), "remote": remote}))
             }
         }
@@ -356,7 +428,10 @@ impl Hub {
             .filter(|s| all || owners.contains_key(&s.owner))
             .map(|s| {
                 let role = owners.get(&s.owner).copied();
-                let declared = kinds.get(s.name.as_str()).filter(|(o, _)| *o == s.owner).map(|(_, k)| *k);
+                let declared = kinds
+                    .get(s.name.as_str())
+                    .filter(|(o, _)| *o == s.owner)
+                    .map(|(_, k)| *k);
                 let kind = declared.unwrap_or(match role {
                     Some(Role::Device) => StreamKind::Fixed,
                     _ => StreamKind::Camera,
@@ -373,7 +448,11 @@ impl Hub {
 
     /// Applies revocations appended to the file since the last check.
     pub fn poll_revocations(self: &Arc<Self>) {
-        let new = self.revocations.lock().unwrap_or_else(|e| e.into_inner()).read_new();
+        let new = self
+            .revocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_new();
         if !new.is_empty() {
             self.with_core(|c| {
                 for r in &new {
@@ -520,7 +599,13 @@ impl Hub {
                 Ok(Some(Err(_))) | Ok(None) => break,
                 Err(_) => {
                     debug!(conn = id, "WebSocket idle; closing");
-                    self.to_conn(id, Outbound::Close { code: ErrorCode::Idle, reason: "no traffic for 10 s".into() });
+                    self.to_conn(
+                        id,
+                        Outbound::Close {
+                            code: ErrorCode::Idle,
+                            reason: "no traffic for 10 s".into(),
+                        },
+                    );
                     break;
                 }
             };
@@ -530,7 +615,10 @@ impl Hub {
                         let e = ProtoError::new(
                             None,
                             ErrorCode::TooLarge,
-                            format!("message of {} bytes exceeds the {MAX_FRAME}-byte limit", t.len()),
+                            format!(
+                                "message of {} bytes exceeds the {MAX_FRAME}-byte limit",
+                                t.len()
+                            ),
                         );
                         self.with_core(|c| c.frame_error(id, e));
                         break;
@@ -538,7 +626,11 @@ impl Hub {
                     self.with_core(|c| c.frame(now_ms(), id, t.as_bytes()));
                 }
                 Message::Binary(_) => {
-                    let e = ProtoError::new(None, ErrorCode::BadRequest, "send messages as text frames");
+                    let e = ProtoError::new(
+                        None,
+                        ErrorCode::BadRequest,
+                        "send messages as text frames",
+                    );
                     self.with_core(|c| c.frame_error(id, e));
                     break;
                 }

@@ -52,7 +52,9 @@ pub struct LayerSummary {
 /// The trunk layer set announcing `layers` (the live ones' ids); a stream with no video layer
 /// yet (audio only, or video not arrived) announces layer 0.
 pub fn announced_layers(layers: &[LayerSummary]) -> ::trunk::LayerSet {
-    let mask = layers.iter().fold(0u8, |m, l| m | 1u8.checked_shl(u32::from(l.id)).unwrap_or(0));
+    let mask = layers.iter().fold(0u8, |m, l| {
+        m | 1u8.checked_shl(u32::from(l.id)).unwrap_or(0)
+    });
     if mask == 0 {
         ::trunk::LayerSet::first(1)
     } else {
@@ -93,7 +95,10 @@ impl LiveStreams {
     /// Streams published at other nodes that the trunk catalog reaches, ordered by name
     /// (empty without trunks; refreshed every 500 ms).
     pub fn remote_list(&self) -> Vec<RemoteStreamInfo> {
-        self.remote.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_remote(&self, mut list: Vec<RemoteStreamInfo>) {
@@ -152,15 +157,28 @@ mod tests {
     use super::*;
 
     fn layer(rank: usize, id: u8) -> LayerSummary {
-        LayerSummary { rank, width: None, height: None, kbps: 100, id }
+        LayerSummary {
+            rank,
+            width: None,
+            height: None,
+            kbps: 100,
+            id,
+        }
     }
 
     #[test]
     fn trunks_announce_the_ids_of_the_live_layers() {
         // Simulcast ids 0..=2 with the top one (id 1 here: ids follow RID order, not size) paused.
-        assert_eq!(announced_layers(&[layer(0, 2), layer(1, 0)]), ::trunk::LayerSet(0b101));
+        assert_eq!(
+            announced_layers(&[layer(0, 2), layer(1, 0)]),
+            ::trunk::LayerSet(0b101)
+        );
         assert_eq!(announced_layers(&[layer(0, 0)]), ::trunk::LayerSet(0b1));
-        assert_eq!(announced_layers(&[]), ::trunk::LayerSet(0b1), "no video yet: layer 0");
+        assert_eq!(
+            announced_layers(&[]),
+            ::trunk::LayerSet(0b1),
+            "no video yet: layer 0"
+        );
         let json = serde_json::to_value(layer(0, 2)).unwrap();
         assert!(json.get("id").is_none(), "the id stays internal: {json}");
     }

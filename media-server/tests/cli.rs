@@ -31,7 +31,10 @@ fn ready_line(child: &mut Child, within: Duration) -> String {
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         .expect("a line on stdout in time");
     // Nothing else is printed on stdout by a running node.
-    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "exactly one line on stdout");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "exactly one line on stdout"
+    );
     line
 }
 
@@ -51,7 +54,16 @@ fn node_prints_one_ready_line_and_serves() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let mut child = Command::new(BIN)
-        .args(["--data", data, "--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .args([
+            "--data",
+            data,
+            "--http",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -66,13 +78,26 @@ fn node_prints_one_ready_line_and_serves() {
     let http = addr_of(&line, "http");
 
     // Token minted by the CLI for the running node's data dir is accepted by it.
-    let out = run(&["token", "--data", data, "--sub", "wall-1", "--role", "viewer", "--ttl", "600"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "token", "--data", data, "--sub", "wall-1", "--role", "viewer", "--ttl", "600",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim_end_matches('\n');
-    assert_eq!(token.split('.').count(), 3, "only the token on stdout: {token:?}");
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "only the token on stdout: {token:?}"
+    );
     let claims = signaling::auth::decode_unverified(token).unwrap();
-    assert_eq!((claims.sub.as_str(), claims.role.as_str()), ("wall-1", "viewer"));
+    assert_eq!(
+        (claims.sub.as_str(), claims.role.as_str()),
+        ("wall-1", "viewer")
+    );
     assert_eq!(claims.exp - claims.iat, 600);
     assert_eq!(claims.fpr.len(), 64);
 
@@ -80,8 +105,14 @@ fn node_prints_one_ready_line_and_serves() {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let status = resp[9..12].parse().unwrap();
@@ -97,7 +128,11 @@ fn node_prints_one_ready_line_and_serves() {
 
     // `revoke` on the data dir: the running node refuses the token within a second or so.
     let out = run(&["revoke", "--data", data, "--sub", "wall-1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(line.starts_with("{\"sub\":\"wall-1\",\"at\":"), "{line}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -107,7 +142,10 @@ fn node_prints_one_ready_line_and_serves() {
             assert!(body.contains("revoked"), "{body}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "revocation not applied: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revocation not applied: {status}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(node);
@@ -117,12 +155,27 @@ fn node_prints_one_ready_line_and_serves() {
 fn print_config_reflects_file_and_flags() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
-    std::fs::write(&cfg, "[node]\nid = \"county-7\"\n[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-    let out = run(&["--config", cfg.to_str().unwrap(), "--http", "127.0.0.1:9100", "--advertise", "10.1.2.3", "--print-config"]);
+    std::fs::write(
+        &cfg,
+        "[node]\nid = \"county-7\"\n[http]\nlisten = \"127.0.0.1:9000\"\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:9100",
+        "--advertise",
+        "10.1.2.3",
+        "--print-config",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("id = \"county-7\""), "{text}");
-    assert!(text.contains("listen = \"127.0.0.1:9100\""), "flag overrides file: {text}");
+    assert!(
+        text.contains("listen = \"127.0.0.1:9100\""),
+        "flag overrides file: {text}"
+    );
     assert!(text.contains("advertise = \"10.1.2.3\""), "{text}");
 
     std::fs::write(&cfg, "[http]\nlisten_adress = \"1.2.3.4:5\"\n").unwrap();
@@ -139,10 +192,18 @@ fn help_and_bad_arguments() {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
-    let out = run(&["token", "--data", "/tmp/x", "--sub", "a", "--role", "captain"]);
+    let out = run(&[
+        "token", "--data", "/tmp/x", "--sub", "a", "--role", "captain",
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("valid roles"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&["token", "--data", "/tmp/x", "--sub", "../etc", "--role", "viewer"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("valid roles"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "token", "--data", "/tmp/x", "--sub", "../etc", "--role", "viewer",
+    ]);
     assert!(!out.status.success());
     // revoke needs exactly one of --sub/--jti, and a real data dir.
     let dir = tempfile::tempdir().unwrap();
@@ -162,9 +223,17 @@ fn ca_init_and_issue() {
     let ca = dir.path().join("ca");
     let ca = ca.to_str().unwrap();
     let out = run(&["ca", "init", "--dir", ca]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(lines.lines().count(), 2, "certificate and key paths: {lines}");
+    assert_eq!(
+        lines.lines().count(),
+        2,
+        "certificate and key paths: {lines}"
+    );
     assert!(lines.lines().all(|p| std::path::Path::new(p).exists()));
     // Never replaced.
     let out = run(&["ca", "init", "--dir", ca]);
@@ -173,11 +242,16 @@ fn ca_init_and_issue() {
     let nodes = dir.path().join("nodes");
     let nodes = nodes.to_str().unwrap();
     let out = run(&["ca", "issue", "county-7", "--dir", ca, "--out", nodes]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pem = std::fs::read_to_string(dir.path().join("nodes/county-7.pem")).unwrap();
     let key = std::fs::read_to_string(dir.path().join("nodes/county-7.key")).unwrap();
     let ca_pem = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
-    media_server::trunk::tls::TrunkCredentials::from_pem(&ca_pem, &pem, &key).expect("usable trunk credentials");
+    media_server::trunk::tls::TrunkCredentials::from_pem(&ca_pem, &pem, &key)
+        .expect("usable trunk credentials");
     let out = run(&["ca", "issue", "../evil", "--dir", ca]);
     assert!(!out.status.success());
     let out = run(&["ca", "issue", "county-8", "--dir", nodes]);

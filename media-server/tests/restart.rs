@@ -27,7 +27,16 @@ impl Drop for Node {
 
 fn start(data: &str) -> Node {
     let mut child = Command::new(BIN)
-        .args(["--data", data, "--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .args([
+            "--data",
+            data,
+            "--http",
+            "127.0.0.1:0",
+            "--media",
+            "127.0.0.1:0",
+            "--quic",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -46,11 +55,18 @@ fn start(data: &str) -> Node {
             .unwrap_or_else(|| panic!("{key} in {line:?}"))
             .to_owned()
     };
-    Node { child, quic: field("quic="), http: field("http=") }
+    Node {
+        child,
+        quic: field("quic="),
+        http: field("http="),
+    }
 }
 
 fn token(data: &str, sub: &str, role: &str) -> String {
-    let out = Command::new(BIN).args(["token", "--data", data, "--sub", sub, "--role", role]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["token", "--data", data, "--sub", sub, "--role", role])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
@@ -64,17 +80,28 @@ async fn orders_acknowledged_before_a_sigkill_are_delivered_after_the_restart() 
     let cmd_token = token(data, "cmd-1", "commander");
     let off_token = token(data, "off-1", "officer");
 
-    let (cmd, _cev) = tokio::time::timeout(WAIT, client::connect(ClientConfig::new(node.quic.clone(), cmd_token)))
-        .await
-        .unwrap()
-        .unwrap();
+    let (cmd, _cev) = tokio::time::timeout(
+        WAIT,
+        client::connect(ClientConfig::new(node.quic.clone(), cmd_token)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     // An incident with an assignment: state that must outlive the process too.
     let r = cmd
-        .request(ClientMsg::IncidentCreate { id: 0, incident: Some("flood-9".parse().unwrap()), name: "Flood, Hankou".into() })
+        .request(ClientMsg::IncidentCreate {
+            id: 0,
+            incident: Some("flood-9".parse().unwrap()),
+            name: "Flood, Hankou".into(),
+        })
         .await;
     assert!(r.is_ok(), "{r:?}");
     let r = cmd
-        .request(ClientMsg::Assign { id: 0, incident: "flood-9".parse().unwrap(), subject: "off-1".parse().unwrap() })
+        .request(ClientMsg::Assign {
+            id: 0,
+            incident: "flood-9".parse().unwrap(),
+            subject: "off-1".parse().unwrap(),
+        })
         .await;
     assert!(r.is_ok(), "{r:?}");
     let mut sent = Vec::new();
@@ -100,15 +127,30 @@ async fn orders_acknowledged_before_a_sigkill_are_delivered_after_the_restart() 
     drop(cmd);
 
     let node = start(data);
-    let (off, mut events) = tokio::time::timeout(WAIT, client::connect(ClientConfig::new(node.quic.clone(), off_token.clone())))
-        .await
-        .unwrap()
-        .unwrap();
-    let incidents: Vec<String> = off.session().incidents.iter().map(|i| i.to_string()).collect();
-    assert_eq!(incidents, vec!["flood-9"], "the assignment survived the restart");
+    let (off, mut events) = tokio::time::timeout(
+        WAIT,
+        client::connect(ClientConfig::new(node.quic.clone(), off_token.clone())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let incidents: Vec<String> = off
+        .session()
+        .incidents
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        incidents,
+        vec!["flood-9"],
+        "the assignment survived the restart"
+    );
     let mut got = Vec::new();
     while got.len() < sent.len() {
-        match tokio::time::timeout(WAIT, events.next()).await.expect("mail in time") {
+        match tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("mail in time")
+        {
             Some(ClientEvent::Mail { item, .. }) if item["kind"] == "order" => {
                 got.push(item["order"].as_str().unwrap().to_owned());
             }

@@ -417,7 +417,10 @@ async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
     let ca = ProvinceCa::load(dir.path()).unwrap();
     let list = dir.path().join(media_server::trunk::ca::REVOKED);
     std::fs::write(&list, "# nothing revoked yet\n").unwrap();
-    let cfg = |name: &str, parents: Vec<String>, credentials: TrunkCredentials, revoked: Option<std::path::PathBuf>| ShellConfig {
+    let cfg = |name: &str,
+               parents: Vec<String>,
+               credentials: TrunkCredentials,
+               revoked: Option<std::path::PathBuf>| ShellConfig {
         node: NodeName::parse(name).unwrap(),
         listen: loopback(),
         parents,
@@ -427,11 +430,21 @@ async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
         media: None,
         revoked,
     };
-    let province = sh::start(cfg("province", vec![], creds(&ca, "province"), Some(list.clone()))).await.unwrap();
+    let province = sh::start(cfg(
+        "province",
+        vec![],
+        creds(&ca, "province"),
+        Some(list.clone()),
+    ))
+    .await
+    .unwrap();
     let addr = province.local_addr().to_string();
     let stolen = ca.issue(&NodeName::parse("township").unwrap()).unwrap();
-    let stolen_creds = TrunkCredentials::from_pem(ca.cert_pem(), &stolen.cert_pem, &stolen.key_pem).unwrap();
-    let township = sh::start(cfg("township", vec![addr.clone()], stolen_creds, None)).await.unwrap();
+    let stolen_creds =
+        TrunkCredentials::from_pem(ca.cert_pem(), &stolen.cert_pem, &stolen.key_pem).unwrap();
+    let township = sh::start(cfg("township", vec![addr.clone()], stolen_creds, None))
+        .await
+        .unwrap();
     let up = |h: &TrunkHandleRef| {
         let h = h.clone();
         async move { h.trunks().await.iter().any(|p| p.as_str() == "township") }
@@ -439,11 +452,17 @@ async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
     shell::until("the township's trunk up", || up(&province)).await;
 
     ProvinceCa::revoke(dir.path(), &stolen.cert_pem, "township.pem").unwrap();
-    shell::until("the province to close the revoked trunk", || async { !up(&province).await }).await;
+    shell::until("the province to close the revoked trunk", || async {
+        !up(&province).await
+    })
+    .await;
     // The township keeps dialling; for the next 6 s every try is refused.
     let until = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < until {
-        assert!(!up(&province).await, "a revoked certificate got a trunk again");
+        assert!(
+            !up(&province).await,
+            "a revoked certificate got a trunk again"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     township.shutdown().await;
@@ -456,6 +475,9 @@ async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
 
     // A list that does not parse stops a node from starting, with the line named.
     std::fs::write(&list, "not-a-fingerprint\n").unwrap();
-    let err = sh::start(cfg("province", vec![], creds(&ca, "province"), Some(list))).await.err().expect("a bad list is refused");
+    let err = sh::start(cfg("province", vec![], creds(&ca, "province"), Some(list)))
+        .await
+        .err()
+        .expect("a bad list is refused");
     assert!(format!("{err:#}").contains("line 1"), "{err:#}");
 }

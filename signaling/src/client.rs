@@ -642,10 +642,19 @@ impl Client {
     pub async fn deliver(&self, msg: ClientMsg) -> Result<Value, ClientError> {
         let has_id = matches!(
             &msg,
-            ClientMsg::Chat { msg_id: Some(_), .. }
-                | ClientMsg::Order { msg_id: Some(_), .. }
-                | ClientMsg::OrderAnswer { msg_id: Some(_), .. }
-                | ClientMsg::Sos { msg_id: Some(_), .. }
+            ClientMsg::Chat {
+                msg_id: Some(_),
+                ..
+            } | ClientMsg::Order {
+                msg_id: Some(_),
+                ..
+            } | ClientMsg::OrderAnswer {
+                msg_id: Some(_),
+                ..
+            } | ClientMsg::Sos {
+                msg_id: Some(_),
+                ..
+            }
         );
         if !has_id {
             return Err(ClientError::InvalidMessage(format!(
@@ -656,7 +665,10 @@ impl Client {
         loop {
             match self.request(msg.clone()).await {
                 Err(ClientError::Disconnected | ClientError::Timeout) => continue,
-                Err(ClientError::Remote { code: ErrorCode::RateLimited, .. }) => {
+                Err(ClientError::Remote {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 other => return other,
@@ -1045,7 +1057,10 @@ impl Task {
     /// Runs one connection until it ends.
     async fn drive(&mut self, link: &mut Link) -> End {
         // Catch up on the mailbox first: everything after what was delivered (or acknowledged).
-        let sync = encode_frame(&ClientMsg::MailSync { id: MAIL_SYNC_ID, after: self.mail_last });
+        let sync = encode_frame(&ClientMsg::MailSync {
+            id: MAIL_SYNC_ID,
+            after: self.mail_last,
+        });
         if let Err(e) = link.send.write_all(&sync).await {
             return write_end(e);
         }
@@ -1130,7 +1145,10 @@ impl Task {
     /// mailbox entries at once (the node marks orders delivered on it).
     async fn ack(&mut self, link: &mut Link, tick: bool) -> Result<(), End> {
         if std::mem::take(&mut self.mail_more) {
-            let sync = encode_frame(&ClientMsg::MailSync { id: MAIL_SYNC_ID, after: self.mail_last });
+            let sync = encode_frame(&ClientMsg::MailSync {
+                id: MAIL_SYNC_ID,
+                after: self.mail_last,
+            });
             link.send.write_all(&sync).await.map_err(write_end)?;
         }
         if let Some(last) = self.mail_last.filter(|l| *l > self.mail_acked) {
@@ -1172,8 +1190,15 @@ impl Task {
                 }
             };
             match msg {
-                ServerMsg::Result { re: MAIL_SYNC_ID, data } => self.mail_more = data["more"] == true,
-                ServerMsg::Error { re: Some(MAIL_SYNC_ID), code, message } => {
+                ServerMsg::Result {
+                    re: MAIL_SYNC_ID,
+                    data,
+                } => self.mail_more = data["more"] == true,
+                ServerMsg::Error {
+                    re: Some(MAIL_SYNC_ID),
+                    code,
+                    message,
+                } => {
                     warn!(%code, %message, "mailbox sync refused");
                 }
                 ServerMsg::Mail { seq, item } => {
@@ -1210,7 +1235,11 @@ impl Task {
                 }
                 ServerMsg::Event { seq, event } => {
                     if std::mem::take(&mut self.skip_gap) && seq > self.last_seq + 1 {
-                        debug!(from = self.last_seq + 1, to = seq - 1, "events lost in a gap");
+                        debug!(
+                            from = self.last_seq + 1,
+                            to = seq - 1,
+                            "events lost in a gap"
+                        );
                         self.last_seq = seq - 1;
                     }
                     if seq <= self.last_seq || self.ahead.contains(&seq) {
@@ -1226,7 +1255,10 @@ impl Task {
                         // An urgent event overtook queued ones; they follow.
                         self.ahead.insert(seq);
                         if self.ahead.len() > MAX_AHEAD {
-                            warn!(expected = self.last_seq + 1, seq, "events missing from the node's stream");
+                            warn!(
+                                expected = self.last_seq + 1,
+                                seq, "events missing from the node's stream"
+                            );
                             self.last_seq = self.ahead.pop_first().unwrap_or(seq);
                             while self.ahead.remove(&(self.last_seq + 1)) {
                                 self.last_seq += 1;
@@ -1471,7 +1503,9 @@ mod tests {
             loop {
                 match self.read().await {
                     // The client's own bookkeeping, not the application's requests.
-                    ClientMsg::Ack { .. } | ClientMsg::MailSync { .. } | ClientMsg::MailAck { .. } => continue,
+                    ClientMsg::Ack { .. }
+                    | ClientMsg::MailSync { .. }
+                    | ClientMsg::MailAck { .. } => continue,
                     m => return m,
                 }
             }
@@ -1725,7 +1759,10 @@ mod tests {
         for seq in [1, 3, 2, 6, 4, 5, 3, 7] {
             c.write(&event(seq)).await;
         }
-        assert!(matches!(next(&mut events).await, ClientEvent::Connected { .. }));
+        assert!(matches!(
+            next(&mut events).await,
+            ClientEvent::Connected { .. }
+        ));
         expect_events(&mut events, [1, 3, 2, 6, 4, 5, 7]).await;
         // Acknowledged up to what is contiguous: everything.
         loop {
@@ -2041,7 +2078,15 @@ mod tests {
         assert!(!m.set_id(7));
         let mut m = ClientMsg::Position {
             id: None,
-            pos: crate::proto::Position { lat: 1.0, lon: 2.0, alt: None, accuracy: None, heading: None, speed: None, time: None },
+            pos: crate::proto::Position {
+                lat: 1.0,
+                lon: 2.0,
+                alt: None,
+                accuracy: None,
+                heading: None,
+                speed: None,
+                time: None,
+            },
         };
         assert!(m.set_id(9));
         assert_eq!(m.id(), Some(9));

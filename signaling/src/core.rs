@@ -395,14 +395,21 @@ fn err(re: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Pr
 }
 
 fn forbidden(re: RequestId, claims: &Claims, action: Action) -> ProtoError {
-    err(Some(re), ErrorCode::Forbidden, format!("role {} may not {}", claims.role, action))
+    err(
+        Some(re),
+        ErrorCode::Forbidden,
+        format!("role {} may not {}", claims.role, action),
+    )
 }
 
 /// Roles that run consoles (the wall, the command post) and so receive presence and membership
 /// events: admin, commander, operator, viewer. Field roles (officer, pilot, device) do not; they
 /// can ask for `units`.
 pub fn is_console(role: Role) -> bool {
-    matches!(role, Role::Admin | Role::Commander | Role::Operator | Role::Viewer)
+    matches!(
+        role,
+        Role::Admin | Role::Commander | Role::Operator | Role::Viewer
+    )
 }
 
 /// Whether `name` is one of the holder's drones: listed in the token's `drones`, or named
@@ -419,7 +426,13 @@ pub fn owns_drone(claims: &Claims, name: &str) -> bool {
 impl Core {
     /// A core for node `node`, verifying tokens with `verifier`. The `duty` incident exists from
     /// the start.
-    pub fn new(cfg: CoreConfig, node: NodeId, verifier: TokenVerifier, mut store: Store, now: u64) -> Core {
+    pub fn new(
+        cfg: CoreConfig,
+        node: NodeId,
+        verifier: TokenVerifier,
+        mut store: Store,
+        now: u64,
+    ) -> Core {
         let mut incidents = BTreeMap::new();
         let mut store_errors = 0;
         match store.incidents() {
@@ -437,7 +450,11 @@ impl Core {
                             created_by: r.created_by,
                             created_at: r.created_at,
                             closed_at: r.closed_at,
-                            assigned: r.assigned.iter().filter_map(|s| Subject::parse(s).ok()).collect(),
+                            assigned: r
+                                .assigned
+                                .iter()
+                                .filter_map(|s| Subject::parse(s).ok())
+                                .collect(),
                         },
                     );
                 }
@@ -516,7 +533,9 @@ impl Core {
 
     /// The transport of `conn` is gone. Its session stays resumable for the grace period.
     pub fn closed(&mut self, now: u64, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         if let Some(sid) = c.session {
             if let Some(s) = self.sessions.get_mut(&sid) {
                 if s.conn == Some(conn) {
@@ -546,7 +565,12 @@ impl Core {
             .filter(|(_, s)| self.is_revoked(&s.claims))
             .map(|(id, _)| id.clone())
             .collect();
-        self.end_sessions(now, victims, ErrorCode::Revoked, "this token has been revoked");
+        self.end_sessions(
+            now,
+            victims,
+            ErrorCode::Revoked,
+            "this token has been revoked",
+        );
     }
 
     /// Ends `sessions` for good, telling an attached client why (a closing error).
@@ -567,9 +591,10 @@ impl Core {
     /// Verifies a bearer token as the handshake would (signature, audience, expiry, revocation);
     /// used by the HTTP API.
     pub fn authenticate(&self, token: &str, now: u64) -> Result<Claims, ProtoError> {
-        let claims = self.verifier.verify(token, now / 1000).map_err(|e| {
-            err(None, ErrorCode::Unauthorized, e.to_string())
-        })?;
+        let claims = self
+            .verifier
+            .verify(token, now / 1000)
+            .map_err(|e| err(None, ErrorCode::Unauthorized, e.to_string()))?;
         if self.is_revoked(&claims) {
             return Err(err(None, ErrorCode::Revoked, "this token has been revoked"));
         }
@@ -619,7 +644,9 @@ impl Core {
 
     /// One received message (a QUIC frame's payload or a WebSocket text frame).
     pub fn frame(&mut self, now: u64, conn: ConnId, bytes: &[u8]) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if c.closing {
             return;
         }
@@ -634,7 +661,11 @@ impl Core {
             if strikes >= self.cfg.flood_close_after {
                 self.send_err(
                     conn,
-                    err(re, ErrorCode::RateLimited, "message flood: closing the session"),
+                    err(
+                        re,
+                        ErrorCode::RateLimited,
+                        "message flood: closing the session",
+                    ),
                 );
                 self.close_conn(conn, ErrorCode::RateLimited, "message flood");
             } else {
@@ -643,7 +674,10 @@ impl Core {
                     err(
                         re,
                         ErrorCode::RateLimited,
-                        format!("more than {} messages per second; slow down", self.cfg.rate_per_sec),
+                        format!(
+                            "more than {} messages per second; slow down",
+                            self.cfg.rate_per_sec
+                        ),
                     ),
                 );
             }
@@ -656,7 +690,11 @@ impl Core {
             Ok(m) => m,
             Err(e) => {
                 let e = if session.is_none() {
-                    err(None, ErrorCode::BadHello, format!("the first message must be hello ({})", e.message))
+                    err(
+                        None,
+                        ErrorCode::BadHello,
+                        format!("the first message must be hello ({})", e.message),
+                    )
                 } else {
                     e
                 };
@@ -681,7 +719,14 @@ impl Core {
 
     fn hello(&mut self, now: u64, conn: ConnId, msg: ClientMsg) {
         let ClientMsg::Hello { v, token, resume } = msg else {
-            self.send_err(conn, err(msg.id(), ErrorCode::BadHello, "the first message must be hello"));
+            self.send_err(
+                conn,
+                err(
+                    msg.id(),
+                    ErrorCode::BadHello,
+                    "the first message must be hello",
+                ),
+            );
             return;
         };
         if v != VERSION {
@@ -706,7 +751,11 @@ impl Core {
         let mut resumed = None;
         let asked_resume = resume.is_some();
         if let Some(r) = resume {
-            if self.sessions.get(&r.session).is_some_and(|s| s.claims.sub == claims.sub) {
+            if self
+                .sessions
+                .get(&r.session)
+                .is_some_and(|s| s.claims.sub == claims.sub)
+            {
                 resumed = Some((r.session, r.after));
             }
         }
@@ -717,9 +766,18 @@ impl Core {
                     if old != conn {
                         self.send(
                             old,
-                            err(None, ErrorCode::SessionClosed, "session resumed on another connection").to_msg(),
+                            err(
+                                None,
+                                ErrorCode::SessionClosed,
+                                "session resumed on another connection",
+                            )
+                            .to_msg(),
                         );
-                        self.close_conn(old, ErrorCode::SessionClosed, "session resumed on another connection");
+                        self.close_conn(
+                            old,
+                            ErrorCode::SessionClosed,
+                            "session resumed on another connection",
+                        );
                         if let Some(c) = self.conns.get_mut(&old) {
                             c.session = None;
                         }
@@ -760,7 +818,10 @@ impl Core {
                         last_seq: 0,
                     },
                 );
-                self.by_subject.entry(claims.sub.clone()).or_default().insert(sid.clone());
+                self.by_subject
+                    .entry(claims.sub.clone())
+                    .or_default()
+                    .insert(sid.clone());
                 let unit = self.units.entry(claims.sub.clone()).or_insert(Unit {
                     role: claims.role,
                     online: false,
@@ -803,7 +864,10 @@ impl Core {
             s.events
                 .iter()
                 .filter(|(q, _)| *q > after)
-                .map(|(q, e)| ServerMsg::Event { seq: *q, event: e.clone() })
+                .map(|(q, e)| ServerMsg::Event {
+                    seq: *q,
+                    event: e.clone(),
+                })
                 .collect()
         } else {
             Vec::new()
@@ -829,7 +893,13 @@ impl Core {
                 },
             );
             self.persist_incident(id);
-            self.log(now, id, self.node.as_str().to_owned(), "created", json!({"reason": "named in a token"}));
+            self.log(
+                now,
+                id,
+                self.node.as_str().to_owned(),
+                "created",
+                json!({"reason": "named in a token"}),
+            );
         }
     }
 
@@ -837,7 +907,10 @@ impl Core {
     /// counted ([`Core::store_errors`]) for the node's metrics.
     fn log(&mut self, now: u64, incident: &IncidentId, who: String, what: &str, detail: Value) {
         if self.incidents.contains_key(incident)
-            && self.store.append_log(incident.as_str(), now, &who, what, &detail).is_err()
+            && self
+                .store
+                .append_log(incident.as_str(), now, &who, what, &detail)
+                .is_err()
         {
             self.store_errors += 1;
         }
@@ -864,18 +937,26 @@ impl Core {
         }
         id.as_str() == DUTY
             || claims.incidents.contains(id)
-            || self.incidents.get(id).is_some_and(|i| i.assigned.contains(&claims.sub))
+            || self
+                .incidents
+                .get(id)
+                .is_some_and(|i| i.assigned.contains(&claims.sub))
     }
 
     fn join_incident(&mut self, now: u64, sid: &str, id: &IncidentId) -> bool {
-        let Some(s) = self.sessions.get_mut(sid) else { return false };
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return false;
+        };
         if !s.incidents.insert(id.clone()) {
             return false;
         }
         let sub = s.claims.sub.clone();
         let role = s.claims.role;
         let first_of_subject = !self.subject_in(&sub, id, Some(sid));
-        self.members.entry(id.clone()).or_default().insert(sid.to_owned());
+        self.members
+            .entry(id.clone())
+            .or_default()
+            .insert(sid.to_owned());
         if first_of_subject {
             self.log(now, id, sub.to_string(), "joined", json!({"role": role}));
             self.console_event(id, Some(sid), json!({"kind": "member", "incident": id, "subject": sub, "role": role, "op": "joined"}));
@@ -884,7 +965,9 @@ impl Core {
     }
 
     fn leave_incident(&mut self, now: u64, sid: &str, id: &IncidentId) -> bool {
-        let Some(s) = self.sessions.get_mut(sid) else { return false };
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return false;
+        };
         if !s.incidents.remove(id) {
             return false;
         }
@@ -894,7 +977,11 @@ impl Core {
         }
         if !self.subject_in(&sub, id, None) {
             self.log(now, id, sub.to_string(), "left", Value::Null);
-            self.console_event(id, None, json!({"kind": "member", "incident": id, "subject": sub, "op": "left"}));
+            self.console_event(
+                id,
+                None,
+                json!({"kind": "member", "incident": id, "subject": sub, "op": "left"}),
+            );
         }
         true
     }
@@ -902,9 +989,11 @@ impl Core {
     /// Whether another session of `sub` (not `except`) is in incident `id`.
     fn subject_in(&self, sub: &Subject, id: &IncidentId, except: Option<&str>) -> bool {
         self.by_subject.get(sub).is_some_and(|ss| {
-            ss.iter()
-                .filter(|s| Some(s.as_str()) != except)
-                .any(|s| self.sessions.get(s).is_some_and(|x| x.incidents.contains(id)))
+            ss.iter().filter(|s| Some(s.as_str()) != except).any(|s| {
+                self.sessions
+                    .get(s)
+                    .is_some_and(|x| x.incidents.contains(id))
+            })
         })
     }
 
@@ -916,7 +1005,9 @@ impl Core {
     /// [`Core::push_event`], sent ahead of queued traffic when `urgent`.
     fn push_event_on(&mut self, sid: &str, event: &Value, urgent: bool) {
         let cap = self.cfg.replay_buffer;
-        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         // Roles that may not read incidents (devices) are members for what they send, but
         // receive nothing of what others do.
         if !s.claims.may(Action::ReadIncident) {
@@ -929,8 +1020,15 @@ impl Core {
             s.events.pop_front();
         }
         if let Some(conn) = s.conn {
-            let msg = ServerMsg::Event { seq, event: event.clone() };
-            self.out.push_back(if urgent { Output::Urgent { conn, msg } } else { Output::Send { conn, msg } });
+            let msg = ServerMsg::Event {
+                seq,
+                event: event.clone(),
+            };
+            self.out.push_back(if urgent {
+                Output::Urgent { conn, msg }
+            } else {
+                Output::Send { conn, msg }
+            });
         }
     }
 
@@ -938,7 +1036,12 @@ impl Core {
         let targets: Vec<String> = self
             .members
             .get(id)
-            .map(|m| m.iter().filter(|s| Some(s.as_str()) != except).cloned().collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|s| Some(s.as_str()) != except)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for t in targets {
             self.push_event(&t, &event);
@@ -971,7 +1074,11 @@ impl Core {
         for own in self.by_subject.get(sub).into_iter().flatten() {
             targets.remove(own);
         }
-        targets.retain(|t| self.sessions.get(t).is_some_and(|s| is_console(s.claims.role)));
+        targets.retain(|t| {
+            self.sessions
+                .get(t)
+                .is_some_and(|s| is_console(s.claims.role))
+        });
         for t in targets {
             self.push_event(&t, &event);
         }
@@ -985,7 +1092,11 @@ impl Core {
             .map(|m| {
                 m.iter()
                     .filter(|s| Some(s.as_str()) != except)
-                    .filter(|s| self.sessions.get(*s).is_some_and(|x| is_console(x.claims.role)))
+                    .filter(|s| {
+                        self.sessions
+                            .get(*s)
+                            .is_some_and(|x| is_console(x.claims.role))
+                    })
                     .cloned()
                     .collect()
             })
@@ -1011,7 +1122,8 @@ impl Core {
             ss.iter().any(|s| {
                 self.sessions.get(s).is_some_and(|x| {
                     x.conn.is_some()
-                        || x.detached_at.is_some_and(|d| now < d + self.cfg.presence_linger_ms)
+                        || x.detached_at
+                            .is_some_and(|d| now < d + self.cfg.presence_linger_ms)
                 })
             })
         })
@@ -1020,7 +1132,9 @@ impl Core {
     /// Recomputes presence of `sub`; announces a change to everyone sharing an incident.
     fn refresh_presence(&mut self, now: u64, sub: &Subject) {
         let online = self.is_online(now, sub);
-        let Some(u) = self.units.get_mut(sub) else { return };
+        let Some(u) = self.units.get_mut(sub) else {
+            return;
+        };
         if u.online == online {
             return;
         }
@@ -1029,13 +1143,21 @@ impl Core {
         let last_seen = u.last_seen;
         let incidents: BTreeSet<IncidentId> = self.subject_incidents(sub);
         for i in &incidents {
-            self.log(now, i, sub.to_string(), if online { "online" } else { "offline" }, Value::Null);
+            self.log(
+                now,
+                i,
+                sub.to_string(),
+                if online { "online" } else { "offline" },
+                Value::Null,
+            );
         }
         self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
     }
 
     fn end_session(&mut self, now: u64, sid: &str, why: &str) {
-        let Some(s) = self.sessions.get(sid) else { return };
+        let Some(s) = self.sessions.get(sid) else {
+            return;
+        };
         let sub = s.claims.sub.clone();
         let incidents: Vec<IncidentId> = s.incidents.iter().cloned().collect();
         // Its drones keep the incidents they were in (for `units`); commands waiting for its
@@ -1062,14 +1184,20 @@ impl Core {
                 self.by_subject.remove(&sub);
             }
         }
-        if let Some((conn, _)) = self.conns.iter().find(|(_, c)| c.session.as_deref() == Some(sid)) {
+        if let Some((conn, _)) = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.session.as_deref() == Some(sid))
+        {
             let conn = *conn;
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.session = None;
             }
         }
         let _ = why;
-        self.out.push_back(Output::SessionEnded { session: sid.to_owned() });
+        self.out.push_back(Output::SessionEnded {
+            session: sid.to_owned(),
+        });
     }
 
     /// Presence of `sub` as if session `sid` were already gone.
@@ -1077,20 +1205,33 @@ impl Core {
         let online = self.by_subject.get(sub).is_some_and(|ss| {
             ss.iter().filter(|s| s.as_str() != sid).any(|s| {
                 self.sessions.get(s).is_some_and(|x| {
-                    x.conn.is_some() || x.detached_at.is_some_and(|d| now < d + self.cfg.presence_linger_ms)
+                    x.conn.is_some()
+                        || x.detached_at
+                            .is_some_and(|d| now < d + self.cfg.presence_linger_ms)
                 })
             })
         });
-        let Some(u) = self.units.get_mut(sub) else { return };
+        let Some(u) = self.units.get_mut(sub) else {
+            return;
+        };
         if u.online == online {
             return;
         }
         u.online = online;
         let (role, last_seen) = (u.role, u.last_seen);
-        let incidents: BTreeSet<IncidentId> =
-            self.sessions.get(sid).map(|s| s.incidents.clone()).unwrap_or_default();
+        let incidents: BTreeSet<IncidentId> = self
+            .sessions
+            .get(sid)
+            .map(|s| s.incidents.clone())
+            .unwrap_or_default();
         for i in &incidents {
-            self.log(now, i, sub.to_string(), if online { "online" } else { "offline" }, Value::Null);
+            self.log(
+                now,
+                i,
+                sub.to_string(),
+                if online { "online" } else { "offline" },
+                Value::Null,
+            );
         }
         self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
     }
@@ -1100,13 +1241,19 @@ impl Core {
         let late: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.session.is_none() && !c.closing && now >= c.opened_at + self.cfg.hello_timeout_ms)
+            .filter(|(_, c)| {
+                c.session.is_none() && !c.closing && now >= c.opened_at + self.cfg.hello_timeout_ms
+            })
             .map(|(id, _)| *id)
             .collect();
         for conn in late {
             self.send_err(
                 conn,
-                err(None, ErrorCode::BadHello, format!("no hello within {} ms", self.cfg.hello_timeout_ms)),
+                err(
+                    None,
+                    ErrorCode::BadHello,
+                    format!("no hello within {} ms", self.cfg.hello_timeout_ms),
+                ),
             );
         }
         let detached: Vec<String> = self.detached.iter().cloned().collect();
@@ -1138,7 +1285,8 @@ impl Core {
             .iter()
             .filter(|(_, u)| {
                 u.pending.is_some()
-                    && u.last_fanout.is_none_or(|t| now >= t + self.cfg.position_interval_ms)
+                    && u.last_fanout
+                        .is_none_or(|t| now >= t + self.cfg.position_interval_ms)
             })
             .map(|(s, _)| s.clone())
             .collect();
@@ -1185,12 +1333,17 @@ impl Core {
         self.units
             .values()
             .filter(|u| u.pending.is_some())
-            .map(|u| u.last_fanout.map_or(0, |t| t + self.cfg.position_interval_ms))
+            .map(|u| {
+                u.last_fanout
+                    .map_or(0, |t| t + self.cfg.position_interval_ms)
+            })
             .min()
     }
 
     fn fan_out_position(&mut self, now: u64, sub: &Subject) {
-        let Some(u) = self.units.get_mut(sub) else { return };
+        let Some(u) = self.units.get_mut(sub) else {
+            return;
+        };
         let Some(pos) = u.pending.take() else { return };
         u.last_fanout = Some(now);
         u.position = Some(pos.clone());
@@ -1201,7 +1354,13 @@ impl Core {
             m.insert("subject".into(), json!(sub));
             m.insert("role".into(), json!(role));
         }
-        let senders: Vec<String> = self.by_subject.get(sub).into_iter().flatten().cloned().collect();
+        let senders: Vec<String> = self
+            .by_subject
+            .get(sub)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         let mut targets = self.audience(sub, None);
         for s in &senders {
             targets.remove(s);
@@ -1215,18 +1374,24 @@ impl Core {
     /// linger.
     fn session_live(&self, now: u64, sid: &str) -> bool {
         self.sessions.get(sid).is_some_and(|x| {
-            x.conn.is_some() || x.detached_at.is_some_and(|d| now < d + self.cfg.presence_linger_ms)
+            x.conn.is_some()
+                || x.detached_at
+                    .is_some_and(|d| now < d + self.cfg.presence_linger_ms)
         })
     }
 
     /// A drone's incidents: its bridge session's, or as they were when that session ended.
     fn drone_incidents(&self, d: &Drone) -> BTreeSet<IncidentId> {
-        self.sessions.get(&d.bridge).map_or_else(|| d.incidents.clone(), |s| s.incidents.clone())
+        self.sessions
+            .get(&d.bridge)
+            .map_or_else(|| d.incidents.clone(), |s| s.incidents.clone())
     }
 
     /// `event` to the consoles in a drone's incidents, except its bridge session.
     fn drone_console_event(&mut self, name: &Subject, event: &Value) {
-        let Some(d) = self.drones.get(name) else { return };
+        let Some(d) = self.drones.get(name) else {
+            return;
+        };
         let bridge = d.bridge.clone();
         let mut targets: BTreeSet<String> = BTreeSet::new();
         for i in self.drone_incidents(d) {
@@ -1236,7 +1401,11 @@ impl Core {
                     .into_iter()
                     .flatten()
                     .filter(|s| **s != bridge)
-                    .filter(|s| self.sessions.get(*s).is_some_and(|x| is_console(x.claims.role)))
+                    .filter(|s| {
+                        self.sessions
+                            .get(*s)
+                            .is_some_and(|x| is_console(x.claims.role))
+                    })
                     .cloned(),
             );
         }
@@ -1246,14 +1415,23 @@ impl Core {
     }
 
     /// Appends a log entry to each of `incidents`.
-    fn log_all(&mut self, now: u64, incidents: &BTreeSet<IncidentId>, who: &Subject, what: &str, detail: &Value) {
+    fn log_all(
+        &mut self,
+        now: u64,
+        incidents: &BTreeSet<IncidentId>,
+        who: &Subject,
+        what: &str,
+        detail: &Value,
+    ) {
         for i in incidents {
             self.log(now, i, who.to_string(), what, detail.clone());
         }
     }
 
     fn fan_out_telemetry(&mut self, now: u64, name: &Subject) {
-        let Some(d) = self.drones.get_mut(name) else { return };
+        let Some(d) = self.drones.get_mut(name) else {
+            return;
+        };
         d.pending = false;
         d.last_fanout = Some(now);
         let ev = json!({"kind": "telemetry", "drone": name, "t": d.telemetry});
@@ -1272,22 +1450,49 @@ impl Core {
         t: Option<&Telemetry>,
     ) -> Result<(Subject, bool), ProtoError> {
         if !claims.may(Action::PublishDrone) {
-            return Err(err(None, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::PublishDrone)));
+            return Err(err(
+                None,
+                ErrorCode::Forbidden,
+                format!("role {} may not {}", claims.role, Action::PublishDrone),
+            ));
         }
         if claims.role != Role::Admin && !owns_drone(claims, drone) {
-            return Err(err(None, ErrorCode::Forbidden, format!("{drone} is not one of your drones")));
+            return Err(err(
+                None,
+                ErrorCode::Forbidden,
+                format!("{drone} is not one of your drones"),
+            ));
         }
-        let name = Subject::parse(drone).map_err(|e| err(None, ErrorCode::BadRequest, format!("drone: {e}")))?;
+        let name = Subject::parse(drone)
+            .map_err(|e| err(None, ErrorCode::BadRequest, format!("drone: {e}")))?;
         if let Some(t) = t {
-            t.validate().map_err(|m| err(None, ErrorCode::BadRequest, format!("telemetry: {m}")))?;
+            t.validate()
+                .map_err(|m| err(None, ErrorCode::BadRequest, format!("telemetry: {m}")))?;
         }
         if !self.drones.contains_key(&name) {
             let max = self.cfg.max_drones_per_bridge;
-            if self.drones.values().filter(|d| d.bridge_sub == claims.sub).count() >= max {
-                return Err(err(None, ErrorCode::Conflict, format!("{} already reports {max} drones, the most a bridge may", claims.sub)));
+            if self
+                .drones
+                .values()
+                .filter(|d| d.bridge_sub == claims.sub)
+                .count()
+                >= max
+            {
+                return Err(err(
+                    None,
+                    ErrorCode::Conflict,
+                    format!(
+                        "{} already reports {max} drones, the most a bridge may",
+                        claims.sub
+                    ),
+                ));
             }
         }
-        let incidents = self.sessions.get(sid).map(|s| s.incidents.clone()).unwrap_or_default();
+        let incidents = self
+            .sessions
+            .get(sid)
+            .map(|s| s.incidents.clone())
+            .unwrap_or_default();
         let burst = self.cfg.drone_command_burst;
         let mut new = false;
         let d = self.drones.entry(name.clone()).or_insert_with(|| {
@@ -1326,9 +1531,15 @@ impl Core {
         command: DroneCommand,
         target: (Option<f64>, Option<f64>, Option<f64>),
     ) -> Result<Value, ProtoError> {
-        let known = Subject::parse(drone).ok().filter(|n| self.drones.contains_key(n));
+        let known = Subject::parse(drone)
+            .ok()
+            .filter(|n| self.drones.contains_key(n));
         let refusal = if !claims.may(Action::CommandDrone) {
-            Some(format!("role {} may not {}", claims.role, Action::CommandDrone))
+            Some(format!(
+                "role {} may not {}",
+                claims.role,
+                Action::CommandDrone
+            ))
         } else if claims.role == Role::Pilot && !owns_drone(claims, drone) {
             Some(format!("{drone} is not one of your drones"))
         } else {
@@ -1337,27 +1548,64 @@ impl Core {
         if let Some(reason) = refusal {
             let incidents = match known.as_ref().and_then(|n| self.drones.get(n)) {
                 Some(d) => self.drone_incidents(d),
-                None => self.sessions.get(requester).map(|s| s.incidents.clone()).unwrap_or_default(),
+                None => self
+                    .sessions
+                    .get(requester)
+                    .map(|s| s.incidents.clone())
+                    .unwrap_or_default(),
             };
-            let detail = json!({"drone": drone, "command": command, "by": claims.sub, "reason": reason});
-            self.log_all(now, &incidents, &claims.sub, "drone_command_refused", &detail);
+            let detail =
+                json!({"drone": drone, "command": command, "by": claims.sub, "reason": reason});
+            self.log_all(
+                now,
+                &incidents,
+                &claims.sub,
+                "drone_command_refused",
+                &detail,
+            );
             return Err(err(Some(id), ErrorCode::Forbidden, reason));
         }
         let (lat, lon, alt) = target;
         if command == DroneCommand::Guided {
             let (Some(lat), Some(lon), Some(alt)) = (lat, lon, alt) else {
-                return Err(err(Some(id), ErrorCode::BadRequest, "guided needs lat, lon and alt"));
+                return Err(err(
+                    Some(id),
+                    ErrorCode::BadRequest,
+                    "guided needs lat, lon and alt",
+                ));
             };
-            let target = Position { lat, lon, alt: Some(alt), accuracy: None, heading: None, speed: None, time: None };
-            target.validate().map_err(|m| err(Some(id), ErrorCode::BadRequest, m))?;
+            let target = Position {
+                lat,
+                lon,
+                alt: Some(alt),
+                accuracy: None,
+                heading: None,
+                speed: None,
+                time: None,
+            };
+            target
+                .validate()
+                .map_err(|m| err(Some(id), ErrorCode::BadRequest, m))?;
             if !alt.is_finite() {
-                return Err(err(Some(id), ErrorCode::BadRequest, "alt must be a finite number"));
+                return Err(err(
+                    Some(id),
+                    ErrorCode::BadRequest,
+                    "alt must be a finite number",
+                ));
             }
         }
-        let not_connected = || err(Some(id), ErrorCode::NotFound, format!("drone {drone} is not connected to this node"));
+        let not_connected = || {
+            err(
+                Some(id),
+                ErrorCode::NotFound,
+                format!("drone {drone} is not connected to this node"),
+            )
+        };
         let name = known.ok_or_else(not_connected)?;
         let (bridge, incidents) = match self.drones.get(&name) {
-            Some(d) if self.session_live(now, &d.bridge) => (d.bridge.clone(), self.drone_incidents(d)),
+            Some(d) if self.session_live(now, &d.bridge) => {
+                (d.bridge.clone(), self.drone_incidents(d))
+            }
             _ => return Err(not_connected()),
         };
         let (rate, burst) = (self.cfg.drone_command_per_sec, self.cfg.drone_command_burst);
@@ -1387,16 +1635,31 @@ impl Core {
         self.push_event_on(&bridge, &event, true);
         self.drone_cmds.insert(
             cmd.clone(),
-            DroneCmd { drone: name, bridge, requester: requester.to_owned(), sent_at: now },
+            DroneCmd {
+                drone: name,
+                bridge,
+                requester: requester.to_owned(),
+                sent_at: now,
+            },
         );
         Ok(json!({"cmd": cmd, "status": "sent"}))
     }
 
-    fn request(&mut self, now: u64, conn: ConnId, sid: &str, msg: ClientMsg) -> Result<(), ProtoError> {
+    fn request(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        sid: &str,
+        msg: ClientMsg,
+    ) -> Result<(), ProtoError> {
         // A connection only names a live session (ending one clears it), but never trust that
         // with a panic on the request path.
         let Some(session) = self.sessions.get(sid) else {
-            return Err(err(msg.id(), ErrorCode::SessionClosed, "this session has ended"));
+            return Err(err(
+                msg.id(),
+                ErrorCode::SessionClosed,
+                "this session has ended",
+            ));
         };
         let claims = session.claims.clone();
         let need = |action: Action, re: RequestId| -> Result<(), ProtoError> {
@@ -1408,7 +1671,11 @@ impl Core {
         };
         match msg {
             ClientMsg::Hello { .. } => {
-                return Err(err(None, ErrorCode::BadHello, "hello was already received on this connection"));
+                return Err(err(
+                    None,
+                    ErrorCode::BadHello,
+                    "hello was already received on this connection",
+                ));
             }
             ClientMsg::Ping { id } => self.reply(conn, id, json!({"time": now})),
             ClientMsg::Ack { after } => {
@@ -1430,7 +1697,8 @@ impl Core {
                         format!("role {} may not {}", claims.role, Action::ReportPosition),
                     ));
                 }
-                pos.validate().map_err(|m| err(id, ErrorCode::BadRequest, m))?;
+                pos.validate()
+                    .map_err(|m| err(id, ErrorCode::BadRequest, m))?;
                 if pos.time.is_none() {
                     pos.time = Some(now);
                 }
@@ -1456,12 +1724,20 @@ impl Core {
                 need(Action::ManageIncident, id)?;
                 let name = name.trim().to_owned();
                 if name.is_empty() || name.chars().count() > 200 {
-                    return Err(err(Some(id), ErrorCode::BadRequest, "name must be 1..=200 characters"));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::BadRequest,
+                        "name must be 1..=200 characters",
+                    ));
                 }
                 let iid = match incident {
                     Some(i) => {
                         if self.incidents.contains_key(&i) {
-                            return Err(err(Some(id), ErrorCode::Conflict, format!("incident {i} exists")));
+                            return Err(err(
+                                Some(id),
+                                ErrorCode::Conflict,
+                                format!("incident {i} exists"),
+                            ));
                         }
                         i
                     }
@@ -1486,7 +1762,13 @@ impl Core {
                     },
                 );
                 self.persist_incident(&iid);
-                self.log(now, &iid, claims.sub.to_string(), "created", json!({"name": name}));
+                self.log(
+                    now,
+                    &iid,
+                    claims.sub.to_string(),
+                    "created",
+                    json!({"name": name}),
+                );
                 self.join_incident(now, sid, &iid);
                 let view = self.incident_view(&iid);
                 self.reply(conn, id, json!({"incident": view}));
@@ -1494,90 +1776,189 @@ impl Core {
             ClientMsg::IncidentClose { id, incident } => {
                 need(Action::ManageIncident, id)?;
                 if incident.as_str() == DUTY {
-                    return Err(err(Some(id), ErrorCode::Conflict, "the standing duty incident cannot be closed"));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::Conflict,
+                        "the standing duty incident cannot be closed",
+                    ));
                 }
-                let inc = self
-                    .incidents
-                    .get_mut(&incident)
-                    .ok_or_else(|| err(Some(id), ErrorCode::NotFound, format!("no incident {incident}")))?;
+                let inc = self.incidents.get_mut(&incident).ok_or_else(|| {
+                    err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no incident {incident}"),
+                    )
+                })?;
                 if !inc.open {
-                    return Err(err(Some(id), ErrorCode::Conflict, format!("incident {incident} is already closed")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::Conflict,
+                        format!("incident {incident} is already closed"),
+                    ));
                 }
                 inc.open = false;
                 inc.closed_at = Some(now);
                 self.persist_incident(&incident);
-                self.log(now, &incident, claims.sub.to_string(), "closed", Value::Null);
+                self.log(
+                    now,
+                    &incident,
+                    claims.sub.to_string(),
+                    "closed",
+                    Value::Null,
+                );
                 self.incident_event(now, &incident, None, json!({"kind": "incident", "incident": incident, "state": "closed", "by": claims.sub}));
-                let members: Vec<String> = self.members.get(&incident).into_iter().flatten().cloned().collect();
+                let members: Vec<String> = self
+                    .members
+                    .get(&incident)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
                 for m in members {
                     self.leave_incident(now, &m, &incident);
                 }
                 self.reply(conn, id, Value::Null);
             }
             ClientMsg::Join { id, incident } => {
-                let inc = self
-                    .incidents
-                    .get(&incident)
-                    .ok_or_else(|| err(Some(id), ErrorCode::NotFound, format!("no incident {incident}")))?;
+                let inc = self.incidents.get(&incident).ok_or_else(|| {
+                    err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no incident {incident}"),
+                    )
+                })?;
                 if !self.may_access(&claims, &incident) {
-                    return Err(err(Some(id), ErrorCode::Forbidden, format!("not a member of incident {incident}")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::Forbidden,
+                        format!("not a member of incident {incident}"),
+                    ));
                 }
                 if !inc.open {
-                    return Err(err(Some(id), ErrorCode::Conflict, format!("incident {incident} is closed")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::Conflict,
+                        format!("incident {incident} is closed"),
+                    ));
                 }
                 self.join_incident(now, sid, &incident);
                 self.reply(conn, id, json!({"incidents": self.sessions[sid].incidents}));
             }
             ClientMsg::Leave { id, incident } => {
                 if !self.leave_incident(now, sid, &incident) {
-                    return Err(err(Some(id), ErrorCode::NotFound, format!("not in incident {incident}")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("not in incident {incident}"),
+                    ));
                 }
                 self.reply(conn, id, json!({"incidents": self.sessions[sid].incidents}));
             }
-            ClientMsg::Assign { id, incident, subject } => {
+            ClientMsg::Assign {
+                id,
+                incident,
+                subject,
+            } => {
                 need(Action::ManageIncident, id)?;
-                let inc = self
-                    .incidents
-                    .get_mut(&incident)
-                    .ok_or_else(|| err(Some(id), ErrorCode::NotFound, format!("no incident {incident}")))?;
+                let inc = self.incidents.get_mut(&incident).ok_or_else(|| {
+                    err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no incident {incident}"),
+                    )
+                })?;
                 if !inc.open {
-                    return Err(err(Some(id), ErrorCode::Conflict, format!("incident {incident} is closed")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::Conflict,
+                        format!("incident {incident} is closed"),
+                    ));
                 }
                 if inc.assigned.insert(subject.clone()) {
-                    if self.store.set_assigned(incident.as_str(), subject.as_str(), true).is_err() {
+                    if self
+                        .store
+                        .set_assigned(incident.as_str(), subject.as_str(), true)
+                        .is_err()
+                    {
                         self.store_errors += 1;
                     }
-                    self.log(now, &incident, claims.sub.to_string(), "assigned", json!({"subject": subject}));
+                    self.log(
+                        now,
+                        &incident,
+                        claims.sub.to_string(),
+                        "assigned",
+                        json!({"subject": subject}),
+                    );
                     self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "assigned", "by": claims.sub}));
-                    let theirs: Vec<String> = self.by_subject.get(&subject).into_iter().flatten().cloned().collect();
+                    let theirs: Vec<String> = self
+                        .by_subject
+                        .get(&subject)
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
                     for s in theirs {
                         self.join_incident(now, &s, &incident);
-                        self.push_event(&s, &json!({"kind": "assigned", "incident": incident, "by": claims.sub}));
+                        self.push_event(
+                            &s,
+                            &json!({"kind": "assigned", "incident": incident, "by": claims.sub}),
+                        );
                     }
                 }
                 self.reply(conn, id, Value::Null);
             }
-            ClientMsg::Unassign { id, incident, subject } => {
+            ClientMsg::Unassign {
+                id,
+                incident,
+                subject,
+            } => {
                 need(Action::ManageIncident, id)?;
-                let inc = self
-                    .incidents
-                    .get_mut(&incident)
-                    .ok_or_else(|| err(Some(id), ErrorCode::NotFound, format!("no incident {incident}")))?;
+                let inc = self.incidents.get_mut(&incident).ok_or_else(|| {
+                    err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no incident {incident}"),
+                    )
+                })?;
                 if !inc.assigned.remove(&subject) {
-                    return Err(err(Some(id), ErrorCode::NotFound, format!("{subject} is not assigned to {incident}")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("{subject} is not assigned to {incident}"),
+                    ));
                 }
-                if self.store.set_assigned(incident.as_str(), subject.as_str(), false).is_err() {
+                if self
+                    .store
+                    .set_assigned(incident.as_str(), subject.as_str(), false)
+                    .is_err()
+                {
                     self.store_errors += 1;
                 }
-                self.log(now, &incident, claims.sub.to_string(), "unassigned", json!({"subject": subject}));
+                self.log(
+                    now,
+                    &incident,
+                    claims.sub.to_string(),
+                    "unassigned",
+                    json!({"subject": subject}),
+                );
                 self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "unassigned", "by": claims.sub}));
-                let theirs: Vec<String> = self.by_subject.get(&subject).into_iter().flatten().cloned().collect();
+                let theirs: Vec<String> = self
+                    .by_subject
+                    .get(&subject)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
                 for s in &theirs {
-                    self.push_event(s, &json!({"kind": "unassigned", "incident": incident, "by": claims.sub}));
+                    self.push_event(
+                        s,
+                        &json!({"kind": "unassigned", "incident": incident, "by": claims.sub}),
+                    );
                 }
                 for s in theirs {
                     let keep = self.sessions.get(&s).is_some_and(|x| {
-                        x.claims.incidents.contains(&incident) || matches!(x.claims.role, Role::Admin | Role::Commander)
+                        x.claims.incidents.contains(&incident)
+                            || matches!(x.claims.role, Role::Admin | Role::Commander)
                     });
                     if !keep {
                         self.leave_incident(now, &s, &incident);
@@ -1585,12 +1966,21 @@ impl Core {
                 }
                 self.reply(conn, id, Value::Null);
             }
-            ClientMsg::Log { id, incident, after, limit } => {
+            ClientMsg::Log {
+                id,
+                incident,
+                after,
+                limit,
+            } => {
                 need(Action::ReadIncident, id)?;
                 self.readable(id, &claims, &incident)?;
-                let max = limit.unwrap_or(self.cfg.log_page_max).min(self.cfg.log_page_max) as usize;
-                let (entries, last) =
-                    self.store.log_after(incident.as_str(), after, max).map_err(|e| store_err(Some(id), e))?;
+                let max = limit
+                    .unwrap_or(self.cfg.log_page_max)
+                    .min(self.cfg.log_page_max) as usize;
+                let (entries, last) = self
+                    .store
+                    .log_after(incident.as_str(), after, max)
+                    .map_err(|e| store_err(Some(id), e))?;
                 let data = json!({"incident": incident, "entries": entries, "last": last});
                 self.reply(conn, id, data);
             }
@@ -1607,7 +1997,8 @@ impl Core {
                 if let Some(i) = &incident {
                     self.readable(id, &claims, i)?;
                 }
-                let all = incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
+                let all =
+                    incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
                 let owners = self.owners_for(&claims, incident.as_ref());
                 self.out.push_back(Output::Media {
                     conn,
@@ -1616,7 +2007,12 @@ impl Core {
                     op: MediaOp::Catalog { owners, all },
                 });
             }
-            ClientMsg::Publish { id, stream, kind, sdp } => {
+            ClientMsg::Publish {
+                id,
+                stream,
+                kind,
+                sdp,
+            } => {
                 need(Action::PublishOwn, id)?;
                 let stream = match stream {
                     Some(s) => s,
@@ -1626,7 +2022,11 @@ impl Core {
                 if kind == StreamKind::Drone {
                     need(Action::PublishDrone, id)?;
                     if claims.role != Role::Admin && !owns_drone(&claims, stream.as_str()) {
-                        return Err(err(Some(id), ErrorCode::Forbidden, format!("{stream} is not one of your drones")));
+                        return Err(err(
+                            Some(id),
+                            ErrorCode::Forbidden,
+                            format!("{stream} is not one of your drones"),
+                        ));
                     }
                 }
                 claims
@@ -1644,13 +2044,24 @@ impl Core {
                     },
                 });
             }
-            ClientMsg::Subscribe { id, stream, layer, max_height, sdp } => {
+            ClientMsg::Subscribe {
+                id,
+                stream,
+                layer,
+                max_height,
+                sdp,
+            } => {
                 need(Action::ViewStream, id)?;
                 self.out.push_back(Output::Media {
                     conn,
                     session: sid.to_owned(),
                     re: id,
-                    op: MediaOp::Subscribe { stream, layer, max_height, sdp },
+                    op: MediaOp::Subscribe {
+                        stream,
+                        layer,
+                        max_height,
+                        sdp,
+                    },
                 });
             }
             ClientMsg::MediaClose { id, media } => {
@@ -1661,22 +2072,48 @@ impl Core {
                     op: MediaOp::Close { media },
                 });
             }
-            ClientMsg::Chat { id, msg_id, incident, to, text } => {
+            ClientMsg::Chat {
+                id,
+                msg_id,
+                incident,
+                to,
+                text,
+            } => {
                 need(Action::Chat, id)?;
                 if text.trim().is_empty() || text.chars().count() > 4000 {
-                    return Err(err(Some(id), ErrorCode::BadRequest, "text must be 1..=4000 characters"));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::BadRequest,
+                        "text must be 1..=4000 characters",
+                    ));
                 }
                 let msg_id = self.msg_id(id, msg_id)?;
                 let recipients = match (&incident, &to) {
                     (Some(i), None) => {
                         if !self.sessions[sid].incidents.contains(i) {
-                            return Err(err(Some(id), ErrorCode::Forbidden, format!("join incident {i} to chat in it")));
+                            return Err(err(
+                                Some(id),
+                                ErrorCode::Forbidden,
+                                format!("join incident {i} to chat in it"),
+                            ));
                         }
                         self.incident_recipients(std::slice::from_ref(i), &claims.sub)
                     }
                     (None, Some(t)) if *t != claims.sub => vec![t.clone()],
-                    (None, Some(_)) => return Err(err(Some(id), ErrorCode::BadRequest, "a direct message needs another subject")),
-                    _ => return Err(err(Some(id), ErrorCode::BadRequest, "give exactly one of incident and to")),
+                    (None, Some(_)) => {
+                        return Err(err(
+                            Some(id),
+                            ErrorCode::BadRequest,
+                            "a direct message needs another subject",
+                        ))
+                    }
+                    _ => {
+                        return Err(err(
+                            Some(id),
+                            ErrorCode::BadRequest,
+                            "give exactly one of incident and to",
+                        ))
+                    }
                 };
                 let sub = claims.sub.clone();
                 let stored = self
@@ -1687,31 +2124,57 @@ impl Core {
                     .map_err(|e| store_err(Some(id), e))?;
                 if stored.new {
                     if let Some(i) = &incident {
-                        self.log(now, i, claims.sub.to_string(), "chat", json!({"item": stored.item_id, "text": text}));
+                        self.log(
+                            now,
+                            i,
+                            claims.sub.to_string(),
+                            "chat",
+                            json!({"item": stored.item_id, "text": text}),
+                        );
                     }
                     self.deliver_mail(&stored.mails, false);
                 }
-                self.reply(conn, id, json!({"item": stored.item_id, "time": stored.item["time"]}));
+                self.reply(
+                    conn,
+                    id,
+                    json!({"item": stored.item_id, "time": stored.item["time"]}),
+                );
             }
-            ClientMsg::Sos { id, msg_id, incident, text } => {
+            ClientMsg::Sos {
+                id,
+                msg_id,
+                incident,
+                text,
+            } => {
                 need(Action::RaiseSos, id)?;
                 let targets: Vec<IncidentId> = match incident {
                     Some(i) => {
                         if !self.sessions[sid].incidents.contains(&i) {
-                            return Err(err(Some(id), ErrorCode::Forbidden, format!("not in incident {i}")));
+                            return Err(err(
+                                Some(id),
+                                ErrorCode::Forbidden,
+                                format!("not in incident {i}"),
+                            ));
                         }
                         vec![i]
                     }
                     None => self.sessions[sid].incidents.iter().cloned().collect(),
                 };
                 if targets.is_empty() {
-                    return Err(err(Some(id), ErrorCode::NotFound, "not in any incident: join one to raise SOS"));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        "not in any incident: join one to raise SOS",
+                    ));
                 }
                 let msg_id = self.msg_id(id, msg_id)?;
                 let mut recipients = self.incident_recipients(&targets, &claims.sub);
                 // Every commander and admin on the node hears it too.
                 for (sub, u) in &self.units {
-                    if matches!(u.role, Role::Admin | Role::Commander) && *sub != claims.sub && !recipients.contains(sub) {
+                    if matches!(u.role, Role::Admin | Role::Commander)
+                        && *sub != claims.sub
+                        && !recipients.contains(sub)
+                    {
                         recipients.push(sub.clone());
                     }
                 }
@@ -1726,62 +2189,129 @@ impl Core {
                 let sos = format!("sos-{}", stored.item_id);
                 if stored.new {
                     for i in &targets {
-                        self.log(now, i, claims.sub.to_string(), "sos", json!({"sos": sos, "text": text, "position": position}));
+                        self.log(
+                            now,
+                            i,
+                            claims.sub.to_string(),
+                            "sos",
+                            json!({"sos": sos, "text": text, "position": position}),
+                        );
                     }
                     self.open_sos.insert(
                         sos.clone(),
-                        OpenSos { from: claims.sub.clone(), recipients: recipients.clone(), incidents: targets.clone() },
+                        OpenSos {
+                            from: claims.sub.clone(),
+                            recipients: recipients.clone(),
+                            incidents: targets.clone(),
+                        },
                     );
                     self.deliver_mail(&stored.mails, true);
                 }
-                self.reply(conn, id, json!({"sos": sos, "incidents": targets, "recipients": recipients.len()}));
+                self.reply(
+                    conn,
+                    id,
+                    json!({"sos": sos, "incidents": targets, "recipients": recipients.len()}),
+                );
             }
             ClientMsg::SosAck { id, sos } => {
                 need(Action::SendOrder, id)?;
                 let Some(open) = self.open_sos.remove(&sos) else {
-                    return Err(err(Some(id), ErrorCode::NotFound, format!("no raised SOS {sos}")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no raised SOS {sos}"),
+                    ));
                 };
-                let mut recipients: Vec<Subject> = open.recipients.iter().filter(|r| **r != claims.sub).cloned().collect();
+                let mut recipients: Vec<Subject> = open
+                    .recipients
+                    .iter()
+                    .filter(|r| **r != claims.sub)
+                    .cloned()
+                    .collect();
                 if open.from != claims.sub && !recipients.contains(&open.from) {
                     recipients.push(open.from.clone());
                 }
                 let sub = claims.sub.clone();
                 let stored = self
                     .store
-                    .put(&sub, &format!("{sos}:ack"), "sos_ack", open.incidents.first().map(IncidentId::as_str), &recipients, now, None, |_| {
-                        json!({"kind": "sos_ack", "sos": sos, "by": sub, "time": now})
-                    })
+                    .put(
+                        &sub,
+                        &format!("{sos}:ack"),
+                        "sos_ack",
+                        open.incidents.first().map(IncidentId::as_str),
+                        &recipients,
+                        now,
+                        None,
+                        |_| json!({"kind": "sos_ack", "sos": sos, "by": sub, "time": now}),
+                    )
                     .map_err(|e| store_err(Some(id), e))?;
                 for i in &open.incidents {
-                    self.log(now, i, claims.sub.to_string(), "sos_ack", json!({"sos": sos}));
+                    self.log(
+                        now,
+                        i,
+                        claims.sub.to_string(),
+                        "sos_ack",
+                        json!({"sos": sos}),
+                    );
                 }
                 self.deliver_mail(&stored.mails, true);
                 self.reply(conn, id, json!({"sos": sos}));
             }
-            ClientMsg::Order { id, msg_id, incident, to, text } => {
-                let data = self.send_order(now, &claims, Some(id), msg_id, &incident, &to, &text)?;
+            ClientMsg::Order {
+                id,
+                msg_id,
+                incident,
+                to,
+                text,
+            } => {
+                let data =
+                    self.send_order(now, &claims, Some(id), msg_id, &incident, &to, &text)?;
                 self.reply(conn, id, data);
             }
-            ClientMsg::OrderAnswer { id, msg_id, order, answer, eta_min, reason } => {
+            ClientMsg::OrderAnswer {
+                id,
+                msg_id,
+                order,
+                answer,
+                eta_min,
+                reason,
+            } => {
                 let _ = msg_id; // answers are idempotent by (order, state) already
-                let data = self.answer_order(now, &claims, Some(id), &order, answer, eta_min, reason)?;
+                let data =
+                    self.answer_order(now, &claims, Some(id), &order, answer, eta_min, reason)?;
                 self.reply(conn, id, data);
             }
             ClientMsg::Read { id, item } => {
                 need(Action::Chat, id)?;
-                let item_id = i64::try_from(item).map_err(|_| err(Some(id), ErrorCode::NotFound, "no such item"))?;
-                let found = self.store.item_in_mailbox(&claims.sub, item_id).map_err(|e| store_err(Some(id), e))?;
+                let item_id = i64::try_from(item)
+                    .map_err(|_| err(Some(id), ErrorCode::NotFound, "no such item"))?;
+                let found = self
+                    .store
+                    .item_in_mailbox(&claims.sub, item_id)
+                    .map_err(|e| store_err(Some(id), e))?;
                 let Some((sender, kind)) = found.filter(|(_, k)| k == "chat") else {
-                    return Err(err(Some(id), ErrorCode::NotFound, format!("no chat item {item} in your mailbox")));
+                    return Err(err(
+                        Some(id),
+                        ErrorCode::NotFound,
+                        format!("no chat item {item} in your mailbox"),
+                    ));
                 };
-                let sender = Subject::parse(&sender).map_err(|e| err(Some(id), ErrorCode::Unavailable, e.to_string()))?;
+                let sender = Subject::parse(&sender)
+                    .map_err(|e| err(Some(id), ErrorCode::Unavailable, e.to_string()))?;
                 let _ = kind;
                 let sub = claims.sub.clone();
                 let stored = self
                     .store
-                    .put(&sub, &format!("read:{item}"), "read", None, &[sender], now, None, |_| {
-                        json!({"kind": "read", "item": item, "by": sub, "time": now})
-                    })
+                    .put(
+                        &sub,
+                        &format!("read:{item}"),
+                        "read",
+                        None,
+                        &[sender],
+                        now,
+                        None,
+                        |_| json!({"kind": "read", "item": item, "by": sub, "time": now}),
+                    )
                     .map_err(|e| store_err(Some(id), e))?;
                 self.deliver_mail(&stored.mails, false);
                 self.reply(conn, id, Value::Null);
@@ -1792,27 +2322,55 @@ impl Core {
                     Some(a) => a,
                     None => self.store.acked(&sub).map_err(|e| store_err(Some(id), e))?,
                 };
-                let mails = self.store.mail_after(&sub, after, MAIL_SYNC_BATCH).map_err(|e| store_err(Some(id), e))?;
-                let last = self.store.last_seq(&sub).map_err(|e| store_err(Some(id), e))?;
+                let mails = self
+                    .store
+                    .mail_after(&sub, after, MAIL_SYNC_BATCH)
+                    .map_err(|e| store_err(Some(id), e))?;
+                let last = self
+                    .store
+                    .last_seq(&sub)
+                    .map_err(|e| store_err(Some(id), e))?;
                 let sent_upto = mails.last().map_or(after, |m| m.seq);
                 for m in mails {
-                    self.send(conn, ServerMsg::Mail { seq: m.seq, item: m.item });
+                    self.send(
+                        conn,
+                        ServerMsg::Mail {
+                            seq: m.seq,
+                            item: m.item,
+                        },
+                    );
                 }
                 let more = sent_upto < last;
                 if let Some(c) = self.conns.get_mut(&conn) {
                     // Live mail only once this connection has caught up, so it never overtakes.
                     c.mail_ready = !more;
                 }
-                self.reply(conn, id, json!({"last": last, "sent_upto": sent_upto, "more": more}));
+                self.reply(
+                    conn,
+                    id,
+                    json!({"last": last, "sent_upto": sent_upto, "more": more}),
+                );
             }
             ClientMsg::MailAck { upto } => {
-                let delivered = self.store.ack(&claims.sub, upto, now).map_err(|e| store_err(None, e))?;
+                let delivered = self
+                    .store
+                    .ack(&claims.sub, upto, now)
+                    .map_err(|e| store_err(None, e))?;
                 for (order, _sender) in delivered {
-                    self.order_state_mail(now, &order, &claims.sub).map_err(|e| store_err(None, e))?;
+                    self.order_state_mail(now, &order, &claims.sub)
+                        .map_err(|e| store_err(None, e))?;
                 }
             }
-            ClientMsg::DroneCommand { id, drone, command, lat, lon, alt } => {
-                let data = self.drone_command(now, id, &claims, sid, &drone, command, (lat, lon, alt))?;
+            ClientMsg::DroneCommand {
+                id,
+                drone,
+                command,
+                lat,
+                lon,
+                alt,
+            } => {
+                let data =
+                    self.drone_command(now, id, &claims, sid, &drone, command, (lat, lon, alt))?;
                 self.reply(conn, id, data);
             }
             ClientMsg::Telemetry { drone, t } => {
@@ -1828,24 +2386,47 @@ impl Core {
             }
             ClientMsg::DroneLink { drone, up } => {
                 let (name, new) = self.drone_report(now, sid, &claims, &drone, None)?;
-                let Some(d) = self.drones.get_mut(&name) else { return Ok(()) };
+                let Some(d) = self.drones.get_mut(&name) else {
+                    return Ok(());
+                };
                 if new || d.link_up != up {
                     d.link_up = up;
                     let incidents = self.drone_incidents(&self.drones[&name]);
-                    self.log_all(now, &incidents, &claims.sub, "drone_link", &json!({"drone": name, "up": up}));
-                    self.drone_console_event(&name, &json!({"kind": "drone_link", "drone": name, "up": up}));
+                    self.log_all(
+                        now,
+                        &incidents,
+                        &claims.sub,
+                        "drone_link",
+                        &json!({"drone": name, "up": up}),
+                    );
+                    self.drone_console_event(
+                        &name,
+                        &json!({"kind": "drone_link", "drone": name, "up": up}),
+                    );
                 }
             }
             ClientMsg::DroneCommandAck { cmd, result, text } => {
                 if !claims.may(Action::PublishDrone) {
-                    return Err(err(None, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::PublishDrone)));
+                    return Err(err(
+                        None,
+                        ErrorCode::Forbidden,
+                        format!("role {} may not {}", claims.role, Action::PublishDrone),
+                    ));
                 }
                 if text.as_ref().is_some_and(|t| t.chars().count() > 1000) {
-                    return Err(err(None, ErrorCode::BadRequest, "text must be at most 1000 characters"));
+                    return Err(err(
+                        None,
+                        ErrorCode::BadRequest,
+                        "text must be at most 1000 characters",
+                    ));
                 }
                 let Some(c) = self.drone_cmds.get(&cmd).filter(|c| c.bridge == sid) else {
                     let shown: String = cmd.chars().take(40).collect();
-                    return Err(err(None, ErrorCode::NotFound, format!("no pending drone command {shown:?} from this session")));
+                    return Err(err(
+                        None,
+                        ErrorCode::NotFound,
+                        format!("no pending drone command {shown:?} from this session"),
+                    ));
                 };
                 let (drone, requester) = (c.drone.clone(), c.requester.clone());
                 if result.is_final() {
@@ -1855,7 +2436,11 @@ impl Core {
                 if let Some(t) = &text {
                     detail["text"] = json!(t);
                 }
-                let incidents = self.drones.get(&drone).map(|d| self.drone_incidents(d)).unwrap_or_default();
+                let incidents = self
+                    .drones
+                    .get(&drone)
+                    .map(|d| self.drone_incidents(d))
+                    .unwrap_or_default();
                 self.log_all(now, &incidents, &claims.sub, "drone_command_ack", &detail);
                 let mut event = detail;
                 event["kind"] = json!("drone_command_ack");
@@ -1864,9 +2449,20 @@ impl Core {
             ClientMsg::Revoke { id, sub, jti } => {
                 need(Action::Revoke, id)?;
                 let r = match (sub, jti) {
-                    (Some(sub), None) => Revocation::Subject { sub, at: now / 1000 },
-                    (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => Revocation::Token { jti },
-                    _ => return Err(err(Some(id), ErrorCode::BadRequest, "give exactly one of sub or jti")),
+                    (Some(sub), None) => Revocation::Subject {
+                        sub,
+                        at: now / 1000,
+                    },
+                    (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => {
+                        Revocation::Token { jti }
+                    }
+                    _ => {
+                        return Err(err(
+                            Some(id),
+                            ErrorCode::BadRequest,
+                            "give exactly one of sub or jti",
+                        ))
+                    }
                 };
                 // Reply first: the admin may be revoking its own token.
                 self.reply(conn, id, json!({"revoked": r}));
@@ -1884,7 +2480,11 @@ impl Core {
     fn msg_id(&self, re: RequestId, msg_id: Option<String>) -> Result<String, ProtoError> {
         match msg_id {
             Some(m) if valid_msg_id(&m) => Ok(m),
-            Some(_) => Err(err(Some(re), ErrorCode::BadRequest, "msg_id must be 1..=64 characters of A-Z a-z 0-9 . _ : -")),
+            Some(_) => Err(err(
+                Some(re),
+                ErrorCode::BadRequest,
+                "msg_id must be 1..=64 characters of A-Z a-z 0-9 . _ : -",
+            )),
             None => Ok(format!("auto-{}", random_id())),
         }
     }
@@ -1905,7 +2505,11 @@ impl Core {
         }
         subs.remove(sender);
         subs.into_iter()
-            .filter(|s| self.units.get(s).is_none_or(|u| u.role.may(Action::ReadIncident)))
+            .filter(|s| {
+                self.units
+                    .get(s)
+                    .is_none_or(|u| u.role.may(Action::ReadIncident))
+            })
             .collect()
     }
 
@@ -1918,19 +2522,34 @@ impl Core {
                 .into_iter()
                 .flatten()
                 .filter_map(|s| self.sessions.get(s).and_then(|x| x.conn))
-                .filter(|c| self.conns.get(c).is_some_and(|x| x.mail_ready && !x.closing))
+                .filter(|c| {
+                    self.conns
+                        .get(c)
+                        .is_some_and(|x| x.mail_ready && !x.closing)
+                })
                 .collect();
             for conn in conns {
-                let msg = ServerMsg::Mail { seq: m.seq, item: m.item.clone() };
-                self.out.push_back(if urgent { Output::Urgent { conn, msg } } else { Output::Send { conn, msg } });
+                let msg = ServerMsg::Mail {
+                    seq: m.seq,
+                    item: m.item.clone(),
+                };
+                self.out.push_back(if urgent {
+                    Output::Urgent { conn, msg }
+                } else {
+                    Output::Send { conn, msg }
+                });
             }
         }
     }
 
     /// Tells an order's sender its current state (stored and forwarded), and logs it.
     fn order_state_mail(&mut self, now: u64, order: &str, by: &Subject) -> Result<(), StoreError> {
-        let Some(o) = self.store.order(order)? else { return Ok(()) };
-        let Ok(sender) = Subject::parse(&o.from) else { return Ok(()) };
+        let Some(o) = self.store.order(order)? else {
+            return Ok(());
+        };
+        let Ok(sender) = Subject::parse(&o.from) else {
+            return Ok(());
+        };
         let state = o.state;
         let stored = self.store.put(by, &format!("{order}:{}", state.as_str()), "order_state", Some(&o.incident), &[sender], now, None, |_| {
             json!({"kind": "order_state", "order": order, "state": state, "by": by, "eta_min": o.eta_min, "reason": o.reason, "time": now})
@@ -1958,26 +2577,49 @@ impl Core {
         text: &str,
     ) -> Result<Value, ProtoError> {
         if !claims.may(Action::SendOrder) {
-            return Err(err(re, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::SendOrder)));
+            return Err(err(
+                re,
+                ErrorCode::Forbidden,
+                format!("role {} may not {}", claims.role, Action::SendOrder),
+            ));
         }
         if text.trim().is_empty() || text.chars().count() > 4000 {
-            return Err(err(re, ErrorCode::BadRequest, "text must be 1..=4000 characters"));
+            return Err(err(
+                re,
+                ErrorCode::BadRequest,
+                "text must be 1..=4000 characters",
+            ));
         }
         if *to == claims.sub {
-            return Err(err(re, ErrorCode::BadRequest, "an order needs another subject"));
+            return Err(err(
+                re,
+                ErrorCode::BadRequest,
+                "an order needs another subject",
+            ));
         }
-        self.readable(re.unwrap_or(0), claims, incident).map_err(|mut e| {
-            e.re = re;
-            e
-        })?;
+        self.readable(re.unwrap_or(0), claims, incident)
+            .map_err(|mut e| {
+                e.re = re;
+                e
+            })?;
         if !self.incidents.get(incident).is_some_and(|i| i.open) {
-            return Err(err(re, ErrorCode::Conflict, format!("incident {incident} is closed")));
+            return Err(err(
+                re,
+                ErrorCode::Conflict,
+                format!("incident {incident} is closed"),
+            ));
         }
         let msg_id = match re {
             Some(r) => self.msg_id(r, msg_id)?,
             None => match msg_id {
                 Some(m) if valid_msg_id(&m) => m,
-                Some(_) => return Err(err(None, ErrorCode::BadRequest, "id must be 1..=64 characters of A-Z a-z 0-9 . _ : -")),
+                Some(_) => {
+                    return Err(err(
+                        None,
+                        ErrorCode::BadRequest,
+                        "id must be 1..=64 characters of A-Z a-z 0-9 . _ : -",
+                    ))
+                }
                 None => format!("auto-{}", random_id()),
             },
         };
@@ -1990,7 +2632,13 @@ impl Core {
             .map_err(|e| store_err(re, e))?;
         let order = order_id(stored.item_id);
         if stored.new {
-            self.log(now, incident, claims.sub.to_string(), "order", json!({"order": order, "to": to, "text": text}));
+            self.log(
+                now,
+                incident,
+                claims.sub.to_string(),
+                "order",
+                json!({"order": order, "to": to, "text": text}),
+            );
             self.deliver_mail(&stored.mails, false);
         }
         let o = self.store.order(&order).map_err(|e| store_err(re, e))?;
@@ -2011,7 +2659,11 @@ impl Core {
         reason: Option<String>,
     ) -> Result<Value, ProtoError> {
         if !claims.may(Action::AnswerOrder) {
-            return Err(err(re, ErrorCode::Forbidden, format!("role {} may not {}", claims.role, Action::AnswerOrder)));
+            return Err(err(
+                re,
+                ErrorCode::Forbidden,
+                format!("role {} may not {}", claims.role, Action::AnswerOrder),
+            ));
         }
         let o = self
             .store
@@ -2019,35 +2671,54 @@ impl Core {
             .map_err(|e| store_err(re, e))?
             .ok_or_else(|| err(re, ErrorCode::NotFound, format!("no order {order}")))?;
         if o.to != claims.sub.as_str() {
-            return Err(err(re, ErrorCode::Forbidden, format!("only {} may answer order {order}", o.to)));
+            return Err(err(
+                re,
+                ErrorCode::Forbidden,
+                format!("only {} may answer order {order}", o.to),
+            ));
         }
         let target = match answer {
             OrderAnswer::Accept => OrderState::Accepted,
             OrderAnswer::Decline => OrderState::Declined,
             OrderAnswer::Done => OrderState::Done,
         };
-        let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+        let reason = reason
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty());
         if target == OrderState::Declined && reason.is_none() {
             return Err(err(re, ErrorCode::BadRequest, "declining needs a reason"));
         }
         if reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
-            return Err(err(re, ErrorCode::BadRequest, "reason must be at most 1000 characters"));
+            return Err(err(
+                re,
+                ErrorCode::BadRequest,
+                "reason must be at most 1000 characters",
+            ));
         }
         if eta_min.is_some_and(|m| m > 7 * 24 * 60) {
-            return Err(err(re, ErrorCode::BadRequest, "eta_min must be at most a week"));
+            return Err(err(
+                re,
+                ErrorCode::BadRequest,
+                "eta_min must be at most a week",
+            ));
         }
         if o.state != target {
             if !o.state.may_become(target) {
                 return Err(err(
                     re,
                     ErrorCode::Conflict,
-                    format!("order {order} is {}; it cannot become {}", o.state.as_str(), target.as_str()),
+                    format!(
+                        "order {order} is {}; it cannot become {}",
+                        o.state.as_str(),
+                        target.as_str()
+                    ),
                 ));
             }
             self.store
                 .set_order_state(order, target, now, eta_min, reason.as_deref())
                 .map_err(|e| store_err(re, e))?;
-            self.order_state_mail(now, order, &claims.sub).map_err(|e| store_err(re, e))?;
+            self.order_state_mail(now, order, &claims.sub)
+                .map_err(|e| store_err(re, e))?;
         }
         let o = self.store.order(order).map_err(|e| store_err(re, e))?;
         Ok(json!({"order": o}))
@@ -2064,10 +2735,18 @@ impl Core {
 
     fn readable(&self, re: RequestId, claims: &Claims, id: &IncidentId) -> Result<(), ProtoError> {
         if !self.incidents.contains_key(id) {
-            return Err(err(Some(re), ErrorCode::NotFound, format!("no incident {id}")));
+            return Err(err(
+                Some(re),
+                ErrorCode::NotFound,
+                format!("no incident {id}"),
+            ));
         }
         if !self.may_access(claims, id) {
-            return Err(err(Some(re), ErrorCode::Forbidden, format!("not a member of incident {id}")));
+            return Err(err(
+                Some(re),
+                ErrorCode::Forbidden,
+                format!("not a member of incident {id}"),
+            ));
         }
         Ok(())
     }
@@ -2103,26 +2782,46 @@ impl Core {
     }
 
     /// The log of an incident `claims` may read (`GET /api/incidents/{id}/log`).
-    pub fn log_for(&self, claims: &Claims, id: &IncidentId, after: u64) -> Result<Vec<LogEntry>, ProtoError> {
+    pub fn log_for(
+        &self,
+        claims: &Claims,
+        id: &IncidentId,
+        after: u64,
+    ) -> Result<Vec<LogEntry>, ProtoError> {
         if !claims.may(Action::ReadIncident) {
-            return Err(err(None, ErrorCode::Forbidden, format!("role {} may not read incidents", claims.role)));
+            return Err(err(
+                None,
+                ErrorCode::Forbidden,
+                format!("role {} may not read incidents", claims.role),
+            ));
         }
         self.readable(0, claims, id).map_err(|mut e| {
             e.re = None;
             e
         })?;
         let max = self.cfg.log_page_max as usize;
-        Ok(self.store.log_after(id.as_str(), after, max).map_err(|e| store_err(None, e))?.0)
+        Ok(self
+            .store
+            .log_after(id.as_str(), after, max)
+            .map_err(|e| store_err(None, e))?
+            .0)
     }
 
-    fn visible_subjects(&self, claims: &Claims, incident: Option<&IncidentId>) -> Option<BTreeSet<Subject>> {
+    fn visible_subjects(
+        &self,
+        claims: &Claims,
+        incident: Option<&IncidentId>,
+    ) -> Option<BTreeSet<Subject>> {
         let incidents: Vec<&IncidentId> = match incident {
             Some(i) => vec![i],
             None => {
                 if matches!(claims.role, Role::Admin | Role::Commander) {
                     return None;
                 }
-                self.incidents.keys().filter(|i| self.may_access(claims, i)).collect()
+                self.incidents
+                    .keys()
+                    .filter(|i| self.may_access(claims, i))
+                    .collect()
             }
         };
         let mut subs = BTreeSet::new();
@@ -2139,7 +2838,11 @@ impl Core {
         Some(subs)
     }
 
-    fn owners_for(&self, claims: &Claims, incident: Option<&IncidentId>) -> BTreeMap<Subject, Role> {
+    fn owners_for(
+        &self,
+        claims: &Claims,
+        incident: Option<&IncidentId>,
+    ) -> BTreeMap<Subject, Role> {
         let subs = self.visible_subjects(claims, incident);
         self.units
             .iter()
@@ -2150,7 +2853,12 @@ impl Core {
 
     /// Units `claims` may see, optionally within one incident (`GET /api/units`, `units`):
     /// subjects that connected and drones that bridges reported, ordered by subject.
-    pub fn units_for(&self, now: u64, claims: &Claims, incident: Option<&IncidentId>) -> Vec<UnitView> {
+    pub fn units_for(
+        &self,
+        now: u64,
+        claims: &Claims,
+        incident: Option<&IncidentId>,
+    ) -> Vec<UnitView> {
         let subs = self.visible_subjects(claims, incident);
         let mut out: Vec<UnitView> = self
             .units
@@ -2175,11 +2883,19 @@ impl Core {
         let visible: Option<BTreeSet<&IncidentId>> = match incident {
             Some(i) => Some(BTreeSet::from([i])),
             None if matches!(claims.role, Role::Admin | Role::Commander) => None,
-            None => Some(self.incidents.keys().filter(|i| self.may_access(claims, i)).collect()),
+            None => Some(
+                self.incidents
+                    .keys()
+                    .filter(|i| self.may_access(claims, i))
+                    .collect(),
+            ),
         };
         for (name, d) in &self.drones {
             let incidents = self.drone_incidents(d);
-            if visible.as_ref().is_some_and(|v| !incidents.iter().any(|i| v.contains(i))) {
+            if visible
+                .as_ref()
+                .is_some_and(|v| !incidents.iter().any(|i| v.contains(i)))
+            {
                 continue;
             }
             out.push(UnitView {
@@ -2201,12 +2917,26 @@ impl Core {
 
     /// The shell reports a publish that the SFU accepted: it goes into the logs of the
     /// publisher's incidents.
-    pub fn note_published(&mut self, now: u64, session: &str, stream: &StreamName, kind: StreamKind) {
-        let Some(s) = self.sessions.get(session) else { return };
+    pub fn note_published(
+        &mut self,
+        now: u64,
+        session: &str,
+        stream: &StreamName,
+        kind: StreamKind,
+    ) {
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
         let who = s.claims.sub.to_string();
         let incidents: Vec<IncidentId> = s.incidents.iter().cloned().collect();
         for i in &incidents {
-            self.log(now, i, who.clone(), "publish", json!({"stream": stream, "kind": kind}));
+            self.log(
+                now,
+                i,
+                who.clone(),
+                "publish",
+                json!({"stream": stream, "kind": kind}),
+            );
         }
     }
 
@@ -2214,7 +2944,11 @@ impl Core {
     /// `forbidden` if it is not accessible (for the HTTP API).
     pub fn check_readable(&self, claims: &Claims, id: &IncidentId) -> Result<(), ProtoError> {
         if !claims.may(Action::ReadIncident) {
-            return Err(err(None, ErrorCode::Forbidden, format!("role {} may not read incidents", claims.role)));
+            return Err(err(
+                None,
+                ErrorCode::Forbidden,
+                format!("role {} may not read incidents", claims.role),
+            ));
         }
         self.readable(0, claims, id).map_err(|mut e| {
             e.re = None;
@@ -2233,9 +2967,9 @@ fn store_err(re: Option<RequestId>, e: StoreError) -> ProtoError {
 }
 
 fn e_closes(out: &VecDeque<Output>, conn: ConnId) -> bool {
-    out.iter().any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
+    out.iter()
+        .any(|o| matches!(o, Output::Close { conn: c, .. } if *c == conn))
 }
-
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

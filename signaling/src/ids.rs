@@ -170,7 +170,10 @@ impl StreamName {
     /// [`StreamName::parse`].
     pub fn parse_local_or_remote(s: &str) -> Result<StreamName, NameError> {
         match s.split_once('/') {
-            Some((node, stream)) => Ok(StreamName::remote(&NodeId::parse(node)?, &StreamName::parse(stream)?)),
+            Some((node, stream)) => Ok(StreamName::remote(
+                &NodeId::parse(node)?,
+                &StreamName::parse(stream)?,
+            )),
             None => StreamName::parse(s),
         }
     }

@@ -19,8 +19,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::auth::Role;
+use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 
 /// A `subscribe` stream name: local (`cam1`) or at another node (`township-3/cam1`).
 fn local_or_remote_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamName, D::Error> {
@@ -690,7 +690,10 @@ pub type MsgId = String;
 
 /// Checks a [`MsgId`].
 pub fn valid_msg_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl ClientMsg {
@@ -1075,26 +1078,48 @@ pub fn decode_client(frame: &[u8]) -> Result<ClientMsg, ProtoError> {
         return Err(ProtoError::new(
             None,
             ErrorCode::TooLarge,
-            format!("message of {} bytes exceeds the {MAX_FRAME}-byte limit", frame.len()),
+            format!(
+                "message of {} bytes exceeds the {MAX_FRAME}-byte limit",
+                frame.len()
+            ),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(frame)
-        .map_err(|e| ProtoError::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| ProtoError::new(None, ErrorCode::BadRequest, "a message must be a JSON object"))?;
+    let value: serde_json::Value = serde_json::from_slice(frame).map_err(|e| {
+        ProtoError::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}"))
+    })?;
+    let obj = value.as_object().ok_or_else(|| {
+        ProtoError::new(
+            None,
+            ErrorCode::BadRequest,
+            "a message must be a JSON object",
+        )
+    })?;
     let re = obj.get("id").and_then(serde_json::Value::as_u64);
     let ty = match obj.get("type") {
         Some(serde_json::Value::String(t)) => t.clone(),
-        Some(_) => return Err(ProtoError::new(re, ErrorCode::BadRequest, "`type` must be a string")),
+        Some(_) => {
+            return Err(ProtoError::new(
+                re,
+                ErrorCode::BadRequest,
+                "`type` must be a string",
+            ))
+        }
         None => return Err(ProtoError::new(re, ErrorCode::BadRequest, "missing `type`")),
     };
     if !CLIENT_TYPES.contains(&ty.as_str()) {
         let shown: String = ty.chars().take(40).collect();
-        return Err(ProtoError::new(re, ErrorCode::UnknownType, format!("unknown message type {shown:?}")));
+        return Err(ProtoError::new(
+            re,
+            ErrorCode::UnknownType,
+            format!("unknown message type {shown:?}"),
+        ));
     }
     serde_json::from_value(value).map_err(|e| {
-        ProtoError::new(re, ErrorCode::BadRequest, format!("invalid {ty} message: {e}"))
+        ProtoError::new(
+            re,
+            ErrorCode::BadRequest,
+            format!("invalid {ty} message: {e}"),
+        )
     })
 }
 
@@ -1159,7 +1184,10 @@ impl FrameDecoder {
 
     /// A decoder accepting frames up to `max` bytes (clients use [`MAX_SERVER_FRAME`]).
     pub fn with_max(max: usize) -> Self {
-        FrameDecoder { buf: Vec::new(), max }
+        FrameDecoder {
+            buf: Vec::new(),
+            max,
+        }
     }
 
     /// Appends received bytes.
@@ -1218,23 +1246,38 @@ mod tests {
 
     #[test]
     fn subscribe_takes_a_local_or_a_remote_stream_and_publish_only_local() {
-        let m = decode_client(br#"{"type":"subscribe","id":1,"stream":"township-3/cam1","sdp":"v=0"}"#).unwrap();
-        let ClientMsg::Subscribe { stream, .. } = &m else { panic!("{m:?}") };
+        let m =
+            decode_client(br#"{"type":"subscribe","id":1,"stream":"township-3/cam1","sdp":"v=0"}"#)
+                .unwrap();
+        let ClientMsg::Subscribe { stream, .. } = &m else {
+            panic!("{m:?}")
+        };
         assert_eq!(stream.split_remote(), Some(("township-3", "cam1")));
-        assert_eq!(decode_client(encode(&m).as_bytes()).unwrap(), m, "round trip");
-        let m = decode_client(br#"{"type":"subscribe","id":1,"stream":"cam1","sdp":"v=0"}"#).unwrap();
-        assert!(matches!(m, ClientMsg::Subscribe { stream, .. } if stream.split_remote().is_none()));
+        assert_eq!(
+            decode_client(encode(&m).as_bytes()).unwrap(),
+            m,
+            "round trip"
+        );
+        let m =
+            decode_client(br#"{"type":"subscribe","id":1,"stream":"cam1","sdp":"v=0"}"#).unwrap();
+        assert!(
+            matches!(m, ClientMsg::Subscribe { stream, .. } if stream.split_remote().is_none())
+        );
         for bad in ["a/b/c", "/cam", "node/", "-x/cam", "node/.cam"] {
             let frame = format!(r#"{{"type":"subscribe","id":1,"stream":"{bad}","sdp":"v=0"}}"#);
             assert!(decode_client(frame.as_bytes()).is_err(), "{bad}");
         }
         let publish = br#"{"type":"publish","id":1,"stream":"township-3/cam1","sdp":"v=0"}"#;
-        assert!(decode_client(publish).is_err(), "a remote name is never published");
+        assert!(
+            decode_client(publish).is_err(),
+            "a remote name is never published"
+        );
     }
 
     #[test]
     fn position_is_flat() {
-        let m = decode_client(br#"{"type":"position","lat":30.5,"lon":114.3,"speed":1.5}"#).unwrap();
+        let m =
+            decode_client(br#"{"type":"position","lat":30.5,"lon":114.3,"speed":1.5}"#).unwrap();
         match m {
             ClientMsg::Position { id: None, pos } => {
                 assert_eq!(pos.lat, 30.5);
@@ -1257,7 +1300,10 @@ mod tests {
         let e = decode_client(br#"{"type":"join","id":8,"incident":"a b"}"#).unwrap_err();
         assert_eq!((e.code, e.re), (ErrorCode::BadRequest, Some(8)));
         // Unknown fields are ignored (a newer client may send more).
-        assert_eq!(decode_client(br#"{"type":"ping","id":1,"extra":true}"#).unwrap(), ClientMsg::Ping { id: 1 });
+        assert_eq!(
+            decode_client(br#"{"type":"ping","id":1,"extra":true}"#).unwrap(),
+            ClientMsg::Ping { id: 1 }
+        );
         let big = vec![b' '; MAX_FRAME + 1];
         assert_eq!(decode_client(&big).unwrap_err().code, ErrorCode::TooLarge);
     }
@@ -1335,7 +1381,10 @@ mod tests {
             ),
             (
                 r#"{"type":"drone_link","drone":"pilot-3-drone1","up":false}"#,
-                ClientMsg::DroneLink { drone: "pilot-3-drone1".into(), up: false },
+                ClientMsg::DroneLink {
+                    drone: "pilot-3-drone1".into(),
+                    up: false,
+                },
             ),
             (
                 r#"{"type":"drone_command_ack","cmd":"dc-7","result":"temporarily_rejected","text":"not armed"}"#,
@@ -1347,7 +1396,11 @@ mod tests {
             ),
             (
                 r#"{"type":"drone_command_ack","cmd":"dc-8","result":"in_progress"}"#,
-                ClientMsg::DroneCommandAck { cmd: "dc-8".into(), result: DroneAckResult::InProgress, text: None },
+                ClientMsg::DroneCommandAck {
+                    cmd: "dc-8".into(),
+                    result: DroneAckResult::InProgress,
+                    text: None,
+                },
             ),
         ];
         for (json, msg) in cases {
@@ -1358,27 +1411,59 @@ mod tests {
             assert!(!m.set_id(3), "{} has no request id", m.kind());
             assert_eq!(json.split('"').nth(3), Some(m.kind()));
         }
-        for r in ["accepted", "temporarily_rejected", "denied", "unsupported", "failed", "in_progress", "cancelled", "timeout", "refused"] {
+        for r in [
+            "accepted",
+            "temporarily_rejected",
+            "denied",
+            "unsupported",
+            "failed",
+            "in_progress",
+            "cancelled",
+            "timeout",
+            "refused",
+        ] {
             let json = format!(r#"{{"type":"drone_command_ack","cmd":"dc-1","result":"{r}"}}"#);
             assert!(decode_client(json.as_bytes()).is_ok(), "{r}");
         }
         // `time` is required; an unknown result is a bad request.
         let e = decode_client(br#"{"type":"telemetry","drone":"d","t":{"lat":1.0}}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
-        let e = decode_client(br#"{"type":"drone_command_ack","cmd":"dc-1","result":"maybe"}"#).unwrap_err();
+        let e = decode_client(br#"{"type":"drone_command_ack","cmd":"dc-1","result":"maybe"}"#)
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
     #[test]
     fn telemetry_merges_present_fields_and_validates() {
-        let mut t = Telemetry { time: 1, mode: Some("LOITER".into()), lat: Some(30.0), lon: Some(114.0), battery_pct: Some(90.0), ..Telemetry::default() };
-        t.merge(&Telemetry { time: 2, lat: Some(30.1), armed: Some(false), ..Telemetry::default() });
+        let mut t = Telemetry {
+            time: 1,
+            mode: Some("LOITER".into()),
+            lat: Some(30.0),
+            lon: Some(114.0),
+            battery_pct: Some(90.0),
+            ..Telemetry::default()
+        };
+        t.merge(&Telemetry {
+            time: 2,
+            lat: Some(30.1),
+            armed: Some(false),
+            ..Telemetry::default()
+        });
         assert_eq!(t.time, 2);
-        assert_eq!((t.lat, t.lon, t.battery_pct, t.armed), (Some(30.1), Some(114.0), Some(90.0), Some(false)));
+        assert_eq!(
+            (t.lat, t.lon, t.battery_pct, t.armed),
+            (Some(30.1), Some(114.0), Some(90.0), Some(false))
+        );
         assert_eq!(t.mode.as_deref(), Some("LOITER"));
         let p = t.position().unwrap();
         assert_eq!((p.lat, p.lon, p.time), (30.1, 114.0, Some(2)));
-        assert!(Telemetry { time: 1, lat: Some(30.0), ..Telemetry::default() }.position().is_none());
+        assert!(Telemetry {
+            time: 1,
+            lat: Some(30.0),
+            ..Telemetry::default()
+        }
+        .position()
+        .is_none());
         assert!(t.validate().is_ok());
         t.lon = Some(190.0);
         assert!(t.validate().unwrap_err().contains("lon"));

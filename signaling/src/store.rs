@@ -293,7 +293,9 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let found: u32 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: u32 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew { found });
         }
@@ -308,7 +310,9 @@ impl Store {
 
     /// The schema version of the open file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Stores an item from `sender` with its client id and puts it in each recipient's mailbox,
@@ -336,8 +340,14 @@ impl Store {
             )
             .optional()?;
         if let Some((item_id, body)) = existing {
-            let item = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            return Ok(Stored { item_id, new: false, mails: Vec::new(), item });
+            let item =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            return Ok(Stored {
+                item_id,
+                new: false,
+                mails: Vec::new(),
+                item,
+            });
         }
         tx.execute(
             "INSERT INTO items(sender, client_id, kind, incident, body, created_at) VALUES (?1, ?2, ?3, ?4, '{}', ?5)",
@@ -353,7 +363,15 @@ impl Store {
             tx.execute(
                 "INSERT INTO orders(id, item, incident, sender, recipient, text, state, sent_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'sent', ?7)",
-                params![order_id(item_id), item_id, incident, sender.as_str(), to.as_str(), text, now as i64],
+                params![
+                    order_id(item_id),
+                    item_id,
+                    incident,
+                    sender.as_str(),
+                    to.as_str(),
+                    text,
+                    now as i64
+                ],
             )?;
         }
         let mut mails = Vec::with_capacity(recipients.len());
@@ -367,32 +385,57 @@ impl Store {
                 "INSERT INTO mailbox(recipient, seq, item) VALUES (?1, ?2, ?3)",
                 params![r.as_str(), seq, item_id],
             )?;
-            mails.push((r.clone(), Mail { seq: seq as u64, item: item.clone() }));
+            mails.push((
+                r.clone(),
+                Mail {
+                    seq: seq as u64,
+                    item: item.clone(),
+                },
+            ));
         }
         tx.commit()?;
-        Ok(Stored { item_id, new: true, mails, item })
+        Ok(Stored {
+            item_id,
+            new: true,
+            mails,
+            item,
+        })
     }
 
     /// Mailbox entries of `recipient` after `after`, oldest first, at most `limit`.
-    pub fn mail_after(&self, recipient: &Subject, after: u64, limit: usize) -> Result<Vec<Mail>, StoreError> {
+    pub fn mail_after(
+        &self,
+        recipient: &Subject,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Mail>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT m.seq, i.body FROM mailbox m JOIN items i ON i.id = m.item
              WHERE m.recipient = ?1 AND m.seq > ?2 ORDER BY m.seq LIMIT ?3",
         )?;
-        let rows = st.query_map(params![recipient.as_str(), after as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
+        let rows = st.query_map(
+            params![recipient.as_str(), after as i64, limit as i64],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, body) = row?;
-            let item = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(Mail { seq: seq as u64, item });
+            let item =
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(Mail {
+                seq: seq as u64,
+                item,
+            });
         }
         Ok(out)
     }
 
     /// Sender and kind of item `item_id`, if it is in `recipient`'s mailbox.
-    pub fn item_in_mailbox(&self, recipient: &Subject, item_id: i64) -> Result<Option<(String, String)>, StoreError> {
+    pub fn item_in_mailbox(
+        &self,
+        recipient: &Subject,
+        item_id: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -418,7 +461,11 @@ impl Store {
     pub fn acked(&self, recipient: &Subject) -> Result<u64, StoreError> {
         let v: Option<i64> = self
             .conn
-            .query_row("SELECT acked FROM cursors WHERE recipient = ?1", params![recipient.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT acked FROM cursors WHERE recipient = ?1",
+                params![recipient.as_str()],
+                |r| r.get(0),
+            )
             .optional()?;
         Ok(v.unwrap_or(0) as u64)
     }
@@ -426,10 +473,19 @@ impl Store {
     /// Records that `recipient` processed everything up to `upto` (never moves backwards, never
     /// past the mailbox's end). Returns the orders that became delivered by it:
     /// `(order id, sender)`.
-    pub fn ack(&mut self, recipient: &Subject, upto: u64, now: u64) -> Result<Vec<(String, Subject)>, StoreError> {
+    pub fn ack(
+        &mut self,
+        recipient: &Subject,
+        upto: u64,
+        now: u64,
+    ) -> Result<Vec<(String, Subject)>, StoreError> {
         let tx = self.conn.transaction()?;
         let old: i64 = tx
-            .query_row("SELECT acked FROM cursors WHERE recipient = ?1", params![recipient.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT acked FROM cursors WHERE recipient = ?1",
+                params![recipient.as_str()],
+                |r| r.get(0),
+            )
             .optional()?
             .unwrap_or(0);
         let last: i64 = tx.query_row(
@@ -458,7 +514,8 @@ impl Store {
             })?;
             for row in rows {
                 let (id, sender) = row?;
-                let sender = Subject::parse(&sender).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let sender =
+                    Subject::parse(&sender).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 delivered.push((id, sender));
             }
         }
@@ -474,7 +531,9 @@ impl Store {
 
     /// One order.
     pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!("{ORDER_SELECT} WHERE id = ?1"))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("{ORDER_SELECT} WHERE id = ?1"))?;
         let mut rows = st.query(params![id])?;
         match rows.next()? {
             Some(r) => Ok(Some(order_row(r)?)),
@@ -512,7 +571,11 @@ impl Store {
 
     /// Orders sent by or addressed to `subject` (every order when `None`), newest first, at most
     /// `limit`.
-    pub fn orders(&self, subject: Option<&Subject>, limit: usize) -> Result<Vec<Order>, StoreError> {
+    pub fn orders(
+        &self,
+        subject: Option<&Subject>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
         let mut out = Vec::new();
         match subject {
             Some(s) => {
@@ -525,9 +588,9 @@ impl Store {
                 }
             }
             None => {
-                let mut st = self
-                    .conn
-                    .prepare_cached(&format!("{ORDER_SELECT} ORDER BY sent_at DESC, id DESC LIMIT ?1"))?;
+                let mut st = self.conn.prepare_cached(&format!(
+                    "{ORDER_SELECT} ORDER BY sent_at DESC, id DESC LIMIT ?1"
+                ))?;
                 let mut rows = st.query(params![limit as i64])?;
                 while let Some(r) = rows.next()? {
                     out.push(order_row(r)?);
@@ -538,11 +601,14 @@ impl Store {
     }
 }
 
-const ORDER_SELECT: &str = "SELECT id, incident, sender, recipient, text, state, eta_min, reason, sent_at,
+const ORDER_SELECT: &str =
+    "SELECT id, incident, sender, recipient, text, state, eta_min, reason, sent_at,
     delivered_at, accepted_at, declined_at, done_at FROM orders";
 
 fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
-    let ms = |i: usize| -> Result<Option<u64>, rusqlite::Error> { Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64)) };
+    let ms = |i: usize| -> Result<Option<u64>, rusqlite::Error> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+    };
     Ok(Order {
         id: r.get(0)?,
         incident: r.get(1)?,
@@ -563,7 +629,9 @@ fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
 impl Store {
     /// Every stored incident with its assignments.
     pub fn incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
-        let mut st = self.conn.prepare("SELECT id, name, open, created_by, created_at, closed_at FROM incidents ORDER BY id")?;
+        let mut st = self.conn.prepare(
+            "SELECT id, name, open, created_by, created_at, closed_at FROM incidents ORDER BY id",
+        )?;
         let rows = st.query_map([], |r| {
             Ok(IncidentRow {
                 id: r.get(0)?,
@@ -579,7 +647,9 @@ impl Store {
         for row in rows {
             out.push(row?);
         }
-        let mut st = self.conn.prepare("SELECT subject FROM assignments WHERE incident = ?1 ORDER BY subject")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT subject FROM assignments WHERE incident = ?1 ORDER BY subject")?;
         for inc in &mut out {
             let subs = st.query_map(params![inc.id], |r| r.get::<_, String>(0))?;
             for s in subs {
@@ -600,20 +670,35 @@ impl Store {
     }
 
     /// Assigns (`true`) or unassigns `subject` to `incident`.
-    pub fn set_assigned(&mut self, incident: &str, subject: &str, assigned: bool) -> Result<(), StoreError> {
+    pub fn set_assigned(
+        &mut self,
+        incident: &str,
+        subject: &str,
+        assigned: bool,
+    ) -> Result<(), StoreError> {
         if assigned {
             self.conn.execute(
                 "INSERT OR IGNORE INTO assignments(incident, subject) VALUES (?1, ?2)",
                 params![incident, subject],
             )?;
         } else {
-            self.conn.execute("DELETE FROM assignments WHERE incident = ?1 AND subject = ?2", params![incident, subject])?;
+            self.conn.execute(
+                "DELETE FROM assignments WHERE incident = ?1 AND subject = ?2",
+                params![incident, subject],
+            )?;
         }
         Ok(())
     }
 
     /// Appends to an incident's log; returns the entry's `seq`.
-    pub fn append_log(&mut self, incident: &str, time: u64, who: &str, what: &str, detail: &Value) -> Result<u64, StoreError> {
+    pub fn append_log(
+        &mut self,
+        incident: &str,
+        time: u64,
+        who: &str,
+        what: &str,
+        detail: &Value,
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM incident_log WHERE incident = ?1",
@@ -629,18 +714,39 @@ impl Store {
     }
 
     /// Log entries of `incident` after `after`, oldest first, at most `limit`; and the newest `seq`.
-    pub fn log_after(&self, incident: &str, after: u64, limit: usize) -> Result<(Vec<LogEntry>, u64), StoreError> {
+    pub fn log_after(
+        &self,
+        incident: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, u64), StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT seq, time, who, what, detail FROM incident_log WHERE incident = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = st.query_map(params![incident, after.min(i64::MAX as u64) as i64, limit as i64], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
-        })?;
+        let rows = st.query_map(
+            params![incident, after.min(i64::MAX as u64) as i64, limit as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            },
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (seq, time, who, what, detail) = row?;
-            let detail = serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push(LogEntry { seq: seq as u64, time: time as u64, who, what, detail });
+            let detail =
+                serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push(LogEntry {
+                seq: seq as u64,
+                time: time as u64,
+                who,
+                what,
+                detail,
+            });
         }
         let last: i64 = self.conn.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM incident_log WHERE incident = ?1",
@@ -669,14 +775,50 @@ mod tests {
     fn items_are_stored_once_and_numbered_per_recipient() {
         let mut st = Store::open_in_memory().unwrap();
         let a = st
-            .put(&s("cmd"), "m1", "chat", Some("duty"), &[s("off-1"), s("off-2")], 10, None, |id| json!({"id": id, "text": "a"}))
+            .put(
+                &s("cmd"),
+                "m1",
+                "chat",
+                Some("duty"),
+                &[s("off-1"), s("off-2")],
+                10,
+                None,
+                |id| json!({"id": id, "text": "a"}),
+            )
             .unwrap();
         assert!(a.new);
-        assert_eq!(a.mails.iter().map(|(r, m)| (r.as_str(), m.seq)).collect::<Vec<_>>(), vec![("off-1", 1), ("off-2", 1)]);
-        let again = st.put(&s("cmd"), "m1", "chat", Some("duty"), &[s("off-1")], 11, None, |_| json!({})).unwrap();
+        assert_eq!(
+            a.mails
+                .iter()
+                .map(|(r, m)| (r.as_str(), m.seq))
+                .collect::<Vec<_>>(),
+            vec![("off-1", 1), ("off-2", 1)]
+        );
+        let again = st
+            .put(
+                &s("cmd"),
+                "m1",
+                "chat",
+                Some("duty"),
+                &[s("off-1")],
+                11,
+                None,
+                |_| json!({}),
+            )
+            .unwrap();
         assert!(!again.new);
         assert_eq!(again.item, a.item);
-        st.put(&s("cmd"), "m2", "chat", None, &[s("off-1")], 12, None, |id| json!({"id": id})).unwrap();
+        st.put(
+            &s("cmd"),
+            "m2",
+            "chat",
+            None,
+            &[s("off-1")],
+            12,
+            None,
+            |id| json!({"id": id}),
+        )
+        .unwrap();
         let mail = st.mail_after(&s("off-1"), 0, 100).unwrap();
         assert_eq!(mail.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(st.mail_after(&s("off-1"), 1, 100).unwrap().len(), 1);
@@ -687,7 +829,16 @@ mod tests {
     fn ack_delivers_orders_and_never_moves_back() {
         let mut st = Store::open_in_memory().unwrap();
         let o = st
-            .put(&s("cmd"), "o1", "order", Some("duty"), &[s("off-1")], 10, Some(("duty", &s("off-1"), "go")), |id| json!({"order": order_id(id)}))
+            .put(
+                &s("cmd"),
+                "o1",
+                "order",
+                Some("duty"),
+                &[s("off-1")],
+                10,
+                Some(("duty", &s("off-1"), "go")),
+                |id| json!({"order": order_id(id)}),
+            )
             .unwrap();
         let id = order_id(o.item_id);
         assert_eq!(st.order(&id).unwrap().unwrap().state, OrderState::Sent);
@@ -695,11 +846,18 @@ mod tests {
         assert_eq!(d, vec![(id.clone(), s("cmd"))]);
         assert_eq!(st.order(&id).unwrap().unwrap().delivered_at, Some(20));
         assert!(st.ack(&s("off-1"), 0, 30).unwrap().is_empty());
-        assert!(st.ack(&s("off-1"), 99, 30).unwrap().is_empty(), "clamped to the mailbox end");
+        assert!(
+            st.ack(&s("off-1"), 99, 30).unwrap().is_empty(),
+            "clamped to the mailbox end"
+        );
         assert_eq!(st.acked(&s("off-1")).unwrap(), 1);
-        st.set_order_state(&id, OrderState::Accepted, 40, Some(7), None).unwrap();
+        st.set_order_state(&id, OrderState::Accepted, 40, Some(7), None)
+            .unwrap();
         let o = st.order(&id).unwrap().unwrap();
-        assert_eq!((o.state, o.eta_min, o.accepted_at), (OrderState::Accepted, Some(7), Some(40)));
+        assert_eq!(
+            (o.state, o.eta_min, o.accepted_at),
+            (OrderState::Accepted, Some(7), Some(40))
+        );
         assert_eq!(st.orders(Some(&s("cmd")), 10).unwrap().len(), 1);
         assert!(st.orders(Some(&s("off-9")), 10).unwrap().is_empty());
     }
@@ -719,15 +877,42 @@ mod tests {
         st.save_incident(&row).unwrap();
         st.set_assigned("fire-1", "off-1", true).unwrap();
         st.set_assigned("fire-1", "off-1", true).unwrap();
-        assert_eq!(st.append_log("fire-1", 6, "cmd", "created", &json!({"name": "Fire"})).unwrap(), 1);
-        assert_eq!(st.append_log("fire-1", 7, "cmd", "closed", &Value::Null).unwrap(), 2);
-        st.save_incident(&IncidentRow { open: false, closed_at: Some(7), ..row }).unwrap();
+        assert_eq!(
+            st.append_log("fire-1", 6, "cmd", "created", &json!({"name": "Fire"}))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            st.append_log("fire-1", 7, "cmd", "closed", &Value::Null)
+                .unwrap(),
+            2
+        );
+        st.save_incident(&IncidentRow {
+            open: false,
+            closed_at: Some(7),
+            ..row
+        })
+        .unwrap();
         let all = st.incidents().unwrap();
-        assert_eq!((all[0].open, all[0].closed_at, all[0].assigned.clone()), (false, Some(7), vec!["off-1".to_owned()]));
+        assert_eq!(
+            (all[0].open, all[0].closed_at, all[0].assigned.clone()),
+            (false, Some(7), vec!["off-1".to_owned()])
+        );
         let (entries, last) = st.log_after("fire-1", 1, 10).unwrap();
-        assert_eq!((entries.len(), entries[0].what.as_str(), last), (1, "closed", 2));
-        assert!(st.conn.execute("DELETE FROM incident_log", []).is_err(), "append-only");
-        assert!(st.conn.execute("UPDATE incident_log SET what = 'x'", []).is_err(), "append-only");
+        assert_eq!(
+            (entries.len(), entries[0].what.as_str(), last),
+            (1, "closed", 2)
+        );
+        assert!(
+            st.conn.execute("DELETE FROM incident_log", []).is_err(),
+            "append-only"
+        );
+        assert!(
+            st.conn
+                .execute("UPDATE incident_log SET what = 'x'", [])
+                .is_err(),
+            "append-only"
+        );
     }
 
     #[test]
@@ -747,19 +932,39 @@ mod tests {
         let path = dir.join("office.db");
         {
             let mut st = Store::open(&path).unwrap();
-            st.put(&s("cmd"), "m1", "chat", None, &[s("off-1")], 1, None, |_| json!({"x": 1})).unwrap();
+            st.put(
+                &s("cmd"),
+                "m1",
+                "chat",
+                None,
+                &[s("off-1")],
+                1,
+                None,
+                |_| json!({"x": 1}),
+            )
+            .unwrap();
         }
         let st = Store::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item, json!({"x": 1}));
+        assert_eq!(
+            st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item,
+            json!({"x": 1})
+        );
         st.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(st);
-        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 99 })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99 })
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("yiwang-store-{}-{}", std::process::id(), rand::random::<u64>()));
+        let d = std::env::temp_dir().join(format!(
+            "yiwang-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -13,7 +13,8 @@
 use crate::auth::Action;
 use crate::ids::{IncidentId, StreamName, Subject};
 use crate::proto::{
-    ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position, RequestId, ServerMsg, StreamKind, Telemetry,
+    ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position, RequestId, ServerMsg, StreamKind,
+    Telemetry,
 };
 
 /// A request that exercises `action` for a token of subject `sub` (the "own" variant where the
@@ -60,7 +61,10 @@ pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
                 time: None,
             },
         },
-        Action::ReadIncident => ClientMsg::Units { id, incident: Some(duty()) },
+        Action::ReadIncident => ClientMsg::Units {
+            id,
+            incident: Some(duty()),
+        },
         Action::Chat => ClientMsg::Chat {
             id,
             msg_id: None,
@@ -83,8 +87,17 @@ pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
             eta_min: Some(5),
             reason: None,
         },
-        Action::RaiseSos => ClientMsg::Sos { id, msg_id: None, incident: None, text: Some("probe".into()) },
-        Action::ManageIncident => ClientMsg::IncidentCreate { id, incident: None, name: "probe".into() },
+        Action::RaiseSos => ClientMsg::Sos {
+            id,
+            msg_id: None,
+            incident: None,
+            text: Some("probe".into()),
+        },
+        Action::ManageIncident => ClientMsg::IncidentCreate {
+            id,
+            incident: None,
+            name: "probe".into(),
+        },
         Action::CommandDrone => ClientMsg::DroneCommand {
             id,
             drone: own_drone,
@@ -93,7 +106,11 @@ pub fn probe(action: Action, sub: &Subject, id: RequestId) -> ClientMsg {
             lon: None,
             alt: None,
         },
-        Action::Revoke => ClientMsg::Revoke { id, sub: None, jti: Some("no-such-token-id".into()) },
+        Action::Revoke => ClientMsg::Revoke {
+            id,
+            sub: None,
+            jti: Some("no-such-token-id".into()),
+        },
     }
 }
 
@@ -117,7 +134,14 @@ pub fn probe_without_reply(action: Action, sub: &Subject) -> Option<ClientMsg> {
 
 /// Whether `msg` is the refusal, for lack of rights, of a message without a request id.
 pub fn is_forbidden_without_re(msg: &ServerMsg) -> bool {
-    matches!(msg, ServerMsg::Error { re: None, code: ErrorCode::Forbidden, .. })
+    matches!(
+        msg,
+        ServerMsg::Error {
+            re: None,
+            code: ErrorCode::Forbidden,
+            ..
+        }
+    )
 }
 
 /// Whether `reply` is the refusal of request `re` for lack of rights.
@@ -148,8 +172,13 @@ pub fn fuzz_decode(data: &[u8]) {
                 Ok(Some(f)) => {
                     if let Ok(m) = crate::proto::decode_client(&f) {
                         // Whatever decodes must encode and decode to the same message.
-                        let again = crate::proto::decode_client(crate::proto::encode(&m).as_bytes());
-                        assert_eq!(again.as_ref().ok(), Some(&m), "re-encoding changed the message");
+                        let again =
+                            crate::proto::decode_client(crate::proto::encode(&m).as_bytes());
+                        assert_eq!(
+                            again.as_ref().ok(),
+                            Some(&m),
+                            "re-encoding changed the message"
+                        );
                     }
                 }
                 Ok(None) => break,
@@ -181,7 +210,13 @@ pub fn fuzz_core(data: &[u8]) {
             now0 / 1000,
         )
     };
-    let hello = |t: String| crate::proto::encode(&ClientMsg::Hello { v: crate::proto::VERSION, token: t, resume: None });
+    let hello = |t: String| {
+        crate::proto::encode(&ClientMsg::Hello {
+            v: crate::proto::VERSION,
+            token: t,
+            resume: None,
+        })
+    };
     core.open(now0, 1);
     core.frame(now0, 1, hello(token("fuzz-admin", Role::Admin)).as_bytes());
     core.open(now0, 2);
@@ -226,13 +261,23 @@ mod tests {
             .enumerate()
             .map(|(i, a)| crate::proto::encode(&probe(*a, &sub, i as u64)).into_bytes())
             .collect();
-        seeds.extend(Action::ALL.iter().filter_map(|a| probe_without_reply(*a, &sub)).map(|m| crate::proto::encode(&m).into_bytes()));
+        seeds.extend(
+            Action::ALL
+                .iter()
+                .filter_map(|a| probe_without_reply(*a, &sub))
+                .map(|m| crate::proto::encode(&m).into_bytes()),
+        );
         seeds.push(br#"{"type":"drone_link","drone":"fuzz-admin-drone1","up":false}"#.to_vec());
         seeds.push(br#"{"type":"drone_command","id":4,"drone":"fuzz-admin-drone1","command":"guided","lat":1,"lon":2,"alt":3}"#.to_vec());
-        seeds.push(br#"{"type":"drone_command_ack","cmd":"dc-1","result":"accepted","text":"ok"}"#.to_vec());
+        seeds.push(
+            br#"{"type":"drone_command_ack","cmd":"dc-1","result":"accepted","text":"ok"}"#
+                .to_vec(),
+        );
         seeds.push(br#"{"type":"incident_create","id":1,"incident":"x1","name":"n"}"#.to_vec());
         seeds.push(br#"{"type":"assign","id":2,"incident":"x1","subject":"bystander"}"#.to_vec());
-        seeds.push(br#"{"type":"log","id":3,"incident":"x1","after":0,"limit":4294967295}"#.to_vec());
+        seeds.push(
+            br#"{"type":"log","id":3,"incident":"x1","after":0,"limit":4294967295}"#.to_vec(),
+        );
         seeds.push(br#"{"type":"ack","after":18446744073709551615}"#.to_vec());
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut rnd = move || {

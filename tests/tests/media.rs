@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::{start_node, wait_for, TestNode, MEDIA, WAIT};
 use rand::{Rng, SeedableRng};
 use signaling::auth::Role;
-use yiwang_tests::gst_peer::{self, PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher};
+use yiwang_tests::gst_peer::{
+    self, PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher,
+};
 
 fn av() -> ViewOptions {
     ViewOptions::default()
@@ -26,7 +28,15 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
         &n.base,
         "cam1",
         &n.token("cam1", Role::Officer),
-        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1500, via: None },
+        PublishOptions {
+            codec: VideoCodec::H264,
+            width: 640,
+            height: 480,
+            fps: 30,
+            audio: true,
+            bitrate_kbps: 1500,
+            via: None,
+        },
     )
     .await
     .expect("publish over WHIP");
@@ -34,7 +44,11 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
     let view_token = n.token("wall-1", Role::Viewer);
     let mut viewers = Vec::new();
     for _ in 0..3 {
-        viewers.push(WhepViewer::start(&n.base, "cam1", &view_token, av()).await.expect("view over WHEP"));
+        viewers.push(
+            WhepViewer::start(&n.base, "cam1", &view_token, av())
+                .await
+                .expect("view over WHEP"),
+        );
     }
     for v in &viewers {
         v.wait_frames(1, WAIT).await.expect("first decoded frame");
@@ -57,13 +71,19 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
         assert_eq!(v.video_codec().as_deref(), Some("H264"));
         v.wait_audio(1, WAIT).await.expect("audio decoded too");
     }
-    assert!(n.metric("yiwang_keyframe_requests_out_total").await >= 1, "viewers joining asked for keyframes");
+    assert!(
+        n.metric("yiwang_keyframe_requests_out_total").await >= 1,
+        "viewers joining asked for keyframes"
+    );
 
     for v in viewers {
         v.stop().await.expect("viewer DELETE");
     }
     publisher.stop().await.expect("publisher DELETE");
-    wait_for("stream to leave the table", WAIT, || async { n.node.live.list().is_empty().then_some(()) }).await;
+    wait_for("stream to leave the table", WAIT, || async {
+        n.node.live.list().is_empty().then_some(())
+    })
+    .await;
     n.node.shutdown().await;
 }
 
@@ -76,23 +96,39 @@ async fn impaired_link_is_repaired(publisher_side: bool) {
     let n = start_node().await;
     let up: ImpairConfig = "loss=5%,jitter=50ms,seed=11".parse().unwrap();
     let down: ImpairConfig = "loss=5%,jitter=50ms,seed=12".parse().unwrap();
-    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), n.node.media_addr, up, down).await.unwrap();
+    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), n.node.media_addr, up, down)
+        .await
+        .unwrap();
     let via = Some(relay.local_addr());
-    let (pub_via, view_via) = if publisher_side { (via, None) } else { (None, via) };
+    let (pub_via, view_via) = if publisher_side {
+        (via, None)
+    } else {
+        (None, via)
+    };
     let publisher = WhipPublisher::start(
         &n.base,
         "cam1",
         &n.token("cam1", Role::Officer),
-        PublishOptions { via: pub_via, ..Default::default() },
+        PublishOptions {
+            via: pub_via,
+            ..Default::default()
+        },
     )
     .await
     .expect("publish");
     // ±50 ms of jitter each way plus a NACK round trip: the viewer buffers 400 ms.
-    let opts = ViewOptions { via: view_via, latency_ms: Some(400), ..Default::default() };
+    let opts = ViewOptions {
+        via: view_via,
+        latency_ms: Some(400),
+        ..Default::default()
+    };
     let viewer = WhepViewer::start(&n.base, "cam1", &n.token("wall-1", Role::Viewer), opts)
         .await
         .expect("view");
-    viewer.wait_frames(30, WAIT).await.expect("playing through the impaired link");
+    viewer
+        .wait_frames(30, WAIT)
+        .await
+        .expect("playing through the impaired link");
     let sent0 = publisher.frames_sent();
     let seen0 = viewer.stats().frames_decoded;
     let sent1 = wait_for("300 more frames", WAIT, || async {
@@ -107,9 +143,25 @@ async fn impaired_link_is_repaired(publisher_side: bool) {
         .unwrap_or_else(|e| panic!("fewer than 99 % of {} frames decoded: {e:#}", sent1 - sent0));
     let stats = relay.stats();
     // Media flows up (publisher → SFU) or down (SFU → viewer); the other way carries only RTCP.
-    let media = if publisher_side { &stats.up } else { &stats.down };
-    assert!(media.dropped() * 100 >= media.pushed * 3, "the relay really lost media packets: {stats:?}");
-    assert!(n.metric(if publisher_side { "yiwang_nacks_out_total" } else { "yiwang_nacks_in_total" }).await > 0, "repaired by NACK");
+    let media = if publisher_side {
+        &stats.up
+    } else {
+        &stats.down
+    };
+    assert!(
+        media.dropped() * 100 >= media.pushed * 3,
+        "the relay really lost media packets: {stats:?}"
+    );
+    assert!(
+        n.metric(if publisher_side {
+            "yiwang_nacks_out_total"
+        } else {
+            "yiwang_nacks_in_total"
+        })
+        .await
+            > 0,
+        "repaired by NACK"
+    );
     viewer.stop().await.unwrap();
     publisher.stop().await.unwrap();
     relay.shutdown().await;
@@ -130,15 +182,25 @@ async fn loss_and_jitter_between_sfu_and_viewer_are_repaired() {
 async fn chromium(n: &TestNode, args: &[&str]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/run.mjs");
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script).args(["--base", &n.base]).args(args).kill_on_drop(true);
+    cmd.arg(script)
+        .args(["--base", &n.base])
+        .args(args)
+        .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(150), cmd.output())
         .await
         .expect("browser run finishes within 150 s")
         .expect("node runs (npm install in tests/browser done by scripts/install-deps.sh)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_else(|| {
-        panic!("no JSON from run.mjs; stderr:\n{}", String::from_utf8_lossy(&out.stderr))
-    });
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "no JSON from run.mjs; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     serde_json::from_str(line).expect("run.mjs prints JSON")
 }
 
@@ -164,9 +226,22 @@ async fn chromium_both_ways(codec: &str) {
     .await;
     assert_eq!(result["ok"], true, "browser run failed: {result:#}");
     let viewer = &result["viewer"];
-    assert!(viewer["framesDecoded"].as_u64().unwrap_or(0) > 100, "{result:#}");
-    assert!(viewer["audioPacketsReceived"].as_u64().unwrap_or(0) > 0, "{result:#}");
-    assert_eq!(result["negotiatedCodec"].as_str().map(str::to_lowercase).as_deref(), Some(codec), "{result:#}");
+    assert!(
+        viewer["framesDecoded"].as_u64().unwrap_or(0) > 100,
+        "{result:#}"
+    );
+    assert!(
+        viewer["audioPacketsReceived"].as_u64().unwrap_or(0) > 0,
+        "{result:#}"
+    );
+    assert_eq!(
+        result["negotiatedCodec"]
+            .as_str()
+            .map(str::to_lowercase)
+            .as_deref(),
+        Some(codec),
+        "{result:#}"
+    );
     n.node.shutdown().await;
 }
 
@@ -185,14 +260,32 @@ async fn chromium_publishes_and_plays_h264() {
 
 /// run.mjs in simulcast mode on `stream`; asserts it succeeded and returns the widths the "low"
 /// and "high" viewers decoded, with the whole result for messages.
-async fn chromium_simulcast(n: &TestNode, stream: &str, extra: &[&str]) -> (u64, u64, serde_json::Value) {
-    let (pub_token, view_token) = (n.token(stream, Role::Officer), n.token("wall-1", Role::Viewer));
-    let mut args = vec!["--mode", "simulcast", "--stream", stream, "--pub-token", &pub_token];
+async fn chromium_simulcast(
+    n: &TestNode,
+    stream: &str,
+    extra: &[&str],
+) -> (u64, u64, serde_json::Value) {
+    let (pub_token, view_token) = (
+        n.token(stream, Role::Officer),
+        n.token("wall-1", Role::Viewer),
+    );
+    let mut args = vec![
+        "--mode",
+        "simulcast",
+        "--stream",
+        stream,
+        "--pub-token",
+        &pub_token,
+    ];
     args.extend(["--view-token", &view_token, "--timeout-ms", "100000"]);
     args.extend_from_slice(extra);
     let result = chromium(n, &args).await;
     assert_eq!(result["ok"], true, "browser run failed: {result:#}");
-    let width = |w: &str| result["widths"][w].as_u64().unwrap_or_else(|| panic!("no {w} width: {result:#}"));
+    let width = |w: &str| {
+        result["widths"][w]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {w} width: {result:#}"))
+    };
     (width("low"), width("high"), result.clone())
 }
 
@@ -203,7 +296,10 @@ async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
     let (low, high, result) = chromium_simulcast(&n, "officer-sc", &[]).await;
-    assert!(low < high, "low layer {low} px wide, high {high} px: {result:#}");
+    assert!(
+        low < high,
+        "low layer {low} px wide, high {high} px: {result:#}"
+    );
     n.node.shutdown().await;
 }
 
@@ -218,13 +314,24 @@ async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
     // A wall on a LAN: start estimates at 2.5 Mbit/s so uncapped viewers begin on the top layer.
     let n = common::start_node_with(|c| c.sfu.bwe_initial_kbps = 2500).await;
     let down: ImpairConfig = "rate=300kbit,queue=16k,seed=3".parse().unwrap();
-    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), n.node.media_addr, ImpairConfig::default(), down)
-        .await
-        .unwrap();
+    let relay = UdpRelay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        n.node.media_addr,
+        ImpairConfig::default(),
+        down,
+    )
+    .await
+    .unwrap();
     let via = relay.local_addr().to_string();
     let (capped, free, result) = chromium_simulcast(&n, "officer-cap", &["--cap-via", &via]).await;
-    assert!(capped < free, "capped viewer {capped} px wide, uncapped {free} px: {result:#}");
-    assert!(relay.stats().down.delivered > 0, "the capped viewer's media went through the relay");
+    assert!(
+        capped < free,
+        "capped viewer {capped} px wide, uncapped {free} px: {result:#}"
+    );
+    assert!(
+        relay.stats().down.delivered > 0,
+        "the capped viewer's media went through the relay"
+    );
     relay.shutdown().await;
     n.node.shutdown().await;
 }
@@ -235,16 +342,36 @@ async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
 async fn chromium_plays_a_gstreamer_stream() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
-    let publisher = WhipPublisher::start(&n.base, "cam9", &n.token("cam9", Role::Device), PublishOptions::default())
-        .await
-        .expect("publish");
+    let publisher = WhipPublisher::start(
+        &n.base,
+        "cam9",
+        &n.token("cam9", Role::Device),
+        PublishOptions::default(),
+    )
+    .await
+    .expect("publish");
     let result = chromium(
         &n,
-        &["--mode", "play-only", "--stream", "cam9", "--view-token", &n.token("wall-1", Role::Viewer), "--timeout-ms", "90000"],
+        &[
+            "--mode",
+            "play-only",
+            "--stream",
+            "cam9",
+            "--view-token",
+            &n.token("wall-1", Role::Viewer),
+            "--timeout-ms",
+            "90000",
+        ],
     )
     .await;
     assert_eq!(result["ok"], true, "browser run failed: {result:#}");
-    assert_eq!(result["negotiatedCodec"].as_str().map(str::to_lowercase).as_deref(), Some("h264"));
+    assert_eq!(
+        result["negotiatedCodec"]
+            .as_str()
+            .map(str::to_lowercase)
+            .as_deref(),
+        Some("h264")
+    );
     publisher.stop().await.unwrap();
     n.node.shutdown().await;
 }
@@ -254,7 +381,11 @@ fn udp_junk() -> Vec<Vec<u8>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut junk: Vec<Vec<u8>> = Vec::new();
     // STUN binding request header (20 bytes) cut short, and one whole but with an unknown ufrag.
-    let stun: Vec<u8> = [0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42].iter().copied().chain([7u8; 12]).collect();
+    let stun: Vec<u8> = [0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42]
+        .iter()
+        .copied()
+        .chain([7u8; 12])
+        .collect();
     junk.push(stun[..10].to_vec());
     let mut stun_user = stun.clone();
     stun_user.extend([0x00, 0x06, 0x00, 0x04, b'a', b'b', b':', b'c']);
@@ -282,16 +413,24 @@ fn udp_junk() -> Vec<Vec<u8>> {
 async fn bad_input_keeps_the_node_up_and_loses_nothing() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
-    let publisher = WhipPublisher::start(&n.base, "cam1", &n.token("cam1", Role::Officer), PublishOptions::default())
+    let publisher = WhipPublisher::start(
+        &n.base,
+        "cam1",
+        &n.token("cam1", Role::Officer),
+        PublishOptions::default(),
+    )
+    .await
+    .expect("publish");
+    let viewer = WhepViewer::start(&n.base, "cam1", &n.token("wall-1", Role::Viewer), av())
         .await
-        .expect("publish");
-    let viewer = WhepViewer::start(&n.base, "cam1", &n.token("wall-1", Role::Viewer), av()).await.expect("view");
+        .expect("view");
     viewer.wait_frames(30, WAIT).await.expect("playing");
 
     let sent0 = publisher.frames_sent();
     let seen0 = viewer.stats().frames_decoded;
     let drops0 = n.metric("yiwang_drops_total{reason=\"malformed\"}").await
-        + n.metric("yiwang_drops_total{reason=\"unknown_source\"}").await;
+        + n.metric("yiwang_drops_total{reason=\"unknown_source\"}")
+            .await;
 
     // Media port: junk in batches, each one counted as dropped (malformed or no session
     // accepts it) before the next is sent, so none is lost in the kernel and none goes unseen.
@@ -304,8 +443,12 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
         counted += batch.len() as u64;
         wait_for("junk to be counted as dropped", WAIT, || async {
             let d = n.metric("yiwang_drops_total{reason=\"malformed\"}").await
-                + n.metric("yiwang_drops_total{reason=\"unknown_source\"}").await;
-            assert!(d <= counted, "a drop counted twice or media dropped: {d} > {counted}");
+                + n.metric("yiwang_drops_total{reason=\"unknown_source\"}")
+                    .await;
+            assert!(
+                d <= counted,
+                "a drop counted twice or media dropped: {d} > {counted}"
+            );
             (d == counted).then_some(())
         })
         .await;
@@ -315,7 +458,10 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
     let http = reqwest::Client::new();
     let offer = common::canned_offer();
     let post = |path: &str, token: Option<String>, body: String| {
-        let mut r = http.post(n.url(path)).header("content-type", "application/sdp").body(body);
+        let mut r = http
+            .post(n.url(path))
+            .header("content-type", "application/sdp")
+            .body(body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -328,35 +474,115 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
         body
     };
     let cam2 = n.token("cam2", Role::Officer);
-    let body = expect(post("/whip/cam2", Some(cam2.clone()), "v=0\r\nthis is not an offer\r\n".into()).await.unwrap(), 400).await;
+    let body = expect(
+        post(
+            "/whip/cam2",
+            Some(cam2.clone()),
+            "v=0\r\nthis is not an offer\r\n".into(),
+        )
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
     assert!(body.contains("malformed SDP"), "400 says why: {body}");
-    let body = expect(post("/whip/cam2", Some(cam2.clone()), "hello".into()).await.unwrap(), 400).await;
+    let body = expect(
+        post("/whip/cam2", Some(cam2.clone()), "hello".into())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
     assert!(body.contains("malformed SDP"), "{body}");
     let huge = format!("{offer}{}", "a=x-padding:0123456789abcdef\r\n".repeat(4000));
-    expect(post("/whip/cam2", Some(cam2.clone()), huge).await.unwrap(), 413).await;
+    expect(
+        post("/whip/cam2", Some(cam2.clone()), huge).await.unwrap(),
+        413,
+    )
+    .await;
     let body = expect(post("/whip/cam2", None, offer.clone()).await.unwrap(), 401).await;
     assert!(body.contains("no_token"), "{body}");
-    let body = expect(post("/whip/wall-1", Some(n.token("wall-1", Role::Viewer)), offer.clone()).await.unwrap(), 403).await;
+    let body = expect(
+        post(
+            "/whip/wall-1",
+            Some(n.token("wall-1", Role::Viewer)),
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+        403,
+    )
+    .await;
     assert!(body.contains("may not"), "{body}");
-    let body = expect(post("/whip/cam1", Some(cam2.clone()), offer.clone()).await.unwrap(), 403).await;
+    let body = expect(
+        post("/whip/cam1", Some(cam2.clone()), offer.clone())
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     assert!(body.contains("own subject"), "not own name: {body}");
-    let body = expect(post("/whep/nobody", Some(n.token("wall-1", Role::Viewer)), offer.clone()).await.unwrap(), 404).await;
+    let body = expect(
+        post(
+            "/whep/nobody",
+            Some(n.token("wall-1", Role::Viewer)),
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
     assert!(body.contains("no_such_stream"), "{body}");
-    let body = expect(post("/whip/cam1", Some(n.token("chief", Role::Admin)), offer.clone()).await.unwrap(), 409).await;
+    let body = expect(
+        post(
+            "/whip/cam1",
+            Some(n.token("chief", Role::Admin)),
+            offer.clone(),
+        )
+        .await
+        .unwrap(),
+        409,
+    )
+    .await;
     assert!(body.contains("stream_taken"), "{body}");
     let body = expect(
-        http.post(n.url("/whip/cam2")).bearer_auth(&cam2).header("content-type", "text/plain").body(offer.clone()).send().await.unwrap(),
+        http.post(n.url("/whip/cam2"))
+            .bearer_auth(&cam2)
+            .header("content-type", "text/plain")
+            .body(offer.clone())
+            .send()
+            .await
+            .unwrap(),
         415,
     )
     .await;
     assert!(body.contains("application/sdp"), "{body}");
-    expect(http.delete(n.url("/session/00000000000000000000000000000000")).send().await.unwrap(), 404).await;
-    expect(http.delete(n.url("/session/%2e%2e%2fetc")).send().await.unwrap(), 404).await;
+    expect(
+        http.delete(n.url("/session/00000000000000000000000000000000"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    expect(
+        http.delete(n.url("/session/%2e%2e%2fetc"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
     // Random bytes at the HTTP port: the connection is refused by the parser, the node stays up.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(n.node.http_addr).await.unwrap();
-        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37]).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(n.node.http_addr)
+            .await
+            .unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37])
+            .await
+            .unwrap();
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     }
@@ -373,7 +599,9 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
     viewer
         .wait_frames(seen0 + encoded - 5, Duration::from_secs(10))
         .await
-        .unwrap_or_else(|e| panic!("viewer fell behind during bad input ({encoded} encoded): {e:#}"));
+        .unwrap_or_else(|e| {
+            panic!("viewer fell behind during bad input ({encoded} encoded): {e:#}")
+        });
     assert_eq!(n.metric("yiwang_session_errors_total").await, 0);
     let health = reqwest::get(n.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
@@ -390,7 +618,8 @@ async fn tokens_are_checked() {
     let n = start_node().await;
     let http = reqwest::Client::new();
     let get = |token: String| http.get(n.url("/api/streams")).bearer_auth(token).send();
-    let status_and_body = |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+    let status_and_body =
+        |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
 
     let good = n.token("wall-1", Role::Viewer);
     let (s, body) = status_and_body(get(good).await.unwrap()).await;
@@ -406,7 +635,12 @@ async fn tokens_are_checked() {
         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
         let issuer = signaling::auth::TokenIssuer::new(key, n.node.node_id.clone());
         let id = &n.node.identity;
-        let req = signaling::auth::TokenRequest::new("wall-1".parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
+        let req = signaling::auth::TokenRequest::new(
+            "wall-1".parse().unwrap(),
+            Role::Viewer,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        );
         issuer.issue(&req, common::now_unix())
     };
     let (s, body) = status_and_body(get(stranger).await.unwrap()).await;
@@ -414,7 +648,12 @@ async fn tokens_are_checked() {
 
     let expired = {
         let id = &n.node.identity;
-        let mut req = signaling::auth::TokenRequest::new("wall-1".parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
+        let mut req = signaling::auth::TokenRequest::new(
+            "wall-1".parse().unwrap(),
+            Role::Viewer,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        );
         req.ttl_secs = 60;
         id.issuer().issue(&req, common::now_unix() - 3600)
     };
@@ -427,9 +666,22 @@ async fn tokens_are_checked() {
 
     let (s, _) = status_and_body(get("not.a.token".into()).await.unwrap()).await;
     assert_eq!(s, 401);
-    assert_eq!(http.get(n.url("/api/streams")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http.get(n.url("/api/streams"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     // A role without "view a stream" (device) may not list streams.
-    assert_eq!(get(n.token("tablet-1", Role::Device)).await.unwrap().status(), 403);
+    assert_eq!(
+        get(n.token("tablet-1", Role::Device))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     n.node.shutdown().await;
 }
 
@@ -451,10 +703,21 @@ async fn http_contract() {
     assert_eq!(resp.headers()["content-type"], "application/sdp");
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/session/") && location.len() == "/session/".len() + 32, "{location}");
+    assert!(
+        location.starts_with("/session/") && location.len() == "/session/".len() + 32,
+        "{location}"
+    );
     let answer = resp.text().await.unwrap();
-    assert!(answer.starts_with("v=0") && answer.contains("a=ice-lite") && answer.contains("a=candidate"), "{answer}");
-    assert!(answer.contains(&format!(" {} ", n.node.media_addr.port())), "answer carries the media port: {answer}");
+    assert!(
+        answer.starts_with("v=0")
+            && answer.contains("a=ice-lite")
+            && answer.contains("a=candidate"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!(" {} ", n.node.media_addr.port())),
+        "answer carries the media port: {answer}"
+    );
 
     let listed: serde_json::Value = http
         .get(n.url("/api/streams"))
@@ -466,12 +729,25 @@ async fn http_contract() {
         .await
         .unwrap();
     let s = &listed["streams"][0];
-    assert_eq!((s["name"].as_str(), s["owner"].as_str(), s["video_codec"].as_str()), (Some("cam5"), Some("cam5"), Some("VP8")));
+    assert_eq!(
+        (
+            s["name"].as_str(),
+            s["owner"].as_str(),
+            s["video_codec"].as_str()
+        ),
+        (Some("cam5"), Some("cam5"), Some("VP8"))
+    );
     assert_eq!(s["audio"], false);
     assert_eq!(s["viewers"], 0);
     assert!(s["started_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
 
-    for (query, code) in [("?layer=huge", 400), ("?maxHeight=-5", 400), ("?layer=low&maxHeight=360", 400), ("?layer=mid", 201), ("?maxHeight=360", 201)] {
+    for (query, code) in [
+        ("?layer=huge", 400),
+        ("?maxHeight=-5", 400),
+        ("?layer=low&maxHeight=360", 400),
+        ("?layer=mid", 201),
+        ("?maxHeight=360", 201),
+    ] {
         let resp = http
             .post(n.url(&format!("/whep/cam5{query}")))
             .bearer_auth(n.token("wall-1", Role::Viewer))
@@ -488,29 +764,70 @@ async fn http_contract() {
         }
     }
 
-    let pre = http.request(reqwest::Method::OPTIONS, n.url("/whip/cam5")).send().await.unwrap();
+    let pre = http
+        .request(reqwest::Method::OPTIONS, n.url("/whip/cam5"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pre.status(), 204);
     assert_eq!(pre.headers()["accept-post"], "application/sdp");
-    assert!(pre.headers()["access-control-allow-headers"].to_str().unwrap().contains("Authorization"));
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Authorization"));
 
-    let patch = http.patch(n.url(&location)).body("a=end-of-candidates").send().await.unwrap();
+    let patch = http
+        .patch(n.url(&location))
+        .body("a=end-of-candidates")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(patch.status(), 405);
-    assert_eq!(http.delete(n.url(&location)).send().await.unwrap().status(), 200);
-    assert_eq!(http.delete(n.url(&location)).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.delete(n.url(&location)).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        http.delete(n.url(&location)).send().await.unwrap().status(),
+        404
+    );
     assert!(n.node.live.list().is_empty());
 
-    let resp = http.post(n.url("/whip/node-x/cam5")).bearer_auth(n.token("cam5", Role::Officer)).body("v=0").send().await.unwrap();
+    let resp = http
+        .post(n.url("/whip/node-x/cam5"))
+        .bearer_auth(n.token("cam5", Role::Officer))
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("reserved"));
 
-    let health: serde_json::Value = http.get(n.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = http
+        .get(n.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let metrics = http.get(n.url("/metrics")).send().await.unwrap();
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = metrics.text().await.unwrap();
-    assert!(text.contains("yiwang_publishers 0\n"), "the deleted publisher is gone: {text}");
+    assert!(
+        text.contains("yiwang_publishers 0\n"),
+        "the deleted publisher is gone: {text}"
+    );
     for page in ["/", "/play.html", "/publish.html", "/yiwang.js"] {
-        assert_eq!(http.get(n.url(page)).send().await.unwrap().status(), 200, "{page}");
+        assert_eq!(
+            http.get(n.url(page)).send().await.unwrap().status(),
+            200,
+            "{page}"
+        );
     }
     n.node.shutdown().await;
 }
@@ -538,10 +855,23 @@ async fn advertise_and_separate_metrics_listener() {
         .await
         .unwrap();
     let port = n.node.media_addr.port();
-    assert!(answer.contains(&format!("127.0.0.2 {port} typ host")), "{answer}");
-    assert_eq!(http.get(n.url("/metrics")).send().await.unwrap().status(), 404);
+    assert!(
+        answer.contains(&format!("127.0.0.2 {port} typ host")),
+        "{answer}"
+    );
+    assert_eq!(
+        http.get(n.url("/metrics")).send().await.unwrap().status(),
+        404
+    );
     let metrics_addr = n.node.metrics_addr.expect("metrics listener bound");
-    let text = http.get(format!("http://{metrics_addr}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("yiwang_publishers 1"), "{text}");
     n.node.shutdown().await;
 }
@@ -577,7 +907,11 @@ impl Wall {
             .expect("node runs (npm install in tests/browser done by scripts/install-deps.sh)");
         let stdin = child.stdin.take().unwrap();
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut wall = Wall { child, stdin, lines };
+        let mut wall = Wall {
+            child,
+            stdin,
+            lines,
+        };
         let ready = wall.read(60).await;
         assert_eq!(ready["ready"], true, "{ready}");
         wall
@@ -596,7 +930,10 @@ impl Wall {
     async fn try_cmd(&mut self, cmd: serde_json::Value) -> serde_json::Value {
         use tokio::io::AsyncWriteExt as _;
         let ms = cmd["timeoutMs"].as_u64().unwrap_or(30_000);
-        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .unwrap();
         self.read(ms / 1000 + 30).await
     }
 
@@ -615,12 +952,18 @@ impl Wall {
 
     /// A PNG of the wall in target/wall-screenshots/ for people to look at.
     async fn screenshot(&mut self, name: &str) -> std::path::PathBuf {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wall-screenshots");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wall-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
-        self.cmd(serde_json::json!({"op": "screenshot", "path": path})).await;
+        self.cmd(serde_json::json!({"op": "screenshot", "path": path}))
+            .await;
         let png = std::fs::read(&path).expect("screenshot written");
-        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real PNG at {}", path.display());
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a real PNG at {}",
+            path.display()
+        );
         path
     }
 }
@@ -641,9 +984,19 @@ impl FieldClient {
     async fn run(n: &TestNode, sub: &str, lat: f64, lon: f64) -> FieldClient {
         use tokio::io::AsyncBufReadExt as _;
         let token = n.token(sub, Role::Officer);
-        let env = vec![("YIWANG_NODE".to_owned(), n.node.quic_addr.to_string()), ("YIWANG_TOKEN".to_owned(), token)];
+        let env = vec![
+            ("YIWANG_NODE".to_owned(), n.node.quic_addr.to_string()),
+            ("YIWANG_TOKEN".to_owned(), token),
+        ];
         let mut child = tokio::process::Command::new(field_client_bin())
-            .args(["run", "--json", "--source", "test", "--position", &format!("fixed:{lat},{lon}")])
+            .args([
+                "run",
+                "--json",
+                "--source",
+                "test",
+                "--position",
+                &format!("fixed:{lat},{lon}"),
+            ])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -652,15 +1005,26 @@ impl FieldClient {
             .expect("field-client run starts");
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut fc = FieldClient { child, lines, env };
-        fc.line_where("publishing", |v| v["kind"] == "publishing").await;
+        fc.line_where("publishing", |v| v["kind"] == "publishing")
+            .await;
         fc
     }
 
-    async fn line_where(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn line_where(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         tokio::time::timeout(WAIT, async {
             loop {
-                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("field-client ended before {what}"));
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("field-client ended before {what}"));
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
                 if pred(&v) {
                     return v;
                 }
@@ -674,12 +1038,20 @@ impl FieldClient {
     async fn one_shot(&self, args: &[&str]) -> serde_json::Value {
         let out = tokio::time::timeout(
             WAIT,
-            tokio::process::Command::new(field_client_bin()).args(args).arg("--json").envs(self.env.iter().map(|(k, v)| (k, v))).output(),
+            tokio::process::Command::new(field_client_bin())
+                .args(args)
+                .arg("--json")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .output(),
         )
         .await
         .expect("field-client one-shot ends in time")
         .unwrap();
-        assert!(out.status.success(), "field-client {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "field-client {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8(out.stdout).unwrap();
         serde_json::from_str(stdout.lines().next().expect("a JSON line")).unwrap()
     }
@@ -706,62 +1078,156 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
     let mut wall = Wall::start(&n).await;
 
     let signed = wall.cmd(serde_json::json!({"op": "signin", "via": "url", "token": n.token("op-1", Role::Operator)})).await;
-    assert_eq!((signed["signedIn"].as_bool(), signed["role"].as_str()), (Some(true), Some("operator")), "{signed}");
+    assert_eq!(
+        (signed["signedIn"].as_bool(), signed["role"].as_str()),
+        (Some(true), Some("operator")),
+        "{signed}"
+    );
     assert_eq!(signed["lang"], "zh", "Simplified Chinese by default");
-    assert!(signed["stored"] == true && !signed["url"].as_str().unwrap().contains("token"), "token kept in the tab, not the address bar: {signed}");
+    assert!(
+        signed["stored"] == true && !signed["url"].as_str().unwrap().contains("token"),
+        "token kept in the tab, not the address bar: {signed}"
+    );
 
-    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "2"})).await;
-    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("2x2"), Some(4)));
+    let layout = wall
+        .cmd(serde_json::json!({"op": "layout", "key": "2"}))
+        .await;
+    assert_eq!(
+        (layout["layout"].as_str(), layout["tiles"].as_u64()),
+        (Some("2x2"), Some(4))
+    );
     let tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-1", "minFrames": 60, "timeoutMs": 60000})).await;
-    assert!(tile["totalVideoFrames"].as_u64().unwrap() > 60 && tile["frameHeight"].as_u64().unwrap() > 0, "{tile}");
-    assert!(tile["kbps"].as_u64().unwrap() > 0, "live bitrate shown: {tile}");
-    eprintln!("wall bench: sign-in -> first frame {} ms (operator, loopback)", tile["firstFrameMs"]);
+    assert!(
+        tile["totalVideoFrames"].as_u64().unwrap() > 60
+            && tile["frameHeight"].as_u64().unwrap() > 0,
+        "{tile}"
+    );
+    assert!(
+        tile["kbps"].as_u64().unwrap() > 0,
+        "live bitrate shown: {tile}"
+    );
+    eprintln!(
+        "wall bench: sign-in -> first frame {} ms (operator, loopback)",
+        tile["firstFrameMs"]
+    );
 
-    let marker = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"})).await;
-    assert_eq!((marker["lat"].as_f64(), marker["lon"].as_f64()), (Some(30.59), Some(114.30)), "{marker}");
-    assert_eq!((marker["mapLat"].as_f64(), marker["kind"].as_str(), marker["visible"].as_bool()), (Some(30.59), Some("officer"), Some(true)), "no shift with WGS-84 tiles: {marker}");
+    let marker = wall
+        .cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"}))
+        .await;
+    assert_eq!(
+        (marker["lat"].as_f64(), marker["lon"].as_f64()),
+        (Some(30.59), Some(114.30)),
+        "{marker}"
+    );
+    assert_eq!(
+        (
+            marker["mapLat"].as_f64(),
+            marker["kind"].as_str(),
+            marker["visible"].as_bool()
+        ),
+        (Some(30.59), Some("officer"), Some(true)),
+        "no shift with WGS-84 tiles: {marker}"
+    );
 
     let controls = wall.cmd(serde_json::json!({"op": "controls"})).await;
-    assert_eq!((controls["orderForm"].as_bool(), controls["chatForm"].as_bool()), (Some(true), Some(true)), "{controls}");
+    assert_eq!(
+        (
+            controls["orderForm"].as_bool(),
+            controls["chatForm"].as_bool()
+        ),
+        (Some(true), Some(true)),
+        "{controls}"
+    );
 
     let sent = wall.cmd(serde_json::json!({"op": "sendOrder", "to": "off-1", "text": "沙袋送到3号门 Sandbags to gate 3"})).await;
     let order = sent["order"]["id"].as_str().expect("order id").to_owned();
-    let got = fc.line_where("the order from the wall", |v| v["kind"] == "order").await;
-    assert_eq!((got["order"].as_str(), got["from"].as_str()), (Some(order.as_str()), Some("op-1")), "{got}");
+    let got = fc
+        .line_where("the order from the wall", |v| v["kind"] == "order")
+        .await;
+    assert_eq!(
+        (got["order"].as_str(), got["from"].as_str()),
+        (Some(order.as_str()), Some("op-1")),
+        "{got}"
+    );
     assert_eq!(got["text"], "沙袋送到3号门 Sandbags to gate 3");
 
     // `run` acknowledged the mail: the order shows delivered before anyone answers it.
-    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "delivered"})).await;
+    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "delivered"}))
+        .await;
     let accepted = fc.one_shot(&["accept", &order, "--eta", "5"]).await;
     assert_eq!(accepted["order"]["state"], "accepted", "{accepted}");
-    let shown = wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "accepted"})).await;
-    assert_eq!((shown["eta"].as_u64(), shown["visible"].as_bool()), (Some(5), Some(true)), "{shown}");
+    let shown = wall
+        .cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "accepted"}))
+        .await;
+    assert_eq!(
+        (shown["eta"].as_u64(), shown["visible"].as_bool()),
+        (Some(5), Some(true)),
+        "{shown}"
+    );
     assert!(shown["text"].as_str().unwrap().contains("5"), "{shown}");
     fc.one_shot(&["done", &order]).await;
-    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "done"})).await;
+    wall.cmd(serde_json::json!({"op": "waitOrder", "order": order, "state": "done"}))
+        .await;
     // A second order, declined with a reason.
-    let second = wall.cmd(serde_json::json!({"op": "sendOrder", "to": "off-1", "text": "Hold the bridge"})).await;
+    let second = wall
+        .cmd(serde_json::json!({"op": "sendOrder", "to": "off-1", "text": "Hold the bridge"}))
+        .await;
     let second = second["order"]["id"].as_str().unwrap().to_owned();
-    fc.line_where("the second order", |v| v["kind"] == "order" && v["order"] == second.as_str()).await;
-    fc.one_shot(&["decline", &second, "--reason", "bridge flooded"]).await;
-    let declined = wall.cmd(serde_json::json!({"op": "waitOrder", "order": second, "state": "declined"})).await;
-    assert!(declined["text"].as_str().unwrap().contains("bridge flooded"), "the reason is shown: {declined}");
+    fc.line_where("the second order", |v| {
+        v["kind"] == "order" && v["order"] == second.as_str()
+    })
+    .await;
+    fc.one_shot(&["decline", &second, "--reason", "bridge flooded"])
+        .await;
+    let declined = wall
+        .cmd(serde_json::json!({"op": "waitOrder", "order": second, "state": "declined"}))
+        .await;
+    assert!(
+        declined["text"]
+            .as_str()
+            .unwrap()
+            .contains("bridge flooded"),
+        "the reason is shown: {declined}"
+    );
 
     // Chat both ways, and the incident log.
-    wall.cmd(serde_json::json!({"op": "sendChat", "text": "收到 copy"})).await;
-    let chat = fc.line_where("the wall's chat", |v| v["kind"] == "chat").await;
-    assert_eq!((chat["from"].as_str(), chat["text"].as_str()), (Some("op-1"), Some("收到 copy")), "{chat}");
+    wall.cmd(serde_json::json!({"op": "sendChat", "text": "收到 copy"}))
+        .await;
+    let chat = fc
+        .line_where("the wall's chat", |v| v["kind"] == "chat")
+        .await;
+    assert_eq!(
+        (chat["from"].as_str(), chat["text"].as_str()),
+        (Some("op-1"), Some("收到 copy")),
+        "{chat}"
+    );
     fc.one_shot(&["say", "on my way"]).await;
-    wall.cmd(serde_json::json!({"op": "waitChat", "from": "off-1", "text": "on my way"})).await;
+    wall.cmd(serde_json::json!({"op": "waitChat", "from": "off-1", "text": "on my way"}))
+        .await;
 
     fc.one_shot(&["sos", "--text", "water rising"]).await;
     let sos = wall.cmd(serde_json::json!({"op": "waitSos"})).await;
-    assert_eq!((sos["from"].as_str(), sos["sounding"].as_bool(), sos["ackVisible"].as_bool()), (Some("off-1"), Some(true), Some(true)), "{sos}");
-    assert!(sos["text"].as_str().unwrap().contains("water rising"), "{sos}");
+    assert_eq!(
+        (
+            sos["from"].as_str(),
+            sos["sounding"].as_bool(),
+            sos["ackVisible"].as_bool()
+        ),
+        (Some("off-1"), Some(true), Some(true)),
+        "{sos}"
+    );
+    assert!(
+        sos["text"].as_str().unwrap().contains("water rising"),
+        "{sos}"
+    );
     let path = wall.screenshot("wall-operator").await;
     eprintln!("wall screenshot: {}", path.display());
     let acked = wall.cmd(serde_json::json!({"op": "ackSos"})).await;
-    assert_eq!((acked["hidden"].as_bool(), acked["sounding"].as_bool()), (Some(true), Some(false)), "{acked}");
+    assert_eq!(
+        (acked["hidden"].as_bool(), acked["sounding"].as_bool()),
+        (Some(true), Some(false)),
+        "{acked}"
+    );
     wall.cmd(serde_json::json!({"op": "log", "what": ["order", "order_state", "chat", "sos", "sos_ack"]})).await;
 
     // The tablet dies (SIGKILL): its tile says "stalled" within seconds; the tablet comes back and
@@ -791,7 +1257,14 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
         &n.base,
         "cam-old",
         &n.token("cam-old", Role::Device),
-        PublishOptions { width: 320, height: 240, fps: 15, audio: false, bitrate_kbps: 200, ..PublishOptions::default() },
+        PublishOptions {
+            width: 320,
+            height: 240,
+            fps: 15,
+            audio: false,
+            bitrate_kbps: 200,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish cam-old");
@@ -799,17 +1272,35 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     // Every layer of the tablet is received before the wall opens (its congestion control starts
     // them all on a loopback link).
     let layers = wait_for("the tablet's three layers at the node", WAIT, || async {
-        let s = n.node.live.list().into_iter().find(|s| s.name.as_str() == "off-2")?;
+        let s = n
+            .node
+            .live
+            .list()
+            .into_iter()
+            .find(|s| s.name.as_str() == "off-2")?;
         (s.layers.len() >= 3 && s.layers.iter().all(|l| l.height.is_some())).then_some(s.layers)
     })
     .await;
-    eprintln!("off-2 layers: {:?}", layers.iter().map(|l| (l.width, l.height, l.kbps)).collect::<Vec<_>>());
+    eprintln!(
+        "off-2 layers: {:?}",
+        layers
+            .iter()
+            .map(|l| (l.width, l.height, l.kbps))
+            .collect::<Vec<_>>()
+    );
     let mut wall = Wall::start(&n).await;
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-2", Role::Operator)})).await;
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": n.token("op-2", Role::Operator)}))
+        .await;
     assert_eq!(signed["signedIn"], true, "{signed}");
     // Both streams were live before sign-in: the empty tiles took them newest first.
     let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
-    let names: Vec<&str> = tiles["tiles"].as_array().unwrap().iter().map(|t| t["stream"].as_str().unwrap_or("")).collect();
+    let names: Vec<&str> = tiles["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["stream"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(names[..2], ["off-2", "cam-old"], "{tiles}");
 
     // The largest frame height the tile decodes over a few seconds (the tablet's congestion
@@ -820,22 +1311,40 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
         let mut last = serde_json::Value::Null;
         for _ in 0..6 {
             let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
-            let t = tiles["tiles"].as_array().unwrap().iter().find(|t| t["stream"] == "off-2").cloned().expect("the tile");
+            let t = tiles["tiles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["stream"] == "off-2")
+                .cloned()
+                .expect("the tile");
             best = best.max(t["frameHeight"].as_u64().unwrap_or(0));
             last = t;
-            wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000})).await;
+            wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000}))
+                .await;
         }
-        let kbps = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 4000})).await["kbps"].as_u64().unwrap();
+        let kbps = wall
+            .cmd(serde_json::json!({"op": "pageKbps", "ms": 4000}))
+            .await["kbps"]
+            .as_u64()
+            .unwrap();
         (best, kbps, last)
     }
 
-    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "4"})).await;
-    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("4x4"), Some(16)));
+    let layout = wall
+        .cmd(serde_json::json!({"op": "layout", "key": "4"}))
+        .await;
+    assert_eq!(
+        (layout["layout"].as_str(), layout["tiles"].as_u64()),
+        (Some("4x4"), Some(16))
+    );
     wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-2", "minFrames": 30, "timeoutMs": 60000})).await;
     let (small, kbps_grid, grid_tile) = settle(&mut wall).await;
     wall.screenshot("wall-4x4").await;
 
-    let max = wall.cmd(serde_json::json!({"op": "maximise", "stream": "off-2"})).await;
+    let max = wall
+        .cmd(serde_json::json!({"op": "maximise", "stream": "off-2"}))
+        .await;
     assert_eq!(max["layout"], "1", "{max}");
     // The maximised tile subscribes again for a larger layer: wait until it decodes a taller picture.
     let mut big = 0;
@@ -845,14 +1354,21 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
         if big > small {
             break;
         }
-        wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000})).await;
+        wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 1000}))
+            .await;
     }
     let (big_best, kbps_max, max_tile) = settle(&mut wall).await;
     let big = big.max(big_best);
     eprintln!("wall bench: 4x4 tile {small} rows, page {kbps_grid} kbit/s; maximised {big} rows, page {kbps_max} kbit/s");
-    assert!(small < big, "4x4 tile {small} rows, maximised {big} rows: {grid_tile} / {max_tile}");
+    assert!(
+        small < big,
+        "4x4 tile {small} rows, maximised {big} rows: {grid_tile} / {max_tile}"
+    );
     assert!(grid_tile["maxHeight"].as_u64().unwrap() < max_tile["maxHeight"].as_u64().unwrap());
-    assert!(kbps_grid < kbps_max, "page bitrate 4x4 {kbps_grid} kbit/s, maximised {kbps_max} kbit/s");
+    assert!(
+        kbps_grid < kbps_max,
+        "page bitrate 4x4 {kbps_grid} kbit/s, maximised {kbps_max} kbit/s"
+    );
     wall.cmd(serde_json::json!({"op": "restore"})).await;
 
     wall.quit().await;
@@ -881,32 +1397,75 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
     let mut wall = Wall::start(&n).await;
 
     let id = &n.node.identity;
-    let req = |sub: &str| signaling::auth::TokenRequest::new(sub.parse().unwrap(), Role::Viewer, id.node_id.to_string(), id.fingerprint.clone());
-    let expired = id.issuer().issue(&req("wall-old"), common::now_unix() - 13 * 3600);
+    let req = |sub: &str| {
+        signaling::auth::TokenRequest::new(
+            sub.parse().unwrap(),
+            Role::Viewer,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        )
+    };
+    let expired = id
+        .issuer()
+        .issue(&req("wall-old"), common::now_unix() - 13 * 3600);
     let revoked = n.token("wall-gone", Role::Viewer);
     RevocationFile::append(
         &n.dir.path().join("data").join(REVOCATION_FILE),
-        &signaling::core::Revocation::Token { jti: signaling::auth::decode_unverified(&revoked).unwrap().jti.to_string() },
+        &signaling::core::Revocation::Token {
+            jti: signaling::auth::decode_unverified(&revoked)
+                .unwrap()
+                .jti
+                .to_string(),
+        },
     )
     .unwrap();
     wait_for("the revocation to apply", WAIT, || async {
-        let r = reqwest::Client::new().get(n.url("/api/units")).bearer_auth(&revoked).send().await.ok()?;
+        let r = reqwest::Client::new()
+            .get(n.url("/api/units"))
+            .bearer_auth(&revoked)
+            .send()
+            .await
+            .ok()?;
         (r.status() == 401).then_some(())
     })
     .await;
-    for (token, reason) in [(expired, "expired"), (revoked, "revoked"), ("not.a.token".to_owned(), "refused")] {
-        let r = wall.cmd(serde_json::json!({"op": "signin", "token": token})).await;
-        assert_eq!((r["signedIn"].as_bool(), r["error"]["reason"].as_str()), (Some(false), Some(reason)), "{r}");
-        assert!(!r["error"]["text"].as_str().unwrap().is_empty() && r["stored"] == false, "{r}");
+    for (token, reason) in [
+        (expired, "expired"),
+        (revoked, "revoked"),
+        ("not.a.token".to_owned(), "refused"),
+    ] {
+        let r = wall
+            .cmd(serde_json::json!({"op": "signin", "token": token}))
+            .await;
+        assert_eq!(
+            (r["signedIn"].as_bool(), r["error"]["reason"].as_str()),
+            (Some(false), Some(reason)),
+            "{r}"
+        );
+        assert!(
+            !r["error"]["text"].as_str().unwrap().is_empty() && r["stored"] == false,
+            "{r}"
+        );
     }
 
     let viewer = n.token("wall-9", Role::Viewer);
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": viewer})).await;
-    assert_eq!((signed["signedIn"].as_bool(), signed["role"].as_str()), (Some(true), Some("viewer")), "{signed}");
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": viewer}))
+        .await;
+    assert_eq!(
+        (signed["signedIn"].as_bool(), signed["role"].as_str()),
+        (Some(true), Some("viewer")),
+        "{signed}"
+    );
     wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-7", "minFrames": 30, "timeoutMs": 60000})).await;
     let controls = wall.cmd(serde_json::json!({"op": "controls"})).await;
     assert_eq!(
-        (controls["orderForm"].as_bool(), controls["chatForm"].as_bool(), controls["sosAck"].as_bool(), controls["droneCommands"].as_u64()),
+        (
+            controls["orderForm"].as_bool(),
+            controls["chatForm"].as_bool(),
+            controls["sosAck"].as_bool(),
+            controls["droneCommands"].as_u64()
+        ),
         (Some(false), Some(false), Some(false), Some(0)),
         "{controls}"
     );
@@ -920,27 +1479,82 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
     assert_eq!(resp.status(), 403);
 
     // Layouts by key, picking a stream by hand pins its tile, and the English switch.
-    for (key, layout, tiles) in [("5", "1+5", 6), ("3", "3x3", 9), ("1", "1", 1), ("2", "2x2", 4)] {
-        let l = wall.cmd(serde_json::json!({"op": "layout", "key": key})).await;
-        assert_eq!((l["layout"].as_str(), l["tiles"].as_u64()), (Some(layout), Some(tiles)), "key {key}: {l}");
+    for (key, layout, tiles) in [
+        ("5", "1+5", 6),
+        ("3", "3x3", 9),
+        ("1", "1", 1),
+        ("2", "2x2", 4),
+    ] {
+        let l = wall
+            .cmd(serde_json::json!({"op": "layout", "key": key}))
+            .await;
+        assert_eq!(
+            (l["layout"].as_str(), l["tiles"].as_u64()),
+            (Some(layout), Some(tiles)),
+            "key {key}: {l}"
+        );
     }
-    let picked = wall.cmd(serde_json::json!({"op": "pick", "index": 3, "stream": "off-7"})).await;
-    assert_eq!((picked["stream"].as_str(), picked["pinned"].as_bool()), (Some("off-7"), Some(true)), "{picked}");
-    let dragged = wall.cmd(serde_json::json!({"op": "drag", "stream": "off-7", "index": 2})).await;
-    assert_eq!((dragged["stream"].as_str(), dragged["pinned"].as_bool()), (Some("off-7"), Some(true)), "{dragged}");
+    let picked = wall
+        .cmd(serde_json::json!({"op": "pick", "index": 3, "stream": "off-7"}))
+        .await;
+    assert_eq!(
+        (picked["stream"].as_str(), picked["pinned"].as_bool()),
+        (Some("off-7"), Some(true)),
+        "{picked}"
+    );
+    let dragged = wall
+        .cmd(serde_json::json!({"op": "drag", "stream": "off-7", "index": 2}))
+        .await;
+    assert_eq!(
+        (dragged["stream"].as_str(), dragged["pinned"].as_bool()),
+        (Some("off-7"), Some(true)),
+        "{dragged}"
+    );
     let en = wall.cmd(serde_json::json!({"op": "lang"})).await;
-    assert_eq!((en["lang"].as_str(), en["htmlLang"].as_str(), en["signout"].as_str()), (Some("en"), Some("en"), Some("Sign out")), "{en}");
+    assert_eq!(
+        (
+            en["lang"].as_str(),
+            en["htmlLang"].as_str(),
+            en["signout"].as_str()
+        ),
+        (Some("en"), Some("en"), Some("Sign out")),
+        "{en}"
+    );
     assert!(en["title"].as_str().unwrap().contains("video wall"), "{en}");
-    assert_eq!(en["cjk"], serde_json::json!(["中文"]), "every string switched to English but the switch back: {en}");
+    assert_eq!(
+        en["cjk"],
+        serde_json::json!(["中文"]),
+        "every string switched to English but the switch back: {en}"
+    );
 
-    let marker = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-7"})).await;
-    assert_eq!((marker["lat"].as_f64(), marker["lon"].as_f64()), (Some(30.59), Some(114.30)), "{marker}");
-    let (dlat, dlon) = (marker["mapLat"].as_f64().unwrap() - 30.59, marker["mapLon"].as_f64().unwrap() - 114.30);
-    let metres = ((dlat * 111_000.0).powi(2) + (dlon * 111_000.0 * 30.59f64.to_radians().cos()).powi(2)).sqrt();
-    assert!((100.0..1000.0).contains(&metres) && dlon > 0.0, "GCJ-02 shift of {metres:.0} m ({dlat}, {dlon}): {marker}");
+    let marker = wall
+        .cmd(serde_json::json!({"op": "waitMarker", "subject": "off-7"}))
+        .await;
+    assert_eq!(
+        (marker["lat"].as_f64(), marker["lon"].as_f64()),
+        (Some(30.59), Some(114.30)),
+        "{marker}"
+    );
+    let (dlat, dlon) = (
+        marker["mapLat"].as_f64().unwrap() - 30.59,
+        marker["mapLon"].as_f64().unwrap() - 114.30,
+    );
+    let metres = ((dlat * 111_000.0).powi(2)
+        + (dlon * 111_000.0 * 30.59f64.to_radians().cos()).powi(2))
+    .sqrt();
+    assert!(
+        (100.0..1000.0).contains(&metres) && dlon > 0.0,
+        "GCJ-02 shift of {metres:.0} m ({dlat}, {dlon}): {marker}"
+    );
     wall.screenshot("wall-viewer").await;
-    let opened = wall.cmd(serde_json::json!({"op": "clickMarker", "subject": "off-7"})).await;
-    assert_eq!((opened["layout"].as_str(), opened["tiles"][0].as_str()), (Some("1"), Some("off-7")), "clicking the marker opens its stream: {opened}");
+    let opened = wall
+        .cmd(serde_json::json!({"op": "clickMarker", "subject": "off-7"}))
+        .await;
+    assert_eq!(
+        (opened["layout"].as_str(), opened["tiles"][0].as_str()),
+        (Some("1"), Some("off-7")),
+        "clicking the marker opens its stream: {opened}"
+    );
 
     wall.quit().await;
     fc.stop().await;
@@ -949,7 +1563,13 @@ async fn wall_viewer_sees_tiles_without_controls_and_bad_tokens_are_refused() {
 
 /// A small OpenAPI 3.0 schema checker: `$ref`, `type` (with `nullable`), `required`,
 /// `properties`, `items`, `enum`, `minimum`/`maximum`. Returns every mismatch, as `path: why`.
-fn check_schema(doc: &serde_json::Value, schema: &serde_json::Value, v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+fn check_schema(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    v: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.strip_prefix("#/components/schemas/").expect("local $ref");
@@ -1021,7 +1641,14 @@ fn check_schema(doc: &serde_json::Value, schema: &serde_json::Value, v: &serde_j
 
 /// One request to check against the document: (method, path as documented, expected status,
 /// real URL, token, JSON body).
-type ApiCheck = (reqwest::Method, &'static str, u16, String, Option<String>, Option<serde_json::Value>);
+type ApiCheck = (
+    reqwest::Method,
+    &'static str,
+    u16,
+    String,
+    Option<String>,
+    Option<serde_json::Value>,
+);
 
 /// `/api/openapi.json` is an OpenAPI 3 document that lists every route, and the node's real
 /// responses (streams, incidents, log, units with a position, orders created, listed and
@@ -1033,12 +1660,37 @@ async fn openapi_document_matches_real_responses() {
     use signaling::proto::{ClientMsg, Position};
     let n = start_node().await;
     let http = reqwest::Client::new();
-    let doc: serde_json::Value = http.get(n.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let doc: serde_json::Value = http
+        .get(n.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
     for path in [
-        "/healthz", "/metrics", "/api/streams", "/api/trunks", "/api/incidents", "/api/incidents/{id}/log", "/api/units", "/api/orders",
-        "/api/orders/{id}/answer", "/api/attachments", "/api/attachments/{sha256}", "/api/wall/config", "/api/openapi.json",
-        "/whip/{stream}", "/whep/{stream}", "/session/{id}", "/ws",
+        "/healthz",
+        "/metrics",
+        "/api/streams",
+        "/api/trunks",
+        "/api/incidents",
+        "/api/incidents/{id}/log",
+        "/api/units",
+        "/api/orders",
+        "/api/orders/{id}/answer",
+        "/api/attachments",
+        "/api/attachments/{sha256}",
+        "/api/wall/config",
+        "/api/openapi.json",
+        "/whip/{stream}",
+        "/whep/{stream}",
+        "/session/{id}",
+        "/ws",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
@@ -1046,7 +1698,13 @@ async fn openapi_document_matches_real_responses() {
     // The checker bites: a wrong type, a missing required field and a value outside an enum.
     let mut errs = Vec::new();
     let order_ref = serde_json::json!({"$ref": "#/components/schemas/Order"});
-    check_schema(&doc, &order_ref, &serde_json::json!({"id": 5, "incident": "duty", "from": "a", "to": "b", "state": "lost", "sent_at": 1}), "$", &mut errs);
+    check_schema(
+        &doc,
+        &order_ref,
+        &serde_json::json!({"id": 5, "incident": "duty", "from": "a", "to": "b", "state": "lost", "sent_at": 1}),
+        "$",
+        &mut errs,
+    );
     assert_eq!(errs.len(), 3, "{errs:?}");
 
     // State to describe: a stream (WHIP, canned offer), an officer with a position, an order
@@ -1061,15 +1719,33 @@ async fn openapi_document_matches_real_responses() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     let officer = n.token("off-3", Role::Officer);
-    let (off, _events) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), officer.clone())).await.expect("officer connects");
+    let (off, _events) = client::connect(ClientConfig::new(
+        n.node.quic_addr.to_string(),
+        officer.clone(),
+    ))
+    .await
+    .expect("officer connects");
     off.request(ClientMsg::Position {
         id: Some(0),
-        pos: Position { lat: 30.5, lon: 114.3, alt: Some(20.0), accuracy: Some(3.0), heading: Some(90.0), speed: Some(1.0), time: None },
+        pos: Position {
+            lat: 30.5,
+            lon: 114.3,
+            alt: Some(20.0),
+            accuracy: Some(3.0),
+            heading: Some(90.0),
+            speed: Some(1.0),
+            time: None,
+        },
     })
     .await
     .unwrap();
     // A drone reported by a bridge (pilot token), so /api/units lists a drone unit too.
-    let (bridge, _bev) = client::connect(ClientConfig::new(n.node.quic_addr.to_string(), n.token("pilot-3", Role::Pilot))).await.expect("bridge connects");
+    let (bridge, _bev) = client::connect(ClientConfig::new(
+        n.node.quic_addr.to_string(),
+        n.token("pilot-3", Role::Pilot),
+    ))
+    .await
+    .expect("bridge connects");
     let t = signaling::proto::Telemetry {
         time: common::now_unix() * 1000,
         mode: Some("GUIDED".into()),
@@ -1082,33 +1758,125 @@ async fn openapi_document_matches_real_responses() {
         satellites: Some(12),
         ..Default::default()
     };
-    bridge.send(ClientMsg::Telemetry { drone: "pilot-3-drone1".into(), t: Box::new(t) }).unwrap();
+    bridge
+        .send(ClientMsg::Telemetry {
+            drone: "pilot-3-drone1".into(),
+            t: Box::new(t),
+        })
+        .unwrap();
     let op = n.token("op-3", Role::Operator);
     wait_for("the drone in /api/units", WAIT, || async {
-        let v: serde_json::Value = http.get(n.url("/api/units")).bearer_auth(&op).send().await.ok()?.json().await.ok()?;
-        v["units"].as_array()?.iter().any(|u| u["kind"] == "drone" && u["telemetry"].is_object()).then_some(())
+        let v: serde_json::Value = http
+            .get(n.url("/api/units"))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["units"]
+            .as_array()?
+            .iter()
+            .any(|u| u["kind"] == "drone" && u["telemetry"].is_object())
+            .then_some(())
     })
     .await;
 
     // (method, path in the document, status, real URL, token, body)
     let mut checks: Vec<ApiCheck> = vec![
-        (reqwest::Method::GET, "/healthz", 200, "/healthz".into(), None, None),
-        (reqwest::Method::GET, "/api/wall/config", 200, "/api/wall/config".into(), None, None),
-        (reqwest::Method::GET, "/api/streams", 200, "/api/streams".into(), Some(op.clone()), None),
-        (reqwest::Method::GET, "/api/streams", 401, "/api/streams".into(), None, None),
-        (reqwest::Method::GET, "/api/incidents", 200, "/api/incidents".into(), Some(op.clone()), None),
-        (reqwest::Method::GET, "/api/incidents/{id}/log", 200, "/api/incidents/duty/log".into(), Some(op.clone()), None),
-        (reqwest::Method::GET, "/api/incidents/{id}/log", 404, "/api/incidents/nope/log".into(), Some(op.clone()), None),
-        (reqwest::Method::GET, "/api/units", 200, "/api/units".into(), Some(op.clone()), None),
         (
-            reqwest::Method::POST, "/api/orders", 201, "/api/orders".into(), Some(op.clone()),
-            Some(serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"})),
+            reqwest::Method::GET,
+            "/healthz",
+            200,
+            "/healthz".into(),
+            None,
+            None,
         ),
         (
-            reqwest::Method::POST, "/api/orders", 200, "/api/orders".into(), Some(op.clone()),
-            Some(serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"})),
+            reqwest::Method::GET,
+            "/api/wall/config",
+            200,
+            "/api/wall/config".into(),
+            None,
+            None,
         ),
-        (reqwest::Method::POST, "/api/orders", 403, "/api/orders".into(), Some(n.token("v-1", Role::Viewer)), Some(serde_json::json!({"incident": "duty", "to": "off-3", "text": "x"}))),
+        (
+            reqwest::Method::GET,
+            "/api/streams",
+            200,
+            "/api/streams".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/streams",
+            401,
+            "/api/streams".into(),
+            None,
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/incidents",
+            200,
+            "/api/incidents".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/incidents/{id}/log",
+            200,
+            "/api/incidents/duty/log".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/incidents/{id}/log",
+            404,
+            "/api/incidents/nope/log".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/units",
+            200,
+            "/api/units".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/orders",
+            201,
+            "/api/orders".into(),
+            Some(op.clone()),
+            Some(
+                serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"}),
+            ),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/orders",
+            200,
+            "/api/orders".into(),
+            Some(op.clone()),
+            Some(
+                serde_json::json!({"id": "oa-1", "incident": "duty", "to": "off-3", "text": "Go to gate 3"}),
+            ),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/orders",
+            403,
+            "/api/orders".into(),
+            Some(n.token("v-1", Role::Viewer)),
+            Some(serde_json::json!({"incident": "duty", "to": "off-3", "text": "x"})),
+        ),
     ];
     let run = async |checks: &mut Vec<ApiCheck>| -> Vec<serde_json::Value> {
         let mut bodies = Vec::new();
@@ -1124,34 +1892,103 @@ async fn openapi_document_matches_real_responses() {
             assert_eq!(resp.status().as_u16(), status, "{method} {url}");
             let v: serde_json::Value = resp.json().await.unwrap();
             let op = &doc["paths"][path][method.as_str().to_lowercase()];
-            let schema = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
-            assert!(schema.is_object(), "{method} {path} documents {status} as JSON");
+            let schema =
+                &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+            assert!(
+                schema.is_object(),
+                "{method} {path} documents {status} as JSON"
+            );
             let mut errs = Vec::new();
             check_schema(&doc, schema, &v, "$", &mut errs);
-            assert!(errs.is_empty(), "{method} {url} -> {status} does not match the document: {errs:?}\n{v:#}");
+            assert!(
+                errs.is_empty(),
+                "{method} {url} -> {status} does not match the document: {errs:?}\n{v:#}"
+            );
             bodies.push(v);
         }
         bodies
     };
     let bodies = run(&mut checks).await;
-    assert!(!bodies[2]["streams"].as_array().unwrap().is_empty() && !bodies[4]["incidents"].as_array().unwrap().is_empty());
+    assert!(
+        !bodies[2]["streams"].as_array().unwrap().is_empty()
+            && !bodies[4]["incidents"].as_array().unwrap().is_empty()
+    );
     assert!(!bodies[5]["entries"].as_array().unwrap().is_empty());
     let units = bodies[7]["units"].as_array().unwrap();
-    assert!(units.iter().any(|u| u["position"].is_object() && u["kind"] == "person"), "an officer with a position was checked: {units:?}");
-    assert!(units.iter().any(|u| u["kind"] == "drone" && u["telemetry"]["alt_rel"] == 40.0), "a drone unit was checked: {units:?}");
+    assert!(
+        units
+            .iter()
+            .any(|u| u["position"].is_object() && u["kind"] == "person"),
+        "an officer with a position was checked: {units:?}"
+    );
+    assert!(
+        units
+            .iter()
+            .any(|u| u["kind"] == "drone" && u["telemetry"]["alt_rel"] == 40.0),
+        "a drone unit was checked: {units:?}"
+    );
     let order = bodies[8]["order"]["id"].as_str().unwrap().to_owned();
 
     let mut more = vec![
-        (reqwest::Method::POST, "/api/orders/{id}/answer", 200, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "accept", "eta_min": 5}))),
-        (reqwest::Method::POST, "/api/orders/{id}/answer", 409, format!("/api/orders/{order}/answer"), Some(officer.clone()), Some(serde_json::json!({"answer": "decline", "reason": "no"}))),
-        (reqwest::Method::GET, "/api/orders", 200, "/api/orders".into(), Some(op.clone()), None),
+        (
+            reqwest::Method::POST,
+            "/api/orders/{id}/answer",
+            200,
+            format!("/api/orders/{order}/answer"),
+            Some(officer.clone()),
+            Some(serde_json::json!({"answer": "accept", "eta_min": 5})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/orders/{id}/answer",
+            409,
+            format!("/api/orders/{order}/answer"),
+            Some(officer.clone()),
+            Some(serde_json::json!({"answer": "decline", "reason": "no"})),
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/orders",
+            200,
+            "/api/orders".into(),
+            Some(op.clone()),
+            None,
+        ),
         // A node without trunks (the cascade test checks one with them).
-        (reqwest::Method::GET, "/api/trunks", 200, "/api/trunks".into(), Some(op.clone()), None),
-        (reqwest::Method::GET, "/api/trunks", 401, "/api/trunks".into(), None, None),
+        (
+            reqwest::Method::GET,
+            "/api/trunks",
+            200,
+            "/api/trunks".into(),
+            Some(op.clone()),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/trunks",
+            401,
+            "/api/trunks".into(),
+            None,
+            None,
+        ),
     ];
     let bodies = run(&mut more).await;
-    assert_eq!((bodies[2]["orders"][0]["state"].as_str(), bodies[2]["orders"][0]["eta_min"].as_u64()), (Some("accepted"), Some(5)));
-    assert_eq!((bodies[3]["enabled"].as_bool(), bodies[3]["trunks"].as_array().map(Vec::len)), (Some(false), Some(0)), "{}", bodies[3]);
+    assert_eq!(
+        (
+            bodies[2]["orders"][0]["state"].as_str(),
+            bodies[2]["orders"][0]["eta_min"].as_u64()
+        ),
+        (Some("accepted"), Some(5))
+    );
+    assert_eq!(
+        (
+            bodies[3]["enabled"].as_bool(),
+            bodies[3]["trunks"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0)),
+        "{}",
+        bodies[3]
+    );
 
     let up = http
         .post(n.url("/api/attachments"))
@@ -1164,7 +2001,14 @@ async fn openapi_document_matches_real_responses() {
     assert_eq!(up.status(), 201);
     let v: serde_json::Value = up.json().await.unwrap();
     let mut errs = Vec::new();
-    check_schema(&doc, &doc["paths"]["/api/attachments"]["post"]["responses"]["201"]["content"]["application/json"]["schema"], &v, "$", &mut errs);
+    check_schema(
+        &doc,
+        &doc["paths"]["/api/attachments"]["post"]["responses"]["201"]["content"]
+            ["application/json"]["schema"],
+        &v,
+        "$",
+        &mut errs,
+    );
     assert!(errs.is_empty(), "{errs:?} {v}");
     off.close().await;
     bridge.close().await;
@@ -1180,17 +2024,36 @@ async fn https_get(addr: std::net::SocketAddr, cert: Vec<u8>, path: &str) -> (Ve
     #[derive(Debug)]
     struct Exactly(Vec<u8>, rustls::crypto::WebPkiSupportedAlgorithms);
     impl ServerCertVerifier for Exactly {
-        fn verify_server_cert(&self, ee: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        fn verify_server_cert(
+            &self,
+            ee: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
             if ee.as_ref() == self.0.as_slice() {
                 Ok(ServerCertVerified::assertion())
             } else {
-                Err(rustls::Error::General("not the expected certificate".into()))
+                Err(rustls::Error::General(
+                    "not the expected certificate".into(),
+                ))
             }
         }
-        fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls12_signature(m, c, d, &self.1)
         }
-        fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             rustls::crypto::verify_tls13_signature(m, c, d, &self.1)
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -1208,9 +2071,19 @@ async fn https_get(addr: std::net::SocketAddr, cert: Vec<u8>, path: &str) -> (Ve
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     tokio::time::timeout(WAIT, async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake with the pinned certificate");
-        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec();
-        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the pinned certificate");
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0]
+            .as_ref()
+            .to_vec();
+        tls.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut text = String::new();
         let _ = tls.read_to_string(&mut text).await;
         (presented, text)
@@ -1228,17 +2101,43 @@ async fn https_listener_serves_the_wall_with_its_own_or_given_certificate() {
     let mut n = common::start_node_with(|c| c.http.https = true).await;
     assert!(n.node.https);
     n.base = format!("https://{}", n.node.http_addr);
-    let (presented, text) = https_get(n.node.http_addr, n.node.identity.cert_der.clone(), "/healthz").await;
+    let (presented, text) = https_get(
+        n.node.http_addr,
+        n.node.identity.cert_der.clone(),
+        "/healthz",
+    )
+    .await;
     assert_eq!(presented, n.node.identity.cert_der);
-    assert!(text.starts_with("HTTP/1.1 200") && text.contains(n.node.node_id.as_str()), "{text}");
-    let (_, text) = https_get(n.node.http_addr, n.node.identity.cert_der.clone(), "/api/openapi.json").await;
-    assert!(text.starts_with("HTTP/1.1 200") && text.contains("\"openapi\""), "{}", &text[..200.min(text.len())]);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains(n.node.node_id.as_str()),
+        "{text}"
+    );
+    let (_, text) = https_get(
+        n.node.http_addr,
+        n.node.identity.cert_der.clone(),
+        "/api/openapi.json",
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("\"openapi\""),
+        "{}",
+        &text[..200.min(text.len())]
+    );
 
     let fc = FieldClient::run(&n, "off-5", 30.6, 114.3).await;
     let mut wall = Wall::start(&n).await;
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("op-5", Role::Operator)})).await;
-    assert_eq!((signed["signedIn"].as_bool(), signed["secure"].as_bool()), (Some(true), Some(true)), "{signed}");
-    assert!(signed["url"].as_str().unwrap().starts_with("https://"), "{signed}");
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": n.token("op-5", Role::Operator)}))
+        .await;
+    assert_eq!(
+        (signed["signedIn"].as_bool(), signed["secure"].as_bool()),
+        (Some(true), Some(true)),
+        "{signed}"
+    );
+    assert!(
+        signed["url"].as_str().unwrap().starts_with("https://"),
+        "{signed}"
+    );
     wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-5", "minFrames": 30, "timeoutMs": 60000})).await;
     wall.quit().await;
     fc.stop().await;
@@ -1246,7 +2145,10 @@ async fn https_listener_serves_the_wall_with_its_own_or_given_certificate() {
 
     // Certificate and key from files (an operator's own CA or a public certificate).
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["wall.example".into()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["wall.example".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("wall.crt"), dir.path().join("wall.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -1265,12 +2167,20 @@ async fn https_listener_serves_the_wall_with_its_own_or_given_certificate() {
     // Only one of the two files: the node refuses to start, saying why.
     let mut config = media_server::config::NodeConfig::default();
     config.node.data_dir = dir.path().join("data");
-    for l in [&mut config.http.listen, &mut config.media.listen, &mut config.quic.listen] {
+    for l in [
+        &mut config.http.listen,
+        &mut config.media.listen,
+        &mut config.quic.listen,
+    ] {
         *l = "127.0.0.1:0".parse().unwrap();
     }
     config.http.https = true;
     config.http.tls_cert = Some(cert_path);
-    let err = media_server::node::start(config).await.err().expect("refused").to_string();
+    let err = media_server::node::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("tls_key"), "{err}");
 }
 
@@ -1289,14 +2199,28 @@ async fn bench_wall_first_frame_and_page_bitrate() {
     let mut gst = Vec::new();
     for i in 0..7 {
         let name = format!("cam-{i}");
-        let opts = PublishOptions { codec: VideoCodec::H264, width: 320, height: 240, fps: 25, audio: false, bitrate_kbps: 300, via: None };
-        gst.push(WhipPublisher::start(&n.base, &name, &n.token(&name, Role::Device), opts).await.expect("publish"));
+        let opts = PublishOptions {
+            codec: VideoCodec::H264,
+            width: 320,
+            height: 240,
+            fps: 25,
+            audio: false,
+            bitrate_kbps: 300,
+            via: None,
+        };
+        gst.push(
+            WhipPublisher::start(&n.base, &name, &n.token(&name, Role::Device), opts)
+                .await
+                .expect("publish"),
+        );
     }
     let op = n.token("op-b", Role::Operator);
 
     let mut first = Vec::new();
     for _ in 0..5 {
-        let signed = wall.cmd(serde_json::json!({"op": "signin", "token": op})).await;
+        let signed = wall
+            .cmd(serde_json::json!({"op": "signin", "token": op}))
+            .await;
         assert_eq!(signed["signedIn"], true, "{signed}");
         let deadline = tokio::time::Instant::now() + WAIT;
         let ms = loop {
@@ -1304,31 +2228,60 @@ async fn bench_wall_first_frame_and_page_bitrate() {
             if let Some(ms) = r["firstFrameMs"].as_f64() {
                 break ms;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no first frame within {WAIT:?}: {r}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no first frame within {WAIT:?}: {r}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         first.push(ms);
     }
     first.sort_by(f64::total_cmp);
 
-    wall.cmd(serde_json::json!({"op": "layout", "key": "4"})).await;
+    wall.cmd(serde_json::json!({"op": "layout", "key": "4"}))
+        .await;
     for i in 0..7 {
         wall.cmd(serde_json::json!({"op": "waitTile", "stream": format!("cam-{i}"), "minFrames": 30, "timeoutMs": 60000})).await;
     }
     wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-sc", "minFrames": 30, "timeoutMs": 60000})).await;
-    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 3000})).await;
-    let grid = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 8000})).await["kbps"].as_u64().unwrap();
+    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 3000}))
+        .await;
+    let grid = wall
+        .cmd(serde_json::json!({"op": "pageKbps", "ms": 8000}))
+        .await["kbps"]
+        .as_u64()
+        .unwrap();
     let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
-    let playing = tiles["tiles"].as_array().unwrap().iter().filter(|t| t["state"] == "playing").count();
-    let sc = tiles["tiles"].as_array().unwrap().iter().find(|t| t["stream"] == "off-sc").unwrap()["frameHeight"].clone();
+    let playing = tiles["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "playing")
+        .count();
+    let sc = tiles["tiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["stream"] == "off-sc")
+        .unwrap()["frameHeight"]
+        .clone();
     wall.screenshot("bench-4x4").await;
-    wall.cmd(serde_json::json!({"op": "maximise", "stream": "off-sc"})).await;
-    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 5000})).await;
-    let max = wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 8000})).await["kbps"].as_u64().unwrap();
+    wall.cmd(serde_json::json!({"op": "maximise", "stream": "off-sc"}))
+        .await;
+    wall.cmd(serde_json::json!({"op": "pageKbps", "ms": 5000}))
+        .await;
+    let max = wall
+        .cmd(serde_json::json!({"op": "pageKbps", "ms": 8000}))
+        .await["kbps"]
+        .as_u64()
+        .unwrap();
     let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
     let big = tiles["tiles"][0]["frameHeight"].clone();
 
-    println!("| sign-in → first frame (5 runs) | min {:.0} ms | median {:.0} ms | max {:.0} ms |", first[0], first[2], first[4]);
+    println!(
+        "| sign-in → first frame (5 runs) | min {:.0} ms | median {:.0} ms | max {:.0} ms |",
+        first[0], first[2], first[4]
+    );
     println!("| 4×4, {playing} tiles playing (7 × 240p single layer + the tablet's tile at {sc} rows) | {grid} kbit/s |");
     println!("| the tablet's stream maximised ({big} rows), other tiles closed | {max} kbit/s |");
     for p in gst {
@@ -1347,7 +2300,10 @@ fn workspace_bin(name: &str) -> std::path::PathBuf {
     let bin = dir.join(name);
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = std::process::Command::new(cargo).args(["build", "-p", name]).status().expect("cargo runs");
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", name])
+            .status()
+            .expect("cargo runs");
         assert!(ok.success(), "cargo build -p {name}");
     }
     bin
@@ -1373,15 +2329,31 @@ impl JsonLines {
             .unwrap_or_else(|e| panic!("{what} starts: {e}"));
         let stdin = child.stdin.take();
         let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        JsonLines { what: what.to_owned(), child, stdin, lines }
+        JsonLines {
+            what: what.to_owned(),
+            child,
+            stdin,
+            lines,
+        }
     }
 
-    async fn line_where(&mut self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn line_where(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let me = self.what.clone();
         tokio::time::timeout(WAIT, async {
             loop {
-                let line = self.lines.next_line().await.unwrap().unwrap_or_else(|| panic!("{me} ended before {what}"));
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{me} ended before {what}"));
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if pred(&v) {
                     return v;
                 }
@@ -1394,7 +2366,10 @@ impl JsonLines {
     async fn say(&mut self, line: &str) {
         use tokio::io::AsyncWriteExt as _;
         let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
         stdin.flush().await.unwrap();
     }
 
@@ -1409,11 +2384,23 @@ impl JsonLines {
 fn pymavlink_python() -> std::path::PathBuf {
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv");
     let py = venv.join("bin/python");
-    let has = |py: &std::path::Path| std::process::Command::new(py).args(["-c", "import pymavlink"]).status().is_ok_and(|s| s.success());
+    let has = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args(["-c", "import pymavlink"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if !has(&py) {
-        let ok = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "python3 -m venv {} failed", venv.display());
-        let ok = std::process::Command::new(venv.join("bin/pip")).args(["install", "-q", "pymavlink==2.4.50"]).status().is_ok_and(|s| s.success());
+        let ok = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "pymavlink==2.4.50"])
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok && has(&py), "pip install pymavlink failed");
     }
     py
@@ -1438,91 +2425,213 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
     let n = start_node().await;
     let fc = FieldClient::run(&n, "off-1", 30.59, 114.30).await;
 
-    let drone_tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drone-bridge/tests");
+    let drone_tests =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drone-bridge/tests");
     let mut camera = JsonLines::spawn(
         "rtsp_camera.py (Debian's python3, python3-gi, gir1.2-gst-rtsp-server-1.0)",
         tokio::process::Command::new("/usr/bin/python3").arg(drone_tests.join("rtsp_camera.py")),
     );
-    let uri = camera.line_where("ready", |v| v["kind"] == "ready").await["uri"].as_str().unwrap().to_owned();
+    let uri = camera.line_where("ready", |v| v["kind"] == "ready").await["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let key = n.dir.path().join("drone.key");
     std::fs::write(&key, format!("{KEY_HEX}\n")).unwrap();
     let mut bridge = JsonLines::spawn(
         "drone-bridge",
         tokio::process::Command::new(workspace_bin("drone-bridge"))
-            .args(["--mavlink", "udpin:127.0.0.1:0", "--node", &n.node.quic_addr.to_string(), "--token", &n.token("pilot-3", Role::Pilot)])
+            .args([
+                "--mavlink",
+                "udpin:127.0.0.1:0",
+                "--node",
+                &n.node.quic_addr.to_string(),
+                "--token",
+                &n.token("pilot-3", Role::Pilot),
+            ])
             .arg("--signing-key")
             .arg(&key),
     );
-    let started = bridge.line_where("started", |v| v["kind"] == "started").await;
-    let mavlink = started["mavlink"].as_str().expect("the bound MAVLink address").to_owned();
+    let started = bridge
+        .line_where("started", |v| v["kind"] == "started")
+        .await;
+    let mavlink = started["mavlink"]
+        .as_str()
+        .expect("the bound MAVLink address")
+        .to_owned();
     let (lat_s, lon_s, alt_s) = (lat.to_string(), lon.to_string(), alt_rel.to_string());
     let mut vehicle = JsonLines::spawn(
         "vehicle.py",
-        tokio::process::Command::new(pymavlink_python()).arg(drone_tests.join("vehicle.py")).args([
-            "--connect", &format!("udpout:{mavlink}"), "--key", KEY_HEX, "--rate", "10", "--video", &uri,
-            "--lat", &lat_s, "--lon", &lon_s, "--alt-rel", &alt_s, "--circle", "0",
-        ]),
+        tokio::process::Command::new(pymavlink_python())
+            .arg(drone_tests.join("vehicle.py"))
+            .args([
+                "--connect",
+                &format!("udpout:{mavlink}"),
+                "--key",
+                KEY_HEX,
+                "--rate",
+                "10",
+                "--video",
+                &uri,
+                "--lat",
+                &lat_s,
+                "--lon",
+                &lon_s,
+                "--alt-rel",
+                &alt_s,
+                "--circle",
+                "0",
+            ]),
     );
     vehicle.line_where("ready", |v| v["kind"] == "ready").await;
-    let publishing = bridge.line_where("the camera published", |v| v["kind"] == "publishing").await;
+    let publishing = bridge
+        .line_where("the camera published", |v| v["kind"] == "publishing")
+        .await;
     assert_eq!(publishing["stream"], DRONE, "{publishing}");
 
     // An operator, in 2×2: both pictures play, the overlay and both markers.
     let mut wall = Wall::start(&n).await;
     let signed = wall.cmd(serde_json::json!({"op": "signin", "via": "url", "token": n.token("op-1", Role::Operator)})).await;
     assert_eq!(signed["role"], "operator", "{signed}");
-    let layout = wall.cmd(serde_json::json!({"op": "layout", "key": "2"})).await;
-    assert_eq!((layout["layout"].as_str(), layout["tiles"].as_u64()), (Some("2x2"), Some(4)));
+    let layout = wall
+        .cmd(serde_json::json!({"op": "layout", "key": "2"}))
+        .await;
+    assert_eq!(
+        (layout["layout"].as_str(), layout["tiles"].as_u64()),
+        (Some("2x2"), Some(4))
+    );
     for stream in ["off-1", DRONE] {
         let tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": stream, "minFrames": 60, "timeoutMs": 60000})).await;
-        assert!(tile["totalVideoFrames"].as_u64().unwrap() > 60 && tile["frameHeight"].as_u64().unwrap() > 0, "{stream}: {tile}");
+        assert!(
+            tile["totalVideoFrames"].as_u64().unwrap() > 60
+                && tile["frameHeight"].as_u64().unwrap() > 0,
+            "{stream}: {tile}"
+        );
     }
-    let drone_tile = wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 60})).await;
-    assert_eq!(drone_tile["frameHeight"], 480, "the camera's 640×480, untouched: {drone_tile}");
+    let drone_tile = wall
+        .cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 60}))
+        .await;
+    assert_eq!(
+        drone_tile["frameHeight"], 480,
+        "the camera's 640×480, untouched: {drone_tile}"
+    );
     let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": alt_rel, "altTol": 1.0, "mode": "GUIDED"})).await;
-    assert!((o["alt"].as_f64().unwrap() - alt_rel).abs() <= 1.0, "relative altitude within 1 m: {o}");
-    assert_eq!((o["drone"].as_str(), o["battery"].as_str()), (Some(DRONE), Some("76%")), "{o}");
-    assert!(o["armed"].as_str().unwrap() != "—" && o["link"].as_str().unwrap() != "—", "{o}");
-    assert_eq!(o["commands"], serde_json::json!([]), "an operator may not command: {o}");
+    assert!(
+        (o["alt"].as_f64().unwrap() - alt_rel).abs() <= 1.0,
+        "relative altitude within 1 m: {o}"
+    );
+    assert_eq!(
+        (o["drone"].as_str(), o["battery"].as_str()),
+        (Some(DRONE), Some("76%")),
+        "{o}"
+    );
+    assert!(
+        o["armed"].as_str().unwrap() != "—" && o["link"].as_str().unwrap() != "—",
+        "{o}"
+    );
+    assert_eq!(
+        o["commands"],
+        serde_json::json!([]),
+        "an operator may not command: {o}"
+    );
     let text = wall.cmd(serde_json::json!({"op": "eval", "js": format!("document.querySelector('[data-stream=\"{DRONE}\"] [data-testid=drone-overlay]').textContent")})).await;
-    assert!(!text["value"].as_str().unwrap().contains("null"), "no stray text on the overlay: {text}");
-    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"})).await;
-    assert_eq!((m["lat"].as_f64(), m["lon"].as_f64(), m["kind"].as_str()), (Some(30.59), Some(114.30), Some("officer")), "{m}");
-    let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
-    assert!((m["lat"].as_f64().unwrap() - lat).abs() < 1e-6 && (m["lon"].as_f64().unwrap() - lon).abs() < 1e-6, "the drone at the sent position: {m}");
-    assert_eq!((m["kind"].as_str(), m["stale"].as_bool(), m["visible"].as_bool()), (Some("drone"), Some(false), Some(true)), "{m}");
+    assert!(
+        !text["value"].as_str().unwrap().contains("null"),
+        "no stray text on the overlay: {text}"
+    );
+    let m = wall
+        .cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"}))
+        .await;
+    assert_eq!(
+        (m["lat"].as_f64(), m["lon"].as_f64(), m["kind"].as_str()),
+        (Some(30.59), Some(114.30), Some("officer")),
+        "{m}"
+    );
+    let m = wall
+        .cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE}))
+        .await;
+    assert!(
+        (m["lat"].as_f64().unwrap() - lat).abs() < 1e-6
+            && (m["lon"].as_f64().unwrap() - lon).abs() < 1e-6,
+        "the drone at the sent position: {m}"
+    );
+    assert_eq!(
+        (
+            m["kind"].as_str(),
+            m["stale"].as_bool(),
+            m["visible"].as_bool()
+        ),
+        (Some("drone"), Some(false), Some(true)),
+        "{m}"
+    );
     let path = wall.screenshot("wall-drone-bridge").await;
     eprintln!("wall screenshot: {}", path.display());
 
     // A commander's RTL reaches the vehicle, signed; its ACK and the new mode show.
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": n.token("cmd-1", Role::Commander)})).await;
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": n.token("cmd-1", Role::Commander)}))
+        .await;
     assert_eq!(signed["role"], "commander", "{signed}");
-    wall.cmd(serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 10, "timeoutMs": 60000})).await;
-    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE})).await;
-    assert_eq!(o["commands"], serde_json::json!(["rtl", "hold", "land", "guided"]), "a commander may command: {o}");
-    let c = wall.cmd(serde_json::json!({"op": "droneCommand", "stream": DRONE, "command": "rtl"})).await;
-    assert!(c["question"].as_str().unwrap().contains(DRONE), "the confirmation names the drone: {c}");
+    wall.cmd(
+        serde_json::json!({"op": "waitTile", "stream": DRONE, "minFrames": 10, "timeoutMs": 60000}),
+    )
+    .await;
+    let o = wall
+        .cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE}))
+        .await;
+    assert_eq!(
+        o["commands"],
+        serde_json::json!(["rtl", "hold", "land", "guided"]),
+        "a commander may command: {o}"
+    );
+    let c = wall
+        .cmd(serde_json::json!({"op": "droneCommand", "stream": DRONE, "command": "rtl"}))
+        .await;
+    assert!(
+        c["question"].as_str().unwrap().contains(DRONE),
+        "the confirmation names the drone: {c}"
+    );
     let cmd = c["cmd"].as_str().expect("dc-N").to_owned();
-    let got = vehicle.line_where("the RTL at the vehicle", |v| v["kind"] == "command").await;
-    assert_eq!((got["msg"].as_str(), got["command"].as_u64()), (Some("COMMAND_LONG"), Some(20)), "MAV_CMD_NAV_RETURN_TO_LAUNCH: {got}");
-    assert_eq!((got["signed"].as_bool(), got["verified"].as_bool()), (Some(true), Some(true)), "signed with the shared key: {got}");
+    let got = vehicle
+        .line_where("the RTL at the vehicle", |v| v["kind"] == "command")
+        .await;
+    assert_eq!(
+        (got["msg"].as_str(), got["command"].as_u64()),
+        (Some("COMMAND_LONG"), Some(20)),
+        "MAV_CMD_NAV_RETURN_TO_LAUNCH: {got}"
+    );
+    assert_eq!(
+        (got["signed"].as_bool(), got["verified"].as_bool()),
+        (Some(true), Some(true)),
+        "signed with the shared key: {got}"
+    );
     wall.cmd(serde_json::json!({"op": "waitDroneAck", "stream": DRONE, "cmd": cmd, "result": "accepted"})).await;
-    wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "mode": "RTL"})).await;
+    wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "mode": "RTL"}))
+        .await;
     wall.screenshot("wall-drone").await;
 
     // The vehicle falls silent: the overlay says the link is lost and the marker greys.
     vehicle.say("stop").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = wall.cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE})).await;
+        let m = wall
+            .cmd(serde_json::json!({"op": "waitMarker", "subject": DRONE}))
+            .await;
         if m["stale"] == true {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the drone marker is not greyed after the link was lost: {m}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drone marker is not greyed after the link was lost: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE})).await;
-    assert!(o["link"].as_str().unwrap().contains("中断"), "link lost shown: {o}");
+    let o = wall
+        .cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE}))
+        .await;
+    assert!(
+        o["link"].as_str().unwrap().contains("中断"),
+        "link lost shown: {o}"
+    );
 
     wall.quit().await;
     vehicle.stop().await;
@@ -1539,19 +2648,41 @@ mod cascade {
     use media_server::trunk::ca::ProvinceCa;
     use std::path::Path;
 
-    pub async fn node(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64) -> TestNode {
-        node_at(ca_dir, name, parent, grace_secs, "127.0.0.1:0".parse().unwrap()).await
+    pub async fn node(
+        ca_dir: &Path,
+        name: &str,
+        parent: Option<String>,
+        grace_secs: u64,
+    ) -> TestNode {
+        node_at(
+            ca_dir,
+            name,
+            parent,
+            grace_secs,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
     }
 
     /// Like [`node`] with the trunk endpoint on `listen` (a restarted node keeps its address);
     /// a node's certificate is issued once and reused.
-    pub async fn node_at(ca_dir: &Path, name: &str, parent: Option<String>, grace_secs: u64, listen: std::net::SocketAddr) -> TestNode {
+    pub async fn node_at(
+        ca_dir: &Path,
+        name: &str,
+        parent: Option<String>,
+        grace_secs: u64,
+        listen: std::net::SocketAddr,
+    ) -> TestNode {
         let ca = ProvinceCa::load(ca_dir).expect("CA");
         let certs = ca_dir.join("certs");
         let (cert, key) = if certs.join(format!("{name}.pem")).exists() {
-            (certs.join(format!("{name}.pem")), certs.join(format!("{name}.key")))
+            (
+                certs.join(format!("{name}.pem")),
+                certs.join(format!("{name}.key")),
+            )
         } else {
-            ca.issue_to(&trunk_name(name), &certs).expect("node certificate")
+            ca.issue_to(&trunk_name(name), &certs)
+                .expect("node certificate")
         };
         common::start_node_with(|c| {
             c.node.id = Some(name.parse().unwrap());
@@ -1584,17 +2715,30 @@ mod cascade {
     }
 
     pub fn trunk_addr(n: &TestNode) -> String {
-        n.node.trunk.as_ref().expect("trunks on").local_addr().to_string()
+        n.node
+            .trunk
+            .as_ref()
+            .expect("trunks on")
+            .local_addr()
+            .to_string()
     }
 
     /// Bytes this node has sent on its trunk to `peer` so far.
     pub fn tx_bytes(n: &TestNode, peer: &str) -> u64 {
         let stats = n.node.trunk.as_ref().unwrap().stats();
-        stats.iter().find(|s| s.peer.as_str() == peer).map_or(0, |s| s.tx_bytes)
+        stats
+            .iter()
+            .find(|s| s.peer.as_str() == peer)
+            .map_or(0, |s| s.tx_bytes)
     }
 
     /// Bytes sent by `n` to `peer` while the publisher encodes `frames` more frames.
-    pub async fn bytes_per_frames(n: &TestNode, peer: &str, publisher: &WhipPublisher, frames: u64) -> u64 {
+    pub async fn bytes_per_frames(
+        n: &TestNode,
+        peer: &str,
+        publisher: &WhipPublisher,
+        frames: u64,
+    ) -> u64 {
         let (b0, f0) = (tx_bytes(n, peer), publisher.frames_sent());
         wait_for("the publisher to encode more frames", WAIT, || async {
             (publisher.frames_sent() >= f0 + frames).then_some(())
@@ -1621,7 +2765,10 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         &township.base,
         "cam1",
         &township.token("cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 800, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 800,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish over WHIP at the township");
@@ -1629,30 +2776,69 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     let p_trunk = province.node.trunk.clone().unwrap();
     let t_trunk = township.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
-        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+        p_trunk
+            .catalog()
+            .await
+            .iter()
+            .any(|e| e.addr == addr)
+            .then_some(())
     })
     .await;
-    assert_eq!(t_trunk.route(&addr), None, "nothing crosses the trunk before a viewer asks");
+    assert_eq!(
+        t_trunk.route(&addr),
+        None,
+        "nothing crosses the trunk before a viewer asks"
+    );
     // The province lists the stream as remote in `GET /api/streams` and in the signaling
     // catalog (for a commander, who sees every stream); the township lists nothing remote.
     let http = reqwest::Client::new();
     let api_remote = |n: &TestNode, token: String| {
         let req = http.get(n.url("/api/streams")).bearer_auth(token);
-        async move { req.send().await.ok()?.json::<serde_json::Value>().await.ok().map(|v| v["remote"].clone()) }
+        async move {
+            req.send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .map(|v| v["remote"].clone())
+        }
     };
-    let listed = wait_for("township/cam1 in the province's /api/streams", WAIT, || async {
-        let r = api_remote(&province, province.token("op-9", Role::Operator)).await?;
-        r.as_array()?.iter().find(|s| s["name"] == "township/cam1").cloned()
-    })
+    let listed = wait_for(
+        "township/cam1 in the province's /api/streams",
+        WAIT,
+        || async {
+            let r = api_remote(&province, province.token("op-9", Role::Operator)).await?;
+            r.as_array()?
+                .iter()
+                .find(|s| s["name"] == "township/cam1")
+                .cloned()
+        },
+    )
     .await;
     assert_eq!(
         listed,
         serde_json::json!({"name": "township/cam1", "node": "township", "stream": "cam1", "layers": 1, "cost": 1, "remote": true})
     );
-    assert_eq!(api_remote(&township, township.token("op-9", Role::Operator)).await, Some(serde_json::json!([])));
-    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("cmd-1", Role::Commander));
-    let (commander, _cmd_events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
-    let cat = commander.request(signaling::proto::ClientMsg::Catalog { id: 0, incident: None }).await.expect("catalog");
+    assert_eq!(
+        api_remote(&township, township.token("op-9", Role::Operator)).await,
+        Some(serde_json::json!([]))
+    );
+    let cfg = signaling::client::ClientConfig::new(
+        province.node.quic_addr.to_string(),
+        province.token("cmd-1", Role::Commander),
+    );
+    let (commander, _cmd_events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let cat = commander
+        .request(signaling::proto::ClientMsg::Catalog {
+            id: 0,
+            incident: None,
+        })
+        .await
+        .expect("catalog");
     assert_eq!(cat["remote"][0]["name"], "township/cam1", "{cat}");
     assert_eq!(cat["remote"][0]["remote"], true, "{cat}");
     drop(commander);
@@ -1660,8 +2846,13 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
 
     let token = province.token("wall-1", Role::Viewer);
     let asked = std::time::Instant::now();
-    let first = WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("WHEP for a remote stream");
-    first.wait_frames(1, WAIT).await.expect("first decoded frame");
+    let first = WhepViewer::start(&province.base, "township/cam1", &token, av())
+        .await
+        .expect("WHEP for a remote stream");
+    first
+        .wait_frames(1, WAIT)
+        .await
+        .expect("first decoded frame");
     let first_frame = asked.elapsed();
     let seen0 = first.stats().frames_decoded;
     let sent0 = publisher.frames_sent();
@@ -1675,7 +2866,10 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         .expect("the province viewer decodes at least 95 % of 300 frames");
     assert_eq!((s.width, s.height), (640, 480));
     assert_eq!(first.video_codec().as_deref(), Some("H264"));
-    first.wait_audio(1, WAIT).await.expect("audio crosses the trunk too");
+    first
+        .wait_audio(1, WAIT)
+        .await
+        .expect("audio crosses the trunk too");
     let decoded = s.frames_decoded - seen0;
 
     // `GET /api/trunks` on both ends: the trunk up with its round-trip time, the township's
@@ -1686,28 +2880,91 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     let trunks = move |n: &TestNode, role: Role| {
         let (url, token) = (n.url("/api/trunks"), n.token("ops-1", role));
         async move {
-            let v: serde_json::Value = reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            let v: serde_json::Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             let mut errs = Vec::new();
-            check_schema(doc, &serde_json::json!({"$ref": "#/components/schemas/TrunkStatus"}), &v, "$", &mut errs);
+            check_schema(
+                doc,
+                &serde_json::json!({"$ref": "#/components/schemas/TrunkStatus"}),
+                &v,
+                "$",
+                &mut errs,
+            );
             assert!(errs.is_empty(), "{errs:?} in {v}");
             v
         }
     };
     let t = trunks(&township, Role::Admin).await;
-    assert_eq!((t["enabled"].as_bool(), t["node"].as_str()), (Some(true), Some("township")), "{t}");
+    assert_eq!(
+        (t["enabled"].as_bool(), t["node"].as_str()),
+        (Some(true), Some("township")),
+        "{t}"
+    );
     assert_eq!(t["uplinks"][0]["kind"], "parent", "{t}");
-    assert_eq!((t["uplinks"][0]["node"].as_str(), t["uplinks"][0]["up"].as_bool()), (Some("province"), Some(true)), "{t}");
-    assert!(t["uplinks"][0]["addr"].is_string(), "admins see the configured address: {t}");
-    let route = t["routes"].as_array().unwrap().iter().find(|r| r["stream"] == "township/cam1").cloned().unwrap_or_default();
-    assert_eq!((route["source"].as_str(), route["outputs"][0]["to"].as_str()), (Some("local"), Some("province")), "{t}");
+    assert_eq!(
+        (
+            t["uplinks"][0]["node"].as_str(),
+            t["uplinks"][0]["up"].as_bool()
+        ),
+        (Some("province"), Some(true)),
+        "{t}"
+    );
+    assert!(
+        t["uplinks"][0]["addr"].is_string(),
+        "admins see the configured address: {t}"
+    );
+    let route = t["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stream"] == "township/cam1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (route["source"].as_str(), route["outputs"][0]["to"].as_str()),
+        (Some("local"), Some("province")),
+        "{t}"
+    );
     let p = trunks(&province, Role::Viewer).await;
     let link = &p["trunks"][0];
-    assert_eq!((link["peer"].as_str(), link["role"].as_str(), link["dialled"].as_bool()), (Some("township"), Some("child"), Some(false)), "{p}");
-    assert!(link["rtt_ms"].as_f64().is_some_and(|r| r > 0.0) && link["rx_bytes"].as_u64() > Some(100_000), "{p}");
-    let route = p["routes"].as_array().unwrap().iter().find(|r| r["stream"] == "township/cam1").cloned().unwrap_or_default();
-    assert_eq!((route["source"].as_str(), route["outputs"][0]["to"].as_str()), (Some("township"), Some("local")), "{p}");
+    assert_eq!(
+        (
+            link["peer"].as_str(),
+            link["role"].as_str(),
+            link["dialled"].as_bool()
+        ),
+        (Some("township"), Some("child"), Some(false)),
+        "{p}"
+    );
+    assert!(
+        link["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)
+            && link["rx_bytes"].as_u64() > Some(100_000),
+        "{p}"
+    );
+    let route = p["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stream"] == "township/cam1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (route["source"].as_str(), route["outputs"][0]["to"].as_str()),
+        (Some("township"), Some("local")),
+        "{p}"
+    );
     let t = trunks(&township, Role::Operator).await;
-    assert!(t["uplinks"][0].get("addr").is_none(), "no addresses for an operator: {t}");
+    assert!(
+        t["uplinks"][0].get("addr").is_none(),
+        "no addresses for an operator: {t}"
+    );
 
     // Random bytes and truncated packets at the province's trunk port (QUIC): dropped, the
     // trunk stays up and the viewer keeps decoding.
@@ -1717,25 +2974,48 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         sock.send_to(&j, trunk_port).unwrap();
     }
     let seen = first.stats().frames_decoded;
-    first.wait_frames(seen + 30, WAIT).await.expect("the viewer keeps decoding after junk at the trunk port");
+    first
+        .wait_frames(seen + 30, WAIT)
+        .await
+        .expect("the viewer keeps decoding after junk at the trunk port");
     let p = trunks(&province, Role::Viewer).await;
-    assert_eq!(p["trunks"][0]["peer"], "township", "the trunk is still up: {p}");
+    assert_eq!(
+        p["trunks"][0]["peer"], "township",
+        "the trunk is still up: {p}"
+    );
 
     let one = bytes_per_frames(&township, "province", &publisher, 90).await;
     let mut more = Vec::new();
     for _ in 0..2 {
-        more.push(WhepViewer::start(&province.base, "township/cam1", &token, av()).await.expect("more viewers"));
+        more.push(
+            WhepViewer::start(&province.base, "township/cam1", &token, av())
+                .await
+                .expect("more viewers"),
+        );
     }
     // And one over signaling: `subscribe` with the cascade's name `NODE/STREAM`.
-    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
-    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
-    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"cam1".parse().unwrap());
+    let cfg = signaling::client::ClientConfig::new(
+        province.node.quic_addr.to_string(),
+        province.token("op-1", Role::Operator),
+    );
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let remote =
+        signaling::StreamName::remote(&"township".parse().unwrap(), &"cam1".parse().unwrap());
     // The media session lives as long as the signaling session: keep `client`.
     let c = client.clone();
     more.push(
         WhepViewer::start_with(&province.base, av(), move |offer| async move {
             let data = c
-                .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: None, max_height: None, sdp: offer })
+                .request(signaling::proto::ClientMsg::Subscribe {
+                    id: 0,
+                    stream: remote,
+                    layer: None,
+                    max_height: None,
+                    sdp: offer,
+                })
                 .await?;
             assert_eq!(data["stream"], "township/cam1");
             Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
@@ -1744,7 +3024,9 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         .expect("subscribe to township/cam1 over signaling"),
     );
     for v in &more {
-        v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
+        v.wait_frames(1, WAIT)
+            .await
+            .expect("each further viewer decodes");
     }
     let four = bytes_per_frames(&township, "province", &publisher, 90).await;
     eprintln!(
@@ -1752,8 +3034,14 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
          trunk bytes per 90 frames: idle {idle}, 1 viewer {one}, 4 viewers {four} ({:.2}x)",
         four as f64 / one as f64
     );
-    assert!(one > 20 * idle.max(1000), "the stream crosses the trunk: {one} vs idle {idle}");
-    assert!(four * 10 <= one * 12, "one copy on the trunk: 4 viewers {four} bytes vs 1 viewer {one}");
+    assert!(
+        one > 20 * idle.max(1000),
+        "the stream crosses the trunk: {one} vs idle {idle}"
+    );
+    assert!(
+        four * 10 <= one * 12,
+        "one copy on the trunk: 4 viewers {four} bytes vs 1 viewer {one}"
+    );
 
     for v in more {
         v.stop().await.expect("viewer DELETE");
@@ -1761,18 +3049,29 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     first.stop().await.expect("viewer DELETE");
     drop(client);
     let left = std::time::Instant::now();
-    wait_for("the stream to stop crossing the trunk", Duration::from_secs(10), || async {
-        t_trunk
-            .route(&addr)
-            .is_none_or(|r| !r.outputs.iter().any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))))
-            .then_some(())
-    })
+    wait_for(
+        "the stream to stop crossing the trunk",
+        Duration::from_secs(10),
+        || async {
+            t_trunk
+                .route(&addr)
+                .is_none_or(|r| {
+                    !r.outputs
+                        .iter()
+                        .any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                })
+                .then_some(())
+        },
+    )
     .await;
     let pruned = left.elapsed();
     let after = bytes_per_frames(&township, "province", &publisher, 30).await;
     eprintln!("cascade: pruned {pruned:?} after the last viewer left (grace 2 s); then {after} bytes per 30 frames");
     assert!(pruned < Duration::from_secs(4), "pruned after {pruned:?}");
-    assert!(after * 10 < one / 3, "nothing but keep-alives cross after the prune: {after}");
+    assert!(
+        after * 10 < one / 3,
+        "nothing but keep-alives cross after the prune: {after}"
+    );
     publisher.stop().await.expect("publisher DELETE");
     township.node.shutdown().await;
     province.node.shutdown().await;
@@ -1793,21 +3092,41 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     let ca = cascade::province_ca();
     let (province, township) = cascade::province_and_township(ca.path()).await;
     let fc = FieldClient::run(&township, "off-3", 30.59, 114.30).await;
-    let layers = wait_for("the tablet's three layers at the township", WAIT, || async {
-        let s = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3")?;
-        (s.layers.len() >= 3 && s.layers.iter().all(|l| l.height.is_some())).then_some(s.layers)
-    })
+    let layers = wait_for(
+        "the tablet's three layers at the township",
+        WAIT,
+        || async {
+            let s = township
+                .node
+                .live
+                .list()
+                .into_iter()
+                .find(|s| s.name.as_str() == "off-3")?;
+            (s.layers.len() >= 3 && s.layers.iter().all(|l| l.height.is_some())).then_some(s.layers)
+        },
+    )
     .await;
     let addr = ::trunk::StreamAddr::parse("township/off-3").unwrap();
-    let (p_trunk, t_trunk) = (province.node.trunk.clone().unwrap(), township.node.trunk.clone().unwrap());
+    let (p_trunk, t_trunk) = (
+        province.node.trunk.clone().unwrap(),
+        township.node.trunk.clone().unwrap(),
+    );
     wait_for("the province to learn township/off-3", WAIT, || async {
-        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+        p_trunk
+            .catalog()
+            .await
+            .iter()
+            .any(|e| e.addr == addr)
+            .then_some(())
     })
     .await;
     // The layers this node's route sends to the province.
     let to_province = || {
         t_trunk.route(&addr).and_then(|r| {
-            r.outputs.iter().find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province"))).map(|(_, l)| *l)
+            r.outputs
+                .iter()
+                .find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                .map(|(_, l)| *l)
         })
     };
     // Trunk kbit/s township → province over `ms`.
@@ -1820,62 +3139,121 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
         }
     };
 
-    let cfg = signaling::client::ClientConfig::new(province.node.quic_addr.to_string(), province.token("op-1", Role::Operator));
-    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg)).await.expect("connect in time").expect("connect");
-    let remote = signaling::StreamName::remote(&"township".parse().unwrap(), &"off-3".parse().unwrap());
+    let cfg = signaling::client::ClientConfig::new(
+        province.node.quic_addr.to_string(),
+        province.token("op-1", Role::Operator),
+    );
+    let (client, _events) = tokio::time::timeout(WAIT, signaling::client::connect(cfg))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let remote =
+        signaling::StreamName::remote(&"township".parse().unwrap(), &"off-3".parse().unwrap());
     let c = client.clone();
     let low = WhepViewer::start_with(&province.base, av(), move |offer| async move {
         let data = c
-            .request(signaling::proto::ClientMsg::Subscribe { id: 0, stream: remote, layer: Some("low".into()), max_height: None, sdp: offer })
+            .request(signaling::proto::ClientMsg::Subscribe {
+                id: 0,
+                stream: remote,
+                layer: Some("low".into()),
+                max_height: None,
+                sdp: offer,
+            })
             .await?;
         Ok(data["sdp"].as_str().unwrap_or_default().to_owned())
     })
     .await
     .expect("subscribe to township/off-3 with layer low over signaling");
-    low.wait_frames(30, WAIT).await.expect("the low viewer decodes");
-    let narrowed = wait_for("the township to send the province one layer", WAIT, || async {
-        to_province().filter(|l| l.iter().count() == 1)
-    })
+    low.wait_frames(30, WAIT)
+        .await
+        .expect("the low viewer decodes");
+    let narrowed = wait_for(
+        "the township to send the province one layer",
+        WAIT,
+        || async { to_province().filter(|l| l.iter().count() == 1) },
+    )
     .await;
     let low_only = trunk_kbps(3000).await;
     let s = low.stats();
-    assert_eq!(s.height, 120, "the low viewer gets the 160×120 layer: {s:?}");
+    assert_eq!(
+        s.height, 120,
+        "the low viewer gets the 160×120 layer: {s:?}"
+    );
     let seen = low.stats().frames_decoded;
-    low.wait_frames(seen + 30, WAIT).await.expect("the low viewer keeps decoding after the narrowing");
-
-    let all = WhepViewer::start(&province.base, "township/off-3", &province.token("wall-1", Role::Viewer), av())
+    low.wait_frames(seen + 30, WAIT)
         .await
-        .expect("an auto viewer of township/off-3");
-    all.wait_frames(30, WAIT).await.expect("the auto viewer decodes");
-    wait_for("the township to send the province every layer", WAIT, || async {
-        to_province().filter(|l| l.iter().count() >= 3)
-    })
+        .expect("the low viewer keeps decoding after the narrowing");
+
+    let all = WhepViewer::start(
+        &province.base,
+        "township/off-3",
+        &province.token("wall-1", Role::Viewer),
+        av(),
+    )
+    .await
+    .expect("an auto viewer of township/off-3");
+    all.wait_frames(30, WAIT)
+        .await
+        .expect("the auto viewer decodes");
+    wait_for(
+        "the township to send the province every layer",
+        WAIT,
+        || async { to_province().filter(|l| l.iter().count() >= 3) },
+    )
     .await;
     let every = trunk_kbps(3000).await;
-    let now = township.node.live.list().into_iter().find(|s| s.name.as_str() == "off-3").map(|s| s.layers).unwrap_or(layers);
+    let now = township
+        .node
+        .live
+        .list()
+        .into_iter()
+        .find(|s| s.name.as_str() == "off-3")
+        .map(|s| s.layers)
+        .unwrap_or(layers);
     let kbps: Vec<(Option<u32>, u64)> = now.iter().map(|l| (l.height, l.kbps)).collect();
     let low_kbps = now.first().map_or(0, |l| l.kbps);
     eprintln!(
         "layered pull: publisher layers (rows, kbit/s) {kbps:?}; trunk with a low viewer {low_only} kbit/s \
          (layers {narrowed:?}), with a low and an auto viewer {every} kbit/s"
     );
-    assert!(low_only * 2 < every, "low only {low_only} kbit/s vs every layer {every} kbit/s");
-    assert!(low_only <= low_kbps * 3 / 2 + 100, "low only {low_only} kbit/s vs the low layer's {low_kbps} kbit/s (+ audio)");
+    assert!(
+        low_only * 2 < every,
+        "low only {low_only} kbit/s vs every layer {every} kbit/s"
+    );
+    assert!(
+        low_only <= low_kbps * 3 / 2 + 100,
+        "low only {low_only} kbit/s vs the low layer's {low_kbps} kbit/s (+ audio)"
+    );
 
     // The auto viewer narrows to the layer it receives.
-    let two = wait_for("the township to send the province the low and the auto viewer's layer", WAIT, || async {
-        to_province().filter(|l| l.iter().count() == 2)
-    })
+    let two = wait_for(
+        "the township to send the province the low and the auto viewer's layer",
+        WAIT,
+        || async { to_province().filter(|l| l.iter().count() == 2) },
+    )
     .await;
     let top_kbps = now.iter().max_by_key(|l| l.height).map_or(0, |l| l.kbps);
     let s = all.stats();
-    eprintln!("layered pull: after the auto viewer narrowed, layers {two:?}; it decodes {}×{}", s.width, s.height);
-    assert_eq!(s.height, 480, "the auto viewer gets the top layer on loopback: {s:?}");
+    eprintln!(
+        "layered pull: after the auto viewer narrowed, layers {two:?}; it decodes {}×{}",
+        s.width, s.height
+    );
+    assert_eq!(
+        s.height, 480,
+        "the auto viewer gets the top layer on loopback: {s:?}"
+    );
     let seen = s.frames_decoded;
-    all.wait_frames(seen + 30, WAIT).await.expect("the auto viewer keeps decoding after its narrowing");
+    all.wait_frames(seen + 30, WAIT)
+        .await
+        .expect("the auto viewer keeps decoding after its narrowing");
     let narrowed_kbps = trunk_kbps(3000).await;
-    eprintln!("layered pull: trunk with the low and the narrowed auto viewer {narrowed_kbps} kbit/s");
-    assert!(narrowed_kbps < every, "narrowed {narrowed_kbps} kbit/s vs every layer {every} kbit/s");
+    eprintln!(
+        "layered pull: trunk with the low and the narrowed auto viewer {narrowed_kbps} kbit/s"
+    );
+    assert!(
+        narrowed_kbps < every,
+        "narrowed {narrowed_kbps} kbit/s vs every layer {every} kbit/s"
+    );
     assert!(
         narrowed_kbps <= (low_kbps + top_kbps) * 13 / 10 + 100,
         "narrowed {narrowed_kbps} kbit/s vs the low and top layers' {low_kbps} + {top_kbps} kbit/s (+ audio)"
@@ -1901,45 +3279,87 @@ async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
         &township.base,
         "cam1",
         &township.token("cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 600,
+            audio: false,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish at the township");
 
     let mut wall = Wall::start(&province).await;
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": province.token("op-1", Role::Operator)})).await;
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": province.token("op-1", Role::Operator)}))
+        .await;
     assert_eq!(signed["signedIn"], true, "{signed}");
-    let listed = wall.cmd(serde_json::json!({"op": "waitCatalog", "stream": "township/cam1"})).await;
+    let listed = wall
+        .cmd(serde_json::json!({"op": "waitCatalog", "stream": "township/cam1"}))
+        .await;
     let items = listed["items"].as_array().unwrap();
-    let heading = items.iter().position(|x| x["heading"] == "township").unwrap_or_else(|| panic!("a heading for the township node: {listed}"));
-    let item = items.iter().position(|x| x["stream"] == "township/cam1").unwrap();
-    assert!(heading < item && items[item]["remote"] == true, "listed under its node: {listed}");
+    let heading = items
+        .iter()
+        .position(|x| x["heading"] == "township")
+        .unwrap_or_else(|| panic!("a heading for the township node: {listed}"));
+    let item = items
+        .iter()
+        .position(|x| x["stream"] == "township/cam1")
+        .unwrap();
+    assert!(
+        heading < item && items[item]["remote"] == true,
+        "listed under its node: {listed}"
+    );
     let chip = wall.cmd(serde_json::json!({"op": "trunks", "up": 1})).await;
-    assert_eq!((chip["state"].as_str(), chip["up"].as_u64()), (Some("ok"), Some(1)), "{chip}");
+    assert_eq!(
+        (chip["state"].as_str(), chip["up"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{chip}"
+    );
     assert!(chip["text"].as_str().unwrap().contains('1'), "{chip}");
     let tiles = wall.cmd(serde_json::json!({"op": "tiles"})).await;
     assert!(
-        tiles["tiles"].as_array().unwrap().iter().all(|t| t["stream"].is_null()),
+        tiles["tiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["stream"].is_null()),
         "a remote stream is not put on a tile by itself: {tiles}"
     );
-    assert_eq!(province.metric("yiwang_viewers").await, 0, "nothing pulled before a tile asks");
+    assert_eq!(
+        province.metric("yiwang_viewers").await,
+        0,
+        "nothing pulled before a tile asks"
+    );
 
-    let placed = wall.cmd(serde_json::json!({"op": "drag", "stream": "township/cam1", "index": 0})).await;
+    let placed = wall
+        .cmd(serde_json::json!({"op": "drag", "stream": "township/cam1", "index": 0}))
+        .await;
     assert_eq!(placed["stream"], "township/cam1", "{placed}");
     let playing = wall.cmd(serde_json::json!({"op": "waitTile", "stream": "township/cam1", "minFrames": 60, "timeoutMs": 60000})).await;
     eprintln!("wall: township/cam1 at the province: {playing}");
-    assert!(playing["frameHeight"].as_u64().unwrap_or(0) > 0, "{playing}");
+    assert!(
+        playing["frameHeight"].as_u64().unwrap_or(0) > 0,
+        "{playing}"
+    );
     wall.screenshot("wall-remote-stream").await;
     wall.quit().await;
 
     // The township's wall shows its trunk to the province, and the province gone as "down".
     let mut wall = Wall::start(&township).await;
-    let signed = wall.cmd(serde_json::json!({"op": "signin", "token": township.token("op-2", Role::Operator)})).await;
+    let signed = wall
+        .cmd(serde_json::json!({"op": "signin", "token": township.token("op-2", Role::Operator)}))
+        .await;
     assert_eq!(signed["signedIn"], true, "{signed}");
-    wall.cmd(serde_json::json!({"op": "trunks", "up": 1, "state": "ok"})).await;
+    wall.cmd(serde_json::json!({"op": "trunks", "up": 1, "state": "ok"}))
+        .await;
     province.node.shutdown().await;
-    let chip = wall.cmd(serde_json::json!({"op": "trunks", "state": "down"})).await;
-    assert!(chip["text"].as_str().unwrap().contains("province"), "names the node that is down: {chip}");
+    let chip = wall
+        .cmd(serde_json::json!({"op": "trunks", "state": "down"}))
+        .await;
+    assert!(
+        chip["text"].as_str().unwrap().contains("province"),
+        "names the node that is down: {chip}"
+    );
     wall.quit().await;
     publisher.stop().await.expect("publisher DELETE");
     township.node.shutdown().await;
@@ -1962,16 +3382,33 @@ async fn a_viewer_resumes_when_a_node_on_its_only_path_restarts() {
         &township.base,
         "cam1",
         &township.token("cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 600,
+            audio: false,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish at the township");
     let token = province.token("wall-1", Role::Viewer);
     let viewer = wait_for("a WHEP answer for township/cam1", WAIT, || async {
-        WhepViewer::start(&province.base, "township/cam1", &token, ViewOptions { audio: false, ..av() }).await.ok()
+        WhepViewer::start(
+            &province.base,
+            "township/cam1",
+            &token,
+            ViewOptions {
+                audio: false,
+                ..av()
+            },
+        )
+        .await
+        .ok()
     })
     .await;
-    viewer.wait_frames(30, WAIT).await.expect("frames across two trunks");
+    viewer
+        .wait_frames(30, WAIT)
+        .await
+        .expect("frames across two trunks");
 
     county.node.shutdown().await;
     let before = viewer.stats().frames_decoded;
@@ -1979,12 +3416,22 @@ async fn a_viewer_resumes_when_a_node_on_its_only_path_restarts() {
     // The province sees the trunk gone (the only path: its viewer now waits), and the county
     // starts again on its old address once the old endpoint has let go of it.
     let p_trunk = province.node.trunk.clone().unwrap();
-    wait_for("the province to see the county gone", WAIT, || async { p_trunk.trunks().await.is_empty().then_some(()) }).await;
+    wait_for("the province to see the county gone", WAIT, || async {
+        p_trunk.trunks().await.is_empty().then_some(())
+    })
+    .await;
     wait_for("the county's trunk port to be free", WAIT, || async {
         std::net::UdpSocket::bind(county_addr).ok().map(drop)
     })
     .await;
-    let county = node_at(ca.path(), "county", Some(trunk_addr(&province)), 10, county_addr).await;
+    let county = node_at(
+        ca.path(),
+        "county",
+        Some(trunk_addr(&province)),
+        10,
+        county_addr,
+    )
+    .await;
     let restarted = stopped.elapsed();
     let resumed = viewer
         .wait_frames(before + 30, Duration::from_secs(20))
@@ -2005,7 +3452,8 @@ async fn a_viewer_resumes_when_a_node_on_its_only_path_restarts() {
 /// Longest time `viewer` went without a new decoded frame during `window`, polled every 20 ms.
 async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
     let start = std::time::Instant::now();
-    let (mut last_n, mut last_t, mut worst) = (viewer.stats().frames_decoded, start, Duration::ZERO);
+    let (mut last_n, mut last_t, mut worst) =
+        (viewer.stats().frames_decoded, start, Duration::ZERO);
     while start.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let n = viewer.stats().frames_decoded;
@@ -2035,11 +3483,20 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     let city_b = node(ca.path(), "city-b", Some(trunk_addr(&province)), 10).await;
     let hop = ImpairConfig::perfect().delay(Duration::from_millis(20));
     let city_a_trunk: std::net::SocketAddr = trunk_addr(&city_a).parse().unwrap();
-    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), city_a_trunk, hop.clone(), hop).await.unwrap();
+    let relay = UdpRelay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        city_a_trunk,
+        hop.clone(),
+        hop,
+    )
+    .await
+    .unwrap();
     let county = {
         let ca_dir = ca.path();
         let c = media_server::trunk::ca::ProvinceCa::load(ca_dir).unwrap();
-        let (cert, key) = c.issue_to(&trunk_name("county"), &ca_dir.join("certs")).unwrap();
+        let (cert, key) = c
+            .issue_to(&trunk_name("county"), &ca_dir.join("certs"))
+            .unwrap();
         let (primary, second) = (relay.local_addr().to_string(), trunk_addr(&city_b));
         common::start_node_with(|c| {
             c.node.id = Some("county".parse().unwrap());
@@ -2057,47 +3514,113 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
         &township.base,
         "cam1",
         &township.token("cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 600,
+            audio: false,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish at the township");
     let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
-    let source_is = |n: &str| p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)));
-    wait_for("the province to learn township/cam1 via city-a", WAIT, || async {
-        p_trunk.catalog().await.iter().any(|e| e.addr == addr && e.cost == 3).then_some(())
-    })
+    let source_is = |n: &str| {
+        p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)))
+    };
+    wait_for(
+        "the province to learn township/cam1 via city-a",
+        WAIT,
+        || async {
+            p_trunk
+                .catalog()
+                .await
+                .iter()
+                .any(|e| e.addr == addr && e.cost == 3)
+                .then_some(())
+        },
+    )
     .await;
-    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
+    let viewer = WhepViewer::start(
+        &province.base,
+        "township/cam1",
+        &province.token("wall-1", Role::Viewer),
+        ViewOptions {
+            audio: false,
+            ..av()
+        },
+    )
+    .await
+    .expect("WHEP at the province");
+    viewer
+        .wait_frames(30, WAIT)
         .await
-        .expect("WHEP at the province");
-    viewer.wait_frames(30, WAIT).await.expect("frames via city-a");
-    assert!(source_is("city-a"), "primary path first: {:?}", p_trunk.route(&addr));
+        .expect("frames via city-a");
+    assert!(
+        source_is("city-a"),
+        "primary path first: {:?}",
+        p_trunk.route(&addr)
+    );
 
     relay.set_cut(true);
     let cut = std::time::Instant::now();
     let stall = longest_stall(&viewer, Duration::from_secs(6)).await;
-    assert!(source_is("city-b"), "moved to city-b: {:?}", p_trunk.route(&addr));
+    assert!(
+        source_is("city-b"),
+        "moved to city-b: {:?}",
+        p_trunk.route(&addr)
+    );
     let n = viewer.stats().frames_decoded;
-    if viewer.wait_frames(n + 30, Duration::from_secs(10)).await.is_err() {
+    if viewer
+        .wait_frames(n + 30, Duration::from_secs(10))
+        .await
+        .is_err()
+    {
         for node in [&province, &city_a, &city_b, &county, &township] {
-            let m = reqwest::get(node.url("/metrics")).await.unwrap().text().await.unwrap();
-            let t: Vec<&str> = m.lines().filter(|l| l.starts_with("yiwang_trunk") || l.starts_with("yiwang_frames")).collect();
-            eprintln!("{}: {:?} {t:?}", node.node.node_id, node.node.trunk.as_ref().unwrap().route(&addr));
+            let m = reqwest::get(node.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let t: Vec<&str> = m
+                .lines()
+                .filter(|l| l.starts_with("yiwang_trunk") || l.starts_with("yiwang_frames"))
+                .collect();
+            eprintln!(
+                "{}: {:?} {t:?}",
+                node.node.node_id,
+                node.node.trunk.as_ref().unwrap().route(&addr)
+            );
         }
         panic!("no frames via city-b");
     }
-    eprintln!("failover: longest stall {stall:?} after the cut (measured over {:?})", cut.elapsed());
-    assert!(stall < Duration::from_secs(3), "viewer stalled {stall:?} on failover");
+    eprintln!(
+        "failover: longest stall {stall:?} after the cut (measured over {:?})",
+        cut.elapsed()
+    );
+    assert!(
+        stall < Duration::from_secs(3),
+        "viewer stalled {stall:?} on failover"
+    );
 
     relay.set_cut(false);
     let back = std::time::Instant::now();
     let (stall_back, moved) = tokio::join!(longest_stall(&viewer, Duration::from_secs(6)), async {
-        wait_for("the media to move back to city-a", Duration::from_secs(20), || async { source_is("city-a").then_some(()) }).await;
+        wait_for(
+            "the media to move back to city-a",
+            Duration::from_secs(20),
+            || async { source_is("city-a").then_some(()) },
+        )
+        .await;
         back.elapsed()
     });
-    eprintln!("move back: on city-a after {moved:?}; longest stall from the restore on {stall_back:?}");
-    assert!(stall_back < Duration::from_millis(700), "viewer stalled {stall_back:?} when the media moved back");
+    eprintln!(
+        "move back: on city-a after {moved:?}; longest stall from the restore on {stall_back:?}"
+    );
+    assert!(
+        stall_back < Duration::from_millis(700),
+        "viewer stalled {stall_back:?} when the media moved back"
+    );
 
     viewer.stop().await.expect("viewer DELETE");
     publisher.stop().await.expect("publisher DELETE");
@@ -2117,41 +3640,82 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     let _media = MEDIA.lock().await;
     let ca = cascade::province_ca();
     let province = node(ca.path(), "province", None, 10).await;
-    let hop = ImpairConfig::perfect().delay(Duration::from_millis(20)).loss(0.03).seed(7);
+    let hop = ImpairConfig::perfect()
+        .delay(Duration::from_millis(20))
+        .loss(0.03)
+        .seed(7);
     let target: std::net::SocketAddr = trunk_addr(&province).parse().unwrap();
-    let relay = UdpRelay::start("127.0.0.1:0".parse().unwrap(), target, hop.clone(), hop.seed(8)).await.unwrap();
-    let township = node(ca.path(), "township", Some(relay.local_addr().to_string()), 10).await;
+    let relay = UdpRelay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target,
+        hop.clone(),
+        hop.seed(8),
+    )
+    .await
+    .unwrap();
+    let township = node(
+        ca.path(),
+        "township",
+        Some(relay.local_addr().to_string()),
+        10,
+    )
+    .await;
     let publisher = WhipPublisher::start(
         &township.base,
         "cam1",
         &township.token("cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 800, audio: false, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 800,
+            audio: false,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish at the township");
     let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
-        p_trunk.catalog().await.iter().any(|e| e.addr == addr).then_some(())
+        p_trunk
+            .catalog()
+            .await
+            .iter()
+            .any(|e| e.addr == addr)
+            .then_some(())
     })
     .await;
-    let viewer = WhepViewer::start(&province.base, "township/cam1", &province.token("wall-1", Role::Viewer), ViewOptions { audio: false, ..av() })
-        .await
-        .expect("WHEP at the province");
+    let viewer = WhepViewer::start(
+        &province.base,
+        "township/cam1",
+        &province.token("wall-1", Role::Viewer),
+        ViewOptions {
+            audio: false,
+            ..av()
+        },
+    )
+    .await
+    .expect("WHEP at the province");
     viewer.wait_frames(1, WAIT).await.expect("first frame");
     let (seen0, sent0) = (viewer.stats().frames_decoded, publisher.frames_sent());
     wait_for("publisher to encode 300 more frames", WAIT, || async {
         (publisher.frames_sent() >= sent0 + 300).then_some(())
     })
     .await;
-    let decoded = match viewer.wait_frames(seen0 + 297, Duration::from_secs(10)).await {
+    let decoded = match viewer
+        .wait_frames(seen0 + 297, Duration::from_secs(10))
+        .await
+    {
         Ok(s) => s.frames_decoded - seen0,
         Err(_) => viewer.stats().frames_decoded - seen0,
     };
     let nacks = township.metric("yiwang_trunk_retransmits_total").await;
-    let after_loss = province.metric("yiwang_trunk_frames_after_loss_total").await;
+    let after_loss = province
+        .metric("yiwang_trunk_frames_after_loss_total")
+        .await;
     eprintln!("lossy trunk (3 % each way, 20 ms): {decoded} of 300 frames decoded; {nacks} packets resent; {after_loss} frames after an unrepaired loss");
-    assert!(decoded >= 297, "viewer decoded {decoded} of 300 frames over a 3 % lossy trunk");
+    assert!(
+        decoded >= 297,
+        "viewer decoded {decoded} of 300 frames over a 3 % lossy trunk"
+    );
     assert!(nacks > 0, "losses were repaired by resending");
     viewer.stop().await.expect("viewer DELETE");
     publisher.stop().await.expect("publisher DELETE");
@@ -2208,13 +3772,23 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
                 let _ = c.start_kill();
             }
             for ns in &self.namespaces {
-                let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
             }
         }
     }
     fn ip(args: &[&str]) {
-        let out = std::process::Command::new("ip").args(args).output().expect("ip runs");
-        assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip runs");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     impl Topology {
         fn ns(&self, n: &str) -> String {
@@ -2223,7 +3797,10 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         /// A veth pair between `a` and `b` ("" = the test's namespace) on subnet `net`:
         /// `a` gets .1, `b` gets .2. Returns the interface names (a side, b side).
         fn link(&self, a: &str, b: &str, net: &str, i: u32) -> (String, String) {
-            let (ia, ib) = (format!("yw{}a{i}", self.pid % 100_000), format!("yw{}b{i}", self.pid % 100_000));
+            let (ia, ib) = (
+                format!("yw{}a{i}", self.pid % 100_000),
+                format!("yw{}b{i}", self.pid % 100_000),
+            );
             ip(&["link", "add", &ia, "type", "veth", "peer", "name", &ib]);
             for (side, ifname, host) in [(a, &ia, 1), (b, &ib, 2)] {
                 let addr = format!("{net}.{host}/24");
@@ -2240,13 +3817,25 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
             (ia, ib)
         }
         /// Runs `bin args…` in namespace `n`, returns its first stdout line starting with `prefix`.
-        async fn run(&mut self, n: &str, bin: &std::path::Path, args: &[&str], prefix: &str) -> String {
+        async fn run(
+            &mut self,
+            n: &str,
+            bin: &std::path::Path,
+            args: &[&str],
+            prefix: &str,
+        ) -> String {
             let mut child = tokio::process::Command::new("ip")
                 .args(["netns", "exec", &self.ns(n)])
                 .arg(bin)
                 .args(args)
                 .stdout(Stdio::piped())
-                .stderr(std::fs::File::create(self.logs.join(format!("{n}-{}.log", self.children.len()))).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .stderr(
+                    std::fs::File::create(
+                        self.logs.join(format!("{n}-{}.log", self.children.len())),
+                    )
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                )
                 .kill_on_drop(true)
                 .spawn()
                 .expect("spawn in namespace");
@@ -2269,12 +3858,26 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     }
 
     let _media = MEDIA.lock().await;
-    let bins = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let bins = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let (server, relay) = (bins.join("media-server"), bins.join("yiwang-relay"));
-    assert!(server.exists() && relay.exists(), "build the binaries first: cargo build -p media-server --bins");
+    assert!(
+        server.exists() && relay.exists(),
+        "build the binaries first: cargo build -p media-server --bins"
+    );
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();
-    let mut topo = Topology { pid, logs: dir.path().to_path_buf(), namespaces: Vec::new(), children: Vec::new() };
+    let mut topo = Topology {
+        pid,
+        logs: dir.path().to_path_buf(),
+        namespaces: Vec::new(),
+        children: Vec::new(),
+    };
     let names = ["province", "city-a", "city-b", "county", "township"];
     for n in names {
         let ns = topo.ns(n);
@@ -2288,10 +3891,15 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     topo.link("", "province", &net(0), 0);
     // The trunk veths, as (parent, its interface, child, its interface).
     let mut trunks = Vec::new();
-    for (i, (parent, child)) in
-        [("province", "city-a"), ("province", "city-b"), ("city-a", "county"), ("city-b", "county"), ("county", "township")]
-            .into_iter()
-            .enumerate()
+    for (i, (parent, child)) in [
+        ("province", "city-a"),
+        ("province", "city-b"),
+        ("city-a", "county"),
+        ("city-b", "county"),
+        ("county", "township"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (pi, ci) = topo.link(parent, child, &net(i as u32 + 1), i as u32 + 1);
         trunks.push((parent, pi, child, ci));
@@ -2310,26 +3918,51 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         relay_port += 1;
         // The relay opens its upstream sockets on its listen IP: listen on all addresses of the
         // namespace, the node dials it on loopback.
-        relays.push((topo_ns.to_owned(), format!("0.0.0.0:{relay_port} {upstream}")));
+        relays.push((
+            topo_ns.to_owned(),
+            format!("0.0.0.0:{relay_port} {upstream}"),
+        ));
         format!("127.0.0.1:{relay_port}")
     };
     let mut relays = Vec::new();
     let parents: Vec<(&str, Option<String>, Option<String>)> = vec![
         ("province", None, None),
-        ("city-a", Some(via("city-a", format!("{}.1:4434", net(1)), &mut relays)), None),
-        ("city-b", Some(via("city-b", format!("{}.1:4434", net(2)), &mut relays)), None),
+        (
+            "city-a",
+            Some(via("city-a", format!("{}.1:4434", net(1)), &mut relays)),
+            None,
+        ),
+        (
+            "city-b",
+            Some(via("city-b", format!("{}.1:4434", net(2)), &mut relays)),
+            None,
+        ),
         (
             "county",
             Some(via("county", format!("{}.1:4434", net(3)), &mut relays)),
             Some(via("county", format!("{}.1:4434", net(4)), &mut relays)),
         ),
-        ("township", Some(via("township", format!("{}.1:4434", net(5)), &mut relays)), None),
+        (
+            "township",
+            Some(via("township", format!("{}.1:4434", net(5)), &mut relays)),
+            None,
+        ),
     ];
     for (n, spec) in &relays {
         let (listen, upstream) = spec.split_once(' ').unwrap();
         // County–township: 3 % loss each way as well.
-        let impair = if *n == "township" { "delay=20ms,loss=3%,seed=9" } else { "delay=20ms" };
-        topo.run(n, &relay, &["--listen", listen, "--upstream", upstream, "--both", impair], "relay listen=").await;
+        let impair = if *n == "township" {
+            "delay=20ms,loss=3%,seed=9"
+        } else {
+            "delay=20ms"
+        };
+        topo.run(
+            n,
+            &relay,
+            &["--listen", listen, "--upstream", upstream, "--both", impair],
+            "relay listen=",
+        )
+        .await;
     }
     let media_ip = |n: &str| match n {
         "province" => format!("{}.2", net(0)),
@@ -2339,7 +3972,12 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     };
     let mut http = std::collections::HashMap::new();
     for (n, parent, second) in parents {
-        let (cert, key) = ca.issue_to(&::trunk::NodeName::parse(n).unwrap(), &dir.path().join("certs")).unwrap();
+        let (cert, key) = ca
+            .issue_to(
+                &::trunk::NodeName::parse(n).unwrap(),
+                &dir.path().join("certs"),
+            )
+            .unwrap();
         let mut c = media_server::config::NodeConfig::default();
         c.node.id = Some(n.parse().unwrap());
         c.node.data_dir = dir.path().join(n);
@@ -2355,12 +3993,19 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         c.trunk.grace_secs = 3;
         let file = dir.path().join(format!("{n}.toml"));
         std::fs::write(&file, c.to_toml()).unwrap();
-        topo.run(n, &server, &["--config", file.to_str().unwrap()], "ready ").await;
+        topo.run(n, &server, &["--config", file.to_str().unwrap()], "ready ")
+            .await;
         http.insert(n, format!("http://{}:8080", media_ip(n)));
     }
     let token = |n: &str, sub: &str, role: Role| {
-        let id = NodeIdentity::load_or_create(&dir.path().join(n), Some(&n.parse().unwrap())).unwrap();
-        let req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+        let id =
+            NodeIdentity::load_or_create(&dir.path().join(n), Some(&n.parse().unwrap())).unwrap();
+        let req = TokenRequest::new(
+            sub.parse().unwrap(),
+            role,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        );
         id.issuer().issue(&req, common::now_unix())
     };
 
@@ -2368,7 +4013,11 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         &http["township"],
         "cam1",
         &token("township", "cam1", Role::Officer),
-        PublishOptions { bitrate_kbps: 600, audio: false, ..PublishOptions::default() },
+        PublishOptions {
+            bitrate_kbps: 600,
+            audio: false,
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("publish at the township");
@@ -2377,7 +4026,12 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         move |name: &'static str| {
             let url = url.clone();
             async move {
-                let text = reqwest::get(&url).await.expect("GET /metrics").text().await.expect("metrics text");
+                let text = reqwest::get(&url)
+                    .await
+                    .expect("GET /metrics")
+                    .text()
+                    .await
+                    .expect("metrics text");
                 text.lines()
                     .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
                     .and_then(|v| v.trim().parse::<u64>().ok())
@@ -2387,7 +4041,10 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     };
     let (province_metric, township_metric) = (metric("province"), metric("township"));
     // The catalog needs a moment to climb four levels: retry the WHEP POST until it is there.
-    let video = ViewOptions { audio: false, ..av() };
+    let video = ViewOptions {
+        audio: false,
+        ..av()
+    };
     let view = |n: &'static str| {
         let (base, t) = (http[n].clone(), token(n, "wall-1", Role::Viewer));
         async move {
@@ -2410,9 +4067,14 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     let at_province = view("province").await;
     let at_city_b = view("city-b").await;
     for v in [&at_province, &at_city_b] {
-        v.wait_frames(1, WAIT).await.expect("first frame across the namespaces");
+        v.wait_frames(1, WAIT)
+            .await
+            .expect("first frame across the namespaces");
     }
-    let seen: Vec<u64> = [&at_province, &at_city_b].iter().map(|v| v.stats().frames_decoded).collect();
+    let seen: Vec<u64> = [&at_province, &at_city_b]
+        .iter()
+        .map(|v| v.stats().frames_decoded)
+        .collect();
     let resent0 = township_metric("yiwang_trunk_retransmits_total").await;
     let (delivered0, given_up0) = (
         province_metric("yiwang_trunk_packets_delivered_total").await,
@@ -2424,8 +4086,14 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     })
     .await;
     for (v, s) in [&at_province, &at_city_b].iter().zip(&seen) {
-        let got = v.wait_frames(s + 285, Duration::from_secs(10)).await.expect("≥ 95 % of 300 frames, 20 ms per hop");
-        eprintln!("netns: viewer decoded {} of 300 frames", got.frames_decoded - s);
+        let got = v
+            .wait_frames(s + 285, Duration::from_secs(10))
+            .await
+            .expect("≥ 95 % of 300 frames, 20 ms per hop");
+        eprintln!(
+            "netns: viewer decoded {} of 300 frames",
+            got.frames_decoded - s
+        );
     }
     let delivered = province_metric("yiwang_trunk_packets_delivered_total").await - delivered0;
     let given_up = province_metric("yiwang_trunk_packets_given_up_total").await - given_up0;
@@ -2436,8 +4104,14 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
          the township resent {resent}",
         share * 100.0
     );
-    assert!(resent > 0, "the lossy hop lost packets and the township resent them");
-    assert!(delivered >= 300, "the stream's packets reached the province: {delivered}");
+    assert!(
+        resent > 0,
+        "the lossy hop lost packets and the township resent them"
+    );
+    assert!(
+        delivered >= 300,
+        "the stream's packets reached the province: {delivered}"
+    );
     assert!(share >= 0.99, "≥ 99 % of the packets reach the province's viewers: {delivered} delivered, {given_up} given up");
 
     // Bytes leaving each end of every trunk veth (both directions of each trunk), per 90 frames
@@ -2451,27 +4125,47 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
             .iter()
             .map(|(ns, ifname)| {
                 let out = std::process::Command::new("ip")
-                    .args(["netns", "exec", ns, "cat", &format!("/sys/class/net/{ifname}/statistics/tx_bytes")])
+                    .args([
+                        "netns",
+                        "exec",
+                        ns,
+                        "cat",
+                        &format!("/sys/class/net/{ifname}/statistics/tx_bytes"),
+                    ])
                     .output()
                     .expect("read the veth counter");
-                String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("a byte count")
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .expect("a byte count")
             })
             .collect()
     };
     let direction = |i: usize| {
         let (p, _, c, _) = &trunks[i / 2];
-        if i.is_multiple_of(2) { format!("{p}→{c}") } else { format!("{c}→{p}") }
+        if i.is_multiple_of(2) {
+            format!("{p}→{c}")
+        } else {
+            format!("{c}→{p}")
+        }
     };
     let published = || -> u64 {
         let path = format!("/sys/class/net/{publisher_if}/statistics/tx_bytes");
-        std::fs::read_to_string(&path).expect("the publisher's veth counter").trim().parse().expect("a byte count")
+        std::fs::read_to_string(&path)
+            .expect("the publisher's veth counter")
+            .trim()
+            .parse()
+            .expect("a byte count")
     };
     // Bytes on every trunk direction, and what the publisher sent, while it encodes `frames`.
     let per_frames = {
         let (tx, publisher, published) = (&tx, &publisher, &published);
         move |frames: u64| async move {
             let (b0, p0, f0) = (tx(), published(), publisher.frames_sent());
-            wait_for("the publisher to encode more frames", WAIT, || async { (publisher.frames_sent() >= f0 + frames).then_some(()) }).await;
+            wait_for("the publisher to encode more frames", WAIT, || async {
+                (publisher.frames_sent() >= f0 + frames).then_some(())
+            })
+            .await;
             let trunks: Vec<u64> = tx().iter().zip(&b0).map(|(b, b0)| b - b0).collect();
             (trunks, published() - p0)
         }
@@ -2484,7 +4178,9 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         }
     }
     for v in &more {
-        v.wait_frames(1, WAIT).await.expect("each further viewer decodes");
+        v.wait_frames(1, WAIT)
+            .await
+            .expect("each further viewer decodes");
     }
     let (ten, ten_copy) = per_frames(90).await;
     // A direction carrying the stream moves well over 50 kB per 90 frames (600 kbit/s); the
@@ -2501,17 +4197,32 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     }
     for (i, (one, ten)) in one.iter().zip(&ten).enumerate() {
         if *one >= CARRIES {
-            assert!(ten * 10 <= one * 12, "one copy on {}: 10 viewers per site {ten} bytes vs 1 viewer {one}", direction(i));
+            assert!(
+                ten * 10 <= one * 12,
+                "one copy on {}: 10 viewers per site {ten} bytes vs 1 viewer {one}",
+                direction(i)
+            );
             // And in absolute terms: at most 1.2× what the publisher sent (QUIC and datagram
             // headers instead of SRTP's; resends on the lossy hop).
             for (b, copy) in [(one, one_copy), (ten, ten_copy)] {
-                assert!(b * 10 <= copy * 12, "{} carries {b} bytes, the publisher sent {copy}", direction(i));
+                assert!(
+                    b * 10 <= copy * 12,
+                    "{} carries {b} bytes, the publisher sent {copy}",
+                    direction(i)
+                );
             }
         } else {
-            assert!(*ten < CARRIES, "no new copy on {} for more viewers: {one} → {ten} bytes", direction(i));
+            assert!(
+                *ten < CARRIES,
+                "no new copy on {} for more viewers: {one} → {ten} bytes",
+                direction(i)
+            );
         }
     }
-    assert!(one.iter().filter(|b| **b >= CARRIES).count() >= 3, "the stream crosses township→county→…→province and to city-b: {one:?}");
+    assert!(
+        one.iter().filter(|b| **b >= CARRIES).count() >= 3,
+        "the stream crosses township→county→…→province and to city-b: {one:?}"
+    );
     for v in more {
         v.stop().await.expect("viewer DELETE");
     }
@@ -2523,25 +4234,48 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         longest_stall(&at_city_b, Duration::from_secs(6))
     );
     let n = at_province.stats().frames_decoded;
-    at_province.wait_frames(n + 30, Duration::from_secs(10)).await.expect("frames via city-b after the cut");
+    at_province
+        .wait_frames(n + 30, Duration::from_secs(10))
+        .await
+        .expect("frames via city-b after the cut");
     eprintln!("netns: county–city-a down, longest stall: province viewer {stall:?}, city-b viewer {stall_b:?}");
-    assert!(stall < Duration::from_secs(3), "province viewer stalled {stall:?}");
-    assert!(stall_b < Duration::from_secs(1), "city-b viewer stalled {stall_b:?}, its path was not cut");
+    assert!(
+        stall < Duration::from_secs(3),
+        "province viewer stalled {stall:?}"
+    );
+    assert!(
+        stall_b < Duration::from_secs(1),
+        "city-b viewer stalled {stall_b:?}, its path was not cut"
+    );
     ip(&["-n", &county_ns, "link", "set", &county_to_city_a, "up"]);
     let stall_back = longest_stall(&at_province, Duration::from_secs(8)).await;
     eprintln!("netns: link back up, longest stall over the next 8 s {stall_back:?}");
-    assert!(stall_back < Duration::from_millis(700), "stalled {stall_back:?} when the link came back");
+    assert!(
+        stall_back < Duration::from_millis(700),
+        "stalled {stall_back:?} when the link came back"
+    );
 
     // The last viewers leave: within the grace (3 s) the stream stops crossing every trunk.
     at_province.stop().await.expect("viewer DELETE");
     at_city_b.stop().await.expect("viewer DELETE");
     let left = std::time::Instant::now();
-    wait_for("the stream to stop crossing the trunks", Duration::from_secs(12), || async {
-        per_frames(15).await.0.iter().all(|b| *b < CARRIES / 6).then_some(())
-    })
+    wait_for(
+        "the stream to stop crossing the trunks",
+        Duration::from_secs(12),
+        || async {
+            per_frames(15)
+                .await
+                .0
+                .iter()
+                .all(|b| *b < CARRIES / 6)
+                .then_some(())
+        },
+    )
     .await;
     let pruned = left.elapsed();
-    eprintln!("netns: no trunk carries the stream {pruned:?} after the last viewer left (grace 3 s)");
+    eprintln!(
+        "netns: no trunk carries the stream {pruned:?} after the last viewer left (grace 3 s)"
+    );
     assert!(pruned < Duration::from_secs(6), "pruned after {pruned:?}");
     publisher.stop().await.expect("publisher DELETE");
     drop(topo);

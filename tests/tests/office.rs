@@ -17,7 +17,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 const MIB: usize = 1024 * 1024;
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -64,7 +67,12 @@ async fn upload(
     req.send().await.expect("upload answered")
 }
 
-async fn fetch(node: &TestNode, token: Option<&str>, path: &str, if_none_match: Option<&str>) -> reqwest::Response {
+async fn fetch(
+    node: &TestNode,
+    token: Option<&str>,
+    path: &str,
+    if_none_match: Option<&str>,
+) -> reqwest::Response {
     let mut req = client().get(node.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -90,7 +98,14 @@ async fn a_3_mb_photo_round_trips_byte_identical_and_is_stored_once() {
     let bytes = random_bytes(3 * 1000 * 1000);
     let hex = sha256_hex(&bytes);
 
-    let resp = upload(&node, Some(&officer), Some("image/jpeg"), Some(&hex), bytes.clone()).await;
+    let resp = upload(
+        &node,
+        Some(&officer),
+        Some("image/jpeg"),
+        Some(&hex),
+        bytes.clone(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let url = format!("/api/attachments/{hex}");
     assert_eq!(resp.headers()["location"], url.as_str());
@@ -99,8 +114,14 @@ async fn a_3_mb_photo_round_trips_byte_identical_and_is_stored_once() {
     assert_eq!(body["size"], bytes.len() as u64);
     assert_eq!(body["content_type"], "image/jpeg");
     assert_eq!(body["url"], url.as_str());
-    assert_eq!(stored_files(&node), vec![hex.clone(), format!("{hex}.json")]);
-    let sidecar: Value = serde_json::from_slice(&std::fs::read(store_dir(&node).join(format!("{hex}.json"))).unwrap()).unwrap();
+    assert_eq!(
+        stored_files(&node),
+        vec![hex.clone(), format!("{hex}.json")]
+    );
+    let sidecar: Value = serde_json::from_slice(
+        &std::fs::read(store_dir(&node).join(format!("{hex}.json"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(sidecar["uploader"], "off-12");
     assert_eq!(sidecar["content_type"], "image/jpeg");
     assert_eq!(sidecar["size"], bytes.len() as u64);
@@ -135,7 +156,10 @@ async fn a_3_mb_photo_round_trips_byte_identical_and_is_stored_once() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["sha256"], hex.as_str());
     assert_eq!(body["size"], bytes.len() as u64);
-    assert_eq!(stored_files(&node), vec![hex.clone(), format!("{hex}.json")]);
+    assert_eq!(
+        stored_files(&node),
+        vec![hex.clone(), format!("{hex}.json")]
+    );
     node.node.shutdown().await;
 }
 
@@ -155,17 +179,30 @@ async fn a_body_over_the_limit_is_refused_and_leaves_nothing() {
     // temporary file removed before the answer.
     let (status, body) = chunked_upload(&node, &officer, "video/mp4", &big).await;
     assert_eq!(status, 413, "{body}");
-    assert!(body.contains("too_large") && body.contains("1048576 bytes"), "{body}");
+    assert!(
+        body.contains("too_large") && body.contains("1048576 bytes"),
+        "{body}"
+    );
     assert!(stored_files(&node).is_empty(), "{:?}", stored_files(&node));
 
     // Exactly the limit is accepted, chunked or not.
     let exact = random_bytes(MIB);
     let (status, body) = chunked_upload(&node, &officer, "video/mp4", &exact).await;
     assert_eq!(status, 201, "{body}");
-    let resp = upload(&node, Some(&officer), Some("video/mp4"), None, exact.clone()).await;
+    let resp = upload(
+        &node,
+        Some(&officer),
+        Some("video/mp4"),
+        None,
+        exact.clone(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let hex = sha256_hex(&exact);
-    assert_eq!(stored_files(&node), vec![hex.clone(), format!("{hex}.json")]);
+    assert_eq!(
+        stored_files(&node),
+        vec![hex.clone(), format!("{hex}.json")]
+    );
 
     // The other API routes keep their own (smaller) limit.
     let resp = client()
@@ -181,7 +218,12 @@ async fn a_body_over_the_limit_is_refused_and_leaves_nothing() {
 }
 
 /// A raw HTTP/1.1 upload with `Transfer-Encoding: chunked`; returns the status and the body.
-async fn chunked_upload(node: &TestNode, token: &str, content_type: &str, bytes: &[u8]) -> (u16, String) {
+async fn chunked_upload(
+    node: &TestNode,
+    token: &str,
+    content_type: &str,
+    bytes: &[u8],
+) -> (u16, String) {
     let stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(node.node.http_addr))
         .await
         .expect("connect in time")
@@ -216,7 +258,10 @@ async fn chunked_upload(node: &TestNode, token: &str, content_type: &str, bytes:
         .and_then(|r| r.get(..3))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -228,34 +273,71 @@ async fn refused_uploads_store_nothing() {
 
     // Announced hash differs from the body's.
     let wrong = sha256_hex(b"something else");
-    let resp = upload(&node, Some(&officer), Some("image/png"), Some(&wrong), bytes.clone()).await;
+    let resp = upload(
+        &node,
+        Some(&officer),
+        Some("image/png"),
+        Some(&wrong),
+        bytes.clone(),
+    )
+    .await;
     let message = expect_error(resp, StatusCode::BAD_REQUEST, "hash_mismatch").await;
-    assert!(message.contains(&sha256_hex(&bytes)) && message.contains(&wrong), "{message}");
+    assert!(
+        message.contains(&sha256_hex(&bytes)) && message.contains(&wrong),
+        "{message}"
+    );
     // A header that is no hash at all.
-    let resp = upload(&node, Some(&officer), Some("image/png"), Some("abc"), bytes.clone()).await;
+    let resp = upload(
+        &node,
+        Some(&officer),
+        Some("image/png"),
+        Some("abc"),
+        bytes.clone(),
+    )
+    .await;
     expect_error(resp, StatusCode::BAD_REQUEST, "bad_hash").await;
 
     // No token, a bad token, a role that may not chat.
     let resp = upload(&node, None, Some("image/png"), None, bytes.clone()).await;
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     expect_error(resp, StatusCode::UNAUTHORIZED, "no_token").await;
-    let resp = upload(&node, Some("not-a-token"), Some("image/png"), None, bytes.clone()).await;
+    let resp = upload(
+        &node,
+        Some("not-a-token"),
+        Some("image/png"),
+        None,
+        bytes.clone(),
+    )
+    .await;
     expect_error(resp, StatusCode::UNAUTHORIZED, "bad_token").await;
     let viewer = node.token("wall-1", Role::Viewer);
     let resp = upload(&node, Some(&viewer), Some("image/png"), None, bytes.clone()).await;
     expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
 
     // Types outside the list, or none.
-    for ct in [Some("text/html"), Some("image/svg+xml"), Some("application/octet-stream"), None] {
+    for ct in [
+        Some("text/html"),
+        Some("image/svg+xml"),
+        Some("application/octet-stream"),
+        None,
+    ] {
         let resp = upload(&node, Some(&officer), ct, None, bytes.clone()).await;
-        let message = expect_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type").await;
+        let message =
+            expect_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_content_type").await;
         assert!(message.contains("image/jpeg"), "{message}");
     }
 
     assert!(stored_files(&node).is_empty(), "{:?}", stored_files(&node));
 
     // Parameters and case in the type are fine; the canonical type is stored.
-    let resp = upload(&node, Some(&officer), Some("Audio/Ogg; codecs=opus"), None, bytes.clone()).await;
+    let resp = upload(
+        &node,
+        Some(&officer),
+        Some("Audio/Ogg; codecs=opus"),
+        None,
+        bytes.clone(),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["content_type"], "audio/ogg");
@@ -275,7 +357,13 @@ async fn downloads_check_the_hash_and_the_token() {
         format!("{}g", &unknown[..63]),
         format!("{unknown}.json"),
     ] {
-        let resp = fetch(&node, Some(&viewer), &format!("/api/attachments/{bad}"), None).await;
+        let resp = fetch(
+            &node,
+            Some(&viewer),
+            &format!("/api/attachments/{bad}"),
+            None,
+        )
+        .await;
         expect_error(resp, StatusCode::BAD_REQUEST, "bad_hash").await;
     }
     let url = format!("/api/attachments/{unknown}");
@@ -297,7 +385,10 @@ async fn downloads_check_the_hash_and_the_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let allowed = resp.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    let allowed = resp.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
     assert!(allowed.contains("x-yiwang-sha256"), "{allowed}");
     node.node.shutdown().await;
 }
@@ -317,16 +408,30 @@ mod mail {
     use signaling::client::{self, ClientConfig, ClientError, ClientEvent};
     use signaling::proto::{ClientMsg, ErrorCode, OrderAnswer};
 
-    async fn login(node: &TestNode, addr: String, sub: &str, role: Role, edit: impl FnOnce(&mut ClientConfig)) -> (client::Client, client::Events) {
+    async fn login(
+        node: &TestNode,
+        addr: String,
+        sub: &str,
+        role: Role,
+        edit: impl FnOnce(&mut ClientConfig),
+    ) -> (client::Client, client::Events) {
         let mut cfg = ClientConfig::new(addr, node.token(sub, role));
         edit(&mut cfg);
-        tokio::time::timeout(WAIT, client::connect(cfg)).await.expect("connect in time").expect("connect")
+        tokio::time::timeout(WAIT, client::connect(cfg))
+            .await
+            .expect("connect in time")
+            .expect("connect")
     }
 
     async fn relay_to(node: &TestNode) -> UdpRelay {
-        UdpRelay::start("127.0.0.1:0".parse().unwrap(), node.node.quic_addr, ImpairConfig::perfect(), ImpairConfig::perfect())
-            .await
-            .unwrap()
+        UdpRelay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            node.node.quic_addr,
+            ImpairConfig::perfect(),
+            ImpairConfig::perfect(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Tablet settings for a bad link: notice a dead connection in 1 s, retry fast.
@@ -339,15 +444,35 @@ mod mail {
     }
 
     fn chat(msg_id: String, text: String) -> ClientMsg {
-        ClientMsg::Chat { id: 0, msg_id: Some(msg_id), incident: Some("duty".parse().unwrap()), to: None, text }
+        ClientMsg::Chat {
+            id: 0,
+            msg_id: Some(msg_id),
+            incident: Some("duty".parse().unwrap()),
+            to: None,
+            text,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_thousand_orders_over_a_flapping_link_arrive_once_in_order_and_end_accepted() {
         let node = start_node().await;
         let relay = relay_to(&node).await;
-        let (officer, mut oev) = login(&node, relay.local_addr().to_string(), "off-1", Role::Officer, flaky).await;
-        let (cmd, mut cev) = login(&node, node.node.quic_addr.to_string(), "cmd-1", Role::Commander, |_| {}).await;
+        let (officer, mut oev) = login(
+            &node,
+            relay.local_addr().to_string(),
+            "off-1",
+            Role::Officer,
+            flaky,
+        )
+        .await;
+        let (cmd, mut cev) = login(
+            &node,
+            node.node.quic_addr.to_string(),
+            "cmd-1",
+            Role::Commander,
+            |_| {},
+        )
+        .await;
 
         // The link flaps: cut 100–1500 ms, up 200–600 ms, seeded.
         let stop = Arc::new(AtomicBool::new(false));
@@ -398,14 +523,19 @@ mod mail {
             let mut got = Vec::new();
             let mut disconnects = 0;
             while got.len() < 1000 {
-                match tokio::time::timeout(Duration::from_secs(120), oev.next()).await.expect("orders keep coming") {
+                match tokio::time::timeout(Duration::from_secs(120), oev.next())
+                    .await
+                    .expect("orders keep coming")
+                {
                     Some(ClientEvent::Mail { item, .. }) if item["kind"] == "order" => {
                         let id = item["order"].as_str().unwrap().to_owned();
                         ans_tx.send(id.clone()).unwrap();
                         got.push(id);
                     }
                     Some(ClientEvent::Disconnected { .. }) => disconnects += 1,
-                    Some(ClientEvent::Closed { code, reason }) => panic!("officer closed: {code:?} {reason}"),
+                    Some(ClientEvent::Closed { code, reason }) => {
+                        panic!("officer closed: {code:?} {reason}")
+                    }
                     None => panic!("event stream ended"),
                     Some(_) => {}
                 }
@@ -437,12 +567,22 @@ mod mail {
         // Every order ends accepted, and the sender was told each state once.
         let mut accepted = HashSet::new();
         while accepted.len() < 1000 {
-            match tokio::time::timeout(Duration::from_secs(120), cev.next()).await.expect("states keep coming") {
-                Some(ClientEvent::Mail { item, .. }) if item["kind"] == "order_state" && item["state"] == "accepted" => {
+            match tokio::time::timeout(Duration::from_secs(120), cev.next())
+                .await
+                .expect("states keep coming")
+            {
+                Some(ClientEvent::Mail { item, .. })
+                    if item["kind"] == "order_state" && item["state"] == "accepted" =>
+                {
                     let id = item["order"].as_str().unwrap().to_owned();
-                    assert!(accepted.insert(id.clone()), "accepted state of {id} told twice");
+                    assert!(
+                        accepted.insert(id.clone()),
+                        "accepted state of {id} told twice"
+                    );
                 }
-                Some(ClientEvent::Closed { code, reason }) => panic!("commander closed: {code:?} {reason}"),
+                Some(ClientEvent::Closed { code, reason }) => {
+                    panic!("commander closed: {code:?} {reason}")
+                }
                 None => panic!("event stream ended"),
                 Some(_) => {}
             }
@@ -462,29 +602,50 @@ mod mail {
             .unwrap();
         let orders = orders["orders"].as_array().unwrap();
         assert_eq!(orders.len(), 1000);
-        assert!(orders.iter().all(|o| o["state"] == "accepted" && o["eta_min"] == 10 && o["delivered_at"].is_u64()));
+        assert!(orders
+            .iter()
+            .all(|o| o["state"] == "accepted" && o["eta_min"] == 10 && o["delivered_at"].is_u64()));
         let dropped = relay.stats().cut_dropped;
         eprintln!("link cut {cuts} times, {dropped} datagrams dropped, officer reconnected {disconnects} times");
         assert!(cuts >= 2 && dropped > 0, "the link really flapped");
-        assert!(disconnects >= 1, "the officer's client lost its connection at least once");
+        assert!(
+            disconnects >= 1,
+            "the officer's client lost its connection at least once"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_officer_offline_for_30_s_sends_50_chats_that_arrive_once() {
         let node = start_node().await;
         let relay = relay_to(&node).await;
-        let (officer, mut oev) = login(&node, relay.local_addr().to_string(), "off-2", Role::Officer, |c| {
-            c.idle_timeout = Duration::from_secs(2);
-            c.keep_alive = Duration::from_millis(500);
-            c.backoff_max = Duration::from_secs(2);
-        })
+        let (officer, mut oev) = login(
+            &node,
+            relay.local_addr().to_string(),
+            "off-2",
+            Role::Officer,
+            |c| {
+                c.idle_timeout = Duration::from_secs(2);
+                c.keep_alive = Duration::from_millis(500);
+                c.backoff_max = Duration::from_secs(2);
+            },
+        )
         .await;
-        let (_op, mut opev) = login(&node, node.node.quic_addr.to_string(), "op-2", Role::Operator, |_| {}).await;
+        let (_op, mut opev) = login(
+            &node,
+            node.node.quic_addr.to_string(),
+            "op-2",
+            Role::Operator,
+            |_| {},
+        )
+        .await;
 
         relay.set_cut(true);
         let offline_at = tokio::time::Instant::now();
         loop {
-            match tokio::time::timeout(WAIT, oev.next()).await.expect("the client notices") {
+            match tokio::time::timeout(WAIT, oev.next())
+                .await
+                .expect("the client notices")
+            {
                 Some(ClientEvent::Disconnected { .. }) => break,
                 Some(ClientEvent::Closed { .. }) | None => panic!("closed"),
                 Some(_) => {}
@@ -495,20 +656,33 @@ mod mail {
         let mut pending = Vec::new();
         for i in 0..50 {
             let officer = officer.clone();
-            pending.push(tokio::spawn(async move { officer.deliver(chat(format!("tunnel-{i}"), format!("note {i}"))).await }));
+            pending.push(tokio::spawn(async move {
+                officer
+                    .deliver(chat(format!("tunnel-{i}"), format!("note {i}")))
+                    .await
+            }));
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         tokio::time::sleep_until(offline_at + Duration::from_secs(30)).await;
         relay.set_cut(false);
         for p in pending {
-            let r = tokio::time::timeout(WAIT, p).await.expect("delivered after the reconnect").unwrap();
+            let r = tokio::time::timeout(WAIT, p)
+                .await
+                .expect("delivered after the reconnect")
+                .unwrap();
             assert!(r.is_ok(), "{r:?}");
         }
         // A marker sent last: everything before it has been stored.
-        officer.deliver(chat("marker".into(), "end".into())).await.unwrap();
+        officer
+            .deliver(chat("marker".into(), "end".into()))
+            .await
+            .unwrap();
         let mut seen = Vec::new();
         loop {
-            match tokio::time::timeout(WAIT, opev.next()).await.expect("chats arrive") {
+            match tokio::time::timeout(WAIT, opev.next())
+                .await
+                .expect("chats arrive")
+            {
                 Some(ClientEvent::Mail { item, .. }) if item["kind"] == "chat" => {
                     let id = item["msg_id"].as_str().unwrap().to_owned();
                     if id == "marker" {
@@ -529,19 +703,34 @@ mod mail {
         let node = start_node().await;
         let quic = node.node.quic_addr.to_string();
         let mut members = Vec::new();
-        for (sub, role) in [("cmd-3", Role::Commander), ("op-3", Role::Operator), ("op-4", Role::Operator), ("off-4", Role::Officer)] {
+        for (sub, role) in [
+            ("cmd-3", Role::Commander),
+            ("op-3", Role::Operator),
+            ("op-4", Role::Operator),
+            ("off-4", Role::Officer),
+        ] {
             members.push((sub, login(&node, quic.clone(), sub, role, |_| {}).await));
         }
         let (raiser, _rev) = login(&node, quic.clone(), "off-3", Role::Officer, |_| {}).await;
         // Five chatty members, 200 messages each, all at once.
         let mut senders = Vec::new();
         for s in 0..5 {
-            let (c, _e) = login(&node, quic.clone(), &format!("talk-{s}"), Role::Operator, |_| {}).await;
+            let (c, _e) = login(
+                &node,
+                quic.clone(),
+                &format!("talk-{s}"),
+                Role::Operator,
+                |_| {},
+            )
+            .await;
             senders.push(tokio::spawn(async move {
                 let mut tasks = Vec::new();
                 for i in 0..200 {
                     let c = c.clone();
-                    tasks.push(tokio::spawn(async move { c.deliver(chat(format!("t{s}-{i}"), format!("status {i}"))).await }));
+                    tasks.push(tokio::spawn(async move {
+                        c.deliver(chat(format!("t{s}-{i}"), format!("status {i}")))
+                            .await
+                    }));
                 }
                 for t in tasks {
                     t.await.unwrap().unwrap();
@@ -552,7 +741,10 @@ mod mail {
         // Raise the SOS while the chat is flowing.
         let (first_sub, (_, ev)) = &mut members[1];
         loop {
-            match tokio::time::timeout(WAIT, ev.next()).await.expect("chat flows") {
+            match tokio::time::timeout(WAIT, ev.next())
+                .await
+                .expect("chat flows")
+            {
                 Some(ClientEvent::Mail { item, .. }) if item["kind"] == "chat" => break,
                 Some(_) => {}
                 None => panic!("{first_sub} closed"),
@@ -560,7 +752,12 @@ mod mail {
         }
         let raised_at = tokio::time::Instant::now();
         let r = raiser
-            .deliver(ClientMsg::Sos { id: 0, msg_id: Some("help-1".into()), incident: None, text: Some("shots fired".into()) })
+            .deliver(ClientMsg::Sos {
+                id: 0,
+                msg_id: Some("help-1".into()),
+                incident: None,
+                text: Some("shots fired".into()),
+            })
             .await
             .unwrap();
         let sos = r["sos"].as_str().unwrap().to_owned();
@@ -594,14 +791,29 @@ mod mail {
         let (off, _o) = login(&node, quic.clone(), "off-5", Role::Officer, |_| {}).await;
         let (other, _x) = login(&node, quic.clone(), "off-6", Role::Officer, |_| {}).await;
         let data = cmd
-            .deliver(ClientMsg::Order { id: 0, msg_id: Some("x".into()), incident: "duty".parse().unwrap(), to: "off-5".parse().unwrap(), text: "Hold the bridge".into() })
+            .deliver(ClientMsg::Order {
+                id: 0,
+                msg_id: Some("x".into()),
+                incident: "duty".parse().unwrap(),
+                to: "off-5".parse().unwrap(),
+                text: "Hold the bridge".into(),
+            })
             .await
             .unwrap();
         let order = data["order"]["id"].as_str().unwrap().to_owned();
-        let answer = |a| ClientMsg::OrderAnswer { id: 0, msg_id: None, order: order.clone(), answer: a, eta_min: Some(3), reason: Some("busy".into()) };
+        let answer = |a| ClientMsg::OrderAnswer {
+            id: 0,
+            msg_id: None,
+            order: order.clone(),
+            answer: a,
+            eta_min: Some(3),
+            reason: Some("busy".into()),
+        };
         for c in [&cmd, &other] {
             match c.request(answer(OrderAnswer::Accept)).await {
-                Err(ClientError::Remote { code, .. }) => assert!(matches!(code, ErrorCode::Forbidden), "{code}"),
+                Err(ClientError::Remote { code, .. }) => {
+                    assert!(matches!(code, ErrorCode::Forbidden), "{code}")
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -609,13 +821,27 @@ mod mail {
         let http = reqwest::Client::new();
         let url = node.url(&format!("/api/orders/{order}/answer"));
         let body = r#"{"answer":"decline","reason":"cut off by water"}"#;
-        let r = http.post(&url).bearer_auth(node.token("off-6", Role::Officer)).body(body).send().await.unwrap();
+        let r = http
+            .post(&url)
+            .bearer_auth(node.token("off-6", Role::Officer))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403);
-        let r = http.post(&url).bearer_auth(node.token("off-5", Role::Officer)).body(body).send().await.unwrap();
+        let r = http
+            .post(&url)
+            .bearer_auth(node.token("off-5", Role::Officer))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         // Final: accepting a declined order is a conflict.
         match off.request(answer(OrderAnswer::Accept)).await {
-            Err(ClientError::Remote { code, .. }) => assert!(matches!(code, ErrorCode::Conflict), "{code}"),
+            Err(ClientError::Remote { code, .. }) => {
+                assert!(matches!(code, ErrorCode::Conflict), "{code}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -469,7 +469,9 @@ impl Router {
             }
             Message::Unsubscribe { addr } => self.unsubscribe_from(now, peer, &addr),
             Message::Subscribed { addr } => self.subscribed(now, peer, addr),
-            Message::SubscribeFailed { addr, reason } => self.subscribe_failed(now, peer, addr, reason),
+            Message::SubscribeFailed { addr, reason } => {
+                self.subscribe_failed(now, peer, addr, reason)
+            }
             Message::KeyframeRequest { addr, layer } => self.keyframe(now, &addr, layer, false),
             // The media plane's messages: the shell handles them.
             Message::Flow { .. } | Message::Nack { .. } => {}
@@ -558,7 +560,11 @@ impl Router {
                 break;
             }
             self.retry_timers.remove(&(t, addr.clone()));
-            if self.subs.get(&addr).is_some_and(|s| s.upstream.is_none() && !s.local) {
+            if self
+                .subs
+                .get(&addr)
+                .is_some_and(|s| s.upstream.is_none() && !s.local)
+            {
                 self.dirty_subs.insert(addr);
             }
         }
@@ -664,7 +670,13 @@ impl Router {
         self.dirty_subs.insert(addr);
     }
 
-    fn subscribe_failed(&mut self, now: Instant, peer: &NodeName, addr: StreamAddr, reason: FailReason) {
+    fn subscribe_failed(
+        &mut self,
+        now: Instant,
+        peer: &NodeName,
+        addr: StreamAddr,
+        reason: FailReason,
+    ) {
         let Some(sub) = self.subs.get_mut(&addr) else {
             return;
         };
@@ -707,15 +719,28 @@ impl Router {
             return;
         }
         let downs: Vec<NodeName> = std::mem::take(&mut sub.downstream).into_keys().collect();
-        let old: Vec<NodeName> = sub.upstream.take().into_iter().chain(sub.next.take()).map(|(n, _)| n).collect();
+        let old: Vec<NodeName> = sub
+            .upstream
+            .take()
+            .into_iter()
+            .chain(sub.next.take())
+            .map(|(n, _)| n)
+            .collect();
         for d in downs {
-            self.send(d, Message::SubscribeFailed { addr: addr.clone(), reason });
+            self.send(
+                d,
+                Message::SubscribeFailed {
+                    addr: addr.clone(),
+                    reason,
+                },
+            );
         }
         for n in old {
             self.send(n, Message::Unsubscribe { addr: addr.clone() });
         }
         if !self.retry_timers.iter().any(|(_, a)| a == addr) {
-            self.retry_timers.insert((now + Self::LOST_RETRY, addr.clone()));
+            self.retry_timers
+                .insert((now + Self::LOST_RETRY, addr.clone()));
         }
         debug!(node = %self.cfg.node, %addr, ?reason, "path lost; viewers wait");
         self.notify_and_route(addr);

@@ -494,16 +494,28 @@ fn a_viewer_waits_through_an_outage_of_every_path_and_resumes() {
     f.sim.run_until(Duration::from_secs(5));
     let late = f.sim.subscribe(f.province, &addr, LayerId(0));
     f.sim.run_until(Duration::from_secs(8));
-    assert!(!f.sim.viewers()[v].failed, "a viewer that was watching waits");
-    assert!(!f.sim.viewers()[late].failed && f.sim.viewers()[late].packets == 0, "a new viewer of the lost stream waits too");
+    assert!(
+        !f.sim.viewers()[v].failed,
+        "a viewer that was watching waits"
+    );
+    assert!(
+        !f.sim.viewers()[late].failed && f.sim.viewers()[late].packets == 0,
+        "a new viewer of the lost stream waits too"
+    );
     let before = f.sim.viewers()[v].packets;
 
     f.sim.restore(f.county, f.city_b);
     let back = f.sim.now();
     f.sim.run_until(Duration::from_secs(12));
     let viewer = &f.sim.viewers()[v];
-    assert!(viewer.packets > before, "media again after the path returned");
+    assert!(
+        viewer.packets > before,
+        "media again after the path returned"
+    );
     let resumed = viewer.last_packet.unwrap();
     assert!(resumed > back && !viewer.failed);
-    assert!(f.sim.viewers()[late].packets > 0, "the viewer that asked during the outage is served");
+    assert!(
+        f.sim.viewers()[late].packets > 0,
+        "the viewer that asked during the outage is served"
+    );
 }

@@ -33,7 +33,9 @@ use serde::Serialize;
 use serde_json::Value;
 use signaling::auth::{Role, TokenIssuer, TokenRequest};
 use signaling::client::{self, ClientConfig, ClientEvent};
-use signaling::proto::{encode_frame, ClientMsg, FrameDecoder, Position, ServerMsg, MAX_FRAME, VERSION};
+use signaling::proto::{
+    encode_frame, ClientMsg, FrameDecoder, Position, ServerMsg, MAX_FRAME, VERSION,
+};
 use signaling::{IncidentId, Subject};
 use tokio::sync::{mpsc, watch};
 
@@ -113,7 +115,9 @@ struct FanoutArgs {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let json = match &args.mode {
         Mode::Sessions(a) => {
             let r = rt.block_on(sessions(&args.server, a))?;
@@ -127,7 +131,8 @@ fn main() -> Result<()> {
         }
     };
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&json)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     // Tasks still holding connections are not waited for.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -151,15 +156,27 @@ struct Node {
 
 impl Node {
     fn start(binary: &Path, timeout: Duration) -> Result<Node> {
-        let dir = tempfile::Builder::new().prefix("yiwang-sigbench-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("yiwang-sigbench-")
+            .tempdir()?;
         let data = dir.path().join("data");
         let identity = NodeIdentity::load_or_create(&data, None).context("node identity")?;
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let mut child = Command::new(binary)
             .arg("--data")
             .arg(&data)
-            .args(["--http", "127.0.0.1:0", "--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
-            .env("RUST_LOG", std::env::var("YIWANG_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("YIWANG_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -178,8 +195,12 @@ impl Node {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-                bail!("no ready line from media-server; log: {}", log.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                bail!(
+                    "no ready line from media-server; log: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                );
             }
         };
         let quic = line
@@ -199,7 +220,12 @@ impl Node {
     }
 
     fn token(&self, sub: &str, role: Role, incident: Option<&str>) -> Result<String> {
-        let mut req = TokenRequest::new(Subject::parse(sub)?, role, self.node_id.clone(), self.fpr.clone());
+        let mut req = TokenRequest::new(
+            Subject::parse(sub)?,
+            role,
+            self.node_id.clone(),
+            self.fpr.clone(),
+        );
         if let Some(i) = incident {
             req.incidents = vec![IncidentId::parse(i)?];
         }
@@ -223,7 +249,9 @@ impl Drop for Node {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -255,7 +283,11 @@ impl Dist {
             p90: pct(&v, 90.0),
             p99: pct(&v, 99.0),
             max: v.last().copied().unwrap_or(f64::NAN),
-            mean: if n == 0 { f64::NAN } else { v.iter().sum::<f64>() / n as f64 },
+            mean: if n == 0 {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / n as f64
+            },
         }
     }
 }
@@ -265,7 +297,9 @@ impl Dist {
 fn udp_rcvbuf_errors() -> u64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
@@ -343,8 +377,14 @@ async fn session_task(
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| format!("open_bi: {e}"))?;
-        let hello = ClientMsg::Hello { v: VERSION, token, resume: None };
-        send.write_all(&encode_frame(&hello)).await.map_err(|e| format!("hello: {e}"))?;
+        let hello = ClientMsg::Hello {
+            v: VERSION,
+            token,
+            resume: None,
+        };
+        send.write_all(&encode_frame(&hello))
+            .await
+            .map_err(|e| format!("hello: {e}"))?;
         let mut dec = FrameDecoder::new();
         loop {
             if let Some(f) = dec.next_frame().map_err(|e| format!("{e:?}"))? {
@@ -355,7 +395,12 @@ async fn session_task(
                         stats.before_welcome.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    Ok(other) => return Err(format!("answer to hello: {}", serde_json::to_string(&other).unwrap_or_default())),
+                    Ok(other) => {
+                        return Err(format!(
+                            "answer to hello: {}",
+                            serde_json::to_string(&other).unwrap_or_default()
+                        ))
+                    }
                     Err(e) => return Err(format!("unreadable answer to hello: {e}")),
                 }
             }
@@ -386,7 +431,12 @@ async fn session_task(
     let lost = |why: String| {
         stats.lost.fetch_add(1, Ordering::Relaxed);
         let key: String = why.chars().take(80).collect();
-        *stats.lost_reasons.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        *stats
+            .lost_reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
     };
     // Frames that arrived with the welcome.
     let mut pending: Vec<Vec<u8>> = Vec::new();
@@ -406,7 +456,11 @@ async fn session_task(
                 Ok(ServerMsg::Result { re, .. }) if re == PING_ID => {
                     if let Some(t) = ping_sent.take() {
                         stats.pings_ok.fetch_add(1, Ordering::Relaxed);
-                        stats.ping_ms.lock().unwrap_or_else(|e| e.into_inner()).push(t.elapsed().as_secs_f64() * 1e3);
+                        stats
+                            .ping_ms
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(t.elapsed().as_secs_f64() * 1e3);
                     }
                 }
                 Ok(ServerMsg::Error { .. }) | Err(_) => {
@@ -417,7 +471,11 @@ async fn session_task(
         }
         if last_seq > acked {
             if last_seq - acked >= 64 || ack_due.is_some_and(|d| d <= tokio::time::Instant::now()) {
-                if send.write_all(&encode_frame(&ClientMsg::Ack { after: last_seq })).await.is_err() {
+                if send
+                    .write_all(&encode_frame(&ClientMsg::Ack { after: last_seq }))
+                    .await
+                    .is_err()
+                {
                     lost("ack write failed".to_owned());
                     return;
                 }
@@ -428,7 +486,8 @@ async fn session_task(
                 ack_due = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             }
         }
-        let sleep_until = ack_due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let sleep_until =
+            ack_due.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             r = recv.read_chunk(MAX_FRAME, true) => match r {
                 Ok(Some(c)) => {
@@ -528,7 +587,11 @@ struct SessionsResult {
 }
 
 fn endpoint() -> Result<quinn::Endpoint> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
     // Room for a ramp batch of handshake packets; capped by net.core.rmem_max.
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
@@ -548,7 +611,10 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
     let mut node = Node::start(binary, Duration::from_secs(20))?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base = node.rss_kib();
-    eprintln!("node up (pid {}, quic {}), RSS {} KiB", node.pid, node.quic, rss_base);
+    eprintln!(
+        "node up (pid {}, quic {}), RSS {} KiB",
+        node.pid, node.quic, rss_base
+    );
 
     let t = Instant::now();
     let tokens: Vec<String> = (0..a.count)
@@ -557,13 +623,19 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
             node.token(&format!("u{i}"), Role::Officer, group.as_deref())
         })
         .collect::<Result<_>>()?;
-    eprintln!("minted {} tokens in {:.1} s", tokens.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "minted {} tokens in {:.1} s",
+        tokens.len(),
+        t.elapsed().as_secs_f64()
+    );
 
     let mut probe = ClientConfig::new(node.quic.to_string(), tokens[0].clone());
     probe.keep_alive = Duration::from_millis(a.keep_alive_ms);
     probe.idle_timeout = Duration::from_secs(10);
     let qcfg = client::pinned_quic_config(&probe)?;
-    let eps: Vec<quinn::Endpoint> = (0..a.endpoints.max(1)).map(|_| endpoint()).collect::<Result<_>>()?;
+    let eps: Vec<quinn::Endpoint> = (0..a.endpoints.max(1))
+        .map(|_| endpoint())
+        .collect::<Result<_>>()?;
 
     let stats = Arc::new(Stats::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Hold);
@@ -618,7 +690,9 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
                 Err(_) => {
                     let missing = n - got;
                     batch_failed += missing;
-                    *failure_reasons.entry("no welcome within --batch-timeout".into()).or_default() += missing as u64;
+                    *failure_reasons
+                        .entry("no welcome within --batch-timeout".into())
+                        .or_default() += missing as u64;
                     break;
                 }
             }
@@ -660,7 +734,10 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
     let ramp_drops = udp_rcvbuf_errors().saturating_sub(drops0);
     let ramp_node_drops = udp_socket_drops(node.quic.port()).saturating_sub(node_drops0);
     let established = hs_ms.len();
-    eprintln!("ramp: {established} sessions in {ramp_s:.1} s; settling {} s", a.settle);
+    eprintln!(
+        "ramp: {established} sessions in {ramp_s:.1} s; settling {} s",
+        a.settle
+    );
 
     tokio::time::sleep(Duration::from_secs(a.settle)).await;
     let hold0 = Instant::now();
@@ -679,7 +756,11 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
     let hold_drops = udp_socket_drops(node.quic.port()).saturating_sub(hold_drops0);
     let me_cpu = cpu_s("self", ticks) - me0;
     let tail = &rss_samples[rss_samples.len().saturating_sub(5)..];
-    let rss_held = if tail.is_empty() { node.rss_kib() } else { tail.iter().sum::<u64>() / tail.len() as u64 };
+    let rss_held = if tail.is_empty() {
+        node.rss_kib()
+    } else {
+        tail.iter().sum::<u64>() / tail.len() as u64
+    };
     let bench_rss = procfs::rss_kib("self").unwrap_or(0);
     eprintln!(
         "hold: node CPU {:.1} % over {:.0} s, RSS {:.1} MiB",
@@ -698,7 +779,11 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
     // A last look at losses after the pings.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lost = stats.lost.load(Ordering::Relaxed);
-    let lost_reasons = stats.lost_reasons.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let lost_reasons = stats
+        .lost_reasons
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let node_alive = node.alive();
     phase_tx.send_replace(Phase::Stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -706,7 +791,13 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
         ep.close(0u32.into(), b"bench over");
     }
 
-    let ping_ms = Dist::of(stats.ping_ms.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let ping_ms = Dist::of(
+        stats
+            .ping_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    );
     let alive_at_end = established.saturating_sub(lost as usize);
     Ok(SessionsResult {
         count: a.count,
@@ -731,7 +822,11 @@ async fn sessions(binary: &Path, a: &SessionsArgs) -> Result<SessionsResult> {
         node_rss_base_mib: rss_base as f64 / 1024.0,
         node_rss_held_mib: rss_held as f64 / 1024.0,
         node_rss_peak_mib: rss_peak as f64 / 1024.0,
-        rss_per_session_kib: if alive_at_end == 0 { f64::NAN } else { (rss_held.saturating_sub(rss_base)) as f64 / alive_at_end as f64 },
+        rss_per_session_kib: if alive_at_end == 0 {
+            f64::NAN
+        } else {
+            (rss_held.saturating_sub(rss_base)) as f64 / alive_at_end as f64
+        },
         hold_s,
         hold_node_cpu_pct: hold_cpu / hold_s * 100.0,
         hold_node_socket_drops: hold_drops,
@@ -867,10 +962,16 @@ async fn fanout(binary: &Path, a: &FanoutArgs) -> Result<FanoutResult> {
     for j in joins {
         ops.push(j.await?.context("operator connect")?);
     }
-    let (sender, mut sender_events) =
-        client::connect(ClientConfig::new(node.quic.to_string(), node.token(SENDER, Role::Officer, None)?)).await?;
+    let (sender, mut sender_events) = client::connect(ClientConfig::new(
+        node.quic.to_string(),
+        node.token(SENDER, Role::Officer, None)?,
+    ))
+    .await?;
     let connected_s = t0.elapsed().as_secs_f64();
-    eprintln!("{} operators and the officer connected in {connected_s:.1} s", a.operators);
+    eprintln!(
+        "{} operators and the officer connected in {connected_s:.1} s",
+        a.operators
+    );
     // The officer's own events (presence of operators) are drained and ignored.
     tokio::spawn(async move { while sender_events.next().await.is_some() {} });
 
@@ -947,7 +1048,9 @@ async fn fanout(binary: &Path, a: &FanoutArgs) -> Result<FanoutResult> {
     let mut seen = vec![false; a.updates];
     for r in recorders {
         for (k, at) in r.await? {
-            let Some(Some(sent)) = sent_at.get(k) else { continue };
+            let Some(Some(sent)) = sent_at.get(k) else {
+                continue;
+            };
             let ms = at.saturating_duration_since(*sent).as_secs_f64() * 1e3;
             lat.push(ms);
             seen[k] = true;

@@ -17,32 +17,34 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hw_profiles::Codec;
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport, Slot, StreamInfo,
-    TaggedPacket,
+    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport, Slot,
+    StreamInfo, TaggedPacket,
 };
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_congestion_control, configure_simulcast_extension_headers, CongestionFeedback,
 };
-use rtc::rtp::extension::HeaderExtension;
-use rtc::shared::marshal::{Marshal, MarshalSize};
-use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use tokio::sync::{mpsc, Notify};
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 /// Bound on ICE gathering (host candidates only: milliseconds in practice).
@@ -77,7 +79,8 @@ struct Reporting {
 
 impl Reporting {
     fn publish(&self) {
-        self.target.store(self.gcc.target_bitrate().to_bits(), Ordering::Relaxed);
+        self.target
+            .store(self.gcc.target_bitrate().to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -142,8 +145,14 @@ struct Track {
 impl Track {
     async fn write(&self, layer: usize, data: Bytes, duration: Duration) {
         let Some(pt) = self.pt else { return };
-        let Some((ssrc, rid)) = self.ssrcs.get(layer) else { return };
-        let sample = Sample { data, duration, ..Sample::new(Instant::now()) };
+        let Some((ssrc, rid)) = self.ssrcs.get(layer) else {
+            return;
+        };
+        let sample = Sample {
+            data,
+            duration,
+            ..Sample::new(Instant::now())
+        };
         let mut writer = self.track.sample_writer(*ssrc, pt);
         if let Some(rid) = rid {
             writer = writer.with_extension(HeaderExtension::Custom {
@@ -182,7 +191,10 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
-    RTCPFeedback { typ: typ.to_owned(), parameter: parameter.to_owned() }
+    RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    }
 }
 
 /// The video codec as the `rtc` media engine registers it.
@@ -201,7 +213,11 @@ fn video_codec(codec: Codec) -> RTCRtpCodecParameters {
             clock_rate: 90_000,
             channels: 0,
             sdp_fmtp_line: fmtp.to_owned(),
-            rtcp_feedback: vec![feedback("nack", ""), feedback("nack", "pli"), feedback("ccm", "fir")],
+            rtcp_feedback: vec![
+                feedback("nack", ""),
+                feedback("nack", "pli"),
+                feedback("ccm", "fir"),
+            ],
         },
         payload_type: pt,
     }
@@ -242,8 +258,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let wanted: Vec<Box<dyn rtc::rtcp::Packet>> =
-                packets.iter().filter(|p| is_keyframe_request(p.as_ref())).cloned().collect();
+            let wanted: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .cloned()
+                .collect();
             if wanted.is_empty() {
                 return Ok(());
             }
@@ -282,7 +301,10 @@ fn local_track(
     codec: &RTCRtpCodecParameters,
     rids: &[Option<String>],
 ) -> Result<(Arc<TrackLocalStaticSample>, Vec<(u32, Option<String>)>), String> {
-    let ssrcs: Vec<(u32, Option<String>)> = rids.iter().map(|r| (rand::random::<u32>(), r.clone())).collect();
+    let ssrcs: Vec<(u32, Option<String>)> = rids
+        .iter()
+        .map(|r| (rand::random::<u32>(), r.clone()))
+        .collect();
     let name = kind.to_string();
     let track = MediaStreamTrack::new(
         "field-client".to_owned(),
@@ -302,7 +324,8 @@ fn local_track(
             })
             .collect(),
     );
-    let track = TrackLocalStaticSample::new(Instant::now(), track).map_err(|e| format!("{name} track: {e}"))?;
+    let track = TrackLocalStaticSample::new(Instant::now(), track)
+        .map_err(|e| format!("{name} track: {e}"))?;
     Ok((Arc::new(track), ssrcs))
 }
 
@@ -330,35 +353,60 @@ impl Peer {
         rids: &[Option<String>],
         audio: bool,
         bounds: Bounds,
-    ) -> Result<(Peer, String, mpsc::UnboundedReceiver<RTCPeerConnectionState>), String> {
+    ) -> Result<
+        (
+            Peer,
+            String,
+            mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+        ),
+        String,
+    > {
         if rids.is_empty() {
             return Err("no video layer".to_owned());
         }
         let video_params = video_codec(codec);
         let opus = opus_codec();
         let mut engine = MediaEngine::default();
-        engine.register_codec(video_params.clone(), RtpCodecKind::Video).map_err(|e| e.to_string())?;
+        engine
+            .register_codec(video_params.clone(), RtpCodecKind::Video)
+            .map_err(|e| e.to_string())?;
         if audio {
-            engine.register_codec(opus.clone(), RtpCodecKind::Audio).map_err(|e| e.to_string())?;
+            engine
+                .register_codec(opus.clone(), RtpCodecKind::Audio)
+                .map_err(|e| e.to_string())?;
         }
         if rids.len() > 1 {
             configure_simulcast_extension_headers(&mut engine).map_err(|e| e.to_string())?;
         }
         let target = Arc::new(AtomicU64::new(bounds.start.to_bits()));
-        let estimator = Reporting { gcc: Gcc::new(bounds.start, bounds.min, bounds.max), target: target.clone() };
-        let registry = configure_congestion_control(Registry::new(), estimator, CongestionFeedback::Twcc, &mut engine)
-            .map_err(|e| format!("congestion control: {e}"))?;
-        let registry = register_default_interceptors(registry, &mut engine).map_err(|e| e.to_string())?;
+        let estimator = Reporting {
+            gcc: Gcc::new(bounds.start, bounds.min, bounds.max),
+            target: target.clone(),
+        };
+        let registry = configure_congestion_control(
+            Registry::new(),
+            estimator,
+            CongestionFeedback::Twcc,
+            &mut engine,
+        )
+        .map_err(|e| format!("congestion control: {e}"))?;
+        let registry =
+            register_default_interceptors(registry, &mut engine).map_err(|e| e.to_string())?;
         // Last, so every interceptor has seen the inbound RTCP before it is narrowed down.
         let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
 
         let gathered = Arc::new(Notify::new());
         let (states_tx, states) = mpsc::unbounded_channel();
-        let handler = Arc::new(Handler { gathered: gathered.clone(), states: states_tx });
+        let handler = Arc::new(Handler {
+            gathered: gathered.clone(),
+            states: states_tx,
+        });
         // No mDNS: the node is ICE-lite with plain IP candidates, and mDNS would bind the fixed
         // port 5353 and join a multicast group (which fails with ENODEV on a network without a
         // multicast route, such as a tablet's link with no default route).
-        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled).build();
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .build();
         let pc = PeerConnectionBuilder::new()
             .with_setting_engine(settings)
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -381,7 +429,10 @@ impl Peer {
             async move {
                 let (track, ssrcs) = local_track(kind, &params, &rids)?;
                 let t = pc
-                    .add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(sendonly()))
+                    .add_transceiver_from_track(
+                        track.clone() as Arc<dyn TrackLocal>,
+                        Some(sendonly()),
+                    )
                     .await
                     .map_err(|e| format!("{kind} transceiver: {e}"))?;
                 let sender = t
@@ -389,15 +440,34 @@ impl Peer {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{kind} transceiver without sender"))?;
-                Ok::<_, String>(Track { track, ssrcs, pt: None, sender, transceiver: t, mid: None })
+                Ok::<_, String>(Track {
+                    track,
+                    ssrcs,
+                    pt: None,
+                    sender,
+                    transceiver: t,
+                    mid: None,
+                })
             }
         };
         let video = add(RtpCodecKind::Video, video_params, rids.to_vec()).await?;
-        let audio = if audio { Some(add(RtpCodecKind::Audio, opus, vec![None]).await?) } else { None };
+        let audio = if audio {
+            Some(add(RtpCodecKind::Audio, opus, vec![None]).await?)
+        } else {
+            None
+        };
 
-        let offer = pc.create_offer(None).await.map_err(|e| format!("offer: {e}"))?;
-        pc.set_local_description(offer).await.map_err(|e| format!("local offer: {e}"))?;
-        if tokio::time::timeout(GATHER, gathered.notified()).await.is_err() {
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| format!("offer: {e}"))?;
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| format!("local offer: {e}"))?;
+        if tokio::time::timeout(GATHER, gathered.notified())
+            .await
+            .is_err()
+        {
             return Err(format!("ICE gathering did not complete within {GATHER:?}"));
         }
         let mut video = video;
@@ -407,13 +477,30 @@ impl Peer {
             .await
             .ok_or("no local description after gathering")?
             .sdp;
-        Ok((Peer { pc, video, audio, pollers: vec![], estimate: Estimate(target) }, sdp, states))
+        Ok((
+            Peer {
+                pc,
+                video,
+                audio,
+                pollers: vec![],
+                estimate: Estimate(target),
+            },
+            sdp,
+            states,
+        ))
     }
 
     /// Applies the node's answer; keyframe requests for the video then call `on_keyframe_request`.
-    pub async fn answer(&mut self, sdp: String, on_keyframe_request: Arc<dyn Fn() + Send + Sync>) -> Result<(), String> {
+    pub async fn answer(
+        &mut self,
+        sdp: String,
+        on_keyframe_request: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<(), String> {
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("answer: {e}"))?;
-        self.pc.set_remote_description(answer).await.map_err(|e| format!("remote answer: {e}"))?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| format!("remote answer: {e}"))?;
         for t in std::iter::once(&mut self.video).chain(self.audio.as_mut()) {
             let params = t.sender.get_parameters().await.map_err(|e| e.to_string())?;
             t.pt = params.rtp_parameters.codecs.first().map(|c| c.payload_type);

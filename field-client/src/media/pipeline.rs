@@ -42,7 +42,11 @@ pub struct Picture {
 
 impl Default for Picture {
     fn default() -> Self {
-        Picture { width: 640, height: 480, fps: 30 }
+        Picture {
+            width: 640,
+            height: 480,
+            fps: 30,
+        }
     }
 }
 
@@ -54,10 +58,18 @@ impl std::str::FromStr for Picture {
         let bad = || format!("{s:?} is not WIDTHxHEIGHT@FPS (e.g. 1280x720@30)");
         let (size, fps) = s.split_once('@').ok_or_else(bad)?;
         let (w, h) = size.split_once('x').ok_or_else(bad)?;
-        let (width, height, fps): (u32, u32, u32) =
-            (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?, fps.parse().map_err(|_| bad())?);
-        if !(160..=3840).contains(&width) || !(120..=2160).contains(&height) || width % 2 + height % 2 != 0 {
-            return Err(format!("{s:?}: width 160–3840 and height 120–2160, both even"));
+        let (width, height, fps): (u32, u32, u32) = (
+            w.parse().map_err(|_| bad())?,
+            h.parse().map_err(|_| bad())?,
+            fps.parse().map_err(|_| bad())?,
+        );
+        if !(160..=3840).contains(&width)
+            || !(120..=2160).contains(&height)
+            || width % 2 + height % 2 != 0
+        {
+            return Err(format!(
+                "{s:?}: width 160–3840 and height 120–2160, both even"
+            ));
         }
         if !(1..=60).contains(&fps) {
             return Err(format!("{s:?}: 1–60 frames per second"));
@@ -93,7 +105,10 @@ fn quoted(s: &str) -> String {
 
 /// The raw video caps every source is brought to.
 fn raw_caps(p: Picture) -> String {
-    format!("video/x-raw,width={},height={},framerate={}/1", p.width, p.height, p.fps)
+    format!(
+        "video/x-raw,width={},height={},framerate={}/1",
+        p.width, p.height, p.fps
+    )
 }
 
 /// What follows the encoder fragment, by codec: H.264 re-parsed so that every IDR carries its
@@ -117,7 +132,12 @@ fn named(fragment: &str, element: &str, name: &str) -> String {
 
 /// The whole pipeline: video from `source` through each of `layers` (full size first) to
 /// [`video_sink`]`(i)`, and with `audio`, Opus to [`AUDIO_SINK`].
-pub fn describe(source: &Source, layers: &[VideoLayer], audio: Option<&AudioSettings>, picture: Picture) -> String {
+pub fn describe(
+    source: &Source,
+    layers: &[VideoLayer],
+    audio: Option<&AudioSettings>,
+    picture: Picture,
+) -> String {
     let caps = raw_caps(picture);
     let video_in = match source {
         // I420 so that the time code can be painted into the luma plane (see `timecode`).
@@ -140,7 +160,10 @@ pub fn describe(source: &Source, layers: &[VideoLayer], audio: Option<&AudioSett
         let scale = if (l.width, l.height) == (picture.width, picture.height) {
             String::new()
         } else {
-            format!("videoscale ! video/x-raw,width={},height={} ! ", l.width, l.height)
+            format!(
+                "videoscale ! video/x-raw,width={},height={} ! ",
+                l.width, l.height
+            )
         };
         desc.push_str(&format!(
             " raw. ! queue max-size-buffers=2 leaky=downstream ! {scale}{} ! {} ! {} ! {}",
@@ -176,7 +199,11 @@ mod tests {
     }
 
     fn one(r: &hw_profiles::Resolution, p: Picture) -> Vec<VideoLayer> {
-        vec![VideoLayer { width: p.width, height: p.height, encoder: r.encoder.clone() }]
+        vec![VideoLayer {
+            width: p.width,
+            height: p.height,
+            encoder: r.encoder.clone(),
+        }]
     }
 
     #[test]
@@ -186,8 +213,15 @@ mod tests {
         let d = describe(&Source::Test, &one(&r, p), Some(&r.audio), p);
         assert!(d.starts_with("videotestsrc is-live=true pattern=smpte ! video/x-raw,width=640,height=480,framerate=30/1,format=I420 ! identity name=stamp ! tee name=raw raw. ! queue max-size-buffers=2 leaky=downstream ! videoconvert ! x264enc name=venc0 "), "{d}");
         assert!(d.contains("h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=video0 "), "{d}");
-        assert!(d.contains(" audiotestsrc is-live=true wave=ticks ! "), "{d}");
-        assert!(d.contains("opusenc name=aenc ") && d.ends_with("appsink name=audio sync=false max-buffers=30 drop=true"), "{d}");
+        assert!(
+            d.contains(" audiotestsrc is-live=true wave=ticks ! "),
+            "{d}"
+        );
+        assert!(
+            d.contains("opusenc name=aenc ")
+                && d.ends_with("appsink name=audio sync=false max-buffers=30 drop=true"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -198,7 +232,11 @@ mod tests {
             .iter()
             .map(|&by| {
                 let (width, height) = p.scaled(by);
-                VideoLayer { width, height, encoder: r.encoder.at_bitrate(200) }
+                VideoLayer {
+                    width,
+                    height,
+                    encoder: r.encoder.at_bitrate(200),
+                }
             })
             .collect();
         let d = describe(&Source::Test, &layers, None, p);
@@ -211,8 +249,23 @@ mod tests {
 
     #[test]
     fn pictures_parse() {
-        assert_eq!("1280x720@30".parse(), Ok(Picture { width: 1280, height: 720, fps: 30 }));
-        for bad in ["1280x720", "1280@30", "axb@c", "1281x720@30", "1280x720@0", "100x100@30", "1280x720@61"] {
+        assert_eq!(
+            "1280x720@30".parse(),
+            Ok(Picture {
+                width: 1280,
+                height: 720,
+                fps: 30
+            })
+        );
+        for bad in [
+            "1280x720",
+            "1280@30",
+            "axb@c",
+            "1281x720@30",
+            "1280x720@0",
+            "100x100@30",
+            "1280x720@61",
+        ] {
             assert!(bad.parse::<Picture>().is_err(), "{bad}");
         }
     }
@@ -220,7 +273,11 @@ mod tests {
     #[test]
     fn no_audio_means_no_audio_branch() {
         let r = resolution(&|e| e == "x264enc");
-        let p = Picture { width: 320, height: 240, fps: 15 };
+        let p = Picture {
+            width: 320,
+            height: 240,
+            fps: 15,
+        };
         let d = describe(&Source::Camera, &one(&r, p), None, p);
         assert!(d.starts_with("v4l2src ! videoconvert ! videoscale ! videorate ! video/x-raw,width=320,height=240,framerate=15/1"), "{d}");
         assert!(!d.contains("opusenc") && !d.contains("name=audio"), "{d}");
@@ -230,8 +287,18 @@ mod tests {
     fn file_source_shares_one_decodebin() {
         let r = resolution(&|e| e == "x264enc");
         let p = Picture::default();
-        let d = describe(&Source::File("/tmp/a b.mp4".into()), &one(&r, p), Some(&r.audio), p);
-        assert!(d.starts_with("filesrc location=\"/tmp/a b.mp4\" ! decodebin name=file file. ! queue ! "), "{d}");
+        let d = describe(
+            &Source::File("/tmp/a b.mp4".into()),
+            &one(&r, p),
+            Some(&r.audio),
+            p,
+        );
+        assert!(
+            d.starts_with(
+                "filesrc location=\"/tmp/a b.mp4\" ! decodebin name=file file. ! queue ! "
+            ),
+            "{d}"
+        );
         assert!(d.contains(" file. ! queue ! audioconvert "), "{d}");
     }
 
@@ -241,6 +308,9 @@ mod tests {
         assert_eq!(r.encoder.codec, Codec::Vp8);
         let p = Picture::default();
         let d = describe(&Source::Test, &one(&r, p), None, p);
-        assert!(!d.contains("h264parse") && d.contains("vp8enc name=venc0 "), "{d}");
+        assert!(
+            !d.contains("h264parse") && d.contains("vp8enc name=venc0 "),
+            "{d}"
+        );
     }
 }

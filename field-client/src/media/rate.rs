@@ -95,7 +95,12 @@ impl Planner {
     /// publishing) on `link`.
     pub fn new(link: LinkClass, layers: Vec<LayerCap>) -> Self {
         let switching = vec![Switching::default(); layers.len()];
-        Planner { link, layers, last: None, switching }
+        Planner {
+            link,
+            layers,
+            last: None,
+            switching,
+        }
     }
 
     /// The layers, full size first.
@@ -110,21 +115,40 @@ impl Planner {
     pub fn estimator_bounds(&self) -> (f64, f64, f64) {
         let a = &self.link.audio;
         let lowest = self.link.video.ladder_kbps.first().copied().unwrap_or(100);
-        let min = f64::from(lowest + a.min_bitrate_kbps.unwrap_or(a.bitrate_kbps).min(a.bitrate_kbps)) * 1000.0;
+        let min = f64::from(
+            lowest
+                + a.min_bitrate_kbps
+                    .unwrap_or(a.bitrate_kbps)
+                    .min(a.bitrate_kbps),
+        ) * 1000.0;
         let max_video: u32 = if self.layers.len() > 1 {
             self.layers.iter().map(|l| l.max_kbps).sum()
         } else {
-            self.link.video.ladder_kbps.last().copied().unwrap_or(lowest)
+            self.link
+                .video
+                .ladder_kbps
+                .last()
+                .copied()
+                .unwrap_or(lowest)
         };
-        let margin = if self.layers.len() > 1 { UP_MARGIN } else { 1.0 };
+        let margin = if self.layers.len() > 1 {
+            UP_MARGIN
+        } else {
+            1.0
+        };
         let max = (f64::from(max_video) * margin + f64::from(a.bitrate_kbps)) * 1000.0;
-        let start = (f64::from(self.link.video.start_kbps + a.bitrate_kbps) * 1000.0).clamp(min, max);
+        let start =
+            (f64::from(self.link.video.start_kbps + a.bitrate_kbps) * 1000.0).clamp(min, max);
         (start, min, max)
     }
 
     /// The plan for an estimate of `estimate_bps` at `now`.
     pub fn plan(&mut self, now: Instant, estimate_bps: f64) -> Plan {
-        let estimate_kbps = if estimate_bps.is_finite() && estimate_bps > 0.0 { (estimate_bps / 1000.0) as u32 } else { 0 };
+        let estimate_kbps = if estimate_bps.is_finite() && estimate_bps > 0.0 {
+            (estimate_bps / 1000.0) as u32
+        } else {
+            0
+        };
         let budget = self.link.split_budget(estimate_kbps);
         let rung = match budget.video {
             VideoBudget::Paused => None,
@@ -135,7 +159,10 @@ impl Planner {
             Some(rung) if self.layers.len() <= 1 => vec![Some(rung); self.layers.len()],
             Some(_) => self.simulcast(now, estimate_kbps.saturating_sub(budget.audio_kbps)),
         };
-        let plan = Plan { audio_kbps: budget.audio_kbps, layers };
+        let plan = Plan {
+            audio_kbps: budget.audio_kbps,
+            layers,
+        };
         self.record(now, &plan);
         self.last = Some(plan.clone());
         plan
@@ -153,7 +180,9 @@ impl Planner {
                     sw.allowed_since = None;
                 }
                 (true, false) => {
-                    let proven = sw.on_since.is_some_and(|t| now.duration_since(t) >= STABLE_AFTER);
+                    let proven = sw
+                        .on_since
+                        .is_some_and(|t| now.duration_since(t) >= STABLE_AFTER);
                     let backoff = match sw.backoff {
                         Some(b) if !proven => (b * 2).min(BACKOFF_MAX),
                         _ => BACKOFF_START,
@@ -172,7 +201,11 @@ impl Planner {
     fn simulcast(&mut self, now: Instant, video_kbps: u32) -> Vec<Option<u32>> {
         let n = self.layers.len();
         let first = self.last.is_none();
-        let was: Vec<bool> = self.last.as_ref().map(Plan::active).unwrap_or_else(|| vec![false; n]);
+        let was: Vec<bool> = self
+            .last
+            .as_ref()
+            .map(Plan::active)
+            .unwrap_or_else(|| vec![false; n]);
         let lowest_rung = self.link.video.ladder_kbps.first().copied().unwrap_or(0);
         let mut out = vec![None; n];
         let mut used = 0u32;
@@ -235,7 +268,10 @@ mod tests {
     fn wifi_layers() -> Vec<LayerCap> {
         [("high", 1800), ("mid", 600), ("low", 200)]
             .into_iter()
-            .map(|(r, k)| LayerCap { rid: Some(r.to_owned()), max_kbps: k })
+            .map(|(r, k)| LayerCap {
+                rid: Some(r.to_owned()),
+                max_kbps: k,
+            })
             .collect()
     }
 
@@ -247,7 +283,10 @@ mod tests {
         let full = p.plan(t, max);
         assert_eq!(full.active(), [true, true, true]);
         assert_eq!(full.audio_kbps, 40);
-        assert!(full.layers.iter().flatten().sum::<u32>() <= 2960, "{full:?}");
+        assert!(
+            full.layers.iter().flatten().sum::<u32>() <= 2960,
+            "{full:?}"
+        );
 
         let two = p.plan(t, 1_000_000.0);
         assert_eq!(two.active(), [false, true, true], "{two:?}");
@@ -300,8 +339,14 @@ mod tests {
     fn audio_first_link_pauses_video_and_keeps_audio() {
         let l = link("4g-poor");
         let layers = vec![
-            LayerCap { rid: Some("high".into()), max_kbps: 500 },
-            LayerCap { rid: Some("low".into()), max_kbps: 150 },
+            LayerCap {
+                rid: Some("high".into()),
+                max_kbps: 500,
+            },
+            LayerCap {
+                rid: Some("low".into()),
+                max_kbps: 150,
+            },
         ];
         let mut p = Planner::new(l, layers);
         let t = Instant::now();
@@ -313,7 +358,13 @@ mod tests {
 
     #[test]
     fn single_layer_walks_the_ladder() {
-        let mut p = Planner::new(link("wifi"), vec![LayerCap { rid: None, max_kbps: 2500 }]);
+        let mut p = Planner::new(
+            link("wifi"),
+            vec![LayerCap {
+                rid: None,
+                max_kbps: 2500,
+            }],
+        );
         let t = Instant::now();
         assert_eq!(p.plan(t, 3_000_000.0).layers, [Some(2500)]);
         assert_eq!(p.plan(t, 600_000.0).layers, [Some(500)]);

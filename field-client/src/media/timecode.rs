@@ -30,7 +30,11 @@ pub fn paint(y: &mut [u8], width: usize, height: usize, stride: usize, unix_ms: 
         let line = &mut y[row * stride..row * stride + width];
         for (x, px) in line.iter_mut().enumerate() {
             let bit = x * BITS / width;
-            *px = if code >> (BITS - 1 - bit) & 1 == 1 { 235 } else { 16 };
+            *px = if code >> (BITS - 1 - bit) & 1 == 1 {
+                235
+            } else {
+                16
+            };
         }
     }
 }
@@ -87,7 +91,11 @@ mod tests {
     fn no_code_no_reading() {
         let (w, h) = (640, 480);
         assert_eq!(read(&vec![128u8; w * h], w, h, w), None);
-        assert_eq!(read(&vec![16u8; w * h], w, h, w), None, "all zero bits fail the check");
+        assert_eq!(
+            read(&vec![16u8; w * h], w, h, w),
+            None,
+            "all zero bits fail the check"
+        );
         let mut y = vec![0u8; w * h];
         paint(&mut y, w, h, w, 42);
         // One block flipped: the check catches it.

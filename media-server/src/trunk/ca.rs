@@ -251,10 +251,11 @@ impl ProvinceCa {
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        let listed = super::tls::RevocationList::parse(&text).map_err(|reason| CaError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
+        let listed =
+            super::tls::RevocationList::parse(&text).map_err(|reason| CaError::Corrupt {
+                path: path.clone(),
+                reason,
+            })?;
         if !listed.contains(&fpr) {
             let at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -304,9 +305,14 @@ mod tests {
     fn revoke_lists_a_certificate_once() {
         let dir = tempfile::tempdir().unwrap();
         let ca = ProvinceCa::generate("test").unwrap();
-        let c = ca.issue(&::trunk::NodeName::parse("township-3").unwrap()).unwrap();
+        let c = ca
+            .issue(&::trunk::NodeName::parse("township-3").unwrap())
+            .unwrap();
         let (path, fpr) = ProvinceCa::revoke(dir.path(), &c.cert_pem, "township-3.pem").unwrap();
-        assert_eq!(fpr, hex::encode(super::super::tls::pem_fingerprint(&c.cert_pem).unwrap()));
+        assert_eq!(
+            fpr,
+            hex::encode(super::super::tls::pem_fingerprint(&c.cert_pem).unwrap())
+        );
         ProvinceCa::revoke(dir.path(), &c.cert_pem, "township-3.pem").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.matches(&fpr).count(), 1, "listed once: {text}");

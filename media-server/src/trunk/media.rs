@@ -749,7 +749,8 @@ impl TrunkPlane {
                         payload: p.payload.to_vec(),
                     };
                     let wait = repair.max(REPAIR_WAIT);
-                    let (frames, delivered, given_up) = reassemble(track, key, ext, frag, now, wait);
+                    let (frames, delivered, given_up) =
+                        reassemble(track, key, ext, frag, now, wait);
                     self.counters.packets_delivered += delivered;
                     self.counters.packets_given_up += given_up;
                     for f in frames {
@@ -1148,7 +1149,17 @@ mod tests {
         city.set_rtt(&n("town"), Duration::from_millis(40));
         let retry = nack_retry(Duration::from_millis(40));
         let send = |town: &mut TrunkPlane, i: u64| {
-            town.send_local_frame("cam", true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &[i as u8; 3000]);
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &[i as u8; 3000],
+            );
         };
         send(&mut town, 0);
         carry(&mut town, &mut city, t0, |_| false);
@@ -1185,7 +1196,10 @@ mod tests {
             send(&mut town, i);
             carry(&mut town, &mut city, t, |_| false);
         }
-        assert_eq!(city.counters().nacks_repeated, 1 + u64::from(NACK_TRIES) - 1);
+        assert_eq!(
+            city.counters().nacks_repeated,
+            1 + u64::from(NACK_TRIES) - 1
+        );
     }
 
     #[test]
@@ -1198,23 +1212,48 @@ mod tests {
             TrunkPlane::new(n("city")),
         );
         let addr = a("town/cam");
-        town.set_route(addr.clone(), route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]));
+        town.set_route(
+            addr.clone(),
+            route(Hop::Local, vec![(Hop::Trunk(n("county")), LayerSet(1))]),
+        );
         county.set_route(
             addr.clone(),
-            route(Hop::Trunk(n("town")), vec![(Hop::Local, LayerSet(1)), (Hop::Trunk(n("city")), LayerSet(1))]),
+            route(
+                Hop::Trunk(n("town")),
+                vec![
+                    (Hop::Local, LayerSet(1)),
+                    (Hop::Trunk(n("city")), LayerSet(1)),
+                ],
+            ),
         );
-        city.set_route(addr.clone(), route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]));
+        city.set_route(
+            addr.clone(),
+            route(Hop::Trunk(n("county")), vec![(Hop::Local, LayerSet(1))]),
+        );
         county.set_rtt(&n("town"), Duration::from_millis(600));
         city.set_rtt(&n("county"), Duration::from_millis(40));
         let send = |town: &mut TrunkPlane, i: u64| {
-            town.send_local_frame("cam", true, LayerId(0), 3000 * i, i == 0, false, 96, codec, &[i as u8; 3000]);
+            town.send_local_frame(
+                "cam",
+                true,
+                LayerId(0),
+                3000 * i,
+                i == 0,
+                false,
+                96,
+                codec,
+                &[i as u8; 3000],
+            );
         };
         send(&mut town, 0);
         carry(&mut town, &mut county, t0, |_| false);
         carry(&mut county, &mut city, t0, |_| false);
         // The county tells the city how long the path above it may take to repair a loss.
         let slow = hop_repair(Duration::from_millis(600));
-        assert_eq!(city.tracks.values().next().unwrap().upstream_repair, Duration::from_millis(slow.as_millis() as u64));
+        assert_eq!(
+            city.tracks.values().next().unwrap().upstream_repair,
+            Duration::from_millis(slow.as_millis() as u64)
+        );
         // Frame 1 loses a packet on the slow hop; more frames follow; the resend comes 700 ms
         // later, long past the 250 ms floor: both viewers still get every frame whole, in order.
         send(&mut town, 1);
@@ -1262,7 +1301,12 @@ mod tests {
         for p in [&mut county, &mut city] {
             let frames: Vec<RemoteFrame> = std::iter::from_fn(|| p.poll_frame()).collect();
             let times: Vec<u64> = frames.iter().map(|f| f.time % (1 << 32) / 3000).collect();
-            assert_eq!(times, (0..8).collect::<Vec<u64>>(), "{}: repaired across the slow hop", p.node());
+            assert_eq!(
+                times,
+                (0..8).collect::<Vec<u64>>(),
+                "{}: repaired across the slow hop",
+                p.node()
+            );
             assert!(frames.iter().all(|f| !f.discontinuity));
             assert_eq!(p.counters().packets_given_up, 0);
         }

@@ -78,7 +78,12 @@ pub async fn start_for_node(
             let now: BTreeMap<String, u8> = live
                 .list()
                 .into_iter()
-                .map(|s| (s.name.to_string(), crate::streams::announced_layers(&s.layers).0))
+                .map(|s| {
+                    (
+                        s.name.to_string(),
+                        crate::streams::announced_layers(&s.layers).0,
+                    )
+                })
                 .collect();
             for (name, layers) in &now {
                 if known.get(name) != Some(layers) {

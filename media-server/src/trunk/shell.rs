@@ -347,7 +347,10 @@ impl TrunkHandle {
         let Ok(conns) = self.conns.lock() else {
             return Vec::new();
         };
-        conns.iter().map(|(peer, c)| (peer.clone(), c.rtt())).collect()
+        conns
+            .iter()
+            .map(|(peer, c)| (peer.clone(), c.rtt()))
+            .collect()
     }
 
     /// The bound trunk address.
@@ -730,7 +733,11 @@ async fn watch_revocations(
     creds: Arc<TrunkCredentials>,
     cmd: mpsc::WeakUnboundedSender<Cmd>,
 ) {
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
     let mut seen = stamp(&path);
     let mut tick = tokio::time::interval(REVOCATION_POLL);
     loop {
@@ -747,7 +754,9 @@ async fn watch_revocations(
                 creds.revocations().replace(set);
                 let _ = cmd.send(Cmd::Recheck);
             }
-            Err(e) => warn!(error = %e, "trunk revocation list not applied; keeping the previous one"),
+            Err(e) => {
+                warn!(error = %e, "trunk revocation list not applied; keeping the previous one")
+            }
         }
     }
 }
@@ -899,7 +908,11 @@ impl Actor {
             for (i, addr) in addrs.iter().enumerate() {
                 let node = names.get(i).cloned().flatten();
                 uplinks.push(UplinkStatus {
-                    kind: if kind == "parent" && i > 0 { "second_parent" } else { kind },
+                    kind: if kind == "parent" && i > 0 {
+                        "second_parent"
+                    } else {
+                        kind
+                    },
                     addr: Some(addr.clone()),
                     up: node.as_ref().is_some_and(|n| self.links.contains_key(n)),
                     node: node.map(|n| n.to_string()),

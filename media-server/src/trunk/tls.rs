@@ -115,8 +115,12 @@ impl RevocationList {
             }
             let hex_fpr = line.split_whitespace().next().unwrap_or_default();
             let mut fpr = [0u8; 32];
-            hex::decode_to_slice(hex_fpr, &mut fpr)
-                .map_err(|_| format!("line {}: expected a SHA-256 fingerprint (64 hex digits), found {hex_fpr:?}", i + 1))?;
+            hex::decode_to_slice(hex_fpr, &mut fpr).map_err(|_| {
+                format!(
+                    "line {}: expected a SHA-256 fingerprint (64 hex digits), found {hex_fpr:?}",
+                    i + 1
+                )
+            })?;
             set.insert(fpr);
         }
         Ok(set)
@@ -139,7 +143,10 @@ impl RevocationList {
 
     /// Whether `fpr` is listed.
     pub fn contains(&self, fpr: &[u8; 32]) -> bool {
-        self.set.read().unwrap_or_else(|e| e.into_inner()).contains(fpr)
+        self.set
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(fpr)
     }
 
     /// How many certificates are listed.

@@ -25,10 +25,14 @@ fn ecdsa_certificate() -> anyhow::Result<(String, String)> {
     use sha2::Digest as _;
     static CERT: OnceLock<Result<(String, String), String>> = OnceLock::new();
     CERT.get_or_init(|| {
-        let ck = rcgen::generate_simple_self_signed(vec!["yiwang-gst-peer".to_owned()]).map_err(|e| e.to_string())?;
+        let ck = rcgen::generate_simple_self_signed(vec!["yiwang-gst-peer".to_owned()])
+            .map_err(|e| e.to_string())?;
         let digest = sha2::Sha256::digest(ck.cert.der());
         let fp: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
-        Ok((format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem()), fp.join(":")))
+        Ok((
+            format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem()),
+            fp.join(":"),
+        ))
     })
     .clone()
     .map_err(|e| anyhow!("generating the DTLS certificate: {e}"))
@@ -96,7 +100,9 @@ impl Peer {
 
         let error = Arc::new(Mutex::new(None));
         let bus_stop = Arc::new(AtomicBool::new(false));
-        let bus = pipeline.bus().ok_or_else(|| anyhow!("pipeline without a bus"))?;
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| anyhow!("pipeline without a bus"))?;
         let (err2, stop2) = (error.clone(), bus_stop.clone());
         let bus_thread = std::thread::Builder::new()
             .name("gst-peer-bus".into())
@@ -141,7 +147,9 @@ impl Peer {
                 bail!("pipeline error: {e}");
             }
             if Instant::now() >= deadline {
-                let ice = self.webrtc.property::<gst_webrtc::WebRTCICEConnectionState>("ice-connection-state");
+                let ice = self
+                    .webrtc
+                    .property::<gst_webrtc::WebRTCICEConnectionState>("ice-connection-state");
                 bail!("not connected after {timeout:?}: connection={s:?}, ice={ice:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -155,7 +163,11 @@ impl Peer {
         let (pem, _) = ecdsa_certificate()?;
         // webrtcbin creates its dtlssrtpdec elements (whose `pem` is the certificate) only while
         // creating the offer, right before reading the fingerprint from them.
-        let bin = self.webrtc.clone().downcast::<gst::Bin>().map_err(|_| anyhow!("webrtcbin is not a bin"))?;
+        let bin = self
+            .webrtc
+            .clone()
+            .downcast::<gst::Bin>()
+            .map_err(|_| anyhow!("webrtcbin is not a bin"))?;
         bin.connect_deep_element_added(move |_, _, el| {
             if el.factory().is_some_and(|f| f.name() == "dtlssrtpdec") {
                 el.set_property("pem", &pem);
@@ -170,9 +182,12 @@ impl Peer {
     }
 
     pub(crate) fn play(&self) -> anyhow::Result<()> {
-        self.pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| anyhow!("pipeline refused PLAYING: {}", self.error().unwrap_or_default()))?;
+        self.pipeline.set_state(gst::State::Playing).map_err(|_| {
+            anyhow!(
+                "pipeline refused PLAYING: {}",
+                self.error().unwrap_or_default()
+            )
+        })?;
         Ok(())
     }
 
@@ -180,10 +195,14 @@ impl Peer {
     /// offer's text including the gathered candidates.
     pub(crate) async fn local_offer(&self) -> anyhow::Result<String> {
         wait_sink_caps(&self.webrtc).await?;
-        let reply = promise(&self.webrtc, "create-offer", &[None::<gst::Structure>.to_value()])
-            .await
-            .context("create-offer")?
-            .ok_or_else(|| anyhow!("create-offer: empty reply"))?;
+        let reply = promise(
+            &self.webrtc,
+            "create-offer",
+            &[None::<gst::Structure>.to_value()],
+        )
+        .await
+        .context("create-offer")?
+        .ok_or_else(|| anyhow!("create-offer: empty reply"))?;
         let offer = reply
             .get::<gst_webrtc::WebRTCSessionDescription>("offer")
             .map_err(|e| anyhow!("create-offer: no offer in reply {reply}: {e}"))?;
@@ -192,14 +211,19 @@ impl Peer {
             .context("set-local-description")?;
 
         let mut rx = self.gathering.clone();
-        let done =
-            tokio::time::timeout(GATHER_TIMEOUT, rx.wait_for(|s| *s == gst_webrtc::WebRTCICEGatheringState::Complete))
-                .await;
+        let done = tokio::time::timeout(
+            GATHER_TIMEOUT,
+            rx.wait_for(|s| *s == gst_webrtc::WebRTCICEGatheringState::Complete),
+        )
+        .await;
         let candidates = self.candidates.lock().unwrap().clone();
         match done {
             Ok(Ok(_)) => {}
             _ if !candidates.is_empty() => {
-                tracing::warn!(n = candidates.len(), "ICE gathering not complete after {GATHER_TIMEOUT:?}; offering what we have")
+                tracing::warn!(
+                    n = candidates.len(),
+                    "ICE gathering not complete after {GATHER_TIMEOUT:?}; offering what we have"
+                )
             }
             _ => bail!("ICE gathering gave no candidate within {GATHER_TIMEOUT:?}"),
         }
@@ -223,7 +247,13 @@ impl Peer {
         let (_, fingerprint) = ecdsa_certificate()?;
         let sdp = sdp
             .split("\r\n")
-            .map(|l| if l.starts_with("a=fingerprint:") { format!("a=fingerprint:sha-256 {fingerprint}") } else { l.to_owned() })
+            .map(|l| {
+                if l.starts_with("a=fingerprint:") {
+                    format!("a=fingerprint:sha-256 {fingerprint}")
+                } else {
+                    l.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\r\n");
         Ok(sdp)
@@ -233,8 +263,9 @@ impl Peer {
     pub(crate) async fn negotiate(&mut self, endpoint: &Url) -> anyhow::Result<()> {
         let offer = self.local_offer().await?;
         tracing::debug!(%endpoint, "offer:\n{offer}");
-        let (answer, session_url, location) =
-            http::post_offer(endpoint, &self.token, &offer).await?.into_answer()?;
+        let (answer, session_url, location) = http::post_offer(endpoint, &self.token, &offer)
+            .await?
+            .into_answer()?;
         tracing::debug!(%session_url, "answer:\n{answer}");
         // From now on the node holds a session: remember it so stop() can delete it.
         self.session = Some((session_url, location));
@@ -264,7 +295,8 @@ impl Peer {
     pub(crate) async fn apply_answer(&self, answer: &str) -> anyhow::Result<()> {
         let msg = gst_sdp::SDPMessage::parse_buffer(answer.as_bytes())
             .map_err(|e| anyhow!("node's answer is not valid SDP ({e}):\n{answer}"))?;
-        let desc = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, msg);
+        let desc =
+            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, msg);
         promise(&self.webrtc, "set-remote-description", &[desc.to_value()])
             .await
             .context("set-remote-description (answer)")?;
@@ -277,7 +309,11 @@ impl Peer {
         let res = match self.session.take() {
             Some((url, _)) => match http::delete_session(&url, &self.token).await {
                 Ok(s) if (200..300).contains(&s) => Ok(()),
-                Ok(status) => Err(WhipError::Http { status, body: format!("DELETE {url}") }.into()),
+                Ok(status) => Err(WhipError::Http {
+                    status,
+                    body: format!("DELETE {url}"),
+                }
+                .into()),
                 Err(e) => Err(e),
             },
             None => Ok(()),
@@ -327,8 +363,14 @@ pub(crate) async fn promise(
         .map_err(|e| anyhow!("{signal}: promise {e}"))?;
     if let Some(s) = &reply {
         if s.has_field("error") {
-            let e = s.value("error").ok().and_then(|v| v.get::<glib::Error>().ok());
-            bail!("{signal} failed: {}", e.map(|e| e.to_string()).unwrap_or_else(|| s.to_string()));
+            let e = s
+                .value("error")
+                .ok()
+                .and_then(|v| v.get::<glib::Error>().ok());
+            bail!(
+                "{signal} failed: {}",
+                e.map(|e| e.to_string()).unwrap_or_else(|| s.to_string())
+            );
         }
     }
     Ok(reply)
@@ -356,9 +398,13 @@ async fn wait_sink_caps(webrtc: &gst::Element) -> anyhow::Result<()> {
 }
 
 /// Sets the direction of every transceiver webrtcbin has.
-pub(crate) fn set_all_directions(webrtc: &gst::Element, dir: gst_webrtc::WebRTCRTPTransceiverDirection) {
+pub(crate) fn set_all_directions(
+    webrtc: &gst::Element,
+    dir: gst_webrtc::WebRTCRTPTransceiverDirection,
+) {
     for i in 0.. {
-        let t = webrtc.emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&i]);
+        let t = webrtc
+            .emit_by_name::<Option<gst_webrtc::WebRTCRTPTransceiver>>("get-transceiver", &[&i]);
         match t {
             Some(t) => {
                 t.set_property("direction", dir);
@@ -376,7 +422,9 @@ fn route_via(answer: &str, via: std::net::SocketAddr) -> String {
     answer
         .split("\r\n")
         .map(|line| {
-            let Some(rest) = line.strip_prefix("a=candidate:") else { return line.to_owned() };
+            let Some(rest) = line.strip_prefix("a=candidate:") else {
+                return line.to_owned();
+            };
             // foundation component transport priority address port typ ...
             let mut f: Vec<String> = rest.split(' ').map(str::to_owned).collect();
             if f.len() > 5 && f[2].eq_ignore_ascii_case("udp") {
@@ -390,7 +438,9 @@ fn route_via(answer: &str, via: std::net::SocketAddr) -> String {
 }
 
 fn host_is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     match host.parse::<IpAddr>() {
         Ok(ip) => ip.is_loopback(),
@@ -408,7 +458,9 @@ fn restrict_to_loopback(webrtc: &gst::Element) {
         let ok = agent.emit_by_name::<bool>("add-local-ip-address", &[&"127.0.0.1"]);
         tracing::debug!(ok, "ICE agent restricted to 127.0.0.1");
     } else {
-        tracing::warn!("ICE agent has no add-local-ip-address; relying on peer-reflexive candidates");
+        tracing::warn!(
+            "ICE agent has no add-local-ip-address; relying on peer-reflexive candidates"
+        );
     }
 }
 
@@ -438,19 +490,28 @@ fn add_candidates(sdp: &str, cands: &[(u32, String)]) -> String {
 
 fn watch_bus(bus: gst::Bus, error: Arc<Mutex<Option<String>>>, stop: Arc<AtomicBool>) {
     use gst::MessageView;
-    let types = [gst::MessageType::Error, gst::MessageType::Warning, gst::MessageType::Eos];
+    let types = [
+        gst::MessageType::Error,
+        gst::MessageType::Warning,
+        gst::MessageType::Eos,
+    ];
     while !stop.load(Ordering::Relaxed) {
         let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(100), &types) else {
             continue;
         };
-        let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+        let src = msg
+            .src()
+            .map(|s| s.path_string().to_string())
+            .unwrap_or_default();
         match msg.view() {
             MessageView::Error(e) => {
                 let text = format!("{src}: {} ({:?})", e.error(), e.debug());
                 tracing::error!("pipeline error: {text}");
                 error.lock().unwrap().get_or_insert(text);
             }
-            MessageView::Warning(w) => tracing::warn!("pipeline warning: {src}: {} ({:?})", w.error(), w.debug()),
+            MessageView::Warning(w) => {
+                tracing::warn!("pipeline warning: {src}: {} ({:?})", w.error(), w.debug())
+            }
             MessageView::Eos(_) => tracing::info!("pipeline EOS"),
             _ => {}
         }

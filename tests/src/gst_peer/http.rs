@@ -40,10 +40,11 @@ impl std::error::Error for WhipError {}
 
 /// The HTTP status carried by an error from this module or from the peers, if any.
 pub fn http_status(err: &anyhow::Error) -> Option<u16> {
-    err.chain().find_map(|e| match e.downcast_ref::<WhipError>() {
-        Some(WhipError::Http { status, .. }) => Some(*status),
-        _ => None,
-    })
+    err.chain()
+        .find_map(|e| match e.downcast_ref::<WhipError>() {
+            Some(WhipError::Http { status, .. }) => Some(*status),
+            _ => None,
+        })
 }
 
 /// The raw answer of the node to an SDP offer.
@@ -65,7 +66,10 @@ impl OfferResponse {
     /// `Ok(answer SDP)` on `201 Created` with a `Location`, else a [`WhipError`].
     pub fn into_answer(self) -> Result<(String, Url, String), WhipError> {
         if self.status != 201 {
-            return Err(WhipError::Http { status: self.status, body: self.body });
+            return Err(WhipError::Http {
+                status: self.status,
+                body: self.body,
+            });
         }
         match (self.location, self.session_url) {
             (Some(loc), Some(url)) => Ok((self.body, url, loc)),
@@ -75,7 +79,10 @@ impl OfferResponse {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().context("building the HTTP client")
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .context("building the HTTP client")
 }
 
 /// `{base}/{kind}/{stream}`, e.g. `endpoint_url("http://127.0.0.1:8080", "whip", "cam1")`.
@@ -98,13 +105,25 @@ pub async fn post_offer(url: &Url, token: &str, offer_sdp: &str) -> anyhow::Resu
     let resp = req.send().await.with_context(|| format!("POST {url}"))?;
     let status = resp.status().as_u16();
     let header = |name: reqwest::header::HeaderName| {
-        resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
     let location = header(reqwest::header::LOCATION);
     let content_type = header(reqwest::header::CONTENT_TYPE);
     let session_url = location.as_deref().and_then(|l| url.join(l).ok());
-    let body = resp.text().await.with_context(|| format!("reading the answer of POST {url}"))?;
-    Ok(OfferResponse { status, location, session_url, content_type, body })
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading the answer of POST {url}"))?;
+    Ok(OfferResponse {
+        status,
+        location,
+        session_url,
+        content_type,
+        body,
+    })
 }
 
 /// `DELETE`s a session (the resolved `Location`), returning the HTTP status.
@@ -113,6 +132,9 @@ pub async fn delete_session(session_url: &Url, token: &str) -> anyhow::Result<u1
     if !token.is_empty() {
         req = req.bearer_auth(token);
     }
-    let resp = req.send().await.with_context(|| format!("DELETE {session_url}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("DELETE {session_url}"))?;
     Ok(resp.status().as_u16())
 }

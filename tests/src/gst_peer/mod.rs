@@ -104,16 +104,28 @@ mod tests {
         let sdp = publisher_offer(PublishOptions::default()).await;
         assert_eq!(count(&sdp, "m=video"), 1, "{sdp}");
         assert_eq!(count(&sdp, "m=audio"), 1, "{sdp}");
-        assert!(sdp.contains("H264/90000") && sdp.contains("OPUS/48000"), "{sdp}");
+        assert!(
+            sdp.contains("H264/90000") && sdp.contains("OPUS/48000"),
+            "{sdp}"
+        );
         assert!(sdp.contains("profile-level-id=42"), "{sdp}");
         assert_eq!(count(&sdp, "a=sendonly"), 2, "{sdp}");
         assert!(sdp.contains("a=group:BUNDLE"), "{sdp}");
-        assert!(sdp.contains("a=candidate:") && sdp.contains("127.0.0.1"), "{sdp}");
+        assert!(
+            sdp.contains("a=candidate:") && sdp.contains("127.0.0.1"),
+            "{sdp}"
+        );
     }
 
     #[tokio::test]
     async fn vp8_publisher_offer_without_audio() {
-        let opts = PublishOptions { codec: VideoCodec::Vp8, audio: false, width: 320, height: 240, ..Default::default() };
+        let opts = PublishOptions {
+            codec: VideoCodec::Vp8,
+            audio: false,
+            width: 320,
+            height: 240,
+            ..Default::default()
+        };
         let sdp = publisher_offer(opts).await;
         assert_eq!(count(&sdp, "m=video"), 1, "{sdp}");
         assert_eq!(count(&sdp, "m=audio"), 0, "{sdp}");
@@ -128,8 +140,14 @@ mod tests {
         let sdp = v.offer().await.unwrap();
         assert_eq!(count(&sdp, "m=video"), 1, "{sdp}");
         assert_eq!(count(&sdp, "m=audio"), 1, "{sdp}");
-        assert!(sdp.contains("H264/90000") && sdp.contains("VP8/90000") && sdp.contains("OPUS/48000"), "{sdp}");
-        assert!(sdp.contains("packetization-mode=1") && sdp.contains("profile-level-id=42e01f"), "{sdp}");
+        assert!(
+            sdp.contains("H264/90000") && sdp.contains("VP8/90000") && sdp.contains("OPUS/48000"),
+            "{sdp}"
+        );
+        assert!(
+            sdp.contains("packetization-mode=1") && sdp.contains("profile-level-id=42e01f"),
+            "{sdp}"
+        );
         assert_eq!(count(&sdp, "a=recvonly"), 2, "{sdp}");
         assert!(sdp.contains("a=candidate:"), "{sdp}");
         assert_eq!(v.stats(), ViewerStats::default());
@@ -139,7 +157,11 @@ mod tests {
     fn codec_parsing_and_status() {
         assert_eq!("VP8".parse::<VideoCodec>().unwrap(), VideoCodec::Vp8);
         assert!("av1".parse::<VideoCodec>().is_err());
-        let e = anyhow::Error::new(WhipError::Http { status: 403, body: "forbidden".into() }).context("publishing");
+        let e = anyhow::Error::new(WhipError::Http {
+            status: 403,
+            body: "forbidden".into(),
+        })
+        .context("publishing");
         assert_eq!(http_status(&e), Some(403));
     }
 }

@@ -49,14 +49,28 @@ pub struct PublishOptions {
 impl Default for PublishOptions {
     /// H.264 640×480 at 30 fps, with audio, 1000 kbit/s.
     fn default() -> Self {
-        PublishOptions { codec: VideoCodec::H264, width: 640, height: 480, fps: 30, audio: true, bitrate_kbps: 1000, via: None }
+        PublishOptions {
+            codec: VideoCodec::H264,
+            width: 640,
+            height: 480,
+            fps: 30,
+            audio: true,
+            bitrate_kbps: 1000,
+            via: None,
+        }
     }
 }
 
 impl PublishOptions {
     /// The `gst-launch` description of the publishing pipeline.
     pub fn pipeline_description(&self) -> String {
-        let PublishOptions { width, height, fps, bitrate_kbps, .. } = *self;
+        let PublishOptions {
+            width,
+            height,
+            fps,
+            bitrate_kbps,
+            ..
+        } = *self;
         let key_int = (fps * 2).max(1);
         let enc = match self.codec {
             VideoCodec::H264 => format!(
@@ -97,7 +111,12 @@ impl WhipPublisher {
     ///
     /// An empty `token` sends no `Authorization`. A non-`201` answer is a
     /// [`WhipError::Http`](super::WhipError) (see [`super::http_status`]).
-    pub async fn start(base_url: &str, stream: &str, token: &str, opts: PublishOptions) -> anyhow::Result<WhipPublisher> {
+    pub async fn start(
+        base_url: &str,
+        stream: &str,
+        token: &str,
+        opts: PublishOptions,
+    ) -> anyhow::Result<WhipPublisher> {
         let endpoint = http::endpoint_url(base_url, "whip", stream)?;
         let mut p = Self::prepare(&endpoint, token, &opts)?;
         if let Err(e) = p.peer.negotiate(&endpoint).await {
@@ -111,7 +130,11 @@ impl WhipPublisher {
     /// Like [`start`](Self::start), but the offer/answer exchange is `exchange` (for example a
     /// `publish` request over signaling) instead of a WHIP POST. `base_url` is the node's
     /// HTTP base URL, used only to pick local addresses (loopback).
-    pub async fn start_with<F, Fut>(base_url: &str, opts: PublishOptions, exchange: F) -> anyhow::Result<WhipPublisher>
+    pub async fn start_with<F, Fut>(
+        base_url: &str,
+        opts: PublishOptions,
+        exchange: F,
+    ) -> anyhow::Result<WhipPublisher>
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<String>>,
@@ -126,7 +149,11 @@ impl WhipPublisher {
     }
 
     /// Pipeline built and PLAYING (encoding, not yet connected).
-    pub(crate) fn prepare(endpoint: &reqwest::Url, token: &str, opts: &PublishOptions) -> anyhow::Result<WhipPublisher> {
+    pub(crate) fn prepare(
+        endpoint: &reqwest::Url,
+        token: &str,
+        opts: &PublishOptions,
+    ) -> anyhow::Result<WhipPublisher> {
         super::init()?;
         let desc = opts.pipeline_description();
         let pipeline = gst::parse::launch(&desc)
@@ -135,12 +162,20 @@ impl WhipPublisher {
             .map_err(|_| anyhow!("not a pipeline"))?;
         let mut peer = Peer::new(pipeline, endpoint, token)?;
         peer.via = opts.via;
-        core::set_all_directions(&peer.webrtc, gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly);
+        core::set_all_directions(
+            &peer.webrtc,
+            gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
+        );
 
         peer.use_ecdsa_certificate()?;
         let frames = Arc::new(AtomicU64::new(0));
-        let venc = peer.pipeline.by_name("venc").ok_or_else(|| anyhow!("no encoder"))?;
-        let pad = venc.static_pad("src").ok_or_else(|| anyhow!("encoder without src pad"))?;
+        let venc = peer
+            .pipeline
+            .by_name("venc")
+            .ok_or_else(|| anyhow!("no encoder"))?;
+        let pad = venc
+            .static_pad("src")
+            .ok_or_else(|| anyhow!("encoder without src pad"))?;
         let f = frames.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             f.fetch_add(1, Ordering::Relaxed);

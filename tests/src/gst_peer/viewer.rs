@@ -14,7 +14,8 @@ use super::http;
 
 /// Video offered by a viewer: H.264 (constrained baseline, packetization-mode 1) and VP8, so it
 /// can be answered in whichever codec the publisher uses.
-pub const VIEWER_VIDEO_CAPS: &str = "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,\
+pub const VIEWER_VIDEO_CAPS: &str =
+    "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,\
 packetization-mode=(string)1,profile-level-id=(string)42e01f,level-asymmetry-allowed=(string)1,\
 rtcp-fb-nack-pli=(boolean)true,rtcp-fb-nack=(boolean)true,rtcp-fb-ccm-fir=(boolean)true;\
 application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000,\
@@ -39,7 +40,12 @@ pub struct ViewOptions {
 
 impl Default for ViewOptions {
     fn default() -> Self {
-        ViewOptions { video: true, audio: true, via: None, latency_ms: None }
+        ViewOptions {
+            video: true,
+            audio: true,
+            via: None,
+            latency_ms: None,
+        }
     }
 }
 
@@ -75,7 +81,12 @@ impl WhepViewer {
     ///
     /// An empty `token` sends no `Authorization`. A non-`201` answer is a
     /// [`WhipError::Http`](super::WhipError) (see [`super::http_status`]).
-    pub async fn start(base_url: &str, stream: &str, token: &str, opts: ViewOptions) -> anyhow::Result<WhepViewer> {
+    pub async fn start(
+        base_url: &str,
+        stream: &str,
+        token: &str,
+        opts: ViewOptions,
+    ) -> anyhow::Result<WhepViewer> {
         let endpoint = http::endpoint_url(base_url, "whep", stream)?;
         let mut v = Self::prepare(&endpoint, token, opts)?;
         if let Err(e) = v.peer.negotiate(&endpoint).await {
@@ -89,7 +100,11 @@ impl WhepViewer {
     /// Like [`start`](Self::start), but the offer/answer exchange is `exchange` (for example a
     /// `subscribe` request over signaling) instead of a WHEP POST. `base_url` is the node's
     /// HTTP base URL, used only to pick local addresses (loopback).
-    pub async fn start_with<F, Fut>(base_url: &str, opts: ViewOptions, exchange: F) -> anyhow::Result<WhepViewer>
+    pub async fn start_with<F, Fut>(
+        base_url: &str,
+        opts: ViewOptions,
+        exchange: F,
+    ) -> anyhow::Result<WhepViewer>
     where
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<String>>,
@@ -103,13 +118,20 @@ impl WhepViewer {
         Ok(v)
     }
 
-    pub(crate) fn prepare(endpoint: &reqwest::Url, token: &str, opts: ViewOptions) -> anyhow::Result<WhepViewer> {
+    pub(crate) fn prepare(
+        endpoint: &reqwest::Url,
+        token: &str,
+        opts: ViewOptions,
+    ) -> anyhow::Result<WhepViewer> {
         super::init()?;
         if !opts.video && !opts.audio {
             bail!("a viewer needs video or audio");
         }
         let pipeline = gst::Pipeline::with_name("whep-viewer");
-        let webrtc = gst::ElementFactory::make("webrtcbin").name("webrtc").build().context("webrtcbin")?;
+        let webrtc = gst::ElementFactory::make("webrtcbin")
+            .name("webrtc")
+            .build()
+            .context("webrtcbin")?;
         if let Some(ms) = opts.latency_ms {
             webrtc.set_property("latency", ms);
         }
@@ -118,10 +140,18 @@ impl WhepViewer {
         peer.via = opts.via;
 
         let recvonly = gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly;
-        for (wanted, caps) in [(opts.video, VIEWER_VIDEO_CAPS), (opts.audio, VIEWER_AUDIO_CAPS)] {
+        for (wanted, caps) in [
+            (opts.video, VIEWER_VIDEO_CAPS),
+            (opts.audio, VIEWER_AUDIO_CAPS),
+        ] {
             if wanted {
                 let caps: gst::Caps = caps.parse().map_err(|e| anyhow!("caps {caps}: {e}"))?;
-                let t = peer.webrtc.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>("add-transceiver", &[&recvonly, &caps]);
+                let t = peer
+                    .webrtc
+                    .emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+                        "add-transceiver",
+                        &[&recvonly, &caps],
+                    );
                 t.set_property("do-nack", true);
             }
         }
@@ -131,7 +161,9 @@ impl WhepViewer {
         let c = counters.clone();
         let pipeline_weak = peer.pipeline.downgrade();
         peer.webrtc.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = pipeline_weak.upgrade() else { return };
+            let Some(pipeline) = pipeline_weak.upgrade() else {
+                return;
+            };
             if pad.direction() != gst::PadDirection::Src {
                 return;
             }
@@ -167,15 +199,23 @@ impl WhepViewer {
     /// Waits until at least `n` video frames were decoded, polling every 20 ms; fails after
     /// `timeout` or on a pipeline error, reporting the counters and states reached.
     pub async fn wait_frames(&self, n: u64, timeout: Duration) -> anyhow::Result<ViewerStats> {
-        self.wait_until(timeout, |s| s.frames_decoded >= n).await.with_context(|| format!("waiting for {n} video frames"))
+        self.wait_until(timeout, |s| s.frames_decoded >= n)
+            .await
+            .with_context(|| format!("waiting for {n} video frames"))
     }
 
     /// Like [`wait_frames`](Self::wait_frames) for decoded audio buffers.
     pub async fn wait_audio(&self, n: u64, timeout: Duration) -> anyhow::Result<ViewerStats> {
-        self.wait_until(timeout, |s| s.audio_buffers >= n).await.with_context(|| format!("waiting for {n} audio buffers"))
+        self.wait_until(timeout, |s| s.audio_buffers >= n)
+            .await
+            .with_context(|| format!("waiting for {n} audio buffers"))
     }
 
-    async fn wait_until(&self, timeout: Duration, done: impl Fn(&ViewerStats) -> bool) -> anyhow::Result<ViewerStats> {
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&ViewerStats) -> bool,
+    ) -> anyhow::Result<ViewerStats> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.stats();
@@ -230,11 +270,20 @@ impl WhepViewer {
 
 /// Links a new webrtcbin src pad to a depayloader + decoder + fakesink, with a counting probe
 /// on the decoder's output.
-fn on_incoming_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, c: &Arc<Counters>) -> anyhow::Result<()> {
-    let caps = pad.current_caps().ok_or_else(|| anyhow!("pad without caps"))?;
+fn on_incoming_stream(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    c: &Arc<Counters>,
+) -> anyhow::Result<()> {
+    let caps = pad
+        .current_caps()
+        .ok_or_else(|| anyhow!("pad without caps"))?;
     let s = caps.structure(0).ok_or_else(|| anyhow!("empty caps"))?;
     let media = s.get::<&str>("media").unwrap_or("");
-    let enc = s.get::<&str>("encoding-name").unwrap_or("").to_ascii_uppercase();
+    let enc = s
+        .get::<&str>("encoding-name")
+        .unwrap_or("")
+        .to_ascii_uppercase();
     tracing::info!(pad = %pad.name(), media, encoding = %enc, "incoming stream");
     #[derive(Clone, Copy)]
     enum Kind {
@@ -257,7 +306,9 @@ fn on_incoming_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, c: &Arc<Counters
     let desc = format!("{desc} ! fakesink sync=false async=false");
     let bin = gst::parse::bin_from_description(&desc, true).with_context(|| desc.clone())?;
     let dec = bin.by_name("dec").ok_or_else(|| anyhow!("no dec"))?;
-    let src = dec.static_pad("src").ok_or_else(|| anyhow!("decoder without src pad"))?;
+    let src = dec
+        .static_pad("src")
+        .ok_or_else(|| anyhow!("decoder without src pad"))?;
     let c = c.clone();
     src.add_probe(gst::PadProbeType::BUFFER, move |pad, _| {
         match kind {
@@ -278,7 +329,10 @@ fn on_incoming_stream(pipeline: &gst::Pipeline, pad: &gst::Pad, c: &Arc<Counters
     });
     pipeline.add(&bin)?;
     bin.sync_state_with_parent()?;
-    let sink = bin.static_pad("sink").ok_or_else(|| anyhow!("bin without sink pad"))?;
-    pad.link(&sink).map_err(|e| anyhow!("linking {}: {e:?}", pad.name()))?;
+    let sink = bin
+        .static_pad("sink")
+        .ok_or_else(|| anyhow!("bin without sink pad"))?;
+    pad.link(&sink)
+        .map_err(|e| anyhow!("linking {}: {e:?}", pad.name()))?;
     Ok(())
 }

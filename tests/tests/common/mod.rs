@@ -46,13 +46,18 @@ pub async fn start_node_with(edit: impl FnOnce(&mut NodeConfig)) -> TestNode {
     config.media.listen = "127.0.0.1:0".parse().unwrap();
     config.quic.listen = "127.0.0.1:0".parse().unwrap();
     edit(&mut config);
-    let node = media_server::node::start(config).await.expect("node starts");
+    let node = media_server::node::start(config)
+        .await
+        .expect("node starts");
     let base = format!("http://{}", node.http_addr);
     TestNode { node, base, dir }
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl TestNode {
@@ -61,9 +66,19 @@ impl TestNode {
         self.token_with(sub, role, |_| {})
     }
 
-    pub fn token_with(&self, sub: &str, role: Role, edit: impl FnOnce(&mut TokenRequest)) -> String {
+    pub fn token_with(
+        &self,
+        sub: &str,
+        role: Role,
+        edit: impl FnOnce(&mut TokenRequest),
+    ) -> String {
         let id = &self.node.identity;
-        let mut req = TokenRequest::new(sub.parse().unwrap(), role, id.node_id.to_string(), id.fingerprint.clone());
+        let mut req = TokenRequest::new(
+            sub.parse().unwrap(),
+            role,
+            id.node_id.to_string(),
+            id.fingerprint.clone(),
+        );
         edit(&mut req);
         id.issuer().issue(&req, now_unix())
     }
@@ -74,7 +89,12 @@ impl TestNode {
 
     /// Current value of a metric line (exact name including labels).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
