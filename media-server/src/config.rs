@@ -3,6 +3,11 @@
 //! Every field has a default (shown by `media-server --print-config`), so an empty file, or no
 //! file, is a working single-site node. Command-line flags override the file. Unknown keys are an
 //! error, so a typo does not silently fall back to a default.
+//!
+//! Relative paths in a file (`[node] data_dir`, `[http] tls_cert`/`tls_key`, `[trunk] ca`, `cert`,
+//! `key`, `revoked`) are relative to the folder of that file, not to the working directory, so a
+//! node started by a service manager from `/` finds the same files; `--print-config` shows them
+//! resolved. Paths given as flags (`--data`) are relative to the working directory, as usual.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -372,19 +377,84 @@ pub enum ConfigError {
         /// The parser's message (line, column, key).
         message: String,
     },
+    /// A file the configuration names cannot be read.
+    #[error("{key} = \"{}\": cannot read it: {source}", path.display())]
+    File {
+        /// The key, as `[section] name`.
+        key: &'static str,
+        /// The path, resolved.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl NodeConfig {
-    /// Reads and parses a TOML file.
+    /// Reads and parses a TOML file; relative paths in it are resolved against its folder.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(parse_error)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        // Only what the file itself sets: the default data dir stays relative to the working
+        // directory, as documented for running without a file.
+        if has_key(&table, "node", "data_dir") {
+            config.node.data_dir = base.join(&config.node.data_dir);
+        }
+        for p in config.file_paths_mut().into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    fn file_paths_mut(&mut self) -> [Option<&mut PathBuf>; 6] {
+        [
+            self.http.tls_cert.as_mut(),
+            self.http.tls_key.as_mut(),
+            self.trunk.ca.as_mut(),
+            self.trunk.cert.as_mut(),
+            self.trunk.key.as_mut(),
+            self.trunk.revoked.as_mut(),
+        ]
+    }
+
+    /// Checks that every file the configuration will read at start can be read, naming the key
+    /// of the first that cannot: the HTTPS certificate and key when `[http] https` is on, the
+    /// CA, certificate and key when trunks are configured. (`[trunk] revoked` may appear later:
+    /// it is reread when it changes.)
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let mut wanted: Vec<(&'static str, &PathBuf)> = Vec::new();
+        if self.http.https {
+            wanted.extend(self.http.tls_cert.iter().map(|p| ("[http] tls_cert", p)));
+            wanted.extend(self.http.tls_key.iter().map(|p| ("[http] tls_key", p)));
+        }
+        if self.trunk.enabled() {
+            wanted.extend(self.trunk.ca.iter().map(|p| ("[trunk] ca", p)));
+            wanted.extend(self.trunk.cert.iter().map(|p| ("[trunk] cert", p)));
+            wanted.extend(self.trunk.key.iter().map(|p| ("[trunk] key", p)));
+        }
+        for (key, path) in wanted {
+            std::fs::File::open(path).map_err(|source| ConfigError::File {
+                key,
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The effective configuration as TOML (for `--print-config`).
@@ -393,9 +463,50 @@ impl NodeConfig {
     }
 }
 
+fn has_key(table: &toml::Table, section: &str, key: &str) -> bool {
+    table
+        .get(section)
+        .and_then(|s| s.as_table())
+        .is_some_and(|s| s.contains_key(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(etc.join("ca")).unwrap();
+        let file = etc.join("node.toml");
+        std::fs::write(
+            &file,
+            "[node]\ndata_dir = \"data\"\n[trunk]\nparent = \"city:4434\"\nca = \"ca/ca.pem\"\n\
+             cert = \"/abs/node.pem\"\nkey = \"node.key\"\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(&file).unwrap();
+        assert_eq!(c.node.data_dir, etc.join("data"));
+        assert_eq!(c.trunk.ca.as_deref(), Some(etc.join("ca/ca.pem").as_path()));
+        assert_eq!(c.trunk.cert.as_deref(), Some(Path::new("/abs/node.pem")));
+        assert_eq!(c.trunk.key.as_deref(), Some(etc.join("node.key").as_path()));
+        // None of them exists: the error names the first key and its resolved path.
+        let err = c.check_files().unwrap_err().to_string();
+        assert!(err.starts_with("[trunk] ca = "), "{err}");
+        assert!(
+            err.contains(&etc.join("ca/ca.pem").display().to_string()),
+            "{err}"
+        );
+        std::fs::write(etc.join("ca/ca.pem"), "x").unwrap();
+        let err = c.check_files().unwrap_err().to_string();
+        assert!(err.starts_with("[trunk] cert = \"/abs/node.pem\""), "{err}");
+        // A file without data_dir keeps the default, relative to the working directory.
+        std::fs::write(&file, "[http]\nhttps = false\n").unwrap();
+        let c = NodeConfig::load(&file).unwrap();
+        assert_eq!(c.node.data_dir, PathBuf::from("yiwang-data"));
+        assert!(c.check_files().is_ok());
+    }
 
     #[test]
     fn empty_file_is_the_default_and_round_trips() {

@@ -71,6 +71,24 @@ pub enum IdentityError {
     /// The TLS certificate or key could not be generated.
     #[error("cannot create the TLS certificate: {0}")]
     Cert(String),
+    /// The configuration asks for a node id other than the one stored in the data directory.
+    /// Every token this node has issued names the stored id (`iss`, and `aud` unless `*`), so a
+    /// silent change would invalidate them all; the node refuses instead.
+    #[error(
+        "the node id in {} is `{stored}`, but `{wanted}` was asked for (--node-id or [node] id): \
+         every token this node has issued names `{stored}` and would stop working. Use `{stored}`, \
+         or delete {} to rename the node deliberately and mint new tokens",
+        path.display(),
+        path.display()
+    )]
+    NodeIdChanged {
+        /// The `node.id` file.
+        path: PathBuf,
+        /// The id stored there.
+        stored: NodeId,
+        /// The id the configuration asked for.
+        wanted: NodeId,
+    },
 }
 
 /// The node's id, keys and certificate, as loaded from (or created in) the data directory.
@@ -101,9 +119,11 @@ impl fmt::Debug for NodeIdentity {
 impl NodeIdentity {
     /// Loads the identity from `data_dir`, creating the directory and whatever is missing.
     ///
-    /// The node id is `node_id` if given (written to `node.id`, replacing a different value
-    /// there), else the one in `node.id`, else a new `node-XXXXXXXX` (8 random lowercase hex
-    /// characters). Existing keys are never replaced; an unreadable one is an error.
+    /// The node id is the one in `node.id`, else `node_id` if given, else a new `node-XXXXXXXX`
+    /// (8 random lowercase hex characters), written to `node.id`. A `node_id` that differs from
+    /// a stored id is refused ([`IdentityError::NodeIdChanged`]): tokens already issued name the
+    /// stored id. An explicit `node_id` does repair an unreadable `node.id`. Existing keys are
+    /// never replaced; an unreadable one is an error.
     pub fn load_or_create(
         data_dir: &Path,
         node_id: Option<&NodeId>,
@@ -244,15 +264,17 @@ fn resolve_node_id(path: &Path, wanted: Option<&NodeId>) -> Result<NodeId, Ident
     match (stored, wanted) {
         (Some(stored), None) => Ok(stored),
         (Some(stored), Some(wanted)) if stored == *wanted => Ok(stored),
-        (stored, wanted) => {
+        (Some(stored), Some(wanted)) => Err(IdentityError::NodeIdChanged {
+            path: path.to_owned(),
+            stored,
+            wanted: wanted.clone(),
+        }),
+        (None, wanted) => {
             let id = match wanted {
                 Some(id) => id.clone(),
                 None => NodeId::parse(&format!("node-{}", hex::encode(rand::random::<[u8; 4]>())))
                     .expect("node- plus hex is a valid node id"),
             };
-            if let Some(old) = stored {
-                tracing::warn!(old = %old, new = %id, "node id changed by configuration");
-            }
             write_atomic(path, format!("{id}\n").as_bytes(), false)?;
             Ok(id)
         }
@@ -490,22 +512,45 @@ mod tests {
     }
 
     #[test]
-    fn node_id_override() {
+    fn a_node_id_that_differs_from_the_stored_one_is_refused_and_nothing_changes() {
         let tmp = TempDir::new();
         let first = NodeIdentity::load_or_create(&tmp.0, None).unwrap();
-        let over = NodeIdentity::load_or_create(&tmp.0, Some(&node("field-2"))).unwrap();
-        assert_eq!(over.node_id, node("field-2"));
+        let token = first.issuer().issue(
+            &TokenRequest::new(
+                "off-1".parse().unwrap(),
+                signaling::Role::Officer,
+                first.node_id.to_string(),
+                first.fingerprint.clone(),
+            ),
+            1_000,
+        );
+        let err = NodeIdentity::load_or_create(&tmp.0, Some(&node("field-2"))).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, IdentityError::NodeIdChanged { stored, wanted, .. }
+                if *stored == first.node_id && *wanted == node("field-2")),
+            "{err:?}"
+        );
+        assert!(
+            text.contains(first.node_id.as_str()) && text.contains("field-2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("token"),
+            "the error says what the change would break: {text}"
+        );
+        // node.id is untouched and the token minted before still verifies.
         assert_eq!(
             fs::read_to_string(tmp.0.join(NODE_ID_FILE)).unwrap(),
-            "field-2\n"
+            format!("{}\n", first.node_id)
         );
-        // Keys and certificate are kept.
-        assert_eq!(over.fingerprint, first.fingerprint);
-        assert_eq!(over.verifying_key(), first.verifying_key());
-        // Without an argument the stored id is used.
         let again = NodeIdentity::load_or_create(&tmp.0, None).unwrap();
-        assert_eq!(again.node_id, node("field-2"));
-        assert_eq!(again.issuer().issuer(), &node("field-2"));
+        let mut v = TokenVerifier::new(again.node_id.clone());
+        v.trust(again.verifying_key());
+        assert!(v.verify(&token, 1_001).is_ok());
+        // Asking for the stored id is fine.
+        let same = NodeIdentity::load_or_create(&tmp.0, Some(&first.node_id)).unwrap();
+        assert_eq!(same.fingerprint, first.fingerprint);
     }
 
     #[test]

@@ -55,7 +55,8 @@ struct RunArgs {
     /// IP address put in ICE candidates (needed when --media binds 0.0.0.0 behind NAT).
     #[arg(long, value_name = "IP")]
     advertise: Option<IpAddr>,
-    /// Node id (default: stored in the data dir, generated on first start).
+    /// Node id (default: stored in the data dir, generated on first start). Refused if the data
+    /// dir already holds another id: the tokens it issued name that one.
     #[arg(long, value_name = "ID")]
     node_id: Option<NodeId>,
     /// Print the effective configuration (file + flags) as TOML and exit.
@@ -153,6 +154,10 @@ struct TokenArgs {
     /// Default: this node.
     #[arg(long, value_name = "NODE")]
     aud: Option<String>,
+    /// The node id, for a data dir that has none yet (as the node's own `--node-id`: mint
+    /// tokens before the first start). Refused if the data dir already names another id.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<NodeId>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -173,7 +178,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let identity = NodeIdentity::load_or_create(&args.data, None).context("node identity")?;
+    let identity =
+        NodeIdentity::load_or_create(&args.data, args.node_id.as_ref()).context("node identity")?;
     let aud = args.aud.unwrap_or_else(|| identity.node_id.to_string());
     if aud != "*" {
         NodeId::parse(&aud).map_err(|e| anyhow::anyhow!("--aud: {e}"))?;
@@ -280,6 +286,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         print!("{}", config.to_toml());
         return Ok(());
     }
+    config.check_files()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -257,3 +257,92 @@ fn ca_init_and_issue() {
     let out = run(&["ca", "issue", "county-8", "--dir", nodes]);
     assert!(!out.status.success(), "not a CA directory");
 }
+
+#[test]
+fn a_changed_node_id_is_refused_once_tokens_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let minted = run(&[
+        "token", "--data", data, "--sub", "off-1", "--role", "officer",
+    ]);
+    assert!(minted.status.success(), "{minted:?}");
+    let stored = std::fs::read_to_string(dir.path().join("data/node.id")).unwrap();
+    let out = run(&[
+        "--data",
+        data,
+        "--node-id",
+        "renamed",
+        "--http",
+        "127.0.0.1:0",
+        "--media",
+        "127.0.0.1:0",
+        "--quic",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success(), "the node must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(stored.trim()) && err.contains("renamed") && err.contains("token"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/node.id")).unwrap(),
+        stored,
+        "node.id is left as it was"
+    );
+    // The same id is accepted by `token` too, another is refused there as well.
+    let same = run(&[
+        "token", "--data", data, "--sub", "off-2", "--role", "officer",
+    ]);
+    assert!(same.status.success());
+    let other = run(&[
+        "token",
+        "--data",
+        data,
+        "--sub",
+        "off-2",
+        "--role",
+        "officer",
+        "--node-id",
+        "renamed",
+    ]);
+    assert!(!other.status.success());
+}
+
+#[test]
+fn config_paths_are_relative_to_the_file_and_a_missing_one_names_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "[node]\ndata_dir = \"data\"\n[trunk]\nparent = \"127.0.0.1:9\"\nca = \"ca/ca.pem\"\n\
+         cert = \"certs/n.pem\"\nkey = \"certs/n.key\"\n",
+    )
+    .unwrap();
+    // Started from another working directory, as a service manager would.
+    let out = Command::new(BIN)
+        .current_dir("/")
+        .args(["--config", file.to_str().unwrap(), "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let ca = dir.path().join("ca/ca.pem");
+    assert!(
+        printed.contains(&format!("ca = \"{}\"", ca.display())),
+        "{printed}"
+    );
+    let out = Command::new(BIN)
+        .current_dir("/")
+        .args(["--config", file.to_str().unwrap(), "--http", "127.0.0.1:0"])
+        .args(["--media", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("[trunk] ca = \"{}\"", ca.display())),
+        "{err}"
+    );
+}
