@@ -54,10 +54,12 @@ pub struct Cli {
     /// File holding the bearer token. Without --token or --token-file: $YIWANG_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// A ground station's MAVLink endpoint (same syntax as --mavlink, e.g. udpin:0.0.0.0:14550
-    /// for QGroundControl or MAVProxy connecting to the bridge). Every frame is routed between
-    /// the two links unless it is addressed to a system on the link it came from or to the
-    /// bridge itself (system 254).
+    /// A ground station's MAVLink endpoint (same syntax as --mavlink, e.g. udpin:127.0.0.1:14550
+    /// for QGroundControl or MAVProxy on this machine). Every frame is routed between the two
+    /// links unless it is addressed to a system on the link it came from or to the bridge itself
+    /// (system 254). With --signing-key the ground station must sign with the same key: its
+    /// unsigned or wrongly signed frames are counted and never reach a vehicle. Without a key,
+    /// whoever reaches this endpoint commands the vehicle: keep it on loopback.
     #[arg(long, value_name = "ENDPOINT")]
     pub gcs: Option<Endpoint>,
     /// The camera: rtsp://… (UDP, else TCP-interleaved) or udp://PORT (RTP/H.264), published
@@ -75,7 +77,8 @@ pub struct Cli {
     pub link: String,
     /// MAVLink 2 signing: a file holding the 32-byte secret as 64 hexadecimal characters (the
     /// key pymavlink's setup_signing and the autopilot use). The bridge's frames are signed;
-    /// frames from the vehicle link that are unsigned or wrongly signed are counted and dropped.
+    /// frames from either link that are unsigned, wrongly signed or replayed are counted and
+    /// dropped.
     #[arg(long, value_name = "FILE")]
     pub signing_key: Option<PathBuf>,
     /// Record every accepted frame of both links as a .tlog (8-byte big-endian Unix
@@ -206,6 +209,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             return Err(Error::Local(e.to_string()));
         }
     };
+    if let (false, Some(a)) = (signed, bridge.gcs_local) {
+        if !a.ip().is_loopback() {
+            tracing::warn!(
+                "--gcs listens on {a} without --signing-key: anyone who reaches it can command \
+                 the vehicle; bind it to 127.0.0.1 or sign"
+            );
+        }
+    }
     emit(&json!({
         "kind": "started",
         "subject": session.subject.as_str(),

@@ -1,8 +1,10 @@
 //! The bridge's sans-IO core: bytes from the MAVLink links in, with `now` passed in; frames to
 //! send, tlog records and mesh events out. No socket, task or clock inside.
 //!
-//! It holds the frame decoders (one per link peer), signature checks of the vehicle side, the
-//! routing decision between the vehicle link and the ground-station link, the link supervisor of
+//! It holds the frame decoders (one per link peer), signature checks of both links (with a
+//! signing key, a frame from the vehicles or the ground station that is unsigned, wrongly signed
+//! or replayed goes nowhere: a ground station signs with the same key, as QGroundControl and
+//! MAVProxy do), the routing decision between the vehicle link and the ground-station link, the link supervisor of
 //! every vehicle (heartbeat loss after [`Config::heartbeat_timeout`]), telemetry merged per
 //! vehicle and rate-limited to [`Config::telemetry_interval`], and commands re-sent until their
 //! COMMAND_ACK or given up.
@@ -23,6 +25,7 @@
 //!         Output::Transmit { link, bytes } => { /* write to the link */ }
 //!         Output::Record { unix_us, bytes } => { /* append to the tlog */ }
 //!         Output::Event(ev) => { /* to the mesh */ }
+//!         Output::Heard { link, peer } => { /* a peer that may be sent to */ }
 //!     }
 //! }
 //! let _next = core.poll_timeout();
@@ -59,7 +62,7 @@ pub struct Config {
     pub command_attempts: u32,
     /// The bridge's own HEARTBEAT (to the vehicle link) every this long. Default 1 s.
     pub heartbeat_interval: Duration,
-    /// MAVLink 2 signing: outgoing frames signed, vehicle-side frames verified. Default none.
+    /// MAVLink 2 signing: outgoing frames signed, frames of both links verified. Default none.
     pub signing: Option<SigningKey>,
     /// The signing link id of the bridge's frames. Default 0.
     pub link_id: u8,
@@ -168,6 +171,15 @@ pub enum Output {
     },
     /// Tell the mesh.
     Event(Event),
+    /// A frame from `peer` of `link` passed every check (its checksum and, with signing, its
+    /// signature): a peer the shell may send to. A `udpin` endpoint adds a UDP source to the
+    /// addresses it sends to only on this, so junk from other addresses takes no peer's place.
+    Heard {
+        /// Which link.
+        link: LinkId,
+        /// The peer.
+        peer: PeerKey,
+    },
 }
 
 /// Counters of everything the core dropped or did.
@@ -182,6 +194,13 @@ pub struct Stats {
     pub bad_signature: u64,
     /// Vehicle-side frames dropped as replays (old timestamp).
     pub replayed: u64,
+    /// Ground-station frames dropped for having no signature (signing on): never sent on to a
+    /// vehicle.
+    pub gcs_unsigned: u64,
+    /// Ground-station frames dropped for a wrong signature.
+    pub gcs_bad_signature: u64,
+    /// Ground-station frames dropped as replays.
+    pub gcs_replayed: u64,
     /// Frames forwarded from the vehicle link to the ground station.
     pub to_gcs: u64,
     /// Frames forwarded from the ground station to the vehicle link.
@@ -280,7 +299,7 @@ impl Core {
             frames.push(f);
         }
         for f in frames {
-            self.handle_frame(now, link, f);
+            self.handle_frame(now, link, peer, f);
         }
         self.handle_timeout(now);
     }
@@ -294,21 +313,27 @@ impl Core {
         }
     }
 
-    fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
+    fn handle_frame(&mut self, now: Instant, link: LinkId, peer: PeerKey, frame: Frame) {
         let unix_us = self.unix_us(now);
-        if link == LinkId::Vehicle {
-            if let Some(v) = &mut self.verifier {
-                if let Err(why) = v.verify(&frame, unix_us) {
-                    match why {
-                        Rejected::Unsigned => self.stats.unsigned += 1,
-                        Rejected::BadSignature => self.stats.bad_signature += 1,
-                        Rejected::Replay => self.stats.replayed += 1,
-                    }
-                    tracing::debug!(sysid = %frame.sysid(), msgid = frame.msgid(), ?why, "vehicle frame dropped");
-                    return;
-                }
+        // Both links: a ground station's unsigned ARM must not reach the vehicle any more than a
+        // forged vehicle frame may reach the mesh.
+        if let Some(v) = &mut self.verifier {
+            if let Err(why) = v.verify(&frame, unix_us) {
+                let st = &mut self.stats;
+                let counter = match (link, why) {
+                    (LinkId::Vehicle, Rejected::Unsigned) => &mut st.unsigned,
+                    (LinkId::Vehicle, Rejected::BadSignature) => &mut st.bad_signature,
+                    (LinkId::Vehicle, Rejected::Replay) => &mut st.replayed,
+                    (LinkId::Gcs, Rejected::Unsigned) => &mut st.gcs_unsigned,
+                    (LinkId::Gcs, Rejected::BadSignature) => &mut st.gcs_bad_signature,
+                    (LinkId::Gcs, Rejected::Replay) => &mut st.gcs_replayed,
+                };
+                *counter += 1;
+                tracing::debug!(?link, sysid = %frame.sysid(), msgid = frame.msgid(), ?why, "frame dropped");
+                return;
             }
         }
+        self.out.push_back(Output::Heard { link, peer });
         self.out.push_back(Output::Record {
             unix_us,
             bytes: frame.bytes().to_vec(),
@@ -652,7 +677,7 @@ mod tests {
                         link: LinkId::Gcs,
                         bytes,
                     } => self.to_gcs.push(bytes),
-                    Output::Record { .. } => {}
+                    Output::Record { .. } | Output::Heard { .. } => {}
                 }
             }
         }
@@ -920,6 +945,102 @@ mod tests {
             .base_mode
             .contains(MavModeFlag::MAV_MODE_FLAG_SAFETY_ARMED));
         assert_eq!(h.mavtype, MavType::MAV_TYPE_ONBOARD_CONTROLLER);
+    }
+
+    /// A ground station's COMMAND_LONG (ARM, RTL, …) to vehicle 1, signed with `key` or not.
+    fn gcs_command(seq: u8, arm: bool, key: Option<&SigningKey>, unix: u64) -> Vec<u8> {
+        use mavlink::dialects::ardupilotmega::COMMAND_LONG_DATA;
+        let msg = MavMessage::COMMAND_LONG(COMMAND_LONG_DATA {
+            target_system: 1,
+            target_component: 1,
+            command: if arm {
+                MavCmd::MAV_CMD_COMPONENT_ARM_DISARM
+            } else {
+                MavCmd::MAV_CMD_NAV_RETURN_TO_LAUNCH
+            },
+            param1: if arm { 1.0 } else { 0.0 },
+            ..COMMAND_LONG_DATA::default()
+        });
+        let sender = Sender {
+            sysid: 255,
+            compid: 190,
+            seq,
+        };
+        let mut bytes = encode_v2(sender, &msg, key.is_some());
+        if let Some(k) = key {
+            Signer::new(k.clone(), 1).sign(&mut bytes, unix);
+        }
+        bytes
+    }
+
+    #[test]
+    fn with_signing_a_ground_station_must_sign_or_reach_no_vehicle() {
+        let key = SigningKey([3; 32]);
+        let mut s = Sim::new(Config {
+            signing: Some(key.clone()),
+            ..Config::default()
+        });
+        s.vehicle_sends(&heartbeat());
+        s.to_vehicle.clear();
+        let g = PeerKey(9);
+        // Unsigned ARM, unsigned RTL, and an ARM signed with another key: none goes on.
+        s.core
+            .handle_bytes(s.now, LinkId::Gcs, g, &gcs_command(0, true, None, UNIX));
+        s.core
+            .handle_bytes(s.now, LinkId::Gcs, g, &gcs_command(1, false, None, UNIX));
+        let other = SigningKey([4; 32]);
+        s.core.handle_bytes(
+            s.now,
+            LinkId::Gcs,
+            g,
+            &gcs_command(2, true, Some(&other), UNIX),
+        );
+        let mut heard = Vec::new();
+        while let Some(o) = s.core.poll_output() {
+            match o {
+                Output::Transmit {
+                    link: LinkId::Vehicle,
+                    bytes,
+                } => s.to_vehicle.push(parse_one(&bytes).unwrap()),
+                Output::Heard { link, peer } => heard.push((link, peer)),
+                _ => {}
+            }
+        }
+        assert!(
+            s.to_vehicle.iter().all(|f| f.msgid() != 76),
+            "no ground-station command reached the vehicle"
+        );
+        assert!(
+            heard.is_empty(),
+            "a peer that sent only rejected frames is not heard"
+        );
+        let st = s.core.stats();
+        assert_eq!((st.gcs_unsigned, st.gcs_bad_signature), (2, 1));
+        assert_eq!(st.to_vehicle, 0);
+        // Signed with the shared key, the ground station's RTL goes through untouched — once:
+        // the same frame again is a replay.
+        let good = gcs_command(3, false, Some(&key), UNIX + 1_000);
+        s.core.handle_bytes(s.now, LinkId::Gcs, g, &good);
+        s.core.handle_bytes(s.now, LinkId::Gcs, g, &good);
+        while let Some(o) = s.core.poll_output() {
+            match o {
+                Output::Transmit {
+                    link: LinkId::Vehicle,
+                    bytes,
+                } => s.to_vehicle.push(parse_one(&bytes).unwrap()),
+                Output::Heard { link, peer } => heard.push((link, peer)),
+                _ => {}
+            }
+        }
+        let forwarded: Vec<_> = s.to_vehicle.iter().filter(|f| f.msgid() == 76).collect();
+        assert_eq!(forwarded.len(), 1);
+        assert_eq!(
+            forwarded[0].bytes(),
+            &good[..],
+            "forwarded as signed by the station"
+        );
+        assert_eq!(heard, vec![(LinkId::Gcs, g)]);
+        assert_eq!(s.core.stats().gcs_replayed, 1);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Every endpoint reports [`Inbound`] chunks tagged with a peer (a UDP source address, a TCP
 //! connection) so each peer gets its own frame decoder; a UDP datagram ends its input
 //! (`end: true`), so a frame cut off inside it counts as truncated. Sending goes to every peer
-//! of the endpoint: the UDP source addresses heard from (`udpin`, the latest 16), the address given
+//! of the endpoint: the UDP source addresses heard from (`udpin`: up to 16 sources that sent a
+//! frame the core accepted — [`Outlet::heard`] — the least recently heard making room), the address given
 //! (`udpout`), every open connection (`tcpin`), the one connection (`tcpout`, reconnecting), the
 //! device (`serial`).
 
@@ -111,12 +112,44 @@ pub struct Inbound {
     pub bytes: Vec<u8>,
     /// The peer's input ended after these bytes (a datagram's end, a closed connection).
     pub end: bool,
+    /// The UDP source address (`udpin`, `udpout`), for [`Outlet::heard`].
+    pub from: Option<SocketAddr>,
 }
 
 /// The sending side of an open endpoint.
 #[derive(Debug, Clone)]
 pub struct Outlet {
     tx: mpsc::Sender<Vec<u8>>,
+    /// A `udpin` endpoint's peers: who it sends to.
+    udp_peers: Option<Arc<Mutex<UdpPeers>>>,
+}
+
+/// The UDP sources a `udpin` endpoint sends to: only those a valid frame came from, at most
+/// [`MAX_UDP_PEERS`], the least recently heard one leaving for a new one. Junk (bad checksums,
+/// unsigned frames with signing on) from any number of addresses never enters, so it can neither
+/// push the vehicle out nor receive what is meant for it.
+#[derive(Debug, Default)]
+struct UdpPeers {
+    peers: Vec<(SocketAddr, std::time::Instant)>,
+}
+
+impl UdpPeers {
+    fn heard(&mut self, from: SocketAddr, now: std::time::Instant) {
+        if let Some(p) = self.peers.iter_mut().find(|(a, _)| *a == from) {
+            p.1 = now;
+            return;
+        }
+        if self.peers.len() >= MAX_UDP_PEERS {
+            if let Some(oldest) = (0..self.peers.len()).min_by_key(|&i| self.peers[i].1) {
+                self.peers.swap_remove(oldest);
+            }
+        }
+        self.peers.push((from, now));
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.peers.iter().map(|(a, _)| *a).collect()
+    }
 }
 
 impl Outlet {
@@ -124,6 +157,16 @@ impl Outlet {
     /// stalled link must not stall the bridge).
     pub fn send(&self, bytes: Vec<u8>) -> bool {
         self.tx.try_send(bytes).is_ok()
+    }
+
+    /// The core accepted a frame from UDP source `from` ([`crate::core::Output::Heard`]): a
+    /// `udpin` endpoint sends to it from now on. Other endpoints ignore it.
+    pub fn heard(&self, from: SocketAddr) {
+        if let Some(p) = &self.udp_peers {
+            p.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .heard(from, std::time::Instant::now());
+        }
     }
 }
 
@@ -154,7 +197,10 @@ pub async fn open(
     inbound: mpsc::Sender<Inbound>,
 ) -> std::io::Result<Opened> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let outlet = Outlet { tx };
+    let mut outlet = Outlet {
+        tx,
+        udp_peers: None,
+    };
     match ep {
         Endpoint::UdpIn(addr) | Endpoint::UdpOut(addr) => {
             let out_to = if let Endpoint::UdpOut(_) = ep {
@@ -170,30 +216,22 @@ pub async fn open(
             };
             let local = sock.local_addr().ok();
             let sock = Arc::new(sock);
-            let peers: Arc<Mutex<Vec<SocketAddr>>> =
-                Arc::new(Mutex::new(out_to.into_iter().collect()));
-            let (s, p) = (sock.clone(), peers.clone());
+            let peers = Arc::new(Mutex::new(UdpPeers::default()));
+            if out_to.is_none() {
+                outlet.udp_peers = Some(peers.clone());
+            }
+            let s = sock.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65_536];
                 loop {
                     match s.recv_from(&mut buf).await {
                         Ok((n, from)) => {
-                            if out_to.is_none() {
-                                let mut p = p.lock().unwrap_or_else(PoisonError::into_inner);
-                                if !p.contains(&from) {
-                                    // A bounded list: junk from many source addresses must not
-                                    // multiply what the bridge sends; the oldest peer goes.
-                                    if p.len() >= MAX_UDP_PEERS {
-                                        p.remove(0);
-                                    }
-                                    p.push(from);
-                                }
-                            }
                             let msg = Inbound {
                                 link,
                                 peer: key_of(&from),
                                 bytes: buf[..n].to_vec(),
                                 end: true,
+                                from: Some(from),
                             };
                             if inbound.send(msg).await.is_err() {
                                 return;
@@ -209,7 +247,10 @@ pub async fn open(
             });
             tokio::spawn(async move {
                 while let Some(bytes) = rx.recv().await {
-                    let targets = peers.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    let targets = match out_to {
+                        Some(to) => vec![to],
+                        None => peers.lock().unwrap_or_else(PoisonError::into_inner).addrs(),
+                    };
                     for t in targets {
                         if let Err(e) = sock.send_to(&bytes, t).await {
                             tracing::debug!(?link, "udp send: {e}");
@@ -325,6 +366,7 @@ pub async fn open(
                                     peer: PeerKey(0),
                                     bytes: vec![],
                                     end: true,
+                                    from: None,
                                 })
                                 .await;
                             tracing::warn!(?link, "serial device closed");
@@ -337,6 +379,7 @@ pub async fn open(
                                     peer: PeerKey(0),
                                     bytes: buf[..n].to_vec(),
                                     end: false,
+                                    from: None,
                                 })
                                 .await
                                 .is_err()
@@ -396,6 +439,7 @@ async fn serve_stream(
                         peer,
                         bytes: buf[..n].to_vec(),
                         end: false,
+                        from: None,
                     })
                     .await
                     .is_err()
@@ -412,6 +456,7 @@ async fn serve_stream(
             peer,
             bytes: vec![],
             end: true,
+            from: None,
         })
         .await;
 }

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::core::{self, CommandRequest, Core, Event, LinkId, Output, Stats};
+use crate::core::{self, CommandRequest, Core, Event, LinkId, Output, PeerKey, Stats};
 use crate::endpoint::{self, Endpoint, Inbound, Outlet};
 use crate::tlog::Tlog;
 
@@ -128,6 +128,7 @@ pub async fn start(opts: MavlinkOptions) -> Result<MavlinkHandle, StartError> {
         tlog,
         events: ev_tx,
         stats: stats_tx,
+        heard_from: None,
     };
     let task = tokio::spawn(lp.run(in_rx, cmd_rx));
     Ok(MavlinkHandle {
@@ -148,6 +149,8 @@ struct Loop {
     tlog: Option<Tlog>,
     events: mpsc::UnboundedSender<Event>,
     stats: watch::Sender<Stats>,
+    /// The UDP source of the datagram the core is handling (see [`Output::Heard`]).
+    heard_from: Option<(LinkId, PeerKey, SocketAddr)>,
 }
 
 impl Loop {
@@ -171,6 +174,8 @@ impl Loop {
                         if m.end {
                             self.core.handle_end(m.link, m.peer);
                         }
+                        // The core answers synchronously: a `Heard` drained now is this datagram's.
+                        self.heard_from = m.from.map(|a| (m.link, m.peer, a));
                     }
                     None => return,
                 },
@@ -188,6 +193,7 @@ impl Loop {
                 }
             }
             self.drain();
+            self.heard_from = None;
         }
     }
 
@@ -219,7 +225,124 @@ impl Loop {
                 Output::Event(e) => {
                     let _ = self.events.send(e);
                 }
+                Output::Heard { link, peer } => {
+                    if let Some((l, p, addr)) = self.heard_from {
+                        if (l, p) == (link, peer) {
+                            let outlet = match link {
+                                LinkId::Vehicle => Some(&self.vehicle),
+                                LinkId::Gcs => self.gcs.as_ref(),
+                            };
+                            if let Some(o) = outlet {
+                                o.heard(addr);
+                            }
+                        }
+                    }
+                }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Action;
+    use crate::frame::{encode_v2, parse_one, tests::heartbeat, Sender, SysId};
+    use std::time::Duration;
+    use tokio::net::UdpSocket;
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn junk_from_64_ports_takes_no_vehicle_place_and_loses_no_command() {
+        let mut h = start(MavlinkOptions {
+            mavlink: "udpin:127.0.0.1:0".parse().unwrap(),
+            gcs: None,
+            tlog: None,
+            core: core::Config {
+                // One send per command: every COMMAND_LONG the vehicle gets is a first send.
+                command_attempts: 1,
+                command_retry: Duration::from_secs(30),
+                ..core::Config::default()
+            },
+        })
+        .await
+        .unwrap();
+        let bridge = h.mavlink_local.unwrap();
+        let vehicle = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let hb = encode_v2(
+            Sender {
+                sysid: 1,
+                compid: 1,
+                seq: 0,
+            },
+            &heartbeat(),
+            false,
+        );
+        vehicle.send_to(&hb, bridge).await.unwrap();
+        tokio::time::timeout(WITHIN, async {
+            while let Some(e) = h.events.recv().await {
+                if matches!(e, Event::Link { up: true, .. }) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the vehicle's link came up");
+
+        let mut junk = Vec::new();
+        for _ in 0..64 {
+            junk.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        }
+        const COMMANDS: usize = 20;
+        for i in 0..COMMANDS {
+            // A burst of junk from every port (garbage, and a frame with a broken checksum)
+            // before each command.
+            let mut broken = hb.clone();
+            let n = broken.len();
+            broken[n - 1] ^= 0xFF;
+            for j in &junk {
+                j.send_to(b"\xFD\x09junk junk junk", bridge).await.unwrap();
+                j.send_to(&broken, bridge).await.unwrap();
+            }
+            // Let the bridge take the burst in before the command (bounded by its stats).
+            let want = ((i + 1) * 64) as u64;
+            tokio::time::timeout(WITHIN, async {
+                while h.stats.borrow().decode.bad_crc < want {
+                    h.stats.changed().await.unwrap();
+                }
+            })
+            .await
+            .expect("the junk was received");
+            h.commands
+                .send(CommandRequest {
+                    cmd: format!("dc-{i}"),
+                    drone: SysId(1),
+                    action: if i % 2 == 0 {
+                        Action::Rtl
+                    } else {
+                        Action::Hold
+                    },
+                })
+                .unwrap();
+        }
+        let mut got = 0;
+        let mut buf = vec![0u8; 2048];
+        tokio::time::timeout(WITHIN, async {
+            while got < COMMANDS {
+                let (n, _) = vehicle.recv_from(&mut buf).await.unwrap();
+                if parse_one(&buf[..n]).is_some_and(|f| f.msgid() == 76) {
+                    got += 1;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{got} of {COMMANDS} commands reached the vehicle"));
+        for j in &junk {
+            assert!(
+                j.try_recv_from(&mut buf).is_err(),
+                "a junk sender received a frame meant for the vehicle"
+            );
         }
     }
 }

@@ -106,6 +106,13 @@ impl Signer {
     }
 }
 
+/// Compares two MACs in time that does not depend on where they differ, so an attacker timing
+/// the bridge's answers cannot learn a valid signature byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// Why a frame failed verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
@@ -142,7 +149,7 @@ impl Verifier {
         };
         let bytes = frame.bytes();
         let sig = self.key.signature(&bytes[..bytes.len() - 6]);
-        if sig[..] != block[7..13] {
+        if !constant_time_eq(&sig, &block[7..13]) {
             return Err(Rejected::BadSignature);
         }
         let mut ts = [0u8; 8];
