@@ -17,6 +17,9 @@
 //   {"op":"waitTile","stream":S,"minFrames":60}  until that tile's <video> counts more than
 //        minFrames frames (getVideoPlaybackQuality) -> the tile's stats (frameHeight, kbps, …)
 //   {"op":"waitTileState","stream":S,"state":"stalled"}  until S's tile is in that data-state
+//   {"op":"picture","stream":S,"pattern":"ball"|"smpte","frames":12}  `frames` frames of S's tile
+//        <video>, 250 ms apart, must each show the pattern (tests/browser/picture.mjs; fails with
+//        what the bad frame shows and its PNG under target/pictures/) -> {pattern, frames}
 //   {"op":"tiles"}                         -> {tiles: window.wall.tileStats(), pageKbps}
 //   {"op":"pageKbps","ms":4000}            mean page kbit/s (sum over tiles) over ms -> {kbps, samples}
 //   {"op":"waitMarker","subject":S}        -> marker data-* (lat, lon, mapLat, mapLon, kind, stale)
@@ -47,6 +50,7 @@
 
 import { chromium } from 'playwright-core';
 import readline from 'node:readline';
+import { expectPicture } from './picture.mjs';
 
 const argv = process.argv.slice(2);
 const arg = (name, dflt) => { const i = argv.indexOf(name); return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt; };
@@ -143,6 +147,11 @@ const ops = {
       if (!e || e.dataset.state !== state) return null;
       return { state, stalledMark: !e.querySelector('[data-testid=tile-stalled]').hidden, stateText: e.querySelector('[data-testid=tile-state]').textContent };
     }, { stream, state }));
+  },
+  async picture({ stream, pattern, frames = 12 }) {
+    const r = await expectPicture(page, `[data-testid^=tile-][data-stream="${stream}"] video`, pattern, { frames, name: `wall-${stream}` });
+    if (!r.ok) throw new Error(`tile ${stream}: ${r.error}${r.png ? ` (${r.png})` : ''}`);
+    return { pattern: r.pattern, frames: r.frames };
   },
   async tiles() {
     return page.evaluate(() => ({ tiles: window.wall.tileStats(), pageKbps: window.wall.pageKbps(), firstFrameMs: window.wall.firstFrameAt !== null ? window.wall.firstFrameAt - window.wall.signinAt : null }));
