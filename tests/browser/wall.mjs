@@ -23,6 +23,9 @@
 //   {"op":"tiles"}                         -> {tiles: window.wall.tileStats(), pageKbps}
 //   {"op":"pageKbps","ms":4000}            mean page kbit/s (sum over tiles) over ms -> {kbps, samples}
 //   {"op":"waitMarker","subject":S}        -> marker data-* (lat, lon, mapLat, mapLon, kind, stale)
+//   {"op":"mapView"}                       -> {map: {width, height}, markers: {SUBJECT: {inside, x, y}}}:
+//        where each marker's centre is on the map's box (x, y from its top left) and whether it is
+//        inside it (what the operator sees without moving the map)
 //   {"op":"sendOrder","to":S,"text":X}     fills the Orders tab form and submits -> {order: ORDER}
 //   {"op":"waitOrder","order":ID,"state":"accepted"} -> {state, eta, text}
 //   {"op":"waitSos"}                       -> {text, from, sos, sounding}
@@ -169,6 +172,18 @@ const ops = {
       const d = m.dataset;
       return { lat: +d.lat, lon: +d.lon, mapLat: +d.mapLat, mapLon: +d.mapLon, kind: d.kind, stale: d.stale === 'true', visible: m.getBoundingClientRect().width > 0 };
     }, subject));
+  },
+  async mapView() {
+    return page.evaluate(() => {
+      const m = document.getElementById('map').getBoundingClientRect();
+      const markers = {};
+      for (const e of document.querySelectorAll('[data-testid^=marker-]')) {
+        const b = e.querySelector('i').getBoundingClientRect();
+        const x = b.left + b.width / 2 - m.left, y = b.top + b.height / 2 - m.top;
+        markers[e.dataset.subject] = { inside: x >= 0 && x <= m.width && y >= 0 && y <= m.height, x: Math.round(x), y: Math.round(y) };
+      }
+      return { map: { width: Math.round(m.width), height: Math.round(m.height) }, markers };
+    });
   },
   async sendOrder({ to, text, timeoutMs = 15000 }) {
     await page.locator('[data-testid=tab-orders]').click();

@@ -2479,7 +2479,8 @@ fn pymavlink_python() -> std::path::PathBuf {
 /// streams play past 60 frames; the drone overlay shows the vehicle's relative altitude within
 /// 1 m, its mode and battery, and no command buttons; both tiles show their sources' pictures
 /// (the tablet's SMPTE bars, the drone camera's ball on black); the map shows both markers at the
-/// sent coordinates. A commander's RTL from the overlay (confirmed) reaches the vehicle as a
+/// sent coordinates, both in its view at first load, and a third unit that reports later is
+/// brought into view too. A commander's RTL from the overlay (confirmed) reaches the vehicle as a
 /// signed COMMAND_LONG the vehicle script verifies with the shared key, the ACK shows on the
 /// overlay and the vehicle's mode turns to RTL; when the vehicle falls silent the overlay says the
 /// link is lost and the marker greys. Writes screenshots.
@@ -2636,6 +2637,45 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
         (Some("drone"), Some(false), Some(true)),
         "{m}"
     );
+    // The map opens on every unit: the tablet and the drone both in its view.
+    let view = wall.cmd(serde_json::json!({"op": "mapView"})).await;
+    for who in ["off-1", DRONE] {
+        assert_eq!(
+            view["markers"][who]["inside"], true,
+            "{who} in the map's view at first load: {view}"
+        );
+    }
+    // A unit that reports its position later is brought into view as well (the operator has not
+    // moved the map): an officer 2.5 km south-west of the tablet.
+    let (late, _late_events) = signaling::client::connect(signaling::client::ClientConfig::new(
+        n.node.quic_addr.to_string(),
+        n.token("off-9", Role::Officer),
+    ))
+    .await
+    .expect("a second officer connects");
+    late.request(signaling::proto::ClientMsg::Position {
+        id: Some(0),
+        pos: signaling::proto::Position {
+            lat: 30.57,
+            lon: 114.28,
+            alt: None,
+            accuracy: None,
+            heading: None,
+            speed: None,
+            time: None,
+        },
+    })
+    .await
+    .expect("position sent");
+    wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-9"}))
+        .await;
+    let view = wall.cmd(serde_json::json!({"op": "mapView"})).await;
+    for who in ["off-1", DRONE, "off-9"] {
+        assert_eq!(
+            view["markers"][who]["inside"], true,
+            "{who} in the map's view after off-9 reported: {view}"
+        );
+    }
     let path = wall.screenshot("wall-drone-bridge").await;
     eprintln!("wall screenshot: {}", path.display());
 
