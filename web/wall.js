@@ -928,7 +928,9 @@ function renderCatalog() {
 // ---------------------------------------------------------------------------------------------
 // Map
 
-const M = { map: null, layer: null, grid: null, markers: new Map(), tracks: new Map(), gcj: false, fitted: false };
+// fitted: the subjects the view was last fitted to; fitting: a fit of ours is moving the map;
+// moved: the operator moved or zoomed the map, so it is no longer fitted to the units.
+const M = { map: null, layer: null, grid: null, markers: new Map(), tracks: new Map(), gcj: false, fitted: '', fitting: false, moved: false };
 
 function initMap() {
   if (M.map) return;
@@ -950,6 +952,8 @@ function initMap() {
   }
   M.grid = L.layerGroup().addTo(M.map);
   if (!url) { M.map.on('moveend zoomend', drawGrid); drawGrid(); }
+  // Any move or zoom that is not one of our fits is the operator's (drag, wheel, buttons, keys).
+  M.map.on('movestart zoomstart', () => { if (!M.fitting) M.moved = true; });
   renderUnits();
 }
 
@@ -1028,10 +1032,28 @@ function renderUnits() {
     if (!line) { line = L.polyline(pts, { color: '#f0883e', weight: 2, className: `track track-${name}` }).addTo(M.map); M.tracks.set(name, line); }
     else line.setLatLngs(pts);
   }
-  if (!M.fitted && items.size) {
-    M.fitted = true;
-    const pts = [...items.values()].map((it) => mapPoint(it.lat, it.lon));
-    if (pts.length === 1) M.map.setView(pts[0], 15); else M.map.fitBounds(pts, { padding: [30, 30], maxZoom: 16 });
+  fitUnits(items);
+}
+
+/**
+ * Until the operator moves the map, keeps every unit in view: fits the view to all of them when
+ * one appears or goes, or when one leaves the view (units arrive one by one: the drones'
+ * telemetry, the units list). Without animation, so the moves it makes are told from the
+ * operator's.
+ */
+function fitUnits(items) {
+  if (M.moved || !items.size) return;
+  const pts = [...items.values()].map((it) => mapPoint(it.lat, it.lon));
+  const who = [...items.keys()].sort().join('\n');
+  const view = M.map.getBounds();
+  if (who === M.fitted && pts.every((p) => view.contains(p))) return;
+  M.fitted = who;
+  M.fitting = true;
+  try {
+    if (pts.length === 1) M.map.setView(pts[0], 15, { animate: false });
+    else M.map.fitBounds(pts, { padding: [30, 30], maxZoom: 16, animate: false });
+  } finally {
+    M.fitting = false;
   }
 }
 

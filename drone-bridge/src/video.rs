@@ -258,16 +258,18 @@ impl Drop for Running {
     }
 }
 
-/// Starts the pipeline: access units into the channel; a message into `failed` on error or end.
 /// How long a frame waits for the rest of itself (see [`join_slices`]).
 const JOIN_WINDOW: Duration = Duration::from_millis(4);
 
-/// Joins access units that share a timestamp into one frame. A camera whose encoder cuts a
-/// picture into several slices and repeats SPS/PPS before each (x264 on a multi-core camera with
-/// `rtph264pay config-interval=-1`) makes `h264parse` emit each slice as an access unit of its
-/// own; sent as separate samples they get separate RTP timestamps and a viewer decodes only part
-/// of the picture. The parts arrive back to back, so each frame waits at most [`JOIN_WINDOW`]
-/// for a next part with its timestamp.
+/// Joins the parts of one picture into one frame. A camera whose encoder cuts a picture into
+/// several slices and repeats SPS/PPS before each (x264 with sliced threads behind
+/// `rtph264pay config-interval=-1`) makes `h264parse` cut the picture at every repeated SPS and
+/// emit each part as an access unit of its own, the first with the picture's timestamp and the
+/// others with none. Sent as separate samples they get separate RTP timestamps, and a viewer
+/// decodes each part as a picture of its own, the rest of it missing (green blocks until the next
+/// keyframe). A part joins the frame before it when its first slice does not start the picture
+/// (`first_mb_in_slice` > 0, see [`continues_picture`]) or when it has the same timestamp. The
+/// parts arrive back to back, so each frame waits at most [`JOIN_WINDOW`] for a next part.
 fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::Receiver<Frame> {
     let (tx, out) = mpsc::channel::<Frame>(64);
     tokio::spawn(async move {
@@ -276,7 +278,9 @@ fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::
         };
         loop {
             match tokio::time::timeout(JOIN_WINDOW, rx.recv()).await {
-                Ok(Some(next)) if next.2.is_some() && next.2 == cur.2 => {
+                Ok(Some(next))
+                    if (next.2.is_some() && next.2 == cur.2) || continues_picture(&next.0) =>
+                {
                     let mut joined = Vec::with_capacity(cur.0.len() + next.0.len());
                     joined.extend_from_slice(&cur.0);
                     joined.extend_from_slice(&next.0);
@@ -303,6 +307,48 @@ fn join_slices(mut rx: mpsc::Receiver<(Bytes, Duration, Option<u64>)>) -> mpsc::
     out
 }
 
+/// Whether the H.264 access unit `au` (Annex B) continues a picture begun before it: its first
+/// slice (NAL type 1 or 5) has `first_mb_in_slice` > 0. Without a slice, or when the slice header
+/// cannot be read, it does not.
+fn continues_picture(au: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(at) = au
+        .get(i..)
+        .and_then(|r| r.windows(3).position(|w| w == [0, 0, 1]))
+    {
+        let nal = &au[i + at + 3..];
+        match nal.first().map(|b| b & 0x1f) {
+            Some(1 | 5) => return first_mb_in_slice(&nal[1..]).is_some_and(|mb| mb > 0),
+            Some(_) => i += at + 3,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The first Exp-Golomb number (`ue(v)`) of a NAL unit's payload `rbsp`, skipping emulation
+/// prevention bytes (`00 00 03`); `None` when the bytes end first or it is out of range.
+fn first_mb_in_slice(rbsp: &[u8]) -> Option<u32> {
+    let mut bits = Vec::with_capacity(8 * rbsp.len().min(12));
+    let mut zeros = 0;
+    for &b in rbsp.iter().take(12) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        bits.extend((0..8).rev().map(|k| (b >> k) & 1));
+    }
+    let lead = bits.iter().position(|&b| b == 1)?;
+    if lead > 31 {
+        return None;
+    }
+    let tail = bits.get(lead + 1..lead + 1 + lead)?;
+    let v = tail.iter().fold(0u64, |v, &b| (v << 1) | u64::from(b));
+    u32::try_from((1u64 << lead) - 1 + v).ok()
+}
+
+/// Starts the pipeline: access units into the channel; a message into `failed` on error or end.
 fn run_pipeline(
     source: &VideoSource,
     plan: &Plan,
@@ -614,6 +660,42 @@ mod tests {
         ] {
             assert!(bad.parse::<VideoSource>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_parts_of_a_multi_slice_picture_are_told_from_a_new_picture() {
+        // As h264parse cuts an x264 keyframe of two slices (first_mb_in_slice 0 and 600) where
+        // rtph264pay repeated SPS/PPS before the second: AUD, SPS, PPS, IDR slice.
+        let sps_pps = [
+            0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1e, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80,
+        ];
+        let part = |slice: &[u8]| {
+            let mut v = vec![0, 0, 0, 1, 0x09, 0xf0];
+            v.extend_from_slice(&sps_pps);
+            v.extend_from_slice(&[0, 0, 0, 1]);
+            v.extend_from_slice(slice);
+            v
+        };
+        // ue(0) = "1"; ue(600) = 9 zeros, "1", then 600 + 1 - 512 = 89 in 9 bits.
+        let mb0 = part(&[0x65, 0x88, 0x84, 0x00]);
+        let mb600 = part(&[0x65, 0x00, 0x4b, 0x20, 0x40]);
+        assert!(!continues_picture(&mb0));
+        assert!(continues_picture(&mb600));
+        // A P slice at macroblock 40 (the second row) without SPS/PPS.
+        assert!(continues_picture(&[0, 0, 1, 0x41, 0x05, 0x24]));
+        assert_eq!(first_mb_in_slice(&[0x00, 0x4b, 0x20]), Some(600));
+        // An emulation prevention byte inside the number is skipped: 00 00 03 01 = 23 zeros, 1.
+        assert_eq!(
+            first_mb_in_slice(&[0x00, 0x00, 0x03, 0x01, 0xff, 0xff, 0xfe]),
+            Some((1 << 23) - 1 + 0x7fffff)
+        );
+        // No slice, a cut-off header, too many zeros: not a continuation, no panic.
+        assert!(!continues_picture(&sps_pps));
+        assert!(!continues_picture(&[0, 0, 1, 0x65]));
+        assert!(!continues_picture(&[0, 0, 1]));
+        assert!(!continues_picture(&[]));
+        assert_eq!(first_mb_in_slice(&[0; 12]), None);
+        assert_eq!(first_mb_in_slice(&[0x00, 0x01]), None);
     }
 
     #[test]

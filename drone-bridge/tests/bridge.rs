@@ -1177,7 +1177,7 @@ mod e2e {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_camera_a_vehicle_announces_reaches_a_whep_viewer_without_re_encoding() {
         let _turn = MEDIA.lock().await;
-        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        use yiwang_tests::gst_peer::{Pattern, ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start().await;
         let pilot = node.token("pilot-3", Role::Pilot);
@@ -1235,6 +1235,11 @@ mod e2e {
         assert!(decoded >= 285, "decoded {decoded} frames of 300: {s:?}");
         assert_eq!((s.width, s.height), (640, 480));
         assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
+        // The camera's picture, every slice of it: its white ball on black.
+        viewer
+            .expect_picture(Pattern::Ball, 12)
+            .await
+            .expect("the camera's ball on black");
         let catalog = node.get("/api/streams", &viewer_token).await;
         let stream = catalog["streams"]
             .as_array()
@@ -1255,7 +1260,7 @@ mod e2e {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_video_option_camera_that_restarts_is_published_again() {
         let _turn = MEDIA.lock().await;
-        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        use yiwang_tests::gst_peer::{Pattern, ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start().await;
         let port: u16 = camera
@@ -1325,6 +1330,10 @@ mod e2e {
             "published again {:?} after the camera restarted; {s:?}",
             cut.elapsed()
         );
+        viewer
+            .expect_picture(Pattern::Ball, 12)
+            .await
+            .expect("the restarted camera's ball on black");
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }
@@ -1332,7 +1341,7 @@ mod e2e {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rtp_h264_on_a_udp_port_is_published_too() {
         let _turn = MEDIA.lock().await;
-        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        use yiwang_tests::gst_peer::{Pattern, ViewOptions, WhepViewer};
         let node = start_node().await;
         let pilot = node.token("pilot-3", Role::Pilot);
         let viewer_token = node.token("wall-1", Role::Viewer);
@@ -1369,6 +1378,7 @@ mod e2e {
                 "-q",
                 "videotestsrc",
                 "is-live=true",
+                "pattern=smpte",
                 "!",
                 "video/x-raw,width=640,height=480,framerate=30/1",
                 "!",
@@ -1376,6 +1386,8 @@ mod e2e {
                 "tune=zerolatency",
                 "speed-preset=ultrafast",
                 "key-int-max=30",
+                // Sliced threads: four slices per picture, SPS/PPS repeated before each.
+                "threads=4",
                 "!",
                 "rtph264pay",
                 "config-interval=-1",
@@ -1405,6 +1417,10 @@ mod e2e {
             .await
             .expect("frames from RTP/UDP");
         assert_eq!((s.width, s.height), (640, 480));
+        viewer
+            .expect_picture(Pattern::Smpte, 12)
+            .await
+            .expect("the sender's SMPTE bars, every slice of them");
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }
@@ -1412,7 +1428,7 @@ mod e2e {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_h265_camera_is_transcoded_only_when_the_profile_says() {
         let _turn = MEDIA.lock().await;
-        use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+        use yiwang_tests::gst_peer::{Pattern, ViewOptions, WhepViewer};
         let node = start_node().await;
         let camera = Camera::start_with(0, "h265").await;
         let pilot = node.token("pilot-3", Role::Pilot);
@@ -1498,6 +1514,10 @@ mod e2e {
             .expect("transcoded frames");
         assert_eq!((s.width, s.height), (640, 480));
         assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
+        viewer
+            .expect_picture(Pattern::Ball, 12)
+            .await
+            .expect("the H.265 camera's ball on black, transcoded");
         viewer.stop().await.expect("viewer DELETE");
         bridge.terminate().await;
     }

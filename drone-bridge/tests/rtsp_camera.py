@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """A drone camera for drone-bridge's tests: GStreamer's RTSP server (Python GI; run with Debian's
 /usr/bin/python3, python3-gi and gir1.2-gst-rtsp-server-1.0) serving a 640x480 30 fps H.264 test
-pattern at rtsp://127.0.0.1:PORT/cam (PORT: the first argument, default any free one; a second
-argument "h265" serves H.265 from x265enc instead). Prints
+pattern (pattern=ball: a white ball on black) at rtsp://127.0.0.1:PORT/cam (PORT: the first
+argument, default any free one; a second argument "h265" serves H.265 from x265enc instead). H.264
+comes in four slices per picture with SPS/PPS repeated before each (x264's sliced threads, on any
+number of cores), as multi-core cameras send it. Prints
 {"kind":"ready","uri":...} once listening and runs until stdin closes."""
 import json
 import sys
@@ -26,7 +28,7 @@ def main():
         enc = ("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
                "! rtph265pay name=pay0 pt=96 config-interval=-1")
     else:
-        enc = ("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 bitrate=1500 "
+        enc = ("x264enc tune=zerolatency threads=4 speed-preset=ultrafast key-int-max=30 bitrate=1500 "
                "! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=-1")
     factory.set_launch(f"( {src} ! {enc} )")
     factory.set_shared(True)

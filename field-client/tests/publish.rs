@@ -24,7 +24,7 @@ use serde_json::Value;
 use signaling::auth::{Role, TokenRequest};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use yiwang_tests::gst_peer::{ViewOptions, WhepViewer};
+use yiwang_tests::gst_peer::{Pattern, ViewOptions, WhepViewer};
 
 /// Bound on any single wait.
 const WAIT: Duration = Duration::from_secs(60);
@@ -150,6 +150,11 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
     );
     assert_eq!((s.width, s.height), (640, 480));
     assert_eq!(viewer.video_codec().as_deref(), Some("H264"));
+    // What it decodes is the test source: the SMPTE bars (below the time code).
+    viewer
+        .expect_picture(Pattern::Smpte, 12)
+        .await
+        .expect("the test source's SMPTE bars");
 
     let r = reqwest::Client::new()
         .get(format!("{base}/api/streams"))
@@ -283,6 +288,10 @@ async fn run_publishes_test_video_that_a_whep_viewer_decodes() {
         .await
         .expect("the viewer plays again");
     eprintln!("published again {:?} after the cut; {s:?}", cut.elapsed());
+    viewer
+        .expect_picture(Pattern::Smpte, 12)
+        .await
+        .expect("the SMPTE bars after publishing again");
     viewer.stop().await.expect("viewer DELETE");
     terminate(run).await;
     node.shutdown().await;
@@ -630,6 +639,10 @@ async fn three_link_cuts_in_a_minute_the_picture_resumes_and_orders_arrive_once(
             "cut {cut}: 30 new frames {:?} after the link returned; {s:?}",
             up.elapsed()
         );
+        viewer
+            .expect_picture(Pattern::Smpte, 8)
+            .await
+            .unwrap_or_else(|e| panic!("cut {cut}: the picture resumed broken: {e:#}"));
         // Leave the link up for a while before the next cut (three cuts within the minute).
         tokio::time::sleep_until((up + Duration::from_secs(8)).into()).await;
     }
@@ -728,6 +741,10 @@ async fn a_300_kbit_uplink_keeps_the_smallest_layer_and_continuous_audio() {
         "video stalled under the cap: {frames} frames in 10 s ({s1:?})"
     );
     assert_eq!((s1.width, s1.height), (160, 120), "{s1:?}");
+    viewer
+        .expect_picture(Pattern::Smpte, 12)
+        .await
+        .expect("the smallest layer shows the SMPTE bars");
     // And it stayed down: no line after it switched a larger layer back on.
     let later: Vec<Value> = lines
         .all()

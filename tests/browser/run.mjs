@@ -20,6 +20,13 @@
 // packetsSentAudio, codec; viewer: framesDecoded, frameWidth, frameHeight, audioPacketsReceived,
 // videoPacketsReceived, codec, connectionState; plus diagnostics such as the ICE pair).
 //
+// --picture ball|smpte: once the viewer(s) decoded enough, 12 frames of each viewer's <video>,
+// 250 ms apart, must show that pattern (tests/browser/picture.mjs); the JSON then has "picture"
+// ({"viewer": r} or {"low": r, "high": r}, r = {ok, pattern, frames, error, png}) and ok requires
+// every r.ok. --fake-video smpte: the publisher's fake camera plays SMPTE bars from a Y4M file
+// (picture.mjs fakeCamera(), --width × --height) instead of Chromium's built-in green picture,
+// whose all-zero chroma looks like missing slices; check its viewers with --picture smpte.
+//
 // and exits 0 when ok, 1 otherwise (2 on bad usage). Progress and diagnostics go to stderr.
 // Every wait is bounded; a watchdog exits even if the browser hangs.
 //
@@ -44,12 +51,14 @@
 // failing with an error that names both widths. negotiatedCodec is the high viewer's codec.
 
 import { chromium } from 'playwright-core';
+import { expectPicture, fakeCamera, PATTERNS } from './picture.mjs';
 
 const USAGE = `usage: node run.mjs --base URL --stream NAME [--pub-token T] [--view-token T2]
        [--codec vp8|h264] [--timeout-ms 60000] [--mode pubplay|play-only|publish-only|simulcast]
        [--min-frames 100] [--no-audio] [--width 1280] [--height 720] [--layers-timeout-ms 20000]
        [--web URL (where the pages are loaded from; default --base)] [--chromium /usr/bin/chromium]
-       [--headed] [--cap-via IP:PORT (simulcast mode: the "low" viewer, on auto, receives via this relay)]`;
+       [--headed] [--cap-via IP:PORT (simulcast mode: the "low" viewer, on auto, receives via this relay)]
+       [--picture ball|smpte (what the viewers' pictures must show)] [--fake-video smpte (the publisher's camera)]`;
 
 function parseArgs(argv) {
   const o = {
@@ -69,6 +78,8 @@ function parseArgs(argv) {
     web: null,
     chromium: process.env.YIWANG_CHROMIUM || '/usr/bin/chromium',
     headed: false,
+    picture: null,
+    fakeVideo: null,
   };
   const need = (i) => {
     if (i + 1 >= argv.length) throw new Error(`missing value for ${argv[i]}`);
@@ -93,6 +104,8 @@ function parseArgs(argv) {
       case '--web': o.web = need(i); i++; break;
       case '--chromium': o.chromium = need(i); i++; break;
       case '--headed': o.headed = true; break;
+      case '--picture': o.picture = need(i); i++; break;
+      case '--fake-video': o.fakeVideo = need(i); i++; break;
       case '-h': case '--help': console.error(USAGE); process.exit(0); break;
       default: throw new Error(`unknown argument ${a}`);
     }
@@ -103,6 +116,8 @@ function parseArgs(argv) {
   if (o.codec && !['vp8', 'h264', 'vp9', 'av1'].includes(o.codec)) throw new Error(`bad --codec ${o.codec}`);
   if (!(o.timeoutMs > 0)) throw new Error('bad --timeout-ms');
   if (!(o.layersTimeoutMs > 0)) throw new Error('bad --layers-timeout-ms');
+  if (o.picture !== null && !PATTERNS.includes(o.picture)) throw new Error(`bad --picture ${o.picture}`);
+  if (o.fakeVideo !== null && o.fakeVideo !== 'smpte') throw new Error(`bad --fake-video ${o.fakeVideo}`);
   // Simulcast publishes VP8 unless told otherwise (publish.html's own default, made explicit here).
   if (o.mode === 'simulcast' && !o.codec) o.codec = 'vp8';
   o.base = o.base.replace(/\/+$/, '');
@@ -286,6 +301,18 @@ async function endSessions() {
   }
 }
 
+/** --picture: checks the named viewers' pictures into result.picture; throws on the first bad one. */
+async function checkPictures(names) {
+  if (!opts.picture) return;
+  result.picture = {};
+  for (const n of names) {
+    const r = await expectPicture(pages[n], '#video', opts.picture, { name: `${opts.stream}-${n}` });
+    result.picture[n] = r;
+    note(`${n} picture: ${r.ok ? `${r.frames.length} frames show ${opts.picture}` : r.error}${r.png ? ` (${r.png})` : ''}`);
+    if (!r.ok) throw new Error(`${n}: ${r.error}`);
+  }
+}
+
 /** One line, bounded: HTTP bodies may be HTML pages. */
 function oneLine(msg, max = 400) {
   const t = redact(msg).replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim();
@@ -437,6 +464,7 @@ async function simulcastViewers(context) {
     await sleep(500);
   }
   note(`simulcast widths: low=${result.widths.low} high=${result.widths.high}; frames decoded per layer frame: low=${result.frameRatio.low} high=${result.frameRatio.high}`);
+  await checkPictures(names);
   if (opts.codec) {
     for (const n of names) {
       const c = codecName(result.viewers[n].codec);
@@ -464,6 +492,7 @@ async function main() {
     '--disable-backgrounding-occluded-windows',
     '--autoplay-policy=no-user-gesture-required',
   ];
+  if (opts.fakeVideo) args.push(`--use-file-for-fake-video-capture=${fakeCamera(opts.width, opts.height)}`);
   note(`launch ${opts.chromium} (headless=${!opts.headed})`);
   const browser = await chromium.launch({
     executablePath: opts.chromium,
@@ -557,6 +586,7 @@ async function main() {
     if (opts.codec && result.negotiatedCodec !== opts.codec) {
       throw new Error(`viewer negotiated ${result.negotiatedCodec}, wanted ${opts.codec}`);
     }
+    await checkPictures(['viewer']);
     result.ok = true;
   } finally {
     await endSessions();

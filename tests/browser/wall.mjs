@@ -17,9 +17,15 @@
 //   {"op":"waitTile","stream":S,"minFrames":60}  until that tile's <video> counts more than
 //        minFrames frames (getVideoPlaybackQuality) -> the tile's stats (frameHeight, kbps, …)
 //   {"op":"waitTileState","stream":S,"state":"stalled"}  until S's tile is in that data-state
+//   {"op":"picture","stream":S,"pattern":"ball"|"smpte","frames":12}  `frames` frames of S's tile
+//        <video>, 250 ms apart, must each show the pattern (tests/browser/picture.mjs; fails with
+//        what the bad frame shows and its PNG under target/pictures/) -> {pattern, frames}
 //   {"op":"tiles"}                         -> {tiles: window.wall.tileStats(), pageKbps}
 //   {"op":"pageKbps","ms":4000}            mean page kbit/s (sum over tiles) over ms -> {kbps, samples}
 //   {"op":"waitMarker","subject":S}        -> marker data-* (lat, lon, mapLat, mapLon, kind, stale)
+//   {"op":"mapView"}                       -> {map: {width, height}, markers: {SUBJECT: {inside, x, y}}}:
+//        where each marker's centre is on the map's box (x, y from its top left) and whether it is
+//        inside it (what the operator sees without moving the map)
 //   {"op":"sendOrder","to":S,"text":X}     fills the Orders tab form and submits -> {order: ORDER}
 //   {"op":"waitOrder","order":ID,"state":"accepted"} -> {state, eta, text}
 //   {"op":"waitSos"}                       -> {text, from, sos, sounding}
@@ -47,6 +53,7 @@
 
 import { chromium } from 'playwright-core';
 import readline from 'node:readline';
+import { expectPicture } from './picture.mjs';
 
 const argv = process.argv.slice(2);
 const arg = (name, dflt) => { const i = argv.indexOf(name); return i >= 0 && i + 1 < argv.length ? argv[i + 1] : dflt; };
@@ -144,6 +151,11 @@ const ops = {
       return { state, stalledMark: !e.querySelector('[data-testid=tile-stalled]').hidden, stateText: e.querySelector('[data-testid=tile-state]').textContent };
     }, { stream, state }));
   },
+  async picture({ stream, pattern, frames = 12 }) {
+    const r = await expectPicture(page, `[data-testid^=tile-][data-stream="${stream}"] video`, pattern, { frames, name: `wall-${stream}` });
+    if (!r.ok) throw new Error(`tile ${stream}: ${r.error}${r.png ? ` (${r.png})` : ''}`);
+    return { pattern: r.pattern, frames: r.frames };
+  },
   async tiles() {
     return page.evaluate(() => ({ tiles: window.wall.tileStats(), pageKbps: window.wall.pageKbps(), firstFrameMs: window.wall.firstFrameAt !== null ? window.wall.firstFrameAt - window.wall.signinAt : null }));
   },
@@ -160,6 +172,18 @@ const ops = {
       const d = m.dataset;
       return { lat: +d.lat, lon: +d.lon, mapLat: +d.mapLat, mapLon: +d.mapLon, kind: d.kind, stale: d.stale === 'true', visible: m.getBoundingClientRect().width > 0 };
     }, subject));
+  },
+  async mapView() {
+    return page.evaluate(() => {
+      const m = document.getElementById('map').getBoundingClientRect();
+      const markers = {};
+      for (const e of document.querySelectorAll('[data-testid^=marker-]')) {
+        const b = e.querySelector('i').getBoundingClientRect();
+        const x = b.left + b.width / 2 - m.left, y = b.top + b.height / 2 - m.top;
+        markers[e.dataset.subject] = { inside: x >= 0 && x <= m.width && y >= 0 && y <= m.height, x: Math.round(x), y: Math.round(y) };
+      }
+      return { map: { width: Math.round(m.width), height: Math.round(m.height) }, markers };
+    });
   },
   async sendOrder({ to, text, timeoutMs = 15000 }) {
     await page.locator('[data-testid=tab-orders]').click();

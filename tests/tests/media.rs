@@ -71,6 +71,12 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
         assert_eq!(v.video_codec().as_deref(), Some("H264"));
         v.wait_audio(1, WAIT).await.expect("audio decoded too");
     }
+    // What they decode is the publisher's picture: its ball on black, in every viewer.
+    for v in &viewers {
+        v.expect_picture(gst_peer::Pattern::Ball, 12)
+            .await
+            .expect("the publisher's ball on black");
+    }
     assert!(
         n.metric("yiwang_keyframe_requests_out_total").await >= 1,
         "viewers joining asked for keyframes"
@@ -141,6 +147,10 @@ async fn impaired_link_is_repaired(publisher_side: bool) {
         .wait_frames(seen0 + need, Duration::from_secs(10))
         .await
         .unwrap_or_else(|e| panic!("fewer than 99 % of {} frames decoded: {e:#}", sent1 - sent0));
+    viewer
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the repaired stream shows the publisher's ball on black");
     let stats = relay.stats();
     // Media flows up (publisher → SFU) or down (SFU → viewer); the other way carries only RTCP.
     let media = if publisher_side {
@@ -221,10 +231,18 @@ async fn chromium_both_ways(codec: &str) {
             codec,
             "--timeout-ms",
             "90000",
+            "--fake-video",
+            "smpte",
+            "--picture",
+            "smpte",
         ],
     )
     .await;
     assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    assert_eq!(
+        result["picture"]["viewer"]["ok"], true,
+        "the viewer shows the publisher's camera (SMPTE bars): {result:#}"
+    );
     let viewer = &result["viewer"];
     assert!(
         viewer["framesDecoded"].as_u64().unwrap_or(0) > 100,
@@ -245,8 +263,9 @@ async fn chromium_both_ways(codec: &str) {
     n.node.shutdown().await;
 }
 
-/// Headless Chromium publishes its fake camera and mic in VP8 through WHIP from a page; another
-/// page plays it through WHEP; getStats() shows frames decoded past 100 and audio received.
+/// Headless Chromium publishes its fake camera (SMPTE bars from a Y4M file) and mic in VP8 through
+/// WHIP from a page; another page plays it through WHEP; getStats() shows frames decoded past 100
+/// and audio received, and 12 frames of its <video> over 3 s show the bars.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_and_plays_vp8() {
     chromium_both_ways("vp8").await;
@@ -290,12 +309,24 @@ async fn chromium_simulcast(
 }
 
 /// Chromium publishes three simulcast layers (1280×720 asked for: fewer layers below ~960×540);
-/// a viewer asking `layer=low` decodes a smaller picture than one asking `layer=high`.
+/// a viewer asking `layer=low` decodes a smaller picture than one asking `layer=high`, and both
+/// show the camera's SMPTE bars (a Y4M fake camera).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
     let _media = MEDIA.lock().await;
     let n = start_node().await;
-    let (low, high, result) = chromium_simulcast(&n, "officer-sc", &[]).await;
+    let (low, high, result) = chromium_simulcast(
+        &n,
+        "officer-sc",
+        &["--fake-video", "smpte", "--picture", "smpte"],
+    )
+    .await;
+    for v in ["low", "high"] {
+        assert_eq!(
+            result["picture"][v]["ok"], true,
+            "the {v} layer shows the camera's SMPTE bars: {result:#}"
+        );
+    }
     assert!(
         low < high,
         "low layer {low} px wide, high {high} px: {result:#}"
@@ -306,7 +337,7 @@ async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
 /// Chromium publishes three simulcast layers; two Chromium viewers choose their layer
 /// automatically from the node's bandwidth estimate. One receives through the project's relay
 /// capped at 300 kbit/s: it drops to a smaller layer and keeps decoding, while the uncapped one
-/// stays on the larger picture.
+/// stays on the larger picture; both show the camera's SMPTE bars (a Y4M fake camera).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
     use media_server::impair::{ImpairConfig, UdpRelay};
@@ -323,7 +354,25 @@ async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
     .await
     .unwrap();
     let via = relay.local_addr().to_string();
-    let (capped, free, result) = chromium_simulcast(&n, "officer-cap", &["--cap-via", &via]).await;
+    let (capped, free, result) = chromium_simulcast(
+        &n,
+        "officer-cap",
+        &[
+            "--cap-via",
+            &via,
+            "--fake-video",
+            "smpte",
+            "--picture",
+            "smpte",
+        ],
+    )
+    .await;
+    for v in ["low", "high"] {
+        assert_eq!(
+            result["picture"][v]["ok"], true,
+            "the {v} viewer shows the camera's SMPTE bars: {result:#}"
+        );
+    }
     assert!(
         capped < free,
         "capped viewer {capped} px wide, uncapped {free} px: {result:#}"
@@ -361,10 +410,16 @@ async fn chromium_plays_a_gstreamer_stream() {
             &n.token("wall-1", Role::Viewer),
             "--timeout-ms",
             "90000",
+            "--picture",
+            "ball",
         ],
     )
     .await;
     assert_eq!(result["ok"], true, "browser run failed: {result:#}");
+    assert_eq!(
+        result["picture"]["viewer"]["ok"], true,
+        "Chromium shows the GStreamer publisher's ball on black: {result:#}"
+    );
     assert_eq!(
         result["negotiatedCodec"]
             .as_str()
@@ -602,6 +657,10 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
         .unwrap_or_else(|e| {
             panic!("viewer fell behind during bad input ({encoded} encoded): {e:#}")
         });
+    viewer
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the picture is the publisher's after the bad input");
     assert_eq!(n.metric("yiwang_session_errors_total").await, 0);
     let health = reqwest::get(n.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
@@ -1110,6 +1169,9 @@ async fn wall_operator_plays_maps_orders_and_sees_sos() {
         "wall bench: sign-in -> first frame {} ms (operator, loopback)",
         tile["firstFrameMs"]
     );
+    // What the tile shows is the tablet's test source: its SMPTE bars.
+    wall.cmd(serde_json::json!({"op": "picture", "stream": "off-1", "pattern": "smpte"}))
+        .await;
 
     let marker = wall
         .cmd(serde_json::json!({"op": "waitMarker", "subject": "off-1"}))
@@ -1340,6 +1402,8 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     );
     wall.cmd(serde_json::json!({"op": "waitTile", "stream": "off-2", "minFrames": 30, "timeoutMs": 60000})).await;
     let (small, kbps_grid, grid_tile) = settle(&mut wall).await;
+    wall.cmd(serde_json::json!({"op": "picture", "stream": "off-2", "pattern": "smpte"}))
+        .await;
     wall.screenshot("wall-4x4").await;
 
     let max = wall
@@ -1359,6 +1423,8 @@ async fn wall_tile_gets_a_smaller_layer_in_4x4_than_maximised() {
     }
     let (big_best, kbps_max, max_tile) = settle(&mut wall).await;
     let big = big.max(big_best);
+    wall.cmd(serde_json::json!({"op": "picture", "stream": "off-2", "pattern": "smpte"}))
+        .await;
     eprintln!("wall bench: 4x4 tile {small} rows, page {kbps_grid} kbit/s; maximised {big} rows, page {kbps_max} kbit/s");
     assert!(
         small < big,
@@ -2411,11 +2477,13 @@ fn pymavlink_python() -> std::path::PathBuf {
 /// pymavlink vehicle (hovering at a known position and relative altitude, announcing its camera)
 /// and its RTSP test camera (GStreamer's RTSP server). Signed in as an operator, in 2×2, both
 /// streams play past 60 frames; the drone overlay shows the vehicle's relative altitude within
-/// 1 m, its mode and battery, and no command buttons; the map shows both markers at the sent
-/// coordinates. A commander's RTL from the overlay (confirmed) reaches the vehicle as a signed
-/// COMMAND_LONG the vehicle script verifies with the shared key, the ACK shows on the overlay and
-/// the vehicle's mode turns to RTL; when the vehicle falls silent the overlay says the link is
-/// lost and the marker greys. Writes screenshots.
+/// 1 m, its mode and battery, and no command buttons; both tiles show their sources' pictures
+/// (the tablet's SMPTE bars, the drone camera's ball on black); the map shows both markers at the
+/// sent coordinates, both in its view at first load, and a third unit that reports later is
+/// brought into view too. A commander's RTL from the overlay (confirmed) reaches the vehicle as a
+/// signed COMMAND_LONG the vehicle script verifies with the shared key, the ACK shows on the
+/// overlay and the vehicle's mode turns to RTL; when the vehicle falls silent the overlay says the
+/// link is lost and the marker greys. Writes screenshots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
     const DRONE: &str = "pilot-3-drone1";
@@ -2514,6 +2582,12 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
         drone_tile["frameHeight"], 480,
         "the camera's 640×480, untouched: {drone_tile}"
     );
+    // What both tiles show is their sources' pictures: the tablet's SMPTE bars, and the drone
+    // camera's ball on black in every one of its slices (the demo's drone tile was green blocks).
+    wall.cmd(serde_json::json!({"op": "picture", "stream": "off-1", "pattern": "smpte"}))
+        .await;
+    wall.cmd(serde_json::json!({"op": "picture", "stream": DRONE, "pattern": "ball"}))
+        .await;
     let o = wall.cmd(serde_json::json!({"op": "droneOverlay", "stream": DRONE, "alt": alt_rel, "altTol": 1.0, "mode": "GUIDED"})).await;
     assert!(
         (o["alt"].as_f64().unwrap() - alt_rel).abs() <= 1.0,
@@ -2563,6 +2637,45 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
         (Some("drone"), Some(false), Some(true)),
         "{m}"
     );
+    // The map opens on every unit: the tablet and the drone both in its view.
+    let view = wall.cmd(serde_json::json!({"op": "mapView"})).await;
+    for who in ["off-1", DRONE] {
+        assert_eq!(
+            view["markers"][who]["inside"], true,
+            "{who} in the map's view at first load: {view}"
+        );
+    }
+    // A unit that reports its position later is brought into view as well (the operator has not
+    // moved the map): an officer 2.5 km south-west of the tablet.
+    let (late, _late_events) = signaling::client::connect(signaling::client::ClientConfig::new(
+        n.node.quic_addr.to_string(),
+        n.token("off-9", Role::Officer),
+    ))
+    .await
+    .expect("a second officer connects");
+    late.request(signaling::proto::ClientMsg::Position {
+        id: Some(0),
+        pos: signaling::proto::Position {
+            lat: 30.57,
+            lon: 114.28,
+            alt: None,
+            accuracy: None,
+            heading: None,
+            speed: None,
+            time: None,
+        },
+    })
+    .await
+    .expect("position sent");
+    wall.cmd(serde_json::json!({"op": "waitMarker", "subject": "off-9"}))
+        .await;
+    let view = wall.cmd(serde_json::json!({"op": "mapView"})).await;
+    for who in ["off-1", DRONE, "off-9"] {
+        assert_eq!(
+            view["markers"][who]["inside"], true,
+            "{who} in the map's view after off-9 reported: {view}"
+        );
+    }
     let path = wall.screenshot("wall-drone-bridge").await;
     eprintln!("wall screenshot: {}", path.display());
 
@@ -2870,6 +2983,10 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
         .wait_audio(1, WAIT)
         .await
         .expect("audio crosses the trunk too");
+    first
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the township publisher's ball on black at the province");
     let decoded = s.frames_decoded - seen0;
 
     // `GET /api/trunks` on both ends: the trunk up with its round-trip time, the township's
@@ -3183,6 +3300,9 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     low.wait_frames(seen + 30, WAIT)
         .await
         .expect("the low viewer keeps decoding after the narrowing");
+    low.expect_picture(gst_peer::Pattern::Smpte, 12)
+        .await
+        .expect("the tablet's SMPTE bars in the low layer at the province");
 
     let all = WhepViewer::start(
         &province.base,
@@ -3246,6 +3366,9 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
     all.wait_frames(seen + 30, WAIT)
         .await
         .expect("the auto viewer keeps decoding after its narrowing");
+    all.expect_picture(gst_peer::Pattern::Smpte, 12)
+        .await
+        .expect("the tablet's SMPTE bars in the top layer at the province");
     let narrowed_kbps = trunk_kbps(3000).await;
     eprintln!(
         "layered pull: trunk with the low and the narrowed auto viewer {narrowed_kbps} kbit/s"
@@ -3341,6 +3464,8 @@ async fn the_wall_at_the_province_lists_and_plays_a_township_stream() {
         playing["frameHeight"].as_u64().unwrap_or(0) > 0,
         "{playing}"
     );
+    wall.cmd(serde_json::json!({"op": "picture", "stream": "township/cam1", "pattern": "ball"}))
+        .await;
     wall.screenshot("wall-remote-stream").await;
     wall.quit().await;
 
@@ -3437,6 +3562,10 @@ async fn a_viewer_resumes_when_a_node_on_its_only_path_restarts() {
         .wait_frames(before + 30, Duration::from_secs(20))
         .await
         .expect("the province's viewer decodes again after the county is back");
+    viewer
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the township's ball on black after the restart");
     eprintln!(
         "restart: county down {restarted:?}; the viewer decoded {} frames more within {:?} of the restart",
         resumed.frames_decoded - before,
@@ -3621,6 +3750,10 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
         stall_back < Duration::from_millis(700),
         "viewer stalled {stall_back:?} when the media moved back"
     );
+    viewer
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the township's ball on black, back on city-a");
 
     viewer.stop().await.expect("viewer DELETE");
     publisher.stop().await.expect("publisher DELETE");
@@ -3717,6 +3850,10 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
         "viewer decoded {decoded} of 300 frames over a 3 % lossy trunk"
     );
     assert!(nacks > 0, "losses were repaired by resending");
+    viewer
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the township's ball on black over the lossy trunk");
     viewer.stop().await.expect("viewer DELETE");
     publisher.stop().await.expect("publisher DELETE");
     township.node.shutdown().await;
@@ -4238,6 +4375,10 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
         .wait_frames(n + 30, Duration::from_secs(10))
         .await
         .expect("frames via city-b after the cut");
+    at_province
+        .expect_picture(gst_peer::Pattern::Ball, 12)
+        .await
+        .expect("the township's ball on black via city-b");
     eprintln!("netns: county–city-a down, longest stall: province viewer {stall:?}, city-b viewer {stall_b:?}");
     assert!(
         stall < Duration::from_secs(3),

@@ -836,7 +836,7 @@ async fn incidents_over_the_protocol_and_the_http_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_subscribe_through_signaling_decodes_frames() {
-    use yiwang_tests::gst_peer::{PublishOptions, ViewOptions, WhepViewer, WhipPublisher};
+    use yiwang_tests::gst_peer::{Pattern, PublishOptions, ViewOptions, WhepViewer, WhipPublisher};
     let _media = common::MEDIA.lock().await;
     let node = start_node().await;
     let (publisher, _pev) = quic_login(&node, "off-11", Role::Officer).await;
@@ -906,6 +906,9 @@ async fn publish_and_subscribe_through_signaling_decodes_frames() {
     .expect("subscribe over signaling");
     let stats = view.wait_frames(60, WAIT).await.expect("frames decoded");
     assert!(stats.frames_decoded >= 60, "{stats:?}");
+    view.expect_picture(Pattern::Ball, 12)
+        .await
+        .expect("the publisher's ball on black");
     view.stop().await.unwrap();
     pubr.stop().await.unwrap();
     let _ = IncidentId::parse("duty");

@@ -3,7 +3,8 @@
 //! * [`WhipPublisher`] sends a live test pattern (H.264 or VP8, optional Opus tone) to
 //!   `POST {base}/whip/{stream}`.
 //! * [`WhepViewer`] offers recvonly video (H.264 *and* VP8) and Opus to
-//!   `POST {base}/whep/{stream}` and counts decoded frames ([`ViewerStats`]).
+//!   `POST {base}/whep/{stream}` and counts decoded frames ([`ViewerStats`]); what the decoded
+//!   picture shows is checked against the source's pattern ([`picture`]).
 //! * [`post_offer`] / [`delete_session`] are the bare HTTP exchange, for tests that assert
 //!   status codes; a peer's failed `start` carries a [`WhipError::Http`] (see [`http_status`]).
 //!
@@ -47,6 +48,7 @@
 
 mod core;
 pub mod http;
+pub mod picture;
 mod publisher;
 mod viewer;
 
@@ -55,6 +57,7 @@ use std::sync::OnceLock;
 use gstreamer as gst;
 
 pub use http::{delete_session, endpoint_url, http_status, post_offer, OfferResponse, WhipError};
+pub use picture::{Pattern, Picture};
 pub use publisher::{PublishOptions, VideoCodec, WhipPublisher};
 pub use viewer::{ViewOptions, ViewerStats, WhepViewer, VIEWER_AUDIO_CAPS, VIEWER_VIDEO_CAPS};
 
@@ -66,7 +69,7 @@ pub fn init() -> anyhow::Result<()> {
         let needed = [
             "webrtcbin", "nicesrc", "dtlssrtpenc", "videotestsrc", "audiotestsrc", "x264enc", "vp8enc",
             "opusenc", "rtph264pay", "rtpvp8pay", "rtpopuspay", "rtph264depay", "h264parse", "avdec_h264",
-            "rtpvp8depay", "vp8dec", "rtpopusdepay", "opusdec",
+            "rtpvp8depay", "vp8dec", "rtpopusdepay", "opusdec", "videoconvert", "pngenc",
         ];
         let missing: Vec<_> = needed.into_iter().filter(|e| gst::ElementFactory::find(e).is_none()).collect();
         if missing.is_empty() {

@@ -1,4 +1,6 @@
-//! [`WhepViewer`]: receives and decodes whatever the node sends over WHEP, counting frames.
+//! [`WhepViewer`]: receives and decodes whatever the node sends over WHEP, counting frames; the
+//! decoded video ends in an appsink that keeps the latest frame, for checks of what the picture
+//! shows ([`WhepViewer::picture`], [`WhepViewer::expect_picture`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,10 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use gst::prelude::*;
 use gstreamer as gst;
+use gstreamer_app as gst_app;
 use gstreamer_webrtc as gst_webrtc;
 
 use super::core::Peer;
 use super::http;
+use super::picture::{Pattern, Picture};
 
 /// Video offered by a viewer: H.264 (constrained baseline, packetization-mode 1) and VP8, so it
 /// can be answered in whichever codec the publisher uses.
@@ -68,12 +72,16 @@ struct Counters {
     height: AtomicU32,
     audio: AtomicU64,
     video_codec: Mutex<Option<String>>,
+    /// The appsink at the end of the video branch (latest decoded frame, I420), once linked.
+    picture: Mutex<Option<gst_app::AppSink>>,
 }
 
 /// A WHEP client decoding what it receives. See [`super`] for the network details.
 pub struct WhepViewer {
     peer: Peer,
     counters: Arc<Counters>,
+    /// What it views (the stream, or where the exchange went), for file names.
+    label: String,
 }
 
 impl WhepViewer {
@@ -89,6 +97,7 @@ impl WhepViewer {
     ) -> anyhow::Result<WhepViewer> {
         let endpoint = http::endpoint_url(base_url, "whep", stream)?;
         let mut v = Self::prepare(&endpoint, token, opts)?;
+        v.label = stream.to_owned();
         if let Err(e) = v.peer.negotiate(&endpoint).await {
             let _ = v.peer.stop().await;
             return Err(e.context(format!("viewing {endpoint}")));
@@ -172,7 +181,11 @@ impl WhepViewer {
             }
         });
         peer.play()?;
-        Ok(WhepViewer { peer, counters })
+        Ok(WhepViewer {
+            peer,
+            counters,
+            label: "viewer".to_owned(),
+        })
     }
 
     #[cfg(test)]
@@ -194,6 +207,77 @@ impl WhepViewer {
     /// Encoding name (`H264`, `VP8`) of the received video, once its pad appeared.
     pub fn video_codec(&self) -> Option<String> {
         self.counters.video_codec.lock().unwrap().clone()
+    }
+
+    /// The next video frame decoded from now on (or the latest one, if it was not taken yet), as
+    /// RGB; fails when none comes within `timeout`.
+    pub async fn picture(&self, timeout: Duration) -> anyhow::Result<Picture> {
+        let sink = self
+            .counters
+            .picture
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| anyhow!("no video decoded yet"))?;
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let sample = tokio::task::spawn_blocking(move || {
+            sink.try_pull_sample(gst::ClockTime::from_nseconds(ns))
+        })
+        .await?
+        .ok_or_else(|| anyhow!("no decoded frame within {timeout:?}: {:?}", self.stats()))?;
+        let caps = sample.caps().ok_or_else(|| anyhow!("frame without caps"))?;
+        let s = caps.structure(0).ok_or_else(|| anyhow!("empty caps"))?;
+        let dim = |f: &str| {
+            s.get::<i32>(f)
+                .ok()
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| anyhow!("frame caps without {f}: {caps}"))
+        };
+        let (w, h) = (dim("width")?, dim("height")?);
+        let buffer = sample
+            .buffer()
+            .ok_or_else(|| anyhow!("sample without buffer"))?;
+        let map = buffer.map_readable()?;
+        Picture::from_i420(map.as_slice(), w, h)
+    }
+
+    /// Checks that the picture shows `pattern`: takes `frames` decoded frames about 250 ms apart
+    /// (12 frames span 3 s, more than a GOP of the test sources) and fails at the first that does
+    /// not, after writing it to `target/pictures/` for people to look at.
+    pub async fn expect_picture(&self, pattern: Pattern, frames: usize) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        for i in 0..frames {
+            tick.tick().await;
+            let pic = self
+                .picture(Duration::from_secs(5))
+                .await
+                .with_context(|| format!("frame {i} of {frames}"))?;
+            if let Err(why) = pattern.check(&pic) {
+                let dir =
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pictures");
+                let name: String = self
+                    .label
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                static SAVED: AtomicU64 = AtomicU64::new(0);
+                let k = SAVED.fetch_add(1, Ordering::Relaxed);
+                let path = dir.join(format!("{name}-{}-{k}.png", std::process::id()));
+                let saved = std::fs::create_dir_all(&dir)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| pic.save_png(&path))
+                    .map(|()| path.display().to_string())
+                    .unwrap_or_else(|e| format!("not saved: {e:#}"));
+                bail!("frame {i} of {frames} does not show {pattern:?}: {why} ({saved})");
+            }
+        }
+        Ok(())
     }
 
     /// Waits until at least `n` video frames were decoded, polling every 20 ms; fails after
@@ -268,8 +352,9 @@ impl WhepViewer {
     }
 }
 
-/// Links a new webrtcbin src pad to a depayloader + decoder + fakesink, with a counting probe
-/// on the decoder's output.
+/// Links a new webrtcbin src pad to a depayloader + decoder, with a counting probe on the
+/// decoder's output; decoded video goes on (as I420, which the decoders output anyway) to an
+/// appsink that keeps only the latest frame, anything else to a fakesink.
 fn on_incoming_stream(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
@@ -303,8 +388,21 @@ fn on_incoming_stream(
     if media == "video" {
         *c.video_codec.lock().unwrap() = Some(enc.clone());
     }
-    let desc = format!("{desc} ! fakesink sync=false async=false");
+    let sink = match kind {
+        Kind::Video => {
+            "videoconvert ! video/x-raw,format=I420 \
+             ! appsink name=picture sync=false async=false max-buffers=1 drop=true"
+        }
+        Kind::Audio | Kind::Unknown => "fakesink sync=false async=false",
+    };
+    let desc = format!("{desc} ! {sink}");
     let bin = gst::parse::bin_from_description(&desc, true).with_context(|| desc.clone())?;
+    if let Some(sink) = bin
+        .by_name("picture")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+    {
+        *c.picture.lock().unwrap() = Some(sink);
+    }
     let dec = bin.by_name("dec").ok_or_else(|| anyhow!("no dec"))?;
     let src = dec
         .static_pad("src")
