@@ -14,12 +14,12 @@
 //! Configuration is an [`ImpairConfig`], built with setters or parsed from a compact spec string
 //! (see [`ImpairConfig`]'s `FromStr`), e.g. `loss=5%,delay=50ms,jitter=20ms,rate=300kbit,seed=7`.
 //!
-//! This module is a test and lab tool: nothing in the media plane ([`crate::sfu`],
-//! [`crate::forward`], [`crate::media`]) may depend on it, and it must not depend on them.
+//! This crate is a test and lab tool: nothing in the media plane (the SFU, the forwarding core,
+//! the node's media task) may depend on it, and it must not depend on them.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use media_server::impair::{ImpairConfig, Impairment};
+//! use netem::{ImpairConfig, Impairment};
 //!
 //! let config: ImpairConfig = "loss=10%,delay=20ms,seed=7".parse().unwrap();
 //! let mut link = Impairment::new(config);
