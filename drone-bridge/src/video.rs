@@ -1,7 +1,7 @@
 //! The drone camera into the SFU without re-encoding: GStreamer ingests H.264 over RTSP
 //! (`rtspsrc`, UDP or TCP-interleaved) or RTP/UDP, depayloads and parses it
-//! (`h264parse config-interval=-1`: SPS/PPS before every keyframe), and field-client's WebRTC
-//! peer ([`field_client::media::peer::Peer`]) publishes the access units through signaling's
+//! (`h264parse config-interval=-1`: SPS/PPS before every keyframe), and the shared WebRTC
+//! publishing peer ([`webrtc_publisher::Peer`]) publishes the access units through signaling's
 //! `publish` (kind `drone`, stream `SUBJECT-droneSYSID`) on the bridge's session.
 //!
 //! When the source fails or ends (camera rebooting, RTSP server gone) or the peer connection
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use field_client::media::peer::{Bounds, Peer};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -34,6 +33,7 @@ use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
 use signaling::StreamName;
 use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc_publisher::{Bounds, Peer};
 
 use crate::mesh::emit;
 

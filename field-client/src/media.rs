@@ -3,7 +3,8 @@
 //! `publish` on the session `run` holds.
 //!
 //! - [`pipeline`]: the gst-launch description (pure, unit-tested).
-//! - [`peer`]: the WebRTC peer (tracks, complete offer, keyframe requests).
+//! - [`webrtc_publisher`] (its own crate): the WebRTC peer (tracks, complete offer, keyframe
+//!   requests).
 //! - here: the encoder choice (`hw-profiles`), the running pipeline, and the publishing task that
 //!   re-publishes with backoff when the peer connection fails or the signaling session is new.
 //!
@@ -13,7 +14,6 @@
 //! It must not touch the office side (mail, orders) nor print anything but `publishing`,
 //! `warning` and `note` lines.
 
-pub mod peer;
 pub mod pipeline;
 pub mod rate;
 pub mod timecode;
@@ -34,9 +34,9 @@ use signaling::client::{Client, ClientError};
 use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc_publisher::{Bounds, Peer};
 
 use crate::output::Output;
-use peer::{Bounds, Peer};
 pub use pipeline::Picture;
 use pipeline::{VideoLayer, AUDIO_SINK};
 use rate::{LayerCap, Plan, Planner};
