@@ -32,8 +32,7 @@ use signaling::client::{Client, ClientError};
 use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
 use signaling::StreamName;
 use tokio::sync::{mpsc, oneshot};
-use webrtc::peer_connection::RTCPeerConnectionState;
-use webrtc_publisher::{Bounds, Peer};
+use webrtc_publisher::{local_ip_towards, Bounds, Peer, RTCPeerConnectionState};
 
 use crate::mesh::emit;
 
@@ -453,7 +452,7 @@ impl Job {
             why = failed.recv() => return Err(Retry(why.unwrap_or_default())),
             () = tokio::time::sleep(STALL) => return Err(Retry(format!("no frame from {} within {} s", self.source, STALL.as_secs()))),
         };
-        let ip = field_client::media::local_ip_towards(&self.node)
+        let ip = local_ip_towards(&self.node)
             .await
             .map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
         let bounds = Bounds {
