@@ -7,7 +7,8 @@
 //!
 //! Any talker id is accepted (`GP`, `GN`, `GL`, …): multi-constellation receivers say `$GNRMC`.
 //! A sentence without a checksum is refused like one with a wrong checksum: on a serial line an
-//! unchecked sentence is as likely to be noise as a fix.
+//! unchecked sentence is as likely to be noise as a fix. So is an address (talker and type) with
+//! a byte outside ASCII, even when its checksum matches.
 
 use crate::position::Fix;
 
@@ -143,6 +144,11 @@ pub fn parse(line: &str) -> Result<Option<Sentence>, NmeaError> {
     }
     let f: Vec<&str> = body.split(',').collect();
     let kind = f[0];
+    // NMEA is ASCII: a checksum-valid address with any other byte is noise that happened to sum
+    // right (and cutting its type out by byte offset could split a character).
+    if !kind.is_ascii() {
+        return Err(bad("address", kind));
+    }
     if kind.len() != 5 {
         return Ok(None);
     }
@@ -413,6 +419,47 @@ mod tests {
             Err(NmeaError::TooShort("RMC"))
         );
         assert_eq!(parse(&with_checksum("GPGSV,3,1,11")), Ok(None));
+    }
+
+    #[test]
+    fn a_non_ascii_address_is_refused_not_a_panic() {
+        // Checksum-valid, five bytes of address, a multi-byte character across byte 2: the type
+        // is not cut out of the middle of it.
+        for body in [
+            "G\u{e9}MC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W",
+            "\u{e9}RMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W",
+            "GP\u{e9}C,1,A",
+            "\u{fffd}MC,1,A",
+        ] {
+            let line = with_checksum(body);
+            assert!(
+                matches!(
+                    parse(&line),
+                    Err(NmeaError::Field {
+                        field: "address",
+                        ..
+                    })
+                ),
+                "{line}: {:?}",
+                parse(&line)
+            );
+        }
+        // What a serial line really delivers: a stray byte that is not UTF-8, then a good
+        // sentence, through the line decoder; the good one still parses.
+        let mut d = LineDecoder::new();
+        let mut input = b"$G\xe9MC,1,A*".to_vec();
+        let sum = b"G\xef\xbf\xbdMC,1,A".iter().fold(0u8, |a, b| a ^ b);
+        input.extend_from_slice(format!("{sum:02X}\n{RMC}\n").as_bytes());
+        d.push(&input);
+        let first = d.next_line().unwrap();
+        assert!(
+            matches!(parse(&first), Err(NmeaError::Field { .. })),
+            "{first}"
+        );
+        assert!(matches!(
+            parse(&d.next_line().unwrap()),
+            Ok(Some(Sentence::Rmc(_)))
+        ));
     }
 
     #[test]

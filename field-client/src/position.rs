@@ -278,6 +278,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sentence_with_a_non_ascii_address_does_not_stop_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("track.nmea");
+        let sentence = |body: &str| {
+            let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+            format!("${body}*{sum:02X}")
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{}\n",
+                sentence("G\u{e9}MC,1,A,4807.038,N,01131.000,E,0,0,230394,,"),
+                sentence("GPRMC,2,A,3035.400,N,11418.000,E,0,0,261126,,")
+            ),
+        )
+        .unwrap();
+        let (task, mut rx) = spawn_source(PositionSource::Nmea(path), Output::new(false));
+        let fix = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                if let Some(f) = *rx.borrow_and_update() {
+                    return Some(f);
+                }
+            }
+        })
+        .await
+        .expect("a fix within 10 s");
+        assert!(!task.is_finished(), "the position task ended");
+        let fix = fix.expect("the position task ended before the good sentence");
+        assert!((fix.lat - 30.59).abs() < 1e-6, "{fix:?}");
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn a_growing_nmea_file_is_followed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("track.nmea");
