@@ -2,12 +2,13 @@
 //!
 //! The client sends `?WATCH={"enable":true,"json":true}` and reads one JSON object per line;
 //! `TPV` objects with a 2D or 3D fix (`mode` ≥ 2) become [`Fix`]es. When gpsd is not running the
-//! client says so once and keeps running without positions, trying again every 10 s.
+//! client says so once and keeps running without positions, trying again every 10 s. A line over
+//! [`MAX_LINE`] bytes is treated the same way: the connection is dropped with that reason.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -25,6 +26,11 @@ const RETRY: Duration = Duration::from_secs(10);
 
 /// Bound of one connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest line read from gpsd, newline included; a longer one ends the connection (as a lost
+/// gpsd: warned, retried every 10 s). gpsd's own reports, `SKY` with every satellite included,
+/// stay far below it; the cap bounds the memory a peer that is not gpsd can make us hold.
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// The fix in one line of gpsd output, if it is a `TPV` report with a usable position.
 pub fn parse_tpv(line: &str) -> Option<Fix> {
@@ -96,18 +102,29 @@ async fn watch(mut stream: TcpStream, tx: &FixSender) -> String {
     if let Err(e) = stream.write_all(WATCH).await {
         return e.to_string();
     }
-    let mut lines = BufReader::new(stream).lines();
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if let Some(fix) = parse_tpv(&line) {
+        line.clear();
+        // At most one byte past the cap is read into `line`, whatever the peer sends.
+        let limit = MAX_LINE as u64 + 1;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) => return "gpsd closed the connection".to_owned(),
+            Ok(_) if line.len() > MAX_LINE => {
+                return format!(
+                    "it sent a line longer than {} KiB, which gpsd never does",
+                    MAX_LINE / 1024
+                )
+            }
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                if let Some(fix) = parse_tpv(text.trim_end_matches(['\r', '\n'])) {
                     tx.send_replace(Some(fix));
                 }
                 if tx.is_closed() {
                     return "stopped".to_owned();
                 }
             }
-            Ok(None) => return "gpsd closed the connection".to_owned(),
             Err(e) => return e.to_string(),
         }
     }
@@ -116,7 +133,6 @@ async fn watch(mut stream: TcpStream, tx: &FixSender) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
 
     const TPV: &str = r#"{"class":"TPV","device":"/dev/ttyUSB0","mode":3,"time":"2026-11-26T19:00:00.000Z","lat":30.5928,"lon":114.3055,"altMSL":23.5,"eph":4.2,"track":359.99,"speed":1.25}"#;
 
@@ -172,5 +188,39 @@ mod tests {
         assert_eq!(fix.lat, 30.5928);
         client.abort();
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_ends_the_connection_instead_of_filling_memory() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A peer that is not gpsd: it answers WATCH with bytes and never a newline, up to 16 MiB.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = vec![0u8; WATCH.len()];
+            s.read_exact(&mut got).await.unwrap();
+            let junk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            while sent < 16 << 20 {
+                if s.write_all(&junk).await.is_err() {
+                    return Some(sent);
+                }
+                sent += junk.len();
+            }
+            // Everything sent and still connected: the client kept reading one line.
+            let _ = s.read(&mut [0u8; 1]).await;
+            None
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        let why = tokio::time::timeout(Duration::from_secs(20), watch(stream, &tx))
+            .await
+            .expect("the client gives up on the line");
+        assert!(why.contains("longer than"), "{why}");
+        let sent = tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("the server notices")
+            .unwrap();
+        assert!(sent.is_some(), "the client read 16 MiB without a newline");
     }
 }
