@@ -5,15 +5,22 @@
 //! client says so once and keeps running without positions, trying again every 10 s. A line over
 //! [`MAX_LINE`] bytes is treated the same way: the connection is dropped with that reason.
 
+#[cfg(feature = "app")]
 use std::time::Duration;
 
 use serde_json::Value;
+#[cfg(feature = "app")]
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+#[cfg(feature = "app")]
 use tokio::net::TcpStream;
+#[cfg(feature = "app")]
 use tracing::debug;
 
+#[cfg(feature = "app")]
 use crate::output::Output;
-use crate::position::{Fix, FixSender};
+use crate::position::Fix;
+#[cfg(feature = "app")]
+use crate::position::FixSender;
 
 /// Where gpsd listens by default.
 pub const DEFAULT_ADDR: &str = "localhost:2947";
@@ -21,9 +28,11 @@ pub const DEFAULT_ADDR: &str = "localhost:2947";
 /// The command that turns on JSON reports.
 pub const WATCH: &[u8] = b"?WATCH={\"enable\":true,\"json\":true}\n";
 
+#[cfg(feature = "app")]
 /// Between attempts to reach gpsd.
 const RETRY: Duration = Duration::from_secs(10);
 
+#[cfg(feature = "app")]
 /// Bound of one connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -54,6 +63,21 @@ pub fn parse_tpv(line: &str) -> Option<Fix> {
     Some(fix)
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/gpsd.rs`): `data` as gpsd's output, one JSON object
+/// a line. Every line is read or skipped cleanly (never a panic), and every fix taken from it is a
+/// valid `position`.
+pub fn fuzz_parse(data: &[u8]) {
+    for line in data.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        if let Some(fix) = parse_tpv(line.trim_end_matches('\r')) {
+            if let Err(e) = fix.to_proto().validate() {
+                panic!("{line:?} gave an invalid position {fix:?}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(feature = "app")]
 /// Follows gpsd at `addr` until the receiving end of `tx` is gone.
 pub async fn follow(addr: String, tx: FixSender, out: Output) {
     let mut warned = false;
@@ -97,6 +121,7 @@ pub async fn follow(addr: String, tx: FixSender, out: Output) {
     }
 }
 
+#[cfg(feature = "app")]
 /// Reads one gpsd connection; returns why it ended.
 async fn watch(mut stream: TcpStream, tx: &FixSender) -> String {
     if let Err(e) = stream.write_all(WATCH).await {
@@ -157,6 +182,32 @@ mod tests {
         assert_eq!(old.alt, Some(7.0));
     }
 
+    #[test]
+    fn the_fuzz_body_holds_on_seeded_garbage_and_mutated_reports() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        };
+        let alphabet = b"{}[]:,\"0123456789.-+eE truefalsnul\\";
+        for round in 0..2000 {
+            let mut data = format!("{TPV}\n").into_bytes();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() as usize) % data.len();
+                data[i] = if round % 2 == 0 {
+                    alphabet[(next() as usize) % alphabet.len()]
+                } else {
+                    next() as u8
+                };
+            }
+            fuzz_parse(&data);
+        }
+        fuzz_parse(br#"{"class":"TPV","mode":3,"lat":1e400,"lon":-0,"track":360,"speed":-0.0}"#);
+    }
+
+    #[cfg(feature = "app")]
     #[tokio::test]
     async fn follows_a_gpsd_that_speaks_json() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -190,6 +241,7 @@ mod tests {
         server.abort();
     }
 
+    #[cfg(feature = "app")]
     #[tokio::test]
     async fn an_endless_line_ends_the_connection_instead_of_filling_memory() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
