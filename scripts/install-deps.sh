@@ -62,7 +62,7 @@ fi
 bash "$here/scripts/build-web.sh"
 
 # pymavlink for drone-bridge's tests and the demo's drone (drone-bridge/tests/vehicle.py); the
-# tests create the same venv themselves when it is missing.
+# tests only use this venv (they fail naming this script without it).
 venv="$here/target/venv"
 if ! "$venv/bin/python" -c 'import pymavlink' 2>/dev/null; then
   echo "install-deps: pymavlink venv in $venv" >&2

@@ -1,7 +1,7 @@
 //! The drone camera into the SFU without re-encoding: GStreamer ingests H.264 over RTSP
 //! (`rtspsrc`, UDP or TCP-interleaved) or RTP/UDP, depayloads and parses it
-//! (`h264parse config-interval=-1`: SPS/PPS before every keyframe), and field-client's WebRTC
-//! peer ([`field_client::media::peer::Peer`]) publishes the access units through signaling's
+//! (`h264parse config-interval=-1`: SPS/PPS before every keyframe), and the shared WebRTC
+//! publishing peer ([`webrtc_publisher::Peer`]) publishes the access units through signaling's
 //! `publish` (kind `drone`, stream `SUBJECT-droneSYSID`) on the bridge's session.
 //!
 //! When the source fails or ends (camera rebooting, RTSP server gone) or the peer connection
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use field_client::media::peer::{Bounds, Peer};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -33,7 +32,7 @@ use signaling::client::{Client, ClientError};
 use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
 use signaling::StreamName;
 use tokio::sync::{mpsc, oneshot};
-use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc_publisher::{local_ip_towards, Bounds, Peer, RTCPeerConnectionState};
 
 use crate::mesh::emit;
 
@@ -499,7 +498,7 @@ impl Job {
             why = failed.recv() => return Err(Retry(why.unwrap_or_default())),
             () = tokio::time::sleep(STALL) => return Err(Retry(format!("no frame from {} within {} s", self.source, STALL.as_secs()))),
         };
-        let ip = field_client::media::local_ip_towards(&self.node)
+        let ip = local_ip_towards(&self.node)
             .await
             .map_err(|e| Retry(format!("no route to {}: {e}", self.node)))?;
         let bounds = Bounds {

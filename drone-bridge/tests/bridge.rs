@@ -1,5 +1,5 @@
-//! drone-bridge against real peers: a pymavlink vehicle and ground station (tests/vehicle.py, in a
-//! venv this test creates once under target/venv), real sockets on loopback with ephemeral
+//! drone-bridge against real peers: a pymavlink vehicle and ground station (tests/vehicle.py, in
+//! the venv `scripts/install-deps.sh` makes under target/venv), real sockets on loopback with ephemeral
 //! ports. Every wait is bounded; nothing sleeps to synchronise.
 //!
 //! The MAVLink-side tests drive the bridge's MAVLink half ([`drone_bridge::link`]) directly.
@@ -22,33 +22,37 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 const WAIT: Duration = Duration::from_secs(30);
 const KEY_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// The venv's python with pymavlink: created on first use (idempotent; scripts/install-deps.sh
-/// makes the same one).
+/// The venv's python with pymavlink: `target/venv`, made by `scripts/install-deps.sh`. A test
+/// never installs anything; without the venv it fails saying what to run.
 fn python() -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv");
+    venv_python(&venv).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `venv`'s python if it imports pymavlink, else why not and what to run.
+fn venv_python(venv: &Path) -> Result<PathBuf, String> {
     let py = venv.join("bin/python");
-    let has = |py: &Path| {
-        std::process::Command::new(py)
-            .args(["-c", "import pymavlink"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has(&py) {
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "python3 -m venv {} failed", venv.display());
-        let ok = std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "pymavlink==2.4.50"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && has(&py), "pip install pymavlink failed");
+    let imports = std::process::Command::new(&py)
+        .args(["-c", "import pymavlink"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if imports {
+        Ok(py)
+    } else {
+        Err(format!(
+            "{} cannot import pymavlink: run scripts/install-deps.sh (it makes target/venv)",
+            py.display()
+        ))
     }
-    py
+}
+
+#[test]
+fn without_the_venv_a_test_fails_naming_install_deps_and_installs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    let err = venv_python(&venv).expect_err("no venv there");
+    assert!(err.contains("scripts/install-deps.sh"), "{err}");
+    assert!(!venv.exists(), "a venv was made at test time");
 }
 
 /// A running vehicle.py.

@@ -3,7 +3,8 @@
 //! `publish` on the session `run` holds.
 //!
 //! - [`pipeline`]: the gst-launch description (pure, unit-tested).
-//! - [`peer`]: the WebRTC peer (tracks, complete offer, keyframe requests).
+//! - [`webrtc_publisher`] (its own crate): the WebRTC peer (tracks, complete offer, keyframe
+//!   requests).
 //! - here: the encoder choice (`hw-profiles`), the running pipeline, and the publishing task that
 //!   re-publishes with backoff when the peer connection fails or the signaling session is new.
 //!
@@ -13,12 +14,10 @@
 //! It must not touch the office side (mail, orders) nor print anything but `publishing`,
 //! `warning` and `note` lines.
 
-pub mod peer;
 pub mod pipeline;
 pub mod rate;
 pub mod timecode;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -34,9 +33,9 @@ use signaling::client::{Client, ClientError};
 use signaling::proto::{ClientMsg, ErrorCode, StreamKind};
 use tokio::sync::{mpsc, oneshot};
 use webrtc::peer_connection::RTCPeerConnectionState;
+use webrtc_publisher::{local_ip_towards, Bounds, Peer};
 
 use crate::output::Output;
-use peer::{Bounds, Peer};
 pub use pipeline::Picture;
 use pipeline::{VideoLayer, AUDIO_SINK};
 use rate::{LayerCap, Plan, Planner};
@@ -291,26 +290,6 @@ pub fn encoder_note(r: &hw_profiles::Resolution, layers: &[VideoLayer]) -> Strin
         s.push_str(&format!("; skipped {skipped}"));
     }
     s
-}
-
-/// The local address to bind the peer's sockets to: the one this host uses to reach `node`
-/// (loopback for a loopback node).
-pub async fn local_ip_towards(node: &str) -> std::io::Result<IpAddr> {
-    let addr = tokio::net::lookup_host(node)
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{node} resolves to no address")))?;
-    if addr.ip().is_loopback() {
-        return Ok(addr.ip());
-    }
-    let any: IpAddr = if addr.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let probe = tokio::net::UdpSocket::bind((any, 0)).await?;
-    probe.connect(addr).await?;
-    Ok(probe.local_addr()?.ip())
 }
 
 /// An encoded frame or packet and how long it lasts.
@@ -1106,14 +1085,5 @@ mod tests {
             choose_encoder(None, Some("carrier-pigeon"), &has),
             Err(Unavailable::Profile(_))
         ));
-    }
-
-    #[tokio::test]
-    async fn a_loopback_node_is_reached_from_loopback() {
-        assert_eq!(
-            local_ip_towards("127.0.0.1:4433").await.unwrap(),
-            IpAddr::from(Ipv4Addr::LOCALHOST)
-        );
-        assert!(local_ip_towards("no-such-host.invalid:4433").await.is_err());
     }
 }

@@ -12,19 +12,26 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use signaling::client::{Client, ClientError};
-use signaling::proto::{ClientMsg, Position};
-use tokio::io::AsyncReadExt as _;
-use tokio::sync::watch;
+use signaling::proto::Position;
+#[cfg(feature = "app")]
+use signaling::{
+    client::{Client, ClientError},
+    proto::ClientMsg,
+};
+#[cfg(feature = "app")]
+use tokio::{io::AsyncReadExt as _, sync::watch};
+#[cfg(feature = "app")]
 use tracing::{debug, warn};
 
-use crate::output::Output;
-use crate::{gpsd, nmea};
+use crate::gpsd;
+#[cfg(feature = "app")]
+use crate::{nmea, output::Output};
 
 /// Reports go out at most this often.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// How long to wait before reading a regular NMEA file again after reaching its end.
+#[cfg(feature = "app")]
 const TAIL_POLL: Duration = Duration::from_millis(250);
 
 /// One position fix.
@@ -113,9 +120,11 @@ impl FromStr for PositionSource {
     }
 }
 
+#[cfg(feature = "app")]
 /// The newest fix, as the source tasks publish it.
 pub type FixSender = watch::Sender<Option<Fix>>;
 
+#[cfg(feature = "app")]
 /// Starts the task that reads `source` into a channel; the reporter reads the other end.
 pub fn spawn_source(
     source: PositionSource,
@@ -132,6 +141,7 @@ pub fn spawn_source(
     (task, rx)
 }
 
+#[cfg(feature = "app")]
 async fn fixed(fix: Fix, tx: FixSender) {
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
@@ -143,6 +153,7 @@ async fn fixed(fix: Fix, tx: FixSender) {
     }
 }
 
+#[cfg(feature = "app")]
 /// Reads NMEA sentences from `path` for as long as the client runs.
 async fn nmea_file(path: PathBuf, tx: FixSender, out: Output) {
     let mut builder = nmea::FixBuilder::new();
@@ -207,6 +218,7 @@ async fn nmea_file(path: PathBuf, tx: FixSender, out: Output) {
     }
 }
 
+#[cfg(feature = "app")]
 #[cfg(unix)]
 async fn is_fifo(file: &tokio::fs::File) -> bool {
     use std::os::unix::fs::FileTypeExt as _;
@@ -215,11 +227,13 @@ async fn is_fifo(file: &tokio::fs::File) -> bool {
         .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_char_device())
 }
 
+#[cfg(feature = "app")]
 #[cfg(not(unix))]
 async fn is_fifo(_file: &tokio::fs::File) -> bool {
     false
 }
 
+#[cfg(feature = "app")]
 /// Sends each new fix to the node, at most once per [`REPORT_EVERY`]. Ends when the source ends
 /// or the client is closed.
 pub async fn report(client: Client, mut rx: watch::Receiver<Option<Fix>>) {
@@ -277,6 +291,44 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "app")]
+    #[tokio::test]
+    async fn a_sentence_with_a_non_ascii_address_does_not_stop_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("track.nmea");
+        let sentence = |body: &str| {
+            let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+            format!("${body}*{sum:02X}")
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{}\n",
+                sentence("G\u{e9}MC,1,A,4807.038,N,01131.000,E,0,0,230394,,"),
+                sentence("GPRMC,2,A,3035.400,N,11418.000,E,0,0,261126,,")
+            ),
+        )
+        .unwrap();
+        let (task, mut rx) = spawn_source(PositionSource::Nmea(path), Output::new(false));
+        let fix = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                if let Some(f) = *rx.borrow_and_update() {
+                    return Some(f);
+                }
+            }
+        })
+        .await
+        .expect("a fix within 10 s");
+        assert!(!task.is_finished(), "the position task ended");
+        let fix = fix.expect("the position task ended before the good sentence");
+        assert!((fix.lat - 30.59).abs() < 1e-6, "{fix:?}");
+        task.abort();
+    }
+
+    #[cfg(feature = "app")]
     #[tokio::test]
     async fn a_growing_nmea_file_is_followed() {
         let dir = tempfile::tempdir().unwrap();

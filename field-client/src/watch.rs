@@ -43,9 +43,9 @@ use webrtc::peer_connection::{
 };
 
 use crate::error::Error;
-use crate::media::local_ip_towards;
 use crate::office::Target;
 use crate::output::Output;
+use webrtc_publisher::local_ip_towards;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,6 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod identity;
-pub mod impair;
 pub mod media;
 pub mod metrics;
 pub mod node;

@@ -288,7 +288,7 @@ async fn nodes_started_from_config_link_as_parent_and_child() {
 /// rerouting); restore it and the pull moves back.
 #[tokio::test]
 async fn a_cut_trunk_fails_over_to_the_second_parent_and_back() {
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     use shell::{node, until};
     use trunk::{Hop, LayerSet, StreamAddr, StreamName, ViewerId};
     let ca = ProvinceCa::generate("test province").unwrap();

@@ -97,7 +97,7 @@ async fn gstreamer_publisher_reaches_three_whep_viewers() {
 /// between one side and the SFU: NACK/RTX repairs it, and the viewer decodes at least 99 % of the
 /// frames the publisher encodes.
 async fn impaired_link_is_repaired(publisher_side: bool) {
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
     let n = start_node().await;
     let up: ImpairConfig = "loss=5%,jitter=50ms,seed=11".parse().unwrap();
@@ -340,7 +340,7 @@ async fn chromium_simulcast_low_viewer_gets_a_smaller_picture() {
 /// stays on the larger picture; both show the camera's SMPTE bars (a Y4M fake camera).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capped_viewer_drops_to_a_smaller_layer_and_keeps_decoding() {
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
     // A wall on a LAN: start estimates at 2.5 Mbit/s so uncapped viewers begin on the top layer.
     let n = common::start_node_with(|c| c.sfu.bwe_initial_kbps = 2500).await;
@@ -2445,30 +2445,20 @@ impl JsonLines {
     }
 }
 
-/// The venv's python with pymavlink (target/venv, made by scripts/install-deps.sh; made here the
-/// same way when it is missing, as drone-bridge's tests do).
+/// The venv's python with pymavlink: target/venv, made by scripts/install-deps.sh. A test never
+/// installs anything; without the venv it fails saying what to run.
 fn pymavlink_python() -> std::path::PathBuf {
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv");
     let py = venv.join("bin/python");
-    let has = |py: &std::path::Path| {
-        std::process::Command::new(py)
-            .args(["-c", "import pymavlink"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !has(&py) {
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "python3 -m venv {} failed", venv.display());
-        let ok = std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "pymavlink==2.4.50"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && has(&py), "pip install pymavlink failed");
-    }
+    let imports = std::process::Command::new(&py)
+        .args(["-c", "import pymavlink"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        imports,
+        "{} cannot import pymavlink: run scripts/install-deps.sh (it makes target/venv)",
+        py.display()
+    );
     py
 }
 
@@ -3604,7 +3594,7 @@ async fn longest_stall(viewer: &WhepViewer, window: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     use cascade::{node, trunk_addr, trunk_name};
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
     let ca = cascade::province_ca();
     let province = node(ca.path(), "province", None, 10).await;
@@ -3769,7 +3759,7 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     use cascade::{node, trunk_addr};
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     let _media = MEDIA.lock().await;
     let ca = cascade::province_ca();
     let province = node(ca.path(), "province", None, 10).await;
@@ -3866,7 +3856,7 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
 /// removes; every trunk goes through a `yiwang-relay` in the child's namespace adding 20 ms each
 /// way; the test's own namespace reaches the province, city-b and the township over three more
 /// veths (WHEP viewers, WHIP publisher). Needs root and the binaries built
-/// (`cargo build -p media-server --bins`).
+/// (`cargo build -p media-server -p netem --bins`).
 ///
 /// ```text
 ///            province ─── (test: viewers)
@@ -4005,7 +3995,7 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     let (server, relay) = (bins.join("media-server"), bins.join("yiwang-relay"));
     assert!(
         server.exists() && relay.exists(),
-        "build the binaries first: cargo build -p media-server --bins"
+        "build the binaries first: cargo build -p media-server -p netem --bins"
     );
     let pid = std::process::id();
     let dir = tempfile::tempdir().unwrap();

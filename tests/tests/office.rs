@@ -402,7 +402,7 @@ mod mail {
     use std::time::Duration;
 
     use super::common::{start_node, TestNode, WAIT};
-    use media_server::impair::{ImpairConfig, UdpRelay};
+    use netem::{ImpairConfig, UdpRelay};
     use serde_json::Value;
     use signaling::auth::Role;
     use signaling::client::{self, ClientConfig, ClientError, ClientEvent};

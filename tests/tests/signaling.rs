@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{start_node, TestNode, WAIT};
 use futures_util::{SinkExt as _, StreamExt as _};
-use media_server::impair::{ImpairConfig, UdpRelay};
 use media_server::signal::{RevocationFile, REVOCATION_FILE};
+use netem::{ImpairConfig, UdpRelay};
 use serde_json::Value;
 use signaling::auth::{Action, Role, TokenIssuer, TokenRequest};
 use signaling::client::{self, ClientConfig, ClientError, ClientEvent};

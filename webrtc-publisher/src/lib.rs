@@ -1,15 +1,20 @@
-//! One WebRTC publishing peer (the `webrtc` crate's async `PeerConnection` over the sans-IO
-//! `rtc` core): sendonly tracks for the encoded video (one layer, or simulcast layers with RIDs)
+//! `webrtc-publisher`: the one WebRTC publishing peer of yiwang's apps, shared by `field-client`
+//! (camera and microphone) and `drone-bridge` (the drone camera, not re-encoded).
+//!
+//! What lives here: [`Peer`], the `webrtc` crate's async `PeerConnection` over the sans-IO `rtc`
+//! core, with sendonly tracks for the encoded video (one layer, or simulcast layers with RIDs)
 //! and Opus, a complete offer (the node is ICE-lite and takes no trickled candidates), keyframe
 //! requests (PLI/FIR) handed to the caller, and send-side congestion control (Google Congestion
 //! Control over transport-wide feedback, with the crate's pacer) whose estimate the caller reads
-//! through [`Estimate`].
+//! through [`Estimate`]; and [`local_ip_towards`], the address to bind its sockets to.
 //!
-//! It knows nothing of GStreamer or signaling: samples come in through [`Peer::write_video`] /
-//! [`Peer::write_audio`], the SDP goes out as a string.
+//! What it must not touch: GStreamer, signaling and the apps' command lines. Samples come in
+//! through [`Peer::write_video`] / [`Peer::write_audio`], the SDP goes in and out as strings; the
+//! caller negotiates it over its own signaling session.
+#![warn(missing_docs)]
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,8 +49,11 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    RTCSessionDescription, Registry, SettingEngineBuilder,
 };
+
+/// The peer connection's state, as [`Peer::offer`]'s receiver reports it.
+pub use webrtc::peer_connection::RTCPeerConnectionState;
 
 /// Bound on ICE gathering (host candidates only: milliseconds in practice).
 const GATHER: Duration = Duration::from_secs(5);
@@ -550,5 +558,39 @@ impl Peer {
             p.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await;
+    }
+}
+
+/// The local address to bind the peer's sockets to: the one this host uses to reach `node`
+/// (loopback for a loopback node).
+pub async fn local_ip_towards(node: &str) -> std::io::Result<IpAddr> {
+    let addr = tokio::net::lookup_host(node)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{node} resolves to no address")))?;
+    if addr.ip().is_loopback() {
+        return Ok(addr.ip());
+    }
+    let any: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let probe = tokio::net::UdpSocket::bind((any, 0)).await?;
+    probe.connect(addr).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loopback_node_is_reached_from_loopback() {
+        assert_eq!(
+            local_ip_towards("127.0.0.1:4433").await.unwrap(),
+            IpAddr::from(Ipv4Addr::LOCALHOST)
+        );
+        assert!(local_ip_towards("no-such-host.invalid:4433").await.is_err());
     }
 }

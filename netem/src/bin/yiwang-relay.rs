@@ -1,6 +1,6 @@
 //! `yiwang-relay`: a UDP relay that impairs traffic like a bad field link (loss, bursts, delay,
 //! jitter, reordering, rate cap), for labs and tests where `tc netem` is not available. A thin
-//! CLI around [`media_server::impair::UdpRelay`]; the model lives in [`media_server::impair`].
+//! CLI around [`netem::UdpRelay`]; the model lives in [`netem`].
 //!
 //! stdout carries exactly one line, `relay listen=IP:PORT`, once the listen socket is bound; logs
 //! (stats every 5 s) go to stderr. Stops on Ctrl-C or SIGTERM.
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use media_server::impair::{ImpairConfig, RelayStats, UdpRelay};
+use netem::{ImpairConfig, RelayStats, UdpRelay};
 
 const SPEC_HELP: &str = "\
 SPEC syntax: comma-separated key=value items, each key at most once, e.g.
