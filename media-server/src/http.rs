@@ -631,7 +631,7 @@ async fn api_order_answer(
 fn proto_to_api(e: signaling::proto::ProtoError) -> ApiError {
     let status = match e.code {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::UnknownRecipient => StatusCode::NOT_FOUND,
         ErrorCode::Unauthorized | ErrorCode::Revoked => StatusCode::UNAUTHORIZED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

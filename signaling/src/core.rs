@@ -822,6 +822,11 @@ impl Core {
                     .entry(claims.sub.clone())
                     .or_default()
                     .insert(sid.clone());
+                if !self.units.contains_key(&claims.sub)
+                    && self.store.note_subject(&claims.sub, now).is_err()
+                {
+                    self.store_errors += 1;
+                }
                 let unit = self.units.entry(claims.sub.clone()).or_insert(Unit {
                     role: claims.role,
                     online: false,
@@ -2563,8 +2568,9 @@ impl Core {
         Ok(())
     }
 
-    /// Sends an order (over signaling, or `POST /api/orders`): checks the right and the incident,
-    /// stores it once per `(sender, msg_id)`, forwards it to the addressee's mailbox.
+    /// Sends an order (over signaling, or `POST /api/orders`): checks the right, the incident and
+    /// that the addressee ever had a session here (`unknown_recipient` otherwise), stores it once
+    /// per `(sender, msg_id)`, forwards it to the addressee's mailbox.
     #[allow(clippy::too_many_arguments)]
     pub fn send_order(
         &mut self,
@@ -2607,6 +2613,15 @@ impl Core {
                 re,
                 ErrorCode::Conflict,
                 format!("incident {incident} is closed"),
+            ));
+        }
+        let known = self.units.contains_key(to)
+            || self.store.knows_subject(to).map_err(|e| store_err(re, e))?;
+        if !known {
+            return Err(err(
+                re,
+                ErrorCode::UnknownRecipient,
+                format!("{to} has never connected to this node; nobody would read the order"),
             ));
         }
         let msg_id = match re {

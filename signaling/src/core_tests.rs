@@ -947,6 +947,115 @@ fn orders_flow_sent_delivered_accepted_done_and_only_the_addressee_answers() {
 }
 
 #[test]
+fn a_chat_whose_msg_id_an_order_used_is_stored_and_delivered_not_acked_for_the_order() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    let r = h.request(
+        cmd,
+        ClientMsg::Order {
+            id: 1,
+            msg_id: Some("m-7".into()),
+            incident: duty(),
+            to: Subject::parse("off-1").unwrap(),
+            text: "Go to gate 3".into(),
+        },
+    );
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    assert_eq!(kinds(&h.mails(off), "order").len(), 1);
+    let r = h.request(
+        cmd,
+        ClientMsg::Chat {
+            id: 2,
+            msg_id: Some("m-7".into()),
+            incident: None,
+            to: Some(Subject::parse("off-1").unwrap()),
+            text: "Bring sandbags".into(),
+        },
+    );
+    let ServerMsg::Result { data, .. } = r else {
+        panic!("{r:?}")
+    };
+    let chats = kinds(&h.mails(off), "chat");
+    assert_eq!(chats.len(), 1, "the chat is delivered");
+    assert_eq!(chats[0]["text"], "Bring sandbags");
+    assert_eq!(
+        data["item"], chats[0]["id"],
+        "the ack names the chat, not the order"
+    );
+    // A retry of the chat is still a retry.
+    let r = h.request(
+        cmd,
+        ClientMsg::Chat {
+            id: 3,
+            msg_id: Some("m-7".into()),
+            incident: None,
+            to: Some(Subject::parse("off-1").unwrap()),
+            text: "Bring sandbags".into(),
+        },
+    );
+    let ServerMsg::Result { data: again, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(again["item"], data["item"]);
+    assert!(h.mails(off).is_empty(), "stored once");
+}
+
+#[test]
+fn an_order_to_a_subject_that_never_connected_is_refused_and_not_stored() {
+    let mut h = H::new();
+    let (cmd, _) = h.connect("cmd-1", Role::Commander);
+    let (off, _) = h.connect("off-1", Role::Officer);
+    h.core.closed(h.now, off);
+    let order = |id, to: &str| ClientMsg::Order {
+        id,
+        msg_id: Some(format!("o-{id}")),
+        incident: duty(),
+        to: Subject::parse(to).unwrap(),
+        text: "Go to gate 3".into(),
+    };
+    let r = h.request(cmd, order(1, "off-99"));
+    match &r {
+        ServerMsg::Error { re, code, message } => {
+            assert_eq!((*re, *code), (Some(1), ErrorCode::UnknownRecipient));
+            assert!(message.contains("off-99"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let claims = h
+        .core
+        .authenticate(&h.token("cmd-1", Role::Commander), h.now)
+        .unwrap();
+    assert!(
+        h.core.orders_for(&claims, 10).unwrap().is_empty(),
+        "nothing stored"
+    );
+    // Offline now, but it has been here: the order waits in its mailbox.
+    let r = h.request(cmd, order(2, "off-1"));
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+    // The node remembers who has been here across a restart (the store does).
+    let mut store = crate::store::Store::open_in_memory().unwrap();
+    store
+        .note_subject(&Subject::parse("off-5").unwrap(), T0)
+        .unwrap();
+    let mut h2 = H::new();
+    h2.core = Core::new(
+        CoreConfig::default(),
+        NodeId::parse("node-a").unwrap(),
+        {
+            let mut v = TokenVerifier::new(NodeId::parse("node-a").unwrap());
+            v.trust(SigningKey::from_bytes(&[7u8; 32]).verifying_key());
+            v
+        },
+        store,
+        T0,
+    );
+    let (cmd2, _) = h2.connect("cmd-1", Role::Commander);
+    let r = h2.request(cmd2, order(3, "off-5"));
+    assert!(matches!(r, ServerMsg::Result { .. }), "{r:?}");
+}
+
+#[test]
 fn mail_waits_for_offline_subjects_and_replays_from_the_cursor() {
     let mut h = H::new();
     let (op, _) = h.connect("op-1", Role::Operator);

@@ -918,6 +918,8 @@ pub enum ErrorCode {
     RateLimited,
     /// No such incident, stream, session or order.
     NotFound,
+    /// The addressee of an order never had a session on this node: nobody would read it.
+    UnknownRecipient,
     /// Conflicts with current state (a taken stream name, a closed incident, an existing id).
     Conflict,
     /// The node cannot do this now (media engine down, store unavailable).
@@ -963,6 +965,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotImplemented => "not_implemented",

@@ -3,9 +3,10 @@
 //!
 //! Model:
 //! - an **item** is one office message (chat, order, order state change, SOS, SOS
-//!   acknowledgement, read receipt), identified by `(sender, client id)`: the id its sender chose.
-//!   Storing the same `(sender, client id)` twice stores it once — a sender that retries after a
-//!   lost acknowledgement never creates a duplicate;
+//!   acknowledgement, read receipt), identified by `(sender, kind, client id)`: the id its sender
+//!   chose, within the kind of message. Storing the same `(sender, kind, client id)` twice stores
+//!   it once — a sender that retries after a lost acknowledgement never creates a duplicate — and
+//!   a chat never answers for an order that happens to carry the same id (schema 3);
 //! - every recipient subject has a **mailbox**: its items in order, numbered `seq` 1, 2, 3… per
 //!   recipient, without gaps. Delivery is "send everything after the client's cursor"; the client
 //!   acknowledges a `seq` and drops duplicates by `seq`, so each item is processed exactly once;
@@ -17,6 +18,10 @@
 //! process being killed (SIGKILL, OOM, panic); an operating-system crash or power cut may lose
 //! the last transactions before a checkpoint. `PRAGMA user_version` holds the schema version;
 //! [`Store::open`] migrates older files forward and refuses newer ones.
+//!
+//! The store also remembers every subject that ever had a session on the node (`subjects`), so
+//! that an order to a name nobody ever used is refused instead of waiting in a mailbox no one
+//! will read.
 
 use std::path::Path;
 
@@ -27,7 +32,7 @@ use serde_json::Value;
 use crate::ids::Subject;
 
 /// Schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Why the store failed. Shown to operators (logs) and, as `unavailable`, to clients.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +238,30 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the incident log is append-only'); END;
     CREATE TRIGGER incident_log_append_only_d BEFORE DELETE ON incident_log
         BEGIN SELECT RAISE(ABORT, 'the incident log is append-only'); END;",
+    // 2 → 3: an item's idempotency key includes its kind (a chat whose id equals an earlier
+    // order's was answered with the order and never stored), and the subjects ever seen. SQLite
+    // cannot change a UNIQUE constraint in place: the table is rebuilt (foreign keys are off
+    // while migrations run, see `Store::init`), keeping every row id.
+    "CREATE TABLE items_v3(
+        id INTEGER PRIMARY KEY,
+        sender TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        incident TEXT,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE(sender, kind, client_id)
+    );
+    INSERT INTO items_v3(id, sender, client_id, kind, incident, body, created_at)
+        SELECT id, sender, client_id, kind, incident, body, created_at FROM items;
+    DROP TABLE items;
+    ALTER TABLE items_v3 RENAME TO items;
+    CREATE TABLE subjects(
+        subject TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO subjects(subject, first_seen)
+        SELECT who, MIN(time) FROM incident_log WHERE what = 'joined' GROUP BY who;",
 ];
 
 /// One entry of an incident's append-only log.
@@ -285,10 +314,13 @@ impl Store {
 
     fn init(conn: Connection) -> Result<Store, StoreError> {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Migrations may rebuild referenced tables, which SQLite allows only with foreign keys
+        // off (the pragma is a no-op inside a transaction); each migration checks them itself.
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
         let mut store = Store { conn };
         store.migrate()?;
+        store.conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(store)
     }
 
@@ -302,6 +334,15 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
+            let broken: Option<String> = tx
+                .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+                .optional()?;
+            if let Some(table) = broken {
+                return Err(StoreError::Corrupt(format!(
+                    "migration to schema {} leaves a dangling reference in {table}",
+                    i + 1
+                )));
+            }
             tx.pragma_update(None, "user_version", (i + 1) as u32)?;
             tx.commit()?;
         }
@@ -317,8 +358,9 @@ impl Store {
 
     /// Stores an item from `sender` with its client id and puts it in each recipient's mailbox,
     /// in one transaction. `build` makes the client-visible item from its row id (so the item can
-    /// name itself, e.g. `ord-42`). A retry (same sender and client id) adds nothing and returns
-    /// the first copy. An order row is created when `order` is given.
+    /// name itself, e.g. `ord-42`). A retry (same sender, kind and client id) adds nothing and
+    /// returns the first copy; the same client id under another kind is another item. An order
+    /// row is created when `order` is given.
     #[allow(clippy::too_many_arguments)]
     pub fn put(
         &mut self,
@@ -334,8 +376,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         let existing: Option<(i64, String)> = tx
             .query_row(
-                "SELECT id, body FROM items WHERE sender = ?1 AND client_id = ?2",
-                params![sender.as_str(), client_id],
+                "SELECT id, body FROM items WHERE sender = ?1 AND kind = ?2 AND client_id = ?3",
+                params![sender.as_str(), kind, client_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -445,6 +487,28 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// Records that `subject` has had a session on this node (idempotent).
+    pub fn note_subject(&mut self, subject: &Subject, now: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO subjects(subject, first_seen) VALUES (?1, ?2)",
+            params![subject.as_str(), now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Whether `subject` ever had a session on this node (see [`Store::note_subject`]).
+    pub fn knows_subject(&self, subject: &Subject) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM subjects WHERE subject = ?1",
+                params![subject.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// The newest `seq` in `recipient`'s mailbox (0 if empty).
@@ -913,6 +977,101 @@ mod tests {
                 .is_err(),
             "append-only"
         );
+    }
+
+    #[test]
+    fn the_same_client_id_under_another_kind_is_another_item() {
+        let mut st = Store::open_in_memory().unwrap();
+        let order = st
+            .put(
+                &s("cmd"),
+                "m1",
+                "order",
+                Some("duty"),
+                &[s("off-1")],
+                10,
+                Some(("duty", &s("off-1"), "go")),
+                |id| json!({"order": order_id(id)}),
+            )
+            .unwrap();
+        let chat = st
+            .put(
+                &s("cmd"),
+                "m1",
+                "chat",
+                Some("duty"),
+                &[s("off-1")],
+                11,
+                None,
+                |id| json!({"kind": "chat", "id": id}),
+            )
+            .unwrap();
+        assert!(chat.new, "a chat is not a retry of an order");
+        assert_ne!(chat.item_id, order.item_id);
+        assert_eq!(
+            st.mail_after(&s("off-1"), 0, 10).unwrap().len(),
+            2,
+            "both are in the mailbox"
+        );
+    }
+
+    #[test]
+    fn a_schema_2_file_migrates_keeping_its_rows_and_learns_its_subjects() {
+        let dir = tempfile_dir();
+        let path = dir.join("office.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO items VALUES (7, 'cmd', 'm1', 'order', 'duty', '{\"order\":\"ord-7\"}', 5);
+                 INSERT INTO mailbox VALUES ('off-1', 1, 7);
+                 INSERT INTO orders(id, item, incident, sender, recipient, text, state, sent_at)
+                     VALUES ('ord-7', 7, 'duty', 'cmd', 'off-1', 'go', 'sent', 5);
+                 INSERT INTO incidents VALUES ('duty', 'Standing duty', 1, 'node-a', 1, NULL);
+                 INSERT INTO incident_log VALUES ('duty', 1, 3, 'off-1', 'joined', '{}');
+                 INSERT INTO incident_log VALUES ('duty', 2, 4, 'off-1', 'joined', '{}');",
+            )
+            .unwrap();
+        }
+        let mut st = Store::open(&path).unwrap();
+        assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(st.order("ord-7").unwrap().unwrap().to, "off-1");
+        assert_eq!(
+            st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item["order"],
+            "ord-7"
+        );
+        assert!(
+            st.knows_subject(&s("off-1")).unwrap(),
+            "learnt from the log"
+        );
+        assert!(!st.knows_subject(&s("off-2")).unwrap());
+        let retry = st
+            .put(
+                &s("cmd"),
+                "m1",
+                "order",
+                None,
+                &[s("off-1")],
+                9,
+                None,
+                |_| json!({}),
+            )
+            .unwrap();
+        assert_eq!((retry.new, retry.item_id), (false, 7), "still idempotent");
+        assert!(
+            st.conn
+                .execute("INSERT INTO mailbox VALUES ('off-1', 2, 999)", [])
+                .is_err(),
+            "foreign keys are enforced again after the migration"
+        );
+        st.note_subject(&s("off-2"), 20).unwrap();
+        st.note_subject(&s("off-2"), 21).unwrap();
+        assert!(st.knows_subject(&s("off-2")).unwrap());
+        drop(st);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -820,6 +820,17 @@ async fn incidents_over_the_protocol_and_the_http_api() {
     let again: Value = r.json().await.unwrap();
     assert_eq!(first["order"]["id"], again["order"]["id"]);
     assert_eq!(off.mail("order").await["text"], "Bring the pump");
+    // An order to a name nobody ever connected with is refused, not stored for no one.
+    let r = http
+        .post(node.url("/api/orders"))
+        .bearer_auth(&cmd_token)
+        .body(r#"{"id":"h-2","incident":"flood-1","to":"of-8","text":"Bring the pump"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "unknown_recipient", "{refused}");
     let r = http
         .get(node.url("/api/orders"))
         .bearer_auth(&cmd_token)
