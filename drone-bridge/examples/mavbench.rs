@@ -325,14 +325,15 @@ async fn latency_bench(secs: u64) {
         let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await else {
             continue;
         };
-        let ClientEvent::Event { event, .. } = ev else {
+        let ClientEvent::Event {
+            event: signaling::proto::Event::Telemetry { t, .. },
+            ..
+        } = ev
+        else {
             continue;
         };
-        if event["kind"] != "telemetry" {
-            continue;
-        }
         let at = Instant::now();
-        let Some(lat) = event["t"]["lat"].as_f64() else {
+        let Some(lat) = t.lat else {
             continue;
         };
         let i = ((lat - 30.0) * 1e7).round() as usize;

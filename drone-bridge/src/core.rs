@@ -551,7 +551,7 @@ impl Core {
             if d.dirty && now >= d.next_telemetry {
                 d.dirty = false;
                 d.next_telemetry = now + self.cfg.telemetry_interval;
-                d.telemetry.time = unix_ms;
+                d.telemetry.time = signaling::UnixMs(unix_ms);
                 self.stats.telemetry += 1;
                 self.out.push_back(Output::Event(Event::Telemetry {
                     drone: sysid,
@@ -783,7 +783,11 @@ mod tests {
             panic!()
         };
         assert_eq!(t.mode.as_deref(), Some("GUIDED"));
-        assert!(t.time >= UNIX / 1000 + 1800, "bridge Unix ms: {}", t.time);
+        assert!(
+            t.time.as_millis() >= UNIX / 1000 + 1800,
+            "bridge Unix ms: {}",
+            t.time
+        );
         // Everything the vehicle sent went on to the ground station.
         // Ticks at 0, 20 ms, …, 2 s: 101 positions and 3 heartbeats.
         assert_eq!(s.to_gcs.len(), 101 + 3);

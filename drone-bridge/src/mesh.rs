@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use signaling::client::{Client, ClientError, ClientEvent, Events};
-use signaling::proto::{ClientMsg, DroneAckResult};
+use signaling::proto::{ClientMsg, CommandName, DroneAckResult, DroneCommand, Event as NodeEvent};
 
 use crate::command::{AckResult, Action};
 use crate::core::{CommandRequest, Event, Stats};
@@ -73,34 +73,31 @@ pub struct DroneCommandEvent {
     pub action: Result<Action, String>,
 }
 
-/// Reads a `drone_command` event; `None` when the event is something else (or has no `cmd`).
-pub fn parse_command(event: &Value) -> Option<DroneCommandEvent> {
-    if event["kind"] != "drone_command" {
+/// Reads a `drone_command` event; `None` when the event is something else.
+pub fn parse_command(event: &NodeEvent) -> Option<DroneCommandEvent> {
+    let NodeEvent::DroneCommand(c) = event else {
         return None;
-    }
-    let cmd = event["cmd"].as_str()?.to_owned();
-    let drone = event["drone"].as_str().unwrap_or("").to_owned();
-    let by = event["by"].as_str().unwrap_or("").to_owned();
-    let action = match event["command"].as_str() {
-        Some("rtl") => Ok(Action::Rtl),
-        Some("hold") => Ok(Action::Hold),
-        Some("land") => Ok(Action::Land),
-        Some("guided") => match (event["lat"].as_f64(), event["lon"].as_f64()) {
+    };
+    let action = match &c.command {
+        CommandName::Known(DroneCommand::Rtl) => Ok(Action::Rtl),
+        CommandName::Known(DroneCommand::Hold) => Ok(Action::Hold),
+        CommandName::Known(DroneCommand::Land) => Ok(Action::Land),
+        CommandName::Known(DroneCommand::Guided) => match (c.lat, c.lon) {
             (Some(lat), Some(lon)) => Ok(Action::Guided {
                 lat,
                 lon,
-                alt: event["alt"].as_f64(),
+                alt: c.alt,
             }),
             _ => Err("guided needs lat and lon".to_owned()),
         },
-        other => Err(format!(
+        CommandName::Other(other) => Err(format!(
             "command {other:?} is not on the bridge's allow-list (rtl, hold, land, guided)"
         )),
     };
     Some(DroneCommandEvent {
-        cmd,
-        drone,
-        by,
+        cmd: c.cmd.clone(),
+        drone: c.drone.to_string(),
+        by: c.by.to_string(),
         action,
     })
 }
@@ -379,7 +376,10 @@ mod tests {
         ] {
             assert_eq!(sysid_of("pilot-3", bad), None, "{bad}");
         }
-        let e = json!({"kind": "drone_command", "cmd": "dc-4", "drone": "p-drone2", "command": "guided", "by": "cmd-1", "lat": 30.0, "lon": 114.0, "alt": 50.0});
+        let event = |v| serde_json::from_value::<NodeEvent>(v).unwrap();
+        let e = event(
+            json!({"kind": "drone_command", "cmd": "dc-4", "drone": "p-drone2", "command": "guided", "by": "cmd-1", "lat": 30.0, "lon": 114.0, "alt": 50.0}),
+        );
         let c = parse_command(&e).unwrap();
         assert_eq!(
             c.action,
@@ -389,8 +389,11 @@ mod tests {
                 alt: Some(50.0)
             })
         );
-        let e = json!({"kind": "drone_command", "cmd": "dc-5", "drone": "p-drone2", "command": "flip", "by": "x"});
+        let e = event(
+            json!({"kind": "drone_command", "cmd": "dc-5", "drone": "p-drone2", "command": "flip", "by": "cmd-1"}),
+        );
         assert!(parse_command(&e).unwrap().action.is_err());
-        assert!(parse_command(&json!({"kind": "telemetry"})).is_none());
+        let e = event(json!({"kind": "drone_link", "drone": "p-drone2", "up": true}));
+        assert!(parse_command(&e).is_none());
     }
 }

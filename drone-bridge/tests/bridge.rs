@@ -807,7 +807,13 @@ mod e2e {
         tokio::time::timeout(within, async {
             loop {
                 match events.next().await.expect("events end") {
-                    ClientEvent::Event { event, .. } if pred(&event) => return event,
+                    ClientEvent::Event { event, .. } => {
+                        // Asserted on as the wire JSON a console reads.
+                        let event = serde_json::to_value(&event).unwrap();
+                        if pred(&event) {
+                            return event;
+                        }
+                    }
                     ClientEvent::Closed { reason, .. } => panic!("session closed: {reason}"),
                     _ => {}
                 }
@@ -904,12 +910,12 @@ mod e2e {
         let mut n = 0;
         while t1.elapsed() < Duration::from_secs(2) {
             let left = Duration::from_secs(2).saturating_sub(t1.elapsed());
-            if let Ok(Some(ClientEvent::Event { event, .. })) =
-                tokio::time::timeout(left, op_events.next()).await
+            if let Ok(Some(ClientEvent::Event {
+                event: signaling::proto::Event::Telemetry { .. },
+                ..
+            })) = tokio::time::timeout(left, op_events.next()).await
             {
-                if event["kind"] == "telemetry" {
-                    n += 1;
-                }
+                n += 1;
             }
         }
         assert!(

@@ -15,7 +15,8 @@ use quinn::{ConnectionError, ReadError, VarInt};
 use serde_json::Value;
 use signaling::client::{pinned_quic_config, ClientConfig, ClientError, SERVER_NAME};
 use signaling::proto::{
-    encode_frame, ClientMsg, FrameDecoder, RequestId, ServerMsg, Welcome, MAX_SERVER_FRAME, VERSION,
+    encode_frame, ClientMsg, FrameDecoder, MailItem, RequestId, ServerMsg, Welcome,
+    MAX_SERVER_FRAME, VERSION,
 };
 
 /// One open session.
@@ -75,7 +76,7 @@ impl RawSession {
                 v: VERSION,
                 session: String::new(),
                 node: "unknown".parse().expect("valid id"),
-                time: 0,
+                time: signaling::UnixMs(0),
                 subject: "unknown".parse().expect("valid id"),
                 role: signaling::Role::Viewer,
                 incidents: Vec::new(),
@@ -139,7 +140,7 @@ impl RawSession {
     pub async fn request(
         &mut self,
         make: impl FnOnce(RequestId) -> ClientMsg,
-    ) -> Result<(Vec<(u64, Value)>, Value), ClientError> {
+    ) -> Result<(Vec<(u64, MailItem)>, Value), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         self.write(&make(id)).await?;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use signaling::client::{connect, Client, ClientConfig, ClientEvent, Events};
-use signaling::proto::{valid_msg_id, ClientMsg, OrderAnswer};
+use signaling::proto::{valid_msg_id, ClientMsg, MailItem, OrderAnswer};
 use signaling::{IncidentId, Subject};
 
 use crate::error::Error;
@@ -306,7 +306,7 @@ async fn read_orders(session: &mut RawSession) -> Result<Vec<Value>, Error> {
             .await
             .map_err(|e| Error::request("the mailbox sync", e))?;
         for (seq, item) in mail {
-            if item["kind"] == "order" {
+            if matches!(item, MailItem::Order { .. }) {
                 let mut line = mail_line(seq, &item);
                 line["state"] = json!("sent");
                 orders.push(line);

@@ -11,6 +11,7 @@
 use std::io::Write as _;
 
 use serde_json::{json, Value};
+use signaling::proto::MailItem;
 
 /// Where and how lines are printed. Cheap to copy into tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +61,9 @@ impl Output {
     }
 }
 
-/// A mail item as a line object: the item's fields plus its mailbox `seq`.
-pub fn mail_line(seq: u64, item: &Value) -> Value {
-    let mut v = item.clone();
+/// A mail item as a line object: the item's fields (as on the wire) plus its mailbox `seq`.
+pub fn mail_line(seq: u64, item: &MailItem) -> Value {
+    let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("seq".into(), json!(seq));
     }
@@ -205,7 +206,7 @@ mod tests {
     #[test]
     fn mail_lines_keep_the_item_and_add_seq() {
         let item = json!({"kind":"order","order":"ord-57","msg_id":"m1","from":"cmd-1","to":"off-12","incident":"duty","text":"Go to gate 3","time":1});
-        let line = mail_line(4, &item);
+        let line = mail_line(4, &serde_json::from_value(item).unwrap());
         assert_eq!(line["order"], "ord-57");
         assert_eq!(line["seq"], 4);
         assert_eq!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use signaling::client::{Client, ClientEvent};
+use signaling::proto::Event;
 
 use crate::error::Error;
 use crate::media::{self, MediaOptions};
@@ -20,7 +21,16 @@ use crate::position::{self, PositionSource};
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Session events worth a line (positions of others are not: up to 5 per second per unit).
-const SHOWN_EVENTS: &[&str] = &["presence", "member", "assigned", "unassigned", "incident"];
+fn shown(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Presence { .. }
+            | Event::Member(_)
+            | Event::Assigned { .. }
+            | Event::Unassigned { .. }
+            | Event::Incident { .. }
+    )
+}
 
 /// What `run` does besides printing.
 #[derive(Debug, Clone, Default)]
@@ -124,8 +134,9 @@ fn show(client: &Client, out: Output, ev: ClientEvent) {
     match ev {
         ClientEvent::Mail { seq, item } => out.emit(&mail_line(seq, &item)),
         ClientEvent::Event { event, .. } => {
-            if SHOWN_EVENTS.contains(&event["kind"].as_str().unwrap_or("")) {
-                out.emit(&event);
+            if shown(&event) {
+                // The line is the event as the node sent it.
+                out.emit(&serde_json::to_value(&event).unwrap_or(Value::Null));
             }
         }
         ClientEvent::Connected { resumed, gap } => out.emit(&session_line(client, resumed, gap)),

@@ -107,7 +107,13 @@ async fn mail_where(events: &mut Events, what: &str, pred: impl Fn(&Value) -> bo
     tokio::time::timeout(WAIT, async {
         loop {
             match events.next().await.expect("operator's events end") {
-                ClientEvent::Mail { item, .. } if pred(&item) => return item,
+                ClientEvent::Mail { item, .. } => {
+                    // Asserted on as the wire JSON the operator reads.
+                    let item = serde_json::to_value(&item).unwrap();
+                    if pred(&item) {
+                        return item;
+                    }
+                }
                 ClientEvent::Closed { reason, .. } => panic!("operator closed: {reason}"),
                 _ => {}
             }

@@ -151,8 +151,11 @@ async fn orders_acknowledged_before_a_sigkill_are_delivered_after_the_restart() 
             .await
             .expect("mail in time")
         {
-            Some(ClientEvent::Mail { item, .. }) if item["kind"] == "order" => {
-                got.push(item["order"].as_str().unwrap().to_owned());
+            Some(ClientEvent::Mail {
+                item: signaling::proto::MailItem::Order { order, .. },
+                ..
+            }) => {
+                got.push(order);
             }
             Some(ClientEvent::Closed { code, reason }) => panic!("closed: {code:?} {reason}"),
             None => panic!("event stream ended"),

@@ -35,7 +35,7 @@
 //! println!("{incidents}");
 //! while let Some(ev) = events.next().await {
 //!     match ev {
-//!         ClientEvent::Event { seq, event } => println!("{seq}: {event}"),
+//!         ClientEvent::Event { seq, event } => println!("{seq}: {}", event.kind()),
 //!         ClientEvent::Closed { reason, .. } => {
 //!             eprintln!("session over: {reason}");
 //!             break;
@@ -71,8 +71,8 @@ use tracing::{debug, trace, warn, Instrument as _};
 use crate::auth::{decode_unverified, Role};
 use crate::ids::{IncidentId, NodeId, Subject};
 use crate::proto::{
-    encode_frame, ClientMsg, ErrorCode, FrameDecoder, RequestId, Resume, ServerMsg, Welcome, ALPN,
-    FRAME_HEADER, MAX_FRAME, MAX_SERVER_FRAME, VERSION,
+    encode_frame, ClientMsg, ErrorCode, Event, FrameDecoder, MailItem, RequestId, Resume,
+    ServerMsg, Welcome, ALPN, FRAME_HEADER, MAX_FRAME, MAX_SERVER_FRAME, VERSION,
 };
 
 /// The TLS server name the client asks for. The certificate is pinned by fingerprint, so the name
@@ -280,15 +280,15 @@ pub enum ClientEvent {
     Mail {
         /// Position in the subject's mailbox.
         seq: u64,
-        /// The item (its `kind` says what it is).
-        item: Value,
+        /// The item.
+        item: MailItem,
     },
     /// An event of the session (`seq` strictly increasing, never delivered twice).
     Event {
         /// Per-session sequence number.
         seq: u64,
-        /// The event object (its `kind` says what it is).
-        event: Value,
+        /// The event ([`Event::Unknown`] for a kind this version does not know).
+        event: Event,
     },
     /// A connection is up and the session is (re)established; the first event of every client.
     Connected {
@@ -1451,7 +1451,7 @@ mod tests {
             v: VERSION,
             session: session.to_owned(),
             node: NodeId::parse("hq").unwrap(),
-            time: 1,
+            time: crate::time::UnixMs(1),
             subject: Subject::parse("off-1").unwrap(),
             role: Role::Officer,
             incidents: vec![IncidentId::parse("duty").unwrap()],
@@ -1464,9 +1464,15 @@ mod tests {
     }
 
     fn event(seq: u64) -> ServerMsg {
+        // The event's `last_seen` carries its number, so a test can tell them apart.
         ServerMsg::Event {
             seq,
-            event: json!({"kind": "chat", "n": seq}),
+            event: Event::Presence {
+                subject: Subject::parse("op-1").unwrap(),
+                role: Role::Operator,
+                online: true,
+                last_seen: crate::time::UnixMs(seq),
+            },
         }
     }
 
@@ -1532,7 +1538,10 @@ mod tests {
             match next(events).await {
                 ClientEvent::Event { seq, event } => {
                     assert_eq!(seq, want);
-                    assert_eq!(event["n"], json!(want));
+                    assert!(
+                        matches!(event, Event::Presence { last_seen, .. } if last_seen.as_millis() == want),
+                        "{event:?}"
+                    );
                 }
                 other => panic!("expected event {want}, got {other:?}"),
             }

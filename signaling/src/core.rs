@@ -31,11 +31,13 @@ use serde_json::{json, Value};
 use crate::auth::{Action, Claims, Role, TokenVerifier};
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::proto::{
-    decode_client, valid_msg_id, ClientMsg, DroneCommand, ErrorCode, OrderAnswer, Position,
+    decode_client, valid_msg_id, ClientMsg, CommandName, DroneCommand, DroneCommandAckEvent,
+    DroneCommandEvent, ErrorCode, Event, IncidentState, MailItem, Member, OrderAnswer, Position,
     ProtoError, RequestId, ServerMsg, StreamKind, Telemetry, Welcome, VERSION,
 };
 pub use crate::store::LogEntry;
 use crate::store::{order_id, IncidentRow, Mail, Order, OrderState, Store, StoreError};
+use crate::time::UnixMs;
 
 /// A connection handle chosen by the shell (unique for the node's lifetime).
 pub type ConnId = u64;
@@ -282,7 +284,7 @@ struct Session {
     conn: Option<ConnId>,
     detached_at: Option<u64>,
     incidents: BTreeSet<IncidentId>,
-    events: VecDeque<(u64, Value)>,
+    events: VecDeque<(u64, Event)>,
     last_seq: u64,
 }
 
@@ -855,7 +857,7 @@ impl Core {
             v: VERSION,
             session: sid.clone(),
             node: self.node.clone(),
-            time: now,
+            time: UnixMs(now),
             subject: claims.sub.clone(),
             role: claims.role,
             incidents: s.incidents.iter().cloned().collect(),
@@ -964,7 +966,15 @@ impl Core {
             .insert(sid.to_owned());
         if first_of_subject {
             self.log(now, id, sub.to_string(), "joined", json!({"role": role}));
-            self.console_event(id, Some(sid), json!({"kind": "member", "incident": id, "subject": sub, "role": role, "op": "joined"}));
+            self.console_event(
+                id,
+                Some(sid),
+                Event::Member(Member::Joined {
+                    incident: id.clone(),
+                    subject: sub,
+                    role,
+                }),
+            );
         }
         true
     }
@@ -985,7 +995,10 @@ impl Core {
             self.console_event(
                 id,
                 None,
-                json!({"kind": "member", "incident": id, "subject": sub, "op": "left"}),
+                Event::Member(Member::Left {
+                    incident: id.clone(),
+                    subject: sub,
+                }),
             );
         }
         true
@@ -1003,12 +1016,12 @@ impl Core {
     }
 
     /// Queues `event` to one session (numbered, buffered for replay, sent if attached).
-    fn push_event(&mut self, sid: &str, event: &Value) {
+    fn push_event(&mut self, sid: &str, event: &Event) {
         self.push_event_on(sid, event, false);
     }
 
     /// [`Core::push_event`], sent ahead of queued traffic when `urgent`.
-    fn push_event_on(&mut self, sid: &str, event: &Value, urgent: bool) {
+    fn push_event_on(&mut self, sid: &str, event: &Event, urgent: bool) {
         let cap = self.cfg.replay_buffer;
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
@@ -1037,7 +1050,7 @@ impl Core {
         }
     }
 
-    fn incident_event(&mut self, _now: u64, id: &IncidentId, except: Option<&str>, event: Value) {
+    fn incident_event(&mut self, _now: u64, id: &IncidentId, except: Option<&str>, event: Event) {
         let targets: Vec<String> = self
             .members
             .get(id)
@@ -1074,7 +1087,7 @@ impl Core {
     /// sessions.
     /// Only consoles (see [`is_console`]) receive it: presence of every tablet to every other
     /// tablet would grow with the square of the node's sessions.
-    fn presence_event(&mut self, sub: &Subject, event: Value) {
+    fn presence_event(&mut self, sub: &Subject, event: Event) {
         let mut targets = self.audience(sub, None);
         for own in self.by_subject.get(sub).into_iter().flatten() {
             targets.remove(own);
@@ -1090,7 +1103,7 @@ impl Core {
     }
 
     /// An incident event for the consoles in it (membership churn).
-    fn console_event(&mut self, id: &IncidentId, except: Option<&str>, event: Value) {
+    fn console_event(&mut self, id: &IncidentId, except: Option<&str>, event: Event) {
         let targets: Vec<String> = self
             .members
             .get(id)
@@ -1156,7 +1169,15 @@ impl Core {
                 Value::Null,
             );
         }
-        self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
+        self.presence_event(
+            sub,
+            Event::Presence {
+                subject: sub.clone(),
+                role,
+                online,
+                last_seen: UnixMs(last_seen),
+            },
+        );
     }
 
     fn end_session(&mut self, now: u64, sid: &str, why: &str) {
@@ -1238,7 +1259,15 @@ impl Core {
                 Value::Null,
             );
         }
-        self.presence_event(sub, json!({"kind": "presence", "subject": sub, "role": role, "online": online, "last_seen": last_seen}));
+        self.presence_event(
+            sub,
+            Event::Presence {
+                subject: sub.clone(),
+                role,
+                online,
+                last_seen: UnixMs(last_seen),
+            },
+        );
     }
 
     /// Timers: hello deadlines, presence linger, resume grace, token expiry, coalesced positions.
@@ -1352,13 +1381,11 @@ impl Core {
         let Some(pos) = u.pending.take() else { return };
         u.last_fanout = Some(now);
         u.position = Some(pos.clone());
-        let role = u.role;
-        let mut ev = serde_json::to_value(&pos).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut ev {
-            m.insert("kind".into(), json!("position"));
-            m.insert("subject".into(), json!(sub));
-            m.insert("role".into(), json!(role));
-        }
+        let ev = Event::Position {
+            subject: sub.clone(),
+            role: u.role,
+            pos,
+        };
         let senders: Vec<String> = self
             .by_subject
             .get(sub)
@@ -1393,7 +1420,7 @@ impl Core {
     }
 
     /// `event` to the consoles in a drone's incidents, except its bridge session.
-    fn drone_console_event(&mut self, name: &Subject, event: &Value) {
+    fn drone_console_event(&mut self, name: &Subject, event: &Event) {
         let Some(d) = self.drones.get(name) else {
             return;
         };
@@ -1439,7 +1466,13 @@ impl Core {
         };
         d.pending = false;
         d.last_fanout = Some(now);
-        let ev = json!({"kind": "telemetry", "drone": name, "t": d.telemetry});
+        let Some(t) = d.telemetry.clone() else {
+            return;
+        };
+        let ev = Event::Telemetry {
+            drone: name.clone(),
+            t: Box::new(t),
+        };
         self.drone_console_event(name, &ev);
     }
 
@@ -1628,16 +1661,19 @@ impl Core {
         d.cmd_tokens -= 1.0;
         let cmd = format!("dc-{}", self.next_cmd);
         self.next_cmd += 1;
-        let mut detail = json!({"cmd": cmd, "drone": name, "command": command, "by": claims.sub});
-        if command == DroneCommand::Guided {
-            detail["lat"] = json!(lat);
-            detail["lon"] = json!(lon);
-            detail["alt"] = json!(alt);
-        }
+        let guided = command == DroneCommand::Guided;
+        let event = DroneCommandEvent {
+            cmd: cmd.clone(),
+            drone: name.clone(),
+            command: CommandName::Known(command),
+            by: claims.sub.clone(),
+            lat: lat.filter(|_| guided),
+            lon: lon.filter(|_| guided),
+            alt: alt.filter(|_| guided),
+        };
+        let detail = serde_json::to_value(&event).unwrap_or(Value::Null);
         self.log_all(now, &incidents, &claims.sub, "drone_command", &detail);
-        let mut event = detail;
-        event["kind"] = json!("drone_command");
-        self.push_event_on(&bridge, &event, true);
+        self.push_event_on(&bridge, &Event::DroneCommand(event), true);
         self.drone_cmds.insert(
             cmd.clone(),
             DroneCmd {
@@ -1705,7 +1741,7 @@ impl Core {
                 pos.validate()
                     .map_err(|m| err(id, ErrorCode::BadRequest, m))?;
                 if pos.time.is_none() {
-                    pos.time = Some(now);
+                    pos.time = Some(UnixMs(now));
                 }
                 let interval = self.cfg.position_interval_ms;
                 if let Some(u) = self.units.get_mut(&claims.sub) {
@@ -1811,7 +1847,16 @@ impl Core {
                     "closed",
                     Value::Null,
                 );
-                self.incident_event(now, &incident, None, json!({"kind": "incident", "incident": incident, "state": "closed", "by": claims.sub}));
+                self.incident_event(
+                    now,
+                    &incident,
+                    None,
+                    Event::Incident {
+                        incident: incident.clone(),
+                        state: IncidentState::Closed,
+                        by: claims.sub.clone(),
+                    },
+                );
                 let members: Vec<String> = self
                     .members
                     .get(&incident)
@@ -1894,7 +1939,16 @@ impl Core {
                         "assigned",
                         json!({"subject": subject}),
                     );
-                    self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "assigned", "by": claims.sub}));
+                    self.incident_event(
+                        now,
+                        &incident,
+                        None,
+                        Event::Member(Member::Assigned {
+                            incident: incident.clone(),
+                            subject: subject.clone(),
+                            by: claims.sub.clone(),
+                        }),
+                    );
                     let theirs: Vec<String> = self
                         .by_subject
                         .get(&subject)
@@ -1906,7 +1960,10 @@ impl Core {
                         self.join_incident(now, &s, &incident);
                         self.push_event(
                             &s,
-                            &json!({"kind": "assigned", "incident": incident, "by": claims.sub}),
+                            &Event::Assigned {
+                                incident: incident.clone(),
+                                by: claims.sub.clone(),
+                            },
                         );
                     }
                 }
@@ -1946,7 +2003,16 @@ impl Core {
                     "unassigned",
                     json!({"subject": subject}),
                 );
-                self.incident_event(now, &incident, None, json!({"kind": "member", "incident": incident, "subject": subject, "op": "unassigned", "by": claims.sub}));
+                self.incident_event(
+                    now,
+                    &incident,
+                    None,
+                    Event::Member(Member::Unassigned {
+                        incident: incident.clone(),
+                        subject: subject.clone(),
+                        by: claims.sub.clone(),
+                    }),
+                );
                 let theirs: Vec<String> = self
                     .by_subject
                     .get(&subject)
@@ -1957,7 +2023,10 @@ impl Core {
                 for s in &theirs {
                     self.push_event(
                         s,
-                        &json!({"kind": "unassigned", "incident": incident, "by": claims.sub}),
+                        &Event::Unassigned {
+                            incident: incident.clone(),
+                            by: claims.sub.clone(),
+                        },
                     );
                 }
                 for s in theirs {
@@ -2123,9 +2192,24 @@ impl Core {
                 let sub = claims.sub.clone();
                 let stored = self
                     .store
-                    .put(&sub, &msg_id, "chat", incident.as_ref().map(IncidentId::as_str), &recipients, now, None, |item| {
-                        json!({"kind": "chat", "id": item, "msg_id": msg_id, "from": sub, "incident": incident, "to": to, "text": text, "time": now})
-                    })
+                    .put(
+                        &sub,
+                        &msg_id,
+                        "chat",
+                        incident.as_ref().map(IncidentId::as_str),
+                        &recipients,
+                        now,
+                        None,
+                        |item| MailItem::Chat {
+                            id: item as u64,
+                            msg_id: msg_id.clone(),
+                            from: sub.clone(),
+                            incident: incident.clone(),
+                            to: to.clone(),
+                            text: text.clone(),
+                            time: UnixMs(now),
+                        },
+                    )
                     .map_err(|e| store_err(Some(id), e))?;
                 if stored.new {
                     if let Some(i) = &incident {
@@ -2142,7 +2226,7 @@ impl Core {
                 self.reply(
                     conn,
                     id,
-                    json!({"item": stored.item_id, "time": stored.item["time"]}),
+                    json!({"item": stored.item_id, "time": stored.item.time()}),
                 );
             }
             ClientMsg::Sos {
@@ -2187,9 +2271,24 @@ impl Core {
                 let (sub, role) = (claims.sub.clone(), claims.role);
                 let stored = self
                     .store
-                    .put(&sub, &msg_id, "sos", targets.first().map(IncidentId::as_str), &recipients, now, None, |item| {
-                        json!({"kind": "sos", "sos": format!("sos-{item}"), "from": sub, "role": role, "incidents": targets, "text": text, "position": position, "time": now})
-                    })
+                    .put(
+                        &sub,
+                        &msg_id,
+                        "sos",
+                        targets.first().map(IncidentId::as_str),
+                        &recipients,
+                        now,
+                        None,
+                        |item| MailItem::Sos {
+                            sos: format!("sos-{item}"),
+                            from: sub.clone(),
+                            role,
+                            incidents: targets.clone(),
+                            text: text.clone(),
+                            position: position.clone(),
+                            time: UnixMs(now),
+                        },
+                    )
                     .map_err(|e| store_err(Some(id), e))?;
                 let sos = format!("sos-{}", stored.item_id);
                 if stored.new {
@@ -2247,7 +2346,11 @@ impl Core {
                         &recipients,
                         now,
                         None,
-                        |_| json!({"kind": "sos_ack", "sos": sos, "by": sub, "time": now}),
+                        |_| MailItem::SosAck {
+                            sos: sos.clone(),
+                            by: sub.clone(),
+                            time: UnixMs(now),
+                        },
                     )
                     .map_err(|e| store_err(Some(id), e))?;
                 for i in &open.incidents {
@@ -2315,7 +2418,11 @@ impl Core {
                         &[sender],
                         now,
                         None,
-                        |_| json!({"kind": "read", "item": item, "by": sub, "time": now}),
+                        |_| MailItem::Read {
+                            item,
+                            by: sub.clone(),
+                            time: UnixMs(now),
+                        },
                     )
                     .map_err(|e| store_err(Some(id), e))?;
                 self.deliver_mail(&stored.mails, false);
@@ -2406,7 +2513,10 @@ impl Core {
                     );
                     self.drone_console_event(
                         &name,
-                        &json!({"kind": "drone_link", "drone": name, "up": up}),
+                        &Event::DroneLink {
+                            drone: name.clone(),
+                            up,
+                        },
                     );
                 }
             }
@@ -2437,19 +2547,20 @@ impl Core {
                 if result.is_final() {
                     self.drone_cmds.remove(&cmd);
                 }
-                let mut detail = json!({"cmd": cmd, "drone": drone, "result": result});
-                if let Some(t) = &text {
-                    detail["text"] = json!(t);
-                }
+                let ack = DroneCommandAckEvent {
+                    cmd,
+                    drone: drone.clone(),
+                    result,
+                    text,
+                };
+                let detail = serde_json::to_value(&ack).unwrap_or(Value::Null);
                 let incidents = self
                     .drones
                     .get(&drone)
                     .map(|d| self.drone_incidents(d))
                     .unwrap_or_default();
                 self.log_all(now, &incidents, &claims.sub, "drone_command_ack", &detail);
-                let mut event = detail;
-                event["kind"] = json!("drone_command_ack");
-                self.push_event(&requester, &event);
+                self.push_event(&requester, &Event::DroneCommandAck(ack));
             }
             ClientMsg::Revoke { id, sub, jti } => {
                 need(Action::Revoke, id)?;
@@ -2556,9 +2667,23 @@ impl Core {
             return Ok(());
         };
         let state = o.state;
-        let stored = self.store.put(by, &format!("{order}:{}", state.as_str()), "order_state", Some(&o.incident), &[sender], now, None, |_| {
-            json!({"kind": "order_state", "order": order, "state": state, "by": by, "eta_min": o.eta_min, "reason": o.reason, "time": now})
-        })?;
+        let stored = self.store.put(
+            by,
+            &format!("{order}:{}", state.as_str()),
+            "order_state",
+            Some(&o.incident),
+            &[sender],
+            now,
+            None,
+            |_| MailItem::OrderState {
+                order: order.to_owned(),
+                state,
+                by: by.clone(),
+                eta_min: o.eta_min,
+                reason: o.reason.clone(),
+                time: UnixMs(now),
+            },
+        )?;
         if stored.new {
             if let Ok(i) = IncidentId::parse(&o.incident) {
                 self.log(now, &i, by.to_string(), "order_state", json!({"order": order, "state": state, "eta_min": o.eta_min, "reason": o.reason}));
@@ -2641,9 +2766,24 @@ impl Core {
         let sub = claims.sub.clone();
         let stored = self
             .store
-            .put(&sub, &msg_id, "order", Some(incident.as_str()), std::slice::from_ref(to), now, Some((incident.as_str(), to, text)), |item| {
-                json!({"kind": "order", "order": order_id(item), "msg_id": msg_id, "from": sub, "to": to, "incident": incident, "text": text, "time": now})
-            })
+            .put(
+                &sub,
+                &msg_id,
+                "order",
+                Some(incident.as_str()),
+                std::slice::from_ref(to),
+                now,
+                Some((incident.as_str(), to, text)),
+                |item| MailItem::Order {
+                    order: order_id(item),
+                    msg_id: msg_id.clone(),
+                    from: sub.clone(),
+                    to: to.clone(),
+                    incident: incident.clone(),
+                    text: text.to_owned(),
+                    time: UnixMs(now),
+                },
+            )
             .map_err(|e| store_err(re, e))?;
         let order = order_id(stored.item_id);
         if stored.new {

@@ -119,7 +119,7 @@ impl H {
         self.take(conn)
             .into_iter()
             .filter_map(|m| match m {
-                ServerMsg::Mail { seq, item } => Some((seq, item)),
+                ServerMsg::Mail { seq, item } => Some((seq, wire(&item))),
                 _ => None,
             })
             .collect()
@@ -158,11 +158,16 @@ impl H {
         self.take(conn)
             .into_iter()
             .filter_map(|m| match m {
-                ServerMsg::Event { seq, event } => Some((seq, event)),
+                ServerMsg::Event { seq, event } => Some((seq, wire(&event))),
                 _ => None,
             })
             .collect()
     }
+}
+
+/// An event or mail item as JSON, as a client reads it off the wire.
+fn wire<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
 }
 
 fn kinds(evs: &[(u64, Value)], kind: &str) -> Vec<Value> {
@@ -406,7 +411,10 @@ fn detached_session_resumes_with_replay_and_no_presence_flap() {
     let replay: Vec<f64> = msgs[1..]
         .iter()
         .filter_map(|m| match m {
-            ServerMsg::Event { event, .. } if event["kind"] == "position" => event["lat"].as_f64(),
+            ServerMsg::Event {
+                event: Event::Position { pos, .. },
+                ..
+            } => Some(pos.lat),
             _ => None,
         })
         .collect();
@@ -1182,7 +1190,7 @@ fn telem(time: u64, lat: f64) -> ClientMsg {
     ClientMsg::Telemetry {
         drone: DRONE.into(),
         t: Box::new(Telemetry {
-            time,
+            time: UnixMs(time),
             lat: Some(lat),
             lon: Some(114.3),
             alt_amsl: Some(80.0),
@@ -1246,7 +1254,7 @@ fn telemetry_at_50hz_reaches_consoles_merged_at_5hz_and_units_show_the_drone() {
         &ClientMsg::Telemetry {
             drone: DRONE.into(),
             t: Box::new(Telemetry {
-                time: h.now,
+                time: UnixMs(h.now),
                 battery_pct: Some(88.0),
                 mode: Some("GUIDED".into()),
                 ..Telemetry::default()
@@ -1362,7 +1370,7 @@ fn telemetry_at_50hz_reaches_consoles_merged_at_5hz_and_units_show_the_drone() {
         &ClientMsg::Telemetry {
             drone: DRONE.into(),
             t: Box::new(Telemetry {
-                time: h.now,
+                time: UnixMs(h.now),
                 lat: Some(99.0),
                 lon: Some(1.0),
                 ..Telemetry::default()
@@ -1479,7 +1487,7 @@ fn drone_commands_go_to_the_bridge_and_acks_come_back_all_logged() {
             Output::Urgent {
                 conn,
                 msg: ServerMsg::Event { event, .. },
-            } if *conn == pilot => Some(event.clone()),
+            } if *conn == pilot => Some(wire(event)),
             _ => None,
         })
         .collect();
@@ -1668,7 +1676,7 @@ fn drone_commands_are_rate_limited_per_drone() {
         &ClientMsg::Telemetry {
             drone: "pilot-3-drone2".into(),
             t: Box::new(Telemetry {
-                time: h.now,
+                time: UnixMs(h.now),
                 ..Telemetry::default()
             }),
         },

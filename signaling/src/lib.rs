@@ -7,8 +7,10 @@
 //!   the Ed25519 JWT issuer and verifier.
 //! - [`error`]: the error enums of this crate.
 //!
-//! - [`proto`]: the wire protocol `yiwang/1` (messages, framing, error codes); `docs/protocol.md`
-//!   describes it for implementers in other languages.
+//! - [`proto`]: the wire protocol `yiwang/1` (messages, framing, error codes, the typed
+//!   [`proto::Event`]s and [`proto::MailItem`]s); `docs/protocol.md` describes it for implementers
+//!   in other languages.
+//! - [`time`]: [`UnixMs`] and [`UnixSecs`], the two kinds of timestamps.
 //! - [`core`]: the sans-IO signaling state machine (sessions, incidents, presence, positions,
 //!   authorisation) that the node's QUIC and WebSocket shells drive.
 //! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
@@ -32,7 +34,9 @@ pub mod proto;
 #[cfg(feature = "server")]
 pub mod store;
 pub mod testkit;
+pub mod time;
 
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
 pub use error::{AuthError, Denied, NameError, ParseRoleError};
 pub use ids::{IncidentId, NodeId, StreamName, Subject, TokenId};
+pub use time::{UnixMs, UnixSecs};

@@ -121,7 +121,7 @@ pub fn probe_without_reply(action: Action, sub: &Subject) -> Option<ClientMsg> {
         Action::PublishDrone => Some(ClientMsg::Telemetry {
             drone: format!("{sub}-drone1"),
             t: Box::new(Telemetry {
-                time: 1_780_000_000_000,
+                time: crate::time::UnixMs(1_780_000_000_000),
                 mode: Some("LOITER".into()),
                 lat: Some(30.59),
                 lon: Some(114.30),

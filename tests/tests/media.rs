@@ -1813,7 +1813,7 @@ async fn openapi_document_matches_real_responses() {
     .await
     .expect("bridge connects");
     let t = signaling::proto::Telemetry {
-        time: common::now_unix() * 1000,
+        time: signaling::UnixMs(common::now_unix() * 1000),
         mode: Some("GUIDED".into()),
         armed: Some(true),
         lat: Some(30.6),

@@ -407,6 +407,7 @@ mod mail {
     use signaling::auth::Role;
     use signaling::client::{self, ClientConfig, ClientError, ClientEvent};
     use signaling::proto::{ClientMsg, ErrorCode, OrderAnswer};
+    use signaling::proto::{MailItem, OrderState};
 
     async fn login(
         node: &TestNode,
@@ -527,8 +528,10 @@ mod mail {
                     .await
                     .expect("orders keep coming")
                 {
-                    Some(ClientEvent::Mail { item, .. }) if item["kind"] == "order" => {
-                        let id = item["order"].as_str().unwrap().to_owned();
+                    Some(ClientEvent::Mail {
+                        item: MailItem::Order { order: id, .. },
+                        ..
+                    }) => {
                         ans_tx.send(id.clone()).unwrap();
                         got.push(id);
                     }
@@ -571,10 +574,15 @@ mod mail {
                 .await
                 .expect("states keep coming")
             {
-                Some(ClientEvent::Mail { item, .. })
-                    if item["kind"] == "order_state" && item["state"] == "accepted" =>
-                {
-                    let id = item["order"].as_str().unwrap().to_owned();
+                Some(ClientEvent::Mail {
+                    item:
+                        MailItem::OrderState {
+                            order: id,
+                            state: OrderState::Accepted,
+                            ..
+                        },
+                    ..
+                }) => {
                     assert!(
                         accepted.insert(id.clone()),
                         "accepted state of {id} told twice"
@@ -683,8 +691,10 @@ mod mail {
                 .await
                 .expect("chats arrive")
             {
-                Some(ClientEvent::Mail { item, .. }) if item["kind"] == "chat" => {
-                    let id = item["msg_id"].as_str().unwrap().to_owned();
+                Some(ClientEvent::Mail {
+                    item: MailItem::Chat { msg_id: id, .. },
+                    ..
+                }) => {
                     if id == "marker" {
                         break;
                     }
@@ -745,7 +755,10 @@ mod mail {
                 .await
                 .expect("chat flows")
             {
-                Some(ClientEvent::Mail { item, .. }) if item["kind"] == "chat" => break,
+                Some(ClientEvent::Mail {
+                    item: MailItem::Chat { .. },
+                    ..
+                }) => break,
                 Some(_) => {}
                 None => panic!("{first_sub} closed"),
             }
@@ -768,9 +781,12 @@ mod mail {
                     .await
                     .unwrap_or_else(|_| panic!("{sub} did not get the SOS within 1 s"));
                 match next {
-                    Some(ClientEvent::Mail { item, .. }) if item["kind"] == "sos" => {
-                        assert_eq!(item["sos"], sos.as_str());
-                        assert_eq!(item["text"], "shots fired");
+                    Some(ClientEvent::Mail {
+                        item: MailItem::Sos { sos: got, text, .. },
+                        ..
+                    }) => {
+                        assert_eq!(got, sos);
+                        assert_eq!(text.as_deref(), Some("shots fired"));
                         break;
                     }
                     Some(_) => {}

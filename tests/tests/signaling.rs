@@ -17,8 +17,8 @@ use signaling::auth::{Action, Role, TokenIssuer, TokenRequest};
 use signaling::client::{self, ClientConfig, ClientError, ClientEvent};
 use signaling::core::Revocation;
 use signaling::proto::{
-    encode, ClientMsg, DroneAckResult, DroneCommand, ErrorCode, Position, ServerMsg, StreamKind,
-    Telemetry, MAX_FRAME, VERSION,
+    encode, ClientMsg, DroneAckResult, DroneCommand, ErrorCode, Event, Position, ServerMsg,
+    StreamKind, Telemetry, MAX_FRAME, VERSION,
 };
 use signaling::testkit;
 use signaling::{IncidentId, StreamName, Subject};
@@ -119,7 +119,7 @@ impl Ws {
     async fn mail(&mut self, kind: &str) -> Value {
         loop {
             match self.recv().await {
-                Some(ServerMsg::Mail { item, .. }) if item["kind"] == kind => return item,
+                Some(ServerMsg::Mail { item, .. }) if item.kind() == kind => return wire(&item),
                 Some(_) => continue,
                 None => panic!("closed while waiting for {kind} mail: {:?}", self.close),
             }
@@ -148,7 +148,9 @@ impl Ws {
     async fn event(&mut self, kind: &str) -> Value {
         loop {
             match self.recv().await {
-                Some(ServerMsg::Event { event, .. }) if event["kind"] == kind => return event,
+                Some(ServerMsg::Event { event, .. }) if event.kind() == kind => {
+                    return wire(&event)
+                }
                 Some(_) => continue,
                 None => panic!("closed while waiting for a {kind} event: {:?}", self.close),
             }
@@ -203,13 +205,18 @@ async fn quic_request(c: &client::Client, msg: ClientMsg) -> ServerMsg {
     }
 }
 
+/// An event or mail item as the JSON a client reads off the wire (what these tests assert on).
+fn wire<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
 async fn next_event(events: &mut client::Events, kind: &str) -> Value {
     loop {
         let e = tokio::time::timeout(WAIT, events.next())
             .await
             .expect("event in time");
         match e {
-            Some(ClientEvent::Event { event, .. }) if event["kind"] == kind => return event,
+            Some(ClientEvent::Event { event, .. }) if event.kind() == kind => return wire(&event),
             Some(ClientEvent::Closed { code, reason }) => {
                 panic!("closed ({code:?}: {reason}) waiting for {kind}")
             }
@@ -470,8 +477,8 @@ async fn positions_reach_operators_and_the_units_api_and_survive_migration() {
     for m in op.pending.iter() {
         if let ServerMsg::Event { event, .. } = m {
             assert!(
-                !(event["kind"] == "presence" && event["online"] == false),
-                "{event}"
+                !matches!(event, Event::Presence { online: false, .. }),
+                "{event:?}"
             );
         }
     }
@@ -545,9 +552,10 @@ async fn a_client_cut_off_for_5_s_resumes_and_receives_the_positions_it_missed()
                 assert!(resumed && !gap, "resumed without gap");
                 saw.1 = true;
             }
-            Some(ClientEvent::Event { event, .. }) if event["kind"] == "position" => {
-                got.push(event["lat"].as_f64().unwrap())
-            }
+            Some(ClientEvent::Event {
+                event: Event::Position { pos, .. },
+                ..
+            }) => got.push(pos.lat),
             Some(ClientEvent::Closed { code, reason }) => panic!("closed: {code:?} {reason}"),
             Some(_) => {}
             None => panic!("event stream ended"),
@@ -1209,7 +1217,7 @@ async fn drone_telemetry_reaches_operators_at_5_hz_and_commands_round_trip_to_th
             for i in 0..100u32 {
                 tick.tick().await;
                 let t = Telemetry {
-                    time: common::now_unix() * 1000,
+                    time: signaling::UnixMs(common::now_unix() * 1000),
                     mode: Some("GUIDED".into()),
                     armed: Some(true),
                     lat: Some(lat(i)),

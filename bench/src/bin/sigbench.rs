@@ -30,11 +30,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use media_server::identity::NodeIdentity;
 use serde::Serialize;
-use serde_json::Value;
 use signaling::auth::{Role, TokenIssuer, TokenRequest};
 use signaling::client::{self, ClientConfig, ClientEvent};
 use signaling::proto::{
-    encode_frame, ClientMsg, FrameDecoder, Position, ServerMsg, MAX_FRAME, VERSION,
+    encode_frame, ClientMsg, Event, FrameDecoder, Position, ServerMsg, MAX_FRAME, VERSION,
 };
 use signaling::{IncidentId, Subject};
 use tokio::sync::{mpsc, watch};
@@ -987,12 +986,13 @@ async fn fanout(binary: &Path, a: &FanoutArgs) -> Result<FanoutResult> {
             loop {
                 tokio::select! {
                     ev = events.next() => match ev {
-                        Some(ClientEvent::Event { event, .. }) => {
+                        Some(ClientEvent::Event {
+                            event: Event::Position { subject, pos, .. },
+                            ..
+                        }) => {
                             let at = Instant::now();
-                            if event.get("kind").and_then(Value::as_str) == Some("position")
-                                && event.get("subject").and_then(Value::as_str) == Some(SENDER)
-                            {
-                                if let Some(k) = event.get("alt").and_then(Value::as_f64) {
+                            if subject.as_str() == SENDER {
+                                if let Some(k) = pos.alt {
                                     got.push((k as usize, at));
                                 }
                             }

@@ -10,8 +10,11 @@
 //!   a token; the node answers [`ServerMsg::Welcome`] or an [`ServerMsg::Error`] and closes.
 //! - **Requests** carry a client-chosen `id`; the node answers each with [`ServerMsg::Result`] or
 //!   [`ServerMsg::Error`] carrying `re` = that id, in no guaranteed order relative to events.
-//! - **Events** ([`ServerMsg::Event`]) carry a per-session sequence number; a client that
-//!   reconnects sends the last one it saw in `hello.resume` and the node replays what follows.
+//! - **Events** ([`ServerMsg::Event`], typed as [`Event`] in [`event`]) carry a per-session
+//!   sequence number; a client that reconnects sends the last one it saw in `hello.resume` and
+//!   the node replays what follows.
+//! - **Mail** ([`ServerMsg::Mail`], typed as [`MailItem`] in [`mail`]): the office's stored
+//!   messages, numbered per subject.
 //!
 //! Nothing here does I/O: [`FrameDecoder`] is fed bytes and yields frames; [`decode_client`] and
 //! [`encode`] convert between frames and messages.
@@ -21,6 +24,15 @@ use std::fmt;
 
 use crate::auth::Role;
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
+use crate::time::UnixMs;
+
+pub mod event;
+pub mod mail;
+
+pub use event::{
+    CommandName, DroneCommandAckEvent, DroneCommandEvent, Event, IncidentState, Member,
+};
+pub use mail::{MailItem, OrderState};
 
 /// A `subscribe` stream name: local (`cam1`) or at another node (`township-3/cam1`).
 fn local_or_remote_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamName, D::Error> {
@@ -77,9 +89,9 @@ pub struct Position {
     /// Ground speed, m/s, ≥ 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed: Option<f64>,
-    /// When the fix was taken, Unix milliseconds (the node's receive time if absent).
+    /// When the fix was taken (the node's receive time if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<u64>,
+    pub time: Option<UnixMs>,
 }
 
 impl Position {
@@ -157,8 +169,8 @@ pub enum DroneCommand {
 /// (fields present overwrite), so the merged value is what consoles and `units` see.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
-    /// When the bridge took the sample, its Unix milliseconds.
-    pub time: u64,
+    /// When the bridge took the sample, by its clock.
+    pub time: UnixMs,
     /// Flight mode, e.g. `GUIDED`, `RTL`, `LOITER`, `LAND`, `AUTO`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -827,8 +839,8 @@ pub struct Welcome {
     pub session: String,
     /// This node's id.
     pub node: NodeId,
-    /// Node time, Unix milliseconds.
-    pub time: u64,
+    /// Node time.
+    pub time: UnixMs,
     /// The token's subject.
     pub subject: Subject,
     /// The token's role.
@@ -882,15 +894,17 @@ pub enum ServerMsg {
     Mail {
         /// Position in the subject's mailbox.
         seq: u64,
-        /// The item (its `kind` says what it is).
-        item: serde_json::Value,
+        /// The item.
+        #[serde(serialize_with = "event::sorted")]
+        item: MailItem,
     },
     /// Something happened that the session should know.
     Event {
         /// Per-session sequence number, from 1, without gaps.
         seq: u64,
         /// The event.
-        event: serde_json::Value,
+        #[serde(serialize_with = "event::sorted")]
+        event: Event,
     },
 }
 
@@ -1368,7 +1382,7 @@ mod tests {
                 ClientMsg::Telemetry {
                     drone: "pilot-3-drone1".into(),
                     t: Box::new(Telemetry {
-                        time: 1_780_000_000_000,
+                        time: crate::time::UnixMs(1_780_000_000_000),
                         mode: Some("GUIDED".into()),
                         armed: Some(true),
                         lat: Some(30.5),
@@ -1439,7 +1453,7 @@ mod tests {
     #[test]
     fn telemetry_merges_present_fields_and_validates() {
         let mut t = Telemetry {
-            time: 1,
+            time: crate::time::UnixMs(1),
             mode: Some("LOITER".into()),
             lat: Some(30.0),
             lon: Some(114.0),
@@ -1447,21 +1461,24 @@ mod tests {
             ..Telemetry::default()
         };
         t.merge(&Telemetry {
-            time: 2,
+            time: crate::time::UnixMs(2),
             lat: Some(30.1),
             armed: Some(false),
             ..Telemetry::default()
         });
-        assert_eq!(t.time, 2);
+        assert_eq!(t.time, crate::time::UnixMs(2));
         assert_eq!(
             (t.lat, t.lon, t.battery_pct, t.armed),
             (Some(30.1), Some(114.0), Some(90.0), Some(false))
         );
         assert_eq!(t.mode.as_deref(), Some("LOITER"));
         let p = t.position().unwrap();
-        assert_eq!((p.lat, p.lon, p.time), (30.1, 114.0, Some(2)));
+        assert_eq!(
+            (p.lat, p.lon, p.time),
+            (30.1, 114.0, Some(crate::time::UnixMs(2)))
+        );
         assert!(Telemetry {
-            time: 1,
+            time: crate::time::UnixMs(1),
             lat: Some(30.0),
             ..Telemetry::default()
         }
