@@ -35,6 +35,7 @@ use crate::proto::{
     DroneCommandEvent, ErrorCode, Event, IncidentState, MailItem, Member, OrderAnswer, Position,
     ProtoError, RequestId, ServerMsg, StreamKind, Telemetry, Welcome, VERSION,
 };
+pub use crate::proto::{IncidentView, LinkState, UnitKind, UnitView};
 pub use crate::store::LogEntry;
 use crate::store::{order_id, IncidentRow, Mail, Order, OrderState, Store, StoreError};
 use crate::time::UnixMs;
@@ -207,67 +208,6 @@ pub enum Output {
         /// The session id.
         session: String,
     },
-}
-
-/// An incident as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct IncidentView {
-    /// Its id.
-    pub id: IncidentId,
-    /// Its name.
-    pub name: String,
-    /// `open` or `closed`.
-    pub state: &'static str,
-    /// Who created it (`node` id for `duty`).
-    pub created_by: String,
-    /// Unix ms.
-    pub created_at: u64,
-    /// Unix ms, when closed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub closed_at: Option<u64>,
-    /// Subjects assigned to it.
-    pub assigned: Vec<Subject>,
-    /// Subjects with a session in it now.
-    pub members: Vec<Subject>,
-}
-
-/// What a unit is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnitKind {
-    /// Anyone who connected with a token (officer, operator, pilot station, device, …).
-    Person,
-    /// A drone reported by a drone bridge.
-    Drone,
-}
-
-/// A unit (anyone who has connected, and every drone a bridge reported) as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UnitView {
-    /// Token subject; for a drone, its name (`SUBJECT-droneSYSID`).
-    pub subject: Subject,
-    /// `person` or `drone`.
-    pub kind: UnitKind,
-    /// Role; for a drone, the role of its bridge's token (`pilot` or `admin`).
-    pub role: Role,
-    /// Online now; for a drone: its bridge session is live and its link is up.
-    pub online: bool,
-    /// Last message from it (for a drone: last report of its bridge about it), Unix ms.
-    pub last_seen: u64,
-    /// Last reported position; for a drone, from its telemetry (`lat`, `lon`, `alt_amsl`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<Position>,
-    /// Incidents its sessions are in; for a drone, those of its bridge session.
-    pub incidents: Vec<IncidentId>,
-    /// Drones only: the subject of the bridge that reports it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<Subject>,
-    /// Drones only: `up` or `lost` (MAVLink heartbeats, as the bridge reports).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub link: Option<&'static str>,
-    /// Drones only: the merged telemetry.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub telemetry: Option<Telemetry>,
 }
 
 struct Incident {
@@ -2918,10 +2858,14 @@ impl Core {
         Some(IncidentView {
             id: id.clone(),
             name: inc.name.clone(),
-            state: if inc.open { "open" } else { "closed" },
+            state: if inc.open {
+                IncidentState::Open
+            } else {
+                IncidentState::Closed
+            },
             created_by: inc.created_by.clone(),
-            created_at: inc.created_at,
-            closed_at: inc.closed_at,
+            created_at: UnixMs(inc.created_at),
+            closed_at: inc.closed_at.map(UnixMs),
             assigned: inc.assigned.iter().cloned().collect(),
             members: members.into_iter().collect(),
         })
@@ -3026,7 +2970,7 @@ impl Core {
                     kind: UnitKind::Person,
                     role: u.role,
                     online: self.is_online(now, s),
-                    last_seen: u.last_seen,
+                    last_seen: UnixMs(u.last_seen),
                     position: u.position.clone(),
                     incidents: incidents.into_iter().collect(),
                     bridge: None,
@@ -3058,11 +3002,15 @@ impl Core {
                 kind: UnitKind::Drone,
                 role: d.bridge_role,
                 online: d.link_up && self.session_live(now, &d.bridge),
-                last_seen: d.last_seen,
+                last_seen: UnixMs(d.last_seen),
                 position: d.telemetry.as_ref().and_then(Telemetry::position),
                 incidents: incidents.into_iter().collect(),
                 bridge: Some(d.bridge_sub.clone()),
-                link: Some(if d.link_up { "up" } else { "lost" }),
+                link: Some(if d.link_up {
+                    LinkState::Up
+                } else {
+                    LinkState::Lost
+                }),
                 telemetry: d.telemetry.clone(),
             });
         }

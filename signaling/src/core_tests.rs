@@ -1431,7 +1431,7 @@ fn drone_link_loss_is_an_event_and_a_log_entry_and_a_gone_bridge_means_offline()
             .unwrap()
     };
     let u = unit(&h);
-    assert_eq!((u.link, u.online), (Some("lost"), false));
+    assert_eq!((u.link, u.online), (Some(LinkState::Lost), false));
     h.send(
         pilot,
         &ClientMsg::DroneLink {
@@ -1456,7 +1456,7 @@ fn drone_link_loss_is_an_event_and_a_log_entry_and_a_gone_bridge_means_offline()
     let u = unit(&h);
     assert_eq!(
         (u.online, u.link, u.incidents.clone()),
-        (false, Some("up"), vec![duty()])
+        (false, Some(LinkState::Up), vec![duty()])
     );
 }
 

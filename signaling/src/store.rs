@@ -31,7 +31,8 @@ use serde_json::Value;
 
 use crate::ids::Subject;
 use crate::proto::MailItem;
-pub use crate::proto::OrderState;
+pub use crate::proto::{LogEntry, Order, OrderState};
+use crate::time::UnixMs;
 
 /// Schema version this code writes.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -74,43 +75,6 @@ pub struct Stored {
     pub mails: Vec<(Subject, Mail)>,
     /// The item as stored (for a retry: as stored the first time).
     pub item: MailItem,
-}
-
-/// An order as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Order {
-    /// `ord-N`.
-    pub id: String,
-    /// The incident it belongs to.
-    pub incident: String,
-    /// Who sent it.
-    pub from: String,
-    /// The addressee.
-    pub to: String,
-    /// What to do.
-    pub text: String,
-    /// Current state.
-    pub state: OrderState,
-    /// Minutes to arrival, when accepted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_min: Option<u32>,
-    /// Why, when declined.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Unix ms of each transition that happened.
-    pub sent_at: u64,
-    /// Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<u64>,
-    /// Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accepted_at: Option<u64>,
-    /// Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub declined_at: Option<u64>,
-    /// Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub done_at: Option<u64>,
 }
 
 /// The SQLite office store. Not `Sync`: the node keeps it inside the signaling core's lock.
@@ -216,22 +180,6 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO subjects(subject, first_seen)
         SELECT who, MIN(time) FROM incident_log WHERE what = 'joined' GROUP BY who;",
 ];
-
-/// One entry of an incident's append-only log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogEntry {
-    /// Position in the log, from 1.
-    pub seq: u64,
-    /// Unix milliseconds.
-    pub time: u64,
-    /// Who did it (a subject, or the node id for the node itself).
-    pub who: String,
-    /// What happened (`created`, `joined`, `chat`, …).
-    pub what: String,
-    /// Details.
-    #[serde(skip_serializing_if = "Value::is_null")]
-    pub detail: Value,
-}
 
 /// An incident as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -622,8 +570,8 @@ const ORDER_SELECT: &str =
     delivered_at, accepted_at, declined_at, done_at FROM orders";
 
 fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
-    let ms = |i: usize| -> Result<Option<u64>, rusqlite::Error> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+    let ms = |i: usize| -> Result<Option<UnixMs>, rusqlite::Error> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| UnixMs(v as u64)))
     };
     Ok(Order {
         id: r.get(0)?,
@@ -638,7 +586,7 @@ fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
         },
         eta_min: r.get(6)?,
         reason: r.get(7)?,
-        sent_at: r.get::<_, i64>(8)? as u64,
+        sent_at: UnixMs(r.get::<_, i64>(8)? as u64),
         delivered_at: ms(9)?,
         accepted_at: ms(10)?,
         declined_at: ms(11)?,
@@ -762,7 +710,7 @@ impl Store {
                 serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push(LogEntry {
                 seq: seq as u64,
-                time: time as u64,
+                time: UnixMs(time as u64),
                 who,
                 what,
                 detail,
@@ -901,7 +849,10 @@ mod tests {
         assert_eq!(st.order(&id).unwrap().unwrap().state, OrderState::Sent);
         let d = st.ack(&s("off-1"), 1, 20).unwrap();
         assert_eq!(d, vec![(id.clone(), s("cmd"))]);
-        assert_eq!(st.order(&id).unwrap().unwrap().delivered_at, Some(20));
+        assert_eq!(
+            st.order(&id).unwrap().unwrap().delivered_at,
+            Some(UnixMs(20))
+        );
         assert!(st.ack(&s("off-1"), 0, 30).unwrap().is_empty());
         assert!(
             st.ack(&s("off-1"), 99, 30).unwrap().is_empty(),
@@ -913,7 +864,7 @@ mod tests {
         let o = st.order(&id).unwrap().unwrap();
         assert_eq!(
             (o.state, o.eta_min, o.accepted_at),
-            (OrderState::Accepted, Some(7), Some(40))
+            (OrderState::Accepted, Some(7), Some(UnixMs(40)))
         );
         assert_eq!(st.orders(Some(&s("cmd")), 10).unwrap().len(), 1);
         assert!(st.orders(Some(&s("off-9")), 10).unwrap().is_empty());

@@ -28,11 +28,13 @@ use crate::time::UnixMs;
 
 pub mod event;
 pub mod mail;
+pub mod view;
 
 pub use event::{
     CommandName, DroneCommandAckEvent, DroneCommandEvent, Event, IncidentState, Member,
 };
 pub use mail::{MailItem, OrderState};
+pub use view::{IncidentView, LinkState, LogEntry, Order, UnitKind, UnitView};
 
 /// A `subscribe` stream name: local (`cam1`) or at another node (`township-3/cam1`).
 fn local_or_remote_stream<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StreamName, D::Error> {
@@ -1054,7 +1056,7 @@ impl fmt::Display for ProtoError {
 impl std::error::Error for ProtoError {}
 
 /// Every `type` a client may send (for [`ErrorCode::UnknownType`] detection).
-const CLIENT_TYPES: &[&str] = &[
+pub const CLIENT_TYPES: &[&str] = &[
     "hello",
     "ping",
     "ack",
