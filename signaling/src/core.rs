@@ -37,7 +37,9 @@ use crate::proto::{
 };
 pub use crate::proto::{IncidentView, LinkState, UnitKind, UnitView};
 pub use crate::store::LogEntry;
-use crate::store::{order_id, IncidentRow, Mail, Order, OrderState, Store, StoreError};
+use crate::store::{
+    order_id, IncidentRow, Mail, NewItem, NewOrder, OfficeStore, Order, OrderState, StoreError,
+};
 use crate::time::UnixMs;
 
 /// A connection handle chosen by the shell (unique for the node's lifetime).
@@ -290,7 +292,7 @@ pub struct Core {
     detached: BTreeSet<String>,
     out: VecDeque<Output>,
     next_incident: u64,
-    store: Store,
+    store: Box<dyn OfficeStore>,
     store_errors: u64,
     open_sos: BTreeMap<String, OpenSos>,
     drones: BTreeMap<Subject, Drone>,
@@ -304,8 +306,8 @@ fn incident_row(id: &IncidentId, inc: &Incident) -> IncidentRow {
         name: inc.name.clone(),
         open: inc.open,
         created_by: inc.created_by.clone(),
-        created_at: inc.created_at,
-        closed_at: inc.closed_at,
+        created_at: UnixMs(inc.created_at),
+        closed_at: inc.closed_at.map(UnixMs),
         assigned: Vec::new(),
     }
 }
@@ -372,7 +374,7 @@ impl Core {
         cfg: CoreConfig,
         node: NodeId,
         verifier: TokenVerifier,
-        mut store: Store,
+        mut store: impl OfficeStore + 'static,
         now: u64,
     ) -> Core {
         let mut incidents = BTreeMap::new();
@@ -390,8 +392,8 @@ impl Core {
                             name: r.name,
                             open: r.open,
                             created_by: r.created_by,
-                            created_at: r.created_at,
-                            closed_at: r.closed_at,
+                            created_at: r.created_at.as_millis(),
+                            closed_at: r.closed_at.map(UnixMs::as_millis),
                             assigned: r
                                 .assigned
                                 .iter()
@@ -433,7 +435,7 @@ impl Core {
             detached: BTreeSet::new(),
             out: VecDeque::new(),
             next_incident,
-            store,
+            store: Box::new(store),
             store_errors,
             open_sos: BTreeMap::new(),
             drones: BTreeMap::new(),
@@ -765,7 +767,7 @@ impl Core {
                     .or_default()
                     .insert(sid.clone());
                 if !self.units.contains_key(&claims.sub)
-                    && self.store.note_subject(&claims.sub, now).is_err()
+                    && self.store.note_subject(&claims.sub, UnixMs(now)).is_err()
                 {
                     self.store_errors += 1;
                 }
@@ -856,7 +858,7 @@ impl Core {
         if self.incidents.contains_key(incident)
             && self
                 .store
-                .append_log(incident.as_str(), now, &who, what, &detail)
+                .append_log(incident.as_str(), UnixMs(now), &who, what, &detail)
                 .is_err()
         {
             self.store_errors += 1;
@@ -2133,14 +2135,16 @@ impl Core {
                 let stored = self
                     .store
                     .put(
-                        &sub,
-                        &msg_id,
-                        "chat",
-                        incident.as_ref().map(IncidentId::as_str),
-                        &recipients,
-                        now,
-                        None,
-                        |item| MailItem::Chat {
+                        NewItem {
+                            sender: &sub,
+                            client_id: &msg_id,
+                            kind: "chat",
+                            incident: incident.as_ref().map(IncidentId::as_str),
+                            recipients: &recipients,
+                            now: UnixMs(now),
+                            order: None,
+                        },
+                        &mut |item| MailItem::Chat {
                             id: item as u64,
                             msg_id: msg_id.clone(),
                             from: sub.clone(),
@@ -2212,14 +2216,16 @@ impl Core {
                 let stored = self
                     .store
                     .put(
-                        &sub,
-                        &msg_id,
-                        "sos",
-                        targets.first().map(IncidentId::as_str),
-                        &recipients,
-                        now,
-                        None,
-                        |item| MailItem::Sos {
+                        NewItem {
+                            sender: &sub,
+                            client_id: &msg_id,
+                            kind: "sos",
+                            incident: targets.first().map(IncidentId::as_str),
+                            recipients: &recipients,
+                            now: UnixMs(now),
+                            order: None,
+                        },
+                        &mut |item| MailItem::Sos {
                             sos: format!("sos-{item}"),
                             from: sub.clone(),
                             role,
@@ -2279,14 +2285,16 @@ impl Core {
                 let stored = self
                     .store
                     .put(
-                        &sub,
-                        &format!("{sos}:ack"),
-                        "sos_ack",
-                        open.incidents.first().map(IncidentId::as_str),
-                        &recipients,
-                        now,
-                        None,
-                        |_| MailItem::SosAck {
+                        NewItem {
+                            sender: &sub,
+                            client_id: &format!("{sos}:ack"),
+                            kind: "sos_ack",
+                            incident: open.incidents.first().map(IncidentId::as_str),
+                            recipients: &recipients,
+                            now: UnixMs(now),
+                            order: None,
+                        },
+                        &mut |_| MailItem::SosAck {
                             sos: sos.clone(),
                             by: sub.clone(),
                             time: UnixMs(now),
@@ -2351,14 +2359,16 @@ impl Core {
                 let stored = self
                     .store
                     .put(
-                        &sub,
-                        &format!("read:{item}"),
-                        "read",
-                        None,
-                        &[sender],
-                        now,
-                        None,
-                        |_| MailItem::Read {
+                        NewItem {
+                            sender: &sub,
+                            client_id: &format!("read:{item}"),
+                            kind: "read",
+                            incident: None,
+                            recipients: &[sender],
+                            now: UnixMs(now),
+                            order: None,
+                        },
+                        &mut |_| MailItem::Read {
                             item,
                             by: sub.clone(),
                             time: UnixMs(now),
@@ -2406,7 +2416,7 @@ impl Core {
             ClientMsg::MailAck { upto } => {
                 let delivered = self
                     .store
-                    .ack(&claims.sub, upto, now)
+                    .ack(&claims.sub, upto, UnixMs(now))
                     .map_err(|e| store_err(None, e))?;
                 for (order, _sender) in delivered {
                     self.order_state_mail(now, &order, &claims.sub)
@@ -2608,14 +2618,16 @@ impl Core {
         };
         let state = o.state;
         let stored = self.store.put(
-            by,
-            &format!("{order}:{}", state.as_str()),
-            "order_state",
-            Some(&o.incident),
-            &[sender],
-            now,
-            None,
-            |_| MailItem::OrderState {
+            NewItem {
+                sender: by,
+                client_id: &format!("{order}:{}", state.as_str()),
+                kind: "order_state",
+                incident: Some(&o.incident),
+                recipients: &[sender],
+                now: UnixMs(now),
+                order: None,
+            },
+            &mut |_| MailItem::OrderState {
                 order: order.to_owned(),
                 state,
                 by: by.clone(),
@@ -2707,14 +2719,20 @@ impl Core {
         let stored = self
             .store
             .put(
-                &sub,
-                &msg_id,
-                "order",
-                Some(incident.as_str()),
-                std::slice::from_ref(to),
-                now,
-                Some((incident.as_str(), to, text)),
-                |item| MailItem::Order {
+                NewItem {
+                    sender: &sub,
+                    client_id: &msg_id,
+                    kind: "order",
+                    incident: Some(incident.as_str()),
+                    recipients: std::slice::from_ref(to),
+                    now: UnixMs(now),
+                    order: Some(NewOrder {
+                        incident: incident.as_str(),
+                        to,
+                        text,
+                    }),
+                },
+                &mut |item| MailItem::Order {
                     order: order_id(item),
                     msg_id: msg_id.clone(),
                     from: sub.clone(),
@@ -2810,7 +2828,7 @@ impl Core {
                 ));
             }
             self.store
-                .set_order_state(order, target, now, eta_min, reason.as_deref())
+                .set_order_state(order, target, UnixMs(now), eta_min, reason.as_deref())
                 .map_err(|e| store_err(re, e))?;
             self.order_state_mail(now, order, &claims.sub)
                 .map_err(|e| store_err(re, e))?;

@@ -1044,7 +1044,7 @@ fn an_order_to_a_subject_that_never_connected_is_refused_and_not_stored() {
     // The node remembers who has been here across a restart (the store does).
     let mut store = crate::store::Store::open_in_memory().unwrap();
     store
-        .note_subject(&Subject::parse("off-5").unwrap(), T0)
+        .note_subject(&Subject::parse("off-5").unwrap(), UnixMs(T0))
         .unwrap();
     let mut h2 = H::new();
     h2.core = Core::new(

@@ -15,7 +15,8 @@
 //!   authorisation) that the node's QUIC and WebSocket shells drive.
 //! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
 //!   clients (pinning, reconnect and resume); the one module that does I/O.
-//! - [`store`] (feature `server`): the node's SQLite office store (mailboxes, orders).
+//! - [`store`] (feature `server`): the office store behind the [`store::OfficeStore`] trait
+//!   (mailboxes, orders, incidents, logs); [`store::SqliteStore`] is the node's implementation.
 //! - [`testkit`]: one harmless request per row of the role matrix, for tests.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that

@@ -1,90 +1,42 @@
-//! The node's office store: SQLite (WAL), schema migrations, store-and-forward mailboxes and
-//! orders.
+//! The SQLite [`OfficeStore`]: WAL mode, schema migrations, the node's `office.db`.
 //!
-//! Model:
-//! - an **item** is one office message (chat, order, order state change, SOS, SOS
-//!   acknowledgement, read receipt), identified by `(sender, kind, client id)`: the id its sender
-//!   chose, within the kind of message. Storing the same `(sender, kind, client id)` twice stores
-//!   it once — a sender that retries after a lost acknowledgement never creates a duplicate — and
-//!   a chat never answers for an order that happens to carry the same id (schema 3);
-//! - every recipient subject has a **mailbox**: its items in order, numbered `seq` 1, 2, 3… per
-//!   recipient, without gaps. Delivery is "send everything after the client's cursor"; the client
-//!   acknowledges a `seq` and drops duplicates by `seq`, so each item is processed exactly once;
-//! - an **order** row tracks the state machine sent → delivered → accepted / declined → done with a
-//!   timestamp per transition.
-//!
-//! Durability: every write is one transaction, committed before the node acknowledges it. The
-//! database runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the
-//! process being killed (SIGKILL, OOM, panic); an operating-system crash or power cut may lose
-//! the last transactions before a checkpoint. `PRAGMA user_version` holds the schema version;
-//! [`Store::open`] migrates older files forward and refuses newer ones.
-//!
-//! The store also remembers every subject that ever had a session on the node (`subjects`), so
-//! that an order to a name nobody ever used is refused instead of waiting in a mailbox no one
-//! will read.
+//! Durability: every write is one transaction, committed before the call returns. The database
+//! runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the process
+//! being killed (SIGKILL, OOM, panic); an operating-system crash or power cut may lose the last
+//! transactions before a checkpoint. `PRAGMA user_version` holds the schema version;
+//! [`SqliteStore::open`] migrates older files forward and refuses newer ones. Schema 3 made the
+//! idempotency key `(sender, kind, client id)` and added the `subjects` table.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension as _};
-use serde::Serialize;
 use serde_json::Value;
 
+use super::{
+    order_id, IncidentRow, LogEntry, Mail, NewItem, NewOrder, OfficeStore, Order, OrderState,
+    StoreError, Stored,
+};
 use crate::ids::Subject;
 use crate::proto::MailItem;
-pub use crate::proto::{LogEntry, Order, OrderState};
 use crate::time::UnixMs;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}
 
 /// Schema version this code writes.
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// Why the store failed. Shown to operators (logs) and, as `unavailable`, to clients.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// SQLite refused an operation (disk full, file locked, corrupt database…).
-    #[error("office store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The file was written by a newer yiwang (schema version too high).
-    #[error("office store schema version {found} is newer than this node's ({SCHEMA_VERSION}); upgrade the node")]
-    TooNew {
-        /// The version found in the file.
-        found: u32,
-    },
-    /// A stored value could not be read back (corrupt row).
-    #[error("office store: corrupt row: {0}")]
-    Corrupt(String),
-}
-
-/// One mailbox entry as delivered to a client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Mail {
-    /// Position in the recipient's mailbox (from 1, no gaps).
-    pub seq: u64,
-    /// The item, as the client sees it.
-    pub item: MailItem,
-}
-
-/// The result of storing an item.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    /// The item's row id.
-    pub item_id: i64,
-    /// False when `(sender, client id)` was already stored (a retry): nothing was added.
-    pub new: bool,
-    /// The mailbox entries created, per recipient.
-    pub mails: Vec<(Subject, Mail)>,
-    /// The item as stored (for a retry: as stored the first time).
-    pub item: MailItem,
-}
-
-/// The SQLite office store. Not `Sync`: the node keeps it inside the signaling core's lock.
-pub struct Store {
+/// The SQLite office store. `Send`, not `Sync`: one owner (the signaling core) uses it.
+pub struct SqliteStore {
     conn: Connection,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
 }
 
@@ -181,45 +133,26 @@ const MIGRATIONS: &[&str] = &[
         SELECT who, MIN(time) FROM incident_log WHERE what = 'joined' GROUP BY who;",
 ];
 
-/// An incident as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IncidentRow {
-    /// Its id.
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// Open (or closed).
-    pub open: bool,
-    /// Creator (a subject, or the node id).
-    pub created_by: String,
-    /// Unix ms.
-    pub created_at: u64,
-    /// Unix ms.
-    pub closed_at: Option<u64>,
-    /// Assigned subjects.
-    pub assigned: Vec<String>,
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and migrates it to [`SCHEMA_VERSION`].
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        Store::init(conn)
+        SqliteStore::init(conn)
     }
 
     /// A store in memory (tests, tools).
-    pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::init(Connection::open_in_memory()?)
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        SqliteStore::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store, StoreError> {
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Migrations may rebuild referenced tables, which SQLite allows only with foreign keys
         // off (the pragma is a no-op inside a transaction); each migration checks them itself.
         conn.pragma_update(None, "foreign_keys", "OFF")?;
-        let mut store = Store { conn };
+        let mut store = SqliteStore { conn };
         store.migrate()?;
         store.conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(store)
@@ -256,24 +189,24 @@ impl Store {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
+}
 
-    /// Stores an item from `sender` with its client id and puts it in each recipient's mailbox,
-    /// in one transaction. `build` makes the client-visible item from its row id (so the item can
-    /// name itself, e.g. `ord-42`). A retry (same sender, kind and client id) adds nothing and
-    /// returns the first copy; the same client id under another kind is another item. An order
-    /// row is created when `order` is given.
-    #[allow(clippy::too_many_arguments)]
-    pub fn put(
+impl OfficeStore for SqliteStore {
+    fn put(
         &mut self,
-        sender: &Subject,
-        client_id: &str,
-        kind: &str,
-        incident: Option<&str>,
-        recipients: &[Subject],
-        now: u64,
-        order: Option<(&str, &Subject, &str)>,
-        build: impl FnOnce(i64) -> MailItem,
+        new: NewItem<'_>,
+        build: &mut dyn FnMut(i64) -> MailItem,
     ) -> Result<Stored, StoreError> {
+        let NewItem {
+            sender,
+            client_id,
+            kind,
+            incident,
+            recipients,
+            now,
+            order,
+        } = new;
+        let now = now.as_millis();
         let tx = self.conn.transaction()?;
         let existing: Option<(i64, String)> = tx
             .query_row(
@@ -302,7 +235,7 @@ impl Store {
             "UPDATE items SET body = ?1 WHERE id = ?2",
             params![body, item_id],
         )?;
-        if let Some((incident, to, text)) = order {
+        if let Some(NewOrder { incident, to, text }) = order {
             tx.execute(
                 "INSERT INTO orders(id, item, incident, sender, recipient, text, state, sent_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'sent', ?7)",
@@ -345,8 +278,7 @@ impl Store {
         })
     }
 
-    /// Mailbox entries of `recipient` after `after`, oldest first, at most `limit`.
-    pub fn mail_after(
+    fn mail_after(
         &self,
         recipient: &Subject,
         after: u64,
@@ -372,8 +304,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Sender and kind of item `item_id`, if it is in `recipient`'s mailbox.
-    pub fn item_in_mailbox(
+    fn item_in_mailbox(
         &self,
         recipient: &Subject,
         item_id: i64,
@@ -389,17 +320,15 @@ impl Store {
             .optional()?)
     }
 
-    /// Records that `subject` has had a session on this node (idempotent).
-    pub fn note_subject(&mut self, subject: &Subject, now: u64) -> Result<(), StoreError> {
+    fn note_subject(&mut self, subject: &Subject, now: UnixMs) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT OR IGNORE INTO subjects(subject, first_seen) VALUES (?1, ?2)",
-            params![subject.as_str(), now as i64],
+            params![subject.as_str(), now.as_millis() as i64],
         )?;
         Ok(())
     }
 
-    /// Whether `subject` ever had a session on this node (see [`Store::note_subject`]).
-    pub fn knows_subject(&self, subject: &Subject) -> Result<bool, StoreError> {
+    fn knows_subject(&self, subject: &Subject) -> Result<bool, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -411,8 +340,7 @@ impl Store {
             .is_some())
     }
 
-    /// The newest `seq` in `recipient`'s mailbox (0 if empty).
-    pub fn last_seq(&self, recipient: &Subject) -> Result<u64, StoreError> {
+    fn last_seq(&self, recipient: &Subject) -> Result<u64, StoreError> {
         let v: i64 = self.conn.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM mailbox WHERE recipient = ?1",
             params![recipient.as_str()],
@@ -421,8 +349,7 @@ impl Store {
         Ok(v as u64)
     }
 
-    /// The highest `seq` `recipient` acknowledged (0 if none).
-    pub fn acked(&self, recipient: &Subject) -> Result<u64, StoreError> {
+    fn acked(&self, recipient: &Subject) -> Result<u64, StoreError> {
         let v: Option<i64> = self
             .conn
             .query_row(
@@ -434,14 +361,11 @@ impl Store {
         Ok(v.unwrap_or(0) as u64)
     }
 
-    /// Records that `recipient` processed everything up to `upto` (never moves backwards, never
-    /// past the mailbox's end). Returns the orders that became delivered by it:
-    /// `(order id, sender)`.
-    pub fn ack(
+    fn ack(
         &mut self,
         recipient: &Subject,
         upto: u64,
-        now: u64,
+        now: UnixMs,
     ) -> Result<Vec<(String, Subject)>, StoreError> {
         let tx = self.conn.transaction()?;
         let old: i64 = tx
@@ -486,15 +410,14 @@ impl Store {
         for (id, _) in &delivered {
             tx.execute(
                 "UPDATE orders SET state = 'delivered', delivered_at = ?2 WHERE id = ?1",
-                params![id, now as i64],
+                params![id, now.as_millis() as i64],
             )?;
         }
         tx.commit()?;
         Ok(delivered)
     }
 
-    /// One order.
-    pub fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+    fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
         let mut st = self
             .conn
             .prepare_cached(&format!("{ORDER_SELECT} WHERE id = ?1"))?;
@@ -505,12 +428,11 @@ impl Store {
         }
     }
 
-    /// Moves order `id` to `state` (the caller checked who may), recording ETA or reason.
-    pub fn set_order_state(
+    fn set_order_state(
         &mut self,
         id: &str,
         state: OrderState,
-        now: u64,
+        now: UnixMs,
         eta_min: Option<u32>,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -528,18 +450,12 @@ impl Store {
                    delivered_at = COALESCE(delivered_at, ?3)
                  WHERE id = ?1"
             ),
-            params![id, state.as_str(), now as i64, eta_min, reason],
+            params![id, state.as_str(), now.as_millis() as i64, eta_min, reason],
         )?;
         Ok(())
     }
 
-    /// Orders sent by or addressed to `subject` (every order when `None`), newest first, at most
-    /// `limit`.
-    pub fn orders(
-        &self,
-        subject: Option<&Subject>,
-        limit: usize,
-    ) -> Result<Vec<Order>, StoreError> {
+    fn orders(&self, subject: Option<&Subject>, limit: usize) -> Result<Vec<Order>, StoreError> {
         let mut out = Vec::new();
         match subject {
             Some(s) => {
@@ -563,40 +479,8 @@ impl Store {
         }
         Ok(out)
     }
-}
 
-const ORDER_SELECT: &str =
-    "SELECT id, incident, sender, recipient, text, state, eta_min, reason, sent_at,
-    delivered_at, accepted_at, declined_at, done_at FROM orders";
-
-fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
-    let ms = |i: usize| -> Result<Option<UnixMs>, rusqlite::Error> {
-        Ok(r.get::<_, Option<i64>>(i)?.map(|v| UnixMs(v as u64)))
-    };
-    Ok(Order {
-        id: r.get(0)?,
-        incident: r.get(1)?,
-        from: r.get(2)?,
-        to: r.get(3)?,
-        text: r.get(4)?,
-        state: {
-            let st: String = r.get(5)?;
-            OrderState::parse(&st)
-                .ok_or_else(|| StoreError::Corrupt(format!("order state {st:?}")))?
-        },
-        eta_min: r.get(6)?,
-        reason: r.get(7)?,
-        sent_at: UnixMs(r.get::<_, i64>(8)? as u64),
-        delivered_at: ms(9)?,
-        accepted_at: ms(10)?,
-        declined_at: ms(11)?,
-        done_at: ms(12)?,
-    })
-}
-
-impl Store {
-    /// Every stored incident with its assignments.
-    pub fn incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
+    fn incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT id, name, open, created_by, created_at, closed_at FROM incidents ORDER BY id",
         )?;
@@ -606,8 +490,8 @@ impl Store {
                 name: r.get(1)?,
                 open: r.get::<_, i64>(2)? != 0,
                 created_by: r.get(3)?,
-                created_at: r.get::<_, i64>(4)? as u64,
-                closed_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                created_at: UnixMs(r.get::<_, i64>(4)? as u64),
+                closed_at: r.get::<_, Option<i64>>(5)?.map(|v| UnixMs(v as u64)),
                 assigned: Vec::new(),
             })
         })?;
@@ -627,18 +511,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates or updates an incident (not its assignments).
-    pub fn save_incident(&mut self, inc: &IncidentRow) -> Result<(), StoreError> {
+    fn save_incident(&mut self, inc: &IncidentRow) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO incidents(id, name, open, created_by, created_at, closed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(id) DO UPDATE SET name = excluded.name, open = excluded.open, closed_at = excluded.closed_at",
-            params![inc.id, inc.name, inc.open as i64, inc.created_by, inc.created_at as i64, inc.closed_at.map(|v| v as i64)],
+            params![inc.id, inc.name, inc.open as i64, inc.created_by, inc.created_at.as_millis() as i64, inc.closed_at.map(|v| v.as_millis() as i64)],
         )?;
         Ok(())
     }
 
-    /// Assigns (`true`) or unassigns `subject` to `incident`.
-    pub fn set_assigned(
+    fn set_assigned(
         &mut self,
         incident: &str,
         subject: &str,
@@ -658,11 +540,10 @@ impl Store {
         Ok(())
     }
 
-    /// Appends to an incident's log; returns the entry's `seq`.
-    pub fn append_log(
+    fn append_log(
         &mut self,
         incident: &str,
-        time: u64,
+        time: UnixMs,
         who: &str,
         what: &str,
         detail: &Value,
@@ -675,14 +556,13 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO incident_log(incident, seq, time, who, what, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![incident, seq, time as i64, who, what, detail.to_string()],
+            params![incident, seq, time.as_millis() as i64, who, what, detail.to_string()],
         )?;
         tx.commit()?;
         Ok(seq as u64)
     }
 
-    /// Log entries of `incident` after `after`, oldest first, at most `limit`; and the newest `seq`.
-    pub fn log_after(
+    fn log_after(
         &self,
         incident: &str,
         after: u64,
@@ -725,6 +605,35 @@ impl Store {
     }
 }
 
+const ORDER_SELECT: &str =
+    "SELECT id, incident, sender, recipient, text, state, eta_min, reason, sent_at,
+    delivered_at, accepted_at, declined_at, done_at FROM orders";
+
+fn order_row(r: &rusqlite::Row<'_>) -> Result<Order, StoreError> {
+    let ms = |i: usize| -> Result<Option<UnixMs>, rusqlite::Error> {
+        Ok(r.get::<_, Option<i64>>(i)?.map(|v| UnixMs(v as u64)))
+    };
+    Ok(Order {
+        id: r.get(0)?,
+        incident: r.get(1)?,
+        from: r.get(2)?,
+        to: r.get(3)?,
+        text: r.get(4)?,
+        state: {
+            let st: String = r.get(5)?;
+            OrderState::parse(&st)
+                .ok_or_else(|| StoreError::Corrupt(format!("order state {st:?}")))?
+        },
+        eta_min: r.get(6)?,
+        reason: r.get(7)?,
+        sent_at: UnixMs(r.get::<_, i64>(8)? as u64),
+        delivered_at: ms(9)?,
+        accepted_at: ms(10)?,
+        declined_at: ms(11)?,
+        done_at: ms(12)?,
+    })
+}
+
 /// A stored item body. A kind this version does not know is a corrupt row: only this node
 /// writes the store.
 fn parse_item(body: &str) -> Result<MailItem, StoreError> {
@@ -736,11 +645,6 @@ fn parse_item(body: &str) -> Result<MailItem, StoreError> {
         Ok(item) => Ok(item),
         Err(e) => Err(StoreError::Corrupt(e.to_string())),
     }
-}
-
-/// The order id of item `item_id`.
-pub fn order_id(item_id: i64) -> String {
-    format!("ord-{item_id}")
 }
 
 #[cfg(test)]
@@ -778,17 +682,19 @@ mod tests {
 
     #[test]
     fn items_are_stored_once_and_numbered_per_recipient() {
-        let mut st = Store::open_in_memory().unwrap();
+        let mut st = SqliteStore::open_in_memory().unwrap();
         let a = st
             .put(
-                &s("cmd"),
-                "m1",
-                "chat",
-                Some("duty"),
-                &[s("off-1"), s("off-2")],
-                10,
-                None,
-                |id| chat(id, "a"),
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "chat",
+                    incident: Some("duty"),
+                    recipients: &[s("off-1"), s("off-2")],
+                    now: UnixMs(10),
+                    order: None,
+                },
+                &mut |id| chat(id, "a"),
             )
             .unwrap();
         assert!(a.new);
@@ -801,27 +707,31 @@ mod tests {
         );
         let again = st
             .put(
-                &s("cmd"),
-                "m1",
-                "chat",
-                Some("duty"),
-                &[s("off-1")],
-                11,
-                None,
-                |id| chat(id, "again"),
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "chat",
+                    incident: Some("duty"),
+                    recipients: &[s("off-1")],
+                    now: UnixMs(11),
+                    order: None,
+                },
+                &mut |id| chat(id, "again"),
             )
             .unwrap();
         assert!(!again.new);
         assert_eq!(again.item, a.item);
         st.put(
-            &s("cmd"),
-            "m2",
-            "chat",
-            None,
-            &[s("off-1")],
-            12,
-            None,
-            |id| chat(id, "b"),
+            NewItem {
+                sender: &s("cmd"),
+                client_id: "m2",
+                kind: "chat",
+                incident: None,
+                recipients: &[s("off-1")],
+                now: UnixMs(12),
+                order: None,
+            },
+            &mut |id| chat(id, "b"),
         )
         .unwrap();
         let mail = st.mail_after(&s("off-1"), 0, 100).unwrap();
@@ -832,34 +742,40 @@ mod tests {
 
     #[test]
     fn ack_delivers_orders_and_never_moves_back() {
-        let mut st = Store::open_in_memory().unwrap();
+        let mut st = SqliteStore::open_in_memory().unwrap();
         let o = st
             .put(
-                &s("cmd"),
-                "o1",
-                "order",
-                Some("duty"),
-                &[s("off-1")],
-                10,
-                Some(("duty", &s("off-1"), "go")),
-                order,
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "o1",
+                    kind: "order",
+                    incident: Some("duty"),
+                    recipients: &[s("off-1")],
+                    now: UnixMs(10),
+                    order: Some(NewOrder {
+                        incident: "duty",
+                        to: &s("off-1"),
+                        text: "go",
+                    }),
+                },
+                &mut order,
             )
             .unwrap();
         let id = order_id(o.item_id);
         assert_eq!(st.order(&id).unwrap().unwrap().state, OrderState::Sent);
-        let d = st.ack(&s("off-1"), 1, 20).unwrap();
+        let d = st.ack(&s("off-1"), 1, UnixMs(20)).unwrap();
         assert_eq!(d, vec![(id.clone(), s("cmd"))]);
         assert_eq!(
             st.order(&id).unwrap().unwrap().delivered_at,
             Some(UnixMs(20))
         );
-        assert!(st.ack(&s("off-1"), 0, 30).unwrap().is_empty());
+        assert!(st.ack(&s("off-1"), 0, UnixMs(30)).unwrap().is_empty());
         assert!(
-            st.ack(&s("off-1"), 99, 30).unwrap().is_empty(),
+            st.ack(&s("off-1"), 99, UnixMs(30)).unwrap().is_empty(),
             "clamped to the mailbox end"
         );
         assert_eq!(st.acked(&s("off-1")).unwrap(), 1);
-        st.set_order_state(&id, OrderState::Accepted, 40, Some(7), None)
+        st.set_order_state(&id, OrderState::Accepted, UnixMs(40), Some(7), None)
             .unwrap();
         let o = st.order(&id).unwrap().unwrap();
         assert_eq!(
@@ -872,13 +788,13 @@ mod tests {
 
     #[test]
     fn incidents_and_an_append_only_log() {
-        let mut st = Store::open_in_memory().unwrap();
+        let mut st = SqliteStore::open_in_memory().unwrap();
         let row = IncidentRow {
             id: "fire-1".into(),
             name: "Fire".into(),
             open: true,
             created_by: "cmd".into(),
-            created_at: 5,
+            created_at: UnixMs(5),
             closed_at: None,
             assigned: vec![],
         };
@@ -886,25 +802,31 @@ mod tests {
         st.set_assigned("fire-1", "off-1", true).unwrap();
         st.set_assigned("fire-1", "off-1", true).unwrap();
         assert_eq!(
-            st.append_log("fire-1", 6, "cmd", "created", &json!({"name": "Fire"}))
-                .unwrap(),
+            st.append_log(
+                "fire-1",
+                UnixMs(6),
+                "cmd",
+                "created",
+                &json!({"name": "Fire"})
+            )
+            .unwrap(),
             1
         );
         assert_eq!(
-            st.append_log("fire-1", 7, "cmd", "closed", &Value::Null)
+            st.append_log("fire-1", UnixMs(7), "cmd", "closed", &Value::Null)
                 .unwrap(),
             2
         );
         st.save_incident(&IncidentRow {
             open: false,
-            closed_at: Some(7),
+            closed_at: Some(UnixMs(7)),
             ..row
         })
         .unwrap();
         let all = st.incidents().unwrap();
         assert_eq!(
             (all[0].open, all[0].closed_at, all[0].assigned.clone()),
-            (false, Some(7), vec!["off-1".to_owned()])
+            (false, Some(UnixMs(7)), vec!["off-1".to_owned()])
         );
         let (entries, last) = st.log_after("fire-1", 1, 10).unwrap();
         assert_eq!(
@@ -925,29 +847,37 @@ mod tests {
 
     #[test]
     fn the_same_client_id_under_another_kind_is_another_item() {
-        let mut st = Store::open_in_memory().unwrap();
+        let mut st = SqliteStore::open_in_memory().unwrap();
         let order = st
             .put(
-                &s("cmd"),
-                "m1",
-                "order",
-                Some("duty"),
-                &[s("off-1")],
-                10,
-                Some(("duty", &s("off-1"), "go")),
-                order,
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "order",
+                    incident: Some("duty"),
+                    recipients: &[s("off-1")],
+                    now: UnixMs(10),
+                    order: Some(NewOrder {
+                        incident: "duty",
+                        to: &s("off-1"),
+                        text: "go",
+                    }),
+                },
+                &mut order,
             )
             .unwrap();
         let chat = st
             .put(
-                &s("cmd"),
-                "m1",
-                "chat",
-                Some("duty"),
-                &[s("off-1")],
-                11,
-                None,
-                |id| chat(id, "c"),
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "chat",
+                    incident: Some("duty"),
+                    recipients: &[s("off-1")],
+                    now: UnixMs(11),
+                    order: None,
+                },
+                &mut |id| chat(id, "c"),
             )
             .unwrap();
         assert!(chat.new, "a chat is not a retry of an order");
@@ -980,7 +910,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut st = Store::open(&path).unwrap();
+        let mut st = SqliteStore::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(st.order("ord-7").unwrap().unwrap().to, "off-1");
         assert_eq!(
@@ -994,14 +924,16 @@ mod tests {
         assert!(!st.knows_subject(&s("off-2")).unwrap());
         let retry = st
             .put(
-                &s("cmd"),
-                "m1",
-                "order",
-                None,
-                &[s("off-1")],
-                9,
-                None,
-                |id| chat(id, "again"),
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "order",
+                    incident: None,
+                    recipients: &[s("off-1")],
+                    now: UnixMs(9),
+                    order: None,
+                },
+                &mut |id| chat(id, "again"),
             )
             .unwrap();
         assert_eq!((retry.new, retry.item_id), (false, 7), "still idempotent");
@@ -1011,8 +943,8 @@ mod tests {
                 .is_err(),
             "foreign keys are enforced again after the migration"
         );
-        st.note_subject(&s("off-2"), 20).unwrap();
-        st.note_subject(&s("off-2"), 21).unwrap();
+        st.note_subject(&s("off-2"), UnixMs(20)).unwrap();
+        st.note_subject(&s("off-2"), UnixMs(21)).unwrap();
         assert!(st.knows_subject(&s("off-2")).unwrap());
         drop(st);
         let _ = std::fs::remove_dir_all(dir);
@@ -1023,20 +955,22 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("office.db");
         {
-            let mut st = Store::open(&path).unwrap();
+            let mut st = SqliteStore::open(&path).unwrap();
             st.put(
-                &s("cmd"),
-                "m1",
-                "chat",
-                None,
-                &[s("off-1")],
-                1,
-                None,
-                |id| chat(id, "x"),
+                NewItem {
+                    sender: &s("cmd"),
+                    client_id: "m1",
+                    kind: "chat",
+                    incident: None,
+                    recipients: &[s("off-1")],
+                    now: UnixMs(1),
+                    order: None,
+                },
+                &mut |id| chat(id, "x"),
             )
             .unwrap();
         }
-        let st = Store::open(&path).unwrap();
+        let st = SqliteStore::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(
             st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item,
@@ -1045,7 +979,7 @@ mod tests {
         st.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(st);
         assert!(matches!(
-            Store::open(&path),
+            SqliteStore::open(&path),
             Err(StoreError::TooNew { found: 99 })
         ));
         let _ = std::fs::remove_dir_all(dir);
