@@ -3093,5 +3093,4 @@ fn e_closes(out: &VecDeque<Output>, conn: ConnId) -> bool {
 }
 
 #[cfg(test)]
-#[path = "core_tests.rs"]
 mod tests;
