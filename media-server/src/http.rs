@@ -513,7 +513,7 @@ async fn api_units(
         }
         None => None,
     };
-    let now = crate::signal::now_ms();
+    let now = crate::signal::now();
     let units = state
         .hub
         .read(|c| c.units_for(now, &claims, incident.as_ref()));
@@ -568,7 +568,7 @@ async fn api_orders_post(
             format!("invalid order: {e}"),
         )
     })?;
-    let now = crate::signal::now_ms();
+    let now = crate::signal::now();
     let data = state
         .hub
         .with_core(|c| {
@@ -620,7 +620,7 @@ async fn api_order_answer(
             format!("invalid answer: {e}"),
         )
     })?;
-    let now = crate::signal::now_ms();
+    let now = crate::signal::now();
     let data = state
         .hub
         .with_core(|c| c.answer_order(now, &claims, None, &id, a.answer, a.eta_min, a.reason))

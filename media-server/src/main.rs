@@ -242,7 +242,7 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let r = match (args.sub, args.jti) {
         (Some(sub), None) => Revocation::Subject {
             sub,
-            at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+            at: signaling::UnixSecs(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()),
         },
         (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => Revocation::Token { jti },
         (None, Some(_)) => anyhow::bail!("--jti must be 1..=128 characters"),

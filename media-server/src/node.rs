@@ -195,7 +195,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         identity.node_id.clone(),
         (*verifier).clone(),
         store,
-        signal::now_ms(),
+        signal::now(),
     );
     let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
     let timer_task = tokio::spawn(hub.clone().run_timers());

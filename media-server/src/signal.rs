@@ -21,7 +21,7 @@ use signaling::core::{ConnId, Core, MediaOp, Output, Revocation};
 use signaling::proto::{
     encode, encode_frame, ErrorCode, FrameDecoder, ProtoError, ServerMsg, StreamKind, MAX_FRAME,
 };
-use signaling::Role;
+use signaling::{Role, UnixMs};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -76,6 +76,11 @@ impl Outq {
             n = self.normal.recv() => n,
         }
     }
+}
+
+/// The time now, as the signaling core takes it.
+pub fn now() -> UnixMs {
+    UnixMs(now_ms())
 }
 
 /// Unix milliseconds now.
@@ -226,7 +231,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, (tx, utx, slow.clone()));
-        self.with_core(|c| c.open(now_ms(), id));
+        self.with_core(|c| c.open(now(), id));
         (id, Outq { urgent, normal }, slow)
     }
 
@@ -235,7 +240,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&conn);
-        self.with_core(|c| c.closed(now_ms(), conn));
+        self.with_core(|c| c.closed(now(), conn));
     }
 
     fn to_conn(&self, conn: ConnId, out: Outbound) {
@@ -343,7 +348,7 @@ impl Hub {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(stream.to_string(), (owner, kind));
-                self.with_core(|c| c.note_published(now_ms(), session, &stream, kind));
+                self.with_core(|c| c.note_published(now(), session, &stream, kind));
                 Ok(json!({"media": a.session_id, "sdp": a.sdp, "stream": stream}))
             }
             MediaOp::Subscribe {
@@ -456,7 +461,7 @@ impl Hub {
         if !new.is_empty() {
             self.with_core(|c| {
                 for r in &new {
-                    c.apply_revocation(now_ms(), r);
+                    c.apply_revocation(now(), r);
                 }
             });
         }
@@ -471,12 +476,12 @@ impl Hub {
         let mut n: u64 = 0;
         loop {
             let due = self.read(Core::next_fanout_due).map(|at| {
-                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                let wait = Duration::from_millis(at.ms_since(now()));
                 tokio::time::Instant::now() + wait
             });
             let wake = due.map_or(next_tick, |d| d.min(next_tick));
             tokio::time::sleep_until(wake).await;
-            self.with_core(|c| c.handle_timeout(now_ms()));
+            self.with_core(|c| c.handle_timeout(now()));
             if tokio::time::Instant::now() >= next_tick {
                 next_tick += TICK;
                 if next_tick < tokio::time::Instant::now() {
@@ -539,7 +544,7 @@ impl Hub {
             decoder.push(&chunk.bytes);
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => self.with_core(|c| c.frame(now_ms(), id, &frame)),
+                    Ok(Some(frame)) => self.with_core(|c| c.frame(now(), id, &frame)),
                     Ok(None) => break,
                     Err(e) => {
                         self.with_core(|c| c.frame_error(id, e.to_proto()));
@@ -623,7 +628,7 @@ impl Hub {
                         self.with_core(|c| c.frame_error(id, e));
                         break;
                     }
-                    self.with_core(|c| c.frame(now_ms(), id, t.as_bytes()));
+                    self.with_core(|c| c.frame(now(), id, t.as_bytes()));
                 }
                 Message::Binary(_) => {
                     let e = ProtoError::new(
@@ -645,7 +650,7 @@ impl Hub {
 
     /// Verifies a bearer token for the HTTP API (signature, audience, expiry, revocation).
     pub fn authenticate(&self, token: &str) -> Result<signaling::Claims, ProtoError> {
-        self.core().authenticate(token, now_ms())
+        self.core().authenticate(token, now())
     }
 
     /// Reads the core (for the HTTP API).

@@ -11,17 +11,20 @@
 //!   [`proto::Event`]s and [`proto::MailItem`]s); `docs/protocol.md` describes it for implementers
 //!   in other languages.
 //! - [`time`]: [`UnixMs`] and [`UnixSecs`], the two kinds of timestamps.
-//! - [`core`]: the sans-IO signaling state machine (sessions, incidents, presence, positions,
-//!   authorisation) that the node's QUIC and WebSocket shells drive.
+//! - [`core`] (feature `server`): the sans-IO signaling core that the node's QUIC and WebSocket
+//!   shells drive: components owning sessions, incidents, presence, drones and the office,
+//!   coordinated by one dispatch.
 //! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
 //!   clients (pinning, reconnect and resume); the one module that does I/O.
 //! - [`store`] (feature `server`): the office store behind the [`store::OfficeStore`] trait
 //!   (mailboxes, orders, incidents, logs); [`store::SqliteStore`] is the node's implementation.
 //! - [`testkit`]: one harmless request per row of the role matrix, for tests.
 //!
-//! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
-//! needs the time takes `now` (unix seconds) as an argument, so all of it is deterministic and
-//! testable with a table. The only ambient input is randomness for token ids.
+//! What this crate must not touch: sockets, files, the clock and async runtimes (except
+//! [`client`], and the SQLite file behind [`store::SqliteStore`]). Every function that needs the
+//! time takes `now` as an argument ([`UnixMs`] in the core, Unix seconds for tokens), so all of
+//! it is deterministic and testable with a table. The only ambient input is randomness for token
+//! and session ids.
 #![warn(missing_docs)]
 
 pub mod auth;

@@ -201,13 +201,13 @@ pub fn fuzz_core(data: &[u8]) {
     let mut verifier = TokenVerifier::new(node.clone());
     verifier.trust(key.verifying_key());
     let issuer = TokenIssuer::new(key, node.clone());
-    let now0 = 1_780_000_000_000u64;
+    let now0 = crate::time::UnixMs(1_780_000_000_000);
     let store = crate::store::Store::open_in_memory().expect("in-memory store");
     let mut core = Core::new(CoreConfig::default(), node, verifier, store, now0);
     let token = |sub: &str, role| {
         issuer.issue(
             &TokenRequest::new(Subject::parse(sub).expect("valid"), role, "fuzz-node", "00"),
-            now0 / 1000,
+            now0.secs().as_secs(),
         )
     };
     let hello = |t: String| {
@@ -225,7 +225,7 @@ pub fn fuzz_core(data: &[u8]) {
     // The admin may legitimately revoke the bystander; then it is closed, not unanswered.
     let mut bystander_closed = false;
     for (i, msg) in data.split(|b| *b == b'\n').enumerate() {
-        now += 7;
+        now = now.plus_ms(7);
         core.frame(now, 1, msg);
         if i % 16 == 0 {
             core.handle_timeout(now);
@@ -237,7 +237,7 @@ pub fn fuzz_core(data: &[u8]) {
     if bystander_closed {
         return;
     }
-    core.frame(now + 1, 2, br#"{"type":"ping","id":1}"#);
+    core.frame(now.plus_ms(1), 2, br#"{"type":"ping","id":1}"#);
     let mut answered = false;
     while let Some(o) = core.poll_output() {
         if let Output::Send { conn: 2, msg } = o {

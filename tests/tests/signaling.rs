@@ -397,7 +397,7 @@ async fn revoking_a_subject_closes_its_live_sessions_at_once() {
         &node.dir.path().join("data").join(REVOCATION_FILE),
         &Revocation::Subject {
             sub: "off-3".parse().unwrap(),
-            at: common::now_unix(),
+            at: signaling::UnixSecs(common::now_unix()),
         },
     )
     .unwrap();

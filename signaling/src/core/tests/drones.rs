@@ -89,9 +89,9 @@ fn telemetry_at_50hz_reaches_consoles_merged_at_5hz_and_units_show_the_drone() {
             seen.push((h.now, e));
         }
         let next = h.now + 20;
-        while let Some(due) = h.core.next_fanout_due().filter(|d| *d <= next) {
-            h.now = due.max(h.now);
-            h.core.handle_timeout(h.now);
+        while let Some(due) = h.core.next_fanout_due().filter(|d| d.as_millis() <= next) {
+            h.now = due.as_millis().max(h.now);
+            h.core.handle_timeout(UnixMs(h.now));
             h.pump();
             for e in kinds(&h.events(op), "telemetry") {
                 seen.push((h.now, e));
@@ -129,9 +129,9 @@ fn telemetry_at_50hz_reaches_consoles_merged_at_5hz_and_units_show_the_drone() {
     // Units: the drone, with position and telemetry; people as before plus kind.
     let claims = h
         .core
-        .authenticate(&h.token("op-1", Role::Operator), h.now)
+        .authenticate(&h.token("op-1", Role::Operator), UnixMs(h.now))
         .unwrap();
-    let units = serde_json::to_value(h.core.units_for(h.now, &claims, None)).unwrap();
+    let units = serde_json::to_value(h.core.units_for(UnixMs(h.now), &claims, None)).unwrap();
     let units = units.as_array().unwrap();
     let d = units
         .iter()
@@ -203,7 +203,7 @@ fn telemetry_at_50hz_reaches_consoles_merged_at_5hz_and_units_show_the_drone() {
             ..
         }]
     ));
-    let units = h.core.units_for(h.now, &claims, None);
+    let units = h.core.units_for(UnixMs(h.now), &claims, None);
     let d = units.iter().find(|u| u.subject.as_str() == DRONE).unwrap();
     assert_eq!(d.position.as_ref().unwrap().lat, last_lat);
 }
@@ -239,11 +239,11 @@ fn drone_link_loss_is_an_event_and_a_log_entry_and_a_gone_bridge_means_offline()
     assert!(kinds(&h.events(op), "drone_link").is_empty());
     let claims = h
         .core
-        .authenticate(&h.token("op-1", Role::Operator), h.now)
+        .authenticate(&h.token("op-1", Role::Operator), UnixMs(h.now))
         .unwrap();
     let unit = |h: &H| {
         h.core
-            .units_for(h.now, &claims, None)
+            .units_for(UnixMs(h.now), &claims, None)
             .into_iter()
             .find(|u| u.subject.as_str() == DRONE)
             .unwrap()

@@ -11,7 +11,7 @@ mod session;
 use super::*;
 use crate::auth::{TokenIssuer, TokenRequest};
 use crate::proto::{encode, Resume};
-use crate::proto::{DroneAckResult, OrderAnswer};
+use crate::proto::{DroneAckResult, DroneCommand, OrderAnswer};
 use crate::store::OrderState;
 use crate::testkit;
 use ed25519_dalek::SigningKey;
@@ -39,7 +39,7 @@ impl H {
                 node,
                 v,
                 crate::store::Store::open_in_memory().unwrap(),
-                T0,
+                UnixMs(T0),
             ),
             issuer,
             now: T0,
@@ -65,12 +65,13 @@ impl H {
     }
 
     fn send(&mut self, conn: ConnId, msg: &ClientMsg) {
-        self.core.frame(self.now, conn, encode(msg).as_bytes());
+        self.core
+            .frame(UnixMs(self.now), conn, encode(msg).as_bytes());
         self.pump();
     }
 
     fn raw(&mut self, conn: ConnId, bytes: &[u8]) {
-        self.core.frame(self.now, conn, bytes);
+        self.core.frame(UnixMs(self.now), conn, bytes);
         self.pump();
     }
 
@@ -97,7 +98,7 @@ impl H {
     fn hello(&mut self, token: String, resume: Option<Resume>) -> (ConnId, Vec<ServerMsg>) {
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.core.open(self.now, conn);
+        self.core.open(UnixMs(self.now), conn);
         self.send(
             conn,
             &ClientMsg::Hello {
@@ -157,7 +158,7 @@ impl H {
         let end = self.now + ms;
         while self.now < end {
             self.now = (self.now + 100).min(end);
-            self.core.handle_timeout(self.now);
+            self.core.handle_timeout(UnixMs(self.now));
             self.pump();
         }
     }

@@ -92,7 +92,7 @@ fn orders_flow_sent_delivered_accepted_done_and_only_the_addressee_answers() {
     assert_eq!(states(&mut h), vec!["accepted", "done"]);
     let claims = h
         .core
-        .authenticate(&h.token("cmd-1", Role::Commander), h.now)
+        .authenticate(&h.token("cmd-1", Role::Commander), UnixMs(h.now))
         .unwrap();
     let o = &h.core.orders_for(&claims, 10).unwrap()[0];
     assert_eq!((o.state, o.eta_min), (OrderState::Done, Some(12)));
@@ -183,7 +183,7 @@ fn an_order_to_a_subject_that_never_connected_is_refused_and_not_stored() {
     let mut h = H::new();
     let (cmd, _) = h.connect("cmd-1", Role::Commander);
     let (off, _) = h.connect("off-1", Role::Officer);
-    h.core.closed(h.now, off);
+    h.core.closed(UnixMs(h.now), off);
     let order = |id, to: &str| ClientMsg::Order {
         id,
         msg_id: Some(format!("o-{id}")),
@@ -201,7 +201,7 @@ fn an_order_to_a_subject_that_never_connected_is_refused_and_not_stored() {
     }
     let claims = h
         .core
-        .authenticate(&h.token("cmd-1", Role::Commander), h.now)
+        .authenticate(&h.token("cmd-1", Role::Commander), UnixMs(h.now))
         .unwrap();
     assert!(
         h.core.orders_for(&claims, 10).unwrap().is_empty(),
@@ -225,7 +225,7 @@ fn an_order_to_a_subject_that_never_connected_is_refused_and_not_stored() {
             v
         },
         store,
-        T0,
+        UnixMs(T0),
     );
     let (cmd2, _) = h2.connect("cmd-1", Role::Commander);
     let r = h2.request(cmd2, order(3, "off-5"));
@@ -237,7 +237,7 @@ fn mail_waits_for_offline_subjects_and_replays_from_the_cursor() {
     let mut h = H::new();
     let (op, _) = h.connect("op-1", Role::Operator);
     let (off, _) = h.connect("off-1", Role::Officer);
-    h.core.closed(h.now, off);
+    h.core.closed(UnixMs(h.now), off);
     for i in 0..5 {
         h.request(
             op,

@@ -18,7 +18,7 @@ fn positions_reach_members_coalesced_and_units_show_them() {
     assert_eq!(evs[0]["lat"], 30.0);
     assert_eq!(evs[0]["subject"], "off-1");
     // The held one is due exactly at the end of the window.
-    assert_eq!(h.core.next_position_due(), Some(T0 + 200));
+    assert_eq!(h.core.next_position_due(), Some(UnixMs(T0 + 200)));
     h.advance(200);
     assert_eq!(h.core.next_position_due(), None);
     let evs = kinds(&h.events(op), "position");
@@ -30,9 +30,9 @@ fn positions_reach_members_coalesced_and_units_show_them() {
     );
     let claims = h
         .core
-        .authenticate(&h.token("op-1", Role::Operator), h.now)
+        .authenticate(&h.token("op-1", Role::Operator), UnixMs(h.now))
         .unwrap();
-    let units = h.core.units_for(h.now, &claims, None);
+    let units = h.core.units_for(UnixMs(h.now), &claims, None);
     let u = units
         .iter()
         .find(|u| u.subject.as_str() == "off-1")

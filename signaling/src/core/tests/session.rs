@@ -20,7 +20,7 @@ fn handshake_refusals_are_typed_and_close() {
     let mut h = H::new();
     // Wrong version.
     let conn = 100;
-    h.core.open(h.now, conn);
+    h.core.open(UnixMs(h.now), conn);
     let t = h.token("off-1", Role::Officer);
     h.send(
         conn,
@@ -37,7 +37,7 @@ fn handshake_refusals_are_typed_and_close() {
     assert_eq!(h.closed_with(conn), Some(ErrorCode::UnsupportedVersion));
     // Not hello first.
     let conn = 101;
-    h.core.open(h.now, conn);
+    h.core.open(UnixMs(h.now), conn);
     h.send(conn, &ClientMsg::Ping { id: 1 });
     assert!(matches!(
         &h.take(conn)[0],
@@ -90,7 +90,7 @@ fn handshake_refusals_are_typed_and_close() {
     assert_eq!(h.closed_with(c), Some(ErrorCode::Unauthorized));
     // No hello at all within the deadline.
     let conn = 102;
-    h.core.open(h.now, conn);
+    h.core.open(UnixMs(h.now), conn);
     h.advance(10_100);
     assert_eq!(h.closed_with(conn), Some(ErrorCode::BadHello));
 }
@@ -104,7 +104,7 @@ fn detached_session_resumes_with_replay_and_no_presence_flap() {
     h.send(op, &pos(31.0));
     let seen = h.events(off);
     let last = seen.last().unwrap().0;
-    h.core.closed(h.now, off);
+    h.core.closed(UnixMs(h.now), off);
     // Cut off for 3 s: the operator keeps moving.
     for lat in [31.1, 31.2, 31.3] {
         h.advance(1000);
@@ -158,7 +158,7 @@ fn dead_client_goes_offline_after_linger_and_session_expires_after_grace() {
     let (op, _) = h.connect("op-1", Role::Operator);
     let (off, w) = h.connect("off-1", Role::Officer);
     h.take(op);
-    h.core.closed(h.now, off);
+    h.core.closed(UnixMs(h.now), off);
     h.advance(3_900);
     assert!(kinds(&h.events(op), "presence").is_empty());
     h.advance(200);
@@ -195,7 +195,7 @@ fn resume_on_a_new_connection_replaces_a_half_dead_one() {
     assert!(matches!(&msgs[0], ServerMsg::Welcome(w2) if w2.resumed));
     assert_eq!(h.closed_with(c1), Some(ErrorCode::SessionClosed));
     // The old connection's close does not detach the resumed session.
-    h.core.closed(h.now, c1);
+    h.core.closed(UnixMs(h.now), c1);
     let r = h.request(c2, ClientMsg::Ping { id: 5 });
     assert!(matches!(r, ServerMsg::Result { .. }));
     // Another subject cannot take the session over.
@@ -255,7 +255,7 @@ fn revocation_closes_live_sessions_and_refuses_old_tokens_only() {
     let jti = crate::auth::decode_unverified(&t).unwrap().jti;
     let (c2, _) = h.hello(t, None);
     h.core.apply_revocation(
-        h.now,
+        UnixMs(h.now),
         &Revocation::Token {
             jti: jti.to_string(),
         },

@@ -1,0 +1,709 @@
+//! The dispatch of client requests: one arm per message, each asking the component that owns
+//! the decision and passing it what it needs from the others. With `mod.rs` (the connection
+//! lifecycle, the handshake, timers and the events that membership and presence make) this is
+//! the whole of the core's coordination; the components never call each other.
+
+use serde_json::{json, Value};
+
+use super::drones::Drones;
+use super::incidents::Incidents;
+use super::office::{self, store_err, ChatTarget, Office};
+use super::{err, need, owns_drone, queries, ConnId, Core, MediaOp, Output, Revocation};
+use crate::auth::{Action, Claims, Role};
+use crate::ids::{IncidentId, StreamName, Subject};
+use crate::proto::{
+    ClientMsg, CommandName, DroneCommand, DroneCommandAckEvent, DroneCommandEvent, ErrorCode,
+    Event, IncidentState, Member, OrderAnswer, Position, ProtoError, RequestId, ServerMsg,
+    StreamKind,
+};
+use crate::time::UnixMs;
+
+impl Core {
+    pub(super) fn request(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        sid: &str,
+        msg: ClientMsg,
+    ) -> Result<(), ProtoError> {
+        // A connection only names a live session (ending one clears it), but never trust that
+        // with a panic on the request path.
+        let Some(claims) = self.sessions.claims(sid).cloned() else {
+            let e = err(msg.id(), ErrorCode::SessionClosed, "this session has ended");
+            return Err(e);
+        };
+        use ClientMsg as M;
+        match msg {
+            M::Hello { .. } => {
+                let m = "hello was already received on this connection";
+                return Err(err(None, ErrorCode::BadHello, m));
+            }
+            M::Ping { id } => self.reply(conn, id, json!({"time": now})),
+            M::Ack { after } => self.sessions.ack(sid, after),
+            M::Bye => {
+                self.close_conn(conn, ErrorCode::SessionClosed, "bye");
+                self.end_session(now, sid);
+            }
+            M::Position { id, pos } => self.position(now, conn, &claims, id, pos)?,
+            M::Incidents { id } => {
+                need(&claims, Action::ReadIncident, Some(id))?;
+                let list = self.incidents.views_for(&claims);
+                self.reply(conn, id, json!({"incidents": list}));
+            }
+            M::IncidentCreate { id, incident, name } => {
+                need(&claims, Action::ManageIncident, Some(id))?;
+                let iid = self
+                    .incidents
+                    .create(now, id, incident, &name, &claims.sub)?;
+                self.persist_incident(&iid);
+                let detail = json!({"name": name.trim()});
+                self.log(now, &iid, claims.sub.as_str(), "created", detail);
+                self.join(now, sid, &iid);
+                let view = self.incidents.view(&iid);
+                self.reply(conn, id, json!({"incident": view}));
+            }
+            M::IncidentClose { id, incident } => {
+                need(&claims, Action::ManageIncident, Some(id))?;
+                let members = self.incidents.close(now, id, &incident)?;
+                self.persist_incident(&incident);
+                self.log(now, &incident, claims.sub.as_str(), "closed", Value::Null);
+                let ev = Event::Incident {
+                    incident: incident.clone(),
+                    state: IncidentState::Closed,
+                    by: claims.sub.clone(),
+                };
+                self.push_all(members.clone(), &ev);
+                for m in members {
+                    self.leave(now, &m, &incident);
+                }
+                self.reply(conn, id, Value::Null);
+            }
+            M::Join { id, incident } => {
+                self.incidents.may_join(id, &claims, &incident)?;
+                self.join(now, sid, &incident);
+                let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
+                self.reply(conn, id, json!({"incidents": mine}));
+            }
+            M::Leave { id, incident } => {
+                if !self.leave(now, sid, &incident) {
+                    let m = format!("not in incident {incident}");
+                    return Err(err(Some(id), ErrorCode::NotFound, m));
+                }
+                let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
+                self.reply(conn, id, json!({"incidents": mine}));
+            }
+            M::Assign {
+                id,
+                incident,
+                subject,
+            } => self.assign(now, conn, &claims, id, incident, subject)?,
+            M::Unassign {
+                id,
+                incident,
+                subject,
+            } => self.unassign(now, conn, &claims, id, incident, subject)?,
+            M::Log {
+                id,
+                incident,
+                after,
+                limit,
+            } => {
+                need(&claims, Action::ReadIncident, Some(id))?;
+                self.incidents.readable(Some(id), &claims, &incident)?;
+                let max = self.cfg.log_page_max;
+                let (entries, last) =
+                    queries::log_page(&*self.store, Some(id), &incident, after, limit, max)?;
+                let data = json!({"incident": incident, "entries": entries, "last": last});
+                self.reply(conn, id, data);
+            }
+            M::Units { id, incident } => {
+                need(&claims, Action::ReadIncident, Some(id))?;
+                if let Some(i) = &incident {
+                    self.incidents.readable(Some(id), &claims, i)?;
+                }
+                let units = self.units_for(now, &claims, incident.as_ref());
+                self.reply(conn, id, json!({"units": units}));
+            }
+            M::Catalog { id, incident } => {
+                need(&claims, Action::ReadIncident, Some(id))?;
+                if let Some(i) = &incident {
+                    self.incidents.readable(Some(id), &claims, i)?;
+                }
+                let all =
+                    incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
+                let visible = self.incidents.visible_subjects(&claims, incident.as_ref());
+                let units = self.presence.people().map(|p| (p.subject, p.role));
+                let owners = queries::catalog_owners(units, visible.as_ref());
+                self.media(conn, sid, id, MediaOp::Catalog { owners, all });
+            }
+            M::Publish {
+                id,
+                stream,
+                kind,
+                sdp,
+            } => {
+                need(&claims, Action::PublishOwn, Some(id))?;
+                let stream = match stream {
+                    Some(s) => s,
+                    None => StreamName::parse(claims.sub.as_str())
+                        .map_err(|e| err(Some(id), ErrorCode::BadRequest, e.to_string()))?,
+                };
+                if kind == StreamKind::Drone {
+                    need(&claims, Action::PublishDrone, Some(id))?;
+                    if claims.role != Role::Admin && !owns_drone(&claims, stream.as_str()) {
+                        let m = format!("{stream} is not one of your drones");
+                        return Err(err(Some(id), ErrorCode::Forbidden, m));
+                    }
+                }
+                claims
+                    .may_publish(&stream)
+                    .map_err(|e| err(Some(id), ErrorCode::Forbidden, e.to_string()))?;
+                let owner = claims.sub.clone();
+                let op = MediaOp::Publish {
+                    stream,
+                    owner,
+                    kind,
+                    sdp,
+                };
+                self.media(conn, sid, id, op);
+            }
+            M::Subscribe {
+                id,
+                stream,
+                layer,
+                max_height,
+                sdp,
+            } => {
+                need(&claims, Action::ViewStream, Some(id))?;
+                let op = MediaOp::Subscribe {
+                    stream,
+                    layer,
+                    max_height,
+                    sdp,
+                };
+                self.media(conn, sid, id, op);
+            }
+            M::MediaClose { id, media } => self.media(conn, sid, id, MediaOp::Close { media }),
+            M::Chat {
+                id,
+                msg_id,
+                incident,
+                to,
+                text,
+            } => self.chat(now, conn, sid, &claims, id, msg_id, incident, to, text)?,
+            M::Sos {
+                id,
+                msg_id,
+                incident,
+                text,
+            } => self.sos(now, conn, sid, &claims, id, msg_id, incident, text)?,
+            M::SosAck { id, sos } => {
+                need(&claims, Action::SendOrder, Some(id))?;
+                let store = &mut *self.store;
+                let (mails, incidents) = self.office.ack_sos(store, now, id, &claims.sub, &sos)?;
+                for i in &incidents {
+                    self.log(now, i, claims.sub.as_str(), "sos_ack", json!({"sos": sos}));
+                }
+                self.deliver(&mails, true);
+                self.reply(conn, id, json!({"sos": sos}));
+            }
+            M::Order {
+                id,
+                msg_id,
+                incident,
+                to,
+                text,
+            } => {
+                let data =
+                    self.send_order(now, &claims, Some(id), msg_id, &incident, &to, &text)?;
+                self.reply(conn, id, data);
+            }
+            M::OrderAnswer {
+                id,
+                msg_id: _, // answers are idempotent by (order, state) already
+                order,
+                answer,
+                eta_min,
+                reason,
+            } => {
+                let data =
+                    self.answer_order(now, &claims, Some(id), &order, answer, eta_min, reason)?;
+                self.reply(conn, id, data);
+            }
+            M::Read { id, item } => {
+                need(&claims, Action::Chat, Some(id))?;
+                let mails = Office::read(&mut *self.store, now, id, &claims.sub, item)?;
+                self.deliver(&mails, false);
+                self.reply(conn, id, Value::Null);
+            }
+            M::MailSync { id, after } => {
+                let sync = Office::sync(&*self.store, id, &claims.sub, after)?;
+                for m in sync.mails {
+                    let (seq, item) = (m.seq, m.item);
+                    self.send(conn, ServerMsg::Mail { seq, item });
+                }
+                // Live mail only once this connection has caught up, so it never overtakes.
+                self.sessions.set_mail_ready(conn, !sync.more);
+                let data =
+                    json!({"last": sync.last, "sent_upto": sync.sent_upto, "more": sync.more});
+                self.reply(conn, id, data);
+            }
+            M::MailAck { upto } => {
+                let orders = Office::mail_ack(&mut *self.store, now, &claims.sub, upto)
+                    .map_err(|e| store_err(None, e))?;
+                for order in orders {
+                    let filed =
+                        Office::order_state_mail(&mut *self.store, now, &order, &claims.sub)
+                            .map_err(|e| store_err(None, e))?;
+                    if let Some(f) = filed {
+                        self.file(now, &claims.sub, f);
+                    }
+                }
+            }
+            M::DroneCommand {
+                id,
+                drone,
+                command,
+                lat,
+                lon,
+                alt,
+            } => {
+                let target = (lat, lon, alt);
+                let data = self.drone_command(now, id, &claims, sid, &drone, command, target)?;
+                self.reply(conn, id, data);
+            }
+            M::Telemetry { drone, t } => {
+                let incidents = self.incidents.of_session(sid).cloned().unwrap_or_default();
+                let (name, _) =
+                    self.drones
+                        .report(now, sid, &claims, &drone, Some(&t), incidents)?;
+                if let Some(merged) = self.drones.merge(now, &name, &t) {
+                    self.fan_out_telemetry(&name, merged);
+                }
+            }
+            M::DroneLink { drone, up } => {
+                let incidents = self.incidents.of_session(sid).cloned().unwrap_or_default();
+                let (name, new) = self
+                    .drones
+                    .report(now, sid, &claims, &drone, None, incidents)?;
+                if self.drones.link(&name, up, new) {
+                    let incidents = self.drone_incidents(&name);
+                    let detail = json!({"drone": name, "up": up});
+                    self.log_all(now, &incidents, &claims.sub, "drone_link", &detail);
+                    self.drone_event(
+                        &name,
+                        &Event::DroneLink {
+                            drone: name.clone(),
+                            up,
+                        },
+                    );
+                }
+            }
+            M::DroneCommandAck { cmd, result, text } => {
+                need(&claims, Action::PublishDrone, None)?;
+                if text.as_ref().is_some_and(|t| t.chars().count() > 1000) {
+                    let m = "text must be at most 1000 characters";
+                    return Err(err(None, ErrorCode::BadRequest, m));
+                }
+                let Some((drone, requester)) = self.drones.ack(&cmd, sid, result) else {
+                    let shown: String = cmd.chars().take(40).collect();
+                    let m = format!("no pending drone command {shown:?} from this session");
+                    return Err(err(None, ErrorCode::NotFound, m));
+                };
+                let ack = DroneCommandAckEvent {
+                    cmd,
+                    drone: drone.clone(),
+                    result,
+                    text,
+                };
+                let detail = serde_json::to_value(&ack).unwrap_or(Value::Null);
+                let incidents = self.drone_incidents(&drone);
+                self.log_all(now, &incidents, &claims.sub, "drone_command_ack", &detail);
+                self.push_event(&requester, &Event::DroneCommandAck(ack), false);
+            }
+            M::Revoke { id, sub, jti } => {
+                need(&claims, Action::Revoke, Some(id))?;
+                let r = match (sub, jti) {
+                    (Some(sub), None) => Revocation::Subject {
+                        sub,
+                        at: now.secs(),
+                    },
+                    (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => {
+                        Revocation::Token { jti }
+                    }
+                    _ => {
+                        let m = "give exactly one of sub or jti";
+                        return Err(err(Some(id), ErrorCode::BadRequest, m));
+                    }
+                };
+                // Reply first: the admin may be revoking its own token.
+                self.reply(conn, id, json!({"revoked": r}));
+                for i in self.incidents.of_session(sid).cloned().unwrap_or_default() {
+                    self.log(now, &i, claims.sub.as_str(), "revoked", json!(r));
+                }
+                self.out.push_back(Output::Revoked(r.clone()));
+                self.apply_revocation(now, &r);
+            }
+        }
+        Ok(())
+    }
+
+    fn media(&mut self, conn: ConnId, sid: &str, re: RequestId, op: MediaOp) {
+        self.out.push_back(Output::Media {
+            conn,
+            session: sid.to_owned(),
+            re,
+            op,
+        });
+    }
+
+    fn position(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        claims: &Claims,
+        id: Option<RequestId>,
+        mut pos: Position,
+    ) -> Result<(), ProtoError> {
+        need(claims, Action::ReportPosition, id)?;
+        pos.validate()
+            .map_err(|m| err(id, ErrorCode::BadRequest, m))?;
+        pos.time.get_or_insert(now);
+        if let Some((role, pos)) = self.presence.report(now, &claims.sub, pos) {
+            self.fan_out_position(&claims.sub, role, pos);
+        }
+        if let Some(id) = id {
+            self.reply(conn, id, Value::Null);
+        }
+        Ok(())
+    }
+
+    fn assign(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        claims: &Claims,
+        id: RequestId,
+        incident: IncidentId,
+        subject: Subject,
+    ) -> Result<(), ProtoError> {
+        need(claims, Action::ManageIncident, Some(id))?;
+        if self.incidents.assign(id, &incident, &subject)? {
+            if self
+                .store
+                .set_assigned(incident.as_str(), subject.as_str(), true)
+                .is_err()
+            {
+                self.store_errors += 1;
+            }
+            let detail = json!({"subject": subject});
+            self.log(now, &incident, claims.sub.as_str(), "assigned", detail);
+            let ev = Event::Member(Member::Assigned {
+                incident: incident.clone(),
+                subject: subject.clone(),
+                by: claims.sub.clone(),
+            });
+            let members = self.incidents.members_of(&incident);
+            self.push_all(members, &ev);
+            let ev = Event::Assigned {
+                incident: incident.clone(),
+                by: claims.sub.clone(),
+            };
+            for s in self.sessions.sessions_of(&subject) {
+                self.join(now, &s, &incident);
+                self.push_event(&s, &ev, false);
+            }
+        }
+        self.reply(conn, id, Value::Null);
+        Ok(())
+    }
+
+    fn unassign(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        claims: &Claims,
+        id: RequestId,
+        incident: IncidentId,
+        subject: Subject,
+    ) -> Result<(), ProtoError> {
+        need(claims, Action::ManageIncident, Some(id))?;
+        self.incidents.unassign(id, &incident, &subject)?;
+        if self
+            .store
+            .set_assigned(incident.as_str(), subject.as_str(), false)
+            .is_err()
+        {
+            self.store_errors += 1;
+        }
+        let detail = json!({"subject": subject});
+        self.log(now, &incident, claims.sub.as_str(), "unassigned", detail);
+        let ev = Event::Member(Member::Unassigned {
+            incident: incident.clone(),
+            subject: subject.clone(),
+            by: claims.sub.clone(),
+        });
+        let members = self.incidents.members_of(&incident);
+        self.push_all(members, &ev);
+        let theirs = self.sessions.sessions_of(&subject);
+        let ev = Event::Unassigned {
+            incident: incident.clone(),
+            by: claims.sub.clone(),
+        };
+        self.push_all(theirs.clone(), &ev);
+        for s in theirs {
+            let keep = self
+                .sessions
+                .claims(&s)
+                .is_some_and(|c| Incidents::keeps_after_unassign(c, &incident));
+            if !keep {
+                self.leave(now, &s, &incident);
+            }
+        }
+        self.reply(conn, id, Value::Null);
+        Ok(())
+    }
+
+    /// Who receives an incident message: subjects with a session in any of `incidents` and
+    /// subjects assigned to them, except `sender` and roles that may not read incidents.
+    fn incident_recipients(&self, incidents: &[IncidentId], sender: &Subject) -> Vec<Subject> {
+        self.incidents
+            .subjects_in(incidents, sender)
+            .into_iter()
+            .filter(|s| self.presence.reads_incidents(s))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chat(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        sid: &str,
+        claims: &Claims,
+        id: RequestId,
+        msg_id: Option<String>,
+        incident: Option<IncidentId>,
+        to: Option<Subject>,
+        text: String,
+    ) -> Result<(), ProtoError> {
+        need(claims, Action::Chat, Some(id))?;
+        office::check_text(Some(id), &text)?;
+        let msg_id = office::msg_id(Some(id), msg_id, "msg_id")?;
+        let in_incident = incident.as_ref().is_some_and(|i| {
+            self.incidents
+                .of_session(sid)
+                .is_some_and(|mine| mine.contains(i))
+        });
+        let target =
+            Office::chat_target(id, &claims.sub, incident.as_ref(), to.as_ref(), in_incident)?;
+        let recipients = match &target {
+            ChatTarget::Incident(i) => {
+                self.incident_recipients(std::slice::from_ref(i), &claims.sub)
+            }
+            ChatTarget::Direct(t) => vec![t.clone()],
+        };
+        let store = &mut *self.store;
+        let (stored, filed) = Office::chat(
+            store,
+            now,
+            id,
+            &claims.sub,
+            &msg_id,
+            &target,
+            &text,
+            &recipients,
+        )?;
+        self.file(now, &claims.sub, filed);
+        let data = json!({"item": stored.item_id, "time": stored.item.time()});
+        self.reply(conn, id, data);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sos(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        sid: &str,
+        claims: &Claims,
+        id: RequestId,
+        msg_id: Option<String>,
+        incident: Option<IncidentId>,
+        text: Option<String>,
+    ) -> Result<(), ProtoError> {
+        need(claims, Action::RaiseSos, Some(id))?;
+        let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
+        let targets: Vec<IncidentId> = match incident {
+            Some(i) if mine.contains(&i) => vec![i],
+            Some(i) => {
+                let m = format!("not in incident {i}");
+                return Err(err(Some(id), ErrorCode::Forbidden, m));
+            }
+            None => mine.into_iter().collect(),
+        };
+        if targets.is_empty() {
+            let m = "not in any incident: join one to raise SOS";
+            return Err(err(Some(id), ErrorCode::NotFound, m));
+        }
+        let msg_id = office::msg_id(Some(id), msg_id, "msg_id")?;
+        let mut recipients = self.incident_recipients(&targets, &claims.sub);
+        // Every commander and admin on the node hears it too.
+        for c in self.presence.commanders() {
+            if *c != claims.sub && !recipients.contains(c) {
+                recipients.push(c.clone());
+            }
+        }
+        let position = self.presence.position_of(&claims.sub);
+        let store = &mut *self.store;
+        let (sos, mails, log) = self.office.raise_sos(
+            store,
+            now,
+            id,
+            &claims.sub,
+            claims.role,
+            &msg_id,
+            &targets,
+            text,
+            position,
+            &recipients,
+        )?;
+        if let Some(detail) = log {
+            for i in &targets {
+                self.log(now, i, claims.sub.as_str(), "sos", detail.clone());
+            }
+            self.deliver(&mails, true);
+        }
+        let data = json!({"sos": sos, "incidents": targets, "recipients": recipients.len()});
+        self.reply(conn, id, data);
+        Ok(())
+    }
+
+    /// Sends an order (over signaling, or `POST /api/orders`): checks the right, the incident and
+    /// that the addressee ever had a session here (`unknown_recipient` otherwise), stores it once
+    /// per `(sender, msg_id)`, forwards it to the addressee's mailbox. Returns the reply's data.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_order(
+        &mut self,
+        now: UnixMs,
+        claims: &Claims,
+        re: Option<RequestId>,
+        msg_id: Option<String>,
+        incident: &IncidentId,
+        to: &Subject,
+        text: &str,
+    ) -> Result<Value, ProtoError> {
+        need(claims, Action::SendOrder, re)?;
+        office::check_text(re, text)?;
+        if *to == claims.sub {
+            return Err(err(
+                re,
+                ErrorCode::BadRequest,
+                "an order needs another subject",
+            ));
+        }
+        self.incidents.readable(re, claims, incident)?;
+        if !self.incidents.is_open(incident) {
+            let m = format!("incident {incident} is closed");
+            return Err(err(re, ErrorCode::Conflict, m));
+        }
+        let known = self.presence.knows(to)
+            || self.store.knows_subject(to).map_err(|e| store_err(re, e))?;
+        if !known {
+            let m = format!("{to} has never connected to this node; nobody would read the order");
+            return Err(err(re, ErrorCode::UnknownRecipient, m));
+        }
+        let msg_id = office::msg_id(re, msg_id, if re.is_some() { "msg_id" } else { "id" })?;
+        let store = &mut *self.store;
+        let (order, new, filed) =
+            Office::order(store, now, re, &claims.sub, &msg_id, incident, to, text)?;
+        self.file(now, &claims.sub, filed);
+        let o = self.store.order(&order).map_err(|e| store_err(re, e))?;
+        Ok(json!({"order": o, "new": new}))
+    }
+
+    /// Answers an order (over signaling, or `POST /api/orders/{id}/answer`): only its addressee
+    /// may, along the order states; the same answer twice is a retry, not an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_order(
+        &mut self,
+        now: UnixMs,
+        claims: &Claims,
+        re: Option<RequestId>,
+        order: &str,
+        answer: OrderAnswer,
+        eta_min: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<Value, ProtoError> {
+        let store = &mut *self.store;
+        let filed = Office::answer(store, now, re, claims, order, answer, eta_min, reason)?;
+        if let Some(f) = filed {
+            self.file(now, &claims.sub, f);
+        }
+        let o = self.store.order(order).map_err(|e| store_err(re, e))?;
+        Ok(json!({"order": o}))
+    }
+
+    /// `drone_command`: see docs/protocol.md. Returns the reply's data.
+    #[allow(clippy::too_many_arguments)]
+    fn drone_command(
+        &mut self,
+        now: UnixMs,
+        id: RequestId,
+        claims: &Claims,
+        requester: &str,
+        drone: &str,
+        command: DroneCommand,
+        (lat, lon, alt): (Option<f64>, Option<f64>, Option<f64>),
+    ) -> Result<Value, ProtoError> {
+        let known = self.drones.known(drone);
+        if let Some(reason) = Drones::refusal(claims, drone) {
+            let incidents = match &known {
+                Some(name) => self.drone_incidents(name),
+                None => self
+                    .incidents
+                    .of_session(requester)
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            let detail =
+                json!({"drone": drone, "command": command, "by": claims.sub, "reason": reason});
+            self.log_all(
+                now,
+                &incidents,
+                &claims.sub,
+                "drone_command_refused",
+                &detail,
+            );
+            return Err(err(Some(id), ErrorCode::Forbidden, reason));
+        }
+        let guided = command == DroneCommand::Guided;
+        if guided {
+            Drones::guided_target(id, lat, lon, alt)?;
+        }
+        let not_connected = || {
+            let m = format!("drone {drone} is not connected to this node");
+            err(Some(id), ErrorCode::NotFound, m)
+        };
+        let name = known.ok_or_else(not_connected)?;
+        let bridge = match self.drones.bridge_of(&name) {
+            Some((b, _)) if self.sessions.live(now, b) => b.to_owned(),
+            _ => return Err(not_connected()),
+        };
+        let incidents = self.drone_incidents(&name);
+        let accepted = self.drones.accept(now, id, &name, &bridge, requester)?;
+        let event = DroneCommandEvent {
+            cmd: accepted.cmd.clone(),
+            drone: accepted.drone,
+            command: CommandName::Known(command),
+            by: claims.sub.clone(),
+            lat: lat.filter(|_| guided),
+            lon: lon.filter(|_| guided),
+            alt: alt.filter(|_| guided),
+        };
+        let detail = serde_json::to_value(&event).unwrap_or(Value::Null);
+        self.log_all(now, &incidents, &claims.sub, "drone_command", &detail);
+        self.push_event(&bridge, &Event::DroneCommand(event), true);
+        Ok(json!({"cmd": accepted.cmd, "status": "sent"}))
+    }
+}
