@@ -456,7 +456,11 @@ async fn api_incidents(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ReadIncident)?;
-    let list = state.hub.read(|c| c.incidents_for(&claims));
+    let list = state
+        .hub
+        .call(move |c| c.incidents_for(&claims))
+        .await
+        .map_err(proto_to_api)?;
     Ok(Json(serde_json::json!({ "incidents": list })))
 }
 
@@ -477,9 +481,11 @@ async fn api_incident_log(
     let claims = authenticate(&state, &headers)?;
     let id = IncidentId::parse(&id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string()))?;
+    let (incident, after) = (id.clone(), q.after);
     let entries = state
         .hub
-        .read(|c| c.log_for(&claims, &id, q.after))
+        .try_call(move |c| c.log_for(&claims, &incident, after))
+        .await
         .map_err(proto_to_api)?;
     Ok(Json(
         serde_json::json!({ "incident": id, "entries": entries }),
@@ -505,10 +511,6 @@ async fn api_units(
             let i = IncidentId::parse(&i).map_err(|e| {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_incident", e.to_string())
             })?;
-            state
-                .hub
-                .read(|c| c.check_readable(&claims, &i))
-                .map_err(proto_to_api)?;
             Some(i)
         }
         None => None,
@@ -516,7 +518,14 @@ async fn api_units(
     let now = crate::signal::now();
     let units = state
         .hub
-        .read(|c| c.units_for(now, &claims, incident.as_ref()));
+        .try_call(move |c| {
+            if let Some(i) = &incident {
+                c.check_readable(&claims, i)?;
+            }
+            Ok(c.units_for(now, &claims, incident.as_ref()))
+        })
+        .await
+        .map_err(proto_to_api)?;
     Ok(Json(serde_json::json!({ "units": units })))
 }
 
@@ -533,7 +542,8 @@ async fn api_orders(
     require(&claims, Action::ReadIncident)?;
     let orders = state
         .hub
-        .read(|c| c.orders_for(&claims, ORDERS_PAGE))
+        .try_call(move |c| c.orders_for(&claims, ORDERS_PAGE))
+        .await
         .map_err(proto_to_api)?;
     Ok(Json(serde_json::json!({ "orders": orders })))
 }
@@ -571,7 +581,7 @@ async fn api_orders_post(
     let now = crate::signal::now();
     let data = state
         .hub
-        .with_core(|c| {
+        .try_call(move |c| {
             c.send_order(
                 now,
                 &claims,
@@ -582,6 +592,7 @@ async fn api_orders_post(
                 &order.text,
             )
         })
+        .await
         .map_err(proto_to_api)?;
     let fresh = data["new"] == true;
     let status = if fresh {
@@ -623,7 +634,8 @@ async fn api_order_answer(
     let now = crate::signal::now();
     let data = state
         .hub
-        .with_core(|c| c.answer_order(now, &claims, None, &id, a.answer, a.eta_min, a.reason))
+        .try_call(move |c| c.answer_order(now, &claims, None, &id, a.answer, a.eta_min, a.reason))
+        .await
         .map_err(proto_to_api)?;
     Ok(Json(data))
 }

@@ -1,23 +1,38 @@
 //! The signaling shells: QUIC (quinn, native clients) and WebSocket (axum `GET /ws`, browsers)
 //! around the sans-IO [`signaling::core::Core`], plus the revocation file.
 //!
-//! The shells only move frames. Each connection gets a [`ConnId`] and an outbound channel; every
-//! received message goes to the core under one mutex; the core's outputs are dispatched after the
-//! lock is released: frames to the connection's writer, closes, media operations (run against
-//! the SFU on their own task, answered on the same connection) and revocations (appended to
-//! `revoked.jsonl` in the data directory).
+//! The shells only move frames. Each connection gets a [`ConnId`] and an outbound channel.
+//!
+//! **Where the core runs.** The core commits to the office store (SQLite) before it
+//! acknowledges office messages, and those commits block. So the core does not run on the tokio
+//! workers: it lives on its own thread (`signaling-core`, see `core_thread`), which owns it and
+//! is fed by one bounded channel of commands: a connection opened or closed, a received frame,
+//! or a closure (HTTP reads and orders, a media result to log). One owner and one queue keep
+//! what the shared mutex used to guarantee: every command runs to completion in arrival order,
+//! each connection's frames in the order its reader read them, and the outputs are queued to
+//! the connections by that thread in the core's order, so a recipient sees mail in mailbox
+//! order exactly once. The same thread runs the timers (every 100 ms, and exactly when a
+//! coalesced fan-out is due) and reads new lines of the revocation file. When the queue is full,
+//! connection readers wait instead of buffering without bound. Other designs were set aside:
+//! `spawn_blocking` per call would need the mutex back to keep the order, and `block_in_place`
+//! stalls a worker and needs the multi-threaded runtime.
+//!
+//! The core's outputs are: frames and closes for the connections' writers, media operations
+//! (run against the SFU on the runtime, answered on the same connection), revocations (applied
+//! to the HTTP routes' copy of the token gate and appended, fsynced, to `revoked.jsonl` in the
+//! data directory) and ended sessions (whose media sessions are closed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::{json, Value};
-use signaling::core::{ConnId, Core, MediaOp, Output, Revocation};
+use signaling::core::{ConnId, Core, MediaOp, Output, Revocation, TokenGate};
 use signaling::proto::{
     encode, encode_frame, ErrorCode, FrameDecoder, ProtoError, ServerMsg, StreamKind, MAX_FRAME,
 };
@@ -159,9 +174,40 @@ impl RevocationFile {
     }
 }
 
-/// The signaling server of a node: the core plus everything the shells share.
+/// What the hub asks of the core thread, in the order it must happen.
+enum Cmd {
+    /// A connection arrived.
+    Open(ConnId),
+    /// A connection's transport is gone.
+    Closed(ConnId),
+    /// A received message.
+    Frame(ConnId, Vec<u8>),
+    /// A frame the shell could not read.
+    FrameError(ConnId, ProtoError),
+    /// Anything else (HTTP reads and orders, media results): runs on the core, answers itself.
+    Call(Box<dyn FnOnce(&mut Core) + Send>),
+}
+
+/// Messages in flight to the core thread before the connections' readers wait: a full queue
+/// slows the readers down instead of growing without bound.
+const CORE_QUEUE: usize = 4096;
+
+/// The signaling core is not running (its thread ended): the node cannot serve signaling.
+pub fn core_gone() -> ProtoError {
+    ProtoError::new(
+        None,
+        ErrorCode::Unavailable,
+        "the signaling core is not running",
+    )
+}
+
+/// The signaling server of a node: the core's thread plus everything the shells share.
 pub struct Hub {
-    core: Mutex<Core>,
+    cmds: mpsc::Sender<Cmd>,
+    /// Set when the hub stops the core thread (node shutdown).
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Resolves when the core thread has ended (stopped, or panicked).
+    ended: tokio::sync::watch::Receiver<bool>,
     conns: Mutex<HashMap<ConnId, ConnTx>>,
     next_conn: AtomicU64,
     media: MediaHandle,
@@ -169,60 +215,84 @@ pub struct Hub {
     media_sessions: Mutex<HashMap<String, Vec<String>>>,
     /// Kind of each stream published over signaling, with the owner that declared it.
     kinds: Mutex<HashMap<String, (signaling::Subject, StreamKind)>>,
-    revocations: Mutex<RevocationFile>,
+    /// The HTTP routes' copy of the core's token gate, revoked in step with it.
+    gate: RwLock<TokenGate>,
+    rt: tokio::runtime::Handle,
 }
 
 impl Hub {
-    /// A hub around `core`; revocations already in the data directory's file are applied.
-    pub fn new(core: Core, media: MediaHandle, live: LiveStreams, data_dir: &Path) -> Arc<Hub> {
+    /// A hub around `core`; revocations already in the data directory's file are applied. The
+    /// core moves to its own thread (see the module docs). Call from within a tokio runtime.
+    pub fn new(mut core: Core, media: MediaHandle, live: LiveStreams, data_dir: &Path) -> Arc<Hub> {
+        let mut revocations = RevocationFile::new(data_dir);
+        let mut gate = core.token_gate().clone();
+        for r in revocations.read_new() {
+            core.apply_revocation(now(), &r);
+            gate.apply(&r);
+        }
+        let (cmds, rx) = mpsc::channel(CORE_QUEUE);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
         let hub = Arc::new(Hub {
-            core: Mutex::new(core),
+            cmds,
+            stop,
+            ended,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             media,
             live,
             media_sessions: Mutex::new(HashMap::new()),
             kinds: Mutex::new(HashMap::new()),
-            revocations: Mutex::new(RevocationFile::new(data_dir)),
+            gate: RwLock::new(gate),
+            rt: tokio::runtime::Handle::current(),
         });
-        hub.poll_revocations();
+        // Outputs of the revocations applied above (sessions cannot exist yet).
+        while core.poll_output().is_some() {}
+        let for_thread = hub.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signaling-core".into())
+            .spawn(move || {
+                let _ended = Ended(ended_tx);
+                core_thread(core, rx, stop_rx, revocations, for_thread);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the signaling core thread");
+        }
         hub
     }
 
-    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// Hands `cmd` to the core thread, waiting while its queue is full. False if it is gone.
+    async fn submit(&self, cmd: Cmd) -> bool {
+        self.cmds.send(cmd).await.is_ok()
     }
 
-    /// Runs `f` on the core, then dispatches its outputs.
-    ///
-    /// Messages and closes are queued to their connections while the core's lock is still held
-    /// (a non-blocking hand-off), so two tasks driving the core can never interleave what they
-    /// queue for one connection: every connection sees its messages in the core's order. Media
-    /// operations, revocations and session ends run after the lock is released.
-    pub fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core) -> R) -> R {
-        let (r, later) = {
-            let mut core = self.core();
-            let r = f(&mut core);
-            let mut later = Vec::new();
-            while let Some(o) = core.poll_output() {
-                match o {
-                    Output::Send { .. } | Output::Urgent { .. } | Output::Close { .. } => {
-                        self.dispatch(o)
-                    }
-                    other => later.push(other),
-                }
-            }
-            (r, later)
-        };
-        for o in later {
-            self.dispatch(o);
+    /// Runs `f` on the core (on its thread, in order with every connection's messages), then
+    /// dispatches its outputs; returns what `f` returned.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, ProtoError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Box::new(move |core: &mut Core| {
+            let _ = tx.send(f(core));
+        });
+        if !self.submit(Cmd::Call(job)).await {
+            return Err(core_gone());
         }
-        r
+        rx.await.map_err(|_| core_gone())
+    }
+
+    /// [`Hub::call`] for a fallible `f`.
+    pub async fn try_call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<R, ProtoError> + Send + 'static,
+    ) -> Result<R, ProtoError> {
+        self.call(f).await?
     }
 
     /// Registers a connection: its id, its outbound queue, and a flag set when the hub gave up
     /// on it for being too slow.
-    fn open(self: &Arc<Self>) -> (ConnId, Outq, Arc<AtomicBool>) {
+    async fn open(self: &Arc<Self>) -> (ConnId, Outq, Arc<AtomicBool>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, normal) = mpsc::channel(OUTBOUND_QUEUE);
         let (utx, urgent) = mpsc::channel(OUTBOUND_QUEUE);
@@ -231,16 +301,24 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, (tx, utx, slow.clone()));
-        self.with_core(|c| c.open(now(), id));
+        self.submit(Cmd::Open(id)).await;
         (id, Outq { urgent, normal }, slow)
     }
 
-    fn closed(self: &Arc<Self>, conn: ConnId) {
+    /// The transport of `conn` is gone. The core thread forgets its outbound queue only after
+    /// it has run everything submitted before (a final error and close still reach the writer).
+    async fn closed(self: &Arc<Self>, conn: ConnId) {
+        if !self.submit(Cmd::Closed(conn)).await {
+            self.forget(conn);
+        }
+    }
+
+    /// Drops `conn`'s outbound queue: its writer ends once it has written what is queued.
+    fn forget(&self, conn: ConnId) {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&conn);
-        self.with_core(|c| c.closed(now(), conn));
     }
 
     fn to_conn(&self, conn: ConnId, out: Outbound) {
@@ -265,7 +343,11 @@ impl Hub {
         self.to_conn(conn, Outbound::Text(encode(msg)));
     }
 
-    fn dispatch(self: &Arc<Self>, o: Output) {
+    /// Does what one output of the core says. Runs on the core thread: frames and closes are
+    /// queued to their connections (a non-blocking hand-off, so each connection sees its
+    /// messages in the core's order); media operations and media closes run on the runtime;
+    /// a revocation is appended (fsynced) to the file here, where blocking is allowed.
+    fn dispatch(self: &Arc<Self>, o: Output, revocations: &RevocationFile) {
         match o {
             Output::Send { conn, msg } => self.send_msg(conn, &msg),
             Output::Urgent { conn, msg } => self.queue(conn, Outbound::Text(encode(&msg)), true),
@@ -279,7 +361,7 @@ impl Hub {
                 op,
             } => {
                 let hub = self.clone();
-                tokio::spawn(async move {
+                self.rt.spawn(async move {
                     let msg = match hub.media_op(&session, op).await {
                         Ok(data) => ServerMsg::Result { re, data },
                         Err(e) => ProtoError::new(Some(re), e.0, e.1).to_msg(),
@@ -288,13 +370,11 @@ impl Hub {
                 });
             }
             Output::Revoked(r) => {
-                let path = self
-                    .revocations
-                    .lock()
+                self.gate
+                    .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .path()
-                    .to_owned();
-                if let Err(e) = RevocationFile::append(&path, &r) {
+                    .apply(&r);
+                if let Err(e) = RevocationFile::append(revocations.path(), &r) {
                     warn!(error = %e, "cannot persist a revocation (applied in memory only)");
                 }
             }
@@ -307,7 +387,7 @@ impl Hub {
                     .unwrap_or_default();
                 if !ids.is_empty() {
                     let media = self.media.clone();
-                    tokio::spawn(async move {
+                    self.rt.spawn(async move {
                         for id in ids {
                             let _ = media.close(id).await;
                         }
@@ -348,7 +428,9 @@ impl Hub {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(stream.to_string(), (owner, kind));
-                self.with_core(|c| c.note_published(now(), session, &stream, kind));
+                let (sid, published) = (session.to_owned(), stream.clone());
+                let note = move |c: &mut Core| c.note_published(now(), &sid, &published, kind);
+                self.submit(Cmd::Call(Box::new(note))).await;
                 Ok(json!({"media": a.session_id, "sdp": a.sdp, "stream": stream}))
             }
             MediaOp::Subscribe {
@@ -451,54 +533,35 @@ impl Hub {
             .collect()
     }
 
-    /// Applies revocations appended to the file since the last check.
-    pub fn poll_revocations(self: &Arc<Self>) {
-        let new = self
-            .revocations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_new();
-        if !new.is_empty() {
-            self.with_core(|c| {
-                for r in &new {
-                    c.apply_revocation(now(), r);
-                }
-            });
-        }
-    }
-
-    /// Runs the core's timers and watches the revocation file, forever.
-    ///
-    /// Wakes every `TICK`, or earlier when a coalesced position or drone telemetry is due, so
-    /// a held report goes out at the end of its window rather than up to a tick later.
+    /// Lives as long as the core thread: returns when it ended (a panic included), and stops it
+    /// when dropped (the node's shutdown aborts this task).
     pub async fn run_timers(self: Arc<Self>) {
-        let mut next_tick = tokio::time::Instant::now() + TICK;
-        let mut n: u64 = 0;
-        loop {
-            let due = self.read(Core::next_fanout_due).map(|at| {
-                let wait = Duration::from_millis(at.ms_since(now()));
-                tokio::time::Instant::now() + wait
-            });
-            let wake = due.map_or(next_tick, |d| d.min(next_tick));
-            tokio::time::sleep_until(wake).await;
-            self.with_core(|c| c.handle_timeout(now()));
-            if tokio::time::Instant::now() >= next_tick {
-                next_tick += TICK;
-                if next_tick < tokio::time::Instant::now() {
-                    next_tick = tokio::time::Instant::now() + TICK;
-                }
-                n += 1;
-                if n.is_multiple_of(REVOCATION_POLL_TICKS) {
-                    self.poll_revocations();
-                }
+        struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(true);
             }
         }
+        let _stop = StopOnDrop(self.stop.clone());
+        self.core_ended().await;
+        warn!("the signaling core thread ended");
+    }
+
+    /// Resolves once the core thread has ended.
+    pub async fn core_ended(&self) {
+        let mut ended = self.ended.clone();
+        let _ = ended.wait_for(|e| *e).await;
+    }
+
+    /// Whether the core thread is running.
+    pub fn core_running(&self) -> bool {
+        !*self.ended.borrow()
     }
 
     /// Serves one QUIC connection: the first bidirectional stream the client opens is the
     /// control stream.
     pub async fn serve_quic(self: Arc<Self>, conn: quinn::Connection) {
-        let (id, mut rx, slow) = self.open();
+        let (id, mut rx, slow) = self.open().await;
         let accepted = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
         let (mut send, mut recv) = match accepted {
             Ok(Ok(s)) => s,
@@ -507,7 +570,7 @@ impl Hub {
                     ErrorCode::BadHello.close_code().into(),
                     b"open the control stream and send hello within 10 s",
                 );
-                self.closed(id);
+                self.closed(id).await;
                 return;
             }
         };
@@ -544,19 +607,21 @@ impl Hub {
             decoder.push(&chunk.bytes);
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => self.with_core(|c| c.frame(now(), id, &frame)),
+                    Ok(Some(frame)) => {
+                        self.submit(Cmd::Frame(id, frame)).await;
+                    }
                     Ok(None) => break,
                     Err(e) => {
-                        self.with_core(|c| c.frame_error(id, e.to_proto()));
+                        self.submit(Cmd::FrameError(id, e.to_proto())).await;
                         let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
-                        self.closed(id);
+                        self.closed(id).await;
                         writer.abort();
                         return;
                     }
                 }
             }
         }
-        self.closed(id);
+        self.closed(id).await;
         // The writer ends when the hub drops the sender (done by `closed`).
         let _ = tokio::time::timeout(Duration::from_secs(3), writer).await;
     }
@@ -564,7 +629,7 @@ impl Hub {
     /// Serves one WebSocket (`GET /ws`): one message per text frame.
     pub async fn serve_ws(self: Arc<Self>, socket: WebSocket) {
         use futures_util::{SinkExt as _, StreamExt as _};
-        let (id, mut rx, slow) = self.open();
+        let (id, mut rx, slow) = self.open().await;
         let (mut sink, mut stream) = socket.split();
         let writer = tokio::spawn(async move {
             let mut ping = tokio::time::interval(WS_PING);
@@ -625,10 +690,10 @@ impl Hub {
                                 t.len()
                             ),
                         );
-                        self.with_core(|c| c.frame_error(id, e));
+                        self.submit(Cmd::FrameError(id, e)).await;
                         break;
                     }
-                    self.with_core(|c| c.frame(now(), id, t.as_bytes()));
+                    self.submit(Cmd::Frame(id, t.as_bytes().to_vec())).await;
                 }
                 Message::Binary(_) => {
                     let e = ProtoError::new(
@@ -636,27 +701,106 @@ impl Hub {
                         ErrorCode::BadRequest,
                         "send messages as text frames",
                     );
-                    self.with_core(|c| c.frame_error(id, e));
+                    self.submit(Cmd::FrameError(id, e)).await;
                     break;
                 }
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
-        self.closed(id);
+        self.closed(id).await;
         // The writer delivers what is queued (a final error and close frame), then ends.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
 
     /// Verifies a bearer token for the HTTP API (signature, audience, expiry, revocation).
+    /// Answered from the hub's copy of the core's token gate, without a trip to the core thread.
     pub fn authenticate(&self, token: &str) -> Result<signaling::Claims, ProtoError> {
-        self.core().authenticate(token, now())
+        self.gate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .authenticate(token, now())
     }
+}
 
-    /// Reads the core (for the HTTP API).
-    pub fn read<R>(&self, f: impl FnOnce(&Core) -> R) -> R {
-        f(&self.core())
+/// Sets the hub's "core ended" flag when the core thread ends, however it ends.
+struct Ended(tokio::sync::watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
     }
+}
+
+/// The core's thread: one current-thread runtime that waits for the next command, the next
+/// timer (every `TICK`, or earlier when a coalesced fan-out is due) or the stop signal, runs the
+/// core, and dispatches its outputs. The office store's commits block this thread only.
+fn core_thread(
+    mut core: Core,
+    mut rx: mpsc::Receiver<Cmd>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut revocations: RevocationFile,
+    hub: Arc<Hub>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "cannot build the signaling core's runtime");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let mut next_tick = tokio::time::Instant::now() + TICK;
+        let mut ticks: u64 = 0;
+        loop {
+            let due = core
+                .next_fanout_due()
+                .map(|at| tokio::time::Instant::now() + Duration::from_millis(at.ms_since(now())));
+            let wake = due.map_or(next_tick, |d| d.min(next_tick));
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                () = tokio::time::sleep_until(wake) => {
+                    core.handle_timeout(now());
+                    if tokio::time::Instant::now() >= next_tick {
+                        next_tick += TICK;
+                        if next_tick < tokio::time::Instant::now() {
+                            next_tick = tokio::time::Instant::now() + TICK;
+                        }
+                        ticks += 1;
+                        if ticks.is_multiple_of(REVOCATION_POLL_TICKS) {
+                            for r in revocations.read_new() {
+                                hub.gate.write().unwrap_or_else(|e| e.into_inner()).apply(&r);
+                                core.apply_revocation(now(), &r);
+                            }
+                        }
+                    }
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Open(conn)) => core.open(now(), conn),
+                    Some(Cmd::Closed(conn)) => {
+                        core.closed(now(), conn);
+                        while let Some(o) = core.poll_output() {
+                            hub.dispatch(o, &revocations);
+                        }
+                        hub.forget(conn);
+                    }
+                    Some(Cmd::Frame(conn, bytes)) => core.frame(now(), conn, &bytes),
+                    Some(Cmd::FrameError(conn, e)) => core.frame_error(conn, e),
+                    Some(Cmd::Call(f)) => f(&mut core),
+                    None => break,
+                },
+            }
+            while let Some(o) = core.poll_output() {
+                hub.dispatch(o, &revocations);
+            }
+        }
+    });
+    // No core, no signaling: every connection's writer ends, closing its transport.
+    hub.conns.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -666,4 +810,180 @@ fn truncate(s: &str, max: usize) -> String {
 /// The QUIC frame encoding of `msg` (re-exported for tests and tools).
 pub fn quic_frame(msg: &ServerMsg) -> Vec<u8> {
     encode_frame(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signaling::auth::{TokenIssuer, TokenRequest, TokenVerifier};
+    use signaling::core::{duty, CoreConfig};
+    use signaling::proto::MailItem;
+    use signaling::store::{
+        IncidentRow, LogEntry, Mail, NewItem, OfficeStore, Order, OrderState, SqliteStore,
+        StoreError, Stored,
+    };
+    use signaling::{NodeId, Subject};
+
+    /// The SQLite store, noting on which thread each write runs.
+    struct Probe {
+        inner: SqliteStore,
+        writers: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Probe {
+        fn note(&self) {
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            self.writers.lock().unwrap().push(name);
+        }
+    }
+
+    impl OfficeStore for Probe {
+        fn put(
+            &mut self,
+            item: NewItem<'_>,
+            build: &mut dyn FnMut(i64) -> MailItem,
+        ) -> Result<Stored, StoreError> {
+            self.note();
+            self.inner.put(item, build)
+        }
+        fn mail_after(&self, r: &Subject, a: u64, l: usize) -> Result<Vec<Mail>, StoreError> {
+            self.inner.mail_after(r, a, l)
+        }
+        fn item_in_mailbox(
+            &self,
+            r: &Subject,
+            i: i64,
+        ) -> Result<Option<(String, String)>, StoreError> {
+            self.inner.item_in_mailbox(r, i)
+        }
+        fn last_seq(&self, r: &Subject) -> Result<u64, StoreError> {
+            self.inner.last_seq(r)
+        }
+        fn acked(&self, r: &Subject) -> Result<u64, StoreError> {
+            self.inner.acked(r)
+        }
+        fn ack(
+            &mut self,
+            r: &Subject,
+            upto: u64,
+            now: UnixMs,
+        ) -> Result<Vec<(String, Subject)>, StoreError> {
+            self.note();
+            self.inner.ack(r, upto, now)
+        }
+        fn order(&self, id: &str) -> Result<Option<Order>, StoreError> {
+            self.inner.order(id)
+        }
+        fn set_order_state(
+            &mut self,
+            id: &str,
+            st: OrderState,
+            now: UnixMs,
+            eta: Option<u32>,
+            reason: Option<&str>,
+        ) -> Result<(), StoreError> {
+            self.note();
+            self.inner.set_order_state(id, st, now, eta, reason)
+        }
+        fn orders(&self, s: Option<&Subject>, l: usize) -> Result<Vec<Order>, StoreError> {
+            self.inner.orders(s, l)
+        }
+        fn incidents(&self) -> Result<Vec<IncidentRow>, StoreError> {
+            self.inner.incidents()
+        }
+        fn save_incident(&mut self, inc: &IncidentRow) -> Result<(), StoreError> {
+            self.note();
+            self.inner.save_incident(inc)
+        }
+        fn set_assigned(&mut self, i: &str, s: &str, a: bool) -> Result<(), StoreError> {
+            self.note();
+            self.inner.set_assigned(i, s, a)
+        }
+        fn append_log(
+            &mut self,
+            i: &str,
+            t: UnixMs,
+            who: &str,
+            what: &str,
+            d: &Value,
+        ) -> Result<u64, StoreError> {
+            self.note();
+            self.inner.append_log(i, t, who, what, d)
+        }
+        fn log_after(&self, i: &str, a: u64, l: usize) -> Result<(Vec<LogEntry>, u64), StoreError> {
+            self.inner.log_after(i, a, l)
+        }
+        fn note_subject(&mut self, s: &Subject, now: UnixMs) -> Result<(), StoreError> {
+            self.note();
+            self.inner.note_subject(s, now)
+        }
+        fn knows_subject(&self, s: &Subject) -> Result<bool, StoreError> {
+            self.inner.knows_subject(s)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_commits_run_on_the_core_thread_and_it_stops_with_the_node() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+        let node = NodeId::parse("node-a").unwrap();
+        let mut verifier = TokenVerifier::new(node.clone());
+        verifier.trust(key.verifying_key());
+        let issuer = TokenIssuer::new(key, node.clone());
+        let mut inner = SqliteStore::open_in_memory().unwrap();
+        let off = Subject::parse("off-1").unwrap();
+        inner.note_subject(&off, now()).unwrap();
+        let writers = Arc::new(Mutex::new(Vec::new()));
+        let store = Probe {
+            inner,
+            writers: writers.clone(),
+        };
+        let core = Core::new(CoreConfig::default(), node, verifier, store, now());
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let live = LiveStreams::default();
+        let sfu = crate::sfu::Sfu::new(
+            Default::default(),
+            socket.local_addr().unwrap(),
+            Arc::default(),
+            live.clone(),
+        );
+        let (media, _media_task) = crate::media::spawn(socket, sfu);
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::new(core, media, live, dir.path());
+        let timers = tokio::spawn(hub.clone().run_timers());
+        writers.lock().unwrap().clear();
+
+        let token = issuer.issue(
+            &TokenRequest::new(
+                Subject::parse("cmd-1").unwrap(),
+                signaling::Role::Commander,
+                "node-a",
+                "00",
+            ),
+            now().secs().as_secs(),
+        );
+        let claims = hub.authenticate(&token).expect("the HTTP gate accepts it");
+        let data = hub
+            .try_call(move |c| {
+                c.send_order(now(), &claims, None, None, &duty(), &off, "Go to gate 3")
+            })
+            .await
+            .expect("stored");
+        assert_eq!(data["new"], true, "{data}");
+        let writers_seen = writers.lock().unwrap().clone();
+        assert!(!writers_seen.is_empty(), "the order was committed");
+        assert!(
+            writers_seen.iter().all(|w| w == "signaling-core"),
+            "store writes ran on {writers_seen:?}, not only on the core's thread"
+        );
+
+        // The node's shutdown aborts the timer task: the core thread stops with it.
+        assert!(hub.core_running());
+        timers.abort();
+        tokio::time::timeout(Duration::from_secs(5), hub.core_ended())
+            .await
+            .expect("the core thread ends within 5 s");
+        assert!(!hub.core_running());
+        let refused = hub.call(|c| c.session_count()).await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Unavailable);
+    }
 }

@@ -104,6 +104,15 @@ async fn orders_acknowledged_before_a_sigkill_are_delivered_after_the_restart() 
         })
         .await;
     assert!(r.is_ok(), "{r:?}");
+    // The officer has been on this node once (orders to names nobody ever used are refused).
+    let (off, _oev) = tokio::time::timeout(
+        WAIT,
+        client::connect(ClientConfig::new(node.quic.clone(), off_token.clone())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    off.close().await;
     let mut sent = Vec::new();
     for i in 0..25 {
         let data = tokio::time::timeout(
@@ -127,6 +136,32 @@ async fn orders_acknowledged_before_a_sigkill_are_delivered_after_the_restart() 
     drop(cmd);
 
     let node = start(data);
+    // The node remembers who has been here across the kill: an order to the officer, who has
+    // not come back yet, is taken.
+    let (cmd, _cev) = tokio::time::timeout(
+        WAIT,
+        client::connect(ClientConfig::new(
+            node.quic.clone(),
+            token(data, "cmd-1", "commander"),
+        )),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let data_after = tokio::time::timeout(
+        WAIT,
+        cmd.deliver(ClientMsg::Order {
+            id: 0,
+            msg_id: Some("after-restart".into()),
+            incident: "duty".parse().unwrap(),
+            to: "off-1".parse().unwrap(),
+            text: "Report in".into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .expect("an order to a subject seen before the restart is taken");
+    sent.push(data_after["order"]["id"].as_str().unwrap().to_owned());
     let (off, mut events) = tokio::time::timeout(
         WAIT,
         client::connect(ClientConfig::new(node.quic.clone(), off_token.clone())),

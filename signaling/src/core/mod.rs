@@ -288,6 +288,12 @@ impl Core {
         self.sessions.authenticate(token, now)
     }
 
+    /// The token gate: what `hello` checks (the shell keeps a copy for its HTTP routes and
+    /// applies to it the revocations it hands the core).
+    pub fn token_gate(&self) -> &TokenGate {
+        self.sessions.gate()
+    }
+
     /// The subject and role of a session (for the shell's media ownership checks).
     pub fn session_claims(&self, session: &str) -> Option<&Claims> {
         self.sessions.claims(session)
