@@ -59,7 +59,7 @@ impl FrameDecoder {
         FrameDecoder::with_max(MAX_FRAME)
     }
 
-    /// A decoder accepting frames up to `max` bytes (clients use [`MAX_SERVER_FRAME`]).
+    /// A decoder accepting frames up to `max` bytes (clients use [`MAX_SERVER_FRAME`](super::MAX_SERVER_FRAME)).
     pub fn with_max(max: usize) -> Self {
         FrameDecoder {
             buf: Vec::new(),
