@@ -12,13 +12,22 @@ use super::{err, need, owns_drone, queries, ConnId, Core, MediaOp, Output, Revoc
 use crate::auth::{Action, Claims, Role};
 use crate::ids::{IncidentId, StreamName, Subject};
 use crate::proto::{
-    ClientMsg, CommandName, DroneCommand, DroneCommandAckEvent, DroneCommandEvent, ErrorCode,
-    Event, IncidentState, Member, OrderAnswer, Position, ProtoError, RequestId, ServerMsg,
-    StreamKind,
+    ClientMsg, CommandName, DroneAckResult, DroneCommand, DroneCommandAckEvent, DroneCommandEvent,
+    ErrorCode, Event, IncidentState, Member, OrderAnswer, Position, ProtoError, RequestId,
+    ServerMsg, StreamKind, Telemetry,
 };
 use crate::time::UnixMs;
 
+/// Who asks, on which connection, when: what every request handler needs.
+struct Req<'a> {
+    now: UnixMs,
+    conn: ConnId,
+    sid: &'a str,
+    claims: Claims,
+}
+
 impl Core {
+    /// One request of session `sid` on `conn`: each arm hands the message to its handler.
     pub(super) fn request(
         &mut self,
         now: UnixMs,
@@ -32,141 +41,66 @@ impl Core {
             let e = err(msg.id(), ErrorCode::SessionClosed, "this session has ended");
             return Err(e);
         };
+        let r = Req {
+            now,
+            conn,
+            sid,
+            claims,
+        };
         use ClientMsg as M;
         match msg {
             M::Hello { .. } => {
                 let m = "hello was already received on this connection";
-                return Err(err(None, ErrorCode::BadHello, m));
+                Err(err(None, ErrorCode::BadHello, m))
             }
-            M::Ping { id } => self.reply(conn, id, json!({"time": now})),
-            M::Ack { after } => self.sessions.ack(sid, after),
+            M::Ping { id } => {
+                self.reply(conn, id, json!({"time": now}));
+                Ok(())
+            }
+            M::Ack { after } => {
+                self.sessions.ack(sid, after);
+                Ok(())
+            }
             M::Bye => {
                 self.close_conn(conn, ErrorCode::SessionClosed, "bye");
                 self.end_session(now, sid);
+                Ok(())
             }
-            M::Position { id, pos } => self.position(now, conn, &claims, id, pos)?,
-            M::Incidents { id } => {
-                need(&claims, Action::ReadIncident, Some(id))?;
-                let list = self.incidents.views_for(&claims);
-                self.reply(conn, id, json!({"incidents": list}));
-            }
+            M::Position { id, pos } => self.position(&r, id, pos),
+            // Incidents and membership.
+            M::Incidents { id } => self.list_incidents(&r, id),
             M::IncidentCreate { id, incident, name } => {
-                need(&claims, Action::ManageIncident, Some(id))?;
-                let iid = self
-                    .incidents
-                    .create(now, id, incident, &name, &claims.sub)?;
-                self.persist_incident(&iid);
-                let detail = json!({"name": name.trim()});
-                self.log(now, &iid, claims.sub.as_str(), "created", detail);
-                self.join(now, sid, &iid);
-                let view = self.incidents.view(&iid);
-                self.reply(conn, id, json!({"incident": view}));
+                self.incident_create(&r, id, incident, &name)
             }
-            M::IncidentClose { id, incident } => {
-                need(&claims, Action::ManageIncident, Some(id))?;
-                let members = self.incidents.close(now, id, &incident)?;
-                self.persist_incident(&incident);
-                self.log(now, &incident, claims.sub.as_str(), "closed", Value::Null);
-                let ev = Event::Incident {
-                    incident: incident.clone(),
-                    state: IncidentState::Closed,
-                    by: claims.sub.clone(),
-                };
-                self.push_all(members.clone(), &ev);
-                for m in members {
-                    self.leave(now, &m, &incident);
-                }
-                self.reply(conn, id, Value::Null);
-            }
-            M::Join { id, incident } => {
-                self.incidents.may_join(id, &claims, &incident)?;
-                self.join(now, sid, &incident);
-                let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
-                self.reply(conn, id, json!({"incidents": mine}));
-            }
-            M::Leave { id, incident } => {
-                if !self.leave(now, sid, &incident) {
-                    let m = format!("not in incident {incident}");
-                    return Err(err(Some(id), ErrorCode::NotFound, m));
-                }
-                let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
-                self.reply(conn, id, json!({"incidents": mine}));
-            }
+            M::IncidentClose { id, incident } => self.incident_close(&r, id, incident),
+            M::Join { id, incident } => self.join_request(&r, id, incident),
+            M::Leave { id, incident } => self.leave_request(&r, id, incident),
             M::Assign {
                 id,
                 incident,
                 subject,
-            } => self.assign(now, conn, &claims, id, incident, subject)?,
+            } => self.assign(&r, id, incident, subject),
             M::Unassign {
                 id,
                 incident,
                 subject,
-            } => self.unassign(now, conn, &claims, id, incident, subject)?,
+            } => self.unassign(&r, id, incident, subject),
+            // Reads.
             M::Log {
                 id,
                 incident,
                 after,
                 limit,
-            } => {
-                need(&claims, Action::ReadIncident, Some(id))?;
-                self.incidents.readable(Some(id), &claims, &incident)?;
-                let max = self.cfg.log_page_max;
-                let (entries, last) =
-                    queries::log_page(&*self.store, Some(id), &incident, after, limit, max)?;
-                let data = json!({"incident": incident, "entries": entries, "last": last});
-                self.reply(conn, id, data);
-            }
-            M::Units { id, incident } => {
-                need(&claims, Action::ReadIncident, Some(id))?;
-                if let Some(i) = &incident {
-                    self.incidents.readable(Some(id), &claims, i)?;
-                }
-                let units = self.units_for(now, &claims, incident.as_ref());
-                self.reply(conn, id, json!({"units": units}));
-            }
-            M::Catalog { id, incident } => {
-                need(&claims, Action::ReadIncident, Some(id))?;
-                if let Some(i) = &incident {
-                    self.incidents.readable(Some(id), &claims, i)?;
-                }
-                let all =
-                    incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
-                let visible = self.incidents.visible_subjects(&claims, incident.as_ref());
-                let units = self.presence.people().map(|p| (p.subject, p.role));
-                let owners = queries::catalog_owners(units, visible.as_ref());
-                self.media(conn, sid, id, MediaOp::Catalog { owners, all });
-            }
+            } => self.read_log(&r, id, incident, after, limit),
+            M::Units { id, incident } => self.list_units(&r, id, incident),
+            M::Catalog { id, incident } => self.catalog(&r, id, incident),
+            // Media, handed to the shell once authorised.
             M::Publish {
                 id,
                 stream,
                 kind,
                 sdp,
-            } => {
-                need(&claims, Action::PublishOwn, Some(id))?;
-                let stream = match stream {
-                    Some(s) => s,
-                    None => StreamName::parse(claims.sub.as_str())
-                        .map_err(|e| err(Some(id), ErrorCode::BadRequest, e.to_string()))?,
-                };
-                if kind == StreamKind::Drone {
-                    need(&claims, Action::PublishDrone, Some(id))?;
-                    if claims.role != Role::Admin && !owns_drone(&claims, stream.as_str()) {
-                        let m = format!("{stream} is not one of your drones");
-                        return Err(err(Some(id), ErrorCode::Forbidden, m));
-                    }
-                }
-                claims
-                    .may_publish(&stream)
-                    .map_err(|e| err(Some(id), ErrorCode::Forbidden, e.to_string()))?;
-                let owner = claims.sub.clone();
-                let op = MediaOp::Publish {
-                    stream,
-                    owner,
-                    kind,
-                    sdp,
-                };
-                self.media(conn, sid, id, op);
-            }
+            } => self.publish(&r, id, stream, kind, sdp),
             M::Subscribe {
                 id,
                 stream,
@@ -174,39 +108,35 @@ impl Core {
                 max_height,
                 sdp,
             } => {
-                need(&claims, Action::ViewStream, Some(id))?;
+                need(&r.claims, Action::ViewStream, Some(id))?;
                 let op = MediaOp::Subscribe {
                     stream,
                     layer,
                     max_height,
                     sdp,
                 };
-                self.media(conn, sid, id, op);
+                self.media(&r, id, op);
+                Ok(())
             }
-            M::MediaClose { id, media } => self.media(conn, sid, id, MediaOp::Close { media }),
+            M::MediaClose { id, media } => {
+                self.media(&r, id, MediaOp::Close { media });
+                Ok(())
+            }
+            // The office.
             M::Chat {
                 id,
                 msg_id,
                 incident,
                 to,
                 text,
-            } => self.chat(now, conn, sid, &claims, id, msg_id, incident, to, text)?,
+            } => self.chat(&r, id, msg_id, incident, to, text),
             M::Sos {
                 id,
                 msg_id,
                 incident,
                 text,
-            } => self.sos(now, conn, sid, &claims, id, msg_id, incident, text)?,
-            M::SosAck { id, sos } => {
-                need(&claims, Action::SendOrder, Some(id))?;
-                let store = &mut *self.store;
-                let (mails, incidents) = self.office.ack_sos(store, now, id, &claims.sub, &sos)?;
-                for i in &incidents {
-                    self.log(now, i, claims.sub.as_str(), "sos_ack", json!({"sos": sos}));
-                }
-                self.deliver(&mails, true);
-                self.reply(conn, id, json!({"sos": sos}));
-            }
+            } => self.sos(&r, id, msg_id, incident, text),
+            M::SosAck { id, sos } => self.sos_ack(&r, id, sos),
             M::Order {
                 id,
                 msg_id,
@@ -215,8 +145,9 @@ impl Core {
                 text,
             } => {
                 let data =
-                    self.send_order(now, &claims, Some(id), msg_id, &incident, &to, &text)?;
+                    self.send_order(now, &r.claims, Some(id), msg_id, &incident, &to, &text)?;
                 self.reply(conn, id, data);
+                Ok(())
             }
             M::OrderAnswer {
                 id,
@@ -227,39 +158,14 @@ impl Core {
                 reason,
             } => {
                 let data =
-                    self.answer_order(now, &claims, Some(id), &order, answer, eta_min, reason)?;
+                    self.answer_order(now, &r.claims, Some(id), &order, answer, eta_min, reason)?;
                 self.reply(conn, id, data);
+                Ok(())
             }
-            M::Read { id, item } => {
-                need(&claims, Action::Chat, Some(id))?;
-                let mails = Office::read(&mut *self.store, now, id, &claims.sub, item)?;
-                self.deliver(&mails, false);
-                self.reply(conn, id, Value::Null);
-            }
-            M::MailSync { id, after } => {
-                let sync = Office::sync(&*self.store, id, &claims.sub, after)?;
-                for m in sync.mails {
-                    let (seq, item) = (m.seq, m.item);
-                    self.send(conn, ServerMsg::Mail { seq, item });
-                }
-                // Live mail only once this connection has caught up, so it never overtakes.
-                self.sessions.set_mail_ready(conn, !sync.more);
-                let data =
-                    json!({"last": sync.last, "sent_upto": sync.sent_upto, "more": sync.more});
-                self.reply(conn, id, data);
-            }
-            M::MailAck { upto } => {
-                let orders = Office::mail_ack(&mut *self.store, now, &claims.sub, upto)
-                    .map_err(|e| store_err(None, e))?;
-                for order in orders {
-                    let filed =
-                        Office::order_state_mail(&mut *self.store, now, &order, &claims.sub)
-                            .map_err(|e| store_err(None, e))?;
-                    if let Some(f) = filed {
-                        self.file(now, &claims.sub, f);
-                    }
-                }
-            }
+            M::Read { id, item } => self.read_receipt(&r, id, item),
+            M::MailSync { id, after } => self.mail_sync(&r, id, after),
+            M::MailAck { upto } => self.mail_ack(&r, upto),
+            // Drones.
             M::DroneCommand {
                 id,
                 drone,
@@ -268,90 +174,21 @@ impl Core {
                 lon,
                 alt,
             } => {
-                let target = (lat, lon, alt);
-                let data = self.drone_command(now, id, &claims, sid, &drone, command, target)?;
+                let data = self.drone_command(&r, id, &drone, command, (lat, lon, alt))?;
                 self.reply(conn, id, data);
+                Ok(())
             }
-            M::Telemetry { drone, t } => {
-                let incidents = self.incidents.of_session(sid).cloned().unwrap_or_default();
-                let (name, _) =
-                    self.drones
-                        .report(now, sid, &claims, &drone, Some(&t), incidents)?;
-                if let Some(merged) = self.drones.merge(now, &name, &t) {
-                    self.fan_out_telemetry(&name, merged);
-                }
-            }
-            M::DroneLink { drone, up } => {
-                let incidents = self.incidents.of_session(sid).cloned().unwrap_or_default();
-                let (name, new) = self
-                    .drones
-                    .report(now, sid, &claims, &drone, None, incidents)?;
-                if self.drones.link(&name, up, new) {
-                    let incidents = self.drone_incidents(&name);
-                    let detail = json!({"drone": name, "up": up});
-                    self.log_all(now, &incidents, &claims.sub, "drone_link", &detail);
-                    self.drone_event(
-                        &name,
-                        &Event::DroneLink {
-                            drone: name.clone(),
-                            up,
-                        },
-                    );
-                }
-            }
-            M::DroneCommandAck { cmd, result, text } => {
-                need(&claims, Action::PublishDrone, None)?;
-                if text.as_ref().is_some_and(|t| t.chars().count() > 1000) {
-                    let m = "text must be at most 1000 characters";
-                    return Err(err(None, ErrorCode::BadRequest, m));
-                }
-                let Some((drone, requester)) = self.drones.ack(&cmd, sid, result) else {
-                    let shown: String = cmd.chars().take(40).collect();
-                    let m = format!("no pending drone command {shown:?} from this session");
-                    return Err(err(None, ErrorCode::NotFound, m));
-                };
-                let ack = DroneCommandAckEvent {
-                    cmd,
-                    drone: drone.clone(),
-                    result,
-                    text,
-                };
-                let detail = serde_json::to_value(&ack).unwrap_or(Value::Null);
-                let incidents = self.drone_incidents(&drone);
-                self.log_all(now, &incidents, &claims.sub, "drone_command_ack", &detail);
-                self.push_event(&requester, &Event::DroneCommandAck(ack), false);
-            }
-            M::Revoke { id, sub, jti } => {
-                need(&claims, Action::Revoke, Some(id))?;
-                let r = match (sub, jti) {
-                    (Some(sub), None) => Revocation::Subject {
-                        sub,
-                        at: now.secs(),
-                    },
-                    (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => {
-                        Revocation::Token { jti }
-                    }
-                    _ => {
-                        let m = "give exactly one of sub or jti";
-                        return Err(err(Some(id), ErrorCode::BadRequest, m));
-                    }
-                };
-                // Reply first: the admin may be revoking its own token.
-                self.reply(conn, id, json!({"revoked": r}));
-                for i in self.incidents.of_session(sid).cloned().unwrap_or_default() {
-                    self.log(now, &i, claims.sub.as_str(), "revoked", json!(r));
-                }
-                self.out.push_back(Output::Revoked(r.clone()));
-                self.apply_revocation(now, &r);
-            }
+            M::Telemetry { drone, t } => self.telemetry(&r, &drone, &t),
+            M::DroneLink { drone, up } => self.drone_link(&r, &drone, up),
+            M::DroneCommandAck { cmd, result, text } => self.drone_ack(&r, cmd, result, text),
+            M::Revoke { id, sub, jti } => self.revoke(&r, id, sub, jti),
         }
-        Ok(())
     }
 
-    fn media(&mut self, conn: ConnId, sid: &str, re: RequestId, op: MediaOp) {
+    fn media(&mut self, r: &Req, re: RequestId, op: MediaOp) {
         self.out.push_back(Output::Media {
-            conn,
-            session: sid.to_owned(),
+            conn: r.conn,
+            session: r.sid.to_owned(),
             re,
             op,
         });
@@ -359,34 +196,124 @@ impl Core {
 
     fn position(
         &mut self,
-        now: UnixMs,
-        conn: ConnId,
-        claims: &Claims,
+        r: &Req,
         id: Option<RequestId>,
         mut pos: Position,
     ) -> Result<(), ProtoError> {
-        need(claims, Action::ReportPosition, id)?;
+        need(&r.claims, Action::ReportPosition, id)?;
         pos.validate()
             .map_err(|m| err(id, ErrorCode::BadRequest, m))?;
-        pos.time.get_or_insert(now);
-        if let Some((role, pos)) = self.presence.report(now, &claims.sub, pos) {
-            self.fan_out_position(&claims.sub, role, pos);
+        pos.time.get_or_insert(r.now);
+        if let Some((role, pos)) = self.presence.report(r.now, &r.claims.sub, pos) {
+            self.fan_out_position(&r.claims.sub, role, pos);
         }
         if let Some(id) = id {
-            self.reply(conn, id, Value::Null);
+            self.reply(r.conn, id, Value::Null);
         }
+        Ok(())
+    }
+
+    // -- Incidents and membership -------------------------------------------------------------
+
+    fn list_incidents(&mut self, r: &Req, id: RequestId) -> Result<(), ProtoError> {
+        need(&r.claims, Action::ReadIncident, Some(id))?;
+        let list = self.incidents.views_for(&r.claims);
+        self.reply(r.conn, id, json!({"incidents": list}));
+        Ok(())
+    }
+
+    fn incident_create(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: Option<IncidentId>,
+        name: &str,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::ManageIncident, Some(id))?;
+        let by = &r.claims.sub;
+        let iid = self.incidents.create(r.now, id, incident, name, by)?;
+        self.persist_incident(&iid);
+        let detail = json!({"name": name.trim()});
+        self.log(r.now, &iid, by.as_str(), "created", detail);
+        self.join(r.now, r.sid, &iid);
+        let view = self.incidents.view(&iid);
+        self.reply(r.conn, id, json!({"incident": view}));
+        Ok(())
+    }
+
+    fn incident_close(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: IncidentId,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::ManageIncident, Some(id))?;
+        let members = self.incidents.close(r.now, id, &incident)?;
+        self.persist_incident(&incident);
+        self.log(
+            r.now,
+            &incident,
+            r.claims.sub.as_str(),
+            "closed",
+            Value::Null,
+        );
+        let ev = Event::Incident {
+            incident: incident.clone(),
+            state: IncidentState::Closed,
+            by: r.claims.sub.clone(),
+        };
+        self.push_all(members.clone(), &ev);
+        for m in members {
+            self.leave(r.now, &m, &incident);
+        }
+        self.reply(r.conn, id, Value::Null);
+        Ok(())
+    }
+
+    fn join_request(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: IncidentId,
+    ) -> Result<(), ProtoError> {
+        self.incidents.may_join(id, &r.claims, &incident)?;
+        self.join(r.now, r.sid, &incident);
+        let mine = self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default();
+        self.reply(r.conn, id, json!({"incidents": mine}));
+        Ok(())
+    }
+
+    fn leave_request(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: IncidentId,
+    ) -> Result<(), ProtoError> {
+        if !self.leave(r.now, r.sid, &incident) {
+            let m = format!("not in incident {incident}");
+            return Err(err(Some(id), ErrorCode::NotFound, m));
+        }
+        let mine = self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default();
+        self.reply(r.conn, id, json!({"incidents": mine}));
         Ok(())
     }
 
     fn assign(
         &mut self,
-        now: UnixMs,
-        conn: ConnId,
-        claims: &Claims,
+        r: &Req,
         id: RequestId,
         incident: IncidentId,
         subject: Subject,
     ) -> Result<(), ProtoError> {
+        let (now, claims) = (r.now, &r.claims);
         need(claims, Action::ManageIncident, Some(id))?;
         if self.incidents.assign(id, &incident, &subject)? {
             if self
@@ -414,19 +341,18 @@ impl Core {
                 self.push_event(&s, &ev, false);
             }
         }
-        self.reply(conn, id, Value::Null);
+        self.reply(r.conn, id, Value::Null);
         Ok(())
     }
 
     fn unassign(
         &mut self,
-        now: UnixMs,
-        conn: ConnId,
-        claims: &Claims,
+        r: &Req,
         id: RequestId,
         incident: IncidentId,
         subject: Subject,
     ) -> Result<(), ProtoError> {
+        let (now, claims) = (r.now, &r.claims);
         need(claims, Action::ManageIncident, Some(id))?;
         self.incidents.unassign(id, &incident, &subject)?;
         if self
@@ -460,9 +386,102 @@ impl Core {
                 self.leave(now, &s, &incident);
             }
         }
-        self.reply(conn, id, Value::Null);
+        self.reply(r.conn, id, Value::Null);
         Ok(())
     }
+
+    // -- Reads --------------------------------------------------------------------------------
+
+    fn read_log(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: IncidentId,
+        after: u64,
+        limit: Option<u32>,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::ReadIncident, Some(id))?;
+        self.incidents.readable(Some(id), &r.claims, &incident)?;
+        let max = self.cfg.log_page_max;
+        let (entries, last) =
+            queries::log_page(&*self.store, Some(id), &incident, after, limit, max)?;
+        let data = json!({"incident": incident, "entries": entries, "last": last});
+        self.reply(r.conn, id, data);
+        Ok(())
+    }
+
+    fn list_units(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: Option<IncidentId>,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::ReadIncident, Some(id))?;
+        if let Some(i) = &incident {
+            self.incidents.readable(Some(id), &r.claims, i)?;
+        }
+        let units = self.units_for(r.now, &r.claims, incident.as_ref());
+        self.reply(r.conn, id, json!({"units": units}));
+        Ok(())
+    }
+
+    fn catalog(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        incident: Option<IncidentId>,
+    ) -> Result<(), ProtoError> {
+        let claims = &r.claims;
+        need(claims, Action::ReadIncident, Some(id))?;
+        if let Some(i) = &incident {
+            self.incidents.readable(Some(id), claims, i)?;
+        }
+        let all = incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
+        let visible = self.incidents.visible_subjects(claims, incident.as_ref());
+        let units = self.presence.people().map(|p| (p.subject, p.role));
+        let owners = queries::catalog_owners(units, visible.as_ref());
+        self.media(r, id, MediaOp::Catalog { owners, all });
+        Ok(())
+    }
+
+    // -- Media --------------------------------------------------------------------------------
+
+    fn publish(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        stream: Option<StreamName>,
+        kind: StreamKind,
+        sdp: String,
+    ) -> Result<(), ProtoError> {
+        let claims = &r.claims;
+        need(claims, Action::PublishOwn, Some(id))?;
+        let stream = match stream {
+            Some(s) => s,
+            None => StreamName::parse(claims.sub.as_str())
+                .map_err(|e| err(Some(id), ErrorCode::BadRequest, e.to_string()))?,
+        };
+        if kind == StreamKind::Drone {
+            need(claims, Action::PublishDrone, Some(id))?;
+            if claims.role != Role::Admin && !owns_drone(claims, stream.as_str()) {
+                let m = format!("{stream} is not one of your drones");
+                return Err(err(Some(id), ErrorCode::Forbidden, m));
+            }
+        }
+        claims
+            .may_publish(&stream)
+            .map_err(|e| err(Some(id), ErrorCode::Forbidden, e.to_string()))?;
+        let op = MediaOp::Publish {
+            stream,
+            owner: claims.sub.clone(),
+            kind,
+            sdp,
+        };
+        self.media(r, id, op);
+        Ok(())
+    }
+
+    // -- The office ---------------------------------------------------------------------------
 
     /// Who receives an incident message: subjects with a session in any of `incidents` and
     /// subjects assigned to them, except `sender` and roles that may not read incidents.
@@ -474,66 +493,53 @@ impl Core {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn chat(
         &mut self,
-        now: UnixMs,
-        conn: ConnId,
-        sid: &str,
-        claims: &Claims,
+        r: &Req,
         id: RequestId,
         msg_id: Option<String>,
         incident: Option<IncidentId>,
         to: Option<Subject>,
         text: String,
     ) -> Result<(), ProtoError> {
-        need(claims, Action::Chat, Some(id))?;
+        let (now, sender) = (r.now, &r.claims.sub);
+        need(&r.claims, Action::Chat, Some(id))?;
         office::check_text(Some(id), &text)?;
         let msg_id = office::msg_id(Some(id), msg_id, "msg_id")?;
         let in_incident = incident.as_ref().is_some_and(|i| {
             self.incidents
-                .of_session(sid)
+                .of_session(r.sid)
                 .is_some_and(|mine| mine.contains(i))
         });
-        let target =
-            Office::chat_target(id, &claims.sub, incident.as_ref(), to.as_ref(), in_incident)?;
+        let target = Office::chat_target(id, sender, incident.as_ref(), to.as_ref(), in_incident)?;
         let recipients = match &target {
-            ChatTarget::Incident(i) => {
-                self.incident_recipients(std::slice::from_ref(i), &claims.sub)
-            }
+            ChatTarget::Incident(i) => self.incident_recipients(std::slice::from_ref(i), sender),
             ChatTarget::Direct(t) => vec![t.clone()],
         };
         let store = &mut *self.store;
-        let (stored, filed) = Office::chat(
-            store,
-            now,
-            id,
-            &claims.sub,
-            &msg_id,
-            &target,
-            &text,
-            &recipients,
-        )?;
-        self.file(now, &claims.sub, filed);
+        let (stored, filed) =
+            Office::chat(store, now, id, sender, &msg_id, &target, &text, &recipients)?;
+        self.file(now, sender, filed);
         let data = json!({"item": stored.item_id, "time": stored.item.time()});
-        self.reply(conn, id, data);
+        self.reply(r.conn, id, data);
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sos(
         &mut self,
-        now: UnixMs,
-        conn: ConnId,
-        sid: &str,
-        claims: &Claims,
+        r: &Req,
         id: RequestId,
         msg_id: Option<String>,
         incident: Option<IncidentId>,
         text: Option<String>,
     ) -> Result<(), ProtoError> {
+        let (now, claims) = (r.now, &r.claims);
         need(claims, Action::RaiseSos, Some(id))?;
-        let mine = self.incidents.of_session(sid).cloned().unwrap_or_default();
+        let mine = self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default();
         let targets: Vec<IncidentId> = match incident {
             Some(i) if mine.contains(&i) => vec![i],
             Some(i) => {
@@ -575,9 +581,170 @@ impl Core {
             self.deliver(&mails, true);
         }
         let data = json!({"sos": sos, "incidents": targets, "recipients": recipients.len()});
-        self.reply(conn, id, data);
+        self.reply(r.conn, id, data);
         Ok(())
     }
+
+    fn sos_ack(&mut self, r: &Req, id: RequestId, sos: String) -> Result<(), ProtoError> {
+        let by = &r.claims.sub;
+        need(&r.claims, Action::SendOrder, Some(id))?;
+        let store = &mut *self.store;
+        let (mails, incidents) = self.office.ack_sos(store, r.now, id, by, &sos)?;
+        for i in &incidents {
+            self.log(r.now, i, by.as_str(), "sos_ack", json!({"sos": sos}));
+        }
+        self.deliver(&mails, true);
+        self.reply(r.conn, id, json!({"sos": sos}));
+        Ok(())
+    }
+
+    fn read_receipt(&mut self, r: &Req, id: RequestId, item: u64) -> Result<(), ProtoError> {
+        need(&r.claims, Action::Chat, Some(id))?;
+        let mails = Office::read(&mut *self.store, r.now, id, &r.claims.sub, item)?;
+        self.deliver(&mails, false);
+        self.reply(r.conn, id, Value::Null);
+        Ok(())
+    }
+
+    fn mail_sync(&mut self, r: &Req, id: RequestId, after: Option<u64>) -> Result<(), ProtoError> {
+        let sync = Office::sync(&*self.store, id, &r.claims.sub, after)?;
+        for m in sync.mails {
+            let (seq, item) = (m.seq, m.item);
+            self.send(r.conn, ServerMsg::Mail { seq, item });
+        }
+        // Live mail only once this connection has caught up, so it never overtakes.
+        self.sessions.set_mail_ready(r.conn, !sync.more);
+        let data = json!({"last": sync.last, "sent_upto": sync.sent_upto, "more": sync.more});
+        self.reply(r.conn, id, data);
+        Ok(())
+    }
+
+    fn mail_ack(&mut self, r: &Req, upto: u64) -> Result<(), ProtoError> {
+        let (now, sub) = (r.now, &r.claims.sub);
+        let orders =
+            Office::mail_ack(&mut *self.store, now, sub, upto).map_err(|e| store_err(None, e))?;
+        for order in orders {
+            let filed = Office::order_state_mail(&mut *self.store, now, &order, sub)
+                .map_err(|e| store_err(None, e))?;
+            if let Some(f) = filed {
+                self.file(now, sub, f);
+            }
+        }
+        Ok(())
+    }
+
+    // -- Drones -------------------------------------------------------------------------------
+
+    fn telemetry(&mut self, r: &Req, drone: &str, t: &Telemetry) -> Result<(), ProtoError> {
+        let incidents = self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default();
+        let (name, _) = self
+            .drones
+            .report(r.now, r.sid, &r.claims, drone, Some(t), incidents)?;
+        if let Some(merged) = self.drones.merge(r.now, &name, t) {
+            self.fan_out_telemetry(&name, merged);
+        }
+        Ok(())
+    }
+
+    fn drone_link(&mut self, r: &Req, drone: &str, up: bool) -> Result<(), ProtoError> {
+        let incidents = self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default();
+        let (name, new) = self
+            .drones
+            .report(r.now, r.sid, &r.claims, drone, None, incidents)?;
+        if self.drones.link(&name, up, new) {
+            let incidents = self.drone_incidents(&name);
+            let detail = json!({"drone": name, "up": up});
+            self.log_all(r.now, &incidents, &r.claims.sub, "drone_link", &detail);
+            let ev = Event::DroneLink {
+                drone: name.clone(),
+                up,
+            };
+            self.drone_event(&name, &ev);
+        }
+        Ok(())
+    }
+
+    fn drone_ack(
+        &mut self,
+        r: &Req,
+        cmd: String,
+        result: DroneAckResult,
+        text: Option<String>,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::PublishDrone, None)?;
+        if text.as_ref().is_some_and(|t| t.chars().count() > 1000) {
+            let m = "text must be at most 1000 characters";
+            return Err(err(None, ErrorCode::BadRequest, m));
+        }
+        let Some((drone, requester)) = self.drones.ack(&cmd, r.sid, result) else {
+            let shown: String = cmd.chars().take(40).collect();
+            let m = format!("no pending drone command {shown:?} from this session");
+            return Err(err(None, ErrorCode::NotFound, m));
+        };
+        let ack = DroneCommandAckEvent {
+            cmd,
+            drone: drone.clone(),
+            result,
+            text,
+        };
+        let detail = serde_json::to_value(&ack).unwrap_or(Value::Null);
+        let incidents = self.drone_incidents(&drone);
+        self.log_all(
+            r.now,
+            &incidents,
+            &r.claims.sub,
+            "drone_command_ack",
+            &detail,
+        );
+        self.push_event(&requester, &Event::DroneCommandAck(ack), false);
+        Ok(())
+    }
+
+    // -- Revocation ---------------------------------------------------------------------------
+
+    fn revoke(
+        &mut self,
+        r: &Req,
+        id: RequestId,
+        sub: Option<Subject>,
+        jti: Option<String>,
+    ) -> Result<(), ProtoError> {
+        need(&r.claims, Action::Revoke, Some(id))?;
+        let rev = match (sub, jti) {
+            (Some(sub), None) => Revocation::Subject {
+                sub,
+                at: r.now.secs(),
+            },
+            (None, Some(jti)) if !jti.is_empty() && jti.len() <= 128 => Revocation::Token { jti },
+            _ => {
+                let m = "give exactly one of sub or jti";
+                return Err(err(Some(id), ErrorCode::BadRequest, m));
+            }
+        };
+        // Reply first: the admin may be revoking its own token.
+        self.reply(r.conn, id, json!({"revoked": rev}));
+        for i in self
+            .incidents
+            .of_session(r.sid)
+            .cloned()
+            .unwrap_or_default()
+        {
+            self.log(r.now, &i, r.claims.sub.as_str(), "revoked", json!(rev));
+        }
+        self.out.push_back(Output::Revoked(rev.clone()));
+        self.apply_revocation(r.now, &rev);
+        Ok(())
+    }
+
+    // -- Orders (also the HTTP API's) ------------------------------------------------------
 
     /// Sends an order (over signaling, or `POST /api/orders`): checks the right, the incident and
     /// that the addressee ever had a session here (`unknown_recipient` otherwise), stores it once
@@ -644,18 +811,18 @@ impl Core {
         Ok(json!({"order": o}))
     }
 
+    // -- Drone commands -----------------------------------------------------------------------
+
     /// `drone_command`: see docs/protocol.md. Returns the reply's data.
-    #[allow(clippy::too_many_arguments)]
     fn drone_command(
         &mut self,
-        now: UnixMs,
+        r: &Req,
         id: RequestId,
-        claims: &Claims,
-        requester: &str,
         drone: &str,
         command: DroneCommand,
         (lat, lon, alt): (Option<f64>, Option<f64>, Option<f64>),
     ) -> Result<Value, ProtoError> {
+        let (now, claims, requester) = (r.now, &r.claims, r.sid);
         let known = self.drones.known(drone);
         if let Some(reason) = Drones::refusal(claims, drone) {
             let incidents = match &known {
