@@ -50,6 +50,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The office's attachment store (`/api/attachments`).
     pub attachments: Arc<AttachmentStore>,
+    /// What `GET /healthz` probes.
+    pub probes: crate::health::Probes,
     /// The wall's map settings (`/api/wall/config`).
     pub wall: Arc<crate::config::WallConfig>,
     /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
@@ -341,17 +343,15 @@ async fn patch_session() -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
-struct Health<'a> {
-    status: &'static str,
-    node: &'a str,
-}
-
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!(Health {
-        status: "ok",
-        node: state.node_id.as_str()
-    }))
+/// `GET /healthz`: every part of the node probed (docs/api.md); 503 when one has failed.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let health = crate::health::check(state.node_id.as_str(), &state.probes).await;
+    let code = if health.status == "failed" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, [(header::CACHE_CONTROL, "no-store")], Json(health)).into_response()
 }
 
 /// `GET /metrics`, Prometheus text format.

@@ -13,6 +13,7 @@
 //!   `signaling::core`;
 //! - [`attachments`]: the office's content-addressed attachment store;
 //! - [`trunk`]: trunks to other nodes (province CA, mutually authenticated QUIC);
+//! - [`health`]: the essential tasks' watchdog and the probes of `GET /healthz`;
 //! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
@@ -23,6 +24,7 @@ pub mod attachments;
 pub mod codec;
 pub mod config;
 pub mod forward;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod media;

@@ -301,10 +301,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             writeln!(out, "{}", node.ready_line())?;
             out.flush()?;
         }
-        shutdown_signal().await;
+        // A node whose media task, signaling or listener died cannot serve: exit non-zero so
+        // that the supervisor (systemd `Restart=on-failure`, a container runtime) restarts it.
+        let failure = tokio::select! {
+            _ = shutdown_signal() => None,
+            f = node.failed() => Some(f),
+        };
         tracing::info!("shutting down");
         node.shutdown().await;
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(anyhow::anyhow!("{f}: the node cannot serve and exits")),
+        }
     })
 }
 

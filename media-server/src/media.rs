@@ -46,6 +46,11 @@ enum Command {
         handle: TrunkHandle,
         rx: MediaLinkRx,
     },
+    /// Answered at once: proves the task is running and reading its commands (`/healthz`).
+    Ping { reply: oneshot::Sender<()> },
+    /// Test kit only: makes the task panic, the one failure a test cannot cause from outside.
+    #[cfg(feature = "testkit")]
+    Panic,
 }
 
 /// How long a viewer of a remote stream waits for the pull to deliver its first media.
@@ -151,6 +156,19 @@ impl MediaHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Close { session_id, reply }).await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
+    }
+
+    /// Round-trips through the task's command channel: `Err` when the task has stopped.
+    pub async fn ping(&self) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Ping { reply }).await?;
+        rx.await.map_err(|_| SfuError::Unavailable)
+    }
+
+    /// Test kit only: makes the media task panic (what a bug in the engine would do).
+    #[cfg(feature = "testkit")]
+    pub async fn inject_panic(&self) -> Result<(), SfuError> {
+        self.send(Command::Panic).await
     }
 
     async fn send(&self, cmd: Command) -> Result<(), SfuError> {
@@ -551,6 +569,11 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
                 rtt_at: None,
             });
         }
+        Command::Ping { reply } => {
+            let _ = reply.send(());
+        }
+        #[cfg(feature = "testkit")]
+        Command::Panic => panic!("media task: panic injected by the test kit"),
     }
 }
 

@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::attachments::AttachmentStore;
 use crate::config::NodeConfig;
+use crate::health::{Health, Probes, TaskFailure, Watchdog};
 use crate::http::{self, AppState};
 use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
@@ -68,6 +69,9 @@ pub struct RunningNode {
     pub hub: Arc<Hub>,
     /// The trunk shell, when `[trunk]` is configured.
     pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    /// The node's essential tasks: [`RunningNode::failed`] resolves when one stops.
+    pub watchdog: Arc<Watchdog>,
+    probes: Probes,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -79,6 +83,18 @@ impl RunningNode {
             "ready http={} media={} quic={}",
             self.http_addr, self.media_addr, self.quic_addr
         )
+    }
+
+    /// Resolves when an essential task (media, signaling timers, QUIC acceptor, HTTP server,
+    /// trunk sync) has returned or panicked: the node can no longer serve and should exit
+    /// non-zero so that its supervisor restarts it.
+    pub async fn failed(&self) -> TaskFailure {
+        self.watchdog.failed().await
+    }
+
+    /// What `GET /healthz` would answer now.
+    pub async fn health(&self) -> Health {
+        crate::health::check(self.node_id.as_str(), &self.probes).await
     }
 
     /// Stops every task of the node.
@@ -185,7 +201,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics.clone(),
         live.clone(),
     );
+    let watchdog = Watchdog::new();
     let (media, media_task) = media::spawn(socket, sfu);
+    let media_task = watchdog.watch("media", media_task);
 
     let store_path = config.node.data_dir.join(OFFICE_DB);
     let store = Store::open(&store_path)
@@ -198,12 +216,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         signal::now_ms(),
     );
     let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
-    let timer_task = tokio::spawn(hub.clone().run_timers());
+    let timer_task = watchdog.spawn("signaling", hub.clone().run_timers());
 
     let quic = quic::bind(config.quic.listen, &identity)
         .with_context(|| format!("binding QUIC endpoint {}", config.quic.listen))?;
     let quic_addr = quic.local_addr()?;
-    let quic_task = tokio::spawn(quic::serve(quic.clone(), hub.clone()));
+    let quic_task = watchdog.spawn("quic", quic::serve(quic.clone(), hub.clone()));
 
     let attachments_dir = config.node.data_dir.join("attachments");
     let attachments = Arc::new(
@@ -232,6 +250,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         None => (None, None),
     };
 
+    let probes = Probes {
+        watchdog: watchdog.clone(),
+        media: media.clone(),
+        hub: hub.clone(),
+        store: store_path.clone(),
+        trunk: trunk.clone(),
+    };
     let state = AppState {
         node_id: identity.node_id.clone(),
         verifier,
@@ -243,6 +268,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         attachments,
         wall: Arc::new(config.wall.clone()),
         trunk: trunk.clone(),
+        probes: probes.clone(),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -256,20 +282,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             &identity,
         )?;
         let listener = crate::tls::TlsListener::new(listener, acceptor)?;
-        tokio::spawn(async move {
+        watchdog.spawn("http", async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTPS server stopped");
             }
         })
     } else {
-        tokio::spawn(async move {
+        watchdog.spawn("http", async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         })
     };
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
-    tasks.extend(trunk_sync);
+    tasks.extend(trunk_sync.map(|sync| watchdog.watch("trunk", sync)));
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
@@ -298,6 +324,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         media,
         hub,
         trunk,
+        watchdog,
+        probes,
         tasks,
         quic,
     })

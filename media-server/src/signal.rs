@@ -184,6 +184,12 @@ impl Hub {
         hub
     }
 
+    /// Takes the core's lock and asks it one question: returns once the core is free to serve
+    /// (`/healthz`). Blocks while another task holds the lock; call it off the async workers.
+    pub fn ping(&self) {
+        let _ = self.core().connection_count();
+    }
+
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }

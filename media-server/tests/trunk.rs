@@ -279,8 +279,30 @@ async fn nodes_started_from_config_link_as_parent_and_child() {
     })
     .await;
     assert!(ok.is_ok(), "trunk between the nodes did not come up");
-    city.shutdown().await;
+    let health = city.health().await;
+    assert_eq!(health.status, "ok", "{health:?}");
+    assert_eq!(health.trunks.as_ref().map(|t| t.status), Some("ok"));
+
+    // The parent goes away: the city still serves its own users (200, `degraded`), and says
+    // which trunk is down.
     province.shutdown().await;
+    let degraded = tokio::time::timeout(WAIT, async {
+        loop {
+            let h = city.health().await;
+            if h.status != "ok" {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the city's health notices its parent is gone");
+    assert_eq!(degraded.status, "degraded", "{degraded:?}");
+    assert_eq!(degraded.failed, vec!["trunks"]);
+    let detail = degraded.trunks.unwrap().detail.unwrap();
+    assert!(detail.contains("province"), "{detail}");
+    assert_eq!(degraded.media.status, "ok");
+    city.shutdown().await;
 }
 
 /// The topology over real QUIC, the county–city-a trunk through the project's UDP relay

@@ -670,6 +670,80 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
     n.node.shutdown().await;
 }
 
+/// `GET /healthz` as a supervisor reads it: ok while every part works; a media task that panics
+/// is reported by name with 503 and ends the node (the binary exits non-zero on
+/// `RunningNode::failed`) instead of leaving a node that claims to be healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_task_that_panics_fails_health_and_ends_the_node() {
+    let n = start_node().await;
+    let health = |n: &common::TestNode| {
+        let url = n.url("/healthz");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (code, body) = health(&n).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
+    assert_eq!(body["media"]["status"], "ok", "{body}");
+    assert_eq!(body["trunks"], serde_json::Value::Null, "{body}");
+
+    n.node.media.inject_panic().await.unwrap();
+    let failure = tokio::time::timeout(Duration::from_secs(10), n.node.failed())
+        .await
+        .expect("the node reports its media task stopped");
+    assert_eq!(failure.task, "media");
+    assert!(failure.how.starts_with("panicked"), "{failure}");
+
+    let (code, body) = health(&n).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(body["failed"], serde_json::json!(["media"]), "{body}");
+    let detail = body["media"]["detail"].as_str().unwrap();
+    assert!(detail.contains("media task panicked"), "{detail}");
+    assert_eq!(body["signaling"]["status"], "ok", "{body}");
+    n.node.shutdown().await;
+}
+
+/// The office store cannot take a write (another process holds its file locked): `/healthz`
+/// answers 503 naming the store, and ok again once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_office_store_fails_health_until_it_is_released() {
+    let n = start_node().await;
+    let url = n.url("/healthz");
+    let get = || async {
+        let r = reqwest::get(url.clone()).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(get().await.0, 200);
+    let db = n
+        .dir
+        .path()
+        .join("data")
+        .join(media_server::node::OFFICE_DB);
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let (code, body) = get().await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["failed"], serde_json::json!(["store"]), "{body}");
+    assert!(
+        body["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("write transaction"),
+        "{body}"
+    );
+    holder.execute_batch("ROLLBACK;").unwrap();
+    let (code, body) = get().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    n.node.shutdown().await;
+}
+
 /// Tokens from an untrusted key, expired ones and ones for another node are refused; `*` and
 /// this node's id are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
