@@ -2,7 +2,8 @@
 //!
 //! What lives here today:
 //! - [`ids`]: validated newtypes for node ids, stream names, token subjects, incidents and token
-//!   ids. Anything that crosses a trust boundary is parsed into one of these first.
+//!   ids (re-exported from the `ids` crate, shared with `trunk`). Anything that crosses a trust
+//!   boundary is parsed into one of these first.
 //! - [`auth`]: roles and the action matrix of `ROLES.md`, token claims, the publish-name rule, and
 //!   the Ed25519 JWT issuer and verifier.
 //! - [`error`]: the error enums of this crate.
@@ -33,6 +34,6 @@ pub mod proto;
 pub mod store;
 pub mod testkit;
 
+pub use crate::ids::{IncidentId, NodeId, StreamName, Subject, TokenId};
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
 pub use error::{AuthError, Denied, NameError, ParseRoleError};
-pub use ids::{IncidentId, NodeId, StreamName, Subject, TokenId};

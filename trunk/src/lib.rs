@@ -44,7 +44,7 @@ pub mod sim;
 pub mod testkit;
 pub mod wire;
 
+pub use crate::ids::{LayerId, LayerSet, NodeName, StreamAddr, StreamName, ViewerId};
 pub use error::{DecodeError, NameError};
-pub use ids::{LayerId, LayerSet, NodeName, StreamAddr, StreamName, ViewerId};
 pub use router::{Hop, Output, Route, Router, RouterConfig, TrunkRole, ViewerEvent};
 pub use wire::{CatalogEntry, FailReason, FrameDecoder, Message};
