@@ -15,7 +15,8 @@
 //! - [`client`] (feature `client`, on by default): the async QUIC client of `yiwang/1` for native
 //!   clients (pinning, reconnect and resume); the one module that does I/O.
 //! - [`store`] (feature `server`): the node's SQLite office store (mailboxes, orders).
-//! - [`testkit`]: one harmless request per row of the role matrix, for tests.
+//! - `testkit` (feature `testkit`, and this crate's tests): one harmless request per row of the
+//!   role matrix, and the bodies of the fuzz targets; not in a release build of the node.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes. Every function that
 //! needs the time takes `now` (unix seconds) as an argument, so all of it is deterministic and
@@ -32,6 +33,7 @@ pub mod ids;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
 pub use crate::ids::{IncidentId, NodeId, StreamName, Subject, TokenId};

@@ -5,6 +5,7 @@
 //! - [`wire`]: the control protocol on a trunk's QUIC stream (typed, versioned, length-prefixed);
 //! - [`router`]: the sans-IO router — catalog, on-demand pull, failover, prune, keyframes;
 //! - [`sim`]: an in-memory network of routers in virtual time (the province-size simulation).
+//! - `testkit` (feature `testkit`, and this crate's tests): the fuzz bodies of `fuzz/`.
 //!
 //! Nothing here opens a socket, spawns a task or reads the clock: `now` comes with every input.
 //! The QUIC shell and the TLS setup live in `media-server` (`media_server::trunk`).
@@ -41,6 +42,7 @@ pub mod error;
 pub mod ids;
 pub mod router;
 pub mod sim;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;
 

@@ -15,7 +15,8 @@
 //!
 //! Rooms: this file holds the network's state and the API a scenario drives (nodes, links, cuts,
 //! publishers, viewers, the clock); `network` how events, media and control travel; `province`
-//! the province-size scenario ([`province`], [`province_run`]).
+//! the province-size scenario ([`province`], [`province_run`]); `rng` the seeded generator
+//! ([`Rng`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -27,10 +28,12 @@ use crate::wire::FrameDecoder;
 
 mod network;
 mod province;
+mod rng;
 
 pub use self::province::{
     province, province_run, random_viewers, ProvinceParams, ProvinceReport, SetupRow,
 };
+pub use self::rng::Rng;
 
 /// Timing of the simulated network.
 #[derive(Debug, Clone)]

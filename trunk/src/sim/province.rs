@@ -6,10 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use super::{Sim, SimConfig, SimStats};
+use super::{Rng, Sim, SimConfig, SimStats};
 use crate::ids::{LayerId, LayerSet, NodeName, StreamAddr};
 use crate::router::RouterConfig;
-use crate::testkit::Rng;
 
 /// The province of the issue: 1 province, 11 cities, 90 counties (county `k` under city
 /// `k % 11`, with city `(k + 1) % 11` as its second parent), 1,360 townships (township `k` under
