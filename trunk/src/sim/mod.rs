@@ -5,9 +5,10 @@
 //! ([`SimConfig::hop_delay`]). Control messages travel as encoded frames through a
 //! [`FrameDecoder`] per direction, exactly as on a QUIC stream. Media is modelled as one packet
 //! per layer of every published stream every [`SimConfig::media_interval`], forwarded by each
-//! node's current [`Route`](crate::router::Route). A cut ([`Sim::cut`]) drops everything on the link at once; the
-//! routers at both ends learn it [`SimConfig::detect_delay`] later (the QUIC idle timeout), and
-//! after [`Sim::restore`] a new connection comes up [`SimConfig::reconnect_delay`] later.
+//! node's current [`Route`](crate::router::Route). A cut ([`Sim::cut`]) drops everything on the
+//! link at once; the routers at both ends learn it [`SimConfig::detect_delay`] later (the QUIC
+//! idle timeout), and after [`Sim::restore`] a new connection comes up
+//! [`SimConfig::reconnect_delay`] later.
 //!
 //! The network checks on every packet sent on a trunk that no copy of the same packet (stream,
 //! layer, sequence number) crossed that trunk direction before: "at most one copy of a stream
@@ -43,7 +44,7 @@ pub struct SimConfig {
     /// Interval between media packets of one layer. Default 100 ms.
     pub media_interval: Duration,
     /// How long after a cut both ends see the trunk down. Default 1 s (the trunk's QUIC idle
-    /// timeout; see `media_server::trunk::transport_config`).
+    /// timeout; see `media_server::trunk::tls::transport_config`).
     pub detect_delay: Duration,
     /// How long after a link returns the trunk is up again (a QUIC handshake). Default 3 hops.
     pub reconnect_delay: Duration,
