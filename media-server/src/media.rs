@@ -410,9 +410,7 @@ impl TrunkIo {
             TrunkIn::Datagram((from, d)) => sfu.trunk_datagram(now, &from, &d),
             TrunkIn::Event(TrunkEvent::Route { addr, route }) => sfu.trunk_route(now, addr, route),
             TrunkIn::Event(TrunkEvent::PublisherKeyframe { stream, layer }) => {
-                if let Ok(s) = StreamName::parse(stream.as_str()) {
-                    sfu.publisher_keyframe(now, &s, layer.0);
-                }
+                sfu.publisher_keyframe(now, &stream, layer.0);
             }
             TrunkIn::Event(TrunkEvent::Viewer { viewer, event, .. }) => {
                 if let ::trunk::ViewerEvent::Failed(r) = event {
@@ -541,11 +539,7 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             }
             // This node's own stream, named the cascade's way.
             Some(t) if addr.node == *t.handle.node() => {
-                let r = match StreamName::parse(addr.stream.as_str()) {
-                    Ok(s) => sfu.view(now, &s, &offer, pref),
-                    Err(_) => Err(SfuError::NotLive),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(sfu.view(now, &addr.stream, &offer, pref));
             }
             Some(t) => {
                 let peer = sfu.watch_remote(addr.clone());

@@ -233,7 +233,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let (media_link, media_link_rx) = crate::trunk::shell::media_link();
     let (trunk, trunk_sync) = match crate::trunk::start_for_node(
         &config.trunk,
-        identity.node_id.as_str(),
+        &identity.node_id,
         live.clone(),
         Some(media_link),
     )

@@ -556,13 +556,7 @@ impl Sfu {
     fn route_remote_frame(&mut self, now: Instant, f: RemoteFrame) {
         let addr = f.key.addr.clone();
         if !self.remote.contains_key(&addr) {
-            let (Ok(node), Ok(stream)) = (
-                signaling::ids::NodeId::parse(addr.node.as_str()),
-                StreamName::parse(addr.stream.as_str()),
-            ) else {
-                return;
-            };
-            let name = StreamName::remote(&node, &stream);
+            let name = addr.to_stream_name();
             let peer = self.alloc_peer_id();
             let owner = Subject::parse("trunk").expect("valid subject");
             if self
@@ -2664,11 +2658,7 @@ mod tests {
                                 me.sfu.trunk_route(now, addr, route)
                             }
                             ::trunk::Output::PublisherKeyframe { stream, layer } => {
-                                me.sfu.publisher_keyframe(
-                                    now,
-                                    &stream.as_str().parse().unwrap(),
-                                    layer.0,
-                                )
+                                me.sfu.publisher_keyframe(now, &stream, layer.0)
                             }
                             ::trunk::Output::Viewer { .. } => {}
                         }

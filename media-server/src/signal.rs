@@ -374,13 +374,9 @@ impl Hub {
                     (None, Some(h)) => LayerPref::MaxHeight(h),
                     (None, None) => LayerPref::Auto,
                 };
-                let a = match stream.split_remote() {
+                let a = match stream.remote_addr() {
                     // `NODE/STREAM`: pulled over the trunks (this node's own name included).
-                    Some(_) => {
-                        let addr = trunk::StreamAddr::parse(stream.as_str())
-                            .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-                        self.media.view_remote(addr, sdp, pref).await
-                    }
+                    Some(addr) => self.media.view_remote(addr, sdp, pref).await,
                     None => self.media.view(stream.clone(), sdp, pref).await,
                 }
                 .map_err(sfu_err)?;

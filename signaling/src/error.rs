@@ -6,22 +6,8 @@
 use crate::auth::{Action, Role};
 use thiserror::Error;
 
-/// Why a string was refused as an id or a stream name.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum NameError {
-    /// The name has the `NODE/STREAM` form, which only the cascade between nodes may use.
-    #[error("NODE/STREAM names are reserved for the cascade")]
-    Reserved,
-    /// The name breaks the syntax rules; `what` names the kind of id, `reason` the rule.
-    #[error("invalid {what}: {reason}")]
-    Invalid {
-        /// The kind of name that was being parsed, e.g. `"stream name"`.
-        what: &'static str,
-        /// The rule that was broken.
-        reason: &'static str,
-    },
-}
+/// Why a string was refused as an id or a stream name (defined in the `ids` crate).
+pub use ::ids::NameError;
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -24,6 +24,7 @@ use anyhow::Context as _;
 
 use crate::config::TrunkConfig;
 use crate::streams::LiveStreams;
+use signaling::ids::{NodeId, StreamName};
 
 /// How often the live-stream table is copied into the trunk catalog.
 pub const CATALOG_SYNC: Duration = Duration::from_millis(500);
@@ -33,7 +34,7 @@ pub const CATALOG_SYNC: Duration = Duration::from_millis(500);
 /// layer, at least one) as they come and go.
 pub async fn start_for_node(
     cfg: &TrunkConfig,
-    node_id: &str,
+    node_id: &NodeId,
     live: LiveStreams,
     media: Option<shell::MediaLink>,
 ) -> anyhow::Result<Option<(shell::TrunkHandle, tokio::task::JoinHandle<()>)>> {
@@ -49,8 +50,7 @@ pub async fn start_for_node(
         &need(&cfg.cert, "cert")?,
         &need(&cfg.key, "key")?,
     )?;
-    let node = cfg.node.as_ref().map(|n| n.as_str()).unwrap_or(node_id);
-    let node = ::trunk::NodeName::parse(node).map_err(|e| anyhow::anyhow!("[trunk] node: {e}"))?;
+    let node = cfg.node.clone().unwrap_or_else(|| node_id.clone());
     let shell_cfg = shell::ShellConfig {
         node,
         listen: cfg.listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
@@ -69,33 +69,27 @@ pub async fn start_for_node(
     let handle = shell::start(shell_cfg).await?;
     let h = handle.clone();
     let task = tokio::spawn(async move {
-        let mut known: BTreeMap<String, u8> = BTreeMap::new();
+        let mut known: BTreeMap<StreamName, u8> = BTreeMap::new();
         let mut tick = tokio::time::interval(CATALOG_SYNC);
         loop {
             tick.tick().await;
             // Each stream with the ids of its live layers: a layer its publisher pauses (congestion
             // control) leaves the announcement, so nodes that do not pull it stop offering it.
-            let now: BTreeMap<String, u8> = live
+            // Only local names: a stream pulled from another node (`NODE/STREAM`) is not ours
+            // to announce.
+            let now: BTreeMap<StreamName, u8> = live
                 .list()
                 .into_iter()
-                .map(|s| {
-                    (
-                        s.name.to_string(),
-                        crate::streams::announced_layers(&s.layers).0,
-                    )
-                })
+                .filter(|s| s.name.split_remote().is_none())
+                .map(|s| (s.name, crate::streams::announced_layers(&s.layers).0))
                 .collect();
             for (name, layers) in &now {
                 if known.get(name) != Some(layers) {
-                    if let Ok(s) = ::trunk::StreamName::parse(name) {
-                        h.publish(s, ::trunk::LayerSet(*layers));
-                    }
+                    h.publish(name.clone(), ::trunk::LayerSet(*layers));
                 }
             }
             for name in known.keys().filter(|n| !now.contains_key(*n)) {
-                if let Ok(s) = ::trunk::StreamName::parse(name) {
-                    h.unpublish(s);
-                }
+                h.unpublish(name.clone());
             }
             known = now;
             let me = h.node().clone();
