@@ -186,6 +186,14 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     }
     let mut req = TokenRequest::new(args.sub, args.role, aud, identity.fingerprint.clone());
     req.ttl_secs = args.ttl;
+    if args.ttl > signaling::auth::DEFAULT_MAX_LIFETIME_SECS {
+        eprintln!(
+            "media-server token: warning: --ttl {} is longer than the {} s that nodes accept by \
+             default ([auth] max_token_lifetime_secs): this token will be refused unless raised",
+            args.ttl,
+            signaling::auth::DEFAULT_MAX_LIFETIME_SECS
+        );
+    }
     req.incidents = args.incidents;
     req.drones = args.drones;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

@@ -155,20 +155,33 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// Builds the token verifier the configuration asks for.
 pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<TokenVerifier> {
     let mut v = TokenVerifier::new(identity.node_id.clone());
+    v.set_max_lifetime_secs(config.auth.max_token_lifetime_secs);
     if config.auth.trust_own_key {
-        v.trust(identity.verifying_key());
+        v.trust_issuer(identity.verifying_key(), identity.node_id.clone());
     }
-    for hexkey in &config.auth.trusted_issuers {
-        let bytes: [u8; 32] = hex::decode(hexkey.trim())
+    for entry in &config.auth.trusted_issuers {
+        let (issuer, hexkey) = match entry.split_once('=') {
+            Some((node, key)) => {
+                let node = NodeId::parse(node.trim()).map_err(|e| {
+                    anyhow::anyhow!("auth.trusted_issuers: {entry:?}: the node before '=': {e}")
+                })?;
+                (Some(node), key.trim())
+            }
+            None => (None, entry.trim()),
+        };
+        let bytes: [u8; 32] = hex::decode(hexkey)
             .ok()
             .and_then(|b| b.try_into().ok())
             .with_context(|| {
-                format!("auth.trusted_issuers: {hexkey:?} is not 64 hex characters")
+                format!("auth.trusted_issuers: {entry:?} is not 64 hex characters (or NODE=HEX)")
             })?;
         let key = VerifyingKey::from_bytes(&bytes).with_context(|| {
-            format!("auth.trusted_issuers: {hexkey:?} is not an Ed25519 public key")
+            format!("auth.trusted_issuers: {entry:?} is not an Ed25519 public key")
         })?;
-        v.trust(key);
+        match issuer {
+            Some(node) => v.trust_issuer(key, node),
+            None => v.trust(key),
+        };
     }
     if v.keys().is_empty() {
         anyhow::bail!("no trusted token issuer: set auth.trust_own_key or auth.trusted_issuers");
@@ -329,4 +342,75 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         tasks,
         quic,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signaling::auth::{Role, TokenIssuer, TokenRequest};
+    use signaling::error::AuthError;
+
+    fn request() -> TokenRequest {
+        TokenRequest::new(
+            signaling::Subject::parse("off-1").unwrap(),
+            Role::Officer,
+            "*",
+            "00",
+        )
+    }
+
+    #[test]
+    fn configured_issuers_bind_iss_and_the_lifetime_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let me =
+            NodeIdentity::load_or_create(dir.path(), Some(&NodeId::parse("county-a").unwrap()))
+                .unwrap();
+        let province = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let city = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let mut config = NodeConfig::default();
+        config.auth.trusted_issuers = vec![
+            format!(
+                "province={}",
+                hex::encode(province.verifying_key().as_bytes())
+            ),
+            hex::encode(city.verifying_key().as_bytes()),
+        ];
+        let v = verifier(&config, &me).unwrap();
+        let now = 1_800_000_000;
+        let node = |s: &str| NodeId::parse(s).unwrap();
+
+        let own = me.issuer().issue(&request(), now);
+        assert!(v.verify(&own, now).is_ok());
+        // The node's own key cannot mint in another node's name, nor the bound province key.
+        let forged =
+            TokenIssuer::new(me.signing_key.clone(), node("province")).issue(&request(), now);
+        assert_eq!(v.verify(&forged, now), Err(AuthError::WrongIssuer));
+        let p = TokenIssuer::new(province.clone(), node("province"));
+        assert!(v.verify(&p.issue(&request(), now), now).is_ok());
+        let p_as_city = TokenIssuer::new(province, node("city-a"));
+        assert_eq!(
+            v.verify(&p_as_city.issue(&request(), now), now),
+            Err(AuthError::WrongIssuer)
+        );
+        // The unbound city key takes any iss.
+        let c = TokenIssuer::new(city, node("city-b"));
+        assert!(v.verify(&c.issue(&request(), now), now).is_ok());
+
+        let mut long = request();
+        long.ttl_secs = 8 * 24 * 3600;
+        assert!(matches!(
+            v.verify(&me.issuer().issue(&long, now), now),
+            Err(AuthError::TooLongLived { max_secs: 604_800 })
+        ));
+
+        config.auth.trusted_issuers = vec!["province=zz".into()];
+        let err = verifier(&config, &me).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.trusted_issuers") && err.contains("NODE=HEX"),
+            "{err}"
+        );
+        config.auth.trusted_issuers = vec!["Not A Node=00".into()];
+        let err = verifier(&config, &me).unwrap_err().to_string();
+        assert!(err.contains("the node before '='"), "{err}");
+    }
 }

@@ -45,6 +45,16 @@ pub enum AuthError {
     /// The token was issued for another node.
     #[error("token was issued for another node")]
     WrongAudience,
+    /// The token's lifetime (`exp` − `iat`) is longer than the node accepts
+    /// ([`crate::auth::DEFAULT_MAX_LIFETIME_SECS`] unless configured otherwise).
+    #[error("token lifetime exceeds this node's maximum of {max_secs} s")]
+    TooLongLived {
+        /// The longest lifetime accepted, in seconds.
+        max_secs: u64,
+    },
+    /// The token's `iss` is not the issuer its signing key is bound to.
+    #[error("token iss does not name the holder of its signing key")]
+    WrongIssuer,
     /// The token is longer than [`crate::auth::MAX_TOKEN_LEN`] bytes.
     #[error("token is too large")]
     TooLarge,
