@@ -53,7 +53,7 @@ pub struct AppState {
     /// The wall's map settings (`/api/wall/config`).
     pub wall: Arc<crate::config::WallConfig>,
     /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
 }
 
 /// An API error: a status and a message safe to show to the client.

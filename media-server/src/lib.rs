@@ -12,7 +12,8 @@
 //! - [`signal`]: the signaling shells (QUIC via [`quic`], WebSocket `/ws`) around the sans-IO
 //!   `signaling::core`;
 //! - [`attachments`]: the office's content-addressed attachment store;
-//! - [`trunk`]: trunks to other nodes (province CA, mutually authenticated QUIC);
+//! - [`cascade`]: the cascade shell — trunks to other nodes (province CA, mutually authenticated
+//!   QUIC) around the sans-IO `trunk` crate;
 //! - [`identity`], [`config`], [`metrics`].
 //!
 //! The cores ([`sfu`], [`forward`]) never read the clock or touch sockets: `now` comes in with
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod attachments;
+pub mod cascade;
 pub mod codec;
 pub mod config;
 pub mod forward;
@@ -33,4 +35,3 @@ pub mod sfu;
 pub mod signal;
 pub mod streams;
 pub mod tls;
-pub mod trunk;

@@ -14,10 +14,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::cascade::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
 use crate::forward::{LayerPref, PeerId};
 use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
-use crate::trunk::media::TrunkOutput;
-use crate::trunk::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
+use trunk::media::TrunkOutput;
 
 enum Command {
     Publish {
@@ -37,7 +37,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     ViewRemote {
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         offer: String,
         pref: LayerPref,
         reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
@@ -59,11 +59,11 @@ const VIDEO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_millis(5
 /// A WHEP viewer of a remote stream waiting for the pull to deliver.
 struct PendingView {
     peer: PeerId,
-    addr: ::trunk::StreamAddr,
+    addr: trunk::StreamAddr,
     offer: String,
     pref: LayerPref,
     since: Instant,
-    failed: Option<::trunk::FailReason>,
+    failed: Option<trunk::FailReason>,
     reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
 }
 
@@ -125,7 +125,7 @@ impl MediaHandle {
     /// trunks), [`SfuError::Unavailable`] if no path leads to it now.
     pub async fn view_remote(
         &self,
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         offer: String,
         pref: LayerPref,
     ) -> Result<SessionAnswer, SfuError> {
@@ -382,7 +382,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
 
 enum TrunkIn {
     Event(TrunkEvent),
-    Datagram((::trunk::NodeName, bytes::Bytes)),
+    Datagram((trunk::NodeName, bytes::Bytes)),
 }
 
 impl TrunkIo {
@@ -397,7 +397,7 @@ impl TrunkIo {
                 }
             }
             TrunkIn::Event(TrunkEvent::Viewer { viewer, event, .. }) => {
-                if let ::trunk::ViewerEvent::Failed(r) = event {
+                if let trunk::ViewerEvent::Failed(r) = event {
                     if let Some(p) = self.pending.iter_mut().find(|p| p.peer.0 == viewer.0) {
                         p.failed = Some(r);
                     }
@@ -448,8 +448,8 @@ impl TrunkIo {
                 Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
             } else if let Some(r) = p.failed {
                 Some(Err(match r {
-                    ::trunk::FailReason::NotFound => SfuError::NotLive,
-                    ::trunk::FailReason::NoRoute => SfuError::Unavailable,
+                    trunk::FailReason::NotFound => SfuError::NotLive,
+                    trunk::FailReason::NoRoute => SfuError::Unavailable,
                 }))
             } else if waited >= REMOTE_VIEW_WAIT {
                 Some(Err(SfuError::Unavailable))

@@ -84,7 +84,7 @@ pub struct Metrics {
     /// WebRTC sessions ended because of an error.
     pub session_errors: AtomicU64,
     /// The trunk media plane's counters (copied by the SFU every housekeeping round).
-    pub trunk: std::sync::Mutex<crate::trunk::media::TrunkCounters>,
+    pub trunk: std::sync::Mutex<trunk::media::TrunkCounters>,
     drops: [AtomicU64; 7],
 }
 

@@ -67,7 +67,7 @@ pub struct RunningNode {
     /// The signaling server.
     pub hub: Arc<Hub>,
     /// The trunk shell, when `[trunk]` is configured.
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -212,8 +212,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     );
 
     // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
-    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
-    let (trunk, trunk_sync) = match crate::trunk::start_for_node(
+    let (media_link, media_link_rx) = crate::cascade::shell::media_link();
+    let (trunk, trunk_sync) = match crate::cascade::start_for_node(
         &config.trunk,
         identity.node_id.as_str(),
         live.clone(),

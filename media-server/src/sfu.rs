@@ -55,7 +55,7 @@ use crate::forward::{
 };
 use crate::metrics::{DropReason, Metrics};
 use crate::streams::{LayerSummary, LiveStreams, StreamInfo};
-use crate::trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
+use trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
 
 /// Tunables of the SFU engine. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -158,26 +158,26 @@ pub enum TrunkRequest {
     /// Subscribe a local viewer to a remote stream (`TrunkHandle::subscribe`).
     Subscribe {
         /// The viewer (its session's peer id).
-        viewer: ::trunk::ViewerId,
+        viewer: trunk::ViewerId,
         /// The remote stream.
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         /// The layers wanted.
-        layers: ::trunk::LayerSet,
+        layers: trunk::LayerSet,
     },
     /// The viewer is gone (`TrunkHandle::unsubscribe`).
     Unsubscribe {
         /// The viewer.
-        viewer: ::trunk::ViewerId,
+        viewer: trunk::ViewerId,
         /// The remote stream.
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
     },
     /// A keyframe of a remote stream's layer is needed (`TrunkHandle::request_keyframe`; the
     /// router throttles).
     Keyframe {
         /// The remote stream.
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         /// The layer.
-        layer: ::trunk::LayerId,
+        layer: trunk::LayerId,
     },
 }
 
@@ -277,7 +277,7 @@ struct Peer {
     egress_seen: HashMap<Mid, u64>,
     ingress_seen: HashMap<Mid, u64>,
     /// Viewer of a remote stream: its trunk subscription, ended with the session.
-    remote: Option<::trunk::StreamAddr>,
+    remote: Option<trunk::StreamAddr>,
     /// Viewer of a remote stream: the layers its trunk subscription pulls (bit n: layer n;
     /// [`ALL_LAYERS`] at first), and since when it pulls more than it needs (dropped after
     /// [`NARROW_AFTER`]).
@@ -321,7 +321,7 @@ pub struct Sfu {
     /// The trunk media plane, when this node has trunks.
     trunk: Option<TrunkPlane>,
     /// Streams pulled over trunks, by address.
-    remote: HashMap<::trunk::StreamAddr, RemotePublisher>,
+    remote: HashMap<trunk::StreamAddr, RemotePublisher>,
     /// Requests for the trunk shell.
     trunk_out: VecDeque<TrunkRequest>,
     /// When the trunk counters were last copied into the metrics.
@@ -423,7 +423,7 @@ impl Sfu {
 
     /// Turns on the trunk media plane for node `node`: local streams can be sent to trunks and
     /// remote ones watched ([`Sfu::watch_remote`]).
-    pub fn enable_trunks(&mut self, node: ::trunk::NodeName) {
+    pub fn enable_trunks(&mut self, node: trunk::NodeName) {
         self.trunk = Some(TrunkPlane::new(node));
     }
 
@@ -436,8 +436,8 @@ impl Sfu {
     }
 
     /// The trunk router changed its forwarding of `addr`.
-    pub fn trunk_route(&mut self, now: Instant, addr: ::trunk::StreamAddr, route: ::trunk::Route) {
-        let local = route.outputs.iter().any(|(h, _)| *h == ::trunk::Hop::Local);
+    pub fn trunk_route(&mut self, now: Instant, addr: trunk::StreamAddr, route: trunk::Route) {
+        let local = route.outputs.iter().any(|(h, _)| *h == trunk::Hop::Local);
         if let Some(t) = self.trunk.as_mut() {
             t.set_route(addr.clone(), route);
         }
@@ -450,7 +450,7 @@ impl Sfu {
     }
 
     /// A datagram arrived on the trunk from `from`.
-    pub fn trunk_datagram(&mut self, now: Instant, from: &::trunk::NodeName, data: &[u8]) {
+    pub fn trunk_datagram(&mut self, now: Instant, from: &trunk::NodeName, data: &[u8]) {
         if let Some(t) = self.trunk.as_mut() {
             t.handle_datagram(now, from, data);
         }
@@ -458,14 +458,14 @@ impl Sfu {
     }
 
     /// The trunk to `peer` measures round-trip time `rtt` (it paces repeated NACKs).
-    pub fn trunk_rtt(&mut self, peer: &::trunk::NodeName, rtt: Duration) {
+    pub fn trunk_rtt(&mut self, peer: &trunk::NodeName, rtt: Duration) {
         if let Some(t) = self.trunk.as_mut() {
             t.set_rtt(peer, rtt);
         }
     }
 
     /// A media-plane control message (`Flow`, `Nack`) arrived on the trunk from `from`.
-    pub fn trunk_control(&mut self, now: Instant, from: &::trunk::NodeName, msg: ::trunk::Message) {
+    pub fn trunk_control(&mut self, now: Instant, from: &trunk::NodeName, msg: trunk::Message) {
         if let Some(t) = self.trunk.as_mut() {
             t.handle_control(now, from, msg);
         }
@@ -473,7 +473,7 @@ impl Sfu {
     }
 
     /// The trunk to `peer` came up or went down: its flow ids start afresh.
-    pub fn trunk_reset(&mut self, peer: &::trunk::NodeName) {
+    pub fn trunk_reset(&mut self, peer: &trunk::NodeName) {
         if let Some(t) = self.trunk.as_mut() {
             t.trunk_reset(peer);
         }
@@ -490,27 +490,27 @@ impl Sfu {
     /// Starts pulling the remote stream `addr` for a viewer to come: returns the viewer's peer
     /// id, to pass to [`Sfu::view_remote`] once [`Sfu::remote_codecs`] knows the stream's
     /// codecs, or to [`Sfu::unwatch`] if the viewer gives up.
-    pub fn watch_remote(&mut self, addr: ::trunk::StreamAddr) -> PeerId {
+    pub fn watch_remote(&mut self, addr: trunk::StreamAddr) -> PeerId {
         let peer = self.alloc_peer_id();
         self.trunk_out.push_back(TrunkRequest::Subscribe {
-            viewer: ::trunk::ViewerId(peer.0),
+            viewer: trunk::ViewerId(peer.0),
             addr,
-            layers: ::trunk::LayerSet(u8::MAX),
+            layers: trunk::LayerSet(u8::MAX),
         });
         peer
     }
 
     /// Ends a pull started by [`Sfu::watch_remote`] that never became a session.
-    pub fn unwatch(&mut self, peer: PeerId, addr: ::trunk::StreamAddr) {
+    pub fn unwatch(&mut self, peer: PeerId, addr: trunk::StreamAddr) {
         self.trunk_out.push_back(TrunkRequest::Unsubscribe {
-            viewer: ::trunk::ViewerId(peer.0),
+            viewer: trunk::ViewerId(peer.0),
             addr,
         });
     }
 
     /// Whether media of the remote stream `addr` arrived yet: video codec known, audio codec
     /// known, and since when frames arrive (`None`: no frame yet).
-    pub fn remote_codecs(&self, addr: &::trunk::StreamAddr) -> (bool, bool, Option<Instant>) {
+    pub fn remote_codecs(&self, addr: &trunk::StreamAddr) -> (bool, bool, Option<Instant>) {
         self.remote.get(addr).map_or((false, false, None), |r| {
             (r.video.is_some(), r.audio.is_some(), Some(r.since))
         })
@@ -635,7 +635,7 @@ impl Sfu {
     /// choosable (with their last size and bitrate) although silent, so a preference or
     /// estimate that moves to one makes this node pull it.
     fn update_remote_pulls(&mut self, now: Instant) {
-        let mut union: HashMap<::trunk::StreamAddr, u8> = HashMap::new();
+        let mut union: HashMap<trunk::StreamAddr, u8> = HashMap::new();
         for (id, p) in &mut self.peers {
             let Some(addr) = p.remote.as_ref() else {
                 continue;
@@ -687,9 +687,9 @@ impl Sfu {
             };
             if changed {
                 self.trunk_out.push_back(TrunkRequest::Subscribe {
-                    viewer: ::trunk::ViewerId(id.0),
+                    viewer: trunk::ViewerId(id.0),
                     addr: addr.clone(),
-                    layers: ::trunk::LayerSet(p.pulled),
+                    layers: trunk::LayerSet(p.pulled),
                 });
             }
             *union.entry(addr.clone()).or_default() |= p.pulled;
@@ -882,7 +882,7 @@ impl Sfu {
         &mut self,
         now: Instant,
         peer_id: PeerId,
-        addr: &::trunk::StreamAddr,
+        addr: &trunk::StreamAddr,
         offer: &str,
         pref: LayerPref,
     ) -> Result<SessionAnswer, SfuError> {
@@ -914,7 +914,7 @@ impl Sfu {
         audio_params: Vec<PayloadParams>,
         offer: &str,
         pref: LayerPref,
-        remote: Option<::trunk::StreamAddr>,
+        remote: Option<trunk::StreamAddr>,
     ) -> Result<SessionAnswer, SfuError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
@@ -1321,7 +1321,7 @@ impl Sfu {
                         match self.remote.iter().find(|(_, r)| r.peer == publisher) {
                             Some((addr, _)) => self.trunk_out.push_back(TrunkRequest::Keyframe {
                                 addr: addr.clone(),
-                                layer: ::trunk::LayerId(layer.0),
+                                layer: trunk::LayerId(layer.0),
                             }),
                             None => self.request_publisher_keyframe(now, publisher, layer),
                         }
@@ -1390,7 +1390,7 @@ impl Sfu {
             t.send_local_frame(
                 stream.as_str(),
                 kind == TrackKind::Video,
-                ::trunk::LayerId(layer.0),
+                trunk::LayerId(layer.0),
                 data.time.numer(),
                 keyframe,
                 !data.contiguous,
@@ -1546,7 +1546,7 @@ impl Sfu {
         }
         if let Some(addr) = peer.remote.take() {
             self.trunk_out.push_back(TrunkRequest::Unsubscribe {
-                viewer: ::trunk::ViewerId(id.0),
+                viewer: trunk::ViewerId(id.0),
                 addr,
             });
         }
@@ -2565,8 +2565,8 @@ mod tests {
         );
     }
 
-    fn tn(s: &str) -> ::trunk::NodeName {
-        ::trunk::NodeName::parse(s).unwrap()
+    fn tn(s: &str) -> trunk::NodeName {
+        trunk::NodeName::parse(s).unwrap()
     }
 
     /// A township SFU and a province SFU joined by real trunk routers, in lock-step virtual
@@ -2575,8 +2575,8 @@ mod tests {
     struct Cascade {
         town: World,
         prov: World,
-        r_town: ::trunk::Router,
-        r_prov: ::trunk::Router,
+        r_town: trunk::Router,
+        r_prov: trunk::Router,
         /// How many of its layers (lowest first) the township publisher sends.
         town_layers: usize,
     }
@@ -2588,10 +2588,10 @@ mod tests {
             prov.now = town.now;
             town.sfu.enable_trunks(tn("township"));
             prov.sfu.enable_trunks(tn("province"));
-            let mut cfg = ::trunk::RouterConfig::new(tn("township"));
+            let mut cfg = trunk::RouterConfig::new(tn("township"));
             cfg.parents = vec![tn("province")];
-            let mut r_town = ::trunk::Router::new(cfg);
-            let mut r_prov = ::trunk::Router::new(::trunk::RouterConfig::new(tn("province")));
+            let mut r_town = trunk::Router::new(cfg);
+            let mut r_prov = trunk::Router::new(trunk::RouterConfig::new(tn("province")));
             r_town.trunk_up(town.now, tn("province"));
             r_prov.trunk_up(town.now, tn("township"));
             let mut c = Cascade {
@@ -2657,20 +2657,20 @@ mod tests {
                     while let Some(o) = r_me.poll_output() {
                         moved = true;
                         match o {
-                            ::trunk::Output::Send { msg, .. } => {
+                            trunk::Output::Send { msg, .. } => {
                                 r_other.handle_message(now, &name, msg)
                             }
-                            ::trunk::Output::Route { addr, route } => {
+                            trunk::Output::Route { addr, route } => {
                                 me.sfu.trunk_route(now, addr, route)
                             }
-                            ::trunk::Output::PublisherKeyframe { stream, layer } => {
+                            trunk::Output::PublisherKeyframe { stream, layer } => {
                                 me.sfu.publisher_keyframe(
                                     now,
                                     &stream.as_str().parse().unwrap(),
                                     layer.0,
                                 )
                             }
-                            ::trunk::Output::Viewer { .. } => {}
+                            trunk::Output::Viewer { .. } => {}
                         }
                     }
                 }
@@ -2687,13 +2687,13 @@ mod tests {
         }
 
         /// The layers the township sends the province of `addr`.
-        fn to_province(&self, addr: &::trunk::StreamAddr) -> ::trunk::LayerSet {
+        fn to_province(&self, addr: &trunk::StreamAddr) -> trunk::LayerSet {
             self.r_town
                 .route(addr)
                 .and_then(|r| {
                     r.outputs
                         .iter()
-                        .find(|(h, _)| *h == ::trunk::Hop::Trunk(tn("province")))
+                        .find(|(h, _)| *h == trunk::Hop::Trunk(tn("province")))
                         .map(|(_, l)| *l)
                 })
                 .unwrap_or_default()
@@ -2713,11 +2713,11 @@ mod tests {
         );
         c.r_town.publish(
             c.town.now,
-            ::trunk::StreamName::parse("cam").unwrap(),
-            ::trunk::LayerSet(0b111),
+            trunk::StreamName::parse("cam").unwrap(),
+            trunk::LayerSet(0b111),
         );
         c.carry();
-        let addr = ::trunk::StreamAddr::parse("township/cam").unwrap();
+        let addr = trunk::StreamAddr::parse("township/cam").unwrap();
 
         // Browser-like layers: 150 / 500 / 1200 kbit/s at 30 fps; frame size tells them apart.
         let sizes = [("q", 320u16, 625usize), ("h", 640, 2083), ("f", 1280, 5000)];
@@ -2753,7 +2753,7 @@ mod tests {
         );
         assert_eq!(
             c.to_province(&addr),
-            ::trunk::LayerSet(ALL_LAYERS),
+            trunk::LayerSet(ALL_LAYERS),
             "every layer is pulled at first"
         );
         let (v, offer, pending) = c
@@ -2793,8 +2793,8 @@ mod tests {
                 .sfu
                 .fwd
                 .viewer_layer(peer)
-                .map(|l| ::trunk::LayerId(l.0));
-            (layer.map(::trunk::LayerSet::single), c.to_province(&addr))
+                .map(|l| trunk::LayerId(l.0));
+            (layer.map(trunk::LayerSet::single), c.to_province(&addr))
         };
 
         let open = run(&mut c, 8);
@@ -2848,7 +2848,7 @@ mod tests {
         let top = known
             .iter()
             .max_by_key(|l| l.dims.map(|d| d.0))
-            .map(|l| ::trunk::LayerId(l.layer.0))
+            .map(|l| trunk::LayerId(l.layer.0))
             .unwrap();
         let others = known
             .iter()
@@ -2917,7 +2917,7 @@ mod tests {
             .sfu
             .fwd
             .viewer_layer(peer)
-            .map(|l| ::trunk::LayerId(l.0));
+            .map(|l| trunk::LayerId(l.0));
         assert!(
             on.is_some_and(|l| l != top && c.to_province(&addr).contains(l)),
             "the viewer's layer {on:?} flows"

@@ -51,14 +51,14 @@ pub struct LayerSummary {
 
 /// The trunk layer set announcing `layers` (the live ones' ids); a stream with no video layer
 /// yet (audio only, or video not arrived) announces layer 0.
-pub fn announced_layers(layers: &[LayerSummary]) -> ::trunk::LayerSet {
+pub fn announced_layers(layers: &[LayerSummary]) -> trunk::LayerSet {
     let mask = layers.iter().fold(0u8, |m, l| {
         m | 1u8.checked_shl(u32::from(l.id)).unwrap_or(0)
     });
     if mask == 0 {
-        ::trunk::LayerSet::first(1)
+        trunk::LayerSet::first(1)
     } else {
-        ::trunk::LayerSet(mask)
+        trunk::LayerSet(mask)
     }
 }
 
@@ -171,12 +171,12 @@ mod tests {
         // Simulcast ids 0..=2 with the top one (id 1 here: ids follow RID order, not size) paused.
         assert_eq!(
             announced_layers(&[layer(0, 2), layer(1, 0)]),
-            ::trunk::LayerSet(0b101)
+            trunk::LayerSet(0b101)
         );
-        assert_eq!(announced_layers(&[layer(0, 0)]), ::trunk::LayerSet(0b1));
+        assert_eq!(announced_layers(&[layer(0, 0)]), trunk::LayerSet(0b1));
         assert_eq!(
             announced_layers(&[]),
-            ::trunk::LayerSet(0b1),
+            trunk::LayerSet(0b1),
             "no video yet: layer 0"
         );
         let json = serde_json::to_value(layer(0, 2)).unwrap();

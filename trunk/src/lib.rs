@@ -4,10 +4,11 @@
 //! - [`ids`]: node and stream names, the `NODE/STREAM` address, layers;
 //! - [`wire`]: the control protocol on a trunk's QUIC stream (typed, versioned, length-prefixed);
 //! - [`router`]: the sans-IO router — catalog, on-demand pull, failover, prune, keyframes;
+//! - [`media`]: the trunk media plane — RTP in QUIC datagrams, forwarding by route, repair;
 //! - [`sim`]: an in-memory network of routers in virtual time (the province-size simulation).
 //!
 //! Nothing here opens a socket, spawns a task or reads the clock: `now` comes with every input.
-//! The QUIC shell and the TLS setup live in `media-server` (`media_server::trunk`).
+//! The QUIC shell and the TLS setup live in `media-server` (`media_server::cascade`).
 //!
 //! The run loop of a shell:
 //!
@@ -39,6 +40,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod media;
 pub mod router;
 pub mod sim;
 pub mod testkit;

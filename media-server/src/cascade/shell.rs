@@ -1,6 +1,6 @@
 //! The tokio shell of the trunk router: one QUIC endpoint, a dialler per configured parent or
 //! peer (reconnecting with backoff), a task per connection carrying the control stream, and one
-//! actor task that owns the sans-IO [`::trunk::Router`] and its timer.
+//! actor task that owns the sans-IO [`trunk::Router`] and its timer.
 //!
 //! A connection: the dialler opens the one bidirectional stream, both sides send `Hello` first;
 //! each checks the other's certificate names the node its `Hello` claims
@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::trunk::wire::{encode, FrameDecoder, Message};
-use ::trunk::{
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use trunk::wire::{encode, FrameDecoder, Message};
+use trunk::{
     CatalogEntry, LayerId, LayerSet, NodeName, Output, Route, Router, RouterConfig, StreamAddr,
     StreamName, ViewerEvent, ViewerId,
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
 
 use super::tls::TrunkCredentials;
 
@@ -688,7 +688,7 @@ async fn run_link(
                         }
                     }
                     Ok(None) => break,
-                    Err(::trunk::DecodeError::FrameTooLarge(_)) => return,
+                    Err(trunk::DecodeError::FrameTooLarge(_)) => return,
                     Err(e) => debug!(%peer, error = %e, "bad trunk frame skipped"),
                 }
             }
@@ -896,9 +896,9 @@ impl Actor {
     }
 
     fn status(&self) -> TrunkStatus {
-        let hop = |h: &::trunk::Hop| match h {
-            ::trunk::Hop::Local => "local".to_owned(),
-            ::trunk::Hop::Trunk(n) => n.to_string(),
+        let hop = |h: &trunk::Hop| match h {
+            trunk::Hop::Local => "local".to_owned(),
+            trunk::Hop::Trunk(n) => n.to_string(),
         };
         let mut uplinks = Vec::new();
         for (kind, addrs, names) in [
@@ -927,10 +927,10 @@ impl Actor {
                 LinkStatus {
                     peer: peer.to_string(),
                     role: match self.router.role_of(peer) {
-                        ::trunk::TrunkRole::Parent(0) => "parent",
-                        ::trunk::TrunkRole::Parent(_) => "second_parent",
-                        ::trunk::TrunkRole::Peer => "peer",
-                        ::trunk::TrunkRole::Child => "child",
+                        trunk::TrunkRole::Parent(0) => "parent",
+                        trunk::TrunkRole::Parent(_) => "second_parent",
+                        trunk::TrunkRole::Peer => "peer",
+                        trunk::TrunkRole::Child => "child",
                     },
                     dialled: l.dialled,
                     up_secs: l.since.elapsed().as_secs(),

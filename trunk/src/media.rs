@@ -1,5 +1,5 @@
 //! The media plane of trunks, sans-IO: RTP in QUIC datagrams between nodes, applied from the
-//! router's [`Route`]s. No sockets, no clock, no str0m: the SFU ([`crate::sfu`]) owns one
+//! router's [`Route`]s. No sockets, no clock, no str0m: the SFU (`media_server::sfu`) owns one
 //! [`TrunkPlane`], feeds it frames of local publishers and datagrams from trunks, and carries out
 //! its [`TrunkOutput`]s.
 //!
@@ -32,8 +32,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use ::trunk::wire::Message;
-use ::trunk::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
+use crate::wire::Message;
+use crate::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
 
 /// Largest frame fragment in one datagram, bytes: with the flow id, RTP header and flags the
 /// datagram stays within 1,200 bytes (QUIC's datagram room at the 1350-byte initial MTU).
