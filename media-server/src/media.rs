@@ -3,10 +3,15 @@
 //! The task owns the [`Sfu`] and the socket. It waits for whichever comes first, readable
 //! datagrams, a command from the HTTP side, or the engine's deadline, feeds it to the engine, then
 //! sends every pending transmit. Socket I/O is batched (quinn-udp: `recvmmsg`/GRO in, GSO out).
+//!
+//! The engine writes none of the node's shared tables: the task applies what it reports (its
+//! events to the [`LiveStreams`] table, its counters to the [`Metrics`]) after every round and
+//! before answering a command, and hands it the trunk catalog's live layers when they change.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use signaling::ids::{StreamName, Subject};
 use tokio::io::Interest;
@@ -16,7 +21,9 @@ use tracing::{debug, warn};
 
 use crate::cascade::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
 use crate::forward::{LayerPref, PeerId};
+use crate::metrics::Metrics;
 use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
+use crate::streams::LiveStreams;
 use trunk::media::TrunkOutput;
 
 enum Command {
@@ -170,11 +177,74 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Starts the media task on `socket`. The task ends when every [`MediaHandle`] is dropped.
-pub fn spawn(socket: UdpSocket, sfu: Sfu) -> (MediaHandle, tokio::task::JoinHandle<()>) {
+/// Starts the media task on `socket`; it keeps `metrics` and `live` up to date with what the
+/// engine reports. The task ends when every [`MediaHandle`] is dropped.
+pub fn spawn(
+    socket: UdpSocket,
+    sfu: Sfu,
+    metrics: Arc<Metrics>,
+    live: LiveStreams,
+) -> (MediaHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
-    let task = tokio::spawn(run(socket, sfu, rx));
+    let tables = Tables {
+        metrics,
+        live,
+        trunk_stats_at: None,
+        catalog_seen: 0,
+    };
+    let task = tokio::spawn(run(socket, sfu, tables, rx));
     (MediaHandle { tx }, task)
+}
+
+/// How often the trunk media plane's counters are copied into the metrics.
+const TRUNK_STATS_EVERY: Duration = Duration::from_millis(20);
+
+/// The node's shared tables, kept from what the engine reports.
+struct Tables {
+    metrics: Arc<Metrics>,
+    live: LiveStreams,
+    /// When the trunk counters were last copied.
+    trunk_stats_at: Option<Instant>,
+    /// The [`LiveStreams::remote_version`] last handed to the engine.
+    catalog_seen: u64,
+}
+
+impl Tables {
+    /// Applies the engine's events and counters (and, with trunks, the trunk plane's counters
+    /// at most every [`TRUNK_STATS_EVERY`]).
+    fn apply(&mut self, sfu: &mut Sfu, trunks: bool) {
+        let mut now_ms = None;
+        while let Some(e) = sfu.poll_event() {
+            self.live.apply(e, *now_ms.get_or_insert_with(unix_ms));
+        }
+        self.metrics.record(sfu.counters());
+        let now = Instant::now();
+        if trunks
+            && self
+                .trunk_stats_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= TRUNK_STATS_EVERY)
+        {
+            self.trunk_stats_at = Some(now);
+            if let Ok(mut m) = self.metrics.trunk.lock() {
+                *m = sfu.trunk_counters();
+            }
+        }
+    }
+
+    /// Hands the engine the trunk catalog's remote streams and their live layers, when the
+    /// cascade shell changed them.
+    fn feed_catalog(&mut self, sfu: &mut Sfu) {
+        let version = self.live.remote_version();
+        if version == self.catalog_seen {
+            return;
+        }
+        self.catalog_seen = version;
+        let streams = self.live.remote_list().into_iter().filter_map(|r| {
+            let addr = trunk::StreamAddr::parse(&r.name).ok()?;
+            Some((addr, trunk::LayerSet(r.layer_ids)))
+        });
+        sfu.set_remote_catalog(streams);
+    }
 }
 
 /// Receive buffer per batch slot: with GRO one slot can carry many coalesced datagrams.
@@ -307,7 +377,7 @@ impl BatchIo {
 /// Most trunk datagrams taken from the queue per wake-up.
 const TRUNK_BATCH: usize = 256;
 
-async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
+async fn run(socket: UdpSocket, mut sfu: Sfu, mut tables: Tables, mut rx: mpsc::Receiver<Command>) {
     let mut io = match BatchIo::new(&socket) {
         Ok(io) => io,
         Err(e) => {
@@ -318,9 +388,11 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
     let mut trunk: Option<TrunkIo> = None;
     loop {
         if let Some(t) = trunk.as_mut() {
-            t.pump(&mut sfu);
+            tables.feed_catalog(&mut sfu);
+            t.pump(&mut sfu, &mut tables);
         }
         io.flush(&socket, &mut sfu).await;
+        tables.apply(&mut sfu, trunk.is_some());
         // With no session there is nothing to time out: wake at least once a second anyway.
         let now = Instant::now();
         let mut next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
@@ -334,7 +406,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             // the engine, let other tasks run, and go round again without sleeping.
             io.recv(&socket, &mut sfu);
             while let Ok(cmd) = rx.try_recv() {
-                handle_command(&mut sfu, &mut trunk, cmd);
+                handle_command(&mut sfu, &mut trunk, &mut tables, cmd);
             }
             if let Some(t) = trunk.as_mut() {
                 t.take_queued(&mut sfu);
@@ -373,7 +445,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             },
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(cmd) => handle_command(&mut sfu, &mut trunk, cmd),
+                Some(cmd) => handle_command(&mut sfu, &mut trunk, &mut tables, cmd),
             },
             _ = tokio::time::sleep_until(deadline) => sfu.handle_timeout(Instant::now()),
         }
@@ -423,7 +495,7 @@ impl TrunkIo {
 
     /// Carries out the SFU's trunk requests and answers the remote viewers whose pull delivered
     /// (or failed, or took too long).
-    fn pump(&mut self, sfu: &mut Sfu) {
+    fn pump(&mut self, sfu: &mut Sfu, tables: &mut Tables) {
         let now = Instant::now();
         if self
             .rtt_at
@@ -463,6 +535,7 @@ impl TrunkIo {
                     if r.is_err() && p.failed.is_none() {
                         sfu.unwatch(p.peer, p.addr.clone());
                     }
+                    tables.apply(sfu, true);
                     let _ = p.reply.send(r);
                 }
             }
@@ -490,8 +563,11 @@ impl TrunkIo {
     }
 }
 
-fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
+/// Carries out one command; what the engine reports is applied to the tables before the
+/// answer goes back, so whoever asked sees the new stream or viewer at once.
+fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, tables: &mut Tables, cmd: Command) {
     let now = Instant::now();
+    let trunks = trunk.is_some();
     match cmd {
         Command::Publish {
             stream,
@@ -499,7 +575,9 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             offer,
             reply,
         } => {
-            let _ = reply.send(sfu.publish(now, stream, owner, &offer, unix_ms()));
+            let r = sfu.publish(now, stream, owner, &offer);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::View {
             stream,
@@ -507,10 +585,14 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             pref,
             reply,
         } => {
-            let _ = reply.send(sfu.view(now, &stream, &offer, pref));
+            let r = sfu.view(now, &stream, &offer, pref);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::Close { session_id, reply } => {
-            let _ = reply.send(sfu.close_session(now, &session_id));
+            let r = sfu.close_session(now, &session_id);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::ViewRemote {
             addr,
@@ -527,6 +609,7 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
                     Ok(s) => sfu.view(now, &s, &offer, pref),
                     Err(_) => Err(SfuError::NotLive),
                 };
+                tables.apply(sfu, trunks);
                 let _ = reply.send(r);
             }
             Some(t) => {

@@ -179,13 +179,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         advertise_ip(media_addr.ip(), config.media.advertise),
         media_addr.port(),
     );
-    let sfu = Sfu::new(
-        config.sfu.to_sfu_config(),
-        advertised,
-        metrics.clone(),
-        live.clone(),
-    );
-    let (media, media_task) = media::spawn(socket, sfu);
+    let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised);
+    let (media, media_task) = media::spawn(socket, sfu, metrics.clone(), live.clone());
 
     let store_path = config.node.data_dir.join(OFFICE_DB);
     let store = Store::open(&store_path)

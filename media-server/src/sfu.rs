@@ -11,7 +11,7 @@
 //! # use media_server::sfu::{Sfu, SfuConfig};
 //! # use std::time::Instant;
 //! # let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-//! let mut sfu = Sfu::new(SfuConfig::default(), socket.local_addr().unwrap(), Default::default(), Default::default());
+//! let mut sfu = Sfu::new(SfuConfig::default(), socket.local_addr().unwrap());
 //! let mut buf = vec![0; 65536];
 //! loop {
 //!     while let Some(t) = sfu.poll_transmit() {
@@ -24,8 +24,15 @@
 //!         Ok((n, from)) => sfu.handle_receive(Instant::now(), from, &buf[..n]),
 //!         Err(_) => sfu.handle_timeout(Instant::now()),
 //!     }
+//!     while let Some(_event) = sfu.poll_event() {
+//!         // a stream came or went, its viewers or layers changed: the shell's tables
+//!     }
+//!     let _counters = sfu.counters(); // the shell's metrics
 //! }
 //! ```
+//!
+//! The engine writes no table of the shell: what the shell shows (`/api/streams`, `/metrics`)
+//! leaves through [`Sfu::poll_event`] and [`Sfu::counters`].
 //!
 //! Sessions are ICE-lite with one host candidate (the advertised address) and accept peer-reflexive
 //! candidates, so clients behind NAT or with only mDNS candidates still connect. A 5-tuple is
@@ -33,7 +40,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,16 +51,15 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
 use crate::codec::{keyframe_dims, VideoCodec};
+use crate::forward::LayerInfo;
 use crate::forward::{
     ForwardConfig, ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict,
     TrackKind, ViewError,
 };
-use crate::metrics::{DropReason, Metrics};
-use crate::streams::{LayerSummary, LiveStreams, StreamInfo};
 use trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
 
 /// Tunables of the SFU engine. `Default` gives the documented values.
@@ -148,6 +153,126 @@ pub struct Transmit {
     pub destination: SocketAddr,
     /// The payload.
     pub contents: Vec<u8>,
+}
+
+/// Something the shell shows changed (see [`Sfu::poll_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A publisher went live under `name` (a takeover by the same owner is a new `StreamUp`
+    /// without a `StreamDown` before it).
+    StreamUp {
+        /// The stream.
+        name: StreamName,
+        /// The subject publishing it.
+        owner: Subject,
+        /// Video codec MIME subtype (`H264`, `VP8`), if the stream has video.
+        video_codec: Option<String>,
+        /// Whether the stream carries audio (Opus).
+        audio: bool,
+        /// Viewers attached already (viewers outlive their publisher).
+        viewers: usize,
+    },
+    /// The live publisher of `name` is gone.
+    StreamDown {
+        /// The stream.
+        name: StreamName,
+    },
+    /// The number of viewers attached to `name` changed.
+    Viewers {
+        /// The stream (a remote one is named `NODE/STREAM`).
+        name: StreamName,
+        /// Viewers attached now.
+        count: usize,
+    },
+    /// The video layers received from the live publisher of `name`, ranked lowest first.
+    /// Reported for every live stream once a second.
+    Layers {
+        /// The stream.
+        name: StreamName,
+        /// Its layers (size, bitrate), lowest first.
+        layers: Vec<LayerInfo>,
+    },
+}
+
+/// Why the engine dropped a datagram or frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Bytes on the media port that are not STUN, DTLS, RTP or RTCP.
+    Malformed,
+    /// A well-formed datagram no session accepts (unknown 5-tuple and ICE credentials).
+    UnknownSource,
+    /// A video frame held back from a viewer still waiting for its first keyframe.
+    WaitingKeyframe,
+    /// A frame whose codec the viewer's session did not negotiate.
+    CodecMismatch,
+    /// A frame the viewer's WebRTC session refused to send.
+    WriteFailed,
+    /// Media from a peer that is not (or no longer) the stream's publisher.
+    NotPublisher,
+    /// A video frame older than one already forwarded from its layer (completed late by a
+    /// retransmission): forwarding it would hand decoders frames out of order.
+    Late,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::WaitingKeyframe,
+        DropReason::CodecMismatch,
+        DropReason::WriteFailed,
+        DropReason::NotPublisher,
+        DropReason::Late,
+    ];
+}
+
+/// The engine's counters (monotonic) and gauges, read by the shell with [`Sfu::counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connected WebRTC sessions (gauge).
+    pub peers: u64,
+    /// Publisher sessions (gauge).
+    pub publishers: u64,
+    /// Viewer sessions (gauge).
+    pub viewers: u64,
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes of datagrams received.
+    pub bytes_in: u64,
+    /// Datagrams handed out by [`Sfu::poll_transmit`].
+    pub packets_out: u64,
+    /// Bytes of datagrams handed out by [`Sfu::poll_transmit`].
+    pub bytes_out: u64,
+    /// Media frames written to viewers.
+    pub frames_forwarded: u64,
+    /// NACKs received from viewers (their losses we repaired).
+    pub nacks_in: u64,
+    /// NACKs sent to publishers (our losses we asked them to repair).
+    pub nacks_out: u64,
+    /// PLIs and FIRs received from viewers.
+    pub keyframe_requests_in: u64,
+    /// PLIs sent to publishers after aggregation and throttling.
+    pub keyframe_requests_out: u64,
+    /// Sessions ended because of an error.
+    pub session_errors: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    /// Drops counted so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    fn count_drop(&mut self, reason: DropReason) {
+        self.count_drops(reason, 1);
+    }
+
+    /// Counts `n` drops for `reason`.
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.drops[reason as usize] += n;
+    }
 }
 
 /// What the SFU needs from the trunk shell (see [`Sfu::poll_trunk`]).
@@ -301,8 +426,9 @@ pub struct Sfu {
     /// The other half of a double buffer with `inbox`, kept to reuse its allocation.
     spare_inbox: Vec<(PeerId, MediaData)>,
     targets: Vec<PeerId>,
-    metrics: Arc<Metrics>,
-    live: LiveStreams,
+    counters: Counters,
+    /// What happened that the shell shows, for [`Sfu::poll_event`].
+    events: VecDeque<Event>,
     /// When publishers were last sent their REMB target.
     last_remb: Option<Instant>,
     /// When remote viewers' pulls were last updated on the timer.
@@ -324,8 +450,9 @@ pub struct Sfu {
     remote: HashMap<trunk::StreamAddr, RemotePublisher>,
     /// Requests for the trunk shell.
     trunk_out: VecDeque<TrunkRequest>,
-    /// When the trunk counters were last copied into the metrics.
-    last_trunk_stats: Option<Instant>,
+    /// The layer ids each remote stream's origin announces as live (bit n: layer n), from the
+    /// trunk catalog ([`Sfu::set_remote_catalog`]).
+    remote_live: HashMap<trunk::StreamAddr, u8>,
 }
 
 /// How often `handle_timeout` looks for stale sessions and updates probing and REMB.
@@ -388,12 +515,7 @@ const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Sfu {
     /// An engine whose sessions advertise `local` as their one ICE candidate.
-    pub fn new(
-        config: SfuConfig,
-        local: SocketAddr,
-        metrics: Arc<Metrics>,
-        live: LiveStreams,
-    ) -> Self {
+    pub fn new(config: SfuConfig, local: SocketAddr) -> Self {
         Sfu {
             fwd: Forwarder::new(config.forward.clone()),
             config,
@@ -406,8 +528,8 @@ impl Sfu {
             inbox: Vec::new(),
             spare_inbox: Vec::new(),
             targets: Vec::new(),
-            metrics,
-            live,
+            counters: Counters::default(),
+            events: VecDeque::new(),
             last_remb: None,
             last_remote_pulls: None,
             last_housekeeping: None,
@@ -417,7 +539,7 @@ impl Sfu {
             trunk: None,
             remote: HashMap::new(),
             trunk_out: VecDeque::new(),
-            last_trunk_stats: None,
+            remote_live: HashMap::new(),
         }
     }
 
@@ -521,13 +643,23 @@ impl Sfu {
         self.trunk_out.pop_front()
     }
 
+    /// The remote streams of the trunk catalog, each with the layer ids its origin announces as
+    /// live (a layer its publisher paused is left out). Only those go on standby for remote
+    /// viewers; a stream missing here (or announcing none) counts as announcing every layer.
+    pub fn set_remote_catalog(
+        &mut self,
+        streams: impl IntoIterator<Item = (trunk::StreamAddr, trunk::LayerSet)>,
+    ) {
+        self.remote_live = streams.into_iter().map(|(a, l)| (a, l.0)).collect();
+    }
+
     /// Asks a local publisher for a keyframe of `layer` (PLI).
     fn request_publisher_keyframe(&mut self, now: Instant, publisher: PeerId, layer: Layer) {
         if let Some(p) = self.peers.get_mut(&publisher) {
             let rid = p.rids.get(usize::from(layer.0)).copied().flatten();
             if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
                 if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
-                    Metrics::add(&self.metrics.keyframe_requests_out, 1);
+                    self.counters.keyframe_requests_out += 1;
                 }
             }
             self.drain(publisher, now);
@@ -696,16 +828,11 @@ impl Sfu {
         }
         // Only layers the origin announces as live go on standby (a layer its publisher paused
         // would otherwise be chosen, pulled and found silent over and over).
-        let live: HashMap<String, u8> = self
-            .live
-            .remote_list()
-            .into_iter()
-            .map(|r| (r.name, r.layer_ids))
-            .collect();
         for (addr, r) in &self.remote {
             let pulled = union.get(addr).copied().unwrap_or(0);
-            let announced = live
-                .get(&addr.to_string())
+            let announced = self
+                .remote_live
+                .get(addr)
                 .copied()
                 .filter(|m| *m != 0)
                 .unwrap_or(ALL_LAYERS);
@@ -721,9 +848,16 @@ impl Sfu {
         }
     }
 
-    /// The live-stream table this engine writes.
-    pub fn live(&self) -> &LiveStreams {
-        &self.live
+    /// The next change the shell shows (streams, viewers, layers), oldest first. Drain it after
+    /// every input, as [`Sfu::poll_transmit`].
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The engine's counters and gauges.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Number of sessions (publishers and viewers, connected or not).
@@ -768,7 +902,6 @@ impl Sfu {
         stream: StreamName,
         owner: Subject,
         offer: &str,
-        started_unix_ms: u64,
     ) -> Result<SessionAnswer, SfuError> {
         self.fwd
             .check_publish(&stream, &owner)
@@ -825,15 +958,13 @@ impl Sfu {
             .map_err(|PublishConflict { holder }| SfuError::Conflict { holder })?;
         self.sessions.insert(session_id.clone(), peer_id);
         self.peers.insert(peer_id, peer);
-        Metrics::add(&self.metrics.publishers, 1);
-        self.live.upsert(StreamInfo {
+        self.counters.publishers += 1;
+        self.events.push_back(Event::StreamUp {
             viewers: self.fwd.viewer_count(&stream),
             name: stream,
             owner,
             video_codec,
             audio,
-            started_unix_ms,
-            layers: Vec::new(),
         });
         self.after_input(now);
         Ok(SessionAnswer { session_id, sdp })
@@ -986,8 +1117,11 @@ impl Sfu {
         let session_id = peer.session_id.clone();
         self.sessions.insert(session_id.clone(), peer_id);
         self.peers.insert(peer_id, peer);
-        Metrics::add(&self.metrics.viewers, 1);
-        self.live.set_viewers(stream, self.fwd.viewer_count(stream));
+        self.counters.viewers += 1;
+        self.events.push_back(Event::Viewers {
+            name: stream.clone(),
+            count: self.fwd.viewer_count(stream),
+        });
         self.after_input(now);
         Ok(SessionAnswer { session_id, sdp })
     }
@@ -1056,16 +1190,16 @@ impl Sfu {
             &mut self.transmits,
             &mut self.inbox,
             &mut self.fwd,
-            &self.metrics,
+            &mut self.counters,
         );
     }
 
     /// A datagram arrived on the media socket from `source`.
     pub fn handle_receive(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
-        Metrics::add(&self.metrics.packets_in, 1);
-        Metrics::add(&self.metrics.bytes_in, data.len() as u64);
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += data.len() as u64;
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, data) else {
-            self.metrics.count_drop(DropReason::Malformed);
+            self.counters.count_drop(DropReason::Malformed);
             return;
         };
         let input = Input::Receive(now, receive);
@@ -1084,7 +1218,7 @@ impl Sfu {
                     .find(|(_, p)| p.rtc.accepts(&input))
                     .map(|(id, _)| *id)
                 else {
-                    self.metrics.count_drop(DropReason::UnknownSource);
+                    self.counters.count_drop(DropReason::UnknownSource);
                     return;
                 };
                 self.by_addr.insert(source, id);
@@ -1095,7 +1229,7 @@ impl Sfu {
         peer.last_rx = now;
         if let Err(e) = peer.rtc.handle_input(input) {
             debug!(%id, error = %e, "input refused; ending session");
-            Metrics::add(&self.metrics.session_errors, 1);
+            self.counters.session_errors += 1;
             self.close_peer(id, "protocol error");
         } else {
             self.drain(id, now);
@@ -1126,7 +1260,7 @@ impl Sfu {
                 .handle_input(Input::Timeout(peer.next_timeout.max(now)))
             {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
-                Metrics::add(&self.metrics.session_errors, 1);
+                self.counters.session_errors += 1;
                 self.close_peer(id, "protocol error");
                 continue;
             }
@@ -1178,24 +1312,20 @@ impl Sfu {
         self.after_input(now);
     }
 
-    /// Copies each live stream's received layers (size, bitrate) into the live-stream table, for
-    /// the catalog and `/api/streams`.
-    fn publish_layers(&self) {
-        for info in self.live.list() {
-            let layers = self
-                .fwd
-                .layers(&info.name)
-                .into_iter()
-                .enumerate()
-                .map(|(rank, l)| LayerSummary {
-                    rank,
-                    width: l.dims.map(|d| d.0),
-                    height: l.dims.map(|d| d.1),
-                    kbps: l.bitrate_bps / 1000,
-                    id: l.layer.0,
-                })
-                .collect();
-            self.live.set_layers(&info.name, layers);
+    /// Reports each live stream's received layers (size, bitrate), for the catalog and
+    /// `/api/streams`.
+    fn publish_layers(&mut self) {
+        for (id, peer) in &self.peers {
+            let PeerRole::Publisher { stream } = &peer.role else {
+                continue;
+            };
+            if self.fwd.publisher_of(stream) != Some(*id) {
+                continue;
+            }
+            self.events.push_back(Event::Layers {
+                name: stream.clone(),
+                layers: self.fwd.layers(stream),
+            });
         }
     }
 
@@ -1244,8 +1374,8 @@ impl Sfu {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.transmits.pop_front()?;
-        Metrics::add(&self.metrics.packets_out, 1);
-        Metrics::add(&self.metrics.bytes_out, t.contents.len() as u64);
+        self.counters.packets_out += 1;
+        self.counters.bytes_out += t.contents.len() as u64;
         Some(t)
     }
 
@@ -1282,7 +1412,7 @@ impl Sfu {
                 &mut self.transmits,
                 &mut self.inbox,
                 &mut self.fwd,
-                &self.metrics,
+                &mut self.counters,
             );
             if !alive {
                 self.close_peer(id, "session closed");
@@ -1294,7 +1424,7 @@ impl Sfu {
             }
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(peer.next_timeout)) {
                 debug!(%id, error = %e, "timeout handling failed; ending session");
-                Metrics::add(&self.metrics.session_errors, 1);
+                self.counters.session_errors += 1;
                 self.close_peer(id, "protocol error");
                 return;
             }
@@ -1336,16 +1466,6 @@ impl Sfu {
                 break;
             }
         }
-        if self.trunk.is_some()
-            && self
-                .last_trunk_stats
-                .is_none_or(|t| now.saturating_duration_since(t) >= HOUSEKEEPING_INTERVAL)
-        {
-            self.last_trunk_stats = Some(now);
-            if let (Some(t), Ok(mut m)) = (self.trunk.as_ref(), self.metrics.trunk.lock()) {
-                m.clone_from(t.counters());
-            }
-        }
     }
 
     fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
@@ -1378,7 +1498,7 @@ impl Sfu {
             let last = &mut p.last_video_time[usize::from(layer.0)];
             let t = data.time.numer();
             if last.is_some_and(|l| t <= l) {
-                self.metrics.count_drop(DropReason::Late);
+                self.counters.count_drop(DropReason::Late);
                 self.fwd.publisher_discontinuity(now, from, layer);
                 return;
             }
@@ -1445,11 +1565,11 @@ impl Sfu {
         let mut targets = std::mem::take(&mut self.targets);
         self.fwd.route(now, from, &frame, &mut targets);
         let c = self.fwd.counters();
-        self.metrics.count_drops(
+        self.counters.count_drops(
             DropReason::WaitingKeyframe,
             c.dropped_waiting_keyframe - waiting0,
         );
-        self.metrics
+        self.counters
             .count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
         if targets.is_empty() {
             self.targets = targets;
@@ -1497,7 +1617,7 @@ impl Sfu {
                 continue;
             };
             let Some(pt) = writer.match_params(params) else {
-                self.metrics.count_drop(DropReason::CodecMismatch);
+                self.counters.count_drop(DropReason::CodecMismatch);
                 continue;
             };
             // The wall clock given is the time of this write, not when the frame's first packet
@@ -1505,10 +1625,10 @@ impl Sfu {
             // earlier wall clock than the next frame, and str0m's send queue would put it after
             // that frame.
             match writer.write(pt, now, time, payload.clone()) {
-                Ok(()) => Metrics::add(&self.metrics.frames_forwarded, 1),
+                Ok(()) => self.counters.frames_forwarded += 1,
                 Err(e) => {
                     debug!(%viewer, error = %e, "write refused");
-                    self.metrics.count_drop(DropReason::WriteFailed);
+                    self.counters.count_drop(DropReason::WriteFailed);
                 }
             }
             self.drain(viewer, now);
@@ -1534,14 +1654,19 @@ impl Sfu {
         self.fwd.remove_peer(id);
         match &peer.role {
             PeerRole::Publisher { stream } => {
-                self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+                self.counters.publishers = self.counters.publishers.saturating_sub(1);
                 if was_live_publisher {
-                    self.live.remove(stream);
+                    self.events.push_back(Event::StreamDown {
+                        name: stream.clone(),
+                    });
                 }
             }
             PeerRole::Viewer { stream } => {
-                self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
-                self.live.set_viewers(stream, self.fwd.viewer_count(stream));
+                self.counters.viewers = self.counters.viewers.saturating_sub(1);
+                self.events.push_back(Event::Viewers {
+                    name: stream.clone(),
+                    count: self.fwd.viewer_count(stream),
+                });
             }
         }
         if let Some(addr) = peer.remote.take() {
@@ -1551,7 +1676,7 @@ impl Sfu {
             });
         }
         if peer.connected {
-            self.metrics.peers.fetch_sub(1, Ordering::Relaxed);
+            self.counters.peers = self.counters.peers.saturating_sub(1);
         }
     }
 }
@@ -1679,7 +1804,7 @@ fn drain_peer(
     transmits: &mut VecDeque<Transmit>,
     inbox: &mut Vec<(PeerId, MediaData)>,
     fwd: &mut Forwarder,
-    metrics: &Metrics,
+    counters: &mut Counters,
 ) -> bool {
     loop {
         if !peer.rtc.is_alive() {
@@ -1689,7 +1814,7 @@ fn drain_peer(
             Ok(o) => o,
             Err(e) => {
                 warn!(%id, error = %e, "session failed");
-                Metrics::add(&metrics.session_errors, 1);
+                counters.session_errors += 1;
                 return false;
             }
         };
@@ -1703,12 +1828,12 @@ fn drain_peer(
                 contents: t.contents.into(),
             }),
             Output::Event(ev) => match ev {
-                Event::IceConnectionStateChange(state) => match state {
+                RtcEvent::IceConnectionStateChange(state) => match state {
                     IceConnectionState::Connected | IceConnectionState::Completed
                         if !peer.connected =>
                     {
                         peer.connected = true;
-                        Metrics::add(&metrics.peers, 1);
+                        counters.peers += 1;
                     }
                     // Not fatal: an ICE-lite server loses "consent" when a libnice client's
                     // 25 s keepalive comes after str0m's 15 s window, yet media still flows.
@@ -1718,38 +1843,34 @@ fn drain_peer(
                     }
                     _ => {}
                 },
-                Event::MediaAdded(m) => match m.kind {
+                RtcEvent::MediaAdded(m) => match m.kind {
                     MediaKind::Video if peer.video_mid.is_none() => peer.video_mid = Some(m.mid),
                     MediaKind::Audio if peer.audio_mid.is_none() => peer.audio_mid = Some(m.mid),
                     _ => {}
                 },
-                Event::MediaData(data) => {
+                RtcEvent::MediaData(data) => {
                     if matches!(peer.role, PeerRole::Publisher { .. }) {
                         inbox.push((id, data));
                     }
                 }
-                Event::KeyframeRequest(_) => {
-                    Metrics::add(&metrics.keyframe_requests_in, 1);
+                RtcEvent::KeyframeRequest(_) => {
+                    counters.keyframe_requests_in += 1;
                     fwd.viewer_keyframe_request(now, id);
                 }
-                Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                     if matches!(peer.role, PeerRole::Viewer { .. }) {
                         debug!(%id, bps = estimate.as_u64(), "viewer bandwidth estimate");
                         fwd.set_viewer_bandwidth(now, id, estimate.as_u64());
                     }
                 }
-                Event::MediaEgressStats(s) => {
+                RtcEvent::MediaEgressStats(s) => {
                     let seen = peer.egress_seen.entry(s.mid).or_default();
-                    metrics
-                        .nacks_in
-                        .fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    counters.nacks_in += s.nacks.saturating_sub(*seen);
                     *seen = s.nacks.max(*seen);
                 }
-                Event::MediaIngressStats(s) => {
+                RtcEvent::MediaIngressStats(s) => {
                     let seen = peer.ingress_seen.entry(s.mid).or_default();
-                    metrics
-                        .nacks_out
-                        .fetch_add(s.nacks.saturating_sub(*seen), Ordering::Relaxed);
+                    counters.nacks_out += s.nacks.saturating_sub(*seen);
                     *seen = s.nacks.max(*seen);
                 }
                 _ => {}
@@ -1764,6 +1885,7 @@ mod tests {
     //! are driven in 5 ms steps, the SFU also at its own deadlines in between (as the media task
     //! does), and every datagram is delivered by address.
     use super::*;
+    use std::collections::BTreeMap;
     use str0m::change::SdpAnswer;
     use str0m::media::{Direction, Frequency, MediaTime};
 
@@ -1789,9 +1911,18 @@ mod tests {
         remb: Vec<u64>,
     }
 
+    /// A live stream as the engine's events describe it (the shell's table, in miniature).
+    #[derive(Debug)]
+    struct Live {
+        video_codec: Option<String>,
+        viewers: usize,
+    }
+
     struct World {
         now: Instant,
         sfu: Sfu,
+        /// The streams the engine reported live, kept from its events by [`World::live`].
+        live: BTreeMap<StreamName, Live>,
         clients: Vec<Client>,
         /// Probability that a datagram (either direction) is lost; seeded.
         loss: f64,
@@ -1808,12 +1939,8 @@ mod tests {
             let now = Instant::now();
             World {
                 now,
-                sfu: Sfu::new(
-                    SfuConfig::default(),
-                    SFU.parse().unwrap(),
-                    Arc::default(),
-                    LiveStreams::default(),
-                ),
+                sfu: Sfu::new(SfuConfig::default(), SFU.parse().unwrap()),
+                live: BTreeMap::new(),
                 clients: Vec::new(),
                 loss: 0.0,
                 rng: rand::SeedableRng::seed_from_u64(42),
@@ -1879,7 +2006,7 @@ mod tests {
             let now = self.now;
             let answer = self
                 .sfu
-                .publish(now, name("cam"), subj("off-1"), &offer, 0)
+                .publish(now, name("cam"), subj("off-1"), &offer)
                 .unwrap();
             self.accept(p, pending, &answer.sdp);
             self.run_until("publisher connected", |w| w.clients[p].connected);
@@ -1899,6 +2026,36 @@ mod tests {
             self.accept(v, pending, &answer.sdp);
             self.run_until("viewer connected", |w| w.clients[v].connected);
             v
+        }
+
+        /// The live streams by name, after applying the engine's events so far.
+        fn live(&mut self) -> Vec<&Live> {
+            while let Some(e) = self.sfu.poll_event() {
+                match e {
+                    Event::StreamUp {
+                        name,
+                        video_codec,
+                        viewers,
+                        ..
+                    } => {
+                        let s = Live {
+                            video_codec,
+                            viewers,
+                        };
+                        self.live.insert(name, s);
+                    }
+                    Event::StreamDown { name } => {
+                        self.live.remove(&name);
+                    }
+                    Event::Viewers { name, count } => {
+                        if let Some(s) = self.live.get_mut(&name) {
+                            s.viewers = count;
+                        }
+                    }
+                    Event::Layers { .. } => {}
+                }
+            }
+            self.live.values().collect()
         }
 
         fn accept(&mut self, i: usize, pending: str0m::change::SdpPendingOffer, answer: &str) {
@@ -1925,17 +2082,17 @@ mod tests {
                                 self.sfu.handle_receive(now, c.addr, &t.contents)
                             }
                         }
-                        Output::Event(Event::IceConnectionStateChange(
+                        Output::Event(RtcEvent::IceConnectionStateChange(
                             IceConnectionState::Connected | IceConnectionState::Completed,
                         )) => c.connected = true,
-                        Output::Event(Event::MediaData(d))
+                        Output::Event(RtcEvent::MediaData(d))
                             if d.params.spec().codec == Codec::Opus =>
                         {
                             c.audio += 1
                         }
-                        Output::Event(Event::MediaData(d)) => c.video.push(d),
-                        Output::Event(Event::KeyframeRequest(_)) => c.keyframe_requests += 1,
-                        Output::Event(Event::EgressBitrateEstimate(BweKind::Remb {
+                        Output::Event(RtcEvent::MediaData(d)) => c.video.push(d),
+                        Output::Event(RtcEvent::KeyframeRequest(_)) => c.keyframe_requests += 1,
+                        Output::Event(RtcEvent::EgressBitrateEstimate(BweKind::Remb {
                             estimate,
                             ..
                         })) => c.remb.push(estimate.as_u64()),
@@ -2184,12 +2341,12 @@ mod tests {
         let now = w.now;
         let answer = w
             .sfu
-            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .publish(now, name("cam"), subj("off-1"), &offer)
             .unwrap();
         w.accept(p, pending, &answer.sdp);
         w.run_until("publisher connected", |w| w.clients[p].connected);
-        assert_eq!(w.sfu.live().list().len(), 1);
-        assert_eq!(w.sfu.live().list()[0].video_codec.as_deref(), Some("VP8"));
+        assert_eq!(w.live().len(), 1);
+        assert_eq!(w.live()[0].video_codec.as_deref(), Some("VP8"));
 
         // A live encoder: one frame per 30 ms, a keyframe only at the start and when asked.
         let mut n = 0u64;
@@ -2250,8 +2407,8 @@ mod tests {
             "audio is never held back: {}",
             w.clients[v].audio
         );
-        assert!(w.sfu.metrics.drops(DropReason::WaitingKeyframe) >= 1);
-        assert_eq!(w.sfu.live().list()[0].viewers, 1);
+        assert!(w.sfu.counters().drops(DropReason::WaitingKeyframe) >= 1);
+        assert_eq!(w.live()[0].viewers, 1);
     }
 
     #[test]
@@ -2280,7 +2437,7 @@ mod tests {
             w.step();
         }
         let video = &w.clients[v].video;
-        let late = w.sfu.metrics.drops(DropReason::Late) as usize;
+        let late = w.sfu.counters().drops(DropReason::Late) as usize;
         assert!(video.len() + late <= 150, "no frame delivered twice");
         assert!(
             video.len() >= 147,
@@ -2304,15 +2461,9 @@ mod tests {
             by_seq.windows(2).all(|p| p[0].1 < p[1].1),
             "sent in order: {by_seq:?}"
         );
-        let m = &w.sfu.metrics;
-        assert!(
-            m.nacks_out.load(Ordering::Relaxed) > 0,
-            "the SFU asked the publisher to repair"
-        );
-        assert!(
-            m.nacks_in.load(Ordering::Relaxed) > 0,
-            "the viewer asked the SFU to repair"
-        );
+        let m = w.sfu.counters();
+        assert!(m.nacks_out > 0, "the SFU asked the publisher to repair");
+        assert!(m.nacks_in > 0, "the viewer asked the SFU to repair");
     }
 
     #[test]
@@ -2327,7 +2478,7 @@ mod tests {
         let now = w.now;
         let answer = w
             .sfu
-            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .publish(now, name("cam"), subj("off-1"), &offer)
             .unwrap();
         assert!(answer.sdp.contains("a=simulcast:recv"), "{}", answer.sdp);
         w.accept(p, pending, &answer.sdp);
@@ -2855,16 +3006,9 @@ mod tests {
             .filter(|l| l.layer.0 != top.0)
             .fold(0u8, |m, l| m | 1 << l.layer.0);
         c.town_layers = 2;
-        let remote = crate::streams::RemoteStreamInfo {
-            name: "township/cam".into(),
-            node: "township".into(),
-            stream: "cam".into(),
-            layers: 2,
-            layer_ids: others,
-            cost: 1,
-            remote: true,
-        };
-        c.prov.sfu.live().set_remote(vec![remote]);
+        c.prov
+            .sfu
+            .set_remote_catalog([(addr.clone(), trunk::LayerSet(others))]);
         let before = c.prov.clients[v].video.len();
         let t_pause = c.prov.now;
         let paused = run(&mut c, 4);
@@ -2951,10 +3095,7 @@ mod tests {
         for _ in 0..100 {
             w.step();
         }
-        assert_eq!(
-            w.sfu.metrics.frames_forwarded.load(Ordering::Relaxed),
-            40 * viewers.len() as u64
-        );
+        assert_eq!(w.sfu.counters().frames_forwarded, 40 * viewers.len() as u64);
         for &v in &viewers {
             let video = &w.clients[v].video;
             let frames: Vec<u8> = video.iter().map(|d| d.data[6]).collect();
@@ -3036,7 +3177,7 @@ mod tests {
         let (_, offer2, _) = w.client(1001, &[(MediaKind::Video, Direction::SendOnly)]);
         let now = w.now;
         assert!(matches!(
-            w.sfu.publish(now, name("cam"), subj("off-2"), &offer2, 0),
+            w.sfu.publish(now, name("cam"), subj("off-2"), &offer2),
             Err(SfuError::Conflict { holder }) if holder.as_str() == "off-1"
         ));
         assert!(matches!(
@@ -3044,8 +3185,7 @@ mod tests {
             Err(SfuError::NotLive)
         ));
         assert!(matches!(
-            w.sfu
-                .publish(now, name("x"), subj("x"), "v=0\r\ngarbage", 0),
+            w.sfu.publish(now, name("x"), subj("x"), "v=0\r\ngarbage"),
             Err(SfuError::BadSdp(_))
         ));
 
@@ -3065,8 +3205,8 @@ mod tests {
             "no session harmed by junk"
         );
         assert!(
-            w.sfu.metrics.drops(DropReason::Malformed)
-                + w.sfu.metrics.drops(DropReason::UnknownSource)
+            w.sfu.counters().drops(DropReason::Malformed)
+                + w.sfu.counters().drops(DropReason::UnknownSource)
                 >= 4
         );
         // The publisher keeps working.
@@ -3082,7 +3222,7 @@ mod tests {
         let now = w.now;
         let a = w
             .sfu
-            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .publish(now, name("cam"), subj("off-1"), &offer)
             .unwrap();
         w.accept(p1, pending, &a.sdp);
         w.run_until("first publisher connected", |w| w.clients[p1].connected);
@@ -3090,7 +3230,7 @@ mod tests {
         let now = w.now;
         let b = w
             .sfu
-            .publish(now, name("cam"), subj("off-1"), &offer, 0)
+            .publish(now, name("cam"), subj("off-1"), &offer)
             .unwrap();
         w.accept(p2, pending, &b.sdp);
         w.run_until("second publisher connected", |w| w.clients[p2].connected);
@@ -3100,6 +3240,6 @@ mod tests {
             Err(SfuError::NoSession)
         ));
         w.sfu.close_session(w.now, &b.session_id).unwrap();
-        assert!(w.sfu.live().list().is_empty());
+        assert!(w.live().is_empty());
     }
 }

@@ -1,14 +1,18 @@
 //! The node's live-stream table: what is published here right now.
 //!
-//! The media loop ([`crate::sfu`]) is the only writer; HTTP handlers and (later) the signaling
-//! server read it through [`LiveStreams`] without going through the media loop. Reads clone a
-//! snapshot, so a reader never holds the lock while doing I/O.
+//! The media task ([`crate::media`]) writes the local streams, applying the SFU engine's
+//! [`Event`]s ([`LiveStreams::apply`]); the cascade shell writes the remote ones. HTTP handlers
+//! and the signaling server read it through [`LiveStreams`] without going through the media
+//! task. Reads clone a snapshot, so a reader never holds the lock while doing I/O.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use signaling::ids::{StreamName, Subject};
+
+use crate::sfu::Event;
 
 /// One live stream as the API shows it (`GET /api/streams`; fields pinned in `docs/api.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,9 +93,53 @@ pub struct RemoteStreamInfo {
 pub struct LiveStreams {
     inner: Arc<RwLock<BTreeMap<StreamName, StreamInfo>>>,
     remote: Arc<RwLock<Vec<RemoteStreamInfo>>>,
+    /// Bumped at every change of `remote`, so the media task reads it only when it changed.
+    remote_version: Arc<AtomicU64>,
 }
 
 impl LiveStreams {
+    /// Applies one event of the SFU engine; `unix_ms` is now (a new stream's start time).
+    pub fn apply(&self, event: Event, unix_ms: u64) {
+        match event {
+            Event::StreamUp {
+                name,
+                owner,
+                video_codec,
+                audio,
+                viewers,
+            } => self.upsert(StreamInfo {
+                name,
+                owner,
+                video_codec,
+                audio,
+                viewers,
+                started_unix_ms: unix_ms,
+                layers: Vec::new(),
+            }),
+            Event::StreamDown { name } => self.remove(&name),
+            Event::Viewers { name, count } => self.set_viewers(&name, count),
+            Event::Layers { name, layers } => {
+                let layers = layers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, l)| LayerSummary {
+                        rank,
+                        width: l.dims.map(|d| d.0),
+                        height: l.dims.map(|d| d.1),
+                        kbps: l.bitrate_bps / 1000,
+                        id: l.layer.0,
+                    })
+                    .collect();
+                self.set_layers(&name, layers);
+            }
+        }
+    }
+
+    /// Changes with every change of [`LiveStreams::remote_list`].
+    pub fn remote_version(&self) -> u64 {
+        self.remote_version.load(Ordering::Acquire)
+    }
+
     /// Streams published at other nodes that the trunk catalog reaches, ordered by name
     /// (empty without trunks; refreshed every 500 ms).
     pub fn remote_list(&self) -> Vec<RemoteStreamInfo> {
@@ -106,6 +154,7 @@ impl LiveStreams {
         let mut g = self.remote.write().unwrap_or_else(|e| e.into_inner());
         if *g != list {
             *g = list;
+            self.remote_version.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -119,15 +168,15 @@ impl LiveStreams {
         self.read().get(name).cloned()
     }
 
-    pub(crate) fn upsert(&self, info: StreamInfo) {
+    fn upsert(&self, info: StreamInfo) {
         self.write().insert(info.name.clone(), info);
     }
 
-    pub(crate) fn remove(&self, name: &StreamName) {
+    fn remove(&self, name: &StreamName) {
         self.write().remove(name);
     }
 
-    pub(crate) fn set_layers(&self, name: &StreamName, layers: Vec<LayerSummary>) {
+    fn set_layers(&self, name: &StreamName, layers: Vec<LayerSummary>) {
         let mut map = self.write();
         if let Some(s) = map.get_mut(name) {
             if s.layers != layers {
@@ -136,7 +185,7 @@ impl LiveStreams {
         }
     }
 
-    pub(crate) fn set_viewers(&self, name: &StreamName, viewers: usize) {
+    fn set_viewers(&self, name: &StreamName, viewers: usize) {
         if let Some(s) = self.write().get_mut(name) {
             s.viewers = viewers;
         }
