@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::cascade::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
-use crate::forward::{LayerPref, PeerId};
 use crate::metrics::Metrics;
-use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
 use crate::streams::LiveStreams;
+use sfu::forward::{LayerPref, PeerId};
+use sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
 use trunk::media::TrunkOutput;
 
 enum Command {

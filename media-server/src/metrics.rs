@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sfu::Counters;
-pub use crate::sfu::DropReason;
+use sfu::Counters;
+pub use sfu::DropReason;
 
 /// The label value of `yiwang_drops_total` for each reason.
 fn label(reason: DropReason) -> &'static str {

@@ -25,9 +25,9 @@ use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
 use crate::metrics::Metrics;
 use crate::quic;
-use crate::sfu::Sfu;
 use crate::signal::{self, Hub};
 use crate::streams::LiveStreams;
+use sfu::Sfu;
 
 /// Installs the process-wide crypto providers once: str0m's (aws-lc-rs, for DTLS/SRTP) and
 /// rustls's (ring, for QUIC). Each library uses its own; installing both up front keeps them

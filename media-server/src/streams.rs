@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use signaling::ids::{StreamName, Subject};
 
-use crate::sfu::Event;
+use sfu::Event;
 
 /// One live stream as the API shows it (`GET /api/streams`; fields pinned in `docs/api.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

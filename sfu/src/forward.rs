@@ -3,7 +3,7 @@
 //!
 //! Nothing here touches a socket, a task or a clock: every input carries `now`, and the decisions
 //! come back as return values or as [`ForwardOutput`]s drained with [`Forwarder::poll_output`].
-//! The WebRTC sessions themselves (str0m `Rtc`s) live in [`crate::sfu`], which feeds this core and
+//! The WebRTC sessions themselves (str0m `Rtc`s) live in [`crate::Sfu`], which feeds this core and
 //! carries out its decisions (including rewriting timestamps when a viewer changes layer).
 //!
 //! Rules it enforces:

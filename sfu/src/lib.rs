@@ -1,14 +1,14 @@
 //! The SFU engine: every WebRTC session of the node (str0m `Rtc`s) on one UDP socket, wired to
-//! the forwarding core ([`crate::forward`]).
+//! the forwarding core ([`forward`]).
 //!
 //! Sans-IO like str0m itself: the engine owns no socket, task or clock. The shell
-//! ([`crate::media`]) feeds it datagrams with [`Sfu::handle_receive`] and time with
+//! (`media_server::media`) feeds it datagrams with [`Sfu::handle_receive`] and time with
 //! [`Sfu::handle_timeout`], sends what [`Sfu::poll_transmit`] yields, and sleeps until
 //! [`Sfu::poll_timeout`]. Because of that, tests can drive a whole publish/view exchange in
 //! virtual time.
 //!
 //! ```no_run
-//! # use media_server::sfu::{Sfu, SfuConfig};
+//! # use sfu::{Sfu, SfuConfig};
 //! # use std::time::Instant;
 //! # let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 //! let mut sfu = Sfu::new(SfuConfig::default(), socket.local_addr().unwrap());
@@ -37,6 +37,9 @@
 //! Sessions are ICE-lite with one host candidate (the advertised address) and accept peer-reflexive
 //! candidates, so clients behind NAT or with only mDNS candidates still connect. A 5-tuple is
 //! bound to its session on first acceptance, so steady-state demultiplexing is one hash lookup.
+
+pub mod codec;
+pub mod forward;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -1931,7 +1934,8 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            crate::node::init_crypto();
+            static CRYPTO: std::sync::Once = std::sync::Once::new();
+            CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
                 .with_test_writer()
