@@ -43,6 +43,7 @@ mod config;
 mod error;
 pub mod forward;
 mod output;
+mod sdp;
 
 pub use config::SfuConfig;
 pub use error::SfuError;
@@ -69,6 +70,7 @@ use crate::forward::{
     ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind,
     ViewError,
 };
+use crate::sdp::{first_mids, negotiated, offer_prefers_h264, publisher_codecs, viewer_codecs};
 use trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
 
 /// The SDP answer for a new session and the id under which it can be ended.
@@ -717,22 +719,7 @@ impl Sfu {
         let h264_first = offer_prefers_h264(offer);
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        let mut cfg = self.base_config().clear_codecs();
-        {
-            let codecs = cfg.codec_config();
-            if !h264_first {
-                codecs.enable_vp8(true);
-            }
-            // Packetization-mode 1 only: constrained baseline, baseline, main (what browsers and
-            // hardware encoders send). PT/RTX pairs as browsers number them.
-            codecs.add_h264(108.into(), Some(109.into()), true, 0x42e01f);
-            codecs.add_h264(127.into(), Some(121.into()), true, 0x42001f);
-            codecs.add_h264(123.into(), Some(119.into()), true, 0x4d001f);
-            if h264_first {
-                codecs.enable_vp8(true);
-            }
-            codecs.enable_opus(true, false);
-        }
+        let cfg = publisher_codecs(self.base_config().clear_codecs(), h264_first);
         let peer_id = self.alloc_peer_id();
         let (mut peer, sdp) = self.new_peer(
             now,
@@ -856,24 +843,11 @@ impl Sfu {
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
         // Send-side bandwidth estimation (TWCC) for what we send this viewer drives its
         // `Auto` layer choice.
-        let mut cfg = self
+        let cfg = self
             .base_config()
             .clear_codecs()
             .enable_bwe(Some(Bitrate::kbps(self.config.bwe_initial_kbps)));
-        {
-            let codecs = cfg.codec_config();
-            for p in video_params.iter().chain(audio_params.iter()) {
-                let s = p.spec();
-                codecs.add_config(
-                    p.pt(),
-                    p.resend(),
-                    s.codec,
-                    s.clock_rate,
-                    s.channels,
-                    s.format,
-                );
-            }
-        }
+        let cfg = viewer_codecs(cfg, video_params.iter().chain(audio_params.iter()));
         let (mut peer, sdp) = self.new_peer(
             now,
             cfg,
@@ -1486,33 +1460,6 @@ impl Sfu {
     }
 }
 
-/// Whether the offer's first video m-line lists an H.264 payload type before any VP8 one.
-fn offer_prefers_h264(sdp: &str) -> bool {
-    let mut order: Vec<&str> = Vec::new();
-    let mut in_first_video = false;
-    let mut codec_of: HashMap<&str, String> = HashMap::new();
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(rest) = line.strip_prefix("m=") {
-            if order.is_empty() && rest.starts_with("video ") {
-                in_first_video = true;
-                order = rest.split(' ').skip(3).collect();
-            } else {
-                in_first_video = false;
-            }
-        } else if let Some(rest) = line.strip_prefix("a=rtpmap:").filter(|_| in_first_video) {
-            if let Some((pt, enc)) = rest.split_once(' ') {
-                let name = enc.split('/').next().unwrap_or("").to_ascii_uppercase();
-                codec_of.insert(pt, name);
-            }
-        }
-    }
-    order
-        .iter()
-        .filter_map(|pt| codec_of.get(pt))
-        .find(|c| *c == "H264" || *c == "VP8")
-        .is_some_and(|c| c == "H264")
-}
-
 /// Most simulcast layers accepted from one publisher (browsers send at most three).
 const MAX_LAYERS: usize = 4;
 
@@ -1545,60 +1492,6 @@ impl TimestampMap {
         self.state = Some((layer, offset, out, wall));
         MediaTime::new(out, time.frequency())
     }
-}
-
-/// The first accepted (port not 0, not inactive) video and audio mids of an SDP answer.
-fn first_mids(sdp: &str) -> (Option<Mid>, Option<Mid>) {
-    let (mut video, mut audio) = (None, None);
-    let mut current: Option<(&str, bool)> = None; // (kind, accepted)
-    let mut flush = |kind: Option<(&str, bool)>, mid: Option<&str>| {
-        if let (Some((kind, true)), Some(mid)) = (kind, mid) {
-            let slot = if kind == "video" {
-                &mut video
-            } else if kind == "audio" {
-                &mut audio
-            } else {
-                return;
-            };
-            if slot.is_none() {
-                *slot = Some(Mid::from(mid));
-            }
-        }
-    };
-    let mut mid: Option<&str> = None;
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(rest) = line.strip_prefix("m=") {
-            flush(current, mid);
-            let mut parts = rest.split(' ');
-            let kind = parts.next().unwrap_or("");
-            let accepted = parts.next().is_some_and(|port| port != "0");
-            current = Some((kind, accepted));
-            mid = None;
-        } else if let Some(m) = line.strip_prefix("a=mid:") {
-            mid = Some(m);
-        } else if line == "a=inactive" {
-            if let Some((_, accepted)) = current.as_mut() {
-                *accepted = false;
-            }
-        }
-    }
-    flush(current, mid);
-    (video, audio)
-}
-
-/// The payload parameters negotiated for `mid`, in the local configuration's order.
-fn negotiated(rtc: &Rtc, mid: Mid) -> Vec<PayloadParams> {
-    let Some(media) = rtc.media(mid) else {
-        return Vec::new();
-    };
-    let pts = media.remote_pts();
-    rtc.codec_config()
-        .params()
-        .iter()
-        .filter(|p| pts.contains(&p.pt()))
-        .filter(|p| matches!(p.spec().codec, Codec::H264 | Codec::Vp8 | Codec::Opus))
-        .copied()
-        .collect()
 }
 
 /// Polls one session until it returns a timeout. Returns false when the session died.
