@@ -44,6 +44,7 @@ mod error;
 pub mod forward;
 mod output;
 mod sdp;
+mod simulcast;
 
 pub use config::SfuConfig;
 pub use error::SfuError;
@@ -60,7 +61,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
@@ -71,6 +72,7 @@ use crate::forward::{
     ViewError,
 };
 use crate::sdp::{first_mids, negotiated, offer_prefers_h264, publisher_codecs, viewer_codecs};
+use crate::simulcast::{PublisherLayers, TimestampMap};
 use trunk::media::{RemoteFrame, TrunkCounters, TrunkOutput, TrunkPlane};
 
 /// The SDP answer for a new session and the id under which it can be ended.
@@ -197,10 +199,8 @@ struct Peer {
     created: Instant,
     /// When a datagram of this session last arrived.
     last_rx: Instant,
-    /// Publisher: the RID of each video layer, indexed by [`Layer`] (`None` without simulcast).
-    rids: Vec<Option<Rid>>,
-    /// Publisher: the media time of the last video frame forwarded from each layer.
-    last_video_time: [Option<u64>; MAX_LAYERS],
+    /// Publisher: its video layers (RIDs) and the last frame forwarded from each.
+    layers: PublisherLayers,
     /// Viewer: how the video timestamps it is sent map from the publisher's layers.
     video_ts: TimestampMap,
     /// Viewer: the minimum send rate last given to its bandwidth estimator (bits per second).
@@ -463,7 +463,7 @@ impl Sfu {
     /// Asks a local publisher for a keyframe of `layer` (PLI).
     fn request_publisher_keyframe(&mut self, now: Instant, publisher: PeerId, layer: Layer) {
         if let Some(p) = self.peers.get_mut(&publisher) {
-            let rid = p.rids.get(usize::from(layer.0)).copied().flatten();
+            let rid = p.layers.rid(layer);
             if let Some(mut w) = p.video_mid.and_then(|m| p.rtc.writer(m)) {
                 if w.request_keyframe(rid, KeyframeRequestKind::Pli).is_ok() {
                     self.counters.keyframe_requests_out += 1;
@@ -946,8 +946,7 @@ impl Sfu {
             connected: false,
             created: now,
             last_rx: now,
-            rids: Vec::new(),
-            last_video_time: [None; MAX_LAYERS],
+            layers: PublisherLayers::default(),
             video_ts: TimestampMap::default(),
             probe_floor: 0,
             egress_seen: HashMap::new(),
@@ -1134,7 +1133,7 @@ impl Sfu {
             };
             let Some(mid) = peer
                 .video_mid
-                .filter(|_| peer.rids.len() <= 1 && peer.connected)
+                .filter(|_| peer.layers.count() <= 1 && peer.connected)
             else {
                 continue;
             };
@@ -1262,26 +1261,17 @@ impl Sfu {
         };
         let layer = match kind {
             TrackKind::Audio => Layer(0),
-            TrackKind::Video => match p.rids.iter().position(|r| *r == data.rid) {
-                Some(i) => Layer(i as u8),
-                None if p.rids.len() < MAX_LAYERS => {
-                    p.rids.push(data.rid);
-                    Layer((p.rids.len() - 1) as u8)
-                }
+            TrackKind::Video => match p.layers.layer_of(data.rid) {
+                Some(l) => l,
                 None => return,
             },
         };
-        if kind == TrackKind::Video {
-            // A frame completed late by a retransmission, after a newer one went out: decoders
-            // must not get it out of order. Drop it and ask for a fresh keyframe instead.
-            let last = &mut p.last_video_time[usize::from(layer.0)];
-            let t = data.time.numer();
-            if last.is_some_and(|l| t <= l) {
-                self.counters.count_drop(DropReason::Late);
-                self.fwd.publisher_discontinuity(now, from, layer);
-                return;
-            }
-            *last = Some(t);
+        // A frame completed late by a retransmission, after a newer one went out: decoders
+        // must not get it out of order. Drop it and ask for a fresh keyframe instead.
+        if kind == TrackKind::Video && p.layers.is_late(layer, data.time.numer()) {
+            self.counters.count_drop(DropReason::Late);
+            self.fwd.publisher_discontinuity(now, from, layer);
+            return;
         }
         let keyframe = data.is_keyframe();
         if let (Some(t), PeerRole::Publisher { stream }) = (self.trunk.as_mut(), &p.role) {
@@ -1457,40 +1447,6 @@ impl Sfu {
         if peer.connected {
             self.counters.peers = self.counters.peers.saturating_sub(1);
         }
-    }
-}
-
-/// Most simulcast layers accepted from one publisher (browsers send at most three).
-const MAX_LAYERS: usize = 4;
-
-/// Rewrites a viewer's video timestamps so they run on across layer switches: each layer of a
-/// simulcast publisher has its own RTP timestamp base, and a decoder must not see a jump.
-/// Sequence numbers need no such care: str0m packetizes each viewer's stream itself.
-#[derive(Debug, Default, Clone, Copy)]
-struct TimestampMap {
-    /// (layer, offset added to its timestamps, last timestamp sent, when it was sent).
-    state: Option<(Layer, u64, u64, Instant)>,
-}
-
-impl TimestampMap {
-    /// The timestamp to send for a frame of `layer` stamped `time`, received at `wall`.
-    fn map(&mut self, layer: Layer, time: MediaTime, wall: Instant) -> MediaTime {
-        let input = time.numer();
-        let offset = match self.state {
-            Some((l, offset, _, _)) if l == layer => offset,
-            Some((_, _, last, last_wall)) => {
-                // A switch: continue from the last timestamp sent, advanced by the wall-clock
-                // time since (at least one tick, so timestamps never repeat).
-                let elapsed = wall.saturating_duration_since(last_wall);
-                let ticks =
-                    (elapsed.as_micros() as u64 * u64::from(time.denom()) / 1_000_000).max(1);
-                last.wrapping_add(ticks).wrapping_sub(input)
-            }
-            None => 0,
-        };
-        let out = input.wrapping_add(offset);
-        self.state = Some((layer, offset, out, wall));
-        MediaTime::new(out, time.frequency())
     }
 }
 
