@@ -38,6 +38,7 @@
 //! candidates, so clients behind NAT or with only mDNS candidates still connect. A 5-tuple is
 //! bound to its session on first acceptance, so steady-state demultiplexing is one hash lookup.
 
+mod bwe;
 pub mod codec;
 mod config;
 mod error;
@@ -57,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use signaling::ids::{StreamName, Subject};
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::BweKind;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
@@ -66,6 +67,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
+use crate::bwe::REMB_INTERVAL;
 use crate::codec::{keyframe_dims, VideoCodec};
 use crate::forward::{
     ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind,
@@ -316,9 +318,6 @@ impl FanOut {
         self.payload.is_some() && self.next < self.targets.len()
     }
 }
-
-/// How often publishers are told their target bitrate.
-const REMB_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Sfu {
     /// An engine whose sessions advertise `local` as their one ICE candidate.
@@ -841,12 +840,8 @@ impl Sfu {
     ) -> Result<SessionAnswer, SfuError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
-        // Send-side bandwidth estimation (TWCC) for what we send this viewer drives its
-        // `Auto` layer choice.
-        let cfg = self
-            .base_config()
-            .clear_codecs()
-            .enable_bwe(Some(Bitrate::kbps(self.config.bwe_initial_kbps)));
+        let cfg = self.base_config().clear_codecs();
+        let cfg = self.viewer_bwe(cfg);
         let cfg = viewer_codecs(cfg, video_params.iter().chain(audio_params.iter()));
         let (mut peer, sdp) = self.new_peer(
             now,
@@ -857,19 +852,7 @@ impl Sfu {
             },
         )?;
         peer.remote = remote;
-        peer.rtc.bwe().set_bitrate(
-            Bitrate::kbps(0),
-            Bitrate::kbps(self.config.bwe_desired_kbps),
-        );
-        if !self.config.pace_video {
-            if let Some(mid) = peer.video_mid {
-                let mut api = peer.rtc.direct_api();
-                match api.stream_tx_by_mid(mid, None) {
-                    Some(tx) => tx.set_unpaced(true),
-                    None => warn!("no video send stream to unpace"),
-                }
-            }
-        }
+        self.start_viewer_bwe(&mut peer);
         self.drain_events_only(peer_id, &mut peer, now);
         let gets_video = peer
             .video_mid
@@ -1104,47 +1087,6 @@ impl Sfu {
                 name: stream.clone(),
                 layers: self.fwd.layers(stream),
             });
-        }
-    }
-
-    /// Keeps each `Auto` viewer's estimator probing towards its next layer up (see
-    /// [`Forwarder::probe_target`]); the floor is changed only when it moves by more than 10 %.
-    fn update_probing(&mut self) {
-        let desired = Bitrate::kbps(self.config.bwe_desired_kbps);
-        for (id, peer) in self.peers.iter_mut() {
-            if !matches!(peer.role, PeerRole::Viewer { .. }) || !peer.connected {
-                continue;
-            }
-            let floor = self.fwd.probe_target(*id).unwrap_or(0);
-            if floor.abs_diff(peer.probe_floor) * 10 > peer.probe_floor.max(1) {
-                peer.probe_floor = floor;
-                peer.rtc.bwe().set_bitrate(Bitrate::bps(floor), desired);
-            }
-        }
-    }
-
-    /// Tells each single-layer publisher the bitrate to aim for (REMB). Simulcast publishers are
-    /// left to their own congestion control: their layers already serve weak viewers.
-    fn send_remb(&mut self) {
-        let max = self.config.publisher_max_kbps * 1000;
-        for peer in self.peers.values_mut() {
-            let PeerRole::Publisher { stream } = &peer.role else {
-                continue;
-            };
-            let Some(mid) = peer
-                .video_mid
-                .filter(|_| peer.layers.count() <= 1 && peer.connected)
-            else {
-                continue;
-            };
-            let target = self
-                .fwd
-                .viewer_demand(stream)
-                .map_or(max, |d| d.min(max))
-                .max(50_000);
-            if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
-                rx.request_remb(Bitrate::bps(target));
-            }
         }
     }
 

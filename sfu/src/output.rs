@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use signaling::ids::{StreamName, Subject};
 
 use crate::forward::LayerInfo;
+#[cfg(doc)]
+use crate::Sfu;
 
 /// A datagram to send from the media socket.
 #[derive(Debug)]
