@@ -42,6 +42,7 @@ mod bwe;
 pub mod codec;
 mod config;
 mod error;
+mod fanout;
 pub mod forward;
 mod output;
 mod sdp;
@@ -61,17 +62,16 @@ use signaling::ids::{StreamName, Subject};
 use str0m::bwe::BweKind;
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, PayloadParams};
+use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tracing::{debug, warn};
 
 use crate::bwe::REMB_INTERVAL;
-use crate::codec::{keyframe_dims, VideoCodec};
+use crate::fanout::{FanOut, MediaIn, MAX_FANOUT_SLICE};
 use crate::forward::{
-    ForwardOutput, Forwarder, Frame, Layer, LayerPref, PeerId, PublishConflict, TrackKind,
-    ViewError,
+    ForwardOutput, Forwarder, Layer, LayerPref, PeerId, PublishConflict, TrackKind, ViewError,
 };
 use crate::sdp::{first_mids, negotiated, offer_prefers_h264, publisher_codecs, viewer_codecs};
 use crate::simulcast::{PublisherLayers, TimestampMap};
@@ -173,17 +173,6 @@ struct RemotePublisher {
     since: Instant,
 }
 
-/// A frame about to be routed to viewers, from a local publisher or a trunk.
-struct MediaIn {
-    kind: TrackKind,
-    layer: Layer,
-    keyframe: bool,
-    time: MediaTime,
-    network_time: Instant,
-    params: PayloadParams,
-    data: Arc<[u8]>,
-}
-
 #[derive(Debug)]
 enum PeerRole {
     Publisher { stream: StreamName },
@@ -275,49 +264,6 @@ const BURST_AHEAD: Duration = Duration::from_millis(1);
 
 /// Most wake-ups served for one session in one go, whatever their times.
 const MAX_BURST_ROUNDS: usize = 256;
-
-/// Most viewers a frame is written to before the shell gets to send what they produced. A frame
-/// for a hundred viewers is packetized, encrypted and sent in slices this size, so the first
-/// viewers' packets leave while the later ones are still being made, and the node never holds a
-/// whole fan-out of encrypted packets. Each viewer's own packets are made and queued as before.
-const MAX_FANOUT_SLICE: usize = 16;
-
-/// A frame part-way through being written to its viewers ([`Sfu::continue_fanout`]).
-struct FanOut {
-    kind: TrackKind,
-    layer: Layer,
-    time: MediaTime,
-    network_time: Instant,
-    params: Option<PayloadParams>,
-    payload: Option<Arc<[u8]>>,
-    /// When the frame was routed: the engine is due again at once until it is written to all.
-    since: Instant,
-    targets: Vec<PeerId>,
-    /// Index into `targets` of the next viewer.
-    next: usize,
-}
-
-impl Default for FanOut {
-    fn default() -> Self {
-        FanOut {
-            kind: TrackKind::Video,
-            layer: Layer(0),
-            time: MediaTime::new(0, str0m::media::Frequency::NINETY_KHZ),
-            network_time: Instant::now(),
-            params: None,
-            payload: None,
-            since: Instant::now(),
-            targets: Vec::new(),
-            next: 0,
-        }
-    }
-}
-
-impl FanOut {
-    fn pending(&self) -> bool {
-        self.payload.is_some() && self.next < self.targets.len()
-    }
-}
 
 impl Sfu {
     /// An engine whose sessions advertise `local` as their one ICE candidate.
@@ -1104,7 +1050,7 @@ impl Sfu {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.values().map(|p| p.next_timeout).min();
-        let fanout = self.fanout.pending().then_some(self.fanout.since);
+        let fanout = self.fanout.pending_since();
         [peers, self.fwd.poll_timeout(), fanout]
             .into_iter()
             .flatten()
@@ -1186,171 +1132,6 @@ impl Sfu {
                 break;
             }
         }
-    }
-
-    fn route_frame(&mut self, now: Instant, from: PeerId, data: &MediaData) {
-        // Frames reach every viewer in order: the rest of the previous one goes first.
-        self.continue_fanout(now, usize::MAX);
-        let Some(p) = self.peers.get_mut(&from) else {
-            return;
-        };
-        let kind = if Some(data.mid) == p.video_mid {
-            TrackKind::Video
-        } else if Some(data.mid) == p.audio_mid {
-            TrackKind::Audio
-        } else {
-            return;
-        };
-        let layer = match kind {
-            TrackKind::Audio => Layer(0),
-            TrackKind::Video => match p.layers.layer_of(data.rid) {
-                Some(l) => l,
-                None => return,
-            },
-        };
-        // A frame completed late by a retransmission, after a newer one went out: decoders
-        // must not get it out of order. Drop it and ask for a fresh keyframe instead.
-        if kind == TrackKind::Video && p.layers.is_late(layer, data.time.numer()) {
-            self.counters.count_drop(DropReason::Late);
-            self.fwd.publisher_discontinuity(now, from, layer);
-            return;
-        }
-        let keyframe = data.is_keyframe();
-        if let (Some(t), PeerRole::Publisher { stream }) = (self.trunk.as_mut(), &p.role) {
-            let params = data.params;
-            t.send_local_frame(
-                stream.as_str(),
-                kind == TrackKind::Video,
-                trunk::LayerId(layer.0),
-                data.time.numer(),
-                keyframe,
-                !data.contiguous,
-                *data.pt,
-                || codec_descriptor(&params),
-                &data.data,
-            );
-        }
-        if kind == TrackKind::Video && !data.contiguous {
-            // Loss NACK/RTX could not repair: the viewers' decoders need a fresh keyframe.
-            self.fwd.publisher_discontinuity(now, from, layer);
-        }
-        let m = MediaIn {
-            kind,
-            layer,
-            keyframe,
-            time: data.time,
-            network_time: data.network_time,
-            params: data.params,
-            data: data.data.clone(),
-        };
-        self.route_media(now, from, m);
-    }
-
-    /// Routes one frame from publisher `from` (local or remote) to its viewers.
-    fn route_media(&mut self, now: Instant, from: PeerId, m: MediaIn) {
-        let MediaIn {
-            kind,
-            layer,
-            keyframe,
-            time,
-            network_time,
-            params,
-            data,
-        } = m;
-        let dims = match (kind, keyframe, params.spec().codec) {
-            (TrackKind::Video, true, Codec::Vp8) => keyframe_dims(VideoCodec::Vp8, &data),
-            (TrackKind::Video, true, Codec::H264) => keyframe_dims(VideoCodec::H264, &data),
-            _ => None,
-        };
-        let frame = Frame {
-            kind,
-            layer,
-            keyframe,
-            dims,
-            bytes: data.len(),
-        };
-        let (waiting0, stray0) = {
-            let c = self.fwd.counters();
-            (c.dropped_waiting_keyframe, c.dropped_not_publisher)
-        };
-        let mut targets = std::mem::take(&mut self.targets);
-        self.fwd.route(now, from, &frame, &mut targets);
-        let c = self.fwd.counters();
-        self.counters.count_drops(
-            DropReason::WaitingKeyframe,
-            c.dropped_waiting_keyframe - waiting0,
-        );
-        self.counters
-            .count_drops(DropReason::NotPublisher, c.dropped_not_publisher - stray0);
-        if targets.is_empty() {
-            self.targets = targets;
-            return;
-        }
-        // One copy of the frame shared by every viewer's send queue (str0m takes `Arc<[u8]>`).
-        let mut fanout = std::mem::take(&mut self.fanout);
-        fanout.kind = kind;
-        fanout.layer = layer;
-        fanout.time = time;
-        fanout.network_time = network_time;
-        fanout.params = Some(params);
-        fanout.payload = Some(data);
-        fanout.since = now;
-        fanout.next = 0;
-        std::mem::swap(&mut fanout.targets, &mut targets);
-        self.targets = targets;
-        self.fanout = fanout;
-        self.continue_fanout(now, MAX_FANOUT_SLICE);
-    }
-
-    /// Writes the pending frame to up to `max` more of its viewers, each driven at once so its
-    /// packets are queued (paced, encrypted) before the next viewer's.
-    fn continue_fanout(&mut self, now: Instant, max: usize) {
-        let mut fanout = std::mem::take(&mut self.fanout);
-        let (Some(params), Some(payload)) = (fanout.params, fanout.payload.clone()) else {
-            self.fanout = fanout;
-            return;
-        };
-        let end = fanout.targets.len().min(fanout.next.saturating_add(max));
-        for i in fanout.next..end {
-            let viewer = fanout.targets[i];
-            let Some(v) = self.peers.get_mut(&viewer) else {
-                continue;
-            };
-            let (mid, time) = match fanout.kind {
-                TrackKind::Video => (
-                    v.video_mid,
-                    v.video_ts
-                        .map(fanout.layer, fanout.time, fanout.network_time),
-                ),
-                TrackKind::Audio => (v.audio_mid, fanout.time),
-            };
-            let Some(writer) = mid.and_then(|m| v.rtc.writer(m)) else {
-                continue;
-            };
-            let Some(pt) = writer.match_params(params) else {
-                self.counters.count_drop(DropReason::CodecMismatch);
-                continue;
-            };
-            // The wall clock given is the time of this write, not when the frame's first packet
-            // arrived: a frame completed by a late retransmission would otherwise carry an
-            // earlier wall clock than the next frame, and str0m's send queue would put it after
-            // that frame.
-            match writer.write(pt, now, time, payload.clone()) {
-                Ok(()) => self.counters.frames_forwarded += 1,
-                Err(e) => {
-                    debug!(%viewer, error = %e, "write refused");
-                    self.counters.count_drop(DropReason::WriteFailed);
-                }
-            }
-            self.drain(viewer, now);
-        }
-        fanout.next = end;
-        if fanout.next >= fanout.targets.len() {
-            fanout.targets.clear();
-            fanout.payload = None;
-            fanout.params = None;
-        }
-        self.fanout = fanout;
     }
 
     fn close_peer(&mut self, id: PeerId, why: &str) {
@@ -1482,6 +1263,9 @@ mod tests {
     //! does), and every datagram is delivered by address.
     use super::*;
     use std::collections::BTreeMap;
+    use str0m::format::Codec;
+
+    use crate::codec::{keyframe_dims, VideoCodec};
     use str0m::change::SdpAnswer;
     use str0m::media::{Direction, Frequency, MediaTime};
 
