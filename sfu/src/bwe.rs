@@ -19,7 +19,8 @@ use tracing::warn;
 
 #[cfg(doc)]
 use crate::forward::Forwarder;
-use crate::{Peer, PeerRole, Sfu};
+use crate::session::{Peer, PeerRole};
+use crate::Sfu;
 
 /// How often publishers are told their target bitrate.
 pub(crate) const REMB_INTERVAL: Duration = Duration::from_secs(1);

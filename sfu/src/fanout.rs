@@ -21,7 +21,8 @@ use tracing::debug;
 use crate::codec::{keyframe_dims, VideoCodec};
 use crate::forward::{Frame, Layer, PeerId, TrackKind};
 use crate::remote::codec_descriptor;
-use crate::{DropReason, PeerRole, Sfu};
+use crate::session::PeerRole;
+use crate::{DropReason, Sfu};
 
 /// Most viewers a frame is written to before the shell gets to send what they produced. A frame
 /// for a hundred viewers is packetized, encrypted and sent in slices this size, so the first
