@@ -1,6 +1,6 @@
-//! The forwarding core's rules, one test each: publish conflicts and takeovers, keyframe gating,
-//! aggregation and throttling, layer ranking and switching, standby layers. Plain values and
-//! virtual time.
+//! The forwarding core's rules tested one by one: publish conflicts and takeovers, keyframe
+//! gating, throttling and retries, layer ranking, choice and switching, standby layers, `auto`
+//! following the estimate. Plain values and virtual time.
 
 use super::*;
 
