@@ -12,6 +12,8 @@
 //!            fragment of the frame's payload (at most FRAGMENT bytes)
 //! ```
 //!
+//! (written and read in `packet.rs`)
+//!
 //! The SFU works on whole frames (str0m depacketizes them), so the origin node cuts each frame
 //! of a published track into RTP packets of a private payload format (the fragment flags above)
 //! with its own sequence numbers and timestamps; those are kept end to end, and every hop
@@ -32,12 +34,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+mod packet;
+
 use crate::wire::Message;
 use crate::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
+pub use packet::FRAGMENT;
+use packet::{
+    extend16, extend32, packetize, parse, FrameHeader, F_DISCONT, F_FIRST, F_KEY, HEADER,
+};
 
-/// Largest frame fragment in one datagram, bytes: with the flow id, RTP header and flags the
-/// datagram stays within 1,200 bytes (QUIC's datagram room at the 1350-byte initial MTU).
-pub const FRAGMENT: usize = 1_150;
 /// Datagrams whose `Flow` has not arrived yet are kept this long.
 pub const UNKNOWN_FLOW_WAIT: Duration = Duration::from_secs(1);
 /// At most this many such datagrams are kept per trunk.
@@ -46,11 +51,6 @@ pub const UNKNOWN_FLOW_MAX: usize = 512;
 /// A packet this far behind the last one forwarded is not a duplicate but a new numbering (the
 /// origin restarted).
 const RESTART_GAP: u64 = 4096;
-
-const F_FIRST: u8 = 1;
-const F_KEY: u8 = 2;
-const F_DISCONT: u8 = 4;
-const HEADER: usize = 2 + 12 + 1;
 
 /// One track of one stream: what a flow id stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -261,55 +261,6 @@ pub struct TrunkPlane {
     next_ssrc: u32,
 }
 
-/// `seq` extended to 64 bits next to `last` (RFC 3550 style: the nearest value).
-fn extend16(last: Option<u64>, seq: u16) -> u64 {
-    let Some(last) = last else {
-        return 1 << 16 | u64::from(seq);
-    };
-    let base = last & !0xffff;
-    let cands = [base.wrapping_sub(1 << 16), base, base + (1 << 16)];
-    cands
-        .iter()
-        .map(|b| b.wrapping_add(u64::from(seq)))
-        .min_by_key(|c| c.abs_diff(last))
-        .unwrap_or(base | u64::from(seq))
-}
-
-/// `ts` extended to 64 bits next to `last`.
-fn extend32(last: Option<u64>, ts: u32) -> u64 {
-    let Some(last) = last else {
-        return 1 << 32 | u64::from(ts);
-    };
-    let base = last & !0xffff_ffff;
-    [base.wrapping_sub(1 << 32), base, base + (1 << 32)]
-        .iter()
-        .map(|b| b.wrapping_add(u64::from(ts)))
-        .min_by_key(|c| c.abs_diff(last))
-        .unwrap_or(base | u64::from(ts))
-}
-
-/// A parsed datagram body (after the flow id).
-struct Packet<'a> {
-    marker: bool,
-    seq: u16,
-    ts: u32,
-    flags: u8,
-    payload: &'a [u8],
-}
-
-fn parse(rtp: &[u8]) -> Option<Packet<'_>> {
-    if rtp.len() < 13 || rtp[0] != 0x80 {
-        return None;
-    }
-    Some(Packet {
-        marker: rtp[1] & 0x80 != 0,
-        seq: u16::from_be_bytes([rtp[2], rtp[3]]),
-        ts: u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]),
-        flags: rtp[12],
-        payload: &rtp[13..],
-    })
-}
-
 impl TrunkPlane {
     /// The plane of node `me`.
     pub fn new(me: NodeName) -> TrunkPlane {
@@ -475,31 +426,15 @@ impl TrunkPlane {
                 self.out_flows.retain(|(_, k), _| *k != key);
             }
         }
-        let n = data.len().div_ceil(FRAGMENT).max(1);
-        let mut packets = Vec::with_capacity(n);
-        for i in 0..n {
-            let chunk = &data[(i * FRAGMENT).min(data.len())..((i + 1) * FRAGMENT).min(data.len())];
-            let mut p = Vec::with_capacity(13 + chunk.len());
-            p.push(0x80);
-            p.push(if i + 1 == n { 0x80 } else { 0 } | (pt & 0x7f));
-            p.extend_from_slice(&track.next_seq.to_be_bytes());
-            p.extend_from_slice(&(time as u32).to_be_bytes());
-            p.extend_from_slice(&track.ssrc.to_be_bytes());
-            let mut flags = 0;
-            if i == 0 {
-                flags |= F_FIRST;
-                if discontinuity {
-                    flags |= F_DISCONT;
-                }
-            }
-            if keyframe {
-                flags |= F_KEY;
-            }
-            p.push(flags);
-            p.extend_from_slice(chunk);
-            track.next_seq = track.next_seq.wrapping_add(1);
-            packets.push(p);
-        }
+        let frame = FrameHeader {
+            pt,
+            time,
+            ssrc: track.ssrc,
+            keyframe,
+            discontinuity,
+        };
+        let packets = packetize(&frame, track.next_seq, data);
+        track.next_seq = track.next_seq.wrapping_add(packets.len() as u16);
         for p in packets {
             self.forward(&key, &Hop::Local, &p);
         }
