@@ -31,10 +31,11 @@
 //! path are not forwarded; the first keyframe start on it yields
 //! [`TrunkOutput::NextPathReady`].
 
+mod packet;
+mod repair;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
-
-mod packet;
 
 use crate::wire::Message;
 use crate::{Hop, LayerId, LayerSet, NodeName, Route, StreamAddr};
@@ -42,6 +43,8 @@ pub use packet::FRAGMENT;
 use packet::{
     extend16, extend32, packetize, parse, FrameHeader, F_DISCONT, F_FIRST, F_KEY, HEADER,
 };
+use repair::History;
+pub use repair::{hop_repair, nack_retry, DEFAULT_RTT, HISTORY, NACK_TRIES, REPAIR_WAIT};
 
 /// Datagrams whose `Flow` has not arrived yet are kept this long.
 pub const UNKNOWN_FLOW_WAIT: Duration = Duration::from_secs(1);
@@ -178,57 +181,6 @@ pub const NEXT_HELD: usize = 512;
 
 /// Sequence numbers remembered behind the highest forwarded one (for late retransmissions).
 const SEEN_WINDOW: u64 = 128;
-/// A gap in a reassembly buffer is waited for at least this long (a NACK and its retransmission
-/// need one hop round trip) before the frames around it are given up; longer when the path's
-/// repair time says so (see [`hop_repair`]).
-pub const REPAIR_WAIT: Duration = Duration::from_millis(250);
-/// Datagrams kept per outgoing flow for answering NACKs.
-pub const HISTORY: usize = 512;
-/// Most sequence numbers asked for in one NACK (a longer gap is an outage, not loss).
-const NACK_MAX: u64 = 64;
-/// How often a missing packet is asked for in all (the first NACK and repeats while it stays
-/// missing, each [`nack_retry`] after the last; a retransmission can be lost too).
-pub const NACK_TRIES: u8 = 3;
-/// Round-trip time assumed for a trunk until [`TrunkPlane::set_rtt`] tells it.
-pub const DEFAULT_RTT: Duration = Duration::from_millis(100);
-
-/// The wait before asking again for a packet still missing: 1.5 round trips, at least 20 ms.
-pub fn nack_retry(rtt: Duration) -> Duration {
-    (rtt * 3 / 2).max(Duration::from_millis(20))
-}
-
-/// How long one hop with round-trip time `rtt` may take to repair a lost packet: the NACK and
-/// its answer (one round trip) with a quarter to spare, plus 30 ms. Summed along a path (the
-/// `repair_ms` of `Flow`), it is how long a receiver waits for a gap before giving its frames
-/// up, at least [`REPAIR_WAIT`]: on a satellite hop (600 ms round trip) a loss is repaired in
-/// ~0.8 s instead of given up at 250 ms and answered with a keyframe.
-pub fn hop_repair(rtt: Duration) -> Duration {
-    rtt * 5 / 4 + Duration::from_millis(30)
-}
-
-/// Sent datagrams of one outgoing flow, by sequence number.
-#[derive(Debug)]
-struct History {
-    slots: Vec<Option<(u16, Vec<u8>)>>,
-}
-
-impl History {
-    fn new() -> History {
-        History {
-            slots: (0..HISTORY).map(|_| None).collect(),
-        }
-    }
-    fn put(&mut self, seq: u16, d: Vec<u8>) {
-        self.slots[usize::from(seq) % HISTORY] = Some((seq, d));
-    }
-    fn get(&self, seq: u16) -> Option<&Vec<u8>> {
-        match &self.slots[usize::from(seq) % HISTORY] {
-            Some((s, d)) if *s == seq => Some(d),
-            _ => None,
-        }
-    }
-}
-
 /// The trunk media plane of one node. See the module docs.
 #[derive(Debug)]
 pub struct TrunkPlane {
@@ -465,58 +417,7 @@ impl TrunkPlane {
         // Hop-by-hop repair: a gap in this flow is asked for at once, and again while it stays
         // missing (the retransmission may be lost too).
         let seq = u16::from_be_bytes([data[4], data[5]]);
-        let fk = (from.clone(), flow);
-        let last = self.rx_highest.get(&fk).copied();
-        let ext = extend16(last, seq);
-        if last.is_none_or(|l| ext > l) {
-            if let Some(l) = last.filter(|l| ext > l + 1 && ext - l - 1 <= NACK_MAX) {
-                let seqs: Vec<u16> = (l + 1..ext).map(|s| s as u16).collect();
-                let pending = self.nacked.entry(fk.clone()).or_default();
-                for s in l + 1..ext {
-                    pending.insert(s, (now, 1));
-                }
-                self.counters.nacks_sent += 1;
-                self.out.push_back(TrunkOutput::Control {
-                    to: from.clone(),
-                    msg: Message::Nack { flow, seqs },
-                });
-            }
-            match self.rx_highest.get_mut(&fk) {
-                Some(h) => *h = ext,
-                None => {
-                    self.rx_highest.insert(fk.clone(), ext);
-                }
-            }
-        } else if let Some(p) = self.nacked.get_mut(&fk) {
-            p.remove(&ext);
-        }
-        // Nothing outstanding on this flow (the usual case): done.
-        let Some(pending) = self.nacked.get_mut(&fk).filter(|p| !p.is_empty()) else {
-            self.handle_packet(from, &key, &data[2..]);
-            return;
-        };
-        let retry = nack_retry(self.rtt.get(from).copied().unwrap_or(DEFAULT_RTT));
-        let mut again = Vec::new();
-        pending.retain(|s, (at, tries)| {
-            if now.saturating_duration_since(*at) < retry {
-                return true;
-            }
-            if *tries >= NACK_TRIES {
-                return false;
-            }
-            *at = now;
-            *tries += 1;
-            again.push(*s as u16);
-            true
-        });
-        if !again.is_empty() {
-            self.counters.nacks_sent += 1;
-            self.counters.nacks_repeated += 1;
-            self.out.push_back(TrunkOutput::Control {
-                to: from.clone(),
-                msg: Message::Nack { flow, seqs: again },
-            });
-        }
+        self.track_loss(now, from, flow, seq);
         self.handle_packet(from, &key, &data[2..]);
     }
 
@@ -525,19 +426,7 @@ impl TrunkPlane {
     pub fn handle_control(&mut self, now: Instant, from: &NodeName, msg: Message) {
         self.clock = Some(now);
         if let Message::Nack { flow, seqs } = &msg {
-            if let Some(h) = self.history.get(&(from.clone(), *flow)) {
-                for s in seqs {
-                    if let Some(d) = h.get(*s) {
-                        self.counters.retransmits += 1;
-                        self.counters.datagrams_out += 1;
-                        self.counters.bytes_out += d.len() as u64;
-                        self.out.push_back(TrunkOutput::Datagram {
-                            to: from.clone(),
-                            data: d.clone(),
-                        });
-                    }
-                }
-            }
+            self.answer_nack(from, *flow, seqs);
             return;
         }
         let Message::Flow {
