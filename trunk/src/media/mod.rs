@@ -1,5 +1,5 @@
 //! The media plane of trunks, sans-IO: RTP in QUIC datagrams between nodes, applied from the
-//! router's [`Route`]s. No sockets, no clock, no str0m: the SFU (`media_server::sfu`) owns one
+//! router's [`Route`]s. No sockets, no clock, no str0m: the SFU engine (crate `sfu`) owns one
 //! [`TrunkPlane`], feeds it frames of local publishers and datagrams from trunks, and carries out
 //! its [`TrunkOutput`]s.
 //!
@@ -11,8 +11,6 @@
 //!            flags:u8 (bit 0 first fragment, bit 1 keyframe, bit 2 discontinuity at the origin)
 //!            fragment of the frame's payload (at most FRAGMENT bytes)
 //! ```
-//!
-//! (written and read in `packet.rs`)
 //!
 //! The SFU works on whole frames (str0m depacketizes them), so the origin node cuts each frame
 //! of a published track into RTP packets of a private payload format (the fragment flags above)
@@ -30,8 +28,20 @@
 //! moves the source to the new path nothing is forwarded twice. Packets from the route's `next`
 //! path are not forwarded; the first keyframe start on it yields
 //! [`TrunkOutput::NextPathReady`].
+//!
+//! # Where things live
+//!
+//! - this file: the [`TrunkPlane`] (routes, flows, forwarding, the make-before-break switch);
+//! - `packet.rs`: the datagram format above — cutting a frame into packets and reading them;
+//! - `repair.rs`: trunk repair, hop by hop — NACKs, repeats, history, the repair-time budget;
+//! - `reassembly.rs`: whole frames for local viewers, gaps waited for and given up;
+//! - `tests.rs`: planes of two or three nodes in virtual time.
+//!
+//! Nothing here opens a socket, reads the clock or knows str0m: the SFU engine (crate `sfu`)
+//! owns the plane and the cascade shell carries its datagrams.
 
 mod packet;
+mod reassembly;
 mod repair;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -43,6 +53,7 @@ pub use packet::FRAGMENT;
 use packet::{
     extend16, extend32, packetize, parse, FrameHeader, F_DISCONT, F_FIRST, F_KEY, HEADER,
 };
+use reassembly::{reassemble, Fragment};
 use repair::History;
 pub use repair::{hop_repair, nack_retry, DEFAULT_RTT, HISTORY, NACK_TRIES, REPAIR_WAIT};
 
@@ -161,16 +172,6 @@ struct Track {
     /// How long the path above the hop it comes from may take to repair a loss (from its
     /// `Flow`; zero at the origin).
     upstream_repair: Duration,
-}
-
-/// A packet waiting in a reassembly buffer.
-#[derive(Debug)]
-struct Fragment {
-    arrived: Instant,
-    ts: u64,
-    flags: u8,
-    marker: bool,
-    payload: Vec<u8>,
 }
 
 /// Packets (track, RTP) from a route's `next` path, in arrival order.
@@ -644,104 +645,6 @@ fn carries(layers: LayerSet, video: bool, layer: LayerId) -> bool {
     } else {
         !layers.is_empty()
     }
-}
-
-/// Adds a packet (extended sequence number `ext`) to the track's reassembly buffer and returns
-/// the frames it completes, in order. A gap is waited for up to `wait` (a NACK may bring
-/// the packet); then the frames it broke are given up and the next whole frame is delivered
-/// marked as a discontinuity. Also returns how many packets the frames hold and how many
-/// sequence numbers were given up (missing, or in a frame that was dropped).
-fn reassemble(
-    track: &mut Track,
-    key: &TrackKey,
-    ext: u64,
-    frag: Fragment,
-    now: Instant,
-    wait: Duration,
-) -> (Vec<RemoteFrame>, u64, u64) {
-    let mut out = Vec::new();
-    let (mut delivered, mut given_up) = (0, 0);
-    if track.next.is_none() {
-        if frag.flags & F_FIRST == 0 {
-            // Joined mid-frame: wait for a frame start.
-            track.lost = true;
-            return (out, 0, 1);
-        }
-        track.next = Some(ext);
-    }
-    if track.next.is_some_and(|n| ext < n) {
-        return (out, 0, 0); // too late: its frame was delivered or given up
-    }
-    track.buf.insert(ext, frag);
-    while let Some(next) = track.next {
-        // A whole frame at the head?
-        let mut end = None;
-        let mut s = next;
-        while let Some(f) = track.buf.get(&s) {
-            if s != next && f.flags & F_FIRST != 0 {
-                break;
-            }
-            if f.marker {
-                end = Some(s);
-                break;
-            }
-            s += 1;
-        }
-        let head_ok = track.buf.get(&next).is_some_and(|f| f.flags & F_FIRST != 0);
-        if let (true, Some(end)) = (head_ok, end) {
-            let mut data = Vec::new();
-            let (mut ts, mut flags) = (0, 0);
-            for s in next..=end {
-                if let Some(f) = track.buf.remove(&s) {
-                    if s == next {
-                        (ts, flags) = (f.ts, f.flags);
-                    }
-                    data.extend_from_slice(&f.payload);
-                }
-            }
-            track.next = Some(end + 1);
-            delivered += end + 1 - next;
-            out.push(RemoteFrame {
-                key: key.clone(),
-                codec: track
-                    .codec
-                    .clone()
-                    .unwrap_or_else(|| std::sync::Arc::from(&[][..])),
-                time: ts,
-                keyframe: flags & F_KEY != 0,
-                discontinuity: std::mem::take(&mut track.lost) || flags & F_DISCONT != 0,
-                data,
-            });
-            continue;
-        }
-        // Incomplete: give up once the oldest packet waiting has waited long enough.
-        let oldest = track.buf.values().map(|f| f.arrived).min();
-        let overdue = oldest.is_some_and(|t| now.saturating_duration_since(t) >= wait)
-            || track.buf.len() > 4 * HISTORY;
-        if !overdue {
-            break;
-        }
-        let restart = track
-            .buf
-            .iter()
-            .find(|(s, f)| **s > next && f.flags & F_FIRST != 0)
-            .map(|(s, _)| *s);
-        track.lost = true;
-        match restart {
-            Some(r) => {
-                given_up += r - next;
-                track.buf.retain(|s, _| *s >= r);
-                track.next = Some(r);
-            }
-            None => {
-                let last = track.buf.keys().next_back().copied().unwrap_or(next);
-                given_up += last + 1 - next;
-                track.buf.clear();
-                track.next = None;
-            }
-        }
-    }
-    (out, delivered, given_up)
 }
 
 #[cfg(test)]
