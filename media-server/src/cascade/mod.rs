@@ -7,6 +7,7 @@
 //!   datagrams on, keep-alive 250 ms and idle timeout 1 s so a cut trunk is noticed within 1 s;
 //! - [`shell`]: the tokio shell — endpoint, diallers, one task per trunk carrying the control
 //!   stream and datagrams, and the actor owning the router (catalogs and subscriptions);
+//! - [`status`]: what `GET /api/trunks` shows (uplinks, trunks, routes);
 //!
 //! The sans-IO media plane of trunks (RTP in QUIC datagrams) is [`trunk::media`], owned by the
 //! SFU.
@@ -16,6 +17,7 @@
 
 pub mod ca;
 pub mod shell;
+pub mod status;
 pub mod tls;
 
 use std::collections::BTreeMap;
