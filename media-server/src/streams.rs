@@ -216,6 +216,110 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_events_keep_the_table() {
+        use sfu::forward::{Layer, LayerInfo};
+        let live = LiveStreams::default();
+        let cam: StreamName = "cam".parse().unwrap();
+        live.apply(
+            Event::StreamUp {
+                name: cam.clone(),
+                owner: "off-1".parse().unwrap(),
+                video_codec: Some("VP8".into()),
+                audio: true,
+                viewers: 2,
+            },
+            1_700_000_000_000,
+        );
+        let s = live.get(&cam).expect("listed once up");
+        assert_eq!((s.viewers, s.started_unix_ms), (2, 1_700_000_000_000));
+        assert!(s.layers.is_empty(), "no layer before media flows");
+        let layers = vec![
+            LayerInfo {
+                layer: Layer(1),
+                dims: Some((320, 180)),
+                bitrate_bps: 150_000,
+            },
+            LayerInfo {
+                layer: Layer(0),
+                dims: None,
+                bitrate_bps: 900_000,
+            },
+        ];
+        live.apply(
+            Event::Layers {
+                name: cam.clone(),
+                layers,
+            },
+            0,
+        );
+        live.apply(
+            Event::Viewers {
+                name: cam.clone(),
+                count: 3,
+            },
+            0,
+        );
+        let s = live.get(&cam).unwrap();
+        assert_eq!(s.viewers, 3);
+        assert_eq!(
+            s.layers,
+            vec![
+                LayerSummary {
+                    rank: 0,
+                    width: Some(320),
+                    height: Some(180),
+                    kbps: 150,
+                    id: 1
+                },
+                LayerSummary {
+                    rank: 1,
+                    width: None,
+                    height: None,
+                    kbps: 900,
+                    id: 0
+                },
+            ]
+        );
+        // Viewers of a stream not live here (a remote one, `NODE/STREAM`) change nothing.
+        let remote = StreamName::remote(&"township".parse().unwrap(), &cam);
+        live.apply(
+            Event::Viewers {
+                name: remote,
+                count: 1,
+            },
+            0,
+        );
+        assert_eq!(live.list().len(), 1);
+        live.apply(Event::StreamDown { name: cam.clone() }, 0);
+        assert!(live.get(&cam).is_none() && live.list().is_empty());
+    }
+
+    #[test]
+    fn the_remote_version_moves_only_when_the_remote_list_changes() {
+        let live = LiveStreams::default();
+        let v0 = live.remote_version();
+        let entry = RemoteStreamInfo {
+            name: "township/cam".into(),
+            node: "township".into(),
+            stream: "cam".into(),
+            layers: 3,
+            layer_ids: 0b111,
+            cost: 1,
+            remote: true,
+        };
+        live.set_remote(vec![entry.clone()]);
+        let v1 = live.remote_version();
+        assert_ne!(v0, v1);
+        live.set_remote(vec![entry.clone()]);
+        assert_eq!(live.remote_version(), v1, "the same list is no change");
+        live.set_remote(vec![RemoteStreamInfo {
+            layer_ids: 0b011,
+            ..entry
+        }]);
+        assert_ne!(live.remote_version(), v1);
+    }
+
+    #[test]
     fn trunks_announce_the_ids_of_the_live_layers() {
         // Simulcast ids 0..=2 with the top one (id 1 here: ids follow RID order, not size) paused.
         assert_eq!(
