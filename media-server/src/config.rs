@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use signaling::ids::NodeId;
 
-use crate::forward::ForwardConfig;
-use crate::sfu::SfuConfig;
+use sfu::forward::ForwardConfig;
+use sfu::SfuConfig;
 
 /// Root of the node's TOML configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

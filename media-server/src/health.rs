@@ -25,9 +25,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::cascade::shell::TrunkHandle;
 use crate::media::MediaHandle;
 use crate::signal::Hub;
-use crate::trunk::shell::TrunkHandle;
 
 /// Longest any one probe may take before its part is reported as not answering.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -23,12 +23,12 @@ use signaling::ids::{IncidentId, NodeId, StreamName, Subject};
 use signaling::proto::MAX_FRAME;
 
 use crate::attachments::{AttachmentError, AttachmentId, AttachmentStore};
-use crate::forward::LayerPref;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
-use crate::sfu::SfuError;
 use crate::signal::Hub;
 use crate::streams::{LiveStreams, StreamInfo};
+use sfu::forward::LayerPref;
+use sfu::SfuError;
 use signaling::proto::ErrorCode;
 
 /// Everything the handlers share.
@@ -55,7 +55,7 @@ pub struct AppState {
     /// The wall's map settings (`/api/wall/config`).
     pub wall: Arc<crate::config::WallConfig>,
     /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -108,7 +108,8 @@ impl From<SfuError> for ApiError {
             SfuError::Conflict { .. } => (StatusCode::CONFLICT, "stream_taken"),
             SfuError::NotLive => (StatusCode::NOT_FOUND, "no_such_stream"),
             SfuError::NoSession => (StatusCode::NOT_FOUND, "no_such_session"),
-            SfuError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            // `SfuError` is non-exhaustive: a reason added later is the media plane's.
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -203,7 +203,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn ca(cmd: CaCommand) -> anyhow::Result<()> {
-    use media_server::trunk::ca::ProvinceCa;
+    use media_server::cascade::ca::ProvinceCa;
     match cmd {
         CaCommand::Init { dir, name } => {
             let (cert, key) = ProvinceCa::init(&dir, &name)?;
@@ -216,11 +216,11 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             println!("{}\n{}", cert.display(), key.display());
         }
         CaCommand::Revoke { cert, dir } => {
-            if !dir.join(media_server::trunk::ca::CA_CERT).exists() {
+            if !dir.join(media_server::cascade::ca::CA_CERT).exists() {
                 anyhow::bail!(
                     "{} is not a CA directory (no {})",
                     dir.display(),
-                    media_server::trunk::ca::CA_CERT
+                    media_server::cascade::ca::CA_CERT
                 );
             }
             let pem = std::fs::read_to_string(&cert)

@@ -26,9 +26,9 @@ use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
 use crate::metrics::Metrics;
 use crate::quic;
-use crate::sfu::Sfu;
 use crate::signal::{self, Hub};
 use crate::streams::LiveStreams;
+use sfu::Sfu;
 
 /// Installs the process-wide crypto providers once: str0m's (aws-lc-rs, for DTLS/SRTP) and
 /// rustls's (ring, for QUIC). Each library uses its own; installing both up front keeps them
@@ -68,7 +68,7 @@ pub struct RunningNode {
     /// The signaling server.
     pub hub: Arc<Hub>,
     /// The trunk shell, when `[trunk]` is configured.
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
     /// The node's essential tasks: [`RunningNode::failed`] resolves when one stops.
     pub watchdog: Arc<Watchdog>,
     probes: Probes,
@@ -208,14 +208,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         advertise_ip(media_addr.ip(), config.media.advertise),
         media_addr.port(),
     );
-    let sfu = Sfu::new(
-        config.sfu.to_sfu_config(),
-        advertised,
-        metrics.clone(),
-        live.clone(),
-    );
+    let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised);
     let watchdog = Watchdog::new();
-    let (media, media_task) = media::spawn(socket, sfu);
+    let (media, media_task) = media::spawn(socket, sfu, metrics.clone(), live.clone());
     let media_task = watchdog.watch("media", media_task);
 
     let store_path = config.node.data_dir.join(OFFICE_DB);
@@ -243,8 +238,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     );
 
     // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
-    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
-    let (trunk, trunk_sync) = match crate::trunk::start_for_node(
+    let (media_link, media_link_rx) = crate::cascade::shell::media_link();
+    let (trunk, trunk_sync) = match crate::cascade::start_for_node(
         &config.trunk,
         &identity.node_id,
         live.clone(),

@@ -25,10 +25,10 @@ use signaling::Role;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::forward::LayerPref;
 use crate::media::MediaHandle;
-use crate::sfu::SfuError;
 use crate::streams::LiveStreams;
+use sfu::forward::LayerPref;
+use sfu::SfuError;
 
 /// Name of the revocation file in the data directory: one JSON object per line,
 /// `{"sub":"off-12","at":UNIX_SECS}` or `{"jti":"…"}`. Append-only.
@@ -328,7 +328,8 @@ impl Hub {
                 SfuError::BadSdp(_) | SfuError::NoUsableMedia(_) => ErrorCode::BadRequest,
                 SfuError::Conflict { .. } => ErrorCode::Conflict,
                 SfuError::NotLive | SfuError::NoSession => ErrorCode::NotFound,
-                SfuError::Unavailable => ErrorCode::Unavailable,
+                // `SfuError` is non-exhaustive: a reason added later is the media plane's.
+                _ => ErrorCode::Unavailable,
             };
             (code, e.to_string())
         };

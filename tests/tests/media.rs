@@ -2822,7 +2822,7 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
 /// with certificates of a province CA in `ca_dir`, prune grace `grace_secs`.
 mod cascade {
     use super::*;
-    use media_server::trunk::ca::ProvinceCa;
+    use media_server::cascade::ca::ProvinceCa;
     use std::path::Path;
 
     pub async fn node(
@@ -2887,8 +2887,8 @@ mod cascade {
         (province, township)
     }
 
-    pub fn trunk_name(s: &str) -> ::trunk::NodeName {
-        ::trunk::NodeName::parse(s).unwrap()
+    pub fn trunk_name(s: &str) -> trunk::NodeName {
+        trunk::NodeName::parse(s).unwrap()
     }
 
     pub fn trunk_addr(n: &TestNode) -> String {
@@ -2949,7 +2949,7 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     )
     .await
     .expect("publish over WHIP at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     let t_trunk = township.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
@@ -3239,7 +3239,7 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
                 .is_none_or(|r| {
                     !r.outputs
                         .iter()
-                        .any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                        .any(|(h, _)| *h == trunk::Hop::Trunk(trunk_name("province")))
                 })
                 .then_some(())
         },
@@ -3287,7 +3287,7 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
         },
     )
     .await;
-    let addr = ::trunk::StreamAddr::parse("township/off-3").unwrap();
+    let addr = trunk::StreamAddr::parse("township/off-3").unwrap();
     let (p_trunk, t_trunk) = (
         province.node.trunk.clone().unwrap(),
         township.node.trunk.clone().unwrap(),
@@ -3306,7 +3306,7 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
         t_trunk.route(&addr).and_then(|r| {
             r.outputs
                 .iter()
-                .find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                .find(|(h, _)| *h == trunk::Hop::Trunk(trunk_name("province")))
                 .map(|(_, l)| *l)
         })
     };
@@ -3686,7 +3686,7 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     .unwrap();
     let county = {
         let ca_dir = ca.path();
-        let c = media_server::trunk::ca::ProvinceCa::load(ca_dir).unwrap();
+        let c = media_server::cascade::ca::ProvinceCa::load(ca_dir).unwrap();
         let (cert, key) = c
             .issue_to(&trunk_name("county"), &ca_dir.join("certs"))
             .unwrap();
@@ -3715,10 +3715,10 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     )
     .await
     .expect("publish at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     let source_is = |n: &str| {
-        p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)))
+        p_trunk.route(&addr).and_then(|r| r.source) == Some(trunk::Hop::Trunk(trunk_name(n)))
     };
     wait_for(
         "the province to learn township/cam1 via city-a",
@@ -3869,7 +3869,7 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     )
     .await
     .expect("publish at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
         p_trunk
@@ -3953,8 +3953,8 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
 /// grace (3 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_province_in_network_namespaces_survives_a_cut_link() {
+    use media_server::cascade::ca::ProvinceCa;
     use media_server::identity::NodeIdentity;
-    use media_server::trunk::ca::ProvinceCa;
     use signaling::auth::TokenRequest;
     use std::process::Stdio;
     use tokio::io::AsyncBufReadExt as _;
@@ -4175,7 +4175,7 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     for (n, parent, second) in parents {
         let (cert, key) = ca
             .issue_to(
-                &::trunk::NodeName::parse(n).unwrap(),
+                &trunk::NodeName::parse(n).unwrap(),
                 &dir.path().join("certs"),
             )
             .unwrap();

@@ -5,12 +5,13 @@
 //!   `signaling`), layers and viewers;
 //! - [`wire`]: the control protocol on a trunk's QUIC stream (typed, versioned, length-prefixed);
 //! - [`router`]: the sans-IO router — catalog, on-demand pull, failover, prune, keyframes;
+//! - [`media`]: the trunk media plane — RTP in QUIC datagrams, forwarding by route, repair;
 //! - [`sim`]: an in-memory network of routers in virtual time (the province-size simulation);
 //! - [`error`]: the crate's errors;
 //! - `testkit` (feature `testkit`, and this crate's tests): the fuzz bodies of `fuzz/`.
 //!
 //! Nothing here opens a socket, spawns a task or reads the clock: `now` comes with every input.
-//! The QUIC shell and the TLS setup live in `media-server` (`media_server::trunk`).
+//! The QUIC shell and the TLS setup live in `media-server` (`media_server::cascade`).
 //!
 //! The run loop of a shell:
 //!
@@ -42,6 +43,7 @@
 
 pub mod error;
 pub mod ids;
+pub mod media;
 pub mod router;
 pub mod sim;
 #[cfg(any(test, feature = "testkit"))]

@@ -44,7 +44,7 @@ pub struct SimConfig {
     /// Interval between media packets of one layer. Default 100 ms.
     pub media_interval: Duration,
     /// How long after a cut both ends see the trunk down. Default 1 s (the trunk's QUIC idle
-    /// timeout; see `media_server::trunk::tls::transport_config`).
+    /// timeout; see `media_server::cascade::tls::transport_config`).
     pub detect_delay: Duration,
     /// How long after a link returns the trunk is up again (a QUIC handshake). Default 3 hops.
     pub reconnect_delay: Duration,

@@ -1,5 +1,5 @@
-//! Trunks between nodes: the province CA, the mutually authenticated QUIC configuration tuned
-//! for media, and the tokio shell that drives the sans-IO [`::trunk::Router`].
+//! The cascade shell: trunks between nodes — the province CA, the mutually authenticated QUIC
+//! configuration tuned for media, and the tokio shell that drives the sans-IO [`trunk::Router`].
 //!
 //! - [`ca`]: `media-server ca init` / `ca issue NODE` — the province CA and per-node certificates;
 //! - [`tls`]: rustls + quinn configuration: both ends present a certificate issued by the
@@ -7,14 +7,17 @@
 //!   datagrams on, keep-alive 250 ms and idle timeout 1 s so a cut trunk is noticed within 1 s;
 //! - [`shell`]: the tokio shell — endpoint, diallers, one task per trunk carrying the control
 //!   stream and datagrams, and the actor owning the router (catalogs and subscriptions);
-//! - [`media`]: the sans-IO media plane of trunks (RTP in QUIC datagrams), owned by the SFU.
+//! - [`status`]: what `GET /api/trunks` shows (uplinks, trunks, routes);
+//!
+//! The sans-IO media plane of trunks (RTP in QUIC datagrams) is [`trunk::media`], owned by the
+//! SFU.
 //!
 //! The shell does not touch the SFU: it hands datagrams and routes to the media task through a
 //! [`shell::MediaLink`] (docs/trunk.md).
 
 pub mod ca;
-pub mod media;
 pub mod shell;
+pub mod status;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -85,7 +88,7 @@ pub async fn start_for_node(
                 .collect();
             for (name, layers) in &now {
                 if known.get(name) != Some(layers) {
-                    h.publish(name.clone(), ::trunk::LayerSet(*layers));
+                    h.publish(name.clone(), trunk::LayerSet(*layers));
                 }
             }
             for name in known.keys().filter(|n| !now.contains_key(*n)) {
