@@ -6,9 +6,10 @@
 //! turned into MAVLink commands; a command for a drone this bridge does not have, or one it does
 //! not know, is answered `refused` at once, so every command gets an answer.
 //!
-//! Lines on stdout (JSON, one object per line, `kind` first): `connected`, `drone_link`,
-//! `command`, `ack`, `video`, `stats` (at most once a second, when a counter changed),
-//! `disconnected`, `closed`.
+//! Lines on stdout (JSON, one object per line, `kind` first): `connected` (or `resumed`),
+//! `drone_link`, `command`, `ack`, `video` (and the camera's `publishing`, from
+//! [`crate::video`]), `stats` (at most once a second, when a counter changed), `disconnected`,
+//! `closed`; `warning` and `note` when something goes wrong or changes on the way.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

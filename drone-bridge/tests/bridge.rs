@@ -443,6 +443,77 @@ async fn signed_commands_are_verified_by_the_vehicle_and_wrongly_signed_frames_a
     .await;
 }
 
+/// With a signing key the ground-station link is no open path to the vehicle: unsigned ARM and
+/// RTL from `--gcs` are counted and dropped at the bridge (the vehicle, which here reports every
+/// command it is sent, signed or not, sees none of them); a ground station signing with the same
+/// key (as QGroundControl and MAVProxy do) still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signing_unsigned_ground_station_commands_never_reach_the_vehicle() {
+    let key = SigningKey::from_hex(KEY_HEX).unwrap();
+    let mut h = bridge(
+        Config {
+            signing: Some(key),
+            ..Config::default()
+        },
+        true,
+        None,
+    )
+    .await;
+    let port = h.mavlink_local.unwrap().port();
+    let gcs_port = h.gcs_local.unwrap().port();
+    let mut vehicle = Peer::start(
+        "vehicle",
+        &format!("udpout:127.0.0.1:{port}"),
+        &["--key", KEY_HEX, "--accept-unsigned"],
+    )
+    .await;
+    event_where(&mut h, "link up", WAIT, |e| {
+        matches!(
+            e,
+            Event::Link {
+                drone: SysId(1),
+                up: true
+            }
+        )
+    })
+    .await;
+
+    // An unsigned ground station: 100 ARMs and an RTL. Its heartbeats (1 Hz) alone cannot reach
+    // 100 unsigned frames within WAIT, so the count proves the commands themselves were dropped.
+    let mut rogue = Peer::start("gcs", &format!("udpout:127.0.0.1:{gcs_port}"), &[]).await;
+    rogue.say("arm 1 100").await;
+    rogue.say("rtl 1").await;
+    rogue
+        .line_where("the rtl sent", |v| {
+            v["kind"] == "sent" && v["command"] == "rtl"
+        })
+        .await;
+    stats_where(&mut h, "unsigned ground-station frames dropped", |s| {
+        s.gcs_unsigned >= 101
+    })
+    .await;
+
+    // A ground station with the key: its RTL is the first command the vehicle ever sees.
+    let mut gcs = Peer::start(
+        "gcs",
+        &format!("udpout:127.0.0.1:{gcs_port}"),
+        &["--key", KEY_HEX],
+    )
+    .await;
+    gcs.say("rtl 1").await;
+    let c = vehicle
+        .line_where("a command at the vehicle", |v| v["kind"] == "command")
+        .await;
+    assert_eq!(c["command"], 20, "the signed RTL, not a rogue ARM: {c}");
+    assert_eq!(
+        (c["signed"].as_bool(), c["verified"].as_bool()),
+        (Some(true), Some(true)),
+        "{c}"
+    );
+    let st = *h.stats.borrow();
+    assert_eq!(st.gcs_bad_signature, 0, "{st:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_truncated_frames_and_bad_crcs_are_counted_and_the_bridge_keeps_working() {
     let mut h = bridge(Config::default(), false, None).await;

@@ -10,6 +10,8 @@ point once every --period seconds (ground speed and heading to match, also in VF
 RTL it reports mode RTL.
 With --key HEX it signs what it sends and checks the signature of every command it receives with
 that key itself (SHA-256 over key + frame up to the signature, first 48 bits), then ACKs.
+With --accept-unsigned as well, unsigned frames are parsed too, so that every command that
+reaches the vehicle is reported (with signed/verified false) — the way to see a leak.
 --role gcs: a ground station. Sends a GCS HEARTBEAT (1 Hz) and counts what it receives.
 
 Both print JSON lines on stdout and obey lines on stdin:
@@ -17,6 +19,7 @@ Both print JSON lines on stdout and obey lines on stdin:
   start      send again
   wrongkey   sign with a different key from now on
   rtl SYSID  (gcs) send MAV_CMD_NAV_RETURN_TO_LAUNCH to SYSID through the bridge
+  arm SYSID N  (gcs) send MAV_CMD_COMPONENT_ARM_DISARM (arm) to SYSID, N times
   quit       exit
 """
 import argparse
@@ -54,6 +57,8 @@ def main():
     ap.add_argument("--connect", required=True, help="pymavlink connection string, e.g. udpout:127.0.0.1:14550")
     ap.add_argument("--sysid", type=int, default=1)
     ap.add_argument("--key", default=None, help="64 hex characters")
+    ap.add_argument("--accept-unsigned", action="store_true",
+                    help="with --key: parse unsigned frames too (and report them unverified)")
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--video", default="", help="URI for VIDEO_STREAM_INFORMATION")
     ap.add_argument("--lat", type=float, default=30.5)
@@ -70,7 +75,9 @@ def main():
     key = bytes.fromhex(args.key) if args.key else None
     if key:
         # Unsigned frames are refused (no allow_unsigned_callback): only signed commands count.
-        conn.setup_signing(key, sign_outgoing=True, link_id=1 if vehicle else 2)
+        unsigned_ok = (lambda mav, msg_id: True) if args.accept_unsigned else None
+        conn.setup_signing(key, sign_outgoing=True, link_id=1 if vehicle else 2,
+                           allow_unsigned_callback=unsigned_ok)
     cam = None
     if vehicle:
         cam = mavutil.mavlink.MAVLink(conn, srcSystem=args.sysid, srcComponent=100)
@@ -100,6 +107,10 @@ def main():
             elif words[0] == "rtl":
                 conn.mav.command_long_send(int(words[1]), 1, mavutil.mavlink.MAV_CMD_NAV_RETURN_TO_LAUNCH, 0, 0, 0, 0, 0, 0, 0, 0)
                 emit(kind="sent", command="rtl")
+            elif words[0] == "arm":
+                for _ in range(int(words[2]) if len(words) > 2 else 1):
+                    conn.mav.command_long_send(int(words[1]), 1, mavutil.mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, 1, 0, 0, 0, 0, 0, 0)
+                emit(kind="sent", command="arm")
             elif words[0] == "quit":
                 break
             emit(kind="ok", cmd=words[0])

@@ -9,6 +9,8 @@
 //! - [`mailbox`]: the read-only session `orders` uses to read the whole mailbox.
 //! - [`position`], [`nmea`], [`gpsd`]: where positions come from and how they are reported.
 //! - [`media`]: the publisher (GStreamer capture and encode, WebRTC, `publish` over signaling).
+//! - [`watch`]: `field-client watch STREAM`, the viewer (WebRTC in, GStreamer decode, fps and
+//!   latency lines).
 //! - [`output`]: text and JSON lines. [`error`]: errors and exit codes.
 //!
 //! The application needs the feature `app` (on by default). Without it the crate is the pure

@@ -1,18 +1,22 @@
-//! Camera and microphone out (`--source`, `--no-audio`, `--profile`, `--link`): capture and
-//! encode with GStreamer, publish with WebRTC (the `webrtc` crate), negotiate through signaling's
-//! `publish` on the session `run` holds.
+//! Camera and microphone out (`--source`, `--no-audio`, `--video`, `--profile`, `--link`):
+//! capture and encode with GStreamer, publish with WebRTC (the `webrtc` crate), negotiate through
+//! signaling's `publish` on the session `run` holds.
 //!
 //! - [`pipeline`]: the gst-launch description (pure, unit-tested).
+//! - [`rate`]: what to send for a bandwidth estimate (Opus bitrate, layers on, their bitrates).
+//! - [`timecode`]: the time code `--source test` paints for glass-to-glass latency.
 //! - [`webrtc_publisher`] (its own crate): the WebRTC peer (tracks, complete offer, keyframe
-//!   requests).
-//! - here: the encoder choice (`hw-profiles`), the running pipeline, and the publishing task that
-//!   re-publishes with backoff when the peer connection fails or the signaling session is new.
+//!   requests, congestion control).
+//! - here: the encoder choice (`hw-profiles`), the running pipeline, the publishing task that
+//!   re-publishes with backoff when the peer connection fails or the signaling session is new,
+//!   and the plans of [`rate`] applied to the running encoders.
 //!
-//! First slice: one layer at 640×480, 30 fps, the link's start bitrate (no simulcast, no
-//! bandwidth adaptation); `file:PATH` plays once (no loop).
+//! Capture is 640×480 at 30 fps unless `--video WxH@FPS` says otherwise; the link class decides
+//! the layers (simulcast where it lists them, scaled from the capture) and their start bitrates;
+//! `file:PATH` plays once (no loop).
 //!
 //! It must not touch the office side (mail, orders) nor print anything but `publishing`,
-//! `warning` and `note` lines.
+//! `bitrate`, `warning` and `note` lines.
 
 pub mod pipeline;
 pub mod rate;
@@ -48,7 +52,7 @@ pub enum Source {
     Camera,
     /// A generated test pattern (and tone).
     Test,
-    /// A media file, looped.
+    /// A media file, played once.
     File(PathBuf),
 }
 

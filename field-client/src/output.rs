@@ -4,9 +4,11 @@
 //! Kinds on stdout: the office's mail items as the node sends them (`order`, `chat`,
 //! `order_state`, `sos`, `sos_ack`, `read`) plus `seq` (the mailbox position); session events
 //! (`presence`, `member`, `assigned`, `unassigned`, `incident`); the connection (`connected`,
-//! `resumed`, `disconnected`, `closed`); `result` for a one-shot command's answer; `warning` and
-//! `note`. Warnings and notes also go to stderr, so that a person watching the JSON still sees
-//! them. Errors only go to stderr (one line) and set the exit code.
+//! `resumed`, `disconnected`, `closed`); `result` for a one-shot command's answer; the
+//! publisher's `publishing` and `bitrate` ([`crate::media`]); `watching`, `watch` and
+//! `watch_summary` ([`crate::watch`]); `warning` and `note`. Warnings and notes also go to
+//! stderr, so that a person watching the JSON still sees them. Errors only go to stderr (one
+//! line) and set the exit code.
 
 use std::io::Write as _;
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use signaling::ids::NodeId;
 
-use crate::forward::ForwardConfig;
-use crate::sfu::SfuConfig;
+use sfu::forward::ForwardConfig;
+use sfu::SfuConfig;
 
 /// Root of the node's TOML configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -141,8 +141,11 @@ pub struct AuthConfig {
     /// Trust tokens signed by this node's own issuer key. Default true.
     pub trust_own_key: bool,
     /// Further trusted issuer public keys, as 64 hex characters (Ed25519, 32 bytes) — for example
-    /// a province's central issuer. Default none.
+    /// a province's central issuer — or `NODE=HEX` to accept the key's tokens only when their
+    /// `iss` is `NODE`. Default none. (This node's own key is always bound to its own id.)
     pub trusted_issuers: Vec<String>,
+    /// Longest token lifetime (`exp` − `iat`) accepted, in seconds. Default 604800 (7 days).
+    pub max_token_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -150,6 +153,7 @@ impl Default for AuthConfig {
         AuthConfig {
             trust_own_key: true,
             trusted_issuers: Vec::new(),
+            max_token_lifetime_secs: signaling::auth::DEFAULT_MAX_LIFETIME_SECS,
         }
     }
 }

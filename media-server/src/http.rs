@@ -23,12 +23,12 @@ use signaling::ids::{IncidentId, NodeId, StreamName, Subject};
 use signaling::proto::MAX_FRAME;
 
 use crate::attachments::{AttachmentError, AttachmentId, AttachmentStore};
-use crate::forward::LayerPref;
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
-use crate::sfu::SfuError;
 use crate::signal::Hub;
 use crate::streams::{LiveStreams, StreamInfo};
+use sfu::forward::LayerPref;
+use sfu::SfuError;
 use signaling::proto::ErrorCode;
 
 /// Everything the handlers share.
@@ -50,10 +50,12 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The office's attachment store (`/api/attachments`).
     pub attachments: Arc<AttachmentStore>,
+    /// What `GET /healthz` probes.
+    pub probes: crate::health::Probes,
     /// The wall's map settings (`/api/wall/config`).
     pub wall: Arc<crate::config::WallConfig>,
     /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -106,7 +108,8 @@ impl From<SfuError> for ApiError {
             SfuError::Conflict { .. } => (StatusCode::CONFLICT, "stream_taken"),
             SfuError::NotLive => (StatusCode::NOT_FOUND, "no_such_stream"),
             SfuError::NoSession => (StatusCode::NOT_FOUND, "no_such_session"),
-            SfuError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            // `SfuError` is non-exhaustive: a reason added later is the media plane's.
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -341,17 +344,15 @@ async fn patch_session() -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
-struct Health<'a> {
-    status: &'static str,
-    node: &'a str,
-}
-
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!(Health {
-        status: "ok",
-        node: state.node_id.as_str()
-    }))
+/// `GET /healthz`: every part of the node probed (docs/api.md); 503 when one has failed.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let health = crate::health::check(state.node_id.as_str(), &state.probes).await;
+    let code = if health.status == "failed" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, [(header::CACHE_CONTROL, "no-store")], Json(health)).into_response()
 }
 
 /// `GET /metrics`, Prometheus text format.

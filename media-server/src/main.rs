@@ -186,6 +186,14 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     }
     let mut req = TokenRequest::new(args.sub, args.role, aud, identity.fingerprint.clone());
     req.ttl_secs = args.ttl;
+    if args.ttl > signaling::auth::DEFAULT_MAX_LIFETIME_SECS {
+        eprintln!(
+            "media-server token: warning: --ttl {} is longer than the {} s that nodes accept by \
+             default ([auth] max_token_lifetime_secs): this token will be refused unless raised",
+            args.ttl,
+            signaling::auth::DEFAULT_MAX_LIFETIME_SECS
+        );
+    }
     req.incidents = args.incidents;
     req.drones = args.drones;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -195,7 +203,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
 }
 
 fn ca(cmd: CaCommand) -> anyhow::Result<()> {
-    use media_server::trunk::ca::ProvinceCa;
+    use media_server::cascade::ca::ProvinceCa;
     match cmd {
         CaCommand::Init { dir, name } => {
             let (cert, key) = ProvinceCa::init(&dir, &name)?;
@@ -208,11 +216,11 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             println!("{}\n{}", cert.display(), key.display());
         }
         CaCommand::Revoke { cert, dir } => {
-            if !dir.join(media_server::trunk::ca::CA_CERT).exists() {
+            if !dir.join(media_server::cascade::ca::CA_CERT).exists() {
                 anyhow::bail!(
                     "{} is not a CA directory (no {})",
                     dir.display(),
-                    media_server::trunk::ca::CA_CERT
+                    media_server::cascade::ca::CA_CERT
                 );
             }
             let pem = std::fs::read_to_string(&cert)
@@ -301,10 +309,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             writeln!(out, "{}", node.ready_line())?;
             out.flush()?;
         }
-        shutdown_signal().await;
+        // A node whose media task, signaling or listener died cannot serve: exit non-zero so
+        // that the supervisor (systemd `Restart=on-failure`, a container runtime) restarts it.
+        let failure = tokio::select! {
+            _ = shutdown_signal() => None,
+            f = node.failed() => Some(f),
+        };
         tracing::info!("shutting down");
         node.shutdown().await;
-        Ok(())
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(anyhow::anyhow!("{f}: the node cannot serve and exits")),
+        }
     })
 }
 

@@ -3,10 +3,15 @@
 //! The task owns the [`Sfu`] and the socket. It waits for whichever comes first, readable
 //! datagrams, a command from the HTTP side, or the engine's deadline, feeds it to the engine, then
 //! sends every pending transmit. Socket I/O is batched (quinn-udp: `recvmmsg`/GRO in, GSO out).
+//!
+//! The engine writes none of the node's shared tables: the task applies what it reports (its
+//! events to the [`LiveStreams`] table, its counters to the [`Metrics`]) after every round and
+//! before answering a command, and hands it the trunk catalog's live layers when they change.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use signaling::ids::{StreamName, Subject};
 use tokio::io::Interest;
@@ -14,10 +19,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::forward::{LayerPref, PeerId};
-use crate::sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
-use crate::trunk::media::TrunkOutput;
-use crate::trunk::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
+use crate::cascade::shell::{MediaLinkRx, TrunkEvent, TrunkHandle};
+use crate::metrics::Metrics;
+use crate::streams::LiveStreams;
+use sfu::forward::{LayerPref, PeerId};
+use sfu::{SessionAnswer, Sfu, SfuError, Transmit, TrunkRequest};
+use trunk::media::TrunkOutput;
 
 enum Command {
     Publish {
@@ -37,7 +44,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     ViewRemote {
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         offer: String,
         pref: LayerPref,
         reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
@@ -46,6 +53,11 @@ enum Command {
         handle: TrunkHandle,
         rx: MediaLinkRx,
     },
+    /// Answered at once: proves the task is running and reading its commands (`/healthz`).
+    Ping { reply: oneshot::Sender<()> },
+    /// Test kit only: makes the task panic, the one failure a test cannot cause from outside.
+    #[cfg(feature = "testkit")]
+    Panic,
 }
 
 /// How long a viewer of a remote stream waits for the pull to deliver its first media.
@@ -59,11 +71,11 @@ const VIDEO_ONLY_AFTER: std::time::Duration = std::time::Duration::from_millis(5
 /// A WHEP viewer of a remote stream waiting for the pull to deliver.
 struct PendingView {
     peer: PeerId,
-    addr: ::trunk::StreamAddr,
+    addr: trunk::StreamAddr,
     offer: String,
     pref: LayerPref,
     since: Instant,
-    failed: Option<::trunk::FailReason>,
+    failed: Option<trunk::FailReason>,
     reply: oneshot::Sender<Result<SessionAnswer, SfuError>>,
 }
 
@@ -125,7 +137,7 @@ impl MediaHandle {
     /// trunks), [`SfuError::Unavailable`] if no path leads to it now.
     pub async fn view_remote(
         &self,
-        addr: ::trunk::StreamAddr,
+        addr: trunk::StreamAddr,
         offer: String,
         pref: LayerPref,
     ) -> Result<SessionAnswer, SfuError> {
@@ -153,6 +165,19 @@ impl MediaHandle {
         rx.await.map_err(|_| SfuError::Unavailable)?
     }
 
+    /// Round-trips through the task's command channel: `Err` when the task has stopped.
+    pub async fn ping(&self) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Ping { reply }).await?;
+        rx.await.map_err(|_| SfuError::Unavailable)
+    }
+
+    /// Test kit only: makes the media task panic (what a bug in the engine would do).
+    #[cfg(feature = "testkit")]
+    pub async fn inject_panic(&self) -> Result<(), SfuError> {
+        self.send(Command::Panic).await
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), SfuError> {
         self.tx.send(cmd).await.map_err(|_| SfuError::Unavailable)
     }
@@ -170,11 +195,74 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Starts the media task on `socket`. The task ends when every [`MediaHandle`] is dropped.
-pub fn spawn(socket: UdpSocket, sfu: Sfu) -> (MediaHandle, tokio::task::JoinHandle<()>) {
+/// Starts the media task on `socket`; it keeps `metrics` and `live` up to date with what the
+/// engine reports. The task ends when every [`MediaHandle`] is dropped.
+pub fn spawn(
+    socket: UdpSocket,
+    sfu: Sfu,
+    metrics: Arc<Metrics>,
+    live: LiveStreams,
+) -> (MediaHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(256);
-    let task = tokio::spawn(run(socket, sfu, rx));
+    let tables = Tables {
+        metrics,
+        live,
+        trunk_stats_at: None,
+        catalog_seen: 0,
+    };
+    let task = tokio::spawn(run(socket, sfu, tables, rx));
     (MediaHandle { tx }, task)
+}
+
+/// How often the trunk media plane's counters are copied into the metrics.
+const TRUNK_STATS_EVERY: Duration = Duration::from_millis(20);
+
+/// The node's shared tables, kept from what the engine reports.
+struct Tables {
+    metrics: Arc<Metrics>,
+    live: LiveStreams,
+    /// When the trunk counters were last copied.
+    trunk_stats_at: Option<Instant>,
+    /// The [`LiveStreams::remote_version`] last handed to the engine.
+    catalog_seen: u64,
+}
+
+impl Tables {
+    /// Applies the engine's events and counters (and, with trunks, the trunk plane's counters
+    /// at most every [`TRUNK_STATS_EVERY`]).
+    fn apply(&mut self, sfu: &mut Sfu, trunks: bool) {
+        let mut now_ms = None;
+        while let Some(e) = sfu.poll_event() {
+            self.live.apply(e, *now_ms.get_or_insert_with(unix_ms));
+        }
+        self.metrics.record(sfu.counters());
+        let now = Instant::now();
+        if trunks
+            && self
+                .trunk_stats_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= TRUNK_STATS_EVERY)
+        {
+            self.trunk_stats_at = Some(now);
+            if let Ok(mut m) = self.metrics.trunk.lock() {
+                *m = sfu.trunk_counters();
+            }
+        }
+    }
+
+    /// Hands the engine the trunk catalog's remote streams and their live layers, when the
+    /// cascade shell changed them.
+    fn feed_catalog(&mut self, sfu: &mut Sfu) {
+        let version = self.live.remote_version();
+        if version == self.catalog_seen {
+            return;
+        }
+        self.catalog_seen = version;
+        let streams = self.live.remote_list().into_iter().filter_map(|r| {
+            let addr = trunk::StreamAddr::parse(&r.name).ok()?;
+            Some((addr, trunk::LayerSet(r.layer_ids)))
+        });
+        sfu.set_remote_catalog(streams);
+    }
 }
 
 /// Receive buffer per batch slot: with GRO one slot can carry many coalesced datagrams.
@@ -307,7 +395,7 @@ impl BatchIo {
 /// Most trunk datagrams taken from the queue per wake-up.
 const TRUNK_BATCH: usize = 256;
 
-async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
+async fn run(socket: UdpSocket, mut sfu: Sfu, mut tables: Tables, mut rx: mpsc::Receiver<Command>) {
     let mut io = match BatchIo::new(&socket) {
         Ok(io) => io,
         Err(e) => {
@@ -318,9 +406,11 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
     let mut trunk: Option<TrunkIo> = None;
     loop {
         if let Some(t) = trunk.as_mut() {
-            t.pump(&mut sfu);
+            tables.feed_catalog(&mut sfu);
+            t.pump(&mut sfu, &mut tables);
         }
         io.flush(&socket, &mut sfu).await;
+        tables.apply(&mut sfu, trunk.is_some());
         // With no session there is nothing to time out: wake at least once a second anyway.
         let now = Instant::now();
         let mut next = sfu.poll_timeout().unwrap_or(now + IDLE_WAKE).max(now);
@@ -334,7 +424,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             // the engine, let other tasks run, and go round again without sleeping.
             io.recv(&socket, &mut sfu);
             while let Ok(cmd) = rx.try_recv() {
-                handle_command(&mut sfu, &mut trunk, cmd);
+                handle_command(&mut sfu, &mut trunk, &mut tables, cmd);
             }
             if let Some(t) = trunk.as_mut() {
                 t.take_queued(&mut sfu);
@@ -373,7 +463,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
             },
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(cmd) => handle_command(&mut sfu, &mut trunk, cmd),
+                Some(cmd) => handle_command(&mut sfu, &mut trunk, &mut tables, cmd),
             },
             _ = tokio::time::sleep_until(deadline) => sfu.handle_timeout(Instant::now()),
         }
@@ -382,7 +472,7 @@ async fn run(socket: UdpSocket, mut sfu: Sfu, mut rx: mpsc::Receiver<Command>) {
 
 enum TrunkIn {
     Event(TrunkEvent),
-    Datagram((::trunk::NodeName, bytes::Bytes)),
+    Datagram((trunk::NodeName, bytes::Bytes)),
 }
 
 impl TrunkIo {
@@ -392,12 +482,10 @@ impl TrunkIo {
             TrunkIn::Datagram((from, d)) => sfu.trunk_datagram(now, &from, &d),
             TrunkIn::Event(TrunkEvent::Route { addr, route }) => sfu.trunk_route(now, addr, route),
             TrunkIn::Event(TrunkEvent::PublisherKeyframe { stream, layer }) => {
-                if let Ok(s) = StreamName::parse(stream.as_str()) {
-                    sfu.publisher_keyframe(now, &s, layer.0);
-                }
+                sfu.publisher_keyframe(now, &stream, layer.0);
             }
             TrunkIn::Event(TrunkEvent::Viewer { viewer, event, .. }) => {
-                if let ::trunk::ViewerEvent::Failed(r) = event {
+                if let trunk::ViewerEvent::Failed(r) = event {
                     if let Some(p) = self.pending.iter_mut().find(|p| p.peer.0 == viewer.0) {
                         p.failed = Some(r);
                     }
@@ -423,7 +511,7 @@ impl TrunkIo {
 
     /// Carries out the SFU's trunk requests and answers the remote viewers whose pull delivered
     /// (or failed, or took too long).
-    fn pump(&mut self, sfu: &mut Sfu) {
+    fn pump(&mut self, sfu: &mut Sfu, tables: &mut Tables) {
         let now = Instant::now();
         if self
             .rtt_at
@@ -448,8 +536,8 @@ impl TrunkIo {
                 Some(sfu.view_remote(now, p.peer, &p.addr, &p.offer, p.pref))
             } else if let Some(r) = p.failed {
                 Some(Err(match r {
-                    ::trunk::FailReason::NotFound => SfuError::NotLive,
-                    ::trunk::FailReason::NoRoute => SfuError::Unavailable,
+                    trunk::FailReason::NotFound => SfuError::NotLive,
+                    trunk::FailReason::NoRoute => SfuError::Unavailable,
                 }))
             } else if waited >= REMOTE_VIEW_WAIT {
                 Some(Err(SfuError::Unavailable))
@@ -463,6 +551,7 @@ impl TrunkIo {
                     if r.is_err() && p.failed.is_none() {
                         sfu.unwatch(p.peer, p.addr.clone());
                     }
+                    tables.apply(sfu, true);
                     let _ = p.reply.send(r);
                 }
             }
@@ -490,8 +579,11 @@ impl TrunkIo {
     }
 }
 
-fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
+/// Carries out one command; what the engine reports is applied to the tables before the
+/// answer goes back, so whoever asked sees the new stream or viewer at once.
+fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, tables: &mut Tables, cmd: Command) {
     let now = Instant::now();
+    let trunks = trunk.is_some();
     match cmd {
         Command::Publish {
             stream,
@@ -499,7 +591,9 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             offer,
             reply,
         } => {
-            let _ = reply.send(sfu.publish(now, stream, owner, &offer, unix_ms()));
+            let r = sfu.publish(now, stream, owner, &offer);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::View {
             stream,
@@ -507,10 +601,14 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             pref,
             reply,
         } => {
-            let _ = reply.send(sfu.view(now, &stream, &offer, pref));
+            let r = sfu.view(now, &stream, &offer, pref);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::Close { session_id, reply } => {
-            let _ = reply.send(sfu.close_session(now, &session_id));
+            let r = sfu.close_session(now, &session_id);
+            tables.apply(sfu, trunks);
+            let _ = reply.send(r);
         }
         Command::ViewRemote {
             addr,
@@ -523,10 +621,8 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
             }
             // This node's own stream, named the cascade's way.
             Some(t) if addr.node == *t.handle.node() => {
-                let r = match StreamName::parse(addr.stream.as_str()) {
-                    Ok(s) => sfu.view(now, &s, &offer, pref),
-                    Err(_) => Err(SfuError::NotLive),
-                };
+                let r = sfu.view(now, &addr.stream, &offer, pref);
+                tables.apply(sfu, trunks);
                 let _ = reply.send(r);
             }
             Some(t) => {
@@ -551,6 +647,11 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, cmd: Command) {
                 rtt_at: None,
             });
         }
+        Command::Ping { reply } => {
+            let _ = reply.send(());
+        }
+        #[cfg(feature = "testkit")]
+        Command::Panic => panic!("media task: panic injected by the test kit"),
     }
 }
 

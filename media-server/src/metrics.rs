@@ -1,56 +1,25 @@
 //! Node counters exported at `GET /metrics` in the Prometheus text format.
 //!
-//! Plain atomics: the media loop increments them, the HTTP handler reads them; no locks on the
-//! hot path. Names and meanings are pinned in `docs/api.md`.
+//! Plain atomics: the media task copies the SFU engine's counters in ([`Metrics::record`]), the
+//! HTTP handler reads them; no locks on the hot path. Names and meanings are pinned in
+//! `docs/api.md`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Why a datagram or frame was dropped. Each reason is one label value of `yiwang_drops_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Bytes on the media port that are not STUN, DTLS, RTP or RTCP.
-    Malformed,
-    /// A well-formed datagram no session accepts (unknown 5-tuple and ICE credentials).
-    UnknownSource,
-    /// A video frame held back from a viewer still waiting for its first keyframe.
-    WaitingKeyframe,
-    /// A frame whose codec the viewer's session did not negotiate.
-    CodecMismatch,
-    /// A frame the viewer's WebRTC session refused to send.
-    WriteFailed,
-    /// Media from a peer that is not (or no longer) the stream's publisher.
-    NotPublisher,
-    /// A video frame older than one already forwarded from its layer (completed late by a
-    /// retransmission): forwarding it would hand decoders frames out of order.
-    Late,
-}
+use sfu::Counters;
+pub use sfu::DropReason;
 
-impl DropReason {
-    const ALL: [DropReason; 7] = [
-        DropReason::Malformed,
-        DropReason::UnknownSource,
-        DropReason::WaitingKeyframe,
-        DropReason::CodecMismatch,
-        DropReason::WriteFailed,
-        DropReason::NotPublisher,
-        DropReason::Late,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::UnknownSource => "unknown_source",
-            DropReason::WaitingKeyframe => "waiting_keyframe",
-            DropReason::CodecMismatch => "codec_mismatch",
-            DropReason::WriteFailed => "write_failed",
-            DropReason::NotPublisher => "not_publisher",
-            DropReason::Late => "late",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+/// The label value of `yiwang_drops_total` for each reason.
+fn label(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::Malformed => "malformed",
+        DropReason::UnknownSource => "unknown_source",
+        DropReason::WaitingKeyframe => "waiting_keyframe",
+        DropReason::CodecMismatch => "codec_mismatch",
+        DropReason::WriteFailed => "write_failed",
+        DropReason::NotPublisher => "not_publisher",
+        DropReason::Late => "late",
     }
 }
 
@@ -83,32 +52,36 @@ pub struct Metrics {
     pub keyframe_requests_out: AtomicU64,
     /// WebRTC sessions ended because of an error.
     pub session_errors: AtomicU64,
-    /// The trunk media plane's counters (copied by the SFU every housekeeping round).
-    pub trunk: std::sync::Mutex<crate::trunk::media::TrunkCounters>,
-    drops: [AtomicU64; 7],
+    /// The trunk media plane's counters (copied by the media task every 20 ms).
+    pub trunk: std::sync::Mutex<trunk::media::TrunkCounters>,
+    drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 impl Metrics {
-    /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts one drop for `reason`.
-    pub fn count_drop(&self, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts `n` drops for `reason`.
-    pub fn count_drops(&self, reason: DropReason, n: u64) {
-        if n > 0 {
-            self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
+    /// Takes over the SFU engine's counters and gauges (they are the engine's own totals).
+    pub fn record(&self, c: &Counters) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.peers, c.peers);
+        set(&self.publishers, c.publishers);
+        set(&self.viewers, c.viewers);
+        set(&self.packets_in, c.packets_in);
+        set(&self.bytes_in, c.bytes_in);
+        set(&self.packets_out, c.packets_out);
+        set(&self.bytes_out, c.bytes_out);
+        set(&self.frames_forwarded, c.frames_forwarded);
+        set(&self.nacks_in, c.nacks_in);
+        set(&self.nacks_out, c.nacks_out);
+        set(&self.keyframe_requests_in, c.keyframe_requests_in);
+        set(&self.keyframe_requests_out, c.keyframe_requests_out);
+        set(&self.session_errors, c.session_errors);
+        for (slot, r) in self.drops.iter().zip(DropReason::ALL) {
+            set(slot, c.drops(r));
         }
     }
 
     /// Drops counted so far for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()].load(Ordering::Relaxed)
+        self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
     /// The Prometheus text exposition (version 0.0.4) of every metric.
@@ -284,7 +257,7 @@ impl Metrics {
             let _ = writeln!(
                 s,
                 "yiwang_drops_total{{reason=\"{}\"}} {}",
-                r.label(),
+                label(r),
                 self.drops(r)
             );
         }
@@ -299,9 +272,10 @@ mod tests {
     #[test]
     fn renders_every_drop_reason_and_counter() {
         let m = Metrics::default();
-        Metrics::add(&m.packets_in, 3);
-        m.count_drop(DropReason::Malformed);
-        m.count_drop(DropReason::Malformed);
+        let mut c = Counters::default();
+        c.packets_in = 3;
+        c.count_drops(DropReason::Malformed, 2);
+        m.record(&c);
         let text = m.render();
         assert!(text.contains("yiwang_packets_in_total 3\n"));
         assert!(text.contains("yiwang_drops_total{reason=\"malformed\"} 2\n"));

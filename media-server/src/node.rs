@@ -20,14 +20,15 @@ use tracing::info;
 
 use crate::attachments::AttachmentStore;
 use crate::config::NodeConfig;
+use crate::health::{Health, Probes, TaskFailure, Watchdog};
 use crate::http::{self, AppState};
 use crate::identity::NodeIdentity;
 use crate::media::{self, MediaHandle};
 use crate::metrics::Metrics;
 use crate::quic;
-use crate::sfu::Sfu;
 use crate::signal::{self, Hub};
 use crate::streams::LiveStreams;
+use sfu::Sfu;
 
 /// Installs the process-wide crypto providers once: str0m's (aws-lc-rs, for DTLS/SRTP) and
 /// rustls's (ring, for QUIC). Each library uses its own; installing both up front keeps them
@@ -67,7 +68,10 @@ pub struct RunningNode {
     /// The signaling server.
     pub hub: Arc<Hub>,
     /// The trunk shell, when `[trunk]` is configured.
-    pub trunk: Option<crate::trunk::shell::TrunkHandle>,
+    pub trunk: Option<crate::cascade::shell::TrunkHandle>,
+    /// The node's essential tasks: [`RunningNode::failed`] resolves when one stops.
+    pub watchdog: Arc<Watchdog>,
+    probes: Probes,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
 }
@@ -79,6 +83,18 @@ impl RunningNode {
             "ready http={} media={} quic={}",
             self.http_addr, self.media_addr, self.quic_addr
         )
+    }
+
+    /// Resolves when an essential task (media, signaling timers, QUIC acceptor, HTTP server,
+    /// trunk sync) has returned or panicked: the node can no longer serve and should exit
+    /// non-zero so that its supervisor restarts it.
+    pub async fn failed(&self) -> TaskFailure {
+        self.watchdog.failed().await
+    }
+
+    /// What `GET /healthz` would answer now.
+    pub async fn health(&self) -> Health {
+        crate::health::check(self.node_id.as_str(), &self.probes).await
     }
 
     /// Stops every task of the node.
@@ -139,20 +155,33 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
 /// Builds the token verifier the configuration asks for.
 pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<TokenVerifier> {
     let mut v = TokenVerifier::new(identity.node_id.clone());
+    v.set_max_lifetime_secs(config.auth.max_token_lifetime_secs);
     if config.auth.trust_own_key {
-        v.trust(identity.verifying_key());
+        v.trust_issuer(identity.verifying_key(), identity.node_id.clone());
     }
-    for hexkey in &config.auth.trusted_issuers {
-        let bytes: [u8; 32] = hex::decode(hexkey.trim())
+    for entry in &config.auth.trusted_issuers {
+        let (issuer, hexkey) = match entry.split_once('=') {
+            Some((node, key)) => {
+                let node = NodeId::parse(node.trim()).map_err(|e| {
+                    anyhow::anyhow!("auth.trusted_issuers: {entry:?}: the node before '=': {e}")
+                })?;
+                (Some(node), key.trim())
+            }
+            None => (None, entry.trim()),
+        };
+        let bytes: [u8; 32] = hex::decode(hexkey)
             .ok()
             .and_then(|b| b.try_into().ok())
             .with_context(|| {
-                format!("auth.trusted_issuers: {hexkey:?} is not 64 hex characters")
+                format!("auth.trusted_issuers: {entry:?} is not 64 hex characters (or NODE=HEX)")
             })?;
         let key = VerifyingKey::from_bytes(&bytes).with_context(|| {
-            format!("auth.trusted_issuers: {hexkey:?} is not an Ed25519 public key")
+            format!("auth.trusted_issuers: {entry:?} is not an Ed25519 public key")
         })?;
-        v.trust(key);
+        match issuer {
+            Some(node) => v.trust_issuer(key, node),
+            None => v.trust(key),
+        };
     }
     if v.keys().is_empty() {
         anyhow::bail!("no trusted token issuer: set auth.trust_own_key or auth.trusted_issuers");
@@ -179,13 +208,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         advertise_ip(media_addr.ip(), config.media.advertise),
         media_addr.port(),
     );
-    let sfu = Sfu::new(
-        config.sfu.to_sfu_config(),
-        advertised,
-        metrics.clone(),
-        live.clone(),
-    );
-    let (media, media_task) = media::spawn(socket, sfu);
+    let sfu = Sfu::new(config.sfu.to_sfu_config(), advertised);
+    let watchdog = Watchdog::new();
+    let (media, media_task) = media::spawn(socket, sfu, metrics.clone(), live.clone());
+    let media_task = watchdog.watch("media", media_task);
 
     let store_path = config.node.data_dir.join(OFFICE_DB);
     let store = Store::open(&store_path)
@@ -198,12 +224,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         signal::now(),
     );
     let hub = Hub::new(core, media.clone(), live.clone(), &config.node.data_dir);
-    let timer_task = tokio::spawn(hub.clone().run_timers());
+    let timer_task = watchdog.spawn("signaling", hub.clone().run_timers());
 
     let quic = quic::bind(config.quic.listen, &identity)
         .with_context(|| format!("binding QUIC endpoint {}", config.quic.listen))?;
     let quic_addr = quic.local_addr()?;
-    let quic_task = tokio::spawn(quic::serve(quic.clone(), hub.clone()));
+    let quic_task = watchdog.spawn("quic", quic::serve(quic.clone(), hub.clone()));
 
     let attachments_dir = config.node.data_dir.join("attachments");
     let attachments = Arc::new(
@@ -212,10 +238,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     );
 
     // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
-    let (media_link, media_link_rx) = crate::trunk::shell::media_link();
-    let (trunk, trunk_sync) = match crate::trunk::start_for_node(
+    let (media_link, media_link_rx) = crate::cascade::shell::media_link();
+    let (trunk, trunk_sync) = match crate::cascade::start_for_node(
         &config.trunk,
-        identity.node_id.as_str(),
+        &identity.node_id,
         live.clone(),
         Some(media_link),
     )
@@ -232,6 +258,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         None => (None, None),
     };
 
+    let probes = Probes {
+        watchdog: watchdog.clone(),
+        media: media.clone(),
+        hub: hub.clone(),
+        store: store_path.clone(),
+        trunk: trunk.clone(),
+    };
     let state = AppState {
         node_id: identity.node_id.clone(),
         verifier,
@@ -243,6 +276,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         attachments,
         wall: Arc::new(config.wall.clone()),
         trunk: trunk.clone(),
+        probes: probes.clone(),
     };
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -256,20 +290,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             &identity,
         )?;
         let listener = crate::tls::TlsListener::new(listener, acceptor)?;
-        tokio::spawn(async move {
+        watchdog.spawn("http", async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTPS server stopped");
             }
         })
     } else {
-        tokio::spawn(async move {
+        watchdog.spawn("http", async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         })
     };
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
-    tasks.extend(trunk_sync);
+    tasks.extend(trunk_sync.map(|sync| watchdog.watch("trunk", sync)));
 
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
@@ -298,7 +332,80 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         media,
         hub,
         trunk,
+        watchdog,
+        probes,
         tasks,
         quic,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signaling::auth::{Role, TokenIssuer, TokenRequest};
+    use signaling::error::AuthError;
+
+    fn request() -> TokenRequest {
+        TokenRequest::new(
+            signaling::Subject::parse("off-1").unwrap(),
+            Role::Officer,
+            "*",
+            "00",
+        )
+    }
+
+    #[test]
+    fn configured_issuers_bind_iss_and_the_lifetime_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let me =
+            NodeIdentity::load_or_create(dir.path(), Some(&NodeId::parse("county-a").unwrap()))
+                .unwrap();
+        let province = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let city = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let mut config = NodeConfig::default();
+        config.auth.trusted_issuers = vec![
+            format!(
+                "province={}",
+                hex::encode(province.verifying_key().as_bytes())
+            ),
+            hex::encode(city.verifying_key().as_bytes()),
+        ];
+        let v = verifier(&config, &me).unwrap();
+        let now = 1_800_000_000;
+        let node = |s: &str| NodeId::parse(s).unwrap();
+
+        let own = me.issuer().issue(&request(), now);
+        assert!(v.verify(&own, now).is_ok());
+        // The node's own key cannot mint in another node's name, nor the bound province key.
+        let forged =
+            TokenIssuer::new(me.signing_key.clone(), node("province")).issue(&request(), now);
+        assert_eq!(v.verify(&forged, now), Err(AuthError::WrongIssuer));
+        let p = TokenIssuer::new(province.clone(), node("province"));
+        assert!(v.verify(&p.issue(&request(), now), now).is_ok());
+        let p_as_city = TokenIssuer::new(province, node("city-a"));
+        assert_eq!(
+            v.verify(&p_as_city.issue(&request(), now), now),
+            Err(AuthError::WrongIssuer)
+        );
+        // The unbound city key takes any iss.
+        let c = TokenIssuer::new(city, node("city-b"));
+        assert!(v.verify(&c.issue(&request(), now), now).is_ok());
+
+        let mut long = request();
+        long.ttl_secs = 8 * 24 * 3600;
+        assert!(matches!(
+            v.verify(&me.issuer().issue(&long, now), now),
+            Err(AuthError::TooLongLived { max_secs: 604_800 })
+        ));
+
+        config.auth.trusted_issuers = vec!["province=zz".into()];
+        let err = verifier(&config, &me).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.trusted_issuers") && err.contains("NODE=HEX"),
+            "{err}"
+        );
+        config.auth.trusted_issuers = vec!["Not A Node=00".into()];
+        let err = verifier(&config, &me).unwrap_err().to_string();
+        assert!(err.contains("the node before '='"), "{err}");
+    }
 }

@@ -40,10 +40,10 @@ use signaling::{Role, UnixMs};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::forward::LayerPref;
 use crate::media::MediaHandle;
-use crate::sfu::SfuError;
 use crate::streams::LiveStreams;
+use sfu::forward::LayerPref;
+use sfu::SfuError;
 
 /// Name of the revocation file in the data directory: one JSON object per line,
 /// `{"sub":"off-12","at":UNIX_SECS}` or `{"jti":"…"}`. Append-only.
@@ -266,6 +266,11 @@ impl Hub {
         self.cmds.send(cmd).await.is_ok()
     }
 
+    /// Round-trips a question through the core thread (`/healthz`): `Err` once it has stopped.
+    pub async fn ping(&self) -> Result<(), ProtoError> {
+        self.call(|_core| ()).await
+    }
+
     /// Runs `f` on the core (on its thread, in order with every connection's messages), then
     /// dispatches its outputs; returns what `f` returned.
     pub async fn call<R: Send + 'static>(
@@ -407,7 +412,8 @@ impl Hub {
                 SfuError::BadSdp(_) | SfuError::NoUsableMedia(_) => ErrorCode::BadRequest,
                 SfuError::Conflict { .. } => ErrorCode::Conflict,
                 SfuError::NotLive | SfuError::NoSession => ErrorCode::NotFound,
-                SfuError::Unavailable => ErrorCode::Unavailable,
+                // `SfuError` is non-exhaustive: a reason added later is the media plane's.
+                _ => ErrorCode::Unavailable,
             };
             (code, e.to_string())
         };
@@ -455,13 +461,9 @@ impl Hub {
                     (None, Some(h)) => LayerPref::MaxHeight(h),
                     (None, None) => LayerPref::Auto,
                 };
-                let a = match stream.split_remote() {
+                let a = match stream.remote_addr() {
                     // `NODE/STREAM`: pulled over the trunks (this node's own name included).
-                    Some(_) => {
-                        let addr = trunk::StreamAddr::parse(stream.as_str())
-                            .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-                        self.media.view_remote(addr, sdp, pref).await
-                    }
+                    Some(addr) => self.media.view_remote(addr, sdp, pref).await,
                     None => self.media.view(stream.clone(), sdp, pref).await,
                 }
                 .map_err(sfu_err)?;
@@ -940,13 +942,8 @@ mod tests {
         let core = Core::new(CoreConfig::default(), node, verifier, store, now());
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let live = LiveStreams::default();
-        let sfu = crate::sfu::Sfu::new(
-            Default::default(),
-            socket.local_addr().unwrap(),
-            Arc::default(),
-            live.clone(),
-        );
-        let (media, _media_task) = crate::media::spawn(socket, sfu);
+        let sfu = sfu::Sfu::new(Default::default(), socket.local_addr().unwrap());
+        let (media, _media_task) = crate::media::spawn(socket, sfu, Arc::default(), live.clone());
         let dir = tempfile::tempdir().unwrap();
         let hub = Hub::new(core, media, live, dir.path());
         let timers = tokio::spawn(hub.clone().run_timers());

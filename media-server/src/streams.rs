@@ -1,14 +1,18 @@
 //! The node's live-stream table: what is published here right now.
 //!
-//! The media loop ([`crate::sfu`]) is the only writer; HTTP handlers and (later) the signaling
-//! server read it through [`LiveStreams`] without going through the media loop. Reads clone a
-//! snapshot, so a reader never holds the lock while doing I/O.
+//! The media task ([`crate::media`]) writes the local streams, applying the SFU engine's
+//! [`Event`]s ([`LiveStreams::apply`]); the cascade shell writes the remote ones. HTTP handlers
+//! and the signaling server read it through [`LiveStreams`] without going through the media
+//! task. Reads clone a snapshot, so a reader never holds the lock while doing I/O.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use signaling::ids::{StreamName, Subject};
+
+use sfu::Event;
 
 /// One live stream as the API shows it (`GET /api/streams`; fields pinned in `docs/api.md`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,14 +55,14 @@ pub struct LayerSummary {
 
 /// The trunk layer set announcing `layers` (the live ones' ids); a stream with no video layer
 /// yet (audio only, or video not arrived) announces layer 0.
-pub fn announced_layers(layers: &[LayerSummary]) -> ::trunk::LayerSet {
+pub fn announced_layers(layers: &[LayerSummary]) -> trunk::LayerSet {
     let mask = layers.iter().fold(0u8, |m, l| {
         m | 1u8.checked_shl(u32::from(l.id)).unwrap_or(0)
     });
     if mask == 0 {
-        ::trunk::LayerSet::first(1)
+        trunk::LayerSet::first(1)
     } else {
-        ::trunk::LayerSet(mask)
+        trunk::LayerSet(mask)
     }
 }
 
@@ -89,9 +93,53 @@ pub struct RemoteStreamInfo {
 pub struct LiveStreams {
     inner: Arc<RwLock<BTreeMap<StreamName, StreamInfo>>>,
     remote: Arc<RwLock<Vec<RemoteStreamInfo>>>,
+    /// Bumped at every change of `remote`, so the media task reads it only when it changed.
+    remote_version: Arc<AtomicU64>,
 }
 
 impl LiveStreams {
+    /// Applies one event of the SFU engine; `unix_ms` is now (a new stream's start time).
+    pub fn apply(&self, event: Event, unix_ms: u64) {
+        match event {
+            Event::StreamUp {
+                name,
+                owner,
+                video_codec,
+                audio,
+                viewers,
+            } => self.upsert(StreamInfo {
+                name,
+                owner,
+                video_codec,
+                audio,
+                viewers,
+                started_unix_ms: unix_ms,
+                layers: Vec::new(),
+            }),
+            Event::StreamDown { name } => self.remove(&name),
+            Event::Viewers { name, count } => self.set_viewers(&name, count),
+            Event::Layers { name, layers } => {
+                let layers = layers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, l)| LayerSummary {
+                        rank,
+                        width: l.dims.map(|d| d.0),
+                        height: l.dims.map(|d| d.1),
+                        kbps: l.bitrate_bps / 1000,
+                        id: l.layer.0,
+                    })
+                    .collect();
+                self.set_layers(&name, layers);
+            }
+        }
+    }
+
+    /// Changes with every change of [`LiveStreams::remote_list`].
+    pub fn remote_version(&self) -> u64 {
+        self.remote_version.load(Ordering::Acquire)
+    }
+
     /// Streams published at other nodes that the trunk catalog reaches, ordered by name
     /// (empty without trunks; refreshed every 500 ms).
     pub fn remote_list(&self) -> Vec<RemoteStreamInfo> {
@@ -106,6 +154,7 @@ impl LiveStreams {
         let mut g = self.remote.write().unwrap_or_else(|e| e.into_inner());
         if *g != list {
             *g = list;
+            self.remote_version.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -119,15 +168,15 @@ impl LiveStreams {
         self.read().get(name).cloned()
     }
 
-    pub(crate) fn upsert(&self, info: StreamInfo) {
+    fn upsert(&self, info: StreamInfo) {
         self.write().insert(info.name.clone(), info);
     }
 
-    pub(crate) fn remove(&self, name: &StreamName) {
+    fn remove(&self, name: &StreamName) {
         self.write().remove(name);
     }
 
-    pub(crate) fn set_layers(&self, name: &StreamName, layers: Vec<LayerSummary>) {
+    fn set_layers(&self, name: &StreamName, layers: Vec<LayerSummary>) {
         let mut map = self.write();
         if let Some(s) = map.get_mut(name) {
             if s.layers != layers {
@@ -136,7 +185,7 @@ impl LiveStreams {
         }
     }
 
-    pub(crate) fn set_viewers(&self, name: &StreamName, viewers: usize) {
+    fn set_viewers(&self, name: &StreamName, viewers: usize) {
         if let Some(s) = self.write().get_mut(name) {
             s.viewers = viewers;
         }
@@ -167,16 +216,120 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_events_keep_the_table() {
+        use sfu::forward::{Layer, LayerInfo};
+        let live = LiveStreams::default();
+        let cam: StreamName = "cam".parse().unwrap();
+        live.apply(
+            Event::StreamUp {
+                name: cam.clone(),
+                owner: "off-1".parse().unwrap(),
+                video_codec: Some("VP8".into()),
+                audio: true,
+                viewers: 2,
+            },
+            1_700_000_000_000,
+        );
+        let s = live.get(&cam).expect("listed once up");
+        assert_eq!((s.viewers, s.started_unix_ms), (2, 1_700_000_000_000));
+        assert!(s.layers.is_empty(), "no layer before media flows");
+        let layers = vec![
+            LayerInfo {
+                layer: Layer(1),
+                dims: Some((320, 180)),
+                bitrate_bps: 150_000,
+            },
+            LayerInfo {
+                layer: Layer(0),
+                dims: None,
+                bitrate_bps: 900_000,
+            },
+        ];
+        live.apply(
+            Event::Layers {
+                name: cam.clone(),
+                layers,
+            },
+            0,
+        );
+        live.apply(
+            Event::Viewers {
+                name: cam.clone(),
+                count: 3,
+            },
+            0,
+        );
+        let s = live.get(&cam).unwrap();
+        assert_eq!(s.viewers, 3);
+        assert_eq!(
+            s.layers,
+            vec![
+                LayerSummary {
+                    rank: 0,
+                    width: Some(320),
+                    height: Some(180),
+                    kbps: 150,
+                    id: 1
+                },
+                LayerSummary {
+                    rank: 1,
+                    width: None,
+                    height: None,
+                    kbps: 900,
+                    id: 0
+                },
+            ]
+        );
+        // Viewers of a stream not live here (a remote one, `NODE/STREAM`) change nothing.
+        let remote = StreamName::remote(&"township".parse().unwrap(), &cam);
+        live.apply(
+            Event::Viewers {
+                name: remote,
+                count: 1,
+            },
+            0,
+        );
+        assert_eq!(live.list().len(), 1);
+        live.apply(Event::StreamDown { name: cam.clone() }, 0);
+        assert!(live.get(&cam).is_none() && live.list().is_empty());
+    }
+
+    #[test]
+    fn the_remote_version_moves_only_when_the_remote_list_changes() {
+        let live = LiveStreams::default();
+        let v0 = live.remote_version();
+        let entry = RemoteStreamInfo {
+            name: "township/cam".into(),
+            node: "township".into(),
+            stream: "cam".into(),
+            layers: 3,
+            layer_ids: 0b111,
+            cost: 1,
+            remote: true,
+        };
+        live.set_remote(vec![entry.clone()]);
+        let v1 = live.remote_version();
+        assert_ne!(v0, v1);
+        live.set_remote(vec![entry.clone()]);
+        assert_eq!(live.remote_version(), v1, "the same list is no change");
+        live.set_remote(vec![RemoteStreamInfo {
+            layer_ids: 0b011,
+            ..entry
+        }]);
+        assert_ne!(live.remote_version(), v1);
+    }
+
+    #[test]
     fn trunks_announce_the_ids_of_the_live_layers() {
         // Simulcast ids 0..=2 with the top one (id 1 here: ids follow RID order, not size) paused.
         assert_eq!(
             announced_layers(&[layer(0, 2), layer(1, 0)]),
-            ::trunk::LayerSet(0b101)
+            trunk::LayerSet(0b101)
         );
-        assert_eq!(announced_layers(&[layer(0, 0)]), ::trunk::LayerSet(0b1));
+        assert_eq!(announced_layers(&[layer(0, 0)]), trunk::LayerSet(0b1));
         assert_eq!(
             announced_layers(&[]),
-            ::trunk::LayerSet(0b1),
+            trunk::LayerSet(0b1),
             "no video yet: layer 0"
         );
         let json = serde_json::to_value(layer(0, 2)).unwrap();

@@ -250,7 +250,7 @@ fn ca_init_and_issue() {
     let pem = std::fs::read_to_string(dir.path().join("nodes/county-7.pem")).unwrap();
     let key = std::fs::read_to_string(dir.path().join("nodes/county-7.key")).unwrap();
     let ca_pem = std::fs::read_to_string(dir.path().join("ca/ca.pem")).unwrap();
-    media_server::trunk::tls::TrunkCredentials::from_pem(&ca_pem, &pem, &key)
+    media_server::cascade::tls::TrunkCredentials::from_pem(&ca_pem, &pem, &key)
         .expect("usable trunk credentials");
     let out = run(&["ca", "issue", "../evil", "--dir", ca]);
     assert!(!out.status.success());

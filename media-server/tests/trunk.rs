@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use media_server::trunk::ca::ProvinceCa;
-use media_server::trunk::tls::{self, TrunkCredentials};
+use media_server::cascade::ca::ProvinceCa;
+use media_server::cascade::tls::{self, TrunkCredentials};
 use trunk::NodeName;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -132,7 +132,7 @@ async fn a_trunk_with_a_certificate_not_issued_by_the_province_ca_is_refused() {
 
 mod shell {
     use super::*;
-    use media_server::trunk::shell::{self, ShellConfig, TrunkHandle};
+    use media_server::cascade::shell::{self, ShellConfig, TrunkHandle};
     use std::future::Future;
     use trunk::{LayerSet, StreamAddr, StreamName, ViewerEvent, ViewerId};
 
@@ -279,8 +279,30 @@ async fn nodes_started_from_config_link_as_parent_and_child() {
     })
     .await;
     assert!(ok.is_ok(), "trunk between the nodes did not come up");
-    city.shutdown().await;
+    let health = city.health().await;
+    assert_eq!(health.status, "ok", "{health:?}");
+    assert_eq!(health.trunks.as_ref().map(|t| t.status), Some("ok"));
+
+    // The parent goes away: the city still serves its own users (200, `degraded`), and says
+    // which trunk is down.
     province.shutdown().await;
+    let degraded = tokio::time::timeout(WAIT, async {
+        loop {
+            let h = city.health().await;
+            if h.status != "ok" {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the city's health notices its parent is gone");
+    assert_eq!(degraded.status, "degraded", "{degraded:?}");
+    assert_eq!(degraded.failed, vec!["trunks"]);
+    let detail = degraded.trunks.unwrap().detail.unwrap();
+    assert!(detail.contains("province"), "{detail}");
+    assert_eq!(degraded.media.status, "ok");
+    city.shutdown().await;
 }
 
 /// The topology over real QUIC, the county–city-a trunk through the project's UDP relay
@@ -362,7 +384,7 @@ async fn a_cut_trunk_fails_over_to_the_second_parent_and_back() {
     relay.shutdown().await;
 }
 
-type TrunkHandleRef = media_server::trunk::shell::TrunkHandle;
+type TrunkHandleRef = media_server::cascade::shell::TrunkHandle;
 
 /// A node of the province claiming another node's name in its `Hello` is closed, and so is a
 /// connection that never opens its control stream; neither becomes a trunk.
@@ -411,11 +433,11 @@ async fn a_node_claiming_a_name_its_certificate_does_not_carry_is_closed() {
 /// tries; a new certificate issued to it is accepted.
 #[tokio::test]
 async fn a_revoked_node_certificate_loses_its_trunk_and_is_refused() {
-    use media_server::trunk::shell::{self as sh, ShellConfig};
+    use media_server::cascade::shell::{self as sh, ShellConfig};
     let dir = tempfile::tempdir().unwrap();
     ProvinceCa::init(dir.path(), "test province").unwrap();
     let ca = ProvinceCa::load(dir.path()).unwrap();
-    let list = dir.path().join(media_server::trunk::ca::REVOKED);
+    let list = dir.path().join(media_server::cascade::ca::REVOKED);
     std::fs::write(&list, "# nothing revoked yet\n").unwrap();
     let cfg = |name: &str,
                parents: Vec<String>,

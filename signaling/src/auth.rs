@@ -27,6 +27,11 @@ pub const DEFAULT_TTL_SECS: u64 = 12 * 3600;
 /// devices without good time sync should not be locked out by a few seconds of drift.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
+/// Default longest token lifetime (`exp` − `iat`) a [`TokenVerifier`] accepts: 7 days. A token
+/// cannot be withdrawn from a device that went missing except by revocation, and a node cut off
+/// from its issuer cannot learn of that: the lifetime bounds the damage.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+
 /// Longest token a verifier looks at, in bytes (8 KiB). Longer input is refused with
 /// [`AuthError::TooLarge`] before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -305,6 +310,10 @@ struct Header {
     typ: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
+    /// JWS extensions the verifier must understand (RFC 7515 §4.1.11): yiwang understands none,
+    /// so a token that carries `crit` at all is refused rather than half-understood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crit: Option<serde_json::Value>,
 }
 
 const ALG: &str = "EdDSA";
@@ -373,6 +382,7 @@ impl TokenIssuer {
             alg: ALG.to_owned(),
             typ: Some("JWT".to_owned()),
             kid: Some(self.kid.clone()),
+            crit: None,
         };
         // Serialising plain structs of strings and integers into JSON cannot fail.
         let header = serde_json::to_vec(&header).expect("header serialises");
@@ -454,8 +464,11 @@ pub fn decode_unverified(token: &str) -> Result<Claims, AuthError> {
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     keys: Vec<VerifyingKey>,
+    /// The issuer each key is bound to (same index as `keys`); `None`: any `iss`.
+    issuers: Vec<Option<NodeId>>,
     audience: NodeId,
     leeway_secs: u64,
+    max_lifetime_secs: u64,
 }
 
 impl TokenVerifier {
@@ -463,17 +476,46 @@ impl TokenVerifier {
     pub fn new(audience: NodeId) -> Self {
         TokenVerifier {
             keys: Vec::new(),
+            issuers: Vec::new(),
             audience,
             leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         }
     }
 
-    /// Trusts tokens signed by `key` (idempotent).
+    /// Trusts tokens signed by `key`, whatever their `iss` (idempotent; a key already bound to
+    /// an issuer stays bound).
     pub fn trust(&mut self, key: VerifyingKey) -> &mut Self {
         if !self.keys.contains(&key) {
             self.keys.push(key);
+            self.issuers.push(None);
         }
         self
+    }
+
+    /// Trusts tokens signed by `key` only when their `iss` is `issuer`: a key cannot mint tokens
+    /// in another node's name.
+    pub fn trust_issuer(&mut self, key: VerifyingKey, issuer: NodeId) -> &mut Self {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(i) => self.issuers[i] = Some(issuer),
+            None => {
+                self.keys.push(key);
+                self.issuers.push(Some(issuer));
+            }
+        }
+        self
+    }
+
+    /// Sets the longest token lifetime (`exp` − `iat`) accepted (default
+    /// [`DEFAULT_MAX_LIFETIME_SECS`]).
+    pub fn set_max_lifetime_secs(&mut self, secs: u64) -> &mut Self {
+        self.max_lifetime_secs = secs;
+        self
+    }
+
+    /// The longest token lifetime accepted, in seconds.
+    pub fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime_secs
     }
 
     /// Sets the clock leeway for `exp` and `iat` (default [`DEFAULT_LEEWAY_SECS`]).
@@ -500,8 +542,9 @@ impl TokenVerifier {
     /// Verifies `token` at time `now_unix` and returns its claims.
     ///
     /// Checks, in order: size ([`MAX_TOKEN_LEN`]), structure, `alg` = `EdDSA`, `kid` names a
-    /// trusted key, the signature (strict Ed25519), `exp` and `iat` (each with the leeway), and
-    /// `aud` = this node or `*`. Never panics, whatever the input.
+    /// trusted key, no `crit`, the signature (strict Ed25519), `iss` = the issuer the key is bound
+    /// to (if it is), the lifetime (`exp` − `iat` at most the maximum), `exp` and `iat` (each with
+    /// the leeway), and `aud` = this node or `*`. Never panics, whatever the input.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Claims, AuthError> {
         let parts = split(token)?;
         if parts.header.alg != ALG {
@@ -512,11 +555,15 @@ impl TokenVerifier {
             .kid
             .as_deref()
             .ok_or(malformed("header has no kid"))?;
-        let key = self
+        if parts.header.crit.is_some() {
+            return Err(malformed("crit is not supported"));
+        }
+        let at = self
             .keys
             .iter()
-            .find(|k| key_id(k) == kid)
+            .position(|k| key_id(k) == kid)
             .ok_or(AuthError::UntrustedKey)?;
+        let key = &self.keys[at];
         let signature = URL_SAFE_NO_PAD
             .decode(parts.signature)
             .map_err(|_| malformed("signature is not base64url"))?;
@@ -528,6 +575,16 @@ impl TokenVerifier {
         let claims = parse_claims(&parts.payload)?;
         if claims.exp <= claims.iat {
             return Err(malformed("exp is not after iat"));
+        }
+        if let Some(bound) = &self.issuers[at] {
+            if claims.iss != *bound {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        if claims.exp - claims.iat > self.max_lifetime_secs {
+            return Err(AuthError::TooLongLived {
+                max_secs: self.max_lifetime_secs,
+            });
         }
         if now_unix >= claims.exp.saturating_add(self.leeway_secs) {
             return Err(AuthError::Expired);
@@ -870,6 +927,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_maximum_is_refused() {
+        let mut req = request(Role::Viewer, "hq");
+        req.ttl_secs = DEFAULT_MAX_LIFETIME_SECS;
+        assert!(verifier().verify(&issuer().issue(&req, NOW), NOW).is_ok());
+        req.ttl_secs = DEFAULT_MAX_LIFETIME_SECS + 1;
+        let long = issuer().issue(&req, NOW);
+        assert_eq!(
+            verifier().verify(&long, NOW),
+            Err(AuthError::TooLongLived {
+                max_secs: DEFAULT_MAX_LIFETIME_SECS
+            })
+        );
+        // exp = 2^63: no longer "valid for ever".
+        let mut c = claims(Role::Viewer, "off-1");
+        c.iat = NOW;
+        c.exp = 1 << 63;
+        assert!(matches!(
+            verifier().verify(&issuer().sign(&c), NOW),
+            Err(AuthError::TooLongLived { .. })
+        ));
+        let mut v = verifier();
+        v.set_max_lifetime_secs(30 * 24 * 3600);
+        assert!(v.verify(&long, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_key_bound_to_an_issuer_cannot_mint_in_another_nodes_name() {
+        let mut v = TokenVerifier::new(node("hq"));
+        v.trust_issuer(issuer().verifying_key(), node("hq"));
+        assert!(v
+            .verify(&issuer().issue(&request(Role::Viewer, "hq"), NOW), NOW)
+            .is_ok());
+        let impostor = TokenIssuer::new(key(1), node("city-b"));
+        let t = impostor.issue(&request(Role::Viewer, "hq"), NOW);
+        assert_eq!(v.verify(&t, NOW), Err(AuthError::WrongIssuer));
+        // An unbound key (a configured issuer without a name) still takes any iss.
+        assert!(verifier().verify(&t, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_token_with_crit_is_refused() {
+        let token = issuer().issue(&request(Role::Viewer, "hq"), NOW);
+        let parts: Vec<&str> = token.split('.').collect();
+        let header = format!(
+            r#"{{"alg":"EdDSA","kid":"{}","crit":["exp2"],"exp2":1}}"#,
+            issuer().key_id()
+        );
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), parts[1]);
+        let sig = key(1).sign(input.as_bytes());
+        let t = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        assert_eq!(
+            verifier().verify(&t, NOW),
+            Err(AuthError::Malformed {
+                reason: "crit is not supported"
+            })
+        );
     }
 
     #[test]

@@ -6,22 +6,8 @@
 use crate::auth::{Action, Role};
 use thiserror::Error;
 
-/// Why a string was refused as an id or a stream name.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[non_exhaustive]
-pub enum NameError {
-    /// The name has the `NODE/STREAM` form, which only the cascade between nodes may use.
-    #[error("NODE/STREAM names are reserved for the cascade")]
-    Reserved,
-    /// The name breaks the syntax rules; `what` names the kind of id, `reason` the rule.
-    #[error("invalid {what}: {reason}")]
-    Invalid {
-        /// The kind of name that was being parsed, e.g. `"stream name"`.
-        what: &'static str,
-        /// The rule that was broken.
-        reason: &'static str,
-    },
-}
+/// Why a string was refused as an id or a stream name (defined in the `ids` crate).
+pub use ::ids::NameError;
 
 /// A role name that is not one of [`Role::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -59,6 +45,16 @@ pub enum AuthError {
     /// The token was issued for another node.
     #[error("token was issued for another node")]
     WrongAudience,
+    /// The token's lifetime (`exp` − `iat`) is longer than the node accepts
+    /// ([`crate::auth::DEFAULT_MAX_LIFETIME_SECS`] unless configured otherwise).
+    #[error("token lifetime exceeds this node's maximum of {max_secs} s")]
+    TooLongLived {
+        /// The longest lifetime accepted, in seconds.
+        max_secs: u64,
+    },
+    /// The token's `iss` is not the issuer its signing key is bound to.
+    #[error("token iss does not name the holder of its signing key")]
+    WrongIssuer,
     /// The token is longer than [`crate::auth::MAX_TOKEN_LEN`] bytes.
     #[error("token is too large")]
     TooLarge,

@@ -2,7 +2,8 @@
 //!
 //! What lives here today:
 //! - [`ids`]: validated newtypes for node ids, stream names, token subjects, incidents and token
-//!   ids. Anything that crosses a trust boundary is parsed into one of these first.
+//!   ids (re-exported from the `ids` crate, shared with `trunk`). Anything that crosses a trust
+//!   boundary is parsed into one of these first.
 //! - [`auth`]: roles and the action matrix of `ROLES.md`, token claims, the publish-name rule, and
 //!   the Ed25519 JWT issuer and verifier.
 //! - [`error`]: the error enums of this crate.
@@ -18,7 +19,8 @@
 //!   clients (pinning, reconnect and resume); the one module that does I/O.
 //! - [`store`] (feature `server`): the office store behind the [`store::OfficeStore`] trait
 //!   (mailboxes, orders, incidents, logs); [`store::SqliteStore`] is the node's implementation.
-//! - [`testkit`]: one harmless request per row of the role matrix, for tests.
+//! - `testkit` (feature `testkit`, and this crate's tests): one harmless request per row of the
+//!   role matrix, and the bodies of the fuzz targets; not in a release build of the node.
 //!
 //! What this crate must not touch: sockets, files, the clock and async runtimes (except
 //! [`client`], and the SQLite file behind [`store::SqliteStore`]). Every function that needs the
@@ -37,10 +39,11 @@ pub mod ids;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod time;
 
+pub use crate::ids::{IncidentId, NodeId, StreamName, Subject, TokenId};
 pub use auth::{Action, Claims, Role, TokenIssuer, TokenRequest, TokenVerifier};
 pub use error::{AuthError, Denied, NameError, ParseRoleError};
-pub use ids::{IncidentId, NodeId, StreamName, Subject, TokenId};
 pub use time::{UnixMs, UnixSecs};

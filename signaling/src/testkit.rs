@@ -9,6 +9,9 @@
 //! Some rows are also exercised by a message without a reply ([`probe_without_reply`]: `telemetry`
 //! for "publish a drone feed + telemetry"); its refusal is an error without `re`
 //! ([`is_forbidden_without_re`]), and an allowed one gets no answer at all.
+//!
+//! Compiled only for this crate's tests and with the feature `testkit` (the `tests` crate and the
+//! fuzz crate turn it on), so it is not part of a release build of the node.
 
 use crate::auth::Action;
 use crate::ids::{IncidentId, StreamName, Subject};

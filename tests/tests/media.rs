@@ -670,6 +670,80 @@ async fn bad_input_keeps_the_node_up_and_loses_nothing() {
     n.node.shutdown().await;
 }
 
+/// `GET /healthz` as a supervisor reads it: ok while every part works; a media task that panics
+/// is reported by name with 503 and ends the node (the binary exits non-zero on
+/// `RunningNode::failed`) instead of leaving a node that claims to be healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_task_that_panics_fails_health_and_ends_the_node() {
+    let n = start_node().await;
+    let health = |n: &common::TestNode| {
+        let url = n.url("/healthz");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (code, body) = health(&n).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["failed"], serde_json::json!([]), "{body}");
+    assert_eq!(body["media"]["status"], "ok", "{body}");
+    assert_eq!(body["trunks"], serde_json::Value::Null, "{body}");
+
+    n.node.media.inject_panic().await.unwrap();
+    let failure = tokio::time::timeout(Duration::from_secs(10), n.node.failed())
+        .await
+        .expect("the node reports its media task stopped");
+    assert_eq!(failure.task, "media");
+    assert!(failure.how.starts_with("panicked"), "{failure}");
+
+    let (code, body) = health(&n).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(body["failed"], serde_json::json!(["media"]), "{body}");
+    let detail = body["media"]["detail"].as_str().unwrap();
+    assert!(detail.contains("media task panicked"), "{detail}");
+    assert_eq!(body["signaling"]["status"], "ok", "{body}");
+    n.node.shutdown().await;
+}
+
+/// The office store cannot take a write (another process holds its file locked): `/healthz`
+/// answers 503 naming the store, and ok again once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_office_store_fails_health_until_it_is_released() {
+    let n = start_node().await;
+    let url = n.url("/healthz");
+    let get = || async {
+        let r = reqwest::get(url.clone()).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(get().await.0, 200);
+    let db = n
+        .dir
+        .path()
+        .join("data")
+        .join(media_server::node::OFFICE_DB);
+    let holder = rusqlite::Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let (code, body) = get().await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["failed"], serde_json::json!(["store"]), "{body}");
+    assert!(
+        body["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("write transaction"),
+        "{body}"
+    );
+    holder.execute_batch("ROLLBACK;").unwrap();
+    let (code, body) = get().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    n.node.shutdown().await;
+}
+
 /// Tokens from an untrusted key, expired ones and ones for another node are refused; `*` and
 /// this node's id are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2748,7 +2822,7 @@ async fn wall_drone_overlay_shows_telemetry_and_commands_round_trip() {
 /// with certificates of a province CA in `ca_dir`, prune grace `grace_secs`.
 mod cascade {
     use super::*;
-    use media_server::trunk::ca::ProvinceCa;
+    use media_server::cascade::ca::ProvinceCa;
     use std::path::Path;
 
     pub async fn node(
@@ -2813,8 +2887,8 @@ mod cascade {
         (province, township)
     }
 
-    pub fn trunk_name(s: &str) -> ::trunk::NodeName {
-        ::trunk::NodeName::parse(s).unwrap()
+    pub fn trunk_name(s: &str) -> trunk::NodeName {
+        trunk::NodeName::parse(s).unwrap()
     }
 
     pub fn trunk_addr(n: &TestNode) -> String {
@@ -2875,7 +2949,7 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
     )
     .await
     .expect("publish over WHIP at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     let t_trunk = township.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
@@ -3165,7 +3239,7 @@ async fn a_township_stream_is_watched_at_the_province_over_a_trunk() {
                 .is_none_or(|r| {
                     !r.outputs
                         .iter()
-                        .any(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                        .any(|(h, _)| *h == trunk::Hop::Trunk(trunk_name("province")))
                 })
                 .then_some(())
         },
@@ -3213,7 +3287,7 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
         },
     )
     .await;
-    let addr = ::trunk::StreamAddr::parse("township/off-3").unwrap();
+    let addr = trunk::StreamAddr::parse("township/off-3").unwrap();
     let (p_trunk, t_trunk) = (
         province.node.trunk.clone().unwrap(),
         township.node.trunk.clone().unwrap(),
@@ -3232,7 +3306,7 @@ async fn a_low_layer_viewer_pulls_only_the_low_layer_over_the_trunk() {
         t_trunk.route(&addr).and_then(|r| {
             r.outputs
                 .iter()
-                .find(|(h, _)| *h == ::trunk::Hop::Trunk(trunk_name("province")))
+                .find(|(h, _)| *h == trunk::Hop::Trunk(trunk_name("province")))
                 .map(|(_, l)| *l)
         })
     };
@@ -3612,7 +3686,7 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     .unwrap();
     let county = {
         let ca_dir = ca.path();
-        let c = media_server::trunk::ca::ProvinceCa::load(ca_dir).unwrap();
+        let c = media_server::cascade::ca::ProvinceCa::load(ca_dir).unwrap();
         let (cert, key) = c
             .issue_to(&trunk_name("county"), &ca_dir.join("certs"))
             .unwrap();
@@ -3641,10 +3715,10 @@ async fn a_cut_trunk_moves_the_media_to_the_second_parent_and_back() {
     )
     .await
     .expect("publish at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     let source_is = |n: &str| {
-        p_trunk.route(&addr).and_then(|r| r.source) == Some(::trunk::Hop::Trunk(trunk_name(n)))
+        p_trunk.route(&addr).and_then(|r| r.source) == Some(trunk::Hop::Trunk(trunk_name(n)))
     };
     wait_for(
         "the province to learn township/cam1 via city-a",
@@ -3795,7 +3869,7 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
     )
     .await
     .expect("publish at the township");
-    let addr = ::trunk::StreamAddr::parse("township/cam1").unwrap();
+    let addr = trunk::StreamAddr::parse("township/cam1").unwrap();
     let p_trunk = province.node.trunk.clone().unwrap();
     wait_for("the province to learn township/cam1", WAIT, || async {
         p_trunk
@@ -3879,8 +3953,8 @@ async fn loss_on_a_trunk_is_repaired_hop_by_hop() {
 /// grace (3 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_province_in_network_namespaces_survives_a_cut_link() {
+    use media_server::cascade::ca::ProvinceCa;
     use media_server::identity::NodeIdentity;
-    use media_server::trunk::ca::ProvinceCa;
     use signaling::auth::TokenRequest;
     use std::process::Stdio;
     use tokio::io::AsyncBufReadExt as _;
@@ -4101,7 +4175,7 @@ async fn the_province_in_network_namespaces_survives_a_cut_link() {
     for (n, parent, second) in parents {
         let (cert, key) = ca
             .issue_to(
-                &::trunk::NodeName::parse(n).unwrap(),
+                &trunk::NodeName::parse(n).unwrap(),
                 &dir.path().join("certs"),
             )
             .unwrap();

@@ -1,28 +1,8 @@
 //! Errors of the trunk crate.
 
-/// A node name, stream name or `NODE/STREAM` address was not valid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NameError {
-    /// The name was empty.
-    #[error("must not be empty")]
-    Empty,
-    /// The name was longer than allowed.
-    #[error("must be at most {max} bytes")]
-    TooLong {
-        /// The limit.
-        max: usize,
-    },
-    /// A character outside `A-Z a-z 0-9 . _ -`.
-    #[error("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed")]
-    BadChar,
-    /// The name started with `.` or `-`.
-    #[error("must not start with '.' or '-'")]
-    BadStart,
-    /// An address without the `/` between node and stream.
-    #[error("a stream address is NODE/STREAM")]
-    NotAnAddress,
-}
+/// A node name, stream name or `NODE/STREAM` address was not valid (the `ids` crate's error,
+/// shared with `signaling`).
+pub use ::ids::NameError;
 
 /// Bytes from a trunk's control stream could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

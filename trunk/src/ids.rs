@@ -1,119 +1,11 @@
-//! Names on the trunk: node names, stream names, the `NODE/STREAM` address, layers and viewers.
+//! Names on the trunk: node names, stream names and the `NODE/STREAM` address (the `ids` crate's
+//! types, shared with `signaling`, so a signaling `NodeId` or `StreamName` is a trunk one as it
+//! is), and the trunk's own layers and viewers.
 //!
-//! Syntax matches `signaling::ids` (ASCII letters, digits, `.`, `_`, `-`, not starting with `.`
-//! or `-`; node names 1..=64, stream names 1..=96) so a signaling `NodeId` or `StreamName` always
-//! converts. This crate does not depend on `signaling`, to stay light.
+//! A [`StreamName`] on the trunk is always a local name (the wire decoder parses it with
+//! [`StreamName::parse`], which refuses `/`); a stream elsewhere is a [`StreamAddr`].
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::error::NameError;
-
-fn check(s: &str, max: usize) -> Result<(), NameError> {
-    if s.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if s.len() > max {
-        return Err(NameError::TooLong { max });
-    }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(NameError::BadChar);
-    }
-    if s.starts_with(['.', '-']) {
-        return Err(NameError::BadStart);
-    }
-    Ok(())
-}
-
-macro_rules! name_type {
-    ($(#[$meta:meta])* $name:ident, $max:literal) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            /// The longest accepted value, in bytes.
-            pub const MAX_LEN: usize = $max;
-
-            /// Parses and validates `s`.
-            pub fn parse(s: &str) -> Result<Self, NameError> {
-                check(s, $max)?;
-                Ok(Self(s.to_owned()))
-            }
-
-            /// The name as a string slice.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, NameError> {
-                Self::parse(s)
-            }
-        }
-    };
-}
-
-name_type!(
-    /// A node (one site's media-server), e.g. `county-7`. Also names the trunk to that node: a
-    /// node has at most one trunk to each peer.
-    NodeName,
-    64
-);
-name_type!(
-    /// A stream as its publishing node names it, e.g. `off-12`.
-    StreamName,
-    96
-);
-
-/// A stream anywhere in the province: `NODE/STREAM`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamAddr {
-    /// The node the stream is published at.
-    pub node: NodeName,
-    /// Its name there.
-    pub stream: StreamName,
-}
-
-impl StreamAddr {
-    /// The address of `stream` at `node`.
-    pub fn new(node: NodeName, stream: StreamName) -> StreamAddr {
-        StreamAddr { node, stream }
-    }
-
-    /// Parses `NODE/STREAM`.
-    pub fn parse(s: &str) -> Result<StreamAddr, NameError> {
-        let (node, stream) = s.split_once('/').ok_or(NameError::NotAnAddress)?;
-        Ok(StreamAddr {
-            node: NodeName::parse(node)?,
-            stream: StreamName::parse(stream)?,
-        })
-    }
-}
-
-impl fmt::Display for StreamAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.node, self.stream)
-    }
-}
-
-impl FromStr for StreamAddr {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, NameError> {
-        Self::parse(s)
-    }
-}
+pub use ::ids::{NodeName, StreamAddr, StreamName};
 
 /// A simulcast layer of a stream: 0 is the lowest quality (the only one of a single-layer
 /// stream); audio is layer 0 of its own stream entry in the SFU and needs no special case here.
@@ -177,20 +69,6 @@ pub struct ViewerId(pub u64);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_and_addresses() {
-        assert!(NodeName::parse("county-7").is_ok());
-        assert_eq!(NodeName::parse(""), Err(NameError::Empty));
-        assert_eq!(NodeName::parse(".x"), Err(NameError::BadStart));
-        assert_eq!(NodeName::parse("a/b"), Err(NameError::BadChar));
-        assert!(NodeName::parse(&"n".repeat(64)).is_ok());
-        assert!(NodeName::parse(&"n".repeat(65)).is_err());
-        let a = StreamAddr::parse("township-3/off-12").unwrap();
-        assert_eq!(a.to_string(), "township-3/off-12");
-        assert_eq!(StreamAddr::parse("x"), Err(NameError::NotAnAddress));
-        assert!(StreamAddr::parse("a/b/c").is_err());
-    }
 
     #[test]
     fn layer_sets() {

@@ -1,13 +1,17 @@
 //! yiwang's trunk router: how cascaded media-servers (province → city → county → township) pull
 //! streams from each other over trunks, one copy per trunk, and reroute when a trunk is cut.
 //!
-//! - [`ids`]: node and stream names, the `NODE/STREAM` address, layers;
+//! - [`ids`]: node and stream names and the `NODE/STREAM` address (the `ids` crate's, shared with
+//!   `signaling`), layers and viewers;
 //! - [`wire`]: the control protocol on a trunk's QUIC stream (typed, versioned, length-prefixed);
 //! - [`router`]: the sans-IO router — catalog, on-demand pull, failover, prune, keyframes;
-//! - [`sim`]: an in-memory network of routers in virtual time (the province-size simulation).
+//! - [`media`]: the trunk media plane — RTP in QUIC datagrams, forwarding by route, repair;
+//! - [`sim`]: an in-memory network of routers in virtual time (the province-size simulation);
+//! - [`error`]: the crate's errors;
+//! - `testkit` (feature `testkit`, and this crate's tests): the fuzz bodies of `fuzz/`.
 //!
 //! Nothing here opens a socket, spawns a task or reads the clock: `now` comes with every input.
-//! The QUIC shell and the TLS setup live in `media-server` (`media_server::trunk`).
+//! The QUIC shell and the TLS setup live in `media-server` (`media_server::cascade`).
 //!
 //! The run loop of a shell:
 //!
@@ -39,12 +43,14 @@
 
 pub mod error;
 pub mod ids;
+pub mod media;
 pub mod router;
 pub mod sim;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;
 
+pub use crate::ids::{LayerId, LayerSet, NodeName, StreamAddr, StreamName, ViewerId};
 pub use error::{DecodeError, NameError};
-pub use ids::{LayerId, LayerSet, NodeName, StreamAddr, StreamName, ViewerId};
 pub use router::{Hop, Output, Route, Router, RouterConfig, TrunkRole, ViewerEvent};
 pub use wire::{CatalogEntry, FailReason, FrameDecoder, Message};

@@ -1,33 +1,13 @@
-//! Helpers shared by tests, the simulation and the fuzz target: a tiny seeded random generator
-//! and the decoder fuzz body.
+//! Helpers shared by tests and the fuzz targets (`fuzz/`): the bodies of the decoder and router
+//! fuzz targets, and the simulation's seeded generator ([`Rng`], from [`crate::sim`]).
+//!
+//! Compiled only for this crate's tests and with the feature `testkit` (the fuzz crate's and
+//! other crates' tests turn it on), so it is not part of a release build of the node.
 
 use crate::wire::{decode_body, encode, FrameDecoder};
 
-/// A small seeded xorshift64* generator: deterministic runs without a `rand` dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value, 0 included).
-    pub fn new(seed: u64) -> Rng {
-        Rng((seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03) | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+/// The simulation's seeded generator, for tests that need random input.
+pub use crate::sim::Rng;
 
 /// Fuzz body: `data` as bytes of a trunk control stream, fed in two uneven pieces. Must never
 /// panic, and whatever decodes must re-encode to a frame that decodes to the same message. Used

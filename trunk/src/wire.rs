@@ -18,7 +18,7 @@
 //! | 6 | `Subscribed` | addr |
 //! | 7 | `SubscribeFailed` | addr, reason:u8 (1 not found, 2 no route) |
 //! | 8 | `KeyframeRequest` | addr, layer:u8 |
-//! | 9 | `Flow` | flow:u16, addr, kind:u8 (0 audio, 1 video), layer:u8, len:u16, codec bytes |
+//! | 9 | `Flow` | flow:u16, addr, kind:u8 (0 audio, 1 video), layer:u8, len:u16, codec bytes, repair_ms:u16 |
 //! | 10 | `Nack` | flow:u16, count:u8, count × seq:u16 |
 //!
 //! `Flow` and `Nack` belong to the media plane (RTP in QUIC datagrams, see

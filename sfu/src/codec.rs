@@ -114,6 +114,9 @@ fn sps_dims(rbsp: &[u8]) -> Option<(u32, u32)> {
         100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
     ) {
         chroma_format_idc = r.ue()?;
+        if chroma_format_idc > 3 {
+            return None; // 0..=3 are the only formats (H.264 7.4.2.1.1)
+        }
         if chroma_format_idc == 3 {
             r.bit()?; // separate_colour_plane_flag
         }
@@ -129,7 +132,12 @@ fn sps_dims(rbsp: &[u8]) -> Option<(u32, u32)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
+                            // delta_scale is -128..=127 (7.4.2.1.1.1); beyond it the SPS lies.
+                            let delta = r.se()?;
+                            if !(-128..=127).contains(&delta) {
+                                return None;
+                            }
+                            next = (last + delta + 256) % 256;
                         }
                         last = if next == 0 { last } else { next };
                     }
@@ -174,8 +182,8 @@ fn sps_dims(rbsp: &[u8]) -> Option<(u32, u32)> {
             2 => (2, 2 - frame_mbs_only),
             _ => (1, 2 - frame_mbs_only),
         };
-        crop_x = unit_x * (l.checked_add(rt)?);
-        crop_y = unit_y * (t.checked_add(b)?);
+        crop_x = l.checked_add(rt)?.checked_mul(unit_x)?;
+        crop_y = t.checked_add(b)?.checked_mul(unit_y)?;
     }
     let w = width_mbs.checked_mul(16)?.checked_sub(crop_x)?;
     let h = height_map_units
@@ -218,6 +226,130 @@ mod tests {
         assert_eq!(keyframe_dims(VideoCodec::Vp8, &f), Some((320, 180)));
         f[0] |= 1; // an interframe carries no size
         assert_eq!(keyframe_dims(VideoCodec::Vp8, &f), None);
+    }
+
+    /// An SPS written field by field, to craft values a real encoder never sends.
+    #[derive(Default)]
+    struct SpsWriter {
+        bits: Vec<bool>,
+    }
+
+    impl SpsWriter {
+        fn bits(&mut self, n: u32, v: u64) -> &mut Self {
+            self.bits.extend((0..n).rev().map(|i| (v >> i) & 1 == 1));
+            self
+        }
+        fn ue(&mut self, v: u64) -> &mut Self {
+            let n = 64 - (v + 1).leading_zeros();
+            self.bits(n - 1, 0).bits(n, v + 1)
+        }
+        fn ues(&mut self, vs: &[u64]) -> &mut Self {
+            vs.iter().fold(self, |w, &v| w.ue(v))
+        }
+        fn se(&mut self, v: i64) -> &mut Self {
+            let k = if v > 0 {
+                2 * v.unsigned_abs() - 1
+            } else {
+                2 * v.unsigned_abs()
+            };
+            self.ue(k)
+        }
+        /// profile_idc, constraint flags and level_idc, seq_parameter_set_id 0.
+        fn start(profile_idc: u64) -> Self {
+            let mut w = SpsWriter::default();
+            w.bits(8, profile_idc).bits(16, 30).ue(0);
+            w
+        }
+        /// High profile fields: chroma_format_idc, 8-bit depths, no transform bypass.
+        fn high(chroma_format_idc: u64) -> Self {
+            let mut w = SpsWriter::start(100);
+            w.ues(&[chroma_format_idc, 0, 0]).bits(1, 0);
+            w
+        }
+        /// Frame numbering, POC type 2, one reference frame, 640x368 progressive, then the
+        /// cropping window when given as (left, right, top, bottom).
+        fn picture(&mut self, crop: Option<[u64; 4]>) -> &mut Self {
+            self.ues(&[0, 2, 1]).bits(1, 0).ues(&[39, 22]).bits(2, 0b11);
+            match crop {
+                Some(offsets) => self.bits(1, 1).ues(&offsets),
+                None => self.bits(1, 0),
+            }
+        }
+        /// Ends the SPS after its cropping fields: no VUI, the RBSP stop bit, byte padding,
+        /// emulation prevention and a start code in front.
+        fn annex_b(&mut self) -> Vec<u8> {
+            self.bits(1, 0).bits(1, 1);
+            self.bits.resize(self.bits.len().next_multiple_of(8), false);
+            let mut out = vec![0, 0, 0, 1, 0x67];
+            let mut zeros = 0;
+            for chunk in self.bits.chunks(8) {
+                let b = chunk.iter().fold(0u8, |a, &bit| (a << 1) | u8::from(bit));
+                if zeros >= 2 && b <= 3 {
+                    out.push(3);
+                    zeros = 0;
+                }
+                zeros = if b == 0 { zeros + 1 } else { 0 };
+                out.push(b);
+            }
+            out
+        }
+    }
+
+    fn baseline(crop: Option<[u64; 4]>) -> Vec<u8> {
+        SpsWriter::start(66).picture(crop).annex_b()
+    }
+
+    #[test]
+    fn a_written_sps_reads_back_its_size() {
+        assert_eq!(
+            keyframe_dims(VideoCodec::H264, &baseline(None)),
+            Some((640, 368))
+        );
+        let cropped = baseline(Some([0, 0, 0, 4]));
+        assert_eq!(keyframe_dims(VideoCodec::H264, &cropped), Some((640, 360)));
+    }
+
+    #[test]
+    fn crop_offsets_that_overflow_are_rejected() {
+        // 2 * 2^31 wraps to 0 in 32 bits: the old code panicked in debug and reported the
+        // uncropped 640x368 in release.
+        for crop in [
+            [1 << 31, 0, 0, 0],
+            [0, 0, 0, 1 << 31],
+            [u32::MAX as u64 - 1, 2, 0, 0],
+        ] {
+            assert_eq!(keyframe_dims(VideoCodec::H264, &baseline(Some(crop))), None);
+        }
+    }
+
+    #[test]
+    fn a_scaling_list_delta_out_of_range_is_rejected() {
+        // High profile, 4:2:0, the first scaling list present with a delta of 2^31 - 1 (the
+        // standard allows -128..=127): the old code overflowed `last + delta`.
+        let mut w = SpsWriter::high(1);
+        w.bits(1, 1).bits(1, 1).se(i32::MAX as i64);
+        assert_eq!(keyframe_dims(VideoCodec::H264, &w.annex_b()), None);
+        // The same SPS with a delta in range (list 0 ends at once: next scale 0), the other
+        // seven lists absent and the rest of the fields complete.
+        let mut w = SpsWriter::high(1);
+        w.bits(1, 1).bits(1, 1).se(-8).bits(7, 0).picture(None);
+        assert_eq!(
+            keyframe_dims(VideoCodec::H264, &w.annex_b()),
+            Some((640, 368))
+        );
+    }
+
+    #[test]
+    fn an_impossible_chroma_format_is_rejected() {
+        let mut w = SpsWriter::high(4);
+        w.bits(1, 0).picture(None);
+        assert_eq!(keyframe_dims(VideoCodec::H264, &w.annex_b()), None);
+        let mut w = SpsWriter::high(1);
+        w.bits(1, 0).picture(None);
+        assert_eq!(
+            keyframe_dims(VideoCodec::H264, &w.annex_b()),
+            Some((640, 368))
+        );
     }
 
     #[test]

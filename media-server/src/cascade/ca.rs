@@ -58,7 +58,7 @@ pub enum CaError {
     Cert(#[from] rcgen::Error),
     /// The node name is not a valid node name.
     #[error("node name: {0}")]
-    Name(#[from] ::trunk::NameError),
+    Name(#[from] trunk::NameError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
@@ -210,7 +210,7 @@ impl ProvinceCa {
 
     /// Issues a certificate for `node`: DNS SAN = the node name, usable as TLS server and
     /// client, valid [`NODE_VALIDITY_DAYS`].
-    pub fn issue(&self, node: &::trunk::NodeName) -> Result<NodeCert, CaError> {
+    pub fn issue(&self, node: &trunk::NodeName) -> Result<NodeCert, CaError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![node.to_string()])?;
         let mut dn = DistinguishedName::new();
@@ -279,7 +279,7 @@ impl ProvinceCa {
     /// (refusing to overwrite). Returns both paths.
     pub fn issue_to(
         &self,
-        node: &::trunk::NodeName,
+        node: &trunk::NodeName,
         out: &Path,
     ) -> Result<(PathBuf, PathBuf), CaError> {
         std::fs::create_dir_all(out).map_err(io(out))?;
@@ -306,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ProvinceCa::generate("test").unwrap();
         let c = ca
-            .issue(&::trunk::NodeName::parse("township-3").unwrap())
+            .issue(&trunk::NodeName::parse("township-3").unwrap())
             .unwrap();
         let (path, fpr) = ProvinceCa::revoke(dir.path(), &c.cert_pem, "township-3.pem").unwrap();
         assert_eq!(
@@ -339,7 +339,7 @@ mod tests {
             Err(CaError::Exists(_))
         ));
         let ca = ProvinceCa::load(dir.path()).unwrap();
-        let node = ::trunk::NodeName::parse("county-7").unwrap();
+        let node = trunk::NodeName::parse("county-7").unwrap();
         let (cert, key) = ca.issue_to(&node, dir.path()).unwrap();
         assert!(std::fs::read_to_string(cert)
             .unwrap()

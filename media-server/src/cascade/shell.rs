@@ -1,6 +1,6 @@
 //! The tokio shell of the trunk router: one QUIC endpoint, a dialler per configured parent or
 //! peer (reconnecting with backoff), a task per connection carrying the control stream, and one
-//! actor task that owns the sans-IO [`::trunk::Router`] and its timer.
+//! actor task that owns the sans-IO [`trunk::Router`] and its timer.
 //!
 //! A connection: the dialler opens the one bidirectional stream, both sides send `Hello` first;
 //! each checks the other's certificate names the node its `Hello` claims
@@ -19,14 +19,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::trunk::wire::{encode, FrameDecoder, Message};
-use ::trunk::{
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+use trunk::wire::{encode, FrameDecoder, Message};
+use trunk::{
     CatalogEntry, LayerId, LayerSet, NodeName, Output, Route, Router, RouterConfig, StreamAddr,
     StreamName, ViewerEvent, ViewerId,
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
 
+use super::status::{LinkStatus, RouteOutput, RouteStatus, TrunkStatus, UplinkStatus};
 use super::tls::TrunkCredentials;
 
 /// How long a new connection may take to say `Hello`.
@@ -129,78 +130,6 @@ pub struct TrunkStats {
     pub tx_bytes: u64,
     /// UDP bytes received on the connection.
     pub rx_bytes: u64,
-}
-
-/// The state of a node's trunks, as `GET /api/trunks` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrunkStatus {
-    /// This node's name.
-    pub node: String,
-    /// The trunk endpoint's bound address.
-    pub listen: String,
-    /// The configured parents and peers, in order.
-    pub uplinks: Vec<UplinkStatus>,
-    /// Every trunk that is up (uplinks and children), by peer name.
-    pub trunks: Vec<LinkStatus>,
-    /// The forwarding of every stream this node relays, publishes to a trunk or pulls.
-    pub routes: Vec<RouteStatus>,
-}
-
-/// A configured parent or peer.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UplinkStatus {
-    /// `parent` (the first), `second_parent` (any later one) or `peer`.
-    pub kind: &'static str,
-    /// The configured `HOST:PORT` (shown to admins only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-    /// Its node name, once a trunk to it has come up (from its certificate).
-    pub node: Option<String>,
-    /// Whether a trunk to it is up now.
-    pub up: bool,
-}
-
-/// A trunk that is up.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LinkStatus {
-    /// The node at the other end.
-    pub peer: String,
-    /// What it is to this node: `parent`, `second_parent`, `peer` or `child`.
-    pub role: &'static str,
-    /// Whether this node dialled it (uplinks) or accepted it (children).
-    pub dialled: bool,
-    /// Seconds since it came up.
-    pub up_secs: u64,
-    /// QUIC's smoothed round-trip time, ms.
-    pub rtt_ms: f64,
-    /// UDP bytes sent on it.
-    pub tx_bytes: u64,
-    /// UDP bytes received on it.
-    pub rx_bytes: u64,
-    /// Packets QUIC declared lost on it.
-    pub lost_packets: u64,
-}
-
-/// One stream's forwarding at this node.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RouteStatus {
-    /// `NODE/STREAM`.
-    pub stream: String,
-    /// Where its media is accepted from: `local` (the publisher is here) or a node name.
-    pub source: Option<String>,
-    /// A path being switched to (make-before-break), if any.
-    pub next: Option<String>,
-    /// Where it goes.
-    pub outputs: Vec<RouteOutput>,
-}
-
-/// One output of a route.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RouteOutput {
-    /// `local` (viewers here) or a node name.
-    pub to: String,
-    /// The layer ids sent there.
-    pub layers: Vec<u8>,
 }
 
 /// What the shell needs to run.
@@ -688,7 +617,7 @@ async fn run_link(
                         }
                     }
                     Ok(None) => break,
-                    Err(::trunk::DecodeError::FrameTooLarge(_)) => return,
+                    Err(trunk::DecodeError::FrameTooLarge(_)) => return,
                     Err(e) => debug!(%peer, error = %e, "bad trunk frame skipped"),
                 }
             }
@@ -896,9 +825,9 @@ impl Actor {
     }
 
     fn status(&self) -> TrunkStatus {
-        let hop = |h: &::trunk::Hop| match h {
-            ::trunk::Hop::Local => "local".to_owned(),
-            ::trunk::Hop::Trunk(n) => n.to_string(),
+        let hop = |h: &trunk::Hop| match h {
+            trunk::Hop::Local => "local".to_owned(),
+            trunk::Hop::Trunk(n) => n.to_string(),
         };
         let mut uplinks = Vec::new();
         for (kind, addrs, names) in [
@@ -927,10 +856,10 @@ impl Actor {
                 LinkStatus {
                     peer: peer.to_string(),
                     role: match self.router.role_of(peer) {
-                        ::trunk::TrunkRole::Parent(0) => "parent",
-                        ::trunk::TrunkRole::Parent(_) => "second_parent",
-                        ::trunk::TrunkRole::Peer => "peer",
-                        ::trunk::TrunkRole::Child => "child",
+                        trunk::TrunkRole::Parent(0) => "parent",
+                        trunk::TrunkRole::Parent(_) => "second_parent",
+                        trunk::TrunkRole::Peer => "peer",
+                        trunk::TrunkRole::Child => "child",
                     },
                     dialled: l.dialled,
                     up_secs: l.since.elapsed().as_secs(),

@@ -1,5 +1,5 @@
-//! Trunks between nodes: the province CA, the mutually authenticated QUIC configuration tuned
-//! for media, and the tokio shell that drives the sans-IO [`::trunk::Router`].
+//! The cascade shell: trunks between nodes — the province CA, the mutually authenticated QUIC
+//! configuration tuned for media, and the tokio shell that drives the sans-IO [`trunk::Router`].
 //!
 //! - [`ca`]: `media-server ca init` / `ca issue NODE` — the province CA and per-node certificates;
 //! - [`tls`]: rustls + quinn configuration: both ends present a certificate issued by the
@@ -7,14 +7,17 @@
 //!   datagrams on, keep-alive 250 ms and idle timeout 1 s so a cut trunk is noticed within 1 s;
 //! - [`shell`]: the tokio shell — endpoint, diallers, one task per trunk carrying the control
 //!   stream and datagrams, and the actor owning the router (catalogs and subscriptions);
-//! - [`media`]: the sans-IO media plane of trunks (RTP in QUIC datagrams), owned by the SFU.
+//! - [`status`]: what `GET /api/trunks` shows (uplinks, trunks, routes);
+//!
+//! The sans-IO media plane of trunks (RTP in QUIC datagrams) is [`trunk::media`], owned by the
+//! SFU.
 //!
 //! The shell does not touch the SFU: it hands datagrams and routes to the media task through a
 //! [`shell::MediaLink`] (docs/trunk.md).
 
 pub mod ca;
-pub mod media;
 pub mod shell;
+pub mod status;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use anyhow::Context as _;
 
 use crate::config::TrunkConfig;
 use crate::streams::LiveStreams;
+use signaling::ids::{NodeId, StreamName};
 
 /// How often the live-stream table is copied into the trunk catalog.
 pub const CATALOG_SYNC: Duration = Duration::from_millis(500);
@@ -33,7 +37,7 @@ pub const CATALOG_SYNC: Duration = Duration::from_millis(500);
 /// layer, at least one) as they come and go.
 pub async fn start_for_node(
     cfg: &TrunkConfig,
-    node_id: &str,
+    node_id: &NodeId,
     live: LiveStreams,
     media: Option<shell::MediaLink>,
 ) -> anyhow::Result<Option<(shell::TrunkHandle, tokio::task::JoinHandle<()>)>> {
@@ -49,8 +53,7 @@ pub async fn start_for_node(
         &need(&cfg.cert, "cert")?,
         &need(&cfg.key, "key")?,
     )?;
-    let node = cfg.node.as_ref().map(|n| n.as_str()).unwrap_or(node_id);
-    let node = ::trunk::NodeName::parse(node).map_err(|e| anyhow::anyhow!("[trunk] node: {e}"))?;
+    let node = cfg.node.clone().unwrap_or_else(|| node_id.clone());
     let shell_cfg = shell::ShellConfig {
         node,
         listen: cfg.listen.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
@@ -69,33 +72,27 @@ pub async fn start_for_node(
     let handle = shell::start(shell_cfg).await?;
     let h = handle.clone();
     let task = tokio::spawn(async move {
-        let mut known: BTreeMap<String, u8> = BTreeMap::new();
+        let mut known: BTreeMap<StreamName, u8> = BTreeMap::new();
         let mut tick = tokio::time::interval(CATALOG_SYNC);
         loop {
             tick.tick().await;
             // Each stream with the ids of its live layers: a layer its publisher pauses (congestion
             // control) leaves the announcement, so nodes that do not pull it stop offering it.
-            let now: BTreeMap<String, u8> = live
+            // Only local names: a stream pulled from another node (`NODE/STREAM`) is not ours
+            // to announce.
+            let now: BTreeMap<StreamName, u8> = live
                 .list()
                 .into_iter()
-                .map(|s| {
-                    (
-                        s.name.to_string(),
-                        crate::streams::announced_layers(&s.layers).0,
-                    )
-                })
+                .filter(|s| s.name.split_remote().is_none())
+                .map(|s| (s.name, crate::streams::announced_layers(&s.layers).0))
                 .collect();
             for (name, layers) in &now {
                 if known.get(name) != Some(layers) {
-                    if let Ok(s) = ::trunk::StreamName::parse(name) {
-                        h.publish(s, ::trunk::LayerSet(*layers));
-                    }
+                    h.publish(name.clone(), trunk::LayerSet(*layers));
                 }
             }
             for name in known.keys().filter(|n| !now.contains_key(*n)) {
-                if let Ok(s) = ::trunk::StreamName::parse(name) {
-                    h.unpublish(s);
-                }
+                h.unpublish(name.clone());
             }
             known = now;
             let me = h.node().clone();
