@@ -198,3 +198,89 @@ fn the_checker_refuses_what_the_types_do_not_say() {
         assert!(check(&v).is_err(), "{bad} passed");
     }
 }
+
+/// The rows of the table under `heading` in docs/protocol.md, as cells.
+fn table_rows(doc: &str, heading: &str) -> Vec<Vec<String>> {
+    let at = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} is in docs/protocol.md"));
+    doc[at..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The error table is what a client written from the doc alone relies on: every code it lists,
+/// whether it closes, its QUIC application code and its WebSocket close code (4000 + that) are
+/// the node's, and every code the node has is listed.
+#[test]
+fn the_error_and_close_code_table_is_the_nodes() {
+    use signaling::proto::ErrorCode;
+    let doc = DOC;
+    let rows = table_rows(doc, "## Errors and close codes");
+    let mut listed = Vec::new();
+    for row in &rows {
+        let name = row[0].trim_matches('`');
+        let code: ErrorCode = serde_json::from_value(Value::String(name.into()))
+            .unwrap_or_else(|e| panic!("{name}: not a code of the node: {e}"));
+        assert_eq!(code.as_str(), name);
+        let closes = row[1].starts_with("yes");
+        assert_eq!(
+            code.closes(),
+            closes,
+            "{name}: closes column says {:?}",
+            row[1]
+        );
+        let quic: u16 = row[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {:?}", row[2]));
+        assert_eq!(code.close_code(), quic, "{name}: QUIC code");
+        let ws: u16 = row[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: {:?}", row[3]));
+        assert_eq!(4000 + code.close_code(), ws, "{name}: WebSocket code");
+        listed.push(code);
+    }
+    for code in [
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::BadHello,
+        ErrorCode::Unauthorized,
+        ErrorCode::Revoked,
+        ErrorCode::Forbidden,
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::NotFound,
+        ErrorCode::UnknownRecipient,
+        ErrorCode::Conflict,
+        ErrorCode::Unavailable,
+        ErrorCode::NotImplemented,
+        ErrorCode::SessionClosed,
+        ErrorCode::TooSlow,
+        ErrorCode::Idle,
+    ] {
+        assert!(
+            listed.contains(&code),
+            "{} is missing from the table",
+            code.as_str()
+        );
+    }
+    // The idle close code appears nowhere else with another number (4017 was written for it).
+    for (n, line) in doc.lines().enumerate() {
+        if line.contains("idle") && line.contains("401") && !line.contains("4021") {
+            panic!(
+                "docs/protocol.md:{}: idle with a code other than 4021: {line}",
+                n + 1
+            );
+        }
+    }
+}
