@@ -855,6 +855,12 @@ async fn api_attachment_get(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        // An uploaded HTML or SVG file opened from a link must not run as a page of the node's
+        // origin (where the wall keeps its token): always a download. The id is hex, so the
+        // header value is always valid.
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}\"")) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
         resp
     };
     let h = resp.headers_mut();

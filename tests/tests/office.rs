@@ -136,6 +136,12 @@ async fn a_3_mb_photo_round_trips_byte_identical_and_is_stored_once() {
     assert_eq!(h["content-length"], bytes.len().to_string().as_str());
     assert_eq!(h["etag"], format!("\"{hex}\"").as_str());
     assert_eq!(h["cache-control"], "private, max-age=31536000, immutable");
+    // Never rendered as a page of the node's origin: a download, its type not sniffed.
+    assert_eq!(
+        h["content-disposition"],
+        format!("attachment; filename=\"{hex}\"").as_str()
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
     let got = resp.bytes().await.unwrap();
     assert_eq!(got.len(), bytes.len());
     assert_eq!(sha256_hex(&got), hex);
