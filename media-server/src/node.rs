@@ -152,6 +152,44 @@ fn bind_media_socket(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
+/// The data directory holds keys, the office store (orders, chat, positions) and attachments:
+/// only the node's user may enter it (0700), whatever mode it was created with.
+fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("node.data_dir {}: cannot make it private", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The office store's files 0600 and the attachments folder 0700 (SQLite and `mkdir` follow the
+/// umask, usually 0644/0755).
+fn restrict_files(dir: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (name, mode) in [
+            (OFFICE_DB.to_string(), 0o600),
+            (format!("{OFFICE_DB}-wal"), 0o600),
+            (format!("{OFFICE_DB}-shm"), 0o600),
+            ("attachments".to_string(), 0o700),
+        ] {
+            let path = dir.join(name);
+            if path.exists() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("{}: cannot make it private", path.display()))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Builds the token verifier the configuration asks for.
 pub fn verifier(config: &NodeConfig, identity: &NodeIdentity) -> anyhow::Result<TokenVerifier> {
     let mut v = TokenVerifier::new(identity.node_id.clone());
@@ -197,6 +235,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         NodeIdentity::load_or_create(&config.node.data_dir, config.node.id.as_ref())
             .context("node identity")?,
     );
+    restrict_data_dir(&config.node.data_dir)?;
     let verifier = Arc::new(verifier(&config, &identity)?);
     let metrics = Arc::new(Metrics::default());
     let live = LiveStreams::default();
@@ -236,6 +275,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         AttachmentStore::open(&attachments_dir, config.office.attachment_max_bytes)
             .with_context(|| format!("attachment store {}", attachments_dir.display()))?,
     );
+    restrict_files(&config.node.data_dir)?;
 
     // Trunks before the HTTP API, which reports their state (`GET /api/trunks`).
     let (media_link, media_link_rx) = crate::cascade::shell::media_link();

@@ -868,3 +868,21 @@ mod mail {
         }
     }
 }
+
+/// Orders, chat and photos are not for other users of the machine: a data directory created
+/// 0755 beforehand is made 0700, the office store's file 0600 and the attachments folder 0700.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_the_office_store_are_private_whatever_their_mode() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let n = start_node_with(|c| {
+        std::fs::create_dir_all(&c.node.data_dir).unwrap();
+        std::fs::set_permissions(&c.node.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    })
+    .await;
+    let data = n.dir.path().join("data");
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data.clone()), 0o700, "data dir");
+    assert_eq!(mode(data.join("office.db")), 0o600, "office.db");
+    assert_eq!(mode(data.join("attachments")), 0o700, "attachments/");
+    n.node.shutdown().await;
+}
