@@ -1,0 +1,1 @@
+//! Security suite: `fuzz_corpus` (see security.rs).

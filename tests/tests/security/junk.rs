@@ -1,0 +1,1 @@
+//! Security suite: `junk` (see security.rs).

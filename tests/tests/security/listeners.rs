@@ -1,0 +1,1 @@
+//! Security suite: `listeners` (see security.rs).

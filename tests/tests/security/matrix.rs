@@ -1,0 +1,1 @@
+//! Security suite: `matrix` (see security.rs).

@@ -1,0 +1,1 @@
+//! Security suite: `quotas` (see security.rs).

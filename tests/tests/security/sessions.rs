@@ -1,0 +1,1 @@
+//! Security suite: `sessions` (see security.rs).

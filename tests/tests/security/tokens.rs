@@ -1,0 +1,1 @@
+//! Security suite: `tokens` (see security.rs).
