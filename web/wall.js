@@ -295,6 +295,7 @@ async function onWelcome(w) {
   applyRights();
   renderIncidents();
   if (first) {
+    await loadConfig();
     setLayout(S.layout);
     initMap();
   } else if (!w.resumed) {
@@ -1268,7 +1269,8 @@ function keydown(e) {
 
 async function loadConfig() {
   try {
-    const r = await fetch('/api/wall/config');
+    // The tile settings (a tile URL may carry a provider key) come only with a token.
+    const r = await fetch('/api/wall/config', S.token ? { headers: { Authorization: `Bearer ${S.token}` } } : {});
     if (r.ok) Object.assign(S.config, await r.json());
   } catch (_) { /* defaults */ }
 }
@@ -1291,7 +1293,6 @@ async function main() {
   document.addEventListener('keydown', keydown);
   window.addEventListener('pagehide', () => { if (sig) sig.bye(); });
 
-  await loadConfig();
   // ?token= once: kept in this tab's sessionStorage, dropped from the address bar.
   const q = new URLSearchParams(location.search);
   if (q.get('token')) {

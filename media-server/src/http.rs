@@ -377,9 +377,24 @@ async fn api_streams(
 ) -> Result<Json<StreamList>, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::ViewStream)?;
+    // Scoped as the signaling `catalog` is (docs/roles.md): admin and commander see every
+    // stream; anyone else the streams whose owner is a unit visible to them, and those whose
+    // owner never had a signaling session (WHIP-only publishers: the standing `duty` incident,
+    // which every token may access).
+    let live = state.live.clone();
+    let streams = state
+        .hub
+        .try_call(move |c| {
+            let (owners, all) = c.catalog_scope(&claims, None);
+            let mut streams = live.list();
+            streams.retain(|s| all || owners.contains_key(&s.owner) || !c.knows_unit(&s.owner));
+            Ok(streams)
+        })
+        .await
+        .map_err(proto_to_api)?;
     Ok(Json(StreamList {
         node: state.node_id.to_string(),
-        streams: state.live.list(),
+        streams,
         remote: state.live.remote_list(),
     }))
 }
@@ -434,9 +449,20 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// `GET /api/wall/config` (open): the wall's map settings from `[wall]`.
-async fn wall_config(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.wall.to_json())
+/// `GET /api/wall/config` (open): the wall's map settings from `[wall]`. The tile settings go
+/// only to a caller with a valid token: a tile URL may carry the provider's API key, which is
+/// not for anyone who can reach the port. A token that is present but bad is refused (401).
+async fn wall_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut doc = state.wall.to_json();
+    if !headers.contains_key(header::AUTHORIZATION) {
+        doc["tiles"] = serde_json::Value::Null;
+    } else {
+        authenticate(&state, &headers)?;
+    }
+    Ok(Json(doc))
 }
 
 /// `GET /ws`: the signaling protocol over WebSocket (docs/protocol.md); the token travels in

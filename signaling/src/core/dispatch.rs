@@ -436,10 +436,7 @@ impl Core {
         if let Some(i) = &incident {
             self.incidents.readable(Some(id), claims, i)?;
         }
-        let all = incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
-        let visible = self.incidents.visible_subjects(claims, incident.as_ref());
-        let units = self.presence.people().map(|p| (p.subject, p.role));
-        let owners = queries::catalog_owners(units, visible.as_ref());
+        let (owners, all) = self.catalog_scope(claims, incident.as_ref());
         self.media(r, id, MediaOp::Catalog { owners, all });
         Ok(())
     }

@@ -784,6 +784,26 @@ impl Core {
         Ok(queries::log_page(&*self.store, None, id, after, None, max)?.0)
     }
 
+    /// Whose live streams `claims` sees in a catalog, optionally within one incident (`catalog`,
+    /// `GET /api/streams`): the owners (visible units, with their roles) and whether every live
+    /// stream is visible (admin and commander without `incident`; they alone see remote streams).
+    pub fn catalog_scope(
+        &self,
+        claims: &Claims,
+        incident: Option<&IncidentId>,
+    ) -> (std::collections::BTreeMap<Subject, Role>, bool) {
+        let all = incident.is_none() && matches!(claims.role, Role::Admin | Role::Commander);
+        let visible = self.incidents.visible_subjects(claims, incident);
+        let units = self.presence.people().map(|p| (p.subject, p.role));
+        (queries::catalog_owners(units, visible.as_ref()), all)
+    }
+
+    /// Whether `sub` is a unit of this node (it had a signaling session): a stream whose owner is
+    /// not one (a WHIP-only publisher, a fixed camera) is in no incident but the standing `duty`.
+    pub fn knows_unit(&self, sub: &Subject) -> bool {
+        self.presence.knows(sub)
+    }
+
     /// Units `claims` may see, optionally within one incident (`GET /api/units`, `units`):
     /// subjects that connected and drones that bridges reported, ordered by subject.
     pub fn units_for(
