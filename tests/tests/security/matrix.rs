@@ -367,3 +367,149 @@ async fn every_role_on_every_http_route_is_allowed_exactly_where_docs_roles_md_s
     }
     node.node.shutdown().await;
 }
+
+const PROTOCOL_MD: &str = include_str!("../../../docs/protocol.md");
+
+/// Messages of docs/protocol.md's summary that name a row but have no harmless probe where the
+/// row allows: `drone_command_ack` is refused unless the command was sent to that very session
+/// (covered in tests/signaling.rs, drone round trip).
+const NO_PROBE: [&str; 1] = ["drone_command_ack"];
+
+/// A harmless message of type `kind` as `sub`, as wire JSON; `None` if it has no reply.
+fn signaling_probe(kind: &str, sub: &str, id: u64) -> (String, bool) {
+    use signaling::testkit::{probe, probe_without_reply};
+    let subject = signaling::Subject::parse(sub).unwrap();
+    let typed = |a: Action| (encode(&probe(a, &subject, id)), true);
+    let raw = |v: Value| (v.to_string(), true);
+    match kind {
+        "position" => typed(Action::ReportPosition),
+        "units" => typed(Action::ReadIncident),
+        "publish" => typed(Action::PublishOwn),
+        "subscribe" => typed(Action::ViewStream),
+        "chat" => typed(Action::Chat),
+        "order" => typed(Action::SendOrder),
+        "order_answer" => typed(Action::AnswerOrder),
+        "sos" => typed(Action::RaiseSos),
+        "incident_create" => typed(Action::ManageIncident),
+        "drone_command" => typed(Action::CommandDrone),
+        "revoke" => typed(Action::Revoke),
+        "incidents" => raw(serde_json::json!({"type": kind, "id": id})),
+        "catalog" => raw(serde_json::json!({"type": kind, "id": id})),
+        "log" => raw(serde_json::json!({"type": kind, "id": id, "incident": "duty"})),
+        "incident_close" => {
+            raw(serde_json::json!({"type": kind, "id": id, "incident": "no-such-incident"}))
+        }
+        "assign" | "unassign" => raw(
+            serde_json::json!({"type": kind, "id": id, "incident": "duty", "subject": "nobody-else"}),
+        ),
+        "read" => raw(serde_json::json!({"type": kind, "id": id, "item": 999_999})),
+        "sos_ack" => raw(serde_json::json!({"type": kind, "id": id, "sos": "no-such-sos"})),
+        "telemetry" => (
+            encode(&probe_without_reply(Action::PublishDrone, &subject).unwrap()),
+            false,
+        ),
+        "drone_link" => (
+            serde_json::json!({"type": kind, "drone": format!("{sub}-drone1"), "up": true})
+                .to_string(),
+            false,
+        ),
+        other => panic!("docs/protocol.md: {other} names a row, and this test has no probe for it"),
+    }
+}
+
+/// One signaling session over `/ws` or raw QUIC, speaking wire JSON.
+enum Sig {
+    Ws(WsStream),
+    Quic(crate::tokens::RawQuic),
+}
+
+impl Sig {
+    async fn send(&mut self, text: &str) {
+        match self {
+            Sig::Ws(ws) => ws
+                .send(Message::Text(text.to_owned().into()))
+                .await
+                .unwrap(),
+            Sig::Quic(q) => q.send_text(text).await,
+        }
+    }
+
+    async fn recv(&mut self) -> ServerMsg {
+        match self {
+            Sig::Ws(ws) => ws_recv(ws)
+                .await
+                .unwrap_or_else(|c| panic!("closed: {c:?}")),
+            Sig::Quic(q) => q.recv().await.expect("QUIC session open"),
+        }
+    }
+
+    /// Sends `text` and returns whether the node refused it for lack of rights: for a request the
+    /// answer to `id`; for a message without reply any `forbidden` before a ping's answer.
+    async fn refused(&mut self, text: &str, id: u64, has_reply: bool) -> (bool, String) {
+        self.send(text).await;
+        let ping = id + 500_000;
+        if !has_reply {
+            self.send(&encode(&ClientMsg::Ping { id: ping })).await;
+        }
+        let mut seen = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if has_reply && signaling::testkit::answers(&m, id) {
+                return (signaling::testkit::is_forbidden(&m, id), format!("{m:?}"));
+            }
+            if !has_reply {
+                if signaling::testkit::answers(&m, ping) {
+                    let denied = seen.iter().any(signaling::testkit::is_forbidden_without_re);
+                    return (denied, format!("{seen:?}"));
+                }
+                seen.push(m);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_signaling_request_of_protocol_md_is_checked_by_its_row_over_websocket_and_quic() {
+    let doc = doc_matrix();
+    // docs/protocol.md's summary: message type → the row it checks ("—" rows check none).
+    let checked: Vec<(String, Action)> =
+        table(PROTOCOL_MD, &["type", "id", "row checked", "reply `data`"])
+            .into_iter()
+            .filter(|r| !r[2].starts_with('—') && !NO_PROBE.contains(&r[0].trim_matches('`')))
+            .map(|r| (r[0].trim_matches('`').to_owned(), action_of(&r[2])))
+            .collect();
+    assert!(checked.len() >= 20, "{checked:?}");
+    let node = common::start_node().await;
+    let mut id = 1;
+    for role in Role::ALL {
+        let sub = format!("{}-8", role.as_str());
+        let token = node.token(&sub, role);
+        let mut q = crate::tokens::RawQuic::open(&node, &token).await;
+        q.send(&ClientMsg::Hello {
+            v: VERSION,
+            token: token.clone(),
+            resume: None,
+        })
+        .await;
+        assert!(matches!(q.recv().await, Some(ServerMsg::Welcome(_))));
+        let mut sessions = [
+            ("/ws", Sig::Ws(ws_login(&node, token).await)),
+            ("QUIC", Sig::Quic(q)),
+        ];
+        for (kind, action) in &checked {
+            let allowed = doc[&(*action, role)];
+            for (transport, s) in sessions.iter_mut() {
+                id += 1;
+                let (text, has_reply) = signaling_probe(kind, &sub, id);
+                let (denied, got) = s.refused(&text, id, has_reply).await;
+                assert_eq!(
+                    denied,
+                    !allowed,
+                    "{transport} {role} `{kind}` (row {action}): docs/roles.md says {}; got {got}",
+                    if allowed { "allowed" } else { "forbidden" }
+                );
+            }
+        }
+    }
+    node.node.shutdown().await;
+}

@@ -213,6 +213,13 @@ impl RawQuic {
             .expect("QUIC write");
     }
 
+    /// Sends `text` as one frame, whatever it holds.
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        let mut f = (text.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(text.as_bytes());
+        self.send.write_all(&f).await.expect("QUIC write");
+    }
+
     /// The next message, or `None` once the stream or connection ended.
     pub(crate) async fn recv(&mut self) -> Option<ServerMsg> {
         loop {
