@@ -2,7 +2,8 @@
 //! port a node opens — HTTP, HTTPS, the media UDP socket, the signaling QUIC endpoint, the trunk
 //! QUIC endpoint and the separate metrics listener — while a signaling session is in progress:
 //! the node stays up, `/healthz` stays 200, the session still answers, and the media socket's
-//! drop counter counts the junk. Then path traversal on every route that takes a path: 400 or
+//! drop counter counts the junk; a trunk handshake with another CA's certificate is refused by
+//! the node's TLS. Then path traversal on every route that takes a path: 400 or
 //! 404, never a file from outside.
 
 use std::net::SocketAddr;
@@ -246,6 +247,42 @@ async fn junk_on_every_port_leaves_the_node_and_its_sessions_standing() {
     udp_junk(n.media_addr, &mut rng, BLOBS, 0..=255).await;
     quic_junk(n.quic_addr, &mut rng).await;
     quic_junk(trunk_addr, &mut rng).await;
+    // A trunk handshake with a certificate from another CA is refused by the node.
+    let rogue_ca = tempfile::tempdir().unwrap();
+    media_server::cascade::ca::ProvinceCa::init(rogue_ca.path(), "rogue").unwrap();
+    let (rcert, rkey) = media_server::cascade::ca::ProvinceCa::load(rogue_ca.path())
+        .unwrap()
+        .issue_to(
+            &trunk::NodeName::parse("mallory").unwrap(),
+            &rogue_ca.path().join("certs"),
+        )
+        .unwrap();
+    let rogue = media_server::cascade::tls::TrunkCredentials::load(
+        &ca.path().join("ca.pem"),
+        &rcert,
+        &rkey,
+    )
+    .expect("rogue credentials");
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(rogue.client_config_any_node().unwrap());
+    let refused = tokio::time::timeout(ANSWER, async {
+        let conn = ep
+            .connect(trunk_addr, media_server::cascade::tls::ANY_NODE)
+            .unwrap()
+            .await?;
+        // TLS 1.3: the server's refusal of the client certificate may come after the client
+        // considers the handshake done; the first stream then fails.
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"hello?").await?;
+        let mut buf = [0u8; 1];
+        recv.read_exact(&mut buf).await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .expect("the rogue trunk is answered in time");
+    let err = refused.expect_err("a trunk with another CA's certificate was accepted");
+    // The node's TLS refuses the certificate itself ("invalid peer certificate: UnknownIssuer").
+    assert!(format!("{err}").contains("certificate"), "{err}");
 
     common::wait_for("the junk counted as malformed", WAIT, || async {
         (metric(malformed).await >= before + BLOBS as u64).then_some(())
