@@ -38,6 +38,10 @@ pub struct NatsOptions {
     pub mail_max_age: Duration,
     /// How long an unacknowledged mail waits before it is delivered again. Default 5 s.
     pub ack_wait: Duration,
+    /// Mails delivered to a mailbox and not yet acknowledged, at most. Default 1: the only value
+    /// that keeps the sender's order when a delivery is lost and redelivered (a larger window
+    /// lets later mail overtake the redelivery); it costs one round trip per mail.
+    pub in_flight: i64,
 }
 
 impl NatsOptions {
@@ -54,6 +58,7 @@ impl NatsOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             mail_max_age: Duration::from_secs(7 * 86_400),
             ack_wait: Duration::from_secs(5),
+            in_flight: 1,
         }
     }
 }
@@ -307,6 +312,7 @@ impl Bus for NatsBus {
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.opts.ack_wait,
             deliver_policy: consumer::DeliverPolicy::All,
+            max_ack_pending: self.opts.in_flight.max(1),
             ..Default::default()
         };
         let from = from.clone();

@@ -57,6 +57,23 @@ pub struct ServerPlan {
     pub max_payload: usize,
     /// JetStream file store limit, bytes.
     pub max_file_store: u64,
+    /// nats-server's HTTP monitoring endpoint (`/varz`, `/leafz`, …); `None` for none.
+    pub monitor_listen: Option<SocketAddr>,
+}
+
+/// A listen address as nats-server wants it: port 0 means "its default" there, so an ephemeral
+/// port is written as `-1` (nats-server then logs the port it took).
+fn listen(addr: SocketAddr) -> String {
+    if addr.port() == 0 {
+        let ip = addr.ip().to_string();
+        if addr.is_ipv6() {
+            format!("[{ip}]:-1")
+        } else {
+            format!("{ip}:-1")
+        }
+    } else {
+        addr.to_string()
+    }
 }
 
 /// A NATS configuration string (JSON-style, which nats-server's parser reads).
@@ -109,7 +126,10 @@ pub fn render(plan: &ServerPlan) -> String {
          # Do not edit: it is rewritten when the node starts."
     );
     let _ = writeln!(c, "server_name: {}", q(&node_token(&plan.node)));
-    let _ = writeln!(c, "listen: {}", q(&plan.client_listen.to_string()));
+    let _ = writeln!(c, "listen: {}", q(&listen(plan.client_listen)));
+    if let Some(m) = plan.monitor_listen {
+        let _ = writeln!(c, "http: {}", q(&listen(m)));
+    }
     let _ = writeln!(c, "max_payload: {}", plan.max_payload);
     let _ = writeln!(
         c,
@@ -141,7 +161,7 @@ pub fn render(plan: &ServerPlan) -> String {
     if plan.leaf_listen.is_some() || !plan.parents.is_empty() {
         let _ = writeln!(c, "leafnodes {{\n  reconnect: 1");
         if let Some(l) = plan.leaf_listen {
-            let _ = writeln!(c, "  listen: {}", q(&l.to_string()));
+            let _ = writeln!(c, "  listen: {}", q(&listen(l)));
             tls(&mut c, "  ", ", verify_and_map: true, timeout: 2");
         }
         if !plan.parents.is_empty() {
@@ -315,6 +335,7 @@ mod tests {
             local_password: "s\"ecret".into(),
             max_payload: 1 << 20,
             max_file_store: 1 << 30,
+            monitor_listen: None,
         }
     }
 
@@ -333,6 +354,12 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("password: \"s\\\"ecret\""), "{c}");
+        let mut p = plan();
+        p.client_listen = "127.0.0.1:0".parse().unwrap();
+        assert!(
+            render(&p).contains("listen: \"127.0.0.1:-1\""),
+            "ephemeral port"
+        );
     }
 
     #[test]
