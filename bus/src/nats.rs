@@ -155,7 +155,15 @@ impl Bus for NatsBus {
         origin: Option<&NodeName>,
         topic: &Topic,
     ) -> Result<Subscription, BusError> {
-        let filter = subject::event_filter(origin, topic);
+        // From every origin: `yw.*.evt.>`, filtered here. A narrower wildcard (`yw.*.evt.pos`) is
+        // not passed down a leaf connection whose permissions allow only `yw.<child>.>`
+        // (nats-server sends a leaf the interest it may publish into, and checks a wildcard
+        // interest against the allow list only when it ends in `>`; seen with 2.9.10).
+        let filter = match origin {
+            Some(_) => subject::event_filter(origin, topic),
+            None => subject::any_event_filter(),
+        };
+        let want = topic.clone();
         let mut sub = self.client.subscribe(filter).await.map_err(nats_err)?;
         self.client.flush().await.map_err(nats_err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -172,6 +180,7 @@ impl Bus for NatsBus {
                     origin_header(m.headers.as_ref()),
                     expected.as_ref(),
                 ) {
+                    Ok(subject::Parsed::Event { topic, .. }) if topic != want => {}
                     Ok(subject::Parsed::Event { origin, topic }) => {
                         let ev = Event {
                             origin,
@@ -230,15 +239,23 @@ impl Bus for NatsBus {
     async fn serve(&self, service: &Topic) -> Result<Requests, BusError> {
         let mut sub = self
             .client
-            .subscribe(subject::request_filter(&self.node, service))
+            // All requests (`yw.*.rpc.>`), filtered here: see `subscribe` for why not narrower.
+            .subscribe(subject::any_request_filter())
             .await
             .map_err(nats_err)?;
         self.client.flush().await.map_err(nats_err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let client = self.client.clone();
         let max = self.opts.max_payload;
+        let (me, want) = (self.node.clone(), service.clone());
         let task = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
+                match subject::parse(&m.subject) {
+                    Some(subject::Parsed::Request {
+                        target, service, ..
+                    }) if target == me && service == want => {}
+                    _ => continue,
+                }
                 if m.payload.len() > max {
                     tracing::warn!(subject = %m.subject, "bus: oversized request refused");
                     continue;

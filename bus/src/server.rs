@@ -99,9 +99,14 @@ fn qp(p: &Path) -> String {
 
 /// The subjects a child's leaf connection may publish: its subtree's own, replies, JetStream.
 pub fn child_publish_allow(child: &NodeName, subtree: &[NodeName]) -> Vec<String> {
+    // One entry per kind (not `yw.<name>.>`): nats-server passes a wildcard interest such as
+    // `yw.*.evt.>` down to a leaf only if an allow entry has the same shape (seen with 2.9.10).
     let mut allow: Vec<String> = std::iter::once(child)
         .chain(subtree)
-        .map(|n| format!("yw.{}.>", node_token(n)))
+        .flat_map(|n| {
+            let t = node_token(n);
+            ["evt", "rpc", "box"].map(|k| format!("yw.{t}.{k}.>"))
+        })
         .collect();
     allow.push("_INBOX.>".into());
     allow.push("$JS.>".into());
@@ -350,7 +355,7 @@ mod tests {
         assert!(c.contains("dont_randomize: true"), "{c}");
         assert!(c.contains("verify_and_map: true"), "{c}");
         assert!(
-            c.contains("allow: [\"yw.town~1.>\", \"yw.village.>\", \"_INBOX.>\", \"$JS.>\"]"),
+            c.contains("allow: [\"yw.town~1.evt.>\", \"yw.town~1.rpc.>\", \"yw.town~1.box.>\", \"yw.village.evt.>\""),
             "{c}"
         );
         assert!(c.contains("password: \"s\\\"ecret\""), "{c}");

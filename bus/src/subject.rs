@@ -132,6 +132,16 @@ pub fn event_filter(origin: Option<&NodeName>, topic: &Topic) -> String {
     format!("{ROOT}.{o}.evt.{topic}")
 }
 
+/// Events of every origin and topic: `yw.*.evt.>` (the NATS bus filters topics itself).
+pub fn any_event_filter() -> String {
+    format!("{ROOT}.*.evt.>")
+}
+
+/// Requests of every origin to every target: `yw.*.rpc.>`.
+pub fn any_request_filter() -> String {
+    format!("{ROOT}.*.rpc.>")
+}
+
 /// `yw.<origin>.rpc.<target>.<service>`.
 pub fn request(origin: &NodeName, target: &NodeName, service: &Topic) -> String {
     format!(

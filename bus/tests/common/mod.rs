@@ -163,7 +163,7 @@ impl Server {
         out
     }
 
-    /// How many leaf servers are connected to this one (`/leafz`; 2.9 does not name them).
+    /// How many leaf connections this server has, either way (`/leafz`; 2.9 does not name them).
     pub async fn leaf_count(&self) -> usize {
         let body = self.monitor("/leafz").await;
         body.split_once("\"leafnodes\":")
