@@ -74,6 +74,20 @@ enum Command {
     /// The province CA that authenticates trunks between nodes.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Write this node's nats-server configuration (the province bus) from its `[trunk]` and
+    /// `[nats]` sections to `<data_dir>/nats/nats.conf` (mode 0600) and print its path; with
+    /// `--stdout`, print the configuration instead. Run `nats-server -c FILE` with it when
+    /// `[nats] supervise = false`.
+    NatsConfig(NatsConfigArgs),
+}
+
+#[derive(Args, Debug)]
+struct NatsConfigArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print the configuration on stdout (it contains the node's own password).
+    #[arg(long)]
+    stdout: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +180,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::Revoke(args)) => revoke(args),
         Some(Command::Ca(cmd)) => ca(cmd),
+        Some(Command::NatsConfig(args)) => nats_config(args),
         None => run(cli.run),
     };
     match result {
@@ -259,6 +274,23 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let path = args.data.join(REVOCATION_FILE);
     RevocationFile::append(&path, &r).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+fn nats_config(args: NatsConfigArgs) -> anyhow::Result<()> {
+    let config = effective_config(&args.run)?;
+    let node = config
+        .trunk
+        .node
+        .clone()
+        .or_else(|| config.node.id.clone())
+        .context("nats-config needs the node's name: [trunk] node, [node] id or --node-id")?;
+    let (path, plan) = media_server::natsd::write(&config, &node)?;
+    if args.stdout {
+        print!("{}", bus::server::render(&plan));
+    } else {
+        println!("{}", path.display());
+    }
     Ok(())
 }
 
