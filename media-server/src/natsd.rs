@@ -48,10 +48,12 @@ pub fn plan(config: &NodeConfig, node: &NodeId) -> anyhow::Result<ServerPlan> {
     .collect();
     let mut children = std::collections::BTreeMap::new();
     for (child, below) in &n.children {
-        let parse = |s: &str| {
-            NodeId::parse(s).map_err(|e| anyhow::anyhow!("[nats] children: {s:?}: {e}"))
-        };
-        let below = below.iter().map(|s| parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let parse =
+            |s: &str| NodeId::parse(s).map_err(|e| anyhow::anyhow!("[nats] children: {s:?}: {e}"));
+        let below = below
+            .iter()
+            .map(|s| parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
         children.insert(parse(child)?, below);
     }
     let tls_needed = n.leaf_listen.is_some() || !parents.is_empty();
