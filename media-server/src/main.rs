@@ -114,6 +114,10 @@ enum CaCommand {
         /// Where to write the node's files. Default: the CA directory.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// An extra name or IP address for the certificate (repeatable): the host children's
+        /// nats-servers dial as `[nats] parent_leaf` (docs/province.md). Trunks need none.
+        #[arg(long = "san", value_name = "HOST")]
+        san: Vec<String>,
     },
     /// Revoke a node certificate: add it to DIR/revoked.txt (by SHA-256 fingerprint). Copy that
     /// file to every node (`[trunk] revoked`): nodes reread it within a second, close trunks to
@@ -224,10 +228,16 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let (cert, key) = ProvinceCa::init(&dir, &name)?;
             println!("{}\n{}", cert.display(), key.display());
         }
-        CaCommand::Issue { node, dir, out } => {
+        CaCommand::Issue {
+            node,
+            dir,
+            out,
+            san,
+        } => {
             let node = trunk::NodeName::parse(&node).map_err(|e| anyhow::anyhow!("NODE: {e}"))?;
             let ca = ProvinceCa::load(&dir)?;
-            let (cert, key) = ca.issue_to(&node, out.as_deref().unwrap_or(&dir))?;
+            let (cert, key) =
+                ca.issue_to_with_names(&node, out.as_deref().unwrap_or(&dir), &san)?;
             println!("{}\n{}", cert.display(), key.display());
         }
         CaCommand::Revoke { cert, dir } => {

@@ -346,3 +346,152 @@ fn config_paths_are_relative_to_the_file_and_a_missing_one_names_its_key() {
         "{err}"
     );
 }
+
+/// The nats-server binary the province bus runs (scripts/install-deps.sh installs it).
+fn nats_server() -> String {
+    std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+/// A line of `log` (nats-server's) after `what`, polled until it appears, bounded.
+fn log_addr(log: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(a) = text
+            .lines()
+            .find_map(|l| l.split_once(what).map(|(_, a)| a.trim().to_owned()))
+        {
+            return a.trim_start_matches("http://").to_owned();
+        }
+        assert!(Instant::now() < deadline, "{what} in {}", log.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nats_config_writes_what_nats_server_runs_and_a_county_joins_its_city() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    assert!(run(&["ca", "init", "--dir", &p("ca")]).status.success());
+    let out = run(&[
+        "ca",
+        "issue",
+        "city-a",
+        "--dir",
+        &p("ca"),
+        "--out",
+        &p("certs"),
+        "--san",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run(&[
+        "ca",
+        "issue",
+        "county",
+        "--dir",
+        &p("ca"),
+        "--out",
+        &p("certs")
+    ])
+    .status
+    .success());
+    let write = |name: &str, extra: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[node]\ndata_dir = \"{name}-data\"\n[trunk]\nnode = \"{name}\"\nca = \"ca/ca.pem\"\n\
+                 cert = \"certs/{name}.pem\"\nkey = \"certs/{name}.key\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let out = run(&["nats-config", "--config", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the configuration holds the node's password");
+        let check = Command::new(nats_server())
+            .args(["-t", "-c", &path])
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "nats-server -t: {check:?}");
+        path
+    };
+    let city_conf = write(
+        "city-a",
+        "[nats]\nenabled = true\nclient_listen = \"127.0.0.1:0\"\nleaf_listen = \"127.0.0.1:0\"\n\
+         monitor_listen = \"127.0.0.1:0\"\nchildren = { county = [] }\n",
+    );
+    let text = std::fs::read_to_string(&city_conf).unwrap();
+    assert!(text.contains("domain: \"city-a\""), "{text}");
+    assert!(text.contains("\"yw.county.evt.>\""), "{text}");
+    let city_log = dir.path().join("city-a.log");
+    let _city = Node(
+        Command::new(nats_server())
+            .args(["-c", &city_conf, "-l", city_log.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    let leaf = log_addr(&city_log, "Listening for leafnode connections on ");
+    let monitor = log_addr(&city_log, "Starting http monitor on ");
+    // The county's parents come from [trunk]; the first's leaf address is given, the second's
+    // is the trunk host and parent_leaf_port.
+    let county_conf = write(
+        "county",
+        &format!(
+            "parent = \"127.0.0.1:4434\"\nsecond_parent = \"city-b.example:4434\"\n[nats]\n\
+             enabled = true\nclient_listen = \"127.0.0.1:0\"\nparent_leaf = \"{leaf}\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&county_conf).unwrap();
+    assert!(
+        text.contains(&format!(
+            "urls: [\"tls://{leaf}\", \"tls://city-b.example:7422\"]"
+        )),
+        "{text}"
+    );
+    let county_log = dir.path().join("county.log");
+    let _county = Node(
+        Command::new(nats_server())
+            .args(["-c", &county_conf, "-l", county_log.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    // The county's TLS leaf connection is up at the city (certificate checked both ways).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&monitor).unwrap();
+        s.write_all(b"GET /leafz HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        if body.contains("\"leafnodes\": 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "county's leaf connection: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A child name that is no node name is refused, naming the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[trunk]\nnode = \"x\"\n[nats]\nchildren = { \"a b\" = [] }\n",
+    )
+    .unwrap();
+    let out = run(&["nats-config", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[nats] children"));
+}
