@@ -495,3 +495,100 @@ fn nats_config_writes_what_nats_server_runs_and_a_county_joins_its_city() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("[nats] children"));
 }
+
+/// The pids in a nats-server log (each line starts `[PID]`), in order of first appearance.
+fn nats_pids(log: &std::path::Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for l in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let pid = l
+            .strip_prefix('[')
+            .and_then(|r| r.split(']').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(pid) = pid {
+            if l.contains("Server is ready") && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_node_with_nats_enabled_supervises_its_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "[node]\ndata_dir = \"data\"\n[nats]\nenabled = true\nclient_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut node = Node(
+        Command::new(BIN)
+            .args(["--config", file.to_str().unwrap()])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    ready_line(&mut node.0, Duration::from_secs(20));
+    let log = dir.path().join("data/nats/nats-server.log");
+    let wait_pids = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let pids = nats_pids(&log);
+            if pids.len() >= n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} nats-server start(s) in {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = wait_pids(1)[0];
+    let port_open = |addr: &str| std::net::TcpStream::connect(addr).is_ok();
+    let addr = log_addr(&log, "Listening for client connections on ");
+    assert!(port_open(&addr));
+    // Killed: the node starts it again (after its backoff).
+    let killed = Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let pids = wait_pids(2);
+    assert_ne!(pids[1], first, "a new nats-server process");
+    // The node stops (SIGTERM): its nats-server stops with it.
+    let second = pids[1];
+    let term = Command::new("kill")
+        .args([&node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the node exits on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{second}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{second}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server {second} stops with the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
