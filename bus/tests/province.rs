@@ -5,6 +5,7 @@
 //!
 //! One test (the servers take a second to join up; reused across the checks):
 //! 1. mail from the county reaches a mailbox at the province, each message once;
+//!    junk in the county's stream is skipped;
 //! 2. a county node publishing under city-b's subjects is refused by city-a's permissions, and a
 //!    message whose header claims another origin is refused by the receiver;
 //! 3. city-a is killed (SIGKILL) with mail in flight; the county's leaf connection fails over to
@@ -171,6 +172,27 @@ async fn county_mail_reaches_the_province_once_through_a_failover_and_forgery_is
         }
     }
 
+    // Junk in the county's stream (a mislabelled origin, no id, bytes that are no subject of
+    // ours are refused by the stream itself): the mailbox drops it with a log and goes on.
+    let js = async_nats::jetstream::with_domain(raw.clone(), "county");
+    let mut mislabelled = async_nats::HeaderMap::new();
+    mislabelled.insert(bus::subject::ORIGIN_HEADER, "city-b");
+    mislabelled.insert(bus::subject::MSG_ID_HEADER, "junk-1");
+    js.publish_with_headers("yw.county.box.province.chat", mislabelled, "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut no_id = async_nats::HeaderMap::new();
+    no_id.insert(bus::subject::ORIGIN_HEADER, "county");
+    js.publish_with_headers("yw.county.box.province.chat", no_id, "y".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    send_range(&c, 40..41).await;
+    assert_eq!(receive(&mut mb, 1).await, expected(40..41), "junk skipped");
+
     // A request from the county answered by the province (its interest crosses both hops).
     let mut ping = p.serve(&t("ping")).await.unwrap();
     let server = tokio::spawn(async move {
@@ -196,7 +218,7 @@ async fn county_mail_reaches_the_province_once_through_a_failover_and_forgery_is
     // 3. Kill city-a with mail on the way; the county fails over to city-b.
     let sender = {
         let c = c.clone();
-        tokio::spawn(async move { send_range(&c, 40..140).await })
+        tokio::spawn(async move { send_range(&c, 41..141).await })
     };
     city_a.process.kill().await.unwrap();
     let killed = Instant::now();
@@ -210,8 +232,8 @@ async fn county_mail_reaches_the_province_once_through_a_failover_and_forgery_is
         "failover: 100 mails sent across the kill arrived {:?} after it",
         killed.elapsed()
     );
-    assert_eq!(ids, expected(40..140), "every mail once, in order");
+    assert_eq!(ids, expected(41..141), "every mail once, in order");
     // Nothing more is pending: the next mail is the next new one.
-    send_range(&c, 140..141).await;
-    assert_eq!(receive(&mut mb, 1).await, expected(140..141));
+    send_range(&c, 141..142).await;
+    assert_eq!(receive(&mut mb, 1).await, expected(141..142));
 }
