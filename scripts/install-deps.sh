@@ -13,6 +13,10 @@ PKGS=(
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice gstreamer1.0-tools
   chromium iproute2 fonts-wqy-microhei
   python3-gi gir1.2-gst-rtsp-server-1.0 python3-venv
+  # The province bus: nats-server 2.9.10 beside every node (JetStream domains, TLS leaf nodes
+  # with failover, per-user permissions; docs/province.md says why this one). Not started here:
+  # the node supervises it ([nats]) and the tests start their own.
+  nats-server
 )
 
 missing=()

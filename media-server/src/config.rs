@@ -41,6 +41,67 @@ pub struct NodeConfig {
     pub trunk: TrunkConfig,
     /// The video wall (map tiles).
     pub wall: WallConfig,
+    /// The province bus over a nats-server beside the node (off by default). See docs/province.md.
+    pub nats: NatsConfig,
+}
+
+/// `[nats]`: the nats-server beside the node that carries the province bus. Off by default (the
+/// in-process bus: a single site needs nothing more). Its configuration is written from this
+/// section and `[trunk]` (`media-server nats-config`); see docs/province.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Use NATS for the province bus. Default false.
+    pub enabled: bool,
+    /// Start nats-server as a child of the node and restart it (backoff 0.5 s doubling to 30 s)
+    /// when it exits; its log is `<data_dir>/nats/nats-server.log`. When false, run nats-server
+    /// yourself with the file `media-server nats-config` writes. Default true.
+    pub supervise: bool,
+    /// The nats-server binary (≥ 2.9; Debian 12's package). Default `nats-server`.
+    pub server_bin: PathBuf,
+    /// The client listener the node connects to; keep it on loopback. Default 127.0.0.1:4222.
+    pub client_listen: SocketAddr,
+    /// Where children's servers dial in (TLS leaf connections, client certificates of the
+    /// province CA required). Default none (a node without children).
+    pub leaf_listen: Option<SocketAddr>,
+    /// The leaf port on the parents: the leaf URLs are `tls://<host of [trunk] parent>:PORT` and
+    /// the same for `second_parent`. Default 7422.
+    pub parent_leaf_port: u16,
+    /// `HOST:PORT` of the first parent's leaf listener, when not the trunk host and
+    /// `parent_leaf_port`. The host must be a name or address in the parent's certificate.
+    /// Default none.
+    pub parent_leaf: Option<String>,
+    /// `HOST:PORT` of the second parent's leaf listener (failover). Default none.
+    pub second_parent_leaf: Option<String>,
+    /// Children allowed to dial in, each with the names of the nodes below it, e.g.
+    /// `county-7 = ["town-1", "town-2"]`: a child may publish only under those names. Default
+    /// none.
+    pub children: std::collections::BTreeMap<String, Vec<String>>,
+    /// nats-server's HTTP monitoring listener. Default none.
+    pub monitor_listen: Option<SocketAddr>,
+    /// Largest bus message, bytes. Default 1048576.
+    pub max_payload: usize,
+    /// JetStream file store limit, bytes (mail waiting during a cut). Default 1073741824.
+    pub max_file_store: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            enabled: false,
+            supervise: true,
+            server_bin: PathBuf::from("nats-server"),
+            client_listen: SocketAddr::from(([127, 0, 0, 1], 4222)),
+            leaf_listen: None,
+            parent_leaf_port: 7422,
+            parent_leaf: None,
+            second_parent_leaf: None,
+            children: Default::default(),
+            monitor_listen: None,
+            max_payload: 1024 * 1024,
+            max_file_store: 1 << 30,
+        }
+    }
 }
 
 /// `[node]`

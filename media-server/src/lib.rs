@@ -29,6 +29,7 @@ pub mod http;
 pub mod identity;
 pub mod media;
 pub mod metrics;
+pub mod natsd;
 pub mod node;
 pub mod quic;
 pub mod signal;

@@ -74,6 +74,20 @@ enum Command {
     /// The province CA that authenticates trunks between nodes.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Write this node's nats-server configuration (the province bus) from its `[trunk]` and
+    /// `[nats]` sections to `<data_dir>/nats/nats.conf` (mode 0600) and print its path; with
+    /// `--stdout`, print the configuration instead. Run `nats-server -c FILE` with it when
+    /// `[nats] supervise = false`.
+    NatsConfig(NatsConfigArgs),
+}
+
+#[derive(Args, Debug)]
+struct NatsConfigArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print the configuration on stdout (it contains the node's own password).
+    #[arg(long)]
+    stdout: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +114,10 @@ enum CaCommand {
         /// Where to write the node's files. Default: the CA directory.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// An extra name or IP address for the certificate (repeatable): the host children's
+        /// nats-servers dial as `[nats] parent_leaf` (docs/province.md). Trunks need none.
+        #[arg(long = "san", value_name = "HOST")]
+        san: Vec<String>,
     },
     /// Revoke a node certificate: add it to DIR/revoked.txt (by SHA-256 fingerprint). Copy that
     /// file to every node (`[trunk] revoked`): nodes reread it within a second, close trunks to
@@ -166,6 +184,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Token(args)) => token(args),
         Some(Command::Revoke(args)) => revoke(args),
         Some(Command::Ca(cmd)) => ca(cmd),
+        Some(Command::NatsConfig(args)) => nats_config(args),
         None => run(cli.run),
     };
     match result {
@@ -209,10 +228,16 @@ fn ca(cmd: CaCommand) -> anyhow::Result<()> {
             let (cert, key) = ProvinceCa::init(&dir, &name)?;
             println!("{}\n{}", cert.display(), key.display());
         }
-        CaCommand::Issue { node, dir, out } => {
+        CaCommand::Issue {
+            node,
+            dir,
+            out,
+            san,
+        } => {
             let node = trunk::NodeName::parse(&node).map_err(|e| anyhow::anyhow!("NODE: {e}"))?;
             let ca = ProvinceCa::load(&dir)?;
-            let (cert, key) = ca.issue_to(&node, out.as_deref().unwrap_or(&dir))?;
+            let (cert, key) =
+                ca.issue_to_with_names(&node, out.as_deref().unwrap_or(&dir), &san)?;
             println!("{}\n{}", cert.display(), key.display());
         }
         CaCommand::Revoke { cert, dir } => {
@@ -259,6 +284,23 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let path = args.data.join(REVOCATION_FILE);
     RevocationFile::append(&path, &r).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+fn nats_config(args: NatsConfigArgs) -> anyhow::Result<()> {
+    let config = effective_config(&args.run)?;
+    let node = config
+        .trunk
+        .node
+        .clone()
+        .or_else(|| config.node.id.clone())
+        .context("nats-config needs the node's name: [trunk] node, [node] id or --node-id")?;
+    let (path, plan) = media_server::natsd::write(&config, &node)?;
+    if args.stdout {
+        print!("{}", bus::server::render(&plan));
+    } else {
+        println!("{}", path.display());
+    }
     Ok(())
 }
 

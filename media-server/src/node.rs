@@ -345,6 +345,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
     tasks.extend(trunk_sync.map(|sync| watchdog.watch("trunk", sync)));
 
+    // The province bus's nats-server (`[nats]`, off by default), supervised beside the node.
+    if config.nats.enabled && config.nats.supervise {
+        tasks.push(crate::natsd::start(&config, &identity.node_id)?);
+    }
+
     let mut metrics_addr = None;
     if let Some(addr) = config.http.metrics_listen {
         let l = TcpListener::bind(addr)

@@ -346,3 +346,249 @@ fn config_paths_are_relative_to_the_file_and_a_missing_one_names_its_key() {
         "{err}"
     );
 }
+
+/// The nats-server binary the province bus runs (scripts/install-deps.sh installs it).
+fn nats_server() -> String {
+    std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+/// A line of `log` (nats-server's) after `what`, polled until it appears, bounded.
+fn log_addr(log: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(a) = text
+            .lines()
+            .find_map(|l| l.split_once(what).map(|(_, a)| a.trim().to_owned()))
+        {
+            return a.trim_start_matches("http://").to_owned();
+        }
+        assert!(Instant::now() < deadline, "{what} in {}", log.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nats_config_writes_what_nats_server_runs_and_a_county_joins_its_city() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_owned();
+    assert!(run(&["ca", "init", "--dir", &p("ca")]).status.success());
+    let out = run(&[
+        "ca",
+        "issue",
+        "city-a",
+        "--dir",
+        &p("ca"),
+        "--out",
+        &p("certs"),
+        "--san",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run(&[
+        "ca",
+        "issue",
+        "county",
+        "--dir",
+        &p("ca"),
+        "--out",
+        &p("certs")
+    ])
+    .status
+    .success());
+    let write = |name: &str, extra: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[node]\ndata_dir = \"{name}-data\"\n[trunk]\nnode = \"{name}\"\nca = \"ca/ca.pem\"\n\
+                 cert = \"certs/{name}.pem\"\nkey = \"certs/{name}.key\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let out = run(&["nats-config", "--config", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the configuration holds the node's password");
+        let check = Command::new(nats_server())
+            .args(["-t", "-c", &path])
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "nats-server -t: {check:?}");
+        path
+    };
+    let city_conf = write(
+        "city-a",
+        "[nats]\nenabled = true\nclient_listen = \"127.0.0.1:0\"\nleaf_listen = \"127.0.0.1:0\"\n\
+         monitor_listen = \"127.0.0.1:0\"\nchildren = { county = [] }\n",
+    );
+    let text = std::fs::read_to_string(&city_conf).unwrap();
+    assert!(text.contains("domain: \"city-a\""), "{text}");
+    assert!(text.contains("\"yw.county.evt.>\""), "{text}");
+    let city_log = dir.path().join("city-a.log");
+    let _city = Node(
+        Command::new(nats_server())
+            .args(["-c", &city_conf, "-l", city_log.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    let leaf = log_addr(&city_log, "Listening for leafnode connections on ");
+    let monitor = log_addr(&city_log, "Starting http monitor on ");
+    // The county's parents come from [trunk]; the first's leaf address is given, the second's
+    // is the trunk host and parent_leaf_port.
+    let county_conf = write(
+        "county",
+        &format!(
+            "parent = \"127.0.0.1:4434\"\nsecond_parent = \"city-b.example:4434\"\n[nats]\n\
+             enabled = true\nclient_listen = \"127.0.0.1:0\"\nparent_leaf = \"{leaf}\"\n"
+        ),
+    );
+    let text = std::fs::read_to_string(&county_conf).unwrap();
+    assert!(
+        text.contains(&format!(
+            "urls: [\"tls://{leaf}\", \"tls://city-b.example:7422\"]"
+        )),
+        "{text}"
+    );
+    let county_log = dir.path().join("county.log");
+    let _county = Node(
+        Command::new(nats_server())
+            .args(["-c", &county_conf, "-l", county_log.to_str().unwrap()])
+            .spawn()
+            .unwrap(),
+    );
+    // The county's TLS leaf connection is up at the city (certificate checked both ways).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&monitor).unwrap();
+        s.write_all(b"GET /leafz HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        if body.contains("\"leafnodes\": 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "county's leaf connection: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A child name that is no node name is refused, naming the key.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[trunk]\nnode = \"x\"\n[nats]\nchildren = { \"a b\" = [] }\n",
+    )
+    .unwrap();
+    let out = run(&["nats-config", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[nats] children"));
+}
+
+/// The pids in a nats-server log (each line starts `[PID]`), in order of first appearance.
+fn nats_pids(log: &std::path::Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for l in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let pid = l
+            .strip_prefix('[')
+            .and_then(|r| r.split(']').next())
+            .and_then(|p| p.parse().ok());
+        if let Some(pid) = pid {
+            if l.contains("Server is ready") && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_node_with_nats_enabled_supervises_its_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "[node]\ndata_dir = \"data\"\n[nats]\nenabled = true\nclient_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut node = Node(
+        Command::new(BIN)
+            .args(["--config", file.to_str().unwrap()])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--media",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    ready_line(&mut node.0, Duration::from_secs(20));
+    let log = dir.path().join("data/nats/nats-server.log");
+    let wait_pids = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let pids = nats_pids(&log);
+            if pids.len() >= n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} nats-server start(s) in {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = wait_pids(1)[0];
+    let port_open = |addr: &str| std::net::TcpStream::connect(addr).is_ok();
+    let addr = log_addr(&log, "Listening for client connections on ");
+    assert!(port_open(&addr));
+    // Killed: the node starts it again (after its backoff).
+    let killed = Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let pids = wait_pids(2);
+    assert_ne!(pids[1], first, "a new nats-server process");
+    // The node stops (SIGTERM): its nats-server stops with it.
+    let second = pids[1];
+    let term = Command::new("kill")
+        .args([&node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the node exits on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{second}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{second}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server {second} stops with the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

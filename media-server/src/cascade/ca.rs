@@ -211,8 +211,21 @@ impl ProvinceCa {
     /// Issues a certificate for `node`: DNS SAN = the node name, usable as TLS server and
     /// client, valid [`NODE_VALIDITY_DAYS`].
     pub fn issue(&self, node: &trunk::NodeName) -> Result<NodeCert, CaError> {
+        self.issue_with_names(node, &[])
+    }
+
+    /// As [`ProvinceCa::issue`], with extra subject alternative names (host names or IP
+    /// addresses): a nats-server leaf connection checks the parent's certificate against the host
+    /// in its URL, where a trunk checks the node name.
+    pub fn issue_with_names(
+        &self,
+        node: &trunk::NodeName,
+        extra: &[String],
+    ) -> Result<NodeCert, CaError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![node.to_string()])?;
+        let mut names = vec![node.to_string()];
+        names.extend(extra.iter().filter(|n| *n != node.as_str()).cloned());
+        let mut params = CertificateParams::new(names)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.as_str());
         params.distinguished_name = dn;
@@ -282,6 +295,16 @@ impl ProvinceCa {
         node: &trunk::NodeName,
         out: &Path,
     ) -> Result<(PathBuf, PathBuf), CaError> {
+        self.issue_to_with_names(node, out, &[])
+    }
+
+    /// As [`ProvinceCa::issue_to`], with extra subject alternative names.
+    pub fn issue_to_with_names(
+        &self,
+        node: &trunk::NodeName,
+        out: &Path,
+        extra: &[String],
+    ) -> Result<(PathBuf, PathBuf), CaError> {
         std::fs::create_dir_all(out).map_err(io(out))?;
         let cert_path = out.join(format!("{node}.pem"));
         let key_path = out.join(format!("{node}.key"));
@@ -290,7 +313,7 @@ impl ProvinceCa {
                 return Err(CaError::Exists(p.clone()));
             }
         }
-        let c = self.issue(node)?;
+        let c = self.issue_with_names(node, extra)?;
         write_file(&key_path, c.key_pem.as_bytes(), true)?;
         write_file(&cert_path, c.cert_pem.as_bytes(), false)?;
         Ok((cert_path, key_path))
