@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::config::ImpairConfig;
@@ -63,6 +63,7 @@ pub struct UdpRelay {
     local_addr: SocketAddr,
     stats: Arc<Mutex<RelayStats>>,
     cut: Arc<AtomicBool>,
+    rebind: Arc<Notify>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -92,8 +93,10 @@ impl UdpRelay {
             (_, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         let cut = Arc::new(AtomicBool::new(false));
+        let rebind = Arc::new(Notify::new());
         let shell = RelayShell {
             cut: cut.clone(),
+            rebind: rebind.clone(),
             cut_dropped: 0,
             socket,
             upstream,
@@ -110,6 +113,7 @@ impl UdpRelay {
             local_addr,
             stats,
             cut,
+            rebind,
             shutdown: Some(shutdown_tx),
             task: Some(task),
         })
@@ -125,6 +129,15 @@ impl UdpRelay {
     /// of tunnels and dead zones: the cut is total and instant, as when a tablet loses coverage.
     pub fn set_cut(&self, cut: bool) {
         self.cut.store(cut, atomic::Ordering::Relaxed);
+    }
+
+    /// Forgets every client's mapping, as a NAT does when it reboots or a tablet roams to another
+    /// network: each client's next datagram opens a new upstream socket, so the upstream sees the
+    /// same client arrive from a new address (a new port on the listen IP). Replies still on the
+    /// way to an old address are lost (its socket is closed). For tests of QUIC connection
+    /// migration and ICE riding an address change mid-stream.
+    pub fn rebind(&self) {
+        self.rebind.notify_one();
     }
 
     /// Counters of both directions (updated by the relay task after every event).
@@ -154,6 +167,7 @@ struct Client {
 /// The relay task's state.
 struct RelayShell {
     cut: Arc<AtomicBool>,
+    rebind: Arc<Notify>,
     cut_dropped: u64,
     socket: UdpSocket,
     upstream: SocketAddr,
@@ -199,6 +213,8 @@ impl RelayShell {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                // Before the sockets: a datagram sent after `rebind()` returned takes a new mapping.
+                () = self.rebind.notified() => self.forget_clients(),
                 () = &mut up_timer, if up_due.is_some() => {}
                 () = &mut down_timer, if down_due.is_some() => {}
                 Some((client, data)) = down_rx.recv() => {
@@ -303,6 +319,16 @@ impl RelayShell {
             last_active: tokio::time::Instant::now(),
             reader,
         })
+    }
+
+    fn forget_clients(&mut self) {
+        tracing::debug!(
+            clients = self.clients.len(),
+            "relay: every client mapping forgotten"
+        );
+        for (_, c) in self.clients.drain() {
+            c.reader.abort();
+        }
     }
 
     fn expire_idle(&mut self) {
@@ -424,6 +450,51 @@ mod tests {
         }
         assert_eq!(seen.lock().unwrap().len(), 2);
         assert_eq!(relay.stats().clients, 2);
+        tokio::time::timeout(WAIT, relay.shutdown()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_rebound_relay_sends_each_client_from_a_new_address() {
+        let (echo, seen) = echo_server().await;
+        let relay = UdpRelay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            echo,
+            ImpairConfig::default(),
+            ImpairConfig::default(),
+        )
+        .await
+        .unwrap();
+        let c = client(&relay).await;
+        let mut buf = [0u8; 16];
+        let echo_of = |msg: &'static [u8]| {
+            let c = &c;
+            let mut buf = [0u8; 16];
+            async move {
+                c.send(msg).await.unwrap();
+                let n = tokio::time::timeout(WAIT, c.recv(&mut buf))
+                    .await
+                    .expect("echo timed out")
+                    .unwrap();
+                assert_eq!(&buf[..n], msg);
+            }
+        };
+        echo_of(b"before").await;
+        relay.rebind();
+        // The rebind is handled by the relay task before the next datagram it receives.
+        echo_of(b"after").await;
+        let seen: Vec<SocketAddr> = seen.lock().unwrap().iter().copied().collect();
+        assert_eq!(
+            seen.len(),
+            2,
+            "the upstream saw the client from two addresses: {seen:?}"
+        );
+        assert_eq!(relay.stats().clients, 1, "the old mapping is gone");
+        // The client itself kept its address and its relay address: only the upstream side moved.
+        c.send(b"again").await.unwrap();
+        tokio::time::timeout(WAIT, c.recv(&mut buf))
+            .await
+            .expect("echo timed out")
+            .unwrap();
         tokio::time::timeout(WAIT, relay.shutdown()).await.unwrap();
     }
 

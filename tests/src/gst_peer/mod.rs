@@ -59,7 +59,9 @@ use gstreamer as gst;
 pub use http::{delete_session, endpoint_url, http_status, post_offer, OfferResponse, WhipError};
 pub use picture::{Pattern, Picture};
 pub use publisher::{PublishOptions, VideoCodec, WhipPublisher};
-pub use viewer::{ViewOptions, ViewerStats, WhepViewer, VIEWER_AUDIO_CAPS, VIEWER_VIDEO_CAPS};
+pub use viewer::{
+    FrameTap, ViewOptions, ViewerStats, WhepViewer, VIEWER_AUDIO_CAPS, VIEWER_VIDEO_CAPS,
+};
 
 /// Initialises GStreamer once per process and checks the elements the peers need.
 pub fn init() -> anyhow::Result<()> {

@@ -65,6 +65,10 @@ pub struct ViewerStats {
     pub audio_buffers: u64,
 }
 
+/// Called with every decoded video frame: its I420 bytes (rows padded to 4 bytes, as
+/// `videoconvert` lays them out), width and height.
+pub type FrameTap = Arc<dyn Fn(&[u8], usize, usize) + Send + Sync>;
+
 #[derive(Default)]
 struct Counters {
     frames: AtomicU64,
@@ -74,6 +78,8 @@ struct Counters {
     video_codec: Mutex<Option<String>>,
     /// The appsink at the end of the video branch (latest decoded frame, I420), once linked.
     picture: Mutex<Option<gst_app::AppSink>>,
+    /// See [`WhepViewer::on_frame`].
+    tap: Mutex<Option<FrameTap>>,
 }
 
 /// A WHEP client decoding what it receives. See [`super`] for the network details.
@@ -202,6 +208,13 @@ impl WhepViewer {
             height: c.height.load(Ordering::Relaxed),
             audio_buffers: c.audio.load(Ordering::Relaxed),
         }
+    }
+
+    /// Calls `tap` with every video frame decoded from now on (replacing any earlier tap), on the
+    /// pipeline's streaming thread: keep it short. For checks of every frame's content (a time
+    /// code or frame number painted by the source), where [`picture`](Self::picture) samples.
+    pub fn on_frame(&self, tap: impl Fn(&[u8], usize, usize) + Send + Sync + 'static) {
+        *self.counters.tap.lock().unwrap() = Some(Arc::new(tap));
     }
 
     /// Encoding name (`H264`, `VP8`) of the received video, once its pad appeared.
@@ -401,6 +414,29 @@ fn on_incoming_stream(
         .by_name("picture")
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
     {
+        let tapped = c.clone();
+        if let Some(pad) = sink.static_pad("sink") {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                let Some(tap) = tapped.tap.lock().unwrap().clone() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let size = pad
+                    .current_caps()
+                    .as_ref()
+                    .and_then(|c| c.structure(0))
+                    .map(|s| {
+                        let dim =
+                            |f: &str| usize::try_from(s.get::<i32>(f).unwrap_or(0)).unwrap_or(0);
+                        (dim("width"), dim("height"))
+                    });
+                if let (Some((w, h)), Some(gst::PadProbeData::Buffer(b))) = (size, &info.data) {
+                    if let Ok(map) = b.map_readable() {
+                        tap(map.as_slice(), w, h);
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         *c.picture.lock().unwrap() = Some(sink);
     }
     let dec = bin.by_name("dec").ok_or_else(|| anyhow!("no dec"))?;
