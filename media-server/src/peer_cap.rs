@@ -92,7 +92,11 @@ impl MediaPeers {
 
     /// Reserves a slot for one more session of `sub`; at the cap, first forgets the sessions
     /// the media task no longer has.
-    pub async fn reserve(self: &Arc<Self>, sub: &Subject, media: &MediaHandle) -> Result<Slot, Full> {
+    pub async fn reserve(
+        self: &Arc<Self>,
+        sub: &Subject,
+        media: &MediaHandle,
+    ) -> Result<Slot, Full> {
         if let Some(slot) = self.try_reserve(sub) {
             return Ok(slot);
         }
@@ -134,9 +138,7 @@ impl Slot {
         let held = inner.by_subject.entry(self.sub.clone()).or_default();
         held.pending = held.pending.saturating_sub(1);
         held.sessions.push(session_id.to_owned());
-        inner
-            .owner
-            .insert(session_id.to_owned(), self.sub.clone());
+        inner.owner.insert(session_id.to_owned(), self.sub.clone());
     }
 }
 
@@ -166,7 +168,10 @@ mod tests {
         peers.try_reserve(&a).unwrap().commit("s1");
         let pending = peers.try_reserve(&a).unwrap();
         assert!(peers.try_reserve(&a).is_none(), "one held, one pending");
-        assert!(peers.try_reserve(&b).is_some(), "another subject is not affected");
+        assert!(
+            peers.try_reserve(&b).is_some(),
+            "another subject is not affected"
+        );
         drop(pending);
         peers.try_reserve(&a).unwrap().commit("s2");
         assert!(peers.try_reserve(&a).is_none());
