@@ -144,6 +144,37 @@ pub struct HttpConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Seconds from accept until the TLS handshake (HTTPS) and the first request's headers
+    /// must be done; then the node closes the connection. Default 10.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may wait between requests (keep-alive). Default 30.
+    pub idle_timeout_secs: u64,
+    /// Seconds from a request's headers until its body (WHIP/WHEP offers, orders) must be in;
+    /// then 408 `body_timeout` and the connection is closed. Default 30.
+    pub body_timeout_secs: u64,
+    /// Open HTTP connections, every listener together. Default 4096; kept below the
+    /// descriptor limit (raised to its hard limit at start) minus a quarter of it.
+    pub max_connections: usize,
+    /// Open HTTP connections from one IP address. Default 512. At either cap the connection
+    /// idle the longest is closed to make room (docs/api.md, "Connections").
+    pub max_connections_per_ip: usize,
+    /// WHIP and WHEP sessions one token subject may hold at once; one more is 429
+    /// `too_many_sessions` until one ends. Default 64 (a wall of many tiles).
+    pub media_peers_per_subject: usize,
+}
+
+impl HttpConfig {
+    /// The listener limits these keys give (before clamping to the descriptor limit).
+    pub fn listener_limits(&self) -> crate::listener::Limits {
+        let secs = std::time::Duration::from_secs;
+        crate::listener::Limits {
+            header_timeout: secs(self.header_timeout_secs.max(1)),
+            idle_timeout: secs(self.idle_timeout_secs.max(1)),
+            body_timeout: secs(self.body_timeout_secs.max(1)),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -155,6 +186,12 @@ impl Default for HttpConfig {
             https: false,
             tls_cert: None,
             tls_key: None,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 30,
+            body_timeout_secs: 30,
+            max_connections: 4096,
+            max_connections_per_ip: 512,
+            media_peers_per_subject: 64,
         }
     }
 }

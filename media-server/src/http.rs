@@ -56,6 +56,8 @@ pub struct AppState {
     pub wall: Arc<crate::config::WallConfig>,
     /// The trunk shell, when `[trunk]` is configured (`/api/trunks`).
     pub trunk: Option<crate::cascade::shell::TrunkHandle>,
+    /// WHIP and WHEP sessions per token subject (`[http] media_peers_per_subject`).
+    pub media_peers: Arc<crate::peer_cap::MediaPeers>,
 }
 
 /// An API error: a status and a message safe to show to the client.
@@ -95,6 +97,11 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still come: this connection is done.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -166,8 +173,142 @@ fn stream_name(raw: &str) -> Result<StreamName, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string()))
 }
 
-/// Reads an SDP offer body: `Content-Type: application/sdp`, UTF-8, not empty.
-fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+/// The largest body [`LazyBody`] reads (`[http] max_body_bytes`), set by [`router`].
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
+/// Body deadline when no listener set one (a router driven without `crate::listener`).
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After a refused over-limit body, at most this much more of it is read and discarded (for at
+/// most [`BODY_DRAIN_TIME`]) so that a client still sending sees the 413 rather than a reset.
+const BODY_DRAIN_BYTES: usize = 1024 * 1024;
+/// See [`BODY_DRAIN_BYTES`].
+const BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A request body not read yet. Handlers check the token and every header first and only then
+/// [`read`](LazyBody::read) it, bounded by `[http] max_body_bytes` (413 `too_large`) and the
+/// body deadline the listener set (408 `body_timeout`, connection closed): a request without a
+/// valid token never makes the node wait for, or hold, its body.
+pub struct LazyBody {
+    body: axum::body::Body,
+    limit: usize,
+    declared: Option<u64>,
+    deadline: tokio::time::Instant,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for LazyBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(64 * 1024, |l| l.0);
+        let deadline = req
+            .extensions()
+            .get::<crate::listener::BodyDeadline>()
+            .map_or_else(
+                || tokio::time::Instant::now() + DEFAULT_BODY_TIMEOUT,
+                |d| d.0,
+            );
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok(LazyBody {
+            body: req.into_body(),
+            limit,
+            declared,
+            deadline,
+        })
+    }
+}
+
+impl LazyBody {
+    /// Reads the whole body within the limit and the deadline.
+    pub async fn read(self) -> Result<Bytes, ApiError> {
+        use http_body_util::BodyExt as _;
+        let LazyBody {
+            mut body,
+            limit,
+            declared,
+            deadline,
+        } = self;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body larger than {limit} bytes (http.max_body_bytes)"),
+            )
+        };
+        let mut buf = bytes::BytesMut::new();
+        let over = if declared.is_some_and(|n| n > limit as u64) {
+            true
+        } else {
+            let read = async {
+                while let Some(frame) = body.frame().await {
+                    let Ok(data) = frame?.into_data() else {
+                        continue;
+                    };
+                    if buf.len() + data.len() > limit {
+                        return Ok(true);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Ok::<_, axum::Error>(false)
+            };
+            match tokio::time::timeout_at(deadline, read).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the request body did not arrive in time (http.body_timeout_secs)",
+                    ))
+                }
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        "the request body was interrupted",
+                    ))
+                }
+                Ok(Ok(over)) => over,
+            }
+        };
+        if over {
+            let drain_until = deadline.min(tokio::time::Instant::now() + BODY_DRAIN_TIME);
+            let _ = tokio::time::timeout_at(drain_until, async {
+                let mut left = BODY_DRAIN_BYTES;
+                while let Some(Ok(frame)) = body.frame().await {
+                    let n = frame.data_ref().map_or(0, |d| d.len());
+                    match left.checked_sub(n) {
+                        Some(l) => left = l,
+                        None => break,
+                    }
+                }
+            })
+            .await;
+            return Err(too_large());
+        }
+        Ok(buf.freeze())
+    }
+}
+
+fn too_many_sessions(sub: &Subject, full: crate::peer_cap::Full) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sessions",
+        format!(
+            "{sub} holds {} WHIP/WHEP sessions already (http.media_peers_per_subject); end one first",
+            full.limit
+        ),
+    )
+}
+
+/// Checks that a request carries an SDP offer: `Content-Type: application/sdp` (headers only).
+fn sdp_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -183,6 +324,11 @@ fn sdp_body(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
             "body must be an SDP offer with Content-Type: application/sdp",
         ));
     }
+    Ok(())
+}
+
+/// Reads an SDP offer body: UTF-8, starting with `v=0`.
+fn sdp_text(body: &Bytes) -> Result<String, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -218,15 +364,22 @@ async fn whip(
     State(state): State<AppState>,
     Path(stream): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: LazyBody,
 ) -> Result<Response, ApiError> {
     let claims = authenticate(&state, &headers)?;
     let name = stream_name(&stream)?;
     claims
         .may_publish(&name)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
-    let offer = sdp_body(&headers, &body)?;
+    sdp_type(&headers)?;
+    let slot = state
+        .media_peers
+        .reserve(&claims.sub, &state.media)
+        .await
+        .map_err(|full| too_many_sessions(&claims.sub, full))?;
+    let offer = sdp_text(&body.read().await?)?;
     let answer = state.media.publish(name, claims.sub.clone(), offer).await?;
+    slot.commit(&answer.session_id);
     Ok(created(&answer.session_id, answer.sdp))
 }
 
@@ -272,9 +425,9 @@ async fn whep(
     Path(stream): Path<String>,
     Query(query): Query<ViewQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: LazyBody,
 ) -> Result<Response, ApiError> {
-    view(&state, &stream, &query, &headers, &body).await
+    view(&state, &stream, &query, &headers, body).await
 }
 
 async fn whep_remote(
@@ -282,7 +435,7 @@ async fn whep_remote(
     Path((node, stream)): Path<(String, String)>,
     Query(query): Query<ViewQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: LazyBody,
 ) -> Result<Response, ApiError> {
     if node != state.node_id.as_str() {
         // A stream at another node: pulled over the trunks (docs/trunk.md).
@@ -291,11 +444,19 @@ async fn whep_remote(
         let addr = trunk::StreamAddr::parse(&format!("{node}/{stream}")).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_stream_name", e.to_string())
         })?;
-        let (pref, offer) = (query.pref()?, sdp_body(&headers, &body)?);
+        let pref = query.pref()?;
+        sdp_type(&headers)?;
+        let slot = state
+            .media_peers
+            .reserve(&claims.sub, &state.media)
+            .await
+            .map_err(|full| too_many_sessions(&claims.sub, full))?;
+        let offer = sdp_text(&body.read().await?)?;
         let answer = state.media.view_remote(addr, offer, pref).await?;
+        slot.commit(&answer.session_id);
         return Ok(created(&answer.session_id, answer.sdp));
     }
-    view(&state, &stream, &query, &headers, &body).await
+    view(&state, &stream, &query, &headers, body).await
 }
 
 async fn view(
@@ -303,14 +464,21 @@ async fn view(
     stream: &str,
     query: &ViewQuery,
     headers: &HeaderMap,
-    body: &Bytes,
+    body: LazyBody,
 ) -> Result<Response, ApiError> {
     let claims = authenticate(state, headers)?;
     require(&claims, Action::ViewStream)?;
     let name = stream_name(stream)?;
     let pref = query.pref()?;
-    let offer = sdp_body(headers, body)?;
+    sdp_type(headers)?;
+    let slot = state
+        .media_peers
+        .reserve(&claims.sub, &state.media)
+        .await
+        .map_err(|full| too_many_sessions(&claims.sub, full))?;
+    let offer = sdp_text(&body.read().await?)?;
     let answer = state.media.view(name, offer, pref).await?;
+    slot.commit(&answer.session_id);
     Ok(created(&answer.session_id, answer.sdp))
 }
 
@@ -326,7 +494,8 @@ async fn delete_session(
             "no such session",
         ));
     }
-    state.media.close(id).await?;
+    state.media.close(id.clone()).await?;
+    state.media_peers.ended(&id);
     Ok(StatusCode::OK)
 }
 
@@ -594,11 +763,11 @@ pub struct NewOrder {
 async fn api_orders_post(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: LazyBody,
 ) -> Result<Response, ApiError> {
     let claims = authenticate(&state, &headers)?;
     require(&claims, Action::SendOrder)?;
-    let order: NewOrder = serde_json::from_slice(&body).map_err(|e| {
+    let order: NewOrder = serde_json::from_slice(&body.read().await?).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_order",
@@ -648,10 +817,10 @@ async fn api_order_answer(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: LazyBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let claims = authenticate(&state, &headers)?;
-    let a: OrderAnswerBody = serde_json::from_slice(&body).map_err(|e| {
+    let a: OrderAnswerBody = serde_json::from_slice(&body.read().await?).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_answer",
@@ -1004,6 +1173,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     }
     r.fallback(static_file)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(BodyLimit(max_body)))
         .layer(axum::middleware::from_fn(cors))
         .with_state(state)
 }

@@ -5,6 +5,8 @@
 //! Layout, from the wire inward:
 //! - [`node`]: composition (identity, listeners, tasks) — what `main` and the tests start;
 //! - [`http`]: axum handlers (WHIP/WHEP, API, OpenAPI document, metrics, the wall's static files);
+//! - [`listener`]: the accept loop of every HTTP listener — header, idle and body timeouts,
+//!   global and per-IP connection caps;
 //! - [`tls`]: HTTPS for the HTTP listener (PEM files or the node's own certificate);
 //! - [`media`]: the tokio shell of the media plane — one UDP socket, one task driving the
 //!   `sfu` engine (every WebRTC session, forwarding, simulcast; its own crate);
@@ -27,10 +29,12 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod listener;
 pub mod media;
 pub mod metrics;
 pub mod natsd;
 pub mod node;
+pub mod peer_cap;
 pub mod quic;
 pub mod signal;
 pub mod streams;

@@ -53,6 +53,11 @@ enum Command {
         handle: TrunkHandle,
         rx: MediaLinkRx,
     },
+    /// Which of these sessions still exist (the per-subject cap on media peers, `http.rs`).
+    Alive {
+        ids: Vec<String>,
+        reply: oneshot::Sender<Vec<bool>>,
+    },
     /// Answered at once: proves the task is running and reading its commands (`/healthz`).
     Ping { reply: oneshot::Sender<()> },
     /// Test kit only: makes the task panic, the one failure a test cannot cause from outside.
@@ -163,6 +168,14 @@ impl MediaHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Close { session_id, reply }).await?;
         rx.await.map_err(|_| SfuError::Unavailable)?
+    }
+
+    /// For each of `ids`, whether that session still exists (it ends when its client deletes
+    /// it or when it times out).
+    pub async fn alive(&self, ids: Vec<String>) -> Result<Vec<bool>, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Alive { ids, reply }).await?;
+        rx.await.map_err(|_| SfuError::Unavailable)
     }
 
     /// Round-trips through the task's command channel: `Err` when the task has stopped.
@@ -646,6 +659,9 @@ fn handle_command(sfu: &mut Sfu, trunk: &mut Option<TrunkIo>, tables: &mut Table
                 pending: Vec::new(),
                 rtt_at: None,
             });
+        }
+        Command::Alive { ids, reply } => {
+            let _ = reply.send(ids.iter().map(|id| sfu.has_session(id)).collect());
         }
         Command::Ping { reply } => {
             let _ = reply.send(());

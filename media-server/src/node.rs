@@ -71,6 +71,8 @@ pub struct RunningNode {
     pub trunk: Option<crate::cascade::shell::TrunkHandle>,
     /// The node's essential tasks: [`RunningNode::failed`] resolves when one stops.
     pub watchdog: Arc<Watchdog>,
+    /// The HTTP listeners' connections (caps, timeouts, counters).
+    pub connections: Arc<crate::listener::ConnTable>,
     probes: Probes,
     tasks: Vec<JoinHandle<()>>,
     quic: quinn::Endpoint,
@@ -317,31 +319,35 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         wall: Arc::new(config.wall.clone()),
         trunk: trunk.clone(),
         probes: probes.clone(),
+        media_peers: crate::peer_cap::MediaPeers::new(config.http.media_peers_per_subject),
     };
+    // Every HTTP listener shares one connection table, its caps below the descriptor limit.
+    let nofile = crate::listener::raise_nofile_limit();
+    let limits = config.http.listener_limits().clamped(nofile);
+    info!(
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        "HTTP connection caps"
+    );
+    let connections = crate::listener::ConnTable::new(limits);
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
     let app = http::router(state.clone(), config.http.max_body_bytes);
-    let http_task = if config.http.https {
-        let acceptor = crate::tls::acceptor(
+    let tls = if config.http.https {
+        Some(crate::tls::acceptor(
             config.http.tls_cert.as_deref(),
             config.http.tls_key.as_deref(),
             &identity,
-        )?;
-        let listener = crate::tls::TlsListener::new(listener, acceptor)?;
-        watchdog.spawn("http", async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTPS server stopped");
-            }
-        })
+        )?)
     } else {
-        watchdog.spawn("http", async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        })
+        None
     };
+    let http_task = watchdog.spawn(
+        "http",
+        crate::listener::serve(listener, tls, app, connections.clone()),
+    );
     let mut tasks = vec![media_task, timer_task, quic_task, http_task];
     tasks.extend(trunk_sync.map(|sync| watchdog.watch("trunk", sync)));
 
@@ -357,9 +363,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .with_context(|| format!("binding metrics listener {addr}"))?;
         metrics_addr = Some(l.local_addr()?);
         let app = http::metrics_router(state);
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        }));
+        tasks.push(tokio::spawn(crate::listener::serve(
+            l,
+            None,
+            app,
+            connections.clone(),
+        )));
     }
 
     info!(node = %identity.node_id, http = %http_addr, https = config.http.https, media = %media_addr, quic = %quic_addr, "node started");
@@ -378,6 +387,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         hub,
         trunk,
         watchdog,
+        connections,
         probes,
         tasks,
         quic,

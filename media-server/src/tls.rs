@@ -1,30 +1,19 @@
 //! HTTPS for the HTTP listener (`[http] https = true`): a TLS acceptor from PEM files or the
-//! node's own self-signed certificate, and an [`axum::serve::Listener`] that hands axum only
-//! connections whose handshake finished.
+//! node's own self-signed certificate.
 //!
-//! Handshakes run in their own tasks (at most [`HANDSHAKE_TIMEOUT`] each), so a slow or silent
-//! client never holds up the accept loop. This module does no HTTP; `node.rs` composes it.
+//! `crate::listener` runs each handshake in its connection's task, bounded by the header
+//! timeout, so a slow or silent client never holds up the accept loop. This module does no
+//! HTTP.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::identity::NodeIdentity;
-
-/// Longest a TLS handshake may take before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshaken connections waiting for axum; beyond this the accept loop waits.
-const QUEUE: usize = 64;
 
 /// The server TLS configuration: TLS 1.2 and 1.3 with the ring provider, ALPN `h2` is not
 /// offered (axum serves HTTP/1.1 here, which WebSocket upgrades need), `http/1.1` is.
@@ -70,71 +59,4 @@ pub fn acceptor(
         .context("the HTTPS certificate and key do not fit together")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A TCP listener whose connections come out TLS-handshaken.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    accept_loop: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TlsListener {
-    /// Stops accepting (and frees the port) when axum's server is dropped.
-    fn drop(&mut self) {
-        self.accept_loop.abort();
-    }
-}
-
-impl TlsListener {
-    /// Starts the accept loop on `listener`; it ends when the returned listener is dropped.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let accept_loop = tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "HTTPS accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener {
-            rx,
-            local,
-            accept_loop,
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept loop never ends while this listener lives.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

@@ -266,6 +266,11 @@ impl Sfu {
         Ok(())
     }
 
+    /// Whether the session `session_id` still exists (not ended by its client, not timed out).
+    pub fn has_session(&self, session_id: &str) -> bool {
+        self.sessions.contains_key(session_id)
+    }
+
     pub(crate) fn alloc_peer_id(&mut self) -> PeerId {
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
