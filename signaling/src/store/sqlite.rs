@@ -1,9 +1,14 @@
 //! The SQLite [`OfficeStore`]: WAL mode, schema migrations, the node's `office.db`.
 //!
 //! Durability: every write is one transaction, committed before the call returns. The database
-//! runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the process
-//! being killed (SIGKILL, OOM, panic); an operating-system crash or power cut may lose the last
-//! transactions before a checkpoint. `PRAGMA user_version` holds the schema version;
+//! runs in WAL mode with `synchronous = FULL`: the WAL is fsynced at every commit, so a committed
+//! transaction — an acknowledged order — survives the process being killed (SIGKILL, OOM, panic)
+//! and an operating-system crash or power cut too. (`NORMAL` would fsync only at checkpoints and
+//! could lose the last acknowledged orders on power loss; bench/RESULTS.md has what FULL costs.)
+//!
+//! A full disk is an error, not a panic: the write fails with [`StoreError::Full`], the
+//! transaction is rolled back (nothing of it is stored), and the next write succeeds once there
+//! is room again. `PRAGMA user_version` holds the schema version;
 //! [`SqliteStore::open`] migrates older files forward and refuses newer ones. Schema 3 made the
 //! idempotency key `(sender, kind, client id)` and added the `subjects` table.
 
@@ -22,6 +27,9 @@ use crate::time::UnixMs;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::Full;
+        }
         StoreError::Backend(Box::new(e))
     }
 }
@@ -147,7 +155,7 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Migrations may rebuild referenced tables, which SQLite allows only with foreign keys
         // off (the pragma is a no-op inside a transaction); each migration checks them itself.
