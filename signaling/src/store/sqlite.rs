@@ -980,6 +980,16 @@ mod tests {
         }
         let st = SqliteStore::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
+        // WAL, fsynced at every commit (synchronous = FULL is 2).
+        let mode: String = st
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = st
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
         assert_eq!(
             st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item,
             chat(1, "x")
@@ -991,6 +1001,22 @@ mod tests {
             Err(StoreError::TooNew { found: 99 })
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let e = StoreError::from(full);
+        assert!(matches!(e, StoreError::Full), "{e}");
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(StoreError::from(busy), StoreError::Backend(_)));
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
