@@ -1097,9 +1097,10 @@ mod tests {
             }
         };
         put(a.clone(), 1, 1000).await.unwrap();
-        // The same bytes again count once.
-        assert!(!put(a.clone(), 1, 1000).await.unwrap().created);
+        // The same bytes again (from another uploader) count once, for the first.
+        assert!(!put(b.clone(), 1, 1000).await.unwrap().created);
         assert_eq!(store.stored_bytes(&a), (1000, 1000));
+        assert_eq!(store.stored_bytes(&b), (1000, 0));
         // Declared: refused at once, nothing written.
         let err = store.begin(&a, Some(501)).await.unwrap_err();
         assert!(
