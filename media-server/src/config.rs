@@ -321,19 +321,73 @@ impl SfuSection {
     }
 }
 
-/// `[office]`
+/// `[office]`: attachments (`POST /api/attachments`) and what they may take of the data dir.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OfficeConfig {
     /// Largest accepted attachment (`POST /api/attachments`), bytes. Default 26214400 (25 MiB);
     /// larger → 413. Independent of `http.max_body_bytes`.
     pub attachment_max_bytes: u64,
+    /// Bytes of attachments the node stores in all. Default 10737418240 (10 GiB); beyond → 507
+    /// `quota_exceeded`.
+    pub attachment_quota_bytes: u64,
+    /// Bytes of attachments stored per uploader (token subject; an attachment counts for its
+    /// first uploader). Default 1073741824 (1 GiB); beyond → 507 `quota_exceeded`.
+    pub attachment_subject_quota_bytes: u64,
+    /// Free-space floor of the data dir's file system, bytes: an upload that would leave less
+    /// free is refused (507 `storage_full`), so the office store always has room. The floor is
+    /// the smaller of this and `min_free_percent`. Default 268435456 (256 MiB).
+    pub min_free_bytes: u64,
+    /// Free-space floor, percent of the file system's size (0–100). Default 2.
+    pub min_free_percent: f64,
+    /// Uploads in progress at once, in all. Default 32; beyond → 429 `too_many_uploads`.
+    pub attachment_max_uploads: usize,
+    /// Uploads in progress at once per uploader. Default 4; beyond → 429 `too_many_uploads`.
+    pub attachment_max_uploads_per_subject: usize,
+    /// An upload whose body sends nothing for this long is ended with 408 `upload_timeout` (its
+    /// temporary file removed). Default 30.
+    pub attachment_idle_timeout_secs: u64,
+    /// After the first `attachment_idle_timeout_secs`, an upload must have averaged at least this
+    /// many bytes per second since it began, or it ends with 408 `upload_timeout`. 0 = no
+    /// minimum. Default 1024.
+    pub attachment_min_rate_bytes_per_sec: u64,
 }
 
 impl Default for OfficeConfig {
     fn default() -> Self {
+        let l = crate::attachments::Limits::default();
         OfficeConfig {
-            attachment_max_bytes: 25 * 1024 * 1024,
+            attachment_max_bytes: l.max_bytes,
+            attachment_quota_bytes: l.quota_bytes,
+            attachment_subject_quota_bytes: l.subject_quota_bytes,
+            min_free_bytes: l.min_free_bytes,
+            min_free_percent: l.min_free_percent,
+            attachment_max_uploads: l.max_uploads,
+            attachment_max_uploads_per_subject: l.max_uploads_per_subject,
+            attachment_idle_timeout_secs: l.idle_timeout.as_secs(),
+            attachment_min_rate_bytes_per_sec: l.min_rate_bytes_per_sec,
+        }
+    }
+}
+
+impl OfficeConfig {
+    /// The attachment store's limits these settings describe (a cap of 0 is taken as 1, a
+    /// timeout of 0 as 1 s, a percentage outside 0–100 clamped).
+    pub fn attachment_limits(&self) -> crate::attachments::Limits {
+        crate::attachments::Limits {
+            max_bytes: self.attachment_max_bytes,
+            quota_bytes: self.attachment_quota_bytes,
+            subject_quota_bytes: self.attachment_subject_quota_bytes,
+            min_free_bytes: self.min_free_bytes,
+            min_free_percent: if self.min_free_percent.is_nan() {
+                0.0
+            } else {
+                self.min_free_percent.clamp(0.0, 100.0)
+            },
+            max_uploads: self.attachment_max_uploads.max(1),
+            max_uploads_per_subject: self.attachment_max_uploads_per_subject.max(1),
+            idle_timeout: Duration::from_secs(self.attachment_idle_timeout_secs.max(1)),
+            min_rate_bytes_per_sec: self.attachment_min_rate_bytes_per_sec,
         }
     }
 }
@@ -674,5 +728,32 @@ mod tests {
         let c: NodeConfig = toml::from_str("[office]\nattachment_max_bytes = 1048576\n").unwrap();
         assert_eq!(c.office.attachment_max_bytes, 1 << 20);
         assert!(toml::from_str::<NodeConfig>("[office]\nmax_bytes = 1\n").is_err());
+        // Every key is printed with its default and read back.
+        let printed = NodeConfig::default().to_toml();
+        for key in [
+            "attachment_quota_bytes = 10737418240",
+            "attachment_subject_quota_bytes = 1073741824",
+            "min_free_bytes = 268435456",
+            "min_free_percent = 2.0",
+            "attachment_max_uploads = 32",
+            "attachment_max_uploads_per_subject = 4",
+            "attachment_idle_timeout_secs = 30",
+            "attachment_min_rate_bytes_per_sec = 1024",
+        ] {
+            assert!(printed.contains(key), "{key} in\n{printed}");
+        }
+        let back: NodeConfig = toml::from_str(&printed).unwrap();
+        assert_eq!(back.office, OfficeConfig::default());
+        let l = OfficeConfig {
+            attachment_max_uploads: 0,
+            attachment_idle_timeout_secs: 0,
+            min_free_percent: 250.0,
+            ..OfficeConfig::default()
+        }
+        .attachment_limits();
+        assert_eq!(
+            (l.max_uploads, l.idle_timeout, l.min_free_percent),
+            (1, Duration::from_secs(1), 100.0)
+        );
     }
 }

@@ -879,6 +879,33 @@ fn storage_error(e: AttachmentError) -> ApiError {
             ApiError::new(StatusCode::BAD_REQUEST, "hash_mismatch", e.to_string())
         }
         AttachmentError::BadId => ApiError::new(StatusCode::BAD_REQUEST, "bad_hash", e.to_string()),
+        AttachmentError::QuotaExceeded { scope, .. } => {
+            let key = match scope {
+                crate::attachments::Scope::Subject => "office.attachment_subject_quota_bytes",
+                _ => "office.attachment_quota_bytes",
+            };
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                format!("{e} ({key})"),
+            )
+        }
+        AttachmentError::LowOnSpace { floor, .. } => {
+            tracing::warn!(error = %e, "attachment refused: the data dir is at its free-space floor");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                format!(
+                    "the node's disk is at its free-space floor of {floor} bytes kept for the \
+                     office store (office.min_free_bytes, office.min_free_percent)"
+                ),
+            )
+        }
+        AttachmentError::TooManyUploads { .. } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            e.to_string(),
+        ),
         AttachmentError::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
             tracing::error!(error = %e, "attachment store is full");
             ApiError::new(
@@ -898,6 +925,17 @@ fn storage_error(e: AttachmentError) -> ApiError {
     }
 }
 
+/// An upload refused: the error as a response, with `Retry-After` for 429.
+fn refused(e: AttachmentError) -> Response {
+    let busy = matches!(e, AttachmentError::TooManyUploads { .. });
+    let mut resp = storage_error(e).into_response();
+    if busy {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
 /// Reads and discards what is left of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
 async fn drain(mut stream: axum::body::BodyDataStream) {
     use futures_util::StreamExt as _;
@@ -914,7 +952,9 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
 }
 
 /// `POST /api/attachments`: the raw body is streamed to the store while hashed; 201 with where
-/// to fetch it.
+/// to fetch it. Refused before the body is read when the declared length, the uploader's or the
+/// node's quota, the free-space floor or the number of uploads in progress says no; a body that
+/// stalls or trickles ends with 408. Whatever is refused leaves no file behind.
 async fn api_attachments_post(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -952,18 +992,53 @@ async fn api_attachments_post(
                 })?,
         ),
     };
-    let limit = state.attachments.max_bytes();
     let mut stream = body.into_data_stream();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        drain(stream).await;
-        return Err(too_large(limit));
-    }
-    let mut upload = state.attachments.begin().await.map_err(storage_error)?;
-    while let Some(chunk) = stream.next().await {
+    // A client that sent `Expect: 100-continue` waits for the answer before sending the body:
+    // refuse it at once. Others are already sending; read a little of it so they see the answer.
+    let waits = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    let mut upload = match state.attachments.begin(&claims.sub, declared).await {
+        Ok(u) => u,
+        Err(e) => {
+            if !waits && !matches!(e, AttachmentError::Io(_)) {
+                drain(stream).await;
+            }
+            return Ok(refused(e));
+        }
+    };
+    let limits = state.attachments.limits().clone();
+    let started = std::time::Instant::now();
+    let mut last = started;
+    loop {
+        let deadline = limits.body_deadline(started, last, upload.size());
+        let next = tokio::time::timeout_at(deadline.into(), stream.next()).await;
+        let Ok(next) = next else {
+            let size = upload.size();
+            // Dropping the upload removes its temporary file.
+            drop(upload);
+            tracing::debug!(size, "attachment upload timed out");
+            let mut resp = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_timeout",
+                format!(
+                    "the body stalled: nothing for {} s, or slower than {} bytes/s on average \
+                     (office.attachment_idle_timeout_secs, office.attachment_min_rate_bytes_per_sec)",
+                    limits.idle_timeout.as_secs(),
+                    limits.min_rate_bytes_per_sec
+                ),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -971,13 +1046,14 @@ async fn api_attachments_post(
                 "the upload was interrupted",
             )
         })?;
+        last = std::time::Instant::now();
         if let Err(e) = upload.write(&chunk).await {
             // Dropping the upload removes its temporary file.
             drop(upload);
-            if matches!(e, AttachmentError::TooLarge { .. }) {
+            if !matches!(e, AttachmentError::Io(_)) {
                 drain(stream).await;
             }
-            return Err(storage_error(e));
+            return Ok(refused(e));
         }
     }
     let stored = upload

@@ -274,7 +274,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let attachments_dir = config.node.data_dir.join("attachments");
     let attachments = Arc::new(
-        AttachmentStore::open(&attachments_dir, config.office.attachment_max_bytes)
+        AttachmentStore::open(&attachments_dir, config.office.attachment_limits())
             .with_context(|| format!("attachment store {}", attachments_dir.display()))?,
     );
     restrict_files(&config.node.data_dir)?;

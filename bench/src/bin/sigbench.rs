@@ -9,11 +9,18 @@
 //! - `sigbench fanout`: one officer's position updates fanned out to N operators, with the
 //!   library client (`signaling::client`); the send → receive time of every position at every
 //!   operator (one process, one monotonic clock).
+//! - `sigbench orders`: `POST /api/orders` from N clients for a while: orders stored per second
+//!   and the time to each acknowledgement (every order is committed to the office store before
+//!   its 201). Run it once per binary to compare store settings side by side.
 //!
 //! Tokens are minted in-process with the node's own identity (created in the temp data dir before
 //! the node starts); the clients pin the node certificate by the token's `fpr`, as real clients do.
 //! Markdown on stdout, progress on stderr, `--json FILE` for the raw figures. Every wait is bounded.
 
+// Only `request` is used here.
+#[allow(dead_code)]
+#[path = "../http.rs"]
+mod http;
 #[path = "../procfs.rs"]
 mod procfs;
 
@@ -58,6 +65,18 @@ enum Mode {
     Sessions(SessionsArgs),
     /// Position updates of one officer fanned out to N operators: delivery latency.
     Fanout(FanoutArgs),
+    /// Orders over `POST /api/orders`: stored per second, time to the acknowledgement.
+    Orders(OrdersArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct OrdersArgs {
+    /// HTTP clients sending orders at once (each waits for its 201 before the next).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Seconds of sending measured.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -128,6 +147,11 @@ fn main() -> Result<()> {
             print_fanout(&r);
             serde_json::to_value(&r)?
         }
+        Mode::Orders(a) => {
+            let r = rt.block_on(orders(&args.server, a))?;
+            print_orders(&r);
+            serde_json::to_value(&r)?
+        }
     };
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
@@ -148,6 +172,7 @@ struct Node {
     _dir: tempfile::TempDir,
     pid: String,
     quic: SocketAddr,
+    http: SocketAddr,
     issuer: TokenIssuer,
     node_id: String,
     fpr: String,
@@ -207,11 +232,17 @@ impl Node {
             .find_map(|kv| kv.strip_prefix("quic="))
             .with_context(|| format!("no quic= in {line:?}"))?
             .parse()?;
+        let http = line
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("http="))
+            .with_context(|| format!("no http= in {line:?}"))?
+            .parse()?;
         Ok(Node {
             child,
             _dir: dir,
             pid,
             quic,
+            http,
             issuer: identity.issuer(),
             node_id: identity.node_id.to_string(),
             fpr: identity.fingerprint.clone(),
@@ -1097,5 +1128,110 @@ fn print_fanout(r: &FanoutResult) {
     println!(
         "| {} | {} | {} / {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} | {:.1} | {:.1} |",
         r.sent, r.fanned_out, r.delivered, r.expected, d.p50, d.p90, d.p99, d.max, l.p50, l.p99, l.max, r.node_cpu_pct, r.bench_cpu_pct
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// orders
+
+#[derive(Debug, Serialize)]
+struct OrdersResult {
+    clients: usize,
+    seconds: f64,
+    stored: u64,
+    orders_per_s: f64,
+    /// Time from sending the request to its 201, ms.
+    ack_ms: Dist,
+    errors: u64,
+    /// The node's CPU time over the run, seconds.
+    node_cpu_s: f64,
+    load_start: String,
+}
+
+async fn orders(binary: &Path, a: &OrdersArgs) -> Result<OrdersResult> {
+    let load_start = procfs::load_average();
+    let ticks = procfs::clock_ticks();
+    let node = Node::start(binary, Duration::from_secs(20))?;
+    // The addressee must be known to the node: it holds a session for the whole run.
+    let (_addressee, mut events) = client::connect(ClientConfig::new(
+        node.quic.to_string(),
+        node.token("off-1", Role::Officer, None)?,
+    ))
+    .await?;
+    tokio::spawn(async move { while events.next().await.is_some() {} });
+    let token = node.token("cmd-1", Role::Commander, None)?;
+    let http = node.http;
+    let cpu0 = cpu_s(&node.pid, ticks);
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(a.seconds);
+    let mut workers = Vec::new();
+    for c in 0..a.clients {
+        let token = token.clone();
+        workers.push(std::thread::spawn(move || {
+            let auth = format!("Bearer {token}");
+            let (mut acks, mut errors) = (Vec::new(), 0u64);
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let body = format!(
+                    r#"{{"id":"b{c}-{i}","incident":"duty","to":"off-1","text":"bench order {i}"}}"#
+                );
+                i += 1;
+                let sent = Instant::now();
+                match http::request(
+                    http,
+                    "POST",
+                    "/api/orders",
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                    body.as_bytes(),
+                    Duration::from_secs(10),
+                ) {
+                    Ok(r) if r.status == 201 => acks.push(sent.elapsed().as_secs_f64() * 1e3),
+                    _ => errors += 1,
+                }
+            }
+            (acks, errors)
+        }));
+    }
+    let (mut acks, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        let (a, e) = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
+        acks.extend(a);
+        errors += e;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let node_cpu_s = cpu_s(&node.pid, ticks) - cpu0;
+    let stored = acks.len() as u64;
+    Ok(OrdersResult {
+        clients: a.clients,
+        seconds,
+        stored,
+        orders_per_s: stored as f64 / seconds,
+        ack_ms: Dist::of(acks),
+        errors,
+        node_cpu_s,
+        load_start,
+    })
+}
+
+fn print_orders(r: &OrdersResult) {
+    println!("| clients | seconds | orders stored | **orders/s** | ack p50 / p99 / max ms | errors | node CPU s | load |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {:.1} | {} | **{:.0}** | {:.2} / {:.2} / {:.2} | {} | {:.2} | {} |",
+        r.clients,
+        r.seconds,
+        r.stored,
+        r.orders_per_s,
+        r.ack_ms.p50,
+        r.ack_ms.p99,
+        r.ack_ms.max,
+        r.errors,
+        r.node_cpu_s,
+        r.load_start
     );
 }

@@ -41,7 +41,10 @@ pub type Store = SqliteStore;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The backend refused an operation (disk full, file locked, corrupt database…).
+    /// The disk is full: nothing of the operation was stored; it may succeed once there is room.
+    #[error("office store: the node's disk is full; nothing was stored")]
+    Full,
+    /// The backend refused an operation (file locked, corrupt database…).
     #[error("office store: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// The file was written by a newer yiwang (schema version too high).

@@ -1,9 +1,14 @@
 //! The SQLite [`OfficeStore`]: WAL mode, schema migrations, the node's `office.db`.
 //!
 //! Durability: every write is one transaction, committed before the call returns. The database
-//! runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the process
-//! being killed (SIGKILL, OOM, panic); an operating-system crash or power cut may lose the last
-//! transactions before a checkpoint. `PRAGMA user_version` holds the schema version;
+//! runs in WAL mode with `synchronous = FULL`: the WAL is fsynced at every commit, so a committed
+//! transaction — an acknowledged order — survives the process being killed (SIGKILL, OOM, panic)
+//! and an operating-system crash or power cut too. (`NORMAL` would fsync only at checkpoints and
+//! could lose the last acknowledged orders on power loss; bench/RESULTS.md has what FULL costs.)
+//!
+//! A full disk is an error, not a panic: the write fails with [`StoreError::Full`], the
+//! transaction is rolled back (nothing of it is stored), and the next write succeeds once there
+//! is room again. `PRAGMA user_version` holds the schema version;
 //! [`SqliteStore::open`] migrates older files forward and refuses newer ones. Schema 3 made the
 //! idempotency key `(sender, kind, client id)` and added the `subjects` table.
 
@@ -22,6 +27,9 @@ use crate::time::UnixMs;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::Full;
+        }
         StoreError::Backend(Box::new(e))
     }
 }
@@ -147,7 +155,7 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Migrations may rebuild referenced tables, which SQLite allows only with foreign keys
         // off (the pragma is a no-op inside a transaction); each migration checks them itself.
@@ -972,6 +980,16 @@ mod tests {
         }
         let st = SqliteStore::open(&path).unwrap();
         assert_eq!(st.schema_version().unwrap(), SCHEMA_VERSION);
+        // WAL, fsynced at every commit (synchronous = FULL is 2).
+        let mode: String = st
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = st
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
         assert_eq!(
             st.mail_after(&s("off-1"), 0, 10).unwrap()[0].item,
             chat(1, "x")
@@ -983,6 +1001,22 @@ mod tests {
             Err(StoreError::TooNew { found: 99 })
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let e = StoreError::from(full);
+        assert!(matches!(e, StoreError::Full), "{e}");
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(StoreError::from(busy), StoreError::Backend(_)));
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
