@@ -394,7 +394,7 @@ impl Sessions {
         let held = self.by_subject.get(&claims.sub).map_or(0, BTreeSet::len);
         if held >= cap {
             let m = format!(
-                "{} already holds {held} sessions, the most a {} may (close one, or resume it)",
+                "{} already holds {held} sessions, the most its role ({}) may (close one, or resume it)",
                 claims.sub, claims.role
             );
             return Err(ProtoError::new(None, ErrorCode::TooManySessions, m));
