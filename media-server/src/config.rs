@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub wall: WallConfig,
     /// The province bus over a nats-server beside the node (off by default). See docs/province.md.
     pub nats: NatsConfig,
+    /// Signaling sessions (QUIC and `/ws`): caps per subject and per node.
+    pub signaling: SignalingConfig,
 }
 
 /// `[nats]`: the nats-server beside the node that carries the province bus. Off by default (the
@@ -228,6 +230,46 @@ impl Default for QuicConfig {
     fn default() -> Self {
         QuicConfig {
             listen: ([0, 0, 0, 0], 4433).into(),
+        }
+    }
+}
+
+/// `[signaling]`: caps on signaling sessions, over QUIC and WebSocket together. A session counts
+/// from `hello` until it ends: while attached, and while detached and awaiting resume (up to
+/// 120 s). A `hello` beyond a cap is refused with `too_many_sessions` (close code 22); resuming a
+/// session the subject holds is never refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalingConfig {
+    /// Most sessions one subject may hold, for the roles officer, pilot, device and viewer (a
+    /// tablet, bridge or camera needs one, two while a reconnect overlaps). Default 8.
+    pub max_sessions_per_subject: usize,
+    /// Most sessions one subject may hold for the console roles admin, commander and operator
+    /// (a wall of several screens, a console and a phone under one subject). Default 32.
+    pub max_sessions_per_console: usize,
+    /// Most sessions on the node, whatever the subject. Default 20000.
+    pub max_sessions: usize,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        let core = signaling::core::CoreConfig::default();
+        SignalingConfig {
+            max_sessions_per_subject: core.max_sessions_per_subject,
+            max_sessions_per_console: core.max_sessions_per_console,
+            max_sessions: core.max_sessions,
+        }
+    }
+}
+
+impl SignalingConfig {
+    /// The signaling core's tunables with these caps.
+    pub fn core_config(&self) -> signaling::core::CoreConfig {
+        signaling::core::CoreConfig {
+            max_sessions_per_subject: self.max_sessions_per_subject,
+            max_sessions_per_console: self.max_sessions_per_console,
+            max_sessions: self.max_sessions,
+            ..Default::default()
         }
     }
 }
@@ -717,6 +759,28 @@ mod tests {
         assert_eq!(j["zoom"], 12);
         assert!(NodeConfig::default().wall.to_json()["tiles"].is_null());
         assert!(toml::from_str::<NodeConfig>("[wall]\ntile_coords = \"bd09\"\n").is_err());
+    }
+
+    #[test]
+    fn signaling_section() {
+        let d = NodeConfig::default().signaling;
+        assert_eq!(
+            (
+                d.max_sessions_per_subject,
+                d.max_sessions_per_console,
+                d.max_sessions
+            ),
+            (8, 32, 20_000)
+        );
+        let c: NodeConfig = toml::from_str("[signaling]\nmax_sessions_per_subject = 2\n").unwrap();
+        let core = c.signaling.core_config();
+        assert_eq!(core.max_sessions_per_subject, 2);
+        assert_eq!(core.max_sessions_per_console, 32);
+        assert_eq!(
+            core.replay_buffer,
+            signaling::core::CoreConfig::default().replay_buffer
+        );
+        assert!(toml::from_str::<NodeConfig>("[signaling]\nmax_per_subject = 1\n").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Once};
 use anyhow::Context as _;
 use ed25519_dalek::VerifyingKey;
 use signaling::auth::TokenVerifier;
-use signaling::core::{Core, CoreConfig};
+use signaling::core::Core;
 use signaling::store::Store;
 
 /// The office store's file in the data directory (SQLite, WAL).
@@ -258,7 +258,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let store = Store::open(&store_path)
         .with_context(|| format!("opening the office store {}", store_path.display()))?;
     let core = Core::new(
-        CoreConfig::default(),
+        config.signaling.core_config(),
         identity.node_id.clone(),
         (*verifier).clone(),
         store,

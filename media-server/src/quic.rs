@@ -6,6 +6,14 @@
 //! [`IDLE_TIMEOUT`] (a client may ask for less), so a dead tablet's session detaches within 10 s
 //! and its presence goes offline within 14 s (10 s + 4 s presence linger). Connection migration is on: a client whose address
 //! changes (Wi-Fi to 4G) keeps its connection and session.
+//!
+//! Memory per connection is bounded by flow control, not by quinn's defaults (1.25 MB per stream,
+//! an unbounded connection window, 4 streams of which only one was read — ~4 MB per session):
+//! a client may open **one** bidirectional stream (a second `open_bi` waits for credit that never
+//! comes) and no unidirectional ones; the stream's and the connection's receive windows are
+//! [`RECEIVE_WINDOW`], one largest client frame with its header, so an unread or slow control
+//! stream holds at most that much in quinn. What the shell then reads ahead is bounded by
+//! [`crate::signal::READ_AHEAD`]. The send side is capped by [`SEND_WINDOW`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +35,18 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// Idle timeout the node offers (the effective one is the smaller of both sides').
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Receive window of the control stream and of the whole connection: one largest client frame
+/// (`MAX_FRAME`) and its 4-byte length prefix. A client can have no more than this in flight
+/// beyond what the node has read.
+pub const RECEIVE_WINDOW: u32 =
+    (signaling::proto::FRAME_HEADER + signaling::proto::MAX_FRAME) as u32;
+
+/// Data the node keeps buffered for sending on one connection (written, not yet acknowledged):
+/// 1 MiB, a fraction of quinn's 10 MB default. Larger replies (up to 4 MiB) are written as the
+/// client acknowledges; a client that reads nothing fills its outbound queue and is closed
+/// `too_slow`.
+pub const SEND_WINDOW: u64 = 1024 * 1024;
+
 /// Binds the QUIC endpoint on `addr` with the node's certificate.
 pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Endpoint> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -43,8 +63,11 @@ pub fn bind(addr: SocketAddr, identity: &NodeIdentity) -> anyhow::Result<Endpoin
     transport
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT)?))
-        .max_concurrent_bidi_streams(4u32.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(RECEIVE_WINDOW.into())
+        .receive_window(RECEIVE_WINDOW.into())
+        .send_window(SEND_WINDOW);
     server.transport_config(Arc::new(transport));
     server.migration(true);
     let socket = bind_socket(addr)?;

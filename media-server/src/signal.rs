@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde_json::{json, Value};
-use signaling::core::{ConnId, Core, MediaOp, Output, Revocation, TokenGate};
+use signaling::core::{ConnId, Core, MediaOp, Output, Revocation, TokenGate, VerifiedHello};
 use signaling::proto::{
     encode, encode_frame, ErrorCode, FrameDecoder, ProtoError, ServerMsg, StreamKind, MAX_FRAME,
 };
@@ -180,12 +180,68 @@ enum Cmd {
     Open(ConnId),
     /// A connection's transport is gone.
     Closed(ConnId),
-    /// A received message.
-    Frame(ConnId, Vec<u8>),
+    /// A received message, holding its share of the connection's read-ahead budget until the
+    /// core has taken it.
+    Frame(ConnId, Vec<u8>, ReadPermit),
+    /// A connection's first message, a `hello` whose token its task already verified.
+    Hello(ConnId, VerifiedHello, ReadPermit),
     /// A frame the shell could not read.
     FrameError(ConnId, ProtoError),
     /// Anything else (HTTP reads and orders, media results): runs on the core, answers itself.
     Call(Box<dyn FnOnce(&mut Core) + Send>),
+}
+
+/// Bytes of received messages one connection may have on their way to the core (queued, not
+/// yet taken): two largest frames. Beyond that its reader stops reading, so a connection whose
+/// messages the core is slow to take is held back by QUIC flow control (or TCP's) instead of
+/// filling the core's queue: with the QUIC receive windows of one frame
+/// ([`crate::quic::RECEIVE_WINDOW`]) a QUIC connection holds at most about five frames in the
+/// node (the window, a frame being decoded, one waiting for its share, these two).
+pub const READ_AHEAD: usize = 2 * MAX_FRAME;
+
+/// A connection's share of its [`READ_AHEAD`] budget, given back when dropped.
+type ReadPermit = tokio::sync::OwnedSemaphorePermit;
+
+/// What a connection's reader does with each message it read: the first one, when it is a
+/// `hello`, has its token verified here on the connection's task (the Ed25519 work of a flood of
+/// hellos runs on the runtime's workers, beside the flood, not on the core's one thread); every
+/// message waits for its share of the read-ahead budget.
+struct Reader {
+    hub: Arc<Hub>,
+    conn: ConnId,
+    budget: Arc<tokio::sync::Semaphore>,
+    first: bool,
+}
+
+impl Reader {
+    fn new(hub: &Arc<Hub>, conn: ConnId) -> Reader {
+        Reader {
+            hub: hub.clone(),
+            conn,
+            budget: Arc::new(tokio::sync::Semaphore::new(READ_AHEAD)),
+            first: true,
+        }
+    }
+
+    /// Hands one received message to the core, waiting while the connection's budget is spent.
+    async fn deliver(&mut self, bytes: Vec<u8>) {
+        let share = bytes.len().clamp(1, READ_AHEAD) as u32;
+        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+            return;
+        };
+        let first = std::mem::replace(&mut self.first, false);
+        let hello = if first {
+            let gate = self.hub.gate.read().unwrap_or_else(|e| e.into_inner());
+            VerifiedHello::check(&gate, &bytes, now())
+        } else {
+            None
+        };
+        let cmd = match hello {
+            Some(h) => Cmd::Hello(self.conn, h, permit),
+            None => Cmd::Frame(self.conn, bytes, permit),
+        };
+        self.hub.submit(cmd).await;
+    }
 }
 
 /// Messages in flight to the core thread before the connections' readers wait: a full queue
@@ -605,13 +661,12 @@ impl Hub {
             }
         });
         let mut decoder = FrameDecoder::new();
+        let mut reader = Reader::new(&self, id);
         while let Ok(Some(chunk)) = recv.read_chunk(MAX_FRAME, true).await {
             decoder.push(&chunk.bytes);
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => {
-                        self.submit(Cmd::Frame(id, frame)).await;
-                    }
+                    Ok(Some(frame)) => reader.deliver(frame).await,
                     Ok(None) => break,
                     Err(e) => {
                         self.submit(Cmd::FrameError(id, e.to_proto())).await;
@@ -633,6 +688,7 @@ impl Hub {
         use futures_util::{SinkExt as _, StreamExt as _};
         let (id, mut rx, slow) = self.open().await;
         let (mut sink, mut stream) = socket.split();
+        let mut reader = Reader::new(&self, id);
         let writer = tokio::spawn(async move {
             let mut ping = tokio::time::interval(WS_PING);
             loop {
@@ -695,7 +751,7 @@ impl Hub {
                         self.submit(Cmd::FrameError(id, e)).await;
                         break;
                     }
-                    self.submit(Cmd::Frame(id, t.as_bytes().to_vec())).await;
+                    reader.deliver(t.as_bytes().to_vec()).await;
                 }
                 Message::Binary(_) => {
                     let e = ProtoError::new(
@@ -790,7 +846,8 @@ fn core_thread(
                         }
                         hub.forget(conn);
                     }
-                    Some(Cmd::Frame(conn, bytes)) => core.frame(now(), conn, &bytes),
+                    Some(Cmd::Frame(conn, bytes, _taken)) => core.frame(now(), conn, &bytes),
+                    Some(Cmd::Hello(conn, hello, _taken)) => core.hello_verified(now(), conn, hello),
                     Some(Cmd::FrameError(conn, e)) => core.frame_error(conn, e),
                     Some(Cmd::Call(f)) => f(&mut core),
                     None => break,

@@ -511,6 +511,7 @@ fn code_from_close(code: u64) -> Option<ErrorCode> {
         ErrorCode::SessionClosed,
         ErrorCode::TooSlow,
         ErrorCode::Idle,
+        ErrorCode::TooManySessions,
     ]
     .into_iter()
     .find(|c| u64::from(c.close_code()) == code)

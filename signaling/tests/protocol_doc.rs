@@ -267,6 +267,7 @@ fn the_error_and_close_code_table_is_the_nodes() {
         ErrorCode::SessionClosed,
         ErrorCode::TooSlow,
         ErrorCode::Idle,
+        ErrorCode::TooManySessions,
     ] {
         assert!(
             listed.contains(&code),

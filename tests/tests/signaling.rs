@@ -1011,7 +1011,8 @@ fn frame(msg: &ClientMsg) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_on_quic_gets_typed_errors_and_leaves_others_alone() {
-    let node = start_node().await;
+    // One token opens a session per chunk size below (64): above the per-subject cap.
+    let node = common::start_node_with(|c| c.signaling.max_sessions_per_subject = 1000).await;
     let token = node.token("off-21", Role::Officer);
     let (bystander, _bev) = quic_login(&node, "op-21", Role::Operator).await;
 

@@ -34,6 +34,15 @@ pub struct CoreConfig {
     /// A command the bridge has not finally acknowledged is forgotten after this long (ms); a
     /// later ack for it is `not_found`.
     pub drone_command_ttl_ms: u64,
+    /// Most sessions one subject may hold at once (attached, or detached and awaiting resume),
+    /// for roles other than the consoles': a tablet, a bridge or a camera needs one, two while
+    /// a reconnect overlaps the old connection's grace. Resuming a session is never refused.
+    pub max_sessions_per_subject: usize,
+    /// The same cap for the console roles (admin, commander, operator): one person may keep a
+    /// wall with several screens, a console and a phone open under one subject.
+    pub max_sessions_per_console: usize,
+    /// Most sessions on the node (attached or awaiting resume), whatever the subject.
+    pub max_sessions: usize,
     /// Most drones one bridge subject may report (drones are never forgotten while the node
     /// runs, so one token must not be able to create them without bound).
     pub max_drones_per_bridge: usize,
@@ -56,6 +65,9 @@ impl Default for CoreConfig {
             drone_command_burst: 5.0,
             drone_command_ttl_ms: 60_000,
             max_drones_per_bridge: 64,
+            max_sessions_per_subject: 8,
+            max_sessions_per_console: 32,
+            max_sessions: 20_000,
         }
     }
 }

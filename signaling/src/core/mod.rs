@@ -53,8 +53,8 @@ use serde_json::{json, Value};
 use crate::auth::{Action, Claims, Role, TokenVerifier};
 use crate::ids::{IncidentId, NodeId, StreamName, Subject};
 use crate::proto::{
-    decode_client, ClientMsg, ErrorCode, Event, Member, Position, ProtoError, RequestId, ServerMsg,
-    StreamKind, Telemetry, UnitKind, Welcome, VERSION,
+    decode_client, ClientMsg, ErrorCode, Event, Member, Position, ProtoError, RequestId, Resume,
+    ServerMsg, StreamKind, Telemetry, UnitKind, Welcome, VERSION,
 };
 use crate::store::{Mail, OfficeStore, Order};
 use crate::time::UnixMs;
@@ -79,7 +79,7 @@ pub use config::CoreConfig;
 pub use drones::owns_drone;
 pub use incidents::{duty, is_console, DUTY};
 pub use office::MAIL_SYNC_BATCH;
-pub use session::{ConnId, Revocation, TokenGate};
+pub use session::{ConnId, Revocation, TokenGate, VerifiedHello};
 
 /// A media operation the shell performs after the core authorised it. The shell answers the
 /// request `re` on `conn` itself (`result` with `{media, sdp, stream}` or an error).
@@ -230,6 +230,9 @@ impl Core {
                     rate_per_sec: cfg.rate_per_sec,
                     rate_burst: cfg.rate_burst,
                     flood_close_after: cfg.flood_close_after,
+                    max_per_subject: cfg.max_sessions_per_subject,
+                    max_per_console: cfg.max_sessions_per_console,
+                    max_total: cfg.max_sessions,
                 },
                 verifier,
             ),
@@ -417,30 +420,13 @@ impl Core {
         }
     }
 
-    /// One received message (a QUIC frame's payload or a WebSocket text frame).
+    /// One received message (a QUIC frame's payload or a WebSocket text frame). A `hello` that
+    /// comes this way has its token verified here, on the core; the node's shells verify it
+    /// themselves and hand it over with [`Core::hello_verified`] instead.
     pub fn frame(&mut self, now: UnixMs, conn: ConnId, bytes: &[u8]) {
-        let session = match self.sessions.admit(now, conn) {
-            Admit::Drop => return,
-            Admit::Yes(session) => session,
-            Admit::Refuse { flood } => {
-                let re = decode_client(bytes).ok().and_then(|m| m.id());
-                if flood {
-                    let e = err(
-                        re,
-                        ErrorCode::RateLimited,
-                        "message flood: closing the session",
-                    );
-                    self.send_err(conn, e);
-                    self.close_conn(conn, ErrorCode::RateLimited, "message flood");
-                } else {
-                    let m = format!(
-                        "more than {} messages per second; slow down",
-                        self.cfg.rate_per_sec
-                    );
-                    self.send_err(conn, err(re, ErrorCode::RateLimited, m));
-                }
-                return;
-            }
+        let re = || decode_client(bytes).ok().and_then(|m| m.id());
+        let Some(session) = self.admit(now, conn, re) else {
+            return;
         };
         let msg = match decode_client(bytes) {
             Ok(m) => m,
@@ -464,6 +450,57 @@ impl Core {
         }
     }
 
+    /// A `hello` whose token the shell already verified off the core ([`VerifiedHello::check`]):
+    /// the same as [`Core::frame`] with that `hello`, except that the core only adds what it
+    /// alone knows — revocations applied since, and expiry by its clock.
+    pub fn hello_verified(&mut self, now: UnixMs, conn: ConnId, hello: VerifiedHello) {
+        let Some(session) = self.admit(now, conn, || None) else {
+            return;
+        };
+        if session.is_some() {
+            let m = "hello was already received on this connection";
+            return self.send_err(conn, err(None, ErrorCode::BadHello, m));
+        }
+        let token = hello
+            .token
+            .and_then(|c| self.sessions.recheck(&c, now).map(|()| c));
+        self.hello_with(now, conn, hello.v, token, hello.resume);
+    }
+
+    /// Charges one message to `conn`'s rate; `None` when the message is dropped or refused
+    /// (the refusal is sent), else the connection's session, if it has one. `re` reads the
+    /// request id for a refusal.
+    fn admit(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        re: impl FnOnce() -> Option<RequestId>,
+    ) -> Option<Option<String>> {
+        match self.sessions.admit(now, conn) {
+            Admit::Drop => None,
+            Admit::Yes(session) => Some(session),
+            Admit::Refuse { flood } => {
+                let re = re();
+                if flood {
+                    let e = err(
+                        re,
+                        ErrorCode::RateLimited,
+                        "message flood: closing the session",
+                    );
+                    self.send_err(conn, e);
+                    self.close_conn(conn, ErrorCode::RateLimited, "message flood");
+                } else {
+                    let m = format!(
+                        "more than {} messages per second; slow down",
+                        self.cfg.rate_per_sec
+                    );
+                    self.send_err(conn, err(re, ErrorCode::RateLimited, m));
+                }
+                None
+            }
+        }
+    }
+
     fn hello(&mut self, now: UnixMs, conn: ConnId, msg: ClientMsg) {
         let ClientMsg::Hello { v, token, resume } = msg else {
             let e = err(
@@ -473,11 +510,29 @@ impl Core {
             );
             return self.send_err(conn, e);
         };
+        let token = if v == VERSION {
+            self.sessions.authenticate(&token, now)
+        } else {
+            Err(err(None, ErrorCode::UnsupportedVersion, "not checked"))
+        };
+        self.hello_with(now, conn, v, token, resume);
+    }
+
+    /// The handshake once the token is checked: version, token, resume or a new session within
+    /// the caps, `welcome` and the replay.
+    fn hello_with(
+        &mut self,
+        now: UnixMs,
+        conn: ConnId,
+        v: u32,
+        token: Result<Claims, ProtoError>,
+        resume: Option<Resume>,
+    ) {
         if v != VERSION {
             let m = format!("protocol version {v} is not supported; this node speaks [{VERSION}]");
             return self.send_err(conn, err(None, ErrorCode::UnsupportedVersion, m));
         }
-        let claims = match self.sessions.authenticate(&token, now) {
+        let claims = match token {
             Ok(c) => c,
             Err(e) => return self.send_err(conn, e),
         };
@@ -496,7 +551,12 @@ impl Core {
                 self.incidents.set_role(&sid, claims.role);
                 (sid, Some(after))
             }
-            None => (self.new_session(now, conn, &claims), None),
+            None => {
+                if let Err(e) = self.sessions.may_create(&claims) {
+                    return self.send_err(conn, e);
+                }
+                (self.new_session(now, conn, &claims), None)
+            }
         };
         self.presence.seen(now, &claims.sub);
         let (replay, lost) = match after {

@@ -10,9 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Action, Claims, TokenVerifier};
+use crate::auth::{Action, Claims, Role, TokenVerifier};
 use crate::ids::Subject;
-use crate::proto::{ErrorCode, Event, ProtoError, ServerMsg};
+use crate::proto::{
+    decode_client, ClientMsg, ErrorCode, Event, ProtoError, Resume, ServerMsg, VERSION,
+};
 use crate::time::{UnixMs, UnixSecs};
 
 /// A connection handle chosen by the shell (unique for the node's lifetime).
@@ -35,6 +37,12 @@ pub struct SessionLimits {
     pub rate_burst: f64,
     /// Refusals for rate in a row before the connection is closed.
     pub flood_close_after: u32,
+    /// Most sessions per subject, console roles excepted.
+    pub max_per_subject: usize,
+    /// Most sessions per subject of a console role (admin, commander, operator).
+    pub max_per_console: usize,
+    /// Most sessions on the node.
+    pub max_total: usize,
 }
 
 /// A revocation, as persisted and applied.
@@ -110,9 +118,64 @@ impl TokenGate {
         Ok(claims)
     }
 
+    /// What only the holder of the revocations and the clock adds to a token verified elsewhere
+    /// ([`VerifiedHello::check`]): refused if revoked since, or expired by `now`.
+    pub fn recheck(&self, c: &Claims, now: UnixMs) -> Result<(), ProtoError> {
+        if self.is_revoked(c) {
+            return Err(ProtoError::new(
+                None,
+                ErrorCode::Revoked,
+                "this token has been revoked",
+            ));
+        }
+        if self.expired(c, now) {
+            return Err(ProtoError::new(
+                None,
+                ErrorCode::Unauthorized,
+                "token has expired",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether `c` expired before `now` (beyond the clock leeway).
     pub fn expired(&self, c: &Claims, now: UnixMs) -> bool {
         now.secs().as_secs() > c.exp + self.verifier.leeway_secs()
+    }
+}
+
+/// A `hello` whose token was verified outside the core: the shells read a connection's first
+/// frames with [`VerifiedHello::check`] on the connection's own task, so the Ed25519 work of a
+/// flood of hellos never queues in front of other sessions' messages, and hand the result to
+/// [`super::Core::hello_verified`].
+#[derive(Debug, Clone)]
+pub struct VerifiedHello {
+    /// `hello.v`.
+    pub v: u32,
+    /// `hello.resume`.
+    pub resume: Option<Resume>,
+    /// The token's claims, or why it was refused (not checked when `v` is not spoken: that
+    /// refusal comes first).
+    pub token: Result<Claims, ProtoError>,
+}
+
+impl VerifiedHello {
+    /// Reads `bytes` as a client message: `None` unless it is a `hello`, whose token is then
+    /// verified with `gate` at `now` (signature, claims, revocations the gate knows).
+    pub fn check(gate: &TokenGate, bytes: &[u8], now: UnixMs) -> Option<VerifiedHello> {
+        let Ok(ClientMsg::Hello { v, token, resume }) = decode_client(bytes) else {
+            return None;
+        };
+        let token = if v == VERSION {
+            gate.authenticate(&token, now)
+        } else {
+            Err(ProtoError::new(
+                None,
+                ErrorCode::UnsupportedVersion,
+                "not checked",
+            ))
+        };
+        Some(VerifiedHello { v, resume, token })
     }
 }
 
@@ -288,6 +351,11 @@ impl Sessions {
         self.conns.get(&conn).is_some_and(|c| c.closing)
     }
 
+    /// See [`TokenGate::recheck`].
+    pub fn recheck(&self, c: &Claims, now: UnixMs) -> Result<(), ProtoError> {
+        self.gate.recheck(c, now)
+    }
+
     /// Verifies a bearer token (see [`TokenGate::authenticate`]).
     pub fn authenticate(&self, token: &str, now: UnixMs) -> Result<Claims, ProtoError> {
         self.gate.authenticate(token, now)
@@ -312,6 +380,33 @@ impl Sessions {
         }
         self.attach(conn, sid);
         Some(Resumed { displaced })
+    }
+
+    /// Whether a new session for `claims` fits the caps: the subject's own (by role) and the
+    /// node's. Sessions awaiting resume count until they are resumed or their grace ends; a
+    /// resume does not come here.
+    pub fn may_create(&self, claims: &Claims) -> Result<(), ProtoError> {
+        let cap = if matches!(claims.role, Role::Admin | Role::Commander | Role::Operator) {
+            self.limits.max_per_console
+        } else {
+            self.limits.max_per_subject
+        };
+        let held = self.by_subject.get(&claims.sub).map_or(0, BTreeSet::len);
+        if held >= cap {
+            let m = format!(
+                "{} already holds {held} sessions, the most its role ({}) may (close one, or resume it)",
+                claims.sub, claims.role
+            );
+            return Err(ProtoError::new(None, ErrorCode::TooManySessions, m));
+        }
+        if self.sessions.len() >= self.limits.max_total {
+            let m = format!(
+                "this node holds its most sessions ({}); try again later",
+                self.limits.max_total
+            );
+            return Err(ProtoError::new(None, ErrorCode::TooManySessions, m));
+        }
+        Ok(())
     }
 
     /// A new session for `claims` on `conn`; returns its id.

@@ -705,6 +705,10 @@ pub enum ErrorCode {
     /// Nothing arrived on the connection for too long (a dead peer); the session stays
     /// resumable. Closes.
     Idle,
+    /// `hello` would open a new session beyond the node's cap: the subject already holds as many
+    /// sessions (attached or awaiting resume) as its role may, or the node holds its most.
+    /// Resuming an existing session is never refused for this. Closes.
+    TooManySessions,
 }
 
 impl ErrorCode {
@@ -720,6 +724,7 @@ impl ErrorCode {
                 | ErrorCode::SessionClosed
                 | ErrorCode::TooSlow
                 | ErrorCode::Idle
+                | ErrorCode::TooManySessions
         )
     }
 
@@ -743,6 +748,7 @@ impl ErrorCode {
             ErrorCode::SessionClosed => "session_closed",
             ErrorCode::TooSlow => "too_slow",
             ErrorCode::Idle => "idle",
+            ErrorCode::TooManySessions => "too_many_sessions",
         }
     }
 
@@ -760,6 +766,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::UnknownType => 18,
             ErrorCode::TooSlow => 20,
             ErrorCode::Idle => 21,
+            ErrorCode::TooManySessions => 22,
             _ => 19,
         }
     }

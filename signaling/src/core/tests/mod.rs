@@ -28,6 +28,10 @@ struct H {
 
 impl H {
     fn new() -> H {
+        H::with_config(CoreConfig::default())
+    }
+
+    fn with_config(cfg: CoreConfig) -> H {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let node = NodeId::parse("node-a").unwrap();
         let issuer = TokenIssuer::new(key.clone(), node.clone());
@@ -35,7 +39,7 @@ impl H {
         v.trust(key.verifying_key());
         H {
             core: Core::new(
-                CoreConfig::default(),
+                cfg,
                 node,
                 v,
                 crate::store::Store::open_in_memory().unwrap(),
@@ -107,6 +111,25 @@ impl H {
                 resume,
             },
         );
+        let msgs = self.take(conn);
+        (conn, msgs)
+    }
+
+    /// A `hello` as the node's shells hand it over: its token verified outside the core (with a
+    /// copy of the core's gate taken now), then [`Core::hello_verified`].
+    fn hello_checked(&mut self, token: String, resume: Option<Resume>) -> (ConnId, Vec<ServerMsg>) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.core.open(UnixMs(self.now), conn);
+        let bytes = encode(&ClientMsg::Hello {
+            v: VERSION,
+            token,
+            resume,
+        });
+        let gate = self.core.token_gate().clone();
+        let hello = VerifiedHello::check(&gate, bytes.as_bytes(), UnixMs(self.now)).unwrap();
+        self.core.hello_verified(UnixMs(self.now), conn, hello);
+        self.pump();
         let msgs = self.take(conn);
         (conn, msgs)
     }

@@ -312,3 +312,138 @@ fn bad_input_gets_typed_errors_and_a_flood_closes_only_that_connection() {
     let r = h.request(b, ClientMsg::Ping { id: 1 });
     assert!(matches!(r, ServerMsg::Result { .. }));
 }
+
+fn refused(msgs: &[ServerMsg]) -> Option<ErrorCode> {
+    match msgs.first() {
+        Some(ServerMsg::Error { code, .. }) => Some(*code),
+        _ => None,
+    }
+}
+
+fn welcome(msgs: &[ServerMsg]) -> Welcome {
+    match msgs.first() {
+        Some(ServerMsg::Welcome(w)) => w.clone(),
+        other => panic!("no welcome: {other:?}"),
+    }
+}
+
+#[test]
+fn sessions_beyond_a_subjects_cap_are_refused_and_resume_is_not() {
+    let mut h = H::with_config(CoreConfig {
+        max_sessions_per_subject: 2,
+        max_sessions_per_console: 3,
+        ..CoreConfig::default()
+    });
+    let t = h.token("view-1", Role::Viewer);
+    let (a, m) = h.hello(t.clone(), None);
+    let wa = welcome(&m);
+    let (b, m) = h.hello_checked(t.clone(), None);
+    welcome(&m);
+    // The third is refused, typed, and its connection closed; over either path.
+    let (c, m) = h.hello(t.clone(), None);
+    assert_eq!(refused(&m), Some(ErrorCode::TooManySessions), "{m:?}");
+    assert_eq!(h.closed_with(c), Some(ErrorCode::TooManySessions));
+    let (c, m) = h.hello_checked(t.clone(), None);
+    assert_eq!(refused(&m), Some(ErrorCode::TooManySessions), "{m:?}");
+    assert_eq!(h.closed_with(c), Some(ErrorCode::TooManySessions));
+    // Another subject is not affected; a console role has its own, larger cap.
+    let (_, m) = h.hello(h.token("view-2", Role::Viewer), None);
+    welcome(&m);
+    let op = h.token("op-1", Role::Operator);
+    for _ in 0..3 {
+        welcome(&h.hello(op.clone(), None).1);
+    }
+    assert_eq!(
+        refused(&h.hello(op.clone(), None).1),
+        Some(ErrorCode::TooManySessions)
+    );
+    // A detached session still counts; resuming it is never refused, even at the cap.
+    h.core.closed(UnixMs(h.now), a);
+    assert_eq!(
+        refused(&h.hello(t.clone(), None).1),
+        Some(ErrorCode::TooManySessions)
+    );
+    let resume = Resume {
+        session: wa.session.clone(),
+        after: 0,
+    };
+    let (a2, m) = h.hello_checked(t.clone(), Some(resume));
+    assert!(welcome(&m).resumed);
+    // A session that ends frees its place: `bye` at once, a detached one when its grace ends.
+    h.send(b, &ClientMsg::Bye);
+    welcome(&h.hello(t.clone(), None).1);
+    h.core.closed(UnixMs(h.now), a2);
+    h.advance(CoreConfig::default().resume_grace_ms + 200);
+    welcome(&h.hello(t.clone(), None).1);
+}
+
+#[test]
+fn the_node_wide_cap_counts_every_subject() {
+    let mut h = H::with_config(CoreConfig {
+        max_sessions: 3,
+        ..CoreConfig::default()
+    });
+    for s in ["off-1", "off-2", "off-3"] {
+        welcome(&h.hello(h.token(s, Role::Officer), None).1);
+    }
+    let (_, m) = h.hello(h.token("off-4", Role::Officer), None);
+    assert_eq!(refused(&m), Some(ErrorCode::TooManySessions));
+    match &m[0] {
+        ServerMsg::Error { message, .. } => assert!(message.contains("its most"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_hello_verified_outside_the_core_is_still_checked_for_revocation_and_expiry() {
+    let mut h = H::new();
+    let t = h.token("off-1", Role::Officer);
+    let w = welcome(&h.hello_checked(t.clone(), None).1);
+    assert_eq!(w.subject.as_str(), "off-1");
+    // Verified by the shell, then revoked before the core takes it: the core refuses it.
+    let bytes = encode(&ClientMsg::Hello {
+        v: VERSION,
+        token: t.clone(),
+        resume: None,
+    });
+    let gate = h.core.token_gate().clone();
+    let hello = VerifiedHello::check(&gate, bytes.as_bytes(), UnixMs(h.now)).unwrap();
+    assert!(hello.token.is_ok());
+    let later = h.token("off-9", Role::Officer);
+    let short = h.token_with("off-2", Role::Officer, |r| r.ttl_secs = 1);
+    let short_hello = encode(&ClientMsg::Hello {
+        v: VERSION,
+        token: short,
+        resume: None,
+    });
+    let short_hello = VerifiedHello::check(&gate, short_hello.as_bytes(), UnixMs(h.now)).unwrap();
+    h.core.apply_revocation(
+        UnixMs(h.now),
+        &Revocation::Subject {
+            sub: Subject::parse("off-1").unwrap(),
+            at: UnixMs(h.now).secs(),
+        },
+    );
+    h.pump();
+    let conn = 500;
+    h.core.open(UnixMs(h.now), conn);
+    h.core.hello_verified(UnixMs(h.now), conn, hello);
+    h.pump();
+    assert_eq!(refused(&h.take(conn)), Some(ErrorCode::Revoked));
+    assert_eq!(h.closed_with(conn), Some(ErrorCode::Revoked));
+    // Verified while valid, taken by the core after it expired (by the core's clock).
+    h.now += 60_000;
+    let conn = 501;
+    h.core.open(UnixMs(h.now), conn);
+    h.core.hello_verified(UnixMs(h.now), conn, short_hello);
+    h.pump();
+    assert_eq!(refused(&h.take(conn)), Some(ErrorCode::Unauthorized));
+    // A forged token is refused by the check itself; the core passes its refusal on.
+    let flip = if later.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!("{}{flip}", &later[..later.len() - 1]);
+    let (c, m) = h.hello_checked(forged, None);
+    assert_eq!(refused(&m), Some(ErrorCode::Unauthorized), "{m:?}");
+    assert_eq!(h.closed_with(c), Some(ErrorCode::Unauthorized));
+    // Not a hello: nothing to verify, the frame goes to the core as it is.
+    assert!(VerifiedHello::check(&gate, br#"{"type":"ping","id":1}"#, UnixMs(h.now)).is_none());
+}
