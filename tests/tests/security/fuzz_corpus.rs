@@ -21,8 +21,11 @@ mod token;
 #[path = "../../../fuzz/bodies/whip_sdp.rs"]
 mod whip_sdp;
 
+/// A fuzz body: one input, panics on a broken property.
+type Body = fn(&[u8]);
+
 /// Every target of `fuzz/fuzz_targets/` and its body.
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+const TARGETS: &[(&str, Body)] = &[
     ("attachment_meta", attachment_meta::run),
     ("config", config::run),
     ("core", signaling::testkit::fuzz_core),
