@@ -255,26 +255,6 @@ fn video_codec(codec: Codec) -> RTCRtpCodecParameters {
     }
 }
 
-/// The retransmission payload type for `video` (`rtx`, `apt=` its payload type, one above it).
-///
-/// It is offered so that the node asks for lost packets at all: str0m (the node's WebRTC stack)
-/// sends no NACK for a stream whose negotiated codec has no RTX payload type. The encodings get
-/// no RTX SSRC, so the NACK responder resends the original packets on the media SSRC (with their
-/// header extensions, which RTX packets from this stack would lack: a simulcast layer's RTX could
-/// not be told apart without its RID), and the receiver fills its gaps from them.
-fn rtx_codec(video: &RTCRtpCodecParameters) -> RTCRtpCodecParameters {
-    RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: "video/rtx".to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: format!("apt={}", video.payload_type),
-            rtcp_feedback: vec![],
-        },
-        payload_type: video.payload_type + 1,
-    }
-}
-
 fn opus_codec() -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -421,9 +401,6 @@ impl Peer {
         let mut engine = MediaEngine::default();
         engine
             .register_codec(video_params.clone(), RtpCodecKind::Video)
-            .map_err(|e| e.to_string())?;
-        engine
-            .register_codec(rtx_codec(&video_params), RtpCodecKind::Video)
             .map_err(|e| e.to_string())?;
         if audio {
             engine
