@@ -406,54 +406,8 @@ async fn https_get(addr: SocketAddr, cert: Vec<u8>, path: &str) -> (Vec<u8>, Str
 /// Sends `bytes` over TLS to `addr`, accepting exactly the certificate `cert` (DER); returns the
 /// certificate presented and what came back.
 async fn https_raw(addr: SocketAddr, cert: Vec<u8>, bytes: Vec<u8>) -> (Vec<u8>, String) {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    #[derive(Debug)]
-    struct Exactly(Vec<u8>, rustls::crypto::WebPkiSupportedAlgorithms);
-    impl ServerCertVerifier for Exactly {
-        fn verify_server_cert(
-            &self,
-            ee: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if ee.as_ref() == self.0.as_slice() {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General("not the node's certificate".into()))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.1)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.1)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.1.supported_schemes()
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let algs = provider.signature_verification_algorithms;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(Exactly(cert, algs)))
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    use rustls::pki_types::ServerName;
+    let connector = crate::common::pinned_connector(cert);
     tokio::time::timeout(ANSWER, async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut tls = connector

@@ -60,7 +60,7 @@ impl Dialer {
     fn tls(addr: SocketAddr, cert: Vec<u8>) -> Dialer {
         Dialer {
             addr,
-            tls: Some(pinned_connector(cert)),
+            tls: Some(crate::common::pinned_connector(cert)),
         }
     }
 
@@ -75,58 +75,6 @@ impl Dialer {
             }
         }
     }
-}
-
-/// A TLS client that accepts exactly the certificate `cert` (DER), whatever its names.
-fn pinned_connector(cert: Vec<u8>) -> tokio_rustls::TlsConnector {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    #[derive(Debug)]
-    struct Exactly(Vec<u8>, rustls::crypto::WebPkiSupportedAlgorithms);
-    impl ServerCertVerifier for Exactly {
-        fn verify_server_cert(
-            &self,
-            ee: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            if ee.as_ref() == self.0.as_slice() {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General("not the node's certificate".into()))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.1)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.1)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.1.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algs = provider.signature_verification_algorithms;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Exactly(cert, algs)))
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 /// Sends `head` (a request without its body, or with all of it) and reads until the node
