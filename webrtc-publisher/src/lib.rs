@@ -13,8 +13,6 @@
 //! caller negotiates it over its own signaling session.
 #![warn(missing_docs)]
 
-mod pacer;
-
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,36 +68,14 @@ pub struct Peer {
 }
 
 /// The congestion controller's current target, bits per second (shared with the estimator inside
-/// the interceptor chain, which updates it on every feedback report and timeout), and the rate the
-/// pacer spent on resends (NACK answers) over the last second.
+/// the interceptor chain, which updates it on every feedback report and timeout).
 #[derive(Debug, Clone)]
-pub struct Estimate {
-    target: Arc<AtomicU64>,
-    resends: Arc<AtomicU64>,
-    stale: Arc<AtomicU64>,
-}
+pub struct Estimate(Arc<AtomicU64>);
 
 impl Estimate {
-    /// What the encoders may fill, bits per second: the target minus the resend rate (resends
-    /// leave within the same budget, behind audio, so media aimed at the whole target would queue
-    /// behind them).
+    /// The current target, bits per second.
     pub fn bps(&self) -> f64 {
-        (self.target_bps() - self.resend_bps()).max(0.0)
-    }
-
-    /// The congestion controller's target, bits per second.
-    pub fn target_bps(&self) -> f64 {
-        f64::from_bits(self.target.load(Ordering::Relaxed))
-    }
-
-    /// Bits per second of resends released over the last second.
-    pub fn resend_bps(&self) -> f64 {
-        f64::from_bits(self.resends.load(Ordering::Relaxed))
-    }
-
-    /// Resends dropped because they waited longer than the pacer allows (stale by then).
-    pub fn stale_resends(&self) -> u64 {
-        self.stale.load(Ordering::Relaxed)
+        f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -424,14 +400,6 @@ impl Peer {
         .map_err(|e| format!("congestion control: {e}"))?;
         let registry =
             register_default_interceptors(registry, &mut engine).map_err(|e| e.to_string())?;
-        // The crate's pacer is one FIFO: RTX resends would queue ahead of audio. Ours replaces it
-        // in its slot (audio first, resends bounded and dropped when stale; see `pacer`).
-        let resends = Arc::new(AtomicU64::new(0f64.to_bits()));
-        let stale = Arc::new(AtomicU64::new(0));
-        let registry = registry.with(
-            Slot::Pacer,
-            pacer::PriorityPacer::new(bounds.start, resends.clone(), stale.clone()),
-        );
         // Last, so every interceptor has seen the inbound RTCP before it is narrowed down.
         let registry = registry.with(Slot::from(14_000), KeyframeRequests::default());
 
@@ -523,11 +491,7 @@ impl Peer {
                 video,
                 audio,
                 pollers: vec![],
-                estimate: Estimate {
-                    target,
-                    resends,
-                    stale,
-                },
+                estimate: Estimate(target),
             },
             sdp,
             states,
