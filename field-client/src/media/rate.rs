@@ -31,7 +31,7 @@ const UP_MARGIN: f64 = 1.15;
 /// How long the estimate must allow a layer before it is switched on.
 pub const UP_HOLD: Duration = Duration::from_secs(2);
 /// The first back-off after a layer is switched off.
-pub const BACKOFF_START: Duration = Duration::from_secs(15);
+pub const BACKOFF_START: Duration = Duration::from_secs(30);
 /// The longest back-off.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// A layer on for this long has proven the link: its back-off starts over.
@@ -320,19 +320,19 @@ mod tests {
         // A failed probe: off again at once; blocked for BACKOFF_START.
         assert_eq!(p.plan(at(5), 500_000.0).active(), [false, false, true]);
         assert_eq!(p.plan(at(10), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(19), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(20), 1_000_000.0).active(), [false, true, true]);
-        // Failed again within STABLE_AFTER: the back-off doubles to 30 s.
-        assert_eq!(p.plan(at(21), 500_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(40), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(50), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(51), 1_000_000.0).active(), [false, true, true]);
+        assert_eq!(p.plan(at(34), 1_000_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(35), 1_000_000.0).active(), [false, true, true]);
+        // Failed again within STABLE_AFTER: the back-off doubles to 60 s.
+        assert_eq!(p.plan(at(36), 500_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(60), 1_000_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(95), 1_000_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(96), 1_000_000.0).active(), [false, true, true]);
         // Held for STABLE_AFTER, then off: back to BACKOFF_START.
-        assert_eq!(p.plan(at(90), 1_000_000.0).active(), [false, true, true]);
-        assert_eq!(p.plan(at(91), 500_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(105), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(106), 1_000_000.0).active(), [false, false, true]);
-        assert_eq!(p.plan(at(107), 1_000_000.0).active(), [false, true, true]);
+        assert_eq!(p.plan(at(126), 1_000_000.0).active(), [false, true, true]);
+        assert_eq!(p.plan(at(127), 500_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(155), 1_000_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(156), 1_000_000.0).active(), [false, false, true]);
+        assert_eq!(p.plan(at(157), 1_000_000.0).active(), [false, true, true]);
     }
 
     #[test]
