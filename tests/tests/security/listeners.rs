@@ -15,7 +15,9 @@ use signaling::auth::Role;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use yiwang_tests::gst_peer::{PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher};
+use yiwang_tests::gst_peer::{
+    Pattern, PublishOptions, VideoCodec, ViewOptions, WhepViewer, WhipPublisher,
+};
 
 use crate::common::{canned_offer, start_node_with, TestNode, MEDIA, WAIT};
 
@@ -365,6 +367,11 @@ async fn idle_sockets_and_slow_bodies_lock_out_neither_health_nor_a_viewer() {
         last_frames > first_frames,
         "the viewer decoded during the attack"
     );
+    // What it decoded is still the publisher's picture (corrupt frames decode too).
+    viewer
+        .expect_picture(Pattern::Ball, 4)
+        .await
+        .expect("the viewer shows the publisher's ball after the attack");
     assert!(
         o.slowest_idle_close <= Duration::from_secs(HEADER_SECS) + SLACK,
         "{:?}",
